@@ -1,0 +1,3 @@
+from llmrt.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""Backends and devices: the interfaces a backend plugin implements, and the registry of what runs here.
+
+The split mirrors ggml-backend: a ``Backend`` (ggml's "reg", one per library) probes the machine
+and enumerates ``Device`` objects; a device answers capability questions (``info()``,
+``supports_op``) and later makes buffers and runs compiled graphs. Core never names a built-in
+backend: they all arrive through the ``register_backends`` hook.
+
+``--device`` takes ``auto``, a backend name (``cuda`` = ``cuda:0``) or ``name:index``. ``auto``
+picks the first available device in this order: device type (discrete GPU, integrated GPU,
+accelerator, CPU), then the backend's ``priority`` (higher first), then the index. So a GPU always
+beats a CPU, and the native CPU backend beats a CPU that another API emulates (lavapipe, PoCL).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrt.errors import DeviceNotFound
+from llmrt.plugins import get_plugins, on_reset
+
+API_VERSION = 1
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class DeviceType(enum.Enum):
+    GPU = "gpu"  # discrete GPU
+    IGPU = "igpu"  # integrated GPU sharing host memory
+    ACCEL = "accel"  # other accelerators
+    CPU = "cpu"  # the host processor, or an API emulating a device on it
+
+    @property
+    def rank(self) -> int:
+        return list(DeviceType).index(self)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether a backend can run on this machine; ``probe()`` returns it and never raises.
+
+    When ``available`` is false, ``reason`` says why in a short sentence and ``fix`` how to make it
+    work (``pip install 'llmrt[cuda]'``, install a driver, an ICD…). ``details`` holds versions
+    of the library and driver, JSON-serializable.
+    """
+
+    available: bool
+    reason: str = ""
+    fix: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a device is. ``properties`` is backend-specific and JSON-serializable."""
+
+    name: str
+    type: DeviceType
+    memory_total: int | None = None
+    memory_free: int | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One backend library (cpu, cuda, vulkan…): a plugin registers an instance of a subclass.
+
+    Subclasses set ``name`` (the ``--device`` prefix) and ``priority`` (breaks ties between
+    devices of the same type for ``--device auto``; the built-ins use cuda 100, vulkan 50,
+    opencl 30, cpu 10).
+    """
+
+    name: str = ""
+    priority: int = 0
+    api_version: int = API_VERSION
+
+    @abstractmethod
+    def probe(self) -> Probe:
+        """Say whether this backend can run here. Called once per process, before ``devices()``.
+
+        Import the heavy library here, not at module import. Must not raise: catch what the
+        library raises and return ``Probe(False, reason, fix)``.
+        """
+
+    @abstractmethod
+    def devices(self) -> Sequence[Device]:
+        """The devices of this backend, index 0 first. Called only when ``probe()`` is available."""
+
+
+class Device(ABC):
+    """One device of a backend, addressed as ``backend.name:index``."""
+
+    def __init__(self, backend: Backend, index: int) -> None:
+        self.backend = backend
+        self.index = index
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend.name}:{self.index}"
+
+    @abstractmethod
+    def info(self) -> DeviceInfo:
+        """Name, type, memory and backend-specific properties. Called on demand; may query the
+        driver each time (free memory changes)."""
+
+    def supports_op(self, node: Any) -> bool:
+        """Whether this device can run graph node ``node``: the one source of truth for placement
+        and for skipping conformance cases. The default declines everything."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"<Device {self.id}>"
+
+
+@dataclass
+class BackendEntry:
+    """A registered backend, its probe result and its devices (empty when unavailable)."""
+
+    backend: Backend
+    plugin: str
+    probe: Probe
+    devices: list[Device]
+
+
+class Registry:
+    """Every registered backend with its probe result, and device selection."""
+
+    def __init__(self, entries: list[BackendEntry]) -> None:
+        self.entries = entries
+
+    @property
+    def devices(self) -> list[Device]:
+        """Available devices, best first (the order ``--device auto`` uses)."""
+        found = [(i, d) for i, e in enumerate(self.entries) for d in e.devices]
+        found.sort(key=lambda p: (_rank(p[1]), -p[1].backend.priority, p[0], p[1].index))
+        return [d for _, d in found]
+
+    def entry(self, name: str) -> BackendEntry | None:
+        return next((e for e in self.entries if e.backend.name == name), None)
+
+    def best(self) -> Device:
+        devices = self.devices
+        if not devices:
+            raise DeviceNotFound(f"no device is available; {self._summary()}")
+        return devices[0]
+
+    def select(self, spec: str) -> Device:
+        """The device that ``--device spec`` names; raises DeviceNotFound listing what exists."""
+        spec = spec.strip().lower()
+        if spec in ("", "auto"):
+            return self.best()
+        name, _, index_text = spec.partition(":")
+        if not index_text:
+            index_text = "0"
+        if not _NAME.fullmatch(name) or not index_text.isdigit():
+            raise DeviceNotFound(
+                f"bad device '{spec}': expected auto, NAME or NAME:INDEX; {self._summary()}"
+            )
+        entry = self.entry(name)
+        if entry is None:
+            raise DeviceNotFound(f"unknown device '{spec}': no backend '{name}'; {self._summary()}")
+        if not entry.probe.available:
+            why = entry.probe.reason + (f" ({entry.probe.fix})" if entry.probe.fix else "")
+            raise DeviceNotFound(f"device '{spec}' is unavailable: {why}; {self._summary()}")
+        index = int(index_text)
+        if index >= len(entry.devices):
+            have = ", ".join(d.id for d in entry.devices) or "none"
+            raise DeviceNotFound(
+                f"no device '{name}:{index}': {name} has {len(entry.devices)} ({have}); "
+                f"{self._summary()}"
+            )
+        return entry.devices[index]
+
+    def _summary(self) -> str:
+        available = ", ".join(d.id for d in self.devices) or "none"
+        text = f"available devices: {available}"
+        down = [e.backend.name for e in self.entries if not e.probe.available]
+        if down:
+            text += f" (unavailable: {', '.join(down)}; see `llmrt devices`)"
+        return text
+
+
+def _rank(device: Device) -> int:
+    try:
+        return device.info().type.rank
+    except Exception:
+        return len(DeviceType)
+
+
+def _probe(backend: Backend) -> tuple[Probe, list[Device]]:
+    try:
+        probe = backend.probe()
+    except Exception as exc:  # the contract says probe() never raises; hold plugins to it gently
+        return Probe(False, f"probe raised {type(exc).__name__}: {exc}"), []
+    if not probe.available:
+        return probe, []
+    try:
+        return probe, list(backend.devices())
+    except Exception as exc:
+        return Probe(False, f"listing devices raised {type(exc).__name__}: {exc}"), []
+
+
+@functools.cache
+def registry() -> Registry:
+    """Register, validate and probe every backend once per process."""
+    plugins = get_plugins()
+    registered: list[tuple[str, Backend]] = []
+
+    def register(backend: Backend) -> None:
+        registered.append((plugins.current_plugin, backend))
+
+    plugins.call("register_backends", register=register)
+    entries: list[BackendEntry] = []
+    for plugin, backend in registered:
+        problem = _check(backend, {e.backend.name for e in entries})
+        if problem:
+            plugins.fail(plugin, "register_backends", problem)
+            continue
+        probe, devices = _probe(backend)
+        entries.append(BackendEntry(backend, plugin, probe, devices))
+    return Registry(entries)
+
+
+on_reset(registry.cache_clear)
+
+
+def _check(backend: Any, taken: set[str]) -> str:
+    if not isinstance(backend, Backend):
+        return f"register() expects an llmrt.device.Backend, got {type(backend).__name__}"
+    if not _NAME.fullmatch(backend.name or ""):
+        return f"backend name {backend.name!r} is not a lowercase word"
+    if backend.name in taken:
+        return f"a backend named '{backend.name}' is already registered"
+    if backend.api_version != API_VERSION:
+        return (
+            f"backend '{backend.name}' targets plugin API {backend.api_version}, "
+            f"this llmrt speaks {API_VERSION}"
+        )
+    return ""
+
+
+def get_device(spec: str = "auto") -> Device:
+    """The device ``--device spec`` names (``auto``, ``cpu``, ``cuda:0``, ``vulkan:1``…)."""
+    return registry().select(spec)

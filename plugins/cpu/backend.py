@@ -1,0 +1,85 @@
+"""CPU backend and device: the host processor as seen by the kernel (Linux /proc) and numpy."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+
+# The instruction-set extensions that matter to numeric kernels, as /proc/cpuinfo spells them.
+SIMD_FLAGS = (
+    "sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
+    "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
+    "amx_bf16", "asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16",
+)  # fmt: skip
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _meminfo() -> tuple[int | None, int | None]:
+    """(total, available) bytes of host memory."""
+    try:
+        values = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0]) * 1024
+        return values.get("MemTotal"), values.get("MemAvailable")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, None
+    except (ValueError, OSError, AttributeError):
+        return None, None
+
+
+class CPUDevice(Device):
+    def info(self) -> DeviceInfo:
+        cpu = _cpuinfo()
+        flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
+        total, free = _meminfo()
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:
+            usable = os.cpu_count() or 1
+        return DeviceInfo(
+            name=cpu.get("model name") or platform.processor() or platform.machine(),
+            type=DeviceType.CPU,
+            memory_total=total,
+            memory_free=free,
+            properties={
+                "arch": platform.machine(),
+                "cores": os.cpu_count(),
+                "cores_usable": usable,
+                "simd": [f for f in SIMD_FLAGS if f in flags],
+                "numpy": np.__version__,
+            },
+        )
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    priority = 10
+
+    def probe(self) -> Probe:
+        return Probe(True, details={"numpy": np.__version__})
+
+    def devices(self) -> Sequence[Device]:
+        return [CPUDevice(self, 0)]

@@ -1,0 +1,1 @@
+"""cuda backend (probe only so far)."""

@@ -1,0 +1,1 @@
+"""opencl backend (probe only so far)."""

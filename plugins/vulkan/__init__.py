@@ -1,0 +1,1 @@
+"""vulkan backend (probe only so far)."""
