@@ -27,3 +27,19 @@ class OutOfDeviceMemory(LlmrtError):
 
 class UnsupportedOp(LlmrtError):
     """A device was asked to run an op it declined in `supports_op`."""
+
+
+class GGUFError(LlmrtError):
+    """A GGUF file is missing, malformed or unsupported.
+
+    `offset` is the byte offset where the problem was found (None when it is not about a place in
+    the file, such as a missing file); `what` says what was wrong.
+    """
+
+    def __init__(self, offset: int | None, what: str, path: str | None = None) -> None:
+        self.offset = offset
+        self.what = what
+        self.path = path
+        where = f" at byte {offset}" if offset is not None else ""
+        prefix = f"{path}: " if path else ""
+        super().__init__(f"{prefix}bad GGUF file{where}: {what}")
