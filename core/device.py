@@ -1,4 +1,4 @@
-"""Backends and devices: the interfaces a backend plugin implements, and the registry of what runs here.
+"""Backends and devices: the interfaces a backend plugin implements, and the registry of devices.
 
 The split mirrors ggml-backend: a ``Backend`` (ggml's "reg", one per library) probes the machine
 and enumerates ``Device`` objects; a device answers capability questions (``info()``,
@@ -56,13 +56,15 @@ class Probe:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """What a device is. ``properties`` is backend-specific and JSON-serializable."""
+    """What a device is. ``properties`` is backend-specific and JSON-serializable; ``summary`` is
+    the few of them worth a column in ``llmrt devices`` ("CC 9.0, 132 SMs, CUDA 13.0")."""
 
     name: str
     type: DeviceType
     memory_total: int | None = None
     memory_free: int | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
+    summary: str = ""
 
 
 class Backend(ABC):
@@ -70,7 +72,7 @@ class Backend(ABC):
 
     Subclasses set ``name`` (the ``--device`` prefix) and ``priority`` (breaks ties between
     devices of the same type for ``--device auto``; the built-ins use cuda 100, vulkan 50,
-    opencl 30, cpu 10).
+    opencl 30, and cpu 1000 so that on the host processor the native kernels win).
     """
 
     name: str = ""

@@ -10,7 +10,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from llmrt.errors import LlmrtError
@@ -45,13 +44,9 @@ def build_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # Bad flags are handled by typer itself: a short usage message and exit code 2.
     try:
-        rc = build_app()(args=argv, prog_name="llmrt", standalone_mode=False)
-    except click.ClickException as exc:  # bad flags: click's own one-line message, exit code 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        build_app()(args=argv, prog_name="llmrt")
     except LlmrtError as exc:
         if os.environ.get("LLMRT_DEBUG"):
             raise
@@ -59,4 +54,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(rc if isinstance(rc, int) else 0)

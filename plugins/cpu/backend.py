@@ -59,6 +59,7 @@ class CPUDevice(Device):
             usable = len(os.sched_getaffinity(0))
         except AttributeError:
             usable = os.cpu_count() or 1
+        simd = [f for f in SIMD_FLAGS if f in flags]
         return DeviceInfo(
             name=cpu.get("model name") or platform.processor() or platform.machine(),
             type=DeviceType.CPU,
@@ -68,15 +69,18 @@ class CPUDevice(Device):
                 "arch": platform.machine(),
                 "cores": os.cpu_count(),
                 "cores_usable": usable,
-                "simd": [f for f in SIMD_FLAGS if f in flags],
+                "simd": simd,
                 "numpy": np.__version__,
             },
+            summary=f"{usable} cores, {' '.join(simd[-4:]) or 'no SIMD'}, numpy {np.__version__}",
         )
 
 
 class CPUBackend(Backend):
     name = "cpu"
-    priority = 10
+    # Ties are broken within a device type only: on the host processor, native kernels beat an API
+    # that emulates a device there (lavapipe, PoCL), while any GPU still beats the CPU.
+    priority = 1000
 
     def probe(self) -> Probe:
         return Probe(True, details={"numpy": np.__version__})

@@ -1,1 +1,10 @@
-"""cuda backend (probe only so far)."""
+"""The CUDA backend through cupy. Importing this module does not import cupy."""
+
+from llmrt import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from llmrt_cuda.backend import CUDABackend
+
+    register(CUDABackend())

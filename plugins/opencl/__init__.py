@@ -1,1 +1,10 @@
-"""opencl backend (probe only so far)."""
+"""The OpenCL backend through pyopencl. Importing this module does not import pyopencl."""
+
+from llmrt import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from llmrt_opencl.backend import OpenCLBackend
+
+    register(OpenCLBackend())
