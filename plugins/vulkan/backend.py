@@ -1,0 +1,372 @@
+"""Vulkan backend and devices: the physical devices one VkInstance enumerates, and what they can do.
+
+Everything is queried once, in ``probe()``. The VkInstance then stays alive with the backend (it
+is destroyed when the backend is closed or garbage-collected, or at exit): physical-device handles
+are only valid while their instance lives, the compute kernels will need them, and free memory
+(VK_EXT_memory_budget) changes, so ``info()`` re-reads it through the live instance.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+
+FIX_PACKAGE = "pip install 'llmrt[vulkan]'"
+FIX_LOADER = "install the Vulkan loader, e.g. `apt install libvulkan1`"
+FIX_DRIVER = (
+    "install a Vulkan driver (ICD), e.g. Mesa's `mesa-vulkan-drivers` (lavapipe, on the CPU) or "
+    "the GPU vendor's driver; NVIDIA's ICD (libGLX_nvidia.so.0) also needs `libegl1` and "
+    "`libglvnd0`"
+)
+
+NVIDIA = 0x10DE
+
+
+def make_api_version(major: int, minor: int, patch: int = 0) -> int:
+    return major << 22 | minor << 12 | patch
+
+
+API_MASK = 0x1FFFFFFF  # drops VK_API_VERSION_VARIANT, which is 0 for Vulkan itself
+V1_1 = make_api_version(1, 1)
+V1_2 = make_api_version(1, 2)
+# The newest API version whose features this backend may use; the loader clamps to what it has.
+REQUESTED_API = make_api_version(1, 3)
+
+PROPS2_EXT = "VK_KHR_get_physical_device_properties2"
+# Lets the loader list "portability" drivers (MoltenVK on macOS); enabling it elsewhere is a no-op.
+PORTABILITY_EXT = "VK_KHR_portability_enumeration"
+PORTABILITY_BIT = 0x1  # VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR
+HEAP_DEVICE_LOCAL = 0x1  # VK_MEMORY_HEAP_DEVICE_LOCAL_BIT
+
+# VkPhysicalDeviceType -> (string, llmrt type). A virtual GPU or "other" device is an accelerator
+# of unknown kind: ranking it below real GPUs and above the CPU is the honest guess.
+DEVICE_TYPES = {
+    0: ("other", DeviceType.ACCEL),
+    1: ("integrated_gpu", DeviceType.IGPU),
+    2: ("discrete_gpu", DeviceType.GPU),
+    3: ("virtual_gpu", DeviceType.ACCEL),
+    4: ("cpu", DeviceType.CPU),
+}
+
+# VkSubgroupFeatureFlagBits and VkShaderStageFlagBits, named as in the spec without the vendor
+# suffix (rotate is KHR, then core in 1.4; partitioned is NV only).
+SUBGROUP_OPERATIONS = (
+    (0x1, "basic"), (0x2, "vote"), (0x4, "arithmetic"), (0x8, "ballot"), (0x10, "shuffle"),
+    (0x20, "shuffle_relative"), (0x40, "clustered"), (0x80, "quad"), (0x100, "partitioned"),
+    (0x200, "rotate"), (0x400, "rotate_clustered"),
+)  # fmt: skip
+SHADER_STAGES = (
+    (0x1, "vertex"), (0x2, "tessellation_control"), (0x4, "tessellation_evaluation"),
+    (0x8, "geometry"), (0x10, "fragment"), (0x20, "compute"), (0x40, "task"), (0x80, "mesh"),
+    (0x100, "raygen"), (0x200, "any_hit"), (0x400, "closest_hit"), (0x800, "miss"),
+    (0x1000, "intersection"), (0x2000, "callable"),
+)  # fmt: skip
+
+
+def api_version_string(version: int) -> str:
+    """VK_API_VERSION_MAJOR/MINOR/PATCH: 3 variant bits on top (dropped), then 7/10/12 bits."""
+    return f"{(version >> 22) & 0x7F}.{(version >> 12) & 0x3FF}.{version & 0xFFF}"
+
+
+def driver_version_string(version: int, vendor_id: int) -> str:
+    """driverVersion is vendor-defined: NVIDIA packs 10/8/8/6 bits (580.159.4.0 for 580.159.04);
+    the others (Mesa, AMD…) use VK_MAKE_VERSION's 10/10/12."""
+    if vendor_id == NVIDIA:
+        return f"{version >> 22}.{(version >> 14) & 0xFF}.{(version >> 6) & 0xFF}.{version & 0x3F}"
+    return f"{version >> 22}.{(version >> 12) & 0x3FF}.{version & 0xFFF}"
+
+
+def flag_names(mask: int, table: Sequence[tuple[int, str]]) -> list[str]:
+    """The names of the bits set in ``mask``; bits this table does not know are kept as hex."""
+    names = [name for bit, name in table if mask & bit]
+    unknown = mask & ~sum(bit for bit, _ in table)
+    return names + [hex(1 << i) for i in range(32) if unknown >> i & 1]
+
+
+def _text(vk: Any, chars: Any) -> str:
+    return vk.ffi.string(chars).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class _Procs:
+    """Instance-level entry points fetched with vkGetInstanceProcAddr, core (1.1) and KHR.
+
+    The ``vulkan`` package's own ``vkGetInstanceProcAddr`` only wraps extension names (it raises
+    ExtensionNotSupportedError for the core ``vkGetPhysicalDeviceProperties2``), so the raw
+    pointers are fetched from ``vk.lib`` and called with cffi directly.
+    """
+
+    instance_api: int  # the apiVersion the instance was created with
+    core: dict[str, Any]
+    khr: dict[str, Any]
+
+    @classmethod
+    def fetch(cls, vk: Any, instance: Any, instance_api: int, khr: bool) -> _Procs:
+        def get(name: str) -> Any:
+            pointer = vk.lib.vkGetInstanceProcAddr(instance, name.encode())
+            return None if pointer == vk.ffi.NULL else vk.ffi.cast(f"PFN_{name}", pointer)
+
+        names = (
+            "vkGetPhysicalDeviceProperties2",
+            "vkGetPhysicalDeviceFeatures2",
+            "vkGetPhysicalDeviceMemoryProperties2",
+        )
+        return cls(
+            instance_api,
+            {n: get(n) for n in names} if instance_api >= V1_1 else {},
+            {n: get(n + "KHR") for n in names} if khr else {},
+        )
+
+    def usable_api(self, device_api: int) -> int:
+        """The version whose structs may be chained for this device: both the device and the
+        instance must have it."""
+        return min(device_api & API_MASK, self.instance_api)
+
+    def get(self, name: str, device_api: int) -> Any:
+        # Core 1.1 physical-device commands are valid only for devices that support 1.1; the
+        # KHR instance extension covers 1.0 devices too.
+        fn = self.core.get(name) if self.usable_api(device_api) >= V1_1 else None
+        return fn or self.khr.get(name)
+
+
+@dataclass(frozen=True)
+class _DeviceData:
+    name: str
+    type: DeviceType
+    memory_total: int | None
+    heap: int | None  # the heap memory_total describes
+    memory_properties2: Any  # vkGetPhysicalDeviceMemoryProperties2 when VK_EXT_memory_budget
+    properties: dict[str, Any]
+
+
+def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
+    """Everything llmrt reports about one physical device, read once."""
+    ffi = vk.ffi
+    props = vk.vkGetPhysicalDeviceProperties(physical)
+    api = procs.usable_api(props.apiVersion)
+    limits = props.limits
+    extensions = {e.extensionName for e in vk.vkEnumerateDeviceExtensionProperties(physical, None)}
+    type_name, device_type = DEVICE_TYPES.get(props.deviceType, ("other", DeviceType.ACCEL))
+
+    memory = vk.vkGetPhysicalDeviceMemoryProperties(physical)
+    heaps = [
+        {"size": int(h.size), "device_local": bool(h.flags & HEAP_DEVICE_LOCAL)}
+        for h in (memory.memoryHeaps[i] for i in range(memory.memoryHeapCount))
+    ]
+    local = [i for i, h in enumerate(heaps) if h["device_local"]]
+    heap = max(local, key=lambda i: heaps[i]["size"]) if local else None
+
+    properties: dict[str, Any] = {
+        "api_version": api_version_string(props.apiVersion),
+        "driver_version": driver_version_string(props.driverVersion, props.vendorID),
+        "driver_name": None,
+        "driver_info": None,
+        "vendor_id": f"0x{props.vendorID:04x}",
+        "device_id": f"0x{props.deviceID:04x}",
+        "device_type": type_name,
+        "memory_heaps": heaps,
+        "subgroup_size": None,
+        "subgroup_operations": [],
+        "subgroup_stages": [],
+        "shader_float16": False,
+        "shader_int8": False,
+        "storage_buffer_16bit": False,
+        "uniform_and_storage_buffer_16bit": False,
+        "storage_push_constant_16bit": False,
+        "max_compute_workgroup_size": [int(n) for n in limits.maxComputeWorkGroupSize],
+        "max_compute_workgroup_invocations": int(limits.maxComputeWorkGroupInvocations),
+        "max_storage_buffer_range": int(limits.maxStorageBufferRange),
+        "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
+    }
+
+    # Each chained struct is built innermost first and held in a local until it has been read:
+    # pNext is a raw pointer into its memory, which cffi frees with the Python object.
+    get_properties2 = procs.get("vkGetPhysicalDeviceProperties2", props.apiVersion)
+    if get_properties2 is not None:
+        chain = None
+        subgroup = driver = None
+        if api >= V1_1:
+            subgroup = chain = vk.VkPhysicalDeviceSubgroupProperties(pNext=chain)
+        if api >= V1_2 or "VK_KHR_driver_properties" in extensions:
+            driver = chain = vk.VkPhysicalDeviceDriverProperties(pNext=chain)
+        properties2 = vk.VkPhysicalDeviceProperties2(pNext=chain)
+        get_properties2(physical, ffi.addressof(properties2))
+        if subgroup is not None:
+            properties["subgroup_size"] = int(subgroup.subgroupSize)
+            properties["subgroup_operations"] = flag_names(
+                subgroup.supportedOperations, SUBGROUP_OPERATIONS
+            )
+            properties["subgroup_stages"] = flag_names(subgroup.supportedStages, SHADER_STAGES)
+        if driver is not None:
+            properties["driver_name"] = _text(vk, driver.driverName)
+            properties["driver_info"] = _text(vk, driver.driverInfo)
+
+    get_features2 = procs.get("vkGetPhysicalDeviceFeatures2", props.apiVersion)
+    if get_features2 is not None:
+        chain = None
+        float16_int8 = storage16 = None
+        if api >= V1_1 or "VK_KHR_16bit_storage" in extensions:
+            storage16 = chain = vk.VkPhysicalDevice16BitStorageFeatures(pNext=chain)
+        if api >= V1_2 or "VK_KHR_shader_float16_int8" in extensions:
+            float16_int8 = chain = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=chain)
+        features2 = vk.VkPhysicalDeviceFeatures2(pNext=chain)
+        get_features2(physical, ffi.addressof(features2))
+        if float16_int8 is not None:
+            properties["shader_float16"] = bool(float16_int8.shaderFloat16)
+            properties["shader_int8"] = bool(float16_int8.shaderInt8)
+        if storage16 is not None:
+            properties["storage_buffer_16bit"] = bool(storage16.storageBuffer16BitAccess)
+            properties["uniform_and_storage_buffer_16bit"] = bool(
+                storage16.uniformAndStorageBuffer16BitAccess
+            )
+            properties["storage_push_constant_16bit"] = bool(storage16.storagePushConstant16)
+
+    memory_properties2 = None
+    if "VK_EXT_memory_budget" in extensions and heap is not None:
+        memory_properties2 = procs.get("vkGetPhysicalDeviceMemoryProperties2", props.apiVersion)
+
+    return _DeviceData(
+        name=props.deviceName,
+        type=device_type,
+        memory_total=heaps[heap]["size"] if heap is not None else None,
+        heap=heap,
+        memory_properties2=memory_properties2,
+        properties=properties,
+    )
+
+
+def _memory_free(vk: Any, physical: Any, get_memory_properties2: Any, heap: int) -> int | None:
+    """What VK_EXT_memory_budget says this process may still allocate from ``heap``."""
+    budget = vk.VkPhysicalDeviceMemoryBudgetPropertiesEXT()
+    memory2 = vk.VkPhysicalDeviceMemoryProperties2(pNext=budget)
+    get_memory_properties2(physical, vk.ffi.addressof(memory2))
+    return max(0, int(budget.heapBudget[heap]) - int(budget.heapUsage[heap]))
+
+
+class VulkanDevice(Device):
+    """One VkPhysicalDevice; ``index`` is its place in vkEnumeratePhysicalDevices' order."""
+
+    def __init__(
+        self, backend: VulkanBackend, index: int, vk: Any, physical: Any, data: _DeviceData
+    ) -> None:
+        super().__init__(backend, index)
+        self.vk = vk
+        self.physical = physical
+        self._data = data
+
+    def info(self) -> DeviceInfo:
+        data = self._data
+        free = None
+        if data.memory_properties2 is not None and data.heap is not None:
+            try:
+                free = _memory_free(self.vk, self.physical, data.memory_properties2, data.heap)
+            except Exception:  # free memory is a hint; never fail info() over it
+                free = None
+        return DeviceInfo(
+            name=data.name,
+            type=data.type,
+            memory_total=data.memory_total,
+            memory_free=free,
+            properties=data.properties,
+        )
+
+
+class VulkanBackend(Backend):
+    name = "vulkan"
+    priority = 50
+
+    def __init__(self) -> None:
+        self.vk: Any = None
+        self.instance: Any = None
+        self._devices: list[VulkanDevice] = []
+        self._destroy: Callable[[], Any] = lambda: None
+
+    def probe(self) -> Probe:
+        try:
+            import vulkan as vk
+        except ModuleNotFoundError as exc:
+            if exc.name == "vulkan":
+                return Probe(False, "the `vulkan` Python package is not installed", FIX_PACKAGE)
+            return Probe(False, f"the `vulkan` package cannot be imported: {exc}", FIX_PACKAGE)
+        except OSError as exc:  # the package dlopens libvulkan.so.1 at import
+            return Probe(
+                False, f"the Vulkan loader (libvulkan.so.1) cannot be loaded: {exc}", FIX_LOADER
+            )
+        except Exception as exc:
+            return Probe(
+                False,
+                f"the `vulkan` package cannot be imported: {type(exc).__name__}: {exc}",
+                FIX_PACKAGE,
+            )
+        details: dict[str, Any] = {"vulkan_package": getattr(vk, "__version__", None)}
+        self.close()  # a second probe() starts afresh
+        try:
+            return self._probe(vk, details)
+        except Exception as exc:  # a driver or package surprise must not escape probe()
+            self.close()
+            return Probe(
+                False, f"probing Vulkan failed: {type(exc).__name__}: {exc}", details=details
+            )
+
+    def _probe(self, vk: Any, details: dict[str, Any]) -> Probe:
+        try:
+            loader = vk.vkEnumerateInstanceVersion()
+        except AttributeError:  # a 1.0 loader does not export vkEnumerateInstanceVersion
+            loader = make_api_version(1, 0)
+        details["loader_api_version"] = api_version_string(loader)
+        # A 1.0 loader rejects any other apiVersion; 1.1+ loaders accept any and clamp.
+        api = REQUESTED_API if (loader & API_MASK) >= V1_1 else make_api_version(1, 0)
+        details["instance_api_version"] = api_version_string(min(api, loader & API_MASK))
+
+        available = {e.extensionName for e in vk.vkEnumerateInstanceExtensionProperties(None)}
+        enabled = [name for name in (PROPS2_EXT, PORTABILITY_EXT) if name in available]
+        app = vk.VkApplicationInfo(pApplicationName="llmrt", pEngineName="llmrt", apiVersion=api)
+        create = vk.VkInstanceCreateInfo(
+            flags=PORTABILITY_BIT if PORTABILITY_EXT in enabled else 0,
+            pApplicationInfo=app,
+            ppEnabledExtensionNames=enabled,
+        )
+        try:
+            instance = vk.vkCreateInstance(create, None)
+        except (vk.VkError, vk.VkException) as exc:
+            # With no ICD at all the loader answers VK_ERROR_INCOMPATIBLE_DRIVER here.
+            return Probe(
+                False, f"vkCreateInstance failed: {type(exc).__name__}", FIX_DRIVER, details
+            )
+        self.vk, self.instance = vk, instance
+        self._destroy = weakref.finalize(self, vk.vkDestroyInstance, instance, None)
+
+        try:
+            physical = list(vk.vkEnumeratePhysicalDevices(instance))
+        except (vk.VkError, vk.VkException) as exc:
+            self.close()
+            return Probe(
+                False,
+                f"vkEnumeratePhysicalDevices failed: {type(exc).__name__}",
+                FIX_DRIVER,
+                details,
+            )
+        if not physical:
+            self.close()
+            return Probe(False, "Vulkan found no physical device (no driver)", FIX_DRIVER, details)
+
+        procs = _Procs.fetch(vk, instance, api, khr=PROPS2_EXT in enabled)
+        self._devices = [
+            VulkanDevice(self, i, vk, p, _query_device(vk, p, procs))
+            for i, p in enumerate(physical)
+        ]
+        details["devices"] = len(self._devices)
+        return Probe(True, details=details)
+
+    def devices(self) -> Sequence[Device]:
+        return list(self._devices)
+
+    def close(self) -> None:
+        """Destroy the VkInstance; this backend's devices are unusable afterwards."""
+        self._devices = []
+        self._destroy()
+        self.instance = None
