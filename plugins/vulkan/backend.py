@@ -141,6 +141,19 @@ class _DeviceData:
     heap: int | None  # the heap memory_total describes
     memory_properties2: Any  # vkGetPhysicalDeviceMemoryProperties2 when VK_EXT_memory_budget
     properties: dict[str, Any]
+    summary: str
+
+
+def _summary(p: dict[str, Any]) -> str:
+    """The few properties worth a column in ``llmrt devices``."""
+    driver = f"driver {p['driver_version']}"
+    if p["driver_name"]:
+        driver = f"{p['driver_name']} {p['driver_info'] or p['driver_version']}"
+    text = f"Vulkan {p['api_version']}, {driver}"
+    if p["subgroup_size"]:
+        text += f", subgroup {p['subgroup_size']}"
+    flags = [("fp16", "shader_float16"), ("int8", "shader_int8"), ("coopmat", "cooperative_matrix")]
+    return text + "".join(f", {label}" for label, key in flags if p[key])
 
 
 def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
@@ -236,6 +249,7 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         heap=heap,
         memory_properties2=memory_properties2,
         properties=properties,
+        summary=_summary(properties),
     )
 
 
@@ -272,6 +286,7 @@ class VulkanDevice(Device):
             memory_total=data.memory_total,
             memory_free=free,
             properties=data.properties,
+            summary=data.summary,
         )
 
 

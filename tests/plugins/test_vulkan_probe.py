@@ -60,6 +60,7 @@ def test_registry_lists_lavapipe_as_cpu_device():
     assert info.memory_total == max(h["size"] for h in props["memory_heaps"] if h["device_local"])
     assert props["driver_name"] == "llvmpipe"
     assert props["max_compute_workgroup_invocations"] >= 128
+    assert info.summary.startswith(f"Vulkan {props['api_version']}, llvmpipe Mesa ")
     json.dumps(props)  # JSON-serializable throughout
 
 
