@@ -40,6 +40,8 @@ class GGUFError(LlmrtError):
         self.offset = offset
         self.what = what
         self.path = path
-        where = f" at byte {offset}" if offset is not None else ""
         prefix = f"{path}: " if path else ""
-        super().__init__(f"{prefix}bad GGUF file{where}: {what}")
+        if offset is None:
+            super().__init__(f"{prefix}{what}")
+        else:
+            super().__init__(f"{prefix}bad GGUF file at byte {offset}: {what}")

@@ -4,12 +4,14 @@ from llmrt.errors import GGUFError
 from llmrt.gguf.constants import GGMLType, GGUFValueType, Keys
 from llmrt.gguf.quants import dequantize, quantize
 from llmrt.gguf.reader import GGUFReader, TensorInfo
+from llmrt.gguf.writer import GGUFWriter
 
 __all__ = [
     "GGMLType",
     "GGUFError",
     "GGUFReader",
     "GGUFValueType",
+    "GGUFWriter",
     "Keys",
     "TensorInfo",
     "dequantize",

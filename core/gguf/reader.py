@@ -173,6 +173,7 @@ class GGUFReader:
         self.metadata_types: dict[str, ValueTypeSpec] = {}
         self.tensors: list[TensorInfo] = []
         self._by_name: dict[str, TensorInfo] = {}
+        self._value_at: dict[str, int] = {}  # where each metadata value starts, for errors
         self._buf = self._map()
         try:
             self._parse()
@@ -253,6 +254,7 @@ class GGUFReader:
         vtype = c.u32(f"value type of {key!r}")
         if vtype not in _VALUE_TYPE_IDS:
             raise GGUFError(type_at, f"unknown value type {vtype} for key {key!r}")
+        self._value_at[key] = c.pos
         value, spec = self._read_value(c, GGUFValueType(vtype), key, 0)
         self.metadata[key] = value
         self.metadata_types[key] = spec
@@ -337,10 +339,11 @@ class GGUFReader:
         if Keys.ALIGNMENT not in self.metadata:
             return DEFAULT_ALIGNMENT
         value = self.metadata[Keys.ALIGNMENT]
+        at = self._value_at[Keys.ALIGNMENT]
         if self.metadata_types[Keys.ALIGNMENT] != GGUFValueType.UINT32:
-            raise GGUFError(None, f"{Keys.ALIGNMENT} must be a UINT32")
+            raise GGUFError(at, f"{Keys.ALIGNMENT} must be a UINT32")
         if value == 0 or value & (value - 1):
-            raise GGUFError(None, f"{Keys.ALIGNMENT} is {value}, not a power of two")
+            raise GGUFError(at, f"{Keys.ALIGNMENT} is {value}, not a power of two")
         return value
 
     def _read_tensor_info(self, c: _Cursor) -> tuple[int, str, GGMLType, tuple[int, ...], int]:
