@@ -10,6 +10,23 @@ from llmrt.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+
+def load(model=None, device="auto"):
+    """Load a GGUF file or a known model name onto a device; see `llmrt.engine.load`."""
+    from llmrt.engine import load as _load
+
+    return _load(model, device)
+
+
+def __getattr__(name: str):
+    # Heavier parts load on first use, so that `import llmrt` stays cheap.
+    if name == "Tokenizer":
+        from llmrt.tokenizer import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module 'llmrt' has no attribute {name!r}")
+
+
 __all__ = [
     "Backend",
     "Device",
@@ -20,5 +37,6 @@ __all__ = [
     "__version__",
     "get_device",
     "hookimpl",
+    "load",
     "registry",
 ]

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrt.errors import DeviceNotFound
+from llmrt.errors import DeviceNotFound, UnsupportedOp
 from llmrt.plugins import get_plugins, on_reset
 
 API_VERSION = 1
@@ -92,6 +92,15 @@ class Backend(ABC):
         """The devices of this backend, index 0 first. Called only when ``probe()`` is available."""
 
 
+class Executable(ABC):
+    """A graph compiled for one device, replayed with new inputs; the hot path of a decode step."""
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run once. ``inputs`` maps input keys to host arrays; returns the graph's outputs as
+        host numpy arrays."""
+
+
 class Device(ABC):
     """One device of a backend, addressed as ``backend.name:index``."""
 
@@ -112,6 +121,24 @@ class Device(ABC):
         """Whether this device can run graph node ``node``: the one source of truth for placement
         and for skipping conformance cases. The default declines everything."""
         return False
+
+    def upload(self, tensor: Any) -> Any:
+        """Copy one weight (an ``llmrt.gguf.TensorInfo``, in its ggml blocks) to the device and
+        return the handle that ``compile`` binds it by. Called once per weight at model load."""
+        raise UnsupportedOp(f"{self.id} cannot hold weights")
+
+    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Allocate a zeroed persistent tensor (a KV cache) and return its handle."""
+        raise UnsupportedOp(f"{self.id} cannot hold state")
+
+    def write_state(self, state: Any, data: Any) -> None:
+        """Overwrite a state tensor from a host numpy array of its shape and type."""
+        raise UnsupportedOp(f"{self.id} cannot hold state")
+
+    def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
+        """Lower ``graph`` once: resolve a kernel per node and plan buffers. ``bindings`` maps
+        each weight and state leaf's key to a handle from ``upload``/``new_state``."""
+        raise UnsupportedOp(f"{self.id} cannot run graphs")
 
     def __repr__(self) -> str:
         return f"<Device {self.id}>"

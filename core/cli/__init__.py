@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Each module defines register(app) and adds its commands.
-COMMANDS = ("devices", "plugins", "inspect", "tokenize")
+COMMANDS = ("run", "bench", "pull", "devices", "plugins", "inspect", "tokenize")
 
 
 def build_app() -> typer.Typer:

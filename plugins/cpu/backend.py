@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+from llmrt import reference
+from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import Graph, Op, Tensor
 
 # The instruction-set extensions that matter to numeric kernels, as /proc/cpuinfo spells them.
 SIMD_FLAGS = (
@@ -74,6 +78,26 @@ class CPUDevice(Device):
             },
             summary=f"{usable} cores, {' '.join(simd[-4:]) or 'no SIMD'}, numpy {np.__version__}",
         )
+
+    def supports_op(self, node: Tensor) -> bool:
+        return node.op in reference.KERNELS or node.op in (Op.WEIGHT, Op.INPUT, Op.STATE)
+
+    def upload(self, tensor: Any) -> Any:
+        """Weights stay in the memory-mapped file: zero-copy views, quantized blocks as they are."""
+        return reference.host_weight(tensor)
+
+    def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
+        return np.zeros(shape, dtype=reference.NUMPY_TYPES[dtype])
+
+    def write_state(self, state: np.ndarray, data: np.ndarray) -> None:
+        np.copyto(state, data)
+
+    def compile(self, graph: Graph, bindings: Mapping[str, Any]) -> Executable:
+        return CPUProgram(graph, bindings)
+
+
+class CPUProgram(reference.ReferenceProgram, Executable):
+    """The numpy reference, run as it is (the fast CPU path is still to come)."""
 
 
 class CPUBackend(Backend):

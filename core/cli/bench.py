@@ -1,0 +1,101 @@
+"""``llmrt bench``: llama-bench's tests and table (prompt processing ppN, text generation tgN)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from llmrt.cli.common import DeviceOption
+from llmrt.errors import UsageError
+
+Opt = typer.Option
+
+
+def describe(model: Any) -> str:
+    """llama-bench's model column: architecture, size label, file type."""
+    md = model.metadata
+    label = md.get("general.size_label")
+    if not label:
+        n = model.n_params
+        label = f"{n / 1e9:.0f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+    types: dict[str, int] = {}
+    for t in model.reader.tensors:
+        if len(t.shape) == 2:
+            types[t.type.name] = types.get(t.type.name, 0) + t.nbytes
+    ftype = max(types, key=types.get) if types else "?"
+    return f"{model.hp.arch} {label} {ftype}"
+
+
+def _run_test(model: Any, n_prompt: int, n_gen: int, ubatch: int) -> float:
+    """Seconds for one repetition on a fresh cache, random tokens as llama-bench uses."""
+    rng = np.random.default_rng(0)
+    ctx = model.context(n_ctx=max(256, n_prompt + n_gen), n_ubatch=ubatch)
+    tokens = rng.integers(0, model.hp.n_vocab, n_prompt + n_gen).tolist()
+    start = time.perf_counter()
+    if n_prompt:
+        ctx.eval(tokens[:n_prompt])
+    for tok in tokens[n_prompt:]:
+        ctx.eval([tok])
+    return time.perf_counter() - start
+
+
+def bench(
+    model: Annotated[list[str], Opt("-m", "--model", help="GGUF file or known model name; "
+                                    "repeat for several.")],
+    n_prompt: Annotated[int, Opt("-p", "--n-prompt", help="Prompt tokens; 0: skip.")] = 512,
+    n_gen: Annotated[int, Opt("-n", "--n-gen", help="Generated tokens (tg test); 0: skip.")] = 128,
+    repetitions: Annotated[int, Opt("-r", "--repetitions")] = 5,
+    ubatch: Annotated[int, Opt("-ub", "--ubatch-size")] = 512,
+    n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
+    device: DeviceOption = "auto",
+    output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
+) -> None:  # fmt: skip
+    """Measure prompt processing and generation speed, as llama-bench does."""
+    from llmrt.engine import load
+
+    if repetitions < 1 or n_prompt < 0 or n_gen < 0:
+        raise UsageError("-r must be at least 1, -p and -n at least 0")
+    if output not in ("md", "json"):
+        raise UsageError(f"-o takes md or json, not {output}")
+    rows = []
+    if output == "md":
+        typer.echo("| model | size | params | backend | ngl | test | t/s |")
+        typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
+    for name in model:
+        m = load(name, device=device)
+        tests = [(f"pp{n_prompt}", n_prompt, 0)] if n_prompt else []
+        tests += [(f"tg{n_gen}", 0, n_gen)] if n_gen else []
+        for test, np_, ng in tests:
+            _run_test(m, min(np_, 16), min(ng, 4), ubatch)  # warm-up: compiles the graphs
+            times = [_run_test(m, np_, ng, ubatch) for _ in range(repetitions)]
+            speeds = [(np_ + ng) / t for t in times]
+            row = {
+                "model": describe(m),
+                "file": str(m.path),
+                "size_bytes": m.size_bytes,
+                "params": m.n_params,
+                "backend": m.device.id,
+                "ngl": n_gpu_layers,
+                "test": test,
+                "avg_ts": statistics.fmean(speeds),
+                "stddev_ts": statistics.stdev(speeds) if len(speeds) > 1 else 0.0,
+                "samples_ts": speeds,
+            }
+            rows.append(row)
+            if output == "md":
+                typer.echo(
+                    f"| {row['model']} | {m.size_bytes / 2**20:.2f} MiB | "
+                    f"{m.n_params / 1e6:.2f} M | {row['backend']} | {n_gpu_layers} | {test} | "
+                    f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f} |"
+                )
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

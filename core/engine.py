@@ -1,0 +1,306 @@
+"""Loading a model onto a device, and contexts: the KV cache, batches, prefill and decode.
+
+A `Context` owns a unified KV cache of `n_ctx` cells shared by any number of sequences (as
+llama.cpp's): each cell remembers the position and sequence of the token written there, and the
+attention mask of a batch is computed from that. Graphs are built and compiled once per shape
+(tokens in the batch, visible cells rounded up to KV_STEP, logits rows wanted) and replayed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrt.device import Device, Executable, get_device
+from llmrt.errors import LlmrtError, UsageError
+from llmrt.gguf import GGUFReader
+from llmrt.gguf.constants import GGMLType
+from llmrt.models import Shape, get_architecture
+
+KV_STEP = 256  # visible KV cells are padded to this, so decode reuses a graph for 256 steps
+KV_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
+
+
+class ContextFull(LlmrtError):
+    """The batch does not fit in the free cells of the KV cache."""
+
+
+class Model:
+    """A GGUF model with its weights on a device, and its tokenizer."""
+
+    def __init__(self, path: str | os.PathLike[str], device: str | Device = "auto") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LlmrtError(f"model file not found: {self.path}")
+        self.reader = GGUFReader(self.path)
+        self.metadata = self.reader.metadata
+        arch_name = self.metadata.get("general.architecture")
+        if not isinstance(arch_name, str):
+            raise LlmrtError(f"{self.path} has no general.architecture: not a model file")
+        self.arch = get_architecture(arch_name)
+        self.hp = self.arch.hparams(self.metadata)
+        self.device = device if isinstance(device, Device) else get_device(device)
+        self.weight_meta = {t.name: (t.shape, t.type) for t in self.reader.tensors}
+        self.weights = {t.name: self.device.upload(t) for t in self.reader.tensors}
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from llmrt.tokenizer import Tokenizer
+
+        return Tokenizer.from_metadata(self.metadata)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.reader.tensors)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.nbytes for t in self.reader.tensors)
+
+    def context(self, **kwargs: Any) -> Context:
+        return Context(self, **kwargs)
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False):
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def generate(
+        self, prompt: str | Sequence[int], n_predict: int = 128, *, n_ctx: int = 4096,
+        **sampling: Any,
+    ) -> Iterator[str]:  # fmt: skip
+        """Stream the text generated after `prompt` (text or token ids). Keyword arguments are
+        `llmrt.sampling.SamplingParams` fields (temperature=0 for greedy, seed, top_k, ...)."""
+        from llmrt.sampling import Sampler, SamplingParams
+
+        ids = self.tokenize(prompt, parse_special=True) if isinstance(prompt, str) else prompt
+        ctx = self.context(n_ctx=n_ctx)
+        sampler = Sampler(SamplingParams(**sampling), self.hp.n_vocab)
+        decoder = self.tokenizer.decoder()
+        for token in generate(ctx, list(ids), n_predict, sampler, self.tokenizer.eog_ids):
+            if token not in self.tokenizer.eog_ids:
+                yield decoder.add(token)
+        yield decoder.flush()
+
+
+@dataclass
+class Timings:
+    """Counters for llama.cpp's timing lines."""
+
+    t_load_ms: float = 0.0
+    n_prompt: int = 0
+    t_prompt_ms: float = 0.0
+    n_eval: int = 0
+    t_eval_ms: float = 0.0
+    t_sample_ms: float = 0.0
+    n_sample: int = 0
+
+
+@dataclass
+class Batch:
+    """Tokens to evaluate, each with its position, sequence and whether its logits are wanted."""
+
+    tokens: np.ndarray
+    pos: np.ndarray
+    seq: np.ndarray
+    logits: np.ndarray  # bool per token
+
+    @staticmethod
+    def of(tokens: Sequence[int], start: int, seq: int = 0, all_logits: bool = False) -> Batch:
+        n = len(tokens)
+        want = np.ones(n, bool) if all_logits else np.arange(n) == n - 1
+        return Batch(
+            np.asarray(tokens, np.int32),
+            np.arange(start, start + n, dtype=np.int32),
+            np.full(n, seq, np.int32),
+            want,
+        )
+
+
+class Context:
+    """A KV cache and the compiled graphs that read and write it."""
+
+    def __init__(
+        self, model: Model, n_ctx: int = 4096, n_ubatch: int = 512, kv_type: str = "f16"
+    ) -> None:
+        if n_ctx <= 0:
+            n_ctx = model.hp.n_ctx_train
+        if n_ubatch <= 0:
+            raise UsageError(f"batch size must be positive, got {n_ubatch}")
+        if kv_type not in KV_TYPES:
+            raise UsageError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {kv_type}")
+        self.model, self.n_ctx, self.n_ubatch = model, n_ctx, n_ubatch
+        self.kv_type = KV_TYPES[kv_type]
+        hp, device = model.hp, model.device
+        cache = (n_ctx, hp.n_head_kv, hp.head_dim)
+        self.state = {
+            f"cache_{kind}.{il}": device.new_state(cache, self.kv_type)
+            for il in range(hp.n_layer)
+            for kind in ("k", "v")
+        }
+        self.cell_pos = np.full(n_ctx, -1, np.int64)
+        self.cell_seq = np.full(n_ctx, -1, np.int64)
+        self.graphs: dict[tuple[int, int, int], Executable] = {}
+        self.timings = Timings()
+
+    # --- cache bookkeeping ---
+    def seq_len(self, seq: int = 0) -> int:
+        """One past the highest position held for a sequence (0 when it holds none)."""
+        held = self.cell_pos[self.cell_seq == seq]
+        return int(held.max()) + 1 if held.size else 0
+
+    def remove(self, seq: int | None = None, start: int = 0, stop: int | None = None) -> None:
+        """Forget positions [start, stop) of a sequence (of every sequence when seq is None)."""
+        hit = (self.cell_pos >= start) & (self.cell_pos < (stop if stop is not None else 1 << 62))
+        if seq is not None:
+            hit &= self.cell_seq == seq
+        self.cell_pos[hit] = -1
+        self.cell_seq[hit] = -1
+
+    def clear(self) -> None:
+        self.remove(None)
+
+    @property
+    def n_free(self) -> int:
+        return int(np.count_nonzero(self.cell_pos < 0))
+
+    # --- evaluation ---
+    def decode(self, batch: Batch) -> np.ndarray:
+        """Evaluate a batch in ubatches; returns logits [n wanted, n_vocab] in batch order."""
+        n = len(batch.tokens)
+        if n == 0:
+            return np.zeros((0, self.model.hp.n_vocab), np.float32)
+        if n > self.n_free:
+            raise ContextFull(
+                f"the context is full: {n} tokens do not fit in the {self.n_free} free of "
+                f"{self.n_ctx} cells (raise -c)"
+            )
+        out = []
+        for s in range(0, n, self.n_ubatch):
+            part = slice(s, min(n, s + self.n_ubatch))
+            out.append(self._decode_ubatch(
+                batch.tokens[part], batch.pos[part], batch.seq[part], batch.logits[part]
+            ))  # fmt: skip
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _decode_ubatch(self, tokens, pos, seq, want) -> np.ndarray:
+        t0 = time.perf_counter()
+        n = len(tokens)
+        if np.any(tokens < 0) or np.any(tokens >= self.model.hp.n_vocab):
+            raise UsageError(f"token id out of range [0, {self.model.hp.n_vocab})")
+        cells = np.flatnonzero(self.cell_pos < 0)[:n]
+        self.cell_pos[cells] = pos
+        self.cell_seq[cells] = seq
+        used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
+        n_kv = min(self.n_ctx, -(-used // KV_STEP) * KV_STEP)
+        out_rows = np.flatnonzero(want).astype(np.int32)
+        inputs = {
+            "tokens": tokens,
+            "pos": pos,
+            "kv_cells": cells.astype(np.int32),
+            "out_rows": out_rows,
+            **self._masks(pos, seq, n_kv),
+        }
+        logits = self._executable(n, n_kv, len(out_rows)).run(inputs)["logits"]
+        dt = (time.perf_counter() - t0) * 1e3
+        if n > 1:
+            self.timings.n_prompt += n
+            self.timings.t_prompt_ms += dt
+        else:
+            self.timings.n_eval += n
+            self.timings.t_eval_ms += dt
+        return np.asarray(logits, np.float32)
+
+    def _masks(self, pos: np.ndarray, seq: np.ndarray, n_kv: int) -> dict[str, np.ndarray]:
+        cell_pos, cell_seq = self.cell_pos[:n_kv], self.cell_seq[:n_kv]
+        visible = (cell_seq[None, :] == seq[:, None]) & (cell_pos[None, :] <= pos[:, None])
+        masks = {"mask": np.where(visible, 0.0, -np.inf).astype(np.float32)}
+        window = self.model.hp.swa_window
+        if self.model.hp.swa_pattern:
+            near = pos[:, None] - cell_pos[None, :] < window
+            masks["mask_swa"] = np.where(visible & near, 0.0, -np.inf).astype(np.float32)
+        return masks
+
+    def _executable(self, n_tokens: int, n_kv: int, n_out: int) -> Executable:
+        key = (n_tokens, n_kv, n_out)
+        exe = self.graphs.get(key)
+        if exe is None:
+            model = self.model
+            shape = Shape(n_tokens, n_kv, n_out, self.n_ctx, self.kv_type)
+            graph = model.arch.build(model.hp, shape, model.weight_meta)
+            exe = model.device.compile(graph, {**model.weights, **self.state})
+            self.graphs[key] = exe
+        return exe
+
+    # --- convenience for one sequence ---
+    def eval(self, tokens: Sequence[int], seq: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to a sequence; returns the last token's logits (or every token's)."""
+        logits = self.decode(Batch.of(tokens, self.seq_len(seq), seq, all_logits))
+        return logits if all_logits else logits[-1]
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int] = field(default_factory=list)
+    stop: str = ""  # "eog", "length"
+
+
+def generate(
+    ctx: Context,
+    prompt: Sequence[int],
+    n_predict: int,
+    sampler: Any,
+    eog: set[int] | frozenset[int] = frozenset(),
+    seq: int = 0,
+    result: GenerationResult | None = None,
+) -> Iterator[int]:
+    """Evaluate the prompt, then yield sampled tokens until an end-of-generation token (yielded
+    too) or n_predict tokens (n_predict < 0: until the context is full)."""
+    result = result if result is not None else GenerationResult()
+    if len(prompt) == 0:
+        raise UsageError("the prompt is empty")
+    if len(prompt) > ctx.n_free:
+        raise ContextFull(
+            f"the prompt has {len(prompt)} tokens, more than the context holds "
+            f"({ctx.n_free} free of {ctx.n_ctx}; raise -c)"
+        )
+    for tok in prompt:
+        sampler.accept(int(tok))
+    logits = ctx.eval(prompt, seq)
+    count = 0
+    while n_predict < 0 or count < n_predict:
+        t0 = time.perf_counter()
+        tok = sampler.sample(logits)
+        ctx.timings.t_sample_ms += (time.perf_counter() - t0) * 1e3
+        ctx.timings.n_sample += 1
+        count += 1
+        result.tokens.append(tok)
+        yield tok
+        if tok in eog:
+            result.stop = "eog"
+            return
+        if ctx.n_free == 0:
+            result.stop = "context"
+            return
+        logits = ctx.eval([tok], seq)
+    result.stop = "length"
+
+
+def load(model: str | os.PathLike[str] | None = None, device: str | Device = "auto") -> Model:
+    """Load a GGUF file, or a known model by name (fetched once into the cache; see
+    `llmrt pull --list`). No model: the default model."""
+    from llmrt import pull
+
+    if model is None:
+        return Model(pull.pull(pull.DEFAULT_MODEL), device)
+    if str(model) in pull.MODELS and not Path(model).exists():
+        return Model(pull.pull(str(model)), device)
+    return Model(model, device)

@@ -1,0 +1,228 @@
+"""The numpy reference: a kernel per op, simple and correct, the oracle every backend is checked
+against (the cpu backend runs it as it is).
+
+Each kernel takes the node and its sources' values and returns the node's value. Activations are
+float32 numpy arrays; a quantized weight stays quantized (`QuantizedWeight`) and is dequantized a
+block of rows at a time, never whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmrt.errors import LlmrtError, UnsupportedOp
+from llmrt.gguf import dequantize
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX, Op, Tensor
+
+# Rows dequantized per step of a quantized mul_mat: bounds the f32 scratch to about 16 MiB.
+SCRATCH_ELEMENTS = 4 << 20
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A 2-D weight kept in its ggml blocks: `raw` is uint8 [rows, row_nbytes]."""
+
+    raw: np.ndarray
+    type: GGMLType
+    shape: tuple[int, int]
+
+    def dequantize_rows(self, start: int, stop: int) -> np.ndarray:
+        return dequantize(self.raw[start:stop], self.type, (stop - start, self.shape[1]))
+
+
+def _rows_per_step(k: int) -> int:
+    return max(1, SCRATCH_ELEMENTS // max(k, 1))
+
+
+def get_rows(node: Tensor, table: Any, ids: np.ndarray) -> np.ndarray:
+    if isinstance(table, QuantizedWeight):
+        return dequantize(table.raw[ids], table.type, (len(ids), table.shape[1]))
+    return np.asarray(table[ids], dtype=np.float32)
+
+
+def mul_mat(node: Tensor, a: Any, b: np.ndarray) -> np.ndarray:
+    if isinstance(a, QuantizedWeight):
+        m, k = a.shape
+        x = b.reshape(-1, k)
+        out = np.empty((x.shape[0], m), dtype=np.float32)
+        step = _rows_per_step(k)
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            out[:, r0:r1] = x @ a.dequantize_rows(r0, r1).T
+        return out.reshape(node.shape)
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 2:
+        return np.matmul(b, a.T)
+    # ggml broadcasting: a's batch entry i serves b's entries i*r .. i*r + r - 1
+    ba, bb = a.shape[:-2], b.shape[:-2]
+    r = math.prod(bb) // math.prod(ba)
+    a3 = a.reshape(-1, 1, *a.shape[-2:])
+    b3 = b.reshape(a3.shape[0], r, *b.shape[-2:])
+    return np.matmul(b3, np.swapaxes(a3, -1, -2)).reshape(node.shape)
+
+
+def rms_norm(node: Tensor, x: np.ndarray) -> np.ndarray:
+    mean = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+    return (x / np.sqrt(mean + node.params["eps"])).astype(np.float32)
+
+
+def norm(node: Tensor, x: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    centered = x64 - x64.mean(axis=-1, keepdims=True)
+    var = np.mean(np.square(centered), axis=-1, keepdims=True)
+    return (centered / np.sqrt(var + node.params["eps"])).astype(np.float32)
+
+
+def rope(node: Tensor, x: np.ndarray, pos: np.ndarray, factors: Any = None) -> np.ndarray:
+    p = node.params
+    n_dims = p["n_dims"]
+    half = n_dims // 2
+    inv_freq = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, dtype=np.float64)
+    theta = pos.astype(np.float64)[:, None] * inv_freq[None, :] * p["freq_scale"]
+    cos = (np.cos(theta) * p["attn_factor"]).astype(np.float32)[:, None, :]  # [T, 1, half]
+    sin = (np.sin(theta) * p["attn_factor"]).astype(np.float32)[:, None, :]
+    out = np.array(x, dtype=np.float32, copy=True)
+    if p["mode"] == ROPE_NEOX:
+        x0, x1 = x[..., :half], x[..., half:n_dims]
+        out[..., :half] = x0 * cos - x1 * sin
+        out[..., half:n_dims] = x0 * sin + x1 * cos
+    else:
+        x0, x1 = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
+        out[..., 0:n_dims:2] = x0 * cos - x1 * sin
+        out[..., 1:n_dims:2] = x0 * sin + x1 * cos
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def soft_max(node: Tensor, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    z = x * np.float32(node.params["scale"])
+    if mask is not None:
+        z = z + mask
+    return _softmax(z).astype(np.float32)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))).astype(
+        np.float32
+    )
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return (x / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def flash_attn_ext(
+    node: Tensor, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    t, hq, d = q.shape
+    s, hkv, dv = v.shape
+    group = hq // hkv
+    qg = q.reshape(t, hkv, group, d)
+    scores = np.einsum("thgd,shd->hgts", qg, k.astype(np.float32)) * np.float32(
+        node.params["scale"]
+    )
+    if node.params["softcap"]:
+        cap = np.float32(node.params["softcap"])
+        scores = np.tanh(scores / cap) * cap
+    if mask is not None:
+        scores = scores + mask
+    probs = _softmax(scores)
+    out = np.einsum("hgts,shd->thgd", probs, v.astype(np.float32))
+    return out.reshape(t, hq, dv).astype(np.float32)
+
+
+def view(node: Tensor, src: np.ndarray) -> np.ndarray:
+    flat = src.reshape(-1)  # a view: sources of views are contiguous storage
+    item = flat.itemsize
+    return np.lib.stride_tricks.as_strided(
+        flat[node.params["offset"] :], node.shape, [s * item for s in node.strides]
+    )
+
+
+def set_rows(node: Tensor, dst: np.ndarray, ids: np.ndarray, src: np.ndarray) -> np.ndarray:
+    dst[ids] = src.astype(dst.dtype)
+    return dst
+
+
+KERNELS: dict[Op, Callable[..., np.ndarray]] = {
+    Op.GET_ROWS: get_rows,
+    Op.SET_ROWS: set_rows,
+    Op.VIEW: view,
+    Op.RESHAPE: lambda node, x: x.reshape(node.shape),
+    Op.PERMUTE: lambda node, x: x.transpose(node.params["axes"]),
+    Op.CONT: lambda node, x: np.ascontiguousarray(x),
+    Op.CPY: lambda node, x: x.astype(np.float16 if node.dtype == GGMLType.F16 else np.float32),
+    Op.MUL_MAT: mul_mat,
+    Op.ADD: lambda node, a, b: (a + b).astype(np.float32, copy=False),
+    Op.MUL: lambda node, a, b: (a * b).astype(np.float32, copy=False),
+    Op.SCALE: lambda node, x: x * np.float32(node.params["scale"]),
+    Op.RMS_NORM: rms_norm,
+    Op.NORM: norm,
+    Op.ROPE: rope,
+    Op.SOFT_MAX: soft_max,
+    Op.SILU: lambda node, x: silu(x),
+    Op.GELU: lambda node, x: gelu_tanh(x),
+    Op.SWIGLU: lambda node, g, u: silu(g) * u,
+    Op.GEGLU: lambda node, g, u: gelu_tanh(g) * u,
+    Op.FLASH_ATTN_EXT: flash_attn_ext,
+    Op.ARGMAX: lambda node, x: np.argmax(x, axis=-1).astype(np.int32),
+}
+
+
+class ReferenceProgram:
+    """A graph lowered to a list of steps, each a kernel with its sources' slots resolved."""
+
+    def __init__(self, graph: Any, bindings: Mapping[str, Any]) -> None:
+        slot = {id(node): i for i, node in enumerate(graph.nodes)}
+        self.values: list[Any] = [None] * len(graph.nodes)
+        self.inputs: list[tuple[int, str, Tensor]] = []
+        self.steps: list[tuple[int, Callable[..., Any], Tensor, tuple[int, ...]]] = []
+        for i, node in enumerate(graph.nodes):
+            if node.op in (Op.WEIGHT, Op.STATE):
+                if node.key not in bindings:
+                    raise LlmrtError(f"graph {graph.name!r} needs '{node.key}', which is not bound")
+                self.values[i] = bindings[node.key]
+            elif node.op is Op.INPUT:
+                self.inputs.append((i, node.key, node))
+            else:
+                if node.op not in KERNELS:
+                    raise UnsupportedOp(f"the reference has no kernel for {node.op.value}")
+                srcs = tuple(slot[id(s)] for s in node.srcs)
+                self.steps.append((i, KERNELS[node.op], node, srcs))
+        self.outputs = {name: slot[id(t)] for name, t in graph.outputs.items()}
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        values = self.values
+        for i, key, node in self.inputs:
+            values[i] = np.asarray(inputs[key]).reshape(node.shape)
+        for i, kernel, node, srcs in self.steps:
+            values[i] = kernel(node, *[values[j] for j in srcs])
+        return {name: values[i] for name, i in self.outputs.items()}
+
+
+NUMPY_TYPES = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
+
+
+def host_weight(tensor: Any) -> Any:
+    """A weight as the reference holds it: f32/f16 as a numpy view, other types in their blocks.
+
+    `tensor` is an `llmrt.gguf.TensorInfo` or anything with its name, type, shape and rows()."""
+    if tensor.type in NUMPY_TYPES:
+        return tensor.data.view(NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
+    if len(tensor.shape) != 2:
+        raise UnsupportedOp(f"quantized weights are 2-D; {tensor.name} is {tensor.shape}")
+    return QuantizedWeight(tensor.rows(0, tensor.n_rows), tensor.type, tensor.shape)

@@ -1,0 +1,16 @@
+"""The backend conformance suite: op cases run on a device and compared with the numpy reference.
+
+Any backend plugin, ours or a third party's, runs it unchanged:
+
+    from llmrt.testing import cases, check_case
+    for case in cases():
+        check_case(device, case)        # raises AssertionError with the case id and the error
+
+Cases are op × weight type × shape, odd sizes and non-contiguous views included, with ggml's
+test-backend-ops metric (normalized mean squared error) and thresholds. A device that declines a
+node in `supports_op` is not failed: `check_case` returns "unsupported".
+"""
+
+from llmrt.testing.conformance import OpCase, WeightData, cases, check_case, nmse
+
+__all__ = ["OpCase", "WeightData", "cases", "check_case", "nmse"]
