@@ -103,14 +103,14 @@ def encode_value(value: Any, spec: ValueTypeSpec) -> bytes:
         if isinstance(item, tuple):  # arrays of arrays, one spec per item
             if len(item) != len(value):
                 raise ValueError("nested array spec does not match the value")
-            parts = [_tag(s) + encode_value(v, s) for v, s in zip(value, item, strict=True)]
+            # Each inner array is (item type, count, items): no tag of its own.
+            parts = [encode_value(v, s) for v, s in zip(value, item, strict=True)]
             return _tag(GGUFValueType.ARRAY) + n + b"".join(parts)
         item = GGUFValueType(item)
         if item == GGUFValueType.ARRAY:  # nested, details to be inferred
             parts = []
             for v in value:
-                s = infer_type(v)
-                parts.append(_tag(s) + encode_value(v, s))
+                parts.append(encode_value(v, infer_type(v)))
             return _tag(item) + n + b"".join(parts)
         if item == GGUFValueType.STRING:
             return _tag(item) + n + b"".join(encode_value(v, item) for v in value)
