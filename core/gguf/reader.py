@@ -17,7 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -73,7 +73,7 @@ class TensorInfo:
     ne: tuple[int, ...]
     offset: int
     nbytes: int
-    _buf: Any = None
+    _buf: Any = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
