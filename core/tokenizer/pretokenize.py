@@ -27,9 +27,33 @@ QWEN2 = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _CJK = "[一-龥ࠀ-一가-퟿]+"
+# DeepSeek's cased-letter class, as codepoint ranges: written out as characters it would not
+# survive Unicode normalization (U+1F7D, U+1FBE, U+2126, U+212A... have singleton decompositions).
+_DEEPSEEK_RANGES = """
+0041-005A 0061-007A 00B5 00C0-00D6 00D8-00F6 00F8-01BA 01BC-01BF 01C4-0293 0295-02AF
+0370-0373 0376-0377 037B-037D 037F 0386 0388-038A 038C 038E-03A1 03A3-03F5 03F7-0481 048A-052F
+0531-0556 10A0-10C5 13A0-13F5 13F8-13FD 1C90-1CBA 1CBD-1CBF 1D00-1D2B 1D6B-1D77 1D79-1D9A
+1E00-1F15 1F18-1F1D 1F20-1F45 1F48-1F4D 1F50-1F57 1F59 1F5B 1F5D 1F5F-1F7D 1F80-1FB4 1FB6-1FBC
+1FBE 1FC2-1FC4 1FC6-1FCC 1FD0-1FD3 1FD6-1FDB 1FE0-1FEC 1FF2-1FF4 1FF6-1FFC 2102 2107 210A-2113
+2115 2119-211D 2124 2126 2128 212A-212D 212F-2134 2139 213C-213F 2145-2149 214E 2183-2184
+2C00-2C7B 2C7E-2CE4 2CEB-2CEE 2CF2-2CF3 A640-A66D A680-A69B A722-A76F A771-A787 A78B-A78E
+AB70-ABBF FB00-FB06 FB13-FB17 FF21-FF3A FF41-FF5A 10400-1044F 104B0-104D3 104D8-104FB
+10C80-10CB2 10CC0-10CF2 118A0-118DF 1E900-1E943
+"""
+
+
+def _class(ranges: str) -> str:
+    parts = []
+    for item in ranges.split():
+        lo, _, hi = item.partition("-")
+        parts.append(chr(int(lo, 16)) + ("-" + chr(int(hi, 16)) if hi else ""))
+    return "".join(parts)
+
+
+_DEEPSEEK_LETTERS = _class(_DEEPSEEK_RANGES)
 DEEPSEEK_LLM = (
     r"[\r\n]",
-    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",  # noqa: E501
+    r"\s?[" + _DEEPSEEK_LETTERS + "]+",
     r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
     r"\s+$",
     _CJK,
@@ -69,39 +93,36 @@ class PreTokenizer:
     def split(self, text: str) -> list[str]:
         """Split text into the words that BPE merges within."""
         compiled = _compile(self.patterns)
+        # llama.cpp matches non-ASCII whitespace as a vertical tab: only \s can match it then
+        shadow = _WIDE_SPACE.sub("\v", text) if _WIDE_SPACE.search(text) else text
         if len(compiled) == 1:
-            return _split_one(compiled[0], text, 0, len(text))
+            return [text[s:e] for s, e in _spans(compiled[0], shadow, 0, len(text))]
         spans = [(0, len(text))]
         for pattern in compiled:
             new: list[tuple[int, int]] = []
             for start, end in spans:
-                pos = start
-                for m in pattern.finditer(text, start, end):
-                    s, e = m.span()
-                    if s > pos:
-                        new.append((pos, s))
-                    if e > s:
-                        new.append((s, e))
-                    pos = e
-                if pos < end:
-                    new.append((pos, end))
+                new.extend(_spans(pattern, shadow, start, end))
             spans = new
         return [text[s:e] for s, e in spans]
 
 
-def _split_one(pattern: regex.Pattern[str], text: str, start: int, end: int) -> list[str]:
-    words: list[str] = []
+_WIDE_SPACE = regex.compile(r"[\p{White_Space}--[\x00-\x7f]]", regex.V1)
+
+
+def _spans(pattern: regex.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The matches of pattern in text[start:end] and the gaps between them, in order."""
+    spans: list[tuple[int, int]] = []
     pos = start
     for m in pattern.finditer(text, start, end):
         s, e = m.span()
         if s > pos:
-            words.append(text[pos:s])
+            spans.append((pos, s))
         if e > s:
-            words.append(text[s:e])
+            spans.append((s, e))
         pos = e
     if pos < end:
-        words.append(text[pos:end])
-    return words
+        spans.append((pos, end))
+    return spans
 
 
 @cache
