@@ -87,6 +87,10 @@ class Tokenizer:
         """The token's text as stored in the vocabulary (U+2581 / GPT-2 byte characters kept)."""
         return self.vocab.tokens[token_id]
 
+    def token_to_id(self, text: str) -> int | None:
+        """The id of the token whose vocabulary text is exactly text, or None."""
+        return self.vocab.token_to_id.get(text)
+
     # ---- encoding ---------------------------------------------------------------------------
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
