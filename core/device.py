@@ -170,6 +170,14 @@ class Registry:
     def entry(self, name: str) -> BackendEntry | None:
         return next((e for e in self.entries if e.backend.name == name), None)
 
+    def host(self) -> Device:
+        """The best device of the host processor: where inputs live and partial offload falls
+        back to (the native CPU backend ranks first among CPU devices)."""
+        cpus = [d for d in self.devices if _rank(d) == DeviceType.CPU.rank]
+        if not cpus:
+            raise DeviceNotFound(f"no CPU device is available; {self._summary()}")
+        return cpus[0]
+
     def best(self) -> Device:
         devices = self.devices
         if not devices:

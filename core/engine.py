@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from llmrt.device import Device, Executable, get_device
+from llmrt.device import Device, Executable, get_device, registry
 from llmrt.errors import LlmrtError, UsageError
 from llmrt.gguf import GGUFReader
 from llmrt.gguf.constants import GGMLType
+from llmrt.ir.sched import SplitProgram, layer_devices, place
 from llmrt.models import Shape, get_architecture
 
 KV_STEP = 256  # visible KV cells are padded to this, so decode reuses a graph for 256 steps
@@ -35,7 +36,9 @@ class ContextFull(LlmrtError):
 class Model:
     """A GGUF model with its weights on a device, and its tokenizer."""
 
-    def __init__(self, path: str | os.PathLike[str], device: str | Device = "auto") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], device: str | Device = "auto", n_gpu_layers: int = -1
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise LlmrtError(f"model file not found: {self.path}")
@@ -47,8 +50,26 @@ class Model:
         self.arch = get_architecture(arch_name)
         self.hp = self.arch.hparams(self.metadata)
         self.device = device if isinstance(device, Device) else get_device(device)
+        self.host = registry().host()
+        self.layers = layer_devices(self.hp.n_layer, n_gpu_layers, self.device, self.host)
         self.weight_meta = {t.name: (t.shape, t.type) for t in self.reader.tensors}
-        self.weights = {t.name: self.device.upload(t) for t in self.reader.tensors}
+        # Where each weight and cache tensor lives: placed from a graph of one token, since every
+        # shape reads the same leaves from the same layers.
+        probe = self.arch.build(self.hp, Shape(1, KV_STEP, 1, KV_STEP), self.weight_meta)
+        where = place(probe, self.layers, self.host)
+        self.leaf_devices: dict[str, set[Device]] = {}
+        for node in probe.leaves:
+            if id(node) in where:
+                self.leaf_devices.setdefault(node.key, set()).add(where[id(node)])
+        self.bindings: dict[Device, dict[str, Any]] = {d: {} for d in set(self.layers)}
+        for t in self.reader.tensors:
+            for dev in self.leaf_devices.get(t.name, ()):
+                self.bindings.setdefault(dev, {})[t.name] = dev.upload(t)
+
+        used = [d for d in self.bindings if self.bindings[d]]
+        # graphs run on more than one device with partial offload, or where ops fall back
+        self.split = len(used) > 1
+        self.runs_on = used[0] if len(used) == 1 else self.device
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -139,13 +160,14 @@ class Context:
             raise UsageError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {kv_type}")
         self.model, self.n_ctx, self.n_ubatch = model, n_ctx, n_ubatch
         self.kv_type = KV_TYPES[kv_type]
-        hp, device = model.hp, model.device
+        hp = model.hp
         cache = (n_ctx, hp.n_head_kv, hp.head_dim)
-        self.state = {
-            f"cache_{kind}.{il}": device.new_state(cache, self.kv_type)
-            for il in range(hp.n_layer)
-            for kind in ("k", "v")
-        }
+        self.state: dict[Device, dict[str, Any]] = {}
+        for il in range(hp.n_layer):
+            for kind in ("k", "v"):
+                key = f"cache_{kind}.{il}"
+                for dev in model.leaf_devices.get(key, {model.layers[il]}):
+                    self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
         self.cell_pos = np.full(n_ctx, -1, np.int64)
         self.cell_seq = np.full(n_ctx, -1, np.int64)
         self.graphs: dict[tuple[int, int, int], Executable] = {}
@@ -236,7 +258,14 @@ class Context:
             model = self.model
             shape = Shape(n_tokens, n_kv, n_out, self.n_ctx, self.kv_type)
             graph = model.arch.build(model.hp, shape, model.weight_meta)
-            exe = model.device.compile(graph, {**model.weights, **self.state})
+            bindings = {
+                dev: {**model.bindings.get(dev, {}), **self.state.get(dev, {})}
+                for dev in set(model.bindings) | set(self.state)
+            }
+            if model.split:
+                exe = SplitProgram(graph, place(graph, model.layers, model.host), bindings)
+            else:
+                exe = model.runs_on.compile(graph, bindings[model.runs_on])
             self.graphs[key] = exe
         return exe
 
@@ -294,13 +323,17 @@ def generate(
     result.stop = "length"
 
 
-def load(model: str | os.PathLike[str] | None = None, device: str | Device = "auto") -> Model:
+def load(
+    model: str | os.PathLike[str] | None = None,
+    device: str | Device = "auto",
+    n_gpu_layers: int = -1,
+) -> Model:
     """Load a GGUF file, or a known model by name (fetched once into the cache; see
     `llmrt pull --list`). No model: the default model."""
     from llmrt import pull
 
     if model is None:
-        return Model(pull.pull(pull.DEFAULT_MODEL), device)
-    if str(model) in pull.MODELS and not Path(model).exists():
-        return Model(pull.pull(str(model)), device)
-    return Model(model, device)
+        model = pull.pull(pull.DEFAULT_MODEL)
+    elif str(model) in pull.MODELS and not Path(model).exists():
+        model = pull.pull(str(model))
+    return Model(model, device, n_gpu_layers)

@@ -40,6 +40,64 @@ def _rows_per_step(k: int) -> int:
     return max(1, SCRATCH_ELEMENTS // max(k, 1))
 
 
+# ggml multiplies a weight of each type with activations converted to a "vec_dot type": the CPU
+# backend (and llama.cpp's CUDA kernels) quantize activations to 8 bits in blocks. The reference
+# does the same rounding, so that it computes what llama.cpp computes, not a more exact variant.
+_Q8_0_FAMILY = {"Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "Q4_1", "Q5_1", "MXFP4"}
+
+
+def _round_q8_0(x: np.ndarray) -> np.ndarray:
+    """Blocks of 32 to int8 with an f16 scale, as ggml's quantize_row_q8_0/q8_1 (x86 SIMD path:
+    scale 127/amax, round half to even)."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    amax = np.max(np.abs(blocks), axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inv)
+    d = (amax / np.float32(127.0)).astype(np.float16).astype(np.float32)
+    return (q * d).reshape(x.shape).astype(np.float32)
+
+
+def _round_q8_k(x: np.ndarray) -> np.ndarray:
+    """Blocks of 256 to int8 with an f32 scale, as ggml's quantize_row_q8_K: the element of
+    largest magnitude maps to -127 exactly."""
+    blocks = x.reshape(*x.shape[:-1], -1, 256)
+    idx = np.argmax(np.abs(blocks), axis=-1)[..., None]
+    peak = np.take_along_axis(blocks, idx, axis=-1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(peak != 0, np.float32(-127.0) / peak, np.float32(0.0)).astype(np.float32)
+    q = np.minimum(np.rint(blocks * iscale), 127)
+    d = np.where(iscale != 0, np.float32(1.0) / np.where(iscale != 0, iscale, 1), 0)
+    return (q * d.astype(np.float32)).reshape(x.shape).astype(np.float32)
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def vec_dot_round(x: np.ndarray, weight_type: GGMLType) -> np.ndarray:
+    """Activations as ggml rounds them before a dot product with a weight of `weight_type`."""
+    if weight_type == GGMLType.F32:
+        return x
+    if weight_type == GGMLType.F16:
+        return x.astype(np.float16).astype(np.float32)
+    if weight_type == GGMLType.BF16:
+        return _round_bf16(x)
+    if weight_type.name in _Q8_0_FAMILY:
+        return _round_q8_0(x)
+    return _round_q8_k(x)
+
+
+def _matmul_t(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T; one row goes through BLAS's matrix-vector product, which some BLAS builds run
+    two orders of magnitude faster than a one-row matrix product."""
+    if x.shape[0] == 1:
+        return (w @ x[0])[None, :]
+    return x @ w.T
+
+
 def get_rows(node: Tensor, table: Any, ids: np.ndarray) -> np.ndarray:
     if isinstance(table, QuantizedWeight):
         return dequantize(table.raw[ids], table.type, (len(ids), table.shape[1]))
@@ -49,16 +107,18 @@ def get_rows(node: Tensor, table: Any, ids: np.ndarray) -> np.ndarray:
 def mul_mat(node: Tensor, a: Any, b: np.ndarray) -> np.ndarray:
     if isinstance(a, QuantizedWeight):
         m, k = a.shape
-        x = b.reshape(-1, k)
+        x = vec_dot_round(b.reshape(-1, k), a.type)
         out = np.empty((x.shape[0], m), dtype=np.float32)
         step = _rows_per_step(k)
         for r0 in range(0, m, step):
             r1 = min(m, r0 + step)
-            out[:, r0:r1] = x @ a.dequantize_rows(r0, r1).T
+            out[:, r0:r1] = _matmul_t(x, a.dequantize_rows(r0, r1))
         return out.reshape(node.shape)
+    if a.dtype == np.float16:
+        b = vec_dot_round(b, GGMLType.F16)
     a = np.asarray(a, dtype=np.float32)
     if a.ndim == 2:
-        return np.matmul(b, a.T)
+        return _matmul_t(b.reshape(-1, a.shape[1]), a).reshape(node.shape)
     # ggml broadcasting: a's batch entry i serves b's entries i*r .. i*r + r - 1
     ba, bb = a.shape[:-2], b.shape[:-2]
     r = math.prod(bb) // math.prod(ba)
@@ -115,10 +175,13 @@ def soft_max(node: Tensor, x: np.ndarray, mask: np.ndarray | None = None) -> np.
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation, as ggml's CPU backend computes it: from a table indexed by the
+    f16 value of x and holding f16 results (exact below -10 and above 10)."""
     c = np.float32(math.sqrt(2.0 / math.pi))
-    return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))).astype(
-        np.float32
-    )
+    h = x.astype(np.float16).astype(np.float32)
+    y = 0.5 * h * (1.0 + np.tanh(c * h * (1.0 + np.float32(0.044715) * h * h)))
+    y = y.astype(np.float16).astype(np.float32)
+    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, y)).astype(np.float32)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -131,6 +194,8 @@ def flash_attn_ext(
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     group = hq // hkv
+    if k.dtype == np.float16:  # ggml multiplies an f16 cache with f16-rounded operands
+        q = vec_dot_round(q, GGMLType.F16)
     qg = q.reshape(t, hkv, group, d)
     scores = np.einsum("thgd,shd->hgts", qg, k.astype(np.float32)) * np.float32(
         node.params["scale"]
@@ -141,6 +206,8 @@ def flash_attn_ext(
     if mask is not None:
         scores = scores + mask
     probs = _softmax(scores)
+    if v.dtype == np.float16:
+        probs = vec_dot_round(probs, GGMLType.F16)
     out = np.einsum("hgts,shd->thgd", probs, v.astype(np.float32))
     return out.reshape(t, hq, dv).astype(np.float32)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from refs import REFS
 
 from llmrt import pull
-
-# llama.cpp's own outputs, laid beside the checkout (../shared/refs); LLMRT_REFS overrides.
-REFS = Path(os.environ.get("LLMRT_REFS", Path(__file__).resolve().parents[2] / "shared" / "refs"))
 
 
 @pytest.fixture(scope="session")
