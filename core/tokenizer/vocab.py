@@ -204,6 +204,7 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     cache = [i for i in range(n) if attrs[i] & special_mask]
     # stable, longest first: llama.cpp's std::sort leaves ties unspecified
     cache.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
+    _strip_attrs(md, pre_name, token_to_id, attrs, cache)
     return Vocab(
         kind=kind, pre_name=pre_name, tokens=tokens, scores=[float(s) for s in scores[:n]],
         attrs=attrs[:n], token_to_id=token_to_id, merges=merges, pre=pre, special=special,
@@ -257,3 +258,27 @@ def _detect_specials(
         eog.discard(texts["</s>"])
         attrs[texts["</s>"]] = int(Attr.NORMAL)
     return eog
+
+
+def _strip_attrs(
+    md: Mapping[str, Any], pre_name: str, ids: dict[str, int], attrs: list[int], cache: list[int]
+) -> None:
+    """Per-model lstrip/rstrip, which GGUF does not record: llama.cpp sets them by name."""
+    name = str(md.get("general.name", "")).lower()
+    arch = str(md.get("general.architecture", ""))
+    if any(p in pre_name for p in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or arch in (
+        "nomic-bert-moe",
+        "jina-bert-v3",
+    ):
+        if "<mask>" in ids:
+            attrs[ids["<mask>"]] |= Attr.LSTRIP
+    elif "phi-3" in name or "phi3" in name:
+        for i in cache:
+            attrs[i] |= Attr.RSTRIP
+        rstrip = {"</s>": True, "<unk>": False, "<s>": False, "<|endoftext|>": False}
+        for text, on in rstrip.items():
+            if text in ids:
+                i = ids[text]
+                attrs[i] = (attrs[i] | Attr.RSTRIP) if on else (attrs[i] & ~int(Attr.RSTRIP))
+    elif "modern-bert" in name and "[MASK]" in ids:
+        attrs[ids["[MASK]"]] |= Attr.LSTRIP
