@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmrt.tokenizer import Tokenizer
-from tests.tokenizer.conftest import load_fixture
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
 
 
 def _check_case(tok: Tokenizer, text: str, result: dict[str, Any]) -> None:
@@ -19,8 +26,6 @@ def _check_case(tok: Tokenizer, text: str, result: dict[str, Any]) -> None:
 
 
 def test_smollm2_shared_refs(smollm2_tok: Tokenizer, refs_dir) -> None:
-    import json
-
     ref = json.loads((refs_dir / "smollm2-135m" / "tokenize.json").read_text())
     assert len(ref["cases"]) == 43
     for case in ref["cases"]:
@@ -64,8 +69,6 @@ def test_gemma_fixture_covers_enough(gemma3_tok: Tokenizer) -> None:
 
 
 def test_greedy_prompts_tokenize_as_recorded(smollm2_tok: Tokenizer, refs_dir) -> None:
-    import json
-
     ref = json.loads((refs_dir / "smollm2-135m" / "greedy.json").read_text())
     for prompt in ref["prompts"]:
         call = prompt.get("tokenize_call", {})
