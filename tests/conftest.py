@@ -25,3 +25,11 @@ def refs_dir() -> Path:
     if not REFS.is_dir():
         pytest.fail(f"reference fixtures not found at {REFS}; set LLMRT_REFS")
     return REFS
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_with_vocab(tmp_path_factory) -> Path:
+    """A tiny random llama model (tests/models/tiny.py) for commands that only need speed."""
+    from models.tiny import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")

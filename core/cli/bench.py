@@ -54,10 +54,12 @@ def bench(
     n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
     device: DeviceOption = "auto",
     output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
+    json_output: Annotated[bool, Opt("--json", help="Same as -o json.")] = False,
 ) -> None:  # fmt: skip
     """Measure prompt processing and generation speed, as llama-bench does."""
     from llmrt.engine import load
 
+    output = "json" if json_output else output
     if repetitions < 1 or n_prompt < 0 or n_gen < 0:
         raise UsageError("-r must be at least 1, -p and -n at least 0")
     if output not in ("md", "json"):
@@ -67,7 +69,7 @@ def bench(
         typer.echo("| model | size | params | backend | ngl | test | t/s |")
         typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
     for name in model:
-        m = load(name, device=device)
+        m = load(name, device=device, n_gpu_layers=n_gpu_layers)
         tests = [(f"pp{n_prompt}", n_prompt, 0)] if n_prompt else []
         tests += [(f"tg{n_gen}", 0, n_gen)] if n_gen else []
         for test, np_, ng in tests:

@@ -101,10 +101,10 @@ def run(
     params.validate()
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    del threads, n_gpu_layers  # numpy picks its threads; -ngl matters once several devices run
+    del threads  # numpy's BLAS picks its own threads
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
-    m = load(model, device=device)
+    m = load(model, device=device, n_gpu_layers=n_gpu_layers)
     ctx = m.context(n_ctx=ctx_size, n_ubatch=min(ubatch_size, batch_size), kv_type=cache_type)
     t_load_ms = (time.perf_counter() - t0) * 1e3
     tok = m.tokenizer
