@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Each module defines register(app) and adds its commands.
-COMMANDS = ("run", "bench", "pull", "devices", "plugins", "inspect", "tokenize")
+COMMANDS = ("run", "bench", "pull", "devices", "plugins", "inspect", "tokenize", "serve")
 
 
 def build_app() -> typer.Typer:

@@ -1,0 +1,621 @@
+"""The FastAPI app: llama-server's native endpoints, OpenAI's, the web UI, auth and errors.
+
+Errors are llama-server's JSON: `{"error": {"code": 400, "message": "...", "type":
+"invalid_request_error"}}`. Request bodies are parsed as JSON whatever their Content-Type (as
+llama-server does), validated by the pydantic models of `schemas.py`; anything a client can get
+wrong is a 4xx. The model loads in a thread after the server starts listening: until it is ready
+/health and every model endpoint answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmrt.errors import LlmrtError
+from llmrt.sampling import SamplingParams
+from llmrt.server import schemas as S
+from llmrt.server.slots import QueueFull, Scheduler, Task
+
+# Paths served without an API key (llama-server's public endpoints, the UI and the schema).
+PUBLIC = {"/", "/health", "/v1/health", "/models", "/v1/models", "/openapi.json", "/docs"}
+# Paths that answer while the model loads.
+WHILE_LOADING = {"/", "/health", "/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+
+
+@dataclass
+class ServerSettings:
+    """What `llmrt serve` takes; llama-server's defaults where it has one."""
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int = 4096  # all slots together; each gets n_ctx // n_parallel
+    n_parallel: int = 1
+    n_batch: int = 512
+    n_predict: int = -1  # the most tokens a request may generate; -1: no limit
+    api_key: str | None = None
+    device: str = "auto"
+    n_gpu_layers: int = -1
+    chat_template: str | None = None
+    cors: bool = False
+    queue_size: int = 64
+    alias: str | None = None
+    metrics: bool = True
+    slots_endpoint: bool = True
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str, type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.code, self.message, self.type = code, message, type_
+
+
+def error_body(code: int, message: str, type_: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "type": type_}}
+
+
+def error_response(code: int, message: str, type_: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message, type_), status_code=code)
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+}
+
+
+class _JsonBody:
+    """ASGI middleware: POST bodies are JSON whatever the Content-Type says (llama-server
+    ignores it; curl -d without -H sends application/x-www-form-urlencoded)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+class State:
+    """The loaded model and its scheduler, shared by the handlers."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None
+        self.t_start = int(time.time())
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    @property
+    def alias(self) -> str:
+        if self.settings.alias:
+            return self.settings.alias
+        return self.model.path.name if self.model is not None else str(self.settings.model)
+
+    def load(self, model: Any = None) -> None:
+        s = self.settings
+        try:
+            if model is None:
+                from llmrt.engine import load
+
+                model = load(s.model, device=s.device, n_gpu_layers=s.n_gpu_layers)
+            scheduler = Scheduler(
+                model,
+                n_ctx=s.n_ctx,
+                n_parallel=s.n_parallel,
+                n_batch=s.n_batch,
+                queue_size=s.queue_size,
+            )
+            _ = model.tokenizer  # read the vocabulary now, not on the first request
+            self.model = model
+            scheduler.start()
+            self.scheduler = scheduler
+        except Exception as exc:  # noqa: BLE001 - reported by /health and the CLI
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+
+def create_app(
+    settings: ServerSettings,
+    model: Any = None,
+    on_load_error: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The app. `model`: an already loaded `llmrt.engine.Model` (tests share one); otherwise
+    `settings.model` is loaded in a thread when the app starts."""
+    state = State(settings)
+
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        def load() -> None:
+            try:
+                state.load(model)
+            except Exception:  # noqa: BLE001
+                if on_load_error is not None:
+                    on_load_error(state.load_error or "failed to load the model")
+
+        loader = threading.Thread(target=load, name="llmrt-load", daemon=True)
+        loader.start()
+        yield
+        if state.scheduler is not None:
+            state.scheduler.shutdown()
+
+    app = FastAPI(
+        title="llmrt server",
+        version="0.1.0",
+        description="llama-server's API and OpenAI's, served by llmrt.",
+        lifespan=lifespan,
+    )
+    app.state.llmrt = state
+
+    _install_middleware(app, state)
+    _install_error_handlers(app)
+    _native_routes(app, state)
+    _openai_routes(app, state)
+    return app
+
+
+def _install_middleware(app: FastAPI, state: State) -> None:
+    settings = state.settings
+
+    @app.middleware("http")
+    async def gate(request: Request, call_next: Callable) -> Response:
+        path = request.url.path
+        if request.method == "OPTIONS":
+            return await call_next(request)
+        if settings.api_key and path not in PUBLIC:
+            auth = request.headers.get("authorization", "")
+            bearer = auth.lower().startswith("bearer ")
+            key = auth[7:] if bearer else request.headers.get("x-api-key")
+            if key != settings.api_key:
+                return error_response(401, "Invalid API Key", "authentication_error")
+        if not state.ready and path not in WHILE_LOADING:
+            if state.load_error:
+                return error_response(500, state.load_error, "server_error")
+            return error_response(503, "Loading model", "unavailable_error")
+        return await call_next(request)
+
+    if settings.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(_JsonBody)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response(400, "; ".join(parts) or "invalid request", "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = exc.status_code
+        return error_response(code, str(exc.detail), ERROR_TYPES.get(code, "server_error"))
+
+    @app.exception_handler(LlmrtError)
+    async def llmrt_error(request: Request, exc: LlmrtError) -> JSONResponse:
+        return error_response(400, str(exc), "invalid_request_error")
+
+
+# --- helpers shared by the native and OpenAI endpoints ---
+
+
+def _scheduler(state: State) -> Scheduler:
+    assert state.scheduler is not None  # the gate answers 503 until it is set
+    return state.scheduler
+
+
+def _tokens_of(state: State, prompt: str | list[int | str]) -> list[int]:
+    tok = state.model.tokenizer
+    if isinstance(prompt, str):
+        ids = tok.encode(prompt, add_special=True, parse_special=True)
+    else:
+        ids = []
+        for i, part in enumerate(prompt):
+            if isinstance(part, str):
+                ids += tok.encode(part, add_special=i == 0, parse_special=True)
+            else:
+                ids.append(part)
+    n_vocab = state.model.hp.n_vocab
+    bad = [t for t in ids if not 0 <= t < n_vocab]
+    if bad:
+        raise ApiError(400, f"invalid token id {bad[0]}: the vocabulary has {n_vocab} tokens")
+    if not ids:
+        raise ApiError(400, "the prompt is empty")
+    n_ctx = _scheduler(state).n_ctx_slot
+    if len(ids) > n_ctx:
+        raise ApiError(
+            400,
+            f"the request exceeds the available context size: the prompt has {len(ids)} "
+            f"tokens, the context of a slot holds {n_ctx}",
+            "exceed_context_size_error",
+        )
+    return ids
+
+
+def _n_predict(state: State, asked: int | None) -> int:
+    limit = state.settings.n_predict
+    n = -1 if asked is None else asked
+    if limit >= 0 and (n < 0 or n > limit):
+        n = limit
+    return n
+
+
+def _task(
+    state: State, req: S.Sampling, prompt: list[int], n_predict: int, stop: list[str]
+) -> Task:
+    fields = {k: getattr(req, k) for k in SamplingParams.__dataclass_fields__ if hasattr(req, k)}
+    fields["n_probs"] = req.n_probs
+    params = SamplingParams(**fields)
+    try:
+        params.validate()
+    except LlmrtError as exc:
+        raise ApiError(400, str(exc)) from None
+    if req.id_slot >= len(_scheduler(state).slots):
+        raise ApiError(400, f"id_slot {req.id_slot}: the server has {len(state.scheduler.slots)}")
+    return Task(
+        prompt=prompt,
+        params=params,
+        n_predict=n_predict,
+        stop=[s for s in stop if s],
+        n_probs=req.n_probs,
+        post_sampling_probs=req.post_sampling_probs,
+        cache_prompt=req.cache_prompt,
+        id_slot=req.id_slot,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def _submit(state: State, task: Task) -> Task:
+    task.loop = asyncio.get_running_loop()
+    task.events = asyncio.Queue()
+    try:
+        return _scheduler(state).submit(task)
+    except QueueFull:
+        raise ApiError(
+            503, "the server is busy: the request queue is full", "unavailable_error"
+        ) from None
+
+
+async def _events(
+    state: State, task: Task, request: Request | None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The task's events until its end; cancels it if the consumer stops early (the client hung
+    up). Without streaming, polls the connection so a hung-up client also cancels."""
+    done = False
+    try:
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(task.events.get(), 0.5)
+            except asyncio.TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    return
+                continue
+            if kind in ("done", "error"):
+                done = True
+            yield kind, data
+            if done:
+                return
+    finally:
+        if not done:
+            _scheduler(state).cancel(task)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _stream(gen: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _settings_of(task: Task, n_ctx: int) -> dict[str, Any]:
+    return {
+        "n_ctx": n_ctx,
+        "n_predict": task.n_predict,
+        **asdict(task.params),
+        "stop": task.stop,
+        "cache_prompt": task.cache_prompt,
+        "id_slot": task.id_slot,
+        "ignore_eos": task.ignore_eos,
+        "post_sampling_probs": task.post_sampling_probs,
+    }
+
+
+def _native_routes(app: FastAPI, state: State) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = resources.files("llmrt.server").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    @app.get("/v1/health", include_in_schema=False)
+    async def health() -> JSONResponse:
+        if state.load_error:
+            return error_response(500, state.load_error, "server_error")
+        if not state.ready:
+            return error_response(503, "Loading model", "unavailable_error")
+        return JSONResponse({"status": "ok"})
+
+    def final(task: Task, data: dict[str, Any], tokens: list[int], stream: bool, ret_tokens: bool):
+        stop_type = data["stop_type"]
+        out = {
+            "index": 0,
+            "content": "" if stream else data["content"],
+            "tokens": [] if stream or not ret_tokens else tokens,
+            "id_slot": data["id_slot"],
+            "stop": True,
+            "model": state.alias,
+            "tokens_predicted": data["tokens_predicted"],
+            "tokens_evaluated": data["tokens_evaluated"],
+            "generation_settings": _settings_of(task, data["n_ctx"]),
+            "prompt": state.model.tokenizer.decode(task.prompt, unparse_special=True),
+            "has_new_line": "\n" in data["content"],
+            "truncated": False,
+            "stop_type": stop_type,
+            "stopping_word": data["stopping_word"],
+            "stopped_eos": stop_type == "eos",
+            "stopped_limit": stop_type == "limit",
+            "stopped_word": stop_type == "word",
+            "tokens_cached": data["tokens_cached"],
+            "timings": data["timings"],
+        }
+        if task.n_probs and not stream:
+            out["completion_probabilities"] = data["completion_probabilities"]
+        return out
+
+    @app.post("/completion")
+    @app.post("/completions", include_in_schema=False)
+    async def completion(req: S.CompletionRequest, request: Request) -> Response:
+        """llama-server's completion: text or token ids in, text (or SSE chunks) out."""
+        prompt = _tokens_of(state, req.prompt)
+        task = _submit(state, _task(state, req, prompt, _n_predict(state, req.n_predict), req.stop))
+        if req.stream:
+
+            async def chunks() -> AsyncIterator[str]:
+                tokens: list[int] = []
+                async for kind, data in _events(state, task, None):
+                    if kind == "token":
+                        tokens += data["tokens"]
+                        yield _sse({
+                            "index": 0,
+                            **data,
+                            "stop": False,
+                            "id_slot": -1,
+                            "tokens_predicted": len(tokens),
+                            "tokens_evaluated": len(prompt),
+                        })  # fmt: skip
+                    elif kind == "done":
+                        yield _sse(final(task, data, tokens, True, req.return_tokens))
+                    else:
+                        yield _sse(error_body(500, data["message"], "server_error"))
+
+            return _stream(chunks())
+        tokens: list[int] = []
+        async for kind, data in _events(state, task, request):
+            if kind == "token":
+                tokens += data["tokens"]
+            elif kind == "done":
+                return JSONResponse(final(task, data, tokens, False, req.return_tokens))
+            else:
+                return error_response(500, data["message"], "server_error")
+        return Response(status_code=499)  # the client hung up; nobody reads this
+
+    @app.post("/tokenize")
+    async def tokenize(req: S.TokenizeRequest) -> JSONResponse:
+        tok = state.model.tokenizer
+        ids = tok.encode(req.content, add_special=req.add_special, parse_special=req.parse_special)
+        if not req.with_pieces:
+            return JSONResponse({"tokens": ids})
+        out = []
+        for t in ids:
+            piece = tok.token_to_piece(t, special=True)
+            try:
+                out.append({"id": t, "piece": piece.decode("utf-8")})
+            except UnicodeDecodeError:
+                out.append({"id": t, "piece": list(piece)})
+        return JSONResponse({"tokens": out})
+
+    @app.post("/detokenize")
+    async def detokenize(req: S.DetokenizeRequest) -> JSONResponse:
+        n_vocab = state.model.hp.n_vocab
+        bad = [t for t in req.tokens if t >= n_vocab]
+        if bad:
+            raise ApiError(400, f"invalid token id {bad[0]}: the vocabulary has {n_vocab} tokens")
+        text = state.model.tokenizer.decode(req.tokens, unparse_special=True)
+        return JSONResponse({"content": text})
+
+    @app.get("/props")
+    async def props() -> JSONResponse:
+        sched = _scheduler(state)
+        tok = state.model.tokenizer
+        defaults = SamplingParams()
+        return JSONResponse({
+            "default_generation_settings": {
+                "id": 0,
+                "n_ctx": sched.n_ctx_slot,
+                "params": {"n_predict": state.settings.n_predict, **asdict(defaults)},
+            },
+            "total_slots": len(sched.slots),
+            "model_path": str(state.model.path),
+            "model_alias": state.alias,
+            "chat_template": state.settings.chat_template or tok.chat_template,
+            "bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else None,
+            "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else None,
+            "modalities": {"vision": False, "audio": False},
+            "build_info": "llmrt 0.1.0",
+        })  # fmt: skip
+
+    @app.get("/slots")
+    async def slots() -> JSONResponse:
+        if not state.settings.slots_endpoint:
+            return error_response(501, "This server does not support slots endpoint.",
+                                  "not_supported_error")  # fmt: skip
+        sched = _scheduler(state)
+        out = []
+        for s in sched.slots:
+            task = s.task
+            out.append({
+                "id": s.id,
+                "id_task": task.id if task is not None else -1,
+                "n_ctx": s.n_ctx,
+                "is_processing": task is not None,
+                "tokens_cached": len(s.cache),
+                "params": _settings_of(task, s.n_ctx) if task is not None else None,
+                "next_token": {"n_decoded": s.n_decoded if task is not None else 0},
+            })  # fmt: skip
+        return JSONResponse(out)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if not state.settings.metrics:
+            return error_response(501, "This server does not support metrics endpoint. "
+                                  "Start it with `--metrics`", "not_supported_error")  # fmt: skip
+        from llmrt.server.metrics import render
+
+        text, content_type = render(_scheduler(state))
+        return Response(text, media_type=content_type)
+
+
+def _openai_routes(app: FastAPI, state: State) -> None:
+    def finish_reason(stop_type: str) -> str:
+        return "length" if stop_type == "limit" else "stop"
+
+    def usage(data: dict[str, Any]) -> dict[str, int]:
+        n_prompt, n_gen = data["tokens_evaluated"], data["tokens_predicted"]
+        return {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
+                "total_tokens": n_prompt + n_gen}  # fmt: skip
+
+    @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)
+    async def models() -> JSONResponse:
+        m = state.model
+        meta = None
+        if m is not None:
+            meta = {"n_vocab": m.hp.n_vocab, "n_ctx_train": m.hp.n_ctx_train,
+                    "n_params": m.n_params, "size": m.size_bytes}  # fmt: skip
+        return JSONResponse({
+            "object": "list",
+            "data": [{"id": state.alias, "object": "model", "created": state.t_start,
+                      "owned_by": "llmrt", "meta": meta}],
+        })  # fmt: skip
+
+    async def run(req: Any, request: Request, prompt: list[int], n_predict: int, kind: str):
+        stop = S.stop_list(req.stop)
+        task = _submit(state, _task(state, req, prompt, _n_predict(state, n_predict), stop))
+        cid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+        head = {"id": cid, "object": obj, "created": created, "model": state.alias,
+                "system_fingerprint": "llmrt-0.1.0"}  # fmt: skip
+        if req.stream:
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
+
+            def choice(text: str | None, reason: str | None, first: bool = False) -> dict:
+                if kind == "chat":
+                    delta: dict[str, Any] = {}
+                    if first:
+                        delta = {"role": "assistant", "content": None}
+                    elif text:
+                        delta = {"content": text}
+                    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+
+            async def chunks() -> AsyncIterator[str]:
+                chunk_head = {**head, "object": obj + ".chunk" if kind == "chat" else obj}
+                if kind == "chat":
+                    yield _sse({**chunk_head, "choices": [choice(None, None, first=True)]})
+                async for ev, data in _events(state, task, None):
+                    if ev == "token":
+                        if data["content"]:
+                            yield _sse({**chunk_head, "choices": [choice(data["content"], None)]})
+                    elif ev == "done":
+                        reason = finish_reason(data["stop_type"])
+                        yield _sse({**chunk_head, "choices": [choice(None, reason)],
+                                    "timings": data["timings"]})  # fmt: skip
+                        if include_usage:
+                            yield _sse({**chunk_head, "choices": [], "usage": usage(data)})
+                    else:
+                        yield _sse(error_body(500, data["message"], "server_error"))
+                yield "data: [DONE]\n\n"
+
+            return _stream(chunks())
+        async for ev, data in _events(state, task, request):
+            if ev == "done":
+                reason = finish_reason(data["stop_type"])
+                if kind == "chat":
+                    message = {"role": "assistant", "content": data["content"]}
+                    ch = {"index": 0, "message": message, "logprobs": None,
+                          "finish_reason": reason}  # fmt: skip
+                else:
+                    ch = {"index": 0, "text": data["content"], "logprobs": None,
+                          "finish_reason": reason}  # fmt: skip
+                return JSONResponse({**head, "choices": [ch], "usage": usage(data),
+                                     "timings": data["timings"]})  # fmt: skip
+            if ev == "error":
+                return error_response(500, data["message"], "server_error")
+        return Response(status_code=499)
+
+    @app.post("/v1/completions")
+    async def completions(req: S.OAICompletionRequest, request: Request) -> Response:
+        """OpenAI's text completion."""
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) > 1:
+                raise ApiError(400, "only one prompt per request is supported")
+            prompt = prompt[0]
+        ids = _tokens_of(state, prompt)
+        return await run(req, request, ids, req.max_tokens, "text")
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
+    async def chat(req: S.ChatRequest, request: Request) -> Response:
+        """OpenAI's chat completion: the messages through the model's chat template."""
+        from llmrt.tokenizer import ChatTemplateError
+
+        tok = state.model.tokenizer
+        try:
+            text = tok.apply_chat_template(
+                S.message_dicts(req.messages),
+                add_generation_prompt=True,
+                template=state.settings.chat_template,
+            )
+        except ChatTemplateError as exc:
+            raise ApiError(400, f"the chat template failed: {exc}") from None
+        ids = _tokens_of(state, text)
+        n = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        return await run(req, request, ids, n, "chat")

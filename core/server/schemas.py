@@ -1,0 +1,143 @@
+"""Request bodies of the server's endpoints, as pydantic models (they also make the OpenAPI schema).
+
+Types are strict: a string where a number belongs is a 400, not a silent conversion (llama-server
+logs a warning and falls back to the default; we prefer to say so). Fields a model does not know
+are ignored, as llama-server and OpenAI-compatible servers do, so clients that send extra OpenAI
+fields keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+
+NPredict = Annotated[int, Field(ge=-1, le=INT32_MAX)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+Finite = Annotated[float, Field(ge=-1e9, le=1e9)]
+Seed = Annotated[int, Field(ge=-1, le=SEED_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class Sampling(_Body):
+    """The sampling fields of llama-server's /completion (and its extensions to OpenAI's)."""
+
+    temperature: Annotated[float, Field(ge=-1e9, le=1e9)] = 0.8
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] = 40
+    top_p: Prob = 0.95
+    min_p: Prob = 0.05
+    typical_p: Prob = 1.0
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=1e9)] = 1.0
+    repeat_last_n: Annotated[int, Field(ge=-1, le=INT32_MAX)] = 64
+    presence_penalty: Finite = 0.0
+    frequency_penalty: Finite = 0.0
+    top_n_sigma: Finite = -1.0
+    xtc_probability: Prob = 0.0
+    xtc_threshold: Prob = 0.1
+    dynatemp_range: Annotated[float, Field(ge=0.0, le=1e9)] = 0.0
+    dynatemp_exponent: Annotated[float, Field(ge=0.0, le=1e9)] = 1.0
+    min_keep: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
+    seed: Seed = -1
+    n_probs: Annotated[int, Field(ge=0, le=100)] = 0
+    post_sampling_probs: bool = False
+    cache_prompt: bool = True
+    id_slot: Annotated[int, Field(ge=-1, le=INT32_MAX)] = -1
+    ignore_eos: bool = False
+
+
+Prompt = StrictStr | list[StrictInt | StrictStr]
+
+
+class CompletionRequest(Sampling):
+    """POST /completion: llama-server's native completion."""
+
+    prompt: Prompt = Field(
+        description="Text, or token ids, or a list mixing token ids and text pieces."
+    )
+    n_predict: NPredict = Field(-1, description="Tokens to generate; -1: until end or full.")
+    stream: bool = False
+    stop: list[StrictStr] = Field(default_factory=list, max_length=16)
+    return_tokens: bool = False
+
+
+class TokenizeRequest(_Body):
+    content: StrictStr
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[TokenId]
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+StopField = StrictStr | list[StrictStr] | None
+
+
+class OAICompletionRequest(Sampling):
+    """POST /v1/completions."""
+
+    model: StrictStr | None = None
+    prompt: Prompt
+    max_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = 16
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    echo: Literal[False] = False
+    # OpenAI's defaults differ from llama-server's for these two
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Prob = 1.0
+
+
+class ContentPart(_Body):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
+
+
+class ChatRequest(Sampling):
+    """POST /v1/chat/completions."""
+
+    model: StrictStr | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Prob = 1.0
+
+
+def stop_list(stop: StopField) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def message_dicts(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages for the chat template: content parts joined into one string."""
+    out = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(p.text for p in content)
+        out.append({"role": m.role, "content": content or ""})
+    return out

@@ -1,0 +1,430 @@
+"""Parallel slots served by continuous batching, as llama-server's update_slots() does.
+
+One scheduler thread owns the `Context`. Each slot is one sequence id in the context's unified KV
+cache and may hold `n_ctx // n_parallel` cells. Every step the scheduler puts the next token of
+every generating slot, then prompt chunks of the slots still reading their prompts (up to
+`n_batch` tokens in all), into ONE `Context.decode` batch, samples each slot's token from its
+logits row, and hands the results to the request's event loop.
+
+A slot keeps the tokens its cache holds after a request ends; the next request placed in it keeps
+the longest common prefix (`cache_prompt`) and evaluates only the rest. A request that cannot get a
+slot waits in a bounded queue; a full queue is refused (the app answers 503). A request whose
+client went away is cancelled: its slot is freed at the start of the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmrt.engine import Batch, Context, Model
+from llmrt.sampling import Sampler, SamplingParams
+
+
+class QueueFull(Exception):
+    """The request queue is full."""
+
+
+@dataclass
+class Task:
+    """One generation request, from its submission to its final result."""
+
+    prompt: list[int]
+    params: SamplingParams
+    n_predict: int = -1  # -1: until end of generation or the slot's context is full
+    stop: list[str] = field(default_factory=list)
+    n_probs: int = 0
+    post_sampling_probs: bool = False
+    cache_prompt: bool = True
+    id_slot: int = -1
+    ignore_eos: bool = False
+    id: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    events: asyncio.Queue | None = None
+    cancelled: bool = False
+    t_submit: float = 0.0
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Hand an event to the request's event loop (from the scheduler thread)."""
+        if self.loop is None or self.events is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
+        except RuntimeError:  # the loop is closed: nobody listens any more
+            self.cancelled = True
+
+
+@dataclass
+class Slot:
+    id: int
+    n_ctx: int
+    cache: list[int] = field(default_factory=list)  # tokens the KV cache holds for this slot
+    task: Task | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    sampler: Sampler | None = None
+    decoder: Any = None
+    last: int = -1  # sampled token to evaluate next step
+    n_decoded: int = 0
+    n_prompt_eval: int = 0
+    n_cached: int = 0
+    text: str = ""
+    n_sent: int = 0  # characters of text already streamed
+    t_start: float = 0.0
+    t_prompt_done: float = 0.0
+    t_last_used: float = 0.0
+    probs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+
+@dataclass
+class Metrics:
+    """Counters for /metrics (llama-server's names)."""
+
+    prompt_tokens_total: int = 0
+    prompt_seconds_total: float = 0.0
+    tokens_predicted_total: int = 0
+    tokens_predicted_seconds_total: float = 0.0
+    n_decode_total: int = 0
+    n_busy_slots_total: int = 0
+    requests_total: int = 0
+    requests_cancelled: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Where a suffix of text starts that could begin a stop string (len(text) if none)."""
+    best = len(text)
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                best = min(best, len(text) - k)
+                break
+    return best
+
+
+class Scheduler:
+    """The slots and the thread that serves them."""
+
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int,
+        n_parallel: int = 1,
+        n_batch: int = 512,
+        queue_size: int = 64,
+        n_predict_max: int = -1,
+    ) -> None:
+        self.model = model
+        self.tokenizer = model.tokenizer
+        n_parallel = max(1, n_parallel)
+        self.ctx = Context(model, n_ctx=n_ctx, n_ubatch=min(512, n_batch))
+        self.n_ctx_slot = self.ctx.n_ctx // n_parallel
+        self.slots = [Slot(i, self.n_ctx_slot) for i in range(n_parallel)]
+        self.n_batch = n_batch
+        self.queue_size = queue_size
+        self.n_predict_max = n_predict_max
+        self.waiting: deque[Task] = deque()
+        self.cond = threading.Condition()
+        self.metrics = Metrics()
+        self.error: str | None = None
+        self._ids = itertools.count()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="llmrt-scheduler", daemon=True)
+
+    # --- called from the event loop ---
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, task: Task) -> Task:
+        with self.cond:
+            if len(self.waiting) >= self.queue_size:
+                raise QueueFull
+            task.id = next(self._ids)
+            task.t_submit = time.perf_counter()
+            self.waiting.append(task)
+            self.metrics.requests_total += 1
+            self.cond.notify_all()
+        return task
+
+    def cancel(self, task: Task) -> None:
+        with self.cond:
+            if not task.cancelled:
+                task.cancelled = True
+                self.metrics.requests_cancelled += 1
+            if task in self.waiting:
+                self.waiting.remove(task)
+            self.cond.notify_all()
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def n_busy(self) -> int:
+        return sum(s.busy for s in self.slots)
+
+    # --- the scheduler thread ---
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self._stop and not self.waiting and not any(s.busy for s in self.slots):
+                    self.cond.wait()
+                if self._stop:
+                    return
+                for slot in self.slots:
+                    if slot.busy and slot.task.cancelled:
+                        self._release(slot)
+                self._assign()
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - keep serving; fail the requests involved
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def _assign(self) -> None:
+        """Place waiting tasks in idle slots: the asked-for slot, else the one sharing the
+        longest cached prefix, else the least recently used."""
+        kept: deque[Task] = deque()
+        while self.waiting:
+            task = self.waiting.popleft()
+            idle = [s for s in self.slots if not s.busy]
+            if task.id_slot >= 0:
+                idle = [s for s in idle if s.id == task.id_slot]
+            if not idle:
+                kept.append(task)
+                continue
+            slot = max(
+                idle,
+                key=lambda s: (
+                    common_prefix(s.cache, task.prompt) if task.cache_prompt else 0,
+                    -s.t_last_used,
+                ),
+            )
+            self._launch(slot, task)
+        self.waiting = kept
+
+    def _launch(self, slot: Slot, task: Task) -> None:
+        keep = common_prefix(slot.cache, task.prompt) if task.cache_prompt else 0
+        keep = min(keep, len(task.prompt) - 1)  # the last prompt token is evaluated for logits
+        self.ctx.remove(slot.id, start=keep)
+        slot.cache = slot.cache[:keep]
+        slot.task = task
+        slot.pending = list(task.prompt[keep:])
+        slot.sampler = Sampler(task.params, self.model.hp.n_vocab)
+        for tok in task.prompt:
+            slot.sampler.accept(int(tok))
+        slot.decoder = self.tokenizer.decoder()
+        slot.last, slot.n_decoded, slot.text, slot.n_sent = -1, 0, "", 0
+        slot.n_cached, slot.n_prompt_eval = keep, 0
+        slot.probs = []
+        slot.t_start = time.perf_counter()
+        slot.t_prompt_done = 0.0
+
+    def _release(self, slot: Slot) -> None:
+        slot.task = None
+        slot.pending = []
+        slot.sampler = None
+        slot.t_last_used = time.perf_counter()
+
+    def _step(self) -> None:
+        tokens: list[int] = []
+        pos: list[int] = []
+        seqs: list[int] = []
+        want: list[bool] = []
+        owners: list[Slot] = []  # the slot of each wanted logits row, in order
+        active = [s for s in self.slots if s.busy]
+        for slot in active:  # generating slots first: one token each
+            if not slot.pending and slot.last >= 0:
+                tokens.append(slot.last)
+                pos.append(len(slot.cache))
+                seqs.append(slot.id)
+                want.append(True)
+                owners.append(slot)
+                slot.cache.append(slot.last)
+        budget = self.n_batch - len(tokens)
+        for slot in active:  # then prompt chunks
+            if not slot.pending or budget <= 0:
+                continue
+            chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
+            budget -= len(chunk)
+            start = len(slot.cache)
+            tokens.extend(chunk)
+            pos.extend(range(start, start + len(chunk)))
+            seqs.extend([slot.id] * len(chunk))
+            want.extend([False] * (len(chunk) - 1) + [not slot.pending])
+            if not slot.pending:
+                owners.append(slot)
+            slot.cache.extend(chunk)
+            slot.n_prompt_eval += len(chunk)
+        if not tokens:
+            return
+        logits = self.ctx.decode(
+            Batch(
+                np.asarray(tokens, np.int32),
+                np.asarray(pos, np.int32),
+                np.asarray(seqs, np.int32),
+                np.asarray(want, bool),
+            )
+        )
+        now = time.perf_counter()
+        self.metrics.n_decode_total += 1
+        self.metrics.n_busy_slots_total += len(active)
+        for row, slot in enumerate(owners):  # owners are in the order of the wanted rows
+            self._sample(slot, logits[row], now)
+
+    def _sample(self, slot: Slot, logits: np.ndarray, now: float) -> None:
+        task = slot.task
+        if task is None:
+            return
+        if slot.n_decoded == 0:
+            slot.t_prompt_done = now
+            self.metrics.prompt_tokens_total += slot.n_prompt_eval
+            self.metrics.prompt_seconds_total += now - slot.t_start
+        if task.ignore_eos:
+            logits = logits.copy()
+            logits[list(self.tokenizer.eog_ids)] = -np.inf
+        tok = slot.sampler.sample(logits)
+        slot.n_decoded += 1
+        slot.last = tok
+        probs = self._probs(slot, logits, tok) if task.n_probs > 0 else None
+        stop_type, stopping_word = "", ""
+        piece = ""
+        if tok in self.tokenizer.eog_ids:
+            stop_type = "eos"
+        else:
+            piece = slot.decoder.add(tok)
+            slot.text += piece
+            hit = self._find_stop(slot, piece)
+            if hit is not None:
+                stop_type, stopping_word = "word", hit
+        if not stop_type and task.n_predict >= 0 and slot.n_decoded >= task.n_predict:
+            stop_type = "limit"
+        if not stop_type and len(slot.cache) >= slot.n_ctx:
+            stop_type = "limit"  # the slot's context is full
+        if stop_type != "word" and stop_type:
+            slot.text += slot.decoder.flush()
+        # stream what cannot be the start of a stop string
+        upto = len(slot.text) if stop_type else _partial_stop(slot.text, task.stop)
+        upto = max(upto, slot.n_sent)
+        content = slot.text[slot.n_sent : upto]
+        slot.n_sent = upto
+        partial: dict[str, Any] = {"content": content, "tokens": [tok]}
+        if probs is not None:
+            partial["completion_probabilities"] = [probs]
+            slot.probs.append(probs)
+        task.emit("token", partial)
+        if stop_type:
+            self._finish(slot, stop_type, stopping_word, now)
+
+    def _find_stop(self, slot: Slot, piece: str) -> str | None:
+        stops = slot.task.stop
+        if not stops:
+            return None
+        best: tuple[int, str] | None = None
+        for s in stops:
+            if not s:
+                continue
+            start = max(0, len(slot.text) - len(piece) - len(s))
+            i = slot.text.find(s, start)
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, s)
+        if best is None:
+            return None
+        slot.text = slot.text[: best[0]]
+        return best[1]
+
+    def _probs(self, slot: Slot, logits: np.ndarray, tok: int) -> dict[str, Any]:
+        """llama-server's completion_probabilities entry: softmax of the raw logits by default,
+        the sampler chain's probabilities with post_sampling_probs."""
+        task = slot.task
+        n = task.n_probs
+
+        def info(t: int) -> dict[str, Any]:
+            piece = self.tokenizer.token_to_piece(t, special=True)
+            return {
+                "id": t,
+                "token": piece.decode("utf-8", errors="replace"),
+                "bytes": list(piece),
+            }
+
+        if task.post_sampling_probs:
+            cands = slot.sampler.probs(logits, 0)
+            p = dict(cands)
+            top = [{**info(t), "prob": q} for t, q in cands[:n]]
+            return {**info(tok), "prob": p.get(tok, 0.0), "top_probs": top}
+        x = logits.astype(np.float64)
+        x = x - x.max()
+        logp = x - math.log(np.exp(x).sum())
+        best = np.argsort(-logp, kind="stable")[:n]
+        top = [{**info(int(t)), "logprob": float(logp[t])} for t in best]
+        return {**info(tok), "logprob": float(logp[tok]), "top_logprobs": top}
+
+    def _finish(self, slot: Slot, stop_type: str, word: str, now: float) -> None:
+        task = slot.task
+        t_prompt = (slot.t_prompt_done - slot.t_start) * 1e3
+        t_gen = (now - slot.t_prompt_done) * 1e3
+        n_gen = slot.n_decoded
+        self.metrics.tokens_predicted_total += n_gen
+        self.metrics.tokens_predicted_seconds_total += t_gen / 1e3
+        timings = {
+            "cache_n": slot.n_cached,
+            "prompt_n": slot.n_prompt_eval,
+            "prompt_ms": t_prompt,
+            "prompt_per_token_ms": t_prompt / slot.n_prompt_eval if slot.n_prompt_eval else 0.0,
+            "prompt_per_second": 1e3 * slot.n_prompt_eval / t_prompt if t_prompt > 0 else 0.0,
+            "predicted_n": n_gen,
+            "predicted_ms": t_gen,
+            "predicted_per_token_ms": t_gen / n_gen if n_gen else 0.0,
+            "predicted_per_second": 1e3 * n_gen / t_gen if t_gen > 0 else 0.0,
+        }
+        task.emit(
+            "done",
+            {
+                "content": slot.text,
+                "id_slot": slot.id,
+                "stop_type": stop_type,
+                "stopping_word": word,
+                "tokens_predicted": n_gen,
+                "tokens_evaluated": len(task.prompt),
+                "tokens_cached": len(slot.cache),
+                "timings": timings,
+                "completion_probabilities": slot.probs,
+                "seed": slot.sampler.seed,
+                "n_ctx": slot.n_ctx,
+            },
+        )
+        self._release(slot)
+
+    def _fail_all(self, message: str) -> None:
+        """A decode failed: tell every active request and drop the slots' caches."""
+        self.error = message
+        with self.cond:
+            for slot in self.slots:
+                if slot.busy:
+                    slot.task.emit("error", {"message": message})
+                    self._release(slot)
+                self.ctx.remove(slot.id)
+                slot.cache = []
