@@ -72,12 +72,15 @@ class Backend(ABC):
 
     Subclasses set ``name`` (the ``--device`` prefix) and ``priority`` (breaks ties between
     devices of the same type for ``--device auto``; the built-ins use cuda 100, vulkan 50,
-    opencl 30, and cpu 1000 so that on the host processor the native kernels win).
+    opencl 30, and cpu 1000 so that on the host processor the native kernels win). A backend that
+    runs natively on the host processor sets ``is_host``: the host device holds inputs and takes
+    what other devices decline.
     """
 
     name: str = ""
     priority: int = 0
     api_version: int = API_VERSION
+    is_host: bool = False  # runs on the host processor natively (the cpu backend)
 
     @abstractmethod
     def probe(self) -> Probe:
@@ -146,12 +149,25 @@ class Device(ABC):
 
 @dataclass
 class BackendEntry:
-    """A registered backend, its probe result and its devices (empty when unavailable)."""
+    """A registered backend; its probe runs on first use (probing loads drivers, and a driver
+    such as lavapipe's LLVM costs memory in every process that probes it)."""
 
     backend: Backend
     plugin: str
-    probe: Probe
-    devices: list[Device]
+    _probed: tuple[Probe, list[Device]] | None = None
+
+    @property
+    def probe(self) -> Probe:
+        return self._result()[0]
+
+    @property
+    def devices(self) -> list[Device]:
+        return self._result()[1]
+
+    def _result(self) -> tuple[Probe, list[Device]]:
+        if self._probed is None:
+            self._probed = _probe(self.backend)
+        return self._probed
 
 
 class Registry:
@@ -171,12 +187,12 @@ class Registry:
         return next((e for e in self.entries if e.backend.name == name), None)
 
     def host(self) -> Device:
-        """The best device of the host processor: where inputs live and partial offload falls
-        back to (the native CPU backend ranks first among CPU devices)."""
-        cpus = [d for d in self.devices if _rank(d) == DeviceType.CPU.rank]
-        if not cpus:
-            raise DeviceNotFound(f"no CPU device is available; {self._summary()}")
-        return cpus[0]
+        """The host processor's device, from a backend that declares `is_host`: where inputs
+        live and what partial offload falls back to."""
+        for entry in sorted(self.entries, key=lambda e: -e.backend.priority):
+            if entry.backend.is_host and entry.devices:
+                return entry.devices[0]
+        raise DeviceNotFound(f"no host (CPU) backend is available; {self._summary()}")
 
     def best(self) -> Device:
         devices = self.devices
@@ -256,8 +272,7 @@ def registry() -> Registry:
         if problem:
             plugins.fail(plugin, "register_backends", problem)
             continue
-        probe, devices = _probe(backend)
-        entries.append(BackendEntry(backend, plugin, probe, devices))
+        entries.append(BackendEntry(backend, plugin))
     return Registry(entries)
 
 

@@ -20,8 +20,8 @@ from llmrt.gguf import dequantize
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX, Op, Tensor
 
-# Rows dequantized per step of a quantized mul_mat: bounds the f32 scratch to about 16 MiB.
-SCRATCH_ELEMENTS = 4 << 20
+# Rows dequantized per step of a quantized mul_mat: bounds the f32 scratch to about 4 MiB.
+SCRATCH_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -251,13 +251,15 @@ KERNELS: dict[Op, Callable[..., np.ndarray]] = {
 
 
 class ReferenceProgram:
-    """A graph lowered to a list of steps, each a kernel with its sources' slots resolved."""
+    """A graph lowered to a list of steps, each a kernel with its sources' slots resolved.
+
+    Each step also names the values that die with it, so a run holds only live activations."""
 
     def __init__(self, graph: Any, bindings: Mapping[str, Any]) -> None:
         slot = {id(node): i for i, node in enumerate(graph.nodes)}
         self.values: list[Any] = [None] * len(graph.nodes)
         self.inputs: list[tuple[int, str, Tensor]] = []
-        self.steps: list[tuple[int, Callable[..., Any], Tensor, tuple[int, ...]]] = []
+        steps: list[tuple[int, Callable[..., Any], Tensor, tuple[int, ...]]] = []
         for i, node in enumerate(graph.nodes):
             if node.op in (Op.WEIGHT, Op.STATE):
                 if node.key not in bindings:
@@ -269,16 +271,35 @@ class ReferenceProgram:
                 if node.op not in KERNELS:
                     raise UnsupportedOp(f"the reference has no kernel for {node.op.value}")
                 srcs = tuple(slot[id(s)] for s in node.srcs)
-                self.steps.append((i, KERNELS[node.op], node, srcs))
+                steps.append((i, KERNELS[node.op], node, srcs))
         self.outputs = {name: slot[id(t)] for name, t in graph.outputs.items()}
+        # the last step that reads each computed value; outputs live to the end
+        keep = set(self.outputs.values())
+        last_use: dict[int, int] = {}
+        for n, (_, _, _, srcs) in enumerate(steps):
+            for j in srcs:
+                last_use[j] = n
+        dies: list[list[int]] = [[] for _ in steps]
+        computed = {i for i, _, _, _ in steps}
+        for j, n in last_use.items():
+            if j in computed and j not in keep:
+                dies[n].append(j)
+        self.steps = [(*step, tuple(dies[n])) for n, step in enumerate(steps)]
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         values = self.values
         for i, key, node in self.inputs:
             values[i] = np.asarray(inputs[key]).reshape(node.shape)
-        for i, kernel, node, srcs in self.steps:
+        for i, kernel, node, srcs, dead in self.steps:
             values[i] = kernel(node, *[values[j] for j in srcs])
-        return {name: values[i] for name, i in self.outputs.items()}
+            for j in dead:
+                values[j] = None
+        out = {name: values[i] for name, i in self.outputs.items()}
+        for i in self.outputs.values():
+            values[i] = None
+        for i, _, _ in self.inputs:
+            values[i] = None
+        return out
 
 
 NUMPY_TYPES = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}

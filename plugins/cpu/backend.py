@@ -105,6 +105,7 @@ class CPUBackend(Backend):
     # Ties are broken within a device type only: on the host processor, native kernels beat an API
     # that emulates a device there (lavapipe, PoCL), while any GPU still beats the CPU.
     priority = 1000
+    is_host = True
 
     def probe(self) -> Probe:
         return Probe(True, details={"numpy": np.__version__})

@@ -57,7 +57,7 @@ def test_f32_cache_is_close_to_f16(tiny_llama):
     model = load(tiny_llama, device="cpu")
     f16 = model.context(n_ctx=64).eval(PROMPT[:10])
     f32 = model.context(n_ctx=64, kv_type="f32").eval(PROMPT[:10])
-    np.testing.assert_allclose(f16, f32, atol=2e-2)
+    np.testing.assert_allclose(f16, f32, atol=5e-2)  # f16 rounds q, k, v and probabilities
     assert not np.array_equal(f16, f32)
 
 
