@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+from llmrt.errors import UnsupportedOp
 
 FIX_PACKAGE = "pip install 'llmrt[vulkan]'"
 FIX_LOADER = "install the Vulkan loader, e.g. `apt install libvulkan1`"
@@ -262,7 +265,9 @@ def _memory_free(vk: Any, physical: Any, get_memory_properties2: Any, heap: int)
 
 
 class VulkanDevice(Device):
-    """One VkPhysicalDevice; ``index`` is its place in vkEnumeratePhysicalDevices' order."""
+    """One VkPhysicalDevice; ``index`` is its place in vkEnumeratePhysicalDevices' order.
+
+    The logical device (``runtime``) is created on first use: listing devices stays cheap."""
 
     def __init__(
         self, backend: VulkanBackend, index: int, vk: Any, physical: Any, data: _DeviceData
@@ -271,6 +276,7 @@ class VulkanDevice(Device):
         self.vk = vk
         self.physical = physical
         self._data = data
+        self._runtime: Any = None
 
     def info(self) -> DeviceInfo:
         data = self._data
@@ -288,6 +294,47 @@ class VulkanDevice(Device):
             properties=data.properties,
             summary=data.summary,
         )
+
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            from llmrt_vulkan.runtime import Runtime
+
+            self._runtime = Runtime(self.vk, self.physical, self._data.properties)
+        return self._runtime
+
+    def supports_op(self, node: Any) -> bool:
+        from llmrt_vulkan.ops import supports
+
+        return supports(node)
+
+    def upload(self, tensor: Any) -> Any:
+        from llmrt_vulkan.program import VulkanWeight
+
+        raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
+        buf = self.runtime.buffer(raw.size)
+        self.runtime.write(buf, raw)
+        shape = tuple(tensor.shape)
+        return VulkanWeight(buf, tensor.type, shape, tensor.type.row_nbytes(shape[-1]))
+
+    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        from llmrt_vulkan.program import ITEMSIZE, VulkanState
+
+        if dtype not in ITEMSIZE:
+            raise UnsupportedOp(f"{self.id} keeps state in f32 or f16, not {dtype.name}")
+        buf = self.runtime.buffer(int(np.prod(shape)) * ITEMSIZE[dtype])
+        self.runtime.fill_zero(buf)
+        return VulkanState(buf, tuple(shape), dtype)
+
+    def write_state(self, state: Any, data: Any) -> None:
+        from llmrt_vulkan.program import NP_TYPES
+
+        self.runtime.write(state.buf, np.asarray(data, NP_TYPES[state.dtype]).reshape(state.shape))
+
+    def compile(self, graph: Any, bindings: Any) -> Any:
+        from llmrt_vulkan.program import VulkanProgram
+
+        return VulkanProgram(self.runtime, graph, bindings)
 
 
 class VulkanBackend(Backend):

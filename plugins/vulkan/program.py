@@ -1,0 +1,621 @@
+"""Lowering a graph to Vulkan dispatches, and replaying it: ``VulkanProgram``.
+
+At compile time each node becomes zero or more dispatches (views, reshapes and permutes become
+none: they only change how later dispatches address the same storage). Values get byte ranges of
+one arena buffer, reused once their last reader has run; a barrier goes between two dispatches
+only where the second touches memory that one since the last barrier wrote (or writes memory one
+read). Descriptor sets are written once, and the whole graph is recorded into one command buffer
+with every shape, offset and stride in push constants. ``run`` then copies the inputs in, submits
+that command buffer, waits, and reads the outputs: no Vulkan object is made per step.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmrt.device import Executable
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX, Graph, Op, Tensor
+from llmrt.ir.graph import contiguous_strides
+from llmrt_vulkan.runtime import Buffer, Runtime
+
+F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
+ALIGN = 256
+MAX_T_MATVEC = 8
+# ggml type -> the TYPE specialization constant of quant.glsl
+TYPE_CODES = {
+    GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
+    GGMLType.Q5_0: 5, GGMLType.Q5_1: 6, GGMLType.Q8_0: 7, GGMLType.Q4_K: 8, GGMLType.Q5_K: 9,
+    GGMLType.Q6_K: 10,
+}  # fmt: skip
+ITEMSIZE = {F32: 4, F16: 2, I32: 4}
+NP_TYPES = {F32: np.float32, F16: np.float16, I32: np.int32}
+ELTWISE = {Op.CONT: 0, Op.CPY: 0, Op.ADD: 1, Op.MUL: 2, Op.SCALE: 3, Op.SILU: 4, Op.GELU: 5,
+           Op.SWIGLU: 6, Op.GEGLU: 7}  # fmt: skip
+
+
+@dataclass(eq=False)
+class Store:
+    """A byte range holding one value: of the arena (``buf`` None until it exists), of the
+    inputs buffer, or a whole weight or state buffer."""
+
+    kind: str  # "arena", "inputs", "buffer"
+    base: int
+    nbytes: int
+    buf: Buffer | None = None
+
+
+@dataclass(eq=False)
+class Ref:
+    """Where a tensor's elements are: a store, an element offset into it, shape and strides."""
+
+    store: Store
+    off: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: GGMLType
+
+    @property
+    def contiguous(self) -> bool:
+        return self.strides == contiguous_strides(self.shape)
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.shape)
+
+    def span(self) -> tuple[int, int]:
+        """First and one-past-last element this view reaches, relative to the store."""
+        last = self.off + sum((d - 1) * s for d, s in zip(self.shape, self.strides, strict=True))
+        return self.off, last + 1
+
+
+@dataclass
+class VulkanWeight:
+    """A weight on the device, in its ggml blocks."""
+
+    buf: Buffer
+    type: GGMLType
+    shape: tuple[int, ...]
+    row_nbytes: int
+
+
+@dataclass
+class VulkanState:
+    buf: Buffer
+    shape: tuple[int, ...]
+    dtype: GGMLType
+
+
+@dataclass
+class Dispatch:
+    shader: str
+    spec: tuple[int, ...]
+    bindings: list[tuple[Store, int]]  # store, byte offset into it where the binding starts
+    push_format: str
+    push: tuple[Any, ...]
+    groups: tuple[int, int, int]
+    reads: list[Store] = field(default_factory=list)
+    writes: list[Store] = field(default_factory=list)
+
+
+def _ggml4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
+    rev = tuple(reversed(values))
+    return (*rev, *(fill,) * (4 - len(rev)))  # type: ignore[return-value]
+
+
+class VulkanProgram(Executable):
+    def __init__(self, rt: Runtime, graph: Graph, bindings: Mapping[str, Any]) -> None:
+        self.rt = rt
+        self.dispatches: list[Dispatch] = []
+        self.constants: list[Buffer] = []  # small tables made at compile time (rope frequencies)
+        self._arena_free: list[tuple[int, int]] = []  # (offset, size) blocks
+        self.arena_size = 0
+        self._weights: dict[int, VulkanWeight] = {}
+        self._plan(graph, bindings)
+        self._record()
+
+    # ---- arena ---------------------------------------------------------------------------
+    def _alloc(self, nbytes: int) -> Store:
+        size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        for i, (off, sz) in enumerate(self._arena_free):
+            if sz >= size:
+                if sz == size:
+                    self._arena_free.pop(i)
+                else:
+                    self._arena_free[i] = (off + size, sz - size)
+                return Store("arena", off, size)
+        store = Store("arena", self.arena_size, size)
+        self.arena_size += size
+        return store
+
+    def _release(self, store: Store) -> None:
+        blocks = sorted([*self._arena_free, (store.base, store.nbytes)])
+        merged: list[tuple[int, int]] = []
+        for off, sz in blocks:
+            if merged and merged[-1][0] + merged[-1][1] == off:
+                merged[-1] = (merged[-1][0], merged[-1][1] + sz)
+            else:
+                merged.append((off, sz))
+        if merged and merged[-1][0] + merged[-1][1] == self.arena_size:
+            self.arena_size = merged.pop()[0]  # give the tail back: the arena stays small
+        self._arena_free = merged
+
+    def _new(self, shape: tuple[int, ...], dtype: GGMLType) -> Ref:
+        n = math.prod(shape)
+        store = self._alloc(n * ITEMSIZE[dtype])
+        self._temps.append(store)
+        return Ref(store, 0, tuple(shape), contiguous_strides(shape), dtype)
+
+    # ---- planning ------------------------------------------------------------------------
+    def _plan(self, graph: Graph, bindings: Mapping[str, Any]) -> None:
+        refs: dict[int, Ref] = {}
+        # inputs: one region each of the inputs buffer
+        self.inputs: list[tuple[str, Ref, tuple[int, ...], GGMLType]] = []
+        in_size = 0
+        for node in graph.nodes:
+            if node.op is Op.INPUT:
+                nbytes = node.n_elements * ITEMSIZE[node.dtype]
+                store = Store("inputs", in_size, nbytes)
+                in_size += max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+                refs[id(node)] = Ref(store, 0, node.shape, node.strides, node.dtype)
+                self.inputs.append((node.key, refs[id(node)], node.shape, node.dtype))
+        self.inputs_size = max(in_size, 16)
+        # the last node reading each value's storage (aliases keep their root alive)
+        root: dict[int, int] = {}
+        for node in graph.nodes:
+            if node.op in (Op.VIEW, Op.RESHAPE, Op.PERMUTE, Op.SET_ROWS):
+                root[id(node)] = root.get(id(node.srcs[0]), id(node.srcs[0]))
+        last: dict[int, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for s in node.srcs:
+                last[root.get(id(s), id(s))] = i
+        for t in graph.outputs.values():
+            last[root.get(id(t), id(t))] = len(graph.nodes)
+        dying: dict[int, list[int]] = {}
+        for r, i in last.items():
+            dying.setdefault(i, []).append(r)
+
+        owned: dict[int, Store] = {}
+        for i, node in enumerate(graph.nodes):
+            self._temps: list[Store] = []
+            if node.op is Op.INPUT:
+                continue
+            if node.op is Op.WEIGHT:
+                w = bindings.get(node.key)
+                if w is None:
+                    raise UnsupportedOp(f"graph {graph.name!r} needs '{node.key}', not bound")
+                store = Store("buffer", 0, w.buf.size, w.buf)
+                refs[id(node)] = Ref(store, 0, node.shape, node.strides, w.type)
+                self._weights[id(node)] = w
+                continue
+            if node.op is Op.STATE:
+                st = bindings.get(node.key)
+                if st is None:
+                    raise UnsupportedOp(f"graph {graph.name!r} needs '{node.key}', not bound")
+                refs[id(node)] = Ref(Store("buffer", 0, st.buf.size, st.buf), 0, node.shape,
+                                     node.strides, node.dtype)  # fmt: skip
+                continue
+            srcs = [refs[id(s)] for s in node.srcs]
+            out = self._lower(node, srcs)
+            refs[id(node)] = out
+            if out.store.kind == "arena" and out.store in self._temps:
+                self._temps.remove(out.store)
+                owned[id(node)] = out.store
+            for store in self._temps:
+                self._release(store)
+            for r in dying.get(i, ()):
+                if r in owned:
+                    self._release(owned.pop(r))
+        self.outputs = {name: refs[id(t)] for name, t in graph.outputs.items()}
+
+    def _weight_of(self, node: Tensor) -> VulkanWeight | None:
+        if node.op is Op.WEIGHT:
+            return self._weights.get(id(node))
+        return None
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _emit(self, shader, spec, bindings, fmt, push, groups, reads, writes) -> None:
+        stores = [r.store for r in reads], [w.store for w in writes]
+        self.dispatches.append(Dispatch(shader, spec, bindings, fmt, push, groups, *stores))
+
+    def _grid(self, n_groups: int) -> tuple[int, int, int]:
+        x = max(1, min(n_groups, self.rt.max_groups))
+        return x, max(1, -(-n_groups // x)), 1
+
+    def _contig(self, ref: Ref, align4: bool = False) -> Ref:
+        if ref.contiguous and (not align4 or ref.off % 4 == 0):
+            return ref
+        out = self._new(ref.shape, ref.dtype)
+        self._eltwise(0, ref, None, out)
+        return out
+
+    def _eltwise(self, op: int, a: Ref, b: Ref | None, out: Ref, s: float = 0.0) -> None:
+        if len(out.shape) > 4:
+            raise UnsupportedOp("element-wise ops take at most 4 dimensions")
+        ne = _ggml4(out.shape, 1)
+        sa = _ggml4(a.strides, 0)
+        sb = (0, 0, 0, 0)
+        if b is not None:
+            # b aligns with a's trailing dimensions; size-1 (or missing) dimensions broadcast
+            rank = len(out.shape)
+            full = (1,) * (rank - len(b.shape)) + b.shape
+            fstr = (0,) * (rank - len(b.strides)) + b.strides
+            sb = _ggml4(tuple(0 if d == 1 else st for d, st in zip(full, fstr, strict=True)), 0)
+        flags = op | (256 if a.dtype == F16 else 0) | (1024 if out.dtype == F16 else 0)
+        flags |= 512 if b is not None and b.dtype == F16 else 0
+        n = out.n
+        groups = self._grid(-(-n // 512))
+        bb = b if b is not None else a
+        self._emit(
+            "eltwise", (), [(a.store, 0), (bb.store, 0), (out.store, 0)], "<12I4IfII",
+            (*ne, *sa, *sb, a.off, bb.off, out.off, flags, s, n, groups[0]), groups,
+            [a, bb], [out],
+        )  # fmt: skip
+
+    # ---- lowering, node by node ----------------------------------------------------------
+    def _lower(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        op = node.op
+        if op is Op.VIEW:
+            src = self._contig(srcs[0])
+            return Ref(src.store, src.off + node.params["offset"], node.shape, node.strides,
+                       src.dtype)  # fmt: skip
+        if op is Op.RESHAPE:
+            src = self._contig(srcs[0])
+            return Ref(src.store, src.off, node.shape, contiguous_strides(node.shape), src.dtype)
+        if op is Op.PERMUTE:
+            src = srcs[0]
+            axes = node.params["axes"]
+            return Ref(src.store, src.off, node.shape, tuple(src.strides[a] for a in axes),
+                       src.dtype)  # fmt: skip
+        if op in ELTWISE:
+            out = self._new(node.shape, node.dtype)
+            b = srcs[1] if len(srcs) > 1 else None
+            self._eltwise(ELTWISE[op], srcs[0], b, out, node.params.get("scale", 0.0))
+            return out
+        lower = getattr(self, f"_op_{op.value}", None)
+        if lower is None:
+            raise UnsupportedOp(f"vulkan has no kernel for {op.value}")
+        return lower(node, srcs)
+
+    def _op_get_rows(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        table, ids = srcs
+        ids = self._contig(ids)
+        w = self._weight_of(node.srcs[0])
+        k = node.shape[1]
+        out = self._new(node.shape, F32)
+        if w is not None:
+            code, row_bytes, table_byte = TYPE_CODES[w.type], w.row_nbytes, 0
+        else:
+            table = self._contig(table)
+            code = TYPE_CODES[table.dtype]
+            row_bytes = k * ITEMSIZE[table.dtype]
+            table_byte = table.off * ITEMSIZE[table.dtype]
+        n4 = node.n_elements // 4
+        groups = self._grid(-(-n4 // 256))
+        self._emit(
+            "get_rows", (code,), [(table.store, 0), (ids.store, 0), (out.store, 0)], "<7I",
+            (k, row_bytes, table_byte, ids.off, out.off // 4, n4, groups[0]), groups,
+            [table, ids], [out],
+        )  # fmt: skip
+        return out
+
+    def _op_set_rows(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        dst, ids, src = srcs
+        ids, src = self._contig(ids), self._contig(src)
+        width = math.prod(dst.shape[1:])
+        rows = src.shape[0]
+        f16 = dst.dtype == F16
+        groups = self._grid(-(-(rows * ((width + 1) // 2)) // 256))
+        self._emit(
+            "set_rows", (), [(src.store, 0), (ids.store, 0), (dst.store, 0)], "<7I",
+            (width, rows, src.off, ids.off, dst.off, int(f16), groups[0]), groups,
+            [src, ids, dst], [dst],
+        )  # fmt: skip
+        return Ref(dst.store, dst.off, node.shape, contiguous_strides(node.shape), dst.dtype)
+
+    def _rows_op(self, node: Tensor, x: Ref) -> tuple[int, int]:
+        return node.shape[-1], math.prod(node.shape[:-1])
+
+    def _op_rms_norm(self, node: Tensor, srcs: list[Ref], mode: int = 0) -> Ref:
+        x = self._contig(srcs[0])
+        n, rows = self._rows_op(node, x)
+        out = self._new(node.shape, F32)
+        groups = self._grid(rows)
+        self._emit(
+            "norm", (), [(x.store, 0), (out.store, 0)], "<5IfI",
+            (n, rows, x.off, out.off, mode, node.params["eps"], groups[0]), groups, [x], [out],
+        )  # fmt: skip
+        return out
+
+    def _op_norm(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        return self._op_rms_norm(node, srcs, mode=1)
+
+    def _op_soft_max(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        x = self._contig(srcs[0])
+        mask = self._contig(srcs[1]) if len(srcs) > 1 else None
+        n, rows = self._rows_op(node, x)
+        out = self._new(node.shape, F32)
+        groups = self._grid(rows)
+        m = mask if mask is not None else x
+        mask_rows = math.prod(mask.shape[:-1]) if mask is not None else 0
+        self._emit(
+            "softmax", (), [(x.store, 0), (m.store, 0), (out.store, 0)], "<6IfI",
+            (n, rows, x.off, m.off, out.off, mask_rows, node.params["scale"], groups[0]), groups,
+            [x, m], [out],
+        )  # fmt: skip
+        return out
+
+    def _op_argmax(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        x = self._contig(srcs[0])
+        n, rows = x.shape[-1], math.prod(x.shape[:-1])
+        out = self._new(node.shape, I32)
+        groups = self._grid(rows)
+        self._emit("argmax", (), [(x.store, 0), (out.store, 0)], "<5I",
+                   (n, rows, x.off, out.off, groups[0]), groups, [x], [out])  # fmt: skip
+        return out
+
+    def _op_rope(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        p = node.params
+        x, pos = self._contig(srcs[0]), self._contig(srcs[1])
+        factors = self._contig(srcs[2]) if len(srcs) > 2 else None
+        t, h, d = node.shape
+        n_dims = p["n_dims"]
+        half = n_dims // 2
+        inv = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
+        table = self.rt.buffer(max(16, half * 4))
+        self.rt.write(table, (inv * p["freq_scale"]).astype(np.float32))
+        self.constants.append(table)
+        tstore = Store("buffer", 0, table.size, table)
+        out = self._new(node.shape, F32)
+        f = factors if factors is not None else x
+        groups = self._grid(-(-(t * h * (d // 2)) // 256))
+        self._emit(
+            "rope", (),
+            [(x.store, 0), (pos.store, 0), (tstore, 0), (f.store, 0), (out.store, 0)],
+            "<10IfI",
+            (t, h, d, n_dims, x.off, pos.off, f.off, out.off, int(p["mode"] == ROPE_NEOX),
+             int(factors is not None), p["attn_factor"], groups[0]),
+            groups, [x, pos, f], [out],
+        )  # fmt: skip
+        return out
+
+    def _op_mul_mat(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        a, b = srcs
+        w = self._weight_of(node.srcs[0])
+        out = self._new(node.shape, F32)
+        if w is not None and len(w.shape) == 2:
+            self._weight_mul_mat(w, a, self._contig(b, align4=True), out)
+            return out
+        a, b = self._contig(a), self._contig(b)
+        m, k = a.shape[-2], a.shape[-1]
+        t = b.shape[-2]
+        ba, bb = math.prod(a.shape[:-2]), math.prod(b.shape[:-2])
+        n = out.n
+        groups = self._grid(-(-n // 256))
+        self._emit(
+            "matmul_batched", (), [(a.store, 0), (b.store, 0), (out.store, 0)], "<11I",
+            (m, t, k, ba, bb, a.off, b.off, out.off, int(a.dtype == F16), n, groups[0]), groups,
+            [a, b], [out],
+        )  # fmt: skip
+        return out
+
+    def _weight_mul_mat(self, w: VulkanWeight, a: Ref, b: Ref, out: Ref) -> None:
+        m, k = w.shape
+        t = b.n // k
+        code = TYPE_CODES[w.type]
+        round16 = int(w.type == F16)
+        # rows per dispatch: a weight larger than one binding may address is split by rows
+        chunk = m
+        if w.row_nbytes * m > self.rt.max_range:
+            chunk = max(256, (self.rt.max_range // w.row_nbytes) // 256 * 256)
+        for r0 in range(0, m, chunk):
+            rows = min(chunk, m - r0)
+            wb = (a.store, r0 * w.row_nbytes)
+            tiled = t > MAX_T_MATVEC and k % 16 == 0
+            if tiled:
+                groups = (-(-rows // 64), -(-t // 64), 1)
+                self._emit(
+                    "matmul", (code,), [wb, (b.store, 0), (out.store, 0)], "<9I",
+                    (k, w.row_nbytes, rows, t, b.off // 4, out.off + r0, m, round16, groups[0]),
+                    groups, [a, b], [out],
+                )  # fmt: skip
+                continue
+            for t0 in range(0, t, MAX_T_MATVEC):
+                nt = min(MAX_T_MATVEC, t - t0)
+                groups = self._grid(rows)
+                self._emit(
+                    "matvec", (code,), [wb, (b.store, 0), (out.store, 0)], "<9I",
+                    (k, w.row_nbytes, rows, nt, (b.off + t0 * k) // 4, out.off + r0 + t0 * m, m,
+                     round16, groups[0]),
+                    groups, [a, b], [out],
+                )  # fmt: skip
+
+    def _op_flash_attn_ext(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        q = self._contig(srcs[0])
+        k, v = srcs[1], srcs[2]
+        if k.strides[1:] != (k.shape[2], 1):
+            k = self._contig(k)
+        if v.strides[1:] != (v.shape[2], 1):
+            v = self._contig(v)
+        mask = self._contig(srcs[3]) if len(srcs) > 3 else None
+        t, hq, dk = q.shape
+        s, hkv, dv = v.shape
+        out = self._new(node.shape, F32)
+        flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
+        m = mask if mask is not None else q
+        groups = self._grid(t * hq)
+        self._emit(
+            "flash_attn", (),
+            [(q.store, 0), (k.store, 0), (v.store, 0), (m.store, 0), (out.store, 0)],
+            "<14I2fI",
+            (dk, dv, s, hq, hkv, t, q.off, k.off, v.off, m.off, out.off, k.strides[0],
+             v.strides[0], flags, node.params["scale"], node.params["softcap"], groups[0]),
+            groups, [q, k, v, m], [out],
+        )  # fmt: skip
+        return out
+
+    # ---- recording -----------------------------------------------------------------------
+    def _record(self) -> None:
+        rt, vk = self.rt, self.rt.vk
+        staged = not rt.unified
+        self.arena = rt.buffer(max(self.arena_size, 16))
+        self.inputs_dev = rt.buffer(self.inputs_size, host=not staged)
+        self.inputs_host = rt.buffer(self.inputs_size, host=True) if staged else self.inputs_dev
+        # outputs: staged programs copy each output's span into a host buffer at the end
+        self.out_plan: list[tuple[str, Ref, int, int, int]] = []  # name, ref, lo, hi, host off
+        out_size = 0
+        for name, ref in self.outputs.items():
+            lo, hi = ref.span()
+            size = ITEMSIZE[ref.dtype]
+            self.out_plan.append((name, ref, lo, hi, out_size))
+            out_size += -(-((hi - lo) * size) // ALIGN) * ALIGN
+        self.outputs_host = rt.buffer(max(out_size, 16), host=True) if staged else None
+
+        def buffer_of(store: Store) -> Buffer:
+            if store.kind == "arena":
+                return self.arena
+            if store.kind == "inputs":
+                return self.inputs_dev
+            return store.buf
+
+        # descriptor sets
+        n_sets = len(self.dispatches)
+        n_desc = sum(len(d.bindings) for d in self.dispatches)
+        pool_size = vk.VkDescriptorPoolSize(
+            type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=max(1, n_desc)
+        )
+        self.pool = vk.vkCreateDescriptorPool(
+            rt.device,
+            vk.VkDescriptorPoolCreateInfo(maxSets=max(1, n_sets), poolSizeCount=1,
+                                          pPoolSizes=[pool_size]),
+            None,
+        )  # fmt: skip
+        pipelines = [
+            rt.pipeline(d.shader, len(d.bindings), struct.calcsize(d.push_format), d.spec)
+            for d in self.dispatches
+        ]
+        sets = []
+        if n_sets:
+            sets = vk.vkAllocateDescriptorSets(
+                rt.device,
+                vk.VkDescriptorSetAllocateInfo(
+                    descriptorPool=self.pool, descriptorSetCount=n_sets,
+                    pSetLayouts=[p.set_layout for p in pipelines],
+                ),
+            )  # fmt: skip
+        writes = []
+        infos = []
+        for i, d in enumerate(self.dispatches):
+            for j, (store, extra) in enumerate(d.bindings):
+                buf = buffer_of(store) or rt.dummy
+                offset = store.base + extra  # stores start 256-byte aligned
+                rng = min(buf.size - offset, rt.max_range)
+                info = vk.VkDescriptorBufferInfo(buffer=buf.handle, offset=offset, range=rng)
+                infos.append(info)
+                writes.append(vk.VkWriteDescriptorSet(
+                    dstSet=sets[i], dstBinding=j, descriptorCount=1,
+                    descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, pBufferInfo=[info],
+                ))  # fmt: skip
+        for start in range(0, len(writes), 512):
+            part = writes[start : start + 512]
+            vk.vkUpdateDescriptorSets(rt.device, len(part), part, 0, None)
+
+        cb = vk.vkAllocateCommandBuffers(
+            rt.device,
+            vk.VkCommandBufferAllocateInfo(commandPool=rt.command_pool, level=0,
+                                           commandBufferCount=1),
+        )[0]  # fmt: skip
+        self.command_buffer = cb
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo())
+        compute, transfer, host = 0x800, 0x1000, 0x4000
+        shader_read, shader_write = 0x20, 0x40
+        transfer_read, transfer_write, host_read = 0x800, 0x1000, 0x2000
+
+        def barrier(src_stage, dst_stage, src_access, dst_access):
+            mb = vk.VkMemoryBarrier(srcAccessMask=src_access, dstAccessMask=dst_access)
+            vk.vkCmdPipelineBarrier(cb, src_stage, dst_stage, 0, 1, [mb], 0, None, 0, None)
+
+        if staged and self.inputs:
+            region = vk.VkBufferCopy(srcOffset=0, dstOffset=0, size=self.inputs_size)
+            vk.vkCmdCopyBuffer(cb, self.inputs_host.handle, self.inputs_dev.handle, 1, [region])
+            barrier(transfer, compute, transfer_write, shader_read)
+        # hazards since the last barrier: (buffer, start, end) read and written
+        pending_r: list[tuple[int, int, int]] = []
+        pending_w: list[tuple[int, int, int]] = []
+
+        def span(store: Store) -> tuple[int, int, int]:
+            return id(buffer_of(store)), store.base, store.base + store.nbytes
+
+        def overlaps(a, spans) -> bool:
+            return any(a[0] == b[0] and a[1] < b[2] and b[1] < a[2] for b in spans)
+
+        self.n_barriers = 0
+        for d, pipe, dset in zip(self.dispatches, pipelines, sets, strict=True):
+            reads = [span(s) for s in d.reads]
+            writes_ = [span(s) for s in d.writes]
+            if any(overlaps(r, pending_w) for r in reads) or any(
+                overlaps(w, pending_w) or overlaps(w, pending_r) for w in writes_
+            ):
+                barrier(compute, compute, shader_write, shader_read | shader_write)
+                self.n_barriers += 1
+                pending_r, pending_w = [], []
+            pending_r += reads
+            pending_w += writes_
+            vk.vkCmdBindPipeline(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.handle)
+            vk.vkCmdBindDescriptorSets(
+                cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.layout, 0, 1, [dset], 0, None
+            )
+            data = struct.pack(d.push_format, *d.push)
+            vk.vkCmdPushConstants(cb, pipe.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, len(data),
+                                  vk.ffi.from_buffer(data))  # fmt: skip
+            vk.vkCmdDispatch(cb, *d.groups)
+        if staged:
+            barrier(compute, transfer, shader_write, transfer_read)
+            for _, ref, lo, hi, host_off in self.out_plan:
+                size = ITEMSIZE[ref.dtype]
+                store = ref.store
+                region = vk.VkBufferCopy(
+                    srcOffset=store.base + lo * size, dstOffset=host_off, size=(hi - lo) * size
+                )
+                vk.vkCmdCopyBuffer(cb, buffer_of(store).handle, self.outputs_host.handle, 1,
+                                   [region])  # fmt: skip
+            barrier(transfer, host, transfer_write, host_read)
+        else:
+            barrier(compute, host, shader_write, host_read)
+        vk.vkEndCommandBuffer(cb)
+        self._buffer_of = buffer_of
+        self.submit = vk.VkSubmitInfo(commandBufferCount=1, pCommandBuffers=[cb])
+        self._in_views = [
+            (key, self.inputs_host.host[ref.store.base : ref.store.base + ref.store.nbytes],
+             NP_TYPES[dtype])
+            for key, ref, _, dtype in self.inputs
+        ]  # fmt: skip
+
+    # ---- the hot path --------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        for key, view, np_type in self._in_views:
+            arr = np.ascontiguousarray(inputs[key], dtype=np_type)
+            view[:] = arr.reshape(-1).view(np.uint8)
+        self.rt.run([self.command_buffer], self.submit)
+        result = {}
+        for name, ref, lo, hi, host_off in self.out_plan:
+            size = ITEMSIZE[ref.dtype]
+            if self.outputs_host is not None:
+                raw = self.outputs_host.host[host_off : host_off + (hi - lo) * size]
+            else:
+                buf = self._buffer_of(ref.store)
+                start = ref.store.base + lo * size
+                raw = buf.host[start : start + (hi - lo) * size]
+            flat = raw.view(NP_TYPES[ref.dtype])
+            strided = np.lib.stride_tricks.as_strided(
+                flat[ref.off - lo :], ref.shape, [s * size for s in ref.strides]
+            )
+            result[name] = np.array(strided)
+        return result

@@ -1,0 +1,277 @@
+"""The Vulkan objects a device needs to compute: a logical device with one compute queue, buffers
+and their memory, pipelines (created once per shader variant and specialization, then cached),
+and one-off submissions for uploads.
+
+Memory: where one memory type is both device-local and host-visible (lavapipe, integrated GPUs,
+resizable BAR), every buffer lives there and is written through its mapping. Elsewhere (discrete
+GPUs) buffers are device-local and filled through a host-visible staging buffer; a compiled
+graph's inputs and outputs go through staging buffers of its own, copied in its command buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmrt_vulkan import shaders
+
+COMPUTE_BIT = 0x2  # VK_QUEUE_COMPUTE_BIT
+DEVICE_LOCAL = 0x1
+HOST_VISIBLE = 0x2
+HOST_COHERENT = 0x4
+STAGING_CHUNK = 64 << 20
+
+
+class VulkanError(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A VkBuffer with its own memory; ``host`` is a uint8 numpy view of its mapping, if mapped."""
+
+    handle: Any
+    memory: Any
+    size: int
+    host: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    handle: Any
+    layout: Any
+    set_layout: Any
+    n_bindings: int
+
+
+class Runtime:
+    """A logical device on one physical device, shared by everything compiled for it."""
+
+    def __init__(self, vk: Any, physical: Any, properties: dict[str, Any]) -> None:
+        self.vk = vk
+        self.physical = physical
+        ops = properties.get("subgroup_operations", [])
+        stages = properties.get("subgroup_stages", [])
+        self.subgroups = "arithmetic" in ops and "compute" in stages
+        self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
+        limits = vk.vkGetPhysicalDeviceProperties(physical).limits
+        self.offset_align = max(16, int(limits.minStorageBufferOffsetAlignment))
+        self.max_groups = int(limits.maxComputeWorkGroupCount[0])
+
+        families = vk.vkGetPhysicalDeviceQueueFamilyProperties(physical)
+        compute = [i for i, f in enumerate(families) if f.queueFlags & COMPUTE_BIT]
+        if not compute:
+            raise VulkanError("the device has no compute queue")
+        # a compute-only family (no graphics) when there is one: it is the async compute engine
+        compute.sort(key=lambda i: families[i].queueFlags & 0x1)
+        self.family = compute[0]
+        priorities = vk.ffi.new("float[]", [1.0])
+        queue_info = vk.VkDeviceQueueCreateInfo(
+            queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
+        )
+        device_info = vk.VkDeviceCreateInfo(queueCreateInfoCount=1, pQueueCreateInfos=[queue_info])
+        self.device = vk.vkCreateDevice(physical, device_info, None)
+        self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
+        pool_info = vk.VkCommandPoolCreateInfo(
+            queueFamilyIndex=self.family,
+            flags=0x2,  # RESET_COMMAND_BUFFER
+        )
+        self.command_pool = vk.vkCreateCommandPool(self.device, pool_info, None)
+        self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
+
+        memory = vk.vkGetPhysicalDeviceMemoryProperties(physical)
+        self.memory_types = [
+            (int(memory.memoryTypes[i].propertyFlags), int(memory.memoryTypes[i].heapIndex))
+            for i in range(memory.memoryTypeCount)
+        ]
+        unified = DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT
+        has_unified = any(f & unified == unified for f, _ in self.memory_types)
+        # Only a device whose device-local memory is all host-visible counts as unified: a
+        # discrete GPU's small BAR window is not where weights belong.
+        local_heaps = {h for f, h in self.memory_types if f & DEVICE_LOCAL}
+        host_local_heaps = {h for f, h in self.memory_types if f & unified == unified}
+        self.unified = has_unified and local_heaps <= host_local_heaps
+        self.device_flags = unified if self.unified else DEVICE_LOCAL
+        self.host_flags = HOST_VISIBLE | HOST_COHERENT
+        self._buffers: weakref.WeakSet = weakref.WeakSet()
+        self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
+        self._modules: dict[str, Any] = {}
+        self._staging: Buffer | None = None
+        self.dummy = self.buffer(16)
+
+    # ---- memory ----------------------------------------------------------------------------
+    def _memory_type(self, bits: int, flags: int) -> int:
+        for i, (f, _) in enumerate(self.memory_types):
+            if bits >> i & 1 and f & flags == flags:
+                return i
+        raise VulkanError(f"no memory type with flags {flags:#x}")
+
+    def buffer(self, size: int, host: bool = False) -> Buffer:
+        """A storage buffer of at least ``size`` bytes: device memory, or host-visible memory
+        (mapped) when ``host`` is true or the device's memory is unified."""
+        vk = self.vk
+        size = max(16, -(-int(size) // 16) * 16)
+        usage = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
+        handle = vk.vkCreateBuffer(
+            self.device, vk.VkBufferCreateInfo(size=size, usage=usage, sharingMode=0), None
+        )
+        req = vk.vkGetBufferMemoryRequirements(self.device, handle)
+        flags = self.host_flags if host else self.device_flags
+        info = vk.VkMemoryAllocateInfo(
+            allocationSize=req.size, memoryTypeIndex=self._memory_type(req.memoryTypeBits, flags)
+        )
+        try:
+            memory = vk.vkAllocateMemory(self.device, info, None)
+        except (vk.VkError, vk.VkException) as exc:
+            vk.vkDestroyBuffer(self.device, handle, None)
+            raise MemoryError(f"Vulkan could not allocate {size} bytes: {exc!r}") from exc
+        vk.vkBindBufferMemory(self.device, handle, memory, 0)
+        view = None
+        if flags & HOST_VISIBLE:
+            mapped = vk.vkMapMemory(self.device, memory, 0, size, 0)
+            view = np.frombuffer(mapped, dtype=np.uint8, count=size)
+        buf = Buffer(handle, memory, size, view)
+        weakref.finalize(buf, _free, vk, self.device, handle, memory)
+        return buf
+
+    def write(self, buf: Buffer, data: np.ndarray, offset: int = 0) -> None:
+        """Copy host bytes into a buffer (through staging when it is not mapped)."""
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        if buf.host is not None:
+            buf.host[offset : offset + raw.size] = raw
+            return
+        staging = self._staging_buffer()
+        for start in range(0, raw.size, staging.size):
+            part = raw[start : start + staging.size]
+            staging.host[: part.size] = part
+            self.submit_copy(staging, 0, buf, offset + start, part.size)
+
+    def read(self, buf: Buffer, offset: int, size: int) -> np.ndarray:
+        if buf.host is not None:
+            return buf.host[offset : offset + size].copy()
+        staging = self._staging_buffer()
+        out = np.empty(size, np.uint8)
+        for start in range(0, size, staging.size):
+            n = min(staging.size, size - start)
+            self.submit_copy(buf, offset + start, staging, 0, n)
+            out[start : start + n] = staging.host[:n]
+        return out
+
+    def fill_zero(self, buf: Buffer) -> None:
+        if buf.host is not None:
+            buf.host[:] = 0
+            return
+        cb = self._begin()
+        self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
+        self._end_and_wait(cb)
+
+    def _staging_buffer(self) -> Buffer:
+        if self._staging is None:
+            self._staging = self.buffer(STAGING_CHUNK, host=True)
+        return self._staging
+
+    def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
+        cb = self._begin()
+        region = self.vk.VkBufferCopy(srcOffset=src_off, dstOffset=dst_off, size=n)
+        self.vk.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, [region])
+        self._end_and_wait(cb)
+
+    def _begin(self) -> Any:
+        vk = self.vk
+        info = vk.VkCommandBufferAllocateInfo(
+            commandPool=self.command_pool, level=0, commandBufferCount=1
+        )
+        cb = vk.vkAllocateCommandBuffers(self.device, info)[0]
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=0x1))  # ONE_TIME_SUBMIT
+        return cb
+
+    def _end_and_wait(self, cb: Any) -> None:
+        vk = self.vk
+        vk.vkEndCommandBuffer(cb)
+        self.run([cb])
+        vk.vkFreeCommandBuffers(self.device, self.command_pool, 1, [cb])
+
+    def run(self, command_buffers: list[Any], submit: Any = None) -> None:
+        """Submit and wait. ``submit`` is a prebuilt VkSubmitInfo (the hot path builds it once)."""
+        vk = self.vk
+        if submit is None:
+            submit = vk.VkSubmitInfo(
+                commandBufferCount=len(command_buffers), pCommandBuffers=command_buffers
+            )
+        vk.vkQueueSubmit(self.queue, 1, [submit], self.fence)
+        vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF)
+        vk.vkResetFences(self.device, 1, [self.fence])
+
+    # ---- pipelines -------------------------------------------------------------------------
+    def pipeline(self, name: str, n_bindings: int, push_size: int, spec: tuple[int, ...] = ()):
+        """The compute pipeline of a shader variant with uint specialization constants 0..n-1,
+        created on first use and cached."""
+        if self.subgroups and f"{name}_sg" in shaders.VARIANTS:
+            name = f"{name}_sg"
+        key = (name, spec)
+        found = self._pipelines.get(key)
+        if found is not None:
+            return found
+        vk, device = self.vk, self.device
+        module = self._modules.get(name)
+        if module is None:
+            code = shaders.spirv(name)
+            module = vk.vkCreateShaderModule(
+                device, vk.VkShaderModuleCreateInfo(codeSize=len(code), pCode=code), None
+            )
+            self._modules[name] = module
+        bindings = [
+            vk.VkDescriptorSetLayoutBinding(
+                binding=i, descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                descriptorCount=1, stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT,
+            )
+            for i in range(n_bindings)
+        ]  # fmt: skip
+        set_layout = vk.vkCreateDescriptorSetLayout(
+            device,
+            vk.VkDescriptorSetLayoutCreateInfo(bindingCount=n_bindings, pBindings=bindings),
+            None,
+        )
+        push = vk.VkPushConstantRange(
+            stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT, offset=0, size=push_size
+        )
+        layout = vk.vkCreatePipelineLayout(
+            device,
+            vk.VkPipelineLayoutCreateInfo(
+                setLayoutCount=1, pSetLayouts=[set_layout], pushConstantRangeCount=1,
+                pPushConstantRanges=[push],
+            ),
+            None,
+        )  # fmt: skip
+        spec_info = None
+        data = None
+        if spec:
+            entries = [
+                vk.VkSpecializationMapEntry(constantID=i, offset=4 * i, size=4)
+                for i in range(len(spec))
+            ]
+            data = vk.ffi.new("char[]", struct.pack(f"<{len(spec)}I", *spec))
+            spec_info = vk.VkSpecializationInfo(
+                mapEntryCount=len(spec), pMapEntries=entries, dataSize=4 * len(spec), pData=data
+            )
+        stage = vk.VkPipelineShaderStageCreateInfo(
+            stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName="main",
+            pSpecializationInfo=spec_info,
+        )  # fmt: skip
+        info = vk.VkComputePipelineCreateInfo(stage=stage, layout=layout)
+        handle = vk.vkCreateComputePipelines(device, None, 1, [info], None)[0]
+        found = Pipeline(handle, layout, set_layout, n_bindings)
+        self._pipelines[key] = found
+        return found
+
+
+def _free(vk: Any, device: Any, handle: Any, memory: Any) -> None:
+    try:
+        vk.vkDestroyBuffer(device, handle, None)
+        vk.vkFreeMemory(device, memory, None)
+    except Exception:  # at interpreter exit the device may already be gone
+        pass

@@ -1,0 +1,52 @@
+"""GLSL compute shaders and the SPIR-V compiled from them, shipped side by side.
+
+Each entry of VARIANTS names a SPIR-V file, the .comp it is compiled from and the macros it is
+compiled with. `python -m llmrt_vulkan.shaders` recompiles them all with glslc (developers only:
+users load the shipped .spv); tests/plugins/test_vulkan_shaders.py checks that the shipped files
+are what the sources compile to.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+TARGET_ENV = "vulkan1.1"
+
+# spv name -> (source, macros). The "_sg" variants reduce through subgroup arithmetic.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    name: (source, macros)
+    for source in ("eltwise", "norm", "softmax", "argmax", "rope", "get_rows", "set_rows",
+                   "matvec", "matmul", "matmul_batched", "flash_attn")
+    for name, macros in ((source, ()), (f"{source}_sg", ("USE_SUBGROUP",)))
+    if not name.endswith("_sg") or source in ("norm", "softmax", "matvec", "flash_attn")
+}  # fmt: skip
+
+
+def glslc_command(name: str, output: Path | str) -> list[str]:
+    source, macros = VARIANTS[name]
+    return [
+        "glslc", f"--target-env={TARGET_ENV}", "-O", f"-I{HERE}",
+        *(f"-D{m}" for m in macros), str(HERE / f"{source}.comp"), "-o", str(output),
+    ]  # fmt: skip
+
+
+def compile_all(directory: Path = HERE) -> list[Path]:
+    """Compile every variant with glslc into `directory`; returns the files written."""
+    if shutil.which("glslc") is None:
+        raise RuntimeError("glslc is not on PATH (apt install glslc)")
+    written = []
+    for name in VARIANTS:
+        out = Path(directory) / f"{name}.spv"
+        subprocess.run(glslc_command(name, out), check=True)
+        written.append(out)
+    return written
+
+
+@functools.cache
+def spirv(name: str) -> bytes:
+    """The shipped SPIR-V of one variant."""
+    return (HERE / f"{name}.spv").read_bytes()

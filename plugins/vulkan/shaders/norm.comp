@@ -1,0 +1,33 @@
+#version 450
+// rms_norm (mode 0) and norm (mode 1) of contiguous rows: one workgroup per row.
+#define WG 256
+layout(local_size_x = WG) in;
+#include "common.glsl"
+
+layout(binding = 0) readonly buffer A { float a[]; };
+layout(binding = 1) writeonly buffer D { float d[]; };
+
+layout(push_constant) uniform P {
+    uint n, rows, oa, od, mode;
+    float eps;
+    uint groups_x;
+} p;
+
+void main() {
+    uint row = group_index(p.groups_x);
+    if (row >= p.rows) return;
+    uint t = gl_LocalInvocationID.x, base = p.oa + row * p.n;
+    float mean = 0.0;
+    if (p.mode == 1u) {
+        float s = 0.0;
+        for (uint i = t; i < p.n; i += WG) s += a[base + i];
+        mean = wg_sum(s) / float(p.n);
+    }
+    float s2 = 0.0;
+    for (uint i = t; i < p.n; i += WG) {
+        float x = a[base + i] - mean;
+        s2 += x * x;
+    }
+    float scale = inversesqrt(wg_sum(s2) / float(p.n) + p.eps);
+    for (uint i = t; i < p.n; i += WG) d[p.od + row * p.n + i] = (a[base + i] - mean) * scale;
+}
