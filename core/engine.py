@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from llmrt.device import Device, Executable, get_device, registry
-from llmrt.errors import LlmrtError, UsageError
+from llmrt.device import Device, DeviceType, Executable, get_device, registry
+from llmrt.errors import LlmrtError, OutOfDeviceMemory, UsageError
 from llmrt.gguf import GGUFReader
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir.sched import SplitProgram, layer_devices, place
@@ -27,6 +27,7 @@ from llmrt.models import Shape, get_architecture
 
 KV_STEP = 256  # visible KV cells are padded to this, so decode reuses a graph for 256 steps
 KV_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
+DEVICE_RESERVE = 512 << 20  # bytes a GPU keeps free beyond the weights (KV cache, activations)
 
 
 class ContextFull(LlmrtError):
@@ -61,6 +62,7 @@ class Model:
         for node in probe.leaves:
             if id(node) in where:
                 self.leaf_devices.setdefault(node.key, set()).add(where[id(node)])
+        self._check_memory()
         self.bindings: dict[Device, dict[str, Any]] = {d: {} for d in set(self.layers)}
         for t in self.reader.tensors:
             for dev in self.leaf_devices.get(t.name, ()):
@@ -70,6 +72,40 @@ class Model:
         # graphs run on more than one device with partial offload, or where ops fall back
         self.split = len(used) > 1
         self.runs_on = used[0] if len(used) == 1 else self.device
+
+    def _check_memory(self) -> None:
+        """Fail before uploading anything when a discrete GPU lacks the free memory that the
+        weights placed on it need: one line with what is needed, what is free and which -ngl
+        would fit (DEVICE_RESERVE is kept free for the KV cache and activations)."""
+        for dev in {d for d in self.layers if d is not self.host}:
+            try:
+                info = dev.info()
+            except Exception:
+                continue
+            if info.type is not DeviceType.GPU or info.memory_free is None:
+                continue
+            tensors = self.reader.tensors
+            need = sum(t.nbytes for t in tensors if dev in self.leaf_devices.get(t.name, ()))
+            free = info.memory_free - DEVICE_RESERVE
+            if need <= free:
+                continue
+            n_layer = self.hp.n_layer
+            per_layer = [0] * n_layer
+            for t in tensors:
+                parts = t.name.split(".")
+                if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit():
+                    per_layer[int(parts[1]) % n_layer] += t.nbytes
+            fit, total = 0, 0
+            for k in range(1, n_layer + 1):
+                total += per_layer[n_layer - k]
+                if total > free:
+                    break
+                fit = k
+            raise OutOfDeviceMemory(
+                f"not enough memory on {dev.id}: the weights need {need / 2**30:.2f} GiB, "
+                f"{max(free, 0) / 2**30:.2f} GiB is free (keeping {DEVICE_RESERVE >> 20} MiB "
+                f"for the KV cache and activations); -ngl {fit} would fit"
+            )
 
     @cached_property
     def tokenizer(self) -> Any:

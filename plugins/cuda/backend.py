@@ -1,11 +1,19 @@
-"""CUDA backend and devices, queried through cupy's runtime API."""
+"""CUDA backend and devices, queried through cupy's runtime API.
+
+Importing this module does not import cupy: the probe imports it, and the kernels
+(llmrt_cuda.executable) load on the first upload or compile.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+import numpy as np
+
+from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
+from llmrt.gguf.constants import GGMLType
+from llmrt_cuda.lower import supports
 
 INSTALL = "pip install 'llmrt[cuda]' (cupy-cuda12x; 'llmrt[cuda13]' for CUDA 13)"
 
@@ -52,6 +60,43 @@ class CUDADevice(Device):
             },
             summary=summary,
         )
+
+    def supports_op(self, node: Any) -> bool:
+        return supports(node)
+
+    def upload(self, tensor: Any) -> Any:
+        """Copy a weight's GGUF blocks to the device as they are (no f32 copy)."""
+        import cupy
+
+        from llmrt_cuda.executable import CudaWeight, alloc
+
+        with cupy.cuda.Device(self.index):
+            data = alloc(tensor.nbytes, f"weight {tensor.name}", self.id)
+            data.set(np.ascontiguousarray(tensor.data).reshape(-1))
+        return CudaWeight(data, tensor.type, tuple(tensor.shape))
+
+    def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
+        import cupy
+
+        from llmrt_cuda.executable import alloc
+
+        itemsize = 2 if dtype == GGMLType.F16 else 4
+        n = int(np.prod(shape))
+        with cupy.cuda.Device(self.index):
+            raw = alloc(n * itemsize, f"state {list(shape)}", self.id)
+            raw.fill(0)
+        return raw.view(cupy.float16 if dtype == GGMLType.F16 else cupy.float32).reshape(shape)
+
+    def write_state(self, state: Any, data: Any) -> None:
+        import cupy
+
+        with cupy.cuda.Device(self.index):
+            state.set(np.ascontiguousarray(data, dtype=state.dtype))
+
+    def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
+        from llmrt_cuda.executable import CUDAProgram
+
+        return CUDAProgram(self, graph, bindings)
 
 
 class CUDABackend(Backend):

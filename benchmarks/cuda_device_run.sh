@@ -1,0 +1,38 @@
+#!/bin/bash
+# One batch of CUDA work on the GPU machine (the `device` tool): install, tests, benchmarks.
+# Logs go to $OUT. Stage "check": CUDA tests + conformance + synthetic benches; stage "models":
+# greedy/logits tests on SmolLM2 (its file arrives in two carried parts, .cudarun/part1 and
+# .cudarun/part2.bin); "bench": synthetic benches only.
+stage=${1:-check}
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site LLMRT_REFS=$PWD/.cudarun/refs LLMRT_CACHE=$PWD/.cudarun/cache
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+if [ ! -e /tmp/site/platformdirs ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .cudarun/whl/*.whl
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
+bench() {  # bench SHAPE QTYPE [extra llmrt bench args]
+  f=/tmp/synth-$1-$2.gguf
+  [ -e $f ] || python3 .cudarun/synth_gguf.py $1 $2 $f >/dev/null
+  shift 2
+  timeout 150 llmrt bench -m $f -p 512 -n 128 -ngl 99 -r 3 --device cuda:0 "$@" 2>&1 | grep -v "^| model\|^| ---" | tee -a $OUT/bench.log
+}
+if [ "$stage" = check ]; then
+  timeout 120 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -25
+  timeout 240 python3 -m pytest tests/conformance -q -k cuda --tb=line -p no:cacheprovider 2>&1 | tee $OUT/conformance.log | grep -v "^tests/conformance.*PASSED" | tail -40
+  bench smollm2-135m q4_0
+  bench smollm2-135m q8_0
+  bench llama32-1b q4_0
+fi
+if [ "$stage" = models ]; then
+  cat .cudarun/part1 .cudarun/part2.bin > .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
+  LLMRT_TEST_DEVICE=cuda:0 timeout 200 python3 -m pytest tests/models/test_greedy.py tests/models/test_logits.py -q -k smollm2 --tb=short -p no:cacheprovider 2>&1 | tee $OUT/greedy.log | tail -25
+  timeout 60 llmrt run -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p "The capital of France is" -n 24 --temp 0 --device cuda:0 -ngl 10 2>&1 | tail -8
+  timeout 60 llmrt bench -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p 512 -n 128 -r 3 --device cuda:0 2>&1 | tee -a $OUT/bench.log
+  bench llama3-8b q4_0
+fi
+if [ "$stage" = bench ]; then
+  bench smollm2-135m q4_0
+  bench llama32-1b q4_0
+  bench llama3-8b q4_0
+fi

@@ -1,0 +1,367 @@
+"""A graph compiled for one CUDA device: buffers planned, one launch resolved per step, replayed
+as a captured CUDA graph.
+
+`CUDAProgram.run` copies the step's inputs into pinned staging buffers, launches the captured
+graph (which starts with the host-to-device copies and ends with the device-to-host copies of the
+outputs), waits, and returns copies of the outputs. The first run goes launch by launch (it loads
+every kernel and lets cuBLAS set up its workspace); the second captures the launches as a CUDA
+graph that later runs replay. `LLMRT_CUDA_GRAPHS=0` keeps launching one by one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cupy as cp
+import numpy as np
+
+from llmrt.device import Executable
+from llmrt.errors import LlmrtError, OutOfDeviceMemory
+from llmrt.gguf.constants import GGMLType
+from llmrt_cuda.lower import ITEMSIZE, Plan, Val, assign_offsets, lower
+
+KERNELS = Path(__file__).parent / "kernels"
+NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
+H2D, D2H = 1, 2  # cudaMemcpyKind
+SMEM_DEFAULT = 48 * 1024
+MAX_BLOCKS = 65535 * 8
+
+
+@functools.cache
+def _source(name: str) -> str:
+    return (KERNELS / name).read_text()
+
+
+@functools.cache
+def ops_module() -> cp.RawModule:
+    return cp.RawModule(code=_source("common.cuh") + _source("ops.cu"))
+
+
+@functools.cache
+def weight_module(wtype: int) -> cp.RawModule:
+    return cp.RawModule(
+        code=f"#define WTYPE {wtype}\n" + _source("common.cuh") + _source("weights.cu")
+    )
+
+
+@functools.cache
+def kernel(module: str, name: str) -> Any:
+    mod = ops_module() if module == "ops" else weight_module(int(module))
+    return mod.get_function(name)
+
+
+class CudaWeight:
+    """A weight on the device in its GGUF blocks (uint8), with its ggml type and shape."""
+
+    def __init__(self, data: cp.ndarray, type_: GGMLType, shape: tuple[int, ...]) -> None:
+        self.data, self.type, self.shape = data, type_, tuple(shape)
+
+    @property
+    def ptr(self) -> int:
+        return self.data.data.ptr
+
+
+def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
+    try:
+        return cp.empty(max(int(nbytes), 1), dtype=cp.uint8)
+    except cp.cuda.memory.OutOfMemoryError as exc:
+        free, _ = cp.cuda.runtime.memGetInfo()
+        raise OutOfDeviceMemory(
+            f"out of memory on {device_id}: {what} needs {nbytes / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB free"
+        ) from exc
+
+
+def _u64(x: int) -> np.uint64:
+    return np.uint64(x)
+
+
+def _i32(x: int) -> np.int32:
+    return np.int32(x)
+
+
+def _i64(x: int) -> np.int64:
+    return np.int64(x)
+
+
+def _grid(n: int, block: int = 256) -> tuple[int]:
+    return (max(1, min(MAX_BLOCKS, -(-n // block))),)
+
+
+def _pad4(dims: tuple[int, ...], fill: int = 1) -> list[int]:
+    return [fill] * (4 - len(dims)) + list(dims)
+
+
+class CUDAProgram(Executable):
+    def __init__(self, device: Any, graph: Any, bindings: Mapping[str, Any]) -> None:
+        self.device_id = device.id
+        self.index = device.index
+        with cp.cuda.Device(self.index):
+            self._build(graph, bindings)
+
+    # --- compile ---------------------------------------------------------------------------
+    def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
+        plan: Plan = lower(graph)
+        self.plan = plan
+        plan.arena_nbytes = assign_offsets(plan.storages)
+        self.arena = alloc(plan.arena_nbytes, f"graph {graph.name!r} activations", self.device_id)
+        self.keep: list[Any] = [self.arena]
+        base: list[int] = []
+        self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
+        copies_in: list[tuple] = []
+        for s in plan.storages:
+            if s.kind in ("weight", "state"):
+                if s.key not in bindings:
+                    raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
+                handle = bindings[s.key]
+                base.append(handle.ptr if isinstance(handle, CudaWeight) else handle.data.ptr)
+            elif s.kind == "input":
+                buf = alloc(s.nbytes, f"input {s.key}", self.device_id)
+                self.keep.append(buf)
+                base.append(buf.data.ptr)
+            else:
+                base.append(self.arena.data.ptr + max(s.offset, 0))
+        self.base = base
+        for key, v in plan.inputs.items():
+            pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
+            host = np.frombuffer(pinned, NUMPY[v.dtype], v.n)
+            self.keep.append(pinned)
+            self.inputs.append((key, host, v.shape))
+            copies_in.append(("copy", self.ptr(v), host.ctypes.data, host.nbytes, H2D))
+        self.outputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
+        copies_out: list[tuple] = []
+        for name, v in plan.outputs.items():
+            pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
+            host = np.frombuffer(pinned, NUMPY[v.dtype], v.n)
+            self.keep.append(pinned)
+            self.outputs.append((name, host, v.shape))
+            copies_out.append(("copy", host.ctypes.data, self.ptr(v), host.nbytes, D2H))
+        self.launches = copies_in + [self._launch(step) for step in plan.steps] + copies_out
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.graph: Any = None
+        self.runs = 0
+        self.use_graphs = os.environ.get("LLMRT_CUDA_GRAPHS", "1") != "0"
+
+    def ptr(self, v: Val) -> int:
+        return self.base[v.storage] + v.offset * ITEMSIZE.get(v.dtype, 4)
+
+    def _launch(self, step: Any) -> tuple:
+        op, p, ins, out = step.op, step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        if op == "copy":
+            src = ins[0]
+            shape = _pad4(src.shape)
+            strides = _pad4(src.strides, 0)
+            return ("kernel", kernel("ops", "copy_strided"), _grid(src.n), (256,), (
+                _u64(P(src)), _u64(P(out)), _i64(src.n), _i32(p["mode"]), _i64(shape[1]),
+                _i64(shape[2]), _i64(shape[3]), *map(_i64, strides)), 0)  # fmt: skip
+        if op == "binary":
+            a, b = ins
+            ad, bd = _pad4(a.shape), _pad4(b.shape)
+            return ("kernel", kernel("ops", "binary"), _grid(a.n), (256,), (
+                _u64(P(a)), _u64(P(b)), _u64(P(out)), _i64(a.n), _i32(p["op"]),
+                *map(_i64, ad[1:]), *map(_i64, bd)), 0)  # fmt: skip
+        if op == "unary":
+            return ("kernel", kernel("ops", "unary"), _grid(out.n), (256,), (
+                _u64(P(ins[0])), _u64(P(out)), _i64(out.n), _i32(p["op"]),
+                np.float32(p["scale"])), 0)  # fmt: skip
+        if op == "glu":
+            return (
+                "kernel",
+                kernel("ops", "glu"),
+                _grid(out.n),
+                (256,),
+                (_u64(P(ins[0])), _u64(P(ins[1])), _u64(P(out)), _i64(out.n), _i32(p["op"])),
+                0,
+            )
+        if op == "norm":
+            ncols = out.shape[-1]
+            rows = out.n // ncols
+            w = P(ins[1]) if len(ins) > 1 else 0
+            block = 1024 if ncols >= 4096 else (256 if ncols >= 512 else 128)
+            return ("kernel", kernel("ops", "norm_rows"), (rows,), (block,), (
+                _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float32(p["eps"]),
+                _i32(p["mode"])), 0)  # fmt: skip
+        if op == "rope":
+            x, pos = ins[0], ins[1]
+            ff = P(ins[2]) if len(ins) > 2 else 0
+            _, h, d = x.shape
+            return ("kernel", kernel("ops", "rope"), _grid(x.n), (256,), (
+                _u64(P(x)), _u64(P(pos)), _u64(ff), _u64(P(out)), _i32(h), _i32(d),
+                _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
+                np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
+                _i64(x.n)), 0)  # fmt: skip
+        if op == "set_rows":
+            dst, ids, src = ins
+            row = math.prod(src.shape[1:])
+            return ("kernel", kernel("ops", "set_rows"), _grid(src.n), (256,), (
+                _u64(P(src)), _u64(P(ids)), _u64(P(dst)), _i64(src.n), _i32(row),
+                _i32(1 if dst.dtype == GGMLType.F16 else 0)), 0)  # fmt: skip
+        if op == "get_rows_f32":
+            table, ids = ins
+            k = out.shape[-1]
+            return (
+                "kernel",
+                kernel("ops", "get_rows_f32"),
+                (out.shape[0],),
+                (256,),
+                (_u64(P(table)), _u64(P(ids)), _u64(P(out)), _i32(k)),
+                0,
+            )
+        if op == "get_rows_w":
+            table, ids = ins
+            k = p["shape"][1]
+            return ("kernel", kernel(str(int(p["type"])), "get_rows_w"), (out.shape[0],), (128,), (
+                _u64(P(table)), _i64(p["type"].row_nbytes(k)), _u64(P(ids)), _u64(P(out)),
+                _i32(k)), 0)  # fmt: skip
+        if op == "soft_max":
+            x = ins[0]
+            s = x.shape[-1]
+            mask = P(ins[1]) if len(ins) > 1 else 0
+            t = ins[1].shape[0] if len(ins) > 1 else 1
+            return ("kernel", kernel("ops", "soft_max"), (x.n // s,), (256,), (
+                _u64(P(x)), _u64(mask), _u64(P(out)), _i32(s), _i32(t),
+                np.float32(p["scale"])), 0)  # fmt: skip
+        if op == "argmax":
+            x = ins[0]
+            s = x.shape[-1]
+            return (
+                "kernel",
+                kernel("ops", "argmax"),
+                (x.n // s,),
+                (256,),
+                (_u64(P(x)), _u64(P(out)), _i32(s)),
+                0,
+            )
+        if op == "mm_act":
+            a, b = ins
+            return ("kernel", kernel("ops", "mm_act"), _grid(out.n), (256,), (
+                _u64(P(a)), _i32(1 if a.dtype == GGMLType.F16 else 0), _u64(P(b)), _u64(P(out)),
+                _i32(p["nb"]), _i32(p["r"]), _i32(p["t"]), _i32(p["m"]),
+                _i32(p["k"])), 0)  # fmt: skip
+        if op == "fattn":
+            q, k, v = ins[:3]
+            mask = P(ins[3]) if len(ins) > 3 else 0
+            t, hq, d = q.shape
+            s, hkv, _ = k.shape
+            f16 = 1 if k.dtype == GGMLType.F16 else 0
+            fn = kernel("ops", f"fattn_{d}_{f16}")
+            smem = (d + s + 256 * 8) * 4
+            if smem > SMEM_DEFAULT:
+                fn.max_dynamic_shared_size_bytes = smem
+            return ("kernel", fn, (hq, t), (256,), (
+                _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
+                _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
+                _i64(v.strides[1]), np.float32(p["scale"]),
+                np.float32(p["softcap"])), smem)  # fmt: skip
+        if op == "mmv":
+            w, x = ins[0], ins[1]
+            r = P(ins[2]) if len(ins) > 2 else 0
+            t = p["t"]
+            nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
+            rows_per_block = 4
+            return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}"),
+                    (-(-p["m"] // rows_per_block),), (32 * rows_per_block,), (
+                _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(r),
+                _i32(p["m"]), _i32(p["k"]), _i32(t)), 0)  # fmt: skip
+        if op == "gemm":
+            return ("gemm", self._gemm_args(step))
+        raise LlmrtError(f"no CUDA launch for step {op}")
+
+    def _gemm_args(self, step: Any) -> tuple:
+        p = step.params
+        w, x = step.ins[0], step.ins[1]
+        w16 = self.base[step.temps[0]]
+        x16 = self.base[step.temps[1]]
+        m, k, t = p["m"], p["k"], p["t"]
+        deq = (kernel(str(int(p["type"])), "dequant_f16"), _grid(m * (k // 32)), (256,), (
+            _u64(self.ptr(w)), _i64(p["row_bytes"]), _u64(w16), _i32(m), _i32(k)))  # fmt: skip
+        cvt = (kernel("ops", "to_f16"), _grid(t * k), (256,), (
+            _u64(self.ptr(x)), _u64(x16), _i64(t * k)))  # fmt: skip
+        residual = self.ptr(step.ins[2]) if len(step.ins) > 2 else 0
+        return (deq, cvt, w16, x16, self.ptr(step.out), m, k, t, residual, step.out.n)
+
+    # --- run -------------------------------------------------------------------------------
+    def _launch_all(self) -> None:
+        from cupy_backends.cuda.libs import cublas
+
+        memcpy = cp.cuda.runtime.memcpyAsync
+        sptr = self.stream.ptr
+        for item in self.launches:
+            kind = item[0]
+            if kind == "kernel":
+                _, fn, grid, block, args, smem = item
+                fn(grid, block, args, shared_mem=smem)
+            elif kind == "copy":
+                _, dst, src, n, direction = item
+                memcpy(dst, src, n, direction, sptr)
+            else:
+                deq, cvt, w16, x16, y, m, k, t, residual, n = item[1]
+                deq[0](deq[1], deq[2], deq[3])
+                cvt[0](cvt[1], cvt[2], cvt[3])
+                handle = cp.cuda.device.get_cublas_handle()
+                one = np.array(1.0, np.float32)
+                zero = np.array(0.0, np.float32)
+                cublas.gemmEx(
+                    handle,
+                    1,
+                    0,
+                    m,
+                    t,
+                    k,
+                    one.ctypes.data,
+                    w16,
+                    2,
+                    k,
+                    x16,
+                    2,
+                    k,
+                    zero.ctypes.data,
+                    y,
+                    0,
+                    m,
+                    68,
+                    -1,
+                )  # Y^T[m, t] = W[m, k]^T-op x X^T: f16 in, f32 out, f32 compute
+                if residual:
+                    kernel("ops", "binary")(
+                        _grid(n), (256,), (_u64(y), _u64(residual), _u64(y), _i64(n), _i32(0),
+                                           _i64(1), _i64(1), _i64(n), _i64(1), _i64(1), _i64(1),
+                                           _i64(n)),
+                    )  # fmt: skip
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        for key, host, _ in self.inputs:
+            np.copyto(host, np.asarray(inputs[key]).reshape(-1), casting="unsafe")
+        with cp.cuda.Device(self.index), self.stream:
+            if self.graph is not None:
+                self.graph.launch(self.stream)
+            elif self.use_graphs and self.runs >= 1:
+                self._capture()
+            else:
+                self._launch_all()
+            self.stream.synchronize()
+        self.runs += 1
+        return {name: host.copy().reshape(shape) for name, host, shape in self.outputs}
+
+    def _capture(self) -> None:
+        try:
+            self.stream.begin_capture()
+            try:
+                self._launch_all()
+            finally:
+                graph = self.stream.end_capture()
+            self.graph = graph
+        except Exception as exc:  # capture unsupported here: stay with launches one by one
+            if os.environ.get("LLMRT_DEBUG"):
+                print(f"llmrt_cuda: CUDA graph capture failed ({exc}); launching one by one")
+            self.use_graphs = False
+            self.graph = None
+            self._launch_all()
+            return
+        self.graph.launch(self.stream)

@@ -1,0 +1,352 @@
+// Every op that does not read a quantized weight. Activations are contiguous f32 unless noted.
+
+// A strided gather of up to 4 dimensions into a contiguous tensor; mode 0: 4-byte elements,
+// 1: 2-byte elements, 2: f32 -> f16, 3: f16 -> f32.
+extern "C" __global__ void copy_strided(const u8* src, u8* dst, long long n, int mode,
+                                        long long n1, long long n2, long long n3,
+                                        long long s0, long long s1, long long s2, long long s3) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        long long r = i;
+        const long long i3 = r % n3; r /= n3;
+        const long long i2 = r % n2; r /= n2;
+        const long long i1 = r % n1; const long long i0 = r / n1;
+        const long long o = i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3;
+        if (mode == 0) ((u32*)dst)[i] = ((const u32*)src)[o];
+        else if (mode == 1) ((u16*)dst)[i] = ((const u16*)src)[o];
+        else if (mode == 2) ((u16*)dst)[i] = f2h(((const float*)src)[o]);
+        else ((float*)dst)[i] = h2f(((const u16*)src)[o]);
+    }
+}
+
+// y = a (op) b, b broadcast to a's shape (a1..a3 and b0..b3: dimensions padded to 4); op 0 add, 1 mul.
+extern "C" __global__ void binary(const float* a, const float* b, float* y, long long n, int op,
+                                  long long a1, long long a2, long long a3,
+                                  long long b0, long long b1, long long b2, long long b3) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        long long r = i;
+        const long long i3 = r % a3; r /= a3;
+        const long long i2 = r % a2; r /= a2;
+        const long long i1 = r % a1; const long long i0 = r / a1;
+        const long long bi = (((i0 % b0) * b1 + i1 % b1) * b2 + i2 % b2) * b3 + i3 % b3;
+        y[i] = op == 0 ? a[i] + b[bi] : a[i] * b[bi];
+    }
+}
+
+// ggml's CPU GELU: tanh approximation from the f16 value of x, rounded to f16.
+__device__ __forceinline__ float gelu_f16(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    const float h = h2f(f2h(x));
+    const float y = 0.5f * h * (1.0f + tanhf(0.7978845608028654f * h * (1.0f + 0.044715f * h * h)));
+    return h2f(f2h(y));
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// op 0: scale, 1: silu, 2: gelu
+extern "C" __global__ void unary(const float* x, float* y, long long n, int op, float scale) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        y[i] = op == 0 ? v * scale : (op == 1 ? silu(v) : gelu_f16(v));
+    }
+}
+
+// op 0: silu(g) * u, 1: gelu(g) * u
+extern "C" __global__ void glu(const float* g, const float* u, float* y, long long n, int op) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = g[i];
+        y[i] = (op == 0 ? silu(v) : gelu_f16(v)) * u[i];
+    }
+}
+
+// One block per row: mode 0 rms_norm, 1 norm; times w[col] when w is not null.
+extern "C" __global__ void norm_rows(const float* x, float* y, const float* w, int ncols, float eps,
+                                int mode) {
+    __shared__ float red[32];
+    const float* xr = x + (size_t)blockIdx.x * ncols;
+    float* yr = y + (size_t)blockIdx.x * ncols;
+    float mean = 0.0f;
+    if (mode == 1) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += xr[i];
+        mean = block_sum(s, red) / ncols;
+    }
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
+        const float v = xr[i] - mean;
+        ss += v * v;
+    }
+    const float inv = rsqrtf(block_sum(ss, red) / ncols + eps);
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
+        const float v = (xr[i] - mean) * inv;
+        yr[i] = w ? v * w[i] : v;
+    }
+}
+
+// Rotary embedding of x [T, H, D] over the first n_dims of D; mode 0 adjacent pairs, 2 neox.
+extern "C" __global__ void rope(const float* x, const int* pos, const float* factors, float* y,
+                                int H, int D, int n_dims, int mode, double base, double freq_scale,
+                                double attn_factor, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int d = (int)(i % D);
+        const long long row = i / D;
+        const int t = (int)(row / H);
+        if (d >= n_dims) {
+            y[i] = x[i];
+            continue;
+        }
+        const int half = n_dims / 2;
+        int p, first, other;
+        if (mode == 2) {
+            p = d < half ? d : d - half;
+            first = d < half;
+            other = first ? d + half : d - half;
+        } else {
+            p = d / 2;
+            first = (d & 1) == 0;
+            other = first ? d + 1 : d - 1;
+        }
+        double inv_freq = pow(base, -2.0 * p / n_dims);
+        if (factors) inv_freq /= (double)factors[p];
+        const double theta = (double)pos[t] * inv_freq * freq_scale;
+        const float c = (float)(cos(theta) * attn_factor), s = (float)(sin(theta) * attn_factor);
+        const float xs = x[i], xo = x[row * D + other];
+        y[i] = first ? xs * c - xo * s : xo * s + xs * c;
+    }
+}
+
+// dst[ids[r], :] = src[r, :] (row = elements per row); dst f16 when f16 != 0.
+extern "C" __global__ void set_rows(const float* src, const int* ids, u8* dst, long long n, int row,
+                                    int f16) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / row, j = i % row;
+        const long long o = (long long)ids[r] * row + j;
+        if (f16) ((u16*)dst)[o] = f2h(src[i]);
+        else ((float*)dst)[o] = src[i];
+    }
+}
+
+// out[i, :] = table[ids[i], :] for an f32 activation table.
+extern "C" __global__ void get_rows_f32(const float* table, const int* ids, float* out, int ncols) {
+    const float* src = table + (size_t)ids[blockIdx.x] * ncols;
+    float* dst = out + (size_t)blockIdx.x * ncols;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) dst[i] = src[i];
+}
+
+// softmax(x * scale + mask[row % T]) over rows of S; one block per row.
+extern "C" __global__ void soft_max(const float* x, const float* mask, float* y, int S, int T,
+                                    float scale) {
+    __shared__ float red[32];
+    const float* xr = x + (size_t)blockIdx.x * S;
+    float* yr = y + (size_t)blockIdx.x * S;
+    const float* mr = mask ? mask + (size_t)(blockIdx.x % T) * S : nullptr;
+    float mx = -INF;
+    for (int i = threadIdx.x; i < S; i += blockDim.x) {
+        const float v = xr[i] * scale + (mr ? mr[i] : 0.0f);
+        yr[i] = v;
+        mx = fmaxf(mx, v);
+    }
+    mx = block_max(mx, red);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < S; i += blockDim.x) {
+        const float e = mx == -INF ? 0.0f : expf(yr[i] - mx);
+        yr[i] = e;
+        s += e;
+    }
+    const float inv = 1.0f / block_sum(s, red);
+    for (int i = threadIdx.x; i < S; i += blockDim.x) yr[i] *= inv;
+}
+
+// Index of the largest element of each row (the first on ties); one block per row.
+extern "C" __global__ void argmax(const float* x, int* y, int S) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* xr = x + (size_t)blockIdx.x * S;
+    float best = -INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < S; i += blockDim.x) {
+        const float v = xr[i];
+        if (v > best || (v == best && i < bi) || bi == 0x7fffffff) {
+            best = v;
+            bi = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < nw; ++w)
+            if (sv[w] > best || (sv[w] == best && si[w] < bi)) {
+                best = sv[w];
+                bi = si[w];
+            }
+        y[blockIdx.x] = bi;
+    }
+}
+
+// Activations x activations (attention-like), ggml broadcasting over flattened batches:
+// y[b, t, m] = sum_k A[b / r, m, k] * B[b, t, k]; A f32 or f16 (then B is rounded to f16).
+extern "C" __global__ void mm_act(const u8* A, int a_f16, const float* B, float* Y, int nb, int r,
+                                  int T, int M, int K) {
+    const long long n = (long long)nb * T * M;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int m = (int)(i % M);
+        const long long bt = i / M;
+        const int t = (int)(bt % T), b = (int)(bt / T);
+        const float* br = B + ((size_t)b * T + t) * K;
+        const size_t ao = ((size_t)(b / r) * M + m) * K;
+        float s = 0.0f;
+        if (a_f16) {
+            const u16* ar = (const u16*)A + ao;
+            for (int k = 0; k < K; ++k) s += h2f(ar[k]) * h2f(f2h(br[k]));
+        } else {
+            const float* ar = (const float*)A + ao;
+            for (int k = 0; k < K; ++k) s += ar[k] * br[k];
+        }
+        Y[i] = s;
+    }
+}
+
+extern "C" __global__ void to_f16(const float* x, u16* y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        y[i] = f2h(x[i]);
+}
+
+// Attention of q [T, Hq, D] over S cached keys/values of head h / (Hq / Hkv); one block of 256
+// threads per (head, token). D/8 threads share one key (8 elements each); scores sit in shared
+// memory, followed by the partial sums of the PV product.
+template <int D, int F16>
+__device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8* __restrict__ k,
+                                           const u8* __restrict__ v, const float* __restrict__ mask,
+                                           float* __restrict__ out, int Hq, int Hkv, int S,
+                                           long long ks, long long kh, long long vs, long long vh,
+                                           float scale, float softcap) {
+    extern __shared__ float smem[];
+    __shared__ float red[32];
+    constexpr int LPK = D / 8, KPI = 256 / LPK;
+    float* sq = smem;
+    float* sc = smem + D;
+    float* part = sc + S;
+    const int h = blockIdx.x, t = blockIdx.y, hk = h / (Hq / Hkv), tid = threadIdx.x;
+    for (int d = tid; d < D; d += 256) {
+        float x = q[((size_t)t * Hq + h) * D + d];
+        sq[d] = F16 ? h2f(f2h(x)) : x;
+    }
+    __syncthreads();
+    const int g = tid / LPK, j = tid % LPK;
+    float qr[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qr[i] = sq[j * 8 + i];
+    const float* mrow = mask ? mask + (size_t)t * S : nullptr;
+#pragma unroll 4
+    for (int s0 = 0; s0 < S; s0 += KPI) {
+        const int s = s0 + g;
+        float dot = 0.0f;
+        if (s < S && !(mrow && mrow[s] == -INF)) {
+            const size_t o = (size_t)s * ks + (size_t)hk * kh + j * 8;
+            if (F16) {
+                const uint4 u = *(const uint4*)((const u16*)k + o);
+                const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    dot += qr[2 * i] * h2f((u16)(w[i] & 0xffff)) + qr[2 * i + 1] * h2f((u16)(w[i] >> 16));
+            } else {
+                const float4 a = *(const float4*)((const float*)k + o);
+                const float4 b = *(const float4*)((const float*)k + o + 4);
+                dot = qr[0] * a.x + qr[1] * a.y + qr[2] * a.z + qr[3] * a.w + qr[4] * b.x +
+                      qr[5] * b.y + qr[6] * b.z + qr[7] * b.w;
+            }
+        }
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (j == 0 && s < S) {
+            float x = dot * scale;
+            if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+            sc[s] = mrow ? x + mrow[s] : x;
+        }
+    }
+    __syncthreads();
+    float mx = -INF;
+    for (int s = tid; s < S; s += 256) mx = fmaxf(mx, sc[s]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int s = tid; s < S; s += 256) {
+        const float e = mx == -INF ? 0.0f : expf(sc[s] - mx);
+        sc[s] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    __syncthreads();
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+#pragma unroll 4
+    for (int s = g; s < S; s += KPI) {
+        float p = sc[s] * inv;
+        if (F16) p = h2f(f2h(p));
+        if (p != 0.0f) {
+            const size_t o = (size_t)s * vs + (size_t)hk * vh + j * 8;
+            if (F16) {
+                const uint4 u = *(const uint4*)((const u16*)v + o);
+                const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    acc[2 * i] += p * h2f((u16)(w[i] & 0xffff));
+                    acc[2 * i + 1] += p * h2f((u16)(w[i] >> 16));
+                }
+            } else {
+                const float4 a = *(const float4*)((const float*)v + o);
+                const float4 b = *(const float4*)((const float*)v + o + 4);
+                acc[0] += p * a.x; acc[1] += p * a.y; acc[2] += p * a.z; acc[3] += p * a.w;
+                acc[4] += p * b.x; acc[5] += p * b.y; acc[6] += p * b.z; acc[7] += p * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) part[g * D + j * 8 + i] = acc[i];
+    __syncthreads();
+    for (int d = tid; d < D; d += 256) {
+        float o = 0.0f;
+        for (int gg = 0; gg < KPI; ++gg) o += part[gg * D + d];
+        out[((size_t)t * Hq + h) * D + d] = o;
+    }
+}
+
+#define FATTN(D, F16)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) fattn_##D##_##F16(                       \
+        const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
+        int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
+        float softcap) {                                                                       \
+        fattn_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap);    \
+    }
+FATTN(16, 0)
+FATTN(16, 1)
+FATTN(32, 0)
+FATTN(32, 1)
+FATTN(64, 0)
+FATTN(64, 1)
+FATTN(128, 0)
+FATTN(128, 1)
+FATTN(256, 0)
+FATTN(256, 1)

@@ -1,0 +1,250 @@
+// Kernels that read a weight in its GGUF blocks. Compiled once per weight type: the Python side
+// prepends `#define WTYPE <ggml type id>` and common.cuh. Every type is read in chunks of 32
+// elements (one legacy block, or one sub-block of a K-quant super-block), dequantized into
+// registers by dequant32().
+
+// ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block.
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& m) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Elements 32c .. 32c+31 of a row that starts at `row`.
+__device__ __forceinline__ void dequant32(const u8* __restrict__ row, int c, float* w) {
+#if WTYPE == 0  // F32
+    const float4* p = (const float4*)(row + (size_t)c * 128);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        float4 v = p[i];
+        w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
+    }
+#elif WTYPE == 1 || WTYPE == 30  // F16, BF16
+    const uint4* p = (const uint4*)(row + (size_t)c * 64);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint4 v = p[i];
+        u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#if WTYPE == 1
+            w[8 * i + 2 * j] = h2f((u16)(u[j] & 0xffff));
+            w[8 * i + 2 * j + 1] = h2f((u16)(u[j] >> 16));
+#else
+            w[8 * i + 2 * j] = bf2f((u16)(u[j] & 0xffff));
+            w[8 * i + 2 * j + 1] = bf2f((u16)(u[j] >> 16));
+#endif
+        }
+    }
+#elif WTYPE == 2  // Q4_0: d, qs[16]
+    const u8* b = row + (size_t)c * 18;
+    const float d = ldh(b);
+    const u16* qs = (const u16*)(b + 2);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        u16 q = qs[i];
+        w[2 * i] = ((int)(q & 15) - 8) * d;
+        w[2 * i + 16] = ((int)((q >> 4) & 15) - 8) * d;
+        w[2 * i + 1] = ((int)((q >> 8) & 15) - 8) * d;
+        w[2 * i + 17] = ((int)(q >> 12) - 8) * d;
+    }
+#elif WTYPE == 3  // Q4_1: d, m, qs[16]
+    const u8* b = row + (size_t)c * 20;
+    const float d = ldh(b), m = ldh(b + 2);
+    const u32* qs = (const u32*)(b + 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        u32 q = qs[i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            w[4 * i + j] = ((q >> (8 * j)) & 15) * d + m;
+            w[4 * i + j + 16] = ((q >> (8 * j + 4)) & 15) * d + m;
+        }
+    }
+#elif WTYPE == 6  // Q5_0: d, qh (u32), qs[16]
+    const u8* b = row + (size_t)c * 22;
+    const float d = ldh(b);
+    const u32 qh = (u32)(*(const u16*)(b + 2)) | ((u32)(*(const u16*)(b + 4)) << 16);
+    const u16* qs = (const u16*)(b + 6);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        u16 q = qs[i];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int e = 2 * i + j;
+            const int lo = (q >> (8 * j)) & 15, hi = (q >> (8 * j + 4)) & 15;
+            w[e] = ((int)(lo | (((qh >> e) & 1) << 4)) - 16) * d;
+            w[e + 16] = ((int)(hi | (((qh >> (e + 16)) & 1) << 4)) - 16) * d;
+        }
+    }
+#elif WTYPE == 7  // Q5_1: d, m, qh, qs[16]
+    const u8* b = row + (size_t)c * 24;
+    const float d = ldh(b), m = ldh(b + 2);
+    const u32 qh = *(const u32*)(b + 4);
+    const u32* qs = (const u32*)(b + 8);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        u32 q = qs[i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int e = 4 * i + j;
+            const u32 lo = (q >> (8 * j)) & 15, hi = (q >> (8 * j + 4)) & 15;
+            w[e] = (lo | (((qh >> e) & 1) << 4)) * d + m;
+            w[e + 16] = (hi | (((qh >> (e + 16)) & 1) << 4)) * d + m;
+        }
+    }
+#elif WTYPE == 8  // Q8_0: d, qs[32] int8
+    const u8* b = row + (size_t)c * 34;
+    const float d = ldh(b);
+    const u16* qs = (const u16*)(b + 2);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        u16 q = qs[i];
+        w[2 * i] = (float)(signed char)(q & 0xff) * d;
+        w[2 * i + 1] = (float)(signed char)(q >> 8) * d;
+    }
+#elif WTYPE == 12 || WTYPE == 13  // Q4_K, Q5_K: d, dmin, scales[12], (qh[32]), qs[128]
+    const int s = c & 7;
+#if WTYPE == 12
+    const u8* b = row + (size_t)(c >> 3) * 144;
+    const u8* qs = b + 16 + 32 * (s >> 1);
+#else
+    const u8* b = row + (size_t)(c >> 3) * 176;
+    const u8* qh = b + 16;
+    const u8* qs = b + 48 + 32 * (s >> 1);
+#endif
+    int sc, mn;
+    scale_min_k4(s, b + 4, sc, mn);
+    const float d = ldh(b) * sc, m = ldh(b + 2) * mn;
+    const int shift = (s & 1) * 4;
+    const u32* q4 = (const u32*)qs;
+#if WTYPE == 13
+    const u32* h4 = (const u32*)qh;
+#endif
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        u32 q = q4[i];
+#if WTYPE == 13
+        u32 h = h4[i];
+#endif
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int v = (q >> (8 * j + shift)) & 15;
+#if WTYPE == 13
+            v |= ((h >> (8 * j + s)) & 1) << 4;
+#endif
+            w[4 * i + j] = d * v - m;
+        }
+    }
+#elif WTYPE == 14  // Q6_K: ql[128], qh[64], scales[16] int8, d
+    const u8* b = row + (size_t)(c >> 3) * 210;
+    const int s = c & 7, h = s >> 2, k = s & 3;
+    const float d = ldh(b + 208);
+    const signed char* scales = (const signed char*)(b + 192);
+    const u8* ql = b + 64 * h + (k & 1) * 32;
+    const u8* qh = b + 128 + 32 * h;
+    const int lshift = (k >> 1) * 4;
+    const float d0 = d * scales[8 * h + 2 * k], d1 = d * scales[8 * h + 2 * k + 1];
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        const int lo = (ql[l] >> lshift) & 15;
+        const int hi = (qh[l] >> (2 * k)) & 3;
+        w[l] = (l < 16 ? d0 : d1) * (float)((lo | (hi << 4)) - 32);
+    }
+#else
+#error "unsupported WTYPE"
+#endif
+}
+
+// Y[t, m] = sum_k W[m, k] X[t, k] (+ R[t, m]) for t < T, NT tokens per pass; one warp per row.
+template <int NT>
+__device__ __forceinline__ void mmv_body(const u8* __restrict__ W, long long row_bytes,
+                                         const float* __restrict__ X, float* __restrict__ Y,
+                                         const float* __restrict__ R, int M, int K, int T) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (row >= M) return;
+    const u8* wr = W + (size_t)row * row_bytes;
+    const int nch = K >> 5;
+    for (int t0 = 0; t0 < T; t0 += NT) {
+        float acc[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+        for (int c = lane; c < nch; c += 32) {
+            float w[32];
+            dequant32(wr, c, w);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t0 + t < T) {
+                    const float4* x4 = (const float4*)(X + (size_t)(t0 + t) * K + (size_t)c * 32);
+                    float s = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) {
+                        float4 v = x4[i];
+                        s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z +
+                             w[4 * i + 3] * v.w;
+                    }
+                    acc[t] += s;
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0 && t0 + t < T) {
+                const size_t o = (size_t)(t0 + t) * M + row;
+                Y[o] = R ? s + R[o] : s;
+            }
+        }
+    }
+}
+
+#define MMV(NT)                                                                                \
+    extern "C" __global__ void mmv_##NT(const u8* W, long long row_bytes, const float* X,      \
+                                        float* Y, const float* R, int M, int K, int T) {       \
+        mmv_body<NT>(W, row_bytes, X, Y, R, M, K, T);                                          \
+    }
+MMV(1)
+MMV(2)
+MMV(4)
+MMV(8)
+
+// out[i, :] = dequantized row ids[i] of the table.
+extern "C" __global__ void get_rows_w(const u8* W, long long row_bytes, const int* ids, float* out,
+                                      int K) {
+    const int i = blockIdx.x;
+    const u8* wr = W + (size_t)ids[i] * row_bytes;
+    for (int c = threadIdx.x; c < (K >> 5); c += blockDim.x) {
+        float w[32];
+        dequant32(wr, c, w);
+        float4* o = (float4*)(out + (size_t)i * K + (size_t)c * 32);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = make_float4(w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]);
+    }
+}
+
+// The whole weight [M, K] as f16 (for the tensor-core GEMM of prompt processing).
+extern "C" __global__ void dequant_f16(const u8* W, long long row_bytes, u16* out, int M, int K) {
+    const int nch = K >> 5;
+    const long long total = (long long)M * nch;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int row = (int)(i / nch), c = (int)(i % nch);
+        float w[32];
+        dequant32(W + (size_t)row * row_bytes, c, w);
+        uint4* o = (uint4*)(out + (size_t)row * K + (size_t)c * 32);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            uint4 v;
+            v.x = (u32)f2h(w[8 * j]) | ((u32)f2h(w[8 * j + 1]) << 16);
+            v.y = (u32)f2h(w[8 * j + 2]) | ((u32)f2h(w[8 * j + 3]) << 16);
+            v.z = (u32)f2h(w[8 * j + 4]) | ((u32)f2h(w[8 * j + 5]) << 16);
+            v.w = (u32)f2h(w[8 * j + 6]) | ((u32)f2h(w[8 * j + 7]) << 16);
+            o[j] = v;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+"""The CUDA backend's lowering and buffer plan (pure Python: runs without a GPU), and the free
+device memory check before loading (with a stand-in GPU device)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmrt.device import DeviceInfo, DeviceType
+from llmrt.engine import load
+from llmrt.errors import OutOfDeviceMemory
+from llmrt.gguf import GGUFReader
+from llmrt.models import Shape, get_architecture
+from llmrt_cpu.backend import CPUBackend, CPUDevice
+from llmrt_cuda.lower import assign_offsets, lower, supports
+
+
+def _graph(path, n_tokens):
+    reader = GGUFReader(path)
+    arch = get_architecture(reader.metadata["general.architecture"])
+    hp = arch.hparams(reader.metadata)
+    meta = {t.name: (t.shape, t.type) for t in reader.tensors}
+    return arch.build(hp, Shape(n_tokens, 256, 1, 256), meta)
+
+
+def _live(s):
+    return s.first, max(s.last, s.first)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, 40])
+def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with_vocab, n_tokens):
+    graph = _graph(tiny_gguf_with_vocab, n_tokens)
+    assert all(supports(node) for node in graph.nodes)
+    plan = lower(graph)
+    size = assign_offsets(plan.storages)
+    arena = [s for s in plan.storages if s.kind == "arena" and s.first >= 0]
+    assert size >= max(s.nbytes for s in arena)
+    for i, a in enumerate(arena):
+        assert a.offset % 256 == 0 and a.offset + a.nbytes <= size
+        for b in arena[i + 1 :]:
+            (a0, a1), (b0, b1) = _live(a), _live(b)
+            if a0 <= b1 and b0 <= a1:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+    # a step never writes a buffer it reads
+    for step in plan.steps:
+        if step.out is not None and step.out.storage in {v.storage for v in step.ins}:
+            raise AssertionError(f"{step.op} reads and writes one buffer")
+    # liveness reuse: the arena is much smaller than the sum of all activation buffers
+    assert size < sum(s.nbytes for s in arena)
+
+
+def test_decode_fuses_norms_and_residual_adds(tiny_gguf_with_vocab):
+    plan = lower(_graph(tiny_gguf_with_vocab, 1))
+    ops = [s.op for s in plan.steps]
+    assert "binary" not in ops  # every residual add rides on a mat-vec epilogue
+    assert ops.count("norm") == 2 * ops.count("fattn") + 1  # rms_norm x weight fused
+    assert sum(len(s.ins) == 3 for s in plan.steps if s.op == "mmv") == 2 * ops.count("fattn")
+
+
+class FakeGPU(CPUDevice):
+    """Runs the reference kernels but says it is a GPU with little free memory."""
+
+    free = 0
+
+    def info(self):
+        return DeviceInfo("fake", DeviceType.GPU, memory_total=1 << 40, memory_free=self.free)
+
+
+def test_memory_check_names_the_ngl_that_fits(tiny_gguf_with_vocab):
+    gpu = FakeGPU(CPUBackend(), 5)
+    reader = GGUFReader(tiny_gguf_with_vocab)
+    per_layer = sum(t.nbytes for t in reader.tensors if t.name.startswith("blk.0."))
+    gpu.free = (512 << 20) + int(per_layer * 1.5)  # room for one layer beyond the reserve
+    with pytest.raises(OutOfDeviceMemory, match=r"not enough memory on cpu:5: .*-ngl 1 would fit"):
+        load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=-1)
+    model = load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=1)
+    assert np.all(np.isfinite(model.context(n_ctx=32).eval([1, 2, 3])))
