@@ -81,19 +81,25 @@ ERROR_TYPES = {
 }
 
 
-class _JsonBody:
-    """ASGI middleware: POST bodies are JSON whatever the Content-Type says (llama-server
-    ignores it; curl -d without -H sends application/x-www-form-urlencoded)."""
+class _Asgi:
+    """A plain ASGI middleware around `handler(scope, receive, send, app)` (Starlette's
+    BaseHTTPMiddleware would hide a client's hang-up from the endpoints)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, handler: Callable) -> None:
+        self.app, self.handler = app, handler
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            headers.append((b"content-type", b"application/json"))
-            scope = {**scope, "headers": headers}
-        await self.app(scope, receive, send)
+        await self.handler(scope, receive, send, self.app)
+
+
+async def _json_body(scope: dict, receive: Callable, send: Callable, app: Any) -> None:
+    """POST bodies are JSON whatever the Content-Type says (llama-server ignores it; curl -d
+    without -H sends application/x-www-form-urlencoded)."""
+    if scope["type"] == "http" and scope["method"] == "POST":
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        scope = {**scope, "headers": headers}
+    await app(scope, receive, send)
 
 
 class State:
@@ -180,22 +186,26 @@ def create_app(
 def _install_middleware(app: FastAPI, state: State) -> None:
     settings = state.settings
 
-    @app.middleware("http")
-    async def gate(request: Request, call_next: Callable) -> Response:
-        path = request.url.path
-        if request.method == "OPTIONS":
-            return await call_next(request)
+    async def gate(scope: dict, receive: Callable, send: Callable, app: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            return await app(scope, receive, send)
+        path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = None
         if settings.api_key and path not in PUBLIC:
-            auth = request.headers.get("authorization", "")
+            auth = headers.get("authorization", "")
             bearer = auth.lower().startswith("bearer ")
-            key = auth[7:] if bearer else request.headers.get("x-api-key")
+            key = auth[7:] if bearer else headers.get("x-api-key")
             if key != settings.api_key:
-                return error_response(401, "Invalid API Key", "authentication_error")
-        if not state.ready and path not in WHILE_LOADING:
+                refusal = error_response(401, "Invalid API Key", "authentication_error")
+        if refusal is None and not state.ready and path not in WHILE_LOADING:
             if state.load_error:
-                return error_response(500, state.load_error, "server_error")
-            return error_response(503, "Loading model", "unavailable_error")
-        return await call_next(request)
+                refusal = error_response(500, state.load_error, "server_error")
+            else:
+                refusal = error_response(503, "Loading model", "unavailable_error")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await app(scope, receive, send)
 
     if settings.cors:
         from fastapi.middleware.cors import CORSMiddleware
@@ -203,7 +213,8 @@ def _install_middleware(app: FastAPI, state: State) -> None:
         app.add_middleware(
             CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(_JsonBody)
+    app.add_middleware(_Asgi, handler=gate)
+    app.add_middleware(_Asgi, handler=_json_body)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
