@@ -116,7 +116,7 @@ class VulkanProgram(Executable):
         self.dispatches: list[Dispatch] = []
         self.constants: list[Buffer] = []  # small tables made at compile time (rope frequencies)
         self._arena_free: list[tuple[int, int]] = []  # (offset, size) blocks
-        self.arena_size = 0
+        self.arena_size = self.arena_peak = 0
         self._weights: dict[int, VulkanWeight] = {}
         self._plan(graph, bindings)
         self._record()
@@ -133,6 +133,7 @@ class VulkanProgram(Executable):
                 return Store("arena", off, size)
         store = Store("arena", self.arena_size, size)
         self.arena_size += size
+        self.arena_peak = max(self.arena_peak, self.arena_size)
         return store
 
     def _release(self, store: Store) -> None:
@@ -418,6 +419,14 @@ class VulkanProgram(Executable):
         for r0 in range(0, m, chunk):
             rows = min(chunk, m - r0)
             wb = (a.store, r0 * w.row_nbytes)
+            if self.rt.cpu:
+                groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1)
+                self._emit(
+                    "matvec_rows", (code,), [wb, (b.store, 0), (out.store, 0)], "<9I",
+                    (k, w.row_nbytes, rows, t, b.off // 4, out.off + r0, m, round16, groups[0]),
+                    groups, [a, b], [out],
+                )  # fmt: skip
+                continue
             tiled = t > MAX_T_MATVEC and k % 16 == 0
             if tiled:
                 groups = (-(-rows // 64), -(-t // 64), 1)
@@ -450,9 +459,10 @@ class VulkanProgram(Executable):
         out = self._new(node.shape, F32)
         flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
         m = mask if mask is not None else q
-        groups = self._grid(t * hq)
+        cpu = self.rt.cpu
+        groups = self._grid(-(-(t * hq) // 16) if cpu else t * hq)
         self._emit(
-            "flash_attn", (),
+            "flash_attn_rows" if cpu else "flash_attn", (),
             [(q.store, 0), (k.store, 0), (v.store, 0), (m.store, 0), (out.store, 0)],
             "<14I2fI",
             (dk, dv, s, hq, hkv, t, q.off, k.off, v.off, m.off, out.off, k.strides[0],
@@ -465,7 +475,7 @@ class VulkanProgram(Executable):
     def _record(self) -> None:
         rt, vk = self.rt, self.rt.vk
         staged = not rt.unified
-        self.arena = rt.buffer(max(self.arena_size, 16))
+        self.arena = rt.buffer(max(self.arena_peak, 16))
         self.inputs_dev = rt.buffer(self.inputs_size, host=not staged)
         self.inputs_host = rt.buffer(self.inputs_size, host=True) if staged else self.inputs_dev
         # outputs: staged programs copy each output's span into a host buffer at the end

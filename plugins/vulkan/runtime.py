@@ -57,6 +57,9 @@ class Runtime:
         ops = properties.get("subgroup_operations", [])
         stages = properties.get("subgroup_stages", [])
         self.subgroups = "arithmetic" in ops and "compute" in stages
+        # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
+        # for workgroup barriers: it gets the barrier-free kernels.
+        self.cpu = properties.get("device_type") == "cpu"
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
         self.offset_align = max(16, int(limits.minStorageBufferOffsetAlignment))

@@ -20,7 +20,8 @@ TARGET_ENV = "vulkan1.1"
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     name: (source, macros)
     for source in ("eltwise", "norm", "softmax", "argmax", "rope", "get_rows", "set_rows",
-                   "matvec", "matmul", "matmul_batched", "flash_attn")
+                   "matvec", "matvec_rows", "matmul", "matmul_batched", "flash_attn",
+                   "flash_attn_rows")
     for name, macros in ((source, ()), (f"{source}_sg", ("USE_SUBGROUP",)))
     if not name.endswith("_sg") or source in ("norm", "softmax", "matvec", "flash_attn")
 }  # fmt: skip

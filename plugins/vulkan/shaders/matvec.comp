@@ -1,4 +1,5 @@
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 // y[t, row] = dot(W[row, :], x[t, :]) for a weight in its ggml blocks and up to 8 activation rows:
 // one workgroup per weight row, which is read once for all of them (decode and small batches).
 #define WG 64
@@ -20,17 +21,17 @@ void main() {
     if (row >= p.rows) return;
     uint tid = gl_LocalInvocationID.x, k4 = p.k / 4u, rb = row * p.row_bytes;
     float acc[MAX_T];
-    for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
     for (uint g = tid; g < k4; g += WG) {
         vec4 w = deq4(rb, 4u * g);
-        for (uint j = 0; j < MAX_T; j++) {
+        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
             if (j >= p.t) break;
             vec4 x = b4[p.ob4 + j * k4 + g];
             if (p.round_f16 != 0u) x = vec4(unpackHalf2x16(packHalf2x16(x.xy)), unpackHalf2x16(packHalf2x16(x.zw)));
             acc[j] += dot(w, x);
         }
     }
-    for (uint j = 0; j < MAX_T; j++) {
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) {
         if (j >= p.t) break;
         float s = wg_sum(acc[j]);
         if (tid == 0u) d[p.od + j * p.d_stride + row] = s;

@@ -1,0 +1,41 @@
+"""The SPIR-V shipped in llmrt_vulkan/shaders is what its GLSL sources compile to (users need no
+shader compiler, so a stale .spv would run old code): each variant is recompiled with glslc and
+compared byte for byte, or by disassembly where only the generator's header differs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from llmrt_vulkan import shaders
+
+pytestmark = pytest.mark.skipif(shutil.which("glslc") is None, reason="glslc is not installed")
+
+
+def _disassemble(path) -> list[str]:
+    text = subprocess.run(
+        ["spirv-dis", "--raw-id", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    return [line for line in text.splitlines() if not line.startswith("; Generator")]
+
+
+@pytest.mark.parametrize("name", sorted(shaders.VARIANTS))
+def test_shipped_spirv_matches_source(name, tmp_path):
+    fresh = tmp_path / f"{name}.spv"
+    subprocess.run(shaders.glslc_command(name, fresh), check=True)
+    shipped = shaders.HERE / f"{name}.spv"
+    assert shipped.is_file(), f"{shipped.name} is not shipped: run python -m llmrt_vulkan.shaders"
+    if fresh.read_bytes() == shipped.read_bytes():
+        return
+    if shutil.which("spirv-dis") is None:
+        pytest.fail(f"{shipped.name} differs from its source: run python -m llmrt_vulkan.shaders")
+    assert _disassemble(fresh) == _disassemble(shipped), (
+        f"{shipped.name} is stale: run python -m llmrt_vulkan.shaders"
+    )
+
+
+def test_every_shipped_spirv_has_a_variant():
+    shipped = {p.stem for p in shaders.HERE.glob("*.spv")}
+    assert shipped == set(shaders.VARIANTS)
