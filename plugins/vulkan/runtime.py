@@ -10,6 +10,7 @@ graph's inputs and outputs go through staging buffers of its own, copied in its 
 
 from __future__ import annotations
 
+import os
 import struct
 import weakref
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ class Runtime:
         self.subgroups = "arithmetic" in ops and "compute" in stages
         # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
         # for workgroup barriers: it gets the barrier-free kernels.
-        self.cpu = properties.get("device_type") == "cpu"
+        # LLMRT_VULKAN_KERNELS=gpu|cpu overrides the choice (to test both kinds anywhere).
+        choice = os.environ.get("LLMRT_VULKAN_KERNELS", "")
+        self.cpu = choice == "cpu" or (choice != "gpu" and properties.get("device_type") == "cpu")
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
         self.offset_align = max(16, int(limits.minStorageBufferOffsetAlignment))
