@@ -20,12 +20,26 @@ bench() {  # bench SHAPE QTYPE [extra llmrt bench args]
 if [ "$stage" = check ]; then
   timeout 120 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -25
   timeout 240 python3 -m pytest tests/conformance -q -k cuda --tb=line -p no:cacheprovider 2>&1 | tee $OUT/conformance.log | grep -v "^tests/conformance.*PASSED" | tail -40
+  [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1  # kept for the next call while warm
   bench smollm2-135m q4_0
   bench smollm2-135m q8_0
   bench llama32-1b q4_0
+  bench llama3-8b q4_0
+  echo "rows per warp 4:" | tee -a $OUT/bench.log
+  LLMRT_CUDA_MMV_ROWS=4 bench llama3-8b q4_0 -p 0
+fi
+if [ "$stage" = profile ]; then
+  [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1  # kept for the next call while warm
+  for s in "smollm2-135m q4_0" "llama32-1b q4_0"; do
+    set -- $s; f=/tmp/synth-$1-$2.gguf
+    [ -e $f ] || python3 .cudarun/synth_gguf.py $1 $2 $f >/dev/null
+    timeout 100 python3 benchmarks/cuda_profile.py $f 2>&1 | tee -a $OUT/profile.log
+  done
+  bench llama3-8b q4_0
 fi
 if [ "$stage" = models ]; then
-  cat .cudarun/part1 .cudarun/part2.bin > .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
+  mkdir -p .cudarun/cache/models
+  cat /tmp/part1 .cudarun/part2.bin > .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
   LLMRT_TEST_DEVICE=cuda:0 timeout 200 python3 -m pytest tests/models/test_greedy.py tests/models/test_logits.py -q -k smollm2 --tb=short -p no:cacheprovider 2>&1 | tee $OUT/greedy.log | tail -25
   timeout 60 llmrt run -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p "The capital of France is" -n 24 --temp 0 --device cuda:0 -ngl 10 2>&1 | tail -8
   timeout 60 llmrt bench -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p 512 -n 128 -r 3 --device cuda:0 2>&1 | tee -a $OUT/bench.log

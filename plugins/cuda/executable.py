@@ -30,6 +30,10 @@ NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.in
 H2D, D2H = 1, 2  # cudaMemcpyKind
 SMEM_DEFAULT = 48 * 1024
 MAX_BLOCKS = 65535 * 8
+# mat-vec: rows per warp (each x chunk is read once for them), for matrices of at least this many
+# rows; LLMRT_CUDA_MMV_ROWS overrides (1, 2 or 4)
+MMV_ROWS = int(os.environ.get("LLMRT_CUDA_MMV_ROWS", "2"))
+MMV_ROWS_MIN_M = 1024
 
 
 @functools.cache
@@ -261,13 +265,14 @@ class CUDAProgram(Executable):
                 np.float32(p["softcap"])), smem)  # fmt: skip
         if op == "mmv":
             w, x = ins[0], ins[1]
-            r = P(ins[2]) if len(ins) > 2 else 0
+            res = P(ins[2]) if len(ins) > 2 else 0
             t = p["t"]
             nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-            rows_per_block = 4
-            return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}"),
-                    (-(-p["m"] // rows_per_block),), (32 * rows_per_block,), (
-                _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(r),
+            r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
+            rows_per_block = 4 * r
+            return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}_{r}"),
+                    (-(-p["m"] // rows_per_block),), (128,), (
+                _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(res),
                 _i32(p["m"]), _i32(p["k"]), _i32(t)), 0)  # fmt: skip
         if op == "gemm":
             return ("gemm", self._gemm_args(step))
@@ -281,59 +286,60 @@ class CUDAProgram(Executable):
         m, k, t = p["m"], p["k"], p["t"]
         deq = (kernel(str(int(p["type"])), "dequant_f16"), _grid(m * (k // 32)), (256,), (
             _u64(self.ptr(w)), _i64(p["row_bytes"]), _u64(w16), _i32(m), _i32(k)))  # fmt: skip
-        cvt = (kernel("ops", "to_f16"), _grid(t * k), (256,), (
+        cvt = (kernel(str(int(p["type"])), "x_to_f16"), _grid(t * k), (256,), (
             _u64(self.ptr(x)), _u64(x16), _i64(t * k)))  # fmt: skip
         residual = self.ptr(step.ins[2]) if len(step.ins) > 2 else 0
         return (deq, cvt, w16, x16, self.ptr(step.out), m, k, t, residual, step.out.n)
 
     # --- run -------------------------------------------------------------------------------
     def _launch_all(self) -> None:
+        for item in self.launches:
+            self._launch_one(item)
+
+    def _launch_one(self, item: tuple) -> None:
         from cupy_backends.cuda.libs import cublas
 
-        memcpy = cp.cuda.runtime.memcpyAsync
-        sptr = self.stream.ptr
-        for item in self.launches:
-            kind = item[0]
-            if kind == "kernel":
-                _, fn, grid, block, args, smem = item
-                fn(grid, block, args, shared_mem=smem)
-            elif kind == "copy":
-                _, dst, src, n, direction = item
-                memcpy(dst, src, n, direction, sptr)
-            else:
-                deq, cvt, w16, x16, y, m, k, t, residual, n = item[1]
-                deq[0](deq[1], deq[2], deq[3])
-                cvt[0](cvt[1], cvt[2], cvt[3])
-                handle = cp.cuda.device.get_cublas_handle()
-                one = np.array(1.0, np.float32)
-                zero = np.array(0.0, np.float32)
-                cublas.gemmEx(
-                    handle,
-                    1,
-                    0,
-                    m,
-                    t,
-                    k,
-                    one.ctypes.data,
-                    w16,
-                    2,
-                    k,
-                    x16,
-                    2,
-                    k,
-                    zero.ctypes.data,
-                    y,
-                    0,
-                    m,
-                    68,
-                    -1,
-                )  # Y^T[m, t] = W[m, k]^T-op x X^T: f16 in, f32 out, f32 compute
-                if residual:
-                    kernel("ops", "binary")(
-                        _grid(n), (256,), (_u64(y), _u64(residual), _u64(y), _i64(n), _i32(0),
-                                           _i64(1), _i64(1), _i64(n), _i64(1), _i64(1), _i64(1),
-                                           _i64(n)),
-                    )  # fmt: skip
+        kind = item[0]
+        if kind == "kernel":
+            _, fn, grid, block, args, smem = item
+            fn(grid, block, args, shared_mem=smem)
+        elif kind == "copy":
+            _, dst, src, n, direction = item
+            cp.cuda.runtime.memcpyAsync(dst, src, n, direction, self.stream.ptr)
+        else:
+            deq, cvt, w16, x16, y, m, k, t, residual, n = item[1]
+            deq[0](deq[1], deq[2], deq[3])
+            cvt[0](cvt[1], cvt[2], cvt[3])
+            handle = cp.cuda.device.get_cublas_handle()
+            one = np.array(1.0, np.float32)
+            zero = np.array(0.0, np.float32)
+            cublas.gemmEx(
+                handle,
+                1,
+                0,
+                m,
+                t,
+                k,
+                one.ctypes.data,
+                w16,
+                2,
+                k,
+                x16,
+                2,
+                k,
+                zero.ctypes.data,
+                y,
+                0,
+                m,
+                68,
+                -1,
+            )  # Y^T[m, t] = W[m, k]^T-op x X^T: f16 in, f32 out, f32 compute
+            if residual:
+                kernel("ops", "binary")(
+                    _grid(n), (256,), (_u64(y), _u64(residual), _u64(y), _i64(n), _i32(0),
+                                       _i64(1), _i64(1), _i64(n), _i64(1), _i64(1), _i64(1),
+                                       _i64(n)),
+                )  # fmt: skip
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         for key, host, _ in self.inputs:

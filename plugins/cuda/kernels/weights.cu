@@ -160,58 +160,116 @@ __device__ __forceinline__ void dequant32(const u8* __restrict__ row, int c, flo
 #endif
 }
 
-// Y[t, m] = sum_k W[m, k] X[t, k] (+ R[t, m]) for t < T, NT tokens per pass; one warp per row.
-template <int NT>
+// Activations as ggml rounds them before a dot product with this weight type (reference.py's
+// vec_dot_round): q8_0 blocks of 32 for the legacy quants, f16/bf16 for those weights. A chunk
+// of 32 is one q8_0 block, so each lane rounds its own chunk. (K-quants round to q8_K blocks of
+// 256 in the reference; here their activations stay f32.)
+__device__ __forceinline__ void load_x32(const float* __restrict__ p, float* xr) {
+    const float4* x4 = (const float4*)p;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float4 v = x4[i];
+        xr[4 * i] = v.x; xr[4 * i + 1] = v.y; xr[4 * i + 2] = v.z; xr[4 * i + 3] = v.w;
+    }
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(xr[i]));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const float d = h2f(f2h(amax / 127.0f));
+#pragma unroll
+    for (int i = 0; i < 32; ++i) xr[i] = rintf(xr[i] * inv) * d;
+#elif WTYPE == 1
+#pragma unroll
+    for (int i = 0; i < 32; ++i) xr[i] = h2f(f2h(xr[i]));
+#elif WTYPE == 30
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const u32 b = __float_as_uint(xr[i]);
+        xr[i] = __uint_as_float((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
+    }
+#endif
+}
+
+__device__ __forceinline__ float dot32(const float* w, const float* x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s += w[i] * x[i];
+    return s;
+}
+
+// Y[t, m] = sum_k W[m, k] X[t, k] (+ R[t, m]). One warp computes R consecutive rows for NT tokens
+// per pass; lane l takes chunks l, l + 32, ...: each x chunk is loaded (and rounded) once for the
+// R rows, whose weight loads are independent and in flight together.
+template <int NT, int R>
 __device__ __forceinline__ void mmv_body(const u8* __restrict__ W, long long row_bytes,
                                          const float* __restrict__ X, float* __restrict__ Y,
-                                         const float* __restrict__ R, int M, int K, int T) {
+                                         const float* __restrict__ Rs, int M, int K, int T) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (row >= M) return;
-    const u8* wr = W + (size_t)row * row_bytes;
+    const int row0 = (blockIdx.x * (blockDim.x >> 5) + warp) * R;
+    if (row0 >= M) return;
     const int nch = K >> 5;
     for (int t0 = 0; t0 < T; t0 += NT) {
-        float acc[NT];
+        float acc[R][NT];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
         for (int c = lane; c < nch; c += 32) {
-            float w[32];
-            dequant32(wr, c, w);
+            float w[R][32];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                if (row0 + r < M) dequant32(W + (size_t)(row0 + r) * row_bytes, c, w[r]);
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
                 if (t0 + t < T) {
-                    const float4* x4 = (const float4*)(X + (size_t)(t0 + t) * K + (size_t)c * 32);
-                    float s = 0.0f;
+                    float xr[32];
+                    load_x32(X + (size_t)(t0 + t) * K + (size_t)c * 32, xr);
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) {
-                        float4 v = x4[i];
-                        s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z +
-                             w[4 * i + 3] * v.w;
-                    }
-                    acc[t] += s;
+                    for (int r = 0; r < R; ++r) acc[r][t] += dot32(w[r], xr);
                 }
             }
         }
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0 && t0 + t < T) {
-                const size_t o = (size_t)(t0 + t) * M + row;
-                Y[o] = R ? s + R[o] : s;
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                const float s = warp_sum(acc[r][t]);
+                if (lane == 0 && t0 + t < T && row0 + r < M) {
+                    const size_t o = (size_t)(t0 + t) * M + row0 + r;
+                    Y[o] = Rs ? s + Rs[o] : s;
+                }
             }
-        }
     }
 }
 
-#define MMV(NT)                                                                                \
-    extern "C" __global__ void mmv_##NT(const u8* W, long long row_bytes, const float* X,      \
-                                        float* Y, const float* R, int M, int K, int T) {       \
-        mmv_body<NT>(W, row_bytes, X, Y, R, M, K, T);                                          \
+#define MMV(NT, R)                                                                             \
+    extern "C" __global__ void mmv_##NT##_##R(const u8* W, long long row_bytes, const float* X, \
+                                              float* Y, const float* Rs, int M, int K, int T) { \
+        mmv_body<NT, R>(W, row_bytes, X, Y, Rs, M, K, T);                                      \
     }
-MMV(1)
-MMV(2)
-MMV(4)
-MMV(8)
+MMV(1, 1)
+MMV(1, 2)
+MMV(1, 4)
+MMV(2, 1)
+MMV(4, 1)
+MMV(8, 1)
+
+// X as f16 for the GEMM, rounded as load_x32 rounds it (warp per 32 elements).
+extern "C" __global__ void x_to_f16(const float* X, u16* out, long long n) {
+    const int lane = threadIdx.x & 31;
+    const long long nb = n >> 5;
+    for (long long b = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5; b < nb;
+         b += ((long long)gridDim.x * blockDim.x) >> 5) {
+        float x = X[b * 32 + lane];
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+        const float amax = warp_max(fabsf(x));
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        x = rintf(x * inv) * h2f(f2h(amax / 127.0f));
+#endif
+        out[b * 32 + lane] = f2h(x);
+    }
+}
 
 // out[i, :] = dequantized row ids[i] of the table.
 extern "C" __global__ void get_rows_w(const u8* W, long long row_bytes, const int* ids, float* out,
