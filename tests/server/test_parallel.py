@@ -20,7 +20,7 @@ PROMPTS = [
     "To make a cup of tea, first",
     "The opposite of hot is",
 ]
-N = 6
+N = 4
 
 
 def stream_tokens(url: str, prompt: str, n: int = N) -> tuple[list[int], str, dict]:
