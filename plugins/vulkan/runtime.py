@@ -24,6 +24,7 @@ COMPUTE_BIT = 0x2  # VK_QUEUE_COMPUTE_BIT
 DEVICE_LOCAL = 0x1
 HOST_VISIBLE = 0x2
 HOST_COHERENT = 0x4
+HOST_CACHED = 0x8
 STAGING_CHUNK = 64 << 20
 
 
@@ -88,6 +89,9 @@ class Runtime:
         )
         self.command_pool = vk.vkCreateCommandPool(self.device, pool_info, None)
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
+        # Created after the backend's VkInstance finalizer, so at exit it runs first: the logical
+        # device goes before its instance (the other order crashed NVIDIA's driver at exit).
+        weakref.finalize(self, _destroy_device, vk, self.device)
 
         memory = vk.vkGetPhysicalDeviceMemoryProperties(physical)
         self.memory_types = [
@@ -127,9 +131,13 @@ class Runtime:
         )
         req = vk.vkGetBufferMemoryRequirements(self.device, handle)
         flags = self.host_flags if host else self.device_flags
-        info = vk.VkMemoryAllocateInfo(
-            allocationSize=req.size, memoryTypeIndex=self._memory_type(req.memoryTypeBits, flags)
-        )
+        try:  # staging read back from uncached (write-combined) memory is slow: prefer cached
+            type_index = self._memory_type(
+                req.memoryTypeBits, flags | HOST_CACHED if flags & HOST_VISIBLE else flags
+            )
+        except VulkanError:
+            type_index = self._memory_type(req.memoryTypeBits, flags)
+        info = vk.VkMemoryAllocateInfo(allocationSize=req.size, memoryTypeIndex=type_index)
         try:
             memory = vk.vkAllocateMemory(self.device, info, None)
         except (vk.VkError, vk.VkException) as exc:
@@ -273,6 +281,14 @@ class Runtime:
         found = Pipeline(handle, layout, set_layout, n_bindings)
         self._pipelines[key] = found
         return found
+
+
+def _destroy_device(vk: Any, device: Any) -> None:
+    try:
+        vk.vkDeviceWaitIdle(device)
+        vk.vkDestroyDevice(device, None)
+    except Exception:
+        pass
 
 
 def _free(vk: Any, device: Any, handle: Any, memory: Any) -> None:

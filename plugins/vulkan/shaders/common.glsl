@@ -58,8 +58,12 @@ float wg_max(float v) {
 
 float round_f16(float x) { return unpackHalf2x16(packHalf2x16(vec2(x, 0.0))).x; }
 
-// tanh that stays finite for large arguments (some drivers compute it through exp(2x)).
-float safe_tanh(float x) { return tanh(clamp(x, -15.0, 15.0)); }
+// tanh from exp, finite for any argument: drivers' own tanh may be a coarse approximation (enough
+// to flip GELU's f16 rounding) or overflow through exp(2x).
+float safe_tanh(float x) {
+    float e = exp(2.0 * clamp(x, -15.0, 15.0));
+    return (e - 1.0) / (e + 1.0);
+}
 
 // The flat workgroup index of a dispatch split over x and y (x is limited to 65535 groups).
 uint group_index(uint groups_x) { return gl_WorkGroupID.y * groups_x + gl_WorkGroupID.x; }
