@@ -101,7 +101,11 @@ def test_n_probs_are_softmax_of_logits(client):
 
 def test_token_prompt_and_seeded_sampling(client, model):
     ids = model.tokenizer.encode(PROMPT, parse_special=True)
-    body = {"prompt": ids, "n_predict": 3, "temperature": 1.0, "seed": 42, "return_tokens": True}
+    # cache_prompt off: with it, the second request evaluates only the last prompt token, and the
+    # numpy reference's logits depend on the batch's shape (BLAS gemv vs gemm, amplified by q8
+    # activation rounding), so a seeded draw near a boundary may differ.
+    body = {"prompt": ids, "n_predict": 3, "temperature": 1.0, "seed": 42, "return_tokens": True,
+            "cache_prompt": False}  # fmt: skip
     a = client.post("/completion", json=body).json()
     b = client.post("/completion", json=body).json()
     assert a["tokens"] == b["tokens"] and len(a["tokens"]) == 3
