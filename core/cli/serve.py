@@ -54,6 +54,12 @@ def serve(
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     if queue_size < 0:
         raise UsageError(f"--queue-size must be >= 0, got {queue_size}")
+    from llmrt.tokenizer.chat import CHATML_TEMPLATE, GEMMA_TEMPLATE
+
+    # llama-server takes a built-in template's name too
+    chat_template = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}.get(
+        chat_template or "", chat_template
+    )
     settings = ServerSettings(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
         n_batch=batch_size, n_predict=n_predict, api_key=api_key, device=device,

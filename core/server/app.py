@@ -426,7 +426,6 @@ def _native_routes(app: FastAPI, state: State) -> None:
                             "index": 0,
                             **data,
                             "stop": False,
-                            "id_slot": -1,
                             "tokens_predicted": len(tokens),
                             "tokens_evaluated": len(prompt),
                         })  # fmt: skip

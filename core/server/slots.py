@@ -331,7 +331,7 @@ class Scheduler:
         upto = max(upto, slot.n_sent)
         content = slot.text[slot.n_sent : upto]
         slot.n_sent = upto
-        partial: dict[str, Any] = {"content": content, "tokens": [tok]}
+        partial: dict[str, Any] = {"content": content, "tokens": [tok], "id_slot": slot.id}
         if probs is not None:
             partial["completion_probabilities"] = [probs]
             slot.probs.append(probs)

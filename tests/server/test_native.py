@@ -181,3 +181,12 @@ def test_issue_curl_request_as_written(smollm2_path, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_serve_exits_when_the_model_cannot_load(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    cmd = [sys.executable, "-m", "llmrt", "serve", "-m", str(missing), "--port",
+           str(free_port())]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "cannot load the model" in proc.stderr and "not found" in proc.stderr
