@@ -312,7 +312,7 @@ class VulkanDevice(Device):
         from llmrt_vulkan.program import VulkanWeight
 
         raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
-        buf = self.runtime.buffer(raw.size)
+        buf = self.runtime.buffer(raw.size + 16)  # kernels may read a block's words past its end
         self.runtime.write(buf, raw)
         shape = tuple(tensor.shape)
         return VulkanWeight(buf, tensor.type, shape, tensor.type.row_nbytes(shape[-1]))

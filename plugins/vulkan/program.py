@@ -6,12 +6,16 @@ one arena buffer, reused once their last reader has run; a barrier goes between 
 only where the second touches memory that one since the last barrier wrote (or writes memory one
 read). Descriptor sets are written once, and the whole graph is recorded into one command buffer
 with every shape, offset and stride in push constants. ``run`` then copies the inputs in, submits
-that command buffer, waits, and reads the outputs: no Vulkan object is made per step.
+that command buffer, waits, and reads the outputs: no Vulkan object is made per step. Outputs are
+read from cached host memory (copied there at the end of the command buffer unless they already
+live in it: a discrete GPU's host-mapped BAR memory is uncached, and reading logits from it cost
+milliseconds a step).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from llmrt_vulkan.runtime import Buffer, Runtime
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 ALIGN = 256
 MAX_T_MATVEC = 8
+MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -169,8 +174,31 @@ class VulkanProgram(Executable):
                 self.inputs.append((node.key, refs[id(node)], node.shape, node.dtype))
         self.inputs_size = max(in_size, 16)
         # the last node reading each value's storage (aliases keep their root alive)
+        # a norm whose only reader multiplies it by an f32 vector of its row length: one dispatch
+        readers: dict[int, int] = {}
+        for node in graph.nodes:
+            for src in node.srcs:
+                readers[id(src)] = readers.get(id(src), 0) + 1
+        for t in graph.outputs.values():
+            readers[id(t)] = readers.get(id(t), 0) + 1
+        self._fused: set[int] = set()
+        self._norms: dict[int, Dispatch] = {}
+        for node in graph.nodes:
+            if node.op is not Op.MUL or len(node.srcs) != 2:
+                continue
+            x, w = node.srcs
+            bound = bindings.get(w.key) if w.op is Op.WEIGHT else None
+            if (
+                x.op in (Op.RMS_NORM, Op.NORM) and readers.get(id(x)) == 1
+                and x.dtype == F32 and node.dtype == F32 and node.shape == x.shape
+                and w.shape == (x.shape[-1],) and bound is not None
+                and getattr(bound, "type", None) == F32 and w.strides == (1,)
+            ):  # fmt: skip
+                self._fused.add(id(node))
         root: dict[int, int] = {}
         for node in graph.nodes:
+            if id(node) in self._fused:
+                root[id(node)] = root.get(id(node.srcs[0]), id(node.srcs[0]))
             if node.op in (Op.VIEW, Op.RESHAPE, Op.PERMUTE, Op.SET_ROWS):
                 root[id(node)] = root.get(id(node.srcs[0]), id(node.srcs[0]))
         last: dict[int, int] = {}
@@ -254,8 +282,11 @@ class VulkanProgram(Executable):
         n = out.n
         groups = self._grid(-(-n // 512))
         bb = b if b is not None else a
+        table = self.rt.gelu_table()
+        gelu = Store("buffer", 0, table.size, table)
         self._emit(
-            "eltwise", (), [(a.store, 0), (bb.store, 0), (out.store, 0)], "<12I4IfII",
+            "eltwise", (), [(a.store, 0), (bb.store, 0), (out.store, 0), (gelu, 0)],
+            "<12I4IfII",
             (*ne, *sa, *sb, a.off, bb.off, out.off, flags, s, n, groups[0]), groups,
             [a, bb], [out],
         )  # fmt: skip
@@ -275,6 +306,16 @@ class VulkanProgram(Executable):
             axes = node.params["axes"]
             return Ref(src.store, src.off, node.shape, tuple(src.strides[a] for a in axes),
                        src.dtype)  # fmt: skip
+        if id(node) in self._fused:  # mul by the norm weight: done by the norm's dispatch
+            d = self._norms[id(node.srcs[0])]
+            w = srcs[1]
+            d.bindings[2] = (w.store, 0)
+            push = list(d.push)
+            push[4] |= 2
+            push[7] = w.off
+            d.push = tuple(push)
+            d.reads.append(w.store)
+            return srcs[0]
         if op in ELTWISE:
             out = self._new(node.shape, node.dtype)
             b = srcs[1] if len(srcs) > 1 else None
@@ -330,9 +371,10 @@ class VulkanProgram(Executable):
         out = self._new(node.shape, F32)
         groups = self._grid(rows)
         self._emit(
-            "norm", (), [(x.store, 0), (out.store, 0)], "<5IfI",
-            (n, rows, x.off, out.off, mode, node.params["eps"], groups[0]), groups, [x], [out],
+            "norm", (), [(x.store, 0), (out.store, 0), (x.store, 0)], "<5IfII",
+            (n, rows, x.off, out.off, mode, node.params["eps"], groups[0], 0), groups, [x], [out],
         )  # fmt: skip
+        self._norms[id(node)] = self.dispatches[-1]
         return out
 
     def _op_norm(self, node: Tensor, srcs: list[Ref]) -> Ref:
@@ -438,7 +480,7 @@ class VulkanProgram(Executable):
                 continue
             for t0 in range(0, t, MAX_T_MATVEC):
                 nt = min(MAX_T_MATVEC, t - t0)
-                groups = self._grid(rows)
+                groups = self._grid(-(-rows // MATVEC_ROWS))
                 self._emit(
                     "matvec", (code,), [wb, (b.store, 0), (out.store, 0)], "<9I",
                     (k, w.row_nbytes, rows, nt, (b.off + t0 * k) // 4, out.off + r0 + t0 * m, m,
@@ -460,9 +502,12 @@ class VulkanProgram(Executable):
         flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
         m = mask if mask is not None else q
         cpu = self.rt.cpu
+        if max(dk, dv) > 256:
+            raise UnsupportedOp("vulkan attention takes head sizes up to 256")
         groups = self._grid(-(-(t * hq) // 16) if cpu else t * hq)
+        spec = () if cpu else (dk, dv, int(k.dtype == F16), int(v.dtype == F16))
         self._emit(
-            "flash_attn_rows" if cpu else "flash_attn", (),
+            "flash_attn_rows" if cpu else "flash_attn", spec,
             [(q.store, 0), (k.store, 0), (v.store, 0), (m.store, 0), (out.store, 0)],
             "<14I2fI",
             (dk, dv, s, hq, hkv, t, q.off, k.off, v.off, m.off, out.off, k.strides[0],
@@ -478,15 +523,6 @@ class VulkanProgram(Executable):
         self.arena = rt.buffer(max(self.arena_peak, 16))
         self.inputs_dev = rt.buffer(self.inputs_size, host=not staged)
         self.inputs_host = rt.buffer(self.inputs_size, host=True) if staged else self.inputs_dev
-        # outputs: staged programs copy each output's span into a host buffer at the end
-        self.out_plan: list[tuple[str, Ref, int, int, int]] = []  # name, ref, lo, hi, host off
-        out_size = 0
-        for name, ref in self.outputs.items():
-            lo, hi = ref.span()
-            size = ITEMSIZE[ref.dtype]
-            self.out_plan.append((name, ref, lo, hi, out_size))
-            out_size += -(-((hi - lo) * size) // ALIGN) * ALIGN
-        self.outputs_host = rt.buffer(max(out_size, 16), host=True) if staged else None
 
         def buffer_of(store: Store) -> Buffer:
             if store.kind == "arena":
@@ -494,6 +530,21 @@ class VulkanProgram(Executable):
             if store.kind == "inputs":
                 return self.inputs_dev
             return store.buf
+
+        # outputs: each output's span is copied into a host buffer at the end, unless it is
+        # already in cached host memory. Device-local memory that the host can map (a discrete
+        # GPU's resizable BAR) is uncached: reading logits from it costs milliseconds a step.
+        self.out_plan: list[tuple[str, Ref, int, int, int]] = []  # name, ref, lo, hi, host off
+        out_size = 0
+        for name, ref in self.outputs.items():
+            lo, hi = ref.span()
+            size = ITEMSIZE[ref.dtype]
+            self.out_plan.append((name, ref, lo, hi, out_size))
+            out_size += -(-((hi - lo) * size) // ALIGN) * ALIGN
+        copy_out = staged or not all(
+            (buffer_of(ref.store) or rt.dummy).cached for ref in self.outputs.values()
+        )
+        self.outputs_host = rt.buffer(max(out_size, 16), host=True) if copy_out else None
 
         # descriptor sets
         n_sets = len(self.dispatches)
@@ -566,8 +617,18 @@ class VulkanProgram(Executable):
         def overlaps(a, spans) -> bool:
             return any(a[0] == b[0] and a[1] < b[2] and b[1] < a[2] for b in spans)
 
+        # LLMRT_VULKAN_TIMESTAMPS=1: a GPU timestamp before the first dispatch and after each one
+        # (benchmarks/vulkan_profile.py reads them through dispatch_times())
+        self.query_pool = None
+        if os.environ.get("LLMRT_VULKAN_TIMESTAMPS") and self.dispatches:
+            n_q = len(self.dispatches) + 1
+            self.query_pool = vk.vkCreateQueryPool(
+                rt.device, vk.VkQueryPoolCreateInfo(queryType=vk.VK_QUERY_TYPE_TIMESTAMP,
+                                                    queryCount=n_q), None)  # fmt: skip
+            vk.vkCmdResetQueryPool(cb, self.query_pool, 0, n_q)
+            vk.vkCmdWriteTimestamp(cb, compute, self.query_pool, 0)
         self.n_barriers = 0
-        for d, pipe, dset in zip(self.dispatches, pipelines, sets, strict=True):
+        for qi, (d, pipe, dset) in enumerate(zip(self.dispatches, pipelines, sets, strict=True)):
             reads = [span(s) for s in d.reads]
             writes_ = [span(s) for s in d.writes]
             if any(overlaps(r, pending_w) for r in reads) or any(
@@ -586,7 +647,9 @@ class VulkanProgram(Executable):
             vk.vkCmdPushConstants(cb, pipe.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, len(data),
                                   vk.ffi.from_buffer(data))  # fmt: skip
             vk.vkCmdDispatch(cb, *d.groups)
-        if staged:
+            if self.query_pool is not None:
+                vk.vkCmdWriteTimestamp(cb, compute, self.query_pool, qi + 1)
+        if self.outputs_host is not None:
             barrier(compute, transfer, shader_write, transfer_read)
             for _, ref, lo, hi, host_off in self.out_plan:
                 size = ITEMSIZE[ref.dtype]
@@ -608,12 +671,35 @@ class VulkanProgram(Executable):
             for key, ref, _, dtype in self.inputs
         ]  # fmt: skip
 
+    def dispatch_times(self) -> list[tuple[str, float]]:
+        """(shader, seconds) of each dispatch of the last run (needs LLMRT_VULKAN_TIMESTAMPS)."""
+        vk = self.rt.vk
+        n_q = len(self.dispatches) + 1
+        data = vk.ffi.new("uint64_t[]", n_q)
+        vk.vkGetQueryPoolResults(
+            self.rt.device,
+            self.query_pool,
+            0,
+            n_q,
+            8 * n_q,
+            vk.ffi.cast("void *", data),
+            8,
+            0x1 | 0x2,
+        )  # 64-bit, wait
+        limits = vk.vkGetPhysicalDeviceProperties(self.rt.physical).limits
+        period = limits.timestampPeriod * 1e-9
+        return [(f"{d.shader}{list(d.spec) if d.spec else ''}", (data[i + 1] - data[i]) * period)
+                for i, d in enumerate(self.dispatches)]  # fmt: skip
+
     # ---- the hot path --------------------------------------------------------------------
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         for key, view, np_type in self._in_views:
             arr = np.ascontiguousarray(inputs[key], dtype=np_type)
             view[:] = arr.reshape(-1).view(np.uint8)
         self.rt.run([self.command_buffer], self.submit)
+        return self._read_outputs()
+
+    def _read_outputs(self) -> dict[str, Any]:
         result = {}
         for name, ref, lo, hi, host_off in self.out_plan:
             size = ITEMSIZE[ref.dtype]

@@ -40,6 +40,7 @@ class Buffer:
     memory: Any
     size: int
     host: np.ndarray | None
+    cached: bool = False  # host-visible through the CPU's caches (fast to read back)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Runtime:
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
         self._modules: dict[str, Any] = {}
         self._staging: Buffer | None = None
+        self._gelu: Buffer | None = None
         self.dummy = self.buffer(16)
 
     # ---- memory ----------------------------------------------------------------------------
@@ -148,7 +150,8 @@ class Runtime:
         if flags & HOST_VISIBLE:
             mapped = vk.vkMapMemory(self.device, memory, 0, size, 0)
             view = np.frombuffer(mapped, dtype=np.uint8, count=size)
-        buf = Buffer(handle, memory, size, view)
+        cached = bool(self.memory_types[type_index][0] & HOST_CACHED)
+        buf = Buffer(handle, memory, size, view, cached)
         weakref.finalize(buf, _free, vk, self.device, handle, memory)
         return buf
 
@@ -219,6 +222,20 @@ class Runtime:
         vk.vkQueueSubmit(self.queue, 1, [submit], self.fence)
         vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF)
         vk.vkResetFences(self.device, 1, [self.fence])
+
+    def gelu_table(self) -> Buffer:
+        """GELU (tanh form) of every f16 value, as f16, computed once by the numpy reference: the
+        eltwise shader looks results up here, as ggml's CPU backend does, instead of evaluating
+        tanh with the driver's own precision."""
+        if self._gelu is None:
+            from llmrt.reference import gelu_tanh
+
+            x = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+            with np.errstate(all="ignore"):
+                y = gelu_tanh(x).astype(np.float16)
+            self._gelu = self.buffer(y.nbytes)
+            self.write(self._gelu, y.view(np.uint16))
+        return self._gelu
 
     # ---- pipelines -------------------------------------------------------------------------
     def pipeline(self, name: str, n_bindings: int, push_size: int, spec: tuple[int, ...] = ()):

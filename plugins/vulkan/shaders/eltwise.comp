@@ -9,6 +9,7 @@ layout(local_size_x = WG) in;
 layout(binding = 0) readonly buffer A { uint a[]; };
 layout(binding = 1) readonly buffer B { uint b[]; };
 layout(binding = 2) buffer D { uint d[]; };
+layout(binding = 3) readonly buffer G { uint gelu_table[]; };  // 65536 f16 GELU values
 
 layout(push_constant) uniform P {
     uvec4 ne;   // output shape, innermost first (ggml order)
@@ -24,12 +25,13 @@ layout(push_constant) uniform P {
 const uint COPY = 0, ADD = 1, MUL = 2, SCALE = 3, SILU = 4, GELU = 5, SWIGLU = 6, GEGLU = 7;
 
 float gelu(float x) {
-    // as ggml's CPU table: the f16 value of x in, an f16 result out; exact beyond +-10
+    // as ggml's CPU backend: a table indexed by the f16 value of x, holding f16 results (made by
+    // the reference formula on the host, so that every driver gives the same bits); exact beyond
+    // +-10
     if (x <= -10.0) return 0.0;
     if (x >= 10.0) return x;
-    float h = round_f16(x);
-    float y = 0.5 * h * (1.0 + safe_tanh(0.7978845608028654 * h * (1.0 + 0.044715 * h * h)));
-    return round_f16(y);
+    uint h = packHalf2x16(vec2(x, 0.0)) & 0xFFFFu;
+    return unpackHalf2x16(gelu_table[h >> 1] >> ((h & 1u) * 16u)).x;
 }
 
 float value(uint e) {

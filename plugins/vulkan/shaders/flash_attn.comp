@@ -1,10 +1,21 @@
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 // softmax(q k^T * scale (soft-capped) + mask) v over a KV cache of f32 or f16 rows, grouped-query
 // heads: one workgroup per (token, query head), keys taken WG at a time with an online softmax.
-#define WG 64
-#define MAX_D 256
+// Head sizes and cache types are specialization constants, so every loop over a row has a fixed
+// trip count and is unrolled: a thread's loads are all in flight at once. Scores: one thread per
+// key. Values: a thread owns two output elements of one of LANES key lanes (keys j, j + LANES,
+// ...), reading V rows a word per thread; the lanes are summed at the end.
+#define WG 128
 layout(local_size_x = WG) in;
 #include "common.glsl"
+
+layout(constant_id = 0) const uint DK = 64;
+layout(constant_id = 1) const uint DV = 64;
+layout(constant_id = 2) const uint KF16 = 1;
+layout(constant_id = 3) const uint VF16 = 1;
+const uint NP = (DV + 1u) / 2u;               // output element pairs (NP <= WG)
+const uint LANES = NP >= WG ? 1u : WG / NP;   // key lanes of the value pass
 
 layout(binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) readonly buffer K { uint kc[]; };
@@ -14,66 +25,85 @@ layout(binding = 4) writeonly buffer D { float d[]; };
 
 layout(push_constant) uniform P {
     uint dk, dv, s, hq, hkv, t, oq, ok, ov, om, od, k_row, v_row;
-    uint flags;  // bit 0: k is f16, bit 1: v is f16, bit 2: a mask
+    uint flags;  // bit 2: a mask (bits 0 and 1, the cache types, are KF16 and VF16 here)
     float scale, softcap;
     uint groups_x;
 } p;
 
-shared float qs[MAX_D];
+shared float qs[DK];
 shared float ps[WG];
+shared vec2 accs[WG];
+
+bool has2;  // whether this thread's pair has a second element (DV odd)
+
+vec2 v_pair(uint e) {  // V elements e and e + 1
+    if (VF16 != 0u && (e & 1u) == 0u) return unpackHalf2x16(vc[e >> 1]);
+    return vec2(LOAD_F(vc, e, VF16 != 0u), has2 ? LOAD_F(vc, e + 1u, VF16 != 0u) : 0.0);
+}
 
 void main() {
     uint gid = group_index(p.groups_x);
     if (gid >= p.t * p.hq) return;
     uint tok = gid / p.hq, h = gid % p.hq, hk = h / (p.hq / p.hkv), tid = gl_LocalInvocationID.x;
-    bool kf16 = (p.flags & 1u) != 0u, vf16 = (p.flags & 2u) != 0u, masked = (p.flags & 4u) != 0u;
-    for (uint i = tid; i < p.dk; i += WG) {
-        float x = q[p.oq + gid * p.dk + i];
-        qs[i] = kf16 ? round_f16(x) : x;
+    bool masked = (p.flags & 4u) != 0u;
+    for (uint i = tid; i < DK; i += WG) {
+        float x = q[p.oq + gid * DK + i];
+        qs[i] = KF16 != 0u ? round_f16(x) : x;
     }
     barrier();
     const float NEG_INF = -1.0 / 0.0;
+    uint pair = tid % NP, lane = tid / NP;
+    has2 = 2u * pair + 1u < DV;
     float m = NEG_INF, l = 0.0;
-    float acc[MAX_D / WG];
-    for (uint r = 0; r < MAX_D / WG; r++) acc[r] = 0.0;
+    vec2 acc = vec2(0.0);
     for (uint c = 0; c < p.s; c += WG) {
         uint key = c + tid;
         float score = NEG_INF;
         if (key < p.s) {
-            uint kb = p.ok + key * p.k_row + hk * p.dk;
+            uint kb = p.ok + key * p.k_row + hk * DK;
             float dot_ = 0.0;
-            if (kf16) {
-                for (uint i = 0; i < p.dk; i += 2u) {
-                    vec2 kv = unpackHalf2x16(kc[(kb + i) >> 1]);
-                    dot_ += qs[i] * kv.x + qs[i + 1u] * kv.y;
+            if (KF16 != 0u && (kb & 1u) == 0u) {
+                [[unroll]] for (uint i = 0; i < DK / 2u; i++) {
+                    vec2 kv = unpackHalf2x16(kc[(kb >> 1) + i]);
+                    dot_ += qs[2u * i] * kv.x + qs[2u * i + 1u] * kv.y;
                 }
+                if ((DK & 1u) != 0u) dot_ += qs[DK - 1u] * LOAD_F(kc, kb + DK - 1u, true);
             } else {
-                for (uint i = 0; i < p.dk; i++) dot_ += qs[i] * uintBitsToFloat(kc[kb + i]);
+                [[unroll]] for (uint i = 0; i < DK; i++) dot_ += qs[i] * LOAD_F(kc, kb + i, KF16 != 0u);
             }
             score = dot_ * p.scale;
             if (p.softcap != 0.0) score = safe_tanh(score / p.softcap) * p.softcap;
             if (masked) score += mask[p.om + tok * p.s + key];
         }
-        float mnew = max(m, wg_max(score));
+        float mnew = max(m, wg_max(score));  // its barriers also end the last chunk's reads of ps
         float e = score == NEG_INF ? 0.0 : exp(score - mnew);
-        if (vf16) e = round_f16(e);
+        if (VF16 != 0u) e = round_f16(e);
         ps[tid] = e;
         float alpha = m == NEG_INF ? 0.0 : exp(m - mnew);
         l = l * alpha + wg_sum(e);  // wg_sum's barriers also publish ps
-        uint n = min(uint(WG), p.s - c);
-        for (uint r = 0; r < MAX_D / WG; r++) {
-            uint di = tid + r * WG;
-            if (di >= p.dv) break;
-            float a = acc[r] * alpha;
-            uint vb = p.ov + c * p.v_row + hk * p.dv + di;
-            for (uint j = 0; j < n; j++) a += ps[j] * LOAD_F(vc, vb + j * p.v_row, vf16);
-            acc[r] = a;
-        }
         m = mnew;
-        barrier();
+        acc *= alpha;
+        if (lane < LANES) {
+            uint n = min(uint(WG), p.s - c);
+            uint vb = p.ov + c * p.v_row + hk * DV + 2u * pair;
+            uint j = lane;
+            for (; j + 3u * LANES < n; j += 4u * LANES) {
+                vec2 v0 = v_pair(vb + j * p.v_row);
+                vec2 v1 = v_pair(vb + (j + LANES) * p.v_row);
+                vec2 v2 = v_pair(vb + (j + 2u * LANES) * p.v_row);
+                vec2 v3 = v_pair(vb + (j + 3u * LANES) * p.v_row);
+                acc += ps[j] * v0 + ps[j + LANES] * v1 + ps[j + 2u * LANES] * v2
+                     + ps[j + 3u * LANES] * v3;
+            }
+            for (; j < n; j += LANES) acc += ps[j] * v_pair(vb + j * p.v_row);
+        }
     }
-    for (uint r = 0; r < MAX_D / WG; r++) {
-        uint di = tid + r * WG;
-        if (di < p.dv) d[p.od + gid * p.dv + di] = acc[r] / l;
+    accs[tid] = acc;
+    barrier();
+    if (lane == 0u) {
+        vec2 sum = acc;
+        for (uint r = 1u; r < LANES; r++) sum += accs[tid + r * NP];
+        d[p.od + gid * DV + 2u * pair] = sum.x / l;
+        if (has2) d[p.od + gid * DV + 2u * pair + 1u] = sum.y / l;
     }
 }

@@ -17,6 +17,14 @@ layout(push_constant) uniform P {
     uint k, row_bytes, rows, t, ob4, od, d_stride, round_f16, groups_x;
 } p;
 
+vec4 xload(uint i) {
+    vec4 x = b4[i];
+    if (p.round_f16 != 0u) x = vec4(unpackHalf2x16(packHalf2x16(x.xy)), unpackHalf2x16(packHalf2x16(x.zw)));
+    return x;
+}
+
+#include "blockdot.glsl"
+
 void main() {
     uint row = gl_WorkGroupID.x * WG + gl_LocalInvocationID.x;
     if (row >= p.rows) return;
@@ -24,13 +32,15 @@ void main() {
     uint k4 = p.k / 4u, rb = row * p.row_bytes, xb = p.ob4 + t0 * k4;
     float acc[MAX_T];
     [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
-    for (uint g = 0; g < k4; g++) {
-        vec4 w = deq4(rb, 4u * g);
-        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
-            if (j >= nt) break;
-            vec4 x = b4[xb + j * k4 + g];
-            if (p.round_f16 != 0u) x = vec4(unpackHalf2x16(packHalf2x16(x.xy)), unpackHalf2x16(packHalf2x16(x.zw)));
-            acc[j] += dot(w, x);
+    if (p.k % 32u == 0u) {
+        for (uint blk = 0; blk < p.k / 32u; blk++) block_dot(rb, blk, xb, k4, nt, acc);
+    } else {
+        for (uint g = 0; g < k4; g++) {
+            vec4 w = deq4(rb, 4u * g);
+            [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+                if (j >= nt) break;
+                acc[j] += dot(w, xload(xb + j * k4 + g));
+            }
         }
     }
     [[unroll]] for (uint j = 0; j < MAX_T; j++) {

@@ -1,16 +1,18 @@
 #version 450
-// rms_norm (mode 0) and norm (mode 1) of contiguous rows: one workgroup per row.
+// rms_norm (mode 0) and norm (mode 1) of contiguous rows: one workgroup per row. Mode bit 1: the
+// result is multiplied by the f32 vector w (the norm weight that follows in the graph, fused).
 #define WG 256
 layout(local_size_x = WG) in;
 #include "common.glsl"
 
 layout(binding = 0) readonly buffer A { float a[]; };
 layout(binding = 1) writeonly buffer D { float d[]; };
+layout(binding = 2) readonly buffer W { float w[]; };
 
 layout(push_constant) uniform P {
     uint n, rows, oa, od, mode;
     float eps;
-    uint groups_x;
+    uint groups_x, ow;
 } p;
 
 void main() {
@@ -18,7 +20,7 @@ void main() {
     if (row >= p.rows) return;
     uint t = gl_LocalInvocationID.x, base = p.oa + row * p.n;
     float mean = 0.0;
-    if (p.mode == 1u) {
+    if ((p.mode & 1u) != 0u) {
         float s = 0.0;
         for (uint i = t; i < p.n; i += WG) s += a[base + i];
         mean = wg_sum(s) / float(p.n);
@@ -29,5 +31,9 @@ void main() {
         s2 += x * x;
     }
     float scale = inversesqrt(wg_sum(s2) / float(p.n) + p.eps);
-    for (uint i = t; i < p.n; i += WG) d[p.od + row * p.n + i] = (a[base + i] - mean) * scale;
+    bool weighted = (p.mode & 2u) != 0u;
+    for (uint i = t; i < p.n; i += WG) {
+        float y = (a[base + i] - mean) * scale;
+        d[p.od + row * p.n + i] = weighted ? y * w[p.ow + i] : y;
+    }
 }

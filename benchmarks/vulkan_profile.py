@@ -1,0 +1,97 @@
+"""Where a Vulkan decode step's time goes: the engine around it, each segment of the program (the
+host's token lookup, the device's), inside the device program the input copy, the submission
+and wait, and the read-back; then GPU time per shader from timestamps between dispatches.
+
+    python benchmarks/vulkan_profile.py MODEL.gguf [n_steps] [device]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict
+
+os.environ.setdefault("LLMRT_VULKAN_TIMESTAMPS", "1")
+
+import numpy as np  # noqa: E402
+
+from llmrt.engine import load  # noqa: E402
+
+
+def main() -> None:
+    path = sys.argv[1]
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    device = sys.argv[3] if len(sys.argv) > 3 else "vulkan:0"
+    t0 = time.perf_counter()
+    model = load(path, device=device, n_gpu_layers=99)
+    print(f"load {time.perf_counter() - t0:.2f} s")
+    ctx = model.context(n_ctx=256)
+    t0 = time.perf_counter()
+    ctx.eval([1, 2, 3, 4])
+    ctx.eval([5])
+    print(f"first prompt + first decode (compiles) {time.perf_counter() - t0:.2f} s")
+    for _ in range(2):
+        ctx.eval([5])
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ctx.eval([7])
+    full = (time.perf_counter() - t0) / n
+    print(f"ctx.eval([tok]): {full * 1e3:.3f} ms/step  ({1 / full:.1f} t/s)")
+
+    exe = next(v for k, v in ctx.graphs.items() if k[0] == 1)
+    progs = getattr(exe, "programs", [exe])
+    # feed each segment what it saw: run the whole thing once, keeping every value
+    inputs = {
+        "tokens": np.array([7], np.int32), "pos": np.array([10], np.int32),
+        "kv_cells": np.array([10], np.int32), "out_rows": np.array([0], np.int32),
+        **ctx._masks(np.array([10]), np.array([0]), 256),
+    }  # fmt: skip
+    values = dict(inputs)
+    for p in progs:
+        values.update(p.run(values))
+    for i, p in enumerate(progs):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            p.run(values)
+        dt = (time.perf_counter() - t0) / n
+        print(f"segment {i} {type(p).__name__}: {dt * 1e3:.3f} ms/run")
+    vk_prog = next((p for p in progs if hasattr(p, "dispatches")), None)
+    if vk_prog is None:
+        return
+    rt = vk_prog.rt
+    print(
+        f"dispatches {len(vk_prog.dispatches)}, barriers {vk_prog.n_barriers}, "
+        f"arena {vk_prog.arena_peak / 2**20:.2f} MiB, inputs {vk_prog.inputs_size} B, "
+        f"unified {rt.unified}, cpu kernels {rt.cpu}"
+    )
+    t_sub = t_in = t_out = 0.0
+    for _ in range(n):
+        a = time.perf_counter()
+        for key, view, np_type in vk_prog._in_views:
+            view[:] = np.ascontiguousarray(values[key], dtype=np_type).reshape(-1).view(np.uint8)
+        b = time.perf_counter()
+        rt.run([vk_prog.command_buffer], vk_prog.submit)
+        c = time.perf_counter()
+        vk_prog._read_outputs()
+        d = time.perf_counter()
+        t_in, t_sub, t_out = t_in + b - a, t_sub + c - b, t_out + d - c
+    print(
+        f"inputs {t_in / n * 1e3:.3f} ms, submit+wait {t_sub / n * 1e3:.3f} ms, "
+        f"read-back {t_out / n * 1e3:.3f} ms"
+    )
+    if vk_prog.query_pool is None:
+        return
+    per: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for name, sec in vk_prog.dispatch_times():
+        per[name] += sec
+        count[name] += 1
+    total = sum(per.values())
+    print(f"GPU time between first and last timestamp: {total * 1e3:.3f} ms")
+    for name in sorted(per, key=per.get, reverse=True):
+        print(f"  {name:28s} x{count[name]:4d} {per[name] * 1e3:9.3f} ms {per[name] / total:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
