@@ -1,7 +1,7 @@
 """Where llama.cpp leaves its own greedy fixtures when only its evaluation path changes.
 
-Run with the python of a venv holding llama-cpp-python 0.3.36 (tests/tokenizer/make_gemma_reference.py
-says how to build one):
+Run with the python of a venv holding llama-cpp-python 0.3.36
+(tests/tokenizer/make_gemma_reference.py says how to build one):
 
     PEER=/tmp/peer-venv/bin/python
     $PEER benchmarks/llama_cpp_self_divergence.py ../shared/refs/smollm2-135m/greedy.json \\
@@ -29,7 +29,8 @@ def last_logits(llm: Llama) -> np.ndarray:
 
 def main() -> None:
     fixture, model, eog_text = sys.argv[1:4]
-    prompts = json.load(open(fixture))["prompts"]
+    with open(fixture) as f:
+        prompts = json.load(f)["prompts"]
     eog = {int(x) for x in eog_text.split(",")}
     for flash_attn, n_batch in ((True, 512), (False, 1), (True, 1)):
         llm = Llama(model_path=model, n_ctx=2048, n_batch=n_batch, n_ubatch=n_batch, n_threads=2,
@@ -46,7 +47,9 @@ def main() -> None:
                     break
                 llm.eval([token])
             theirs, gaps = p["generated_ids"], p["top1_top2_logit_gap"]
-            step = next((i for i, (a, b) in enumerate(zip(out, theirs)) if a != b), None)
+            step = next(
+                (i for i, (a, b) in enumerate(zip(out, theirs, strict=False)) if a != b), None
+            )
             found.append(None if step is None else (step, gaps[step]))
         print(f"flash_attn={flash_attn} n_batch={n_batch}: {found}", flush=True)
 
