@@ -52,12 +52,15 @@ def main() -> None:
     for name in a.models:
         path = pull.pull(name, quiet=True)
         size = path.stat().st_size / 2**20
-        body, rss = child_peak_mib(["llmrt", "bench", "-m", str(path), "-p", str(a.p), "-n",
-                                    str(a.n), "-r", str(a.r), "--device", "cpu", "--json"])  # fmt: skip
+        cmd = ["llmrt", "bench", "-m", str(path), "-p", str(a.p), "-n", str(a.n), "-r", str(a.r),
+               "--device", "cpu", "--json"]  # fmt: skip
+        body, rss = child_peak_mib(cmd)
         rows = {r["test"]: r for r in json.loads(body)}
         pp, tg = rows[f"pp{a.p}"], rows[f"tg{a.n}"]
-        print(f"| {name} | llmrt (numpy reference) | {pp['avg_ts']:.1f} ± {pp['stddev_ts']:.1f} "
-              f"| {tg['avg_ts']:.2f} ± {tg['stddev_ts']:.2f} | {rss:.0f} | {size:.0f} |")  # fmt: skip
+        pp_text = f"{pp['avg_ts']:.1f} ± {pp['stddev_ts']:.1f}"
+        tg_text = f"{tg['avg_ts']:.2f} ± {tg['stddev_ts']:.2f}"
+        row = [name, "llmrt (numpy reference)", pp_text, tg_text, f"{rss:.0f}", f"{size:.0f}"]
+        print("| " + " | ".join(row) + " |")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "bench.json"
             _, rss = child_peak_mib([a.peer, str(MAKE_FIXTURES), "bench", "--model", str(path),
