@@ -324,22 +324,29 @@ async def _events(
     state: State, task: Task, request: Request | None
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """The task's events until its end; cancels it if the consumer stops early (the client hung
-    up). Without streaming, polls the connection so a hung-up client also cancels."""
+    up). Without streaming, a watcher polls the connection so a hung-up client also cancels."""
     done = False
+    watcher = None
+    if request is not None:
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.5)
+            task.events.put_nowait(("gone", {}))
+
+        watcher = asyncio.ensure_future(watch())
     try:
         while True:
-            try:
-                kind, data = await asyncio.wait_for(task.events.get(), 0.5)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    return
-                continue
-            if kind in ("done", "error"):
-                done = True
+            kind, data = await task.events.get()
+            if kind == "gone":
+                return
+            done = kind in ("done", "error")
             yield kind, data
             if done:
                 return
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if not done:
             _scheduler(state).cancel(task)
 
