@@ -128,3 +128,9 @@ def test_api_key(live_server):
 def test_cors_off_by_default(server):
     r = httpx.get(server.url + "/props", headers={"Origin": "http://example.com"})
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_on_with_flag(live_server):
+    srv = live_server(n_ctx=128, cors=True)
+    r = httpx.get(srv.url + "/props", headers={"Origin": "http://example.com"})
+    assert r.headers["access-control-allow-origin"] == "*"
