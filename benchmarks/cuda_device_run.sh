@@ -45,6 +45,19 @@ if [ "$stage" = models ]; then
   timeout 60 llmrt bench -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p 512 -n 128 -r 3 --device cuda:0 2>&1 | tee -a $OUT/bench.log
   bench llama3-8b q4_0
 fi
+if [ "$stage" = all ]; then  # one dense call: tests, conformance, decode profile, every row
+  timeout 150 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -15
+  timeout 300 python3 -m pytest tests/conformance -q -k cuda --tb=line -p no:cacheprovider 2>&1 | tee $OUT/conformance.log | grep -v "^tests/conformance.*PASSED" | tail -30
+  [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1  # kept for the next call while warm
+  f=/tmp/synth-smollm2-135m-q4_0.gguf; python3 .cudarun/synth_gguf.py smollm2-135m q4_0 $f >/dev/null
+  timeout 90 python3 benchmarks/cuda_profile.py $f 768 2>&1 | tee -a $OUT/profile.log
+  bench smollm2-135m q4_0
+  bench smollm2-135m q8_0
+  bench llama32-1b q4_0
+  bench llama3-8b q4_0
+  echo "mmvq rows 1:" | tee -a $OUT/bench.log
+  LLMRT_CUDA_MMVQ_R=1 bench llama3-8b q4_0 -p 0
+fi
 if [ "$stage" = bench ]; then
   bench smollm2-135m q4_0
   bench llama32-1b q4_0

@@ -11,6 +11,7 @@ copy step. `assign_offsets` then packs activation buffers into one arena by live
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,12 @@ WEIGHT_TYPES = frozenset({
     GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
 })  # fmt: skip
 ITEMSIZE = {F32: 4, F16: 2, I32: 4, BF16: 2}
+# Weight types whose mat-vec runs on int8 activations (__dp4a), quantized once per input.
+Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+Q8_FUSE = os.environ.get("LLMRT_CUDA_MMVQ", "1") != "0"
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
+# the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
+MMVQ_MAX_T = int(os.environ.get("LLMRT_CUDA_MMVQ_MAX_T", "64"))
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
 ALIGN = 256
@@ -141,7 +147,11 @@ def _readers(nodes: list[Tensor], outputs: dict[str, Tensor]) -> dict[int, int]:
 
 def _is_mmv(mm: Tensor) -> bool:
     a, b = mm.srcs
-    return a.op is Op.WEIGHT and len(a.shape) == 2 and math.prod(b.shape[:-1]) <= MMV_MAX_T
+    return a.op is Op.WEIGHT and len(a.shape) == 2 and math.prod(b.shape[:-1]) <= _mmv_max_t(a.dtype)
+
+
+def _mmv_max_t(dtype: GGMLType) -> int:
+    return max(MMV_MAX_T, MMVQ_MAX_T) if Q8_FUSE and dtype in Q8_TYPES else MMV_MAX_T
 
 
 def _fusions(nodes: list[Tensor], outputs: dict[str, Tensor]) -> tuple[set[int], dict[int, str]]:
@@ -245,6 +255,8 @@ def lower(graph: Any) -> Plan:
         if not v.contiguous:
             v = lo.contiguous(v)
         outputs[name] = v
+    if Q8_FUSE:
+        _decode_fusions(lo, outputs)
     _liveness(lo.storages, lo.steps, outputs)
     return Plan(lo.storages, lo.steps, inputs, outputs)
 
@@ -341,7 +353,7 @@ def _lower_mul_mat(lo: _Lowerer, node: Tensor, val, residual: Val | None) -> Val
         m = a.shape[0]
         params = dict(type=a.dtype, m=m, k=k, t=t, row_bytes=a.dtype.row_nbytes(k))
         ins = [val(a), bv] + ([residual] if residual is not None else [])
-        if t <= MMV_MAX_T:
+        if t <= _mmv_max_t(a.dtype):
             lo.emit("mmv", ins, out, **params)
         else:
             step = lo.emit("gemm", ins, out, **params)
@@ -358,8 +370,14 @@ def _liveness(storages: list[Storage], steps: list[Step], outputs: dict[str, Val
     for i, step in enumerate(steps):
         for v in step.ins:
             storages[v.storage].last = max(storages[v.storage].last, i)
-        if step.out is not None and storages[step.out.storage].first < 0:
-            storages[step.out.storage].first = i
+        for v in [step.out, *step.params.get("outs", ())]:
+            if v is not None and storages[v.storage].first < 0:
+                storages[v.storage].first = i
+        q8 = step.params.get("q8")
+        if q8 is not None:  # written by quant_q8 / norm_q8, read by mmvq
+            if step.op in ("quant_q8", "norm_q8") and storages[q8].first < 0:
+                storages[q8].first = i
+            storages[q8].last = max(storages[q8].last, i)
         for sid in step.temps:
             storages[sid].first = storages[sid].last = i
     for v in outputs.values():
@@ -410,3 +428,130 @@ def assign_offsets(storages: list[Storage]) -> int:
                     merged.append((off, sz))
             free = merged
     return top
+
+
+def q8_layout(n: int) -> tuple[int, int]:
+    """(offset of the per-block (scale, sum) pairs, total bytes) of n activations as q8."""
+    dso = -(-n // ALIGN) * ALIGN
+    return dso, dso + (n // 32) * 8
+
+
+def _same(a: Val, b: Val) -> bool:
+    return a.storage == b.storage and a.offset == b.offset and a.n == b.n
+
+
+def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
+    """Small-batch rewrites of the step list: mat-vecs of the legacy quants read activations
+    quantized once to q8 (by the norm that produces them, or a quant_q8 step); mat-vecs that
+    share those activations run as one launch (q/k/v), gate/up + GLU as one, and rope(q),
+    rope(k) + the two KV-cache writes of a layer as one."""
+    steps = lo.steps
+    q8_of: dict[tuple[int, int, int], int] = {}
+    out_steps: list[Step] = []
+    for st in steps:
+        if st.op == "mmv" and st.params["type"] in Q8_TYPES:
+            x = st.ins[1]
+            key = (x.storage, x.offset, x.n)
+            sid = q8_of.get(key)
+            if sid is None:
+                sid = lo.storage("arena", q8_layout(x.n)[1])
+                q8_of[key] = sid
+                prod = next((p for p in reversed(out_steps)
+                             if p.out is not None and p.out.storage == x.storage), None)  # fmt: skip
+                if (prod is not None and prod.op == "norm" and _same(prod.out, x)
+                        and prod.out.shape[-1] % 32 == 0):  # fmt: skip
+                    prod.op = "norm_q8"
+                    prod.params["q8"] = sid
+                else:
+                    out_steps.append(Step("quant_q8", [x], None, {"q8": sid, "n": x.n}))
+            st.op = "mmvq"
+            st.params["q8"] = sid
+            st.ins = [st.ins[0], *st.ins[2:]]
+        out_steps.append(st)
+    steps = out_steps
+
+    def reads(sid: int, skip: Step | None = None) -> int:
+        n = sum(1 for s in steps if s is not skip for v in s.ins if v.storage == sid)
+        return n + sum(1000 for v in outputs.values() if v.storage == sid)
+
+    # gate/up + glu
+    i = 0
+    fused: list[Step] = []
+    while i < len(steps):
+        a = steps[i]
+        if (i + 2 < len(steps) and a.op == "mmvq" and steps[i + 1].op == "mmvq"
+                and steps[i + 2].op == "glu"):  # fmt: skip
+            b, g = steps[i + 1], steps[i + 2]
+            pa, pb = a.params, b.params
+            plain = len(a.ins) == 1 and len(b.ins) == 1
+            same = (pa["q8"] == pb["q8"] and pa["type"] == pb["type"] and pa["k"] == pb["k"]
+                    and pa["m"] == pb["m"] and a.ins[0].dtype == b.ins[0].dtype)  # fmt: skip
+            if plain and same:
+                order = None
+                if _same(g.ins[0], a.out) and _same(g.ins[1], b.out):
+                    order = (a, b)
+                elif _same(g.ins[0], b.out) and _same(g.ins[1], a.out):
+                    order = (b, a)
+                if order and reads(a.out.storage) == 1 and reads(b.out.storage) == 1:
+                    gate, up = order
+                    params = dict(gate.params, glu=g.params["op"])
+                    fused.append(Step("mmvq", [gate.ins[0], up.ins[0]], g.out, params))
+                    i += 3
+                    continue
+        fused.append(a)
+        i += 1
+    steps = fused
+
+    # mat-vecs over the same activations: one launch for up to three
+    merged: list[Step] = []
+    for st in steps:
+        prev = merged[-1] if merged else None
+        if (st.op == "mmvq" and prev is not None and prev.op == "mmvq" and len(st.ins) == 1
+                and "glu" not in st.params and "glu" not in prev.params
+                and prev.params["q8"] == st.params["q8"] and prev.params["type"] == st.params["type"]
+                and prev.params["k"] == st.params["k"] and len(prev.params.get("outs", [1])) < 3
+                and (len(prev.ins) == 1 or "outs" in prev.params)):  # fmt: skip
+            if "outs" not in prev.params:
+                prev.params["outs"] = [prev.out]
+                prev.params["ms"] = [prev.params["m"]]
+            prev.ins.append(st.ins[0])
+            prev.params["outs"].append(st.out)
+            prev.params["ms"].append(st.params["m"])
+            continue
+        merged.append(st)
+    steps = merged
+
+    # rope(q), rope(k), set_rows(K cache, rope(k)), set_rows(V cache, v)
+    out: list[Step] = []
+    i = 0
+    while i < len(steps):
+        w = steps[i : i + 4]
+        if len(w) == 4 and [s.op for s in w] == ["rope", "rope", "set_rows", "set_rows"]:
+            r1, r2, s1, s2 = w
+            same_rope = (
+                {k: v for k, v in r1.params.items()} == {k: v for k, v in r2.params.items()}
+                and _same(r1.ins[1], r2.ins[1]) and len(r1.ins) == len(r2.ins)
+                and (len(r1.ins) < 3 or _same(r1.ins[2], r2.ins[2]))
+                and _same(s1.ins[1], s2.ins[1])
+            )  # fmt: skip
+            match = None
+            for rk, rq in ((r1, r2), (r2, r1)):
+                for sk, sv in ((s1, s2), (s2, s1)):
+                    if _same(sk.ins[2], rk.out) and not _same(sv.ins[2], rq.out):
+                        match = (rq, rk, sk, sv)
+            if same_rope and match is not None:
+                rq, rk, sk, sv = match
+                if reads(rk.out.storage, skip=sk) == 0 and rq.ins[0].shape[-1] == rk.ins[0].shape[-1]:
+                    out.append(Step("rope_qkv", [rq.ins[0], rk.ins[0], sv.ins[2], *rq.ins[1:],
+                                                 sk.ins[0], sv.ins[0], sk.ins[1]], rq.out,
+                                    dict(rq.params)))  # fmt: skip
+                    i += 4
+                    continue
+        out.append(steps[i])
+        i += 1
+    steps = out
+
+    for st in steps:  # a norm whose f32 output only fed mat-vecs need not write it
+        if st.op == "norm_q8":
+            st.params["y_unused"] = reads(st.out.storage) == 0
+    lo.steps[:] = steps

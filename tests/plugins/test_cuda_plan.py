@@ -53,8 +53,36 @@ def test_decode_fuses_norms_and_residual_adds(tiny_gguf_with_vocab):
     plan = lower(_graph(tiny_gguf_with_vocab, 1))
     ops = [s.op for s in plan.steps]
     assert "binary" not in ops  # every residual add rides on a mat-vec epilogue
-    assert ops.count("norm") == 2 * ops.count("fattn") + 1  # rms_norm x weight fused
-    assert sum(len(s.ins) == 3 for s in plan.steps if s.op == "mmv") == 2 * ops.count("fattn")
+    n_layers = ops.count("fattn")
+    # rms_norm x weight fused (and, before integer mat-vecs, quantizing their output)
+    assert ops.count("norm") + ops.count("norm_q8") == 2 * n_layers + 1
+    residual = [s for s in plan.steps if (s.op == "mmv" and len(s.ins) == 3)
+                or (s.op == "mmvq" and len(s.ins) == 2 and "glu" not in s.params
+                    and "outs" not in s.params)]  # fmt: skip
+    assert len(residual) == 2 * n_layers
+
+
+def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab, monkeypatch):
+    """Legacy-quant mat-vecs: q/k/v in one launch, gate/up/glu in one, rope + KV writes in one."""
+    import llmrt_cuda.lower as lw
+    from llmrt.gguf.constants import GGMLType
+
+    graph = _graph(tiny_gguf_with_vocab, 1)
+    types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
+    if not types & lw.Q8_TYPES:
+        pytest.skip(f"fixture weights are {types}")
+    plan = lower(graph)
+    ops = [s.op for s in plan.steps]
+    n_layers = ops.count("fattn")
+    assert ops.count("rope_qkv") == n_layers and "rope" not in ops and "set_rows" not in ops
+    glu = [s for s in plan.steps if s.op == "mmvq" and "glu" in s.params]
+    multi = [s for s in plan.steps if s.op == "mmvq" and len(s.params.get("outs", ())) == 3]
+    assert len(glu) == n_layers and "glu" not in ops
+    assert len(multi) == n_layers
+    assert all(s.params["type"] in lw.Q8_TYPES for s in plan.steps if s.op == "mmvq")
+    assert GGMLType.Q4_0 in lw.Q8_TYPES
+    size = assign_offsets(plan.storages)
+    assert size > 0
 
 
 class FakeGPU(CPUDevice):

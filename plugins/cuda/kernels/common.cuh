@@ -53,3 +53,28 @@ __device__ __forceinline__ float block_max(float x, float* red) {
     x = lane < nw ? red[lane] : -INF;
     return warp_max(x);
 }
+
+// ggml's CPU GELU: tanh approximation from the f16 value of x, rounded to f16.
+__device__ __forceinline__ float gelu_f16(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    const float h = h2f(f2h(x));
+    const float y = 0.5f * h * (1.0f + tanhf(0.7978845608028654f * h * (1.0f + 0.044715f * h * h)));
+    return h2f(f2h(y));
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// Activations quantized once for the integer mat-vec (q8: ggml's quantize_row_q8_0, x86 path):
+// a buffer holds int8 qs[n] and, dso bytes in, one float2 per block of 32: (f16-rounded scale,
+// the int sum of the block's qs as bits). Warp-collective: the 32 lanes hold block `blk`.
+__device__ __forceinline__ void q8_store32(float x, int lane, u8* XQ, long long dso, long long blk) {
+    const float amax = warp_max(fabsf(x));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q = (int)rintf(x * inv);
+    ((signed char*)XQ)[blk * 32 + lane] = (signed char)q;
+    int s = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) ((float2*)(XQ + dso))[blk] = make_float2(h2f(f2h(amax / 127.0f)), __int_as_float(s));
+}

@@ -34,17 +34,6 @@ extern "C" __global__ void binary(const float* a, const float* b, float* y, long
     }
 }
 
-// ggml's CPU GELU: tanh approximation from the f16 value of x, rounded to f16.
-__device__ __forceinline__ float gelu_f16(float x) {
-    if (x <= -10.0f) return 0.0f;
-    if (x >= 10.0f) return x;
-    const float h = h2f(f2h(x));
-    const float y = 0.5f * h * (1.0f + tanhf(0.7978845608028654f * h * (1.0f + 0.044715f * h * h)));
-    return h2f(f2h(y));
-}
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
 // op 0: scale, 1: silu, 2: gelu
 extern "C" __global__ void unary(const float* x, float* y, long long n, int op, float scale) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
@@ -350,3 +339,246 @@ FATTN(128, 0)
 FATTN(128, 1)
 FATTN(256, 0)
 FATTN(256, 1)
+
+// --- decode fusions --------------------------------------------------------------------------
+
+// X [nblk * 32] f32 -> q8 buffer (see q8_store32); one warp per block of 32.
+extern "C" __global__ void quant_q8(const float* X, u8* XQ, long long dso, long long nblk) {
+    const int lane = threadIdx.x & 31;
+    for (long long b = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5; b < nblk;
+         b += ((long long)gridDim.x * blockDim.x) >> 5)
+        q8_store32(X[b * 32 + lane], lane, XQ, dso, b);
+}
+
+// norm_rows that also writes its output quantized for the integer mat-vec (ncols % 32 == 0,
+// blockDim a multiple of 32); y may be null when only mat-vecs read the result.
+extern "C" __global__ void norm_rows_q8(const float* x, float* y, const float* w, int ncols, float eps,
+                                        int mode, u8* XQ, long long dso) {
+    __shared__ float red[32];
+    const float* xr = x + (size_t)blockIdx.x * ncols;
+    float mean = 0.0f;
+    if (mode == 1) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += xr[i];
+        mean = block_sum(s, red) / ncols;
+    }
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
+        const float v = xr[i] - mean;
+        ss += v * v;
+    }
+    const float inv = rsqrtf(block_sum(ss, red) / ncols + eps);
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5, nb = ncols >> 5;
+    for (int c = threadIdx.x >> 5; c < nb; c += nw) {
+        const int i = c * 32 + lane;
+        float v = (xr[i] - mean) * inv;
+        if (w) v *= w[i];
+        if (y) y[(size_t)blockIdx.x * ncols + i] = v;
+        q8_store32(v, lane, XQ, dso, (long long)blockIdx.x * nb + c);
+    }
+}
+
+__device__ __forceinline__ float rope_one(const float* x, long long i, int D, int H, const int* pos,
+                                          const float* factors, int n_dims, int mode, double base,
+                                          double freq_scale, double attn_factor) {
+    const int d = (int)(i % D);
+    const long long row = i / D;
+    const int t = (int)(row / H);
+    if (d >= n_dims) return x[i];
+    const int half = n_dims / 2;
+    int p, first, other;
+    if (mode == 2) {
+        p = d < half ? d : d - half;
+        first = d < half;
+        other = first ? d + half : d - half;
+    } else {
+        p = d / 2;
+        first = (d & 1) == 0;
+        other = first ? d + 1 : d - 1;
+    }
+    double inv_freq = pow(base, -2.0 * p / n_dims);
+    if (factors) inv_freq /= (double)factors[p];
+    const double theta = (double)pos[t] * inv_freq * freq_scale;
+    const float c = (float)(cos(theta) * attn_factor), s = (float)(sin(theta) * attn_factor);
+    const float xs = x[i], xo = x[row * D + other];
+    return first ? xs * c - xo * s : xo * s + xs * c;
+}
+
+// rope(q) -> qo; rope(k) -> rows ids[t] of the K cache; v -> rows ids[t] of the V cache: the
+// two ropes and two set_rows of an attention layer in one launch. Caches f16 when kf16/vf16.
+extern "C" __global__ void rope_qkv(const float* q, const float* k, const float* v, const int* pos,
+                                    const float* factors, float* qo, u8* kc, u8* vc, const int* ids,
+                                    int Hq, int Hk, int D, int n_dims, int mode, double base,
+                                    double freq_scale, double attn_factor, int kf16, int vf16,
+                                    long long nq, long long nk, long long nv, int vrow) {
+    const long long n = nq + nk + nv;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        if (i < nq) {
+            qo[i] = rope_one(q, i, D, Hq, pos, factors, n_dims, mode, base, freq_scale, attn_factor);
+        } else if (i < nq + nk) {
+            const long long j = i - nq, row = (long long)Hk * D;
+            const float y = rope_one(k, j, D, Hk, pos, factors, n_dims, mode, base, freq_scale, attn_factor);
+            const long long o = (long long)ids[j / row] * row + j % row;
+            if (kf16) ((u16*)kc)[o] = f2h(y);
+            else ((float*)kc)[o] = y;
+        } else {
+            const long long j = i - nq - nk;
+            const long long o = (long long)ids[j / vrow] * vrow + j % vrow;
+            if (vf16) ((u16*)vc)[o] = f2h(v[j]);
+            else ((float*)vc)[o] = v[j];
+        }
+    }
+}
+
+// Decode attention split over the KV length: block (h, t, split) scores keys [lo, hi), writes
+// its (max, sum, unnormalized PV) to `part`; the last block of (h, t) to finish (a counter,
+// reset by it) combines them. Probabilities are not rounded to f16 here (the single-block
+// kernel rounds them as ggml's f16 V product does).
+template <int D, int F16>
+__device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, const u8* __restrict__ k,
+                                                 const u8* __restrict__ v, const float* __restrict__ mask,
+                                                 float* __restrict__ out, int Hq, int Hkv, int S,
+                                                 long long ks, long long kh, long long vs, long long vh,
+                                                 float scale, float softcap, float* part, int* counter,
+                                                 int nsplit) {
+    extern __shared__ float smem[];
+    __shared__ float red[32];
+    __shared__ int last;
+    constexpr int LPK = D / 8, KPI = 256 / LPK;
+    const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z, hk = h / (Hq / Hkv), tid = threadIdx.x;
+    const int chunk = (S + nsplit - 1) / nsplit;
+    const int lo = sp * chunk, hi = min(S, lo + chunk), n = max(0, hi - lo);
+    float* sq = smem;
+    float* sc = smem + D;
+    float* acc_s = sc + chunk;
+    for (int d = tid; d < D; d += 256) {
+        float x = q[((size_t)t * Hq + h) * D + d];
+        sq[d] = F16 ? h2f(f2h(x)) : x;
+    }
+    __syncthreads();
+    const int g = tid / LPK, j = tid % LPK;
+    float qr[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qr[i] = sq[j * 8 + i];
+    const float* mrow = mask ? mask + (size_t)t * S : nullptr;
+    for (int s0 = 0; s0 < n; s0 += KPI) {
+        const int s = lo + s0 + g;
+        float dot = 0.0f;
+        const bool live = s < hi && !(mrow && mrow[s] == -INF);
+        if (live) {
+            const size_t o = (size_t)s * ks + (size_t)hk * kh + j * 8;
+            if (F16) {
+                const uint4 u = *(const uint4*)((const u16*)k + o);
+                const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    dot += qr[2 * i] * h2f((u16)(w[i] & 0xffff)) + qr[2 * i + 1] * h2f((u16)(w[i] >> 16));
+            } else {
+                const float4 a = *(const float4*)((const float*)k + o);
+                const float4 b = *(const float4*)((const float*)k + o + 4);
+                dot = qr[0] * a.x + qr[1] * a.y + qr[2] * a.z + qr[3] * a.w + qr[4] * b.x +
+                      qr[5] * b.y + qr[6] * b.z + qr[7] * b.w;
+            }
+        }
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (j == 0 && s < hi) {
+            float x = dot * scale;
+            if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+            sc[s - lo] = live ? (mrow ? x + mrow[s] : x) : -INF;
+        }
+    }
+    __syncthreads();
+    float mx = -INF;
+    for (int s = tid; s < n; s += 256) mx = fmaxf(mx, sc[s]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int s = tid; s < n; s += 256) {
+        const float e = mx == -INF ? 0.0f : expf(sc[s] - mx);
+        sc[s] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    __syncthreads();
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    for (int s = g; s < n; s += KPI) {
+        const float p = sc[s];
+        if (p != 0.0f) {
+            const size_t o = (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8;
+            if (F16) {
+                const uint4 u = *(const uint4*)((const u16*)v + o);
+                const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    acc[2 * i] += p * h2f((u16)(w[i] & 0xffff));
+                    acc[2 * i + 1] += p * h2f((u16)(w[i] >> 16));
+                }
+            } else {
+                const float4 a = *(const float4*)((const float*)v + o);
+                const float4 b = *(const float4*)((const float*)v + o + 4);
+                acc[0] += p * a.x; acc[1] += p * a.y; acc[2] += p * a.z; acc[3] += p * a.w;
+                acc[4] += p * b.x; acc[5] += p * b.y; acc[6] += p * b.z; acc[7] += p * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc_s[g * D + j * 8 + i] = acc[i];
+    __syncthreads();
+    const int ht = t * Hq + h;
+    float* pp = part + ((size_t)ht * nsplit + sp) * (D + 2);
+    for (int d = tid; d < D; d += 256) {
+        float o = 0.0f;
+        for (int gg = 0; gg < KPI; ++gg) o += acc_s[gg * D + d];
+        pp[2 + d] = o;
+    }
+    if (tid == 0) {
+        pp[0] = mx;
+        pp[1] = sum;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(counter + ht, 1) == nsplit - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* base = part + (size_t)ht * nsplit * (D + 2);
+    float M = -INF;
+    for (int i = 0; i < nsplit; ++i) M = fmaxf(M, __ldcg(base + (size_t)i * (D + 2)));
+    float L = 0.0f;
+    for (int i = 0; i < nsplit; ++i) {
+        const float m = __ldcg(base + (size_t)i * (D + 2));
+        if (m != -INF) L += __ldcg(base + (size_t)i * (D + 2) + 1) * expf(m - M);
+    }
+    const float invL = L > 0.0f ? 1.0f / L : 0.0f;
+    for (int d = tid; d < D; d += 256) {
+        float o = 0.0f;
+        for (int i = 0; i < nsplit; ++i) {
+            const float m = __ldcg(base + (size_t)i * (D + 2));
+            if (m != -INF) o += __ldcg(base + (size_t)i * (D + 2) + 2 + d) * expf(m - M);
+        }
+        out[(size_t)ht * D + d] = o * invL;
+    }
+    if (tid == 0) counter[ht] = 0;
+}
+
+#define FATTN_SPLIT(D, F16)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256) fattn_split_##D##_##F16(                 \
+        const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
+        int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
+        float softcap, float* part, int* counter, int nsplit) {                                \
+        fattn_split_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, \
+                                 part, counter, nsplit);                                       \
+    }
+FATTN_SPLIT(16, 0)
+FATTN_SPLIT(16, 1)
+FATTN_SPLIT(32, 0)
+FATTN_SPLIT(32, 1)
+FATTN_SPLIT(64, 0)
+FATTN_SPLIT(64, 1)
+FATTN_SPLIT(128, 0)
+FATTN_SPLIT(128, 1)
+FATTN_SPLIT(256, 0)
+FATTN_SPLIT(256, 1)

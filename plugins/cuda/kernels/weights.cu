@@ -306,3 +306,225 @@ extern "C" __global__ void dequant_f16(const u8* W, long long row_bytes, u16* ou
         }
     }
 }
+
+// --- integer mat-vec (ggml's MMVQ idea) for the legacy quants --------------------------------
+// Activations arrive quantized once per step (q8_store32: int8 + f16-rounded scale + int sum),
+// exactly as reference.vec_dot_round rounds them; each weight block of 32 is unpacked to 8 ints
+// of bytes and multiplied with __dp4a. G lanes share a row (lane l takes blocks l, l + G, ...),
+// a group computes R rows (or, with glu >= 0, one row of two matrices, combined as glu(a) * b);
+// one launch may cover up to three matrices that read the same activations (q, k, v).
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+
+__device__ __forceinline__ int ld_i32_a2(const u8* p) {  // 2-byte aligned 32-bit load
+    const u16* q = (const u16*)p;
+    return (int)((u32)q[0] | ((u32)q[1] << 16));
+}
+
+__device__ __forceinline__ int spread4(u32 b) {  // bits 0..3 of b -> bit 4 of bytes 0..3
+    return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
+}
+
+// N 32-bit words from a 2-byte aligned address: N aligned loads (reading at most 2 bytes past
+// the N*4 - 2 bytes asked for), realigned with funnel shifts; the last word's upper half is junk
+// when the address is not 4-byte aligned.
+template <int N>
+__device__ __forceinline__ void ld_words(const u8* p, u32* f) {
+    const u32* a = (const u32*)((size_t)p & ~(size_t)3);
+    const int sh = (int)((size_t)p & 3) * 8;
+    u32 raw[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) raw[i] = __ldg(a + i);
+#pragma unroll
+    for (int i = 0; i < N - 1; ++i) f[i] = __funnelshift_r(raw[i], raw[i + 1], sh);
+    f[N - 1] = raw[N - 1] >> sh;
+}
+
+// Weight block c of a row: v[i] holds elements 4i..4i+3 as bytes; d scale; m min (q4_1/q5_1).
+__device__ __forceinline__ void load_wq(const u8* __restrict__ row, int c, int* v, float& d, float& m) {
+#if WTYPE == 2
+    u32 f[5];
+    ld_words<5>(row + (size_t)c * 18, f);
+    d = h2f((u16)(f[0] & 0xffff));
+    m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int q = (int)((f[i] >> 16) | (f[i + 1] << 16));
+        v[i] = q & 0x0f0f0f0f;
+        v[4 + i] = (q >> 4) & 0x0f0f0f0f;
+    }
+#elif WTYPE == 3
+    const u8* b = row + (size_t)c * 20;
+    const u32 dm = *(const u32*)b;
+    d = h2f((u16)(dm & 0xffff));
+    m = h2f((u16)(dm >> 16));
+    const int* qs = (const int*)(b + 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int q = qs[i];
+        v[i] = q & 0x0f0f0f0f;
+        v[4 + i] = (q >> 4) & 0x0f0f0f0f;
+    }
+#elif WTYPE == 6
+    u32 f[6];
+    ld_words<6>(row + (size_t)c * 22, f);
+    d = h2f((u16)(f[0] & 0xffff));
+    m = 0.0f;
+    const u32 qh = (f[0] >> 16) | (f[1] << 16);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int q = (int)((f[i + 1] >> 16) | (f[i + 2] << 16));
+        v[i] = (q & 0x0f0f0f0f) | spread4(qh >> (4 * i));
+        v[4 + i] = ((q >> 4) & 0x0f0f0f0f) | spread4(qh >> (16 + 4 * i));
+    }
+#elif WTYPE == 7
+    const u8* b = row + (size_t)c * 24;
+    const u32 dm = *(const u32*)b;
+    d = h2f((u16)(dm & 0xffff));
+    m = h2f((u16)(dm >> 16));
+    const u32 qh = *(const u32*)(b + 4);
+    const int* qs = (const int*)(b + 8);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int q = qs[i];
+        v[i] = (q & 0x0f0f0f0f) | spread4(qh >> (4 * i));
+        v[4 + i] = ((q >> 4) & 0x0f0f0f0f) | spread4(qh >> (16 + 4 * i));
+    }
+#elif WTYPE == 8
+    u32 f[9];
+    ld_words<9>(row + (size_t)c * 34, f);
+    d = h2f((u16)(f[0] & 0xffff));
+    m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = (int)((f[i] >> 16) | (f[i + 1] << 16));
+#endif
+}
+
+__device__ __forceinline__ float dot_q(const int* v, const int* x, float d, float m, float dx, int sx) {
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s = __dp4a(v[i], x[i], s);
+#if WTYPE == 2
+    return d * dx * (float)(s - 8 * sx);
+#elif WTYPE == 6
+    return d * dx * (float)(s - 16 * sx);
+#elif WTYPE == 8
+    return d * dx * (float)s;
+#else
+    return dx * (d * (float)s + m * (float)sx);
+#endif
+}
+
+template <int NT, int R, int G>
+__device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* __restrict__ W1,
+                                          const u8* __restrict__ W2, long long rb,
+                                          const u8* __restrict__ XQ, long long dso, float* Y0,
+                                          float* Y1, float* Y2, const float* __restrict__ Rs,
+                                          int M0, int M1, int M2, int K, int T, int glu) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int grp = lane / G, l = lane % G;
+    const int per = glu >= 0 ? 1 : R;
+    const int rpb = (blockDim.x >> 5) * (32 / G) * per;
+    int b = blockIdx.x;
+    const u8* W = W0;
+    float* Y = Y0;
+    int M = M0;
+    const float* Res = Rs;
+    if (glu < 0) {
+        const int nb0 = (M0 + rpb - 1) / rpb;
+        if (b >= nb0) {
+            b -= nb0;
+            W = W1; Y = Y1; M = M1; Res = nullptr;
+            const int nb1 = (M1 + rpb - 1) / rpb;
+            if (b >= nb1) {
+                b -= nb1;
+                W = W2; Y = Y2; M = M2;
+            }
+        }
+    }
+    const int row0 = b * rpb + (warp * (32 / G) + grp) * per;
+    const u8* rp[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int row = glu >= 0 ? row0 : row0 + r;
+        const u8* base = glu >= 0 ? (r == 0 ? W0 : W1) : W;
+        rp[r] = base + (size_t)(row < M ? row : 0) * rb;
+    }
+    const int nb = K >> 5;
+    const float2* DS = (const float2*)(XQ + dso);
+    for (int t0 = 0; t0 < T; t0 += NT) {
+        float acc[R][NT];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+#pragma unroll 2
+        for (int c = l; c < nb; c += G) {
+            int v[R][8];
+            float d[R], m[R];
+#pragma unroll
+            for (int r = 0; r < R; ++r) load_wq(rp[r], c, v[r], d[r], m[r]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (NT == 1 || t0 + t < T) {
+                    const int4* xp = (const int4*)(XQ + (size_t)(t0 + t) * K + (size_t)c * 32);
+                    const int4 a = xp[0], e = xp[1];
+                    const int x[8] = {a.x, a.y, a.z, a.w, e.x, e.y, e.z, e.w};
+                    const float2 ds = DS[(size_t)(t0 + t) * nb + c];
+                    const int sx = __float_as_int(ds.y);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) acc[r][t] += dot_q(v[r], x, d[r], m[r], ds.x, sx);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+#pragma unroll
+                for (int o = G / 2; o > 0; o >>= 1)
+                    acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], o);
+            }
+        if (l == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t0 + t >= T) continue;
+                if (glu >= 0) {
+                    if (row0 < M) {
+                        const float a = acc[0][t], u = acc[R - 1][t];
+                        Y[(size_t)(t0 + t) * M + row0] = (glu == 0 ? silu(a) : gelu_f16(a)) * u;
+                    }
+                } else {
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const int row = row0 + r;
+                        if (row < M) {
+                            const size_t o = (size_t)(t0 + t) * M + row;
+                            Y[o] = Res ? acc[r][t] + Res[o] : acc[r][t];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#define MMVQ(NT, R, G)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) mmvq_##NT##_##R##_##G(                   \
+        const u8* W0, const u8* W1, const u8* W2, long long rb, const u8* XQ, long long dso,   \
+        float* Y0, float* Y1, float* Y2, const float* Rs, int M0, int M1, int M2, int K,       \
+        int T, int glu) {                                                                      \
+        mmvq_body<NT, R, G>(W0, W1, W2, rb, XQ, dso, Y0, Y1, Y2, Rs, M0, M1, M2, K, T, glu);   \
+    }
+MMVQ(1, 1, 32)
+MMVQ(1, 1, 16)
+MMVQ(1, 1, 8)
+MMVQ(1, 2, 32)
+MMVQ(1, 2, 16)
+MMVQ(1, 2, 8)
+MMVQ(2, 1, 32)
+MMVQ(2, 2, 32)
+MMVQ(4, 1, 32)
+MMVQ(4, 2, 32)
+MMVQ(8, 1, 32)
+MMVQ(8, 2, 32)
+#endif
