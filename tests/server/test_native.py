@@ -8,7 +8,7 @@ import sys
 import time
 
 import httpx
-from conftest import free_port, reference_tokens, sse_events
+from server_helpers import free_port, reference_tokens, sse_events
 
 PROMPT = "The capital of France is"
 

