@@ -36,6 +36,7 @@ def make_api_version(major: int, minor: int, patch: int = 0) -> int:
 API_MASK = 0x1FFFFFFF  # drops VK_API_VERSION_VARIANT, which is 0 for Vulkan itself
 V1_1 = make_api_version(1, 1)
 V1_2 = make_api_version(1, 2)
+V1_3 = make_api_version(1, 3)
 # The newest API version whose features this backend may use; the loader clamps to what it has.
 REQUESTED_API = make_api_version(1, 3)
 
@@ -155,7 +156,12 @@ def _summary(p: dict[str, Any]) -> str:
     text = f"Vulkan {p['api_version']}, {driver}"
     if p["subgroup_size"]:
         text += f", subgroup {p['subgroup_size']}"
-    flags = [("fp16", "shader_float16"), ("int8", "shader_int8"), ("coopmat", "cooperative_matrix")]
+    flags = [
+        ("fp16", "shader_float16"),
+        ("int8", "shader_int8"),
+        ("coopmat", "cooperative_matrix"),
+        ("int8dot", "integer_dot_product"),
+    ]
     return text + "".join(f", {label}" for label, key in flags if p[key])
 
 
@@ -197,6 +203,7 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         "max_compute_workgroup_invocations": int(limits.maxComputeWorkGroupInvocations),
         "max_storage_buffer_range": int(limits.maxStorageBufferRange),
         "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
+        "integer_dot_product": False,
     }
 
     # Each chained struct is built innermost first and held in a local until it has been read:
@@ -224,7 +231,9 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
     get_features2 = procs.get("vkGetPhysicalDeviceFeatures2", props.apiVersion)
     if get_features2 is not None:
         chain = None
-        float16_int8 = storage16 = None
+        float16_int8 = storage16 = int_dot = None
+        if api >= V1_3:
+            int_dot = chain = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=chain)
         if api >= V1_1 or "VK_KHR_16bit_storage" in extensions:
             storage16 = chain = vk.VkPhysicalDevice16BitStorageFeatures(pNext=chain)
         if api >= V1_2 or "VK_KHR_shader_float16_int8" in extensions:
@@ -234,6 +243,8 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         if float16_int8 is not None:
             properties["shader_float16"] = bool(float16_int8.shaderFloat16)
             properties["shader_int8"] = bool(float16_int8.shaderInt8)
+        if int_dot is not None:
+            properties["integer_dot_product"] = bool(int_dot.shaderIntegerDotProduct)
         if storage16 is not None:
             properties["storage_buffer_16bit"] = bool(storage16.storageBuffer16BitAccess)
             properties["uniform_and_storage_buffer_16bit"] = bool(

@@ -42,6 +42,8 @@ TYPE_CODES = {
 }  # fmt: skip
 ITEMSIZE = {F32: 4, F16: 2, I32: 4}
 NP_TYPES = {F32: np.float32, F16: np.float16, I32: np.int32}
+# weight types the integer mat-vec takes (q8_0 activations in ggml): matvec_q8.comp
+Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
 ELTWISE = {Op.CONT: 0, Op.CPY: 0, Op.ADD: 1, Op.MUL: 2, Op.SCALE: 3, Op.SILU: 4, Op.GELU: 5,
            Op.SWIGLU: 6, Op.GEGLU: 7}  # fmt: skip
 
@@ -195,8 +197,29 @@ class VulkanProgram(Executable):
                 and getattr(bound, "type", None) == F32 and w.strides == (1,)
             ):  # fmt: skip
                 self._fused.add(id(node))
+        # an ADD of a mat-vec's result (read by nothing else) and a contiguous f32 value computed
+        # before it: the integer mat-vec adds it in its epilogue (one dispatch less)
+        position = {id(n): i for i, n in enumerate(graph.nodes)}
+        self._res_adds: dict[int, Tensor] = {}  # add node id -> the mul_mat node
+        self._mat_vecs: dict[int, list[tuple[Dispatch, int]]] = {}  # patchable mat-vec dispatches
+        for node in graph.nodes:
+            if node.op is not Op.ADD or len(node.srcs) != 2 or node.dtype != F32:
+                continue
+            for mm, y in (node.srcs, node.srcs[::-1]):
+                if (
+                    mm.op is Op.MUL_MAT and readers.get(id(mm)) == 1 and mm.shape == node.shape
+                    and y.shape == node.shape and y.dtype == F32
+                    and y.strides == contiguous_strides(y.shape)
+                    and position.get(id(y), -1) < position[id(mm)]
+                    and self._q8_mat_vec(mm, bindings)
+                ):  # fmt: skip
+                    self._res_adds[id(node)] = mm
+                    break
         root: dict[int, int] = {}
         for node in graph.nodes:
+            if id(node) in self._res_adds:
+                mm = self._res_adds[id(node)]
+                root[id(node)] = root.get(id(mm), id(mm))
             if id(node) in self._fused:
                 root[id(node)] = root.get(id(node.srcs[0]), id(node.srcs[0]))
             if node.op in (Op.VIEW, Op.RESHAPE, Op.PERMUTE, Op.SET_ROWS):
@@ -212,6 +235,9 @@ class VulkanProgram(Executable):
             dying.setdefault(i, []).append(r)
 
         owned: dict[int, Store] = {}
+        # q8 copies of activations, by the store they were made from (freed with it)
+        self._q8_of: dict[int, dict[tuple[int, int], Store]] = {}
+        self._owned = owned
         for i, node in enumerate(graph.nodes):
             self._temps: list[Store] = []
             if node.op is Op.INPUT:
@@ -241,8 +267,46 @@ class VulkanProgram(Executable):
                 self._release(store)
             for r in dying.get(i, ()):
                 if r in owned:
-                    self._release(owned.pop(r))
+                    store = owned.pop(r)
+                    self._release(store)
+                    for q8 in self._q8_of.pop(id(store), {}).values():
+                        self._release(q8)
         self.outputs = {name: refs[id(t)] for name, t in graph.outputs.items()}
+
+    def _q8_mat_vec(self, node: Tensor, bindings: Mapping[str, Any]) -> bool:
+        """Whether a MUL_MAT node goes through the integer mat-vec (matvec_q8.comp)."""
+        if node.op is not Op.MUL_MAT:
+            return False
+        a, b = node.srcs
+        w = bindings.get(a.key) if a.op is Op.WEIGHT else None
+        if w is None or getattr(w, "type", None) not in Q8_TYPES or len(w.shape) != 2:
+            return False
+        k = w.shape[1]
+        t = math.prod(b.shape) // k
+        return k % 32 == 0 and b.dtype == F32 and (self.rt.cpu or t <= MAX_T_MATVEC)
+
+    def _q8(self, b: Ref) -> tuple[Store, int]:
+        """b (contiguous f32, rows a multiple of 32 long) in q8 blocks (quantize_q8.comp): the
+        store and the byte offset of its scales. Made once per value: q, k and v projections
+        share it."""
+        key = (b.off, b.n)
+        owner = b.store if b.store.kind == "arena" and b.store in self._owned.values() else None
+        qs_bytes = -(-b.n // ALIGN) * ALIGN  # scales follow the int8 values, aligned
+        if owner is not None and key in self._q8_of.get(id(owner), {}):
+            return self._q8_of[id(owner)][key], qs_bytes
+        nblocks = b.n // 32
+        store = self._alloc(qs_bytes + nblocks * 8)
+        if owner is not None:
+            self._q8_of.setdefault(id(owner), {})[key] = store
+        else:
+            self._temps.append(store)
+        ref = Ref(store, 0, (store.nbytes // 4,), (1,), F32)
+        groups = self._grid(-(-nblocks // 64))
+        self._emit(
+            "quantize_q8", (), [(b.store, 0), (store, 0), (store, qs_bytes)], "<3I",
+            (nblocks, b.off // 4, groups[0]), groups, [b], [ref],
+        )  # fmt: skip
+        return store, qs_bytes
 
     def _weight_of(self, node: Tensor) -> VulkanWeight | None:
         if node.op is Op.WEIGHT:
@@ -316,6 +380,19 @@ class VulkanProgram(Executable):
             d.push = tuple(push)
             d.reads.append(w.store)
             return srcs[0]
+        if id(node) in self._res_adds:
+            mm = self._res_adds[id(node)]
+            y = srcs[1] if node.srcs[0] is mm else srcs[0]
+            patch = self._mat_vecs.get(id(mm))
+            if patch and y.contiguous:
+                for d, r0 in patch:
+                    d.bindings[4] = (y.store, 0)
+                    push = list(d.push)
+                    push[7] |= 1
+                    push[8] = y.off + r0
+                    d.push = tuple(push)
+                    d.reads.append(y.store)
+                return srcs[0] if node.srcs[0] is mm else srcs[1]
         if op in ELTWISE:
             out = self._new(node.shape, node.dtype)
             b = srcs[1] if len(srcs) > 1 else None
@@ -434,7 +511,7 @@ class VulkanProgram(Executable):
         w = self._weight_of(node.srcs[0])
         out = self._new(node.shape, F32)
         if w is not None and len(w.shape) == 2:
-            self._weight_mul_mat(w, a, self._contig(b, align4=True), out)
+            self._weight_mul_mat(w, a, self._contig(b, align4=True), out, id(node))
             return out
         a, b = self._contig(a), self._contig(b)
         m, k = a.shape[-2], a.shape[-1]
@@ -449,7 +526,7 @@ class VulkanProgram(Executable):
         )  # fmt: skip
         return out
 
-    def _weight_mul_mat(self, w: VulkanWeight, a: Ref, b: Ref, out: Ref) -> None:
+    def _weight_mul_mat(self, w: VulkanWeight, a: Ref, b: Ref, out: Ref, node_id: int) -> None:
         m, k = w.shape
         t = b.n // k
         code = TYPE_CODES[w.type]
@@ -458,6 +535,29 @@ class VulkanProgram(Executable):
         chunk = m
         if w.row_nbytes * m > self.rt.max_range:
             chunk = max(256, (self.rt.max_range // w.row_nbytes) // 256 * 256)
+        if w.type in Q8_TYPES and k % 32 == 0 and (self.rt.cpu or t <= MAX_T_MATVEC):
+            # integer mat-vec on q8 activations, as ggml rounds them
+            qstore, qs_off = self._q8(b)
+            name = (
+                "matvec_q8" + ("_dot" if self.rt.int_dot else "") + ("_rows" if self.rt.cpu else "")
+            )
+            qref = Ref(qstore, 0, (qstore.nbytes // 4,), (1,), F32)
+            patch = self._mat_vecs.setdefault(node_id, [])
+            for r0 in range(0, m, chunk):
+                rows = min(chunk, m - r0)
+                if self.rt.cpu:
+                    groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1)
+                else:
+                    groups = self._grid(-(-rows // MATVEC_ROWS))
+                self._emit(
+                    name, (code,),
+                    [(a.store, r0 * w.row_nbytes), (qstore, 0), (qstore, qs_off), (out.store, 0),
+                     (out.store, 0)],
+                    "<9I", (k, w.row_nbytes, rows, t, out.off + r0, m, groups[0], 0, 0),
+                    groups, [a, qref], [out],
+                )  # fmt: skip
+                patch.append((self.dispatches[-1], r0))
+            return
         for r0 in range(0, m, chunk):
             rows = min(chunk, m - r0)
             wb = (a.store, r0 * w.row_nbytes)

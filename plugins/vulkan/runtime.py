@@ -60,6 +60,13 @@ class Runtime:
         ops = properties.get("subgroup_operations", [])
         stages = properties.get("subgroup_stages", [])
         self.subgroups = "arithmetic" in ops and "compute" in stages
+        self.clustered = self.subgroups and "clustered" in ops
+        # OpSDot on packed bytes (core in Vulkan 1.3): the integer mat-vec's "_dot" variants.
+        # LLMRT_VULKAN_INTDOT=0 takes the plain integer path instead.
+        self.int_dot = (
+            bool(properties.get("integer_dot_product"))
+            and os.environ.get("LLMRT_VULKAN_INTDOT", "1") != "0"
+        )
         # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
         # for workgroup barriers: it gets the barrier-free kernels.
         # LLMRT_VULKAN_KERNELS=gpu|cpu overrides the choice (to test both kinds anywhere).
@@ -81,7 +88,14 @@ class Runtime:
         queue_info = vk.VkDeviceQueueCreateInfo(
             queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
         )
-        device_info = vk.VkDeviceCreateInfo(queueCreateInfoCount=1, pQueueCreateInfos=[queue_info])
+        features = None
+        if self.int_dot:
+            features = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(
+                shaderIntegerDotProduct=vk.VK_TRUE
+            )
+        device_info = vk.VkDeviceCreateInfo(
+            pNext=features, queueCreateInfoCount=1, pQueueCreateInfos=[queue_info]
+        )
         self.device = vk.vkCreateDevice(physical, device_info, None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         pool_info = vk.VkCommandPoolCreateInfo(
@@ -241,7 +255,10 @@ class Runtime:
     def pipeline(self, name: str, n_bindings: int, push_size: int, spec: tuple[int, ...] = ()):
         """The compute pipeline of a shader variant with uint specialization constants 0..n-1,
         created on first use and cached."""
-        if self.subgroups and f"{name}_sg" in shaders.VARIANTS:
+        if (
+            self.subgroups and f"{name}_sg" in shaders.VARIANTS
+            and (self.clustered or f"{name}_sg" not in shaders.CLUSTERED)
+        ):  # fmt: skip
             name = f"{name}_sg"
         key = (name, spec)
         found = self._pipelines.get(key)

@@ -25,6 +25,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     for name, macros in ((source, ()), (f"{source}_sg", ("USE_SUBGROUP",)))
     if not name.endswith("_sg") or source in ("norm", "softmax", "matvec", "flash_attn")
 }  # fmt: skip
+# the integer mat-vec: with (_dot) or without OpSDot, per row (lavapipe) or per workgroup; "_sg"
+# reduces through clustered subgroup adds
+VARIANTS["quantize_q8"] = ("quantize_q8", ())
+for _dot in ("", "_dot"):
+    for _kind, _macros in (("", ()), ("_sg", ("USE_SUBGROUP",)), ("_rows", ("PER_ROW",))):
+        VARIANTS[f"matvec_q8{_dot}{_kind}"] = (
+            "matvec_q8",
+            (*_macros, *(("USE_DOT",) if _dot else ())),
+        )
+CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.endswith("_sg"))
 
 
 def glslc_command(name: str, output: Path | str) -> list[str]:

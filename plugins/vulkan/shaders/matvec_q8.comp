@@ -1,0 +1,169 @@
+#version 450
+#extension GL_EXT_control_flow_attributes : require
+// y[t, row] = dot(W[row, :], x[t, :]) (+ r[t, row] with the residual flag) for weights of the q8_0
+// family (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and activations in q8 blocks of 32 (quantize_q8.comp), as
+// ggml computes it: per block an integer dot product of the weight's and the activation's int8
+// values, times both scales. USE_DOT: through SPV_KHR_integer_dot_product (OpSDot on four packed
+// bytes); otherwise the bytes are unpacked. Each weight block is turned into eight words of four
+// int8 values once, for all activation rows.
+//
+// Default: ROWS weight rows per workgroup, TPR threads per row, each taking whole blocks (blocks
+// sub, sub + TPR, ...), reduced by clustered subgroup adds (USE_SUBGROUP, subgroups of at least
+// TPR) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
+// dispatch row (gl_WorkGroupID.y picks the block of 8), no shared memory or barrier (lavapipe).
+#ifdef USE_DOT
+#extension GL_EXT_spirv_intrinsics : require
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
+int sdot_packed(uint a, uint b, spirv_literal int fmt);
+int dot8(uint a, uint b) { return sdot_packed(a, b, 0); }
+#else
+int dot8(uint a, uint b) {
+    ivec4 x = ivec4(int(a) << 24, int(a) << 16, int(a) << 8, int(a)) >> 24;
+    ivec4 y = ivec4(int(b) << 24, int(b) << 16, int(b) << 8, int(b)) >> 24;
+    return x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
+}
+#endif
+#ifdef USE_SUBGROUP
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_clustered : require
+#endif
+#ifdef PER_ROW
+#define WG 64
+#else
+#define WG 128
+#define TPR 32
+#define ROWS (WG / TPR)
+#endif
+#define MAX_T 8
+layout(local_size_x = WG) in;
+
+layout(binding = 0) readonly buffer W { uint Wq[]; };
+layout(binding = 1) readonly buffer XQ { uvec4 xq[]; };
+layout(binding = 2) readonly buffer XS { vec2 xs[]; };
+layout(binding = 3) writeonly buffer D { float d[]; };
+layout(binding = 4) readonly buffer R { float res[]; };
+#include "quant.glsl"
+
+layout(push_constant) uniform P {
+    uint k, row_bytes, rows, t, od, d_stride, groups_x, flags, ores;
+} p;
+
+uint spread4(uint h) {  // bits 0..3 of h to bit 4 of bytes 0..3
+    return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
+}
+
+// acc[j] += dot of block blk of the row at byte rb with block blk of activation rows t0 + j
+void block_dot(uint rb, uint blk, uint nb, uint t0, uint nt, inout float acc[MAX_T]) {
+    uint qw[8];
+    float dw, mw = 0.0, off = 0.0;
+    if (TYPE == T_Q4_0 || TYPE == T_Q8_0) {
+        uint b = rb + blk * (TYPE == T_Q4_0 ? 18u : 34u), i = b >> 2;
+        bool odd = (b & 2u) != 0u;
+        uint w[9];
+        [[unroll]] for (uint u = 0; u < (TYPE == T_Q4_0 ? 5u : 9u); u++) w[u] = Wq[i + u];
+        dw = unpackHalf2x16(odd ? w[0] >> 16 : w[0]).x;
+        [[unroll]] for (uint u = 0; u < (TYPE == T_Q4_0 ? 4u : 8u); u++) {
+            uint q = odd ? w[u + 1u] : (w[u] >> 16) | (w[u + 1u] << 16);
+            if (TYPE == T_Q4_0) {
+                qw[u] = q & 0x0F0F0F0Fu;
+                qw[u + 4u] = (q >> 4) & 0x0F0F0F0Fu;
+            } else {
+                qw[u] = q;
+            }
+        }
+        off = TYPE == T_Q4_0 ? -8.0 : 0.0;
+    } else if (TYPE == T_Q4_1) {
+        uint i = (rb + blk * 20u) >> 2;
+        vec2 dm = unpackHalf2x16(Wq[i]);
+        dw = dm.x;
+        mw = dm.y;
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint q = Wq[i + 1u + u];
+            qw[u] = q & 0x0F0F0F0Fu;
+            qw[u + 4u] = (q >> 4) & 0x0F0F0F0Fu;
+        }
+    } else {  // Q5_0 (22-byte blocks: d, qh, qs) and Q5_1 (24 bytes: d, m, qh, qs)
+        uint b = rb + blk * (TYPE == T_Q5_0 ? 22u : 24u), qh, qb;
+        if (TYPE == T_Q5_0) {
+            dw = rdf16(b);
+            qh = rd32(b + 2u);
+            qb = b + 6u;
+            off = -16.0;
+        } else {
+            vec2 dm = unpackHalf2x16(Wq[b >> 2]);
+            dw = dm.x;
+            mw = dm.y;
+            qh = Wq[(b >> 2) + 1u];
+            qb = b + 8u;
+        }
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint q = rd32(qb + 4u * u);
+            qw[u] = (q & 0x0F0F0F0Fu) | spread4(qh >> (4u * u));
+            qw[u + 4u] = ((q >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16u + 4u * u));
+        }
+    }
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+        if (j >= nt) break;
+        uint xb = (t0 + j) * nb + blk;
+        uvec4 a = xq[2u * xb], c = xq[2u * xb + 1u];
+        int s = dot8(qw[0], a.x) + dot8(qw[1], a.y) + dot8(qw[2], a.z) + dot8(qw[3], a.w);
+        s += dot8(qw[4], c.x) + dot8(qw[5], c.y) + dot8(qw[6], c.z) + dot8(qw[7], c.w);
+        vec2 sx = xs[xb];
+        acc[j] += dw * sx.x * (float(s) + off * sx.y) + mw * sx.x * sx.y;
+    }
+}
+
+void store(uint row, uint j, float v) {
+    uint o = j * p.d_stride + row;
+    if ((p.flags & 1u) != 0u) v += res[p.ores + o];
+    d[p.od + o] = v;
+}
+
+#ifdef PER_ROW
+void main() {
+    uint row = gl_WorkGroupID.x * WG + gl_LocalInvocationID.x;
+    if (row >= p.rows) return;
+    uint t0 = gl_WorkGroupID.y * MAX_T, nt = min(uint(MAX_T), p.t - t0), nb = p.k / 32u;
+    float acc[MAX_T];
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
+    for (uint blk = 0; blk < nb; blk++) block_dot(row * p.row_bytes, blk, nb, t0, nt, acc);
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+        if (j >= nt) break;
+        store(row, t0 + j, acc[j]);
+    }
+}
+#else
+shared float part[MAX_T][WG];
+
+void main() {
+    uint tid = gl_LocalInvocationID.x, sub = tid % TPR, r = tid / TPR;
+    uint row = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * ROWS + r;
+    bool live = row < p.rows;
+    uint nb = p.k / 32u, nt = min(p.t, uint(MAX_T));
+    float acc[MAX_T];
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
+    if (live) {
+        for (uint blk = sub; blk < nb; blk += TPR) block_dot(row * p.row_bytes, blk, nb, 0u, nt, acc);
+    }
+#ifdef USE_SUBGROUP
+    if (gl_SubgroupSize >= TPR) {
+        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+            if (j >= nt) break;
+            float v = subgroupClusteredAdd(acc[j], TPR);
+            if (live && sub == 0u) store(row, j, v);
+        }
+        return;
+    }
+#endif
+    [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+        if (j >= nt) break;
+        part[j][tid] = acc[j];
+    }
+    barrier();
+    if (live && sub < nt) {
+        float v = 0.0;
+        [[unroll]] for (uint i = 0; i < TPR; i++) v += part[sub][r * TPR + i];
+        store(row, sub, v);
+    }
+}
+#endif
