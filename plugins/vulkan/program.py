@@ -215,6 +215,23 @@ class VulkanProgram(Executable):
                 ):  # fmt: skip
                     self._res_adds[id(node)] = mm
                     break
+        # producers that write q8 blocks as well, for the integer mat-vecs reading them: a norm
+        # (with its fused weight) and a swiglu
+        q8_inputs = {id(n.srcs[1]) for n in graph.nodes if self._q8_mat_vec(n, bindings)}
+        self._norm_q8: set[int] = set()
+        self._glu_q8: set[int] = set()
+        weighted = {id(n.srcs[0]): id(n) for n in graph.nodes if id(n) in self._fused}
+        for node in graph.nodes:
+            if (
+                node.op in (Op.RMS_NORM, Op.NORM) and node.shape[-1] % 32 == 0
+                and q8_inputs & {id(node), weighted.get(id(node))}
+            ):  # fmt: skip
+                self._norm_q8.add(id(node))
+            if (
+                node.op is Op.SWIGLU and id(node) in q8_inputs and node.shape[-1] % 32 == 0
+                and all(s.dtype == F32 and s.shape == node.shape for s in node.srcs)
+            ):  # fmt: skip
+                self._glu_q8.add(id(node))
         root: dict[int, int] = {}
         for node in graph.nodes:
             if id(node) in self._res_adds:
@@ -292,6 +309,8 @@ class VulkanProgram(Executable):
         key = (b.off, b.n)
         owner = b.store if b.store.kind == "arena" and b.store in self._owned.values() else None
         qs_bytes = -(-b.n // ALIGN) * ALIGN  # scales follow the int8 values, aligned
+        if key in self._q8_of.get(id(b.store), {}):  # written with b (norm, swiglu)
+            return self._q8_of[id(b.store)][key], qs_bytes
         if owner is not None and key in self._q8_of.get(id(owner), {}):
             return self._q8_of[id(owner)][key], qs_bytes
         nblocks = b.n // 32
@@ -303,8 +322,9 @@ class VulkanProgram(Executable):
         ref = Ref(store, 0, (store.nbytes // 4,), (1,), F32)
         groups = self._grid(-(-nblocks // 64))
         self._emit(
-            "quantize_q8", (), [(b.store, 0), (store, 0), (store, qs_bytes)], "<3I",
-            (nblocks, b.off // 4, groups[0]), groups, [b], [ref],
+            "quantize_q8", (),
+            [(b.store, 0), (store, 0), (store, qs_bytes), (b.store, 0), (b.store, 0)], "<6I",
+            (nblocks, b.off // 4, groups[0], 0, 0, 0), groups, [b], [ref],
         )  # fmt: skip
         return store, qs_bytes
 
@@ -393,6 +413,8 @@ class VulkanProgram(Executable):
                     d.push = tuple(push)
                     d.reads.append(y.store)
                 return srcs[0] if node.srcs[0] is mm else srcs[1]
+        if id(node) in self._glu_q8:
+            return self._swiglu_q8(node, srcs)
         if op in ELTWISE:
             out = self._new(node.shape, node.dtype)
             b = srcs[1] if len(srcs) > 1 else None
@@ -402,6 +424,28 @@ class VulkanProgram(Executable):
         if lower is None:
             raise UnsupportedOp(f"vulkan has no kernel for {op.value}")
         return lower(node, srcs)
+
+    def _swiglu_q8(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        """swiglu written as f32 and as q8 blocks for the integer mat-vec reading it."""
+        a, b = self._contig(srcs[0], align4=True), self._contig(srcs[1], align4=True)
+        out = self._new(node.shape, F32)
+        q8, qs_bytes = self._q8_store(out)
+        nblocks = out.n // 32
+        groups = self._grid(-(-nblocks // 64))
+        self._emit(
+            "quantize_q8", (),
+            [(a.store, 0), (q8, 0), (q8, qs_bytes), (b.store, 0), (out.store, 0)], "<6I",
+            (nblocks, a.off // 4, groups[0], 1, b.off // 4, out.off // 4), groups,
+            [a, b], [out, Ref(q8, 0, (q8.nbytes // 4,), (1,), F32)],
+        )  # fmt: skip
+        return out
+
+    def _q8_store(self, out: Ref) -> tuple[Store, int]:
+        """A q8 copy's store for `out` (a value being made now), found by _q8 later."""
+        qs_bytes = -(-out.n // ALIGN) * ALIGN
+        q8 = self._alloc(qs_bytes + out.n // 32 * 8)
+        self._q8_of.setdefault(id(out.store), {})[(out.off, out.n)] = q8
+        return q8, qs_bytes
 
     def _op_get_rows(self, node: Tensor, srcs: list[Ref]) -> Ref:
         table, ids = srcs
@@ -447,9 +491,17 @@ class VulkanProgram(Executable):
         n, rows = self._rows_op(node, x)
         out = self._new(node.shape, F32)
         groups = self._grid(rows)
+        q8: list[tuple[Store, int]] = [(out.store, 0), (out.store, 0)]
+        writes = [out]
+        if id(node) in self._norm_q8:
+            store, qs_bytes = self._q8_store(out)
+            q8 = [(store, 0), (store, qs_bytes)]
+            writes.append(Ref(store, 0, (store.nbytes // 4,), (1,), F32))
+            mode |= 4
         self._emit(
-            "norm", (), [(x.store, 0), (out.store, 0), (x.store, 0)], "<5IfII",
-            (n, rows, x.off, out.off, mode, node.params["eps"], groups[0], 0), groups, [x], [out],
+            "norm", (), [(x.store, 0), (out.store, 0), (x.store, 0), *q8], "<5IfII",
+            (n, rows, x.off, out.off, mode, node.params["eps"], groups[0], 0), groups, [x],
+            writes,
         )  # fmt: skip
         self._norms[id(node)] = self.dispatches[-1]
         return out

@@ -1,6 +1,9 @@
 #version 450
 // rms_norm (mode 0) and norm (mode 1) of contiguous rows: one workgroup per row. Mode bit 1: the
 // result is multiplied by the f32 vector w (the norm weight that follows in the graph, fused).
+// Mode bit 2 (rows a multiple of 32 long): the result also goes to q8 blocks for the integer
+// mat-vec that reads it (q8.glsl), one block per invocation.
+#extension GL_EXT_control_flow_attributes : require
 #define WG 256
 layout(local_size_x = WG) in;
 #include "common.glsl"
@@ -8,6 +11,9 @@ layout(local_size_x = WG) in;
 layout(binding = 0) readonly buffer A { float a[]; };
 layout(binding = 1) writeonly buffer D { float d[]; };
 layout(binding = 2) readonly buffer W { float w[]; };
+layout(binding = 3) writeonly buffer Q { uvec4 q8q[]; };
+layout(binding = 4) writeonly buffer S { vec2 q8s[]; };
+#include "q8.glsl"
 
 layout(push_constant) uniform P {
     uint n, rows, oa, od, mode;
@@ -32,6 +38,21 @@ void main() {
     }
     float scale = inversesqrt(wg_sum(s2) / float(p.n) + p.eps);
     bool weighted = (p.mode & 2u) != 0u;
+    if ((p.mode & 4u) != 0u) {
+        uint nb = p.n / 32u;
+        for (uint blk = t; blk < nb; blk += WG) {
+            vec4 x[8];
+            [[unroll]] for (uint i = 0; i < 32u; i++) {
+                uint e = 32u * blk + i;
+                float y = (a[base + e] - mean) * scale;
+                y = weighted ? y * w[p.ow + e] : y;
+                d[p.od + row * p.n + e] = y;
+                x[i / 4u][i % 4u] = y;
+            }
+            q8_store(row * nb + blk, x);
+        }
+        return;
+    }
     for (uint i = t; i < p.n; i += WG) {
         float y = (a[base + i] - mean) * scale;
         d[p.od + row * p.n + i] = weighted ? y * w[p.ow + i] : y;

@@ -1,38 +1,30 @@
 #version 450
 #extension GL_EXT_control_flow_attributes : require
-// Activations (contiguous f32 rows whose length is a multiple of 32) to q8 blocks of 32 as ggml's
-// quantize_row_q8_0 rounds them (x86 path: scale 127/amax, round half to even, f16 scale), one
-// invocation per block: the int8 values packed four to a word (two uvec4 a block), and per block
-// vec2(scale, sum of the int8 values) for the integer mat-vec (matvec_q8.comp).
+// Activations (contiguous f32 rows whose length is a multiple of 32) to q8 blocks of 32 for the
+// integer mat-vec (matvec_q8.comp), one invocation per block (q8.glsl). Flag bit 0: the values are
+// swiglu(a, b) = silu(a) * b (as eltwise.comp computes it), also written as f32 to o.
 #define WG 64
 layout(local_size_x = WG) in;
 
 layout(binding = 0) readonly buffer A { vec4 a4[]; };
-layout(binding = 1) writeonly buffer Q { uvec4 q4[]; };
-layout(binding = 2) writeonly buffer S { vec2 s2[]; };
+layout(binding = 1) writeonly buffer Q { uvec4 q8q[]; };
+layout(binding = 2) writeonly buffer S { vec2 q8s[]; };
+layout(binding = 3) readonly buffer B { vec4 b4[]; };
+layout(binding = 4) writeonly buffer O { vec4 o4[]; };
+#include "q8.glsl"
 
-layout(push_constant) uniform P { uint nblocks, oa4, groups_x; } p;
+layout(push_constant) uniform P { uint nblocks, oa4, groups_x, flags, ob4, oo4; } p;
 
 void main() {
     uint b = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * WG + gl_LocalInvocationID.x;
     if (b >= p.nblocks) return;
     vec4 x[8];
-    float amax = 0.0;
     [[unroll]] for (uint u = 0; u < 8u; u++) {
         x[u] = a4[p.oa4 + 8u * b + u];
-        vec4 m = abs(x[u]);
-        amax = max(amax, max(max(m.x, m.y), max(m.z, m.w)));
+        if ((p.flags & 1u) != 0u) {
+            x[u] = x[u] / (1.0 + exp(-x[u])) * b4[p.ob4 + 8u * b + u];
+            o4[p.oo4 + 8u * b + u] = x[u];
+        }
     }
-    float inv = amax > 0.0 ? 127.0 / amax : 0.0;
-    float d = unpackHalf2x16(packHalf2x16(vec2(amax / 127.0, 0.0))).x;
-    uint w[8];
-    int sum = 0;
-    [[unroll]] for (uint u = 0; u < 8u; u++) {
-        ivec4 q = ivec4(roundEven(x[u] * inv));
-        sum += q.x + q.y + q.z + q.w;
-        w[u] = uint(q.x & 0xFF) | uint(q.y & 0xFF) << 8 | uint(q.z & 0xFF) << 16 | uint(q.w & 0xFF) << 24;
-    }
-    q4[2u * b] = uvec4(w[0], w[1], w[2], w[3]);
-    q4[2u * b + 1u] = uvec4(w[4], w[5], w[6], w[7]);
-    s2[b] = vec2(d, float(sum));
+    q8_store(b, x);
 }

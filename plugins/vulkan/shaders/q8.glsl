@@ -1,0 +1,23 @@
+// One block of 32 activations to q8 as ggml's quantize_row_q8_0 rounds it (x86 path: scale
+// 127/amax, round half to even, f16 scale): int8 values packed four to a word into q8q (two uvec4
+// a block), vec2(scale, sum of the int8 values) into q8s. Shared by quantize_q8.comp and
+// norm.comp, which declare those buffers.
+void q8_store(uint b, vec4 x[8]) {
+    float amax = 0.0;
+    [[unroll]] for (uint u = 0; u < 8u; u++) {
+        vec4 m = abs(x[u]);
+        amax = max(amax, max(max(m.x, m.y), max(m.z, m.w)));
+    }
+    float inv = amax > 0.0 ? 127.0 / amax : 0.0;
+    float d = unpackHalf2x16(packHalf2x16(vec2(amax / 127.0, 0.0))).x;
+    uint w[8];
+    int sum = 0;
+    [[unroll]] for (uint u = 0; u < 8u; u++) {
+        ivec4 q = ivec4(roundEven(x[u] * inv));
+        sum += q.x + q.y + q.z + q.w;
+        w[u] = uint(q.x & 0xFF) | uint(q.y & 0xFF) << 8 | uint(q.z & 0xFF) << 16 | uint(q.w & 0xFF) << 24;
+    }
+    q8q[2u * b] = uvec4(w[0], w[1], w[2], w[3]);
+    q8q[2u * b + 1u] = uvec4(w[4], w[5], w[6], w[7]);
+    q8s[b] = vec2(d, float(sum));
+}
