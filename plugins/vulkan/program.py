@@ -232,6 +232,19 @@ class VulkanProgram(Executable):
                 and all(s.dtype == F32 and s.shape == node.shape for s in node.srcs)
             ):  # fmt: skip
                 self._glu_q8.add(id(node))
+        # a rope whose only reader is a set_rows into a cache: one dispatch writes the cache rows
+        self._rope_into: dict[int, Tensor] = {}
+        self._rope_pending: dict[int, tuple[Tensor, list[Ref]]] = {}
+        for node in graph.nodes:
+            if node.op is not Op.SET_ROWS:
+                continue
+            dst, _, r = node.srcs
+            if (
+                r.op is Op.ROPE and readers.get(id(r)) == 1 and len(r.shape) == 3
+                and r.shape[1] * r.shape[2] == math.prod(dst.shape[1:])
+                and (dst.dtype == F32 or (dst.dtype == F16 and r.shape[2] % 2 == 0))
+            ):  # fmt: skip
+                self._rope_into[id(r)] = node
         root: dict[int, int] = {}
         for node in graph.nodes:
             if id(node) in self._res_adds:
@@ -247,6 +260,10 @@ class VulkanProgram(Executable):
                 last[root.get(id(s), id(s))] = i
         for t in graph.outputs.values():
             last[root.get(id(t), id(t))] = len(graph.nodes)
+        for r, sr in self._rope_into.items():  # the rope's inputs are read when its set_rows runs
+            for s in graph.nodes[position[r]].srcs:
+                key = root.get(id(s), id(s))
+                last[key] = max(last.get(key, 0), position[id(sr)])
         dying: dict[int, list[int]] = {}
         for r, i in last.items():
             dying.setdefault(i, []).append(r)
@@ -471,8 +488,14 @@ class VulkanProgram(Executable):
 
     def _op_set_rows(self, node: Tensor, srcs: list[Ref]) -> Ref:
         dst, ids, src = srcs
-        ids, src = self._contig(ids), self._contig(src)
+        ids = self._contig(ids)
         width = math.prod(dst.shape[1:])
+        pending = self._rope_pending.pop(id(node.srcs[2]), None)
+        if pending is not None:
+            rope, rope_srcs = pending
+            self._emit_rope(rope, rope_srcs, dst.store, dst.off, dst, ids, width, dst.dtype == F16)
+            return Ref(dst.store, dst.off, node.shape, contiguous_strides(node.shape), dst.dtype)
+        src = self._contig(src)
         rows = src.shape[0]
         f16 = dst.dtype == F16
         groups = self._grid(-(-(rows * ((width + 1) // 2)) // 256))
@@ -534,6 +557,16 @@ class VulkanProgram(Executable):
         return out
 
     def _op_rope(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        if id(node) in self._rope_into and all(r.contiguous for r in srcs):
+            # written straight into the cache rows by the set_rows that reads it
+            self._rope_pending[id(node)] = (node, srcs)
+            return srcs[0]  # not read: the set_rows is this value's only reader
+        out = self._new(node.shape, F32)
+        self._emit_rope(node, srcs, out.store, out.off, out, None, 0)
+        return out
+
+    def _emit_rope(self, node, srcs, dst, od, write, ids, width, f16=False) -> None:
+        """rope.comp: into out (ids None) or into rows ids of a cache `width` elements wide."""
         p = node.params
         x, pos = self._contig(srcs[0]), self._contig(srcs[1])
         factors = self._contig(srcs[2]) if len(srcs) > 2 else None
@@ -545,18 +578,18 @@ class VulkanProgram(Executable):
         self.rt.write(table, (inv * p["freq_scale"]).astype(np.float32))
         self.constants.append(table)
         tstore = Store("buffer", 0, table.size, table)
-        out = self._new(node.shape, F32)
         f = factors if factors is not None else x
+        i = ids if ids is not None else x
+        flags = (0 if ids is None else 1) | (2 if f16 else 0)
         groups = self._grid(-(-(t * h * (d // 2)) // 256))
         self._emit(
             "rope", (),
-            [(x.store, 0), (pos.store, 0), (tstore, 0), (f.store, 0), (out.store, 0)],
-            "<10IfI",
-            (t, h, d, n_dims, x.off, pos.off, f.off, out.off, int(p["mode"] == ROPE_NEOX),
-             int(factors is not None), p["attn_factor"], groups[0]),
-            groups, [x, pos, f], [out],
+            [(x.store, 0), (pos.store, 0), (tstore, 0), (f.store, 0), (dst, 0), (i.store, 0)],
+            "<10IfI3I",
+            (t, h, d, n_dims, x.off, pos.off, f.off, od, int(p["mode"] == ROPE_NEOX),
+             int(factors is not None), p["attn_factor"], groups[0], flags, i.off, width),
+            groups, [x, pos, f, i], [write],
         )  # fmt: skip
-        return out
 
     def _op_mul_mat(self, node: Tensor, srcs: list[Ref]) -> Ref:
         a, b = srcs
