@@ -61,3 +61,41 @@ def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab):
     a.eval(prompt)
     for token in (4, 8, 6):
         assert nmse(a.eval([token]), ctx.eval([token])) < 1e-3
+
+
+@pytest.mark.parametrize("kernels", ["gpu", "cpu"])
+@pytest.mark.parametrize("int_dot", [True, False])
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_integer_mat_vec_rounds_as_ggml(vulkan, monkeypatch, wtype, int_dot, kernels):
+    """The q8_0 family's mat-vec takes activations in q8 blocks (made by the norm that produces
+    them, or by quantize_q8) and adds the residual in its epilogue: equal to the reference on
+    ggml-rounded activations, through OpSDot or the plain integer path, on both kernel
+    families."""
+    from llmrt.gguf import dequantize
+    from llmrt.reference import vec_dot_round
+
+    rt = vulkan.runtime
+    if int_dot and not rt.int_dot:
+        pytest.skip("no shaderIntegerDotProduct")
+    monkeypatch.setattr(rt, "int_dot", int_dot)
+    monkeypatch.setattr(rt, "cpu", kernels == "cpu")
+    ty = GGMLType[wtype]
+    m, k, t = 96, 256, 3
+    rng = np.random.default_rng(5)
+    data = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+    raw = quantize(data, ty).reshape(m, -1)
+    wd = dequantize(raw.reshape(-1), ty, (m, k))
+    w = vulkan.upload(WeightData("w", ty, (m, k), raw))
+    g = Graph("q8")
+    x, r = g.input("x", (t, k)), g.input("r", (t, m))
+    wt = g.weight("w", (m, k), ty)
+    g.output("plain", g.mul_mat(wt, x))
+    g.output("normed", g.add(g.mul_mat(wt, g.rms_norm(x, 1e-6)), r))
+    program = vulkan.compile(g, {"w": w})
+    assert not any(d.shader == "eltwise" for d in program.dispatches)  # the add is fused
+    xs = rng.uniform(-1, 1, (t, k)).astype(np.float32)
+    rs = rng.uniform(-1, 1, (t, m)).astype(np.float32)
+    got = program.run({"x": xs, "r": rs})
+    normed = xs / np.sqrt((xs * xs).mean(-1, keepdims=True) + 1e-6)
+    assert nmse(vec_dot_round(xs, ty) @ wd.T, got["plain"]) < 1e-10
+    assert nmse(vec_dot_round(normed, ty) @ wd.T + rs, got["normed"]) < 1e-10
