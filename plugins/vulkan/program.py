@@ -34,6 +34,7 @@ F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 ALIGN = 256
 MAX_T_MATVEC = 8
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
+ATTN_MAX_SPLITS = 32  # parts of one head's attention over the KV length, at most
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -689,16 +690,34 @@ class VulkanProgram(Executable):
         cpu = self.rt.cpu
         if max(dk, dv) > 256:
             raise UnsupportedOp("vulkan attention takes head sizes up to 256")
-        groups = self._grid(-(-(t * hq) // 16) if cpu else t * hq)
+        # on the GPU kernels, a long cache is split over workgroups (a few hundred in all) and
+        # the parts merged by attn_combine: one workgroup per head would run its keys serially
+        splits = 1
+        chunks = -(-s // 128)  # of flash_attn's 128 keys at a time
+        if not cpu:
+            splits = max(1, min(chunks, -(-256 // (t * hq)), ATTN_MAX_SPLITS))
+        chunk = -(-chunks // splits) * 128
+        splits = -(-chunks // (chunk // 128))  # none left empty
+        dst = out
+        if splits > 1:
+            dst = self._new((t * hq * splits * (dv + 2),), F32)
+        groups = self._grid(-(-(t * hq) // 16) if cpu else t * hq * splits)
         spec = () if cpu else (dk, dv, int(k.dtype == F16), int(v.dtype == F16))
         self._emit(
             "flash_attn_rows" if cpu else "flash_attn", spec,
-            [(q.store, 0), (k.store, 0), (v.store, 0), (m.store, 0), (out.store, 0)],
-            "<14I2fI",
-            (dk, dv, s, hq, hkv, t, q.off, k.off, v.off, m.off, out.off, k.strides[0],
-             v.strides[0], flags, node.params["scale"], node.params["softcap"], groups[0]),
-            groups, [q, k, v, m], [out],
+            [(q.store, 0), (k.store, 0), (v.store, 0), (m.store, 0), (dst.store, 0)],
+            "<14I2fI" if cpu else "<14I2f3I",
+            (dk, dv, s, hq, hkv, t, q.off, k.off, v.off, m.off, dst.off, k.strides[0],
+             v.strides[0], flags, node.params["scale"], node.params["softcap"], groups[0],
+             *(() if cpu else (splits, chunk))),
+            groups, [q, k, v, m], [dst],
         )  # fmt: skip
+        if splits > 1:
+            groups = self._grid(-(-(t * hq * dv) // 256))
+            self._emit(
+                "attn_combine", (), [(dst.store, 0), (out.store, 0)], "<6I",
+                (dv, splits, t * hq, dst.off, out.off, groups[0]), groups, [dst], [out],
+            )  # fmt: skip
         return out
 
     # ---- recording -----------------------------------------------------------------------

@@ -99,3 +99,29 @@ def test_integer_mat_vec_rounds_as_ggml(vulkan, monkeypatch, wtype, int_dot, ker
     normed = xs / np.sqrt((xs * xs).mean(-1, keepdims=True) + 1e-6)
     assert nmse(vec_dot_round(xs, ty) @ wd.T, got["plain"]) < 1e-10
     assert nmse(vec_dot_round(normed, ty) @ wd.T + rs, got["normed"]) < 1e-10
+
+
+def test_attention_split_over_kv_length(vulkan, monkeypatch):
+    """A long cache is split over workgroups on the GPU kernels and merged by attn_combine."""
+    monkeypatch.setattr(vulkan.runtime, "cpu", False)
+    t, hq, hkv, s, d = 2, 4, 2, 700, 64
+    rng = np.random.default_rng(7)
+    feeds = {
+        "q": rng.normal(size=(t, hq, d)).astype(np.float32),
+        "k": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "v": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "mask": np.where(rng.uniform(size=(t, s)) < 0.2, -np.inf, 0).astype(np.float32),
+    }
+    g = Graph("attn")
+    q = g.input("q", (t, hq, d))
+    k, v = g.input("k", (s, hkv, d), GGMLType.F16), g.input("v", (s, hkv, d), GGMLType.F16)
+    g.output("out", g.flash_attn_ext(q, k, v, g.input("mask", (t, s)), scale=0.125))
+    program = vulkan.compile(g, {})
+    assert any(d.shader == "attn_combine" for d in program.dispatches)
+    got = program.run(feeds)["out"]
+    kk = np.repeat(feeds["k"].astype(np.float32), hq // hkv, axis=1)
+    vv = np.repeat(feeds["v"].astype(np.float32), hq // hkv, axis=1)
+    scores = np.einsum("thd,shd->ths", feeds["q"], kk) * 0.125 + feeds["mask"][:, None, :]
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("ths,shd->thd", w / w.sum(-1, keepdims=True), vv)
+    assert nmse(want, got) < 1e-5

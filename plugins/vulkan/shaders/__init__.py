@@ -28,6 +28,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 # the integer mat-vec: with (_dot) or without OpSDot, per row (lavapipe) or per workgroup; "_sg"
 # reduces through clustered subgroup adds
 VARIANTS["quantize_q8"] = ("quantize_q8", ())
+VARIANTS["attn_combine"] = ("attn_combine", ())
 for _dot in ("", "_dot"):
     for _kind, _macros in (("", ()), ("_sg", ("USE_SUBGROUP",)), ("_rows", ("PER_ROW",))):
         VARIANTS[f"matvec_q8{_dot}{_kind}"] = (

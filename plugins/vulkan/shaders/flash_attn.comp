@@ -6,6 +6,9 @@
 // trip count and is unrolled: a thread's loads are all in flight at once. Scores: one thread per
 // key. Values: a thread owns two output elements of one of LANES key lanes (keys j, j + LANES,
 // ...), reading V rows a word per thread; the lanes are summed at the end.
+// Split over the KV length (splits > 1): workgroup (token, head, split) takes keys
+// [split * chunk, (split + 1) * chunk) and writes its unnormalized sums, running max and sum of
+// weights (DV + 2 floats) for attn_combine.comp.
 #define WG 128
 layout(local_size_x = WG) in;
 #include "common.glsl"
@@ -27,7 +30,7 @@ layout(push_constant) uniform P {
     uint dk, dv, s, hq, hkv, t, oq, ok, ov, om, od, k_row, v_row;
     uint flags;  // bit 2: a mask (bits 0 and 1, the cache types, are KF16 and VF16 here)
     float scale, softcap;
-    uint groups_x;
+    uint groups_x, splits, chunk;
 } p;
 
 shared float qs[DK];
@@ -42,8 +45,9 @@ vec2 v_pair(uint e) {  // V elements e and e + 1
 }
 
 void main() {
-    uint gid = group_index(p.groups_x);
+    uint wg_flat = group_index(p.groups_x), gid = wg_flat / p.splits, sp = wg_flat % p.splits;
     if (gid >= p.t * p.hq) return;
+    uint c0 = sp * p.chunk, c1 = min(p.s, c0 + p.chunk);
     uint tok = gid / p.hq, h = gid % p.hq, hk = h / (p.hq / p.hkv), tid = gl_LocalInvocationID.x;
     bool masked = (p.flags & 4u) != 0u;
     for (uint i = tid; i < DK; i += WG) {
@@ -56,10 +60,10 @@ void main() {
     has2 = 2u * pair + 1u < DV;
     float m = NEG_INF, l = 0.0;
     vec2 acc = vec2(0.0);
-    for (uint c = 0; c < p.s; c += WG) {
+    for (uint c = c0; c < c1; c += WG) {
         uint key = c + tid;
         float score = NEG_INF;
-        if (key < p.s) {
+        if (key < c1) {
             uint kb = p.ok + key * p.k_row + hk * DK;
             float dot_ = 0.0;
             if (KF16 != 0u && (kb & 1u) == 0u) {
@@ -84,7 +88,7 @@ void main() {
         m = mnew;
         acc *= alpha;
         if (lane < LANES) {
-            uint n = min(uint(WG), p.s - c);
+            uint n = min(uint(WG), c1 - c);
             uint vb = p.ov + c * p.v_row + hk * DV + 2u * pair;
             uint j = lane;
             for (; j + 3u * LANES < n; j += 4u * LANES) {
@@ -100,7 +104,17 @@ void main() {
     }
     accs[tid] = acc;
     barrier();
-    if (lane == 0u) {
+    if (lane == 0u && p.splits > 1u) {
+        vec2 sum = acc;
+        for (uint r = 1u; r < LANES; r++) sum += accs[tid + r * NP];
+        uint o = p.od + wg_flat * (DV + 2u);
+        d[o + 2u * pair] = sum.x;
+        if (has2) d[o + 2u * pair + 1u] = sum.y;
+        if (pair == 0u) {
+            d[o + DV] = m;
+            d[o + DV + 1u] = l;
+        }
+    } else if (lane == 0u) {
         vec2 sum = acc;
         for (uint r = 1u; r < LANES; r++) sum += accs[tid + r * NP];
         d[p.od + gid * DV + 2u * pair] = sum.x / l;
