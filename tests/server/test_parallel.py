@@ -112,26 +112,35 @@ def test_full_queue_answers_503(live_server):
     srv = live_server(n_ctx=256, n_parallel=1, queue_size=1)
     body = {"prompt": "Tell me a long story.", "n_predict": 200, "stream": True, "ignore_eos": True}
     stop = threading.Event()
-    started = threading.Barrier(3)
+    statuses: list[int] = []
 
     def hold() -> None:
-        with httpx.Client(timeout=60) as c, c.stream("POST", srv.url + "/completion", json=body):
-            started.wait()
+        with (
+            httpx.Client(timeout=60) as c,
+            c.stream("POST", srv.url + "/completion", json=body) as r,
+        ):
+            statuses.append(r.status_code)
             stop.wait(60)
 
+    def until(cond) -> None:
+        deadline = time.monotonic() + 30
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cond()
+
+    sched = srv.scheduler
     threads = [threading.Thread(target=hold) for _ in range(2)]
-    for t in threads:
-        t.start()
-    started.wait()  # one request in the slot, one in the queue
-    deadline = time.monotonic() + 30
-    while srv.scheduler.n_waiting < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    threads[0].start()
+    until(lambda: sched.n_busy == 1)  # the first request has the slot
+    threads[1].start()
+    until(lambda: sched.n_waiting == 1)  # the second waits in the queue, which is now full
     r = httpx.post(srv.url + "/completion", json={"prompt": "hi", "n_predict": 1}, timeout=30)
     stop.set()
     for t in threads:
         t.join()
     assert r.status_code == 503
     assert r.json()["error"]["type"] == "unavailable_error"
+    assert statuses == [200, 200]
     wait_idle(srv.url, 30)
     assert httpx.get(srv.url + "/health").status_code == 200
 

@@ -21,7 +21,7 @@ def test_no_server_errors(live_server, tmp_path):
         st, "run", srv.url + "/openapi.json",
         "--checks", "not_a_server_error",
         "--phases", "examples,coverage,fuzzing",
-        "--max-examples", "6",
+        "--max-examples", "4",
         "--request-timeout", "60",
         "--seed", "1",
         "--generation-deterministic",
