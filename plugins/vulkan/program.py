@@ -221,6 +221,10 @@ class VulkanProgram(Executable):
         q8_inputs = {id(n.srcs[1]) for n in graph.nodes if self._q8_mat_vec(n, bindings)}
         self._norm_q8: set[int] = set()
         self._glu_q8: set[int] = set()
+        self._attn_q8 = {  # attention read (through a reshape) by integer mat-vecs
+            id(n.srcs[0]) for n in graph.nodes
+            if n.op is Op.RESHAPE and id(n) in q8_inputs and n.srcs[0].op is Op.FLASH_ATTN_EXT
+        }  # fmt: skip
         weighted = {id(n.srcs[0]): id(n) for n in graph.nodes if id(n) in self._fused}
         for node in graph.nodes:
             if (
@@ -713,10 +717,18 @@ class VulkanProgram(Executable):
             groups, [q, k, v, m], [dst],
         )  # fmt: skip
         if splits > 1:
-            groups = self._grid(-(-(t * hq * dv) // 256))
+            q8 = id(node) in self._attn_q8 and dv % 32 == 0
+            qb: list[tuple[Store, int]] = [(out.store, 0), (out.store, 0)]
+            writes = [out]
+            if q8:
+                store, qs_bytes = self._q8_store(out)
+                qb = [(store, 0), (store, qs_bytes)]
+                writes.append(Ref(store, 0, (store.nbytes // 4,), (1,), F32))
+            groups = self._grid(-(-(t * hq * dv // (32 if q8 else 1)) // 256))
             self._emit(
-                "attn_combine", (), [(dst.store, 0), (out.store, 0)], "<6I",
-                (dv, splits, t * hq, dst.off, out.off, groups[0]), groups, [dst], [out],
+                "attn_combine", (), [(dst.store, 0), (out.store, 0), *qb], "<7I",
+                (dv, splits, t * hq, dst.off, out.off, groups[0], int(q8)), groups, [dst],
+                writes,
             )  # fmt: skip
         return out
 
