@@ -34,7 +34,7 @@ F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 ALIGN = 256
 MAX_T_MATVEC = 8
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
-ATTN_MAX_SPLITS = 32  # parts of one head's attention over the KV length, at most
+ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -694,14 +694,15 @@ class VulkanProgram(Executable):
         cpu = self.rt.cpu
         if max(dk, dv) > 256:
             raise UnsupportedOp("vulkan attention takes head sizes up to 256")
-        # on the GPU kernels, a long cache is split over workgroups (a few hundred in all) and
-        # the parts merged by attn_combine: one workgroup per head would run its keys serially
-        splits = 1
-        chunks = -(-s // 128)  # of flash_attn's 128 keys at a time
+        # on the GPU kernels, a long cache is split over workgroups (some 512 in all, parts of
+        # at least 32 keys) and the parts merged by attn_combine: one workgroup per head would
+        # walk its keys serially
+        splits, chunk = 1, -(-s // 128) * 128
         if not cpu:
-            splits = max(1, min(chunks, -(-256 // (t * hq)), ATTN_MAX_SPLITS))
-        chunk = -(-chunks // splits) * 128
-        splits = -(-chunks // (chunk // 128))  # none left empty
+            splits = max(1, min(-(-s // 32), -(-512 // (t * hq)), ATTN_MAX_SPLITS))
+            per = -(-s // splits)
+            chunk = -(-per // 32) * 32
+            splits = -(-s // chunk)  # none left empty
         dst = out
         if splits > 1:
             dst = self._new((t * hq * splits * (dv + 2),), F32)

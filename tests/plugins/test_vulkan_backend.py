@@ -69,8 +69,8 @@ def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab):
 def test_integer_mat_vec_rounds_as_ggml(vulkan, monkeypatch, wtype, int_dot, kernels):
     """The q8_0 family's mat-vec takes activations in q8 blocks (made by the norm that produces
     them, or by quantize_q8) and adds the residual in its epilogue: equal to the reference on
-    ggml-rounded activations, through OpSDot or the plain integer path, on both kernel
-    families."""
+    ggml-rounded activations (up to the norm's own rounding), through OpSDot or the plain integer
+    path, on both kernel families."""
     from llmrt.gguf import dequantize
     from llmrt.reference import vec_dot_round
 
@@ -98,7 +98,9 @@ def test_integer_mat_vec_rounds_as_ggml(vulkan, monkeypatch, wtype, int_dot, ker
     got = program.run({"x": xs, "r": rs})
     normed = xs / np.sqrt((xs * xs).mean(-1, keepdims=True) + 1e-6)
     assert nmse(vec_dot_round(xs, ty) @ wd.T, got["plain"]) < 1e-10
-    assert nmse(vec_dot_round(normed, ty) @ wd.T + rs, got["normed"]) < 1e-10
+    # the norm's last bits differ from numpy's on some drivers: a few int8 values then round the
+    # other way (NVIDIA: nmse 7e-8)
+    assert nmse(vec_dot_round(normed, ty) @ wd.T + rs, got["normed"]) < 1e-6
 
 
 def test_attention_split_over_kv_length(vulkan, monkeypatch):
