@@ -58,6 +58,41 @@ if [ "$stage" = all ]; then  # one dense call: tests, conformance, decode profil
   echo "mmvq rows 1:" | tee -a $OUT/bench.log
   LLMRT_CUDA_MMVQ_R=1 bench llama3-8b q4_0 -p 0
 fi
+# Two back-to-back calls on one warm machine: "perf" (carries part1; tests, conformance, every row
+# with this tree and, tg only, with the committed code carried in .cudarun/old for the before
+# column) then "diag" (carries part2; per-layer CPU-vs-CUDA comparison, greedy, A/B switches).
+old() { PYTHONPATH=$PWD/.cudarun/old:/tmp/site "$@"; }
+if [ "$stage" = perf ]; then
+  [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1
+  timeout 100 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -6
+  timeout 200 python3 -m pytest tests/conformance -q -k cuda --tb=line -p no:cacheprovider -x 2>&1 | tee $OUT/conformance.log | grep -v "^tests/conformance.*PASSED" | tail -8
+  for s in "smollm2-135m q4_0" "smollm2-135m q8_0" "llama32-1b q4_0" "llama3-8b q4_0"; do
+    bench $s
+    echo "before (committed code):" | tee -a $OUT/bench.log; old bench $s -p 0
+  done
+  echo "135m q4_0 with LLMRT_CUDA_MMVQ_XF_K=4096 (opt-in):" | tee -a $OUT/bench.log
+  LLMRT_CUDA_MMVQ_XF_K=4096 bench smollm2-135m q4_0 -p 0
+  echo "135m q4_0 with LLMRT_CUDA_NORM_FOLD=1 (opt-in):" | tee -a $OUT/bench.log
+  LLMRT_CUDA_NORM_FOLD=1 bench smollm2-135m q4_0 -p 0
+  echo "135m q4_0 with LLMRT_CUDA_NORM_F64=0 (f32 norms):" | tee -a $OUT/bench.log
+  LLMRT_CUDA_NORM_F64=0 bench smollm2-135m q4_0 -p 0
+  echo "135m q4_0 with LLMRT_CUDA_FATTN_CHUNK=0 (decode attention in one block per head):" | tee -a $OUT/bench.log
+  LLMRT_CUDA_FATTN_CHUNK=0 bench smollm2-135m q4_0 -p 0
+  echo "135m q4_0 again (spread):" | tee -a $OUT/bench.log
+  bench smollm2-135m q4_0 -p 0
+fi
+if [ "$stage" = diag ]; then
+  m=/tmp/smollm2.gguf; [ -e $m ] || cat /tmp/part1 .cudarun/part2.bin > $m
+  r=.cudarun/refs/smollm2-135m/greedy.json
+  echo "== prompt 2, this tree"; timeout 90 python3 benchmarks/cuda_diag.py $m $r 2 --save /tmp/cpu2.npz
+  echo "== prompt 2, rope+KV unfused"; LLMRT_CUDA_ROPE_QKV=0 timeout 60 python3 benchmarks/cuda_diag.py $m $r 2 --cpu /tmp/cpu2.npz
+  echo "== prompt 2, committed code"; old timeout 60 python3 benchmarks/cuda_diag.py $m $r 2 --cpu /tmp/cpu2.npz
+  echo "== prompt 1, this tree"; timeout 60 python3 benchmarks/cuda_diag.py $m $r 1 --nocpu
+  mkdir -p .cudarun/cache/models && ln -sf $m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
+  LLMRT_TEST_DEVICE=cuda:0 timeout 150 python3 -m pytest tests/models/test_greedy.py tests/models/test_logits.py -q -k smollm2 --tb=line -p no:cacheprovider 2>&1 | tee $OUT/greedy.log | tail -12
+  timeout 40 llmrt run -m $m -p "The capital of France is" -n 16 --temp 0 --device cuda:0 -ngl 10 2>&1 | tail -3
+  timeout 40 llmrt bench -m $m -p 512 -n 128 -r 3 --device cuda:0 2>&1 | grep -v "^| model\|^| ---" | tee -a $OUT/bench.log
+fi
 if [ "$stage" = bench ]; then
   bench smollm2-135m q4_0
   bench llama32-1b q4_0

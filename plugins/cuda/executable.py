@@ -44,6 +44,11 @@ FATTN_SPLIT_KEYS = int(os.environ.get("LLMRT_CUDA_FATTN_CHUNK", "64"))
 FATTN_SPLIT_MAX_BLOCKS = 264
 
 
+@functools.cache
+def _sm_count() -> int:
+    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+
+
 def _mmvq_lanes(nb: int) -> int:
     """Lanes per row: the group size (32, 16 or 8) that leaves fewest lanes idle."""
     best, eff = 32, 0.0
@@ -59,15 +64,23 @@ def _source(name: str) -> str:
     return (KERNELS / name).read_text()
 
 
+def _norm_define() -> str:
+    """Norms in float64 as the reference (default) or in f32 (LLMRT_CUDA_NORM_F64=0)."""
+    return f"#define NORM_F64 {0 if os.environ.get('LLMRT_CUDA_NORM_F64', '1') == '0' else 1}\n"
+
+
 @functools.cache
 def ops_module() -> cp.RawModule:
-    return cp.RawModule(code=_source("common.cuh") + _source("ops.cu"))
+    return cp.RawModule(code=_norm_define() + _source("common.cuh") + _source("ops.cu"))
 
 
 @functools.cache
 def weight_module(wtype: int) -> cp.RawModule:
     return cp.RawModule(
-        code=f"#define WTYPE {wtype}\n" + _source("common.cuh") + _source("weights.cu")
+        code=f"#define WTYPE {wtype}\n"
+        + _norm_define()
+        + _source("common.cuh")
+        + _source("weights.cu")
     )
 
 
@@ -207,7 +220,7 @@ class CUDAProgram(Executable):
             w = P(ins[1]) if len(ins) > 1 else 0
             block = 1024 if ncols >= 4096 else (256 if ncols >= 512 else 128)
             return ("kernel", kernel("ops", "norm_rows"), (rows,), (block,), (
-                _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float32(p["eps"]),
+                _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float64(p["eps"]),
                 _i32(p["mode"])), 0)  # fmt: skip
         if op == "rope":
             x, pos = ins[0], ins[1]
@@ -267,35 +280,7 @@ class CUDAProgram(Executable):
                 _i32(p["nb"]), _i32(p["r"]), _i32(p["t"]), _i32(p["m"]),
                 _i32(p["k"])), 0)  # fmt: skip
         if op == "fattn":
-            q, k, v = ins[:3]
-            mask = P(ins[3]) if len(ins) > 3 else 0
-            t, hq, d = q.shape
-            s, hkv, _ = k.shape
-            f16 = 1 if k.dtype == GGMLType.F16 else 0
-            nsplit = min(64, -(-s // FATTN_SPLIT_KEYS)) if FATTN_SPLIT_KEYS > 0 else 1
-            if t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1:
-                chunk = -(-s // nsplit)
-                fn = kernel("ops", f"fattn_split_{d}_{f16}")
-                smem = (d + chunk + 256 * 8) * 4
-                if smem > SMEM_DEFAULT:
-                    fn.max_dynamic_shared_size_bytes = smem
-                part = cp.empty(t * hq * nsplit * (d + 2), dtype=cp.float32)
-                counter = cp.zeros(t * hq, dtype=cp.int32)
-                self.keep += [part, counter]
-                return ("kernel", fn, (hq, t, nsplit), (256,), (
-                    _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
-                    _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
-                    _i64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
-                    _u64(part.data.ptr), _u64(counter.data.ptr), _i32(nsplit)), smem)  # fmt: skip
-            fn = kernel("ops", f"fattn_{d}_{f16}")
-            smem = (d + s + 256 * 8) * 4
-            if smem > SMEM_DEFAULT:
-                fn.max_dynamic_shared_size_bytes = smem
-            return ("kernel", fn, (hq, t), (256,), (
-                _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
-                _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
-                _i64(v.strides[1]), np.float32(p["scale"]),
-                np.float32(p["softcap"])), smem)  # fmt: skip
+            return self._fattn(step)
         if op == "mmv":
             w, x = ins[0], ins[1]
             res = P(ins[2]) if len(ins) > 2 else 0
@@ -313,7 +298,8 @@ class CUDAProgram(Executable):
             n = p["n"]
             dso, _ = q8_layout(n)
             return ("kernel", kernel("ops", "quant_q8"), _grid(n), (256,), (
-                _u64(P(ins[0])), _u64(self.base[p["q8"]]), _i64(dso), _i64(n // 32)), 0)  # fmt: skip
+                _u64(P(ins[0])), _u64(self.base[p["q8"]]), _i64(dso),
+                _i64(n // 32)), 0)  # fmt: skip
         if op == "norm_q8":
             ncols = out.shape[-1]
             rows = out.n // ncols
@@ -322,7 +308,7 @@ class CUDAProgram(Executable):
             block = 1024 if ncols >= 4096 else (256 if ncols >= 512 else 128)
             y = 0 if p.get("y_unused") else P(out)
             return ("kernel", kernel("ops", "norm_rows_q8"), (rows,), (block,), (
-                _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float32(p["eps"]),
+                _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float64(p["eps"]),
                 _i32(p["mode"]), _u64(self.base[p["q8"]]), _i64(dso)), 0)  # fmt: skip
         if op == "mmvq":
             return self._mmvq(step)
@@ -340,15 +326,54 @@ class CUDAProgram(Executable):
                 _u64(P(kc)), _u64(P(vc)), _u64(P(ids)), _i32(hq), _i32(hk), _i32(d),
                 _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
                 np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
-                _i32(1 if kc.dtype == GGMLType.F16 else 0), _i32(1 if vc.dtype == GGMLType.F16 else 0),
+                _i32(1 if kc.dtype == GGMLType.F16 else 0),
+                _i32(1 if vc.dtype == GGMLType.F16 else 0),
                 _i64(q.n), _i64(k.n), _i64(v.n), _i32(vrow)), 0)  # fmt: skip
         raise LlmrtError(f"no CUDA launch for step {op}")
+
+    def _fattn(self, step: Any) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        q, k, v = ins[:3]
+        mask = P(ins[3]) if len(ins) > 3 else 0
+        t, hq, d = q.shape
+        s, hkv, _ = k.shape
+        f16 = 1 if k.dtype == GGMLType.F16 else 0
+        xq = self.base[p["q8"]] if "q8" in p else 0
+        dso = q8_layout(out.n)[0] if xq else 0
+        # the split kernel's blocks wait for each other: all of them must be resident at once
+        cap = max(1, (2 * _sm_count()) // (hq * t))
+        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap) if FATTN_SPLIT_KEYS > 0 else 1
+        common = (_u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
+                  _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
+                  _i64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]))  # fmt: skip
+        if t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1:
+            chunk = -(-s // nsplit)
+            fn = kernel("ops", f"fattn_split_{d}_{f16}")
+            smem = (d + chunk + 256 * 8) * 4
+            if smem > SMEM_DEFAULT:
+                fn.max_dynamic_shared_size_bytes = smem
+            part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
+            counter = cp.zeros(t * hq, dtype=cp.int32)
+            self.keep += [part, counter]
+            args = (*common, _u64(part.data.ptr), _u64(counter.data.ptr), _i32(nsplit),
+                    _u64(xq), _i64(dso))  # fmt: skip
+            return ("kernel", fn, (hq, t, nsplit), (256,), args, smem)
+        fn = kernel("ops", f"fattn_{d}_{f16}")
+        smem = (d + s + 256 * 8) * 4
+        if smem > SMEM_DEFAULT:
+            fn.max_dynamic_shared_size_bytes = smem
+        return ("kernel", fn, (hq, t), (256,), (*common, _u64(xq), _i64(dso)), smem)
 
     def _mmvq(self, step: Any) -> tuple:
         p = step.params
         t, k = p["t"], p["k"]
         ws = step.ins if "outs" in p or "glu" in p else step.ins[:1]
-        res = self.ptr(step.ins[1]) if ("outs" not in p and "glu" not in p and len(step.ins) > 1) else 0
+        res = (
+            self.ptr(step.ins[1])
+            if ("outs" not in p and "glu" not in p and len(step.ins) > 1)
+            else 0
+        )
         outs = p.get("outs", [step.out])
         ms = p.get("ms", [p["m"]])
         glu = p.get("glu", -1)
@@ -365,9 +390,24 @@ class CUDAProgram(Executable):
         yp = [self.ptr(o) for o in outs] + [0] * (3 - len(outs))
         mm = list(ms) + [0] * (3 - len(ms))
         dso, _ = q8_layout(t * k)
+        xf = p.get("xf")
+        # quantized in the kernel's prologue (into shared memory), or by an earlier step
+        smem = 5 * k + (k // 32) * 8 + 16  # q8 form + the f32 staging
+        xq, xfp, smem = (0, self.ptr(xf), smem) if xf else (self.base[p["q8"]], 0, 0)
+        nrm = p.get("norm")
+        if nrm is not None:  # the folded norm: its weight, f32 output, q8 output, eps, mode
+            counter = cp.zeros(1, dtype=cp.int32)
+            self.keep.append(counter)
+            nargs = (_u64(counter.data.ptr), _u64(self.ptr(nrm["w"]) if nrm["w"] else 0),
+                     _u64(self.ptr(nrm["y"]) if nrm["y"] else 0), _u64(self.base[nrm["q8"]]),
+                     _i64(q8_layout(ms[0])[0]), np.float64(nrm["eps"]),
+                     _i32(nrm["mode"]))  # fmt: skip
+        else:
+            nargs = (_u64(0), _u64(0), _u64(0), _u64(0), _i64(0), np.float64(0.0), _i32(0))
         return ("kernel", kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), (
-            *map(_u64, wp), _i64(p["row_bytes"]), _u64(self.base[p["q8"]]), _i64(dso),
-            *map(_u64, yp), _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu)), 0)  # fmt: skip
+            *map(_u64, wp), _i64(p["row_bytes"]), _u64(xq), _i64(dso), *map(_u64, yp),
+            _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu), _u64(xfp),
+            *nargs), smem)  # fmt: skip
 
     def _gemm_args(self, step: Any) -> tuple:
         p = step.params

@@ -32,6 +32,12 @@ Q8_FUSE = os.environ.get("LLMRT_CUDA_MMVQ", "1") != "0"
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
 # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 MMVQ_MAX_T = int(os.environ.get("LLMRT_CUDA_MMVQ_MAX_T", "64"))
+# rope(q), rope(k) and the two KV-cache writes as one launch (LLMRT_CUDA_ROPE_QKV=0: separate)
+ROPE_QKV = os.environ.get("LLMRT_CUDA_ROPE_QKV", "1") != "0"
+# one-token integer mat-vecs quantize f32 activations of at most this many elements themselves
+MMVQ_XF_MAX_K = int(os.environ.get("LLMRT_CUDA_MMVQ_XF_K", "0"))
+# a one-token norm after a mat-vec runs in that mat-vec's last block (LLMRT_CUDA_NORM_FOLD=0: not)
+NORM_FOLD = os.environ.get("LLMRT_CUDA_NORM_FOLD", "0") == "1"
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
 ALIGN = 256
@@ -147,7 +153,9 @@ def _readers(nodes: list[Tensor], outputs: dict[str, Tensor]) -> dict[int, int]:
 
 def _is_mmv(mm: Tensor) -> bool:
     a, b = mm.srcs
-    return a.op is Op.WEIGHT and len(a.shape) == 2 and math.prod(b.shape[:-1]) <= _mmv_max_t(a.dtype)
+    return (
+        a.op is Op.WEIGHT and len(a.shape) == 2 and math.prod(b.shape[:-1]) <= _mmv_max_t(a.dtype)
+    )
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
@@ -373,9 +381,21 @@ def _liveness(storages: list[Storage], steps: list[Step], outputs: dict[str, Val
         for v in [step.out, *step.params.get("outs", ())]:
             if v is not None and storages[v.storage].first < 0:
                 storages[v.storage].first = i
+        nrm = step.params.get("norm")  # a norm folded into an mmvq: writes its q8 (and f32) form
+        if nrm is not None:
+            if storages[nrm["q8"]].first < 0:
+                storages[nrm["q8"]].first = i
+            storages[nrm["q8"]].last = max(storages[nrm["q8"]].last, i)
+            if nrm["y"] is not None and storages[nrm["y"].storage].first < 0:
+                storages[nrm["y"].storage].first = i
+            if nrm["w"] is not None:
+                storages[nrm["w"].storage].last = max(storages[nrm["w"].storage].last, i)
+        xf = step.params.get("xf")  # f32 activations an mmvq quantizes itself
+        if xf is not None:
+            storages[xf.storage].last = max(storages[xf.storage].last, i)
         q8 = step.params.get("q8")
-        if q8 is not None:  # written by quant_q8 / norm_q8, read by mmvq
-            if step.op in ("quant_q8", "norm_q8") and storages[q8].first < 0:
+        if q8 is not None:  # written by quant_q8 / norm_q8 / fattn, read by mmvq
+            if step.op in ("quant_q8", "norm_q8", "fattn") and storages[q8].first < 0:
                 storages[q8].first = i
             storages[q8].last = max(storages[q8].last, i)
         for sid in step.temps:
@@ -456,11 +476,14 @@ def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
             if sid is None:
                 sid = lo.storage("arena", q8_layout(x.n)[1])
                 q8_of[key] = sid
-                prod = next((p for p in reversed(out_steps)
-                             if p.out is not None and p.out.storage == x.storage), None)  # fmt: skip
-                if (prod is not None and prod.op == "norm" and _same(prod.out, x)
-                        and prod.out.shape[-1] % 32 == 0):  # fmt: skip
+                writers = (p for p in reversed(out_steps) if p.out is not None)
+                prod = next((p for p in writers if p.out.storage == x.storage), None)
+                fits = (prod is not None and _same(prod.out, x)
+                        and prod.out.shape[-1] % 32 == 0)  # fmt: skip
+                if fits and prod.op == "norm":
                     prod.op = "norm_q8"
+                    prod.params["q8"] = sid
+                elif fits and prod.op == "fattn":  # attention writes its output as q8 too
                     prod.params["q8"] = sid
                 else:
                     out_steps.append(Step("quant_q8", [x], None, {"q8": sid, "n": x.n}))
@@ -508,7 +531,8 @@ def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
         prev = merged[-1] if merged else None
         if (st.op == "mmvq" and prev is not None and prev.op == "mmvq" and len(st.ins) == 1
                 and "glu" not in st.params and "glu" not in prev.params
-                and prev.params["q8"] == st.params["q8"] and prev.params["type"] == st.params["type"]
+                and prev.params["q8"] == st.params["q8"]
+                and prev.params["type"] == st.params["type"]
                 and prev.params["k"] == st.params["k"] and len(prev.params.get("outs", [1])) < 3
                 and (len(prev.ins) == 1 or "outs" in prev.params)):  # fmt: skip
             if "outs" not in prev.params:
@@ -539,9 +563,12 @@ def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
                 for sk, sv in ((s1, s2), (s2, s1)):
                     if _same(sk.ins[2], rk.out) and not _same(sv.ins[2], rq.out):
                         match = (rq, rk, sk, sv)
-            if same_rope and match is not None:
+            if ROPE_QKV and same_rope and match is not None:
                 rq, rk, sk, sv = match
-                if reads(rk.out.storage, skip=sk) == 0 and rq.ins[0].shape[-1] == rk.ins[0].shape[-1]:
+                if (
+                    reads(rk.out.storage, skip=sk) == 0
+                    and rq.ins[0].shape[-1] == rk.ins[0].shape[-1]
+                ):
                     out.append(Step("rope_qkv", [rq.ins[0], rk.ins[0], sv.ins[2], *rq.ins[1:],
                                                  sk.ins[0], sv.ins[0], sk.ins[1]], rq.out,
                                     dict(rq.params)))  # fmt: skip
@@ -551,7 +578,40 @@ def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
         i += 1
     steps = out
 
+    # one-token mat-vecs over small f32 activations quantize them in their own prologue (into
+    # shared memory), which saves the quant_q8 launch
+    kept: list[Step] = []
+    for st in steps:
+        if st.op == "quant_q8" and MMVQ_XF_MAX_K > 0:
+            users = [u for u in steps if u.op == "mmvq" and u.params.get("q8") == st.params["q8"]]
+            x = st.ins[0]
+            small = x.n <= MMVQ_XF_MAX_K and x.dtype == F32 and x.contiguous and x.offset % 4 == 0
+            if users and small and all(u.params["t"] == 1 for u in users):
+                for u in users:
+                    u.params["xf"] = x
+                    del u.params["q8"]
+                continue
+        kept.append(st)
+    steps = kept
+
     for st in steps:  # a norm whose f32 output only fed mat-vecs need not write it
         if st.op == "norm_q8":
             st.params["y_unused"] = reads(st.out.storage) == 0
-    lo.steps[:] = steps
+
+    # a one-token norm right after the mat-vec (+ residual) that produces its input: the mat-vec's
+    # last block computes it, which saves the norm's launch
+    folded: list[Step] = []
+    for st in steps:
+        prev = folded[-1] if folded else None
+        if (NORM_FOLD and st.op == "norm_q8" and prev is not None and prev.op == "mmvq"
+                and "outs" not in prev.params and "glu" not in prev.params
+                and "norm" not in prev.params and prev.params["t"] == 1
+                and _same(prev.out, st.ins[0]) and st.ins[0].n == prev.params["m"]):  # fmt: skip
+            prev.params["norm"] = dict(
+                w=st.ins[1] if len(st.ins) > 1 else None, eps=st.params["eps"],
+                mode=st.params["mode"], q8=st.params["q8"],
+                y=None if st.params.get("y_unused") else st.out,
+            )  # fmt: skip
+            continue
+        folded.append(st)
+    lo.steps[:] = folded

@@ -54,6 +54,68 @@ __device__ __forceinline__ float block_max(float x, float* red) {
     return warp_max(x);
 }
 
+__device__ __forceinline__ double block_sum_d(double x, double* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    __syncthreads();
+    if (lane == 0) red[warp] = x;
+    __syncthreads();
+    x = lane < nw ? red[lane] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// rms_norm / norm of one row as reference.py computes it: mean and variance in float64, the
+// division in float64, rounded once to f32 (NORM_F64 0: all in f32 with rsqrtf, cheaper and
+// further from the reference). row_norm_den returns the divisor (f64) or its inverse (f32).
+#ifndef NORM_F64
+#define NORM_F64 1
+#endif
+__device__ __forceinline__ double row_norm_den(const float* xr, int ncols, double eps, int mode,
+                                               double* mean_out, double* red) {
+#if NORM_F64
+    double mean = 0.0;
+    if (mode == 1) {
+        double s = 0.0;
+        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += (double)xr[i];
+        mean = block_sum_d(s, red) / ncols;
+    }
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
+        const double v = (double)xr[i] - mean;
+        ss += v * v;
+    }
+    *mean_out = mean;
+    return sqrt(block_sum_d(ss, red) / ncols + eps);
+#else
+    float* fred = (float*)red;
+    float mean = 0.0f;
+    if (mode == 1) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += xr[i];
+        mean = block_sum(s, fred) / ncols;
+    }
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
+        const float v = xr[i] - mean;
+        ss += v * v;
+    }
+    *mean_out = mean;
+    return rsqrtf(block_sum(ss, fred) / ncols + (float)eps);
+#endif
+}
+
+// One normalized element (den: what row_norm_den returned).
+__device__ __forceinline__ float norm_apply(float x, double mean, double den) {
+#if NORM_F64
+    return (float)(((double)x - mean) / den);
+#else
+    return (x - (float)mean) * (float)den;
+#endif
+}
+
 // ggml's CPU GELU: tanh approximation from the f16 value of x, rounded to f16.
 __device__ __forceinline__ float gelu_f16(float x) {
     if (x <= -10.0f) return 0.0f;

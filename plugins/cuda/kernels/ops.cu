@@ -53,27 +53,24 @@ extern "C" __global__ void glu(const float* g, const float* u, float* y, long lo
 }
 
 // One block per row: mode 0 rms_norm, 1 norm; times w[col] when w is not null.
-extern "C" __global__ void norm_rows(const float* x, float* y, const float* w, int ncols, float eps,
+extern "C" __global__ void norm_rows(const float* x, float* y, const float* w, int ncols, double eps,
                                 int mode) {
-    __shared__ float red[32];
+    __shared__ double red[32];
     const float* xr = x + (size_t)blockIdx.x * ncols;
     float* yr = y + (size_t)blockIdx.x * ncols;
-    float mean = 0.0f;
-    if (mode == 1) {
-        float s = 0.0f;
-        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += xr[i];
-        mean = block_sum(s, red) / ncols;
-    }
-    float ss = 0.0f;
+    double mean;
+    const double den = row_norm_den(xr, ncols, eps, mode, &mean, red);
     for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
-        const float v = xr[i] - mean;
-        ss += v * v;
-    }
-    const float inv = rsqrtf(block_sum(ss, red) / ncols + eps);
-    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
-        const float v = (xr[i] - mean) * inv;
+        const float v = norm_apply(xr[i], mean, den);
         yr[i] = w ? v * w[i] : v;
     }
+}
+
+// x0 cos - x1 sin (first of a pair) or x0 sin + x1 cos, each product rounded (no FMA), as the
+// reference computes it.
+__device__ __forceinline__ float rope_mix(float xs, float xo, float c, float s, int first) {
+    return first ? __fsub_rn(__fmul_rn(xs, c), __fmul_rn(xo, s))
+                 : __fadd_rn(__fmul_rn(xo, s), __fmul_rn(xs, c));
 }
 
 // Rotary embedding of x [T, H, D] over the first n_dims of D; mode 0 adjacent pairs, 2 neox.
@@ -104,8 +101,7 @@ extern "C" __global__ void rope(const float* x, const int* pos, const float* fac
         if (factors) inv_freq /= (double)factors[p];
         const double theta = (double)pos[t] * inv_freq * freq_scale;
         const float c = (float)(cos(theta) * attn_factor), s = (float)(sin(theta) * attn_factor);
-        const float xs = x[i], xo = x[row * D + other];
-        y[i] = first ? xs * c - xo * s : xo * s + xs * c;
+        y[i] = rope_mix(x[i], x[row * D + other], c, s, first);
     }
 }
 
@@ -229,7 +225,7 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
                                            const u8* __restrict__ v, const float* __restrict__ mask,
                                            float* __restrict__ out, int Hq, int Hkv, int S,
                                            long long ks, long long kh, long long vs, long long vh,
-                                           float scale, float softcap) {
+                                           float scale, float softcap, u8* XQ, long long dso) {
     extern __shared__ float smem[];
     __shared__ float red[32];
     constexpr int LPK = D / 8, KPI = 256 / LPK;
@@ -285,14 +281,13 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
         sum += e;
     }
     sum = block_sum(sum, red);
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     __syncthreads();
     float acc[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
 #pragma unroll 4
     for (int s = g; s < S; s += KPI) {
-        float p = sc[s] * inv;
+        float p = sum > 0.0f ? sc[s] / sum : 0.0f;
         if (F16) p = h2f(f2h(p));
         if (p != 0.0f) {
             const size_t o = (size_t)s * vs + (size_t)hk * vh + j * 8;
@@ -315,10 +310,12 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
 #pragma unroll
     for (int i = 0; i < 8; ++i) part[g * D + j * 8 + i] = acc[i];
     __syncthreads();
-    for (int d = tid; d < D; d += 256) {
+    for (int d = tid; d < D; d += 256) {  // D % 32 == 0 when XQ: whole warps
         float o = 0.0f;
         for (int gg = 0; gg < KPI; ++gg) o += part[gg * D + d];
-        out[((size_t)t * Hq + h) * D + d] = o;
+        const size_t oi = ((size_t)t * Hq + h) * D + d;
+        out[oi] = o;
+        if (XQ) q8_store32(o, tid & 31, XQ, dso, (long long)(oi >> 5));
     }
 }
 
@@ -326,8 +323,9 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
     extern "C" __global__ void __launch_bounds__(256) fattn_##D##_##F16(                       \
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
-        float softcap) {                                                                       \
-        fattn_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap);    \
+        float softcap, u8* XQ, long long dso) {                                                \
+        fattn_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, XQ, \
+                           dso);                                                               \
     }
 FATTN(16, 0)
 FATTN(16, 1)
@@ -352,26 +350,16 @@ extern "C" __global__ void quant_q8(const float* X, u8* XQ, long long dso, long 
 
 // norm_rows that also writes its output quantized for the integer mat-vec (ncols % 32 == 0,
 // blockDim a multiple of 32); y may be null when only mat-vecs read the result.
-extern "C" __global__ void norm_rows_q8(const float* x, float* y, const float* w, int ncols, float eps,
+extern "C" __global__ void norm_rows_q8(const float* x, float* y, const float* w, int ncols, double eps,
                                         int mode, u8* XQ, long long dso) {
-    __shared__ float red[32];
+    __shared__ double red[32];
     const float* xr = x + (size_t)blockIdx.x * ncols;
-    float mean = 0.0f;
-    if (mode == 1) {
-        float s = 0.0f;
-        for (int i = threadIdx.x; i < ncols; i += blockDim.x) s += xr[i];
-        mean = block_sum(s, red) / ncols;
-    }
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
-        const float v = xr[i] - mean;
-        ss += v * v;
-    }
-    const float inv = rsqrtf(block_sum(ss, red) / ncols + eps);
+    double mean;
+    const double den = row_norm_den(xr, ncols, eps, mode, &mean, red);
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5, nb = ncols >> 5;
     for (int c = threadIdx.x >> 5; c < nb; c += nw) {
         const int i = c * 32 + lane;
-        float v = (xr[i] - mean) * inv;
+        float v = norm_apply(xr[i], mean, den);
         if (w) v *= w[i];
         if (y) y[(size_t)blockIdx.x * ncols + i] = v;
         q8_store32(v, lane, XQ, dso, (long long)blockIdx.x * nb + c);
@@ -400,8 +388,7 @@ __device__ __forceinline__ float rope_one(const float* x, long long i, int D, in
     if (factors) inv_freq /= (double)factors[p];
     const double theta = (double)pos[t] * inv_freq * freq_scale;
     const float c = (float)(cos(theta) * attn_factor), s = (float)(sin(theta) * attn_factor);
-    const float xs = x[i], xo = x[row * D + other];
-    return first ? xs * c - xo * s : xo * s + xs * c;
+    return rope_mix(x[i], x[row * D + other], c, s, first);
 }
 
 // rope(q) -> qo; rope(k) -> rows ids[t] of the K cache; v -> rows ids[t] of the V cache: the
@@ -431,17 +418,20 @@ extern "C" __global__ void rope_qkv(const float* q, const float* k, const float*
     }
 }
 
-// Decode attention split over the KV length: block (h, t, split) scores keys [lo, hi), writes
-// its (max, sum, unnormalized PV) to `part`; the last block of (h, t) to finish (a counter,
-// reset by it) combines them. Probabilities are not rounded to f16 here (the single-block
-// kernel rounds them as ggml's f16 V product does).
+// Decode attention split over the KV length, with the reference's rounding: block (h, t, split)
+// scores keys [lo, hi) into shared memory and publishes its (max, sum of exp); the nsplit blocks
+// of (h, t) wait for each other (all blocks of the launch are resident: the host caps the grid),
+// then each rounds its probabilities exp(s - M) / L (global M, L) to f16 as ggml's f16 V product
+// does, multiplies them with V and writes its partial output; the last block to finish sums the
+// partials in split order (deterministic), writes the output (and its q8 form) and resets the
+// counter for the next replay.
 template <int D, int F16>
 __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, const u8* __restrict__ k,
                                                  const u8* __restrict__ v, const float* __restrict__ mask,
                                                  float* __restrict__ out, int Hq, int Hkv, int S,
                                                  long long ks, long long kh, long long vs, long long vh,
                                                  float scale, float softcap, float* part, int* counter,
-                                                 int nsplit) {
+                                                 int nsplit, u8* XQ, long long dso) {
     extern __shared__ float smem[];
     __shared__ float red[32];
     __shared__ int last;
@@ -494,18 +484,35 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     for (int s = tid; s < n; s += 256) mx = fmaxf(mx, sc[s]);
     mx = block_max(mx, red);
     float sum = 0.0f;
-    for (int s = tid; s < n; s += 256) {
-        const float e = mx == -INF ? 0.0f : expf(sc[s] - mx);
-        sc[s] = e;
-        sum += e;
-    }
+    for (int s = tid; s < n; s += 256) sum += mx == -INF ? 0.0f : expf(sc[s] - mx);
     sum = block_sum(sum, red);
+    const int ht = t * Hq + h;
+    const size_t stride = D + 2;
+    float* base = part + (size_t)ht * nsplit * stride;
+    if (tid == 0) {
+        base[(size_t)sp * stride] = mx;
+        base[(size_t)sp * stride + 1] = sum;
+        __threadfence();
+        atomicAdd(counter + ht, 1);
+        // bounded: a grid that could not be resident at once gives wrong numbers, not a hang
+        for (int it = 0; atomicAdd(counter + ht, 0) < nsplit && it < (1 << 22); ++it)
+            __nanosleep(64);
+        __threadfence();
+    }
     __syncthreads();
+    float M = -INF;
+    for (int i = 0; i < nsplit; ++i) M = fmaxf(M, __ldcg(base + (size_t)i * stride));
+    float L = 0.0f;
+    for (int i = 0; i < nsplit; ++i) {
+        const float m = __ldcg(base + (size_t)i * stride);
+        if (m != -INF) L += __ldcg(base + (size_t)i * stride + 1) * expf(m - M);
+    }
     float acc[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
     for (int s = g; s < n; s += KPI) {
-        const float p = sc[s];
+        float p = (M == -INF || L <= 0.0f) ? 0.0f : expf(sc[s] - M) / L;
+        if (F16) p = h2f(f2h(p));
         if (p != 0.0f) {
             const size_t o = (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8;
             if (F16) {
@@ -527,39 +534,26 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc_s[g * D + j * 8 + i] = acc[i];
     __syncthreads();
-    const int ht = t * Hq + h;
-    float* pp = part + ((size_t)ht * nsplit + sp) * (D + 2);
+    // the partial output goes to a separate area: the (max, sum) pairs are still being read
+    float* pout = part + (size_t)gridDim.y * Hq * nsplit * stride + ((size_t)ht * nsplit + sp) * D;
     for (int d = tid; d < D; d += 256) {
         float o = 0.0f;
         for (int gg = 0; gg < KPI; ++gg) o += acc_s[gg * D + d];
-        pp[2 + d] = o;
-    }
-    if (tid == 0) {
-        pp[0] = mx;
-        pp[1] = sum;
+        pout[d] = o;
     }
     __threadfence();
     __syncthreads();
-    if (tid == 0) last = atomicAdd(counter + ht, 1) == nsplit - 1;
+    if (tid == 0) last = atomicAdd(counter + ht, 1) == 2 * nsplit - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const float* base = part + (size_t)ht * nsplit * (D + 2);
-    float M = -INF;
-    for (int i = 0; i < nsplit; ++i) M = fmaxf(M, __ldcg(base + (size_t)i * (D + 2)));
-    float L = 0.0f;
-    for (int i = 0; i < nsplit; ++i) {
-        const float m = __ldcg(base + (size_t)i * (D + 2));
-        if (m != -INF) L += __ldcg(base + (size_t)i * (D + 2) + 1) * expf(m - M);
-    }
-    const float invL = L > 0.0f ? 1.0f / L : 0.0f;
-    for (int d = tid; d < D; d += 256) {
+    const float* pall = part + (size_t)gridDim.y * Hq * nsplit * stride + (size_t)ht * nsplit * D;
+    for (int d = tid; d < D; d += 256) {  // D % 32 == 0 when XQ: whole warps
         float o = 0.0f;
-        for (int i = 0; i < nsplit; ++i) {
-            const float m = __ldcg(base + (size_t)i * (D + 2));
-            if (m != -INF) o += __ldcg(base + (size_t)i * (D + 2) + 2 + d) * expf(m - M);
-        }
-        out[(size_t)ht * D + d] = o * invL;
+        for (int i = 0; i < nsplit; ++i) o += __ldcg(pall + (size_t)i * D + d);
+        const size_t oi = (size_t)ht * D + d;
+        out[oi] = o;
+        if (XQ) q8_store32(o, tid & 31, XQ, dso, (long long)(oi >> 5));
     }
     if (tid == 0) counter[ht] = 0;
 }
@@ -568,9 +562,9 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     extern "C" __global__ void __launch_bounds__(256) fattn_split_##D##_##F16(                 \
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
-        float softcap, float* part, int* counter, int nsplit) {                                \
+        float softcap, float* part, int* counter, int nsplit, u8* XQ, long long dso) {         \
         fattn_split_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, \
-                                 part, counter, nsplit);                                       \
+                                 part, counter, nsplit, XQ, dso);                              \
     }
 FATTN_SPLIT(16, 0)
 FATTN_SPLIT(16, 1)
