@@ -103,9 +103,19 @@ def test_integer_mat_vec_rounds_as_ggml(vulkan, monkeypatch, wtype, int_dot, ker
     assert nmse(vec_dot_round(normed, ty) @ wd.T + rs, got["normed"]) < 1e-6
 
 
-def test_attention_split_over_kv_length(vulkan, monkeypatch):
-    """A long cache is split over workgroups on the GPU kernels and merged by attn_combine."""
-    monkeypatch.setattr(vulkan.runtime, "cpu", False)
+@pytest.mark.parametrize(
+    "kernels",
+    [
+        "gpu",
+        pytest.param("cpu", marks=pytest.mark.xfail(
+            reason="flash_attn_rows returns garbage past ~42k cache elements a head (lavapipe)"
+        )),
+    ],
+)  # fmt: skip
+def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels):
+    """A long cache is split over workgroups on the GPU kernels and merged by attn_combine; the
+    per-row kernel (lavapipe's) walks it whole."""
+    monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     t, hq, hkv, s, d = 2, 4, 2, 700, 64
     rng = np.random.default_rng(7)
     feeds = {
@@ -119,7 +129,7 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch):
     k, v = g.input("k", (s, hkv, d), GGMLType.F16), g.input("v", (s, hkv, d), GGMLType.F16)
     g.output("out", g.flash_attn_ext(q, k, v, g.input("mask", (t, s)), scale=0.125))
     program = vulkan.compile(g, {})
-    assert any(d.shader == "attn_combine" for d in program.dispatches)
+    assert any(d.shader == "attn_combine" for d in program.dispatches) == (kernels == "gpu")
     got = program.run(feeds)["out"]
     kk = np.repeat(feeds["k"].astype(np.float32), hq // hkv, axis=1)
     vv = np.repeat(feeds["v"].astype(np.float32), hq // hkv, axis=1)
