@@ -90,11 +90,20 @@ def vec_dot_round(x: np.ndarray, weight_type: GGMLType) -> np.ndarray:
     return _round_q8_k(x)
 
 
+# Batches up to this many rows are multiplied one row at a time.
+ROW_BY_ROW = 32
+
+
 def _matmul_t(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w.T; one row goes through BLAS's matrix-vector product, which some BLAS builds run
-    two orders of magnitude faster than a one-row matrix product."""
-    if x.shape[0] == 1:
-        return (w @ x[0])[None, :]
+    """x @ w.T. Small batches go row by row through BLAS's matrix-vector product, so that a row's
+    result does not depend on what else is in the batch (a matrix product sums in an order that
+    depends on the row count): a sequence decodes the same alone or beside others in one batch.
+    Large batches (prompts) take the matrix product; the dequantization costs more than either."""
+    if x.shape[0] <= ROW_BY_ROW:
+        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+        for i, row in enumerate(x):
+            np.matmul(w, row, out=out[i])
+        return out
     return x @ w.T
 
 
