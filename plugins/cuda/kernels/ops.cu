@@ -220,6 +220,24 @@ extern "C" __global__ void to_f16(const float* x, u16* y, long long n) {
 // Attention of q [T, Hq, D] over S cached keys/values of head h / (Hq / Hkv); one block of 256
 // threads per (head, token). D/8 threads share one key (8 elements each); scores sit in shared
 // memory, followed by the partial sums of the PV product.
+// q·k over one lane's 8 elements of a key row (f16 or f32 cache), shared by both attention kernels.
+template <int F16>
+__device__ __forceinline__ float kdot8(const u8* __restrict__ k, size_t o, const float* qr) {
+    if (F16) {
+        const uint4 u = *(const uint4*)((const u16*)k + o);
+        const u32 w[4] = {u.x, u.y, u.z, u.w};
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            dot += qr[2 * i] * h2f((u16)(w[i] & 0xffff)) + qr[2 * i + 1] * h2f((u16)(w[i] >> 16));
+        return dot;
+    }
+    const float4 a = *(const float4*)((const float*)k + o);
+    const float4 b = *(const float4*)((const float*)k + o + 4);
+    return qr[0] * a.x + qr[1] * a.y + qr[2] * a.z + qr[3] * a.w + qr[4] * b.x + qr[5] * b.y +
+           qr[6] * b.z + qr[7] * b.w;
+}
+
 template <int D, int F16>
 __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8* __restrict__ k,
                                            const u8* __restrict__ v, const float* __restrict__ mask,
@@ -248,19 +266,7 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
         const int s = s0 + g;
         float dot = 0.0f;
         if (s < S && !(mrow && mrow[s] == -INF)) {
-            const size_t o = (size_t)s * ks + (size_t)hk * kh + j * 8;
-            if (F16) {
-                const uint4 u = *(const uint4*)((const u16*)k + o);
-                const u32 w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-                    dot += qr[2 * i] * h2f((u16)(w[i] & 0xffff)) + qr[2 * i + 1] * h2f((u16)(w[i] >> 16));
-            } else {
-                const float4 a = *(const float4*)((const float*)k + o);
-                const float4 b = *(const float4*)((const float*)k + o + 4);
-                dot = qr[0] * a.x + qr[1] * a.y + qr[2] * a.z + qr[3] * a.w + qr[4] * b.x +
-                      qr[5] * b.y + qr[6] * b.z + qr[7] * b.w;
-            }
+            dot = kdot8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, qr);
         }
 #pragma unroll
         for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
@@ -457,19 +463,7 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
         float dot = 0.0f;
         const bool live = s < hi && !(mrow && mrow[s] == -INF);
         if (live) {
-            const size_t o = (size_t)s * ks + (size_t)hk * kh + j * 8;
-            if (F16) {
-                const uint4 u = *(const uint4*)((const u16*)k + o);
-                const u32 w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-                    dot += qr[2 * i] * h2f((u16)(w[i] & 0xffff)) + qr[2 * i + 1] * h2f((u16)(w[i] >> 16));
-            } else {
-                const float4 a = *(const float4*)((const float*)k + o);
-                const float4 b = *(const float4*)((const float*)k + o + 4);
-                dot = qr[0] * a.x + qr[1] * a.y + qr[2] * a.z + qr[3] * a.w + qr[4] * b.x +
-                      qr[5] * b.y + qr[6] * b.z + qr[7] * b.w;
-            }
+            dot = kdot8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, qr);
         }
 #pragma unroll
         for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
