@@ -35,6 +35,11 @@ ALIGN = 256
 MAX_T_MATVEC = 8
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
+PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
+PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
+# f32 bytes that all workgroups of one matvec_q8p dispatch read for their prologues, at most (they
+# are served by the caches, but each workgroup reads them whole); LLMRT_VULKAN_PROLOGUE_MB sets it
+PROLOGUE_MB = float(os.environ.get("LLMRT_VULKAN_PROLOGUE_MB", "96"))
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -250,6 +255,47 @@ class VulkanProgram(Executable):
                 and (dst.dtype == F32 or (dst.dtype == F16 and r.shape[2] % 2 == 0))
             ):  # fmt: skip
                 self._rope_into[id(r)] = node
+        # producers whose every reader is an integer mat-vec that makes the q8 blocks in its own
+        # prologue (matvec_q8p): a norm (with its fused weight), a swiglu, split attention (its
+        # parts merged there, through a reshape). They emit no dispatch.
+        self._virtual: set[int] = set()
+        self._pro: dict[int, dict[str, Any]] = {}  # id(store) -> the prologue that makes it
+        users: dict[int, list[Tensor]] = {}
+        for node in graph.nodes:
+            for src in node.srcs:
+                users.setdefault(id(src), []).append(node)
+        outputs = {id(t) for t in graph.outputs.values()}
+        by_id = {id(n): n for n in graph.nodes}
+
+        def prologue_readers(n: Tensor, reads: int) -> bool:
+            rs = users.get(id(n), [])
+            return bool(rs) and id(n) not in outputs and all(
+                r.srcs[1] is n and r.srcs[0] is not n
+                and self._prologue_fits(r, bindings, reads)
+                for r in rs
+            )  # fmt: skip
+
+        if not self.rt.cpu:
+            for node in graph.nodes:
+                if node.op in (Op.RMS_NORM, Op.NORM) and node.shape[-1] % 32 == 0:
+                    mul = weighted.get(id(node))  # the fused weight's node, read instead
+                    if prologue_readers(by_id[mul] if mul else node, 3):
+                        self._virtual.add(id(node))
+                elif (
+                    node.op is Op.SWIGLU and node.shape[-1] % 32 == 0 and len(node.srcs) == 2
+                    and all(s.dtype == F32 and s.shape == node.shape for s in node.srcs)
+                    and prologue_readers(node, 2)
+                ):  # fmt: skip
+                    self._virtual.add(id(node))
+                elif node.op is Op.FLASH_ATTN_EXT and len(users.get(id(node), [])) == 1:
+                    (rs,) = users[id(node)]
+                    t, hq, _ = node.srcs[0].shape
+                    splits, _ = self._attn_splits(t, hq, node.srcs[2].shape[0])
+                    if (
+                        rs.op is Op.RESHAPE and id(node) not in outputs and splits > 1
+                        and node.shape[-1] % 32 == 0 and prologue_readers(rs, splits + 1)
+                    ):  # fmt: skip
+                        self._virtual.add(id(node))
         root: dict[int, int] = {}
         for node in graph.nodes:
             if id(node) in self._res_adds:
@@ -269,6 +315,12 @@ class VulkanProgram(Executable):
             for s in graph.nodes[position[r]].srcs:
                 key = root.get(id(s), id(s))
                 last[key] = max(last.get(key, 0), position[id(sr)])
+        for node in graph.nodes:  # a virtual producer's inputs are read by its last reader
+            if id(node) in self._virtual and node.op is not Op.FLASH_ATTN_EXT:
+                end = last.get(root.get(id(node), id(node)), position[id(node)])
+                for s in node.srcs:
+                    key = root.get(id(s), id(s))
+                    last[key] = max(last.get(key, 0), end)
         dying: dict[int, list[int]] = {}
         for r, i in last.items():
             dying.setdefault(i, []).append(r)
@@ -323,6 +375,27 @@ class VulkanProgram(Executable):
         k = w.shape[1]
         t = math.prod(b.shape) // k
         return k % 32 == 0 and b.dtype == F32 and (self.rt.cpu or t <= MAX_T_MATVEC)
+
+    def _prologue_fits(self, node: Tensor, bindings: Mapping[str, Any], reads: int) -> bool:
+        """Whether integer mat-vec `node` can make its q8 blocks in a prologue that reads `reads`
+        f32 values per activation value (matvec_q8p)."""
+        if self.rt.cpu or not self._q8_mat_vec(node, bindings):
+            return False
+        m, k = node.srcs[0].shape
+        t = math.prod(node.srcs[1].shape) // k
+        groups = -(-m // PROLOGUE_ROWS)
+        return t * k // 32 <= PROLOGUE_BLOCKS and groups * reads * t * k * 4 <= PROLOGUE_MB * 2**20
+
+    def _attn_splits(self, t: int, hq: int, s: int) -> tuple[int, int]:
+        """Parts of the KV length that decode attention is split into, and keys per part: on the
+        GPU kernels some 512 workgroups in all, parts of at least 32 keys (one workgroup per head
+        would walk its keys serially)."""
+        if self.rt.cpu:
+            return 1, -(-s // 128) * 128
+        splits = max(1, min(-(-s // 32), -(-512 // (t * hq)), ATTN_MAX_SPLITS))
+        per = -(-s // splits)
+        chunk = -(-per // 32) * 32
+        return -(-s // chunk), chunk  # none left empty
 
     def _q8(self, b: Ref) -> tuple[Store, int]:
         """b (contiguous f32, rows a multiple of 32 long) in q8 blocks (quantize_q8.comp): the
@@ -412,6 +485,11 @@ class VulkanProgram(Executable):
             axes = node.params["axes"]
             return Ref(src.store, src.off, node.shape, tuple(src.strides[a] for a in axes),
                        src.dtype)  # fmt: skip
+        if id(node) in self._fused and srcs[0].store.kind == "virtual":
+            pro = self._pro[id(srcs[0].store)]  # the norm weight, in the readers' prologue
+            pro["b"] = srcs[1]
+            pro["mode"] |= 512
+            return srcs[0]
         if id(node) in self._fused:  # mul by the norm weight: done by the norm's dispatch
             d = self._norms[id(node.srcs[0])]
             w = srcs[1]
@@ -435,6 +513,8 @@ class VulkanProgram(Executable):
                     d.push = tuple(push)
                     d.reads.append(y.store)
                 return srcs[0] if node.srcs[0] is mm else srcs[1]
+        if id(node) in self._virtual and op is Op.SWIGLU and all(r.contiguous for r in srcs):
+            return self._virtual_ref(node, {"mode": 3, "a": srcs[0], "b": srcs[1]})
         if id(node) in self._glu_q8:
             return self._swiglu_q8(node, srcs)
         if op in ELTWISE:
@@ -446,6 +526,12 @@ class VulkanProgram(Executable):
         if lower is None:
             raise UnsupportedOp(f"vulkan has no kernel for {op.value}")
         return lower(node, srcs)
+
+    def _virtual_ref(self, node: Tensor, pro: dict[str, Any]) -> Ref:
+        """The value of a producer left to its readers' prologues (matvec_q8p): no storage."""
+        store = Store("virtual", 0, 0)
+        self._pro[id(store)] = pro
+        return Ref(store, 0, node.shape, contiguous_strides(node.shape), F32)
 
     def _swiglu_q8(self, node: Tensor, srcs: list[Ref]) -> Ref:
         """swiglu written as f32 and as q8 blocks for the integer mat-vec reading it."""
@@ -515,6 +601,10 @@ class VulkanProgram(Executable):
         return node.shape[-1], math.prod(node.shape[:-1])
 
     def _op_rms_norm(self, node: Tensor, srcs: list[Ref], mode: int = 0) -> Ref:
+        if id(node) in self._virtual and srcs[0].contiguous:
+            pro = {"mode": 2 | (256 if mode & 1 else 0), "a": srcs[0], "b": srcs[0],
+                   "eps": node.params["eps"]}  # fmt: skip
+            return self._virtual_ref(node, pro)
         x = self._contig(srcs[0])
         n, rows = self._rows_op(node, x)
         out = self._new(node.shape, F32)
@@ -627,6 +717,14 @@ class VulkanProgram(Executable):
             chunk = max(256, (self.rt.max_range // w.row_nbytes) // 256 * 256)
         if w.type in Q8_TYPES and k % 32 == 0 and (self.rt.cpu or t <= MAX_T_MATVEC):
             # integer mat-vec on q8 activations, as ggml rounds them
+            pro = self._pro.get(id(b.store))
+            if b.store.kind == "virtual" and pro is None:
+                raise AssertionError("a virtual value without its prologue")
+            if pro is None and self._plain_prologue(b, m, k, t):
+                pro = {"mode": 1, "a": b, "b": b}
+            if pro is not None:  # the workgroups make the q8 blocks themselves
+                self._emit_q8p(w, a, pro, out, m, k, t, chunk, node_id)
+                return
             qstore, qs_off = self._q8(b)
             name = (
                 "matvec_q8" + ("_dot" if self.rt.int_dot else "") + ("_rows" if self.rt.cpu else "")
@@ -678,6 +776,34 @@ class VulkanProgram(Executable):
                     groups, [a, b], [out],
                 )  # fmt: skip
 
+    def _plain_prologue(self, b: Ref, m: int, k: int, t: int) -> bool:
+        """Whether a mat-vec quantizes its f32 activations itself, not by a quantize_q8 dispatch
+        before it: on the GPU kernels, when no q8 copy of them was made already."""
+        if self.rt.cpu or b.store.kind == "virtual" or t * k // 32 > PROLOGUE_BLOCKS:
+            return False
+        if (b.off, b.n) in self._q8_of.get(id(b.store), {}):
+            return False
+        return -(-m // PROLOGUE_ROWS) * t * k * 4 <= PROLOGUE_MB * 2**20
+
+    def _emit_q8p(self, w, a, pro, out, m, k, t, chunk, node_id) -> None:
+        """matvec_q8p: the integer mat-vec whose workgroups make their q8 blocks from `pro`."""
+        name = "matvec_q8p" + ("_dot" if self.rt.int_dot else "")
+        x, y = pro["a"], pro["b"]
+        patch = self._mat_vecs.setdefault(node_id, [])
+        for r0 in range(0, m, chunk):
+            rows = min(chunk, m - r0)
+            groups = self._grid(-(-rows // PROLOGUE_ROWS))
+            self._emit(
+                name, (TYPE_CODES[w.type],),
+                [(a.store, r0 * w.row_nbytes), (out.store, 0), (out.store, 0), (out.store, 0),
+                 (out.store, 0), (x.store, 0), (y.store, 0)],
+                "<14If",
+                (k, w.row_nbytes, rows, t, out.off + r0, m, groups[0], 0, 0, pro["mode"], x.off,
+                 y.off, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0)),
+                groups, [a, x, y], [out],
+            )  # fmt: skip
+            patch.append((self.dispatches[-1], r0))
+
     def _op_flash_attn_ext(self, node: Tensor, srcs: list[Ref]) -> Ref:
         q = self._contig(srcs[0])
         k, v = srcs[1], srcs[2]
@@ -688,24 +814,22 @@ class VulkanProgram(Executable):
         mask = self._contig(srcs[3]) if len(srcs) > 3 else None
         t, hq, dk = q.shape
         s, hkv, dv = v.shape
-        out = self._new(node.shape, F32)
         flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
         m = mask if mask is not None else q
         cpu = self.rt.cpu
         if max(dk, dv) > 256:
             raise UnsupportedOp("vulkan attention takes head sizes up to 256")
-        # on the GPU kernels, a long cache is split over workgroups (some 512 in all, parts of
-        # at least 32 keys) and the parts merged by attn_combine: one workgroup per head would
-        # walk its keys serially
-        splits, chunk = 1, -(-s // 128) * 128
-        if not cpu:
-            splits = max(1, min(-(-s // 32), -(-512 // (t * hq)), ATTN_MAX_SPLITS))
-            per = -(-s // splits)
-            chunk = -(-per // 32) * 32
-            splits = -(-s // chunk)  # none left empty
-        dst = out
-        if splits > 1:
+        # on the GPU kernels, a long cache is split over workgroups and the parts merged by
+        # attn_combine, or (virtual) in the prologue of the mat-vecs reading the result
+        splits, chunk = self._attn_splits(t, hq, s)
+        virtual = id(node) in self._virtual and splits > 1
+        if virtual:
             dst = self._new((t * hq * splits * (dv + 2),), F32)
+            self._pro[id(dst.store)] = {"mode": 4, "a": dst, "b": dst, "dv": dv, "splits": splits}
+            out = Ref(dst.store, dst.off, node.shape, contiguous_strides(node.shape), F32)
+        else:
+            out = self._new(node.shape, F32)
+            dst = self._new((t * hq * splits * (dv + 2),), F32) if splits > 1 else out
         groups = self._grid(-(-(t * hq) // 16) if cpu else t * hq * splits)
         spec = () if cpu else (dk, dv, int(k.dtype == F16), int(v.dtype == F16))
         self._emit(
@@ -717,7 +841,7 @@ class VulkanProgram(Executable):
              *(() if cpu else (splits, chunk))),
             groups, [q, k, v, m], [dst],
         )  # fmt: skip
-        if splits > 1:
+        if splits > 1 and not virtual:
             q8 = id(node) in self._attn_q8 and dv % 32 == 0
             qb: list[tuple[Store, int]] = [(out.store, 0), (out.store, 0)]
             writes = [out]

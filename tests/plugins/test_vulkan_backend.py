@@ -137,3 +137,52 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels):
     w = np.exp(scores - scores.max(-1, keepdims=True))
     want = np.einsum("ths,shd->thd", w / w.sum(-1, keepdims=True), vv)
     assert nmse(want, got) < 1e-5
+
+
+@pytest.mark.parametrize("kernels", ["gpu", "cpu"])
+def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
+    """On the GPU kernels a weighted rms_norm, a swiglu and split attention read only by integer
+    mat-vecs get no dispatch: each mat-vec workgroup makes its q8 blocks from their inputs
+    (matvec_q8p). Equal to the CPU backend up to the q8 rounding of values that differ in their
+    last bits."""
+    monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
+    cpu = registry().entry("cpu").devices[0]
+    t, hq, hkv, s, d, n, f = 2, 4, 2, 200, 32, 128, 192
+    rng = np.random.default_rng(11)
+    ty = GGMLType.Q4_0
+    shapes = {"wq": (n, n), "wg": (f, n), "wu": (f, n), "wd": (n, f), "wo": (n, hq * d)}
+    raw = {
+        k: quantize(rng.uniform(-1, 1, sh).astype(np.float32), ty).reshape(sh[0], -1)
+        for k, sh in shapes.items()
+    }
+    nw = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    g = Graph("block")
+    x = g.input("x", (t, n))
+    normed = g.mul(g.rms_norm(x, 1e-5), g.weight("nw", (n,), GGMLType.F32))
+    w = {k: g.weight(k, sh, ty) for k, sh in shapes.items()}
+    q = g.mul_mat(w["wq"], normed)
+    glu = g.swiglu(g.mul_mat(w["wg"], normed), g.mul_mat(w["wu"], normed))
+    h = g.add(g.mul_mat(w["wd"], glu), q)
+    kk, vv = g.input("k", (s, hkv, d), GGMLType.F16), g.input("v", (s, hkv, d), GGMLType.F16)
+    att = g.flash_attn_ext(g.reshape(h, t, hq, d), kk, vv, g.input("mask", (t, s)), scale=0.2)
+    g.output("out", g.add(g.mul_mat(w["wo"], g.reshape(att, t, hq * d)), h))
+    feeds = {
+        "x": rng.normal(size=(t, n)).astype(np.float32),
+        "k": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "v": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "mask": np.where(rng.uniform(size=(t, s)) < 0.2, -np.inf, 0).astype(np.float32),
+    }
+    results = []
+    for dev in (vulkan, cpu):
+        bound = {k: dev.upload(WeightData(k, ty, shapes[k], raw[k])) for k in shapes}
+        bound["nw"] = dev.upload(WeightData("nw", GGMLType.F32, (n,), nw))
+        program = dev.compile(g, bound)
+        results.append(program.run(feeds)["out"])
+        if dev is vulkan:
+            shaders = [d.shader for d in program.dispatches]
+            fused = kernels == "gpu"
+            assert fused == all(
+                name not in shaders for name in ("norm", "quantize_q8", "attn_combine")
+            )
+            assert fused == (sum(name.startswith("matvec_q8p") for name in shaders) == 5)
+    assert nmse(results[1], results[0]) < 1e-5

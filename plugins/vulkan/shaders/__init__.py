@@ -35,6 +35,13 @@ for _dot in ("", "_dot"):
             "matvec_q8",
             (*_macros, *(("USE_DOT",) if _dot else ())),
         )
+# the integer mat-vec that makes its q8 blocks itself, from the f32 values' producer (PROLOGUE)
+for _dot in ("", "_dot"):
+    for _kind, _macros in (("", ()), ("_sg", ("USE_SUBGROUP",))):
+        VARIANTS[f"matvec_q8p{_dot}{_kind}"] = (
+            "matvec_q8",
+            ("PROLOGUE", *_macros, *(("USE_DOT",) if _dot else ())),
+        )
 CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.endswith("_sg"))
 
 

@@ -11,6 +11,12 @@
 // sub, sub + TPR, ...), reduced by clustered subgroup adds (USE_SUBGROUP, subgroups of at least
 // TPR) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
 // dispatch row (gl_WorkGroupID.y picks the block of 8), no shared memory or barrier (lavapipe).
+//
+// PROLOGUE: the activations arrive as f32 (bindings 5, 6) and each workgroup makes their q8 blocks
+// itself, in shared memory, from what produced them (one barrier stage and dispatch less than a
+// producer writing q8 blocks): mode 1 the values as they are, 2 rms_norm or norm (bit 8: mean
+// subtracted, bit 9: times the f32 vector b), 3 swiglu(a, b), 4 the parts of split attention merged
+// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks.
 #ifdef USE_DOT
 #extension GL_EXT_spirv_intrinsics : require
 spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
@@ -29,6 +35,10 @@ int dot8(uint a, uint b) {
 #endif
 #ifdef PER_ROW
 #define WG 64
+#elif defined(PROLOGUE)
+#define WG 256
+#define TPR 32
+#define ROWS (WG / TPR)
 #else
 #define WG 128
 #define TPR 32
@@ -37,16 +47,107 @@ int dot8(uint a, uint b) {
 #define MAX_T 8
 layout(local_size_x = WG) in;
 
-layout(binding = 0) readonly buffer W { uint Wq[]; };
+layout(binding = 0) readonly restrict buffer W { uint Wq[]; };
+#ifdef PROLOGUE
+#define MAX_NB 512
+layout(binding = 5) readonly restrict buffer A { float pa[]; };
+layout(binding = 6) readonly restrict buffer B { float pb[]; };
+// the q8 blocks, written by q8_store (q8.glsl) and read by block_dot as xq / xs
+shared uvec4 q8q[2 * MAX_NB];
+shared vec2 q8s[MAX_NB];
+#define xq q8q
+#define xs q8s
+#else
 layout(binding = 1) readonly buffer XQ { uvec4 xq[]; };
 layout(binding = 2) readonly buffer XS { vec2 xs[]; };
+#endif
 layout(binding = 3) writeonly buffer D { float d[]; };
 layout(binding = 4) readonly buffer R { float res[]; };
 #include "quant.glsl"
 
 layout(push_constant) uniform P {
     uint k, row_bytes, rows, t, od, d_stride, groups_x, flags, ores;
+#ifdef PROLOGUE
+    uint mode, oa, ob, dv, splits;
+    float eps;
+#endif
 } p;
+
+#ifdef PROLOGUE
+#include "common.glsl"
+#include "q8.glsl"
+
+const float NEG_INF = -1.0 / 0.0;
+
+// the q8 blocks of all t activation rows into shared memory (then a barrier)
+void prologue() {
+    uint tid = gl_LocalInvocationID.x, nb = p.k / 32u, kind = p.mode & 7u;
+    float mean[MAX_T], scale[MAX_T];
+    if (kind == 2u) {
+        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+            mean[j] = 0.0;
+            scale[j] = 1.0;
+            if (j >= p.t) continue;
+            uint base = p.oa + j * p.k;
+            if ((p.mode & 256u) != 0u) {
+                float s = 0.0;
+                for (uint i = tid; i < p.k; i += WG) s += pa[base + i];
+                mean[j] = wg_sum(s) / float(p.k);
+            }
+            float s2 = 0.0;
+            for (uint i = tid; i < p.k; i += WG) {
+                float x = pa[base + i] - mean[j];
+                s2 += x * x;
+            }
+            scale[j] = inversesqrt(wg_sum(s2) / float(p.k) + p.eps);
+        }
+    }
+    for (uint b = tid; b < p.t * nb; b += WG) {
+        uint j = b / nb, e = (b % nb) * 32u, o = p.oa + j * p.k + e;
+        vec4 x[8];
+        if (kind == 4u) {  // split attention: rows of (token, head), parts of dv + 2 floats
+            uint hq = p.k / p.dv, rec = p.dv + 2u;
+            uint base = p.oa + (j * hq + e / p.dv) * p.splits * rec, e0 = e % p.dv;
+            float mx = NEG_INF;
+            for (uint i = 0; i < p.splits; i++) mx = max(mx, pa[base + i * rec + p.dv]);
+            float l = 0.0;
+            [[unroll]] for (uint u = 0; u < 8u; u++) x[u] = vec4(0.0);
+            for (uint i = 0; i < p.splits; i++) {
+                float m = pa[base + i * rec + p.dv];
+                float w = m == NEG_INF ? 0.0 : exp(m - mx);
+                l += pa[base + i * rec + p.dv + 1u] * w;
+                uint q = base + i * rec + e0;
+                [[unroll]] for (uint u = 0; u < 8u; u++)
+                    x[u] += vec4(pa[q + 4u * u], pa[q + 4u * u + 1u], pa[q + 4u * u + 2u],
+                                 pa[q + 4u * u + 3u]) * w;
+            }
+            [[unroll]] for (uint u = 0; u < 8u; u++) x[u] /= l;
+        } else {
+            [[unroll]] for (uint u = 0; u < 8u; u++) {
+                uint q = o + 4u * u;
+                x[u] = vec4(pa[q], pa[q + 1u], pa[q + 2u], pa[q + 3u]);
+            }
+            if (kind == 2u) {
+                bool weighted = (p.mode & 512u) != 0u;
+                [[unroll]] for (uint u = 0; u < 8u; u++) {
+                    x[u] = (x[u] - mean[j]) * scale[j];
+                    if (weighted) {
+                        uint q = p.ob + e + 4u * u;
+                        x[u] *= vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+                    }
+                }
+            } else if (kind == 3u) {
+                [[unroll]] for (uint u = 0; u < 8u; u++) {
+                    uint q = p.ob + j * p.k + e + 4u * u;
+                    x[u] = x[u] / (1.0 + exp(-x[u])) * vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+                }
+            }
+        }
+        q8_store(b, x);
+    }
+    barrier();
+}
+#endif
 
 uint spread4(uint h) {  // bits 0..3 of h to bit 4 of bytes 0..3
     return ((h & 1u) | ((h & 2u) << 7) | ((h & 4u) << 14) | ((h & 8u) << 21)) << 4;
@@ -136,6 +237,9 @@ void main() {
 shared float part[MAX_T][WG];
 
 void main() {
+#ifdef PROLOGUE
+    prologue();
+#endif
     uint tid = gl_LocalInvocationID.x, sub = tid % TPR, r = tid / TPR;
     uint row = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * ROWS + r;
     bool live = row < p.rows;
@@ -143,7 +247,13 @@ void main() {
     float acc[MAX_T];
     [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
     if (live) {
-        for (uint blk = sub; blk < nb; blk += TPR) block_dot(row * p.row_bytes, blk, nb, 0u, nt, acc);
+        // two blocks an iteration: the second's loads are in flight with the first's
+        uint rb = row * p.row_bytes, blk = sub;
+        for (; blk + TPR < nb; blk += 2u * TPR) {
+            block_dot(rb, blk, nb, 0u, nt, acc);
+            block_dot(rb, blk + TPR, nb, 0u, nt, acc);
+        }
+        if (blk < nb) block_dot(rb, blk, nb, 0u, nt, acc);
     }
 #ifdef USE_SUBGROUP
     if (gl_SubgroupSize >= TPR) {
