@@ -37,9 +37,12 @@ MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
-# f32 bytes that all workgroups of one matvec_q8p dispatch read for their prologues, at most (they
-# are served by the caches, but each workgroup reads them whole); LLMRT_VULKAN_PROLOGUE_MB sets it
-PROLOGUE_MB = float(os.environ.get("LLMRT_VULKAN_PROLOGUE_MB", "96"))
+# Each matvec_q8p workgroup reads its activations' inputs whole: at most this many f32 values
+# (larger ones keep a producer dispatch that writes q8 blocks), and a dispatch has at most
+# PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows. The environment
+# variables LLMRT_VULKAN_PROLOGUE_FLOATS and LLMRT_VULKAN_PROLOGUE_WGS set them (0: no prologue).
+PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "12288"))
+PROLOGUE_WGS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_WGS", "512"))
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -381,10 +384,9 @@ class VulkanProgram(Executable):
         f32 values per activation value (matvec_q8p)."""
         if self.rt.cpu or not self._q8_mat_vec(node, bindings):
             return False
-        m, k = node.srcs[0].shape
+        k = node.srcs[0].shape[1]
         t = math.prod(node.srcs[1].shape) // k
-        groups = -(-m // PROLOGUE_ROWS)
-        return t * k // 32 <= PROLOGUE_BLOCKS and groups * reads * t * k * 4 <= PROLOGUE_MB * 2**20
+        return t * k // 32 <= PROLOGUE_BLOCKS and reads * t * k <= PROLOGUE_FLOATS
 
     def _attn_splits(self, t: int, hq: int, s: int) -> tuple[int, int]:
         """Parts of the KV length that decode attention is split into, and keys per part: on the
@@ -720,7 +722,7 @@ class VulkanProgram(Executable):
             pro = self._pro.get(id(b.store))
             if b.store.kind == "virtual" and pro is None:
                 raise AssertionError("a virtual value without its prologue")
-            if pro is None and self._plain_prologue(b, m, k, t):
+            if pro is None and self._plain_prologue(b, k, t):
                 pro = {"mode": 1, "a": b, "b": b}
             if pro is not None:  # the workgroups make the q8 blocks themselves
                 self._emit_q8p(w, a, pro, out, m, k, t, chunk, node_id)
@@ -776,14 +778,14 @@ class VulkanProgram(Executable):
                     groups, [a, b], [out],
                 )  # fmt: skip
 
-    def _plain_prologue(self, b: Ref, m: int, k: int, t: int) -> bool:
+    def _plain_prologue(self, b: Ref, k: int, t: int) -> bool:
         """Whether a mat-vec quantizes its f32 activations itself, not by a quantize_q8 dispatch
         before it: on the GPU kernels, when no q8 copy of them was made already."""
         if self.rt.cpu or b.store.kind == "virtual" or t * k // 32 > PROLOGUE_BLOCKS:
             return False
         if (b.off, b.n) in self._q8_of.get(id(b.store), {}):
             return False
-        return -(-m // PROLOGUE_ROWS) * t * k * 4 <= PROLOGUE_MB * 2**20
+        return t * k <= PROLOGUE_FLOATS
 
     def _emit_q8p(self, w, a, pro, out, m, k, t, chunk, node_id) -> None:
         """matvec_q8p: the integer mat-vec whose workgroups make their q8 blocks from `pro`."""
@@ -792,14 +794,15 @@ class VulkanProgram(Executable):
         patch = self._mat_vecs.setdefault(node_id, [])
         for r0 in range(0, m, chunk):
             rows = min(chunk, m - r0)
-            groups = self._grid(-(-rows // PROLOGUE_ROWS))
+            groups = self._grid(max(1, min(-(-rows // PROLOGUE_ROWS), PROLOGUE_WGS)))
             self._emit(
                 name, (TYPE_CODES[w.type],),
                 [(a.store, r0 * w.row_nbytes), (out.store, 0), (out.store, 0), (out.store, 0),
                  (out.store, 0), (x.store, 0), (y.store, 0)],
-                "<14If",
+                "<14IfI",
                 (k, w.row_nbytes, rows, t, out.off + r0, m, groups[0], 0, 0, pro["mode"], x.off,
-                 y.off, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0)),
+                 y.off, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0),
+                 groups[0] * groups[1]),
                 groups, [a, x, y], [out],
             )  # fmt: skip
             patch.append((self.dispatches[-1], r0))

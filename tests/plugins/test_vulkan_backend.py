@@ -139,13 +139,17 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels):
     assert nmse(want, got) < 1e-5
 
 
-@pytest.mark.parametrize("kernels", ["gpu", "cpu"])
+@pytest.mark.parametrize("kernels", ["gpu", "gpu-3-workgroups", "cpu"])
 def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
     """On the GPU kernels a weighted rms_norm, a swiglu and split attention read only by integer
     mat-vecs get no dispatch: each mat-vec workgroup makes its q8 blocks from their inputs
-    (matvec_q8p). Equal to the CPU backend up to the q8 rounding of values that differ in their
-    last bits."""
+    (matvec_q8p), then takes every PROLOGUE_WGS-th group of rows. Equal to the CPU backend up to
+    the q8 rounding of values that differ in their last bits."""
+    import llmrt_vulkan.program
+
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
+    if kernels == "gpu-3-workgroups":
+        monkeypatch.setattr(llmrt_vulkan.program, "PROLOGUE_WGS", 3)
     cpu = registry().entry("cpu").devices[0]
     t, hq, hkv, s, d, n, f = 2, 4, 2, 200, 32, 128, 192
     rng = np.random.default_rng(11)
@@ -180,7 +184,7 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
         results.append(program.run(feeds)["out"])
         if dev is vulkan:
             shaders = [d.shader for d in program.dispatches]
-            fused = kernels == "gpu"
+            fused = kernels != "cpu"
             assert fused == all(
                 name not in shaders for name in ("norm", "quantize_q8", "attn_combine")
             )

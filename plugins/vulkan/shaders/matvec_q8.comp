@@ -70,80 +70,82 @@ layout(push_constant) uniform P {
 #ifdef PROLOGUE
     uint mode, oa, ob, dv, splits;
     float eps;
+    uint ngroups;
 #endif
 } p;
 
 #ifdef PROLOGUE
 #include "common.glsl"
+#define Q8_QUADS
 #include "q8.glsl"
 
 const float NEG_INF = -1.0 / 0.0;
+shared float pro_mean[MAX_T], pro_scale[MAX_T];
+
+// quad c (values 4c..4c+3) of block b of the activations, from their producer
+vec4 pro_quad(uint b, uint c) {
+    uint nb = p.k / 32u, j = b / nb, e = (b % nb) * 32u + 4u * c, kind = p.mode & 7u;
+    if (kind == 4u) {  // split attention: rows of (token, head), parts of dv + 2 floats
+        uint hq = p.k / p.dv, rec = p.dv + 2u;
+        uint base = p.oa + (j * hq + e / p.dv) * p.splits * rec, e0 = e % p.dv;
+        float mx = NEG_INF;
+        for (uint i = 0; i < p.splits; i++) mx = max(mx, pa[base + i * rec + p.dv]);
+        float l = 0.0;
+        vec4 x = vec4(0.0);
+        for (uint i = 0; i < p.splits; i++) {
+            uint q = base + i * rec;
+            float m = pa[q + p.dv];
+            float w = m == NEG_INF ? 0.0 : exp(m - mx);
+            l += pa[q + p.dv + 1u] * w;
+            x += vec4(pa[q + e0], pa[q + e0 + 1u], pa[q + e0 + 2u], pa[q + e0 + 3u]) * w;
+        }
+        return x / l;
+    }
+    uint o = p.oa + j * p.k + e;
+    vec4 x = vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
+    if (kind == 2u) {
+        x = (x - pro_mean[j]) * pro_scale[j];
+        if ((p.mode & 512u) != 0u) {
+            uint q = p.ob + e;
+            x *= vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+        }
+    } else if (kind == 3u) {
+        uint q = p.ob + j * p.k + e;
+        x = x / (1.0 + exp(-x)) * vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+    }
+    return x;
+}
 
 // the q8 blocks of all t activation rows into shared memory (then a barrier)
 void prologue() {
-    uint tid = gl_LocalInvocationID.x, nb = p.k / 32u, kind = p.mode & 7u;
-    float mean[MAX_T], scale[MAX_T];
-    if (kind == 2u) {
-        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
-            mean[j] = 0.0;
-            scale[j] = 1.0;
-            if (j >= p.t) continue;
+    uint tid = gl_LocalInvocationID.x;
+    if ((p.mode & 7u) == 2u) {
+        for (uint j = 0; j < p.t; j++) {
             uint base = p.oa + j * p.k;
+            float mean = 0.0;
             if ((p.mode & 256u) != 0u) {
                 float s = 0.0;
                 for (uint i = tid; i < p.k; i += WG) s += pa[base + i];
-                mean[j] = wg_sum(s) / float(p.k);
+                mean = wg_sum(s) / float(p.k);
             }
             float s2 = 0.0;
             for (uint i = tid; i < p.k; i += WG) {
-                float x = pa[base + i] - mean[j];
+                float x = pa[base + i] - mean;
                 s2 += x * x;
             }
-            scale[j] = inversesqrt(wg_sum(s2) / float(p.k) + p.eps);
+            float scale = inversesqrt(wg_sum(s2) / float(p.k) + p.eps);
+            if (tid == 0u) {
+                pro_mean[j] = mean;
+                pro_scale[j] = scale;
+            }
         }
+        barrier();
     }
-    for (uint b = tid; b < p.t * nb; b += WG) {
-        uint j = b / nb, e = (b % nb) * 32u, o = p.oa + j * p.k + e;
-        vec4 x[8];
-        if (kind == 4u) {  // split attention: rows of (token, head), parts of dv + 2 floats
-            uint hq = p.k / p.dv, rec = p.dv + 2u;
-            uint base = p.oa + (j * hq + e / p.dv) * p.splits * rec, e0 = e % p.dv;
-            float mx = NEG_INF;
-            for (uint i = 0; i < p.splits; i++) mx = max(mx, pa[base + i * rec + p.dv]);
-            float l = 0.0;
-            [[unroll]] for (uint u = 0; u < 8u; u++) x[u] = vec4(0.0);
-            for (uint i = 0; i < p.splits; i++) {
-                float m = pa[base + i * rec + p.dv];
-                float w = m == NEG_INF ? 0.0 : exp(m - mx);
-                l += pa[base + i * rec + p.dv + 1u] * w;
-                uint q = base + i * rec + e0;
-                [[unroll]] for (uint u = 0; u < 8u; u++)
-                    x[u] += vec4(pa[q + 4u * u], pa[q + 4u * u + 1u], pa[q + 4u * u + 2u],
-                                 pa[q + 4u * u + 3u]) * w;
-            }
-            [[unroll]] for (uint u = 0; u < 8u; u++) x[u] /= l;
-        } else {
-            [[unroll]] for (uint u = 0; u < 8u; u++) {
-                uint q = o + 4u * u;
-                x[u] = vec4(pa[q], pa[q + 1u], pa[q + 2u], pa[q + 3u]);
-            }
-            if (kind == 2u) {
-                bool weighted = (p.mode & 512u) != 0u;
-                [[unroll]] for (uint u = 0; u < 8u; u++) {
-                    x[u] = (x[u] - mean[j]) * scale[j];
-                    if (weighted) {
-                        uint q = p.ob + e + 4u * u;
-                        x[u] *= vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
-                    }
-                }
-            } else if (kind == 3u) {
-                [[unroll]] for (uint u = 0; u < 8u; u++) {
-                    uint q = p.ob + j * p.k + e + 4u * u;
-                    x[u] = x[u] / (1.0 + exp(-x[u])) * vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
-                }
-            }
-        }
-        q8_store(b, x);
+    uint nq = p.t * (p.k / 32u) * 8u;
+    for (uint q0 = 0; q0 < nq; q0 += WG) {
+        uint qd = q0 + tid;
+        bool on = qd < nq;
+        q8_store_quad(tid, on, qd / 8u, qd % 8u, on ? pro_quad(qd / 8u, qd % 8u) : vec4(0.0));
     }
     barrier();
 }
@@ -236,12 +238,10 @@ void main() {
 #else
 shared float part[MAX_T][WG];
 
-void main() {
-#ifdef PROLOGUE
-    prologue();
-#endif
+// rows rg * ROWS .. rg * ROWS + ROWS - 1
+void row_group(uint rg) {
     uint tid = gl_LocalInvocationID.x, sub = tid % TPR, r = tid / TPR;
-    uint row = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * ROWS + r;
+    uint row = rg * ROWS + r;
     bool live = row < p.rows;
     uint nb = p.k / 32u, nt = min(p.t, uint(MAX_T));
     float acc[MAX_T];
@@ -275,5 +275,18 @@ void main() {
         [[unroll]] for (uint i = 0; i < TPR; i++) v += part[sub][r * TPR + i];
         store(row, sub, v);
     }
+    barrier();
+}
+
+void main() {
+    uint g = gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x;
+#ifdef PROLOGUE
+    // the prologue's cost is paid once per workgroup: a workgroup takes every ngroups-th group
+    prologue();
+    uint n_rg = (p.rows + ROWS - 1u) / ROWS;
+    for (uint rg = g; rg < n_rg; rg += p.ngroups) row_group(rg);
+#else
+    row_group(g);
+#endif
 }
 #endif

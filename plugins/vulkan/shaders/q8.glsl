@@ -50,3 +50,33 @@ void q8_store(uint b, vec4 x[8]) {
     q8q[2u * b + 1u] = uvec4(w[4], w[5], w[6], w[7]);
     q8s[b] = vec2(d, float(sum));
 }
+
+#ifdef Q8_QUADS
+// The same rounding, eight invocations to a block, four values each: invocations 8i..8i+7 of the
+// workgroup hold quads 0..7 of block b (those with `on` false take part in the barriers only).
+// Called in uniform control flow: it has two barriers.
+shared float q8_amax_[WG];
+shared int q8_sum_[WG];
+
+void q8_store_quad(uint tid, bool on, uint b, uint c, vec4 x) {
+    vec4 m = abs(x);
+    q8_amax_[tid] = max(max(m.x, m.y), max(m.z, m.w));
+    barrier();
+    uint g = tid & ~7u;
+    float amax = 0.0;
+    [[unroll]] for (uint i = 0; i < 8u; i++) amax = max(amax, q8_amax_[g + i]);
+    float inv = amax > 0.0 ? div_rn(127.0, amax) : 0.0;
+    ivec4 q = ivec4(roundEven(x * inv));
+    q8_sum_[tid] = q.x + q.y + q.z + q.w;
+    if (on) {
+        q8q[2u * b + c / 4u][c % 4u] =
+            uint(q.x & 0xFF) | uint(q.y & 0xFF) << 8 | uint(q.z & 0xFF) << 16 | uint(q.w & 0xFF) << 24;
+    }
+    barrier();
+    if (on && c == 0u) {
+        int sum = 0;
+        [[unroll]] for (uint i = 0; i < 8u; i++) sum += q8_sum_[g + i];
+        q8s[b] = vec2(f16_rne(div_rn(amax, 127.0)), float(sum));
+    }
+}
+#endif
