@@ -417,7 +417,7 @@ class VulkanProgram(Executable):
         else:
             self._temps.append(store)
         ref = Ref(store, 0, (store.nbytes // 4,), (1,), F32)
-        groups = self._grid(-(-nblocks // 64))
+        groups = self._grid(-(-nblocks // 32))
         self._emit(
             "quantize_q8", (),
             [(b.store, 0), (store, 0), (store, qs_bytes), (b.store, 0), (b.store, 0)], "<6I",
@@ -541,7 +541,7 @@ class VulkanProgram(Executable):
         out = self._new(node.shape, F32)
         q8, qs_bytes = self._q8_store(out)
         nblocks = out.n // 32
-        groups = self._grid(-(-nblocks // 64))
+        groups = self._grid(-(-nblocks // 32))
         self._emit(
             "quantize_q8", (),
             [(a.store, 0), (q8, 0), (q8, qs_bytes), (b.store, 0), (out.store, 0)], "<6I",
@@ -852,7 +852,7 @@ class VulkanProgram(Executable):
                 store, qs_bytes = self._q8_store(out)
                 qb = [(store, 0), (store, qs_bytes)]
                 writes.append(Ref(store, 0, (store.nbytes // 4,), (1,), F32))
-            groups = self._grid(-(-(t * hq * dv // (32 if q8 else 1)) // 256))
+            groups = self._grid(-(-(t * hq * dv // (4 if q8 else 1)) // 256))
             self._emit(
                 "attn_combine", (), [(dst.store, 0), (out.store, 0), *qb], "<7I",
                 (dv, splits, t * hq, dst.off, out.off, groups[0], int(q8)), groups, [dst],

@@ -3,8 +3,8 @@
 // The parts of attention split over the KV length (flash_attn.comp, splits > 1) merged: each part
 // is DV unnormalized sums, its running max m and its sum of weights l; out = sum_i acc_i e^(m_i - M)
 // / sum_i l_i e^(m_i - M), M the largest m. One invocation per output element; with q8 set (DV a
-// multiple of 32), one per block of 32 elements, which also go to q8 blocks for the integer
-// mat-vec reading them (q8.glsl).
+// multiple of 32), one per four elements, which also go to q8 blocks (eight invocations to a
+// block) for the integer mat-vec reading them (q8.glsl).
 #define WG 256
 layout(local_size_x = WG) in;
 
@@ -12,6 +12,7 @@ layout(binding = 0) readonly buffer A { float part[]; };
 layout(binding = 1) writeonly buffer D { float d[]; };
 layout(binding = 2) writeonly buffer Q { uvec4 q8q[]; };
 layout(binding = 3) writeonly buffer S { vec2 q8s[]; };
+#define Q8_QUADS
 #include "q8.glsl"
 
 layout(push_constant) uniform P { uint dv, splits, rows, op, od, groups_x, q8; } p;
@@ -19,10 +20,11 @@ layout(push_constant) uniform P { uint dv, splits, rows, op, od, groups_x, q8; }
 const float NEG_INF = -1.0 / 0.0;
 
 void main() {
-    uint idx = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * WG + gl_LocalInvocationID.x;
-    uint width = p.q8 != 0u ? 32u : 1u, per_row = p.dv / width;
-    if (idx >= p.rows * per_row) return;
-    uint row = idx / per_row, e0 = (idx % per_row) * width, rec = p.dv + 2u;
+    uint tid = gl_LocalInvocationID.x;
+    uint idx = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * WG + tid;
+    uint width = p.q8 != 0u ? 4u : 1u, per_row = p.dv / width;
+    bool on = idx < p.rows * per_row;
+    uint row = on ? idx / per_row : 0u, e0 = (idx % per_row) * width, rec = p.dv + 2u;
     uint base = p.op + row * p.splits * rec;
     float mx = NEG_INF;
     for (uint i = 0; i < p.splits; i++) mx = max(mx, part[base + i * rec + p.dv]);
@@ -32,6 +34,7 @@ void main() {
         l += part[base + i * rec + p.dv + 1u] * (m == NEG_INF ? 0.0 : exp(m - mx));
     }
     if (p.q8 == 0u) {
+        if (!on) return;
         float acc = 0.0;
         for (uint i = 0; i < p.splits; i++) {
             float m = part[base + i * rec + p.dv];
@@ -40,23 +43,21 @@ void main() {
         d[p.od + idx] = acc / l;
         return;
     }
-    vec4 x[8];
-    [[unroll]] for (uint u = 0; u < 8u; u++) x[u] = vec4(0.0);
+    // q8: four elements an invocation, eight invocations to a q8 block
+    vec4 x = vec4(0.0);
     for (uint i = 0; i < p.splits; i++) {
         float m = part[base + i * rec + p.dv];
         float w = m == NEG_INF ? 0.0 : exp(m - mx);
         uint o = base + i * rec + e0;
-        [[unroll]] for (uint u = 0; u < 8u; u++)
-            x[u] += vec4(part[o + 4u * u], part[o + 4u * u + 1u], part[o + 4u * u + 2u],
-                         part[o + 4u * u + 3u]) * w;
+        x += vec4(part[o], part[o + 1u], part[o + 2u], part[o + 3u]) * w;
     }
-    [[unroll]] for (uint u = 0; u < 8u; u++) {
-        x[u] /= l;
-        uint o = p.od + row * p.dv + e0 + 4u * u;
-        d[o] = x[u].x;
-        d[o + 1u] = x[u].y;
-        d[o + 2u] = x[u].z;
-        d[o + 3u] = x[u].w;
+    x /= l;
+    if (on) {
+        uint o = p.od + row * p.dv + e0;
+        d[o] = x.x;
+        d[o + 1u] = x.y;
+        d[o + 2u] = x.z;
+        d[o + 3u] = x.w;
     }
-    q8_store(idx, x);
+    q8_store_quad(tid, on, idx / 8u, idx % 8u, x);
 }
