@@ -8,7 +8,8 @@
 // ...), reading V rows a word per thread; the lanes are summed at the end.
 // Split over the KV length (splits > 1): workgroup (token, head, split) takes keys
 // [split * chunk, (split + 1) * chunk) and writes its unnormalized sums, running max and sum of
-// weights (DV + 2 floats) for attn_combine.comp.
+// weights (DV + 2 floats) for attn_combine.comp. Masked keys (-inf) read no K row, and V rows are
+// read up to the last key of nonzero weight only (a decode graph sees 256 cells, mostly masked).
 #define WG 128
 layout(local_size_x = WG) in;
 #include "common.glsl"
@@ -37,6 +38,7 @@ shared float qs[DK];
 shared float ps[WG];
 shared vec2 accs[WG];
 
+const float NEG_INF = -1.0 / 0.0;
 bool has2;  // whether this thread's pair has a second element (DV odd)
 
 vec2 v_pair(uint e) {  // V elements e and e + 1
@@ -55,7 +57,6 @@ void main() {
         qs[i] = KF16 != 0u ? round_f16(x) : x;
     }
     barrier();
-    const float NEG_INF = -1.0 / 0.0;
     uint pair = tid % NP, lane = tid / NP;
     has2 = 2u * pair + 1u < DV;
     float m = NEG_INF, l = 0.0;
@@ -63,7 +64,9 @@ void main() {
     for (uint c = c0; c < c1; c += WG) {
         uint key = c + tid;
         float score = NEG_INF;
-        if (key < c1) {
+        // a masked key (-inf) costs no K row read
+        float mk = key < c1 && masked ? mask[p.om + tok * p.s + key] : 0.0;
+        if (key < c1 && mk != NEG_INF) {
             uint kb = p.ok + key * p.k_row + hk * DK;
             float dot_ = 0.0;
             if (KF16 != 0u && (kb & 1u) == 0u) {
@@ -77,9 +80,10 @@ void main() {
             }
             score = dot_ * p.scale;
             if (p.softcap != 0.0) score = safe_tanh(score / p.softcap) * p.softcap;
-            if (masked) score += mask[p.om + tok * p.s + key];
+            score += mk;
         }
         float mnew = max(m, wg_max(score));  // its barriers also end the last chunk's reads of ps
+        if (mnew == NEG_INF) continue;  // every key so far masked
         float e = score == NEG_INF ? 0.0 : exp(score - mnew);
         if (VF16 != 0u) e = round_f16(e);
         ps[tid] = e;
@@ -87,8 +91,9 @@ void main() {
         l = l * alpha + wg_sum(e);  // wg_sum's barriers also publish ps
         m = mnew;
         acc *= alpha;
+        // V rows up to the last key of nonzero weight (a masked tail of the cache is not read)
+        uint n = min(min(uint(WG), c1 - c), uint(wg_max(e > 0.0 ? float(tid + 1u) : 0.0)));
         if (lane < LANES) {
-            uint n = min(uint(WG), c1 - c);
             uint vb = p.ov + c * p.v_row + hk * DV + 2u * pair;
             uint j = lane;
             for (; j + 3u * LANES < n; j += 4u * LANES) {
