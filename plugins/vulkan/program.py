@@ -43,6 +43,9 @@ PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in 
 # variables LLMRT_VULKAN_PROLOGUE_FLOATS and LLMRT_VULKAN_PROLOGUE_WGS set them (0: no prologue).
 PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "12288"))
 PROLOGUE_WGS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_WGS", "512"))
+# matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
+Q8P_PUSH = "<14IfI9If"
+Q8P_EMODE = 16  # index of emode in them
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -299,8 +302,43 @@ class VulkanProgram(Executable):
                         and node.shape[-1] % 32 == 0 and prologue_readers(rs, splits + 1)
                     ):  # fmt: skip
                         self._virtual.add(id(node))
+        # a mat-vec read (through a reshape) only by a normal-mode rope, or only as the rows a
+        # set_rows writes into a cache: matvec_q8p's epilogue ropes the rows in pairs and writes
+        # them there (the rope's and set_rows' dispatches go)
+        self._epi_rope: dict[int, Tensor] = {}  # rope node id -> mat-vec node
+        self._epi_cache: dict[int, Tensor] = {}  # set_rows node id -> mat-vec node
+
+        def only_mat_vec(n: Tensor, reader: Tensor) -> Tensor | None:
+            mm = n.srcs[0] if n.op is Op.RESHAPE else None
+            if (
+                mm is None or [id(u) for u in users.get(id(n), [])] != [id(reader)]
+                or [id(u) for u in users.get(id(mm), [])] != [id(n)]
+                or id(n) in outputs or id(mm) in outputs or self.rt.cpu
+                or not self._q8_mat_vec(mm, bindings)
+            ):  # fmt: skip
+                return None
+            return mm
+
+        for node in graph.nodes:
+            if (
+                node.op is Op.ROPE and node.params["mode"] != ROPE_NEOX and len(node.shape) == 3
+                and node.shape[2] % 2 == 0 and node.params["n_dims"] % 2 == 0
+            ):  # fmt: skip
+                mm = only_mat_vec(node.srcs[0], node)
+                if mm is not None:
+                    self._epi_rope[id(node)] = mm
+            elif node.op is Op.SET_ROWS and node.srcs[2].op is Op.RESHAPE:
+                dst, src = node.srcs[0], node.srcs[2]
+                mm = only_mat_vec(src, node)
+                if mm is not None and len(src.shape) == 3 and src.shape[2] % 2 == 0 and (
+                    src.shape[1] * src.shape[2] == math.prod(dst.shape[1:])
+                ):  # fmt: skip
+                    self._epi_cache[id(node)] = mm
+        self._epi_pending: dict[int, Dispatch] = {}  # rope node id -> mat-vec dispatch
         root: dict[int, int] = {}
         for node in graph.nodes:
+            if id(node) in self._epi_rope:  # the rope's value is the mat-vec's storage
+                root[id(node)] = root.get(id(node.srcs[0]), id(node.srcs[0]))
             if id(node) in self._res_adds:
                 mm = self._res_adds[id(node)]
                 root[id(node)] = root.get(id(mm), id(mm))
@@ -583,6 +621,22 @@ class VulkanProgram(Executable):
         dst, ids, src = srcs
         ids = self._contig(ids)
         width = math.prod(dst.shape[1:])
+        d = self._epi_pending.pop(id(node.srcs[2]), None)  # a rope in a mat-vec's epilogue
+        if d is None and id(node) in self._epi_cache and src.contiguous:
+            d = self._epi_dispatch(self._epi_cache[id(node)])  # the mat-vec's rows, as they are
+            if d is not None:
+                self._patch_push(d, Q8P_EMODE + 3, (2,))  # dim: any even number
+        f16 = dst.dtype == F16
+        if d is not None and (not f16 or (dst.off % 2 == 0 and width % 2 == 0)):
+            # the mat-vec writes its rows into the cache rows
+            emode = d.push[Q8P_EMODE] | 2 | (4 if f16 else 0)
+            self._patch_push(d, Q8P_EMODE, (emode, dst.off, width))
+            self._patch_push(d, Q8P_EMODE + 7, (ids.off,))
+            d.bindings[3] = (dst.store, 0)
+            d.bindings[10] = (ids.store, 0)
+            d.reads.append(ids.store)
+            d.writes = [dst.store]
+            return Ref(dst.store, dst.off, node.shape, contiguous_strides(node.shape), dst.dtype)
         pending = self._rope_pending.pop(id(node.srcs[2]), None)
         if pending is not None:
             rope, rope_srcs = pending
@@ -653,7 +707,37 @@ class VulkanProgram(Executable):
                    (n, rows, x.off, out.off, groups[0]), groups, [x], [out])  # fmt: skip
         return out
 
+    def _epi_dispatch(self, mm: Tensor | None) -> Dispatch | None:
+        """The one matvec_q8p dispatch of mat-vec `mm` with no epilogue yet, if it is one."""
+        patch = self._mat_vecs.get(id(mm)) if mm is not None else None
+        if not patch or len(patch) != 1:
+            return None
+        d = patch[0][0]
+        return d if d.shader.startswith("matvec_q8p") and d.push[Q8P_EMODE] == 0 else None
+
+    def _patch_push(self, d: Dispatch, start: int, values: tuple[Any, ...]) -> None:
+        push = list(d.push)
+        push[start : start + len(values)] = values
+        d.push = tuple(push)
+
     def _op_rope(self, node: Tensor, srcs: list[Ref]) -> Ref:
+        d = self._epi_dispatch(self._epi_rope.get(id(node)))
+        if d is not None and all(r.contiguous for r in srcs):
+            # the mat-vec ropes its rows in its epilogue: its output holds the rope's value
+            p, dim = node.params, node.shape[2]
+            x, pos = srcs[0], srcs[1]
+            factors = srcs[2] if len(srcs) > 2 else None
+            table = self._rope_table(p)
+            f = factors if factors is not None else pos
+            d.bindings[7:10] = [(pos.store, 0), (table, 0), (f.store, 0)]
+            d.reads += [pos.store, table, f.store]
+            # emode, eo, width, dim, n_dims, opos, off, oi, has_factors, attn_factor
+            epi = (1, 0, 0, dim, p["n_dims"], pos.off, f.off, 0, int(factors is not None),
+                   p["attn_factor"])  # fmt: skip
+            self._patch_push(d, Q8P_EMODE, epi)
+            if id(node) in self._rope_into:
+                self._epi_pending[id(node)] = d  # the set_rows names the cache rows
+            return Ref(x.store, x.off, node.shape, contiguous_strides(node.shape), F32)
         if id(node) in self._rope_into and all(r.contiguous for r in srcs):
             # written straight into the cache rows by the set_rows that reads it
             self._rope_pending[id(node)] = (node, srcs)
@@ -662,19 +746,22 @@ class VulkanProgram(Executable):
         self._emit_rope(node, srcs, out.store, out.off, out, None, 0)
         return out
 
+    def _rope_table(self, p: Mapping[str, Any]) -> Store:
+        """inv_freq[i] = freq_base^(-2i/n_dims) * freq_scale, computed in double precision."""
+        half = p["n_dims"] // 2
+        inv = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / p["n_dims"])
+        table = self.rt.buffer(max(16, half * 4))
+        self.rt.write(table, (inv * p["freq_scale"]).astype(np.float32))
+        self.constants.append(table)
+        return Store("buffer", 0, table.size, table)
+
     def _emit_rope(self, node, srcs, dst, od, write, ids, width, f16=False) -> None:
         """rope.comp: into out (ids None) or into rows ids of a cache `width` elements wide."""
         p = node.params
         x, pos = self._contig(srcs[0]), self._contig(srcs[1])
         factors = self._contig(srcs[2]) if len(srcs) > 2 else None
         t, h, d = node.shape
-        n_dims = p["n_dims"]
-        half = n_dims // 2
-        inv = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
-        table = self.rt.buffer(max(16, half * 4))
-        self.rt.write(table, (inv * p["freq_scale"]).astype(np.float32))
-        self.constants.append(table)
-        tstore = Store("buffer", 0, table.size, table)
+        tstore = self._rope_table(p)
         f = factors if factors is not None else x
         i = ids if ids is not None else x
         flags = (0 if ids is None else 1) | (2 if f16 else 0)
@@ -683,7 +770,7 @@ class VulkanProgram(Executable):
             "rope", (),
             [(x.store, 0), (pos.store, 0), (tstore, 0), (f.store, 0), (dst, 0), (i.store, 0)],
             "<10IfI3I",
-            (t, h, d, n_dims, x.off, pos.off, f.off, od, int(p["mode"] == ROPE_NEOX),
+            (t, h, d, p["n_dims"], x.off, pos.off, f.off, od, int(p["mode"] == ROPE_NEOX),
              int(factors is not None), p["attn_factor"], groups[0], flags, i.off, width),
             groups, [x, pos, f, i], [write],
         )  # fmt: skip
@@ -797,12 +884,12 @@ class VulkanProgram(Executable):
             groups = self._grid(max(1, min(-(-rows // PROLOGUE_ROWS), PROLOGUE_WGS)))
             self._emit(
                 name, (TYPE_CODES[w.type],),
-                [(a.store, r0 * w.row_nbytes), (out.store, 0), (out.store, 0), (out.store, 0),
-                 (out.store, 0), (x.store, 0), (y.store, 0)],
-                "<14IfI",
+                [(a.store, r0 * w.row_nbytes), *[(out.store, 0)] * 4, (x.store, 0), (y.store, 0),
+                 *[(out.store, 0)] * 4],
+                Q8P_PUSH,
                 (k, w.row_nbytes, rows, t, out.off + r0, m, groups[0], 0, 0, pro["mode"], x.off,
                  y.off, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0),
-                 groups[0] * groups[1]),
+                 groups[0] * groups[1], *(0,) * 9, 1.0),
                 groups, [a, x, y], [out],
             )  # fmt: skip
             patch.append((self.dispatches[-1], r0))

@@ -47,9 +47,13 @@ def test_weight_split_across_bindings(vulkan, monkeypatch):
     assert nmse(x @ data.T, got) < 1e-3
 
 
-def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab):
+@pytest.mark.parametrize("kernels", ["gpu", "cpu"])
+def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab, monkeypatch, kernels):
+    """On both kernel families; on the GPU kernels the decode step's norms, swiglu and attention
+    merge go to mat-vec prologues, its ropes and cache writes to mat-vec epilogues."""
     from llmrt.engine import load
 
+    monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     cpu, gpu = load(tiny_gguf_with_vocab, device="cpu"), load(tiny_gguf_with_vocab, device=vulkan)
     prompt = [1, 5, 9, 3, 7, 2]
     want = cpu.context(n_ctx=64).eval(prompt, all_logits=True)
@@ -61,6 +65,11 @@ def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab):
     a.eval(prompt)
     for token in (4, 8, 6):
         assert nmse(a.eval([token]), ctx.eval([token])) < 1e-3
+    exe = next(v for k, v in ctx.graphs.items() if k[0] == 1)
+    program = next(p for p in getattr(exe, "programs", [exe]) if hasattr(p, "dispatches"))
+    shaders = {d.shader for d in program.dispatches}
+    fused = {"norm", "rope", "set_rows", "quantize_q8"}  # (heads of 16: attn_combine stays)
+    assert (not shaders & fused) == (kernels == "gpu")
 
 
 @pytest.mark.parametrize("kernels", ["gpu", "cpu"])

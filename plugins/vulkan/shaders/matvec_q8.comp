@@ -16,7 +16,10 @@
 // itself, in shared memory, from what produced them (one barrier stage and dispatch less than a
 // producer writing q8 blocks): mode 1 the values as they are, 2 rms_norm or norm (bit 8: mean
 // subtracted, bit 9: times the f32 vector b), 3 swiglu(a, b), 4 the parts of split attention merged
-// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks.
+// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks. Its epilogue
+// (emode) may take the rows in pairs (2i, 2i + 1): bit 0 rotates them as rope.comp does (normal
+// mode, heads of `dim` rows), bit 1 writes them into row ids[token] of a cache `width` wide (the
+// set_rows that reads them), bit 2: that cache is f16.
 #ifdef USE_DOT
 #extension GL_EXT_spirv_intrinsics : require
 spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
@@ -63,6 +66,14 @@ layout(binding = 2) readonly buffer XS { vec2 xs[]; };
 #endif
 layout(binding = 3) writeonly buffer D { float d[]; };
 layout(binding = 4) readonly buffer R { float res[]; };
+#ifdef PROLOGUE
+// the epilogue's: D as f16 pairs, rope positions, frequencies and factors, cache row ids
+layout(binding = 3) writeonly buffer DH { uint dh[]; };
+layout(binding = 7) readonly buffer Pos { int pos[]; };
+layout(binding = 8) readonly buffer F { float inv_freq[]; };
+layout(binding = 9) readonly buffer FF { float factors[]; };
+layout(binding = 10) readonly buffer I { int ids[]; };
+#endif
 #include "quant.glsl"
 
 layout(push_constant) uniform P {
@@ -71,6 +82,8 @@ layout(push_constant) uniform P {
     uint mode, oa, ob, dv, splits;
     float eps;
     uint ngroups;
+    uint emode, eo, width, dim, n_dims, opos, off, oi, has_factors;
+    float attn_factor;
 #endif
 } p;
 
@@ -238,6 +251,43 @@ void main() {
 #else
 shared float part[MAX_T][WG];
 
+#ifdef PROLOGUE
+shared float ep[MAX_T][ROWS];  // the rows' results, for an epilogue that takes them in pairs
+
+void epilogue_pair(uint row0, uint j, float x0, float x1) {
+    uint e = row0 % p.dim;
+    if ((p.emode & 1u) != 0u && e < p.n_dims) {  // rope.comp's rope_at, normal mode
+        uint i = e / 2u;
+        float theta = float(pos[p.opos + j]) * inv_freq[i];
+        if (p.has_factors != 0u) theta /= factors[p.off + i];
+        float k = round(theta * 0.15915494309189535);
+        theta = (theta - k * 6.28125) - k * 0.0019353071795864769;
+        float c = cos(theta) * p.attn_factor, s = sin(theta) * p.attn_factor;
+        float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+        x0 = y0;
+        x1 = y1;
+    }
+    uint o = p.od + j * p.d_stride + row0;
+    if ((p.emode & 2u) != 0u) o = p.eo + uint(ids[p.oi + j]) * p.width + row0;
+    if ((p.emode & 4u) != 0u) {
+        dh[o >> 1] = packHalf2x16(vec2(x0, x1));
+    } else {
+        d[o] = x0;
+        d[o + 1u] = x1;
+    }
+}
+#endif
+
+void emit(uint row, uint r, uint j, float v) {
+#ifdef PROLOGUE
+    if (p.emode != 0u) {
+        ep[j][r] = v;
+        return;
+    }
+#endif
+    store(row, j, v);
+}
+
 // rows rg * ROWS .. rg * ROWS + ROWS - 1
 void row_group(uint rg) {
     uint tid = gl_LocalInvocationID.x, sub = tid % TPR, r = tid / TPR;
@@ -255,27 +305,38 @@ void row_group(uint rg) {
         }
         if (blk < nb) block_dot(rb, blk, nb, 0u, nt, acc);
     }
+    bool done = false;
 #ifdef USE_SUBGROUP
     if (gl_SubgroupSize >= TPR) {
         [[unroll]] for (uint j = 0; j < MAX_T; j++) {
             if (j >= nt) break;
             float v = subgroupClusteredAdd(acc[j], TPR);
-            if (live && sub == 0u) store(row, j, v);
+            if (live && sub == 0u) emit(row, r, j, v);
         }
-        return;
+        done = true;
     }
 #endif
-    [[unroll]] for (uint j = 0; j < MAX_T; j++) {
-        if (j >= nt) break;
-        part[j][tid] = acc[j];
+    if (!done) {
+        [[unroll]] for (uint j = 0; j < MAX_T; j++) {
+            if (j >= nt) break;
+            part[j][tid] = acc[j];
+        }
+        barrier();
+        if (live && sub < nt) {
+            float v = 0.0;
+            [[unroll]] for (uint i = 0; i < TPR; i++) v += part[sub][r * TPR + i];
+            emit(row, r, sub, v);
+        }
+        barrier();
     }
-    barrier();
-    if (live && sub < nt) {
-        float v = 0.0;
-        [[unroll]] for (uint i = 0; i < TPR; i++) v += part[sub][r * TPR + i];
-        store(row, sub, v);
+#ifdef PROLOGUE
+    if (p.emode != 0u) {
+        barrier();
+        uint pr = tid % (ROWS / 2u), j = tid / (ROWS / 2u), row0 = rg * ROWS + 2u * pr;
+        if (j < nt && row0 < p.rows) epilogue_pair(row0, j, ep[j][2u * pr], ep[j][2u * pr + 1u]);
+        barrier();
     }
-    barrier();
+#endif
 }
 
 void main() {
