@@ -91,6 +91,19 @@ def main() -> None:
     print(f"GPU time between first and last timestamp: {total * 1e3:.3f} ms")
     for name in sorted(per, key=per.get, reverse=True):
         print(f"  {name:28s} x{count[name]:4d} {per[name] * 1e3:9.3f} ms {per[name] / total:6.1%}")
+    # a run of consecutive dispatches from the middle (one layer or so), each with its time
+    # since the previous timestamp; integer mat-vecs with rows x k, prologue and epilogue modes
+    times = vk_prog.dispatch_times()
+    mid = len(times) // 2
+    print("dispatches from the middle (us):")
+    window = zip(vk_prog.dispatches[mid : mid + 14], times[mid : mid + 14], strict=True)
+    for d, (name, sec) in window:
+        extra = ""
+        if d.shader.startswith("matvec_q8"):
+            extra = f" {d.push[2]}x{d.push[0]}"
+            if d.shader.startswith("matvec_q8p"):
+                extra += f" prologue {d.push[9] & 7} epilogue {d.push[16]}"
+        print(f"  {name:28s} {sec * 1e6:8.1f}  groups {d.groups[0] * d.groups[1]}{extra}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class Runtime:
         # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
         # for workgroup barriers: it gets the barrier-free kernels.
         # LLMRT_VULKAN_KERNELS=gpu|cpu overrides the choice (to test both kinds anywhere).
+        # LLMRT_VULKAN_SPIN_WAIT=1: wait for a submission by polling its fence
+        self.spin_wait = os.environ.get("LLMRT_VULKAN_SPIN_WAIT", "0") == "1"
         choice = os.environ.get("LLMRT_VULKAN_KERNELS", "")
         self.cpu = choice == "cpu" or (choice != "gpu" and properties.get("device_type") == "cpu")
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
@@ -234,7 +236,15 @@ class Runtime:
                 commandBufferCount=len(command_buffers), pCommandBuffers=command_buffers
             )
         vk.vkQueueSubmit(self.queue, 1, [submit], self.fence)
-        vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF)
+        if self.spin_wait:  # poll: no sleep and wake-up between the GPU's end and ours
+            while True:
+                try:
+                    vk.vkGetFenceStatus(self.device, self.fence)
+                    break
+                except vk.VkNotReady:
+                    pass
+        else:
+            vk.vkWaitForFences(self.device, 1, [self.fence], vk.VK_TRUE, 0xFFFFFFFFFFFFFFFF)
         vk.vkResetFences(self.device, 1, [self.fence])
 
     def gelu_table(self) -> Buffer:

@@ -297,13 +297,15 @@ void row_group(uint rg) {
     float acc[MAX_T];
     [[unroll]] for (uint j = 0; j < MAX_T; j++) acc[j] = 0.0;
     if (live) {
-        // two blocks an iteration: the second's loads are in flight with the first's
+        // four blocks an iteration: their loads are in flight together
         uint rb = row * p.row_bytes, blk = sub;
-        for (; blk + TPR < nb; blk += 2u * TPR) {
+        for (; blk + 3u * TPR < nb; blk += 4u * TPR) {
             block_dot(rb, blk, nb, 0u, nt, acc);
             block_dot(rb, blk + TPR, nb, 0u, nt, acc);
+            block_dot(rb, blk + 2u * TPR, nb, 0u, nt, acc);
+            block_dot(rb, blk + 3u * TPR, nb, 0u, nt, acc);
         }
-        if (blk < nb) block_dot(rb, blk, nb, 0u, nt, acc);
+        for (; blk < nb; blk += TPR) block_dot(rb, blk, nb, 0u, nt, acc);
     }
     bool done = false;
 #ifdef USE_SUBGROUP
