@@ -206,14 +206,22 @@ class Context:
                     self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
         self.cell_pos = np.full(n_ctx, -1, np.int64)
         self.cell_seq = np.full(n_ctx, -1, np.int64)
+        # kept in step with the cells, so that a decode step scans none of them: cells in use,
+        # one past the highest of them, and each sequence's length (filled in on demand)
+        self._n_used = 0
+        self._hi = 0
+        self._seq_next: dict[int, int] = {}
         self.graphs: dict[tuple[int, int, int], Executable] = {}
         self.timings = Timings()
 
     # --- cache bookkeeping ---
     def seq_len(self, seq: int = 0) -> int:
         """One past the highest position held for a sequence (0 when it holds none)."""
-        held = self.cell_pos[self.cell_seq == seq]
-        return int(held.max()) + 1 if held.size else 0
+        n = self._seq_next.get(seq)
+        if n is None:
+            held = self.cell_pos[self.cell_seq == seq]
+            n = self._seq_next[seq] = int(held.max()) + 1 if held.size else 0
+        return n
 
     def remove(self, seq: int | None = None, start: int = 0, stop: int | None = None) -> None:
         """Forget positions [start, stop) of a sequence (of every sequence when seq is None)."""
@@ -222,13 +230,17 @@ class Context:
             hit &= self.cell_seq == seq
         self.cell_pos[hit] = -1
         self.cell_seq[hit] = -1
+        used = np.flatnonzero(self.cell_pos >= 0)
+        self._n_used = len(used)
+        self._hi = int(used[-1]) + 1 if len(used) else 0
+        self._seq_next.clear()
 
     def clear(self) -> None:
         self.remove(None)
 
     @property
     def n_free(self) -> int:
-        return int(np.count_nonzero(self.cell_pos < 0))
+        return self.n_ctx - self._n_used
 
     # --- evaluation ---
     def decode(self, batch: Batch) -> np.ndarray:
@@ -252,13 +264,23 @@ class Context:
     def _decode_ubatch(self, tokens, pos, seq, want) -> np.ndarray:
         t0 = time.perf_counter()
         n = len(tokens)
-        if np.any(tokens < 0) or np.any(tokens >= self.model.hp.n_vocab):
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.model.hp.n_vocab:
             raise UsageError(f"token id out of range [0, {self.model.hp.n_vocab})")
-        cells = np.flatnonzero(self.cell_pos < 0)[:n]
+        if n == 1:
+            s = int(seq[0])
+            self._seq_next[s] = max(self.seq_len(s), int(pos[0]) + 1)
+        else:
+            for s in set(seq.tolist()):
+                self._seq_next[s] = max(self.seq_len(s), int(pos[seq == s].max()) + 1)
+        if self._n_used == self._hi:  # no holes: the free cells follow the used ones
+            cells = np.arange(self._hi, self._hi + n)
+        else:
+            cells = np.flatnonzero(self.cell_pos < 0)[:n]
         self.cell_pos[cells] = pos
         self.cell_seq[cells] = seq
-        used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
-        n_kv = min(self.n_ctx, -(-used // KV_STEP) * KV_STEP)
+        self._n_used += n
+        self._hi = max(self._hi, int(cells[-1]) + 1)
+        n_kv = min(self.n_ctx, -(-self._hi // KV_STEP) * KV_STEP)
         out_rows = np.flatnonzero(want).astype(np.int32)
         inputs = {
             "tokens": tokens,
@@ -280,11 +302,12 @@ class Context:
     def _masks(self, pos: np.ndarray, seq: np.ndarray, n_kv: int) -> dict[str, np.ndarray]:
         cell_pos, cell_seq = self.cell_pos[:n_kv], self.cell_seq[:n_kv]
         visible = (cell_seq[None, :] == seq[:, None]) & (cell_pos[None, :] <= pos[:, None])
-        masks = {"mask": np.where(visible, 0.0, -np.inf).astype(np.float32)}
+        zero, hidden = np.float32(0.0), np.float32(-np.inf)
+        masks = {"mask": np.where(visible, zero, hidden)}
         window = self.model.hp.swa_window
         if self.model.hp.swa_pattern:
             near = pos[:, None] - cell_pos[None, :] < window
-            masks["mask_swa"] = np.where(visible & near, 0.0, -np.inf).astype(np.float32)
+            masks["mask_swa"] = np.where(visible & near, zero, hidden)
         return masks
 
     def _executable(self, n_tokens: int, n_kv: int, n_out: int) -> Executable:

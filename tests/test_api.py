@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-import llmrt
 from refs import REFS
+
+import llmrt
 
 
 def test_load_generate_tokenize(smollm2_path):

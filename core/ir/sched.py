@@ -2,8 +2,10 @@
 
 Placement, like llama.cpp's `-ngl`: the last `n_gpu_layers` layers run on the primary device and
 the rest on the host (a negative count: every layer and the output head); the nodes before the
-first layer (the token embedding lookup) run on the host, the nodes after the last layer run on
-the primary device when every layer does. A node the chosen device declines in `supports_op`
+first layer (the token embedding lookup) run where the first layer runs, so that a fully offloaded
+model is one program on its device (llama.cpp keeps the lookup on the CPU; here a host segment
+would cost a Python round trip per token), and the nodes after the last layer run on the primary
+device when every layer does. A node the chosen device declines in `supports_op`
 falls back to the host. Views and in-place writes stay with their source's storage.
 
 Splitting: consecutive nodes on one device form a segment, compiled as its own subgraph; a value
@@ -42,7 +44,7 @@ def place(graph: Graph, layers: list[Device], host: Device) -> dict[int, Device]
         if node.layer is not None:
             device = layers[node.layer]
         elif i < first:
-            device = host
+            device = layers[0]
         else:
             device = layers[-1]
         if node.op in ALIASING and node.srcs[0].op is not Op.INPUT:

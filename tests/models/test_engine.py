@@ -84,6 +84,8 @@ def test_partial_offload_splits_and_gives_the_same_logits(tiny_llama, n_gpu_laye
         n = 3 if n_gpu_layers < 0 else n_gpu_layers
         assert layers_on_other == set(range(3 - n, 3))
         assert ("output_norm.weight" in on_other) == (n_gpu_layers < 0)
+        # the embedding lookup runs where the first layer does: all on one device when all are
+        assert ("token_embd.weight" in on_other) == (n_gpu_layers < 0)
         # the cache of offloaded layers lives there too
         assert set(ctx.state[other]) == {f"cache_{k}.{il}" for il in range(3 - n, 3) for k in "kv"}
     assert registry().host().id == "cpu:0"
