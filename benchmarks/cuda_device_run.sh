@@ -93,6 +93,22 @@ if [ "$stage" = diag ]; then
   timeout 40 llmrt run -m $m -p "The capital of France is" -n 16 --temp 0 --device cuda:0 -ngl 10 2>&1 | tail -3
   timeout 40 llmrt bench -m $m -p 512 -n 128 -r 3 --device cuda:0 2>&1 | grep -v "^| model\|^| ---" | tee -a $OUT/bench.log
 fi
+# "ab": tests and conformance, then every row with this tree and (tg only) with each setting of
+# $AB (e.g. AB="LLMRT_CUDA_PDL=0 LLMRT_CUDA_GLU_Q8=0"), then 135M and 8B decode profiles.
+if [ "$stage" = ab ]; then
+  [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1
+  ( for s in "smollm2-135m q4_0" "smollm2-135m q8_0" "llama32-1b q4_0" "llama3-8b q4_0"; do
+      set -- $s; python3 .cudarun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; done ) &
+  timeout 120 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -6
+  timeout 200 python3 -m pytest tests/conformance -q -k cuda --tb=line -p no:cacheprovider -x 2>&1 | tee $OUT/conformance.log | grep -v "^tests/conformance.*PASSED" | tail -8
+  wait
+  for s in "smollm2-135m q4_0" "smollm2-135m q8_0" "llama32-1b q4_0" "llama3-8b q4_0"; do
+    bench $s
+    for ab in $AB; do echo "with $ab:" | tee -a $OUT/bench.log; ( export $ab; bench $s -p 0 ); done
+  done
+  PROFILE_HOST=1 timeout 90 python3 benchmarks/cuda_profile.py /tmp/synth-smollm2-135m-q4_0.gguf 2>&1 | tee -a $OUT/profile.log
+  timeout 90 python3 benchmarks/cuda_profile.py /tmp/synth-llama3-8b-q4_0.gguf 2>&1 | tee -a $OUT/profile.log
+fi
 if [ "$stage" = bench ]; then
   bench smollm2-135m q4_0
   bench llama32-1b q4_0

@@ -1,11 +1,14 @@
 """Where a CUDA decode step's time goes: the engine around it, the program's run(), the graph
-replay alone, and each kind of step (launched one by one between CUDA events).
+replay alone, and each kind of step (timed as a captured graph of 20 launches of itself).
 
     python benchmarks/cuda_profile.py MODEL.gguf [n_ctx]
 """
 
 from __future__ import annotations
 
+import cProfile
+import os
+import pstats
 import sys
 import time
 from collections import defaultdict
@@ -29,6 +32,13 @@ def main() -> None:
     for _ in range(n):
         ctx.eval([7])
     full = (time.perf_counter() - t0) / n
+    if os.environ.get("PROFILE_HOST"):  # where the host's share of a step goes
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n):
+            ctx.eval([7])
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
     exe = next(iter(v for k, v in ctx.graphs.items() if k[0] == 1))
     progs = getattr(exe, "programs", [exe])
     prog = next(p for p in progs if hasattr(p, "plan"))
@@ -47,34 +57,46 @@ def main() -> None:
             prog.graph.launch(stream)
         stream.synchronize()
         replay = (time.perf_counter() - t0) / 200
-    # one by one between events
+    # each step's cost inside a graph: a graph of REPEAT launches of that step alone, replayed
+    # (so launch gaps and drains count as they do in the decode step's graph)
     steps = prog.plan.steps
     first = len(prog.inputs)
     per: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    nbytes: dict[str, int] = {}
+    repeat = 20
+    events = []
     with stream:
-        for _ in range(3):
-            events = []
-            for step, item in zip(steps, prog.launches[first : first + len(steps)], strict=True):
-                a, b = cp.cuda.Event(), cp.cuda.Event()
-                a.record(stream)
+        for step, item in zip(steps, prog.launches[first : first + len(steps)], strict=True):
+            stream.begin_capture()
+            for _ in range(repeat):
                 prog._launch_one(item)
-                b.record(stream)
-                events.append((step, a, b))
+            graph = stream.end_capture()
+            graph.launch(stream)
+            a, b = cp.cuda.Event(), cp.cuda.Event()
+            a.record(stream)
+            for _ in range(5):
+                graph.launch(stream)
+            b.record(stream)
             stream.synchronize()
+            events.append((step, a, b))
         for step, a, b in events:
             key = step.op
-            if step.op == "mmv":
-                key = f"mmv m={step.params['m']} k={step.params['k']}"
-            per[key] += cp.cuda.get_elapsed_time(a, b) * 1e3
+            if step.op in ("mmv", "mmvq"):
+                p = step.params
+                ms = p.get("ms", [p["m"]]) * (2 if "glu" in p else 1)
+                key = f"{step.op} m={'+'.join(map(str, ms))} k={p['k']}"
+                nbytes[key] = sum(ms) * p["row_bytes"]
+            per[key] += cp.cuda.get_elapsed_time(a, b) * 1e3 / (5 * repeat)
             count[key] += 1
     print(f"{path}: {len(steps)} steps, graph={'yes' if prog.graph is not None else 'no'}")
     print(f"  ctx.eval {full * 1e6:.0f} us ({1 / full:.0f} t/s), program.run {run * 1e6:.0f} us, "
           f"graph replay {replay * 1e6:.0f} us")  # fmt: skip
     total = sum(per.values())
-    print(f"  one by one (kernel time incl. gaps between events): {total:.0f} us")
+    print(f"  sum of the steps, each timed in a graph of {repeat} of itself: {total:.0f} us")
     for key, us in sorted(per.items(), key=lambda kv: -kv[1]):
-        print(f"    {key:32s} {count[key]:4d} x {us / count[key]:7.2f} us = {us:8.1f} us")
+        rate = f"  {nbytes[key] / (us / count[key]) / 1e3:6.0f} GB/s" if key in nbytes else ""
+        print(f"    {key:40s} {count[key]:4d} x {us / count[key]:7.2f} us = {us:8.1f} us{rate}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 from llmrt.device import Executable
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
+from llmrt_cuda import launch as pdl
 from llmrt_cuda.lower import ITEMSIZE, Plan, Val, assign_offsets, lower, q8_layout
 
 KERNELS = Path(__file__).parent / "kernels"
@@ -65,8 +66,11 @@ def _source(name: str) -> str:
 
 
 def _norm_define() -> str:
-    """Norms in float64 as the reference (default) or in f32 (LLMRT_CUDA_NORM_F64=0)."""
-    return f"#define NORM_F64 {0 if os.environ.get('LLMRT_CUDA_NORM_F64', '1') == '0' else 1}\n"
+    """Norms in float64 as the reference (default) or in f32 (LLMRT_CUDA_NORM_F64=0); mat-vec
+    weights asked of L2 before the previous kernel ends (LLMRT_CUDA_PREFETCH=0: not)."""
+    f64 = 0 if os.environ.get("LLMRT_CUDA_NORM_F64", "1") == "0" else 1
+    prefetch = 0 if os.environ.get("LLMRT_CUDA_PREFETCH", "1") == "0" else 1
+    return f"#define NORM_F64 {f64}\n#define MMVQ_PREFETCH {prefetch}\n"
 
 
 @functools.cache
@@ -176,7 +180,13 @@ class CUDAProgram(Executable):
             self.keep.append(pinned)
             self.outputs.append((name, host, v.shape))
             copies_out.append(("copy", host.ctypes.data, self.ptr(v), host.nbytes, D2H))
-        self.launches = copies_in + [self._launch(step) for step in plan.steps] + copies_out
+        plain = copies_in + [self._launch(step) for step in plan.steps] + copies_out
+        self.plain_launches = plain
+        self.pdl = pdl.available(int(cp.cuda.Device().compute_capability))
+        self.launches = [
+            ("pdl", pdl.DependentLaunch(*item[1:])) if self.pdl and item[0] == "kernel" else item
+            for item in plain
+        ]
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph: Any = None
         self.runs = 0
@@ -404,10 +414,17 @@ class CUDAProgram(Executable):
                      _i32(nrm["mode"]))  # fmt: skip
         else:
             nargs = (_u64(0), _u64(0), _u64(0), _u64(0), _i64(0), np.float64(0.0), _i32(0))
+        if "q8out" in p:  # the glu output's q8 blocks, one counter per group of 32 rows
+            qcount = cp.zeros(ms[0] // 32, dtype=cp.int32)
+            self.keep.append(qcount)
+            qdso = q8_layout(t * ms[0])[0]
+            qargs = (_u64(self.base[p["q8out"]]), _u64(qcount.data.ptr), _i64(qdso))
+        else:
+            qargs = (_u64(0), _u64(0), _i64(0))
         return ("kernel", kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), (
             *map(_u64, wp), _i64(p["row_bytes"]), _u64(xq), _i64(dso), *map(_u64, yp),
             _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu), _u64(xfp),
-            *nargs), smem)  # fmt: skip
+            *nargs, *qargs), smem)  # fmt: skip
 
     def _gemm_args(self, step: Any) -> tuple:
         p = step.params
@@ -431,7 +448,9 @@ class CUDAProgram(Executable):
         from cupy_backends.cuda.libs import cublas
 
         kind = item[0]
-        if kind == "kernel":
+        if kind == "pdl":
+            item[1](self.stream.ptr)
+        elif kind == "kernel":
             _, fn, grid, block, args, smem = item
             fn(grid, block, args, shared_mem=smem)
         elif kind == "copy":
@@ -494,11 +513,14 @@ class CUDAProgram(Executable):
             finally:
                 graph = self.stream.end_capture()
             self.graph = graph
-        except Exception as exc:  # capture unsupported here: stay with launches one by one
+        except Exception as exc:  # capture unsupported here: plain launches, then one by one
             if os.environ.get("LLMRT_DEBUG"):
-                print(f"llmrt_cuda: CUDA graph capture failed ({exc}); launching one by one")
-            self.use_graphs = False
+                print(f"llmrt_cuda: CUDA graph capture failed ({exc})")
             self.graph = None
+            if self.pdl:
+                self.pdl, self.launches = False, self.plain_launches
+                return self._capture()
+            self.use_graphs = False
             self._launch_all()
             return
         self.graph.launch(self.stream)

@@ -38,6 +38,8 @@ ROPE_QKV = os.environ.get("LLMRT_CUDA_ROPE_QKV", "1") != "0"
 MMVQ_XF_MAX_K = int(os.environ.get("LLMRT_CUDA_MMVQ_XF_K", "0"))
 # a one-token norm after a mat-vec runs in that mat-vec's last block (LLMRT_CUDA_NORM_FOLD=0: not)
 NORM_FOLD = os.environ.get("LLMRT_CUDA_NORM_FOLD", "0") == "1"
+# the gate/up mat-vec writes its glu output's q8 blocks (LLMRT_CUDA_GLU_Q8=0: a quant_q8 launch)
+GLU_Q8 = os.environ.get("LLMRT_CUDA_GLU_Q8", "1") != "0"
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
 ALIGN = 256
@@ -398,6 +400,11 @@ def _liveness(storages: list[Storage], steps: list[Step], outputs: dict[str, Val
             if step.op in ("quant_q8", "norm_q8", "fattn") and storages[q8].first < 0:
                 storages[q8].first = i
             storages[q8].last = max(storages[q8].last, i)
+        q8out = step.params.get("q8out")  # a glu mat-vec's q8 output
+        if q8out is not None:
+            if storages[q8out].first < 0:
+                storages[q8out].first = i
+            storages[q8out].last = max(storages[q8out].last, i)
         for sid in step.temps:
             storages[sid].first = storages[sid].last = i
     for v in outputs.values():
@@ -524,6 +531,19 @@ def _decode_fusions(lo: _Lowerer, outputs: dict[str, Val]) -> None:
         fused.append(a)
         i += 1
     steps = fused
+
+    # the quantization of a glu's output for the next mat-vec: done by the glu mat-vec itself
+    # (each group of 32 rows by the block that completes it), which saves a launch per layer
+    kept: list[Step] = []
+    for st in steps:
+        prev = kept[-1] if kept else None
+        if (GLU_Q8 and st.op == "quant_q8" and prev is not None and prev.op == "mmvq"
+                and "glu" in prev.params and _same(prev.out, st.ins[0])
+                and prev.params["m"] % 32 == 0):  # fmt: skip
+            prev.params["q8out"] = st.params["q8"]
+            continue
+        kept.append(st)
+    steps = kept
 
     # mat-vecs over the same activations: one launch for up to three
     merged: list[Step] = []

@@ -41,6 +41,13 @@ def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with
             (a0, a1), (b0, b1) = _live(a), _live(b)
             if a0 <= b1 and b0 <= a1:
                 assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+    # every buffer a step touches through its parameters (q8 forms of activations) is placed
+    # and live across that step
+    for i, step in enumerate(plan.steps):
+        for key in ("q8", "q8out"):
+            if key in step.params:
+                st = plan.storages[step.params[key]]
+                assert st.first >= 0 and st.first <= i <= max(st.last, st.first), (step.op, key)
     # a step never writes a buffer it reads
     for step in plan.steps:
         if step.out is not None and step.out.storage in {v.storage for v in step.ins}:
@@ -83,9 +90,13 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab, monkeypatch):
     assert len(multi) == n_layers
     assert all(s.params["type"] in lw.Q8_TYPES for s in plan.steps if s.op == "mmvq")
     assert GGMLType.Q4_0 in lw.Q8_TYPES
-    # the attention output is quantized by the attention kernel; norms after residual mat-vecs
-    # run in those mat-vecs' last blocks
-    assert "quant_q8" not in ops or lw.MMVQ_XF_MAX_K == 0 or ops.count("quant_q8") <= n_layers
+    # the glu output is quantized by the gate/up mat-vec, the attention output by the attention
+    # kernel where its rows are whole q8 blocks (the fixture's 16-wide heads are not)
+    assert all("q8out" in s.params for s in glu)
+    glu_outs = {(s.out.storage, s.out.offset) for s in glu}
+    quants = [s for s in plan.steps if s.op == "quant_q8"]
+    assert not any((q.ins[0].storage, q.ins[0].offset) in glu_outs for q in quants)
+    assert len(quants) == sum(1 for s in plan.steps if s.op == "fattn" and "q8" not in s.params)
     assert all(
         "q8" in s.params for s in plan.steps if s.op == "fattn" and s.out.shape[-1] % 32 == 0
     )

@@ -5,6 +5,29 @@ typedef unsigned int u32;
 
 #define INF __int_as_float(0x7f800000)
 
+// Programmatic dependent launch (launch.py): wait until the previous kernel's writes are visible,
+// then let the next kernel's blocks be scheduled. The first statement of every kernel, before any
+// early return: a block that skipped the wait could let a later kernel start too soon. No-ops
+// for a plain launch and before sm_90.
+__device__ __forceinline__ void pdl_enter() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+#ifndef MMVQ_PREFETCH
+#define MMVQ_PREFETCH 1
+#endif
+
+// Asks L2 for nbytes at p (the block's threads share the 128-byte lines): a kernel's weights can
+// stream in before pdl_enter() while the previous kernel still runs.
+__device__ __forceinline__ void prefetch_l2(const void* p, size_t nbytes) {
+    const char* c = (const char*)p;
+    for (size_t o = (size_t)threadIdx.x * 128; o < nbytes; o += (size_t)blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+}
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

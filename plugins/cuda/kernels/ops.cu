@@ -5,6 +5,7 @@
 extern "C" __global__ void copy_strided(const u8* src, u8* dst, long long n, int mode,
                                         long long n1, long long n2, long long n3,
                                         long long s0, long long s1, long long s2, long long s3) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         long long r = i;
@@ -23,6 +24,7 @@ extern "C" __global__ void copy_strided(const u8* src, u8* dst, long long n, int
 extern "C" __global__ void binary(const float* a, const float* b, float* y, long long n, int op,
                                   long long a1, long long a2, long long a3,
                                   long long b0, long long b1, long long b2, long long b3) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         long long r = i;
@@ -36,6 +38,7 @@ extern "C" __global__ void binary(const float* a, const float* b, float* y, long
 
 // op 0: scale, 1: silu, 2: gelu
 extern "C" __global__ void unary(const float* x, float* y, long long n, int op, float scale) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const float v = x[i];
@@ -45,6 +48,7 @@ extern "C" __global__ void unary(const float* x, float* y, long long n, int op, 
 
 // op 0: silu(g) * u, 1: gelu(g) * u
 extern "C" __global__ void glu(const float* g, const float* u, float* y, long long n, int op) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const float v = g[i];
@@ -55,6 +59,7 @@ extern "C" __global__ void glu(const float* g, const float* u, float* y, long lo
 // One block per row: mode 0 rms_norm, 1 norm; times w[col] when w is not null.
 extern "C" __global__ void norm_rows(const float* x, float* y, const float* w, int ncols, double eps,
                                 int mode) {
+    pdl_enter();
     __shared__ double red[32];
     const float* xr = x + (size_t)blockIdx.x * ncols;
     float* yr = y + (size_t)blockIdx.x * ncols;
@@ -77,6 +82,7 @@ __device__ __forceinline__ float rope_mix(float xs, float xo, float c, float s, 
 extern "C" __global__ void rope(const float* x, const int* pos, const float* factors, float* y,
                                 int H, int D, int n_dims, int mode, double base, double freq_scale,
                                 double attn_factor, long long n) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const int d = (int)(i % D);
@@ -108,6 +114,7 @@ extern "C" __global__ void rope(const float* x, const int* pos, const float* fac
 // dst[ids[r], :] = src[r, :] (row = elements per row); dst f16 when f16 != 0.
 extern "C" __global__ void set_rows(const float* src, const int* ids, u8* dst, long long n, int row,
                                     int f16) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const long long r = i / row, j = i % row;
@@ -119,6 +126,7 @@ extern "C" __global__ void set_rows(const float* src, const int* ids, u8* dst, l
 
 // out[i, :] = table[ids[i], :] for an f32 activation table.
 extern "C" __global__ void get_rows_f32(const float* table, const int* ids, float* out, int ncols) {
+    pdl_enter();
     const float* src = table + (size_t)ids[blockIdx.x] * ncols;
     float* dst = out + (size_t)blockIdx.x * ncols;
     for (int i = threadIdx.x; i < ncols; i += blockDim.x) dst[i] = src[i];
@@ -127,6 +135,7 @@ extern "C" __global__ void get_rows_f32(const float* table, const int* ids, floa
 // softmax(x * scale + mask[row % T]) over rows of S; one block per row.
 extern "C" __global__ void soft_max(const float* x, const float* mask, float* y, int S, int T,
                                     float scale) {
+    pdl_enter();
     __shared__ float red[32];
     const float* xr = x + (size_t)blockIdx.x * S;
     float* yr = y + (size_t)blockIdx.x * S;
@@ -150,6 +159,7 @@ extern "C" __global__ void soft_max(const float* x, const float* mask, float* y,
 
 // Index of the largest element of each row (the first on ties); one block per row.
 extern "C" __global__ void argmax(const float* x, int* y, int S) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* xr = x + (size_t)blockIdx.x * S;
@@ -191,6 +201,7 @@ extern "C" __global__ void argmax(const float* x, int* y, int S) {
 // y[b, t, m] = sum_k A[b / r, m, k] * B[b, t, k]; A f32 or f16 (then B is rounded to f16).
 extern "C" __global__ void mm_act(const u8* A, int a_f16, const float* B, float* Y, int nb, int r,
                                   int T, int M, int K) {
+    pdl_enter();
     const long long n = (long long)nb * T * M;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
@@ -212,6 +223,7 @@ extern "C" __global__ void mm_act(const u8* A, int a_f16, const float* B, float*
 }
 
 extern "C" __global__ void to_f16(const float* x, u16* y, long long n) {
+    pdl_enter();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         y[i] = f2h(x[i]);
@@ -330,6 +342,7 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
         float softcap, u8* XQ, long long dso) {                                                \
+        pdl_enter();                                                                           \
         fattn_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, XQ, \
                            dso);                                                               \
     }
@@ -348,6 +361,7 @@ FATTN(256, 1)
 
 // X [nblk * 32] f32 -> q8 buffer (see q8_store32); one warp per block of 32.
 extern "C" __global__ void quant_q8(const float* X, u8* XQ, long long dso, long long nblk) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     for (long long b = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5; b < nblk;
          b += ((long long)gridDim.x * blockDim.x) >> 5)
@@ -358,6 +372,7 @@ extern "C" __global__ void quant_q8(const float* X, u8* XQ, long long dso, long 
 // blockDim a multiple of 32); y may be null when only mat-vecs read the result.
 extern "C" __global__ void norm_rows_q8(const float* x, float* y, const float* w, int ncols, double eps,
                                         int mode, u8* XQ, long long dso) {
+    pdl_enter();
     __shared__ double red[32];
     const float* xr = x + (size_t)blockIdx.x * ncols;
     double mean;
@@ -404,6 +419,7 @@ extern "C" __global__ void rope_qkv(const float* q, const float* k, const float*
                                     int Hq, int Hk, int D, int n_dims, int mode, double base,
                                     double freq_scale, double attn_factor, int kf16, int vf16,
                                     long long nq, long long nk, long long nv, int vrow) {
+    pdl_enter();
     const long long n = nq + nk + nv;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
@@ -557,6 +573,7 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
         float softcap, float* part, int* counter, int nsplit, u8* XQ, long long dso) {         \
+        pdl_enter();                                                                           \
         fattn_split_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, \
                                  part, counter, nsplit, XQ, dso);                              \
     }

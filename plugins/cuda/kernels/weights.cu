@@ -246,6 +246,7 @@ __device__ __forceinline__ void mmv_body(const u8* __restrict__ W, long long row
 #define MMV(NT, R)                                                                             \
     extern "C" __global__ void mmv_##NT##_##R(const u8* W, long long row_bytes, const float* X, \
                                               float* Y, const float* Rs, int M, int K, int T) { \
+        pdl_enter();                                                                           \
         mmv_body<NT, R>(W, row_bytes, X, Y, Rs, M, K, T);                                      \
     }
 MMV(1, 1)
@@ -257,6 +258,7 @@ MMV(8, 1)
 
 // X as f16 for the GEMM, rounded as load_x32 rounds it (warp per 32 elements).
 extern "C" __global__ void x_to_f16(const float* X, u16* out, long long n) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     const long long nb = n >> 5;
     for (long long b = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5; b < nb;
@@ -274,6 +276,7 @@ extern "C" __global__ void x_to_f16(const float* X, u16* out, long long n) {
 // out[i, :] = dequantized row ids[i] of the table.
 extern "C" __global__ void get_rows_w(const u8* W, long long row_bytes, const int* ids, float* out,
                                       int K) {
+    pdl_enter();
     const int i = blockIdx.x;
     const u8* wr = W + (size_t)ids[i] * row_bytes;
     for (int c = threadIdx.x; c < (K >> 5); c += blockDim.x) {
@@ -287,6 +290,7 @@ extern "C" __global__ void get_rows_w(const u8* W, long long row_bytes, const in
 
 // The whole weight [M, K] as f16 (for the tensor-core GEMM of prompt processing).
 extern "C" __global__ void dequant_f16(const u8* W, long long row_bytes, u16* out, int M, int K) {
+    pdl_enter();
     const int nch = K >> 5;
     const long long total = (long long)M * nch;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -414,6 +418,32 @@ __device__ __forceinline__ float dot_q(const int* v, const int* x, float d, floa
 #endif
 }
 
+// The weight rows this block of mmvq_body will read (same block-to-rows map), asked of L2.
+template <int R, int G>
+__device__ __forceinline__ void mmvq_prefetch(const u8* W0, const u8* W1, const u8* W2, long long rb,
+                                              int M0, int M1, int M2, int glu) {
+    const int rpb = (blockDim.x >> 5) * (32 / G) * (glu >= 0 ? 1 : R);
+    int b = blockIdx.x;
+    const u8* W = W0;
+    int M = M0;
+    if (glu < 0) {
+        const int nb0 = (M0 + rpb - 1) / rpb;
+        if (b >= nb0) {
+            b -= nb0;
+            W = W1; M = M1;
+            const int nb1 = (M1 + rpb - 1) / rpb;
+            if (b >= nb1) {
+                b -= nb1;
+                W = W2; M = M2;
+            }
+        }
+    }
+    const int rows = min(rpb, M - b * rpb);
+    if (!MMVQ_PREFETCH || rows <= 0) return;
+    prefetch_l2(W + (size_t)b * rpb * rb, (size_t)rows * rb);
+    if (glu >= 0) prefetch_l2(W1 + (size_t)b * rpb * rb, (size_t)rows * rb);
+}
+
 template <int NT, int R, int G>
 __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* __restrict__ W1,
                                           const u8* __restrict__ W2, long long rb,
@@ -422,7 +452,8 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
                                           int M0, int M1, int M2, int K, int T, int glu,
                                           const float* __restrict__ XF, int* counter,
                                           const float* NW, float* NY, u8* NQ, long long ndso,
-                                          double eps, int nmode) {
+                                          double eps, int nmode, u8* QO, int* qcount,
+                                          long long qdso) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (XF) {  // f32 activations (one token): each block quantizes them into shared memory
         // (staged as f32 first: all global loads in flight at once, then the warps quantize)
@@ -522,6 +553,24 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
             }
         }
     }
+    if (QO) {  // the glu output in q8 blocks: the block that completes a group of 32 rows
+        // (rpb divides 32 and 32 divides M: each block adds to one group) quantizes it
+        __shared__ int group_done;
+        const int g32 = (b * rpb) >> 5;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) group_done = atomicAdd(qcount + g32, 1) == (32 / rpb) - 1;
+        __syncthreads();
+        if (group_done) {
+            __threadfence();
+            if (warp == 0)
+                for (int t = 0; t < T; ++t) {
+                    const long long i = (long long)t * M + g32 * 32;
+                    q8_store32(__ldcg(Y + i + lane), lane, QO, qdso, i >> 5);
+                }
+            if (threadIdx.x == 0) qcount[g32] = 0;
+        }
+    }
     if (NQ) {  // the norm that follows (one token): the last block to finish computes it
         __shared__ int last_blk;
         __shared__ double red[32];
@@ -560,9 +609,11 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
         const u8* W0, const u8* W1, const u8* W2, long long rb, const u8* XQ, long long dso,   \
         float* Y0, float* Y1, float* Y2, const float* Rs, int M0, int M1, int M2, int K,       \
         int T, int glu, const float* XF, int* counter, const float* NW, float* NY, u8* NQ,     \
-        long long ndso, double eps, int nmode) {                                               \
+        long long ndso, double eps, int nmode, u8* QO, int* qcount, long long qdso) {          \
+        mmvq_prefetch<R, G>(W0, W1, W2, rb, M0, M1, M2, glu);                                  \
+        pdl_enter();                                                                           \
         mmvq_body<NT, R, G>(W0, W1, W2, rb, XQ, dso, Y0, Y1, Y2, Rs, M0, M1, M2, K, T, glu,    \
-                            XF, counter, NW, NY, NQ, ndso, eps, nmode);                        \
+                            XF, counter, NW, NY, NQ, ndso, eps, nmode, QO, qcount, qdso);      \
     }
 MMVQ(1, 1, 32)
 MMVQ(1, 1, 16)
