@@ -37,11 +37,15 @@ MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
-# Each matvec_q8p workgroup reads its activations' inputs whole: at most this many f32 values
-# (larger ones keep a producer dispatch that writes q8 blocks), and a dispatch has at most
-# PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows. The environment
-# variables LLMRT_VULKAN_PROLOGUE_FLOATS and LLMRT_VULKAN_PROLOGUE_WGS set them (0: no prologue).
-PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "12288"))
+# Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
+# values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
+# others keep a producer dispatch that writes q8 blocks. On the H100 the prologue (a serial chain
+# of loads and barriers, ~12 us for k = 4096) cost the 8B more than the barrier stages it saves
+# (tg128 218 with it, 253 without), and paid for 135M (664 against 565) and 1B (674 against 657).
+# A dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows.
+# LLMRT_VULKAN_PROLOGUE_FLOATS, _SMALL and _WGS set them (FLOATS=0: no prologue).
+PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "20480"))
+PROLOGUE_SMALL = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_SMALL", "2048"))
 PROLOGUE_WGS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_WGS", "512"))
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
@@ -422,9 +426,13 @@ class VulkanProgram(Executable):
         f32 values per activation value (matvec_q8p)."""
         if self.rt.cpu or not self._q8_mat_vec(node, bindings):
             return False
-        k = node.srcs[0].shape[1]
+        m, k = node.srcs[0].shape
         t = math.prod(node.srcs[1].shape) // k
-        return t * k // 32 <= PROLOGUE_BLOCKS and reads * t * k <= PROLOGUE_FLOATS
+        return self._prologue_small(m, k, t) and reads * t * k <= PROLOGUE_FLOATS
+
+    @staticmethod
+    def _prologue_small(m: int, k: int, t: int) -> bool:
+        return t * k // 32 <= PROLOGUE_BLOCKS and min(m, t * k) <= PROLOGUE_SMALL
 
     def _attn_splits(self, t: int, hq: int, s: int) -> tuple[int, int]:
         """Parts of the KV length that decode attention is split into, and keys per part: on the
@@ -809,7 +817,7 @@ class VulkanProgram(Executable):
             pro = self._pro.get(id(b.store))
             if b.store.kind == "virtual" and pro is None:
                 raise AssertionError("a virtual value without its prologue")
-            if pro is None and self._plain_prologue(b, k, t):
+            if pro is None and self._plain_prologue(b, m, k, t):
                 pro = {"mode": 1, "a": b, "b": b}
             if pro is not None:  # the workgroups make the q8 blocks themselves
                 self._emit_q8p(w, a, pro, out, m, k, t, chunk, node_id)
@@ -865,10 +873,10 @@ class VulkanProgram(Executable):
                     groups, [a, b], [out],
                 )  # fmt: skip
 
-    def _plain_prologue(self, b: Ref, k: int, t: int) -> bool:
+    def _plain_prologue(self, b: Ref, m: int, k: int, t: int) -> bool:
         """Whether a mat-vec quantizes its f32 activations itself, not by a quantize_q8 dispatch
         before it: on the GPU kernels, when no q8 copy of them was made already."""
-        if self.rt.cpu or b.store.kind == "virtual" or t * k // 32 > PROLOGUE_BLOCKS:
+        if self.rt.cpu or b.store.kind == "virtual" or not self._prologue_small(m, k, t):
             return False
         if (b.off, b.n) in self._q8_of.get(id(b.store), {}):
             return False
