@@ -10,6 +10,11 @@ that command buffer, waits, and reads the outputs: no Vulkan object is made per 
 read from cached host memory (copied there at the end of the command buffer unless they already
 live in it: a discrete GPU's host-mapped BAR memory is uncached, and reading logits from it cost
 milliseconds a step).
+
+Fusions decided at planning: a norm's weight, a residual add, rope into the KV cache rows; on the
+GPU kernels the integer mat-vec (matvec_q8p) also makes its q8 activations in a prologue from
+what produced them (norm, swiglu, split attention's parts, which then emit nothing) and ropes its
+rows and writes them into cache rows in an epilogue (q, k, v).
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in 
 # others keep a producer dispatch that writes q8 blocks. On the H100 the prologue (a serial chain
 # of loads and barriers, ~12 us for k = 4096) cost the 8B more than the barrier stages it saves
 # (tg128 218 with it, 253 without), and paid for 135M (664 against 565) and 1B (674 against 657).
-# A dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows.
-# LLMRT_VULKAN_PROLOGUE_FLOATS, _SMALL and _WGS set them (FLOATS=0: no prologue).
+# A dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows
+# (the 8B: 218 t/s with 256 or 512, 184 with 2048). LLMRT_VULKAN_PROLOGUE_FLOATS=0 turns the
+# prologue off (to compare).
 PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "20480"))
-PROLOGUE_SMALL = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_SMALL", "2048"))
-PROLOGUE_WGS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_WGS", "512"))
+PROLOGUE_SMALL = 2048
+PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 Q8P_EMODE = 16  # index of emode in them
