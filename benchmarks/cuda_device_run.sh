@@ -40,10 +40,10 @@ fi
 if [ "$stage" = models ]; then
   mkdir -p .cudarun/cache/models
   cat /tmp/part1 .cudarun/part2.bin > .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
-  LLMRT_TEST_DEVICE=cuda:0 timeout 200 python3 -m pytest tests/models/test_greedy.py tests/models/test_logits.py -q -k smollm2 --tb=short -p no:cacheprovider 2>&1 | tee $OUT/greedy.log | tail -25
-  timeout 60 llmrt run -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p "The capital of France is" -n 24 --temp 0 --device cuda:0 -ngl 10 2>&1 | tail -8
+  LLMRT_TEST_DEVICE=cuda:0 timeout 200 python3 -m pytest tests/models/test_greedy.py tests/models/test_logits.py -q -k smollm2 --tb=short -p no:cacheprovider 2>&1 | tee $OUT/greedy.log | tail -12
+  echo "-ngl 10:"; LLMRT_TEST_DEVICE=cuda:0 LLMRT_TEST_NGL=10 timeout 200 python3 -m pytest tests/models/test_greedy.py -q -k smollm2 --tb=short -p no:cacheprovider 2>&1 | tee $OUT/greedy_ngl10.log | tail -12
+  timeout 60 llmrt run -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p "The capital of France is" -n 24 --temp 0 --device cuda:0 2>&1 | tail -8
   timeout 60 llmrt bench -m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf -p 512 -n 128 -r 3 --device cuda:0 2>&1 | tee -a $OUT/bench.log
-  bench llama3-8b q4_0
 fi
 if [ "$stage" = all ]; then  # one dense call: tests, conformance, decode profile, every row
   timeout 150 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_plan.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/cuda_tests.log | tail -15
@@ -107,6 +107,7 @@ if [ "$stage" = ab ]; then
     for ab in $AB; do echo "with $ab:" | tee -a $OUT/bench.log; ( export $ab; bench $s -p 0 ); done
   done
   PROFILE_HOST=1 timeout 90 python3 benchmarks/cuda_profile.py /tmp/synth-smollm2-135m-q4_0.gguf 2>&1 | tee -a $OUT/profile.log
+  timeout 90 python3 benchmarks/cuda_profile.py /tmp/synth-llama32-1b-q4_0.gguf 2>&1 | tee -a $OUT/profile.log
   timeout 90 python3 benchmarks/cuda_profile.py /tmp/synth-llama3-8b-q4_0.gguf 2>&1 | tee -a $OUT/profile.log
 fi
 if [ "$stage" = bench ]; then

@@ -14,7 +14,8 @@ to the other. So the fixture README's suggested 0.15 sits inside the rounding no
 implementation; both models are held to NEAR_TIE = 0.35, just above llama.cpp's own 0.31, and far
 below the README's "> 0.5 is a bug".
 
-LLMRT_TEST_DEVICE picks the device (default cpu), so the same check runs on every backend.
+LLMRT_TEST_DEVICE picks the device (default cpu), so the same check runs on every backend, and
+LLMRT_TEST_NGL the layers offloaded to it (default all), for partial offload.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llmrt.engine import load
 
 NEAR_TIE = 0.35
 DEVICE = os.environ.get("LLMRT_TEST_DEVICE", "cpu")
+NGL = int(os.environ.get("LLMRT_TEST_NGL", "-1"))
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -73,12 +75,12 @@ def check_prompt(model, case: dict) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):
-    return load(smollm2_path, device=DEVICE)
+    return load(smollm2_path, device=DEVICE, n_gpu_layers=NGL)
 
 
 @pytest.fixture(scope="module")
 def gemma3(gemma3_path):
-    return load(gemma3_path, device=DEVICE)
+    return load(gemma3_path, device=DEVICE, n_gpu_layers=NGL)
 
 
 def _cases(path: Path) -> list[dict]:

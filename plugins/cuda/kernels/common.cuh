@@ -16,10 +16,6 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-#ifndef MMVQ_PREFETCH
-#define MMVQ_PREFETCH 1
-#endif
-
 // Asks L2 for nbytes at p (the block's threads share the 128-byte lines): a kernel's weights can
 // stream in before pdl_enter() while the previous kernel still runs.
 __device__ __forceinline__ void prefetch_l2(const void* p, size_t nbytes) {

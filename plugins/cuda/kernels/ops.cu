@@ -250,6 +250,19 @@ __device__ __forceinline__ float kdot8(const u8* __restrict__ k, size_t o, const
            qr[6] * b.z + qr[7] * b.w;
 }
 
+// kdot8 over 8 values already in f32 (shared memory), summed in kdot8's order.
+template <int F16>
+__device__ __forceinline__ float sdot8(const float* x, const float* qr) {
+    if (F16) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dot += qr[2 * i] * x[2 * i] + qr[2 * i + 1] * x[2 * i + 1];
+        return dot;
+    }
+    return qr[0] * x[0] + qr[1] * x[1] + qr[2] * x[2] + qr[3] * x[3] + qr[4] * x[4] + qr[5] * x[5] +
+           qr[6] * x[6] + qr[7] * x[7];
+}
+
 template <int D, int F16>
 __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8* __restrict__ k,
                                            const u8* __restrict__ v, const float* __restrict__ mask,
@@ -447,13 +460,24 @@ extern "C" __global__ void rope_qkv(const float* q, const float* k, const float*
 // does, multiplies them with V and writes its partial output; the last block to finish sums the
 // partials in split order (deterministic), writes the output (and its q8 form) and resets the
 // counter for the next replay.
+// A decode step's new K/V row, for attention that ropes and stores it itself (k null: none).
+struct NewRow {
+    const float *k, *v;
+    const int* pos;
+    const float* factors;
+    const int* ids;
+    u8 *kc, *vc;
+    int n_dims, mode;
+    double base, freq_scale, attn_factor;
+};
+
 template <int D, int F16>
 __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, const u8* __restrict__ k,
                                                  const u8* __restrict__ v, const float* __restrict__ mask,
                                                  float* __restrict__ out, int Hq, int Hkv, int S,
                                                  long long ks, long long kh, long long vs, long long vh,
                                                  float scale, float softcap, float* part, int* counter,
-                                                 int nsplit, u8* XQ, long long dso) {
+                                                 int nsplit, u8* XQ, long long dso, const NewRow nr) {
     extern __shared__ float smem[];
     __shared__ float red[32];
     __shared__ int last;
@@ -464,9 +488,38 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     float* sq = smem;
     float* sc = smem + D;
     float* acc_s = sc + chunk;
+    // with a new row (nr.k set): q and k arrive unroped; the block whose keys hold the new cell
+    // keeps its K and V rows (rounded as the cache stores them) in shared memory and reads them
+    // from there, and one block per KV head writes them into the caches
+    float* nk = acc_s + KPI * D;
+    float* nv = nk + D;
+    const int cnew = nr.k ? nr.ids[t] : -1;
+    const bool mine = cnew >= lo && cnew < hi;
     for (int d = tid; d < D; d += 256) {
-        float x = q[((size_t)t * Hq + h) * D + d];
+        const long long i = ((long long)t * Hq + h) * D + d;
+        float x = nr.k ? rope_one(q, i, D, Hq, nr.pos, nr.factors, nr.n_dims, nr.mode, nr.base,
+                                  nr.freq_scale, nr.attn_factor)
+                       : q[i];
         sq[d] = F16 ? h2f(f2h(x)) : x;
+        if (mine) {
+            const long long j = ((long long)t * Hkv + hk) * D + d;
+            const float kr = rope_one(nr.k, j, D, Hkv, nr.pos, nr.factors, nr.n_dims, nr.mode,
+                                      nr.base, nr.freq_scale, nr.attn_factor);
+            const float vr = nr.v[j];
+            nk[d] = F16 ? h2f(f2h(kr)) : kr;
+            nv[d] = F16 ? h2f(f2h(vr)) : vr;
+            if (h % (Hq / Hkv) == 0) {
+                const size_t ko = (size_t)cnew * ks + (size_t)hk * kh + d;
+                const size_t vo = (size_t)cnew * vs + (size_t)hk * vh + d;
+                if (F16) {
+                    ((u16*)nr.kc)[ko] = f2h(kr);
+                    ((u16*)nr.vc)[vo] = f2h(vr);
+                } else {
+                    ((float*)nr.kc)[ko] = kr;
+                    ((float*)nr.vc)[vo] = vr;
+                }
+            }
+        }
     }
     __syncthreads();
     const int g = tid / LPK, j = tid % LPK;
@@ -479,7 +532,8 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
         float dot = 0.0f;
         const bool live = s < hi && !(mrow && mrow[s] == -INF);
         if (live) {
-            dot = kdot8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, qr);
+            dot = s == cnew ? sdot8<F16>(nk + j * 8, qr)
+                            : kdot8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, qr);
         }
 #pragma unroll
         for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
@@ -523,7 +577,10 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     for (int s = g; s < n; s += KPI) {
         float p = (M == -INF || L <= 0.0f) ? 0.0f : expf(sc[s] - M) / L;
         if (F16) p = h2f(f2h(p));
-        if (p != 0.0f) {
+        if (p != 0.0f && lo + s == cnew) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] += p * nv[j * 8 + i];
+        } else if (p != 0.0f) {
             const size_t o = (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8;
             if (F16) {
                 const uint4 u = *(const uint4*)((const u16*)v + o);
@@ -572,10 +629,15 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     extern "C" __global__ void __launch_bounds__(256) fattn_split_##D##_##F16(                 \
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
-        float softcap, float* part, int* counter, int nsplit, u8* XQ, long long dso) {         \
+        float softcap, float* part, int* counter, int nsplit, u8* XQ, long long dso,            \
+        const float* nk, const float* nv, const int* pos, const float* factors, const int* ids, \
+        u8* kc, u8* vc, int n_dims, int mode, double base, double freq_scale,                  \
+        double attn_factor) {                                                                  \
         pdl_enter();                                                                           \
+        const NewRow nr = {nk, nv, pos, factors, ids, kc, vc, n_dims, mode, base, freq_scale,  \
+                           attn_factor};                                                       \
         fattn_split_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, \
-                                 part, counter, nsplit, XQ, dso);                              \
+                                 part, counter, nsplit, XQ, dso, nr);                          \
     }
 FATTN_SPLIT(16, 0)
 FATTN_SPLIT(16, 1)

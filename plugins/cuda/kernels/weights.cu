@@ -439,7 +439,7 @@ __device__ __forceinline__ void mmvq_prefetch(const u8* W0, const u8* W1, const 
         }
     }
     const int rows = min(rpb, M - b * rpb);
-    if (!MMVQ_PREFETCH || rows <= 0) return;
+    if (rows <= 0) return;
     prefetch_l2(W + (size_t)b * rpb * rb, (size_t)rows * rb);
     if (glu >= 0) prefetch_l2(W1 + (size_t)b * rpb * rb, (size_t)rows * rb);
 }
@@ -609,8 +609,8 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
         const u8* W0, const u8* W1, const u8* W2, long long rb, const u8* XQ, long long dso,   \
         float* Y0, float* Y1, float* Y2, const float* Rs, int M0, int M1, int M2, int K,       \
         int T, int glu, const float* XF, int* counter, const float* NW, float* NY, u8* NQ,     \
-        long long ndso, double eps, int nmode, u8* QO, int* qcount, long long qdso) {          \
-        mmvq_prefetch<R, G>(W0, W1, W2, rb, M0, M1, M2, glu);                                  \
+        long long ndso, double eps, int nmode, u8* QO, int* qcount, long long qdso, int pf) {  \
+        if (pf) mmvq_prefetch<R, G>(W0, W1, W2, rb, M0, M1, M2, glu);                          \
         pdl_enter();                                                                           \
         mmvq_body<NT, R, G>(W0, W1, W2, rb, XQ, dso, Y0, Y1, Y2, Rs, M0, M1, M2, K, T, glu,    \
                             XF, counter, NW, NY, NQ, ndso, eps, nmode, QO, qcount, qdso);      \
