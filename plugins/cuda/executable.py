@@ -321,7 +321,8 @@ class CUDAProgram(Executable):
             dso, _ = q8_layout(out.n)
             block = _norm_block(ncols)
             y = 0 if p.get("y_unused") else P(out)
-            return ("kernel", kernel("ops", "norm_rows_q8"), (rows,), (block,), (
+            parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+            return ("kernel", kernel("ops", "norm_rows_q8"), (rows, parts), (block,), (
                 _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float64(p["eps"]),
                 _i32(p["mode"]), _u64(self.base[p["q8"]]), _i64(dso)), 0)  # fmt: skip
         if op == "mmvq":

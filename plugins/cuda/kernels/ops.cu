@@ -390,8 +390,10 @@ extern "C" __global__ void norm_rows_q8(const float* x, float* y, const float* w
     const float* xr = x + (size_t)blockIdx.x * ncols;
     double mean;
     const double den = row_norm_den(xr, ncols, eps, mode, &mean, red);
+    // gridDim.y blocks share a row: each computes the divisor (the same way, so the same bits)
+    // and writes every gridDim.y-th group of warps' q8 blocks
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5, nb = ncols >> 5;
-    for (int c = threadIdx.x >> 5; c < nb; c += nw) {
+    for (int c = blockIdx.y * nw + (threadIdx.x >> 5); c < nb; c += nw * gridDim.y) {
         const int i = c * 32 + lane;
         float v = norm_apply(xr[i], mean, den);
         if (w) v *= w[i];
