@@ -44,14 +44,18 @@ PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE varia
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
 # Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
 # values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
-# others keep a producer dispatch that writes q8 blocks. On the H100 the prologue (a serial chain
-# of loads and barriers, ~12 us for k = 4096) cost the 8B more than the barrier stages it saves
-# (tg128 218 with it, 253 without), and paid for 135M (664 against 565) and 1B (674 against 657).
+# others keep a producer dispatch that writes q8 blocks. On the H100 the first prologue (a serial
+# chain of strided loads and two barriers a quad pass, ~12 us for k = 4096) cost the 8B more than
+# the barrier stages it saves (tg128 218 with it, 253 without), and paid for 135M (664 against
+# 565) and 1B (674 against 657); with PROLOGUE_SMALL = 2048 the 8B took none. Its loads are now
+# four quads an invocation in flight and its q8 blocks reduced through subgroup shuffles (no
+# barrier), and PROLOGUE_SMALL = 4096 lets the 8B's norms go into q/k/v and gate/up too
+# (LLMRT_VULKAN_PROLOGUE_SMALL=2048 restores the earlier choice, to compare).
 # A dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows
 # (the 8B: 218 t/s with 256 or 512, 184 with 2048). LLMRT_VULKAN_PROLOGUE_FLOATS=0 turns the
 # prologue off (to compare).
 PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "20480"))
-PROLOGUE_SMALL = 2048
+PROLOGUE_SMALL = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_SMALL", "4096"))
 PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"

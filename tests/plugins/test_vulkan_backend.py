@@ -202,3 +202,46 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
             )
             assert fused == (sum(name.startswith("matvec_q8p") for name in shaders) == 5)
     assert nmse(results[1], results[0]) < 1e-5
+
+
+@pytest.mark.parametrize("subgroups", [True, False])
+@pytest.mark.parametrize("k, t, mean", [(576, 1, False), (2048, 1, False), (4096, 1, False),
+                                        (4096, 3, True), (8192, 2, False)])  # fmt: skip
+def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups, k, t, mean):
+    """A (rms_)norm fused into the mat-vec's prologue (matvec_q8p) and the same norm as its own
+    dispatch (norm.comp writing q8 blocks, then matvec_q8) sum their squares in the same order and
+    quantize alike: on lavapipe (rows reduced through shared memory in both) the results are
+    equal bit for bit, with and without the subgroup (shuffle) variants."""
+    import llmrt_vulkan.program
+
+    rt = vulkan.runtime
+    monkeypatch.setattr(rt, "cpu", False)
+    if not subgroups:
+        monkeypatch.setattr(rt, "subgroups", False)
+        monkeypatch.setattr(rt, "shuffle", False)
+        monkeypatch.setattr(rt, "clustered", False)
+    monkeypatch.setattr(llmrt_vulkan.program, "PROLOGUE_SMALL", 16384)
+    m, ty = 40, GGMLType.Q4_0
+    rng = np.random.default_rng(k + t)
+    raw = quantize(rng.uniform(-1, 1, (m, k)).astype(np.float32), ty).reshape(m, -1)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    g = Graph("wide")
+    x = g.input("x", (t, k))
+    normed = g.norm(x, 1e-5) if mean else g.rms_norm(x, 1e-5)
+    normed = g.mul(normed, g.weight("nw", (k,), GGMLType.F32))
+    g.output("out", g.mul_mat(g.weight("w", (m, k), ty), normed))
+    bound = {"w": vulkan.upload(WeightData("w", ty, (m, k), raw)),
+             "nw": vulkan.upload(WeightData("nw", GGMLType.F32, (k,), nw))}  # fmt: skip
+    feeds = {"x": (rng.normal(size=(t, k)) * 3 + (2 if mean else 0)).astype(np.float32)}
+    results = []
+    for floats in (4 * t * k, 0):
+        monkeypatch.setattr(llmrt_vulkan.program, "PROLOGUE_FLOATS", floats)
+        program = vulkan.compile(g, bound)
+        shaders = {d.shader for d in program.dispatches}
+        assert ("norm" not in shaders) == (floats > 0)
+        results.append(program.run(feeds)["out"])
+    cpu = registry().entry("cpu").devices[0]
+    ref = cpu.compile(g, {"w": cpu.upload(WeightData("w", ty, (m, k), raw)),
+                          "nw": cpu.upload(WeightData("nw", GGMLType.F32, (k,), nw))})  # fmt: skip
+    assert nmse(ref.run(feeds)["out"], results[0]) < 1e-5
+    assert np.array_equal(results[0], results[1])

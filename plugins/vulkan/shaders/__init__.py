@@ -42,7 +42,11 @@ for _dot in ("", "_dot"):
             "matvec_q8",
             ("PROLOGUE", *_macros, *(("USE_DOT",) if _dot else ())),
         )
-CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.endswith("_sg"))
+# "_sg" variants that need clustered subgroup operations, or subgroup shuffles
+CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8_") and n.endswith("_sg"))
+SHUFFLE = frozenset(
+    n for n in VARIANTS if n.startswith(("matvec_q8p", "norm")) and n.endswith("_sg")
+)
 
 
 def glslc_command(name: str, output: Path | str) -> list[str]:

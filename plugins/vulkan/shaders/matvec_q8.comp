@@ -9,14 +9,17 @@
 //
 // Default: ROWS weight rows per workgroup, TPR threads per row, each taking whole blocks (blocks
 // sub, sub + TPR, ...), reduced by clustered subgroup adds (USE_SUBGROUP, subgroups of at least
-// TPR) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
+// TPR; the PROLOGUE variant: subgroup shuffles) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
 // dispatch row (gl_WorkGroupID.y picks the block of 8), no shared memory or barrier (lavapipe).
 //
 // PROLOGUE: the activations arrive as f32 (bindings 5, 6) and each workgroup makes their q8 blocks
 // itself, in shared memory, from what produced them (one barrier stage and dispatch less than a
 // producer writing q8 blocks): mode 1 the values as they are, 2 rms_norm or norm (bit 8: mean
 // subtracted, bit 9: times the f32 vector b), 3 swiglu(a, b), 4 the parts of split attention merged
-// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks. Its epilogue
+// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks. Every
+// invocation loads four quads at a time (the norm's sums of squares, then the values it
+// quantizes), and with USE_SUBGROUP the eight invocations of a q8 block reduce its amax and sum
+// through shuffles (q8.glsl's q8_quad): one barrier per norm reduction, none per quad pass. Its epilogue
 // (emode) may take the rows in pairs (2i, 2i + 1): bit 0 rotates them as rope.comp does (normal
 // mode, heads of `dim` rows), bit 1 writes them into row ids[token] of a cache `width` wide (the
 // set_rows that reads them), bit 2: that cache is f16.
@@ -34,7 +37,13 @@ int dot8(uint a, uint b) {
 #endif
 #ifdef USE_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
+#ifdef PROLOGUE
+// the PROLOGUE variant reduces through shuffles (no clustered operations needed: lavapipe runs it)
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_SHUFFLE
+#else
 #extension GL_KHR_shader_subgroup_clustered : require
+#endif
 #endif
 #ifdef PER_ROW
 #define WG 64
@@ -129,24 +138,35 @@ vec4 pro_quad(uint b, uint c) {
     return x;
 }
 
+// the sum over row j of the activations of (x - mean)^2 (of x with mean 0), this invocation's
+// share: quads tid, tid + WG, ..., four loads in flight at a time
+float pro_sum(uint j, float mean, bool squares) {
+    uint base = p.oa + j * p.k, nq = p.k / 4u;
+    vec4 acc = vec4(0.0);
+    for (uint q0 = gl_LocalInvocationID.x; q0 < nq; q0 += 4u * WG) {
+        vec4 x[4];
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint o = base + 4u * min(q0 + u * WG, nq - 1u);
+            x[u] = vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
+        }
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            if (q0 + u * WG < nq) {
+                vec4 y = x[u] - mean;
+                acc += squares ? y * y : x[u];
+            }
+        }
+    }
+    return (acc.x + acc.y) + (acc.z + acc.w);
+}
+
 // the q8 blocks of all t activation rows into shared memory (then a barrier)
 void prologue() {
     uint tid = gl_LocalInvocationID.x;
     if ((p.mode & 7u) == 2u) {
         for (uint j = 0; j < p.t; j++) {
-            uint base = p.oa + j * p.k;
             float mean = 0.0;
-            if ((p.mode & 256u) != 0u) {
-                float s = 0.0;
-                for (uint i = tid; i < p.k; i += WG) s += pa[base + i];
-                mean = wg_sum(s) / float(p.k);
-            }
-            float s2 = 0.0;
-            for (uint i = tid; i < p.k; i += WG) {
-                float x = pa[base + i] - mean;
-                s2 += x * x;
-            }
-            float scale = inversesqrt(wg_sum(s2) / float(p.k) + p.eps);
+            if ((p.mode & 256u) != 0u) mean = wg_sum(pro_sum(j, 0.0, false)) / float(p.k);
+            float scale = inversesqrt(wg_sum(pro_sum(j, mean, true)) / float(p.k) + p.eps);
             if (tid == 0u) {
                 pro_mean[j] = mean;
                 pro_scale[j] = scale;
@@ -154,13 +174,32 @@ void prologue() {
         }
         barrier();
     }
+    // four quads an invocation at a time: their loads in flight together
     uint nq = p.t * (p.k / 32u) * 8u;
-    for (uint q0 = 0; q0 < nq; q0 += WG) {
-        uint qd = q0 + tid;
-        bool on = qd < nq;
-        q8_store_quad(tid, on, qd / 8u, qd % 8u, on ? pro_quad(qd / 8u, qd % 8u) : vec4(0.0));
+    for (uint q0 = 0; q0 < nq; q0 += 4u * WG) {
+        vec4 x[4];
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint qd = q0 + u * WG + tid;
+            x[u] = qd < nq ? pro_quad(qd / 8u, qd % 8u) : vec4(0.0);
+        }
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint qd = q0 + u * WG + tid;
+            q8_quad(tid, qd < nq, qd / 8u, qd % 8u, x[u]);
+        }
     }
     barrier();
+}
+#endif
+
+#ifdef USE_SUBGROUP
+// the sum over the TPR invocations of a row (gl_SubgroupSize >= TPR)
+float cluster_add(float v) {
+#ifdef PROLOGUE
+    [[unroll]] for (uint s = TPR / 2u; s > 0u; s >>= 1) v += subgroupShuffleXor(v, s);
+    return v;
+#else
+    return subgroupClusteredAdd(v, TPR);
+#endif
 }
 #endif
 
@@ -312,7 +351,7 @@ void row_group(uint rg) {
     if (gl_SubgroupSize >= TPR) {
         [[unroll]] for (uint j = 0; j < MAX_T; j++) {
             if (j >= nt) break;
-            float v = subgroupClusteredAdd(acc[j], TPR);
+            float v = cluster_add(acc[j]);
             if (live && sub == 0u) emit(row, r, j, v);
         }
         done = true;

@@ -2,8 +2,13 @@
 // rms_norm (mode 0) and norm (mode 1) of contiguous rows: one workgroup per row. Mode bit 1: the
 // result is multiplied by the f32 vector w (the norm weight that follows in the graph, fused).
 // Mode bit 2 (rows a multiple of 32 long): the result also goes to q8 blocks for the integer
-// mat-vec that reads it (q8.glsl), eight invocations to a block.
+// mat-vec that reads it (q8.glsl), eight invocations to a block (through subgroup shuffles with
+// USE_SUBGROUP). Rows a multiple of 4 long are read a quad an invocation, four quads in flight.
 #extension GL_EXT_control_flow_attributes : require
+#ifdef USE_SUBGROUP
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_SHUFFLE
+#endif
 #define WG 256
 layout(local_size_x = WG) in;
 #include "common.glsl"
@@ -22,39 +27,64 @@ layout(push_constant) uniform P {
     uint groups_x, ow;
 } p;
 
+// this invocation's share of the sum over the row at base of x - mean (squared with `squares`)
+float row_sum(uint base, float mean, bool squares) {
+    uint t = gl_LocalInvocationID.x;
+    float s = 0.0;
+    if (p.n % 4u != 0u) {
+        for (uint i = t; i < p.n; i += WG) {
+            float x = a[base + i] - mean;
+            s += squares ? x * x : x;
+        }
+        return s;
+    }
+    uint nq = p.n / 4u;
+    vec4 acc = vec4(0.0);
+    for (uint q0 = t; q0 < nq; q0 += 4u * WG) {
+        vec4 x[4];
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            uint o = base + 4u * min(q0 + u * WG, nq - 1u);
+            x[u] = vec4(a[o], a[o + 1u], a[o + 2u], a[o + 3u]);
+        }
+        [[unroll]] for (uint u = 0; u < 4u; u++) {
+            if (q0 + u * WG < nq) {
+                vec4 y = x[u] - mean;
+                acc += squares ? y * y : y;
+            }
+        }
+    }
+    return (acc.x + acc.y) + (acc.z + acc.w);
+}
+
 void main() {
     uint row = group_index(p.groups_x);
     if (row >= p.rows) return;
     uint t = gl_LocalInvocationID.x, base = p.oa + row * p.n;
     float mean = 0.0;
-    if ((p.mode & 1u) != 0u) {
-        float s = 0.0;
-        for (uint i = t; i < p.n; i += WG) s += a[base + i];
-        mean = wg_sum(s) / float(p.n);
-    }
-    float s2 = 0.0;
-    for (uint i = t; i < p.n; i += WG) {
-        float x = a[base + i] - mean;
-        s2 += x * x;
-    }
-    float scale = inversesqrt(wg_sum(s2) / float(p.n) + p.eps);
+    if ((p.mode & 1u) != 0u) mean = wg_sum(row_sum(base, 0.0, false)) / float(p.n);
+    float scale = inversesqrt(wg_sum(row_sum(base, mean, true)) / float(p.n) + p.eps);
     bool weighted = (p.mode & 2u) != 0u;
     if ((p.mode & 4u) != 0u) {  // eight invocations to a q8 block, four values each
         uint nq = p.n / 4u, nb = p.n / 32u;
-        for (uint q0 = 0; q0 < nq; q0 += WG) {
-            uint qd = q0 + t;
-            bool on = qd < nq;
-            vec4 x = vec4(0.0);
-            if (on) {
-                [[unroll]] for (uint i = 0; i < 4u; i++) {
-                    uint e = 4u * qd + i;
-                    float y = (a[base + e] - mean) * scale;
-                    y = weighted ? y * w[p.ow + e] : y;
-                    d[p.od + row * p.n + e] = y;
-                    x[i] = y;
-                }
+        for (uint q0 = 0; q0 < nq; q0 += 4u * WG) {
+            vec4 x[4];
+            [[unroll]] for (uint u = 0; u < 4u; u++) {
+                uint qd = q0 + u * WG + t, e = 4u * min(qd, nq - 1u);
+                vec4 y = (vec4(a[base + e], a[base + e + 1u], a[base + e + 2u], a[base + e + 3u]) - mean) * scale;
+                x[u] = weighted ? y * vec4(w[p.ow + e], w[p.ow + e + 1u], w[p.ow + e + 2u], w[p.ow + e + 3u]) : y;
             }
-            q8_store_quad(t, on, row * nb + qd / 8u, qd % 8u, x);
+            [[unroll]] for (uint u = 0; u < 4u; u++) {
+                uint qd = q0 + u * WG + t;
+                bool on = qd < nq;
+                if (on) {
+                    uint o = p.od + row * p.n + 4u * qd;
+                    d[o] = x[u].x;
+                    d[o + 1u] = x[u].y;
+                    d[o + 2u] = x[u].z;
+                    d[o + 3u] = x[u].w;
+                }
+                q8_quad(t, on, row * nb + qd / 8u, qd % 8u, on ? x[u] : vec4(0.0));
+            }
         }
         return;
     }
