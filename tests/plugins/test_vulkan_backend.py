@@ -211,7 +211,8 @@ def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups,
     """A (rms_)norm fused into the mat-vec's prologue (matvec_q8p) and the same norm as its own
     dispatch (norm.comp writing q8 blocks, then matvec_q8) sum their squares in the same order and
     quantize alike: on lavapipe (rows reduced through shared memory in both) the results are
-    equal bit for bit, with and without the subgroup (shuffle) variants."""
+    equal bit for bit, with and without the subgroup (shuffle) variants. Elsewhere (rows reduced
+    through subgroups, in different orders) equal up to the rounding of the last bits."""
     import llmrt_vulkan.program
 
     rt = vulkan.runtime
@@ -244,4 +245,7 @@ def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups,
     ref = cpu.compile(g, {"w": cpu.upload(WeightData("w", ty, (m, k), raw)),
                           "nw": cpu.upload(WeightData("nw", GGMLType.F32, (k,), nw))})  # fmt: skip
     assert nmse(ref.run(feeds)["out"], results[0]) < 1e-5
-    assert np.array_equal(results[0], results[1])
+    if vulkan.info().properties.get("driver_name") == "llvmpipe":
+        assert np.array_equal(results[0], results[1])
+    else:
+        assert nmse(results[1], results[0]) < 1e-5
