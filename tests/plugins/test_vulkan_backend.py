@@ -205,14 +205,17 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
 
 
 @pytest.mark.parametrize("subgroups", [True, False])
-@pytest.mark.parametrize("k, t, mean", [(576, 1, False), (2048, 1, False), (4096, 1, False),
-                                        (4096, 3, True), (8192, 2, False)])  # fmt: skip
-def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups, k, t, mean):
+@pytest.mark.parametrize("k, t, mean, off", [(576, 1, False, 0), (2048, 1, False, 0),
+                                             (4096, 1, False, 0), (4096, 3, True, 0),
+                                             (8192, 2, False, 0), (2048, 2, True, 1),
+                                             (4096, 1, False, 2)])  # fmt: skip
+def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups, k, t, mean, off):
     """A (rms_)norm fused into the mat-vec's prologue (matvec_q8p) and the same norm as its own
     dispatch (norm.comp writing q8 blocks, then matvec_q8) sum their squares in the same order and
     quantize alike: on lavapipe (rows reduced through shared memory in both) the results are
     equal bit for bit, with and without the subgroup (shuffle) variants. Elsewhere (rows reduced
-    through subgroups, in different orders) equal up to the rounding of the last bits."""
+    through subgroups, in different orders) equal up to the rounding of the last bits. `off`:
+    the activations start `off` floats into their buffer (no 16-byte loads)."""
     import llmrt_vulkan.program
 
     rt = vulkan.runtime
@@ -227,13 +230,13 @@ def test_wide_norm_prologue_equals_norm_dispatch(vulkan, monkeypatch, subgroups,
     raw = quantize(rng.uniform(-1, 1, (m, k)).astype(np.float32), ty).reshape(m, -1)
     nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
     g = Graph("wide")
-    x = g.input("x", (t, k))
+    x = g.view(g.input("x", (t * k + off,)), (t, k), (k, 1), off)
     normed = g.norm(x, 1e-5) if mean else g.rms_norm(x, 1e-5)
     normed = g.mul(normed, g.weight("nw", (k,), GGMLType.F32))
     g.output("out", g.mul_mat(g.weight("w", (m, k), ty), normed))
     bound = {"w": vulkan.upload(WeightData("w", ty, (m, k), raw)),
              "nw": vulkan.upload(WeightData("nw", GGMLType.F32, (k,), nw))}  # fmt: skip
-    feeds = {"x": (rng.normal(size=(t, k)) * 3 + (2 if mean else 0)).astype(np.float32)}
+    feeds = {"x": (rng.normal(size=t * k + off) * 3 + (2 if mean else 0)).astype(np.float32)}
     results = []
     for floats in (4 * t * k, 0):
         monkeypatch.setattr(llmrt_vulkan.program, "PROLOGUE_FLOATS", floats)

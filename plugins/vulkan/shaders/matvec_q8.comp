@@ -64,6 +64,8 @@ layout(binding = 0) readonly restrict buffer W { uint Wq[]; };
 #define MAX_NB 512
 layout(binding = 5) readonly restrict buffer A { float pa[]; };
 layout(binding = 6) readonly restrict buffer B { float pb[]; };
+layout(binding = 5) readonly restrict buffer A4 { vec4 pa4[]; };  // the same, 16 bytes a load
+layout(binding = 6) readonly restrict buffer B4 { vec4 pb4[]; };
 // the q8 blocks, written by q8_store (q8.glsl) and read by block_dot as xq / xs
 shared uvec4 q8q[2 * MAX_NB];
 shared vec2 q8s[MAX_NB];
@@ -104,6 +106,14 @@ layout(push_constant) uniform P {
 const float NEG_INF = -1.0 / 0.0;
 shared float pro_mean[MAX_T], pro_scale[MAX_T];
 
+// pa[o..o + 3], pb[o..o + 3] (o = p.oa, p.ob modulo 4): one 16-byte load where aligned
+vec4 lda(uint o) {
+    return (p.oa & 3u) == 0u ? pa4[o >> 2] : vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
+}
+vec4 ldb(uint o) {
+    return (p.ob & 3u) == 0u ? pb4[o >> 2] : vec4(pb[o], pb[o + 1u], pb[o + 2u], pb[o + 3u]);
+}
+
 // quad c (values 4c..4c+3) of block b of the activations, from their producer
 vec4 pro_quad(uint b, uint c) {
     uint nb = p.k / 32u, j = b / nb, e = (b % nb) * 32u + 4u * c, kind = p.mode & 7u;
@@ -123,17 +133,12 @@ vec4 pro_quad(uint b, uint c) {
         }
         return x / l;
     }
-    uint o = p.oa + j * p.k + e;
-    vec4 x = vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
+    vec4 x = lda(p.oa + j * p.k + e);
     if (kind == 2u) {
         x = (x - pro_mean[j]) * pro_scale[j];
-        if ((p.mode & 512u) != 0u) {
-            uint q = p.ob + e;
-            x *= vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
-        }
+        if ((p.mode & 512u) != 0u) x *= ldb(p.ob + e);
     } else if (kind == 3u) {
-        uint q = p.ob + j * p.k + e;
-        x = x / (1.0 + exp(-x)) * vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+        x = x / (1.0 + exp(-x)) * ldb(p.ob + j * p.k + e);
     }
     return x;
 }
@@ -146,8 +151,7 @@ float pro_sum(uint j, float mean, bool squares) {
     for (uint q0 = gl_LocalInvocationID.x; q0 < nq; q0 += 4u * WG) {
         vec4 x[4];
         [[unroll]] for (uint u = 0; u < 4u; u++) {
-            uint o = base + 4u * min(q0 + u * WG, nq - 1u);
-            x[u] = vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
+            x[u] = lda(base + 4u * min(q0 + u * WG, nq - 1u));
         }
         [[unroll]] for (uint u = 0; u < 4u; u++) {
             if (q0 + u * WG < nq) {

@@ -16,6 +16,9 @@ layout(local_size_x = WG) in;
 layout(binding = 0) readonly buffer A { float a[]; };
 layout(binding = 1) writeonly buffer D { float d[]; };
 layout(binding = 2) readonly buffer W { float w[]; };
+layout(binding = 0) readonly buffer A4 { vec4 a4[]; };  // the same, 16 bytes an access
+layout(binding = 1) writeonly buffer D4 { vec4 d4[]; };
+layout(binding = 2) readonly buffer W4 { vec4 w4[]; };
 layout(binding = 3) writeonly buffer Q { uvec4 q8q[]; };
 layout(binding = 4) writeonly buffer S { vec2 q8s[]; };
 #define Q8_QUADS
@@ -26,6 +29,14 @@ layout(push_constant) uniform P {
     float eps;
     uint groups_x, ow;
 } p;
+
+// a[o..o + 3], w[o..o + 3] (o = p.oa, p.ow modulo 4): one 16-byte load where aligned
+vec4 lda(uint o) {
+    return (p.oa & 3u) == 0u ? a4[o >> 2] : vec4(a[o], a[o + 1u], a[o + 2u], a[o + 3u]);
+}
+vec4 ldw(uint o) {
+    return (p.ow & 3u) == 0u ? w4[o >> 2] : vec4(w[o], w[o + 1u], w[o + 2u], w[o + 3u]);
+}
 
 // this invocation's share of the sum over the row at base of x - mean (squared with `squares`)
 float row_sum(uint base, float mean, bool squares) {
@@ -43,8 +54,7 @@ float row_sum(uint base, float mean, bool squares) {
     for (uint q0 = t; q0 < nq; q0 += 4u * WG) {
         vec4 x[4];
         [[unroll]] for (uint u = 0; u < 4u; u++) {
-            uint o = base + 4u * min(q0 + u * WG, nq - 1u);
-            x[u] = vec4(a[o], a[o + 1u], a[o + 2u], a[o + 3u]);
+            x[u] = lda(base + 4u * min(q0 + u * WG, nq - 1u));
         }
         [[unroll]] for (uint u = 0; u < 4u; u++) {
             if (q0 + u * WG < nq) {
@@ -70,18 +80,22 @@ void main() {
             vec4 x[4];
             [[unroll]] for (uint u = 0; u < 4u; u++) {
                 uint qd = q0 + u * WG + t, e = 4u * min(qd, nq - 1u);
-                vec4 y = (vec4(a[base + e], a[base + e + 1u], a[base + e + 2u], a[base + e + 3u]) - mean) * scale;
-                x[u] = weighted ? y * vec4(w[p.ow + e], w[p.ow + e + 1u], w[p.ow + e + 2u], w[p.ow + e + 3u]) : y;
+                vec4 y = (lda(base + e) - mean) * scale;
+                x[u] = weighted ? y * ldw(p.ow + e) : y;
             }
             [[unroll]] for (uint u = 0; u < 4u; u++) {
                 uint qd = q0 + u * WG + t;
                 bool on = qd < nq;
                 if (on) {
                     uint o = p.od + row * p.n + 4u * qd;
-                    d[o] = x[u].x;
-                    d[o + 1u] = x[u].y;
-                    d[o + 2u] = x[u].z;
-                    d[o + 3u] = x[u].w;
+                    if ((p.od & 3u) == 0u) {
+                        d4[o >> 2] = x[u];
+                    } else {
+                        d[o] = x[u].x;
+                        d[o + 1u] = x[u].y;
+                        d[o + 2u] = x[u].z;
+                        d[o + 3u] = x[u].w;
+                    }
                 }
                 q8_quad(t, on, row * nb + qd / 8u, qd % 8u, on ? x[u] : vec4(0.0));
             }
