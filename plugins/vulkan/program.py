@@ -40,22 +40,19 @@ ALIGN = 256
 MAX_T_MATVEC = 8
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
+ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's per-row kernel
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
 # Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
 # values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
-# others keep a producer dispatch that writes q8 blocks. On the H100 the first prologue (a serial
-# chain of strided loads and two barriers a quad pass, ~12 us for k = 4096) cost the 8B more than
-# the barrier stages it saves (tg128 218 with it, 253 without), and paid for 135M (664 against
-# 565) and 1B (674 against 657); with PROLOGUE_SMALL = 2048 the 8B took none. Its loads are now
-# four quads an invocation in flight and its q8 blocks reduced through subgroup shuffles (no
-# barrier), and PROLOGUE_SMALL = 4096 lets the 8B's norms go into q/k/v and gate/up too
-# (LLMRT_VULKAN_PROLOGUE_SMALL=2048 restores the earlier choice, to compare).
+# others keep a producer dispatch that writes q8 blocks. On the H100 the prologue (a serial chain
+# of loads and barriers, ~12 us for k = 4096) cost the 8B more than the barrier stages it saves
+# (tg128 218 with it, 253 without), and paid for 135M (664 against 565) and 1B (674 against 657).
 # A dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th group of rows
 # (the 8B: 218 t/s with 256 or 512, 184 with 2048). LLMRT_VULKAN_PROLOGUE_FLOATS=0 turns the
 # prologue off (to compare).
 PROLOGUE_FLOATS = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_FLOATS", "20480"))
-PROLOGUE_SMALL = int(os.environ.get("LLMRT_VULKAN_PROLOGUE_SMALL", "4096"))
+PROLOGUE_SMALL = 2048
 PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
@@ -310,7 +307,8 @@ class VulkanProgram(Executable):
                 elif node.op is Op.FLASH_ATTN_EXT and len(users.get(id(node), [])) == 1:
                     (rs,) = users[id(node)]
                     t, hq, _ = node.srcs[0].shape
-                    splits, _ = self._attn_splits(t, hq, node.srcs[2].shape[0])
+                    v = node.srcs[2]
+                    splits, _ = self._attn_splits(t, hq, v.shape[0], v.shape[-1])
                     if (
                         rs.op is Op.RESHAPE and id(node) not in outputs and splits > 1
                         and node.shape[-1] % 32 == 0 and prologue_readers(rs, splits + 1)
@@ -444,11 +442,17 @@ class VulkanProgram(Executable):
     def _prologue_small(m: int, k: int, t: int) -> bool:
         return t * k // 32 <= PROLOGUE_BLOCKS and min(m, t * k) <= PROLOGUE_SMALL
 
-    def _attn_splits(self, t: int, hq: int, s: int) -> tuple[int, int]:
+    def _attn_rows(self, s: int, d: int) -> bool:
+        """Whether attention takes the per-row kernel (lavapipe's): only for caches of at most
+        ATTN_ROWS_MAX elements a head, past which lavapipe computes it wrong (nondeterministic
+        garbage from about 42k: Gemma 3's 256-wide heads reach that at 164 cells)."""
+        return self.rt.cpu and s * d <= ATTN_ROWS_MAX
+
+    def _attn_splits(self, t: int, hq: int, s: int, d: int) -> tuple[int, int]:
         """Parts of the KV length that decode attention is split into, and keys per part: on the
         GPU kernels some 512 workgroups in all, parts of at least 32 keys (one workgroup per head
         would walk its keys serially)."""
-        if self.rt.cpu:
+        if self._attn_rows(s, d):
             return 1, -(-s // 128) * 128
         splits = max(1, min(-(-s // 32), -(-512 // (t * hq)), ATTN_MAX_SPLITS))
         per = -(-s // splits)
@@ -924,12 +928,12 @@ class VulkanProgram(Executable):
         s, hkv, dv = v.shape
         flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
         m = mask if mask is not None else q
-        cpu = self.rt.cpu
         if max(dk, dv) > 256:
             raise UnsupportedOp("vulkan attention takes head sizes up to 256")
+        cpu = self._attn_rows(s, max(dk, dv))
         # on the GPU kernels, a long cache is split over workgroups and the parts merged by
         # attn_combine, or (virtual) in the prologue of the mat-vecs reading the result
-        splits, chunk = self._attn_splits(t, hq, s)
+        splits, chunk = self._attn_splits(t, hq, s, max(dk, dv))
         virtual = id(node) in self._virtual and splits > 1
         if virtual:
             dst = self._new((t * hq * splits * (dv + 2),), F32)

@@ -61,7 +61,6 @@ class Runtime:
         stages = properties.get("subgroup_stages", [])
         self.subgroups = "arithmetic" in ops and "compute" in stages
         self.clustered = self.subgroups and "clustered" in ops
-        self.shuffle = self.subgroups and "shuffle" in ops
         # OpSDot on packed bytes (core in Vulkan 1.3): the integer mat-vec's "_dot" variants.
         # LLMRT_VULKAN_INTDOT=0 takes the plain integer path instead.
         self.int_dot = (
@@ -272,7 +271,6 @@ class Runtime:
         if (
             self.subgroups and f"{name}_sg" in shaders.VARIANTS
             and (self.clustered or f"{name}_sg" not in shaders.CLUSTERED)
-            and (self.shuffle or f"{name}_sg" not in shaders.SHUFFLE)
         ):  # fmt: skip
             name = f"{name}_sg"
         key = (name, spec)

@@ -27,9 +27,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }  # fmt: skip
 # the integer mat-vec: with (_dot) or without OpSDot, per row (lavapipe) or per workgroup; "_sg"
 # reduces through clustered subgroup adds
-for _source in ("quantize_q8", "attn_combine"):  # "_sg": q8 blocks through subgroup shuffles
-    VARIANTS[_source] = (_source, ())
-    VARIANTS[f"{_source}_sg"] = (_source, ("USE_SUBGROUP",))
+VARIANTS["quantize_q8"] = ("quantize_q8", ())
+VARIANTS["attn_combine"] = ("attn_combine", ())
 for _dot in ("", "_dot"):
     for _kind, _macros in (("", ()), ("_sg", ("USE_SUBGROUP",)), ("_rows", ("PER_ROW",))):
         VARIANTS[f"matvec_q8{_dot}{_kind}"] = (
@@ -43,13 +42,7 @@ for _dot in ("", "_dot"):
             "matvec_q8",
             ("PROLOGUE", *_macros, *(("USE_DOT",) if _dot else ())),
         )
-# "_sg" variants that need clustered subgroup operations, or subgroup shuffles
-CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8_") and n.endswith("_sg"))
-SHUFFLE = frozenset(
-    n
-    for n in VARIANTS
-    if n.startswith(("matvec_q8p", "norm", "quantize_q8", "attn_combine")) and n.endswith("_sg")
-)
+CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.endswith("_sg"))
 
 
 def glslc_command(name: str, output: Path | str) -> list[str]:

@@ -1,10 +1,5 @@
 #version 450
 #extension GL_EXT_control_flow_attributes : require
-#ifdef USE_SUBGROUP  // the q8 blocks' amax and sum through subgroup shuffles (q8_quad)
-#extension GL_KHR_shader_subgroup_basic : require
-#extension GL_KHR_shader_subgroup_shuffle : require
-#define Q8_SHUFFLE
-#endif
 // The parts of attention split over the KV length (flash_attn.comp, splits > 1) merged: each part
 // is DV unnormalized sums, its running max m and its sum of weights l; out = sum_i acc_i e^(m_i - M)
 // / sum_i l_i e^(m_i - M), M the largest m. One invocation per output element; with q8 set (DV a
@@ -64,5 +59,5 @@ void main() {
         d[o + 2u] = x.z;
         d[o + 3u] = x.w;
     }
-    q8_quad(tid, on, idx / 8u, idx % 8u, x);
+    q8_store_quad(tid, on, idx / 8u, idx % 8u, x);
 }

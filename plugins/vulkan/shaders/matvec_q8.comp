@@ -9,17 +9,14 @@
 //
 // Default: ROWS weight rows per workgroup, TPR threads per row, each taking whole blocks (blocks
 // sub, sub + TPR, ...), reduced by clustered subgroup adds (USE_SUBGROUP, subgroups of at least
-// TPR; the PROLOGUE variant: subgroup shuffles) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
+// TPR) or through shared memory. PER_ROW: one invocation per row and up to 8 activation rows per
 // dispatch row (gl_WorkGroupID.y picks the block of 8), no shared memory or barrier (lavapipe).
 //
 // PROLOGUE: the activations arrive as f32 (bindings 5, 6) and each workgroup makes their q8 blocks
 // itself, in shared memory, from what produced them (one barrier stage and dispatch less than a
 // producer writing q8 blocks): mode 1 the values as they are, 2 rms_norm or norm (bit 8: mean
 // subtracted, bit 9: times the f32 vector b), 3 swiglu(a, b), 4 the parts of split attention merged
-// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks. Every
-// invocation loads four quads at a time (the norm's sums of squares, then the values it
-// quantizes), and with USE_SUBGROUP the eight invocations of a q8 block reduce its amax and sum
-// through shuffles (q8.glsl's q8_quad): one barrier per norm reduction, none per quad pass. Its epilogue
+// (attn_combine.comp's arithmetic). 8 rows per workgroup; t * k / 32 <= MAX_NB blocks. Its epilogue
 // (emode) may take the rows in pairs (2i, 2i + 1): bit 0 rotates them as rope.comp does (normal
 // mode, heads of `dim` rows), bit 1 writes them into row ids[token] of a cache `width` wide (the
 // set_rows that reads them), bit 2: that cache is f16.
@@ -37,13 +34,7 @@ int dot8(uint a, uint b) {
 #endif
 #ifdef USE_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
-#ifdef PROLOGUE
-// the PROLOGUE variant reduces through shuffles (no clustered operations needed: lavapipe runs it)
-#extension GL_KHR_shader_subgroup_shuffle : require
-#define Q8_SHUFFLE
-#else
 #extension GL_KHR_shader_subgroup_clustered : require
-#endif
 #endif
 #ifdef PER_ROW
 #define WG 64
@@ -64,8 +55,6 @@ layout(binding = 0) readonly restrict buffer W { uint Wq[]; };
 #define MAX_NB 512
 layout(binding = 5) readonly restrict buffer A { float pa[]; };
 layout(binding = 6) readonly restrict buffer B { float pb[]; };
-layout(binding = 5) readonly restrict buffer A4 { vec4 pa4[]; };  // the same, 16 bytes a load
-layout(binding = 6) readonly restrict buffer B4 { vec4 pb4[]; };
 // the q8 blocks, written by q8_store (q8.glsl) and read by block_dot as xq / xs
 shared uvec4 q8q[2 * MAX_NB];
 shared vec2 q8s[MAX_NB];
@@ -106,14 +95,6 @@ layout(push_constant) uniform P {
 const float NEG_INF = -1.0 / 0.0;
 shared float pro_mean[MAX_T], pro_scale[MAX_T];
 
-// pa[o..o + 3], pb[o..o + 3] (o = p.oa, p.ob modulo 4): one 16-byte load where aligned
-vec4 lda(uint o) {
-    return (p.oa & 3u) == 0u ? pa4[o >> 2] : vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
-}
-vec4 ldb(uint o) {
-    return (p.ob & 3u) == 0u ? pb4[o >> 2] : vec4(pb[o], pb[o + 1u], pb[o + 2u], pb[o + 3u]);
-}
-
 // quad c (values 4c..4c+3) of block b of the activations, from their producer
 vec4 pro_quad(uint b, uint c) {
     uint nb = p.k / 32u, j = b / nb, e = (b % nb) * 32u + 4u * c, kind = p.mode & 7u;
@@ -133,34 +114,19 @@ vec4 pro_quad(uint b, uint c) {
         }
         return x / l;
     }
-    vec4 x = lda(p.oa + j * p.k + e);
+    uint o = p.oa + j * p.k + e;
+    vec4 x = vec4(pa[o], pa[o + 1u], pa[o + 2u], pa[o + 3u]);
     if (kind == 2u) {
         x = (x - pro_mean[j]) * pro_scale[j];
-        if ((p.mode & 512u) != 0u) x *= ldb(p.ob + e);
+        if ((p.mode & 512u) != 0u) {
+            uint q = p.ob + e;
+            x *= vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
+        }
     } else if (kind == 3u) {
-        x = x / (1.0 + exp(-x)) * ldb(p.ob + j * p.k + e);
+        uint q = p.ob + j * p.k + e;
+        x = x / (1.0 + exp(-x)) * vec4(pb[q], pb[q + 1u], pb[q + 2u], pb[q + 3u]);
     }
     return x;
-}
-
-// the sum over row j of the activations of (x - mean)^2 (of x with mean 0), this invocation's
-// share: quads tid, tid + WG, ..., four loads in flight at a time
-float pro_sum(uint j, float mean, bool squares) {
-    uint base = p.oa + j * p.k, nq = p.k / 4u;
-    vec4 acc = vec4(0.0);
-    for (uint q0 = gl_LocalInvocationID.x; q0 < nq; q0 += 4u * WG) {
-        vec4 x[4];
-        [[unroll]] for (uint u = 0; u < 4u; u++) {
-            x[u] = lda(base + 4u * min(q0 + u * WG, nq - 1u));
-        }
-        [[unroll]] for (uint u = 0; u < 4u; u++) {
-            if (q0 + u * WG < nq) {
-                vec4 y = x[u] - mean;
-                acc += squares ? y * y : x[u];
-            }
-        }
-    }
-    return (acc.x + acc.y) + (acc.z + acc.w);
 }
 
 // the q8 blocks of all t activation rows into shared memory (then a barrier)
@@ -168,9 +134,19 @@ void prologue() {
     uint tid = gl_LocalInvocationID.x;
     if ((p.mode & 7u) == 2u) {
         for (uint j = 0; j < p.t; j++) {
+            uint base = p.oa + j * p.k;
             float mean = 0.0;
-            if ((p.mode & 256u) != 0u) mean = wg_sum(pro_sum(j, 0.0, false)) / float(p.k);
-            float scale = inversesqrt(wg_sum(pro_sum(j, mean, true)) / float(p.k) + p.eps);
+            if ((p.mode & 256u) != 0u) {
+                float s = 0.0;
+                for (uint i = tid; i < p.k; i += WG) s += pa[base + i];
+                mean = wg_sum(s) / float(p.k);
+            }
+            float s2 = 0.0;
+            for (uint i = tid; i < p.k; i += WG) {
+                float x = pa[base + i] - mean;
+                s2 += x * x;
+            }
+            float scale = inversesqrt(wg_sum(s2) / float(p.k) + p.eps);
             if (tid == 0u) {
                 pro_mean[j] = mean;
                 pro_scale[j] = scale;
@@ -178,32 +154,13 @@ void prologue() {
         }
         barrier();
     }
-    // four quads an invocation at a time: their loads in flight together
     uint nq = p.t * (p.k / 32u) * 8u;
-    for (uint q0 = 0; q0 < nq; q0 += 4u * WG) {
-        vec4 x[4];
-        [[unroll]] for (uint u = 0; u < 4u; u++) {
-            uint qd = q0 + u * WG + tid;
-            x[u] = qd < nq ? pro_quad(qd / 8u, qd % 8u) : vec4(0.0);
-        }
-        [[unroll]] for (uint u = 0; u < 4u; u++) {
-            uint qd = q0 + u * WG + tid;
-            q8_quad(tid, qd < nq, qd / 8u, qd % 8u, x[u]);
-        }
+    for (uint q0 = 0; q0 < nq; q0 += WG) {
+        uint qd = q0 + tid;
+        bool on = qd < nq;
+        q8_store_quad(tid, on, qd / 8u, qd % 8u, on ? pro_quad(qd / 8u, qd % 8u) : vec4(0.0));
     }
     barrier();
-}
-#endif
-
-#ifdef USE_SUBGROUP
-// the sum over the TPR invocations of a row (gl_SubgroupSize >= TPR)
-float cluster_add(float v) {
-#ifdef PROLOGUE
-    [[unroll]] for (uint s = TPR / 2u; s > 0u; s >>= 1) v += subgroupShuffleXor(v, s);
-    return v;
-#else
-    return subgroupClusteredAdd(v, TPR);
-#endif
 }
 #endif
 
@@ -355,7 +312,7 @@ void row_group(uint rg) {
     if (gl_SubgroupSize >= TPR) {
         [[unroll]] for (uint j = 0; j < MAX_T; j++) {
             if (j >= nt) break;
-            float v = cluster_add(acc[j]);
+            float v = subgroupClusteredAdd(acc[j], TPR);
             if (live && sub == 0u) emit(row, r, j, v);
         }
         done = true;

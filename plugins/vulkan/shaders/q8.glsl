@@ -53,11 +53,8 @@ void q8_store(uint b, vec4 x[8]) {
 
 #ifdef Q8_QUADS
 // The same rounding, eight invocations to a block, four values each: invocations 8i..8i+7 of the
-// workgroup hold quads 0..7 of block b (those with `on` false take part in the barriers only;
-// all eight of a block are on or off together). q8_quad: through subgroup shuffles (Q8_SHUFFLE,
-// subgroups of at least 8; the includer enables GL_KHR_shader_subgroup_shuffle), no barrier,
-// otherwise q8_store_quad. The block's amax and int8 sum are exact whatever the order of their
-// reduction: the result is the same either way. Called in uniform control flow.
+// workgroup hold quads 0..7 of block b (those with `on` false take part in the barriers only).
+// Called in uniform control flow: it has two barriers.
 shared float q8_amax_[WG];
 shared int q8_sum_[WG];
 
@@ -81,30 +78,5 @@ void q8_store_quad(uint tid, bool on, uint b, uint c, vec4 x) {
         [[unroll]] for (uint i = 0; i < 8u; i++) sum += q8_sum_[g + i];
         q8s[b] = vec2(f16_rne(div_rn(amax, 127.0)), float(sum));
     }
-}
-
-void q8_quad(uint tid, bool on, uint b, uint c, vec4 x) {
-#ifdef Q8_SHUFFLE
-    if (gl_SubgroupSize >= 8u) {
-        vec4 m = abs(x);
-        float amax = max(max(m.x, m.y), max(m.z, m.w));
-        amax = max(amax, subgroupShuffleXor(amax, 1u));
-        amax = max(amax, subgroupShuffleXor(amax, 2u));
-        amax = max(amax, subgroupShuffleXor(amax, 4u));
-        float inv = amax > 0.0 ? div_rn(127.0, amax) : 0.0;
-        ivec4 q = ivec4(roundEven(x * inv));
-        int sum = q.x + q.y + q.z + q.w;
-        sum += subgroupShuffleXor(sum, 1u);
-        sum += subgroupShuffleXor(sum, 2u);
-        sum += subgroupShuffleXor(sum, 4u);
-        if (on) {
-            q8q[2u * b + c / 4u][c % 4u] =
-                uint(q.x & 0xFF) | uint(q.y & 0xFF) << 8 | uint(q.z & 0xFF) << 16 | uint(q.w & 0xFF) << 24;
-            if (c == 0u) q8s[b] = vec2(f16_rne(div_rn(amax, 127.0)), float(sum));
-        }
-        return;
-    }
-#endif
-    q8_store_quad(tid, on, b, c, x);
 }
 #endif

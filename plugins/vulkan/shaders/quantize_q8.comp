@@ -1,10 +1,5 @@
 #version 450
 #extension GL_EXT_control_flow_attributes : require
-#ifdef USE_SUBGROUP  // the q8 blocks' amax and sum through subgroup shuffles (q8_quad)
-#extension GL_KHR_shader_subgroup_basic : require
-#extension GL_KHR_shader_subgroup_shuffle : require
-#define Q8_SHUFFLE
-#endif
 // Activations (contiguous f32 rows whose length is a multiple of 32) to q8 blocks of 32 for the
 // integer mat-vec (matvec_q8.comp), eight invocations to a block (q8.glsl). Flag bit 0: the values are
 // swiglu(a, b) = silu(a) * b (as eltwise.comp computes it), also written as f32 to o.
@@ -33,5 +28,5 @@ void main() {
             o4[p.oo4 + qd] = x;
         }
     }
-    q8_quad(tid, on, qd / 8u, qd % 8u, x);
+    q8_store_quad(tid, on, qd / 8u, qd % 8u, x);
 }
