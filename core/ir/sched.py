@@ -39,20 +39,25 @@ def place(graph: Graph, layers: list[Device], host: Device) -> dict[int, Device]
     first = next((i for i, t in enumerate(graph.nodes) if t.layer is not None), len(graph.nodes))
     where: dict[int, Device] = {}
     for i, node in enumerate(graph.nodes):
-        if node.op is Op.INPUT:
-            continue
+        if node.op in LEAVES:
+            continue  # bound below, where what reads them runs
         if node.layer is not None:
             device = layers[node.layer]
         elif i < first:
             device = layers[0]
         else:
             device = layers[-1]
-        if node.op in ALIASING and node.srcs[0].op is not Op.INPUT:
-            device = where[id(node.srcs[0])]
-        elif node.op not in LEAVES and not device.supports_op(node):
+        src = node.srcs[0] if node.srcs else None
+        if node.op in ALIASING and src.op is not Op.INPUT:
+            if src.op in LEAVES:  # a view of a cache (or a write into it) places the cache
+                where.setdefault(id(src), device)
+            device = where[id(src)]
+        elif not device.supports_op(node):
             device = host
         where[id(node)] = device
-    # a leaf is bound where its first reader runs (a weight read on two devices is bound on both)
+    # a leaf is bound where its first reader runs (a weight a lookup the device declines reads
+    # stays on the host); the graph makes a node per use of a weight, so a tied embedding read by
+    # the lookup and by the output head is bound on both devices
     for node in graph.nodes:
         for src in node.srcs:
             if src.op in (Op.WEIGHT, Op.STATE) and node.op not in LEAVES:

@@ -315,9 +315,20 @@ class VulkanDevice(Device):
         return self._runtime
 
     def supports_op(self, node: Any) -> bool:
+        from llmrt.ir import Op
         from llmrt_vulkan.ops import supports
 
-        return supports(node)
+        if not supports(node):
+            return False
+        table = node.srcs[0] if node.op is Op.GET_ROWS else None
+        if table is not None and table.op is Op.WEIGHT:
+            # the rows a lookup reads depend on the tokens, so its table can't be split over
+            # bindings as a mat-vec's is: one larger than a storage-buffer binding may address
+            # (lavapipe: 128 MiB; Gemma 3's embedding is 170 MiB) stays on the host
+            rows = int(np.prod(table.shape[:-1]))
+            limit = int(self._data.properties.get("max_storage_buffer_range") or (1 << 27))
+            return rows * table.dtype.row_nbytes(table.shape[-1]) <= limit
+        return True
 
     def upload(self, tensor: Any) -> Any:
         from llmrt_vulkan.program import VulkanWeight

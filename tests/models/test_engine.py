@@ -98,3 +98,22 @@ def test_missing_and_bad_files(tmp_path):
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(LlmrtError, match="bad GGUF file"):
         load(bad)
+
+
+class NoLookupCPU(CPUDevice):
+    """An accelerator stand-in that declines the embedding lookup (as Vulkan does for a table
+    larger than one storage-buffer binding)."""
+
+    def supports_op(self, node):
+        return node.op.value != "get_rows" and super().supports_op(node)
+
+
+def test_a_declined_lookup_binds_its_table_on_the_host(tiny_llama):
+    other = NoLookupCPU(CPUBackend(), 8)
+    model = load(tiny_llama, device=other, n_gpu_layers=-1)
+    expected = load(tiny_llama, device="cpu").context(n_ctx=64).eval(PROMPT[:9])
+    np.testing.assert_array_equal(model.context(n_ctx=64).eval(PROMPT[:9]), expected)
+    host = registry().host()
+    # the lookup's table on the host, the tied output head's copy on the device
+    assert model.leaf_devices["token_embd.weight"] == {host, other}
+    assert model.split

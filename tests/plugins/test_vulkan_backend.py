@@ -199,3 +199,14 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
             )
             assert fused == (sum(name.startswith("matvec_q8p") for name in shaders) == 5)
     assert nmse(results[1], results[0]) < 1e-5
+
+
+def test_lookup_in_a_table_larger_than_a_binding_is_declined(vulkan, monkeypatch):
+    """A lookup's rows depend on the tokens, so its table can't be split over bindings: one
+    larger than maxStorageBufferRange (lavapipe: 128 MiB) is left to the host."""
+    g = Graph("lookup")
+    table = g.weight("table", (4096, 512), GGMLType.Q8_0)  # 2.1 MiB
+    lookup = g.get_rows(table, g.input("ids", (3,), GGMLType.I32))
+    assert vulkan.supports_op(lookup)
+    monkeypatch.setitem(vulkan._data.properties, "max_storage_buffer_range", 1 << 20)
+    assert not vulkan.supports_op(lookup)
