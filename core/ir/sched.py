@@ -55,9 +55,9 @@ def place(graph: Graph, layers: list[Device], host: Device) -> dict[int, Device]
         elif not device.supports_op(node):
             device = host
         where[id(node)] = device
-    # a leaf is bound where its first reader runs (a weight a lookup the device declines reads
-    # stays on the host); the graph makes a node per use of a weight, so a tied embedding read by
-    # the lookup and by the output head is bound on both devices
+    # a leaf is bound where its first reader runs, so the table of a lookup that the device
+    # declines stays on the host; the graph makes a node per use of a weight, so a tied embedding
+    # read by the lookup and by the output head is bound on both devices
     for node in graph.nodes:
         for src in node.srcs:
             if src.op in (Op.WEIGHT, Op.STATE) and node.op not in LEAVES:
