@@ -250,6 +250,25 @@ __device__ __forceinline__ float kdot8(const u8* __restrict__ k, size_t o, const
            qr[6] * b.z + qr[7] * b.w;
 }
 
+// acc[0..8) += p * the 8 values of V at element o (f16 or f32 cache).
+template <int F16>
+__device__ __forceinline__ void vacc8(const u8* __restrict__ v, size_t o, float p, float* acc) {
+    if (F16) {
+        const uint4 u = *(const uint4*)((const u16*)v + o);
+        const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            acc[2 * i] += p * h2f((u16)(w[i] & 0xffff));
+            acc[2 * i + 1] += p * h2f((u16)(w[i] >> 16));
+        }
+    } else {
+        const float4 a = *(const float4*)((const float*)v + o);
+        const float4 b = *(const float4*)((const float*)v + o + 4);
+        acc[0] += p * a.x; acc[1] += p * a.y; acc[2] += p * a.z; acc[3] += p * a.w;
+        acc[4] += p * b.x; acc[5] += p * b.y; acc[6] += p * b.z; acc[7] += p * b.w;
+    }
+}
+
 // kdot8 over 8 values already in f32 (shared memory), summed in kdot8's order.
 template <int F16>
 __device__ __forceinline__ float sdot8(const float* x, const float* qr) {
@@ -322,20 +341,7 @@ __device__ __forceinline__ void fattn_body(const float* __restrict__ q, const u8
         if (F16) p = h2f(f2h(p));
         if (p != 0.0f) {
             const size_t o = (size_t)s * vs + (size_t)hk * vh + j * 8;
-            if (F16) {
-                const uint4 u = *(const uint4*)((const u16*)v + o);
-                const u32 w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    acc[2 * i] += p * h2f((u16)(w[i] & 0xffff));
-                    acc[2 * i + 1] += p * h2f((u16)(w[i] >> 16));
-                }
-            } else {
-                const float4 a = *(const float4*)((const float*)v + o);
-                const float4 b = *(const float4*)((const float*)v + o + 4);
-                acc[0] += p * a.x; acc[1] += p * a.y; acc[2] += p * a.z; acc[3] += p * a.w;
-                acc[4] += p * b.x; acc[5] += p * b.y; acc[6] += p * b.z; acc[7] += p * b.w;
-            }
+            vacc8<F16>(v, o, p, acc);
         }
     }
 #pragma unroll
@@ -584,20 +590,7 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
             for (int i = 0; i < 8; ++i) acc[i] += p * nv[j * 8 + i];
         } else if (p != 0.0f) {
             const size_t o = (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8;
-            if (F16) {
-                const uint4 u = *(const uint4*)((const u16*)v + o);
-                const u32 w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    acc[2 * i] += p * h2f((u16)(w[i] & 0xffff));
-                    acc[2 * i + 1] += p * h2f((u16)(w[i] >> 16));
-                }
-            } else {
-                const float4 a = *(const float4*)((const float*)v + o);
-                const float4 b = *(const float4*)((const float*)v + o + 4);
-                acc[0] += p * a.x; acc[1] += p * a.y; acc[2] += p * a.z; acc[3] += p * a.w;
-                acc[4] += p * b.x; acc[5] += p * b.y; acc[6] += p * b.z; acc[7] += p * b.w;
-            }
+            vacc8<F16>(v, o, p, acc);
         }
     }
 #pragma unroll
