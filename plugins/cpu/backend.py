@@ -1,4 +1,5 @@
-"""CPU backend and device: the host processor as seen by the kernel (Linux /proc) and numpy."""
+"""CPU backend and device: the host processor as seen by the kernel (Linux /proc), and the numba
+kernels (llmrt_cpu.ops) that run graphs on it, with the numpy reference for what they lack."""
 
 from __future__ import annotations
 
@@ -97,7 +98,25 @@ class CPUDevice(Device):
 
 
 class CPUProgram(reference.ReferenceProgram, Executable):
-    """The numpy reference, run as it is (the fast CPU path is still to come)."""
+    """The reference's program (steps, liveness) with each step's kernel swapped, once, for its
+    numba kernel where `llmrt_cpu.ops` has one."""
+
+    def __init__(self, graph: Graph, bindings: Mapping[str, Any]) -> None:
+        super().__init__(graph, bindings)
+        try:
+            from llmrt_cpu import jit, ops
+        except ImportError:  # no numba: the reference as it is
+            self._apply_threads = lambda: None
+            return
+        self._apply_threads = jit.apply_threads
+        self.steps = [
+            (i, ops.lower(node, kernel), node, srcs, dead)
+            for i, kernel, node, srcs, dead in self.steps
+        ]
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self._apply_threads()
+        return super().run(inputs)
 
 
 class CPUBackend(Backend):
@@ -108,7 +127,13 @@ class CPUBackend(Backend):
     is_host = True
 
     def probe(self) -> Probe:
-        return Probe(True, details={"numpy": np.__version__})
+        try:
+            import numba
+
+            kernels = f"numba {numba.__version__}"
+        except ImportError:  # a broken install still runs, on the reference kernels
+            kernels = "numpy reference (numba missing: pip install numba)"
+        return Probe(True, details={"numpy": np.__version__, "kernels": kernels})
 
     def devices(self) -> Sequence[Device]:
         return [CPUDevice(self, 0)]

@@ -1,0 +1,233 @@
+"""The CPU kernels other than matrix products: norms, rope, gated activations and attention.
+
+Each one computes what its `llmrt.reference` counterpart computes, in the same precision (float64
+where the reference sums in float64, the f16 rounding where the reference rounds to f16), so that
+the two differ only in the order of float additions. Inputs are contiguous float32 rows; the glue
+in `llmrt_cpu.ops` makes them so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+from numba.core import types
+from numba.extending import overload
+
+from llmrt import reference
+from llmrt_cpu.jit import jit, pjit
+from llmrt_cpu.quant import F16_TO_F32, f32_to_f16_bits, round_f16
+
+_F32 = np.float32
+
+# gelu_tanh of every f16 value, from the reference itself: ggml's CPU backend computes GELU from
+# such a table (indexed by the f16 bits of x, holding f16 results), and so does the reference.
+with np.errstate(invalid="ignore"):  # the table's inf and nan entries
+    GELU_F16 = reference.gelu_tanh(F16_TO_F32)
+
+# Keys of the KV cache scored per step of attention's online softmax.
+_KEY_TILE = 64
+
+
+# ---- norms and activations ----------------------------------------------------------------------
+
+
+@pjit
+def rms_norm(x: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out = x / sqrt(mean(x²) + eps) per row of x [N, K], the mean summed in float64."""
+    n, k = x.shape
+    for i in prange(n):
+        total = 0.0
+        for j in range(k):
+            v = np.float64(x[i, j])
+            total += v * v
+        root = math.sqrt(total / k + eps)
+        for j in range(k):
+            out[i, j] = _F32(np.float64(x[i, j]) / root)
+
+
+@pjit
+def rms_norm_mul(x: np.ndarray, eps: float, weight: np.ndarray, out: np.ndarray) -> None:
+    """rms_norm(x) · weight (broadcast over rows), rounding to f32 between the two as the
+    reference's two kernels do."""
+    n, k = x.shape
+    for i in prange(n):
+        total = 0.0
+        for j in range(k):
+            v = np.float64(x[i, j])
+            total += v * v
+        root = math.sqrt(total / k + eps)
+        for j in range(k):
+            out[i, j] = _F32(np.float64(x[i, j]) / root) * weight[j]
+
+
+@jit
+def _silu(x: float) -> float:
+    return x / (_F32(1.0) + np.exp(-x))
+
+
+@jit
+def _gelu(x: float, table: np.ndarray) -> float:
+    """reference.gelu_tanh of one value: exact outside [-10, 10], else the f16 table."""
+    if x <= -10.0:
+        return _F32(0.0)
+    if x >= 10.0:
+        return x
+    return table[f32_to_f16_bits(x)]
+
+
+@pjit
+def swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """silu(gate) · up elementwise over [N, K]."""
+    for i in prange(gate.shape[0]):
+        for j in range(gate.shape[1]):
+            out[i, j] = _silu(gate[i, j]) * up[i, j]
+
+
+@pjit
+def geglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """gelu_tanh(gate) · up elementwise over [N, K]."""
+    for i in prange(gate.shape[0]):
+        for j in range(gate.shape[1]):
+            out[i, j] = _gelu(gate[i, j], table) * up[i, j]
+
+
+@pjit
+def silu(x: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = _silu(x[i, j])
+
+
+@pjit
+def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = _gelu(x[i, j], table)
+
+
+# ---- rope ---------------------------------------------------------------------------------------
+
+
+@pjit
+def rope(
+    x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray, freq_scale: float, attn_factor: float,
+    neox: bool, out: np.ndarray,
+) -> None:  # fmt: skip
+    """Rotate x [T, H, D] at positions pos over the first 2·len(inv_freq) dims of each head: pairs
+    (2i, 2i+1) in normal mode, (i, i + n_dims/2) in neox mode. The angle, its cosine and sine are
+    float64 and rounded to f32 once, as the reference computes them; the rest is copied."""
+    t_count, heads, d = x.shape
+    half = inv_freq.shape[0]
+    for t in prange(t_count):
+        cos = np.empty(half, dtype=np.float32)
+        sin = np.empty(half, dtype=np.float32)
+        for i in range(half):
+            theta = np.float64(pos[t]) * inv_freq[i] * freq_scale
+            cos[i] = _F32(math.cos(theta) * attn_factor)
+            sin[i] = _F32(math.sin(theta) * attn_factor)
+        for h in range(heads):
+            for i in range(half):
+                a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+                x0, x1 = x[t, h, a], x[t, h, b]
+                out[t, h, a] = x0 * cos[i] - x1 * sin[i]
+                out[t, h, b] = x0 * sin[i] + x1 * cos[i]
+            for j in range(2 * half, d):
+                out[t, h, j] = x[t, h, j]
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+
+def _to_f32(value, table):  # noqa: ANN001, ANN202 (typed by the overload below)
+    """A cache element as float32: f16 caches hold uint16 bits, f32 caches floats."""
+
+
+@overload(_to_f32, jit_options={"cache": True})
+def _to_f32_overload(value, table):  # noqa: ANN001, ANN202
+    if isinstance(value, types.Integer):
+        return lambda value, table: table[value]
+    return lambda value, table: np.float32(value)
+
+
+@pjit
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
+    softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """softmax(q·kᵀ·scale (soft-capped) + mask)·v for q [T, Hq, D] over a cache k [S, Hkv, D],
+    v [S, Hkv, Dv]; query head h reads cache head h // (Hq / Hkv).
+
+    One (token, cache head) pair per prange iteration, with the query heads that share the cache
+    head: keys are scored a tile at a time and folded into a running maximum, sum and weighted V
+    (online softmax), so no [T, S] score matrix exists. Masked cells (-inf) are skipped. With an
+    f16 cache, q and the softmax weights are rounded to f16 before their products, as ggml (and
+    the reference) multiply f16 caches with f16 operands."""
+    t_count, hq, d = q.shape
+    s_count, hkv, dv = v.shape
+    group = hq // hkv
+    for item in prange(t_count * hkv):
+        t, kv_head = item // hkv, item % hkv
+        queries = np.empty((group, d), dtype=np.float32)
+        for g in range(group):
+            for i in range(d):
+                value = q[t, kv_head * group + g, i]
+                queries[g, i] = round_f16(value) if f16_cache else value
+        running_max = np.full(group, -np.inf, dtype=np.float32)
+        running_sum = np.zeros(group, dtype=np.float32)
+        acc = np.zeros((group, dv), dtype=np.float32)
+        scores = np.empty((group, _KEY_TILE), dtype=np.float32)
+        key = np.empty(d, dtype=np.float32)
+        value_row = np.empty(dv, dtype=np.float32)
+        for s0 in range(0, s_count, _KEY_TILE):
+            s1 = min(s_count, s0 + _KEY_TILE)
+            for s in range(s0, s1):
+                if has_mask and mask[t, s] == -np.inf:
+                    for g in range(group):
+                        scores[g, s - s0] = -np.inf
+                    continue
+                for i in range(d):
+                    key[i] = _to_f32(k[s, kv_head, i], table)
+                for g in range(group):
+                    lanes = np.zeros(8, dtype=np.float32)
+                    for i0 in range(0, d - d % 8, 8):
+                        for lane in range(8):
+                            lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
+                    score = lanes.sum()
+                    for i in range(d - d % 8, d):
+                        score += queries[g, i] * key[i]
+                    score *= scale
+                    if softcap != 0.0:
+                        score = np.tanh(score / softcap) * softcap
+                    if has_mask:
+                        score += mask[t, s]
+                    scores[g, s - s0] = score
+            for g in range(group):
+                tile_max = running_max[g]
+                for s in range(s1 - s0):
+                    tile_max = max(tile_max, scores[g, s])
+                if tile_max == -np.inf:
+                    continue
+                if tile_max > running_max[g]:  # rescale what was summed under the old maximum
+                    factor = np.exp(running_max[g] - tile_max)
+                    running_sum[g] *= factor
+                    for i in range(dv):
+                        acc[g, i] *= factor
+                    running_max[g] = tile_max
+            for s in range(s0, s1):
+                if has_mask and mask[t, s] == -np.inf:
+                    continue
+                for i in range(dv):
+                    value_row[i] = _to_f32(v[s, kv_head, i], table)
+                for g in range(group):
+                    weight = np.exp(scores[g, s - s0] - running_max[g])
+                    running_sum[g] += weight
+                    if f16_cache:
+                        weight = round_f16(weight)
+                    for i in range(dv):
+                        acc[g, i] += weight * value_row[i]
+        for g in range(group):
+            inv = _F32(1.0) / running_sum[g] if running_sum[g] > 0 else _F32(0.0)
+            for i in range(dv):
+                out[t, kv_head * group + g, i] = acc[g, i] * inv

@@ -1,0 +1,169 @@
+"""Lowering a graph for the CPU: each node gets a numba kernel where one fits it, the reference
+kernel otherwise. Decided once per compiled graph; a step then only calls what was chosen.
+
+A lowering takes the node and returns its step function, `(node, *source values) -> value` like
+the reference kernels, or None when the node is outside what the fast kernel handles (a batched
+mul_mat of two activations, a table in a type without a kernel...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from llmrt import reference
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX, Op, Tensor
+from llmrt_cpu import kernels, quant
+
+Step = Callable[..., Any]
+_NO_MASK = np.zeros((1, 1), dtype=np.float32)
+
+
+def _rows(x: np.ndarray, k: int) -> np.ndarray:
+    """x as contiguous float32 rows of k (no copy when it already is)."""
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1, k)
+
+
+def _mul_mat(node: Tensor) -> Step | None:
+    weight, _ = node.srcs
+    if weight.op is not Op.WEIGHT or len(weight.shape) != 2:
+        return None
+    if weight.dtype not in quant.SUPPORTED_TYPES:
+        return None
+    weight_type, k, shape = weight.dtype, weight.shape[1], node.shape
+    # F32 and F16 weights are bound as numpy arrays, the others as their raw blocks
+    blocks = weight_type not in (GGMLType.F32, GGMLType.F16)
+
+    def mul_mat(node: Tensor, w: Any, x: np.ndarray) -> np.ndarray:
+        return quant.mul_mat(weight_type, w.raw if blocks else w, _rows(x, k)).reshape(shape)
+
+    return mul_mat
+
+
+def _get_rows(node: Tensor) -> Step | None:
+    table, _ = node.srcs
+    if table.op is not Op.WEIGHT or table.dtype not in quant.SUPPORTED_TYPES:
+        return None
+    if table.dtype in (GGMLType.F32, GGMLType.F16):
+        return None  # numpy's fancy indexing already is a copy of rows
+    weight_type, k = table.dtype, table.shape[1]
+
+    def get_rows(node: Tensor, w: reference.QuantizedWeight, ids: np.ndarray) -> np.ndarray:
+        return quant.get_rows(weight_type, w.raw, k, ids)
+
+    return get_rows
+
+
+def _rms_norm(node: Tensor) -> Step:
+    eps, k, shape = float(node.params["eps"]), node.shape[-1], node.shape
+
+    def rms_norm(node: Tensor, x: np.ndarray) -> np.ndarray:
+        rows = _rows(x, k)
+        out = np.empty_like(rows)
+        kernels.rms_norm(rows, eps, out)
+        return out.reshape(shape)
+
+    return rms_norm
+
+
+def _rope(node: Tensor) -> Step:
+    p = node.params
+    n_dims, half = p["n_dims"], p["n_dims"] // 2
+    inv_freq = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
+    freq_scale, attn_factor = float(p["freq_scale"]), float(p["attn_factor"])
+    neox, shape = p["mode"] == ROPE_NEOX, node.shape
+
+    def rope(node: Tensor, x: np.ndarray, pos: np.ndarray, factors: Any = None) -> np.ndarray:
+        freqs = inv_freq
+        if factors is not None:
+            freqs = inv_freq / np.asarray(factors, dtype=np.float64)
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(shape)
+        out = np.empty_like(x)
+        positions = np.ascontiguousarray(pos, dtype=np.int32)
+        kernels.rope(x, positions, freqs, freq_scale, attn_factor, neox, out)
+        return out
+
+    return rope
+
+
+def _gated(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor], Step]:
+    def lower(node: Tensor) -> Step:
+        k, shape = node.shape[-1], node.shape
+
+        def glu(node: Tensor, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+            g = _rows(gate, k)
+            out = np.empty_like(g)
+            kernel(g, _rows(up, k), *extra, out)
+            return out.reshape(shape)
+
+        return glu
+
+    return lower
+
+
+def _unary(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor], Step]:
+    def lower(node: Tensor) -> Step:
+        k, shape = node.shape[-1], node.shape
+
+        def unary(node: Tensor, x: np.ndarray) -> np.ndarray:
+            rows = _rows(x, k)
+            out = np.empty_like(rows)
+            kernel(rows, *extra, out)
+            return out.reshape(shape)
+
+        return unary
+
+    return lower
+
+
+def _cache_operand(x: np.ndarray) -> np.ndarray:
+    """A KV cache view as the attention kernel reads it: f16 as its uint16 bits."""
+    return x.view(np.uint16) if x.dtype == np.float16 else np.asarray(x, dtype=np.float32)
+
+
+def _flash_attn_ext(node: Tensor) -> Step | None:
+    _, k, v = node.srcs[:3]
+    if k.dtype != v.dtype:
+        return None
+    f16_cache = k.dtype == GGMLType.F16
+    scale, softcap = float(node.params["scale"]), float(node.params["softcap"])
+    shape = node.shape
+
+    def flash_attn_ext(
+        node: Tensor, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        out = np.empty(shape, dtype=np.float32)
+        has_mask = mask is not None
+        mask = np.ascontiguousarray(mask, dtype=np.float32) if has_mask else _NO_MASK
+        kernels.attention(
+            q, _cache_operand(k), _cache_operand(v), mask, has_mask, scale, softcap, f16_cache,
+            quant.F16_TO_F32, out,
+        )  # fmt: skip
+        return out
+
+    return flash_attn_ext
+
+
+LOWERINGS: dict[Op, Callable[[Tensor], Step | None]] = {
+    Op.MUL_MAT: _mul_mat,
+    Op.GET_ROWS: _get_rows,
+    Op.RMS_NORM: _rms_norm,
+    Op.ROPE: _rope,
+    Op.SWIGLU: _gated(kernels.swiglu),
+    Op.GEGLU: _gated(kernels.geglu, kernels.GELU_F16),
+    Op.SILU: _unary(kernels.silu),
+    Op.GELU: _unary(kernels.gelu, kernels.GELU_F16),
+    Op.FLASH_ATTN_EXT: _flash_attn_ext,
+}
+
+
+def lower(node: Tensor, fallback: Step) -> Step:
+    """The step that runs `node`: its numba kernel where one fits, else `fallback` (the
+    reference's)."""
+    lowering = LOWERINGS.get(node.op)
+    step = lowering(node) if lowering is not None else None
+    return step if step is not None else fallback

@@ -1,0 +1,345 @@
+"""The CPU backend's numba kernels against the numpy reference (llmrt.reference), the oracle.
+
+Activation quantization must round exactly as the reference does (bit for bit); products and the
+other kernels are held to the conformance suite's NMSE thresholds, and where the reference's own
+order of operations is followed (norms, rope, get_rows, GELU), to exact equality.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from llmrt import reference
+from llmrt.gguf import GGMLType, quantize
+from llmrt.ir import ROPE_NEOX, ROPE_NORMAL, Graph, Op
+from llmrt.testing.conformance import NMSE_MATMUL, nmse
+from llmrt_cpu import jit, kernels, ops, quant
+from llmrt_cpu.backend import CPUBackend
+
+T = GGMLType
+BLOCK_32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL)
+K_QUANTS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
+QUANTIZED = BLOCK_32 + K_QUANTS
+# Where each type keeps its f16 scales (d, and dmin or m), by byte offset within a block.
+F16_FIELDS = {
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,), T.IQ4_NL: (0,),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+}  # fmt: skip
+# Types llmrt.gguf can quantize to; the others get random valid blocks only.
+HAS_QUANTIZER = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K}
+
+
+class Node:
+    """The little of an IR node that a reference kernel reads."""
+
+    def __init__(self, shape: tuple[int, ...] = (), **params) -> None:
+        self.shape = shape
+        self.params = params
+
+
+def _activations(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform values, with blocks that exercise the rounding: all zeros, one huge element, ties
+    (exact halves after scaling), tiny magnitudes (subnormal f16 scales), negative peaks."""
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    flat = x.reshape(-1, shape[-1])
+    if shape[-1] >= 64:
+        flat[0, :32] = 0.0
+        flat[0, 32:64] = np.float32(1e-6) * flat[0, 32:64]
+    if flat.shape[0] > 1:
+        flat[1, 0] = -50.0
+        flat[1, 1:32] = np.arange(31, dtype=np.float32) - 15.5  # halves of 127/50 steps
+    if flat.shape[0] > 2:
+        flat[2, :] = np.float32(3e-5) * np.sign(flat[2, :])
+    return x
+
+
+def _random_blocks(rng: np.random.Generator, weight_type: GGMLType, m: int, k: int) -> np.ndarray:
+    """Random bytes as blocks of `weight_type`, with finite f16 scales of a sensible size."""
+    blocks_per_row = k // weight_type.block_size
+    raw = rng.integers(0, 256, (m, blocks_per_row, weight_type.type_size), dtype=np.uint8)
+    for at in F16_FIELDS[weight_type]:
+        scales = rng.uniform(-0.05, 0.05, (m, blocks_per_row)).astype(np.float16)
+        raw[:, :, at : at + 2] = scales.view(np.uint8).reshape(m, blocks_per_row, 2)
+    return raw.reshape(m, -1)
+
+
+def _weight(rng: np.random.Generator, weight_type: GGMLType, m: int, k: int, random_blocks: bool):
+    """A weight as the CPU device binds it (raw blocks, or an f32/f16 array) and as the
+    reference binds it."""
+    if random_blocks:
+        raw = _random_blocks(rng, weight_type, m, k)
+    else:
+        values = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        raw = quantize(values, weight_type).reshape(m, -1)
+    if weight_type in (T.F32, T.F16):
+        array = raw.view(np.float32 if weight_type == T.F32 else np.float16).reshape(m, k)
+        return array, array
+    return raw, reference.QuantizedWeight(raw, weight_type, (m, k))
+
+
+# ---- scalar conversions -------------------------------------------------------------------------
+
+
+def test_f16_to_f32_matches_numpy_on_every_pattern():
+    ours = np.array([quant.f16_bits_to_f32(b) for b in range(1 << 16)], dtype=np.float32)
+    np.testing.assert_array_equal(ours, quant.F16_TO_F32)  # nan == nan here
+
+
+@pytest.mark.parametrize("to_bf16", [False, True])
+def test_rounding_to_f16_and_bf16_matches_numpy(to_bf16):
+    rng = np.random.default_rng(0)
+    # every magnitude class: f16 subnormals, normals, ties, past f16's range, zeros
+    x = np.concatenate([
+        rng.uniform(-1, 1, 4000), rng.uniform(-7e4, 7e4, 4000), rng.uniform(-1e-6, 1e-6, 4000),
+        np.float32(2.0) ** np.arange(-30, 20), [0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0],
+        1 + (np.arange(64) + 0.5) * 2.0**-10,  # exact halfway cases between f16 values
+    ]).astype(np.float32).reshape(1, -1)  # fmt: skip
+    out = np.empty_like(x)
+    quant.round_rows(x, to_bf16, out)
+    with np.errstate(over="ignore"):  # past f16's range is inf, on both sides
+        expected = reference._round_bf16(x) if to_bf16 else x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+
+
+# ---- activations to q8 blocks: bit-exact with the reference's rounding --------------------------
+
+
+@pytest.mark.parametrize("t,k", [(1, 32), (3, 64), (5, 576), (17, 1536)])
+def test_q8_0_and_q8_1_round_as_the_reference(t, k):
+    x = _activations(np.random.default_rng(k + t), (t, k))
+    xq, xd, xs = quant.quantize_activations(x, T.Q4_1)  # q8_1: q8_0 plus block sums
+    values = (xq.reshape(t, -1, 32).astype(np.float32) * xd[..., None]).reshape(t, k)
+    np.testing.assert_array_equal(values, reference._round_q8_0(x))
+    # ggml's q8_1 sum: f16 of the unrounded scale times the sum of the levels
+    amax = np.abs(x.reshape(t, -1, 32)).max(axis=-1)
+    sums = xq.reshape(t, -1, 32).astype(np.int32).sum(axis=-1).astype(np.float32)
+    np.testing.assert_array_equal(xs, (amax / np.float32(127) * sums).astype(np.float16))
+    xq0, xd0, xs0 = quant.quantize_activations(x, T.Q4_0)
+    np.testing.assert_array_equal(xq0, xq)
+    np.testing.assert_array_equal(xd0, xd)
+    assert xs0.shape == (t, 0)
+
+
+@pytest.mark.parametrize("t,k", [(1, 256), (4, 512), (9, 2048)])
+def test_q8_k_rounds_as_the_reference(t, k):
+    x = _activations(np.random.default_rng(k + t), (t, k))
+    x[0, 300 % k] = 0.0
+    xq, xd, xsum = quant.quantize_activations(x, T.Q4_K)
+    values = (xq.reshape(t, -1, 256).astype(np.float32) * xd[..., None]).reshape(t, k)
+    np.testing.assert_array_equal(values, reference._round_q8_k(x))
+    np.testing.assert_array_equal(xsum, xq.reshape(t, -1, 16).astype(np.int32).sum(axis=-1))
+
+
+# ---- products -----------------------------------------------------------------------------------
+
+FLOATS = (T.F32, T.F16, T.BF16)
+MUL_MAT_SHAPES = ((1, 1), (67, 1), (33, 7), (128, 64), (5, 33))  # (m, t)
+
+
+def _ks(weight_type: GGMLType) -> tuple[int, ...]:
+    return (256, 512) if weight_type.block_size == 256 else (32, 96, 576)
+
+
+@pytest.mark.parametrize("weight_type", QUANTIZED + FLOATS, ids=lambda t: t.name)
+def test_mul_mat_matches_reference(weight_type):
+    rng = np.random.default_rng(int(weight_type))
+    sources = [False, True] if weight_type in HAS_QUANTIZER else [True]
+    if weight_type in FLOATS:
+        sources = [False]
+    for random_blocks in sources:
+        for k in _ks(weight_type):
+            for m, t in MUL_MAT_SHAPES:
+                ours, theirs = _weight(rng, weight_type, m, k, random_blocks)
+                x = _activations(rng, (t, k))
+                expected = reference.mul_mat(Node((t, m)), theirs, x)
+                got = quant.mul_mat(weight_type, ours, x)
+                assert got.shape == (t, m)
+                err = nmse(expected, got)
+                assert err <= NMSE_MATMUL, f"{weight_type.name} m={m} k={k} t={t}: nmse {err:.3g}"
+                # The integer dot products are exact: only float rounding separates the two,
+                # and for Q4_1 / Q5_1 ggml's f16 rounding of q8_1's block sum (the reference
+                # keeps that sum in f32).
+                tight = 1e-5 if weight_type in quant.Q8_1_TYPES else 1e-6
+                assert err <= tight, f"{weight_type.name} m={m} k={k} t={t}: nmse {err:.3g}"
+
+
+def test_mul_mat_row_results_do_not_depend_on_the_batch():
+    """A row's product is the same alone or in a batch (decoding beside other sequences)."""
+    rng = np.random.default_rng(5)
+    for weight_type in (T.Q4_1, T.Q6_K, T.F16):
+        ours, _ = _weight(rng, weight_type, 40, 512, False)
+        x = rng.uniform(-1, 1, (9, 512)).astype(np.float32)
+        batch = quant.mul_mat(weight_type, ours, x)
+        alone = quant.mul_mat(weight_type, ours, x[4:5].copy())
+        np.testing.assert_array_equal(batch[4:5], alone)
+
+
+@pytest.mark.parametrize("weight_type", QUANTIZED + (T.BF16,), ids=lambda t: t.name)
+def test_get_rows_dequantizes_as_the_reference(weight_type):
+    rng = np.random.default_rng(int(weight_type) + 100)
+    k = 512 if weight_type.block_size == 256 else 96
+    for random_blocks in [False, True] if weight_type in HAS_QUANTIZER else [True]:
+        if weight_type == T.BF16:
+            random_blocks = False
+        raw, table = _weight(rng, weight_type, 40, k, random_blocks)
+        ids = rng.integers(0, 40, 13).astype(np.int32)
+        got = quant.get_rows(weight_type, raw, k, ids)
+        np.testing.assert_array_equal(got, reference.get_rows(None, table, ids))
+
+
+# ---- norms, activations, rope -------------------------------------------------------------------
+
+ROW_SHAPES = ((1, 1), (7, 65), (20, 576), (3, 2048))
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_rms_norm_is_the_reference(shape):
+    x = np.random.default_rng(1).uniform(-3, 3, shape).astype(np.float32)
+    out = np.empty_like(x)
+    kernels.rms_norm(x, 1e-6, out)
+    np.testing.assert_array_equal(out, reference.rms_norm(Node(eps=1e-6), x))
+    w = np.random.default_rng(2).uniform(-1, 1, shape[-1]).astype(np.float32)
+    kernels.rms_norm_mul(x, 1e-6, w, out)
+    np.testing.assert_array_equal(out, reference.rms_norm(Node(eps=1e-6), x) * w)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_gelu_and_geglu_are_the_reference(shape):
+    rng = np.random.default_rng(3)
+    gate = rng.uniform(-12, 12, shape).astype(np.float32)  # both sides of the exact cut-offs
+    up = rng.uniform(-1, 1, shape).astype(np.float32)
+    out = np.empty_like(gate)
+    kernels.gelu(gate, kernels.GELU_F16, out)
+    np.testing.assert_array_equal(out, reference.gelu_tanh(gate))
+    kernels.geglu(gate, up, kernels.GELU_F16, out)
+    np.testing.assert_array_equal(out, reference.gelu_tanh(gate) * up)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_silu_and_swiglu_match_the_reference(shape):
+    rng = np.random.default_rng(4)
+    gate = rng.uniform(-20, 20, shape).astype(np.float32)
+    up = rng.uniform(-1, 1, shape).astype(np.float32)
+    out = np.empty_like(gate)
+    kernels.silu(gate, out)
+    assert nmse(reference.silu(gate), out) <= 1e-12
+    kernels.swiglu(gate, up, out)
+    assert nmse(reference.silu(gate) * up, out) <= 1e-12
+
+
+@pytest.mark.parametrize("mode", [ROPE_NORMAL, ROPE_NEOX], ids=["normal", "neox"])
+@pytest.mark.parametrize("t,h,d,n_dims", [(1, 1, 64, 64), (7, 3, 64, 64), (5, 4, 128, 96),
+                                          (33, 9, 64, 64), (4, 2, 256, 256)])  # fmt: skip
+def test_rope_matches_the_reference(mode, t, h, d, n_dims):
+    rng = np.random.default_rng(t * h)
+    x = rng.uniform(-1, 1, (t, h, d)).astype(np.float32)
+    pos = (np.arange(t) * 7 + 3000).astype(np.int32)
+    factors = rng.uniform(1, 8, n_dims // 2).astype(np.float32)
+    for freq_factors in (None, factors):
+        params = dict(n_dims=n_dims, mode=mode, freq_base=10000.0, freq_scale=0.5,
+                      attn_factor=1.0)  # fmt: skip
+        expected = reference.rope(Node(**params), x, pos, freq_factors)
+        inv_freq = 10000.0 ** (-np.arange(n_dims // 2, dtype=np.float64) * 2.0 / n_dims)
+        if freq_factors is not None:
+            inv_freq = inv_freq / freq_factors.astype(np.float64)
+        out = np.empty_like(x)
+        kernels.rope(x, pos, inv_freq, 0.5, 1.0, mode == ROPE_NEOX, out)
+        assert nmse(expected, out) <= 1e-12
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "t,hq,hkv,s,d",
+    [(1, 9, 3, 256, 64), (7, 4, 1, 33, 256), (5, 2, 2, 16, 32), (1, 4, 1, 700, 256),
+     (64, 9, 3, 64, 64), (3, 6, 2, 129, 60), (1, 1, 1, 1, 8)],
+)  # fmt: skip
+@pytest.mark.parametrize("cache", [T.F16, T.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("softcap", [0.0, 30.0])
+@pytest.mark.parametrize("masked", [True, False])
+def test_attention_matches_the_reference(t, hq, hkv, s, d, cache, softcap, masked):
+    rng = np.random.default_rng(t + s + d)
+    dtype = np.float16 if cache == T.F16 else np.float32
+    q = rng.uniform(-1, 1, (t, hq, d)).astype(np.float32) * 3
+    k = rng.uniform(-1, 1, (s, hkv, d)).astype(dtype)
+    v = rng.uniform(-1, 1, (s, hkv, d)).astype(dtype)
+    visible = np.arange(s)[None, :] <= (np.arange(t)[:, None] + s - t)
+    mask = np.where(visible, 0.0, -np.inf).astype(np.float32) if masked else None
+    node = Node(scale=1 / math.sqrt(d), softcap=softcap)
+    expected = reference.flash_attn_ext(node, q, k, v, mask)
+    out = np.empty((t, hq, d), dtype=np.float32)
+    kernels.attention(
+        q, ops._cache_operand(k), ops._cache_operand(v),
+        mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
+        cache == T.F16, quant.F16_TO_F32, out,
+    )  # fmt: skip
+    assert nmse(expected, out) <= NMSE_MATMUL
+    assert nmse(expected, out) <= 1e-6  # only f16 rounding of the unnormalised weights differs
+
+
+# ---- the device: lowering, threads, compile note ------------------------------------------------
+
+
+def _small_graph() -> Graph:
+    g = Graph("lowering")
+    x = g.input("x", (3, 64))
+    h = g.rms_norm(x, 1e-5)
+    y = g.mul_mat(g.weight("w", (32, 64), T.Q4_0), h)
+    g.output("out", g.swiglu(y, y))
+    return g
+
+
+def test_cpu_program_lowers_to_numba_kernels_and_matches_the_reference():
+    device = CPUBackend().devices()[0]
+    g = _small_graph()
+    values = np.random.default_rng(0).uniform(-1, 1, (32, 64)).astype(np.float32)
+    raw = quantize(values, T.Q4_0).reshape(32, -1)
+    weight = reference.QuantizedWeight(raw, T.Q4_0, (32, 64))
+    program = device.compile(g, {"w": weight})
+    chosen = {node.op: kernel for _, kernel, node, _, _ in program.steps}
+    for op in (Op.RMS_NORM, Op.MUL_MAT, Op.SWIGLU):
+        assert chosen[op] is not reference.KERNELS[op], f"{op.value} still runs the reference"
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 64)).astype(np.float32)
+    expected = reference.ReferenceProgram(g, {"w": weight}).run({"x": x})["out"]
+    assert nmse(expected, program.run({"x": x})["out"]) <= 1e-7
+
+
+def test_unsupported_shapes_fall_back_to_the_reference():
+    g = Graph("batched")
+    a = g.state("a", (3, 9, 64), T.F32)
+    out = g.mul_mat(a, g.input("b", (12, 5, 64)))
+    g.output("out", out)
+    fallback = reference.KERNELS[Op.MUL_MAT]
+    assert ops.lower(out, fallback) is fallback
+
+
+def test_set_threads_clamps_and_applies():
+    before = jit.threads()
+    try:
+        assert jit.set_threads(1) == 1
+        assert jit.threads() == 1
+        assert 1 <= jit.set_threads(None) <= jit.usable_cores()
+        assert jit.set_threads(10_000) <= numba.config.NUMBA_NUM_THREADS
+    finally:
+        jit.set_threads(before)
+
+
+def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
+    monkeypatch.setattr(jit, "_noted", False)
+
+    class Event:
+        def __init__(self, module: str) -> None:
+            self.data = {"dispatcher": type("D", (), {"py_func": type("F", (), {})})()}
+            self.data["dispatcher"].py_func.__module__ = module
+
+    listener = jit._CompileNote()
+    listener.on_start(Event("somebody_else"))
+    assert capsys.readouterr().err == ""
+    listener.on_start(Event("llmrt_cpu.quant"))
+    listener.on_start(Event("llmrt_cpu.kernels"))
+    assert capsys.readouterr().err == jit.COMPILE_NOTE + "\n"
