@@ -41,6 +41,8 @@ class Model:
         self, path: str | os.PathLike[str], device: str | Device = "auto", n_gpu_layers: int = -1
     ) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise LlmrtError(f"{self.path} is a directory, not a GGUF file")
         if not self.path.is_file():
             raise LlmrtError(f"model file not found: {self.path}")
         self.reader = GGUFReader(self.path)
@@ -188,7 +190,9 @@ class Context:
     def __init__(
         self, model: Model, n_ctx: int = 4096, n_ubatch: int = 512, kv_type: str = "f16"
     ) -> None:
-        if n_ctx <= 0:
+        if n_ctx < 0:
+            raise UsageError(f"the context size must be >= 0 (0: the model's), got {n_ctx}")
+        if n_ctx == 0:
             n_ctx = model.hp.n_ctx_train
         if n_ubatch <= 0:
             raise UsageError(f"batch size must be positive, got {n_ubatch}")
@@ -198,12 +202,16 @@ class Context:
         self.kv_type = KV_TYPES[kv_type]
         hp = model.hp
         cache = (n_ctx, hp.n_head_kv, hp.head_dim)
+        where = {
+            f"cache_{kind}.{il}": model.leaf_devices.get(f"cache_{kind}.{il}", {model.layers[il]})
+            for il in range(hp.n_layer)
+            for kind in ("k", "v")
+        }
+        self._check_memory(where)
         self.state: dict[Device, dict[str, Any]] = {}
-        for il in range(hp.n_layer):
-            for kind in ("k", "v"):
-                key = f"cache_{kind}.{il}"
-                for dev in model.leaf_devices.get(key, {model.layers[il]}):
-                    self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
+        for key, devices in where.items():
+            for dev in devices:
+                self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
         self.cell_pos = np.full(n_ctx, -1, np.int64)
         self.cell_seq = np.full(n_ctx, -1, np.int64)
         # kept in step with the cells, so that a decode step scans none of them: cells in use,
@@ -213,6 +221,31 @@ class Context:
         self._seq_next: dict[int, int] = {}
         self.graphs: dict[tuple[int, int, int], Executable] = {}
         self.timings = Timings()
+
+    def _check_memory(self, where: dict[str, set[Device]]) -> None:
+        """Fail before allocating when a device lacks the free memory its part of the KV cache
+        needs: one line with what is needed, what is free and which -c would fit (a tenth of
+        the free memory is left for activations and scratch)."""
+        hp = self.model.hp
+        cell_bytes = hp.n_head_kv * hp.head_dim * (2 if self.kv_type == GGMLType.F16 else 4)
+        per_cell: dict[Device, int] = {}
+        for devices in where.values():
+            for dev in devices:
+                per_cell[dev] = per_cell.get(dev, 0) + cell_bytes
+        for dev, per in per_cell.items():
+            try:
+                free = dev.info().memory_free
+            except Exception:  # a driver that cannot say: the allocation itself will tell
+                continue
+            if free is None or per * self.n_ctx <= 0.9 * free:
+                continue
+            fit = int(0.9 * free // per) // KV_STEP * KV_STEP
+            raise OutOfDeviceMemory(
+                f"not enough memory on {dev.id} for a context of {self.n_ctx} tokens: its KV "
+                f"cache needs {per * self.n_ctx / 2**30:.2f} GiB, {free / 2**30:.2f} GiB is "
+                f"free; -c {fit} would fit"
+                + (" (-ctk f16 halves the cache)" if self.kv_type == GGMLType.F32 else "")
+            )
 
     # --- cache bookkeeping ---
     def seq_len(self, seq: int = 0) -> int:
@@ -243,29 +276,49 @@ class Context:
         return self.n_ctx - self._n_used
 
     # --- evaluation ---
-    def decode(self, batch: Batch) -> np.ndarray:
-        """Evaluate a batch in ubatches; returns logits [n wanted, n_vocab] in batch order."""
+    def decode(self, batch: Batch, prompt: bool | None = None) -> np.ndarray:
+        """Evaluate a batch in ubatches; returns logits [n wanted, n_vocab] in batch order.
+
+        `prompt` says which timing line the work counts in (default: a batch of more than one
+        token is prompt evaluation, a single token is generation)."""
         n = len(batch.tokens)
+        n_vocab = self.model.hp.n_vocab
         if n == 0:
-            return np.zeros((0, self.model.hp.n_vocab), np.float32)
+            return np.zeros((0, n_vocab), np.float32)
         if n > self.n_free:
             raise ContextFull(
                 f"the context is full: {n} tokens do not fit in the {self.n_free} free of "
                 f"{self.n_ctx} cells (raise -c)"
             )
+        if int(batch.tokens.min()) < 0 or int(batch.tokens.max()) >= n_vocab:
+            raise UsageError(f"token id out of range [0, {n_vocab})")
+        t0 = time.perf_counter()
         out = []
         for s in range(0, n, self.n_ubatch):
             part = slice(s, min(n, s + self.n_ubatch))
-            out.append(self._decode_ubatch(
-                batch.tokens[part], batch.pos[part], batch.seq[part], batch.logits[part]
-            ))  # fmt: skip
+            want = batch.logits[part]
+            if want.any():
+                out.append(self._decode_ubatch(batch.tokens[part], batch.pos[part],
+                                               batch.seq[part], want))  # fmt: skip
+            else:
+                # A ubatch whose logits nobody wants (the head of a long prompt) still computes
+                # its last row's: no backend is ever asked for a graph with an empty output.
+                last = np.zeros(len(want), bool)
+                last[-1] = True
+                self._decode_ubatch(batch.tokens[part], batch.pos[part], batch.seq[part], last)
+        dt = (time.perf_counter() - t0) * 1e3
+        if prompt if prompt is not None else n > 1:
+            self.timings.n_prompt += n
+            self.timings.t_prompt_ms += dt
+        else:
+            self.timings.n_eval += n
+            self.timings.t_eval_ms += dt
+        if not out:
+            return np.zeros((0, n_vocab), np.float32)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def _decode_ubatch(self, tokens, pos, seq, want) -> np.ndarray:
-        t0 = time.perf_counter()
         n = len(tokens)
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.model.hp.n_vocab:
-            raise UsageError(f"token id out of range [0, {self.model.hp.n_vocab})")
         if n == 1:
             s = int(seq[0])
             self._seq_next[s] = max(self.seq_len(s), int(pos[0]) + 1)
@@ -290,13 +343,6 @@ class Context:
             **self._masks(pos, seq, n_kv),
         }
         logits = self._executable(n, n_kv, len(out_rows)).run(inputs)["logits"]
-        dt = (time.perf_counter() - t0) * 1e3
-        if n > 1:
-            self.timings.n_prompt += n
-            self.timings.t_prompt_ms += dt
-        else:
-            self.timings.n_eval += n
-            self.timings.t_eval_ms += dt
         return np.asarray(logits, np.float32)
 
     def _masks(self, pos: np.ndarray, seq: np.ndarray, n_kv: int) -> dict[str, np.ndarray]:
@@ -329,9 +375,12 @@ class Context:
         return exe
 
     # --- convenience for one sequence ---
-    def eval(self, tokens: Sequence[int], seq: int = 0, all_logits: bool = False) -> np.ndarray:
+    def eval(
+        self, tokens: Sequence[int], seq: int = 0, all_logits: bool = False,
+        prompt: bool | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Append tokens to a sequence; returns the last token's logits (or every token's)."""
-        logits = self.decode(Batch.of(tokens, self.seq_len(seq), seq, all_logits))
+        logits = self.decode(Batch.of(tokens, self.seq_len(seq), seq, all_logits), prompt)
         return logits if all_logits else logits[-1]
 
 
@@ -339,6 +388,17 @@ class Context:
 class GenerationResult:
     tokens: list[int] = field(default_factory=list)
     stop: str = ""  # "eog", "length"
+
+
+def check_prompt_fits(ctx: Context, prompt: Sequence[int]) -> None:
+    """Raise a one-line error for an empty prompt or one the context cannot hold."""
+    if len(prompt) == 0:
+        raise UsageError("the prompt is empty")
+    if len(prompt) > ctx.n_free:
+        raise ContextFull(
+            f"the prompt has {len(prompt)} tokens, more than the context holds "
+            f"({ctx.n_free} free of {ctx.n_ctx}; raise -c)"
+        )
 
 
 def generate(
@@ -353,16 +413,10 @@ def generate(
     """Evaluate the prompt, then yield sampled tokens until an end-of-generation token (yielded
     too) or n_predict tokens (n_predict < 0: until the context is full)."""
     result = result if result is not None else GenerationResult()
-    if len(prompt) == 0:
-        raise UsageError("the prompt is empty")
-    if len(prompt) > ctx.n_free:
-        raise ContextFull(
-            f"the prompt has {len(prompt)} tokens, more than the context holds "
-            f"({ctx.n_free} free of {ctx.n_ctx}; raise -c)"
-        )
+    check_prompt_fits(ctx, prompt)
     for tok in prompt:
         sampler.accept(int(tok))
-    logits = ctx.eval(prompt, seq)
+    logits = ctx.eval(prompt, seq, prompt=True)
     count = 0
     while n_predict < 0 or count < n_predict:
         t0 = time.perf_counter()
@@ -375,10 +429,12 @@ def generate(
         if tok in eog:
             result.stop = "eog"
             return
+        if count == n_predict:  # the last token is not evaluated: nothing would read its logits
+            break
         if ctx.n_free == 0:
             result.stop = "context"
             return
-        logits = ctx.eval([tok], seq)
+        logits = ctx.eval([tok], seq, prompt=False)
     result.stop = "length"
 
 
@@ -391,8 +447,4 @@ def load(
     `llmrt pull --list`). No model: the default model."""
     from llmrt import pull
 
-    if model is None:
-        model = pull.pull(pull.DEFAULT_MODEL)
-    elif str(model) in pull.MODELS and not Path(model).exists():
-        model = pull.pull(str(model))
-    return Model(model, device, n_gpu_layers)
+    return Model(pull.resolve(model), device, n_gpu_layers)

@@ -97,6 +97,21 @@ def cached_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def resolve(model: str | os.PathLike[str] | None) -> Path:
+    """The GGUF file a `-m` value names: a path, a known model's name (pulled once), or the
+    default model when None. A directory or a missing file is one clear error."""
+    if model is None:
+        return pull(DEFAULT_MODEL)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        raise LlmrtError(f"{path} is a directory, not a GGUF file")
+    if path.is_file():
+        return path
+    if str(model) in MODELS:
+        return pull(str(model))
+    raise LlmrtError(f"model file not found: {path} (nor a known model name: {', '.join(MODELS)})")
+
+
 def pull(name: str = DEFAULT_MODEL, *, quiet: bool = False, force: bool = False) -> Path:
     """Fetch a known model once and return its path in the cache."""
     model = MODELS.get(name)

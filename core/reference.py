@@ -49,7 +49,7 @@ _Q8_0_FAMILY = {"Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "Q4_1", "Q5_1", "MXFP4"}
 def _round_q8_0(x: np.ndarray) -> np.ndarray:
     """Blocks of 32 to int8 with an f16 scale, as ggml's quantize_row_q8_0/q8_1 (x86 SIMD path:
     scale 127/amax, round half to even)."""
-    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)  # -1 fails on 0 rows
     amax = np.max(np.abs(blocks), axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
@@ -61,7 +61,7 @@ def _round_q8_0(x: np.ndarray) -> np.ndarray:
 def _round_q8_k(x: np.ndarray) -> np.ndarray:
     """Blocks of 256 to int8 with an f32 scale, as ggml's quantize_row_q8_K: the element of
     largest magnitude maps to -127 exactly."""
-    blocks = x.reshape(*x.shape[:-1], -1, 256)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // 256, 256)
     idx = np.argmax(np.abs(blocks), axis=-1)[..., None]
     peak = np.take_along_axis(blocks, idx, axis=-1)
     with np.errstate(divide="ignore"):

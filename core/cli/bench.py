@@ -10,24 +10,28 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from llmrt.cli.common import DeviceOption
-from llmrt.errors import UsageError
+from llmrt.cli.common import DeviceOption, VerboseOption, check_arg, check_common
+from llmrt.gguf.constants import FILE_TYPES
 
 Opt = typer.Option
 
 
 def describe(model: Any) -> str:
-    """llama-bench's model column: architecture, size label, file type."""
+    """llama-bench's model column: architecture, size label, file type (general.file_type)."""
     md = model.metadata
     label = md.get("general.size_label")
     if not label:
         n = model.n_params
         label = f"{n / 1e9:.0f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
-    types: dict[str, int] = {}
-    for t in model.reader.tensors:
-        if len(t.shape) == 2:
-            types[t.type.name] = types.get(t.type.name, 0) + t.nbytes
-    ftype = max(types, key=types.get) if types else "?"
+    ftype = md.get("general.file_type")
+    if isinstance(ftype, int) and ftype in FILE_TYPES:  # MOSTLY_Q4_K_M -> Q4_K_M
+        ftype = FILE_TYPES[ftype].removeprefix("MOSTLY_").removeprefix("ALL_")
+    else:  # no file type recorded: the type that holds most of the matrices' bytes
+        types: dict[str, int] = {}
+        for t in model.reader.tensors:
+            if len(t.shape) == 2:
+                types[t.type.name] = types.get(t.type.name, 0) + t.nbytes
+        ftype = max(types, key=types.get) if types else "?"
     return f"{model.hp.arch} {label} {ftype}"
 
 
@@ -49,8 +53,9 @@ def _run_test(model: Any, n_prompt: int, n_gen: int, ubatch: int, ctx: Any = Non
 
 
 def bench(
-    model: Annotated[list[str], Opt("-m", "--model", help="GGUF file or known model name; "
-                                    "repeat for several.")],
+    model: Annotated[list[str] | None, Opt("-m", "--model", help="GGUF file or known model "
+                                           "name; repeat for several. Default: the default "
+                                           "model.")] = None,
     n_prompt: Annotated[int, Opt("-p", "--n-prompt", help="Prompt tokens; 0: skip.")] = 512,
     n_gen: Annotated[int, Opt("-n", "--n-gen", help="Generated tokens (tg test); 0: skip.")] = 128,
     repetitions: Annotated[int, Opt("-r", "--repetitions")] = 5,
@@ -59,21 +64,27 @@ def bench(
     device: DeviceOption = "auto",
     output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
     json_output: Annotated[bool, Opt("--json", help="Same as -o json.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:  # fmt: skip
     """Measure prompt processing and generation speed, as llama-bench does."""
     from llmrt.engine import load
 
     output = "json" if json_output else output
-    if repetitions < 1 or n_prompt < 0 or n_gen < 0:
-        raise UsageError("-r must be at least 1, -p and -n at least 0")
-    if output not in ("md", "json"):
-        raise UsageError(f"-o takes md or json, not {output}")
+    check_arg("-p", n_prompt, n_prompt >= 0, "a token count >= 0; 0 skips the pp test")
+    check_arg("-n", n_gen, n_gen >= 0, "a token count >= 0; 0 skips the tg test")
+    check_arg("-r", repetitions, repetitions >= 1, "a count >= 1")
+    check_common(n_gpu_layers=n_gpu_layers, ubatch_size=ubatch)
+    check_arg("-o", output, output in ("md", "json"), "md or json")
     rows = []
     if output == "md":
         typer.echo("| model | size | params | backend | ngl | test | t/s |")
         typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
-    for name in model:
+    for name in model or [None]:
         m = load(name, device=device, n_gpu_layers=n_gpu_layers)
+        if verbose:
+            from llmrt.cli.run import placement
+
+            typer.echo(f"llmrt: {m.path.name}: {placement(m)}", err=True)
         tests = [(f"pp{n_prompt}", n_prompt, 0)] if n_prompt else []
         tests += [(f"tg{n_gen}", 0, n_gen)] if n_gen else []
         for test, np_, ng in tests:

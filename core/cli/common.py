@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from llmrt.errors import UsageError
 
 DEVICE_HELP = (
     "Device to run on: auto (the best available), a backend name (cpu, cuda, vulkan, opencl) "
@@ -12,3 +14,39 @@ DEVICE_HELP = (
 )
 DeviceOption = Annotated[str, typer.Option("--device", "-dev", help=DEVICE_HELP)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", help="Where each layer runs; tracebacks of errors.")
+]
+
+
+def check_arg(flag: str, value: Any, ok: bool, meaning: str) -> None:
+    """Reject a flag's nonsensical value with llama.cpp's wording and what the flag takes."""
+    if not ok:
+        raise UsageError(
+            f'error while handling argument "{flag}": invalid value {value} ({meaning})'
+        )
+
+
+def check_common(
+    *, n_predict: int | None = None, ctx_size: int | None = None, n_gpu_layers: int | None = None,
+    batch_size: int | None = None, ubatch_size: int | None = None, threads: int | None = None,
+    top_k: int | None = None,
+) -> None:  # fmt: skip
+    """The checks of the flags that several commands share (None: the command has no such flag)."""
+    if n_predict is not None:
+        check_arg("-n", n_predict, n_predict >= -2,
+                  "a token count >= 0, or -1 to generate until the end of generation or a full "
+                  "context")  # fmt: skip
+    if ctx_size is not None:
+        check_arg("-c", ctx_size, ctx_size >= 0, "a size in tokens >= 0; 0 takes the model's")
+    if n_gpu_layers is not None:
+        check_arg("-ngl", n_gpu_layers, n_gpu_layers >= -1,
+                  "a layer count >= 0, or -1 for all of them")  # fmt: skip
+    if batch_size is not None:
+        check_arg("-b", batch_size, batch_size >= 1, "a token count >= 1")
+    if ubatch_size is not None:
+        check_arg("-ub", ubatch_size, ubatch_size >= 1, "a token count >= 1")
+    if threads is not None:
+        check_arg("-t", threads, threads >= -1, "a thread count >= 1; 0 or -1 takes the default")
+    if top_k is not None:
+        check_arg("--top-k", top_k, top_k >= 0, "a count >= 0; 0 turns top-k off")

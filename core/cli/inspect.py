@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -145,11 +144,13 @@ def print_tables(data: dict[str, Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_command(
-        file: Annotated[Path, typer.Argument(help="A GGUF file.")],
+        file: Annotated[str, typer.Argument(help="A GGUF file or known model name.")],
         json_: JsonOption = False,
     ) -> None:
         """Show a GGUF file's model facts, metadata and tensors (reads no weights)."""
-        data = report(GGUFReader(file))
+        from llmrt.pull import resolve
+
+        data = report(GGUFReader(resolve(file)))
         if json_:
             typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         else:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption
-from llmrt.errors import UsageError
+from llmrt.cli.common import DeviceOption, VerboseOption, check_common
+from llmrt.errors import LlmrtError, UsageError
 
 Opt = typer.Option
 
@@ -54,8 +54,10 @@ ModelOpt = Annotated[
         "default: the default model."),
 ]  # fmt: skip
 NPredictOpt = Annotated[
-    int, Opt("-n", "--n-predict", help="Tokens to generate; -1: until end of generation.")
-]
+    int,
+    Opt("-n", "--n-predict", help="Tokens to generate; -1: until the end of generation or a "
+        "full context."),
+]  # fmt: skip
 NglOpt = Annotated[int, Opt("-ngl", "--n-gpu-layers", help="Layers on the accelerator; -1: all.")]
 ChatOpt = Annotated[
     bool,
@@ -75,7 +77,9 @@ def run(
     batch_size: Annotated[int, Opt("-b", "--batch-size", help="Logical batch size.")] = 2048,
     ubatch_size: Annotated[int, Opt("-ub", "--ubatch-size", help="Physical batch size.")] = 512,
     seed: Annotated[int, Opt("-s", "--seed", help="RNG seed; -1: random.")] = -1,
-    temp: Annotated[float, Opt("--temp", help="Temperature; 0: greedy.")] = 0.8,
+    temp: Annotated[
+        float, Opt("--temp", help="Temperature; 0 or below: greedy (as llama.cpp).")
+    ] = 0.8,
     top_k: Annotated[int, Opt("--top-k", help="Top-k; 0: off.")] = 40,
     top_p: Annotated[float, Opt("--top-p", help="Top-p; 1.0: off.")] = 0.95,
     min_p: Annotated[float, Opt("--min-p", help="Min-p; 0.0: off.")] = 0.05,
@@ -90,17 +94,19 @@ def run(
     system_prompt: Annotated[str | None, Opt("-sys", "--system-prompt")] = None,
     cache_type: Annotated[str, Opt("-ctk", "--cache-type", help="KV cache: f16 or f32.")] = "f16",
     display_prompt: Annotated[bool, Opt("--display-prompt/--no-display-prompt")] = True,
+    verbose: VerboseOption = False,
 ) -> None:
     """Generate text from a prompt (like llama-cli), or chat with -cnv."""
-    from llmrt.engine import generate, load
+    from llmrt.engine import check_prompt_fits, generate, load
     from llmrt.sampling import Sampler, SamplingParams
 
+    check_common(n_predict=n_predict, ctx_size=ctx_size, n_gpu_layers=n_gpu_layers,
+                 batch_size=batch_size, ubatch_size=ubatch_size, threads=threads,
+                 top_k=top_k)  # fmt: skip
     params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                             typical_p=typical, repeat_penalty=repeat_penalty,
                             repeat_last_n=repeat_last_n, seed=seed)  # fmt: skip
     params.validate()
-    if batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
     del threads  # numpy's BLAS picks its own threads
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
@@ -110,11 +116,15 @@ def run(
     tok = m.tokenizer
     sampler = Sampler(params, m.hp.n_vocab)
     print(f"llmrt: {m.path.name} on {m.device.id}, seed {sampler.seed}", file=sys.stderr)
+    if verbose:
+        print(f"llmrt: {placement(m)}; context {ctx.n_ctx} tokens, ubatch {ctx.n_ubatch}",
+              file=sys.stderr)  # fmt: skip
     if conversation:
         _chat(m, ctx, sampler, n_predict, chat_template, system_prompt, text)
         _print_timings(ctx, t_load_ms, 0)
         return
     ids = tok.encode(text, add_special=True, parse_special=True)
+    check_prompt_fits(ctx, ids)  # before the prompt is echoed
     if display_prompt:
         sys.stdout.write(text)
     decoder = tok.decoder()
@@ -125,42 +135,96 @@ def run(
     _print_timings(ctx, t_load_ms, len(ids))
 
 
+def placement(m) -> str:
+    """Where the layers went, in runs: "layers 0-17 on cuda:0, 18-29 and the output on cpu:0"."""
+    runs: list[list] = []  # [device, first, last]
+    for i, dev in enumerate(m.layers):
+        if runs and runs[-1][0] is dev:
+            runs[-1][2] = i
+        else:
+            runs.append([dev, i, i])
+    n = m.hp.n_layer
+    parts = []
+    for dev, first, last in runs:
+        span = [f"{first}" if first == min(last, n - 1) else f"{first}-{min(last, n - 1)}"]
+        what = "layers " + span[0] if first < n else ""
+        if last == n:
+            what = f"{what} and the output" if what else "the output"
+        parts.append(f"{what} on {dev.id}")
+    return ", ".join(parts)
+
+
+CHAT_BANNER = (
+    "== Chatting with {name}. Type a message and press Return. /exit or /bye (or Ctrl-D) leaves; "
+    "Ctrl-C stops a reply, and at the prompt quits. =="
+)
+EXIT_COMMANDS = ("/exit", "/bye")
+
+
 def _chat(m, ctx, sampler, n_predict, template, system_prompt, first) -> None:
     """Each turn renders the whole conversation, keeps the cached prefix it shares with what the
     cache holds, and evaluates only the rest (llama-server's prompt cache, for one user)."""
-    from llmrt.engine import generate
+    from llmrt.engine import check_prompt_fits, generate
 
     tok = m.tokenizer
+    print(CHAT_BANNER.format(name=m.path.name), file=sys.stderr)
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    held: list[int] = []  # the tokens the KV cache holds, in order
+    held: list[int] = []  # the tokens whose keys and values the KV cache holds, in order
     pending = first
     while True:
         if not pending:
             try:
                 pending = input("\n> ")
-            except EOFError:
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D, or Ctrl-C at the prompt: leave
+                sys.stdout.write("\n")
                 return
+            if pending.strip() in EXIT_COMMANDS:
+                return
+            if not pending.strip():
+                pending = ""
+                continue
         messages.append({"role": "user", "content": pending})
         pending = ""
-        rendered = tok.apply_chat_template(messages, add_generation_prompt=True, template=template)
-        ids = tok.encode(rendered, add_special=True, parse_special=True)
-        keep = 0
-        while keep < min(len(ids), len(held)) - 1 and ids[keep] == held[keep]:
-            keep += 1
-        ctx.remove(0, keep)
-        held = ids
-        decoder, reply = tok.decoder(), []
-        for token in generate(ctx, ids[keep:], n_predict, sampler, tok.eog_ids):
-            if token in tok.eog_ids:
-                break
-            held.append(token)
-            piece = decoder.add(token)
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        # set before anything can be interrupted: Ctrl-C may come at any point of the turn
+        ids, keep, new, reply = held, len(held), [], []
+        decoder = tok.decoder()
+        interrupted = False
+        try:
+            rendered = tok.apply_chat_template(messages, add_generation_prompt=True,
+                                               template=template)  # fmt: skip
+            ids = tok.encode(rendered, add_special=True, parse_special=True)
+            keep = 0
+            while keep < min(len(ids), len(held)) - 1 and ids[keep] == held[keep]:
+                keep += 1
+            ctx.remove(0, keep)
+            check_prompt_fits(ctx, ids[keep:])
+            for token in generate(ctx, ids[keep:], n_predict, sampler, tok.eog_ids):
+                if token in tok.eog_ids:
+                    break
+                new.append(token)
+                reply.append(decoder.add(token))
+                sys.stdout.write(reply[-1])
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C during a reply: stop it, keep what was said
+            interrupted = True
+            sys.stdout.write(" [stopped]")
+        except LlmrtError as exc:  # the chat outgrew the context: say so and keep chatting
+            print(f"llmrt: error: {exc}", file=sys.stderr)
+            new = []
+        # What the cache holds for certain: without Ctrl-C, everything it says it holds (the
+        # prompt and the reply but its last token, never evaluated); after Ctrl-C, which may
+        # have come in the middle of an evaluation, only what finished before it.
+        committed = ctx.seq_len(0)
+        if interrupted:
+            committed = min(committed, len(ids) + len(new) - 1 if new else keep)
+        held = (ids + new)[:committed]
+        ctx.remove(0, committed)
         reply.append(decoder.flush())
         sys.stdout.write(reply[-1] + "\n")
-        messages.append({"role": "assistant", "content": "".join(reply)})
+        if new:
+            messages.append({"role": "assistant", "content": "".join(reply)})
+        else:  # nothing was said: forget the question, so that roles still alternate
+            messages.pop()
 
 
 def register(app: typer.Typer) -> None:

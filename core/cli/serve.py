@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption
-from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt
+from llmrt.cli.common import DeviceOption, VerboseOption, check_arg, check_common
+from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt, placement
 from llmrt.errors import UsageError
 
 Opt = typer.Option
@@ -39,6 +40,7 @@ def serve(
     alias: Annotated[str | None, Opt("-a", "--alias", help="Model name in the API.")] = None,
     metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = True,
     slots: Annotated[bool, Opt("--slots/--no-slots", help="Serve /slots.")] = True,
+    verbose: VerboseOption = False,
 ) -> None:
     """Serve a model over HTTP (like llama-server): /completion, /v1/chat/completions, a web UI."""
     try:
@@ -48,12 +50,11 @@ def serve(
     except ModuleNotFoundError as exc:
         raise UsageError(f"llmrt serve needs the server extra: pip install 'llmrt[server]' "
                          f"({exc.name} is missing)") from None  # fmt: skip
-    if parallel < 1:
-        raise UsageError(f"--parallel must be at least 1, got {parallel}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    if queue_size < 0:
-        raise UsageError(f"--queue-size must be >= 0, got {queue_size}")
+    check_common(n_predict=n_predict, ctx_size=ctx_size, n_gpu_layers=n_gpu_layers,
+                 batch_size=batch_size)  # fmt: skip
+    check_arg("-np", parallel, parallel >= 1, "a slot count >= 1")
+    check_arg("--queue-size", queue_size, queue_size >= 0, "a request count >= 0")
+    check_arg("--port", port, 0 <= port <= 65535, "a TCP port, 0 to 65535")
     from llmrt.tokenizer.chat import CHATML_TEMPLATE, GEMMA_TEMPLATE
 
     # llama-server takes a built-in template's name too
@@ -73,7 +74,18 @@ def serve(
         print(f"llmrt: error: cannot load the model: {message}", file=sys.stderr)
         server.should_exit = True
 
-    app = create_app(settings, on_load_error=on_load_error)
+    def on_ready(model) -> None:
+        print(f"llmrt: {model.path.name} loaded on {model.device.id}; ready at "
+              f"http://{host}:{port}", file=sys.stderr)  # fmt: skip
+        if verbose:
+            print(f"llmrt: {placement(model)}", file=sys.stderr)
+
+    # 5xx answers and the tracebacks behind them go to stderr (uvicorn logs only its own)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llmrt: %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("llmrt").addHandler(handler)
+    logging.getLogger("llmrt").setLevel(logging.INFO)
+    app = create_app(settings, on_load_error=on_load_error, on_ready=on_ready)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     print(f"llmrt: listening on http://{host}:{port} (loading the model)", file=sys.stderr)

@@ -16,19 +16,6 @@ import typer
 from llmrt.errors import UsageError
 
 
-def _model_path(model: str | None) -> Path:
-    from llmrt import pull
-
-    if model is None:
-        return pull.pull(pull.DEFAULT_MODEL)
-    path = Path(model).expanduser()
-    if path.is_file():
-        return path
-    if model in pull.MODELS:
-        return pull.pull(model)
-    raise UsageError(f"no such model file or known model: {model}")
-
-
 def tokenize(
     model: Annotated[
         str | None,
@@ -71,9 +58,10 @@ def tokenize(
     else:
         text = prompt or ""
 
+    from llmrt.pull import resolve
     from llmrt.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_gguf(_model_path(model))
+    tok = Tokenizer.from_gguf(resolve(model))
     tokens = tok.encode(text, add_special=not no_bos, parse_special=not no_parse_special)
     if ids:
         typer.echo("[" + ", ".join(str(t) for t in tokens) + "]")
