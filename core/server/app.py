@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -28,6 +29,8 @@ from llmrt.errors import LlmrtError
 from llmrt.sampling import SamplingParams
 from llmrt.server import schemas as S
 from llmrt.server.slots import QueueFull, Scheduler, Task
+
+log = logging.getLogger("llmrt.server")
 
 # Paths served without an API key (llama-server's public endpoints, the UI and the schema).
 PUBLIC = {"/", "/health", "/v1/health", "/models", "/v1/models", "/openapi.json", "/docs"}
@@ -68,6 +71,8 @@ def error_body(code: int, message: str, type_: str) -> dict[str, Any]:
 
 
 def error_response(code: int, message: str, type_: str) -> JSONResponse:
+    if code >= 500:  # the exception behind it, if any, was logged with its traceback where caught
+        log.warning("answered %d: %s", code, message)
     return JSONResponse(error_body(code, message, type_), status_code=code)
 
 
@@ -141,7 +146,11 @@ class State:
             scheduler.start()
             self.scheduler = scheduler
         except Exception as exc:  # noqa: BLE001 - reported by /health and the CLI
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = (
+                str(exc) if isinstance(exc, LlmrtError) else f"{type(exc).__name__}: {exc}"
+            )
+            if not isinstance(exc, LlmrtError):  # a bug, not a bad setting: keep its traceback
+                log.exception("cannot load the model")
             raise
 
 
@@ -149,9 +158,11 @@ def create_app(
     settings: ServerSettings,
     model: Any = None,
     on_load_error: Callable[[str], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
 ) -> FastAPI:
     """The app. `model`: an already loaded `llmrt.engine.Model` (tests share one); otherwise
-    `settings.model` is loaded in a thread when the app starts."""
+    `settings.model` is loaded in a thread when the app starts. `on_ready(model)` is called once
+    the model serves requests, `on_load_error(message)` if it cannot load."""
     state = State(settings)
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -161,6 +172,9 @@ def create_app(
             except Exception:  # noqa: BLE001
                 if on_load_error is not None:
                     on_load_error(state.load_error or "failed to load the model")
+                return
+            if on_ready is not None:
+                on_ready(state.model)
 
         loader = threading.Thread(target=load, name="llmrt-load", daemon=True)
         loader.start()
@@ -215,6 +229,28 @@ def _install_middleware(app: FastAPI, state: State) -> None:
         )
     app.add_middleware(_Asgi, handler=gate)
     app.add_middleware(_Asgi, handler=_json_body)
+    app.add_middleware(_Asgi, handler=_unhandled)
+
+
+async def _unhandled(scope: dict, receive: Callable, send: Callable, app: Any) -> None:
+    """An exception no handler answered is a bug: log it with its traceback and answer 500 in
+    llama-server's JSON (or end the stream if the response had started)."""
+    started = False
+
+    async def tracking_send(message: dict) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except Exception as exc:  # noqa: BLE001
+        if scope["type"] != "http":
+            raise
+        log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+        if not started:
+            response = error_response(500, f"{type(exc).__name__}: {exc}", "server_error")
+            await response(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ import numpy as np
 
 from llmrt.engine import Batch, Context, Model
 from llmrt.sampling import Sampler, SamplingParams
+
+log = logging.getLogger("llmrt.server")
 
 
 class QueueFull(Exception):
@@ -202,6 +205,7 @@ class Scheduler:
             try:
                 self._step()
             except Exception as exc:  # noqa: BLE001 - keep serving; fail the requests involved
+                log.exception("a decode step failed; failing the requests in it")
                 self._fail_all(f"{type(exc).__name__}: {exc}")
 
     def _assign(self) -> None:

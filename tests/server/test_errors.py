@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import httpx
+import numpy as np
 import pytest
 
 BAD = [
@@ -78,3 +82,49 @@ def test_still_alive(client):
     assert client.get("/health").json() == {"status": "ok"}
     r = client.post("/completion", json={"prompt": "hi", "n_predict": 1})
     assert r.status_code == 200 and r.json()["tokens_predicted"] == 1
+
+
+def test_prompt_longer_than_a_batch_is_answered(live_server, model):
+    """The first batch of a long prompt wants no logits: it used to crash the decode (HTTP 500)."""
+    srv = live_server(n_ctx=1024, n_parallel=1, n_batch=128)
+    prompt = "The quick brown fox jumps over the lazy dog. " * 30
+    ids = model.tokenize(prompt)
+    assert len(ids) > 2 * 128
+    r = httpx.post(srv.url + "/completion", timeout=300, json={
+        "prompt": prompt, "n_predict": 2, "temperature": 0, "return_tokens": True,
+    })  # fmt: skip
+    assert r.status_code == 200, r.text
+    first = int(np.argmax(model.context(n_ctx=1024).eval(ids)))
+    assert r.json()["tokens"][0] == first
+
+
+def test_a_failing_decode_is_a_logged_500_and_the_server_recovers(live_server, monkeypatch, caplog):
+    srv = live_server(n_ctx=256, n_parallel=1)
+    ctx = srv.app.state.llmrt.scheduler.ctx
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected decode failure")
+
+    monkeypatch.setattr(ctx, "decode", broken)
+    with caplog.at_level(logging.WARNING, logger="llmrt.server"):
+        r = httpx.post(srv.url + "/completion", json={"prompt": "hi", "n_predict": 1}, timeout=60)
+    assert r.status_code == 500 and "injected decode failure" in r.json()["error"]["message"]
+    logged = [rec for rec in caplog.records if rec.exc_info and rec.name == "llmrt.server"]
+    assert any("injected decode failure" in str(rec.exc_info[1]) for rec in logged)
+    monkeypatch.undo()
+    r = httpx.post(srv.url + "/completion", json={"prompt": "hi", "n_predict": 1}, timeout=60)
+    assert r.status_code == 200
+
+
+def test_an_unhandled_exception_is_a_logged_json_500(server, model, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ValueError("injected tokenizer bug")
+
+    monkeypatch.setattr(model.tokenizer, "encode", broken)
+    with caplog.at_level(logging.WARNING, logger="llmrt.server"):
+        r = httpx.post(server.url + "/tokenize", json={"content": "hi"}, timeout=60)
+    assert r.status_code == 500
+    assert r.json()["error"] == {"code": 500, "message": "ValueError: injected tokenizer bug",
+                                 "type": "server_error"}  # fmt: skip
+    logged = [rec for rec in caplog.records if rec.exc_info and rec.name == "llmrt.server"]
+    assert any(isinstance(rec.exc_info[1], ValueError) for rec in logged)

@@ -146,6 +146,11 @@ def test_issue_curl_request_as_written(smollm2_path, tmp_path):
             assert status == 503
             time.sleep(0.05)
         assert 200 in statuses, (tmp_path / "serve.log").read_text()
+        # one line once the model is loaded and the server answers
+        assert (
+            f"loaded on cpu:0; ready at http://127.0.0.1:{port}"
+            in (tmp_path / "serve.log").read_text()
+        )
         # curl -X POST localhost:PORT/completion -H "Content-Type: application/json"
         #      -d '{"prompt": "...", "n_predict": -1, "stream": true}'
         import socket
