@@ -18,7 +18,7 @@ from pathlib import Path
 
 import platformdirs
 
-from llmrt.errors import LlmrtError
+from llmrt.errors import LlmrtError, UsageError
 
 ENV_CACHE = "LLMRT_CACHE"
 
@@ -104,12 +104,12 @@ def resolve(model: str | os.PathLike[str] | None) -> Path:
         return pull(DEFAULT_MODEL)
     path = Path(model).expanduser()
     if path.is_dir():
-        raise LlmrtError(f"{path} is a directory, not a GGUF file")
+        raise UsageError(f"{path} is a directory, not a GGUF file")
     if path.is_file():
         return path
     if str(model) in MODELS:
         return pull(str(model))
-    raise LlmrtError(f"model file not found: {path} (nor a known model name: {', '.join(MODELS)})")
+    raise UsageError(f"model file not found: {path} (nor a known model name: {', '.join(MODELS)})")
 
 
 def pull(name: str = DEFAULT_MODEL, *, quiet: bool = False, force: bool = False) -> Path:

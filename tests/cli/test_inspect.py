@@ -55,8 +55,8 @@ def test_table(smollm2_path):
 
 def test_bad_files_are_one_line(tmp_path):
     result = run("inspect", str(tmp_path / "missing.gguf"))
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+    assert result.returncode == 2  # a bad argument, as in every command that takes a model
+    assert result.stderr.strip().count("\n") == 0 and "model file not found" in result.stderr
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16)
     result = run("inspect", str(bad))

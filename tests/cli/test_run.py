@@ -103,7 +103,7 @@ def prompt_eval_tokens(stderr: str) -> int:
 def test_prompt_longer_than_a_ubatch_gives_the_one_ubatch_tokens(smollm2_path, tmp_path):
     prompt = tmp_path / "p600.txt"
     prompt.write_text("The quick brown fox jumps over the lazy dog. " * 60)
-    args = ("run", "-m", str(smollm2_path), "-f", str(prompt), "-n", "4", "--temp", "0",
+    args = ("run", "-m", str(smollm2_path), "-f", str(prompt), "-n", "2", "--temp", "0",
             "-c", "1024", "--no-display-prompt")  # fmt: skip
     split = llmrt(*args)  # the default -ub 512: two ubatches, the first wanting no logits
     assert split.returncode == 0, split.stderr
@@ -115,12 +115,12 @@ def test_prompt_longer_than_a_ubatch_gives_the_one_ubatch_tokens(smollm2_path, t
 
 def test_gemma_prompt_over_several_small_ubatches(gemma3_path, tmp_path):
     prompt = tmp_path / "p.txt"
-    prompt.write_text("Once upon a time, in a land far away, there lived a king. " * 20)
-    args = ("run", "-m", str(gemma3_path), "-f", str(prompt), "-n", "3", "--temp", "0",
-            "-c", "512", "--no-display-prompt")  # fmt: skip
-    split, whole = llmrt(*args, "-ub", "128"), llmrt(*args, "-ub", "512")
+    prompt.write_text("Once upon a time, in a land far away, there lived a king. " * 8)
+    args = ("run", "-m", str(gemma3_path), "-f", str(prompt), "-n", "2", "--temp", "0",
+            "-c", "256", "--no-display-prompt")  # fmt: skip
+    split, whole = llmrt(*args, "-ub", "32"), llmrt(*args, "-ub", "256")
     assert split.returncode == 0, split.stderr
-    assert prompt_eval_tokens(split.stderr) > 256
+    assert prompt_eval_tokens(split.stderr) > 3 * 32
     assert split.stdout == whole.stdout
 
 

@@ -62,7 +62,7 @@ def test_byte_pieces_are_raw(app: typer.Typer, gemma3_path: Path) -> None:
 def test_user_errors(app: typer.Typer) -> None:
     with pytest.raises(LlmrtError, match="exactly one of"):
         CliRunner().invoke(app, ["tokenize", "-p", "x", "-f", "y"], catch_exceptions=False)
-    with pytest.raises(LlmrtError, match="no such model"):
+    with pytest.raises(LlmrtError, match="model file not found: nope"):
         CliRunner().invoke(app, ["tokenize", "-m", "nope", "-p", "x"], catch_exceptions=False)
 
 
@@ -72,4 +72,7 @@ def test_one_line_error() -> None:
         ["llmrt", "tokenize", "-m", "/nonexistent.gguf", "-p", "x"], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert result.stderr == "llmrt: error: no such model file or known model: /nonexistent.gguf\n"
+    assert result.stderr == (
+        "llmrt: error: model file not found: /nonexistent.gguf "
+        "(nor a known model name: smollm2-135m, gemma3-270m)\n"
+    )
