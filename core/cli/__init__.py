@@ -26,7 +26,9 @@ app = typer.Typer(
 )
 
 # Each module defines register(app) and adds its commands.
-COMMANDS = ("run", "bench", "pull", "devices", "plugins", "inspect", "tokenize", "serve")
+COMMANDS = (
+    "run", "bench", "perplexity", "pull", "devices", "plugins", "inspect", "tokenize", "serve",
+)  # fmt: skip
 
 
 def build_app() -> typer.Typer:

@@ -23,6 +23,8 @@ BAD = {
         ["-p", "-1"], ["-r", "0"], ["-o", "xml"], ["-m", "nope.gguf"], ["-ub", "0"],
         ["-ngl", "-9"], ["--device", "nope"], ["-m", "{dir}"],
     ],
+    "perplexity": [[], ["-f", "/nonexistent.txt"], ["-f", "{junk}"], ["-f", "/etc/hostname"],
+                   ["-f", "/etc/hostname", "--kl-divergence"], ["-f", "{junk}", "-c", "-1"]],
     "pull": [["nope"], ["--bogus"]],
     "devices": [["--device", "nope"], ["--device", "cuda:99"]],
     "inspect": [["nope.gguf"], ["{dir}"], ["{junk}"]],
