@@ -13,7 +13,7 @@ from typing import Any
 
 from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
-from llmrt.ir import ROPE_NORMAL, Graph, Tensor
+from llmrt.ir import ROPE_NEOX, ROPE_NORMAL, Graph, Tensor
 from llmrt.models import Architecture, HParams, Shape
 
 
@@ -93,7 +93,7 @@ def build(hp: HParams, shape: Shape, weights: dict[str, Any]) -> Graph:
         q = g.reshape(linear(f"{p}.attn_q", h), T, H, D)  # [T, H, D]
         k = g.reshape(linear(f"{p}.attn_k", h), T, Hkv, D)  # [T, Hkv, D]
         v = g.reshape(linear(f"{p}.attn_v", h), T, Hkv, D)
-        rope = dict(n_dims=hp.rope_dims, mode=ROPE_NORMAL, freq_base=hp.rope_base,
+        rope = dict(n_dims=hp.rope_dims, mode=ROPE_MODES[hp.arch], freq_base=hp.rope_base,
                     freq_scale=hp.rope_scale, freq_factors=rope_factors)  # fmt: skip
         q = g.rope(q, io["pos"], **rope)
         k = g.rope(k, io["pos"], **rope)
@@ -110,6 +110,13 @@ def build(hp: HParams, shape: Shape, weights: dict[str, Any]) -> Graph:
     return g
 
 
-ARCHITECTURES = [
-    Architecture(name, hparams, build) for name in ("llama", "mistral", "qwen2", "smollm")
-]
+# llama.cpp's llama_model_rope_type: Qwen2 keeps Hugging Face's half-split rotary layout (NEOX),
+# while converting a Llama permutes its q/k rows to pairs (normal rope).
+ROPE_MODES = {
+    "llama": ROPE_NORMAL,
+    "mistral": ROPE_NORMAL,
+    "smollm": ROPE_NORMAL,
+    "qwen2": ROPE_NEOX,
+}
+
+ARCHITECTURES = [Architecture(name, hparams, build) for name in ROPE_MODES]

@@ -1,0 +1,46 @@
+"""``llmrt convert``: a Hugging Face checkpoint folder to GGUF (like convert_hf_to_gguf.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmrt.errors import UsageError
+
+Opt = typer.Option
+
+
+def convert(
+    folder: Annotated[Path | None, typer.Argument(help="The checkpoint folder.")] = None,
+    model: Annotated[Path | None, Opt("--model", help="The checkpoint folder (as -m).")] = None,
+    outfile: Annotated[Path | None, Opt("--outfile", help="The GGUF file to write.")] = None,
+    outtype: Annotated[str, Opt("--outtype", help="f32, f16, bf16, q8_0 or auto.")] = "auto",
+    vocab_only: Annotated[bool, Opt("--vocab-only", help="Write the vocabulary only.")] = False,
+) -> None:
+    """Convert a Hugging Face checkpoint (config.json, safetensors, tokenizer.json) to GGUF."""
+    from rich.progress import Progress
+
+    from llmrt.convert import OUTTYPES
+    from llmrt.convert import convert as run_convert
+
+    source = folder or model
+    if source is None:
+        raise UsageError("give the checkpoint folder: llmrt convert HF_DIR --outfile OUT.gguf")
+    if outtype not in (*OUTTYPES, "auto"):
+        raise UsageError(f"--outtype takes {', '.join(OUTTYPES)} or auto, not {outtype}")
+    target = outfile or Path(source) / f"{Path(source).resolve().name}-{outtype}.gguf"
+    with Progress(transient=True, console=None) as bar:
+        task = bar.add_task("converting", total=None)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=name)
+
+        path = run_convert(source, target, outtype, vocab_only, progress)
+    print(f"llmrt: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)

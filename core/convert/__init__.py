@@ -1,0 +1,97 @@
+"""`llmrt convert`: a Hugging Face checkpoint folder to a GGUF file, as llama.cpp's
+convert_hf_to_gguf.py writes it.
+
+Tensors stream one at a time from the memory-mapped checkpoint into the file (peak memory is the
+largest tensor, not the model). Output types follow llama.cpp's: f32 everywhere; f16, bf16 or
+q8_0 for matrices with 1-D tensors (norms, biases) kept in f32; `auto` takes bf16 when the
+checkpoint is stored in bf16, f16 otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrt.convert.architectures import hf_architecture
+from llmrt.convert.checkpoint import Checkpoint, LazyTensor
+from llmrt.convert.vocab import bpe_metadata
+from llmrt.errors import LlmrtError, UsageError
+from llmrt.gguf import GGMLType, GGUFWriter, quantize
+
+OUTTYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16, "q8_0": GGMLType.Q8_0}
+FILE_TYPE = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q8_0: 7, GGMLType.BF16: 32}
+
+
+def tensor_type(outtype: GGMLType, shape: tuple[int, ...]) -> GGMLType:
+    """The type a tensor of `shape` is written in: 1-D ones stay f32, as llama.cpp keeps them;
+    a matrix whose rows are not whole q8_0 blocks falls back to f16."""
+    if len(shape) < 2 or outtype == GGMLType.F32:
+        return GGMLType.F32
+    if outtype == GGMLType.Q8_0 and shape[-1] % 32:
+        return GGMLType.F16
+    return outtype
+
+
+def encode(values: np.ndarray, t: GGMLType) -> np.ndarray:
+    if t == GGMLType.F32:
+        return np.ascontiguousarray(values, np.float32)
+    if t == GGMLType.F16:
+        return values.astype(np.float16)
+    return quantize(values, t)  # BF16 (rounded to nearest even) and Q8_0 as raw blocks
+
+
+def convert(
+    folder: str | Path,
+    outfile: str | Path,
+    outtype: str = "auto",
+    vocab_only: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Write `outfile` from the checkpoint in `folder`; returns its path. `progress(name, done,
+    total)` is called after each tensor."""
+    ckpt = Checkpoint(folder)
+    hf_name, arch = hf_architecture(ckpt.config)
+    tensors = [] if vocab_only else list(ckpt.tensors())
+    if outtype == "auto":
+        stored = next((t.dtype for t in tensors), "F16")
+        outtype = "bf16" if stored == "BF16" else "f16"
+    if outtype not in OUTTYPES:
+        raise UsageError(f"--outtype takes {', '.join(OUTTYPES)} or auto, not {outtype}")
+    out_t = OUTTYPES[outtype]
+    config = ckpt.config
+    n_vocab = int(config["vocab_size"])
+    md: dict[str, Any] = {
+        "general.architecture": arch.gguf_arch,
+        "general.name": config.get("_name_or_path") or Path(folder).resolve().name,
+        **arch.metadata(config),
+        f"{arch.gguf_arch}.vocab_size": n_vocab,
+        "general.file_type": FILE_TYPE[out_t],
+        **bpe_metadata(ckpt, n_vocab),
+    }
+    with GGUFWriter(outfile) as w:
+        for key, value in md.items():
+            w.add(key, value)
+        plan: list[tuple[str, LazyTensor]] = []
+        for t in tensors:
+            name = arch.gguf_name(t.name)
+            if name == "":
+                raise LlmrtError(f"{hf_name}: no GGUF name for tensor {t.name}")
+            if name is not None:
+                plan.append((name, t))
+        for i, (name, t) in enumerate(plan):
+            ttype = tensor_type(out_t, t.shape)
+
+            def produce(name=name, t=t, ttype=ttype, i=i) -> np.ndarray:
+                values = t.load()
+                if arch.transform is not None:
+                    values = arch.transform(name, values, config)
+                data = encode(values, ttype)
+                if progress is not None:
+                    progress(name, i + 1, len(plan))
+                return data
+
+            w.add_tensor(name, produce, ttype, t.shape)
+    return Path(outfile)

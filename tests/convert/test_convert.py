@@ -1,0 +1,132 @@
+"""`llmrt convert` on tiny random checkpoints made here with transformers (torch on the CPU):
+the converted file's logits against transformers' own, its tokenization against `tokenizers`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from llmrt.engine import load  # noqa: E402
+from llmrt.gguf import GGUFReader  # noqa: E402
+
+LLMRT = shutil.which("llmrt") or "llmrt"
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 4,
+    "Hello world! How are you today? I'm fine, thanks; and you?",
+    "Numbers like 1234567 and 3.14159 appear, as do emails like a.b@example.com.",
+    "Ünïcödé wörds, 日本語のテキスト, and emoji 🙂🙃 mixed with code: def f(x): return x**2",
+    "  leading spaces,\ttabs,\nnew lines\n\nand trailing spaces   ",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def write_tokenizer(folder: Path) -> int:
+    """A byte-level BPE (GPT-2's pre-tokenizer) trained on CORPUS, saved as transformers does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )  # fmt: skip
+    fast.chat_template = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}"
+    fast.save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+def write_checkpoint(folder: Path, arch: str) -> Path:
+    n_vocab = write_tokenizer(folder)
+    common = dict(vocab_size=n_vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    with torch.no_grad():  # random norms and biases, so that a mistake in either shows
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.rand_like(p) * 0.5 + 0.75 if "norm" in name else torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_f32_logits_equal_transformers(tmp_path, arch):
+    folder = write_checkpoint(tmp_path / arch, arch)
+    out = tmp_path / f"{arch}.gguf"
+    result = subprocess.run([LLMRT, "convert", str(folder), "--outfile", str(out), "--outtype",
+                             "f32"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = load(out, device="cpu")
+    ids = model.tokenize(CORPUS[0] + CORPUS[1])[:40]
+    ours = model.context(n_ctx=64, kv_type="f32").eval(ids, all_logits=True)
+    theirs = hf_logits(folder, ids)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_other_outtypes_within_their_rounding(tmp_path, outtype):
+    folder = write_checkpoint(tmp_path / "llama", "llama")
+    result = subprocess.run([LLMRT, "convert", "--model", str(folder), "--outfile",
+                             str(tmp_path / "m.gguf"), "--outtype", outtype],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reader = GGUFReader(tmp_path / "m.gguf")
+    types = {t.name: t.type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == outtype.upper()
+    assert types["blk.0.attn_norm.weight"] == "F32"  # 1-D tensors stay f32, as llama.cpp's
+    model = load(tmp_path / "m.gguf", device="cpu")
+    ids = model.tokenize(CORPUS[2])[:32]
+    ours = model.context(n_ctx=64, kv_type="f32").eval(ids, all_logits=True)
+    theirs = hf_logits(folder, ids)
+    tolerance = {"f16": 5e-3, "bf16": 3e-2, "q8_0": 3e-2}[outtype]
+    assert np.abs(ours - theirs).max() <= tolerance * np.abs(theirs).max()
+
+
+def test_tokenization_equals_tokenizers(tmp_path):
+    folder = write_checkpoint(tmp_path / "llama", "llama")
+    out = tmp_path / "v.gguf"
+    result = subprocess.run([LLMRT, "convert", str(folder), "--outfile", str(out),
+                             "--vocab-only"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from llmrt.tokenizer import Tokenizer
+
+    ours = Tokenizer.from_gguf(out)
+    theirs = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    md = GGUFReader(out).metadata
+    assert md["tokenizer.ggml.pre"] == "gpt-2"
+    assert md["tokenizer.ggml.bos_token_id"] == theirs.token_to_id("<|im_start|>")
+    texts = [*CORPUS, "unseen: Zebra-crossing 42!!", "<|im_start|>hi<|im_end|>", ""]
+    for text in texts:
+        expected = theirs.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text, add_special=False, parse_special=True) == expected, text
+    assert "<|im_start|>" in md["tokenizer.chat_template"]
+
+
+def test_bad_folders_are_one_line(tmp_path):
+    for args in (["convert", str(tmp_path)], ["convert"], ["convert", str(tmp_path / "nope")]):
+        result = subprocess.run([LLMRT, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("llmrt: error:")
