@@ -108,8 +108,8 @@ def test_other_outtypes_within_their_rounding(tmp_path, outtype):
 def test_tokenization_equals_tokenizers(tmp_path):
     folder = write_checkpoint(tmp_path / "llama", "llama")
     out = tmp_path / "v.gguf"
-    result = subprocess.run([LLMRT, "convert", str(folder), "--outfile", str(out),
-                             "--vocab-only"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    args = [LLMRT, "convert", str(folder), "--outfile", str(out), "--vocab-only"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     from llmrt.tokenizer import Tokenizer
 
