@@ -109,8 +109,9 @@ class CPUProgram(reference.ReferenceProgram, Executable):
             self._apply_threads = lambda: None
             return
         self._apply_threads = jit.apply_threads
+        shared = ops.Lowering()
         self.steps = [
-            (i, ops.lower(node, kernel), node, srcs, dead)
+            (i, ops.lower(node, kernel, shared), node, srcs, dead)
             for i, kernel, node, srcs, dead in self.steps
         ]
 

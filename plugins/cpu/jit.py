@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numba
-from numba.core import event
+import numpy as np
+from numba.core import cgutils, event
+from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,28 +30,78 @@ def jit(fn: F) -> F:
     return numba.njit(cache=True, nogil=True, fastmath=False)(fn)
 
 
+def inline(fn: F) -> F:
+    """A helper inlined into the kernels that call it (numba IR inlining), so that LLVM sees the
+    stack arrays it fills as the caller's and vectorizes across the call."""
+    return numba.njit(cache=True, nogil=True, fastmath=False, inline="always")(fn)
+
+
 def pjit(fn: F) -> F:
     """A kernel whose `prange` loops are split over numba's threads."""
     return numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)(fn)
 
 
-class _CompileNote(event.Listener):
-    """Says once per process, on stderr, that kernels are being compiled (not loaded from the
-    cache): the first run on a machine pauses for that, and a silent pause looks like a hang."""
+def stack_array(n: int, dtype: Any) -> Callable[[], Any]:
+    """A function for kernels that returns a pointer to `n` elements of `dtype` on the stack;
+    `numba.carray(ptr, n)` makes it an array.
+
+    A kernel's lane accumulators must live on the stack: numba's own arrays are heap memory that
+    LLVM cannot prove distinct from the kernel's inputs, so it keeps every lane in memory and does
+    not vectorize them. Call it in the kernel itself (the memory lives as long as that frame)."""
+    element = numba.from_dtype(np.dtype(dtype))
+
+    @intrinsic
+    def stack(typingctx):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            size = context.get_constant(numba.types.intp, n)
+            return cgutils.alloca_once(builder, context.get_value_type(element), size=size)
+
+        return numba.types.CPointer(element)(), codegen
+
+    return stack
+
+
+def _ours(ev: event.Event) -> bool:
+    dispatcher = ev.data.get("dispatcher") if isinstance(ev.data, dict) else None
+    module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
+    return module.startswith(_KERNEL_MODULES)
+
+
+class _CompileHook(event.Listener):
+    """Around each compile of one of our kernels (not loads from the cache):
+
+    - says once per process, on stderr, that kernels are being compiled: the first run on a
+      machine pauses for that, and a silent pause looks like a hang;
+    - turns on LLVM's SLP vectorizer, which numba leaves off by default since a miscompilation
+      (numba#8705): the kernels' fixed-width lane loops (8, 16, 32 lanes) are vectorized by it
+      and by nothing else. Only our kernels are compiled with it, and every one of them is
+      checked against the reference by tests/plugins/test_cpu_kernels.py."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._saved_slp = 0
 
     def on_start(self, ev: event.Event) -> None:
         global _noted
-        dispatcher = ev.data.get("dispatcher") if isinstance(ev.data, dict) else None
-        module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
-        if not _noted and module.startswith(_KERNEL_MODULES):
+        if not _ours(ev):
+            return
+        if not _noted:
             _noted = True
             print(COMPILE_NOTE, file=sys.stderr, flush=True)
+        if self._depth == 0:
+            self._saved_slp = numba.config.SLP_VECTORIZE
+            numba.config.SLP_VECTORIZE = 1
+        self._depth += 1
 
     def on_end(self, ev: event.Event) -> None:
-        pass
+        if not _ours(ev):
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            numba.config.SLP_VECTORIZE = self._saved_slp
 
 
-event.register("numba:compile", _CompileNote())
+event.register("numba:compile", _CompileHook())
 
 
 def usable_cores() -> int:

@@ -1,6 +1,8 @@
 """The CPU kernels other than matrix products: norms, rope, gated activations and attention.
 
-Each one computes what its `llmrt.reference` counterpart computes, in the same precision (float64
+The light ones (norms, rope, activations) run on the calling thread: a parallel region costs more
+than they do, and on a busy machine a region can wait a whole timeslice for a descheduled worker.
+Each kernel computes what its `llmrt.reference` counterpart computes, in the same precision (float64
 where the reference sums in float64, the f16 rounding where the reference rounds to f16), so that
 the two differ only in the order of float additions. Inputs are contiguous float32 rows; the glue
 in `llmrt_cpu.ops` makes them so.
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import prange
 from numba.core import types
 from numba.extending import overload
 
 from llmrt import reference
-from llmrt_cpu.jit import jit, pjit
+from llmrt_cpu.jit import jit, pjit, stack_array
 from llmrt_cpu.quant import F16_TO_F32, f32_to_f16_bits, round_f16
 
 _F32 = np.float32
@@ -26,18 +29,17 @@ _F32 = np.float32
 with np.errstate(invalid="ignore"):  # the table's inf and nan entries
     GELU_F16 = reference.gelu_tanh(F16_TO_F32)
 
-# Keys of the KV cache scored per step of attention's online softmax.
-_KEY_TILE = 64
+_lanes = stack_array(16, np.float32)
 
 
 # ---- norms and activations ----------------------------------------------------------------------
 
 
-@pjit
+@jit
 def rms_norm(x: np.ndarray, eps: float, out: np.ndarray) -> None:
     """out = x / sqrt(mean(x²) + eps) per row of x [N, K], the mean summed in float64."""
     n, k = x.shape
-    for i in prange(n):
+    for i in range(n):
         total = 0.0
         for j in range(k):
             v = np.float64(x[i, j])
@@ -47,12 +49,12 @@ def rms_norm(x: np.ndarray, eps: float, out: np.ndarray) -> None:
             out[i, j] = _F32(np.float64(x[i, j]) / root)
 
 
-@pjit
+@jit
 def rms_norm_mul(x: np.ndarray, eps: float, weight: np.ndarray, out: np.ndarray) -> None:
     """rms_norm(x) · weight (broadcast over rows), rounding to f32 between the two as the
     reference's two kernels do."""
     n, k = x.shape
-    for i in prange(n):
+    for i in range(n):
         total = 0.0
         for j in range(k):
             v = np.float64(x[i, j])
@@ -77,32 +79,32 @@ def _gelu(x: float, table: np.ndarray) -> float:
     return table[f32_to_f16_bits(x)]
 
 
-@pjit
+@jit
 def swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     """silu(gate) · up elementwise over [N, K]."""
-    for i in prange(gate.shape[0]):
+    for i in range(gate.shape[0]):
         for j in range(gate.shape[1]):
             out[i, j] = _silu(gate[i, j]) * up[i, j]
 
 
-@pjit
+@jit
 def geglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """gelu_tanh(gate) · up elementwise over [N, K]."""
-    for i in prange(gate.shape[0]):
+    for i in range(gate.shape[0]):
         for j in range(gate.shape[1]):
             out[i, j] = _gelu(gate[i, j], table) * up[i, j]
 
 
-@pjit
+@jit
 def silu(x: np.ndarray, out: np.ndarray) -> None:
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[i, j] = _silu(x[i, j])
 
 
-@pjit
+@jit
 def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[i, j] = _gelu(x[i, j], table)
 
@@ -110,7 +112,7 @@ def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
 # ---- rope ---------------------------------------------------------------------------------------
 
 
-@pjit
+@jit
 def rope(
     x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray, freq_scale: float, attn_factor: float,
     neox: bool, out: np.ndarray,
@@ -120,7 +122,7 @@ def rope(
     float64 and rounded to f32 once, as the reference computes them; the rest is copied."""
     t_count, heads, d = x.shape
     half = inv_freq.shape[0]
-    for t in prange(t_count):
+    for t in range(t_count):
         cos = np.empty(half, dtype=np.float32)
         sin = np.empty(half, dtype=np.float32)
         for i in range(half):
@@ -160,74 +162,70 @@ def attention(
     v [S, Hkv, Dv]; query head h reads cache head h // (Hq / Hkv).
 
     One (token, cache head) pair per prange iteration, with the query heads that share the cache
-    head: keys are scored a tile at a time and folded into a running maximum, sum and weighted V
-    (online softmax), so no [T, S] score matrix exists. Masked cells (-inf) are skipped. With an
-    f16 cache, q and the softmax weights are rounded to f16 before their products, as ggml (and
-    the reference) multiply f16 caches with f16 operands."""
+    head, so each key and value row is read once for the group. Only that pair's scores are kept
+    (one row of S per head, never a [T, S] matrix). With an f16 cache, q and the probabilities
+    are rounded to f16 before their products, as ggml multiplies an f16 cache (and as the
+    reference does): the probabilities are rounded once normalised, which is why the sum is
+    taken before V is read, not folded in as an online softmax would (rounding the unnormalised
+    weights instead moved Gemma 3's logits measurably). Masked cells (-inf) are skipped."""
     t_count, hq, d = q.shape
     s_count, hkv, dv = v.shape
     group = hq // hkv
     for item in prange(t_count * hkv):
         t, kv_head = item // hkv, item % hkv
+        lanes = numba.carray(_lanes(), 16)  # q·k in 16 running sums: vectorized, on the stack
         queries = np.empty((group, d), dtype=np.float32)
         for g in range(group):
             for i in range(d):
                 value = q[t, kv_head * group + g, i]
                 queries[g, i] = round_f16(value) if f16_cache else value
-        running_max = np.full(group, -np.inf, dtype=np.float32)
-        running_sum = np.zeros(group, dtype=np.float32)
-        acc = np.zeros((group, dv), dtype=np.float32)
-        scores = np.empty((group, _KEY_TILE), dtype=np.float32)
+        scores = np.empty((group, s_count), dtype=np.float32)
+        peak = np.full(group, -np.inf, dtype=np.float32)
         key = np.empty(d, dtype=np.float32)
-        value_row = np.empty(dv, dtype=np.float32)
-        for s0 in range(0, s_count, _KEY_TILE):
-            s1 = min(s_count, s0 + _KEY_TILE)
-            for s in range(s0, s1):
-                if has_mask and mask[t, s] == -np.inf:
-                    for g in range(group):
-                        scores[g, s - s0] = -np.inf
-                    continue
-                for i in range(d):
-                    key[i] = _to_f32(k[s, kv_head, i], table)
-                for g in range(group):
-                    lanes = np.zeros(8, dtype=np.float32)
-                    for i0 in range(0, d - d % 8, 8):
-                        for lane in range(8):
-                            lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
-                    score = lanes.sum()
-                    for i in range(d - d % 8, d):
-                        score += queries[g, i] * key[i]
-                    score *= scale
-                    if softcap != 0.0:
-                        score = np.tanh(score / softcap) * softcap
-                    if has_mask:
-                        score += mask[t, s]
-                    scores[g, s - s0] = score
+        for s in range(s_count):
+            if has_mask and mask[t, s] == -np.inf:
+                continue
+            for i in range(d):
+                key[i] = _to_f32(k[s, kv_head, i], table)
             for g in range(group):
-                tile_max = running_max[g]
-                for s in range(s1 - s0):
-                    tile_max = max(tile_max, scores[g, s])
-                if tile_max == -np.inf:
-                    continue
-                if tile_max > running_max[g]:  # rescale what was summed under the old maximum
-                    factor = np.exp(running_max[g] - tile_max)
-                    running_sum[g] *= factor
-                    for i in range(dv):
-                        acc[g, i] *= factor
-                    running_max[g] = tile_max
-            for s in range(s0, s1):
-                if has_mask and mask[t, s] == -np.inf:
-                    continue
-                for i in range(dv):
-                    value_row[i] = _to_f32(v[s, kv_head, i], table)
-                for g in range(group):
-                    weight = np.exp(scores[g, s - s0] - running_max[g])
-                    running_sum[g] += weight
-                    if f16_cache:
-                        weight = round_f16(weight)
-                    for i in range(dv):
-                        acc[g, i] += weight * value_row[i]
-        for g in range(group):
-            inv = _F32(1.0) / running_sum[g] if running_sum[g] > 0 else _F32(0.0)
+                for lane in range(16):
+                    lanes[lane] = 0.0
+                for i0 in range(0, d - d % 16, 16):
+                    for lane in range(16):
+                        lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
+                score = _F32(0.0)
+                for lane in range(16):
+                    score += lanes[lane]
+                for i in range(d - d % 16, d):
+                    score += queries[g, i] * key[i]
+                score *= scale
+                if softcap != 0.0:
+                    score = np.tanh(score / softcap) * softcap
+                if has_mask:
+                    score += mask[t, s]
+                scores[g, s] = score
+                peak[g] = max(peak[g], score)
+        total = np.zeros(group, dtype=np.float32)
+        for s in range(s_count):
+            if has_mask and mask[t, s] == -np.inf:
+                continue
+            for g in range(group):
+                weight = np.exp(scores[g, s] - peak[g])
+                scores[g, s] = weight
+                total[g] += weight
+        acc = np.zeros((group, dv), dtype=np.float32)
+        value_row = np.empty(dv, dtype=np.float32)
+        for s in range(s_count):
+            if has_mask and mask[t, s] == -np.inf:
+                continue
             for i in range(dv):
-                out[t, kv_head * group + g, i] = acc[g, i] * inv
+                value_row[i] = _to_f32(v[s, kv_head, i], table)
+            for g in range(group):
+                p = scores[g, s] / total[g]
+                if f16_cache:
+                    p = round_f16(p)
+                for i in range(dv):
+                    acc[g, i] += p * value_row[i]
+        for g in range(group):
+            for i in range(dv):
+                out[t, kv_head * group + g, i] = acc[g, i]

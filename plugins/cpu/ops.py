@@ -8,6 +8,7 @@ mul_mat of two activations, a table in a type without a kernel...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,23 +28,42 @@ def _rows(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32).reshape(-1, k)
 
 
-def _mul_mat(node: Tensor) -> Step | None:
+class Lowering:
+    """What the steps of one compiled graph share.
+
+    `activations`: the last activation a mul_mat converted (q8 blocks or rounded floats), by
+    activation family. q, k and v multiply the same activation, as do gate and up: it is
+    quantized once, not three times. The source is held, so its identity cannot be reused."""
+
+    def __init__(self) -> None:
+        self.source: Any = None
+        self.family = ""
+        self.prepared: tuple[np.ndarray, ...] = ()
+
+
+def _mul_mat(node: Tensor, shared: Lowering) -> Step | None:
     weight, _ = node.srcs
     if weight.op is not Op.WEIGHT or len(weight.shape) != 2:
         return None
     if weight.dtype not in quant.SUPPORTED_TYPES:
         return None
     weight_type, k, shape = weight.dtype, weight.shape[1], node.shape
+    family = quant.activation_family(weight_type)
     # F32 and F16 weights are bound as numpy arrays, the others as their raw blocks
     blocks = weight_type not in (GGMLType.F32, GGMLType.F16)
 
     def mul_mat(node: Tensor, w: Any, x: np.ndarray) -> np.ndarray:
-        return quant.mul_mat(weight_type, w.raw if blocks else w, _rows(x, k)).reshape(shape)
+        if x is not shared.source or family != shared.family:
+            shared.prepared = quant.prepare_activations(weight_type, _rows(x, k))
+            shared.source, shared.family = x, family
+        rows = math.prod(shape[:-1])
+        out = quant.mul_mat_prepared(weight_type, w.raw if blocks else w, shared.prepared, rows)
+        return out.reshape(shape)
 
     return mul_mat
 
 
-def _get_rows(node: Tensor) -> Step | None:
+def _get_rows(node: Tensor, shared: Lowering) -> Step | None:
     table, _ = node.srcs
     if table.op is not Op.WEIGHT or table.dtype not in quant.SUPPORTED_TYPES:
         return None
@@ -57,7 +77,7 @@ def _get_rows(node: Tensor) -> Step | None:
     return get_rows
 
 
-def _rms_norm(node: Tensor) -> Step:
+def _rms_norm(node: Tensor, shared: Lowering) -> Step:
     eps, k, shape = float(node.params["eps"]), node.shape[-1], node.shape
 
     def rms_norm(node: Tensor, x: np.ndarray) -> np.ndarray:
@@ -69,7 +89,7 @@ def _rms_norm(node: Tensor) -> Step:
     return rms_norm
 
 
-def _rope(node: Tensor) -> Step:
+def _rope(node: Tensor, shared: Lowering) -> Step:
     p = node.params
     n_dims, half = p["n_dims"], p["n_dims"] // 2
     inv_freq = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
@@ -89,8 +109,8 @@ def _rope(node: Tensor) -> Step:
     return rope
 
 
-def _gated(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor], Step]:
-    def lower(node: Tensor) -> Step:
+def _gated(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor, Lowering], Step]:
+    def lower(node: Tensor, shared: Lowering) -> Step:
         k, shape = node.shape[-1], node.shape
 
         def glu(node: Tensor, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -104,8 +124,8 @@ def _gated(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor], Step]
     return lower
 
 
-def _unary(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor], Step]:
-    def lower(node: Tensor) -> Step:
+def _unary(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor, Lowering], Step]:
+    def lower(node: Tensor, shared: Lowering) -> Step:
         k, shape = node.shape[-1], node.shape
 
         def unary(node: Tensor, x: np.ndarray) -> np.ndarray:
@@ -124,7 +144,7 @@ def _cache_operand(x: np.ndarray) -> np.ndarray:
     return x.view(np.uint16) if x.dtype == np.float16 else np.asarray(x, dtype=np.float32)
 
 
-def _flash_attn_ext(node: Tensor) -> Step | None:
+def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
     _, k, v = node.srcs[:3]
     if k.dtype != v.dtype:
         return None
@@ -148,7 +168,7 @@ def _flash_attn_ext(node: Tensor) -> Step | None:
     return flash_attn_ext
 
 
-LOWERINGS: dict[Op, Callable[[Tensor], Step | None]] = {
+LOWERINGS: dict[Op, Callable[[Tensor, Lowering], Step | None]] = {
     Op.MUL_MAT: _mul_mat,
     Op.GET_ROWS: _get_rows,
     Op.RMS_NORM: _rms_norm,
@@ -161,9 +181,9 @@ LOWERINGS: dict[Op, Callable[[Tensor], Step | None]] = {
 }
 
 
-def lower(node: Tensor, fallback: Step) -> Step:
+def lower(node: Tensor, fallback: Step, shared: Lowering | None = None) -> Step:
     """The step that runs `node`: its numba kernel where one fits, else `fallback` (the
-    reference's)."""
+    reference's). Steps of one graph share one `Lowering`."""
     lowering = LOWERINGS.get(node.op)
-    step = lowering(node) if lowering is not None else None
+    step = lowering(node, shared or Lowering()) if lowering is not None else None
     return step if step is not None else fallback
