@@ -9,6 +9,7 @@ checkpoint is stored in bf16, f16 otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,16 @@ def encode(values: np.ndarray, t: GGMLType) -> np.ndarray:
     return quantize(values, t)  # BF16 (rounded to nearest even) and Q8_0 as raw blocks
 
 
+def size_label(n_params: int) -> str:
+    """The parameter count as llama.cpp labels a model: at least two significant digits
+    (3.2M, 135M, 1.2B, 8.0B)."""
+    scale, suffix = next(((s, x) for s, x in ((1e12, "T"), (1e9, "B"), (1e6, "M"))
+                          if n_params > s), (1e3, "K"))  # fmt: skip
+    value = n_params / scale
+    decimals = max(2 - len(str(round(value)).lstrip("0")), 0)
+    return f"{value:.{decimals}f}{suffix}"
+
+
 def convert(
     folder: str | Path,
     outfile: str | Path,
@@ -63,12 +74,16 @@ def convert(
     out_t = OUTTYPES[outtype]
     config = ckpt.config
     n_vocab = int(config["vocab_size"])
+    n_params = sum(math.prod(t.shape) for t in tensors if arch.gguf_name(t.name))
     md: dict[str, Any] = {
         "general.architecture": arch.gguf_arch,
-        "general.name": config.get("_name_or_path") or Path(folder).resolve().name,
+        "general.type": "model",
+        "general.name": Path(folder).resolve().name.replace("-", " ").title(),
+        **({"general.size_label": size_label(n_params)} if n_params else {}),
         **arch.metadata(config),
         f"{arch.gguf_arch}.vocab_size": n_vocab,
         "general.file_type": FILE_TYPE[out_t],
+        "general.quantization_version": 2,
         **bpe_metadata(ckpt, n_vocab),
     }
     with GGUFWriter(outfile) as w:

@@ -86,7 +86,7 @@ class HFArchitecture:
             f"{a}.rope.freq_base": float(config.get("rope_theta", 10000.0)),
             f"{a}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
         }
-        if config.get("head_dim") and head_dim != config["hidden_size"] // n_head:
+        if config.get("head_dim"):  # llama.cpp writes them whenever the config names a head size
             md[f"{a}.attention.key_length"] = head_dim
             md[f"{a}.attention.value_length"] = head_dim
         if self.extra_metadata is not None:

@@ -90,13 +90,20 @@ def bpe_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
     }
     config = ckpt.json("tokenizer_config.json")
     ids = {text: i for i, text in enumerate(tokens)}
-    for key in ("bos", "eos", "unk", "pad"):
+    for key, gguf_key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
         text = _token_text(config.get(f"{key}_token"))
         if text is not None and text in ids:
-            md[f"tokenizer.ggml.{key}_token_id"] = ids[text]
-    for key in ("add_bos_token", "add_eos_token"):
-        if key in config:
-            md[f"tokenizer.ggml.{key}"] = bool(config[key])
+            md[f"tokenizer.ggml.{gguf_key}_token_id"] = ids[text]
+    if "add_bos_token" in config:
+        md["tokenizer.ggml.add_bos_token"] = bool(config["add_bos_token"])
+    else:  # the post-processor's template says whether a BOS goes first
+        single = ((tj.get("post_processor") or {}).get("single")) or []
+        bos = _token_text(config.get("bos_token"))
+        md["tokenizer.ggml.add_bos_token"] = any(
+            (part.get("SpecialToken") or {}).get("id") == bos for part in single
+        )
+    if "add_eos_token" in config:
+        md["tokenizer.ggml.add_eos_token"] = bool(config["add_eos_token"])
     template = config.get("chat_template")
     if (ckpt.folder / "chat_template.jinja").is_file():  # where transformers 4.43+ saves it
         template = (ckpt.folder / "chat_template.jinja").read_text(encoding="utf-8")
