@@ -13,6 +13,7 @@ from typing import Any
 from llmrt.convert.checkpoint import Checkpoint
 from llmrt.errors import LlmrtError
 from llmrt.tokenizer import pretokenize as P
+from llmrt.tokenizer.vocab import PRE_PATTERNS_KEY
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 _HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
@@ -24,33 +25,41 @@ def _pattern(split: dict[str, Any]) -> str:
     return pattern.get("Regex") or re.escape(pattern.get("String", ""))
 
 
-def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
-    """llama.cpp's name for the pre-tokenizer that tokenizer.json describes."""
+CARRIED_PRE = "llmrt-split"  # tokenizer.ggml.pre of a file that carries its own split rules
+
+
+def _split_rules(steps: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The regexes that the pre-tokenizer steps apply in turn, each match and each gap between
+    matches a piece (llama.cpp's splitting); a step with other semantics is refused."""
+    rules: list[str] = []
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            rules.append(_pattern(step).replace(_HF_CONTRACTIONS, P._CONTRACTIONS))
+        elif kind == "Digits":
+            rules.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
+        elif kind == "ByteLevel":
+            if step.get("add_prefix_space"):
+                raise LlmrtError("a ByteLevel pre-tokenizer that adds a prefix space")
+            if step.get("use_regex", True):
+                rules.append(P.GPT2)
+        else:
+            raise LlmrtError(f"the tokenizer's {kind} pre-tokenizer step has no regex form")
+    return tuple(rules)
+
+
+def pre_tokenizer(tokenizer_json: dict[str, Any]) -> tuple[str, tuple[str, ...] | None]:
+    """llama.cpp's name for the pre-tokenizer that tokenizer.json describes, when its split rules
+    are those of one llama.cpp knows (then no rules travel), else CARRIED_PRE and the rules."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    byte_level_splits = any(
-        s.get("type") == "ByteLevel" and s.get("use_regex", True) for s in steps
-    )
-    digits = [s for s in steps if s.get("type") == "Digits"]
-    splits = [_pattern(s) for s in steps if s.get("type") == "Split"]
-    if kinds == ["ByteLevel"] and byte_level_splits:
-        return "gpt-2"
-    if (
-        kinds == ["Digits", "ByteLevel"]
-        and digits[0].get("individual_digits")
-        and byte_level_splits
-    ):
-        return "smollm"
-    if len(splits) == 1 and not byte_level_splits:
-        ours = splits[0].replace(_HF_CONTRACTIONS, P._CONTRACTIONS)
-        for name, pattern in (("llama-bpe", P.LLAMA3), ("qwen2", P.QWEN2), ("gpt-2", P.GPT2)):
-            if ours == pattern:
-                return name
-    raise LlmrtError(
-        f"the tokenizer's pre-tokenizer ({' + '.join(str(k) for k in kinds) or 'none'}"
-        f"{': ' + splits[0] if splits else ''}) is not one llmrt can name yet"
-    )
+    rules = _split_rules([s for s in steps if s])
+    for name in ("gpt-2", "smollm", "llama-bpe", "qwen2"):
+        if rules == P.pre_tokenizer_for(name).patterns:
+            return name, None
+    if not rules:
+        raise LlmrtError("tokenizer.json has no pre-tokenizer: a byte-level BPE needs one")
+    return CARRIED_PRE, rules
 
 
 def _token_text(value: Any) -> str | None:
@@ -81,13 +90,16 @@ def bpe_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
         if text is None:
             tokens[i], types[i] = f"[PAD{i}]", UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre_name, rules = pre_tokenizer(tj)
     md: dict[str, Any] = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre_tokenizer_name(tj),
+        "tokenizer.ggml.pre": pre_name,
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": types,
         "tokenizer.ggml.merges": merges,
     }
+    if rules is not None:
+        md[PRE_PATTERNS_KEY] = list(rules)
     config = ckpt.json("tokenizer_config.json")
     ids = {text: i for i, text in enumerate(tokens)}
     for key, gguf_key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):

@@ -124,6 +124,11 @@ def _array(md: Mapping[str, Any], key: str) -> list[Any] | None:
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
+# Where `llmrt convert` writes the regexes of a pre-tokenizer that llama.cpp knows by no name,
+# applied in turn as llama.cpp applies a named one's.
+PRE_PATTERNS_KEY = "llmrt.tokenizer.pre_patterns"
+
+
 def load_vocab(md: Mapping[str, Any]) -> Vocab:
     """Build a Vocab from GGUF metadata the way llama.cpp's vocab loader does."""
     model = md.get("tokenizer.ggml.model")
@@ -156,7 +161,9 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
             pair = (merge[:pos], merge[pos + 1 :]) if pos >= 0 else ("", "")
             merges.setdefault(pair, rank)
         special.update(bos=11, eos=11)
-        pre = pre_tokenizer_for(pre_name)
+        carried = _array(md, PRE_PATTERNS_KEY)
+        # a pre-tokenizer llama.cpp has no name for, carried as its own split rules
+        pre = PreTokenizer(pre_name, tuple(carried)) if carried else pre_tokenizer_for(pre_name)
         if pre is None:
             raise TokenizerError(f"unknown pre-tokenizer type: {pre_name!r}")
         flags.update(escape_whitespaces=False, clean_spaces=True)

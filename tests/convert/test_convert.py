@@ -3,6 +3,7 @@ the converted file's logits against transformers' own, its tokenization against 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,12 +29,18 @@ CORPUS = [
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def write_tokenizer(folder: Path) -> int:
-    """A byte-level BPE (GPT-2's pre-tokenizer) trained on CORPUS, saved as transformers does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def write_tokenizer(folder: Path, split: str | None = None) -> int:
+    """A byte-level BPE trained on CORPUS, saved as transformers does: GPT-2's pre-tokenizer, or
+    a `split` regex of our own before a byte-level step that splits no further."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split is not None:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
@@ -123,6 +130,62 @@ def test_tokenization_equals_tokenizers(tmp_path):
         expected = theirs.encode(text, add_special_tokens=False).ids
         assert ours.encode(text, add_special=False, parse_special=True) == expected, text
     assert "<|im_start|>" in md["tokenizer.chat_template"]
+
+
+def test_a_pre_tokenizer_llama_cpp_does_not_know_travels_as_its_rules(tmp_path):
+    """No update script for a new tokenizer: its split rules go into the file and llmrt runs
+    them (llama.cpp, which knows pre-tokenizers only by name, refuses such a file)."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    split = r"\p{L}+|\p{N}{1,2}|[^\s\p{L}\p{N}]+|\s+"
+    n_vocab = write_tokenizer(folder, split=split)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": n_vocab, "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 4,
+    }))  # fmt: skip
+    out = tmp_path / "odd.gguf"
+    args = [LLMRT, "convert", str(folder), "--outfile", str(out), "--vocab-only"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    md = GGUFReader(out).metadata
+    assert md["tokenizer.ggml.pre"] == "llmrt-split"
+    assert list(md["llmrt.tokenizer.pre_patterns"]) == [split]
+    from llmrt.tokenizer import Tokenizer
+
+    ours = Tokenizer.from_gguf(out)
+    theirs = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for text in [*CORPUS, "abc123456 x1y22z333", "a  b\t\tc\n\n d"]:
+        assert ours.encode(text, add_special=False) == theirs.encode(text).ids, text
+
+
+def test_sharded_and_bf16_checkpoints(tmp_path):
+    """Shards named by model.safetensors.index.json give the file one safetensors gives; a bf16
+    checkpoint converts without torch's help (auto picks bf16, the bits carried as they are)."""
+    single = write_checkpoint(tmp_path / "single", "llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(single, torch_dtype=torch.float32)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    shutil.copy(single / "tokenizer.json", tmp_path / "sharded")
+    shutil.copy(single / "tokenizer_config.json", tmp_path / "sharded")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(single / name, tmp_path / "bf16")
+    files = {}
+    for name, outtype in (("single", "f32"), ("sharded", "f32"), ("bf16", "auto")):
+        files[name] = tmp_path / f"{name}.gguf"
+        args = [LLMRT, "convert", str(tmp_path / name), "--outfile", str(files[name]),
+                "--outtype", outtype]  # fmt: skip
+        result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    single_t = {t.name: np.asarray(t.data) for t in GGUFReader(files["single"]).tensors}
+    sharded_t = {t.name: np.asarray(t.data) for t in GGUFReader(files["sharded"]).tensors}
+    assert single_t.keys() == sharded_t.keys()
+    assert all(np.array_equal(single_t[k], sharded_t[k]) for k in single_t)
+    bf16 = {t.name: t for t in GGUFReader(files["bf16"]).tensors}
+    assert bf16["blk.0.ffn_up.weight"].type.name == "BF16"
+    stored = model.model.layers[0].mlp.up_proj.weight.detach().view(torch.int16).numpy()
+    assert np.array_equal(np.asarray(bf16["blk.0.ffn_up.weight"].data).view(np.int16).ravel(),
+                          stored.ravel())  # fmt: skip
 
 
 def test_bad_folders_are_one_line(tmp_path):
