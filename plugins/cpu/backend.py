@@ -110,10 +110,11 @@ class CPUProgram(reference.ReferenceProgram, Executable):
             return
         self._apply_threads = jit.apply_threads
         shared = ops.Lowering()
-        self.steps = [
+        steps = [
             (i, ops.lower(node, kernel, shared), node, srcs, dead)
             for i, kernel, node, srcs, dead in self.steps
         ]
+        self.steps = ops.fuse_norm_mul(steps, set(self.outputs.values()))
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         self._apply_threads()

@@ -139,9 +139,13 @@ def _unary(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor, Loweri
     return lower
 
 
-def _cache_operand(x: np.ndarray) -> np.ndarray:
-    """A KV cache view as the attention kernel reads it: f16 as its uint16 bits."""
-    return x.view(np.uint16) if x.dtype == np.float16 else np.asarray(x, dtype=np.float32)
+def _cache_operand(x: np.ndarray, queries: int = 1) -> np.ndarray:
+    """A KV cache view as the attention kernel reads it: f16 as its uint16 bits (converted per
+    element through a table), or for several queries converted once here, since each of them
+    reads every row."""
+    if x.dtype != np.float16:
+        return np.asarray(x, dtype=np.float32)
+    return x.view(np.uint16) if queries == 1 else x.astype(np.float32)
 
 
 def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
@@ -159,9 +163,10 @@ def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
         out = np.empty(shape, dtype=np.float32)
         has_mask = mask is not None
         mask = np.ascontiguousarray(mask, dtype=np.float32) if has_mask else _NO_MASK
+        t = q.shape[0]
         kernels.attention(
-            q, _cache_operand(k), _cache_operand(v), mask, has_mask, scale, softcap, f16_cache,
-            quant.F16_TO_F32, out,
+            q, _cache_operand(k, t), _cache_operand(v, t), mask, has_mask, scale, softcap,
+            f16_cache, quant.F16_TO_F32, out,
         )  # fmt: skip
         return out
 
@@ -179,6 +184,57 @@ LOWERINGS: dict[Op, Callable[[Tensor, Lowering], Step | None]] = {
     Op.GELU: _unary(kernels.gelu, kernels.GELU_F16),
     Op.FLASH_ATTN_EXT: _flash_attn_ext,
 }
+
+
+def _norm_times_weight(eps: float, k: int, shape: tuple[int, ...]) -> Step:
+    def rms_norm_mul(node: Tensor, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        rows = _rows(x, k)
+        out = np.empty_like(rows)
+        kernels.rms_norm_mul(rows, eps, np.ascontiguousarray(weight, dtype=np.float32), out)
+        return out.reshape(shape)
+
+    return rms_norm_mul
+
+
+ProgramStep = tuple[int, Step, Tensor, tuple[int, ...], tuple[int, ...]]
+
+
+def fuse_norm_mul(steps: list[ProgramStep], outputs: set[int]) -> list[ProgramStep]:
+    """rms_norm(x) · weight as one step where the norm feeds only that product (every norm of
+    the llama and gemma graphs): one pass over x, one step less. The norm's step goes; the
+    product reads x, and the values that died with the norm die with the product instead."""
+    readers: dict[int, int] = {}
+    for _, _, _, srcs, _ in steps:
+        for j in srcs:
+            readers[j] = readers.get(j, 0) + 1
+    producer = {i: n for n, (i, _, _, _, _) in enumerate(steps)}
+    fused: dict[int, ProgramStep] = {}
+    removed: set[int] = set()
+    for n, (i, _, node, srcs, dead) in enumerate(steps):
+        if node.op is not Op.MUL or len(srcs) != 2:
+            continue
+        norm_slot, weight_slot = srcs
+        norm_at = producer.get(norm_slot)
+        if norm_at is None or weight_slot in producer:
+            continue  # the second operand must be a leaf (a weight)
+        norm_i, _, norm, norm_srcs, norm_dead = steps[norm_at]
+        weight = node.srcs[1]
+        if (
+            norm.op is not Op.RMS_NORM
+            or readers.get(norm_slot) != 1
+            or norm_slot in outputs
+            or weight.op is not Op.WEIGHT
+            or weight.shape != norm.shape[-1:]
+            or node.shape != norm.shape
+        ):
+            continue
+        step = _norm_times_weight(float(norm.params["eps"]), norm.shape[-1], node.shape)
+        moved = tuple(j for j in norm_dead if j != norm_slot) + tuple(
+            j for j in dead if j != norm_slot
+        )
+        fused[n] = (i, step, node, (norm_srcs[0], weight_slot), moved)
+        removed.add(norm_at)
+    return [fused.get(n, s) for n, s in enumerate(steps) if n not in removed]
 
 
 def lower(node: Tensor, fallback: Step, shared: Lowering | None = None) -> Step:

@@ -272,16 +272,17 @@ def test_attention_matches_the_reference(t, hq, hkv, s, d, cache, softcap, maske
     mask = np.where(visible, 0.0, -np.inf).astype(np.float32) if masked else None
     node = Node(scale=1 / math.sqrt(d), softcap=softcap)
     expected = reference.flash_attn_ext(node, q, k, v, mask)
-    out = np.empty((t, hq, d), dtype=np.float32)
-    kernels.attention(
-        q, ops._cache_operand(k), ops._cache_operand(v),
-        mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
-        cache == T.F16, quant.F16_TO_F32, out,
-    )  # fmt: skip
-    assert nmse(expected, out) <= NMSE_MATMUL
-    # the same f16 roundings: only the order of float sums differs (and so, rarely, which way a
-    # probability near an f16 midpoint rounds)
-    assert nmse(expected, out) <= 1e-8
+    for queries in (1, t):  # an f16 cache read through the table, or converted beforehand
+        out = np.empty((t, hq, d), dtype=np.float32)
+        kernels.attention(
+            q, ops._cache_operand(k, queries), ops._cache_operand(v, queries),
+            mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
+            cache == T.F16, quant.F16_TO_F32, out,
+        )  # fmt: skip
+        assert nmse(expected, out) <= NMSE_MATMUL
+        # the same f16 roundings: only the order of float sums differs (and so, rarely, which
+        # way a probability near an f16 midpoint rounds)
+        assert nmse(expected, out) <= 1e-8
 
 
 # ---- the device: lowering, threads, compile note ------------------------------------------------
@@ -348,6 +349,27 @@ def test_products_sharing_an_activation_quantize_it_once_and_never_stale(t):
     finally:
         quant.prepare_activations = original
     assert converted == ["q8_0", "q8_K", "q8_1", "f16"] * 2
+
+
+def test_norm_times_weight_is_one_step_and_exact():
+    """rms_norm(x)·w becomes one step where the norm has no other reader; elsewhere it stays."""
+    g = Graph("norms")
+    x = g.input("x", (5, 64))
+    w = g.weight("w", (64,), T.F32)
+    fused = g.mul(g.rms_norm(x, 1e-6), w)
+    shared_norm = g.rms_norm(g.add(x, x), 1e-6)
+    g.output("fused", g.add(fused, x))  # x stays alive past the norm
+    g.output("kept", g.mul(shared_norm, w))
+    g.output("norm", shared_norm)  # a second reader of this norm: no fusion
+    bindings = {"w": np.random.default_rng(0).uniform(-1, 1, 64).astype(np.float32)}
+    program = CPUBackend().devices()[0].compile(g, bindings)
+    ops_run = [node.op for _, _, node, _, _ in program.steps]
+    assert ops_run.count(Op.RMS_NORM) == 1 and ops_run.count(Op.MUL) == 2
+    x_value = np.random.default_rng(1).uniform(-2, 2, (5, 64)).astype(np.float32)
+    got = program.run({"x": x_value})
+    expected = reference.ReferenceProgram(g, bindings).run({"x": x_value})
+    for name in ("fused", "kept", "norm"):
+        np.testing.assert_array_equal(got[name], expected[name])
 
 
 def test_unsupported_shapes_fall_back_to_the_reference():
