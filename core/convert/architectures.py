@@ -83,7 +83,7 @@ class HFArchitecture:
             f"{a}.block_count": config["num_hidden_layers"],
             f"{a}.attention.head_count": n_head,
             f"{a}.attention.head_count_kv": config.get("num_key_value_heads", n_head),
-            f"{a}.rope.freq_base": float(config.get("rope_theta", 10000.0)),
+            f"{a}.rope.freq_base": float(rope_parameters(config).get("rope_theta", 10000.0)),
             f"{a}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
         }
         if config.get("head_dim"):  # llama.cpp writes them whenever the config names a head size
@@ -92,6 +92,17 @@ class HFArchitecture:
         if self.extra_metadata is not None:
             md.update(self.extra_metadata(config))
         return md
+
+
+def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """Rope theta and scaling: top-level keys before transformers 5, `rope_parameters` since."""
+    merged = {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
+    merged.update(config.get("rope_parameters") or {})
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise LlmrtError(f"rope scaling of type {kind!r} is not converted yet (default, linear)")
+    merged["rope_type"] = kind
+    return merged
 
 
 def _llama_transform(name: str, w: np.ndarray, config: dict[str, Any]) -> np.ndarray:
@@ -107,10 +118,10 @@ def _llama_metadata(config: dict[str, Any]) -> dict[str, Any]:
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     md: dict[str, Any] = {"llama.rope.dimension_count": head_dim}
-    scaling = config.get("rope_scaling") or {}
-    if scaling.get("type", scaling.get("rope_type")) == "linear":
+    rope = rope_parameters(config)
+    if rope["rope_type"] == "linear":
         md["llama.rope.scaling.type"] = "linear"
-        md["llama.rope.scaling.factor"] = float(scaling["factor"])
+        md["llama.rope.scaling.factor"] = float(rope["factor"])
     return md
 
 

@@ -58,7 +58,7 @@ def write_checkpoint(folder: Path, arch: str) -> Path:
     n_vocab = write_tokenizer(folder)
     common = dict(vocab_size=n_vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)  # fmt: skip
+                  rms_norm_eps=1e-5, rope_theta=50000.0, tie_word_embeddings=False)  # fmt: skip
     torch.manual_seed(0)
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
