@@ -18,7 +18,7 @@ import numpy as np
 
 from llmrt.convert.architectures import hf_architecture
 from llmrt.convert.checkpoint import Checkpoint, LazyTensor
-from llmrt.convert.vocab import bpe_metadata
+from llmrt.convert.vocab import tokenizer_metadata
 from llmrt.errors import LlmrtError, UsageError
 from llmrt.gguf import GGMLType, GGUFWriter, quantize
 
@@ -81,10 +81,9 @@ def convert(
         "general.name": Path(folder).resolve().name.replace("-", " ").title(),
         **({"general.size_label": size_label(n_params)} if n_params else {}),
         **arch.metadata(config),
-        f"{arch.gguf_arch}.vocab_size": n_vocab,
         "general.file_type": FILE_TYPE[out_t],
         "general.quantization_version": 2,
-        **bpe_metadata(ckpt, n_vocab),
+        **tokenizer_metadata(ckpt, n_vocab),
     }
     with GGUFWriter(outfile) as w:
         for key, value in md.items():

@@ -83,9 +83,11 @@ class HFArchitecture:
             f"{a}.block_count": config["num_hidden_layers"],
             f"{a}.attention.head_count": n_head,
             f"{a}.attention.head_count_kv": config.get("num_key_value_heads", n_head),
-            f"{a}.rope.freq_base": float(rope_parameters(config).get("rope_theta", 10000.0)),
+            f"{a}.rope.freq_base": float(config.get("rope_theta", 10000.0)),
             f"{a}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
         }
+        if "rope_parameters" in config or "rope_scaling" in config:
+            md[f"{a}.rope.freq_base"] = float(rope_parameters(config)["rope_theta"])
         if config.get("head_dim"):  # llama.cpp writes them whenever the config names a head size
             md[f"{a}.attention.key_length"] = head_dim
             md[f"{a}.attention.value_length"] = head_dim
@@ -117,11 +119,39 @@ def _llama_transform(name: str, w: np.ndarray, config: dict[str, Any]) -> np.nda
 def _llama_metadata(config: dict[str, Any]) -> dict[str, Any]:
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    md: dict[str, Any] = {"llama.rope.dimension_count": head_dim}
+    md: dict[str, Any] = {"llama.rope.dimension_count": head_dim,
+                          "llama.vocab_size": config["vocab_size"]}  # fmt: skip
     rope = rope_parameters(config)
     if rope["rope_type"] == "linear":
         md["llama.rope.scaling.type"] = "linear"
         md["llama.rope.scaling.factor"] = float(rope["factor"])
+    return md
+
+
+def _gemma3_transform(name: str, w: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    return w + 1.0 if name.endswith("norm.weight") else w  # Gemma's RMSNorm scales by 1 + w
+
+
+def _gemma3_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    rope = config.get("rope_parameters") or {}
+    theta = rope.get("full_attention", rope).get("rope_theta", config.get("rope_theta", 1e6))
+    head_dim = config.get("head_dim", 256)
+    md: dict[str, Any] = {
+        "gemma3.context_length": config.get("max_position_embeddings", 131072),
+        "gemma3.attention.head_count": config.get("num_attention_heads", 8),
+        "gemma3.attention.head_count_kv": config.get("num_key_value_heads", 4),
+        "gemma3.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
+        "gemma3.attention.key_length": head_dim,
+        "gemma3.attention.value_length": head_dim,
+        "gemma3.rope.freq_base": float(theta),
+        "tokenizer.ggml.add_space_prefix": False,
+    }
+    if "sliding_attention" in rope:
+        md["gemma3.rope.freq_base_swa"] = float(rope["sliding_attention"].get("rope_theta", 1e4))
+    if config.get("final_logit_softcapping"):
+        md["gemma3.final_logit_softcapping"] = float(config["final_logit_softcapping"])
+    if config.get("sliding_window_pattern") != 1:
+        md["gemma3.attention.sliding_window"] = config["sliding_window"]
     return md
 
 
@@ -133,6 +163,12 @@ HF_ARCHITECTURES: dict[str, HFArchitecture] = {
         "llama", transform=_llama_transform, extra_metadata=_llama_metadata
     ),  # fmt: skip
     "Qwen2ForCausalLM": HFArchitecture("qwen2"),
+    "Gemma3ForCausalLM": HFArchitecture(
+        "gemma3",
+        layer_names={"post_attention_layernorm": "post_attention_norm"},
+        transform=_gemma3_transform,
+        extra_metadata=_gemma3_metadata,
+    ),
 }
 
 

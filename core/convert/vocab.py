@@ -17,7 +17,18 @@ from llmrt.tokenizer.vocab import PRE_PATTERNS_KEY
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 _HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
-_LOOKS_SPECIAL = re.compile(r"^<\|.*\|>$|^<[a-z_]+>$|^</[a-z_]+>$|^\[[A-Z_]+\]$")
+UNKNOWN, BYTE = 2, 6
+# Added tokens that some checkpoints leave unmarked but llama.cpp makes control tokens anyway.
+_SPECIAL_TEXTS = frozenset({"<pad>", "<mask>", "<2mass>", "[@BOS@]"})
+
+
+def looks_special(text: str) -> bool:
+    return (
+        text in _SPECIAL_TEXTS
+        or (text.startswith("<|") and text.endswith("|>"))
+        or (text.startswith("<｜") and text.endswith("｜>"))
+        or (text.startswith("<unused") and text.endswith(">"))
+    )
 
 
 def _pattern(split: dict[str, Any]) -> str:
@@ -85,7 +96,7 @@ def bpe_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
         if i >= n_vocab:
             raise LlmrtError(f"added token {text!r} has id {i}, past the vocabulary ({n_vocab})")
         tokens[i] = text
-        types[i] = CONTROL if added.get("special") or _LOOKS_SPECIAL.match(text) else USER_DEFINED
+        types[i] = CONTROL if added.get("special") or looks_special(text) else USER_DEFINED
     for i, text in enumerate(tokens):
         if text is None:
             tokens[i], types[i] = f"[PAD{i}]", UNUSED
@@ -100,12 +111,27 @@ def bpe_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
     }
     if rules is not None:
         md[PRE_PATTERNS_KEY] = list(rules)
+    md.update(special_metadata(ckpt, tokens, tj))
+    return md
+
+
+def special_metadata(
+    ckpt: Checkpoint, tokens: list[str], tokenizer_json: dict[str, Any]
+) -> dict[str, Any]:
+    """Special token ids, BOS/EOS flags and the chat template, from tokenizer_config.json (and
+    the post-processor of tokenizer.json where the config is silent about BOS)."""
+    md: dict[str, Any] = {}
+    tj = tokenizer_json
     config = ckpt.json("tokenizer_config.json")
-    ids = {text: i for i, text in enumerate(tokens)}
+    # as llama.cpp's converter resolves them: a token named in tokenizer_config.json by its id
+    # among tokenizer.json's added tokens, else the id that config.json gives
+    added = {a["content"]: a["id"] for a in tj.get("added_tokens", [])}
     for key, gguf_key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
-        text = _token_text(config.get(f"{key}_token"))
-        if text is not None and text in ids:
-            md[f"tokenizer.ggml.{gguf_key}_token_id"] = ids[text]
+        i = added.get(_token_text(config.get(f"{key}_token")) or "")
+        if i is None:
+            i = ckpt.config.get(f"{key}_token_id")
+        if isinstance(i, int) and 0 <= i < len(tokens):
+            md[f"tokenizer.ggml.{gguf_key}_token_id"] = i
     if "add_bos_token" in config:
         md["tokenizer.ggml.add_bos_token"] = bool(config["add_bos_token"])
     else:  # the post-processor's template says whether a BOS goes first
@@ -122,3 +148,52 @@ def bpe_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
     if isinstance(template, str):
         md["tokenizer.chat_template"] = template
     return md
+
+
+def spm_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
+    """A SentencePiece tokenizer.model as llama.cpp's converter reads it: pieces, scores and
+    types from sentencepiece, then the added tokens of tokenizer_config.json over them."""
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise LlmrtError("this checkpoint's tokenizer is SentencePiece (tokenizer.model): "
+                         "pip install 'llmrt[convert]' (sentencepiece)") from None  # fmt: skip
+    sp = SentencePieceProcessor(model_file=str(ckpt.folder / "tokenizer.model"))
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    scores = [-10000.0] * n_vocab
+    types = [UNUSED] * n_vocab
+    for i in range(min(sp.vocab_size(), n_vocab)):
+        tokens[i], scores[i] = sp.id_to_piece(i), sp.get_score(i)
+        kinds = ((sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED),
+                 (sp.is_byte, BYTE))  # fmt: skip
+        types[i] = next((kind for test, kind in kinds if test(i)), NORMAL)
+    for text, i in ckpt.json("added_tokens.json").items():
+        if i < n_vocab:
+            tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
+    decoder = ckpt.json("tokenizer_config.json").get("added_tokens_decoder", {})
+    for key, added in decoder.items():
+        i, text = int(key), added["content"]
+        if i >= n_vocab:
+            continue
+        if added.get("special") or looks_special(text):
+            types[i] = CONTROL
+        else:
+            text, types[i] = text.replace("\u2581", " "), USER_DEFINED
+        tokens[i], scores[i] = text, -1000.0
+    md: dict[str, Any] = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+    }
+    md.update(special_metadata(ckpt, tokens, ckpt.json("tokenizer.json")))
+    return md
+
+
+def tokenizer_metadata(ckpt: Checkpoint, n_vocab: int) -> dict[str, Any]:
+    """The vocabulary: SentencePiece where tokenizer.model exists (as llama.cpp prefers it),
+    else the BPE of tokenizer.json."""
+    if (ckpt.folder / "tokenizer.model").is_file():
+        return spm_metadata(ckpt, n_vocab)
+    return bpe_metadata(ckpt, n_vocab)

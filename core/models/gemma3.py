@@ -25,7 +25,7 @@ def hparams(md: dict[str, Any]) -> HParams:
         norm_eps=float(md.get("gemma3.attention.layer_norm_rms_epsilon", 1e-6)),
         swa_window=int(md.get("gemma3.attention.sliding_window", 0)),
         swa_pattern=SWA_PATTERN,
-        rope_base_swa=ROPE_BASE_SWA,
+        rope_base_swa=float(md.get("gemma3.rope.freq_base_swa", ROPE_BASE_SWA)),
     )
 
 

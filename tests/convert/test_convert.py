@@ -74,7 +74,7 @@ def write_checkpoint(folder: Path, arch: str) -> Path:
 
 
 def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
@@ -186,6 +186,34 @@ def test_sharded_and_bf16_checkpoints(tmp_path):
     stored = model.model.layers[0].mlp.up_proj.weight.detach().view(torch.int16).numpy()
     assert np.array_equal(np.asarray(bf16["blk.0.ffn_up.weight"].data).view(np.int16).ravel(),
                           stored.ravel())  # fmt: skip
+
+
+def test_gemma3_with_a_sentencepiece_tokenizer(tmp_path):
+    """Five sliding-window layers of 16 tokens and a global one, norms stored as 1 + w, a
+    SentencePiece vocabulary: logits as transformers', ids as sentencepiece's."""
+    import sentencepiece as spm
+    from tiny_gemma import CORPUS as GEMMA_CORPUS
+    from tiny_gemma import write_tiny_gemma
+
+    folder = write_tiny_gemma(tmp_path / "gemma")
+    out = tmp_path / "gemma.gguf"
+    args = [LLMRT, "convert", str(folder), "--outfile", str(out), "--outtype", "f32"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    model = load(out, device="cpu")
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    for text in [
+        *GEMMA_CORPUS,
+        "  two  spaces\nnew line 42",
+        "<start_of_turn>user hi<end_of_turn>",
+    ]:
+        assert model.tokenize(text, add_special=False, parse_special=True) == sp.encode(text)
+    ids = model.tokenize(GEMMA_CORPUS[0])[:40]
+    assert ids[0] == 2 and len(ids) > 16  # BOS, and more tokens than the sliding window
+    ours = model.context(n_ctx=64, kv_type="f32").eval(ids, all_logits=True)
+    theirs = hf_logits(folder, ids)
+    # ggml's GELU (and so llmrt's) reads an f16 table: ~1e-3 from transformers' exact tanh GELU
+    assert np.abs(ours - theirs).max() <= 2e-3 * np.abs(theirs).max()
 
 
 def test_bad_folders_are_one_line(tmp_path):

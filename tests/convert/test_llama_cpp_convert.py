@@ -2,9 +2,10 @@
 llama-cpp-python 0.3.36 sdist, fetched from PyPI once into the user cache and never committed):
 on the same checkpoint, the same tensors (names, shapes, types, bytes) and the same metadata.
 
-The checkpoint is a tiny random Llama with SmolLM2's real tokenizer (rebuilt from the GGUF as a
-`tokenizers` BPE with SmolLM2's pre-tokenizer): llama.cpp names pre-tokenizers from a table of
-known tokenizers' hashes, so a tokenizer of our own would be refused by its script.
+The checkpoints: a tiny random Llama with SmolLM2's real tokenizer (rebuilt from the GGUF as a
+`tokenizers` BPE with SmolLM2's pre-tokenizer: llama.cpp names pre-tokenizers from a table of
+known tokenizers' hashes, so a BPE tokenizer of our own would be refused by its script), and a
+tiny random Gemma 3 with a SentencePiece tokenizer trained here.
 """
 
 from __future__ import annotations
@@ -102,8 +103,17 @@ def differences(theirs: Path, ours: Path) -> list[str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def gemma_checkpoint(tmp_path_factory) -> Path:
+    from tiny_gemma import write_tiny_gemma
+
+    return write_tiny_gemma(tmp_path_factory.mktemp("gemma") / "gemma")
+
+
 @pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0"])
-def test_same_file_as_llama_cpps_converter(llama_cpp_convert, checkpoint, tmp_path, outtype):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_same_file_as_llama_cpps_converter(llama_cpp_convert, request, tmp_path, arch, outtype):
+    checkpoint = request.getfixturevalue("checkpoint" if arch == "llama" else "gemma_checkpoint")
     theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
     env = {**os.environ, "PYTHONPATH": f"{llama_cpp_convert / 'gguf-py'}:{llama_cpp_convert}"}
     ran = subprocess.run([sys.executable, str(llama_cpp_convert / "convert_hf_to_gguf.py"),
