@@ -14,7 +14,8 @@ def register_backends(register):
 
 
 def set_threads(n: int | None = None) -> int:
-    """Run the CPU kernels on `n` threads (None or < 1: the usable cores); returns the count."""
+    """Run the CPU kernels on `n` threads (None or < 1: the usable physical
+    cores); returns the count."""
     from llmrt_cpu.jit import set_threads as set_kernel_threads
 
     return set_kernel_threads(n)

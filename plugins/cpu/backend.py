@@ -139,3 +139,10 @@ class CPUBackend(Backend):
 
     def devices(self) -> Sequence[Device]:
         return [CPUDevice(self, 0)]
+
+    def set_threads(self, n: int | None = None) -> int:
+        """`-t/--threads`: the threads the CPU kernels run on (None or < 1: the usable physical
+        cores); returns the count set."""
+        from llmrt_cpu.jit import set_threads
+
+        return set_threads(n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numba
@@ -104,19 +105,35 @@ class _CompileHook(event.Listener):
 event.register("numba:compile", _CompileHook())
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask), at least one."""
+def usable_cpus() -> list[int]:
+    """The logical CPUs this process may run on (its affinity mask)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        return list(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """The physical cores among the usable CPUs, as llama.cpp counts threads by default: two
+    hyperthreads of one core share its vector units, and a second thread there only contends.
+    Where the topology is unknown, every usable CPU counts as a core."""
+    cpus = usable_cpus()
+    cores = set()
+    for cpu in cpus:
+        try:
+            path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            cores.add(path.read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
 
 
 _threads = 1  # what set_threads chose; numba's own setting is per calling thread
 
 
 def set_threads(n: int | None = None) -> int:
-    """Run the kernels on `n` threads (None or < 1: the usable cores); returns the count set.
+    """Run the kernels on `n` threads (None or < 1: the usable physical cores); returns the
+    count set.
 
     This is what `-t/--threads` maps to. numba cannot start more threads than it was launched
     with (NUMBA_NUM_THREADS, by default the machine's cores), so larger requests are clamped."""

@@ -29,11 +29,11 @@ def _rows(x: np.ndarray, k: int) -> np.ndarray:
 
 
 class Lowering:
-    """What the steps of one compiled graph share.
-
-    `activations`: the last activation a mul_mat converted (q8 blocks or rounded floats), by
-    activation family. q, k and v multiply the same activation, as do gate and up: it is
-    quantized once, not three times. The source is held, so its identity cannot be reused."""
+    """What the steps of one compiled graph share: the last activation a mul_mat converted
+    (`source`), for which weight family (`family`), and the result (`prepared`: q8 blocks or
+    rounded floats). q, k and v multiply the same activation, as do gate and up: it is quantized
+    once, not three times. The source is held, so its identity cannot be reused by a new array
+    while it is compared."""
 
     def __init__(self) -> None:
         self.source: Any = None

@@ -384,9 +384,10 @@ def test_unsupported_shapes_fall_back_to_the_reference():
 def test_set_threads_clamps_and_applies():
     before = jit.threads()
     try:
+        assert CPUBackend().set_threads(1) == 1 and numba.get_num_threads() == 1
         assert jit.set_threads(1) == 1
         assert jit.threads() == 1
-        assert 1 <= jit.set_threads(None) <= jit.usable_cores()
+        assert 1 <= jit.set_threads(None) <= jit.usable_cores() <= len(jit.usable_cpus())
         assert jit.set_threads(10_000) <= numba.config.NUMBA_NUM_THREADS
     finally:
         jit.set_threads(before)
