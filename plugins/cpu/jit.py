@@ -21,6 +21,15 @@ from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# numba's threads come from OpenMP (its "omp" layer), whose idle workers spin by default. With
+# another job on the cores a spinning worker takes the core the main thread needs, and every
+# parallel region then waits out a scheduler timeslice: on this project's 2-core machine, with a
+# compile running beside it, SmolLM2 decoded at 0.4-7 t/s on 2 threads (41 on one); passive
+# workers (sleeping when idle) gave 33-36. So idle workers sleep unless the user says otherwise
+# (OMP_WAIT_POLICY=active restores spinning: a few microseconds less per region on a quiet
+# machine). Read by OpenMP when numba first starts its threads, after this import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 COMPILE_NOTE = "llmrt: compiling CPU kernels (once per machine)..."
 _KERNEL_MODULES = ("llmrt_cpu.",)
 _noted = False

@@ -8,6 +8,7 @@ order of operations is followed (norms, rope, get_rows, GELU), to exact equality
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -391,6 +392,10 @@ def test_set_threads_clamps_and_applies():
         assert jit.set_threads(10_000) <= numba.config.NUMBA_NUM_THREADS
     finally:
         jit.set_threads(before)
+
+
+def test_idle_kernel_threads_sleep_unless_the_user_chose():
+    assert os.environ["OMP_WAIT_POLICY"]  # set (to PASSIVE) by llmrt_cpu.jit unless given
 
 
 def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
