@@ -27,8 +27,8 @@ app = typer.Typer(
 
 # Each module defines register(app) and adds its commands.
 COMMANDS = (
-    "run", "bench", "perplexity", "convert", "pull", "devices", "plugins", "inspect", "tokenize",
-    "serve",
+    "run", "bench", "perplexity", "convert", "quantize", "pull", "devices", "plugins", "inspect",
+    "tokenize", "serve",
 )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from llmrt.convert.architectures import hf_architecture
 from llmrt.convert.checkpoint import Checkpoint, LazyTensor
 from llmrt.convert.vocab import tokenizer_metadata
 from llmrt.errors import LlmrtError, UsageError
-from llmrt.gguf import GGMLType, GGUFWriter, quantize
+from llmrt.gguf import GGMLType, GGUFWriter, atomic_output, quantize
 
 OUTTYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16, "q8_0": GGMLType.Q8_0}
 FILE_TYPE = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q8_0: 7, GGMLType.BF16: 32}
@@ -85,7 +85,7 @@ def convert(
         "general.quantization_version": 2,
         **tokenizer_metadata(ckpt, n_vocab),
     }
-    with GGUFWriter(outfile) as w:
+    with atomic_output(outfile) as part, GGUFWriter(part) as w:
         for key, value in md.items():
             w.add(key, value)
         plan: list[tuple[str, LazyTensor]] = []

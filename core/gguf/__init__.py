@@ -4,7 +4,7 @@ from llmrt.errors import GGUFError
 from llmrt.gguf.constants import GGMLType, GGUFValueType, Keys
 from llmrt.gguf.quants import dequantize, quantize
 from llmrt.gguf.reader import GGUFReader, TensorInfo
-from llmrt.gguf.writer import GGUFWriter
+from llmrt.gguf.writer import GGUFWriter, atomic_output
 
 __all__ = [
     "GGMLType",
@@ -12,6 +12,7 @@ __all__ = [
     "GGUFReader",
     "GGUFValueType",
     "GGUFWriter",
+    "atomic_output",
     "Keys",
     "TensorInfo",
     "dequantize",

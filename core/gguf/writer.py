@@ -16,10 +16,11 @@ without the whole model in memory. The format is small enough that this is ~200 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,17 @@ class GGUFWriter:
 
 def _align(n: int, alignment: int) -> int:
     return -(-n // alignment) * alignment
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A `.part` file beside `path` to write, renamed to `path` when the block ends without an
+    exception and removed when it raises: a failed conversion leaves no half-written model."""
+    target = Path(path)
+    part = target.with_name(target.name + ".part")
+    try:
+        yield part
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, target)
