@@ -77,6 +77,14 @@ class MixState:
     seen: dict[str, int] = field(default_factory=dict)
 
 
+def loader_order(tensor: Any) -> tuple[int, str]:
+    """llama.cpp's order of a model's tensors (which llama-quantize writes, and counts layers
+    in): those outside any layer first, then layer by layer, by name within each."""
+    parts = tensor.name.split(".")
+    layer = int(parts[1]) if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() else -1
+    return layer, tensor.name
+
+
 def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
 
@@ -193,7 +201,7 @@ def quantize_file(
         is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv,
     )  # fmt: skip
     plan: list[tuple[Any, GGMLType]] = []
-    for t in reader.tensors:
+    for t in sorted(reader.tensors, key=loader_order):
         new = target_type(t.name, tuple(t.shape), st, opts, t.type)
         if new != t.type and t.type not in PLAIN and not opts.allow_requantize:
             raise LlmrtError(f"{t.name} is already {t.type.name}: requantizing loses accuracy; "
