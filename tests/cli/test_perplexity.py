@@ -40,6 +40,18 @@ def test_perplexity_is_llama_cpps_within_half_a_percent(smollm2_path):
     assert abs(ppl / expected - 1) < 0.005, (ppl, expected)
 
 
+def test_gemma3_perplexity_is_llama_perplexitys_within_half_a_percent(gemma3_path):
+    """llama-perplexity's own number on the same text and chunks (its run recorded in the
+    fixture: the SmolLM2 line there equals the distributions above, 17.7340)."""
+    ref = json.loads((REFS / "gemma3-270m" / "perplexity.json").read_text())
+    expected = ref["models"][gemma3_path.name]
+    result = llmrt("-m", str(gemma3_path), "-f", str(KLD / "text.txt"), "-c",
+                   str(expected["n_ctx"]), "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ppl = final_ppl(result.stdout)
+    assert abs(ppl / expected["ppl"] - 1) < 0.005, (ppl, expected["ppl"])
+
+
 def test_kl_divergence_against_a_saved_base(smollm2_path, tmp_path):
     base = tmp_path / "base.npz"
     common = ("-m", str(smollm2_path), "-f", str(KLD / "text.txt"), "-c", "256", "--chunks", "2",
