@@ -94,6 +94,12 @@ class Backend(ABC):
     def devices(self) -> Sequence[Device]:
         """The devices of this backend, index 0 first. Called only when ``probe()`` is available."""
 
+    def set_threads(self, n: int | None = None) -> int | None:
+        """``-t/--threads``: how many host threads this backend's kernels may use (None or below
+        1: its default). A backend that runs no kernels on host threads ignores it (the default);
+        returns the count set, or None."""
+        return None
+
 
 class Executable(ABC):
     """A graph compiled for one device, replayed with new inputs; the hot path of a decode step."""

@@ -38,8 +38,9 @@ class Model:
     """A GGUF model with its weights on a device, and its tokenizer."""
 
     def __init__(
-        self, path: str | os.PathLike[str], device: str | Device = "auto", n_gpu_layers: int = -1
-    ) -> None:
+        self, path: str | os.PathLike[str], device: str | Device = "auto", n_gpu_layers: int = -1,
+        threads: int | None = None,
+    ) -> None:  # fmt: skip
         self.path = Path(path)
         if self.path.is_dir():
             raise LlmrtError(f"{self.path} is a directory, not a GGUF file")
@@ -54,6 +55,10 @@ class Model:
         self.hp = self.arch.hparams(self.metadata)
         self.device = device if isinstance(device, Device) else get_device(device)
         self.host = registry().host()
+        # -t: the host threads of the backends that run this model (None: each one's default)
+        if self.device.backend is not self.host.backend:
+            self.device.backend.set_threads(threads)
+        self.threads = self.host.backend.set_threads(threads)
         self.layers = layer_devices(self.hp.n_layer, n_gpu_layers, self.device, self.host)
         self.weight_meta = {t.name: (t.shape, t.type) for t in self.reader.tensors}
         # Where each weight and cache tensor lives: placed from a graph of one token, since every
@@ -442,9 +447,11 @@ def load(
     model: str | os.PathLike[str] | None = None,
     device: str | Device = "auto",
     n_gpu_layers: int = -1,
+    threads: int | None = None,
 ) -> Model:
     """Load a GGUF file, or a known model by name (fetched once into the cache; see
-    `llmrt pull --list`). No model: the default model."""
+    `llmrt pull --list`). No model: the default model. `threads`: host threads for the kernels
+    (None: the physical cores)."""
     from llmrt import pull
 
-    return Model(pull.resolve(model), device, n_gpu_layers)
+    return Model(pull.resolve(model), device, n_gpu_layers, threads)

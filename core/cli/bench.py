@@ -10,7 +10,13 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from llmrt.cli.common import DeviceOption, VerboseOption, check_arg, check_common
+from llmrt.cli.common import (
+    DeviceOption,
+    ThreadsOption,
+    VerboseOption,
+    check_arg,
+    check_common,
+)
 from llmrt.gguf.constants import FILE_TYPES
 
 Opt = typer.Option
@@ -62,6 +68,7 @@ def bench(
     ubatch: Annotated[int, Opt("-ub", "--ubatch-size")] = 512,
     n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = 0,
     output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
     json_output: Annotated[bool, Opt("--json", help="Same as -o json.")] = False,
     verbose: VerboseOption = False,
@@ -73,14 +80,14 @@ def bench(
     check_arg("-p", n_prompt, n_prompt >= 0, "a token count >= 0; 0 skips the pp test")
     check_arg("-n", n_gen, n_gen >= 0, "a token count >= 0; 0 skips the tg test")
     check_arg("-r", repetitions, repetitions >= 1, "a count >= 1")
-    check_common(n_gpu_layers=n_gpu_layers, ubatch_size=ubatch)
+    check_common(n_gpu_layers=n_gpu_layers, ubatch_size=ubatch, threads=threads)
     check_arg("-o", output, output in ("md", "json"), "md or json")
     rows = []
     if output == "md":
         typer.echo("| model | size | params | backend | ngl | test | t/s |")
         typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
     for name in model or [None]:
-        m = load(name, device=device, n_gpu_layers=n_gpu_layers)
+        m = load(name, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
         if verbose:
             from llmrt.cli.run import placement
 

@@ -14,6 +14,9 @@ DEVICE_HELP = (
 )
 DeviceOption = Annotated[str, typer.Option("--device", "-dev", help=DEVICE_HELP)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ThreadsOption = Annotated[
+    int, typer.Option("-t", "--threads", help="CPU threads for the kernels; 0: the physical cores.")
+]
 VerboseOption = Annotated[
     bool, typer.Option("--verbose", help="Where each layer runs; tracebacks of errors.")
 ]

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption, VerboseOption, check_arg, check_common
+from llmrt.cli.common import (
+    DeviceOption,
+    ThreadsOption,
+    VerboseOption,
+    check_arg,
+    check_common,
+)
 from llmrt.cli.run import ModelOpt, NglOpt
 from llmrt.errors import LlmrtError, UsageError
 
@@ -23,6 +29,7 @@ def perplexity(
     batch_size: Annotated[int, Opt("-b", "--batch-size", help="Tokens per ubatch.")] = 512,
     chunks: Annotated[int, Opt("--chunks", help="Chunks to score; -1: all.")] = -1,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
     cache_type: Annotated[str, Opt("-ctk", "--cache-type", help="KV cache: f16 or f32.")] = "f16",
     kl_base: Annotated[
@@ -43,7 +50,8 @@ def perplexity(
     from llmrt import perplexity as P
     from llmrt.engine import load
 
-    check_common(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, batch_size=batch_size)
+    check_common(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, batch_size=batch_size,
+                 threads=threads)  # fmt: skip
     check_arg("-c", ctx_size, ctx_size >= 8, "a chunk size of at least 8 tokens")
     check_arg("--chunks", chunks, chunks == -1 or chunks >= 1, "a count >= 1, or -1 for all")
     if kl_divergence and kl_base is None:
@@ -55,7 +63,7 @@ def perplexity(
         raise UsageError(f"cannot read {file}: {exc}") from None
     base = P.Base.load(kl_base) if kl_divergence and kl_base is not None else None
     t0 = time.perf_counter()
-    m = load(model, device=device, n_gpu_layers=n_gpu_layers)
+    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
     tok = m.tokenizer
     tokens = tok.encode(text, add_special=True, parse_special=False)
     if base is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption, VerboseOption, check_common
+from llmrt.cli.common import DeviceOption, ThreadsOption, VerboseOption, check_common
 from llmrt.errors import LlmrtError, UsageError
 
 Opt = typer.Option
@@ -87,7 +87,7 @@ def run(
     repeat_penalty: Annotated[float, Opt("--repeat-penalty", help="1.0: off.")] = 1.0,
     repeat_last_n: Annotated[int, Opt("--repeat-last-n", help="Tokens penalized.")] = 64,
     n_gpu_layers: NglOpt = -1,
-    threads: Annotated[int, Opt("-t", "--threads", help="CPU threads.")] = 0,
+    threads: ThreadsOption = 0,
     device: DeviceOption = "auto",
     conversation: ChatOpt = False,
     chat_template: ChatTemplateOpt = None,
@@ -107,18 +107,18 @@ def run(
                             typical_p=typical, repeat_penalty=repeat_penalty,
                             repeat_last_n=repeat_last_n, seed=seed)  # fmt: skip
     params.validate()
-    del threads  # numpy's BLAS picks its own threads
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
-    m = load(model, device=device, n_gpu_layers=n_gpu_layers)
+    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
     ctx = m.context(n_ctx=ctx_size, n_ubatch=min(ubatch_size, batch_size), kv_type=cache_type)
     t_load_ms = (time.perf_counter() - t0) * 1e3
     tok = m.tokenizer
     sampler = Sampler(params, m.hp.n_vocab)
     print(f"llmrt: {m.path.name} on {m.device.id}, seed {sampler.seed}", file=sys.stderr)
     if verbose:
-        print(f"llmrt: {placement(m)}; context {ctx.n_ctx} tokens, ubatch {ctx.n_ubatch}",
-              file=sys.stderr)  # fmt: skip
+        threads = f", {m.threads} CPU threads" if m.threads else ""
+        print(f"llmrt: {placement(m)}; context {ctx.n_ctx} tokens, ubatch {ctx.n_ubatch}"
+              f"{threads}", file=sys.stderr)  # fmt: skip
     if conversation:
         _chat(m, ctx, sampler, n_predict, chat_template, system_prompt, text)
         _print_timings(ctx, t_load_ms, 0)

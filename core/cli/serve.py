@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption, VerboseOption, check_arg, check_common
+from llmrt.cli.common import (
+    DeviceOption,
+    ThreadsOption,
+    VerboseOption,
+    check_arg,
+    check_common,
+)
 from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt, placement
 from llmrt.errors import UsageError
 
@@ -31,6 +37,7 @@ def serve(
         str | None, Opt("--api-key", help="Require `Authorization: Bearer KEY`.")
     ] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
     chat_template: ChatTemplateOpt = None,
     cors: Annotated[bool, Opt("--cors/--no-cors", help="Allow cross-origin requests.")] = False,
@@ -51,7 +58,7 @@ def serve(
         raise UsageError(f"llmrt serve needs the server extra: pip install 'llmrt[server]' "
                          f"({exc.name} is missing)") from None  # fmt: skip
     check_common(n_predict=n_predict, ctx_size=ctx_size, n_gpu_layers=n_gpu_layers,
-                 batch_size=batch_size)  # fmt: skip
+                 batch_size=batch_size, threads=threads)  # fmt: skip
     check_arg("-np", parallel, parallel >= 1, "a slot count >= 1")
     check_arg("--queue-size", queue_size, queue_size >= 0, "a request count >= 0")
     check_arg("--port", port, 0 <= port <= 65535, "a TCP port, 0 to 65535")
@@ -64,7 +71,7 @@ def serve(
     settings = ServerSettings(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
         n_batch=batch_size, n_predict=n_predict, api_key=api_key, device=device,
-        n_gpu_layers=n_gpu_layers, chat_template=chat_template, cors=cors,
+        n_gpu_layers=n_gpu_layers, threads=threads or None, chat_template=chat_template, cors=cors,
         queue_size=queue_size, alias=alias, metrics=metrics, slots_endpoint=slots,
     )  # fmt: skip
     failed: list[str] = []

@@ -52,6 +52,7 @@ class ServerSettings:
     api_key: str | None = None
     device: str = "auto"
     n_gpu_layers: int = -1
+    threads: int | None = None  # host threads for the kernels; None: the physical cores
     chat_template: str | None = None
     cors: bool = False
     queue_size: int = 64
@@ -133,7 +134,8 @@ class State:
             if model is None:
                 from llmrt.engine import load
 
-                model = load(s.model, device=s.device, n_gpu_layers=s.n_gpu_layers)
+                model = load(s.model, device=s.device, n_gpu_layers=s.n_gpu_layers,
+                             threads=s.threads)  # fmt: skip
             scheduler = Scheduler(
                 model,
                 n_ctx=s.n_ctx,

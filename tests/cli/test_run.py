@@ -162,6 +162,14 @@ def test_temperature_below_zero_is_greedy_and_one_token_prompt_is_prompt_eval(sm
     assert re.search(r"\beval time =.*?/\s+1 runs", one.stderr)  # the last token is not evaluated
 
 
+def test_threads_flag_is_honoured(smollm2_path):
+    for n in ("1", "2"):
+        result = llmrt("run", "-m", str(smollm2_path), "-p", "hi", "-n", "1", "-c", "64",
+                       "--device", "cpu", "-t", n, "--verbose")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f", {n} CPU threads" in result.stderr
+
+
 def test_directory_as_model_is_one_line(tmp_path):
     for command in (["run", "-p", "x", "-m"], ["bench", "-m"], ["tokenize", "-p", "x", "-m"],
                     ["inspect"]):  # fmt: skip
