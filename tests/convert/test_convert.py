@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,14 @@ def write_checkpoint(folder: Path, arch: str) -> Path:
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_pytorch_bin(model, folder: Path) -> None:
+    """The older checkpoint format (transformers 5 writes safetensors whatever it is asked)."""
+    folder.mkdir(exist_ok=True)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink(missing_ok=True)
 
 
 def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -158,20 +167,23 @@ def test_a_pre_tokenizer_llama_cpp_does_not_know_travels_as_its_rules(tmp_path):
         assert ours.encode(text, add_special=False) == theirs.encode(text).ids, text
 
 
-def test_sharded_and_bf16_checkpoints(tmp_path):
-    """Shards named by model.safetensors.index.json give the file one safetensors gives; a bf16
-    checkpoint converts without torch's help (auto picks bf16, the bits carried as they are)."""
+def test_sharded_bin_and_bf16_checkpoints(tmp_path):
+    """Shards named by model.safetensors.index.json, and pytorch_model.bin (read by torch with
+    weights_only), give the file one safetensors gives; a bf16 checkpoint converts without
+    torch's help (auto picks bf16, the bits carried as they are)."""
     single = write_checkpoint(tmp_path / "single", "llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(single, torch_dtype=torch.float32)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
     shutil.copy(single / "tokenizer.json", tmp_path / "sharded")
     shutil.copy(single / "tokenizer_config.json", tmp_path / "sharded")
     assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    write_pytorch_bin(model, tmp_path / "bin")
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(single / name, tmp_path / "bf16")
+        shutil.copy(single / name, tmp_path / "bin")
     files = {}
-    for name, outtype in (("single", "f32"), ("sharded", "f32"), ("bf16", "auto")):
+    for name, outtype in (("single", "f32"), ("sharded", "f32"), ("bf16", "auto"), ("bin", "f32")):
         files[name] = tmp_path / f"{name}.gguf"
         args = [LLMRT, "convert", str(tmp_path / name), "--outfile", str(files[name]),
                 "--outtype", outtype]  # fmt: skip
@@ -179,8 +191,10 @@ def test_sharded_and_bf16_checkpoints(tmp_path):
         assert result.returncode == 0, result.stderr
     single_t = {t.name: np.asarray(t.data) for t in GGUFReader(files["single"]).tensors}
     sharded_t = {t.name: np.asarray(t.data) for t in GGUFReader(files["sharded"]).tensors}
-    assert single_t.keys() == sharded_t.keys()
+    bin_t = {t.name: np.asarray(t.data) for t in GGUFReader(files["bin"]).tensors}
+    assert single_t.keys() == sharded_t.keys() == bin_t.keys()
     assert all(np.array_equal(single_t[k], sharded_t[k]) for k in single_t)
+    assert all(np.array_equal(single_t[k], bin_t[k]) for k in single_t)
     bf16 = {t.name: t for t in GGUFReader(files["bf16"]).tensors}
     assert bf16["blk.0.ffn_up.weight"].type.name == "BF16"
     stored = model.model.layers[0].mlp.up_proj.weight.detach().view(torch.int16).numpy()
@@ -214,6 +228,18 @@ def test_gemma3_with_a_sentencepiece_tokenizer(tmp_path):
     theirs = hf_logits(folder, ids)
     # ggml's GELU (and so llmrt's) reads an f16 table: ~1e-3 from transformers' exact tanh GELU
     assert np.abs(ours - theirs).max() <= 2e-3 * np.abs(theirs).max()
+
+
+def test_a_pytorch_checkpoint_without_torch_is_one_line(tmp_path):
+    folder = write_checkpoint(tmp_path / "m", "llama")
+    write_pytorch_bin(transformers.AutoModelForCausalLM.from_pretrained(folder), folder)
+    args = ["convert", str(folder), "--outfile", str(tmp_path / "o.gguf")]
+    hide_torch = f"import sys; sys.modules['torch']=None; from llmrt.cli import main; main({args})"
+    result = subprocess.run([sys.executable, "-c", hide_torch], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "reading it needs torch" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o.gguf").exists()
 
 
 def test_bad_folders_are_one_line(tmp_path):
