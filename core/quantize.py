@@ -9,7 +9,9 @@ length is not a whole block of the chosen type falls back as llama-quantize fall
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ class Options:
     allow_requantize: bool = False
     output_type: GGMLType | None = None
     token_embedding_type: GGMLType | None = None
+    threads: int | None = None  # None: the usable cores
 
 
 @dataclass
@@ -169,12 +172,19 @@ def target_type(name: str, shape: tuple[int, ...], st: MixState, opts: Options,
     return row_fallback(t, shape[-1])
 
 
-def encode(values: np.ndarray, t: GGMLType) -> np.ndarray:
+def encode(values: np.ndarray, t: GGMLType, threads: int = 1) -> np.ndarray:
+    """A tensor in type t; quantized a slice of rows per thread (numpy releases the GIL, and
+    blocks are independent, so the bytes do not depend on the split)."""
     if t == T.F32:
         return np.ascontiguousarray(values, np.float32)
     if t == T.F16:
         return values.astype(np.float16)
-    return quantize(values, t)
+    rows = values.reshape(-1, values.shape[-1])
+    if threads < 2 or len(rows) < 2 * threads:
+        return quantize(rows, t)
+    parts = np.array_split(rows, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        return np.concatenate(list(pool.map(lambda part: quantize(part, t), parts)))
 
 
 def quantize_file(
@@ -185,6 +195,7 @@ def quantize_file(
     mix gives it. `progress(name, old type, new type, done, total)` after each tensor."""
     if opts.ftype not in FTYPES:
         raise UsageError(f"unknown type {opts.ftype}; llmrt quantize takes {', '.join(FTYPES)}")
+    threads = opts.threads or len(os.sched_getaffinity(0))
     reader = GGUFReader(src)
     md = reader.metadata
     arch = md.get("general.architecture")
@@ -224,7 +235,7 @@ def quantize_file(
                     data = np.asarray(t.data)
                 else:
                     values = dequantize(np.asarray(t.data), t.type, tuple(t.shape))
-                    data = encode(values.reshape(t.shape), new)
+                    data = encode(values.reshape(t.shape), new, threads)
                 if progress is not None:
                     progress(t.name, t.type, new, i + 1, len(plan))
                 return data

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from llmrt.cli.common import ThreadsOption, check_common
 from llmrt.errors import UsageError
 
 Opt = typer.Option
@@ -39,6 +40,7 @@ def quantize(
     token_embedding_type: Annotated[
         str | None, Opt("--token-embedding-type", help="Type of token_embd.weight.")
     ] = None,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Quantize a model as llama-quantize does (its type names and mixes, no importance matrix)."""
     from rich.progress import Progress
@@ -50,9 +52,11 @@ def quantize(
         raise UsageError(f"unknown type {type_}; llmrt quantize takes {', '.join(FTYPES)}")
     if source.resolve() == target.resolve():
         raise UsageError("the output would overwrite the input: give another file name")
+    check_common(threads=threads)
     opts = Options(ftype, pure, allow_requantize,
                    _tensor_type("--output-tensor-type", output_tensor_type),
-                   _tensor_type("--token-embedding-type", token_embedding_type))  # fmt: skip
+                   _tensor_type("--token-embedding-type", token_embedding_type),
+                   threads if threads > 0 else None)  # fmt: skip
     t0 = time.perf_counter()
     with Progress(transient=True) as bar:
         task = bar.add_task("quantizing", total=None)
