@@ -21,14 +21,34 @@ from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# numba's threads come from OpenMP (its "omp" layer), whose idle workers spin by default. With
-# another job on the cores a spinning worker takes the core the main thread needs, and every
-# parallel region then waits out a scheduler timeslice: on this project's 2-core machine, with a
-# compile running beside it, SmolLM2 decoded at 0.4-7 t/s on 2 threads (41 on one); passive
-# workers (sleeping when idle) gave 33-36. So idle workers sleep unless the user says otherwise
-# (OMP_WAIT_POLICY=active restores spinning: a few microseconds less per region on a quiet
-# machine). Read by OpenMP when numba first starts its threads, after this import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# numba's threads come from OpenMP (its "omp" layer). A decode step runs hundreds of parallel
+# regions a few microseconds apart, so how idle workers wait decides decode speed, and the best
+# wait depends on whether the cores are shared. Measured on this project's 2-core machine,
+# SmolLM2 tg with 2 threads (2026-12-04): quiet, sleeping workers (OMP_WAIT_POLICY=passive) 22
+# t/s, spinning ones 52 (active) or 54 (a bounded spin, GOMP_SPINCOUNT=100000); beside two busy
+# processes, passive 36, active 18, bounded spin 15 +/- 19 (a spinning worker takes the core
+# the main thread needs, and each region waits out a timeslice). So: spin for a while when the
+# machine is quiet at start-up (fewer other runnable tasks than half the usable cores, counted
+# now from /proc/loadavg: the load average lags a minute behind), sleep otherwise.
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user win. Read by OpenMP when numba starts its
+# threads, after this import.
+def _choose_wait_policy() -> None:
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0]) - 1  # other than this process
+        quiet = runnable < 0.5 * len(os.sched_getaffinity(0))
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: do not spin
+        quiet = False
+    if quiet:
+        os.environ["GOMP_SPINCOUNT"] = "100000"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_choose_wait_policy()
 
 COMPILE_NOTE = "llmrt: compiling CPU kernels (once per machine)..."
 _KERNEL_MODULES = ("llmrt_cpu.",)
