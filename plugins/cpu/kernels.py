@@ -36,16 +36,21 @@ _lanes = stack_array(16, np.float32)
 
 
 @jit
+def _rms_root(x: np.ndarray, i: int, eps: float) -> float:
+    """sqrt(mean(x[i]²) + eps), the mean summed in float64 as the reference sums it."""
+    total = 0.0
+    for j in range(x.shape[1]):
+        v = np.float64(x[i, j])
+        total += v * v
+    return math.sqrt(total / x.shape[1] + eps)
+
+
+@jit
 def rms_norm(x: np.ndarray, eps: float, out: np.ndarray) -> None:
-    """out = x / sqrt(mean(x²) + eps) per row of x [N, K], the mean summed in float64."""
-    n, k = x.shape
-    for i in range(n):
-        total = 0.0
-        for j in range(k):
-            v = np.float64(x[i, j])
-            total += v * v
-        root = math.sqrt(total / k + eps)
-        for j in range(k):
+    """out = x / sqrt(mean(x²) + eps) per row of x [N, K]."""
+    for i in range(x.shape[0]):
+        root = _rms_root(x, i, eps)
+        for j in range(x.shape[1]):
             out[i, j] = _F32(np.float64(x[i, j]) / root)
 
 
@@ -53,14 +58,9 @@ def rms_norm(x: np.ndarray, eps: float, out: np.ndarray) -> None:
 def rms_norm_mul(x: np.ndarray, eps: float, weight: np.ndarray, out: np.ndarray) -> None:
     """rms_norm(x) · weight (broadcast over rows), rounding to f32 between the two as the
     reference's two kernels do."""
-    n, k = x.shape
-    for i in range(n):
-        total = 0.0
-        for j in range(k):
-            v = np.float64(x[i, j])
-            total += v * v
-        root = math.sqrt(total / k + eps)
-        for j in range(k):
+    for i in range(x.shape[0]):
+        root = _rms_root(x, i, eps)
+        for j in range(x.shape[1]):
             out[i, j] = _F32(np.float64(x[i, j]) / root) * weight[j]
 
 
