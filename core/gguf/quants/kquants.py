@@ -2,12 +2,15 @@
 
 Dequantization of every K type, and quantization to Q4_K, Q5_K, Q6_K and Q8_K following ggml's
 reference quantizers (quantize_row_q*_K_ref with make_qkx2_quants / make_qx_quants) step by step
-in float32, with sums accumulated left to right as its C loops do. The `gguf` package has no K
-quantizers to compare with, so these are tested against error bounds.
+in float32, with sums accumulated left to right as its C loops do; the two searches (make_qkx2,
+make_qx) are numba loops, the packing numpy. The `gguf` package has no K quantizers to compare
+with: the tests check error bounds, and benchmarks/quantize_vs_llama_cpp.sh checks the files
+byte for byte against llama-quantize's (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from llmrt.gguf.constants import QK_K, GGMLType
@@ -107,47 +110,72 @@ def dequant_q8_k(blocks: np.ndarray) -> np.ndarray:
 # -- quantization ------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True)
+def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, levels_out):  # noqa: PLR0913
+    """ggml's make_qkx2_quants, one row of x at a time, in float32 with sums accumulated left to
+    right (numba: the numpy form of this search was 90% of a Q4_K_M quantization's time)."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    n = x.shape[1]
+    laux = np.empty(n, np.int32)
+    for r in range(x.shape[0]):
+        xr, wr, levels = x[r], w[r], levels_out[r]
+        sum_w, sum_x = zero, zero
+        lo, hi = xr[0], xr[0]
+        for j in range(n):
+            sum_w += wr[j]
+            sum_x += wr[j] * xr[j]
+            lo = min(lo, xr[j])
+            hi = max(hi, xr[j])
+        lo = min(lo, zero)
+        if hi == lo:
+            scale_out[r], min_out[r] = zero, -lo
+            levels[:] = 0
+            continue
+        iscale = np.float32(nmax) / (hi - lo)
+        scale = one / iscale
+        best = zero
+        for j in range(n):
+            levels[j] = min(max(np.int32(np.rint(iscale * (xr[j] - lo))), 0), nmax)
+            diff = scale * np.float32(levels[j]) + lo - xr[j]
+            best += wr[j] * (diff * diff)
+        for step in range(nstep + 1):  # as ggml, each step from the best min found so far
+            iscale = (rmin + rdelta * np.float32(step) + np.float32(nmax)) / (hi - lo)
+            sum_l, sum_l2, sum_xl = zero, zero, zero
+            for j in range(n):
+                laux[j] = min(max(np.int32(np.rint(iscale * (xr[j] - lo))), 0), nmax)
+                wl = wr[j] * np.float32(laux[j])
+                sum_l += wl
+                sum_l2 += wl * np.float32(laux[j])
+                sum_xl += wl * xr[j]
+            det = sum_w * sum_l2 - sum_l * sum_l
+            if not det > zero:
+                continue
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+            if this_min > zero:
+                this_min = zero
+                this_scale = sum_xl / sum_l2
+            cur = zero
+            for j in range(n):
+                diff = this_scale * np.float32(laux[j]) + this_min - xr[j]
+                cur += wr[j] * (diff * diff)
+            if cur < best:
+                levels[:] = laux
+                best, scale, lo = cur, this_scale, this_min
+        scale_out[r], min_out[r] = scale, -lo
+
+
 def _make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants for each row of x: (scale, -min, levels) minimizing w-weighted
     squared error of scale * L + min, searching nstep + 1 candidate scales."""
-    sum_w = seqsum(w)
-    sum_x = seqsum(w * x)
-    lo = np.minimum(x.min(axis=-1), F32(0))
-    hi = x.max(axis=-1)
-    flat = hi == lo
-    span = np.where(flat, F32(1), hi - lo)
-    iscale = F32(nmax) / span
-    scale = F32(1) / iscale
-    levels = np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-    diff = scale[:, None] * levels.astype(F32) + lo[:, None] - x
-    best = seqsum(w * (diff * diff))
-    for step in range(nstep + 1):
-        num = F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)
-        iscale = num / np.where(flat, F32(1), hi - lo)
-        laux = np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-        lf = laux.astype(F32)
-        wl = w * lf
-        sum_l, sum_l2, sum_xl = seqsum(wl), seqsum(wl * lf), seqsum(wl * x)
-        det = sum_w * sum_l2 - sum_l * sum_l
-        ok = (det > 0) & ~flat
-        safe_det = np.where(ok, det, F32(1))
-        this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe_det
-        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe_det
-        positive = this_min > 0
-        this_min = np.where(positive, F32(0), this_min)
-        this_scale = np.where(positive, sum_xl / np.where(ok, sum_l2, F32(1)), this_scale)
-        diff = this_scale[:, None] * lf + this_min[:, None] - x
-        cur = seqsum(w * (diff * diff))
-        better = ok & (cur < best)
-        levels = np.where(better[:, None], laux, levels)
-        best = np.where(better, cur, best)
-        scale = np.where(better, this_scale, scale)
-        lo = np.where(better, this_min, lo)
-    scale = np.where(flat, F32(0), scale)
-    levels = np.where(flat[:, None], 0, levels)
-    return scale.astype(F32), (-lo).astype(F32), levels
+    rows = x.shape[0]
+    scale, neg_min = np.empty(rows, F32), np.empty(rows, F32)
+    levels = np.empty(x.shape, np.int32)
+    _make_qkx2_rows(np.ascontiguousarray(x, F32), np.ascontiguousarray(w, F32), nmax, F32(rmin),
+                    F32(rdelta), nstep, scale, neg_min, levels)  # fmt: skip
+    return scale, neg_min, levels
 
 
 def _quant_k_min(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
@@ -202,35 +230,52 @@ def quant_q5_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([d, dmin, packed, qh, qs], axis=-1)
 
 
+@numba.njit(cache=True, nogil=True)
+def _make_qx_rows(x, nmax, scale_out, levels_out):
+    """ggml's make_qx_quants with rmse_type 1 (weights x²), one row at a time in float32."""
+    zero = np.float32(0.0)
+    n = x.shape[1]
+    lv = np.empty(n, np.int32)
+    for r in range(x.shape[0]):
+        xr, levels = x[r], levels_out[r]
+        amax, vmax = zero, zero
+        for j in range(n):  # the first element of the largest magnitude
+            if abs(xr[j]) > amax:
+                amax, vmax = abs(xr[j]), xr[j]
+        if amax < np.float32(1e-15):
+            scale_out[r] = zero
+            levels[:] = 0
+            continue
+        scale, best = zero, zero
+        for step in range(-10, 10):  # -10 stands for the first trial, at iscale -nmax / vmax
+            if step == 0:
+                continue
+            if step == -10:
+                iscale = np.float32(-nmax) / vmax
+            else:
+                iscale = -(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / vmax
+            sumlx, suml2 = zero, zero
+            for j in range(n):
+                lv[j] = min(max(np.int32(np.rint(iscale * xr[j])), -nmax), nmax - 1)
+                w = xr[j] * xr[j]
+                sumlx += w * xr[j] * np.float32(lv[j])
+                suml2 += w * np.float32(lv[j]) * np.float32(lv[j])
+            if step == -10:
+                scale = sumlx / suml2 if suml2 != zero else zero
+            elif suml2 > zero and sumlx * sumlx > best * suml2:
+                scale = sumlx / suml2
+            else:
+                continue
+            best = scale * sumlx
+            for j in range(n):
+                levels[j] = lv[j] + nmax
+        scale_out[r] = scale
+
+
 def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_qx_quants with rmse_type 1 (weights x^2) for each row: (scale, L + nmax)."""
-    ax = np.abs(x)
-    i = ax.argmax(axis=-1)[:, None]
-    amax = np.take_along_axis(ax, i, axis=-1)[:, 0]
-    vmax = np.take_along_axis(x, i, axis=-1)[:, 0]
-    zero = amax < _GROUP_MAX_EPS
-    vmax = np.where(zero, F32(1), vmax)
-    w = x * x
-
-    def trial(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lv = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
-        lf = lv.astype(F32)
-        return lv, seqsum(w * x * lf), seqsum(w * lf * lf)
-
-    lv, sumlx, suml2 = trial(F32(-nmax) / vmax)
-    levels = lv + nmax
-    scale = np.where(suml2 != 0, sumlx / np.where(suml2 != 0, suml2, F32(1)), F32(0))
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        lv, sumlx, suml2 = trial(-(F32(nmax) + F32(0.1) * F32(step)) / vmax)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        levels = np.where(better[:, None], lv + nmax, levels)
-        scale = np.where(better, sumlx / np.where(better, suml2, F32(1)), scale)
-        best = np.where(better, scale * sumlx, best)
-    scale = np.where(zero, F32(0), scale).astype(F32)
-    levels = np.where(zero[:, None], 0, levels)
+    scale, levels = np.empty(x.shape[0], F32), np.empty(x.shape, np.int32)
+    _make_qx_rows(np.ascontiguousarray(x, F32), nmax, scale, levels)
     return scale, levels
 
 
