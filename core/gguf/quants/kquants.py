@@ -111,9 +111,10 @@ def dequant_q8_k(blocks: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, levels_out):  # noqa: PLR0913
+def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels_out):
     """ggml's make_qkx2_quants, one row of x at a time, in float32 with sums accumulated left to
-    right (numba: the numpy form of this search was 90% of a Q4_K_M quantization's time)."""
+    right (numba: the numpy form of this search was 90% of a Q4_K_M quantization's time). The
+    error is weighted squared, or weighted absolute with use_mad (Q2_K)."""
     zero, one = np.float32(0.0), np.float32(1.0)
     n = x.shape[1]
     laux = np.empty(n, np.int32)
@@ -137,7 +138,7 @@ def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, levels_
         for j in range(n):
             levels[j] = min(max(np.int32(np.rint(iscale * (xr[j] - lo))), 0), nmax)
             diff = scale * np.float32(levels[j]) + lo - xr[j]
-            best += wr[j] * (diff * diff)
+            best += wr[j] * (abs(diff) if use_mad else diff * diff)
         for step in range(nstep + 1):  # as ggml, each step from the best min found so far
             iscale = (rmin + rdelta * np.float32(step) + np.float32(nmax)) / (hi - lo)
             sum_l, sum_l2, sum_xl = zero, zero, zero
@@ -158,7 +159,7 @@ def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, levels_
             cur = zero
             for j in range(n):
                 diff = this_scale * np.float32(laux[j]) + this_min - xr[j]
-                cur += wr[j] * (diff * diff)
+                cur += wr[j] * (abs(diff) if use_mad else diff * diff)
             if cur < best:
                 levels[:] = laux
                 best, scale, lo = cur, this_scale, this_min
@@ -166,15 +167,16 @@ def _make_qkx2_rows(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, levels_
 
 
 def _make_qkx2(
-    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+    use_mad: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """ggml's make_qkx2_quants for each row of x: (scale, -min, levels) minimizing w-weighted
     squared error of scale * L + min, searching nstep + 1 candidate scales."""
     rows = x.shape[0]
     scale, neg_min = np.empty(rows, F32), np.empty(rows, F32)
     levels = np.empty(x.shape, np.int32)
     _make_qkx2_rows(np.ascontiguousarray(x, F32), np.ascontiguousarray(w, F32), nmax, F32(rmin),
-                    F32(rdelta), nstep, scale, neg_min, levels)  # fmt: skip
+                    F32(rdelta), nstep, use_mad, scale, neg_min, levels)  # fmt: skip
     return scale, neg_min, levels
 
 
@@ -210,6 +212,34 @@ def _quant_k_min(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
         requant = np.clip(nearest_int((x3 + dm[..., None]) / d[..., None]), 0, nmax)
     levels = np.where((d != 0)[..., None], requant, levels).astype(np.uint8)
     return d_bytes, dmin_bytes, packed, levels
+
+
+@quantizer(GGMLType.Q2_K)
+def quant_q2_k(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q2_K_ref: 16 sub-blocks of 16 with 2-bit levels, 4-bit scales and
+    mins, the search weighted by |x| on absolute error."""
+    nb = x.shape[0]
+    xs = x.reshape(nb * 16, 16)
+    scales, mins, levels = _make_qkx2(xs, np.abs(xs), 3, -0.5, 0.1, 15, use_mad=True)
+    scales, mins, levels = scales.reshape(nb, 16), mins.reshape(nb, 16), levels.reshape(nb, 16, 16)
+    q4 = F32(15)
+    max_scale = np.maximum(scales.max(axis=-1, keepdims=True), F32(0))
+    max_min = np.maximum(mins.max(axis=-1, keepdims=True), F32(0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.where(max_scale > 0, nearest_int((q4 / max_scale) * scales), 0)
+        lm = np.where(max_min > 0, nearest_int((q4 / max_min) * mins), 0)
+    sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
+    d_bytes = to_f16_bytes(np.where(max_scale > 0, max_scale / q4, F32(0)).astype(F32))
+    dmin_bytes = to_f16_bytes(np.where(max_min > 0, max_min / q4, F32(0)).astype(F32))
+    d = d_bytes.view("<f2").astype(F32) * (sc & 0xF).astype(F32)
+    dm = dmin_bytes.view("<f2").astype(F32) * (sc >> 4).astype(F32)
+    x3 = x.reshape(nb, 16, 16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(nearest_int((x3 + dm[..., None]) / d[..., None]), 0, 3)
+    levels = np.where((d != 0)[..., None], requant, levels).astype(np.uint8).reshape(nb, 2, 4, 32)
+    qs = (levels[:, :, 0] | (levels[:, :, 1] << 2) | (levels[:, :, 2] << 4)
+          | (levels[:, :, 3] << 6)).reshape(nb, 64)  # fmt: skip
+    return np.concatenate([sc, qs, d_bytes, dmin_bytes], axis=-1)
 
 
 @quantizer(GGMLType.Q4_K)
