@@ -1,7 +1,7 @@
 """K-quants: 256-element super-blocks of 16 or 8 sub-blocks with quantized scales (Q2_K..Q8_K).
 
-Dequantization of every K type, and quantization to Q4_K, Q5_K, Q6_K and Q8_K following ggml's
-reference quantizers (quantize_row_q*_K_ref with make_qkx2_quants / make_qx_quants) step by step
+Dequantization of every K type, and quantization to Q2_K..Q6_K and Q8_K following ggml's
+reference quantizers (quantize_row_q*_K_ref with make_qkx2/qx/q3_quants) step by step
 in float32, with sums accumulated left to right as its C loops do; the two searches (make_qkx2,
 make_qx) are numba loops, the packing numpy. The `gguf` package has no K quantizers to compare
 with: the tests check error bounds, and benchmarks/quantize_vs_llama_cpp.sh checks the files
@@ -240,6 +240,112 @@ def quant_q2_k(x: np.ndarray) -> np.ndarray:
     qs = (levels[:, :, 0] | (levels[:, :, 1] << 2) | (levels[:, :, 2] << 4)
           | (levels[:, :, 3] << 6)).reshape(nb, 64)  # fmt: skip
     return np.concatenate([sc, qs, d_bytes, dmin_bytes], axis=-1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _make_q3(x, nmax, levels):
+    """ggml's make_q3_quants with do_rmse: levels (L + nmax) and scale of one group of x."""
+    zero = np.float32(0.0)
+    n = x.shape[0]
+    amax, vmax = zero, zero
+    for i in range(n):
+        if abs(x[i]) > amax:
+            amax, vmax = abs(x[i]), x[i]
+    if amax < np.float32(1e-15):
+        levels[:] = 0
+        return zero
+    iscale = np.float32(-nmax) / vmax
+    sumlx, suml2 = zero, zero
+    for i in range(n):
+        levels[i] = min(max(np.int32(np.rint(iscale * x[i])), -nmax), nmax - 1)
+        w = x[i] * x[i]
+        sumlx += w * x[i] * np.float32(levels[i])
+        suml2 += w * np.float32(levels[i]) * np.float32(levels[i])
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            slx = sumlx - w * x[i] * np.float32(levels[i])
+            if slx > zero:
+                sl2 = suml2 - w * np.float32(levels[i]) * np.float32(levels[i])
+                new = min(max(np.int32(np.rint(x[i] * sl2 / slx)), -nmax), nmax - 1)
+                if new != levels[i]:
+                    slx += w * x[i] * np.float32(new)
+                    sl2 += w * np.float32(new) * np.float32(new)
+                    if sl2 > zero and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        levels[i], sumlx, suml2 = new, slx, sl2
+                        changed += 1
+        if changed == 0:
+            break
+    for i in range(n):
+        levels[i] += nmax
+    return sumlx / suml2 if suml2 > zero else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _q3_k_scales(x, out, levels, d32):
+    """First half of quantize_row_q3_K_ref per block: the groups' levels and scales, the scales
+    in 6 bits (bytes 96..107) and the super-block scale as f32 (rounded to f16 by the caller)."""
+    scales = np.empty(16, np.float32)
+    for b in range(x.shape[0]):
+        xb, block, lb = x[b], out[b], levels[b]
+        block[:] = 0
+        max_scale, amax = np.float32(0.0), np.float32(0.0)
+        for j in range(16):
+            scales[j] = _make_q3(xb[16 * j : 16 * j + 16], 4, lb[16 * j : 16 * j + 16])
+            if abs(scales[j]) > amax:
+                amax, max_scale = abs(scales[j]), scales[j]
+        d32[b] = np.float32(0.0)
+        if max_scale != 0:
+            iscale = np.float32(-32.0) / max_scale
+            for j in range(16):
+                q = min(max(np.int32(np.rint(iscale * scales[j])), -32), 31) + 32
+                if j < 8:
+                    block[96 + j] = q & 15
+                else:
+                    block[96 + j - 8] = np.int32(block[96 + j - 8]) | ((q & 15) << 4)
+                shift = np.int32(2 * (j // 4))
+                block[104 + j % 4] = np.int32(block[104 + j % 4]) | ((q >> 4) << shift)
+            d32[b] = np.float32(1.0) / iscale
+
+
+@numba.njit(cache=True, nogil=True)
+def _q3_k_pack(x, out, levels, d_all):
+    """Second half: levels again from the f16 scale, high bits into hmask, low bits into qs."""
+    for b in range(x.shape[0]):
+        xb, block, lb = x[b], out[b], levels[b]
+        for j in range(16):
+            # int32 throughout: numba would make a float of an int64 | uint64
+            low = np.int32(block[96 + j]) & 15 if j < 8 else np.int32(block[96 + j - 8]) >> 4
+            high = (np.int32(block[104 + j % 4]) >> np.int32(2 * (j // 4))) & 3
+            sc = (low | (high << 4)) - 32
+            d = d_all[b] * np.float32(sc)
+            if d == 0:
+                continue
+            for i in range(16):
+                lb[16 * j + i] = min(max(np.int32(np.rint(xb[16 * j + i] / d)), -4), 3) + 4
+        for j in range(256):  # the high bit of level j: bit j // 32 of hmask[j % 32]
+            if lb[j] > 3:
+                block[j % 32] = np.int32(block[j % 32]) | (np.int32(1) << np.int32(j // 32))
+                lb[j] -= 4
+        for half in range(2):
+            for i in range(32):
+                at = 128 * half + i
+                low = lb[at] | (lb[at + 32] << 2) | (lb[at + 64] << 4) | (lb[at + 96] << 6)
+                block[32 + 32 * half + i] = low
+
+
+@quantizer(GGMLType.Q3_K)
+def quant_q3_k(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q3_K_ref: 16 groups of 16 with 3-bit levels and 6-bit scales
+    (hmask[32], qs[64], scales[12], d)."""
+    blocks = np.ascontiguousarray(x.reshape(-1, QK_K), F32)
+    n = blocks.shape[0]
+    out, levels, d32 = np.empty((n, 110), np.uint8), np.empty((n, QK_K), np.int32), np.empty(n, F32)
+    _q3_k_scales(blocks, out, levels, d32)
+    out[:, 108:110] = to_f16_bytes(d32)
+    _q3_k_pack(blocks, out, levels, out[:, 108:110].copy().view("<f2")[:, 0].astype(F32))
+    return out
 
 
 @quantizer(GGMLType.Q4_K)
