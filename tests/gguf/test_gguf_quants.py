@@ -21,7 +21,7 @@ ORACLE_QUANT = [GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLT
 # ggml's test-quantize-fns bounds on its cosine test data (sqrt(sum sq err) / n)
 BOUNDS = {GGMLType.Q2_K: 0.0075, GGMLType.Q3_K: 0.0040, GGMLType.Q4_K: 0.002,
           GGMLType.Q5_K: 0.002, GGMLType.Q6_K: 0.002, GGMLType.Q8_K: 0.002,
-          GGMLType.Q8_1: 0.002}  # fmt: skip
+          GGMLType.Q8_1: 0.002, GGMLType.IQ4_NL: 0.002}  # fmt: skip
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -139,7 +139,7 @@ def test_quantize_error_bounds(t):
     assert np.sqrt(np.sum((x.astype(np.float64) - y) ** 2)) / x.size < BOUNDS[t]
     g = np.random.default_rng(9).standard_normal((64, 1024)).astype(np.float32)
     nmse = np.sum((g - dequantize(quantize(g, t), t, g.shape)) ** 2) / np.sum(g**2)
-    limits = {"Q2_K": 0.1, "Q3_K": 0.03, "Q4_K": 6e-3, "Q5_K": 1.6e-3, "Q6_K": 4e-4}
+    limits = {"Q2_K": 0.1, "Q3_K": 0.03, "Q4_K": 6e-3, "Q5_K": 1.6e-3, "Q6_K": 4e-4, "IQ4_NL": 8e-3}
     assert nmse < limits.get(t.name, 1e-4)
 
 
@@ -156,7 +156,7 @@ def test_k_quantize_edge_rows(t):
 
 def test_quantizers_cover_the_required_types():
     required = {"F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
-                "Q5_K", "Q6_K"}  # fmt: skip
+                "Q5_K", "Q6_K", "IQ4_NL"}  # fmt: skip
     assert required <= {t.name for t in QUANTIZERS}
 
 

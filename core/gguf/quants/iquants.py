@@ -1,6 +1,6 @@
 """IQ types (importance-matrix quants): lattice codebooks with sign patterns, and the non-linear
-4-bit IQ4_NL / IQ4_XS. Dequantization only (their quantizers need an importance search that
-llmrt's quantize does not offer yet).
+4-bit IQ4_NL / IQ4_XS. Dequantization of each; quantization to IQ4_NL only, as llama-quantize
+does it without an importance matrix (the lattice types need one).
 
 The codebook grids (iq2xxs_grid, iq2xs_grid, iq2s_grid, iq3xxs_grid, iq3s_grid, iq1s_grid in
 ggml-common.h) are thousands of constants found by a lattice search; they define the formats and
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 
 from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import QK_K, GGMLType
 from llmrt.gguf.quants._common import F32, bits_le, f16, nibbles, u16, u32
-from llmrt.gguf.quants.registry import dequantizer
+from llmrt.gguf.quants.registry import dequantizer, quantizer
 
 # ggml's kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS.
 IQ4_LEVELS = np.array(
@@ -153,6 +154,71 @@ def dequant_iq1_m(blocks: np.ndarray) -> np.ndarray:
 @dequantizer(GGMLType.IQ4_NL)
 def dequant_iq4_nl(blocks: np.ndarray) -> np.ndarray:
     return f16(blocks, 0) * IQ4_LEVELS[nibbles(blocks[:, 2:18])]
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_level(levels, v):
+    """ggml's best_index_int8: the index of the level nearest v (the lower one on a tie)."""
+    if v <= levels[0]:
+        return 0
+    if v >= levels[15]:
+        return 15
+    lo, hi = 0, 15
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if v < levels[mid]:
+            hi = mid
+        else:
+            lo = mid
+    return hi - 1 if v - levels[hi - 1] < levels[hi] - v else hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _iq4_nl_blocks(x, levels, scale_out, index_out):
+    """ggml's quantize_iq4_nl without an importance matrix, block by block: the scale that best
+    fits x² -weighted, searched over 15 trial scales, and each value's level under it."""
+    zero = np.float32(0.0)
+    for b in range(x.shape[0]):
+        xb = x[b]
+        amax, vmax = zero, zero
+        for j in range(32):
+            if abs(xb[j]) > amax:
+                amax, vmax = abs(xb[j]), xb[j]
+        d = zero
+        if amax >= np.float32(1e-15):
+            for trial in range(-8, 8):  # -8: the first fit, from the largest value alone
+                if trial == -8:
+                    inv = np.float32(1.0) / (-vmax / levels[0])
+                else:
+                    inv = (np.float32(trial) + levels[0]) / vmax
+                sumqx, sumq2 = zero, zero
+                for j in range(32):
+                    q = levels[_best_level(levels, inv * xb[j])]
+                    w = xb[j] * xb[j]
+                    sumqx += w * q * xb[j]
+                    sumq2 += w * q * q
+                if trial == -8:
+                    d = sumqx / sumq2 if sumq2 > zero else zero
+                    best = d * sumqx
+                elif sumq2 > zero and sumqx * sumqx > best * sumq2:
+                    d = sumqx / sumq2
+                    best = d * sumqx
+        scale_out[b] = d
+        inv = np.float32(1.0) / d if d != zero else zero
+        for j in range(32):
+            index_out[b, j] = _best_level(levels, inv * xb[j])
+
+
+@quantizer(GGMLType.IQ4_NL)
+def quant_iq4_nl(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_iq4_nl with no importance matrix: an f16 scale and 32 4-bit indices into
+    the non-linear levels (IQ4_LEVELS) a block."""
+    blocks = np.ascontiguousarray(x.reshape(-1, 32), F32)
+    n = blocks.shape[0]
+    scale, index = np.empty(n, F32), np.empty((n, 32), np.uint8)
+    _iq4_nl_blocks(blocks, IQ4_LEVELS, scale, index)
+    qs = index[:, :16] | (index[:, 16:] << 4)
+    return np.concatenate([scale.astype("<f2").view(np.uint8).reshape(n, 2), qs], axis=-1)
 
 
 @dequantizer(GGMLType.IQ4_XS)
