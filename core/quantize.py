@@ -217,6 +217,9 @@ def quantize_file(
         if new != t.type and t.type not in PLAIN and not opts.allow_requantize:
             raise LlmrtError(f"{t.name} is already {t.type.name}: requantizing loses accuracy; "
                              f"give --allow-requantize to do it anyway")  # fmt: skip
+        if opts.ftype == "Q2_K_S" and new == T.Q2_K:  # llama-quantize's rule, for its quality
+            raise LlmrtError("Q2_K_S needs an importance matrix (as llama-quantize says), which "
+                             "llmrt quantize does not take yet: use Q2_K or Q3_K_S")  # fmt: skip
         if new not in PLAIN and new not in QUANTIZERS:
             raise LlmrtError(f"quantizing to {new.name} is not supported yet (supported: "
                              f"{', '.join(q.name for q in QUANTIZERS)})")  # fmt: skip

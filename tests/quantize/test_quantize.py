@@ -105,3 +105,11 @@ def test_every_type_llama_quantize_names_has_its_quantizers(gemma3_path, ftype):
     """Each mix only asks for types llmrt can write (for Gemma 3's shapes, fallbacks included)."""
     for t in plan(GGUFReader(gemma3_path), ftype).values():
         assert t in PLAIN or t in QUANTIZERS, (ftype, t.name)
+
+
+def test_q2_k_s_needs_an_importance_matrix_as_in_llama_quantize(f16_model, tmp_path):
+    out = tmp_path / "q2ks.gguf"
+    result = subprocess.run([*LLMRT, "quantize", str(f16_model), str(out), "Q2_K_S"],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 1 and "needs an importance matrix" in result.stderr
+    assert not out.exists()
