@@ -20,8 +20,8 @@ import numpy as np
 
 from llmrt.device import Device, DeviceType, Executable, get_device, registry
 from llmrt.errors import LlmrtError, OutOfDeviceMemory, UsageError
-from llmrt.gguf import GGUFReader
 from llmrt.gguf.constants import GGMLType
+from llmrt.gguf.split import ModelFiles
 from llmrt.ir.sched import SplitProgram, layer_devices, place
 from llmrt.models import Shape, get_architecture
 
@@ -46,7 +46,7 @@ class Model:
             raise LlmrtError(f"{self.path} is a directory, not a GGUF file")
         if not self.path.is_file():
             raise LlmrtError(f"model file not found: {self.path}")
-        self.reader = GGUFReader(self.path)
+        self.reader = ModelFiles(self.path)  # one GGUF file, or the shards of a split one
         self.metadata = self.reader.metadata
         arch_name = self.metadata.get("general.architecture")
         if not isinstance(arch_name, str):

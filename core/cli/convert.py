@@ -19,6 +19,9 @@ def convert(
     outfile: Annotated[Path | None, Opt("--outfile", help="The GGUF file to write.")] = None,
     outtype: Annotated[str, Opt("--outtype", help="f32, f16, bf16, q8_0 or auto.")] = "auto",
     vocab_only: Annotated[bool, Opt("--vocab-only", help="Write the vocabulary only.")] = False,
+    split_max_size: Annotated[
+        str | None, Opt("--split-max-size", help="Split into files of at most N bytes (500M, 2G).")
+    ] = None,
 ) -> None:
     """Convert a Hugging Face checkpoint (config.json, safetensors, tokenizer.json) to GGUF."""
     from rich.progress import Progress
@@ -31,6 +34,14 @@ def convert(
         raise UsageError("give the checkpoint folder: llmrt convert HF_DIR --outfile OUT.gguf")
     if outtype not in (*OUTTYPES, "auto"):
         raise UsageError(f"--outtype takes {', '.join(OUTTYPES)} or auto, not {outtype}")
+    max_size = None
+    if split_max_size is not None:
+        from llmrt.gguf.split import parse_size
+
+        try:
+            max_size = parse_size(split_max_size)
+        except ValueError as exc:
+            raise UsageError(f'error while handling argument "--split-max-size": {exc}') from None
     target = outfile or Path(source) / f"{Path(source).resolve().name}-{outtype}.gguf"
     with Progress(transient=True, console=None) as bar:
         task = bar.add_task("converting", total=None)
@@ -38,7 +49,7 @@ def convert(
         def progress(name: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=name)
 
-        path = run_convert(source, target, outtype, vocab_only, progress)
+        path = run_convert(source, target, outtype, vocab_only, progress, max_size)
     print(f"llmrt: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
 
 

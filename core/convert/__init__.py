@@ -9,6 +9,7 @@ checkpoint is stored in bf16, f16 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from llmrt.convert.architectures import hf_architecture
 from llmrt.convert.checkpoint import Checkpoint, LazyTensor
 from llmrt.convert.vocab import tokenizer_metadata
 from llmrt.errors import LlmrtError, UsageError
-from llmrt.gguf import GGMLType, GGUFWriter, atomic_output, quantize
+from llmrt.gguf import GGMLType, GGUFValueType, GGUFWriter, atomic_output, quantize
+from llmrt.gguf.split import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, shard_path
 
 OUTTYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16, "q8_0": GGMLType.Q8_0}
 FILE_TYPE = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q8_0: 7, GGMLType.BF16: 32}
@@ -60,9 +62,11 @@ def convert(
     outtype: str = "auto",
     vocab_only: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    split_max_size: int | None = None,
 ) -> Path:
-    """Write `outfile` from the checkpoint in `folder`; returns its path. `progress(name, done,
-    total)` is called after each tensor."""
+    """Write `outfile` from the checkpoint in `folder` (or its shards NAME-0000i-of-0000n.gguf
+    when `split_max_size` bytes would be passed); returns the path of the file, or the first
+    shard. `progress(name, done, total)` is called after each tensor."""
     ckpt = Checkpoint(folder)
     hf_name, arch = hf_architecture(ckpt.config)
     tensors = [] if vocab_only else list(ckpt.tensors())
@@ -85,27 +89,52 @@ def convert(
         "general.quantization_version": 2,
         **tokenizer_metadata(ckpt, n_vocab),
     }
-    with atomic_output(outfile) as part, GGUFWriter(part) as w:
-        for key, value in md.items():
-            w.add(key, value)
-        plan: list[tuple[str, LazyTensor]] = []
-        for t in tensors:
-            name = arch.gguf_name(t.name)
-            if name == "":
-                raise LlmrtError(f"{hf_name}: no GGUF name for tensor {t.name}")
-            if name is not None:
-                plan.append((name, t))
-        for i, (name, t) in enumerate(plan):
-            ttype = tensor_type(out_t, t.shape)
+    plan: list[tuple[str, LazyTensor, GGMLType]] = []
+    for t in tensors:
+        name = arch.gguf_name(t.name)
+        if name == "":
+            raise LlmrtError(f"{hf_name}: no GGUF name for tensor {t.name}")
+        if name is not None:
+            plan.append((name, t, tensor_type(out_t, t.shape)))
+    shards = split_plan([ttype.row_nbytes(math.prod(t.shape)) for _, t, ttype in plan],
+                        split_max_size)  # fmt: skip
+    outfile = Path(outfile)
+    paths = [outfile] if len(shards) == 1 else [shard_path(outfile, i, len(shards))
+                                                for i in range(len(shards))]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for k, (path, members) in enumerate(zip(paths, shards, strict=True)):
+            w = stack.enter_context(GGUFWriter(stack.enter_context(atomic_output(path))))
+            for key, value in md.items() if k == 0 else ():
+                w.add(key, value)
+            if len(shards) > 1:  # llama.cpp's split keys, after the model's own
+                w.add(SPLIT_NO, k, GGUFValueType.UINT16)
+                w.add(SPLIT_COUNT, len(shards), GGUFValueType.UINT16)
+                w.add(SPLIT_TENSORS, len(plan), GGUFValueType.INT32)
+            for i in members:
+                name, t, ttype = plan[i]
 
-            def produce(name=name, t=t, ttype=ttype, i=i) -> np.ndarray:
-                values = t.load()
-                if arch.transform is not None:
-                    values = arch.transform(name, values, config)
-                data = encode(values, ttype)
-                if progress is not None:
-                    progress(name, i + 1, len(plan))
-                return data
+                def produce(name=name, t=t, ttype=ttype, i=i) -> np.ndarray:
+                    values = t.load()
+                    if arch.transform is not None:
+                        values = arch.transform(name, values, config)
+                    data = encode(values, ttype)
+                    if progress is not None:
+                        progress(name, i + 1, len(plan))
+                    return data
 
-            w.add_tensor(name, produce, ttype, t.shape)
-    return Path(outfile)
+                w.add_tensor(name, produce, ttype, t.shape)
+    return paths[0]
+
+
+def split_plan(sizes: list[int], max_size: int | None) -> list[list[int]]:
+    """Tensors in order, a new shard whenever the next one would take the current shard past
+    max_size bytes (llama.cpp's rule; a shard holds at least one tensor)."""
+    shards: list[list[int]] = [[]]
+    held = 0
+    for i, size in enumerate(sizes):
+        if max_size and shards[-1] and held + size > max_size:
+            shards.append([])
+            held = 0
+        shards[-1].append(i)
+        held += size
+    return shards

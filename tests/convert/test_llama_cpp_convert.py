@@ -124,3 +124,34 @@ def test_same_file_as_llama_cpps_converter(llama_cpp_convert, request, tmp_path,
     ran = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr
     assert differences(theirs, ours) == []
+
+
+def test_split_files_as_llama_cpps_and_loadable(llama_cpp_convert, checkpoint, tmp_path):
+    """--split-max-size: the same shards as llama.cpp's (names, split keys, tensors), and llmrt
+    runs the split model as it runs the single file."""
+    env = {**os.environ, "PYTHONPATH": f"{llama_cpp_convert / 'gguf-py'}:{llama_cpp_convert}"}
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "ours").mkdir()
+    ran = subprocess.run([sys.executable, str(llama_cpp_convert / "convert_hf_to_gguf.py"),
+                          str(checkpoint), "--outfile", str(tmp_path / "theirs" / "m.gguf"),
+                          "--outtype", "f32", "--split-max-size", "40K"],
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    args = [*LLMRT, "convert", str(checkpoint), "--outfile", str(tmp_path / "ours" / "m.gguf"),
+            "--outtype", "f32", "--split-max-size", "40K"]  # fmt: skip
+    ran = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    theirs = sorted(p.name for p in (tmp_path / "theirs").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == theirs
+    assert len(theirs) > 1 and theirs[0] == f"m-00001-of-{len(theirs):05d}.gguf"
+    for name in theirs:
+        assert differences(tmp_path / "theirs" / name, tmp_path / "ours" / name) == [], name
+    single = tmp_path / "single.gguf"
+    args = [*LLMRT, "convert", str(checkpoint), "--outfile", str(single), "--outtype", "f32"]
+    assert subprocess.run(args, capture_output=True, timeout=600).returncode == 0
+    from llmrt.engine import load
+
+    ids = list(range(100, 120))
+    split_logits = load(tmp_path / "ours" / theirs[0], device="cpu").context(n_ctx=32).eval(ids)
+    single_logits = load(single, device="cpu").context(n_ctx=32).eval(ids)
+    assert np.array_equal(split_logits, single_logits)
