@@ -24,6 +24,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")  # llama.cpp's Llama converter imports it first
 
+from refs import REFS  # noqa: E402
+
 from llmrt.gguf import GGUFReader  # noqa: E402
 
 SDIST = "llama-cpp-python==0.3.36"
@@ -155,3 +157,25 @@ def test_split_files_as_llama_cpps_and_loadable(llama_cpp_convert, checkpoint, t
     split_logits = load(tmp_path / "ours" / theirs[0], device="cpu").context(n_ctx=32).eval(ids)
     single_logits = load(single, device="cpu").context(n_ctx=32).eval(ids)
     assert np.array_equal(split_logits, single_logits)
+
+
+def test_converted_tokenizer_gives_tokenizers_ids_on_a_broad_text_set(checkpoint, tmp_path):
+    """The converted file's tokenizer against the `tokenizers` library itself, on every string
+    of the SmolLM2 tokenization fixture (unicode, whitespace runs, code, special tokens...)."""
+    import json
+
+    import tokenizers
+
+    from llmrt.tokenizer import Tokenizer
+
+    out = tmp_path / "vocab.gguf"
+    args = [*LLMRT, "convert", str(checkpoint), "--outfile", str(out), "--vocab-only"]
+    assert subprocess.run(args, capture_output=True, timeout=600).returncode == 0
+    ours = Tokenizer.from_gguf(out)
+    theirs = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    cases = json.loads((REFS / "smollm2-135m" / "tokenize.json").read_text())["cases"]
+    texts = [c["text"] for c in cases]
+    assert len(texts) > 40
+    for text in texts:
+        expected = theirs.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text, add_special=False, parse_special=True) == expected, repr(text)
