@@ -33,22 +33,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 # now from /proc/loadavg: the load average lags a minute behind), sleep otherwise.
 # OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user win. Read by OpenMP when numba starts its
 # threads, after this import.
-def _choose_wait_policy() -> None:
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
+def wait_policy(env: dict[str, str], other_runnable: int | None, cores: int) -> dict[str, str]:
+    """The OpenMP settings to add to `env`: none if the user chose, a bounded spin when fewer
+    than half the cores have other work (None: unknown, so do not spin), sleeping otherwise."""
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return {}
+    if other_runnable is not None and other_runnable < 0.5 * cores:
+        return {"GOMP_SPINCOUNT": "100000"}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _other_runnable() -> int | None:
+    """Tasks ready to run now besides this process (/proc/loadavg's fourth field), or None."""
     try:
         with open("/proc/loadavg") as f:
-            runnable = int(f.read().split()[3].split("/")[0]) - 1  # other than this process
-        quiet = runnable < 0.5 * len(os.sched_getaffinity(0))
-    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: do not spin
-        quiet = False
-    if quiet:
-        os.environ["GOMP_SPINCOUNT"] = "100000"
-    else:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            return int(f.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
 
 
-_choose_wait_policy()
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+os.environ.update(wait_policy(dict(os.environ), _other_runnable(), _usable_cores()))
 
 COMPILE_NOTE = "llmrt: compiling CPU kernels (once per machine)..."
 _KERNEL_MODULES = ("llmrt_cpu.",)

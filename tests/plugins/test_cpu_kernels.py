@@ -394,8 +394,14 @@ def test_set_threads_clamps_and_applies():
         jit.set_threads(before)
 
 
-def test_idle_kernel_threads_sleep_unless_the_user_chose():
-    assert os.environ["OMP_WAIT_POLICY"]  # set (to PASSIVE) by llmrt_cpu.jit unless given
+def test_idle_kernel_threads_spin_on_a_quiet_machine_and_sleep_on_a_busy_one():
+    assert jit.wait_policy({}, 0, 2) == {"GOMP_SPINCOUNT": "100000"}
+    assert jit.wait_policy({}, 1, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert jit.wait_policy({}, 3, 16) == {"GOMP_SPINCOUNT": "100000"}
+    assert jit.wait_policy({}, None, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}  # no /proc/loadavg
+    assert jit.wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, 0, 2) == {}  # the user's choice wins
+    assert jit.wait_policy({"GOMP_SPINCOUNT": "0"}, 5, 2) == {}
+    assert "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ  # applied at import
 
 
 def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
