@@ -19,6 +19,7 @@ import numpy as np
 from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import QK_K, GGMLType
 from llmrt.gguf.quants._common import F32, bits_le, f16, nibbles, u16, u32
+from llmrt.gguf.quants.kquants import signed_absmax
 from llmrt.gguf.quants.registry import dequantizer, quantizer
 
 # ggml's kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS.
@@ -180,10 +181,7 @@ def _iq4_nl_blocks(x, levels, scale_out, index_out):
     zero = np.float32(0.0)
     for b in range(x.shape[0]):
         xb = x[b]
-        amax, vmax = zero, zero
-        for j in range(32):
-            if abs(xb[j]) > amax:
-                amax, vmax = abs(xb[j]), xb[j]
+        amax, vmax = signed_absmax(xb)
         d = zero
         if amax >= np.float32(1e-15):
             for trial in range(-8, 8):  # -8: the first fit, from the largest value alone

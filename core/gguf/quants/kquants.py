@@ -247,20 +247,11 @@ def _make_q3(x, nmax, levels):
     """ggml's make_q3_quants with do_rmse: levels (L + nmax) and scale of one group of x."""
     zero = np.float32(0.0)
     n = x.shape[0]
-    amax, vmax = zero, zero
-    for i in range(n):
-        if abs(x[i]) > amax:
-            amax, vmax = abs(x[i]), x[i]
+    amax, vmax = signed_absmax(x)
     if amax < np.float32(1e-15):
         levels[:] = 0
         return zero
-    iscale = np.float32(-nmax) / vmax
-    sumlx, suml2 = zero, zero
-    for i in range(n):
-        levels[i] = min(max(np.int32(np.rint(iscale * x[i])), -nmax), nmax - 1)
-        w = x[i] * x[i]
-        sumlx += w * x[i] * np.float32(levels[i])
-        suml2 += w * np.float32(levels[i]) * np.float32(levels[i])
+    sumlx, suml2 = _fit_signed(x, np.float32(-nmax) / vmax, nmax, levels)
     for _ in range(5):
         changed = 0
         for i in range(n):
@@ -366,6 +357,28 @@ def quant_q5_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([d, dmin, packed, qh, qs], axis=-1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def signed_absmax(x):
+    """The largest magnitude in x and the signed value that has it (the first, on ties)."""
+    amax, vmax = np.float32(0.0), np.float32(0.0)
+    for i in range(x.shape[0]):
+        if abs(x[i]) > amax:
+            amax, vmax = abs(x[i]), x[i]
+    return amax, vmax
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fit_signed(x, iscale, nmax, levels):
+    """Levels round(iscale · x) in [-nmax, nmax), and the x²-weighted sums Σw·x·l and Σw·l²."""
+    sumlx, suml2 = np.float32(0.0), np.float32(0.0)
+    for i in range(x.shape[0]):
+        levels[i] = min(max(np.int32(np.rint(iscale * x[i])), -nmax), nmax - 1)
+        w = x[i] * x[i]
+        sumlx += w * x[i] * np.float32(levels[i])
+        suml2 += w * np.float32(levels[i]) * np.float32(levels[i])
+    return sumlx, suml2
+
+
 @numba.njit(cache=True, nogil=True)
 def _make_qx_rows(x, nmax, scale_out, levels_out):
     """ggml's make_qx_quants with rmse_type 1 (weights x²), one row at a time in float32."""
@@ -374,10 +387,7 @@ def _make_qx_rows(x, nmax, scale_out, levels_out):
     lv = np.empty(n, np.int32)
     for r in range(x.shape[0]):
         xr, levels = x[r], levels_out[r]
-        amax, vmax = zero, zero
-        for j in range(n):  # the first element of the largest magnitude
-            if abs(xr[j]) > amax:
-                amax, vmax = abs(xr[j]), xr[j]
+        amax, vmax = signed_absmax(xr)
         if amax < np.float32(1e-15):
             scale_out[r] = zero
             levels[:] = 0
@@ -390,12 +400,7 @@ def _make_qx_rows(x, nmax, scale_out, levels_out):
                 iscale = np.float32(-nmax) / vmax
             else:
                 iscale = -(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / vmax
-            sumlx, suml2 = zero, zero
-            for j in range(n):
-                lv[j] = min(max(np.int32(np.rint(iscale * xr[j])), -nmax), nmax - 1)
-                w = xr[j] * xr[j]
-                sumlx += w * xr[j] * np.float32(lv[j])
-                suml2 += w * np.float32(lv[j]) * np.float32(lv[j])
+            sumlx, suml2 = _fit_signed(xr, iscale, nmax, lv)
             if step == -10:
                 scale = sumlx / suml2 if suml2 != zero else zero
             elif suml2 > zero and sumlx * sumlx > best * suml2:
