@@ -21,8 +21,9 @@ from llmrt.convert.architectures import hf_architecture
 from llmrt.convert.checkpoint import Checkpoint, LazyTensor
 from llmrt.convert.vocab import tokenizer_metadata
 from llmrt.errors import LlmrtError, UsageError
-from llmrt.gguf import GGMLType, GGUFValueType, GGUFWriter, atomic_output, quantize
+from llmrt.gguf import GGMLType, GGUFValueType, GGUFWriter, atomic_output
 from llmrt.gguf.split import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, shard_path
+from llmrt.quantize import encode
 
 OUTTYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16, "q8_0": GGMLType.Q8_0}
 FILE_TYPE = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q8_0: 7, GGMLType.BF16: 32}
@@ -36,14 +37,6 @@ def tensor_type(outtype: GGMLType, shape: tuple[int, ...]) -> GGMLType:
     if outtype == GGMLType.Q8_0 and shape[-1] % 32:
         return GGMLType.F16
     return outtype
-
-
-def encode(values: np.ndarray, t: GGMLType) -> np.ndarray:
-    if t == GGMLType.F32:
-        return np.ascontiguousarray(values, np.float32)
-    if t == GGMLType.F16:
-        return values.astype(np.float16)
-    return quantize(values, t)  # BF16 (rounded to nearest even) and Q8_0 as raw blocks
 
 
 def size_label(n_params: int) -> str:
