@@ -8,6 +8,7 @@ the kernels must round as the reference does, and reassociated sums would not.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import numba
 import numpy as np
-from numba.core import cgutils, event
+from numba.core import caching, cgutils, event
 from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +63,43 @@ def _usable_cores() -> int:
 os.environ.update(wait_policy(dict(os.environ), _other_runnable(), _usable_cores()))
 
 COMPILE_NOTE = "llmrt: compiling CPU kernels (once per machine)..."
+
+# numba stamps a cached kernel with its own source file only, but our kernels inline helpers and
+# LLVM intrinsics from the package's other files: an edit there would leave stale machine code
+# in the cache. So every kernel's stamp is a hash of all the package's sources.
+def sources_stamp(directory: Path) -> str:
+    """A hash of the names and contents of the Python files in `directory`."""
+    files = sorted(directory.glob("*.py"))
+    return hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
+
+
+_PACKAGE = Path(__file__).resolve().parent
+_SOURCES_STAMP = sources_stamp(_PACKAGE)
+
+
+class _PackageStamp:
+    """A numba cache locator mixin for this package's files: stamped with all its sources."""
+
+    def get_source_stamp(self) -> str:
+        return _SOURCES_STAMP
+
+    @classmethod
+    def from_function(cls, py_func: Any, py_file: str) -> Any:
+        if Path(py_file).resolve().parent != _PACKAGE:
+            return None
+        return super().from_function(py_func, py_file)  # type: ignore[misc]
+
+
+class _InTreeLocator(_PackageStamp, caching.InTreeCacheLocator):
+    pass
+
+
+class _UserWideLocator(_PackageStamp, caching.UserWideCacheLocator):
+    pass
+
+
+_cache_impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+_cache_impl._locator_classes[:0] = [_InTreeLocator, _UserWideLocator]
 _KERNEL_MODULES = ("llmrt_cpu.",)
 _noted = False
 

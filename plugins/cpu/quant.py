@@ -18,12 +18,21 @@ unpacks each weight row once for the whole batch (see "products" below).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from numba import prange
 
 from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
+from llmrt_cpu.simd import (
+    dot_i8,
+    dot_q4,
+    dot_q5,
+    dot_q6,
+    dot_u4,
+)  # fmt: skip
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(t) for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
                                                  GGMLType.Q5_1, GGMLType.Q8_0))  # fmt: skip
@@ -189,10 +198,18 @@ def quantize_activations(x: np.ndarray, weight_type: GGMLType) -> tuple[np.ndarr
 # vectorize the lanes.
 
 
+_TWO_POW_112 = _F32(2.0**112)
+
+
 @inline
 def _f16_at(row: np.ndarray, at: int) -> float:
-    """The little-endian f16 at byte `at` of a row."""
-    return f16_bits_to_f32(np.int64(row[at]) | (np.int64(row[at + 1]) << 8))
+    """The little-endian f16 at byte `at` of a row, through the table (a plain load).
+
+    Measured on the Q4_1 product (SmolLM2's attn_q, one thread): table 21.5 us; the bit-by-bit
+    conversion's branches 38; branch-free bit arithmetic 42; the hardware conversion (F16C) 22
+    fresh but 50 once loaded from numba's cache, whose build put `vpinsrw` on the accumulator's
+    register, a false dependency that serialized the blocks."""
+    return F16_TO_F32[np.int64(row[at]) | (np.int64(row[at + 1]) << 8)]
 
 
 @inline
@@ -335,6 +352,8 @@ ROW_TOKENS = 32  # as reference.ROW_BY_ROW
 _TILE = 16  # activation rows per tile of the prompt kernels, and lanes per token of the row ones
 _levels_32 = stack_array(32, np.int32)
 _levels_256 = stack_array(256, np.int32)
+_levels_i8_32 = stack_array(32, np.int8)
+_levels_i8_256 = stack_array(256, np.int8)
 _group_ints = stack_array(16, np.int32)
 _tile_ints = stack_array(_TILE, np.int32)
 _tile_ints_b = stack_array(_TILE, np.int32)
@@ -342,33 +361,97 @@ _tile_floats = stack_array(_TILE, np.float32)
 
 
 @inline
+def _block_dot_32(
+    row: np.ndarray, b: int, kind: int, x: np.ndarray, base: int, w: np.ndarray, wp: Any
+) -> tuple[int, float, float]:
+    """Block b of a 32-element type times x[base:base + 32] (int8): (Σ level·x exactly, d, m).
+    The common types unpack in registers (llmrt_cpu.simd); IQ4_NL's table goes through `w`
+    (32 int8 on the stack, `wp` its pointer)."""
+    if kind == Q8_0:
+        at = b * 34
+        return dot_i8(row, at + 2, x, base, 32), _f16_at(row, at), _F32(0.0)
+    if kind in (Q4_0, Q4_1):
+        at, offset = (b * 18, 8) if kind == Q4_0 else (b * 20, 0)
+        qs = at + (2 if kind == Q4_0 else 4)
+        isum = dot_q4(row, qs, offset, x, base)
+        minimum = _F32(0.0) if kind == Q4_0 else _f16_at(row, at + 2)
+        return isum, _f16_at(row, at), minimum
+    if kind in (Q5_0, Q5_1):  # d (m) qh qs
+        size, qh_at, offset = (22, 2, 16) if kind == Q5_0 else (24, 4, 0)
+        at = b * size
+        isum = dot_q5(row, at + qh_at + 4, at + qh_at, offset, x, base)
+        minimum = _F32(0.0) if kind == Q5_0 else _f16_at(row, at + 2)
+        return isum, _f16_at(row, at), minimum
+    d, minimum = unpack_block_32(row, b, kind, w)
+    return dot_i8(wp, 0, x, base, 32), d, minimum
+
+
+@inline
 def _matmul_q32_rows(
     raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray
 ) -> None:
     """out[t, r] = weight row r · activation row t, for up to ROW_TOKENS rows of q8_0 / q8_1
-    blocks: Σ_b (d_w·d_x·isum_b (+ m_w·s_x)), isum_b the block's exact integer sum."""
+    blocks: Σ_b (d_w·d_x·isum_b (+ m_w·s_x)), isum_b the block's exact integer sum.
+
+    (ggml's AVX2 order, 8 float lanes of 4-element integer sums with one fused multiply-add a
+    block, measured no faster here: the block's unpacking and integer reduction dominate.)"""
     m = raw.shape[0]
     t_count, k = xq.shape
     nb = k // 32
     with_min = xs.shape[1] > 0
     chunks = min(m, _CHUNKS)
     for c in prange(chunks):
-        w = numba.carray(_levels_32(), 32)
+        wp = _levels_i8_32()
+        w = numba.carray(wp, 32)
         for r in range(c * m // chunks, (c + 1) * m // chunks):
             row = raw[r]
             for t in range(t_count):
                 x, x_scales = xq[t], xd[t]
                 acc = _F32(0.0)
                 for b in range(nb):
-                    d, minimum = unpack_block_32(row, b, kind, w)
-                    base = b * 32
-                    isum = np.int32(0)
-                    for j in range(32):
-                        isum = np.int32(isum + w[j] * np.int32(x[base + j]))
+                    isum, d, minimum = _block_dot_32(row, b, kind, x, b * 32, w, wp)
                     acc += (d * x_scales[b]) * _F32(isum)
                     if with_min:
                         acc += minimum * xs[t, b]
                 out[t, r] = acc
+
+
+@inline
+def _block_dot_k(
+    row: np.ndarray, b: int, kind: int, x: np.ndarray, x_sums: np.ndarray, w: np.ndarray,
+    wp: Any, sc: np.ndarray, mn: np.ndarray,
+) -> tuple[int, int, float, float]:  # fmt: skip
+    """Super-block b of a K-quant times x[256·b:256·(b + 1)] (int8, with its sums of 16 in
+    x_sums): (Σ_g sc_g·Σ level·x, Σ_g mn_g·Σ x, d, dmin), the sums exact. Q4_K and Q6_K unpack in
+    registers; the other types through `w` (256 int8 on the stack, `wp` its pointer)."""
+    base = b * 256
+    isum = np.int32(0)
+    min_sum = np.int32(0)
+    if kind == Q4_K:
+        at = b * 144
+        for sub in range(8):  # 32 elements each: a 32-byte run's low, then high, nibbles
+            scale, minimum = _scale_min_k4(row, at + 4, sub)
+            run = at + 16 + (sub // 2) * 32
+            dot = dot_u4(row, run, 4 * (sub % 2), 0, x, base + sub * 32, 32)
+            isum = np.int32(isum + scale * dot)
+            sums = x_sums[b * 16 + 2 * sub] + x_sums[b * 16 + 2 * sub + 1]
+            min_sum = np.int32(min_sum + minimum * sums)
+        return isum, min_sum, _f16_at(row, at), _f16_at(row, at + 2)
+    if kind == Q6_K:
+        at = b * 210
+        for g in range(16):  # 16 elements each; see unpack_block_k for the layout
+            half, quarter, part = g // 8, (g // 2) % 4, g % 2
+            low_at = at + half * 64 + (quarter % 2) * 32 + part * 16
+            high_at = at + 128 + half * 32 + part * 16
+            low_shift, high_shift = 4 * (quarter // 2), 2 * quarter
+            dot = dot_q6(row, low_at, low_shift, high_at, high_shift, x, base + g * 16, 16)
+            isum = np.int32(isum + ((np.int32(row[at + 192 + g]) ^ 0x80) - 0x80) * dot)
+        return isum, min_sum, _f16_at(row, at + 208), _F32(0.0)
+    d, dmin = unpack_block_k(row, b, kind, w, sc, mn)
+    for g in range(16):
+        isum = np.int32(isum + sc[g] * dot_i8(wp, g * 16, x, base + g * 16, 16))
+        min_sum = np.int32(min_sum + mn[g] * x_sums[b * 16 + g])
+    return isum, min_sum, d, dmin
 
 
 @inline
@@ -383,7 +466,8 @@ def _matmul_qk_rows(
     nb = k // 256
     chunks = min(m, _CHUNKS)
     for c in prange(chunks):
-        w = numba.carray(_levels_256(), 256)
+        wp = _levels_i8_256()
+        w = numba.carray(wp, 256)
         sc = numba.carray(_group_ints(), 16)
         mn = numba.carray(_tile_ints(), 16)
         for r in range(c * m // chunks, (c + 1) * m // chunks):
@@ -392,16 +476,7 @@ def _matmul_qk_rows(
                 x, x_sums = xq[t], xsum[t]
                 acc = _F32(0.0)
                 for b in range(nb):
-                    d, dmin = unpack_block_k(row, b, kind, w, sc, mn)
-                    isum = np.int32(0)
-                    min_sum = np.int32(0)
-                    for g in range(16):
-                        base = b * 256 + g * 16
-                        group_sum = np.int32(0)
-                        for j in range(16):
-                            group_sum = np.int32(group_sum + w[g * 16 + j] * np.int32(x[base + j]))
-                        isum = np.int32(isum + sc[g] * group_sum)
-                        min_sum = np.int32(min_sum + mn[g] * x_sums[b * 16 + g])
+                    isum, min_sum, d, dmin = _block_dot_k(row, b, kind, x, x_sums, w, wp, sc, mn)
                     acc += (d * xd[t, b]) * _F32(isum) - (dmin * xd[t, b]) * _F32(min_sum)
                 out[t, r] = acc
 

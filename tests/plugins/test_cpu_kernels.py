@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -80,6 +81,23 @@ def _weight(rng: np.random.Generator, weight_type: GGMLType, m: int, k: int, ran
         array = raw.view(np.float32 if weight_type == T.F32 else np.float16).reshape(m, k)
         return array, array
     return raw, reference.QuantizedWeight(raw, weight_type, (m, k))
+
+
+# ---- compiling and caching ----------------------------------------------------------------------
+
+
+def test_a_kernels_cache_goes_stale_when_any_kernel_source_changes(tmp_path):
+    """A kernel inlines helpers and LLVM intrinsics from the package's other files (simd.py):
+    numba's own stamp, its defining file only, would keep stale machine code after an edit
+    there. Each cached kernel is stamped with all the package's sources."""
+    (tmp_path / "quant.py").write_text("def kernel(): pass\n")
+    (tmp_path / "simd.py").write_text("def intrinsic(): pass\n")
+    before = jit.sources_stamp(tmp_path)
+    (tmp_path / "simd.py").write_text("def intrinsic(): return 1\n")
+    assert jit.sources_stamp(tmp_path) != before
+    package = Path(quant.__file__).parent
+    for kernel in (quant.matmul_q32_rows, quant.matmul_qk_rows, kernels.attention):
+        assert kernel._cache._impl.locator.get_source_stamp() == jit.sources_stamp(package)
 
 
 # ---- scalar conversions -------------------------------------------------------------------------

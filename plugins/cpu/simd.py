@@ -1,0 +1,192 @@
+"""Integer dot products of one weight block with int8 activations, written as LLVM vector IR.
+
+numba's loop vectorizer turns a block's `Σ level·x` into wide loads and multiplies only where the
+levels already sit in an array, and moving unpacked levels through memory costs more than the
+products (a stored-then-reloaded vector stalls store forwarding). These intrinsics load a block's
+bytes as one vector, unpack the levels in registers and reduce, in generic LLVM IR (no target
+intrinsics): LLVM picks the instructions for the host, VNNI or AVX2 `vpmaddwd` on x86, NEON
+`sdot` or `smull` on aarch64. Integer sums are exact, so each returns what the scalar loop it
+replaces returns.
+
+Each takes a weight row (1-D C-contiguous uint8 array, or a stack pointer for `dot_i8`) with a byte
+offset, and an activation row (1-D C-contiguous int8 array) with an element offset. `n` (the
+element count) must be a compile-time constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I8, _I32 = ir.IntType(8), ir.IntType(32)
+
+
+def _byte_pointer(context: Any, builder: Any, ty: Any, value: Any, offset: Any) -> Any:
+    if isinstance(ty, types.CPointer):
+        data = value
+    else:
+        data = context.make_array(ty)(context, builder, value).data
+    return builder.gep(builder.bitcast(data, ir.PointerType(_I8)), [offset])
+
+
+def _load(builder: Any, pointer: Any, n: int, element: Any = _I8) -> Any:
+    vector = builder.load(builder.bitcast(pointer, ir.PointerType(ir.VectorType(element, n))))
+    vector.align = 1
+    return vector
+
+
+def _splat(builder: Any, value: Any, n: int, element: Any = _I8) -> Any:
+    if isinstance(element, ir.IntType) and value.type.width > element.width:
+        value = builder.trunc(value, element)
+    single = builder.insert_element(ir.Constant(ir.VectorType(element, n), None), value,
+                                    ir.Constant(_I32, 0))  # fmt: skip
+    return builder.shuffle_vector(single, single, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+def _dot(builder: Any, levels: Any, x: Any, n: int) -> Any:
+    """Σ sext(levels)·sext(x) over n int8 lanes, as int32."""
+    wide = ir.VectorType(_I32, n)
+    products = builder.mul(builder.sext(levels, wide), builder.sext(x, wide))
+    reduce = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_I32, [wide]), f"llvm.vector.reduce.add.v{n}i32"
+    )
+    return builder.call(reduce, [products])
+
+
+def _is_row(ty: Any) -> bool:
+    return isinstance(ty, types.CPointer) or (
+        isinstance(ty, types.Array) and ty.ndim == 1 and ty.layout == "C"
+    )
+
+
+def _literal(n: Any) -> int | None:
+    return n.literal_value if isinstance(n, types.IntegerLiteral) else None
+
+
+@intrinsic
+def dot_i8(typingctx: Any, w: Any, w_at: Any, x: Any, x_at: Any, n: Any) -> Any:
+    """Σ int8 w[w_at + j] · x[x_at + j], j < n (Q8_0's levels, or levels unpacked to the stack)."""
+    count = _literal(n)
+    if count is None or not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        wv = _load(builder, _byte_pointer(context, builder, signature.args[0], args[0], args[1]),
+                   count)  # fmt: skip
+        xv = _load(builder, _byte_pointer(context, builder, signature.args[2], args[2], args[3]),
+                   count)  # fmt: skip
+        return _dot(builder, wv, xv, count)
+
+    return types.int32(w, w_at, x, x_at, n), codegen
+
+
+@intrinsic
+def dot_u4(
+    typingctx: Any, w: Any, w_at: Any, shift: Any, offset: Any, x: Any, x_at: Any, n: Any
+) -> Any:
+    """Σ (((w[w_at + j] >> shift) & 15) - offset) · x[x_at + j], j < n: one nibble of each of n
+    bytes (shift 0: the low ones, 4: the high ones) as levels, less `offset` (8 for Q4_0)."""
+    count = _literal(n)
+    if count is None or not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        w_arr, w_at, shift, offset, x_arr, x_at, _ = args
+        packed = _load(builder, _byte_pointer(context, builder, signature.args[0], w_arr, w_at),
+                       count)  # fmt: skip
+        nibbles = builder.and_(builder.lshr(packed, _splat(builder, shift, count)),
+                               ir.Constant(packed.type, [15] * count))  # fmt: skip
+        levels = builder.sub(nibbles, _splat(builder, offset, count))
+        xv = _load(builder, _byte_pointer(context, builder, signature.args[4], x_arr, x_at), count)
+        return _dot(builder, levels, xv, count)
+
+    return types.int32(w, w_at, shift, offset, x, x_at, n), codegen
+
+
+def _nibbles32(builder: Any, packed: Any) -> Any:
+    """16 bytes -> their 32 nibbles, the low ones first."""
+    low = builder.and_(packed, ir.Constant(packed.type, [15] * 16))
+    high = builder.lshr(packed, ir.Constant(packed.type, [4] * 16))
+    return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+
+
+@intrinsic
+def dot_q4(typingctx: Any, w: Any, qs_at: Any, offset: Any, x: Any, x_at: Any) -> Any:
+    """A Q4_0 / Q4_1 block's Σ (level - offset) · x[x_at + j], j < 32: level j is nibble j of the
+    16 bytes at qs_at, the low nibbles first."""
+    if not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        w_arr, qs_at, offset, x_arr, x_at = args
+        packed = _load(builder, _byte_pointer(context, builder, signature.args[0], w_arr, qs_at),
+                       16)  # fmt: skip
+        levels = builder.sub(_nibbles32(builder, packed), _splat(builder, offset, 32))
+        xv = _load(builder, _byte_pointer(context, builder, signature.args[3], x_arr, x_at), 32)
+        return _dot(builder, levels, xv, 32)
+
+    return types.int32(w, qs_at, offset, x, x_at), codegen
+
+
+def _q5_levels(context: Any, builder: Any, row_ty: Any, row: Any, qs_at: Any, qh_at: Any,
+               offset: Any) -> Any:  # fmt: skip
+    """A Q5_0 / Q5_1 block's 32 levels less `offset`: nibble j of the 16 bytes at qs_at (low
+    nibbles first) with bit j of the little-endian 32 bits at qh_at as its fifth bit."""
+    packed = _load(builder, _byte_pointer(context, builder, row_ty, row, qs_at), 16)
+    # byte j of the 4 qh bytes spread to lane j, tested against bit j % 8 (no 32-bit shifts)
+    qh = _load(builder, _byte_pointer(context, builder, row_ty, row, qh_at), 4)
+    lanes = ir.VectorType(_I8, 32)
+    spread = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(_I32, 32),
+                                                        [j // 8 for j in range(32)]))  # fmt: skip
+    bit = builder.and_(spread, ir.Constant(lanes, [1 << (j % 8) for j in range(32)]))
+    fifth = builder.select(builder.icmp_unsigned("!=", bit, ir.Constant(lanes, [0] * 32)),
+                           ir.Constant(lanes, [16] * 32), ir.Constant(lanes, [0] * 32))  # fmt: skip
+    return builder.sub(builder.or_(_nibbles32(builder, packed), fifth), _splat(builder, offset, 32))
+
+
+@intrinsic
+def dot_q5(typingctx: Any, w: Any, qs_at: Any, qh_at: Any, offset: Any, x: Any, x_at: Any) -> Any:
+    """A Q5_0 / Q5_1 block's Σ (level - offset) · x[x_at + j], j < 32 (see _q5_levels)."""
+    if not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        w_arr, qs_at, qh_at, offset, x_arr, x_at = args
+        levels = _q5_levels(context, builder, signature.args[0], w_arr, qs_at, qh_at, offset)
+        xv = _load(builder, _byte_pointer(context, builder, signature.args[4], x_arr, x_at), 32)
+        return _dot(builder, levels, xv, 32)
+
+    return types.int32(w, qs_at, qh_at, offset, x, x_at), codegen
+
+
+@intrinsic
+def dot_q6(
+    typingctx: Any, w: Any, low_at: Any, low_shift: Any, high_at: Any, high_shift: Any, x: Any,
+    x_at: Any, n: Any,
+) -> Any:  # fmt: skip
+    """Q6_K's Σ (level - 32) · x[x_at + j], j < n: level j is the nibble at `low_shift` of byte
+    low_at + j with the two bits at `high_shift` of byte high_at + j above it."""
+    count = _literal(n)
+    if count is None or not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        w_arr, low_at, low_shift, high_at, high_shift, x_arr, x_at, _ = args
+        row_ty = signature.args[0]
+        low = _load(builder, _byte_pointer(context, builder, row_ty, w_arr, low_at), count)
+        high = _load(builder, _byte_pointer(context, builder, row_ty, w_arr, high_at), count)
+        bytes_ty = low.type
+        low = builder.and_(builder.lshr(low, _splat(builder, low_shift, count)),
+                           ir.Constant(bytes_ty, [15] * count))  # fmt: skip
+        high = builder.and_(builder.lshr(high, _splat(builder, high_shift, count)),
+                            ir.Constant(bytes_ty, [3] * count))  # fmt: skip
+        six_bits = builder.or_(low, builder.shl(high, ir.Constant(bytes_ty, [4] * count)))
+        levels = builder.sub(six_bits, ir.Constant(bytes_ty, [32] * count))
+        xv = _load(builder, _byte_pointer(context, builder, signature.args[5], x_arr, x_at), count)
+        return _dot(builder, levels, xv, count)
+
+    return types.int32(w, low_at, low_shift, high_at, high_shift, x, x_at, n), codegen
