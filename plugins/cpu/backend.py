@@ -114,7 +114,9 @@ class CPUProgram(reference.ReferenceProgram, Executable):
             (i, ops.lower(node, kernel, shared), node, srcs, dead)
             for i, kernel, node, srcs, dead in self.steps
         ]
-        self.steps = ops.fuse_norm_mul(steps, set(self.outputs.values()))
+        steps = ops.fuse_norm_mul(steps, set(self.outputs.values()))
+        ops.group_products(steps, self.values, shared)
+        self.steps = steps
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         self._apply_threads()

@@ -64,6 +64,7 @@ os.environ.update(wait_policy(dict(os.environ), _other_runnable(), _usable_cores
 
 COMPILE_NOTE = "llmrt: compiling CPU kernels (once per machine)..."
 
+
 # numba stamps a cached kernel with its own source file only, but our kernels inline helpers and
 # LLVM intrinsics from the package's other files: an edit there would leave stale machine code
 # in the cache. So every kernel's stamp is a hash of all the package's sources.

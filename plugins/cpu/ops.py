@@ -237,6 +237,64 @@ def fuse_norm_mul(steps: list[ProgramStep], outputs: set[int]) -> list[ProgramSt
     return [fused.get(n, s) for n, s in enumerate(steps) if n not in removed]
 
 
+class ProductGroup:
+    """Products of one activation with several weights of one quantized type (q, k and v; gate
+    and up), for a graph of at most ROW_TOKENS rows: the first of them in the program computes
+    all of them in one kernel call over a row table, each then takes its columns."""
+
+    def __init__(self, weight_type: GGMLType, weights: list[Any], k: int, shared: Lowering):
+        self.weight_type, self.k, self.shared = weight_type, k, shared
+        self.table = quant.RowTable(weights)
+        self.bounds = np.concatenate([[0], np.cumsum(self.table.rows)]).tolist()
+        self.family = quant.activation_family(weight_type)
+        self.source: Any = None
+        self.result: np.ndarray | None = None
+
+    def step(self, member: int, shape: tuple[int, ...]) -> Step:
+        start, stop = self.bounds[member], self.bounds[member + 1]
+
+        def grouped_mul_mat(node: Tensor, w: Any, x: np.ndarray) -> np.ndarray:
+            if member == 0 or x is not self.source or self.result is None:
+                shared = self.shared
+                if x is not shared.source or self.family != shared.family:
+                    rows = _rows(x, self.k)
+                    shared.prepared = quant.prepare_activations(self.weight_type, rows)
+                    shared.source, shared.family = x, self.family
+                t = math.prod(shape[:-1])
+                self.result = quant.mul_mat_rows(self.weight_type, self.table, shared.prepared, t)
+                self.source = x
+            return self.result[:, start:stop].reshape(shape)
+
+        return grouped_mul_mat
+
+
+def group_products(steps: list[ProgramStep], values: list[Any], shared: Lowering) -> None:
+    """Give the quantized products of graphs of at most ROW_TOKENS rows (decoding) row-table
+    steps, in place: products of one activation with weights of one type share one kernel call;
+    a product alone still skips the per-call setup of `mul_mat_prepared`."""
+    groups: dict[tuple[int, GGMLType], list[int]] = {}
+    for n, (_, _, node, srcs, _) in enumerate(steps):
+        if node.op is not Op.MUL_MAT or math.prod(node.shape[:-1]) > quant.ROW_TOKENS:
+            continue
+        weight = node.srcs[0]
+        if (
+            weight.op is not Op.WEIGHT
+            or len(weight.shape) != 2
+            or weight.dtype not in quant.SUPPORTED_TYPES
+            or weight.dtype in quant.FLOAT_TYPES
+            or not isinstance(values[srcs[0]], reference.QuantizedWeight)
+        ):
+            continue
+        groups.setdefault((srcs[1], weight.dtype), []).append(n)
+    for (_, weight_type), members in groups.items():
+        k = steps[members[0]][2].srcs[0].shape[1]
+        weights = [values[steps[n][3][0]].raw for n in members]
+        group = ProductGroup(weight_type, weights, k, shared)
+        for member, n in enumerate(members):
+            i, _, node, srcs, dead = steps[n]
+            steps[n] = (i, group.step(member, node.shape), node, srcs, dead)
+
+
 def lower(node: Tensor, fallback: Step, shared: Lowering | None = None) -> Step:
     """The step that runs `node`: its numba kernel where one fits, else `fallback` (the
     reference's). Steps of one graph share one `Lowering`."""

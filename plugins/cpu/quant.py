@@ -27,6 +27,7 @@ from numba import prange
 from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
 from llmrt_cpu.simd import (
+    bytes_at,
     dot_i8,
     dot_q4,
     dot_q5,
@@ -125,8 +126,8 @@ def bf16_bits_to_f32(bits: int) -> float:
 # ---- activations to q8 blocks -------------------------------------------------------------------
 
 
-@pjit
-def quantize_q8_0(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
+@inline
+def _quantize_q8_0(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
     """Rows of x [T, K] to q8_0 blocks of 32: levels rint(x · 127/amax), scale f16(amax/127).
 
     xs receives q8_1's block sum, f16(amax/127 · Σ levels) with the unrounded scale, as ggml's
@@ -151,8 +152,8 @@ def quantize_q8_0(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray)
                 xs[t, b] = round_f16(d * _F32(total))
 
 
-@pjit
-def quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarray) -> None:
+@inline
+def _quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarray) -> None:
     """Rows of x [T, K] to q8_K blocks of 256: the element of largest magnitude (the first such)
     maps to -127 exactly; scale 1/iscale in f32; xsum holds the sums of each 16 levels."""
     t_count, k = x.shape
@@ -174,6 +175,32 @@ def quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarra
             xd[t, b] = _F32(1.0) / iscale if iscale != 0 else _F32(0.0)
 
 
+# Each quantizer twice: split over the threads for batches, on the calling thread for a few rows
+# (a decode step's), where a parallel region costs more than the work. (Separate functions, not
+# two dispatchers of one: numba's cache would give both the same entry.)
+_SERIAL_ELEMENTS = 1 << 14
+
+
+@pjit
+def quantize_q8_0(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
+    _quantize_q8_0(x, xq, xd, xs)
+
+
+@jit
+def quantize_q8_0_serial(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
+    _quantize_q8_0(x, xq, xd, xs)
+
+
+@pjit
+def quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarray) -> None:
+    _quantize_q8_k(x, xq, xd, xsum)
+
+
+@jit
+def quantize_q8_k_serial(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarray) -> None:
+    _quantize_q8_k(x, xq, xd, xsum)
+
+
 def quantize_activations(x: np.ndarray, weight_type: GGMLType) -> tuple[np.ndarray, ...]:
     """x [T, K] f32 to the q8 blocks a weight of `weight_type` is multiplied with:
     (xq, xd, xs) for the 32-element families, (xq, xd, xsum) for the K-quants."""
@@ -182,11 +209,11 @@ def quantize_activations(x: np.ndarray, weight_type: GGMLType) -> tuple[np.ndarr
     if weight_type in Q8_K_TYPES:
         xd = np.empty((t, k // 256), dtype=np.float32)
         xsum = np.empty((t, k // 16), dtype=np.int32)
-        quantize_q8_k(x, xq, xd, xsum)
+        (quantize_q8_k_serial if x.size <= _SERIAL_ELEMENTS else quantize_q8_k)(x, xq, xd, xsum)
         return xq, xd, xsum
     xd = np.empty((t, k // 32), dtype=np.float32)
     xs = np.empty((t, k // 32 if weight_type in Q8_1_TYPES else 0), dtype=np.float32)
-    quantize_q8_0(x, xq, xd, xs)
+    (quantize_q8_0_serial if x.size <= _SERIAL_ELEMENTS else quantize_q8_0)(x, xq, xd, xs)
     return xq, xd, xs
 
 
@@ -387,24 +414,33 @@ def _block_dot_32(
 
 
 @inline
-def _matmul_q32_rows(
-    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray
-) -> None:
-    """out[t, r] = weight row r · activation row t, for up to ROW_TOKENS rows of q8_0 / q8_1
-    blocks: Σ_b (d_w·d_x·isum_b (+ m_w·s_x)), isum_b the block's exact integer sum.
+def _weight_row(addresses: np.ndarray, rows: np.ndarray, row_bytes: int, g: int) -> np.ndarray:
+    """Row g of the weights in a row table, counted across them in order (see `RowTable`)."""
+    wi = 0
+    while g >= rows[wi]:
+        g -= rows[wi]
+        wi += 1
+    return numba.carray(bytes_at(addresses[wi] + g * row_bytes), row_bytes)
 
-    (ggml's AVX2 order, 8 float lanes of 4-element integer sums with one fused multiply-add a
-    block, measured no faster here: the block's unpacking and integer reduction dominate.)"""
-    m = raw.shape[0]
+
+@inline
+def _matmul_q32_rows(
+    addresses: np.ndarray, rows: np.ndarray, row_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xs: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """out[t, g] = weight row g · activation row t, for up to ROW_TOKENS rows of q8_0 / q8_1
+    blocks and the rows g of one or more weights (a row table): Σ_b (d_w·d_x·isum_b
+    (+ m_w·s_x)), isum_b the block's exact integer sum."""
+    total = out.shape[1]
     t_count, k = xq.shape
     nb = k // 32
     with_min = xs.shape[1] > 0
-    chunks = min(m, _CHUNKS)
+    chunks = min(total, _CHUNKS)
     for c in prange(chunks):
         wp = _levels_i8_32()
         w = numba.carray(wp, 32)
-        for r in range(c * m // chunks, (c + 1) * m // chunks):
-            row = raw[r]
+        for g in range(c * total // chunks, (c + 1) * total // chunks):
+            row = _weight_row(addresses, rows, row_bytes, g)
             for t in range(t_count):
                 x, x_scales = xq[t], xd[t]
                 acc = _F32(0.0)
@@ -413,7 +449,7 @@ def _matmul_q32_rows(
                     acc += (d * x_scales[b]) * _F32(isum)
                     if with_min:
                         acc += minimum * xs[t, b]
-                out[t, r] = acc
+                out[t, g] = acc
 
 
 @inline
@@ -456,29 +492,30 @@ def _block_dot_k(
 
 @inline
 def _matmul_qk_rows(
-    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarray, out: np.ndarray
-) -> None:
-    """out[t, r] = weight row r · activation row t, for up to ROW_TOKENS rows of q8_K blocks:
-    Σ_b d_x·(d_w·Σ_g sc_g·isum_g - dmin_w·Σ_g mn_g·Σ(activation levels of g)), in integers
-    up to the two products with the super-block's factors."""
-    m = raw.shape[0]
+    addresses: np.ndarray, rows: np.ndarray, row_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xsum: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """out[t, g] = weight row g · activation row t, for up to ROW_TOKENS rows of q8_K blocks and
+    the rows of a row table: Σ_b d_x·(d_w·Σ_g sc_g·isum_g - dmin_w·Σ_g mn_g·Σ(activation levels
+    of g)), in integers up to the two products with the super-block's factors."""
+    total = out.shape[1]
     t_count, k = xq.shape
     nb = k // 256
-    chunks = min(m, _CHUNKS)
+    chunks = min(total, _CHUNKS)
     for c in prange(chunks):
         wp = _levels_i8_256()
         w = numba.carray(wp, 256)
         sc = numba.carray(_group_ints(), 16)
         mn = numba.carray(_tile_ints(), 16)
-        for r in range(c * m // chunks, (c + 1) * m // chunks):
-            row = raw[r]
+        for g in range(c * total // chunks, (c + 1) * total // chunks):
+            row = _weight_row(addresses, rows, row_bytes, g)
             for t in range(t_count):
                 x, x_sums = xq[t], xsum[t]
                 acc = _F32(0.0)
                 for b in range(nb):
                     isum, min_sum, d, dmin = _block_dot_k(row, b, kind, x, x_sums, w, wp, sc, mn)
                     acc += (d * xd[t, b]) * _F32(isum) - (dmin * xd[t, b]) * _F32(min_sum)
-                out[t, r] = acc
+                out[t, g] = acc
 
 
 def _tiles(a: np.ndarray) -> np.ndarray:
@@ -669,38 +706,40 @@ def round_rows(x: np.ndarray, to_bf16: bool, out: np.ndarray) -> None:
 
 @pjit
 def matmul_q32_rows(
-    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray
-) -> None:
+    addresses: np.ndarray, rows: np.ndarray, row_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xs: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
     """matmul rows path for the 32-element types (see _matmul_q32_rows)."""
     if kind == Q4_0:
-        _matmul_q32_rows(raw, Q4_0, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, Q4_0, xq, xd, xs, out)
     elif kind == Q4_1:
-        _matmul_q32_rows(raw, Q4_1, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, Q4_1, xq, xd, xs, out)
     elif kind == Q5_0:
-        _matmul_q32_rows(raw, Q5_0, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, Q5_0, xq, xd, xs, out)
     elif kind == Q5_1:
-        _matmul_q32_rows(raw, Q5_1, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, Q5_1, xq, xd, xs, out)
     elif kind == Q8_0:
-        _matmul_q32_rows(raw, Q8_0, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, Q8_0, xq, xd, xs, out)
     elif kind == IQ4_NL:
-        _matmul_q32_rows(raw, IQ4_NL, xq, xd, xs, out)
+        _matmul_q32_rows(addresses, rows, row_bytes, IQ4_NL, xq, xd, xs, out)
 
 
 @pjit
 def matmul_qk_rows(
-    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray
-) -> None:
+    addresses: np.ndarray, rows: np.ndarray, row_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xs: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
     """matmul rows path for the K-quants (see _matmul_qk_rows)."""
     if kind == Q2_K:
-        _matmul_qk_rows(raw, Q2_K, xq, xd, xs, out)
+        _matmul_qk_rows(addresses, rows, row_bytes, Q2_K, xq, xd, xs, out)
     elif kind == Q3_K:
-        _matmul_qk_rows(raw, Q3_K, xq, xd, xs, out)
+        _matmul_qk_rows(addresses, rows, row_bytes, Q3_K, xq, xd, xs, out)
     elif kind == Q4_K:
-        _matmul_qk_rows(raw, Q4_K, xq, xd, xs, out)
+        _matmul_qk_rows(addresses, rows, row_bytes, Q4_K, xq, xd, xs, out)
     elif kind == Q5_K:
-        _matmul_qk_rows(raw, Q5_K, xq, xd, xs, out)
+        _matmul_qk_rows(addresses, rows, row_bytes, Q5_K, xq, xd, xs, out)
     elif kind == Q6_K:
-        _matmul_qk_rows(raw, Q6_K, xq, xd, xs, out)
+        _matmul_qk_rows(addresses, rows, row_bytes, Q6_K, xq, xd, xs, out)
 
 
 @pjit
@@ -766,6 +805,33 @@ def prepare_activations(weight_type: GGMLType, x: np.ndarray) -> tuple[np.ndarra
     return tuple(_tiles(a) for a in blocks)
 
 
+class RowTable:
+    """The rows of one or more quantized weights with the same row length, in order, as the rows
+    kernels reach them: each weight's address and row count. q, k and v (or gate and up) times one
+    activation are then one kernel call and one parallel region. Holds the weights, so that the
+    addresses stay valid."""
+
+    def __init__(self, weights: list[np.ndarray]) -> None:
+        self.weights = [np.ascontiguousarray(w) for w in weights]
+        if len({w.shape[1] for w in self.weights}) != 1:
+            raise ValueError("a row table's weights must have one row length")
+        self.addresses = np.array([w.ctypes.data for w in self.weights], dtype=np.int64)
+        self.rows = np.array([w.shape[0] for w in self.weights], dtype=np.int64)
+        self.row_bytes = self.weights[0].shape[1]
+        self.total = int(self.rows.sum())
+
+
+def mul_mat_rows(
+    weight_type: GGMLType, table: RowTable, prepared: tuple[np.ndarray, ...], t: int
+) -> np.ndarray:
+    """Up to ROW_TOKENS activation rows, as `prepare_activations` made them, times the weights of
+    a row table (one quantized type) -> [T, Σ M], the weights' results side by side."""
+    out = np.empty((t, table.total), dtype=np.float32)
+    kernel = matmul_qk_rows if weight_type in Q8_K_TYPES else matmul_q32_rows
+    kernel(table.addresses, table.rows, table.row_bytes, int(weight_type), *prepared, out)
+    return out
+
+
 def mul_mat_prepared(
     weight_type: GGMLType, weight: np.ndarray, prepared: tuple[np.ndarray, ...], t: int
 ) -> np.ndarray:
@@ -773,6 +839,8 @@ def mul_mat_prepared(
 
     `weight` is the raw blocks (uint8 [M, row bytes]) for quantized types and BF16, the numpy
     array itself for F32 and F16."""
+    if t <= ROW_TOKENS and weight_type not in FLOAT_TYPES:
+        return mul_mat_rows(weight_type, RowTable([weight]), prepared, t)
     out = np.empty((t, weight.shape[0]), dtype=np.float32)
     kind = int(weight_type)
     if weight_type == GGMLType.F32:
@@ -781,12 +849,7 @@ def mul_mat_prepared(
         bits = weight.view(np.uint16)
         matmul_half(bits, weight_type == GGMLType.BF16, F16_TO_F32, prepared[0], out)
     elif weight_type in Q8_K_TYPES:
-        if t <= ROW_TOKENS:
-            matmul_qk_rows(weight, kind, *prepared, out)
-        else:
-            matmul_qk_tiles(weight, kind, *prepared, out)
-    elif t <= ROW_TOKENS:
-        matmul_q32_rows(weight, kind, *prepared, out)
+        matmul_qk_tiles(weight, kind, *prepared, out)
     else:
         matmul_q32_tiles(weight, kind, *prepared, out)
     return out

@@ -190,3 +190,17 @@ def dot_q6(
         return _dot(builder, levels, xv, count)
 
     return types.int32(w, low_at, low_shift, high_at, high_shift, x, x_at, n), codegen
+
+
+@intrinsic
+def bytes_at(typingctx: Any, address: Any) -> Any:
+    """The memory at an integer address as a uint8 pointer (for `numba.carray`): kernels reach the
+    rows of several weights through one table of addresses, so that one compiled signature serves
+    any number of weights. The caller keeps the arrays alive."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.inttoptr(args[0], ir.PointerType(_I8))
+
+    return types.CPointer(types.uint8)(address), codegen

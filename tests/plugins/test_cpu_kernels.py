@@ -370,6 +370,48 @@ def test_products_sharing_an_activation_quantize_it_once_and_never_stale(t):
     assert converted == ["q8_0", "q8_K", "q8_1", "f16"] * 2
 
 
+@pytest.mark.parametrize("weight_type", [T.Q4_1, T.Q5_0, T.Q6_K])
+def test_products_of_one_activation_and_type_are_one_kernel_call_with_the_same_results(
+    weight_type, monkeypatch
+):
+    """q, k and v of one type multiply one activation in one call over a row table; each gets
+    exactly what its product alone gives, on every run, and a product of another type or
+    activation is not folded in."""
+    g = Graph("qkv")
+    x = g.input("x", (2, 256))
+    h = g.rms_norm(x, 1e-5)
+    weights = {  # name: rows, type, activation
+        "q": (96, weight_type, h), "k": (32, weight_type, h), "v": (32, weight_type, h),
+        "other": (16, T.Q8_0, h), "elsewhere": (16, weight_type, x),
+    }  # fmt: skip
+    rng = np.random.default_rng(7)
+    raws, bindings = {}, {}
+    for name, (rows, wtype, activation) in weights.items():
+        g.output(name, g.mul_mat(g.weight(name, (rows, 256), wtype), activation))
+        values = rng.uniform(-1, 1, (rows, 256)).astype(np.float32)
+        raws[name] = quantize(values, wtype).reshape(rows, -1)
+        bindings[name] = reference.QuantizedWeight(raws[name], wtype, (rows, 256))
+    program = CPUBackend().devices()[0].compile(g, bindings)
+    calls = []
+    original = quant.mul_mat_rows
+    monkeypatch.setattr(quant, "mul_mat_rows", lambda *a: calls.append(a[1].total) or original(*a))
+    for seed in range(2):
+        x_value = np.random.default_rng(seed).uniform(-1, 1, (2, 256)).astype(np.float32)
+        got = program.run({"x": x_value})
+        rows = _rows_normed(x_value)
+        for name in ("q", "k", "v"):
+            prepared = quant.prepare_activations(weight_type, rows)
+            alone = original(weight_type, quant.RowTable([raws[name]]), prepared, 2)
+            np.testing.assert_array_equal(got[name], alone)
+    assert sorted(calls) == sorted([160, 16, 16] * 2)  # q+k+v, other, elsewhere
+
+
+def _rows_normed(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    kernels.rms_norm(x, 1e-5, out)
+    return out
+
+
 def test_norm_times_weight_is_one_step_and_exact():
     """rms_norm(x)·w becomes one step where the norm has no other reader; elsewhere it stays."""
     g = Graph("norms")
