@@ -142,6 +142,17 @@ def rope(
 # ---- attention ----------------------------------------------------------------------------------
 
 
+@jit
+def round_f16_unit(p: float) -> float:
+    """p in [0, 1] (a probability) rounded to the nearest f16, ties to even, as float32: what
+    round_f16 gives there, without its branches. Normal f16 (p >= 2^-14) keep 10 of float32's 23
+    mantissa bits, rounded on the bits; below, f16 counts in steps of 2^-24, and p·2^24 is exact."""
+    bits = np.int64(np.float32(p).view(np.uint32))
+    normal = np.uint32((bits + 0xFFF + ((bits >> 13) & 1)) & ~0x1FFF).view(np.float32)
+    tiny = _F32(np.rint(p * _F32(16777216.0)) * _F32(5.9604644775390625e-08))
+    return normal if p >= _F32(6.103515625e-05) else tiny
+
+
 def _to_f32(value, table):  # noqa: ANN001, ANN202 (typed by the overload below)
     """A cache element as float32: f16 caches hold uint16 bits, f32 caches floats."""
 
@@ -223,7 +234,7 @@ def attention(
             for g in range(group):
                 p = scores[g, s] / total[g]
                 if f16_cache:
-                    p = round_f16(p)
+                    p = round_f16_unit(p)
                 for i in range(dv):
                     acc[g, i] += p * value_row[i]
         for g in range(group):

@@ -33,6 +33,7 @@ from llmrt_cpu.simd import (
     dot_q5,
     dot_q6,
     dot_u4,
+    mac_pairs,
 )  # fmt: skip
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(t) for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
@@ -518,6 +519,18 @@ def _matmul_qk_rows(
                 out[t, g] = acc
 
 
+def _pair_tiles(xq: np.ndarray) -> np.ndarray:
+    """int8 levels [T, K] -> int16 [ceil(T / 16) · K / 2 · 16 · 2], flat: for each tile of 16
+    rows and each pair of elements (j, j + 1), the 16 rows' pairs side by side, as `mac_pairs`
+    reads them."""
+    t, k = xq.shape
+    n_tiles = -(-t // _TILE)
+    padded = np.zeros((n_tiles * _TILE, k), dtype=np.int16)
+    padded[:t] = xq
+    pairs = padded.reshape(n_tiles, _TILE, k // 2, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(pairs).reshape(-1)
+
+
 def _tiles(a: np.ndarray) -> np.ndarray:
     """[T, N] -> [ceil(T / 16), N, 16]: activation rows side by side, zero-padded, so that the
     prompt kernels read 16 rows' values of one element as one contiguous vector."""
@@ -532,20 +545,22 @@ def _tiles(a: np.ndarray) -> np.ndarray:
 def _matmul_q32_tiles(
     raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xst: np.ndarray, out: np.ndarray
 ) -> None:
-    """The q8_0 / q8_1 product for many activation rows, given as tiles (see `_tiles`): each
-    weight row is unpacked once, then each block's exact integer sums are taken for 16 rows at a
-    time and scaled once: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
+    """The q8_0 / q8_1 product for many activation rows, given as tiles (levels by
+    `_pair_tiles`, scales and sums by `_tiles`): each weight row is unpacked once, then each
+    block's exact integer sums are taken for 16 rows at a time, two elements an instruction, and
+    scaled once: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
     m = raw.shape[0]
     t_count = out.shape[0]
-    n_tiles, k, _ = xt.shape
-    nb = k // 32
+    n_tiles, nb, _ = xdt.shape
+    k = nb * 32
     with_min = xst.shape[1] > 0
     chunks = min(m, _CHUNKS)
     for c in prange(chunks):
         w = numba.carray(_levels_32(), 32)
-        isum = numba.carray(_tile_ints(), _TILE)
+        isum_at = _tile_ints()
+        isum = numba.carray(isum_at, _TILE)
         acc = numba.carray(_tile_floats(), _TILE)
-        levels = np.empty(k, dtype=np.int32)
+        levels = np.empty(k, dtype=np.int16)
         scales = np.empty(nb, dtype=np.float32)
         minimums = np.empty(nb, dtype=np.float32)
         for r in range(c * m // chunks, (c + 1) * m // chunks):
@@ -557,13 +572,11 @@ def _matmul_q32_tiles(
             for tile in range(n_tiles):
                 for i in range(_TILE):
                     acc[i] = 0.0
+                tile_at = tile * (k // 2) * 2 * _TILE
                 for b in range(nb):
                     for i in range(_TILE):
                         isum[i] = 0
-                    for j in range(b * 32, b * 32 + 32):
-                        level = levels[j]
-                        for i in range(_TILE):
-                            isum[i] += level * np.int32(xt[tile, j, i])
+                    mac_pairs(isum_at, levels, b * 32, xt, tile_at + b * 32 * _TILE, 16)
                     for i in range(_TILE):
                         acc[i] += (scales[b] * xdt[tile, b, i]) * _F32(isum[i])
                     if with_min:
@@ -577,21 +590,22 @@ def _matmul_q32_tiles(
 def _matmul_qk_tiles(
     raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xsumt: np.ndarray, out: np.ndarray
 ) -> None:
-    """The q8_K product for many activation rows, given as tiles: per super-block the exact
-    integer Σ_g sc_g·isum_g and Σ_g mn_g·xsum_g for 16 rows at a time, then
-    d_x·(d_w·Σ - dmin_w·Σ)."""
+    """The q8_K product for many activation rows, given as tiles (as for `_matmul_q32_tiles`):
+    per super-block the exact integer Σ_g sc_g·isum_g and Σ_g mn_g·xsum_g for 16 rows at a
+    time, then d_x·(d_w·Σ - dmin_w·Σ)."""
     m = raw.shape[0]
     t_count = out.shape[0]
-    n_tiles, k, _ = xt.shape
-    nb = k // 256
+    n_tiles, nb, _ = xdt.shape
+    k = nb * 256
     chunks = min(m, _CHUNKS)
     for c in prange(chunks):
         w = numba.carray(_levels_256(), 256)
         sc = numba.carray(_group_ints(), 16)
         mn = numba.carray(_tile_ints_b(), 16)
-        isum = numba.carray(_tile_ints(), _TILE)
+        isum_at = _tile_ints()
+        isum = numba.carray(isum_at, _TILE)
         acc = numba.carray(_tile_floats(), _TILE)
-        levels = np.empty(k, dtype=np.int32)
+        levels = np.empty(k, dtype=np.int16)
         scales = np.empty(k // 16, dtype=np.int32)
         min_scales = np.empty(k // 16, dtype=np.int32)
         factors = np.empty(nb, dtype=np.float32)
@@ -610,6 +624,7 @@ def _matmul_qk_tiles(
             for tile in range(n_tiles):
                 for i in range(_TILE):
                     acc[i] = 0.0
+                tile_at = tile * (k // 2) * 2 * _TILE
                 for b in range(nb):
                     for i in range(_TILE):
                         block_sum[i] = 0
@@ -617,10 +632,7 @@ def _matmul_qk_tiles(
                     for g in range(b * 16, b * 16 + 16):
                         for i in range(_TILE):
                             isum[i] = 0
-                        for j in range(g * 16, g * 16 + 16):
-                            level = levels[j]
-                            for i in range(_TILE):
-                                isum[i] += level * np.int32(xt[tile, j, i])
+                        mac_pairs(isum_at, levels, g * 16, xt, tile_at + g * 16 * _TILE, 8)
                         group_scale, group_min = scales[g], min_scales[g]
                         for i in range(_TILE):
                             block_sum[i] += group_scale * isum[i]
@@ -802,7 +814,7 @@ def prepare_activations(weight_type: GGMLType, x: np.ndarray) -> tuple[np.ndarra
     blocks = quantize_activations(x, weight_type)
     if x.shape[0] <= ROW_TOKENS:
         return blocks
-    return tuple(_tiles(a) for a in blocks)
+    return (_pair_tiles(blocks[0]), *(_tiles(a) for a in blocks[1:]))
 
 
 class RowTable:

@@ -204,3 +204,58 @@ def bytes_at(typingctx: Any, address: Any) -> Any:
         return builder.inttoptr(args[0], ir.PointerType(_I8))
 
     return types.CPointer(types.uint8)(address), codegen
+
+
+def _typed_pointer(
+    context: Any, builder: Any, ty: Any, value: Any, index: Any, element: Any
+) -> Any:
+    """Element `index` of a 1-D C array (or pointer) as a pointer to `element`."""
+    if isinstance(ty, types.CPointer):
+        data = value
+    else:
+        data = context.make_array(ty)(context, builder, value).data
+    return builder.gep(builder.bitcast(data, ir.PointerType(element)), [index])
+
+
+@intrinsic
+def mac_pairs(typingctx: Any, acc: Any, levels: Any, j: Any, x: Any, x_at: Any, n: Any) -> Any:
+    """acc[i] += Σ_p levels[j + 2p]·x[x_at + 32p + 2i] + levels[j + 2p + 1]·x[x_at + 32p + 2i + 1]
+    for i < 16, p < n: n pairs of a weight row's int16 levels times 16 activation rows' pairs
+    of int16 (each row's elements j and j + 1 side by side, then the next pair's 16 rows), into
+    16 int32 sums on the caller's stack (`acc`, a pointer), kept in a register across the n
+    pairs. Each pair is x86's `vpmaddwd` shape, 32 products an instruction; exact, the levels and
+    activations are small."""
+    count = _literal(n)
+    if count is None or not (_is_row(levels) and _is_row(x) and isinstance(acc, types.CPointer)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        acc, levels, j, x, x_at, _ = args
+        i16 = ir.IntType(16)
+        half = ir.VectorType(_I32, 16)
+        wide = ir.VectorType(_I32, 32)
+        sums_pointer = builder.bitcast(acc, ir.PointerType(half))
+        sums = builder.load(sums_pointer)
+        sums.align = 4
+        for p in range(count):
+            level_at = builder.add(j, ir.Constant(j.type, 2 * p))
+            pair = builder.load(builder.bitcast(
+                _typed_pointer(context, builder, signature.args[1], levels, level_at, i16),
+                ir.PointerType(ir.VectorType(i16, 2))))  # fmt: skip
+            pair.align = 2
+            weights = builder.shuffle_vector(pair, pair, ir.Constant(wide, [0, 1] * 16))
+            x_pair_at = builder.add(x_at, ir.Constant(x_at.type, 32 * p))
+            xv = builder.load(builder.bitcast(
+                _typed_pointer(context, builder, signature.args[3], x, x_pair_at, i16),
+                ir.PointerType(ir.VectorType(i16, 32))))  # fmt: skip
+            xv.align = 2
+            products = builder.mul(builder.sext(weights, wide), builder.sext(xv, wide))
+            even = builder.shuffle_vector(products, products,
+                                          ir.Constant(half, list(range(0, 32, 2))))  # fmt: skip
+            odd = builder.shuffle_vector(products, products,
+                                         ir.Constant(half, list(range(1, 32, 2))))  # fmt: skip
+            sums = builder.add(sums, builder.add(even, odd))
+        builder.store(sums, sums_pointer).align = 4
+        return context.get_dummy_value()
+
+    return types.none(acc, levels, j, x, x_at, n), codegen

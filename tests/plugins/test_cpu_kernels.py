@@ -108,6 +108,18 @@ def test_f16_to_f32_matches_numpy_on_every_pattern():
     np.testing.assert_array_equal(ours, quant.F16_TO_F32)  # nan == nan here
 
 
+def test_probabilities_round_to_f16_as_numpy_rounds_them():
+    """The attention kernel's branch-free rounding of probabilities: every f16 value in [0, 1],
+    every midpoint between two (ties go to even), and random values down to 1e-12."""
+    exact = np.arange(0, 0x3C01, dtype=np.uint16).view(np.float16).astype(np.float64)
+    midpoints = (exact[:-1] + exact[1:]) / 2
+    rng = np.random.default_rng(0)
+    spread = 10.0 ** rng.uniform(-12, 0, 100_000)
+    values = np.concatenate([exact, midpoints, spread]).astype(np.float32)
+    ours = np.array([kernels.round_f16_unit(v) for v in values], dtype=np.float32)
+    np.testing.assert_array_equal(ours, values.astype(np.float16).astype(np.float32))
+
+
 @pytest.mark.parametrize("to_bf16", [False, True])
 def test_rounding_to_f16_and_bf16_matches_numpy(to_bf16):
     rng = np.random.default_rng(0)
