@@ -386,6 +386,9 @@ _group_ints = stack_array(16, np.int32)
 _tile_ints = stack_array(_TILE, np.int32)
 _tile_ints_b = stack_array(_TILE, np.int32)
 _tile_floats = stack_array(_TILE, np.float32)
+_ROWS = 4  # weight rows the prompt kernels multiply at once
+_rows_tile_ints = stack_array(_ROWS * _TILE, np.int32)
+_rows_tile_floats = stack_array(_ROWS * _TILE, np.float32)
 
 
 @inline
@@ -542,48 +545,77 @@ def _tiles(a: np.ndarray) -> np.ndarray:
 
 
 @inline
+def _unpack_rows_32(
+    raw: np.ndarray, r0: int, kind: int, w: np.ndarray, levels: np.ndarray, scales: np.ndarray,
+    minimums: np.ndarray,
+) -> int:  # fmt: skip
+    """Weight rows r0.. r0 + _ROWS (those that exist) to int16 levels [_ROWS · K] and their
+    blocks' factors [_ROWS · K / 32]; rows past the weight's end are zeros. Returns the count
+    that exists."""
+    m = raw.shape[0]
+    nb = scales.shape[0] // _ROWS
+    k = nb * 32
+    count = min(_ROWS, m - r0)
+    for q in range(_ROWS):
+        for b in range(nb):
+            if q < count:
+                scales[q * nb + b], minimums[q * nb + b] = unpack_block_32(raw[r0 + q], b, kind, w)
+            else:
+                scales[q * nb + b], minimums[q * nb + b] = 0.0, 0.0
+                for j in range(32):
+                    w[j] = 0
+            for j in range(32):
+                levels[q * k + b * 32 + j] = w[j]
+    return count
+
+
+@inline
 def _matmul_q32_tiles(
     raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xst: np.ndarray, out: np.ndarray
 ) -> None:
     """The q8_0 / q8_1 product for many activation rows, given as tiles (levels by
-    `_pair_tiles`, scales and sums by `_tiles`): each weight row is unpacked once, then each
-    block's exact integer sums are taken for 16 rows at a time, two elements an instruction, and
-    scaled once: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
+    `_pair_tiles`, scales and sums by `_tiles`): weight rows are unpacked _ROWS at a time, then
+    each block's exact integer sums are taken for 16 activation rows and _ROWS weight rows at
+    once (`mac_pairs`) and scaled: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
     m = raw.shape[0]
     t_count = out.shape[0]
     n_tiles, nb, _ = xdt.shape
     k = nb * 32
     with_min = xst.shape[1] > 0
-    chunks = min(m, _CHUNKS)
+    groups = -(-m // _ROWS)
+    chunks = min(groups, _CHUNKS)
     for c in prange(chunks):
         w = numba.carray(_levels_32(), 32)
-        isum_at = _tile_ints()
-        isum = numba.carray(isum_at, _TILE)
-        acc = numba.carray(_tile_floats(), _TILE)
-        levels = np.empty(k, dtype=np.int16)
-        scales = np.empty(nb, dtype=np.float32)
-        minimums = np.empty(nb, dtype=np.float32)
-        for r in range(c * m // chunks, (c + 1) * m // chunks):
-            row = raw[r]
-            for b in range(nb):
-                scales[b], minimums[b] = unpack_block_32(row, b, kind, w)
-                for j in range(32):
-                    levels[b * 32 + j] = w[j]
+        isum_at = _rows_tile_ints()
+        isum = numba.carray(isum_at, _ROWS * _TILE)
+        acc = numba.carray(_rows_tile_floats(), _ROWS * _TILE)
+        levels = np.empty(_ROWS * k, dtype=np.int16)
+        scales = np.empty(_ROWS * nb, dtype=np.float32)
+        minimums = np.empty(_ROWS * nb, dtype=np.float32)
+        for group in range(c * groups // chunks, (c + 1) * groups // chunks):
+            r0 = group * _ROWS
+            count = _unpack_rows_32(raw, r0, kind, w, levels, scales, minimums)
             for tile in range(n_tiles):
-                for i in range(_TILE):
+                for i in range(_ROWS * _TILE):
                     acc[i] = 0.0
-                tile_at = tile * (k // 2) * 2 * _TILE
+                tile_at = tile * k * _TILE
                 for b in range(nb):
-                    for i in range(_TILE):
+                    for i in range(_ROWS * _TILE):
                         isum[i] = 0
-                    mac_pairs(isum_at, levels, b * 32, xt, tile_at + b * 32 * _TILE, 16)
-                    for i in range(_TILE):
-                        acc[i] += (scales[b] * xdt[tile, b, i]) * _F32(isum[i])
-                    if with_min:
+                    mac_pairs(isum_at, levels, b * 32, k, xt, tile_at + b * 32 * _TILE, 16)
+                    for q in range(_ROWS):
+                        scale = scales[q * nb + b]
                         for i in range(_TILE):
-                            acc[i] += minimums[b] * xst[tile, b, i]
-                for i in range(min(_TILE, t_count - tile * _TILE)):
-                    out[tile * _TILE + i, r] = acc[i]
+                            acc[q * _TILE + i] += (scale * xdt[tile, b, i]) * _F32(
+                                isum[q * _TILE + i]
+                            )
+                        if with_min:
+                            minimum = minimums[q * nb + b]
+                            for i in range(_TILE):
+                                acc[q * _TILE + i] += minimum * xst[tile, b, i]
+                for q in range(count):
+                    for i in range(min(_TILE, t_count - tile * _TILE)):
+                        out[tile * _TILE + i, r0 + q] = acc[q * _TILE + i]
 
 
 @inline
@@ -591,59 +623,73 @@ def _matmul_qk_tiles(
     raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xsumt: np.ndarray, out: np.ndarray
 ) -> None:
     """The q8_K product for many activation rows, given as tiles (as for `_matmul_q32_tiles`):
-    per super-block the exact integer Σ_g sc_g·isum_g and Σ_g mn_g·xsum_g for 16 rows at a
-    time, then d_x·(d_w·Σ - dmin_w·Σ)."""
+    per super-block the exact integer Σ_g sc_g·isum_g (the levels pre-multiplied by their
+    group's scale) and Σ_g mn_g·xsum_g for 16 activation rows and _ROWS weight rows at a time,
+    then d_x·(d_w·Σ - dmin_w·Σ)."""
     m = raw.shape[0]
     t_count = out.shape[0]
     n_tiles, nb, _ = xdt.shape
     k = nb * 256
-    chunks = min(m, _CHUNKS)
+    groups = -(-m // _ROWS)
+    chunks = min(groups, _CHUNKS)
     for c in prange(chunks):
         w = numba.carray(_levels_256(), 256)
         sc = numba.carray(_group_ints(), 16)
         mn = numba.carray(_tile_ints_b(), 16)
-        isum_at = _tile_ints()
-        isum = numba.carray(isum_at, _TILE)
-        acc = numba.carray(_tile_floats(), _TILE)
-        levels = np.empty(k, dtype=np.int16)
-        scales = np.empty(k // 16, dtype=np.int32)
-        min_scales = np.empty(k // 16, dtype=np.int32)
-        factors = np.empty(nb, dtype=np.float32)
-        min_factors = np.empty(nb, dtype=np.float32)
-        block_sum = np.empty(_TILE, dtype=np.int32)
-        min_sum = np.empty(_TILE, dtype=np.int32)
-        for r in range(c * m // chunks, (c + 1) * m // chunks):
-            row = raw[r]
-            for b in range(nb):
-                factors[b], min_factors[b] = unpack_block_k(row, b, kind, w, sc, mn)
-                for j in range(256):
-                    levels[b * 256 + j] = w[j]
-                for g in range(16):
-                    scales[b * 16 + g] = sc[g]
-                    min_scales[b * 16 + g] = mn[g]
-            for tile in range(n_tiles):
-                for i in range(_TILE):
-                    acc[i] = 0.0
-                tile_at = tile * (k // 2) * 2 * _TILE
+        isum_at = _rows_tile_ints()
+        isum = numba.carray(isum_at, _ROWS * _TILE)
+        acc = numba.carray(_rows_tile_floats(), _ROWS * _TILE)
+        levels = np.empty(_ROWS * k, dtype=np.int16)
+        min_scales = np.empty(_ROWS * (k // 16), dtype=np.int32)
+        factors = np.empty(_ROWS * nb, dtype=np.float32)
+        min_factors = np.empty(_ROWS * nb, dtype=np.float32)
+        min_sum = np.empty(_ROWS * _TILE, dtype=np.int32)
+        for group in range(c * groups // chunks, (c + 1) * groups // chunks):
+            r0 = group * _ROWS
+            count = min(_ROWS, m - r0)
+            for q in range(_ROWS):
                 for b in range(nb):
-                    for i in range(_TILE):
-                        block_sum[i] = 0
+                    if q < count:
+                        factors[q * nb + b], min_factors[q * nb + b] = unpack_block_k(
+                            raw[r0 + q], b, kind, w, sc, mn
+                        )
+                    else:  # past the weight's end: zeros, never written out
+                        factors[q * nb + b], min_factors[q * nb + b] = 0.0, 0.0
+                        for j in range(256):
+                            w[j] = 0
+                        for g in range(16):
+                            sc[g], mn[g] = 0, 0
+                    # each level times its group's scale (at most 127 · 32: int16 holds it), so
+                    # that a super-block's Σ_g sc_g·Σ level·x is one run of products
+                    for j in range(256):
+                        levels[q * k + b * 256 + j] = w[j] * sc[j // 16]
+                    for g in range(16):
+                        min_scales[q * (k // 16) + b * 16 + g] = mn[g]
+            for tile in range(n_tiles):
+                for i in range(_ROWS * _TILE):
+                    acc[i] = 0.0
+                tile_at = tile * k * _TILE
+                for b in range(nb):
+                    for i in range(_ROWS * _TILE):
+                        isum[i] = 0
                         min_sum[i] = 0
+                    for run in range(b * 256, b * 256 + 256, 32):
+                        mac_pairs(isum_at, levels, run, k, xt, tile_at + run * _TILE, 16)
                     for g in range(b * 16, b * 16 + 16):
+                        for q in range(_ROWS):
+                            group_min = min_scales[q * (k // 16) + g]
+                            for i in range(_TILE):
+                                min_sum[q * _TILE + i] += group_min * xsumt[tile, g, i]
+                    for q in range(_ROWS):
+                        factor, min_factor = factors[q * nb + b], min_factors[q * nb + b]
                         for i in range(_TILE):
-                            isum[i] = 0
-                        mac_pairs(isum_at, levels, g * 16, xt, tile_at + g * 16 * _TILE, 8)
-                        group_scale, group_min = scales[g], min_scales[g]
-                        for i in range(_TILE):
-                            block_sum[i] += group_scale * isum[i]
-                            min_sum[i] += group_min * xsumt[tile, g, i]
-                    for i in range(_TILE):
-                        xd = xdt[tile, b, i]
-                        acc[i] += (factors[b] * xd) * _F32(block_sum[i]) - (
-                            min_factors[b] * xd
-                        ) * _F32(min_sum[i])
-                for i in range(min(_TILE, t_count - tile * _TILE)):
-                    out[tile * _TILE + i, r] = acc[i]
+                            xd = xdt[tile, b, i]
+                            acc[q * _TILE + i] += (factor * xd) * _F32(isum[q * _TILE + i]) - (
+                                min_factor * xd
+                            ) * _F32(min_sum[q * _TILE + i])
+                for q in range(count):
+                    for i in range(min(_TILE, t_count - tile * _TILE)):
+                        out[tile * _TILE + i, r0 + q] = acc[q * _TILE + i]
 
 
 _float_lanes = stack_array(16, np.float32)

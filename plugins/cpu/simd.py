@@ -218,44 +218,59 @@ def _typed_pointer(
 
 
 @intrinsic
-def mac_pairs(typingctx: Any, acc: Any, levels: Any, j: Any, x: Any, x_at: Any, n: Any) -> Any:
-    """acc[i] += Σ_p levels[j + 2p]·x[x_at + 32p + 2i] + levels[j + 2p + 1]·x[x_at + 32p + 2i + 1]
-    for i < 16, p < n: n pairs of a weight row's int16 levels times 16 activation rows' pairs
-    of int16 (each row's elements j and j + 1 side by side, then the next pair's 16 rows), into
-    16 int32 sums on the caller's stack (`acc`, a pointer), kept in a register across the n
-    pairs. Each pair is x86's `vpmaddwd` shape, 32 products an instruction; exact, the levels and
-    activations are small."""
+def mac_pairs(
+    typingctx: Any, acc: Any, levels: Any, j: Any, stride: Any, x: Any, x_at: Any, n: Any
+) -> Any:
+    """For 4 weight rows r (their int16 levels at levels[r·stride:]) and 16 activation rows i:
+    acc[16r + i] += Σ_p levels[r·stride + j + 2p]·x[x_at + 32p + 2i]
+                    + levels[r·stride + j + 2p + 1]·x[x_at + 32p + 2i + 1], p < n:
+    n pairs of elements, the activations as `_pair_tiles` lays them out (each activation row's
+    elements j and j + 1 side by side, then the next pair's 16 rows), into 4 × 16 int32 sums on
+    the caller's stack (`acc`, a pointer), kept in registers across the pairs. Each activation
+    vector is loaded once for the 4 rows; each product of a pair is x86's `vpmaddwd` shape (32
+    products an instruction). Exact: the levels and activations are small."""
     count = _literal(n)
     if count is None or not (_is_row(levels) and _is_row(x) and isinstance(acc, types.CPointer)):
         return None
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        acc, levels, j, x, x_at, _ = args
+        acc, levels, j, stride, x, x_at, _ = args
         i16 = ir.IntType(16)
         half = ir.VectorType(_I32, 16)
         wide = ir.VectorType(_I32, 32)
-        sums_pointer = builder.bitcast(acc, ir.PointerType(half))
-        sums = builder.load(sums_pointer)
-        sums.align = 4
+        evens = ir.Constant(half, list(range(0, 32, 2)))
+        odds = ir.Constant(half, list(range(1, 32, 2)))
+        base = builder.bitcast(acc, ir.PointerType(half))
+        pointers = [builder.gep(base, [ir.Constant(_I32, r)]) for r in range(4)]
+        sums = []
+        for pointer in pointers:
+            current = builder.load(pointer)
+            current.align = 4
+            sums.append(current)
+        stride = context.cast(builder, stride, signature.args[3], types.int64)
+        j = context.cast(builder, j, signature.args[2], types.int64)
+        x_at = context.cast(builder, x_at, signature.args[5], types.int64)
         for p in range(count):
-            level_at = builder.add(j, ir.Constant(j.type, 2 * p))
-            pair = builder.load(builder.bitcast(
-                _typed_pointer(context, builder, signature.args[1], levels, level_at, i16),
-                ir.PointerType(ir.VectorType(i16, 2))))  # fmt: skip
-            pair.align = 2
-            weights = builder.shuffle_vector(pair, pair, ir.Constant(wide, [0, 1] * 16))
             x_pair_at = builder.add(x_at, ir.Constant(x_at.type, 32 * p))
             xv = builder.load(builder.bitcast(
-                _typed_pointer(context, builder, signature.args[3], x, x_pair_at, i16),
+                _typed_pointer(context, builder, signature.args[4], x, x_pair_at, i16),
                 ir.PointerType(ir.VectorType(i16, 32))))  # fmt: skip
             xv.align = 2
-            products = builder.mul(builder.sext(weights, wide), builder.sext(xv, wide))
-            even = builder.shuffle_vector(products, products,
-                                          ir.Constant(half, list(range(0, 32, 2))))  # fmt: skip
-            odd = builder.shuffle_vector(products, products,
-                                         ir.Constant(half, list(range(1, 32, 2))))  # fmt: skip
-            sums = builder.add(sums, builder.add(even, odd))
-        builder.store(sums, sums_pointer).align = 4
+            x_wide = builder.sext(xv, wide)
+            for r in range(4):
+                level_at = builder.add(builder.mul(stride, ir.Constant(stride.type, r)),
+                                       builder.add(j, ir.Constant(j.type, 2 * p)))  # fmt: skip
+                pair = builder.load(builder.bitcast(
+                    _typed_pointer(context, builder, signature.args[1], levels, level_at, i16),
+                    ir.PointerType(ir.VectorType(i16, 2))))  # fmt: skip
+                pair.align = 2
+                weights = builder.shuffle_vector(pair, pair, ir.Constant(wide, [0, 1] * 16))
+                products = builder.mul(builder.sext(weights, wide), x_wide)
+                pairs = builder.add(builder.shuffle_vector(products, products, evens),
+                                    builder.shuffle_vector(products, products, odds))  # fmt: skip
+                sums[r] = builder.add(sums[r], pairs)
+        for pointer, total in zip(pointers, sums, strict=True):
+            builder.store(total, pointer).align = 4
         return context.get_dummy_value()
 
-    return types.none(acc, levels, j, x, x_at, n), codegen
+    return types.none(acc, levels, j, stride, x, x_at, n), codegen
