@@ -109,6 +109,20 @@ def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
             out[i, j] = _gelu(x[i, j], table)
 
 
+@jit
+def set_rows(dst: np.ndarray, ids: np.ndarray, src: np.ndarray, f16: bool) -> None:
+    """dst[ids[i]] = src[i]: float32 rows, or with f16 their f16 bits (dst is then uint16),
+    rounded to nearest even as numpy's astype(float16)."""
+    for i in range(ids.shape[0]):
+        if ids[i] < 0 or ids[i] >= dst.shape[0]:
+            raise IndexError("set_rows: a row index is out of range")
+        for j in range(src.shape[1]):
+            if f16:
+                dst[ids[i], j] = f32_to_f16_bits(src[i, j])
+            else:
+                dst[ids[i], j] = src[i, j]
+
+
 # ---- rope ---------------------------------------------------------------------------------------
 
 

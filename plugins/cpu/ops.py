@@ -173,7 +173,38 @@ def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
     return flash_attn_ext
 
 
+def _view(node: Tensor, shared: Lowering) -> Step | None:
+    """A contiguous window (a KV cache's used cells): a slice and a reshape, no as_strided."""
+    if not node.is_contiguous:
+        return None
+    start, size, shape = node.params["offset"], math.prod(node.shape), node.shape
+
+    def view(node: Tensor, src: np.ndarray) -> np.ndarray:
+        return src.reshape(-1)[start : start + size].reshape(shape)
+
+    return view
+
+
+def _set_rows(node: Tensor, shared: Lowering) -> Step | None:
+    """Rows of f32 values into an f16 (KV cache) or f32 state, rounded as numpy rounds."""
+    if node.dtype not in (GGMLType.F16, GGMLType.F32):
+        return None
+    row = math.prod(node.shape[1:])
+    f16 = node.dtype == GGMLType.F16
+
+    def set_rows(node: Tensor, dst: np.ndarray, ids: np.ndarray, src: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(src, dtype=np.float32).reshape(-1, row)
+        cells = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        target = dst.reshape(dst.shape[0], row)
+        kernels.set_rows(target.view(np.uint16) if f16 else target, cells, rows, f16)
+        return dst
+
+    return set_rows
+
+
 LOWERINGS: dict[Op, Callable[[Tensor, Lowering], Step | None]] = {
+    Op.VIEW: _view,
+    Op.SET_ROWS: _set_rows,
     Op.MUL_MAT: _mul_mat,
     Op.GET_ROWS: _get_rows,
     Op.RMS_NORM: _rms_norm,

@@ -445,6 +445,33 @@ def test_norm_times_weight_is_one_step_and_exact():
         np.testing.assert_array_equal(got[name], expected[name])
 
 
+@pytest.mark.parametrize("dtype", [T.F16, T.F32])
+def test_kv_cache_writes_and_windows_are_the_reference(dtype):
+    """set_rows into an f16 or f32 cache (values rounded as numpy rounds them, inf and subnormals
+    included) and the contiguous window attention reads, against the reference's kernels; an
+    out-of-range cell is an error, not a write past the cache."""
+    g = Graph("cache")
+    cache = g.state("cache", (16, 3, 8), dtype)
+    written = g.set_rows(cache, g.input("cells", (4,), T.I32), g.input("rows", (4, 3, 8)))
+    g.output("window", g.view(written, (6, 3, 8), (24, 8, 1), offset=48))
+    numpy_type = np.float16 if dtype == T.F16 else np.float32
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((4, 3, 8)) * 10.0 ** rng.integers(-9, 6, (4, 3, 8))).astype(
+        np.float32
+    )
+    inputs = {"cells": np.array([2, 5, 3, 7], np.int32), "rows": rows}
+    ours, theirs = np.zeros((16, 3, 8), numpy_type), np.zeros((16, 3, 8), numpy_type)
+    program = CPUBackend().devices()[0].compile(g, {"cache": ours})
+    assert all(step is not reference.KERNELS[node.op] for _, step, node, _, _ in program.steps)
+    got = program.run(inputs)["window"]
+    with np.errstate(over="ignore"):  # past f16's range: inf, as intended
+        expected = reference.ReferenceProgram(g, {"cache": theirs}).run(inputs)["window"]
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(IndexError):
+        program.run({**inputs, "cells": np.array([2, 16, 3, 7], np.int32)})
+
+
 def test_unsupported_shapes_fall_back_to_the_reference():
     g = Graph("batched")
     a = g.state("a", (3, 9, 64), T.F32)
