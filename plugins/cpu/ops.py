@@ -164,7 +164,8 @@ def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
         has_mask = mask is not None
         mask = np.ascontiguousarray(mask, dtype=np.float32) if has_mask else _NO_MASK
         t = q.shape[0]
-        kernels.attention(
+        kernel = kernels.attention_serial if t == 1 else kernels.attention
+        kernel(
             q, _cache_operand(k, t), _cache_operand(v, t), mask, has_mask, scale, softcap,
             f16_cache, quant.F16_TO_F32, out,
         )  # fmt: skip

@@ -15,8 +15,10 @@ element count) must be a compile-time constant.
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -274,3 +276,40 @@ def mac_pairs(
         return context.get_dummy_value()
 
     return types.none(acc, levels, j, stride, x, x_at, n), codegen
+
+
+def _native_f16() -> bool:
+    """Whether LLVM converts f16 vectors in hardware here (x86 with F16C, any aarch64); elsewhere
+    it would call runtime library functions that numba's JIT may not link."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return bool(llvm.get_host_cpu_features().get("f16c", False))
+    except RuntimeError:
+        return False
+
+
+NATIVE_F16 = _native_f16()
+
+
+@intrinsic
+def widen_f16(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any) -> Any:
+    """dst[dst_at + j] = float(src[src_at + j]) for j < 16: 16 f16 (their uint16 bits) to float32
+    in one conversion instruction (x86 `vcvtph2ps`); exact. Only where NATIVE_F16."""
+    if not (_is_row(dst) and _is_row(src)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        dst, dst_at, src, src_at = args
+        halves = builder.load(builder.bitcast(
+            _typed_pointer(context, builder, signature.args[2], src, src_at, ir.IntType(16)),
+            ir.PointerType(ir.VectorType(ir.HalfType(), 16))))  # fmt: skip
+        halves.align = 2
+        floats = builder.fpext(halves, ir.VectorType(ir.FloatType(), 16))
+        target = builder.bitcast(
+            _typed_pointer(context, builder, signature.args[0], dst, dst_at, ir.FloatType()),
+            ir.PointerType(floats.type))  # fmt: skip
+        builder.store(floats, target).align = 4
+        return context.get_dummy_value()
+
+    return types.none(dst, dst_at, src, src_at), codegen

@@ -303,9 +303,11 @@ def test_attention_matches_the_reference(t, hq, hkv, s, d, cache, softcap, maske
     mask = np.where(visible, 0.0, -np.inf).astype(np.float32) if masked else None
     node = Node(scale=1 / math.sqrt(d), softcap=softcap)
     expected = reference.flash_attn_ext(node, q, k, v, mask)
-    for queries in (1, t):  # an f16 cache read through the table, or converted beforehand
+    # an f16 cache read as it is, or converted beforehand; on the threads or the calling one
+    for queries, kernel in ((1, kernels.attention), (t, kernels.attention),
+                            (1, kernels.attention_serial)):  # fmt: skip
         out = np.empty((t, hq, d), dtype=np.float32)
-        kernels.attention(
+        kernel(
             q, ops._cache_operand(k, queries), ops._cache_operand(v, queries),
             mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
             cache == T.F16, quant.F16_TO_F32, out,
