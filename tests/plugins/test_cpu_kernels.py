@@ -142,16 +142,18 @@ def test_rounding_to_f16_and_bf16_matches_numpy(to_bf16):
 @pytest.mark.parametrize("t,k", [(1, 32), (3, 64), (5, 576), (17, 1536)])
 def test_q8_0_and_q8_1_round_as_the_reference(t, k):
     x = _activations(np.random.default_rng(k + t), (t, k))
-    xq, xd, xs = quant.quantize_activations(x, T.Q4_1)  # q8_1: q8_0 plus block sums
+    xq, xd, xs, xsum = quant.quantize_activations(x, T.Q4_1)  # q8_1: q8_0 plus block sums
     values = (xq.reshape(t, -1, 32).astype(np.float32) * xd[..., None]).reshape(t, k)
     np.testing.assert_array_equal(values, reference._round_q8_0(x))
     # ggml's q8_1 sum: f16 of the unrounded scale times the sum of the levels
     amax = np.abs(x.reshape(t, -1, 32)).max(axis=-1)
     sums = xq.reshape(t, -1, 32).astype(np.int32).sum(axis=-1).astype(np.float32)
     np.testing.assert_array_equal(xs, (amax / np.float32(127) * sums).astype(np.float16))
-    xq0, xd0, xs0 = quant.quantize_activations(x, T.Q4_0)
+    np.testing.assert_array_equal(xsum, sums.astype(np.int32))  # exact, for Q4_0 and Q5_0
+    xq0, xd0, xs0, xsum0 = quant.quantize_activations(x, T.Q4_0)
     np.testing.assert_array_equal(xq0, xq)
     np.testing.assert_array_equal(xd0, xd)
+    np.testing.assert_array_equal(xsum0, xsum)
     assert xs0.shape == (t, 0)
 
 
