@@ -81,15 +81,15 @@ def test_hang_up_cancels_generation(server):
     assert server.scheduler.metrics.requests_cancelled >= 1
 
 
-def test_hang_up_without_stream_cancels(server):
-    body = {"prompt": "Tell me a long story.", "n_predict": 500, "ignore_eos": True}
-
-    def post() -> None:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(server.url + "/completion", json=body, timeout=3)
-
+def test_hang_up_without_stream_cancels(live_server):
+    # A request far longer than the client waits at any plausible speed (4,000 tokens: 13 s at
+    # 300 t/s), so the hang-up always comes first: 500 tokens in 512 cells over 4 slots once
+    # finished inside the 3 s when the CPU backend became fast enough.
+    server = live_server(n_ctx=4096, n_parallel=1)
+    body = {"prompt": "Tell me a long story.", "n_predict": 4000, "ignore_eos": True}
     before = server.scheduler.metrics.requests_cancelled
-    post()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/completion", json=body, timeout=2)
     wait_idle(server.url, 30)
     assert server.scheduler.metrics.requests_cancelled == before + 1
 
