@@ -217,23 +217,22 @@ def _attention(
     t_count, hq, d = q.shape
     s_count, hkv, dv = v.shape
     group = hq // hkv
-    heads, first = group, 0  # the query heads of a pair: all of the cache head's
     for item in prange(t_count * hkv):
         t, kv_head = item // hkv, item % hkv
         lanes = numba.carray(_lanes(), 16)  # q·k in 16 running sums: vectorized, on the stack
-        queries = np.empty((heads, d), dtype=np.float32)
-        for g in range(heads):
+        queries = np.empty((group, d), dtype=np.float32)
+        for g in range(group):
             for i in range(d):
-                value = q[t, kv_head * group + first + g, i]
+                value = q[t, kv_head * group + g, i]
                 queries[g, i] = round_f16(value) if f16_cache else value
-        scores = np.empty((heads, s_count), dtype=np.float32)
-        peak = np.full(heads, -np.inf, dtype=np.float32)
+        scores = np.empty((group, s_count), dtype=np.float32)
+        peak = np.full(group, -np.inf, dtype=np.float32)
         key = np.empty(d, dtype=np.float32)
         for s in range(s_count):
             if has_mask and mask[t, s] == -np.inf:
                 continue
             _widen_row(key, k[s, kv_head], table)
-            for g in range(heads):
+            for g in range(group):
                 for lane in range(16):
                     lanes[lane] = 0.0
                 for i0 in range(0, d - d % 16, 16):
@@ -251,29 +250,29 @@ def _attention(
                     score += mask[t, s]
                 scores[g, s] = score
                 peak[g] = max(peak[g], score)
-        total = np.zeros(heads, dtype=np.float32)
+        total = np.zeros(group, dtype=np.float32)
         for s in range(s_count):
             if has_mask and mask[t, s] == -np.inf:
                 continue
-            for g in range(heads):
+            for g in range(group):
                 weight = np.exp(scores[g, s] - peak[g])
                 scores[g, s] = weight
                 total[g] += weight
-        acc = np.zeros((heads, dv), dtype=np.float32)
+        acc = np.zeros((group, dv), dtype=np.float32)
         value_row = np.empty(dv, dtype=np.float32)
         for s in range(s_count):
             if has_mask and mask[t, s] == -np.inf:
                 continue
             _widen_row(value_row, v[s, kv_head], table)
-            for g in range(heads):
+            for g in range(group):
                 p = scores[g, s] / total[g]
                 if f16_cache:
                     p = round_f16_unit(p)
                 for i in range(dv):
                     acc[g, i] += p * value_row[i]
-        for g in range(heads):
+        for g in range(group):
             for i in range(dv):
-                out[t, kv_head * group + first + g, i] = acc[g, i]
+                out[t, kv_head * group + g, i] = acc[g, i]
 
 
 @pjit

@@ -284,6 +284,7 @@ class ProductGroup:
 
     def step(self, member: int, shape: tuple[int, ...]) -> Step:
         start, stop = self.bounds[member], self.bounds[member + 1]
+        t = math.prod(shape[:-1])
 
         def grouped_mul_mat(node: Tensor, w: Any, x: np.ndarray) -> np.ndarray:
             if member == 0 or x is not self.source or self.result is None:
@@ -292,7 +293,6 @@ class ProductGroup:
                     rows = _rows(x, self.k)
                     shared.prepared = quant.prepare_activations(self.weight_type, rows)
                     shared.source, shared.family = x, self.family
-                t = math.prod(shape[:-1])
                 self.result = quant.mul_mat_rows(self.weight_type, self.table, shared.prepared, t)
                 self.source = x
             return self.result[:, start:stop].reshape(shape)

@@ -394,7 +394,6 @@ _levels_i8_256 = stack_array(256, np.int8)
 _group_ints = stack_array(16, np.int32)
 _tile_ints = stack_array(_TILE, np.int32)
 _tile_ints_b = stack_array(_TILE, np.int32)
-_tile_floats = stack_array(_TILE, np.float32)
 _ROWS = 4  # weight rows the prompt kernels multiply at once
 _rows_tile_ints = stack_array(_ROWS * _TILE, np.int32)
 _rows_tile_floats = stack_array(_ROWS * _TILE, np.float32)
