@@ -98,17 +98,25 @@ class CPUDevice(Device):
 
 
 class CPUProgram(reference.ReferenceProgram, Executable):
-    """The reference's program (steps, liveness) with each step's kernel swapped, once, for its
-    numba kernel where `llmrt_cpu.ops` has one."""
+    """A decode graph as one compiled call (`llmrt_cpu.tape`) where every op has an instruction;
+    otherwise the reference's program (steps, liveness) with each step's kernel swapped, once,
+    for its numba kernel where `llmrt_cpu.ops` has one."""
 
-    def __init__(self, graph: Graph, bindings: Mapping[str, Any]) -> None:
+    def __init__(self, graph: Graph, bindings: Mapping[str, Any], use_tape: bool = True) -> None:
         super().__init__(graph, bindings)
+        self.tape = None
         try:
-            from llmrt_cpu import jit, ops
+            from llmrt_cpu import jit, ops, tape
         except ImportError:  # no numba: the reference as it is
             self._apply_threads = lambda: None
             return
         self._apply_threads = jit.apply_threads
+        if use_tape:
+            try:
+                self.tape = tape.Tape(self)
+                return
+            except tape.Unsupported:
+                pass
         shared = ops.Lowering()
         steps = [
             (i, ops.lower(node, kernel, shared), node, srcs, dead)
@@ -120,6 +128,8 @@ class CPUProgram(reference.ReferenceProgram, Executable):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         self._apply_threads()
+        if self.tape is not None:
+            return self.tape.run(inputs)
         return super().run(inputs)
 
 

@@ -89,17 +89,24 @@ def _rms_norm(node: Tensor, shared: Lowering) -> Step:
     return rms_norm
 
 
+def rope_frequencies(params: dict[str, Any], factors: Any = None) -> np.ndarray:
+    """Each rotated pair's inverse frequency (float64), divided by its factor where the model
+    has them (Llama 3's long-context scaling), as the reference computes it."""
+    n_dims = params["n_dims"]
+    inv_freq = params["freq_base"] ** (-np.arange(n_dims // 2, dtype=np.float64) * 2.0 / n_dims)
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, dtype=np.float64)
+    return inv_freq
+
+
 def _rope(node: Tensor, shared: Lowering) -> Step:
     p = node.params
-    n_dims, half = p["n_dims"], p["n_dims"] // 2
-    inv_freq = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_dims)
+    inv_freq = rope_frequencies(p)
     freq_scale, attn_factor = float(p["freq_scale"]), float(p["attn_factor"])
     neox, shape = p["mode"] == ROPE_NEOX, node.shape
 
     def rope(node: Tensor, x: np.ndarray, pos: np.ndarray, factors: Any = None) -> np.ndarray:
-        freqs = inv_freq
-        if factors is not None:
-            freqs = inv_freq / np.asarray(factors, dtype=np.float64)
+        freqs = inv_freq if factors is None else rope_frequencies(p, factors)
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(shape)
         out = np.empty_like(x)
         positions = np.ascontiguousarray(pos, dtype=np.int32)

@@ -182,7 +182,7 @@ def _quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarr
 # Each quantizer twice: split over the threads for batches, on the calling thread for a few rows
 # (a decode step's), where a parallel region costs more than the work. (Separate functions, not
 # two dispatchers of one: numba's cache would give both the same entry.)
-_SERIAL_ELEMENTS = 1 << 14
+SERIAL_ELEMENTS = 1 << 14
 
 
 @pjit
@@ -218,12 +218,12 @@ def quantize_activations(x: np.ndarray, weight_type: GGMLType) -> tuple[np.ndarr
     if weight_type in Q8_K_TYPES:
         xd = np.empty((t, k // 256), dtype=np.float32)
         xsum = np.empty((t, k // 16), dtype=np.int32)
-        (quantize_q8_k_serial if x.size <= _SERIAL_ELEMENTS else quantize_q8_k)(x, xq, xd, xsum)
+        (quantize_q8_k_serial if x.size <= SERIAL_ELEMENTS else quantize_q8_k)(x, xq, xd, xsum)
         return xq, xd, xsum
     xd = np.empty((t, k // 32), dtype=np.float32)
     xs = np.empty((t, k // 32 if weight_type in Q8_1_TYPES else 0), dtype=np.float32)
     xsum = np.empty((t, k // 32), dtype=np.int32)
-    (quantize_q8_0_serial if x.size <= _SERIAL_ELEMENTS else quantize_q8_0)(x, xq, xd, xs, xsum)
+    (quantize_q8_0_serial if x.size <= SERIAL_ELEMENTS else quantize_q8_0)(x, xq, xd, xs, xsum)
     return xq, xd, xs, xsum
 
 

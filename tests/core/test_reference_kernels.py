@@ -110,7 +110,7 @@ class _NoisyMatmul(CPUDevice):
         return node.op is not Op.ROPE and super().supports_op(node)
 
     def compile(self, graph, bindings):
-        program = CPUProgram(graph, bindings)
+        program = CPUProgram(graph, bindings, use_tape=False)  # steps, which it then bends
         program.steps = [
             (i, (lambda n, *s, f=fn: f(n, *s) * 1.05) if node.op is Op.MUL_MAT else fn, node, *rest)
             for i, fn, node, *rest in program.steps

@@ -20,7 +20,7 @@ from llmrt.gguf import GGMLType, quantize
 from llmrt.ir import ROPE_NEOX, ROPE_NORMAL, Graph, Op
 from llmrt.testing.conformance import NMSE_MATMUL, nmse
 from llmrt_cpu import jit, kernels, ops, quant
-from llmrt_cpu.backend import CPUBackend
+from llmrt_cpu.backend import CPUBackend, CPUProgram
 
 T = GGMLType
 BLOCK_32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL)
@@ -332,13 +332,18 @@ def _small_graph() -> Graph:
     return g
 
 
+def _steps(g: Graph, bindings: dict) -> CPUProgram:
+    """The program run step by step, as prompts are (decode graphs otherwise get a tape, which
+    tests/plugins/test_cpu_tape.py checks against this)."""
+    return CPUProgram(g, bindings, use_tape=False)
+
+
 def test_cpu_program_lowers_to_numba_kernels_and_matches_the_reference():
-    device = CPUBackend().devices()[0]
     g = _small_graph()
     values = np.random.default_rng(0).uniform(-1, 1, (32, 64)).astype(np.float32)
     raw = quantize(values, T.Q4_0).reshape(32, -1)
     weight = reference.QuantizedWeight(raw, T.Q4_0, (32, 64))
-    program = device.compile(g, {"w": weight})
+    program = _steps(g, {"w": weight})
     chosen = {node.op: kernel for _, kernel, node, _, _ in program.steps}
     for op in (Op.RMS_NORM, Op.MUL_MAT, Op.SWIGLU):
         assert chosen[op] is not reference.KERNELS[op], f"{op.value} still runs the reference"
@@ -365,7 +370,7 @@ def test_products_sharing_an_activation_quantize_it_once_and_never_stale(t):
             bindings[name] = raw.view(np.float16).reshape(24, 256)
         else:
             bindings[name] = reference.QuantizedWeight(raw, weight_type, (24, 256))
-    program = CPUBackend().devices()[0].compile(g, bindings)
+    program = _steps(g, bindings)
     oracle = reference.ReferenceProgram(g, bindings)
     converted = []
     original = quant.prepare_activations
@@ -407,7 +412,7 @@ def test_products_of_one_activation_and_type_are_one_kernel_call_with_the_same_r
         values = rng.uniform(-1, 1, (rows, 256)).astype(np.float32)
         raws[name] = quantize(values, wtype).reshape(rows, -1)
         bindings[name] = reference.QuantizedWeight(raws[name], wtype, (rows, 256))
-    program = CPUBackend().devices()[0].compile(g, bindings)
+    program = _steps(g, bindings)
     calls = []
     original = quant.mul_mat_rows
     monkeypatch.setattr(quant, "mul_mat_rows", lambda *a: calls.append(a[1].total) or original(*a))
@@ -439,7 +444,7 @@ def test_norm_times_weight_is_one_step_and_exact():
     g.output("kept", g.mul(shared_norm, w))
     g.output("norm", shared_norm)  # a second reader of this norm: no fusion
     bindings = {"w": np.random.default_rng(0).uniform(-1, 1, 64).astype(np.float32)}
-    program = CPUBackend().devices()[0].compile(g, bindings)
+    program = _steps(g, bindings)
     ops_run = [node.op for _, _, node, _, _ in program.steps]
     assert ops_run.count(Op.RMS_NORM) == 1 and ops_run.count(Op.MUL) == 2
     x_value = np.random.default_rng(1).uniform(-2, 2, (5, 64)).astype(np.float32)
@@ -465,7 +470,7 @@ def test_kv_cache_writes_and_windows_are_the_reference(dtype):
     )
     inputs = {"cells": np.array([2, 5, 3, 7], np.int32), "rows": rows}
     ours, theirs = np.zeros((16, 3, 8), numpy_type), np.zeros((16, 3, 8), numpy_type)
-    program = CPUBackend().devices()[0].compile(g, {"cache": ours})
+    program = _steps(g, {"cache": ours})
     assert all(step is not reference.KERNELS[node.op] for _, step, node, _, _ in program.steps)
     got = program.run(inputs)["window"]
     with np.errstate(over="ignore"):  # past f16's range: inf, as intended

@@ -1,0 +1,651 @@
+"""A decode step as one compiled call: the graph lowered once to a tape of instructions over one
+arena, replayed by a numba interpreter.
+
+Run step by step, a decode step of a 30-layer model is ~700 Python dispatches (views, reshapes,
+array allocations and kernel calls) costing more than the arithmetic of everything but the
+matrix products. Here every view is resolved at lowering to an address, every value gets a place
+in one arena planned by liveness, and `run_tape` walks the instructions in compiled code, calling
+the same kernels the step program calls (so both compute the same bits), with the GIL released.
+
+Graphs of up to ROW_TOKENS rows whose every op has an instruction here get a tape (decoding);
+the others (prompts, ops without an instruction) run step by step. An instruction is a row of
+int64 operands (addresses, sizes, flags) and a row of float64 parameters; its opcode is the first
+operand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numba
+import numpy as np
+
+from llmrt import reference
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX, Op, Tensor
+from llmrt_cpu import kernels, quant
+from llmrt_cpu.jit import jit
+from llmrt_cpu.ops import rope_frequencies
+from llmrt_cpu.simd import bytes_at
+
+WIDTH = 16  # int64 operands of an instruction
+ALIGN = 64  # bytes: each arena value starts on a cache line
+
+(NORM, ADD, MUL, SCALE, QUANTIZE, ROWS, FLOAT_PRODUCT, COPY_COLS, ROPE, SET_ROWS, ATTENTION, GLU,
+ UNARY, GET_ROWS_QUANT, GET_ROWS_FLOAT) = range(1, 16)  # fmt: skip
+FAMILY_Q8_0, FAMILY_Q8_1, FAMILY_Q8_K = 0, 1, 2
+SILU_KIND, GELU_KIND = 0, 1
+
+
+class Unsupported(Exception):
+    """The graph has an op or layout the tape has no instruction for: run it step by step."""
+
+
+# ---- the interpreter ----------------------------------------------------------------------------
+
+
+@jit
+def _floats(address: int, rows: int, cols: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), rows * cols * 4).view(np.float32).reshape((rows, cols))
+
+
+@jit
+def _floats3(address: int, a: int, b: int, c: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), a * b * c * 4).view(np.float32).reshape((a, b, c))
+
+
+@jit
+def _halves3(address: int, a: int, b: int, c: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), a * b * c * 2).view(np.uint16).reshape((a, b, c))
+
+
+@jit
+def _ints(address: int, n: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), n * 4).view(np.int32)
+
+
+@jit
+def _int8s(address: int, rows: int, cols: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), rows * cols).view(np.int8).reshape((rows, cols))
+
+
+@jit
+def _int32s(address: int, rows: int, cols: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), rows * cols * 4).view(np.int32).reshape((rows, cols))
+
+
+@jit
+def _bytes(address: int, rows: int, cols: int) -> np.ndarray:
+    return numba.carray(bytes_at(address), rows * cols).reshape((rows, cols))
+
+
+@jit
+def _check_ids(ids: np.ndarray, stop: int) -> None:
+    for i in range(ids.shape[0]):
+        if ids[i] < 0 or ids[i] >= stop:
+            raise IndexError("get_rows: a row index is out of range")
+
+
+@jit
+def run_tape(
+    code: np.ndarray, reals: np.ndarray, tables: np.ndarray, freqs: np.ndarray,
+    f16_table: np.ndarray, gelu_table: np.ndarray,
+) -> None:  # fmt: skip
+    """Run the instructions of `code` [N, WIDTH] (parameters in `reals` [N, 4], weight row tables
+    in `tables`, rope frequencies in `freqs`) in order; every operand address is live memory."""
+    for n in range(code.shape[0]):
+        c = code[n]
+        op = c[0]
+        if op == NORM:  # x rows k weight|0 out; eps
+            x, out = _floats(c[1], c[2], c[3]), _floats(c[5], c[2], c[3])
+            if c[4] == 0:
+                kernels.rms_norm(x, reals[n, 0], out)
+            else:
+                kernels.rms_norm_mul(x, reals[n, 0], _floats(c[4], 1, c[3])[0], out)
+        elif op in (ADD, MUL):  # a rows k b b_rows out
+            a, b = _floats(c[1], c[2], c[3]), _floats(c[4], c[5], c[3])
+            out = _floats(c[6], c[2], c[3])
+            for i in range(c[2]):
+                bi = i if c[5] > 1 else 0
+                if op == ADD:
+                    for j in range(c[3]):
+                        out[i, j] = a[i, j] + b[bi, j]
+                else:
+                    for j in range(c[3]):
+                        out[i, j] = a[i, j] * b[bi, j]
+        elif op == SCALE:  # x n out; scale
+            x, out = _floats(c[1], 1, c[2]), _floats(c[3], 1, c[2])
+            s = np.float32(reals[n, 0])
+            for j in range(c[2]):
+                out[0, j] = x[0, j] * s
+        elif op == QUANTIZE:  # family x t k xq xd xs xsum
+            t, k = c[3], c[4]
+            x, xq, xd = _floats(c[2], t, k), _int8s(c[5], t, k), _floats(c[6], t, k // 32)
+            serial = t * k <= quant.SERIAL_ELEMENTS
+            if c[1] == FAMILY_Q8_K:
+                xd, xsum = _floats(c[6], t, k // 256), _int32s(c[8], t, k // 16)
+                if serial:
+                    quant.quantize_q8_k_serial(x, xq, xd, xsum)
+                else:
+                    quant.quantize_q8_k(x, xq, xd, xsum)
+            else:
+                xs = _floats(c[7], t, k // 32 if c[1] == FAMILY_Q8_1 else 0)
+                xsum = _int32s(c[8], t, k // 32)
+                if serial:
+                    quant.quantize_q8_0_serial(x, xq, xd, xs, xsum)
+                else:
+                    quant.quantize_q8_0(x, xq, xd, xs, xsum)
+        elif op == ROWS:  # kind family table n_weights row_bytes t k xq xd xs xsum out total
+            kind, nw, t, k = c[1], c[4], c[6], c[7]
+            addresses, rows = tables[c[3] : c[3] + nw], tables[c[3] + nw : c[3] + 2 * nw]
+            xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
+            if c[2] == FAMILY_Q8_K:
+                xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
+                quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
+            else:
+                xd = _floats(c[9], t, k // 32)
+                xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
+                xsum = _int32s(c[11], t, k // 32)
+                quant.matmul_q32_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+        elif op == FLOAT_PRODUCT:  # type weight m k x t rounded out
+            m, k, t = c[3], c[4], c[6]
+            x, out = _floats(c[5], t, k), _floats(c[8], t, m)
+            if c[1] == GGMLType.F32:
+                quant.matmul_f32(_floats(c[2], m, k), x, out)
+            else:
+                bf16 = c[1] == GGMLType.BF16
+                rounded = _floats(c[7], t, k)
+                quant.round_rows(x, bf16, rounded)
+                bits = _bytes(c[2], m, 2 * k).view(np.uint16)
+                quant.matmul_half(bits, bf16, f16_table, rounded, out)
+        elif op == COPY_COLS:  # src t total start width dst
+            src, dst = _floats(c[1], c[2], c[3]), _floats(c[6], c[2], c[5])
+            for i in range(c[2]):
+                for j in range(c[5]):
+                    dst[i, j] = src[i, c[4] + j]
+        elif op == ROPE:  # x t heads d pos freqs half neox out; freq_scale attn_factor
+            x, out = _floats3(c[1], c[2], c[3], c[4]), _floats3(c[9], c[2], c[3], c[4])
+            inv_freq = freqs[c[6] : c[6] + c[7]]
+            kernels.rope(x, _ints(c[5], c[2]), inv_freq, reals[n, 0], reals[n, 1], c[8] != 0, out)
+        elif op == SET_ROWS:  # dst cells row f16 ids n src
+            src, ids = _floats(c[7], c[6], c[3]), _ints(c[5], c[6])
+            if c[4] != 0:
+                dst16 = _bytes(c[1], c[2], 2 * c[3]).view(np.uint16)
+                kernels.set_rows(dst16, ids, src, True)
+            else:
+                kernels.set_rows(_floats(c[1], c[2], c[3]), ids, src, False)
+        elif op == ATTENTION:  # q t hq d k v s hkv dv mask|0 f16 out; scale softcap
+            t, hq, d, s, hkv, dv = c[2], c[3], c[4], c[7], c[8], c[9]
+            q, out = _floats3(c[1], t, hq, d), _floats3(c[12], t, hq, dv)
+            has_mask = c[10] != 0
+            mask = _floats(c[10], t, s) if has_mask else _floats(c[1], 1, 1)
+            scale, softcap = reals[n, 0], reals[n, 1]
+            if c[11] != 0:
+                k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
+                if t == 1:
+                    kernels.attention_serial(q, k16, v16, mask, has_mask, scale, softcap, True,
+                                             f16_table, out)  # fmt: skip
+                else:
+                    kernels.attention(q, k16, v16, mask, has_mask, scale, softcap, True,
+                                      f16_table, out)  # fmt: skip
+            else:
+                k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
+                if t == 1:
+                    kernels.attention_serial(q, k32, v32, mask, has_mask, scale, softcap, False,
+                                             f16_table, out)  # fmt: skip
+                else:
+                    kernels.attention(q, k32, v32, mask, has_mask, scale, softcap, False,
+                                      f16_table, out)  # fmt: skip
+        elif op == GLU:  # kind gate up rows k out
+            gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
+            out = _floats(c[6], c[4], c[5])
+            if c[1] == SILU_KIND:
+                kernels.swiglu(gate, up, out)
+            else:
+                kernels.geglu(gate, up, gelu_table, out)
+        elif op == UNARY:  # kind x rows k out
+            x, out = _floats(c[2], c[3], c[4]), _floats(c[5], c[3], c[4])
+            if c[1] == SILU_KIND:
+                kernels.silu(x, out)
+            else:
+                kernels.gelu(x, gelu_table, out)
+        elif op == GET_ROWS_QUANT:  # kind table n_rows row_bytes ids n k out
+            ids = _ints(c[5], c[6])
+            _check_ids(ids, c[3])
+            raw, out = _bytes(c[2], c[3], c[4]), _floats(c[8], c[6], c[7])
+            if c[1] in (quant.Q2_K, quant.Q3_K, quant.Q4_K, quant.Q5_K, quant.Q6_K):
+                quant.get_rows_qk(raw, c[1], ids, out)
+            else:
+                quant.get_rows_q32(raw, c[1], ids, out)
+        elif op == GET_ROWS_FLOAT:  # f16 table n_rows k ids n out
+            ids = _ints(c[5], c[6])
+            _check_ids(ids, c[3])
+            out = _floats(c[7], c[6], c[4])
+            if c[1] != 0:
+                table = _bytes(c[2], c[3], 2 * c[4]).view(np.uint16)
+                for i in range(c[6]):
+                    for j in range(c[4]):
+                        out[i, j] = f16_table[table[ids[i], j]]
+            else:
+                table32 = _floats(c[2], c[3], c[4])
+                for i in range(c[6]):
+                    for j in range(c[4]):
+                        out[i, j] = table32[ids[i], j]
+
+
+# ---- lowering a graph to a tape -----------------------------------------------------------------
+
+_FAMILIES = {"q8_0": FAMILY_Q8_0, "q8_1": FAMILY_Q8_1, "q8_K": FAMILY_Q8_K}
+_ARENA_TYPES = {GGMLType.F32: np.dtype(np.float32), GGMLType.I32: np.dtype(np.int32)}
+
+
+class _Value:
+    """Where a value lives: `storage` is an arena allocation (its id; `offset` in bytes within
+    it), or -1 for memory outside the arena (a weight or a state; `offset` is its address)."""
+
+    __slots__ = ("storage", "offset", "shape", "dtype")
+
+    def __init__(self, storage: int, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.storage, self.offset, self.shape, self.dtype = storage, offset, shape, np.dtype(dtype)
+
+    def alias(self, shape: tuple[int, ...], byte_offset: int = 0) -> _Value:
+        return _Value(self.storage, self.offset + byte_offset, shape, self.dtype)
+
+
+def _rows_and_width(shape: tuple[int, ...]) -> tuple[int, int]:
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _plan(sizes: list[int], first: list[int], last: list[int]) -> tuple[list[int], int]:
+    """Arena offsets for allocations live from instruction first[s] to last[s] (inclusive):
+    first fit, each allocation made before the ones that die at the same instruction are
+    released, so that no instruction writes over its own operands. Returns (offsets, size)."""
+    order = sorted(range(len(sizes)), key=lambda s: first[s])
+    dying: dict[int, list[int]] = {}
+    for s in range(len(sizes)):
+        dying.setdefault(last[s], []).append(s)
+    offsets = [0] * len(sizes)
+    live: list[tuple[int, int]] = []  # (offset, end), sorted
+    size, at = 0, 0
+    for n in sorted(set(first) | set(dying)):
+        while at < len(order) and first[order[at]] == n:
+            s = order[at]
+            need = -(-max(sizes[s], 1) // ALIGN) * ALIGN
+            offset = 0
+            for start, end in live:
+                if start - offset >= need:
+                    break
+                offset = max(offset, end)
+            offsets[s] = offset
+            live.append((offset, offset + need))
+            live.sort()
+            size = max(size, offset + need)
+            at += 1
+        for s in dying.get(n, ()):
+            need = -(-max(sizes[s], 1) // ALIGN) * ALIGN
+            live.remove((offsets[s], offsets[s] + need))
+    return offsets, size
+
+
+class Tape:
+    """A reference program's steps (graph order, sources resolved, weights and states bound)
+    lowered to instructions for `run_tape`. Raises Unsupported where it cannot be."""
+
+    def __init__(self, program: reference.ReferenceProgram) -> None:
+        self._sizes: list[int] = []
+        self._instructions: list[tuple[list[Any], tuple[float, ...], list[_Value]]] = []
+        self._tables: list[int] = []
+        self._freqs: list[float] = []
+        self._held: list[Any] = []  # what the tape's fixed addresses point into
+        self._quantized: dict[tuple[int, str], tuple[_Value, ...]] = {}
+        self._slots: dict[int, _Value] = {}
+        values, steps = program.values, program.steps
+        self._bound = values
+        outputs = set(program.outputs.values())
+        self._readers: dict[int, int] = {}
+        for _, _, _, srcs, _ in steps:
+            for j in srcs:
+                self._readers[j] = self._readers.get(j, 0) + 1
+        self._producer = {i: node for i, _, node, _, _ in steps}
+        self._step_srcs = {i: srcs for i, _, _, srcs, _ in steps}
+        self._output_slots = outputs
+        self._group_of = self._product_groups(steps)
+        inputs = []
+        for i, key, node in program.inputs:
+            if node.dtype not in _ARENA_TYPES:
+                raise Unsupported(f"input {key} of type {node.dtype.name}")
+            self._slots[i] = self._new(node.shape, _ARENA_TYPES[node.dtype])
+            inputs.append((key, self._slots[i]))
+        self._fused: dict[int, tuple[int, float]] = {}
+        for i, _, node, srcs, _ in steps:
+            fused = self._fused_norm(node, srcs) if node.op is Op.MUL else None
+            if fused is not None:
+                self._fused[i] = fused
+        self._folded = {self._step_srcs[i][0] for i in self._fused}
+        for i, _, node, srcs, _ in steps:
+            self._lower(i, node, srcs)
+        kept = [self._slots[i] for i in program.outputs.values()]
+        if any(v.storage < 0 for v in kept):
+            raise Unsupported("an output outside the arena")
+        self._encode(inputs, {name: self._slots[i] for name, i in program.outputs.items()}, kept)
+
+    # -- values
+
+    def _new(self, shape: tuple[int, ...], dtype: Any) -> _Value:
+        self._sizes.append(math.prod(shape) * np.dtype(dtype).itemsize)
+        return _Value(len(self._sizes) - 1, 0, tuple(shape), dtype)
+
+    def _fixed(self, array: np.ndarray) -> _Value:
+        if not array.flags.c_contiguous:
+            raise Unsupported("a bound array that is not contiguous")
+        self._held.append(array)
+        return _Value(-1, array.ctypes.data, array.shape, array.dtype)
+
+    def _value(self, slot: int) -> _Value:
+        value = self._slots.get(slot)
+        if value is not None:
+            return value
+        bound = self._bound[slot]
+        if isinstance(bound, np.ndarray):
+            value = self._fixed(bound)
+            self._slots[slot] = value
+            return value
+        raise Unsupported(f"operand {slot} is {type(bound).__name__}")
+
+    def _f32(self, slot: int) -> _Value:
+        value = self._value(slot)
+        if value.dtype != np.float32:
+            raise Unsupported(f"operand {slot} is {value.dtype}, not float32")
+        return value
+
+    def _emit(self, operands: list[Any], reals: tuple[float, ...] = ()) -> None:
+        """One instruction: int operands, a _Value standing for its address; each _Value among
+        them is read or written by it, which is what the arena plan needs to know."""
+        used = [v for v in operands if isinstance(v, _Value)]
+        self._instructions.append((operands, reals, used))
+
+    # -- ops
+
+    def _product_groups(self, steps: list) -> dict[int, tuple[int, list[int]]]:
+        """Quantized products by (activation, weight type), as ops.group_products forms them:
+        product step slot -> (group id, member slots in program order)."""
+        groups: dict[tuple[int, GGMLType], list[int]] = {}
+        for i, _, node, srcs, _ in steps:
+            if node.op is not Op.MUL_MAT:
+                continue
+            if math.prod(node.shape[:-1]) > quant.ROW_TOKENS:
+                raise Unsupported("a batch over ROW_TOKENS rows")
+            weight = node.srcs[0]
+            bound = self._bound[srcs[0]]
+            if (
+                weight.op is Op.WEIGHT
+                and len(weight.shape) == 2
+                and weight.dtype in quant.SUPPORTED_TYPES
+                and weight.dtype not in quant.FLOAT_TYPES
+                and isinstance(bound, reference.QuantizedWeight)
+            ):
+                groups.setdefault((srcs[1], weight.dtype), []).append(i)
+        return {i: (n, members) for n, members in enumerate(groups.values()) for i in members}
+
+    def _fused_norm(self, node: Tensor, srcs: tuple[int, ...]) -> tuple[int, float] | None:
+        """(x slot, eps) when this MUL is rms_norm(x) · weight and the norm feeds nothing else
+        (every norm of the llama and gemma graphs): one pass over x."""
+        if len(srcs) != 2:
+            return None
+        norm_slot, weight_slot = srcs
+        norm = self._producer.get(norm_slot)
+        weight = node.srcs[1]
+        bound = self._bound[weight_slot]
+        if (
+            norm is None
+            or norm.op is not Op.RMS_NORM
+            or self._readers.get(norm_slot) != 1
+            or norm_slot in self._output_slots
+            or weight.op is not Op.WEIGHT
+            or weight.shape != norm.shape[-1:]
+            or node.shape != norm.shape
+            or not isinstance(bound, np.ndarray)
+            or bound.dtype != np.float32
+        ):
+            return None
+        return self._step_srcs[norm_slot][0], float(norm.params["eps"])
+
+    def _lower(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        op = node.op
+        if op is Op.RESHAPE:
+            self._slots[i] = self._value(srcs[0]).alias(node.shape)
+        elif op is Op.VIEW:
+            if not node.is_contiguous:
+                raise Unsupported("a strided view")
+            src = self._value(srcs[0])
+            self._slots[i] = src.alias(node.shape, node.params["offset"] * src.dtype.itemsize)
+        elif op is Op.RMS_NORM:
+            if i not in self._folded:  # else computed with the product that reads it
+                self._norm(i, node, srcs[0], 0, float(node.params["eps"]))
+        elif op is Op.MUL and i in self._fused:
+            x_slot, eps = self._fused[i]
+            self._norm(i, node, x_slot, self._value(srcs[1]), eps)
+        elif op is Op.MUL:
+            self._binary(i, node, srcs, MUL)
+        elif op is Op.ADD:
+            self._binary(i, node, srcs, ADD)
+        elif op is Op.SCALE:
+            x = self._f32(srcs[0])
+            out = self._slots[i] = self._new(node.shape, np.float32)
+            self._emit([SCALE, x, math.prod(node.shape), out], (node.params["scale"],))
+        elif op is Op.MUL_MAT:
+            self._mul_mat(i, node, srcs)
+        elif op is Op.GET_ROWS:
+            self._get_rows(i, node, srcs)
+        elif op is Op.ROPE:
+            self._rope(i, node, srcs)
+        elif op is Op.SET_ROWS:
+            self._set_rows(i, node, srcs)
+        elif op is Op.FLASH_ATTN_EXT:
+            self._attention(i, node, srcs)
+        elif op in (Op.SWIGLU, Op.GEGLU):
+            gate, up = self._f32(srcs[0]), self._f32(srcs[1])
+            rows, k = _rows_and_width(node.shape)
+            out = self._slots[i] = self._new(node.shape, np.float32)
+            kind = SILU_KIND if op is Op.SWIGLU else GELU_KIND
+            self._emit([GLU, kind, gate, up, rows, k, out])
+        elif op in (Op.SILU, Op.GELU):
+            x = self._f32(srcs[0])
+            rows, k = _rows_and_width(node.shape)
+            out = self._slots[i] = self._new(node.shape, np.float32)
+            self._emit([UNARY, SILU_KIND if op is Op.SILU else GELU_KIND, x, rows, k, out])
+        else:
+            raise Unsupported(f"no instruction for {op.value}")
+
+    def _norm(self, i: int, node: Tensor, x_slot: int, weight: Any, eps: float) -> None:
+        x = self._f32(x_slot)
+        rows, k = _rows_and_width(node.shape)
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        self._emit([NORM, x, rows, k, weight, out], (eps,))
+
+    def _binary(self, i: int, node: Tensor, srcs: tuple[int, ...], opcode: int) -> None:
+        a, b = self._f32(srcs[0]), self._f32(srcs[1])
+        rows, k = _rows_and_width(node.shape)
+        if math.prod(b.shape) == rows * k:
+            b_rows = rows
+        elif b.shape[-1:] == (k,) and math.prod(b.shape) == k:
+            b_rows = 1
+        else:
+            raise Unsupported(f"{node.op.value} broadcasting {b.shape} over {node.shape}")
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        self._emit([opcode, a, rows, k, b, b_rows, out])
+
+    def _activations(self, slot: int, weight_type: GGMLType, t: int, k: int) -> tuple[_Value, ...]:
+        """The q8 blocks of activation `slot` for weights of this type's family, quantized once
+        for every product that needs them: (xq, xd, xs, xsum)."""
+        family = quant.activation_family(weight_type)
+        key = (slot, family)
+        if key not in self._quantized:
+            code = _FAMILIES[family]
+            per_scale = 256 if code == FAMILY_Q8_K else 32
+            per_sum = 16 if code == FAMILY_Q8_K else 32
+            xq = self._new((t, k), np.int8)
+            xd = self._new((t, k // per_scale), np.float32)
+            xs = self._new((t, k // 32 if code == FAMILY_Q8_1 else 0), np.float32)
+            xsum = self._new((t, k // per_sum), np.int32)
+            self._emit([QUANTIZE, code, self._f32(slot), t, k, xq, xd, xs, xsum])
+            self._quantized[key] = (xq, xd, xs, xsum)
+        return self._quantized[key]
+
+    def _mul_mat(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        weight = node.srcs[0]
+        if weight.op is not Op.WEIGHT or len(weight.shape) != 2:
+            raise Unsupported("a product of two activations")
+        t, (m, k) = math.prod(node.shape[:-1]), weight.shape
+        if i in self._group_of:
+            if i not in self._slots:
+                self._group_product(node, srcs, self._group_of[i][1], t, k)
+            return
+        x = self._f32(srcs[1])
+        bound = self._bound[srcs[0]]
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        if weight.dtype is GGMLType.BF16 and isinstance(bound, reference.QuantizedWeight):
+            w = self._fixed(np.ascontiguousarray(bound.raw))
+        elif weight.dtype in (GGMLType.F32, GGMLType.F16) and isinstance(bound, np.ndarray):
+            w = self._fixed(bound)
+        else:
+            raise Unsupported(f"a product with a {weight.dtype.name} weight")
+        rounded = self._new((t, k), np.float32) if weight.dtype is not GGMLType.F32 else x
+        self._emit([FLOAT_PRODUCT, int(weight.dtype), w, m, k, x, t, rounded, out])
+
+    def _group_product(
+        self, node: Tensor, srcs: tuple[int, ...], members: list[int], t: int, k: int
+    ) -> None:
+        """Every member of a product group computed at its first member: one kernel call over a
+        row table, each member's result its columns (an alias for one row, else copied out)."""
+        weight_type = node.srcs[0].dtype
+        raws = [np.ascontiguousarray(self._bound[self._step_srcs[n][0]].raw) for n in members]
+        self._held.extend(raws)
+        table_at = len(self._tables)
+        self._tables += [raw.ctypes.data for raw in raws] + [raw.shape[0] for raw in raws]
+        total = sum(raw.shape[0] for raw in raws)
+        xq, xd, xs, xsum = self._activations(srcs[1], weight_type, t, k)
+        family = _FAMILIES[quant.activation_family(weight_type)]
+        out = self._new((t, total), np.float32)
+        self._emit([ROWS, int(weight_type), family, table_at, len(raws), raws[0].shape[1], t, k,
+                    xq, xd, xs, xsum, out, total])  # fmt: skip
+        start = 0
+        for n, raw in zip(members, raws, strict=True):
+            shape = self._producer[n].shape
+            if t == 1:
+                self._slots[n] = out.alias(shape, start * 4)
+            else:
+                self._slots[n] = self._new(shape, np.float32)
+                self._emit([COPY_COLS, out, t, total, start, raw.shape[0], self._slots[n]])
+            start += raw.shape[0]
+
+    def _get_rows(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        table_node = node.srcs[0]
+        bound = self._bound[srcs[0]] if table_node.op is Op.WEIGHT else None
+        ids = self._value(srcs[1])
+        n_ids, k = node.shape
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        if isinstance(bound, reference.QuantizedWeight):
+            if bound.type in quant.FLOAT_TYPES or bound.type not in quant.SUPPORTED_TYPES:
+                raise Unsupported(f"rows of a {bound.type.name} table")
+            raw = self._fixed(np.ascontiguousarray(bound.raw))
+            self._emit([GET_ROWS_QUANT, int(bound.type), raw, raw.shape[0], raw.shape[1], ids,
+                        n_ids, k, out])  # fmt: skip
+            return
+        table = self._value(srcs[0])
+        if table.dtype not in (np.float32, np.float16):
+            raise Unsupported(f"rows of a {table.dtype} table")
+        n_rows = math.prod(table.shape[:-1])
+        self._emit([GET_ROWS_FLOAT, int(table.dtype == np.float16), table, n_rows, k, ids, n_ids,
+                    out])  # fmt: skip
+
+    def _rope(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        factors = None
+        if len(srcs) > 2:
+            factors = self._bound[srcs[2]]
+            if node.srcs[2].op is not Op.WEIGHT or not isinstance(factors, np.ndarray):
+                raise Unsupported("rope factors that are not a weight")
+        freqs = rope_frequencies(node.params, factors)
+        at = len(self._freqs)
+        self._freqs += freqs.tolist()
+        x, pos = self._f32(srcs[0]), self._value(srcs[1])
+        t, heads, d = node.shape
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        neox = int(node.params["mode"] == ROPE_NEOX)
+        p = node.params
+        self._emit([ROPE, x, t, heads, d, pos, at, len(freqs), neox, out],
+                   (float(p["freq_scale"]), float(p["attn_factor"])))  # fmt: skip
+
+    def _set_rows(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        dst, ids, src = self._value(srcs[0]), self._value(srcs[1]), self._f32(srcs[2])
+        if dst.dtype not in (np.float16, np.float32) or dst.storage >= 0:
+            raise Unsupported(f"set_rows into {dst.dtype}")
+        row = math.prod(node.shape[1:])
+        self._emit([SET_ROWS, dst, node.shape[0], row, int(dst.dtype == np.float16), ids,
+                    src.shape[0], src])  # fmt: skip
+        self._slots[i] = dst
+
+    def _attention(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
+        q, k, v = self._f32(srcs[0]), self._value(srcs[1]), self._value(srcs[2])
+        if k.dtype != v.dtype or k.dtype not in (np.float16, np.float32):
+            raise Unsupported("attention over caches of different or unusual types")
+        mask = self._f32(srcs[3]) if len(srcs) > 3 else 0
+        (t, hq, d), (s, hkv, _), dv = node.srcs[0].shape, node.srcs[1].shape, node.shape[2]
+        out = self._slots[i] = self._new(node.shape, np.float32)
+        self._emit([ATTENTION, q, t, hq, d, k, v, s, hkv, dv, mask, int(k.dtype == np.float16),
+                    out], (node.params["scale"], node.params["softcap"]))  # fmt: skip
+
+    # -- the arena and the encoded instructions
+
+    def _encode(
+        self, inputs: list[tuple[str, _Value]], outputs: dict[str, _Value], kept: list[_Value]
+    ) -> None:
+        n_storages = len(self._sizes)
+        first, last = [len(self._instructions)] * n_storages, [-1] * n_storages
+        for _, value in inputs:
+            first[value.storage] = -1
+        for n, (_, _, used) in enumerate(self._instructions):
+            for value in used:
+                if value.storage >= 0:
+                    first[value.storage] = min(first[value.storage], n)
+                    last[value.storage] = max(last[value.storage], n)
+        for value in kept:
+            last[value.storage] = len(self._instructions)
+        for s in range(n_storages):  # an input nothing reads still gets its place
+            last[s] = max(last[s], first[s])
+        offsets, size = _plan(self._sizes, first, last)
+        self._arena = np.zeros(size + ALIGN, dtype=np.uint8)
+        base = -self._arena.ctypes.data % ALIGN
+        address = self._arena.ctypes.data + base
+
+        def resolve(operand: Any) -> int:
+            if isinstance(operand, _Value):
+                return operand.offset if operand.storage < 0 else (
+                    address + offsets[operand.storage] + operand.offset
+                )  # fmt: skip
+            return int(operand)
+
+        def view(value: _Value) -> np.ndarray:
+            at = base + offsets[value.storage] + value.offset
+            nbytes = math.prod(value.shape) * value.dtype.itemsize
+            return self._arena[at : at + nbytes].view(value.dtype).reshape(value.shape)
+
+        self.code = np.zeros((len(self._instructions), WIDTH), dtype=np.int64)
+        self.reals = np.zeros((len(self._instructions), 4), dtype=np.float64)
+        for n, (operands, reals, _) in enumerate(self._instructions):
+            self.code[n, : len(operands)] = [resolve(o) for o in operands]
+            self.reals[n, : len(reals)] = reals
+        self.tables = np.array(self._tables or [0], dtype=np.int64)
+        self.freqs = np.array(self._freqs or [0.0], dtype=np.float64)
+        self.inputs = [(key, view(value)) for key, value in inputs]
+        self.outputs = {name: view(value) for name, value in outputs.items()}
+        self.arena_bytes = size
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        for key, view in self.inputs:
+            view[...] = np.asarray(inputs[key]).reshape(view.shape)
+        run_tape(self.code, self.reals, self.tables, self.freqs, quant.F16_TO_F32,
+                 kernels.GELU_F16)  # fmt: skip
+        return {name: view.copy() for name, view in self.outputs.items()}
