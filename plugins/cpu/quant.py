@@ -18,6 +18,7 @@ unpacks each weight row once for the whole batch (see "products" below).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numba
@@ -27,6 +28,9 @@ from numba import prange
 from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
 from llmrt_cpu.simd import (
+    X8_NONE,
+    X8_VARIANT,
+    block_x8,
     bytes_at,
     dot_i8,
     dot_q4,
@@ -845,6 +849,87 @@ def matmul_qk_tiles(
         _matmul_qk_tiles(raw, Q5_K, xq, xd, xs, out)
     elif kind == Q6_K:
         _matmul_qk_tiles(raw, Q6_K, xq, xd, xs, out)
+
+
+# ---- Q4_0 and Q4_1 decode products on blocks repacked 8 rows at a time ---------------------------
+
+X8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1}) if X8_VARIANT != X8_NONE else frozenset()
+_acc_8 = stack_array(8, np.float32)
+
+
+def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
+    """Q4_0 / Q4_1 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows [M / 8, group
+    bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then their levels in 4
+    chunks, each 4 bytes of every row in turn, which `simd.block_x8` multiplies in one pass."""
+    m, row_bytes = raw.shape
+    size = weight_type.type_size
+    head, nb = size - 16, row_bytes // size
+    packed = np.empty((m // 8, nb * 8 * size), dtype=np.uint8)
+    step = 4096  # groups at a time: bounds the temporaries of the transposes
+    for g0 in range(0, m // 8, step):
+        g1 = min(m // 8, g0 + step)
+        blocks = raw[g0 * 8 : g1 * 8].reshape(g1 - g0, 8, nb, size)
+        fields = [blocks[..., at : at + 2].transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 16)
+                  for at in range(0, head, 2)]  # fmt: skip
+        levels = blocks[..., head:].reshape(g1 - g0, 8, nb, 4, 4).transpose(0, 2, 3, 1, 4)
+        fields.append(levels.reshape(g1 - g0, nb, 128))
+        packed[g0:g1] = np.concatenate(fields, axis=2).reshape(g1 - g0, -1)
+    return packed
+
+
+_packed: dict[int, np.ndarray] = {}
+
+
+def packed_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
+    """`repack_x8` of a weight's blocks, made once per weight and kept while the weight lives:
+    every decode graph compiled for a model shares one copy."""
+    key = id(raw)
+    packed = _packed.get(key)
+    if packed is None:
+        packed = _packed[key] = repack_x8(raw, weight_type)
+        weakref.finalize(raw, _packed.pop, key, None)
+    return packed
+
+
+@inline
+def _matmul_x8_rows(
+    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, with_min: bool, offset: int,
+    xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xsum: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """out[t, 8g + r] = row r of group g · activation row t, for repacked weights (a row table
+    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1, to the bit, 8 rows per pass."""
+    total = out.shape[1] // 8
+    t_count, k = xq.shape
+    nb = k // 32
+    block_bytes = group_bytes // nb
+    chunks = min(total, _CHUNKS)
+    for c in prange(chunks):
+        acc_at = _acc_8()
+        acc = numba.carray(acc_at, 8)
+        for g in range(c * total // chunks, (c + 1) * total // chunks):
+            group = _weight_row(addresses, groups, group_bytes, g)
+            for t in range(t_count):
+                for r in range(8):
+                    acc[r] = 0.0
+                x = xq[t]
+                for b in range(nb):
+                    x_min = xs[t, b] if with_min else _F32(0.0)
+                    block_x8(acc_at, group, b * block_bytes, offset, with_min, x, b * 32,
+                             xsum[t, b], xd[t, b], x_min, X8_VARIANT)  # fmt: skip
+                for r in range(8):
+                    out[t, g * 8 + r] = acc[r]
+
+
+@pjit
+def matmul_x8_rows(
+    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xs: np.ndarray, xsum: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """The rows path on weights repacked by `repack_x8` (see _matmul_x8_rows)."""
+    if kind == Q4_0:
+        _matmul_x8_rows(addresses, groups, group_bytes, False, 8, xq, xd, xs, xsum, out)
+    elif kind == Q4_1:
+        _matmul_x8_rows(addresses, groups, group_bytes, True, 0, xq, xd, xs, xsum, out)
 
 
 def activation_family(weight_type: GGMLType) -> str:

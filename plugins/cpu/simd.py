@@ -313,3 +313,122 @@ def widen_f16(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any) -> A
         return context.get_dummy_value()
 
     return types.none(dst, dst_at, src, src_at), codegen
+
+
+# ---- eight weight rows at once, on repacked Q4_0 / Q4_1 blocks ----------------------------------
+#
+# A decode product reduces each row's block to one integer: a horizontal sum per block and per
+# row, which costs more than the multiplies. Repacked so that 4 bytes of each of 8 rows sit side
+# by side (`llmrt_cpu.quant.repack_x8`), one 32-byte load holds 4 levels of 8 rows, and a
+# multiply-add of unsigned by signed bytes summing groups of 4 (x86 `vpdpbusd`, or `vpmaddubsw`
+# then `vpmaddwd` with AVX2) against 4 activation bytes broadcast leaves each row's partial sum in
+# its own lane: no horizontal sums at all. LLVM does not form these instructions from generic IR
+# for lane-wise sums, so this one intrinsic names them, for the hosts that have them; elsewhere
+# the products keep the row-by-row kernels (X8_VARIANT is X8_NONE).
+X8_NONE, X8_VNNI, X8_AVX2 = 0, 1, 2  # which instructions block_x8 uses
+
+
+def _x8_variant() -> int:
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:
+        return X8_NONE
+    if not NATIVE_F16:
+        return X8_NONE
+    if features.get("avx512vnni") and features.get("avx512vl") or features.get("avxvnni"):
+        return X8_VNNI
+    if features.get("avx2"):
+        return X8_AVX2
+    return X8_NONE
+
+
+X8_VARIANT = _x8_variant()
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _i32(builder: Any, value: Any) -> Any:
+    if value.type.width > 32:
+        return builder.trunc(value, _I32)
+    return builder.sext(value, _I32) if value.type.width < 32 else value
+
+
+def _sum_groups_of_4(builder: Any, total: Any, unsigned: Any, signed: Any, variant: int) -> Any:
+    """total (<8 x i32>) + for each lane l, Σ_i unsigned[4l + i]·signed[4l + i] (bytes); exact for
+    unsigned levels below 64 (no i16 saturation on the AVX2 path)."""
+    if variant == X8_VNNI:
+        name = "llvm.x86.avx512.vpdpbusd.256"
+        if not llvm.get_host_cpu_features().get("avx512vl"):
+            name = "llvm.x86.avx2.vpdpbusd.256"
+        vnni = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8I32, [_V8I32, _V8I32, _V8I32]), name
+        )
+        return builder.call(vnni, [total, builder.bitcast(unsigned, _V8I32),
+                                   builder.bitcast(signed, _V8I32)])  # fmt: skip
+    v32i8, v16i16 = ir.VectorType(_I8, 32), ir.VectorType(ir.IntType(16), 16)
+    pairs = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw"
+    )
+    quads = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V8I32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
+    )
+    summed = builder.call(pairs, [unsigned, signed])
+    return builder.add(total, builder.call(quads, [summed, ir.Constant(v16i16, [1] * 16)]))
+
+
+@intrinsic
+def block_x8(
+    typingctx: Any, acc: Any, w: Any, w_at: Any, offset: Any, with_min: Any, x: Any, x_at: Any,
+    x_sum: Any, x_scale: Any, x_min: Any, variant: Any,
+) -> Any:  # fmt: skip
+    """One repacked Q4_0 / Q4_1 block of 8 rows (at w[w_at]: 8 f16 d, with_min: 8 f16 m, then 4
+    chunks of 8 rows × 4 bytes) times activation block x[x_at:x_at + 32] (its level sum x_sum,
+    scale x_scale, q8_1 sum x_min): for each row r, acc[r] += (d_r·x_scale)·(Σ level·x − offset·
+    x_sum), then acc[r] += m_r·x_min, in that order, as the row-by-row kernel adds them."""
+    kind = getattr(variant, "literal_value", None)
+    minimum = getattr(with_min, "literal_value", None)
+    if kind is None or minimum is None or not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        if kind == X8_NONE:  # compiled into callers on any host, never run where unsupported
+            void = ir.FunctionType(ir.VoidType(), [])
+            trap = cgutils.get_or_insert_function(builder.module, void, "llvm.trap")
+            builder.call(trap, [])
+            return context.get_dummy_value()
+        acc_p, w_arr, w_at, offset, _, x_arr, x_at, x_sum, x_scale, x_min, _ = args
+        f32x8 = ir.VectorType(ir.FloatType(), 8)
+        base = _byte_pointer(context, builder, signature.args[1], w_arr, w_at)
+
+        def halves(at: int) -> Any:
+            pointer = builder.bitcast(builder.gep(base, [ir.Constant(_I32, at)]),
+                                      ir.PointerType(ir.VectorType(ir.HalfType(), 8)))  # fmt: skip
+            loaded = builder.load(pointer)
+            loaded.align = 1
+            return builder.fpext(loaded, f32x8)
+
+        qs = 32 if minimum else 16
+        xp = _byte_pointer(context, builder, signature.args[5], x_arr, x_at)
+        total = ir.Constant(_V8I32, [0] * 8)
+        for c in range(4):
+            chunk = _load(builder, builder.gep(base, [ir.Constant(_I32, qs + 32 * c)]), 32)
+            low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
+            high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
+            for levels, at in ((low, 4 * c), (high, 16 + 4 * c)):
+                four = builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(_I32, at)]),
+                                                    ir.PointerType(_I32)))  # fmt: skip
+                four.align = 1
+                broadcast = builder.bitcast(_splat(builder, four, 8, _I32), ir.VectorType(_I8, 32))
+                total = _sum_groups_of_4(builder, total, levels, broadcast, kind)
+        correction = builder.mul(_i32(builder, offset), _i32(builder, x_sum))
+        isum = builder.sitofp(builder.sub(total, _splat(builder, correction, 8, _I32)), f32x8)
+        scale = builder.fmul(halves(0), _splat(builder, x_scale, 8, ir.FloatType()))
+        acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
+        sums = builder.fadd(builder.load(acc_v), builder.fmul(scale, isum))
+        if minimum:
+            x_mins = _splat(builder, x_min, 8, ir.FloatType())
+            sums = builder.fadd(sums, builder.fmul(halves(16), x_mins))
+        builder.store(sums, acc_v)
+        return context.get_dummy_value()
+
+    sig = types.none(acc, w, w_at, offset, with_min, x, x_at, x_sum, x_scale, x_min, variant)
+    return sig, codegen

@@ -137,11 +137,15 @@ def run_tape(
                     quant.quantize_q8_0_serial(x, xq, xd, xs, xsum)
                 else:
                     quant.quantize_q8_0(x, xq, xd, xs, xsum)
-        elif op == ROWS:  # kind family table n_weights row_bytes t k xq xd xs xsum out total
+        elif op == ROWS:  # kind family table n_weights row_bytes t k xq xd xs xsum out total x8
             kind, nw, t, k = c[1], c[4], c[6], c[7]
             addresses, rows = tables[c[3] : c[3] + nw], tables[c[3] + nw : c[3] + 2 * nw]
             xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
-            if c[2] == FAMILY_Q8_K:
+            if c[14] != 0:  # repacked 8 rows at a time: rows counts groups, row_bytes a group's
+                xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
+                xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
+                quant.matmul_x8_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+            elif c[2] == FAMILY_Q8_K:
                 xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
                 quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
             else:
@@ -522,24 +526,28 @@ class Tape:
         row table, each member's result its columns (an alias for one row, else copied out)."""
         weight_type = node.srcs[0].dtype
         raws = [np.ascontiguousarray(self._bound[self._step_srcs[n][0]].raw) for n in members]
-        self._held.extend(raws)
+        rows = [raw.shape[0] for raw in raws]
+        # Q4_0 / Q4_1 go 8 rows at a time on a repacked copy, where the host has the instructions
+        x8 = weight_type in quant.X8_TYPES and all(r % 8 == 0 for r in rows)
+        blocks = [quant.packed_x8(raw, weight_type) for raw in raws] if x8 else raws
+        self._held.extend(blocks)
         table_at = len(self._tables)
-        self._tables += [raw.ctypes.data for raw in raws] + [raw.shape[0] for raw in raws]
-        total = sum(raw.shape[0] for raw in raws)
+        self._tables += [b.ctypes.data for b in blocks] + [b.shape[0] for b in blocks]
+        total = sum(rows)
         xq, xd, xs, xsum = self._activations(srcs[1], weight_type, t, k)
         family = _FAMILIES[quant.activation_family(weight_type)]
         out = self._new((t, total), np.float32)
-        self._emit([ROWS, int(weight_type), family, table_at, len(raws), raws[0].shape[1], t, k,
-                    xq, xd, xs, xsum, out, total])  # fmt: skip
+        self._emit([ROWS, int(weight_type), family, table_at, len(raws), blocks[0].shape[1], t, k,
+                    xq, xd, xs, xsum, out, total, int(x8)])  # fmt: skip
         start = 0
-        for n, raw in zip(members, raws, strict=True):
+        for n, count in zip(members, rows, strict=True):
             shape = self._producer[n].shape
             if t == 1:
                 self._slots[n] = out.alias(shape, start * 4)
             else:
                 self._slots[n] = self._new(shape, np.float32)
-                self._emit([COPY_COLS, out, t, total, start, raw.shape[0], self._slots[n]])
-            start += raw.shape[0]
+                self._emit([COPY_COLS, out, t, total, start, count, self._slots[n]])
+            start += count
 
     def _get_rows(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
         table_node = node.srcs[0]

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from llmrt import reference
 from llmrt.gguf import GGMLType, quantize
 from llmrt.ir import ROPE_NEOX, ROPE_NORMAL, Graph, Op
 from llmrt.testing.conformance import NMSE_MATMUL, nmse
-from llmrt_cpu import jit, kernels, ops, quant
+from llmrt_cpu import jit, kernels, ops, quant, simd
 from llmrt_cpu.backend import CPUBackend, CPUProgram
 
 T = GGMLType
@@ -531,3 +532,91 @@ def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
     listener.on_end(Event("llmrt_cpu.quant"))
     assert slp == numba.config.SLP_VECTORIZE
     assert capsys.readouterr().err == jit.COMPILE_NOTE + "\n"
+
+
+# ---- Q4_0 / Q4_1 decode products on blocks repacked 8 rows at a time ----------------------------
+
+
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
+    rng = np.random.default_rng(11)
+    raw, _ = _weight(rng, weight_type, 24, 96, False)
+    packed = quant.repack_x8(raw, weight_type)
+    size, head = weight_type.type_size, weight_type.type_size - 16
+    assert packed.shape == (3, 8 * raw.shape[1])
+    for g, r, b in [(0, 0, 0), (2, 7, 2), (1, 3, 1)]:
+        block = raw[8 * g + r, b * size : (b + 1) * size]
+        packed_block = packed[g, b * 8 * size : (b + 1) * 8 * size]
+        for field in range(head // 2):  # d, then m
+            at = field * 16 + 2 * r
+            assert bytes(packed_block[at : at + 2]) == bytes(block[2 * field : 2 * field + 2])
+        for c in range(4):
+            at = 8 * head + 32 * c + 4 * r
+            assert bytes(packed_block[at : at + 4]) == bytes(block[head + 4 * c : head + 4 * c + 4])
+
+
+@pytest.mark.skipif(not quant.X8_TYPES, reason="this host has no x86 AVX2 for the 8-row kernel")
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+@pytest.mark.parametrize("t", [1, 3, 32])
+def test_eight_rows_at_once_is_the_row_by_row_kernel_to_the_bit(weight_type, t):
+    """Several weights in one table (q, k and v), rows in groups of 8: the repacked kernel gives
+    exactly what the row-by-row kernel gives, for any batch of decode rows."""
+    rng = np.random.default_rng(t)
+    raws = [_weight(rng, weight_type, m, 256, random_blocks)[0]
+            for m, random_blocks in ((64, False), (16, True), (40, False))]  # fmt: skip
+    x = _activations(rng, (t, 256))
+    prepared = quant.prepare_activations(weight_type, x)
+    expected = quant.mul_mat_rows(weight_type, quant.RowTable(raws), prepared, t)
+    packed = [quant.repack_x8(raw, weight_type) for raw in raws]
+    table = quant.RowTable(packed)
+    out = np.empty_like(expected)
+    quant.matmul_x8_rows(table.addresses, table.rows, table.row_bytes, int(weight_type),
+                         *prepared, out)  # fmt: skip
+    np.testing.assert_array_equal(out, expected)
+
+
+def _one_group_kernel(variant: int, with_min: bool):
+    """block_x8 on one group block, with the given instructions (a constant, as kernels pass it)."""
+    stack = jit.stack_array(8, np.float32)
+
+    @numba.njit
+    def one_group(packed, offset, x, x_sum, x_scale, x_min):
+        acc_at = stack()
+        acc = numba.carray(acc_at, 8)
+        for r in range(8):
+            acc[r] = 0.0
+        simd.block_x8(acc_at, packed, 0, offset, with_min, x, 0, x_sum, x_scale, x_min, variant)
+        return acc.copy()
+
+    return one_group
+
+
+_HOST = llvm.get_host_cpu_features()
+VARIANTS = {
+    simd.X8_AVX2: bool(_HOST.get("avx2")),
+    simd.X8_VNNI: bool(_HOST.get("avx512vnni") and _HOST.get("avx512vl") or _HOST.get("avxvnni")),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_type):
+    """The VNNI and the AVX2 forms of one block of 8 rows against the row-by-row kernel, with
+    the extreme levels (0 and 15 against -127 and 127) that would saturate a 16-bit sum."""
+    if not VARIANTS[variant]:
+        pytest.skip(f"this host cannot run variant {variant}")
+    rng = np.random.default_rng(variant)
+    raw = _random_blocks(rng, weight_type, 8, 32)
+    head = weight_type.type_size - 16
+    raw[0, head:] = 0xFF  # every level 15
+    raw[1, head:] = 0x00
+    x = _activations(rng, (1, 32))
+    x[0, :16], x[0, 16:] = 1.0, -1.0  # levels 127 and -127
+    prepared = quant.prepare_activations(weight_type, x)
+    expected = quant.mul_mat_rows(weight_type, quant.RowTable([raw]), prepared, 1)[0]
+    xq, xd, xs, xsum = prepared
+    x_min = xs[0, 0] if weight_type == T.Q4_1 else np.float32(0.0)
+    kernel = _one_group_kernel(variant, weight_type == T.Q4_1)
+    offset = 8 if weight_type == T.Q4_0 else 0
+    got = kernel(quant.repack_x8(raw, weight_type)[0], offset, xq[0], xsum[0, 0], xd[0, 0], x_min)
+    np.testing.assert_array_equal(got, expected)

@@ -10,7 +10,7 @@ from llmrt import engine, reference
 from llmrt.gguf import GGMLType, quantize
 from llmrt.ir import ROPE_NEOX, ROPE_NORMAL, Graph
 from llmrt.testing.conformance import nmse
-from llmrt_cpu import backend, tape
+from llmrt_cpu import backend, quant, tape
 from llmrt_cpu.backend import CPUProgram
 
 T = GGMLType
@@ -168,6 +168,8 @@ def test_a_models_decode_step_is_one_call_with_the_step_programs_logits(smollm2_
     executable = ctx._executable(1, 256, 1)
     assert executable.tape is not None
     assert executable.tape.arena_bytes < 1 << 20  # activations only, planned by liveness
+    products = executable.tape.code[executable.tape.code[:, 0] == tape.ROWS]
+    assert bool((products[:, 14] == 1).any()) == bool(quant.X8_TYPES)  # Q4_1 8 rows at a time
     steps_compile = backend.CPUDevice.compile
     monkeypatch.setattr(backend.CPUDevice, "compile",
                         lambda self, g, b: CPUProgram(g, b, use_tape=False))  # fmt: skip
