@@ -28,8 +28,12 @@ from numba import prange
 from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
 from llmrt_cpu.simd import (
-    X8_NONE,
+    X8_AVX2,
+    X8_Q4,
+    X8_Q4_MIN,
+    X8_Q8,
     X8_VARIANT,
+    X8_VNNI,
     block_x8,
     bytes_at,
     dot_i8,
@@ -853,17 +857,25 @@ def matmul_qk_tiles(
 
 # ---- Q4_0 and Q4_1 decode products on blocks repacked 8 rows at a time ---------------------------
 
-X8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1}) if X8_VARIANT != X8_NONE else frozenset()
+# Q8_0's levels + 128 reach 255, whose pair sums overflow AVX2's 16-bit form: VNNI only.
+X8_TYPES = frozenset(
+    {GGMLType.Q4_0, GGMLType.Q4_1} if X8_VARIANT == X8_AVX2
+    else {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0} if X8_VARIANT == X8_VNNI
+    else ()
+)  # fmt: skip
 _acc_8 = stack_array(8, np.float32)
 
 
 def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
-    """Q4_0 / Q4_1 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows [M / 8, group
-    bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then their levels in 4
-    chunks, each 4 bytes of every row in turn, which `simd.block_x8` multiplies in one pass."""
+    """Q4_0 / Q4_1 / Q8_0 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows [M / 8,
+    group bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then their levels
+    in chunks, each 4 bytes of every row in turn (Q8_0's levels + 128, unsigned), which
+    `simd.block_x8` multiplies in one pass."""
     m, row_bytes = raw.shape
     size = weight_type.type_size
-    head, nb = size - 16, row_bytes // size
+    levels_bytes = 32 if weight_type == GGMLType.Q8_0 else 16
+    head, nb = size - levels_bytes, row_bytes // size
+    chunks = levels_bytes // 4
     packed = np.empty((m // 8, nb * 8 * size), dtype=np.uint8)
     step = 4096  # groups at a time: bounds the temporaries of the transposes
     for g0 in range(0, m // 8, step):
@@ -871,8 +883,9 @@ def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
         blocks = raw[g0 * 8 : g1 * 8].reshape(g1 - g0, 8, nb, size)
         fields = [blocks[..., at : at + 2].transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 16)
                   for at in range(0, head, 2)]  # fmt: skip
-        levels = blocks[..., head:].reshape(g1 - g0, 8, nb, 4, 4).transpose(0, 2, 3, 1, 4)
-        fields.append(levels.reshape(g1 - g0, nb, 128))
+        levels = blocks[..., head:].reshape(g1 - g0, 8, nb, chunks, 4).transpose(0, 2, 3, 1, 4)
+        levels = levels.reshape(g1 - g0, nb, 8 * levels_bytes)
+        fields.append(levels ^ np.uint8(0x80) if weight_type == GGMLType.Q8_0 else levels)
         packed[g0:g1] = np.concatenate(fields, axis=2).reshape(g1 - g0, -1)
     return packed
 
@@ -893,11 +906,12 @@ def packed_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
 
 @inline
 def _matmul_x8_rows(
-    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, with_min: bool, offset: int,
+    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, layout: int, offset: int,
     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xsum: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
     """out[t, 8g + r] = row r of group g · activation row t, for repacked weights (a row table
-    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1, to the bit, 8 rows per pass."""
+    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1 / Q8_0, to the bit, 8 rows per
+    pass."""
     total = out.shape[1] // 8
     t_count, k = xq.shape
     nb = k // 32
@@ -913,8 +927,8 @@ def _matmul_x8_rows(
                     acc[r] = 0.0
                 x = xq[t]
                 for b in range(nb):
-                    x_min = xs[t, b] if with_min else _F32(0.0)
-                    block_x8(acc_at, group, b * block_bytes, offset, with_min, x, b * 32,
+                    x_min = xs[t, b] if layout == X8_Q4_MIN else _F32(0.0)
+                    block_x8(acc_at, group, b * block_bytes, offset, layout, x, b * 32,
                              xsum[t, b], xd[t, b], x_min, X8_VARIANT)  # fmt: skip
                 for r in range(8):
                     out[t, g * 8 + r] = acc[r]
@@ -927,9 +941,11 @@ def matmul_x8_rows(
 ) -> None:  # fmt: skip
     """The rows path on weights repacked by `repack_x8` (see _matmul_x8_rows)."""
     if kind == Q4_0:
-        _matmul_x8_rows(addresses, groups, group_bytes, False, 8, xq, xd, xs, xsum, out)
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q4, 8, xq, xd, xs, xsum, out)
     elif kind == Q4_1:
-        _matmul_x8_rows(addresses, groups, group_bytes, True, 0, xq, xd, xs, xsum, out)
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q4_MIN, 0, xq, xd, xs, xsum, out)
+    elif kind == Q8_0:
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q8, 128, xq, xd, xs, xsum, out)
 
 
 def activation_family(weight_type: GGMLType) -> str:

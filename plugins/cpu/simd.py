@@ -326,6 +326,7 @@ def widen_f16(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any) -> A
 # for lane-wise sums, so this one intrinsic names them, for the hosts that have them; elsewhere
 # the products keep the row-by-row kernels (X8_VARIANT is X8_NONE).
 X8_NONE, X8_VNNI, X8_AVX2 = 0, 1, 2  # which instructions block_x8 uses
+X8_Q4, X8_Q4_MIN, X8_Q8 = 0, 1, 2  # how a repacked block holds its levels
 
 
 def _x8_variant() -> int:
@@ -353,8 +354,8 @@ def _i32(builder: Any, value: Any) -> Any:
 
 
 def _sum_groups_of_4(builder: Any, total: Any, unsigned: Any, signed: Any, variant: int) -> Any:
-    """total (<8 x i32>) + for each lane l, Σ_i unsigned[4l + i]·signed[4l + i] (bytes); exact for
-    unsigned levels below 64 (no i16 saturation on the AVX2 path)."""
+    """total (<8 x i32>) + for each lane l, Σ_i unsigned[4l + i]·signed[4l + i] (bytes); exact on
+    the AVX2 path only for unsigned levels below 128 (its pair sums saturate at 16 bits)."""
     if variant == X8_VNNI:
         name = "llvm.x86.avx512.vpdpbusd.256"
         if not llvm.get_host_cpu_features().get("avx512vl"):
@@ -377,17 +378,20 @@ def _sum_groups_of_4(builder: Any, total: Any, unsigned: Any, signed: Any, varia
 
 @intrinsic
 def block_x8(
-    typingctx: Any, acc: Any, w: Any, w_at: Any, offset: Any, with_min: Any, x: Any, x_at: Any,
+    typingctx: Any, acc: Any, w: Any, w_at: Any, offset: Any, layout: Any, x: Any, x_at: Any,
     x_sum: Any, x_scale: Any, x_min: Any, variant: Any,
 ) -> Any:  # fmt: skip
-    """One repacked Q4_0 / Q4_1 block of 8 rows (at w[w_at]: 8 f16 d, with_min: 8 f16 m, then 4
-    chunks of 8 rows × 4 bytes) times activation block x[x_at:x_at + 32] (its level sum x_sum,
-    scale x_scale, q8_1 sum x_min): for each row r, acc[r] += (d_r·x_scale)·(Σ level·x − offset·
-    x_sum), then acc[r] += m_r·x_min, in that order, as the row-by-row kernel adds them."""
+    """One repacked block of 8 rows at w[w_at] (8 f16 d; X8_Q4_MIN: 8 f16 m; then the levels in
+    chunks of 8 rows × 4 bytes: X8_Q4 and X8_Q4_MIN 4 chunks of nibbles, the low ones levels
+    0-15; X8_Q8 8 chunks of bytes, each level + 128) times activation block x[x_at:x_at + 32]
+    (its level sum x_sum, scale x_scale, q8_1 sum x_min): for each row r, acc[r] +=
+    (d_r·x_scale)·(Σ level·x − offset·x_sum), then acc[r] += m_r·x_min, in that order, as the
+    row-by-row kernel adds them."""
     kind = getattr(variant, "literal_value", None)
-    minimum = getattr(with_min, "literal_value", None)
-    if kind is None or minimum is None or not (_is_row(w) and _is_row(x)):
+    packing = getattr(layout, "literal_value", None)
+    if kind is None or packing is None or not (_is_row(w) and _is_row(x)):
         return None
+    minimum = packing == X8_Q4_MIN
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         if kind == X8_NONE:  # compiled into callers on any host, never run where unsupported
@@ -409,11 +413,15 @@ def block_x8(
         qs = 32 if minimum else 16
         xp = _byte_pointer(context, builder, signature.args[5], x_arr, x_at)
         total = ir.Constant(_V8I32, [0] * 8)
-        for c in range(4):
+        for c in range(8 if packing == X8_Q8 else 4):
             chunk = _load(builder, builder.gep(base, [ir.Constant(_I32, qs + 32 * c)]), 32)
-            low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
-            high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
-            for levels, at in ((low, 4 * c), (high, 16 + 4 * c)):
+            if packing == X8_Q8:
+                parts = [(chunk, 4 * c)]
+            else:
+                low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
+                high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
+                parts = [(low, 4 * c), (high, 16 + 4 * c)]
+            for levels, at in parts:
                 four = builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(_I32, at)]),
                                                     ir.PointerType(_I32)))  # fmt: skip
                 four.align = 1
@@ -430,5 +438,5 @@ def block_x8(
         builder.store(sums, acc_v)
         return context.get_dummy_value()
 
-    sig = types.none(acc, w, w_at, offset, with_min, x, x_at, x_sum, x_scale, x_min, variant)
+    sig = types.none(acc, w, w_at, offset, layout, x, x_at, x_sum, x_scale, x_min, variant)
     return sig, codegen

@@ -537,12 +537,14 @@ def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
 # ---- Q4_0 / Q4_1 decode products on blocks repacked 8 rows at a time ----------------------------
 
 
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q8_0])
 def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
     rng = np.random.default_rng(11)
     raw, _ = _weight(rng, weight_type, 24, 96, False)
     packed = quant.repack_x8(raw, weight_type)
-    size, head = weight_type.type_size, weight_type.type_size - 16
+    levels = 32 if weight_type == T.Q8_0 else 16
+    size, head = weight_type.type_size, weight_type.type_size - levels
+    flip = 0x80 if weight_type == T.Q8_0 else 0  # Q8_0's levels are stored + 128
     assert packed.shape == (3, 8 * raw.shape[1])
     for g, r, b in [(0, 0, 0), (2, 7, 2), (1, 3, 1)]:
         block = raw[8 * g + r, b * size : (b + 1) * size]
@@ -550,17 +552,19 @@ def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
         for field in range(head // 2):  # d, then m
             at = field * 16 + 2 * r
             assert bytes(packed_block[at : at + 2]) == bytes(block[2 * field : 2 * field + 2])
-        for c in range(4):
+        for c in range(levels // 4):
             at = 8 * head + 32 * c + 4 * r
-            assert bytes(packed_block[at : at + 4]) == bytes(block[head + 4 * c : head + 4 * c + 4])
+            expected = block[head + 4 * c : head + 4 * c + 4] ^ np.uint8(flip)
+            assert bytes(packed_block[at : at + 4]) == bytes(expected)
 
 
-@pytest.mark.skipif(not quant.X8_TYPES, reason="this host has no x86 AVX2 for the 8-row kernel")
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q8_0])
 @pytest.mark.parametrize("t", [1, 3, 32])
 def test_eight_rows_at_once_is_the_row_by_row_kernel_to_the_bit(weight_type, t):
     """Several weights in one table (q, k and v), rows in groups of 8: the repacked kernel gives
     exactly what the row-by-row kernel gives, for any batch of decode rows."""
+    if weight_type not in quant.X8_TYPES:
+        pytest.skip(f"this host does not multiply {weight_type.name} 8 rows at a time")
     rng = np.random.default_rng(t)
     raws = [_weight(rng, weight_type, m, 256, random_blocks)[0]
             for m, random_blocks in ((64, False), (16, True), (40, False))]  # fmt: skip
@@ -575,7 +579,7 @@ def test_eight_rows_at_once_is_the_row_by_row_kernel_to_the_bit(weight_type, t):
     np.testing.assert_array_equal(out, expected)
 
 
-def _one_group_kernel(variant: int, with_min: bool):
+def _one_group_kernel(variant: int, layout: int):
     """block_x8 on one group block, with the given instructions (a constant, as kernels pass it)."""
     stack = jit.stack_array(8, np.float32)
 
@@ -585,7 +589,7 @@ def _one_group_kernel(variant: int, with_min: bool):
         acc = numba.carray(acc_at, 8)
         for r in range(8):
             acc[r] = 0.0
-        simd.block_x8(acc_at, packed, 0, offset, with_min, x, 0, x_sum, x_scale, x_min, variant)
+        simd.block_x8(acc_at, packed, 0, offset, layout, x, 0, x_sum, x_scale, x_min, variant)
         return acc.copy()
 
     return one_group
@@ -598,11 +602,16 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1])
+LAYOUTS = {T.Q4_0: (simd.X8_Q4, 8), T.Q4_1: (simd.X8_Q4_MIN, 0), T.Q8_0: (simd.X8_Q8, 128)}
+
+
+@pytest.mark.parametrize(
+    ("variant", "weight_type"),
+    [(v, wt) for v in sorted(VARIANTS) for wt in LAYOUTS if (v, wt) != (simd.X8_AVX2, T.Q8_0)],
+)  # AVX2 sums pairs in 16 bits: Q8_0's levels + 128 would overflow them, so it never gets Q8_0
 def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_type):
     """The VNNI and the AVX2 forms of one block of 8 rows against the row-by-row kernel, with
-    the extreme levels (0 and 15 against -127 and 127) that would saturate a 16-bit sum."""
+    extreme levels (all 15, all 0, Q8_0's -128 and 127) against activations of ±127."""
     if not VARIANTS[variant]:
         pytest.skip(f"this host cannot run variant {variant}")
     rng = np.random.default_rng(variant)
@@ -612,11 +621,13 @@ def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_ty
     raw[1, head:] = 0x00
     x = _activations(rng, (1, 32))
     x[0, :16], x[0, 16:] = 1.0, -1.0  # levels 127 and -127
+    if weight_type == T.Q8_0:
+        raw[0, 2:] = np.array([-128] * 16 + [127] * 16, np.int8).view(np.uint8)
     prepared = quant.prepare_activations(weight_type, x)
     expected = quant.mul_mat_rows(weight_type, quant.RowTable([raw]), prepared, 1)[0]
     xq, xd, xs, xsum = prepared
     x_min = xs[0, 0] if weight_type == T.Q4_1 else np.float32(0.0)
-    kernel = _one_group_kernel(variant, weight_type == T.Q4_1)
-    offset = 8 if weight_type == T.Q4_0 else 0
+    layout, offset = LAYOUTS[weight_type]
+    kernel = _one_group_kernel(variant, layout)
     got = kernel(quant.repack_x8(raw, weight_type)[0], offset, xq[0], xsum[0, 0], xd[0, 0], x_min)
     np.testing.assert_array_equal(got, expected)
