@@ -80,20 +80,42 @@ def _gelu(x: float, table: np.ndarray) -> float:
     return table[f32_to_f16_bits(x)]
 
 
-@jit
-def swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
-    """silu(gate) · up elementwise over [N, K]."""
-    for i in range(gate.shape[0]):
+@inline
+def _swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(gate.shape[0]):
         for j in range(gate.shape[1]):
             out[i, j] = _silu(gate[i, j]) * up[i, j]
 
 
-@jit
-def geglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
-    """gelu_tanh(gate) · up elementwise over [N, K]."""
-    for i in range(gate.shape[0]):
+@inline
+def _geglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(gate.shape[0]):
         for j in range(gate.shape[1]):
             out[i, j] = _gelu(gate[i, j], table) * up[i, j]
+
+
+@jit
+def swiglu(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """silu(gate) · up elementwise over [N, K], on the calling thread."""
+    _swiglu(gate, up, out)
+
+
+@pjit
+def swiglu_rows(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """swiglu with the rows split over the threads: for prompts (one exp an element)."""
+    _swiglu(gate, up, out)
+
+
+@jit
+def geglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """gelu_tanh(gate) · up elementwise over [N, K], on the calling thread."""
+    _geglu(gate, up, table, out)
+
+
+@pjit
+def geglu_rows(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """geglu with the rows split over the threads: for prompts."""
+    _geglu(gate, up, table, out)
 
 
 @jit
@@ -199,6 +221,9 @@ def _widen_row_overload(dst, src, table):  # noqa: ANN001, ANN202
     return copy
 
 
+_ATTENTION_CHUNKS = 64
+
+
 @inline
 def _attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
@@ -207,8 +232,10 @@ def _attention(
     """softmax(q·kᵀ·scale (soft-capped) + mask)·v for q [T, Hq, D] over a cache k [S, Hkv, D],
     v [S, Hkv, Dv]; query head h reads cache head h // (Hq / Hkv).
 
-    One (token, cache head) pair per prange iteration, with the query heads that share the cache
-    head, so each key and value row is read once for the group. Only a pair's scores are kept
+    One (token, cache head) pair at a time, with the query heads that share the cache head, so
+    each key and value row is read once for the group; the pairs are dealt to the threads in
+    strides (a causal prompt's late tokens read more cells: contiguous halves left one thread
+    with three quarters of the work). Only a pair's scores are kept
     (one row of S per head, never a [T, S] matrix). With an f16 cache, q and the probabilities
     are rounded to f16 before their products, as ggml multiplies an f16 cache (and as the
     reference does): the probabilities are rounded once normalised, which is why the sum is
@@ -217,62 +244,65 @@ def _attention(
     t_count, hq, d = q.shape
     s_count, hkv, dv = v.shape
     group = hq // hkv
-    for item in prange(t_count * hkv):
-        t, kv_head = item // hkv, item % hkv
-        lanes = numba.carray(_lanes(), 16)  # q·k in 16 running sums: vectorized, on the stack
-        queries = np.empty((group, d), dtype=np.float32)
-        for g in range(group):
-            for i in range(d):
-                value = q[t, kv_head * group + g, i]
-                queries[g, i] = round_f16(value) if f16_cache else value
-        scores = np.empty((group, s_count), dtype=np.float32)
-        peak = np.full(group, -np.inf, dtype=np.float32)
-        key = np.empty(d, dtype=np.float32)
-        for s in range(s_count):
-            if has_mask and mask[t, s] == -np.inf:
-                continue
-            _widen_row(key, k[s, kv_head], table)
+    items = t_count * hkv
+    chunks = min(items, _ATTENTION_CHUNKS)
+    for c in prange(chunks):
+        for item in range(c, items, chunks):
+            t, kv_head = item // hkv, item % hkv
+            lanes = numba.carray(_lanes(), 16)  # q·k in 16 running sums: vectorized, on the stack
+            queries = np.empty((group, d), dtype=np.float32)
             for g in range(group):
-                for lane in range(16):
-                    lanes[lane] = 0.0
-                for i0 in range(0, d - d % 16, 16):
+                for i in range(d):
+                    value = q[t, kv_head * group + g, i]
+                    queries[g, i] = round_f16(value) if f16_cache else value
+            scores = np.empty((group, s_count), dtype=np.float32)
+            peak = np.full(group, -np.inf, dtype=np.float32)
+            key = np.empty(d, dtype=np.float32)
+            for s in range(s_count):
+                if has_mask and mask[t, s] == -np.inf:
+                    continue
+                _widen_row(key, k[s, kv_head], table)
+                for g in range(group):
                     for lane in range(16):
-                        lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
-                score = _F32(0.0)
-                for lane in range(16):
-                    score += lanes[lane]
-                for i in range(d - d % 16, d):
-                    score += queries[g, i] * key[i]
-                score *= scale
-                if softcap != 0.0:
-                    score = np.tanh(score / softcap) * softcap
-                if has_mask:
-                    score += mask[t, s]
-                scores[g, s] = score
-                peak[g] = max(peak[g], score)
-        total = np.zeros(group, dtype=np.float32)
-        for s in range(s_count):
-            if has_mask and mask[t, s] == -np.inf:
-                continue
+                        lanes[lane] = 0.0
+                    for i0 in range(0, d - d % 16, 16):
+                        for lane in range(16):
+                            lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
+                    score = _F32(0.0)
+                    for lane in range(16):
+                        score += lanes[lane]
+                    for i in range(d - d % 16, d):
+                        score += queries[g, i] * key[i]
+                    score *= scale
+                    if softcap != 0.0:
+                        score = np.tanh(score / softcap) * softcap
+                    if has_mask:
+                        score += mask[t, s]
+                    scores[g, s] = score
+                    peak[g] = max(peak[g], score)
+            total = np.zeros(group, dtype=np.float32)
+            for s in range(s_count):
+                if has_mask and mask[t, s] == -np.inf:
+                    continue
+                for g in range(group):
+                    weight = np.exp(scores[g, s] - peak[g])
+                    scores[g, s] = weight
+                    total[g] += weight
+            acc = np.zeros((group, dv), dtype=np.float32)
+            value_row = np.empty(dv, dtype=np.float32)
+            for s in range(s_count):
+                if has_mask and mask[t, s] == -np.inf:
+                    continue
+                _widen_row(value_row, v[s, kv_head], table)
+                for g in range(group):
+                    p = scores[g, s] / total[g]
+                    if f16_cache:
+                        p = round_f16_unit(p)
+                    for i in range(dv):
+                        acc[g, i] += p * value_row[i]
             for g in range(group):
-                weight = np.exp(scores[g, s] - peak[g])
-                scores[g, s] = weight
-                total[g] += weight
-        acc = np.zeros((group, dv), dtype=np.float32)
-        value_row = np.empty(dv, dtype=np.float32)
-        for s in range(s_count):
-            if has_mask and mask[t, s] == -np.inf:
-                continue
-            _widen_row(value_row, v[s, kv_head], table)
-            for g in range(group):
-                p = scores[g, s] / total[g]
-                if f16_cache:
-                    p = round_f16_unit(p)
                 for i in range(dv):
-                    acc[g, i] += p * value_row[i]
-        for g in range(group):
-            for i in range(dv):
-                out[t, kv_head * group + g, i] = acc[g, i]
+                    out[t, kv_head * group + g, i] = acc[g, i]
 
 
 @pjit

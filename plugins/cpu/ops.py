@@ -116,14 +116,18 @@ def _rope(node: Tensor, shared: Lowering) -> Step:
     return rope
 
 
-def _gated(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor, Lowering], Step]:
+def _gated(
+    kernel: Callable[..., None], parallel: Callable[..., None], *extra: Any
+) -> Callable[[Tensor, Lowering], Step]:
     def lower(node: Tensor, shared: Lowering) -> Step:
         k, shape = node.shape[-1], node.shape
+        # a prompt's gated units are worth a parallel region; a decode step's are not
+        chosen = parallel if node.n_elements > quant.SERIAL_ELEMENTS else kernel
 
         def glu(node: Tensor, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
             g = _rows(gate, k)
             out = np.empty_like(g)
-            kernel(g, _rows(up, k), *extra, out)
+            chosen(g, _rows(up, k), *extra, out)
             return out.reshape(shape)
 
         return glu
@@ -217,8 +221,8 @@ LOWERINGS: dict[Op, Callable[[Tensor, Lowering], Step | None]] = {
     Op.GET_ROWS: _get_rows,
     Op.RMS_NORM: _rms_norm,
     Op.ROPE: _rope,
-    Op.SWIGLU: _gated(kernels.swiglu),
-    Op.GEGLU: _gated(kernels.geglu, kernels.GELU_F16),
+    Op.SWIGLU: _gated(kernels.swiglu, kernels.swiglu_rows),
+    Op.GEGLU: _gated(kernels.geglu, kernels.geglu_rows, kernels.GELU_F16),
     Op.SILU: _unary(kernels.silu),
     Op.GELU: _unary(kernels.gelu, kernels.GELU_F16),
     Op.FLASH_ATTN_EXT: _flash_attn_ext,
