@@ -287,8 +287,8 @@ class ProductGroup:
 
     def __init__(self, weight_type: GGMLType, weights: list[Any], k: int, shared: Lowering):
         self.weight_type, self.k, self.shared = weight_type, k, shared
-        self.table = quant.RowTable(weights)
-        self.bounds = np.concatenate([[0], np.cumsum(self.table.rows)]).tolist()
+        self.table = quant.RowTable(weights, weight_type)
+        self.bounds = np.concatenate([[0], np.cumsum([w.shape[0] for w in weights])]).tolist()
         self.family = quant.activation_family(weight_type)
         self.source: Any = None
         self.result: np.ndarray | None = None

@@ -18,6 +18,7 @@ unpacks each weight row once for the whole batch (see "products" below).
 
 from __future__ import annotations
 
+import mmap
 import weakref
 from typing import Any
 
@@ -895,13 +896,34 @@ _packed: dict[int, np.ndarray] = {}
 
 def packed_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
     """`repack_x8` of a weight's blocks, made once per weight and kept while the weight lives:
-    every decode graph compiled for a model shares one copy."""
+    every graph compiled for a model shares one copy. The file pages the blocks were read from
+    are then handed back (`release_file_pages`): products no longer read them."""
     key = id(raw)
     packed = _packed.get(key)
     if packed is None:
         packed = _packed[key] = repack_x8(raw, weight_type)
         weakref.finalize(raw, _packed.pop, key, None)
+        release_file_pages(raw)
     return packed
+
+
+def release_file_pages(array: np.ndarray) -> bool:
+    """Drop the whole pages of `array` from this process's resident memory when it is a view of a
+    read-only file mapping (a GGUF file's tensor data): they stay in the page cache and come back
+    on the next read, so a weight read only through its repacked copy stops counting twice.
+    Anything else (memory of our own, which MADV_DONTNEED would zero) is left alone."""
+    base = array
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or base.closed:
+        return False
+    start = np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data
+    first = -(-(array.ctypes.data - start) // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = (array.ctypes.data - start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop <= first:
+        return False
+    base.madvise(mmap.MADV_DONTNEED, first, stop - first)
+    return True
 
 
 @inline
@@ -981,16 +1003,23 @@ class RowTable:
     """The rows of one or more quantized weights with the same row length, in order, as the rows
     kernels reach them: each weight's address and row count. q, k and v (or gate and up) times one
     activation are then one kernel call and one parallel region. Holds the weights, so that the
-    addresses stay valid."""
+    addresses stay valid.
 
-    def __init__(self, weights: list[np.ndarray]) -> None:
-        self.weights = [np.ascontiguousarray(w) for w in weights]
-        if len({w.shape[1] for w in self.weights}) != 1:
+    Given the weights' type, Q4_0 / Q4_1 / Q8_0 weights of whole groups of 8 rows go through
+    their repacked copies (`x8`; `rows` then counts groups and `row_bytes` is a group's)."""
+
+    def __init__(self, weights: list[np.ndarray], weight_type: GGMLType | None = None) -> None:
+        weights = [np.ascontiguousarray(w) for w in weights]
+        if len({w.shape[1] for w in weights}) != 1:
             raise ValueError("a row table's weights must have one row length")
-        self.addresses = np.array([w.ctypes.data for w in self.weights], dtype=np.int64)
-        self.rows = np.array([w.shape[0] for w in self.weights], dtype=np.int64)
-        self.row_bytes = self.weights[0].shape[1]
-        self.total = int(self.rows.sum())
+        self.total = sum(w.shape[0] for w in weights)
+        self.x8 = weight_type in X8_TYPES and all(w.shape[0] % 8 == 0 for w in weights)
+        if self.x8:
+            weights = [packed_x8(w, weight_type) for w in weights]
+        self.weights = weights
+        self.addresses = np.array([w.ctypes.data for w in weights], dtype=np.int64)
+        self.rows = np.array([w.shape[0] for w in weights], dtype=np.int64)
+        self.row_bytes = weights[0].shape[1]
 
 
 def mul_mat_rows(
@@ -999,7 +1028,10 @@ def mul_mat_rows(
     """Up to ROW_TOKENS activation rows, as `prepare_activations` made them, times the weights of
     a row table (one quantized type) -> [T, Σ M], the weights' results side by side."""
     out = np.empty((t, table.total), dtype=np.float32)
-    kernel = matmul_qk_rows if weight_type in Q8_K_TYPES else matmul_q32_rows
+    if table.x8:
+        kernel = matmul_x8_rows
+    else:
+        kernel = matmul_qk_rows if weight_type in Q8_K_TYPES else matmul_q32_rows
     kernel(table.addresses, table.rows, table.row_bytes, int(weight_type), *prepared, out)
     return out
 
@@ -1012,7 +1044,7 @@ def mul_mat_prepared(
     `weight` is the raw blocks (uint8 [M, row bytes]) for quantized types and BF16, the numpy
     array itself for F32 and F16."""
     if t <= ROW_TOKENS and weight_type not in FLOAT_TYPES:
-        return mul_mat_rows(weight_type, RowTable([weight]), prepared, t)
+        return mul_mat_rows(weight_type, RowTable([weight], weight_type), prepared, t)
     out = np.empty((t, weight.shape[0]), dtype=np.float32)
     kind = int(weight_type)
     if weight_type == GGMLType.F32:

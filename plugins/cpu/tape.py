@@ -525,20 +525,17 @@ class Tape:
         """Every member of a product group computed at its first member: one kernel call over a
         row table, each member's result its columns (an alias for one row, else copied out)."""
         weight_type = node.srcs[0].dtype
-        raws = [np.ascontiguousarray(self._bound[self._step_srcs[n][0]].raw) for n in members]
+        raws = [self._bound[self._step_srcs[n][0]].raw for n in members]
         rows = [raw.shape[0] for raw in raws]
-        # Q4_0 / Q4_1 go 8 rows at a time on a repacked copy, where the host has the instructions
-        x8 = weight_type in quant.X8_TYPES and all(r % 8 == 0 for r in rows)
-        blocks = [quant.packed_x8(raw, weight_type) for raw in raws] if x8 else raws
-        self._held.extend(blocks)
+        table = quant.RowTable(raws, weight_type)  # Q4_0/Q4_1/Q8_0 8 rows a pass, where it can
+        self._held.append(table)
         table_at = len(self._tables)
-        self._tables += [b.ctypes.data for b in blocks] + [b.shape[0] for b in blocks]
-        total = sum(rows)
+        self._tables += table.addresses.tolist() + table.rows.tolist()
         xq, xd, xs, xsum = self._activations(srcs[1], weight_type, t, k)
         family = _FAMILIES[quant.activation_family(weight_type)]
-        out = self._new((t, total), np.float32)
-        self._emit([ROWS, int(weight_type), family, table_at, len(raws), blocks[0].shape[1], t, k,
-                    xq, xd, xs, xsum, out, total, int(x8)])  # fmt: skip
+        out = self._new((t, table.total), np.float32)
+        self._emit([ROWS, int(weight_type), family, table_at, len(raws), table.row_bytes, t, k,
+                    xq, xd, xs, xsum, out, table.total, int(table.x8)])  # fmt: skip
         start = 0
         for n, count in zip(members, rows, strict=True):
             shape = self._producer[n].shape
@@ -546,7 +543,7 @@ class Tape:
                 self._slots[n] = out.alias(shape, start * 4)
             else:
                 self._slots[n] = self._new(shape, np.float32)
-                self._emit([COPY_COLS, out, t, total, start, count, self._slots[n]])
+                self._emit([COPY_COLS, out, t, table.total, start, count, self._slots[n]])
             start += count
 
     def _get_rows(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:

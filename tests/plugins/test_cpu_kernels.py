@@ -631,3 +631,40 @@ def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_ty
     kernel = _one_group_kernel(variant, layout)
     got = kernel(quant.repack_x8(raw, weight_type)[0], offset, xq[0], xsum[0, 0], xd[0, 0], x_min)
     np.testing.assert_array_equal(got, expected)
+
+
+def _resident_kib(address: int) -> int:
+    """Rss of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(part, 16) for part in head.split("-"))
+            inside = low <= address < high
+        elif inside and head == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the address")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_a_repacked_weights_file_pages_leave_the_resident_set_and_read_back(tmp_path):
+    """Once a weight read from a mapped file is repacked, its pages stop counting in this process
+    (they come back, unchanged, if read again); memory of our own is never released."""
+    import mmap
+
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 256, (1024, 1088), dtype=np.uint8)  # 1088 B: 32 Q8_0 blocks a row
+    path = tmp_path / "weights.bin"
+    path.write_bytes(values.tobytes())
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    raw = np.frombuffer(mapped, dtype=np.uint8).reshape(1024, 1088)
+    assert int(raw.sum(dtype=np.int64)) == int(values.sum(dtype=np.int64))  # every page resident
+    before = _resident_kib(raw.ctypes.data)
+    assert before >= raw.nbytes // 1024 - 4
+    assert quant.release_file_pages(raw)
+    assert _resident_kib(raw.ctypes.data) <= before - raw.nbytes // 1024 + 8
+    np.testing.assert_array_equal(raw, values)  # read back from the file
+    own = values.copy()
+    assert not quant.release_file_pages(own)
+    np.testing.assert_array_equal(own, values)
