@@ -599,8 +599,8 @@ def _unpack_rows_x8(
     nb = scales.shape[0] // _ROWS
     k = nb * 32
     group, first = r0 // 8, r0 % 8
-    eight_bit = kind == Q8_0
-    head = 16 if kind == Q4_0 or eight_bit else 32
+    eight_bit = kind in (Q8_0, Q5_0)
+    head = 32 if kind == Q4_1 else 16
     block_bytes = head + (256 if eight_bit else 128)
     row = packed[group]
     for q in range(_ROWS):
@@ -614,7 +614,7 @@ def _unpack_rows_x8(
                 for i in range(4):
                     byte = np.int32(row[at + head + 32 * c + 4 * lane + i])
                     if eight_bit:
-                        levels[base + 4 * c + i] = byte - 128
+                        levels[base + 4 * c + i] = byte - (128 if kind == Q8_0 else 16)
                     else:
                         offset = 8 if kind == Q4_0 else 0
                         levels[base + 4 * c + i] = (byte & 15) - offset
@@ -899,34 +899,46 @@ def matmul_qk_tiles(
 
 # Q8_0's levels + 128 reach 255, whose pair sums overflow AVX2's 16-bit form: VNNI only.
 X8_TYPES = frozenset(
-    {GGMLType.Q4_0, GGMLType.Q4_1} if X8_VARIANT == X8_AVX2
-    else {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0} if X8_VARIANT == X8_VNNI
+    {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0} if X8_VARIANT == X8_AVX2
+    else {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0} if X8_VARIANT == X8_VNNI
     else ()
 )  # fmt: skip
+_BYTE_LEVELS = {GGMLType.Q8_0: 128, GGMLType.Q5_0: 16}  # x8 types stored a byte a level, less
 _acc_8 = stack_array(8, np.float32)
 
 
 def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
-    """Q4_0 / Q4_1 / Q8_0 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows [M / 8,
-    group bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then their levels
-    in chunks, each 4 bytes of every row in turn (Q8_0's levels + 128, unsigned), which
-    `simd.block_x8` multiplies in one pass."""
+    """Q4_0 / Q4_1 / Q5_0 / Q8_0 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows
+    [M / 8, group bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then
+    their levels in chunks, each 4 bytes of every row in turn, which `simd.block_x8` multiplies
+    in one pass. Q4_0 and Q4_1 keep two levels a byte (a chunk's low nibbles are levels 4c..4c+3,
+    its high ones 16 + 4c..); Q5_0 and Q8_0 take a byte a level, unsigned (Q5_0's 0..31 with its
+    fifth bits put back, Q8_0's + 128)."""
     m, row_bytes = raw.shape
     size = weight_type.type_size
-    levels_bytes = 32 if weight_type == GGMLType.Q8_0 else 16
-    head, nb = size - levels_bytes, row_bytes // size
-    chunks = levels_bytes // 4
-    packed = np.empty((m // 8, nb * 8 * size), dtype=np.uint8)
+    nb = row_bytes // size
+    packed = np.empty((m // 8, nb * 8 * (size if weight_type not in _BYTE_LEVELS else 34)),
+                      dtype=np.uint8)  # fmt: skip
     step = 4096  # groups at a time: bounds the temporaries of the transposes
     for g0 in range(0, m // 8, step):
         g1 = min(m // 8, g0 + step)
-        blocks = raw[g0 * 8 : g1 * 8].reshape(g1 - g0, 8, nb, size)
-        fields = [blocks[..., at : at + 2].transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 16)
-                  for at in range(0, head, 2)]  # fmt: skip
-        levels = blocks[..., head:].reshape(g1 - g0, 8, nb, chunks, 4).transpose(0, 2, 3, 1, 4)
-        levels = levels.reshape(g1 - g0, nb, 8 * levels_bytes)
-        fields.append(levels ^ np.uint8(0x80) if weight_type == GGMLType.Q8_0 else levels)
-        packed[g0:g1] = np.concatenate(fields, axis=2).reshape(g1 - g0, -1)
+        n = g1 - g0
+        blocks = raw[g0 * 8 : g1 * 8].reshape(n, 8, nb, size)
+        heads = 4 if weight_type == GGMLType.Q4_1 else 2
+        fields = [blocks[..., at : at + 2].transpose(0, 2, 1, 3).reshape(n, nb, 16)
+                  for at in range(0, heads, 2)]  # fmt: skip
+        if weight_type == GGMLType.Q8_0:
+            levels = blocks[..., 2:] ^ np.uint8(0x80)
+        elif weight_type == GGMLType.Q5_0:
+            qs = blocks[..., 6:]
+            fifth = np.unpackbits(blocks[..., 2:6], axis=-1, bitorder="little") << 4
+            levels = np.concatenate([qs & 15, qs >> 4], axis=-1) | fifth
+        else:
+            levels = blocks[..., heads:]
+        chunks = levels.shape[-1] // 4
+        levels = levels.reshape(n, 8, nb, chunks, 4).transpose(0, 2, 3, 1, 4)
+        fields.append(levels.reshape(n, nb, 32 * chunks))
+        packed[g0:g1] = np.concatenate(fields, axis=2).reshape(n, -1)
     return packed
 
 
@@ -1007,6 +1019,8 @@ def matmul_x8_rows(
         _matmul_x8_rows(addresses, groups, group_bytes, X8_Q4_MIN, 0, xq, xd, xs, xsum, out)
     elif kind == Q8_0:
         _matmul_x8_rows(addresses, groups, group_bytes, X8_Q8, 128, xq, xd, xs, xsum, out)
+    elif kind == Q5_0:
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q8, 16, xq, xd, xs, xsum, out)
 
 
 def activation_family(weight_type: GGMLType) -> str:
@@ -1031,9 +1045,14 @@ def prepare_activations(weight_type: GGMLType, x: np.ndarray) -> tuple[np.ndarra
         round_rows(x, weight_type == GGMLType.BF16, rounded)
         return (rounded,)
     blocks = quantize_activations(x, weight_type)
-    if x.shape[0] <= ROW_TOKENS:
-        return blocks
-    # the prompt kernels take levels as signed int16, so no 32-element block sums
+    if x.shape[0] <= ROW_TOKENS or (X8_TYPES and weight_type not in Q8_K_TYPES):
+        return blocks  # the x8 kernels take rows of any count (tiles made where still needed)
+    return _as_tiles(weight_type, blocks)
+
+
+def _as_tiles(weight_type: GGMLType, blocks: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Activation blocks in rows as the prompt (tiles) kernels take them; the prompt kernels
+    take levels as signed int16, so no 32-element block sums."""
     scales_and_sums = blocks[1:3] if weight_type not in Q8_K_TYPES else blocks[1:]
     return (_pair_tiles(blocks[0]), *(_tiles(a) for a in scales_and_sums))
 
@@ -1082,8 +1101,11 @@ def mul_mat_prepared(
 
     `weight` is the raw blocks (uint8 [M, row bytes]) for quantized types and BF16, the numpy
     array itself for F32 and F16."""
-    if t <= ROW_TOKENS and weight_type not in FLOAT_TYPES:
-        return mul_mat_rows(weight_type, RowTable([weight], weight_type), prepared, t)
+    if weight_type not in FLOAT_TYPES and prepared[1].ndim == 2:  # activations in rows
+        table = RowTable([weight], weight_type)
+        if t <= ROW_TOKENS or table.x8:  # prompts too: x8 beats the tiles kernel (157 vs 147
+            return mul_mat_rows(weight_type, table, prepared, t)  # GMAC/s, Q4_1 1536x576x512)
+        prepared = _as_tiles(weight_type, prepared)
     out = np.empty((t, weight.shape[0]), dtype=np.float32)
     kind = int(weight_type)
     if weight_type == GGMLType.F32:
@@ -1093,8 +1115,6 @@ def mul_mat_prepared(
         matmul_half(bits, weight_type == GGMLType.BF16, F16_TO_F32, prepared[0], out)
     elif weight_type in Q8_K_TYPES:
         matmul_qk_tiles(weight, kind, *prepared, out)
-    elif weight_type in X8_TYPES and weight.shape[0] % 8 == 0:  # the copy decoding reads
-        matmul_q32_tiles(packed_x8(weight, weight_type), kind, *prepared, out, True)
     else:
         matmul_q32_tiles(weight, kind, *prepared, out, False)
     return out

@@ -383,7 +383,7 @@ def block_x8(
 ) -> Any:  # fmt: skip
     """One repacked block of 8 rows at w[w_at] (8 f16 d; X8_Q4_MIN: 8 f16 m; then the levels in
     chunks of 8 rows × 4 bytes: X8_Q4 and X8_Q4_MIN 4 chunks of nibbles, the low ones levels
-    0-15; X8_Q8 8 chunks of bytes, each level + 128) times activation block x[x_at:x_at + 32]
+    0-15; X8_Q8 8 chunks of a byte a level, unsigned) times activation block x[x_at:x_at + 32]
     (its level sum x_sum, scale x_scale, q8_1 sum x_min): for each row r, acc[r] +=
     (d_r·x_scale)·(Σ level·x − offset·x_sum), then acc[r] += m_r·x_min, in that order, as the
     row-by-row kernel adds them."""

@@ -539,6 +539,8 @@ def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
 
 @pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q8_0])
 def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
+    """The layout, byte for byte, for the types stored as they are (Q5_0's is checked through
+    its products below: its levels are rebuilt from two fields)."""
     rng = np.random.default_rng(11)
     raw, _ = _weight(rng, weight_type, 24, 96, False)
     packed = quant.repack_x8(raw, weight_type)
@@ -558,8 +560,8 @@ def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
             assert bytes(packed_block[at : at + 4]) == bytes(expected)
 
 
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q8_0])
-@pytest.mark.parametrize("t", [1, 3, 32])
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0])
+@pytest.mark.parametrize("t", [1, 3, 32, 70])
 def test_eight_rows_at_once_is_the_row_by_row_kernel_to_the_bit(weight_type, t):
     """Several weights in one table (q, k and v), rows in groups of 8: the repacked kernel gives
     exactly what the row-by-row kernel gives, for any batch of decode rows."""
@@ -602,7 +604,10 @@ VARIANTS = {
 }
 
 
-LAYOUTS = {T.Q4_0: (simd.X8_Q4, 8), T.Q4_1: (simd.X8_Q4_MIN, 0), T.Q8_0: (simd.X8_Q8, 128)}
+LAYOUTS = {
+    T.Q4_0: (simd.X8_Q4, 8), T.Q4_1: (simd.X8_Q4_MIN, 0), T.Q5_0: (simd.X8_Q8, 16),
+    T.Q8_0: (simd.X8_Q8, 128),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -670,14 +675,14 @@ def test_a_repacked_weights_file_pages_leave_the_resident_set_and_read_back(tmp_
     np.testing.assert_array_equal(own, values)
 
 
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q8_0])
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0])
 def test_prompt_products_read_the_repacked_copy_to_the_same_bits(weight_type):
     """A prompt's product (tiles of 16 rows) unpacks weight rows from the repacked copy as from
     the blocks as stored: the same result, so the stored blocks need not stay resident."""
     rng = np.random.default_rng(2)
     raw, _ = _weight(rng, weight_type, 96, 256, False)
     x = _activations(rng, (70, 256))
-    prepared = quant.prepare_activations(weight_type, x)
+    prepared = quant._as_tiles(weight_type, quant.quantize_activations(x, weight_type))
     stored, repacked = np.empty((70, 96), np.float32), np.empty((70, 96), np.float32)
     quant.matmul_q32_tiles(raw, int(weight_type), *prepared, stored, False)
     packed = quant.repack_x8(raw, weight_type)
