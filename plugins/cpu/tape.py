@@ -89,6 +89,18 @@ def _check_ids(ids: np.ndarray, stop: int) -> None:
 
 
 @jit
+def _attend(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
+    softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """Attention on the calling thread for one token, split over the threads for more."""
+    if q.shape[0] == 1:
+        kernels.attention_serial(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+    else:
+        kernels.attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+
+
+@jit
 def run_tape(
     code: np.ndarray, reals: np.ndarray, tables: np.ndarray, freqs: np.ndarray,
     f16_table: np.ndarray, gelu_table: np.ndarray,
@@ -188,20 +200,10 @@ def run_tape(
             scale, softcap = reals[n, 0], reals[n, 1]
             if c[11] != 0:
                 k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
-                if t == 1:
-                    kernels.attention_serial(q, k16, v16, mask, has_mask, scale, softcap, True,
-                                             f16_table, out)  # fmt: skip
-                else:
-                    kernels.attention(q, k16, v16, mask, has_mask, scale, softcap, True,
-                                      f16_table, out)  # fmt: skip
+                _attend(q, k16, v16, mask, has_mask, scale, softcap, True, f16_table, out)
             else:
                 k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
-                if t == 1:
-                    kernels.attention_serial(q, k32, v32, mask, has_mask, scale, softcap, False,
-                                             f16_table, out)  # fmt: skip
-                else:
-                    kernels.attention(q, k32, v32, mask, has_mask, scale, softcap, False,
-                                      f16_table, out)  # fmt: skip
+                _attend(q, k32, v32, mask, has_mask, scale, softcap, False, f16_table, out)
         elif op == GLU:  # kind gate up rows k out
             gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
             out = _floats(c[6], c[4], c[5])
