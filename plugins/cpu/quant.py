@@ -916,30 +916,40 @@ def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
     fifth bits put back, Q8_0's + 128)."""
     m, row_bytes = raw.shape
     size = weight_type.type_size
-    nb = row_bytes // size
-    packed = np.empty((m // 8, nb * 8 * (size if weight_type not in _BYTE_LEVELS else 34)),
-                      dtype=np.uint8)  # fmt: skip
-    step = 4096  # groups at a time: bounds the temporaries of the transposes
-    for g0 in range(0, m // 8, step):
-        g1 = min(m // 8, g0 + step)
-        n = g1 - g0
-        blocks = raw[g0 * 8 : g1 * 8].reshape(n, 8, nb, size)
-        heads = 4 if weight_type == GGMLType.Q4_1 else 2
-        fields = [blocks[..., at : at + 2].transpose(0, 2, 1, 3).reshape(n, nb, 16)
-                  for at in range(0, heads, 2)]  # fmt: skip
-        if weight_type == GGMLType.Q8_0:
-            levels = blocks[..., 2:] ^ np.uint8(0x80)
-        elif weight_type == GGMLType.Q5_0:
-            qs = blocks[..., 6:]
-            fifth = np.unpackbits(blocks[..., 2:6], axis=-1, bitorder="little") << 4
-            levels = np.concatenate([qs & 15, qs >> 4], axis=-1) | fifth
-        else:
-            levels = blocks[..., heads:]
-        chunks = levels.shape[-1] // 4
-        levels = levels.reshape(n, 8, nb, chunks, 4).transpose(0, 2, 3, 1, 4)
-        fields.append(levels.reshape(n, nb, 32 * chunks))
-        packed[g0:g1] = np.concatenate(fields, axis=2).reshape(n, -1)
+    block = (2 + 32) if weight_type in _BYTE_LEVELS else size
+    packed = np.empty((m // 8, row_bytes // size * 8 * block), dtype=np.uint8)
+    _repack_groups(np.ascontiguousarray(raw), int(weight_type), size, packed)
     return packed
+
+
+@pjit
+def _repack_groups(raw: np.ndarray, kind: int, size: int, packed: np.ndarray) -> None:
+    nb = raw.shape[1] // size
+    heads = 4 if kind == Q4_1 else 2  # bytes of f16 factors a block: d (and m)
+    chunks = 8 if kind in (Q5_0, Q8_0) else 4
+    for g in prange(packed.shape[0]):
+        rows = raw[g * 8 : g * 8 + 8]
+        pos = 0  # the copy is written in order; the 8 rows' blocks are read from L1
+        for b in range(nb):
+            at = b * size
+            for h in range(0, heads, 2):  # d (and m): 8 rows' f16 side by side
+                for r in range(8):
+                    packed[g, pos] = rows[r, at + h]
+                    packed[g, pos + 1] = rows[r, at + h + 1]
+                    pos += 2
+            for c in range(chunks):
+                for r in range(8):
+                    if kind == Q5_0:  # d qh[4] qs[16]: level j = nibble j | bit j of qh << 4
+                        for j in range(4 * c, 4 * c + 4):
+                            nibble = (rows[r, at + 6 + j % 16] >> (4 if j >= 16 else 0)) & 15
+                            high = (rows[r, at + 2 + j // 8] >> (j % 8)) & 1
+                            packed[g, pos] = np.uint8(nibble | (high << 4))
+                            pos += 1
+                    else:
+                        for i in range(4):
+                            byte = rows[r, at + heads + 4 * c + i]
+                            packed[g, pos] = byte ^ np.uint8(0x80) if kind == Q8_0 else byte
+                            pos += 1
 
 
 _packed: dict[int, np.ndarray] = {}
