@@ -356,12 +356,11 @@ def _i32(builder: Any, value: Any) -> Any:
 def _sum_groups_of_4(builder: Any, total: Any, unsigned: Any, signed: Any, variant: int) -> Any:
     """total (<8 x i32>) + for each lane l, Σ_i unsigned[4l + i]·signed[4l + i] (bytes); exact on
     the AVX2 path only for unsigned levels below 128 (its pair sums saturate at 16 bits)."""
-    if variant == X8_VNNI:
-        name = "llvm.x86.avx512.vpdpbusd.256"
-        if not llvm.get_host_cpu_features().get("avx512vl"):
-            name = "llvm.x86.avx2.vpdpbusd.256"
+    if variant == X8_VNNI:  # one intrinsic for AVX512-VNNI (+VL) and AVX-VNNI's VEX form
         vnni = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8I32, [_V8I32, _V8I32, _V8I32]), name
+            builder.module,
+            ir.FunctionType(_V8I32, [_V8I32, _V8I32, _V8I32]),
+            "llvm.x86.avx512.vpdpbusd.256",
         )
         return builder.call(vnni, [total, builder.bitcast(unsigned, _V8I32),
                                    builder.bitcast(signed, _V8I32)])  # fmt: skip
