@@ -242,41 +242,51 @@ def _norm_times_weight(eps: float, k: int, shape: tuple[int, ...]) -> Step:
 ProgramStep = tuple[int, Step, Tensor, tuple[int, ...], tuple[int, ...]]
 
 
-def fuse_norm_mul(steps: list[ProgramStep], outputs: set[int]) -> list[ProgramStep]:
-    """rms_norm(x) · weight as one step where the norm feeds only that product (every norm of
-    the llama and gemma graphs): one pass over x, one step less. The norm's step goes; the
-    product reads x, and the values that died with the norm die with the product instead."""
+def norm_products(steps: list[ProgramStep], outputs: set[int]) -> dict[int, int]:
+    """The products rms_norm(x) · weight whose norm feeds nothing else (every norm of the llama
+    and gemma graphs), as the product's position in `steps` -> the norm's."""
     readers: dict[int, int] = {}
     for _, _, _, srcs, _ in steps:
         for j in srcs:
             readers[j] = readers.get(j, 0) + 1
     producer = {i: n for n, (i, _, _, _, _) in enumerate(steps)}
-    fused: dict[int, ProgramStep] = {}
-    removed: set[int] = set()
-    for n, (i, _, node, srcs, dead) in enumerate(steps):
+    found: dict[int, int] = {}
+    for n, (_, _, node, srcs, _) in enumerate(steps):
         if node.op is not Op.MUL or len(srcs) != 2:
             continue
         norm_slot, weight_slot = srcs
         norm_at = producer.get(norm_slot)
         if norm_at is None or weight_slot in producer:
             continue  # the second operand must be a leaf (a weight)
-        norm_i, _, norm, norm_srcs, norm_dead = steps[norm_at]
+        norm = steps[norm_at][2]
         weight = node.srcs[1]
         if (
-            norm.op is not Op.RMS_NORM
-            or readers.get(norm_slot) != 1
-            or norm_slot in outputs
-            or weight.op is not Op.WEIGHT
-            or weight.shape != norm.shape[-1:]
-            or node.shape != norm.shape
+            norm.op is Op.RMS_NORM
+            and readers.get(norm_slot) == 1
+            and norm_slot not in outputs
+            and weight.op is Op.WEIGHT
+            and weight.shape == norm.shape[-1:]
+            and node.shape == norm.shape
         ):
-            continue
+            found[n] = norm_at
+    return found
+
+
+def fuse_norm_mul(steps: list[ProgramStep], outputs: set[int]) -> list[ProgramStep]:
+    """rms_norm(x) · weight as one step where the norm feeds only that product: one pass over x,
+    one step less. The norm's step goes; the product reads x, and the values that died with the
+    norm die with the product instead."""
+    found = norm_products(steps, outputs)
+    fused: dict[int, ProgramStep] = {}
+    for n, norm_at in found.items():
+        i, _, node, (norm_slot, weight_slot), dead = steps[n]
+        _, _, norm, norm_srcs, norm_dead = steps[norm_at]
         step = _norm_times_weight(float(norm.params["eps"]), norm.shape[-1], node.shape)
         moved = tuple(j for j in norm_dead if j != norm_slot) + tuple(
             j for j in dead if j != norm_slot
         )
         fused[n] = (i, step, node, (norm_srcs[0], weight_slot), moved)
-        removed.add(norm_at)
+    removed = set(found.values())
     return [fused.get(n, s) for n, s in enumerate(steps) if n not in removed]
 
 
@@ -311,28 +321,33 @@ class ProductGroup:
         return grouped_mul_mat
 
 
-def group_products(steps: list[ProgramStep], values: list[Any], shared: Lowering) -> None:
-    """Give the quantized products of graphs of at most ROW_TOKENS rows (decoding) row-table
-    steps, in place: products of one activation with weights of one type share one kernel call;
-    a product alone still skips the per-call setup of `mul_mat_prepared`."""
+def product_groups(steps: list[ProgramStep], values: list[Any]) -> list[list[int]]:
+    """The quantized products of at most ROW_TOKENS rows (decoding), by activation and weight
+    type: each group's positions in `steps`, in program order (q, k and v; gate and up)."""
     groups: dict[tuple[int, GGMLType], list[int]] = {}
     for n, (_, _, node, srcs, _) in enumerate(steps):
         if node.op is not Op.MUL_MAT or math.prod(node.shape[:-1]) > quant.ROW_TOKENS:
             continue
         weight = node.srcs[0]
         if (
-            weight.op is not Op.WEIGHT
-            or len(weight.shape) != 2
-            or weight.dtype not in quant.SUPPORTED_TYPES
-            or weight.dtype in quant.FLOAT_TYPES
-            or not isinstance(values[srcs[0]], reference.QuantizedWeight)
+            weight.op is Op.WEIGHT
+            and len(weight.shape) == 2
+            and weight.dtype in quant.SUPPORTED_TYPES
+            and weight.dtype not in quant.FLOAT_TYPES
+            and isinstance(values[srcs[0]], reference.QuantizedWeight)
         ):
-            continue
-        groups.setdefault((srcs[1], weight.dtype), []).append(n)
-    for (_, weight_type), members in groups.items():
-        k = steps[members[0]][2].srcs[0].shape[1]
+            groups.setdefault((srcs[1], weight.dtype), []).append(n)
+    return list(groups.values())
+
+
+def group_products(steps: list[ProgramStep], values: list[Any], shared: Lowering) -> None:
+    """Give the quantized products of graphs of at most ROW_TOKENS rows (decoding) row-table
+    steps, in place: products of one activation with weights of one type share one kernel call;
+    a product alone still skips the per-call setup of `mul_mat_prepared`."""
+    for members in product_groups(steps, values):
+        weight = steps[members[0]][2].srcs[0]
         weights = [values[steps[n][3][0]].raw for n in members]
-        group = ProductGroup(weight_type, weights, k, shared)
+        group = ProductGroup(weight.dtype, weights, weight.shape[1], shared)
         for member, n in enumerate(members):
             i, _, node, srcs, dead = steps[n]
             steps[n] = (i, group.step(member, node.shape), node, srcs, dead)

@@ -25,9 +25,8 @@ import numpy as np
 from llmrt import reference
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX, Op, Tensor
-from llmrt_cpu import kernels, quant
+from llmrt_cpu import kernels, ops, quant
 from llmrt_cpu.jit import jit
-from llmrt_cpu.ops import rope_frequencies
 from llmrt_cpu.simd import bytes_at
 
 WIDTH = 16  # int64 operands of an instruction
@@ -153,18 +152,16 @@ def run_tape(
             kind, nw, t, k = c[1], c[4], c[6], c[7]
             addresses, rows = tables[c[3] : c[3] + nw], tables[c[3] + nw : c[3] + 2 * nw]
             xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
-            if c[14] != 0:  # repacked 8 rows at a time: rows counts groups, row_bytes a group's
-                xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
-                xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
-                quant.matmul_x8_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
-            elif c[2] == FAMILY_Q8_K:
+            if c[2] == FAMILY_Q8_K:
                 xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
                 quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
             else:
-                xd = _floats(c[9], t, k // 32)
+                xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
                 xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
-                xsum = _int32s(c[11], t, k // 32)
-                quant.matmul_q32_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+                if c[14] != 0:  # repacked 8 rows a pass: rows counts groups, row_bytes a group's
+                    quant.matmul_x8_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+                else:
+                    quant.matmul_q32_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
         elif op == FLOAT_PRODUCT:  # type weight m k x t rounded out
             m, k, t = c[3], c[4], c[6]
             x, out = _floats(c[5], t, k), _floats(c[8], t, m)
@@ -309,27 +306,31 @@ class Tape:
         self._slots: dict[int, _Value] = {}
         values, steps = program.values, program.steps
         self._bound = values
-        outputs = set(program.outputs.values())
-        self._readers: dict[int, int] = {}
-        for _, _, _, srcs, _ in steps:
-            for j in srcs:
-                self._readers[j] = self._readers.get(j, 0) + 1
+        if any(node.op is Op.MUL_MAT and math.prod(node.shape[:-1]) > quant.ROW_TOKENS
+               for _, _, node, _, _ in steps):  # fmt: skip
+            raise Unsupported("a batch over ROW_TOKENS rows")
         self._producer = {i: node for i, _, node, _, _ in steps}
         self._step_srcs = {i: srcs for i, _, _, srcs, _ in steps}
-        self._output_slots = outputs
-        self._group_of = self._product_groups(steps)
+        # the step program's groupings and fusions, so that both compute the same bits
+        self._group_of = {
+            steps[n][0]: [steps[m][0] for m in members]
+            for members in ops.product_groups(steps, values)
+            for n in members
+        }
+        self._fused: dict[int, tuple[int, float]] = {}
+        for n, norm_at in ops.norm_products(steps, set(program.outputs.values())).items():
+            i, _, _, srcs, _ = steps[n]
+            weight = values[srcs[1]]
+            if isinstance(weight, np.ndarray) and weight.dtype == np.float32:
+                _, _, norm, norm_srcs, _ = steps[norm_at]
+                self._fused[i] = (norm_srcs[0], float(norm.params["eps"]))
+        self._folded = {self._step_srcs[i][0] for i in self._fused}
         inputs = []
         for i, key, node in program.inputs:
             if node.dtype not in _ARENA_TYPES:
                 raise Unsupported(f"input {key} of type {node.dtype.name}")
             self._slots[i] = self._new(node.shape, _ARENA_TYPES[node.dtype])
             inputs.append((key, self._slots[i]))
-        self._fused: dict[int, tuple[int, float]] = {}
-        for i, _, node, srcs, _ in steps:
-            fused = self._fused_norm(node, srcs) if node.op is Op.MUL else None
-            if fused is not None:
-                self._fused[i] = fused
-        self._folded = {self._step_srcs[i][0] for i in self._fused}
         for i, _, node, srcs, _ in steps:
             self._lower(i, node, srcs)
         kept = [self._slots[i] for i in program.outputs.values()]
@@ -373,50 +374,6 @@ class Tape:
         self._instructions.append((operands, reals, used))
 
     # -- ops
-
-    def _product_groups(self, steps: list) -> dict[int, tuple[int, list[int]]]:
-        """Quantized products by (activation, weight type), as ops.group_products forms them:
-        product step slot -> (group id, member slots in program order)."""
-        groups: dict[tuple[int, GGMLType], list[int]] = {}
-        for i, _, node, srcs, _ in steps:
-            if node.op is not Op.MUL_MAT:
-                continue
-            if math.prod(node.shape[:-1]) > quant.ROW_TOKENS:
-                raise Unsupported("a batch over ROW_TOKENS rows")
-            weight = node.srcs[0]
-            bound = self._bound[srcs[0]]
-            if (
-                weight.op is Op.WEIGHT
-                and len(weight.shape) == 2
-                and weight.dtype in quant.SUPPORTED_TYPES
-                and weight.dtype not in quant.FLOAT_TYPES
-                and isinstance(bound, reference.QuantizedWeight)
-            ):
-                groups.setdefault((srcs[1], weight.dtype), []).append(i)
-        return {i: (n, members) for n, members in enumerate(groups.values()) for i in members}
-
-    def _fused_norm(self, node: Tensor, srcs: tuple[int, ...]) -> tuple[int, float] | None:
-        """(x slot, eps) when this MUL is rms_norm(x) · weight and the norm feeds nothing else
-        (every norm of the llama and gemma graphs): one pass over x."""
-        if len(srcs) != 2:
-            return None
-        norm_slot, weight_slot = srcs
-        norm = self._producer.get(norm_slot)
-        weight = node.srcs[1]
-        bound = self._bound[weight_slot]
-        if (
-            norm is None
-            or norm.op is not Op.RMS_NORM
-            or self._readers.get(norm_slot) != 1
-            or norm_slot in self._output_slots
-            or weight.op is not Op.WEIGHT
-            or weight.shape != norm.shape[-1:]
-            or node.shape != norm.shape
-            or not isinstance(bound, np.ndarray)
-            or bound.dtype != np.float32
-        ):
-            return None
-        return self._step_srcs[norm_slot][0], float(norm.params["eps"])
 
     def _lower(self, i: int, node: Tensor, srcs: tuple[int, ...]) -> None:
         op = node.op
@@ -507,7 +464,7 @@ class Tape:
         t, (m, k) = math.prod(node.shape[:-1]), weight.shape
         if i in self._group_of:
             if i not in self._slots:
-                self._group_product(node, srcs, self._group_of[i][1], t, k)
+                self._group_product(node, srcs, self._group_of[i], t, k)
             return
         x = self._f32(srcs[1])
         bound = self._bound[srcs[0]]
@@ -574,7 +531,7 @@ class Tape:
             factors = self._bound[srcs[2]]
             if node.srcs[2].op is not Op.WEIGHT or not isinstance(factors, np.ndarray):
                 raise Unsupported("rope factors that are not a weight")
-        freqs = rope_frequencies(node.params, factors)
+        freqs = ops.rope_frequencies(node.params, factors)
         at = len(self._freqs)
         self._freqs += freqs.tolist()
         x, pos = self._f32(srcs[0]), self._value(srcs[1])
