@@ -590,49 +590,14 @@ def _unpack_rows_32(
 
 
 @inline
-def _unpack_rows_x8(
-    packed: np.ndarray, r0: int, kind: int, levels: np.ndarray, scales: np.ndarray,
-    minimums: np.ndarray,
-) -> int:  # fmt: skip
-    """`_unpack_rows_32` for weights repacked by `repack_x8` (rows r0.. r0 + _ROWS, all in one
-    group of 8): the same levels and factors, read from the group's layout."""
-    nb = scales.shape[0] // _ROWS
-    k = nb * 32
-    group, first = r0 // 8, r0 % 8
-    eight_bit = kind in (Q8_0, Q5_0)
-    head = 32 if kind == Q4_1 else 16
-    block_bytes = head + (256 if eight_bit else 128)
-    row = packed[group]
-    for q in range(_ROWS):
-        lane = first + q
-        for b in range(nb):
-            at = b * block_bytes
-            scales[q * nb + b] = _f16_at(row, at + 2 * lane)
-            minimums[q * nb + b] = _f16_at(row, at + 16 + 2 * lane) if kind == Q4_1 else 0.0
-            base = q * k + b * 32
-            for c in range(8 if eight_bit else 4):
-                for i in range(4):
-                    byte = np.int32(row[at + head + 32 * c + 4 * lane + i])
-                    if eight_bit:
-                        levels[base + 4 * c + i] = byte - (128 if kind == Q8_0 else 16)
-                    else:
-                        offset = 8 if kind == Q4_0 else 0
-                        levels[base + 4 * c + i] = (byte & 15) - offset
-                        levels[base + 16 + 4 * c + i] = (byte >> 4) - offset
-    return _ROWS
-
-
-@inline
 def _matmul_q32_tiles(
-    raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xst: np.ndarray, out: np.ndarray,
-    x8: bool,
-) -> None:  # fmt: skip
+    raw: np.ndarray, kind: int, xt: np.ndarray, xdt: np.ndarray, xst: np.ndarray, out: np.ndarray
+) -> None:
     """The q8_0 / q8_1 product for many activation rows, given as tiles (levels by
-    `_pair_tiles`, scales and sums by `_tiles`): weight rows are unpacked _ROWS at a time (from
-    the blocks as stored, or with x8 from their `repack_x8` copy), then each block's exact
-    integer sums are taken for 16 activation rows and _ROWS weight rows at once (`mac_pairs`)
-    and scaled: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
-    m = raw.shape[0] * 8 if x8 else raw.shape[0]
+    `_pair_tiles`, scales and sums by `_tiles`): weight rows are unpacked _ROWS at a time, then
+    each block's exact integer sums are taken for 16 activation rows and _ROWS weight rows at
+    once (`mac_pairs`) and scaled: out = Σ_b d_w·d_x·isum (+ Σ_b m_w·s_x)."""
+    m = raw.shape[0]
     t_count = out.shape[0]
     n_tiles, nb, _ = xdt.shape
     k = nb * 32
@@ -649,10 +614,7 @@ def _matmul_q32_tiles(
         minimums = np.empty(_ROWS * nb, dtype=np.float32)
         for group in range(c * groups // chunks, (c + 1) * groups // chunks):
             r0 = group * _ROWS
-            if x8:
-                count = _unpack_rows_x8(raw, r0, kind, levels, scales, minimums)
-            else:
-                count = _unpack_rows_32(raw, r0, kind, w, levels, scales, minimums)
+            count = _unpack_rows_32(raw, r0, kind, w, levels, scales, minimums)
             for tile in range(n_tiles):
                 for i in range(_ROWS * _TILE):
                     acc[i] = 0.0
@@ -860,22 +822,21 @@ def matmul_qk_rows(
 
 @pjit
 def matmul_q32_tiles(
-    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray,
-    x8: bool,
-) -> None:  # fmt: skip
+    raw: np.ndarray, kind: int, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, out: np.ndarray
+) -> None:
     """matmul tiles path for the 32-element types (see _matmul_q32_tiles)."""
     if kind == Q4_0:
-        _matmul_q32_tiles(raw, Q4_0, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, Q4_0, xq, xd, xs, out)
     elif kind == Q4_1:
-        _matmul_q32_tiles(raw, Q4_1, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, Q4_1, xq, xd, xs, out)
     elif kind == Q5_0:
-        _matmul_q32_tiles(raw, Q5_0, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, Q5_0, xq, xd, xs, out)
     elif kind == Q5_1:
-        _matmul_q32_tiles(raw, Q5_1, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, Q5_1, xq, xd, xs, out)
     elif kind == Q8_0:
-        _matmul_q32_tiles(raw, Q8_0, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, Q8_0, xq, xd, xs, out)
     elif kind == IQ4_NL:
-        _matmul_q32_tiles(raw, IQ4_NL, xq, xd, xs, out, x8)
+        _matmul_q32_tiles(raw, IQ4_NL, xq, xd, xs, out)
 
 
 @pjit
@@ -1126,7 +1087,7 @@ def mul_mat_prepared(
     elif weight_type in Q8_K_TYPES:
         matmul_qk_tiles(weight, kind, *prepared, out)
     else:
-        matmul_q32_tiles(weight, kind, *prepared, out, False)
+        matmul_q32_tiles(weight, kind, *prepared, out)
     return out
 
 

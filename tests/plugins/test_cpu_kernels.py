@@ -673,18 +673,3 @@ def test_a_repacked_weights_file_pages_leave_the_resident_set_and_read_back(tmp_
     own = values.copy()
     assert not quant.release_file_pages(own)
     np.testing.assert_array_equal(own, values)
-
-
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0])
-def test_prompt_products_read_the_repacked_copy_to_the_same_bits(weight_type):
-    """A prompt's product (tiles of 16 rows) unpacks weight rows from the repacked copy as from
-    the blocks as stored: the same result, so the stored blocks need not stay resident."""
-    rng = np.random.default_rng(2)
-    raw, _ = _weight(rng, weight_type, 96, 256, False)
-    x = _activations(rng, (70, 256))
-    prepared = quant._as_tiles(weight_type, quant.quantize_activations(x, weight_type))
-    stored, repacked = np.empty((70, 96), np.float32), np.empty((70, 96), np.float32)
-    quant.matmul_q32_tiles(raw, int(weight_type), *prepared, stored, False)
-    packed = quant.repack_x8(raw, weight_type)
-    quant.matmul_q32_tiles(packed, int(weight_type), *prepared, repacked, True)
-    np.testing.assert_array_equal(repacked, stored)
