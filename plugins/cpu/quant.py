@@ -34,8 +34,12 @@ from llmrt_cpu.simd import (
     X8_Q4_MIN,
     X8_Q8,
     X8_VARIANT,
+    X8_K_BYTES,
+    X8_Q4_K,
+    X8_Q6_K,
     X8_VNNI,
     block_x8,
+    block_x8_k,
     bytes_at,
     dot_i8,
     dot_q4,
@@ -859,11 +863,13 @@ def matmul_qk_tiles(
 # ---- Q4_0 and Q4_1 decode products on blocks repacked 8 rows at a time ---------------------------
 
 # Q8_0's levels + 128 reach 255, whose pair sums overflow AVX2's 16-bit form: VNNI only.
+_X8_AVX2_TYPES = {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q6_K}
 X8_TYPES = frozenset(
-    {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0} if X8_VARIANT == X8_AVX2
-    else {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0} if X8_VARIANT == X8_VNNI
+    _X8_AVX2_TYPES if X8_VARIANT == X8_AVX2
+    else _X8_AVX2_TYPES | {GGMLType.Q8_0} if X8_VARIANT == X8_VNNI
     else ()
 )  # fmt: skip
+_X8_K_LAYOUTS = {GGMLType.Q4_K: X8_Q4_K, GGMLType.Q6_K: X8_Q6_K}
 _BYTE_LEVELS = {GGMLType.Q8_0: 128, GGMLType.Q5_0: 16}  # x8 types stored a byte a level, less
 _acc_8 = stack_array(8, np.float32)
 
@@ -874,9 +880,14 @@ def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
     their levels in chunks, each 4 bytes of every row in turn, which `simd.block_x8` multiplies
     in one pass. Q4_0 and Q4_1 keep two levels a byte (a chunk's low nibbles are levels 4c..4c+3,
     its high ones 16 + 4c..); Q5_0 and Q8_0 take a byte a level, unsigned (Q5_0's 0..31 with its
-    fifth bits put back, Q8_0's + 128)."""
+    fifth bits put back, Q8_0's + 128). Q4_K and Q6_K: see `simd.block_x8_k`."""
     m, row_bytes = raw.shape
     size = weight_type.type_size
+    if weight_type in _X8_K_LAYOUTS:
+        packed = np.empty((m // 8, row_bytes // size * X8_K_BYTES[_X8_K_LAYOUTS[weight_type]]),
+                          dtype=np.uint8)  # fmt: skip
+        _repack_k_groups(np.ascontiguousarray(raw), int(weight_type), size, packed)
+        return packed
     block = (2 + 32) if weight_type in _BYTE_LEVELS else size
     packed = np.empty((m // 8, row_bytes // size * 8 * block), dtype=np.uint8)
     _repack_groups(np.ascontiguousarray(raw), int(weight_type), size, packed)
@@ -911,6 +922,43 @@ def _repack_groups(raw: np.ndarray, kind: int, size: int, packed: np.ndarray) ->
                             byte = rows[r, at + heads + 4 * c + i]
                             packed[g, pos] = byte ^ np.uint8(0x80) if kind == Q8_0 else byte
                             pos += 1
+
+
+@pjit
+def _repack_k_groups(raw: np.ndarray, kind: int, size: int, packed: np.ndarray) -> None:
+    nb = raw.shape[1] // size
+    block = packed.shape[1] // nb
+    for g in prange(packed.shape[0]):
+        w = np.empty((8, 256), dtype=np.int32)
+        sc = np.empty((8, 16), dtype=np.int32)
+        mn = np.empty((8, 16), dtype=np.int32)
+        for b in range(nb):
+            at, out = b * size, b * block
+            for r in range(8):
+                unpack_block_k(raw[g * 8 + r], b, kind, w[r], sc[r], mn[r])
+                d_at = at + (208 if kind == Q6_K else 0)
+                packed[g, out + 2 * r] = raw[g * 8 + r, d_at]
+                packed[g, out + 2 * r + 1] = raw[g * 8 + r, d_at + 1]
+                if kind == Q4_K:  # dmin; a sub-block s's scale and min are sc[2s], mn[2s]
+                    packed[g, out + 16 + 2 * r] = raw[g * 8 + r, at + 2]
+                    packed[g, out + 17 + 2 * r] = raw[g * 8 + r, at + 3]
+                    for sub in range(8):
+                        packed[g, out + 32 + 8 * sub + r] = np.uint8(sc[r, 2 * sub])
+                        packed[g, out + 96 + 8 * sub + r] = np.uint8(mn[r, 2 * sub])
+                else:
+                    for group in range(16):
+                        packed[g, out + 16 + 8 * group + r] = np.uint8(sc[r, group] & 255)
+            if kind == Q4_K:  # each stored byte as is: its two nibbles are two sub-blocks' levels
+                for c in range(32):
+                    for r in range(8):
+                        for i in range(4):
+                            packed[g, out + 160 + 32 * c + 4 * r + i] = raw[
+                                g * 8 + r, at + 16 + 4 * c + i]
+            else:
+                for c in range(64):
+                    for r in range(8):
+                        for i in range(4):
+                            packed[g, out + 144 + 32 * c + 4 * r + i] = np.uint8(w[r, 4 * c + i] + 32)
 
 
 _packed: dict[int, np.ndarray] = {}
@@ -994,6 +1042,46 @@ def matmul_x8_rows(
         _matmul_x8_rows(addresses, groups, group_bytes, X8_Q8, 16, xq, xd, xs, xsum, out)
 
 
+@inline
+def _matmul_x8k_rows(
+    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, layout: int, xq: np.ndarray,
+    xd: np.ndarray, xsum: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """What _matmul_qk_rows computes for Q4_K / Q6_K, to the bit, 8 rows per pass on their
+    repacked copies."""
+    total = out.shape[1] // 8
+    t_count, k = xq.shape
+    nb = k // 256
+    block_bytes = group_bytes // nb
+    chunks = min(total, _CHUNKS)
+    for c in prange(chunks):
+        acc_at = _acc_8()
+        acc = numba.carray(acc_at, 8)
+        for g in range(c * total // chunks, (c + 1) * total // chunks):
+            group = _weight_row(addresses, groups, group_bytes, g)
+            for t in range(t_count):
+                for r in range(8):
+                    acc[r] = 0.0
+                x, sums = xq[t], xsum[t]
+                for b in range(nb):
+                    block_x8_k(acc_at, group, b * block_bytes, layout, x, b * 256, sums, b * 16,
+                               xd[t, b], X8_VARIANT)  # fmt: skip
+                for r in range(8):
+                    out[t, g * 8 + r] = acc[r]
+
+
+@pjit
+def matmul_x8k_rows(
+    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, kind: int, xq: np.ndarray,
+    xd: np.ndarray, xsum: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """The K-quants' rows path on weights repacked by `repack_x8` (see _matmul_x8k_rows)."""
+    if kind == Q4_K:
+        _matmul_x8k_rows(addresses, groups, group_bytes, X8_Q4_K, xq, xd, xsum, out)
+    elif kind == Q6_K:
+        _matmul_x8k_rows(addresses, groups, group_bytes, X8_Q6_K, xq, xd, xsum, out)
+
+
 def activation_family(weight_type: GGMLType) -> str:
     """What activations are converted to before a product with a weight of `weight_type`:
     weights of one family can share one conversion of the same activations."""
@@ -1016,7 +1104,7 @@ def prepare_activations(weight_type: GGMLType, x: np.ndarray) -> tuple[np.ndarra
         round_rows(x, weight_type == GGMLType.BF16, rounded)
         return (rounded,)
     blocks = quantize_activations(x, weight_type)
-    if x.shape[0] <= ROW_TOKENS or (X8_TYPES and weight_type not in Q8_K_TYPES):
+    if x.shape[0] <= ROW_TOKENS or X8_TYPES:
         return blocks  # the x8 kernels take rows of any count (tiles made where still needed)
     return _as_tiles(weight_type, blocks)
 
@@ -1058,7 +1146,7 @@ def mul_mat_rows(
     a row table (one quantized type) -> [T, Σ M], the weights' results side by side."""
     out = np.empty((t, table.total), dtype=np.float32)
     if table.x8:
-        kernel = matmul_x8_rows
+        kernel = matmul_x8k_rows if weight_type in Q8_K_TYPES else matmul_x8_rows
     else:
         kernel = matmul_qk_rows if weight_type in Q8_K_TYPES else matmul_q32_rows
     kernel(table.addresses, table.rows, table.row_bytes, int(weight_type), *prepared, out)

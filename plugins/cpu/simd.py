@@ -439,3 +439,108 @@ def block_x8(
 
     sig = types.none(acc, w, w_at, offset, layout, x, x_at, x_sum, x_scale, x_min, variant)
     return sig, codegen
+
+
+# K-quants 8 rows at a time. A super-block's 256 levels are summed in groups (Q4_K's 8 sub-blocks
+# of 32, Q6_K's 16 groups of 16), each group's lane sums multiplied by the 8 rows' integer scales
+# of that group, all in int32 lanes; only the super-block's two factors are floats.
+X8_Q4_K, X8_Q6_K = 3, 4  # repacked super-block layouts (`llmrt_cpu.quant.repack_x8`)
+X8_K_BYTES = {X8_Q4_K: 160 + 1024, X8_Q6_K: 144 + 2048}  # bytes of a repacked super-block
+
+
+@intrinsic
+def block_x8_k(
+    typingctx: Any, acc: Any, w: Any, w_at: Any, layout: Any, x: Any, x_at: Any, x_sums: Any,
+    sums_at: Any, x_scale: Any, variant: Any,
+) -> Any:  # fmt: skip
+    """One repacked K-quant super-block of 8 rows at w[w_at] times the q8_K block x[x_at:x_at +
+    256] (its sums of 16 at x_sums[sums_at:], its scale x_scale): for each row r, acc[r] +=
+    (d_r·x_scale)·isum_r − (dmin_r·x_scale)·msum_r, as the row-by-row kernel adds them, isum_r
+    being Σ_g sc_g·Σ level·x and msum_r Σ_g mn_g·Σ x over the row's groups g.
+
+    X8_Q4_K: 8 f16 d, 8 f16 dmin, the 6-bit scales [8 sub-blocks][8 rows] and mins (bytes), then
+    per 32-byte run c of the stored block, 8 chunks of 8 rows × 4 bytes, whose low nibbles are
+    sub-block 2c's levels and high nibbles sub-block 2c + 1's. X8_Q6_K: 8 f16 d, the int8 scales
+    [16 groups][8 rows], then per group of 16, 4 chunks of 8 rows × 4 levels + 32 (a byte each);
+    the 32 is taken back as 32·Σx per group."""
+    kind = getattr(variant, "literal_value", None)
+    packing = getattr(layout, "literal_value", None)
+    if kind is None or packing not in (X8_Q4_K, X8_Q6_K) or not (_is_row(w) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        if kind == X8_NONE:  # compiled into callers on any host, never run where unsupported
+            void = ir.FunctionType(ir.VoidType(), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, void, "llvm.trap"), [])
+            return context.get_dummy_value()
+        acc_p, w_arr, w_at, _, x_arr, x_at, sums_arr, sums_at, x_scale, _ = args
+        f32x8 = ir.VectorType(ir.FloatType(), 8)
+        v8i8 = ir.VectorType(_I8, 8)
+        base = _byte_pointer(context, builder, signature.args[1], w_arr, w_at)
+        xp = _byte_pointer(context, builder, signature.args[4], x_arr, x_at)
+        sums_at = context.cast(builder, sums_at, signature.args[7], types.int64)
+
+        def at(offset: int) -> Any:
+            return builder.gep(base, [ir.Constant(_I32, offset)])
+
+        def row_bytes(offset: int, signed: bool) -> Any:  # 8 rows' bytes as <8 x i32>
+            loaded = builder.load(builder.bitcast(at(offset), ir.PointerType(v8i8)))
+            loaded.align = 1
+            return (builder.sext if signed else builder.zext)(loaded, _V8I32)
+
+        def halves(offset: int) -> Any:
+            loaded = builder.load(builder.bitcast(at(offset),
+                                                  ir.PointerType(ir.VectorType(ir.HalfType(), 8))))
+            loaded.align = 1
+            return builder.fpext(loaded, f32x8)
+
+        def x_four(element: int) -> Any:  # activations element..element + 3 in every lane
+            four = builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(_I32, element)]),
+                                                ir.PointerType(_I32)))  # fmt: skip
+            four.align = 1
+            return builder.bitcast(_splat(builder, four, 8, _I32), ir.VectorType(_I8, 32))
+
+        def x_sum(group: int) -> Any:  # Σ of activation group `group` (16 elements)
+            index = builder.add(sums_at, ir.Constant(sums_at.type, group))
+            pointer = _typed_pointer(context, builder, signature.args[6], sums_arr, index, _I32)
+            return builder.load(pointer)
+
+        zero = ir.Constant(_V8I32, [0] * 8)
+        isum, msum = zero, zero
+        if packing == X8_Q4_K:
+            for c in range(4):
+                low_sum, high_sum = zero, zero
+                for j in range(8):
+                    chunk = _load(builder, at(160 + 32 * (8 * c + j)), 32)
+                    low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
+                    high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
+                    low_sum = _sum_groups_of_4(builder, low_sum, low, x_four(64 * c + 4 * j), kind)
+                    high_sum = _sum_groups_of_4(builder, high_sum, high,
+                                                x_four(64 * c + 32 + 4 * j), kind)  # fmt: skip
+                for sub, lane_sums in ((2 * c, low_sum), (2 * c + 1, high_sum)):
+                    isum = builder.add(isum, builder.mul(lane_sums, row_bytes(32 + 8 * sub, False)))
+                    group_sum = builder.add(x_sum(2 * sub), x_sum(2 * sub + 1))
+                    minimums = builder.mul(row_bytes(96 + 8 * sub, False),
+                                           _splat(builder, group_sum, 8, _I32))  # fmt: skip
+                    msum = builder.add(msum, minimums)
+            dmin = halves(16)
+        else:
+            for g in range(16):
+                lane_sums = zero
+                for j in range(4):
+                    chunk = _load(builder, at(144 + 32 * (4 * g + j)), 32)
+                    lane_sums = _sum_groups_of_4(builder, lane_sums, chunk, x_four(16 * g + 4 * j),
+                                                 kind)  # fmt: skip
+                offset = builder.mul(x_sum(g), ir.Constant(_I32, 32))
+                lane_sums = builder.sub(lane_sums, _splat(builder, offset, 8, _I32))
+                isum = builder.add(isum, builder.mul(lane_sums, row_bytes(16 + 8 * g, True)))
+            dmin = ir.Constant(f32x8, [0.0] * 8)
+        x_scales = _splat(builder, x_scale, 8, ir.FloatType())
+        scaled = builder.fmul(builder.fmul(halves(0), x_scales), builder.sitofp(isum, f32x8))
+        mins = builder.fmul(builder.fmul(dmin, x_scales), builder.sitofp(msum, f32x8))
+        acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
+        builder.store(builder.fadd(builder.load(acc_v), builder.fsub(scaled, mins)), acc_v)
+        return context.get_dummy_value()
+
+    sig = types.none(acc, w, w_at, layout, x, x_at, x_sums, sums_at, x_scale, variant)
+    return sig, codegen

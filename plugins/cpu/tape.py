@@ -1,5 +1,5 @@
-"""A decode step as one compiled call: the graph lowered once to a tape of instructions over one
-arena, replayed by a numba interpreter.
+"""A graph as one compiled call: lowered once to a tape of instructions over one arena, replayed
+by a numba interpreter.
 
 Run step by step, a decode step of a 30-layer model is ~700 Python dispatches (views, reshapes,
 array allocations and kernel calls) costing more than the arithmetic of everything but the
@@ -7,15 +7,22 @@ matrix products. Here every view is resolved at lowering to an address, every va
 in one arena planned by liveness, and `run_tape` walks the instructions in compiled code, calling
 the same kernels the step program calls (so both compute the same bits), with the GIL released.
 
-Graphs of up to ROW_TOKENS rows whose every op has an instruction here get a tape (decoding);
-the others (prompts, ops without an instruction) run step by step. An instruction is a row of
-int64 operands (addresses, sizes, flags) and a row of float64 parameters; its opcode is the first
-operand.
+Graphs whose every op has an instruction here get a tape: decode steps, and prompts whose
+quantized products all have the 8-row kernels (a prompt's products otherwise take the tiles
+kernels, step by step). An instruction is a row of int64 operands (arena offsets, addresses,
+sizes, flags) and a row of float64 parameters; its opcode is the first operand.
+
+Every tape of a thread runs in one arena of that thread, grown to the largest tape's plan, as
+ggml's graph allocator sizes one compute buffer for the largest graph: a prompt's activations
+(megabytes) are not allocated, and their pages not faulted in, at every run (on this project's
+VM, first-touch page faults cost a prompt of Gemma 3 270M 15% of its time), and compiled graphs
+of many shapes do not each hold their own.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -154,7 +161,10 @@ def run_tape(
             xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
             if c[2] == FAMILY_Q8_K:
                 xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
-                quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
+                if c[14] != 0:
+                    quant.matmul_x8k_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
+                else:
+                    quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
             else:
                 xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
                 xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
@@ -204,8 +214,14 @@ def run_tape(
         elif op == GLU:  # kind gate up rows k out
             gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
             out = _floats(c[6], c[4], c[5])
+            parallel = c[4] * c[5] > quant.SERIAL_ELEMENTS  # a prompt's: as the step program
             if c[1] == SILU_KIND:
-                kernels.swiglu(gate, up, out)
+                if parallel:
+                    kernels.swiglu_rows(gate, up, out)
+                else:
+                    kernels.swiglu(gate, up, out)
+            elif parallel:
+                kernels.geglu_rows(gate, up, gelu_table, out)
             else:
                 kernels.geglu(gate, up, gelu_table, out)
         elif op == UNARY:  # kind x rows k out
@@ -306,9 +322,6 @@ class Tape:
         self._slots: dict[int, _Value] = {}
         values, steps = program.values, program.steps
         self._bound = values
-        if any(node.op is Op.MUL_MAT and math.prod(node.shape[:-1]) > quant.ROW_TOKENS
-               for _, _, node, _, _ in steps):  # fmt: skip
-            raise Unsupported("a batch over ROW_TOKENS rows")
         self._producer = {i: node for i, _, node, _, _ in steps}
         self._step_srcs = {i: srcs for i, _, _, srcs, _ in steps}
         # the step program's groupings and fusions, so that both compute the same bits
@@ -466,8 +479,11 @@ class Tape:
             if i not in self._slots:
                 self._group_product(node, srcs, self._group_of[i], t, k)
             return
-        x = self._f32(srcs[1])
         bound = self._bound[srcs[0]]
+        if isinstance(bound, reference.QuantizedWeight) and weight.dtype not in quant.FLOAT_TYPES:
+            self._group_product(node, srcs, [i], t, k)  # a prompt's products: one at a time
+            return
+        x = self._f32(srcs[1])
         out = self._slots[i] = self._new(node.shape, np.float32)
         if weight.dtype is GGMLType.BF16 and isinstance(bound, reference.QuantizedWeight):
             w = self._fixed(np.ascontiguousarray(bound.raw))
@@ -486,7 +502,9 @@ class Tape:
         weight_type = node.srcs[0].dtype
         raws = [self._bound[self._step_srcs[n][0]].raw for n in members]
         rows = [raw.shape[0] for raw in raws]
-        table = quant.RowTable(raws, weight_type)  # Q4_0/Q4_1/Q8_0 8 rows a pass, where it can
+        table = quant.RowTable(raws, weight_type)  # 8 rows a pass, where it can
+        if t > quant.ROW_TOKENS and not table.x8:
+            raise Unsupported(f"a prompt's {weight_type.name} product (the tiles kernel's)")
         self._held.append(table)
         table_at = len(self._tables)
         self._tables += table.addresses.tolist() + table.rows.tolist()
@@ -498,7 +516,7 @@ class Tape:
         start = 0
         for n, count in zip(members, rows, strict=True):
             shape = self._producer[n].shape
-            if t == 1:
+            if t == 1 or len(members) == 1:
                 self._slots[n] = out.alias(shape, start * 4)
             else:
                 self._slots[n] = self._new(shape, np.float32)
@@ -580,36 +598,59 @@ class Tape:
         for s in range(n_storages):  # an input nothing reads still gets its place
             last[s] = max(last[s], first[s])
         offsets, size = _plan(self._sizes, first, last)
-        self._arena = np.zeros(size + ALIGN, dtype=np.uint8)
-        base = -self._arena.ctypes.data % ALIGN
-        address = self._arena.ctypes.data + base
 
-        def resolve(operand: Any) -> int:
-            if isinstance(operand, _Value):
-                return operand.offset if operand.storage < 0 else (
-                    address + offsets[operand.storage] + operand.offset
-                )  # fmt: skip
-            return int(operand)
+        def place(value: _Value) -> int:
+            return offsets[value.storage] + value.offset
 
-        def view(value: _Value) -> np.ndarray:
-            at = base + offsets[value.storage] + value.offset
-            nbytes = math.prod(value.shape) * value.dtype.itemsize
-            return self._arena[at : at + nbytes].view(value.dtype).reshape(value.shape)
-
-        self.code = np.zeros((len(self._instructions), WIDTH), dtype=np.int64)
+        # operands in the arena are encoded as offsets, and moved to the arena's address by `run`
+        self._offsets = np.zeros((len(self._instructions), WIDTH), dtype=np.int64)
+        self._in_arena = np.zeros((len(self._instructions), WIDTH), dtype=np.int64)
         self.reals = np.zeros((len(self._instructions), 4), dtype=np.float64)
         for n, (operands, reals, _) in enumerate(self._instructions):
-            self.code[n, : len(operands)] = [resolve(o) for o in operands]
+            for j, o in enumerate(operands):
+                arena = isinstance(o, _Value) and o.storage >= 0
+                fixed = o.offset if isinstance(o, _Value) else int(o)
+                self._offsets[n, j] = place(o) if arena else fixed
+                self._in_arena[n, j] = int(arena)
             self.reals[n, : len(reals)] = reals
         self.tables = np.array(self._tables or [0], dtype=np.int64)
         self.freqs = np.array(self._freqs or [0.0], dtype=np.float64)
-        self.inputs = [(key, view(value)) for key, value in inputs]
-        self.outputs = {name: view(value) for name, value in outputs.items()}
+        self._inputs = [(key, place(v), v.shape, v.dtype) for key, v in inputs]
+        self._outputs = [(name, place(v), v.shape, v.dtype) for name, v in outputs.items()]
         self.arena_bytes = size
+        self._relocated: tuple[int, np.ndarray] = (-1, self._offsets)
+
+    @property
+    def code(self) -> np.ndarray:
+        """The instructions as the last run ran them (arena operands as addresses)."""
+        return self._relocated[1]
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        for key, view in self.inputs:
-            view[...] = np.asarray(inputs[key]).reshape(view.shape)
-        run_tape(self.code, self.reals, self.tables, self.freqs, quant.F16_TO_F32,
+        arena = _thread_arena(self.arena_bytes)
+        address = arena.ctypes.data
+        relocated = self._relocated
+        if relocated[0] != address:  # the thread's arena moved (grew) or another thread runs it
+            relocated = (address, self._offsets + self._in_arena * address)
+            self._relocated = relocated
+
+        def view(at: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            return arena[at : at + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+
+        for key, at, shape, dtype in self._inputs:
+            view(at, shape, dtype)[...] = np.asarray(inputs[key]).reshape(shape)
+        run_tape(relocated[1], self.reals, self.tables, self.freqs, quant.F16_TO_F32,
                  kernels.GELU_F16)  # fmt: skip
-        return {name: view.copy() for name, view in self.outputs.items()}
+        return {name: view(at, shape, dtype).copy() for name, at, shape, dtype in self._outputs}
+
+
+_arenas = threading.local()
+
+
+def _thread_arena(size: int) -> np.ndarray:
+    """This thread's arena, at least `size` bytes, ALIGN-aligned; it only grows."""
+    arena = getattr(_arenas, "arena", None)
+    if arena is None or arena.nbytes < size:
+        buffer = np.zeros(max(size, 1) + ALIGN, dtype=np.uint8)
+        start = -buffer.ctypes.data % ALIGN
+        arena = _arenas.arena = buffer[start : start + max(size, 1)]
+    return arena

@@ -560,25 +560,28 @@ def test_repacked_blocks_hold_each_rows_scales_and_levels(weight_type):
             assert bytes(packed_block[at : at + 4]) == bytes(expected)
 
 
-@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0])
+@pytest.mark.parametrize("weight_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K, T.Q6_K])
 @pytest.mark.parametrize("t", [1, 3, 32, 70])
 def test_eight_rows_at_once_is_the_row_by_row_kernel_to_the_bit(weight_type, t):
     """Several weights in one table (q, k and v), rows in groups of 8: the repacked kernel gives
-    exactly what the row-by-row kernel gives, for any batch of decode rows."""
+    exactly what the row-by-row kernel gives, for any batch of rows."""
     if weight_type not in quant.X8_TYPES:
         pytest.skip(f"this host does not multiply {weight_type.name} 8 rows at a time")
     rng = np.random.default_rng(t)
-    raws = [_weight(rng, weight_type, m, 256, random_blocks)[0]
+    k = 512 if weight_type in quant.Q8_K_TYPES else 256
+    raws = [_weight(rng, weight_type, m, k, random_blocks)[0]
             for m, random_blocks in ((64, False), (16, True), (40, False))]  # fmt: skip
-    x = _activations(rng, (t, 256))
+    x = _activations(rng, (t, k))
     prepared = quant.prepare_activations(weight_type, x)
     expected = quant.mul_mat_rows(weight_type, quant.RowTable(raws), prepared, t)
     packed = [quant.repack_x8(raw, weight_type) for raw in raws]
     table = quant.RowTable(packed)
     out = np.empty_like(expected)
-    quant.matmul_x8_rows(table.addresses, table.rows, table.row_bytes, int(weight_type),
-                         *prepared, out)  # fmt: skip
+    kernel = quant.matmul_x8k_rows if weight_type in quant.Q8_K_TYPES else quant.matmul_x8_rows
+    kernel(table.addresses, table.rows, table.row_bytes, int(weight_type), *prepared, out)
     np.testing.assert_array_equal(out, expected)
+    through_table = quant.mul_mat_rows(weight_type, quant.RowTable(raws, weight_type), prepared, t)
+    np.testing.assert_array_equal(through_table, expected)
 
 
 def _one_group_kernel(variant: int, layout: int):
@@ -635,6 +638,49 @@ def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_ty
     layout, offset = LAYOUTS[weight_type]
     kernel = _one_group_kernel(variant, layout)
     got = kernel(quant.repack_x8(raw, weight_type)[0], offset, xq[0], xsum[0, 0], xd[0, 0], x_min)
+    np.testing.assert_array_equal(got, expected)
+
+
+def _one_super_block_kernel(variant: int, layout: int):
+    """block_x8_k on one super-block of 8 rows, with the given instructions."""
+    stack = jit.stack_array(8, np.float32)
+
+    @numba.njit
+    def one_super_block(packed, x, sums, x_scale):
+        acc_at = stack()
+        acc = numba.carray(acc_at, 8)
+        for r in range(8):
+            acc[r] = 0.0
+        simd.block_x8_k(acc_at, packed, 0, layout, x, 0, sums, 0, x_scale, variant)
+        return acc.copy()
+
+    return one_super_block
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("weight_type", [T.Q4_K, T.Q6_K])
+def test_each_instruction_set_of_the_eight_row_super_block_is_exact(variant, weight_type):
+    """Q4_K's and Q6_K's 8-row super-blocks against the row-by-row kernel, on both instruction
+    sets, with extreme levels and scales (every nibble 15 or 0, Q6_K's scales -128 and 127)
+    against activations of ±127."""
+    if not VARIANTS[variant]:
+        pytest.skip(f"this host cannot run variant {variant}")
+    rng = np.random.default_rng(variant + 7)
+    raw = _random_blocks(rng, weight_type, 8, 256)
+    if weight_type == T.Q4_K:  # d dmin scales[12] qs[128]
+        raw[0, 4:16], raw[0, 16:] = 0xFF, 0xFF  # every scale and min 63, every level 15
+        raw[1, 16:] = 0x00
+    else:  # ql[128] qh[64] scales[16] d
+        raw[0, :192], raw[1, :192] = 0xFF, 0x00  # levels 31 and -32
+        raw[0, 192:208] = np.array([127, -128] * 8, np.int8).view(np.uint8)
+        raw[1, 192:208] = np.array([-128] * 16, np.int8).view(np.uint8)
+    x = _activations(rng, (1, 256))
+    x[0, :128], x[0, 128:] = 1.0, -1.0
+    xq, xd, xsum = quant.prepare_activations(weight_type, x)
+    expected = quant.mul_mat_rows(weight_type, quant.RowTable([raw]), (xq, xd, xsum), 1)[0]
+    layout = simd.X8_Q4_K if weight_type == T.Q4_K else simd.X8_Q6_K
+    kernel = _one_super_block_kernel(variant, layout)
+    got = kernel(quant.repack_x8(raw, weight_type)[0], xq[0], xsum[0], xd[0, 0])
     np.testing.assert_array_equal(got, expected)
 
 

@@ -93,22 +93,28 @@ def _step_inputs(t: int, step: int) -> dict:
 
 
 @pytest.mark.parametrize("cache", [T.F16, T.F32])
-@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("t", [1, 3, 40])
 def test_tape_computes_the_step_programs_bits_for_every_instruction(t, cache):
-    g, bindings = _every_instruction(t, cache=cache)
-    ours, theirs = _caches(16, cache), _caches(16, cache)
+    """Decode steps, and (where the host has the 8-row kernels its products take) a prompt."""
+    n_ctx = 16 if t < 8 else 8 * t
+    g, bindings = _every_instruction(t, n_ctx=n_ctx, cache=cache)
+    ours, theirs = _caches(n_ctx, cache), _caches(n_ctx, cache)
     taped = CPUProgram(g, {**bindings, **ours})
+    if t > quant.ROW_TOKENS and not quant.X8_TYPES:
+        assert taped.tape is None  # its prompt products take the tiles kernels, step by step
+        return
     stepped = CPUProgram(g, {**bindings, **theirs}, use_tape=False)
     assert taped.tape is not None and stepped.tape is None
-    for step in range(8 // t):
+    steps = max(8 // t, 2)
+    for step in range(steps):
         inputs = _step_inputs(t, step)
         got, expected = taped.run(inputs), stepped.run(inputs)
         for name in ("logits", "rows_k"):
             np.testing.assert_array_equal(got[name], expected[name])
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name])
-    oracle = reference.ReferenceProgram(g, {**bindings, **_caches(16, cache)})
-    for step in range(8 // t):
+    oracle = reference.ReferenceProgram(g, {**bindings, **_caches(n_ctx, cache)})
+    for step in range(steps):
         expected = oracle.run(_step_inputs(t, step))
     for name in ("logits", "rows_k"):
         assert nmse(expected[name], got[name]) <= 1e-4, name
@@ -134,8 +140,15 @@ def test_graphs_without_instructions_run_step_by_step():
     x_value = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
     expected = reference.ReferenceProgram(g, {}).run({"x": x_value})["p"]
     np.testing.assert_array_equal(program.run({"x": x_value})["p"], expected)
-    prompt, bindings = _every_instruction(40, n_ctx=64)
-    assert CPUProgram(prompt, {**bindings, **_caches(64, T.F16)}).tape is None
+    prompt = Graph("a prompt's Q5_K product")
+    x = prompt.input("x", (40, 256))
+    prompt.output("y", prompt.mul_mat(prompt.weight("w", (16, 256), T.Q5_K), x))
+    w = {"w": _weight(np.random.default_rng(1), T.Q5_K, 16, 256)}
+    program = CPUProgram(prompt, w)
+    assert program.tape is None  # no 8-row kernel for Q5_K: the tiles kernel, step by step
+    x_value = np.random.default_rng(2).uniform(-1, 1, (40, 256)).astype(np.float32)
+    expected = reference.ReferenceProgram(prompt, w).run({"x": x_value})["y"]
+    assert nmse(expected, program.run({"x": x_value})["y"]) <= 1e-4
 
 
 def test_arena_plan_never_overlaps_live_values():
