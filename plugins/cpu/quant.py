@@ -30,13 +30,13 @@ from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
 from llmrt_cpu.simd import (
     X8_AVX2,
+    X8_K_BYTES,
     X8_Q4,
+    X8_Q4_K,
     X8_Q4_MIN,
+    X8_Q6_K,
     X8_Q8,
     X8_VARIANT,
-    X8_K_BYTES,
-    X8_Q4_K,
-    X8_Q6_K,
     X8_VNNI,
     block_x8,
     block_x8_k,
@@ -953,12 +953,14 @@ def _repack_k_groups(raw: np.ndarray, kind: int, size: int, packed: np.ndarray) 
                     for r in range(8):
                         for i in range(4):
                             packed[g, out + 160 + 32 * c + 4 * r + i] = raw[
-                                g * 8 + r, at + 16 + 4 * c + i]
+                                g * 8 + r, at + 16 + 4 * c + i
+                            ]
             else:
                 for c in range(64):
                     for r in range(8):
                         for i in range(4):
-                            packed[g, out + 144 + 32 * c + 4 * r + i] = np.uint8(w[r, 4 * c + i] + 32)
+                            level = w[r, 4 * c + i] + 32
+                            packed[g, out + 144 + 32 * c + 4 * r + i] = np.uint8(level)
 
 
 _packed: dict[int, np.ndarray] = {}

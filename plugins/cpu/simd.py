@@ -489,8 +489,9 @@ def block_x8_k(
             return (builder.sext if signed else builder.zext)(loaded, _V8I32)
 
         def halves(offset: int) -> Any:
-            loaded = builder.load(builder.bitcast(at(offset),
-                                                  ir.PointerType(ir.VectorType(ir.HalfType(), 8))))
+            loaded = builder.load(
+                builder.bitcast(at(offset), ir.PointerType(ir.VectorType(ir.HalfType(), 8)))
+            )
             loaded.align = 1
             return builder.fpext(loaded, f32x8)
 
