@@ -36,6 +36,7 @@ from llmrt_cpu.simd import (
     X8_Q4_MIN,
     X8_Q6_K,
     X8_Q8,
+    X8_TOKENS,
     X8_VARIANT,
     X8_VNNI,
     block_x8,
@@ -177,10 +178,14 @@ def _quantize_q8_k(x: np.ndarray, xq: np.ndarray, xd: np.ndarray, xsum: np.ndarr
     for t in prange(t_count):
         for b in range(k // 256):
             base = b * 256
+            amax = _F32(0.0)  # then the first element of that magnitude: two loops that vectorize
+            for j in range(256):
+                amax = max(amax, abs(x[t, base + j]))
             peak = x[t, base]
-            for j in range(1, 256):
-                if abs(x[t, base + j]) > abs(peak):
+            for j in range(256):
+                if abs(x[t, base + j]) == amax:
                     peak = x[t, base + j]
+                    break
             iscale = _F32(-127.0) / peak if peak != 0 else _F32(0.0)
             for g in range(16):
                 total = 0
@@ -871,26 +876,43 @@ X8_TYPES = frozenset(
 )  # fmt: skip
 _X8_K_LAYOUTS = {GGMLType.Q4_K: X8_Q4_K, GGMLType.Q6_K: X8_Q6_K}
 _BYTE_LEVELS = {GGMLType.Q8_0: 128, GGMLType.Q5_0: 16}  # x8 types stored a byte a level, less
-_acc_8 = stack_array(8, np.float32)
+_acc_8 = stack_array(8 * X8_TOKENS, np.float32)
 
 
-def repack_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
+_REPACK_ROWS_BYTES = 4 << 20  # rows of the stored blocks repacked (then released) at a time
+
+
+def repack_x8(raw: np.ndarray, weight_type: GGMLType, release: bool = False) -> np.ndarray:
     """Q4_0 / Q4_1 / Q5_0 / Q8_0 rows [M, row bytes] (M a multiple of 8) as groups of 8 rows
     [M / 8, group bytes]: block by block, the 8 rows' f16 d, then (Q4_1) their 8 f16 m, then
     their levels in chunks, each 4 bytes of every row in turn, which `simd.block_x8` multiplies
     in one pass. Q4_0 and Q4_1 keep two levels a byte (a chunk's low nibbles are levels 4c..4c+3,
     its high ones 16 + 4c..); Q5_0 and Q8_0 take a byte a level, unsigned (Q5_0's 0..31 with its
-    fifth bits put back, Q8_0's + 128). Q4_K and Q6_K: see `simd.block_x8_k`."""
+    fifth bits put back, Q8_0's + 128). Q4_K and Q6_K: see `simd.block_x8_k`.
+
+    With `release`, the stored blocks' file pages are handed back (`release_file_pages`) a few
+    MiB of rows at a time as they are repacked, so that a large weight (Gemma 3's 178 MB
+    embedding table, its output) is never resident twice."""
     m, row_bytes = raw.shape
     size = weight_type.type_size
+    nb = row_bytes // size
     if weight_type in _X8_K_LAYOUTS:
-        packed = np.empty((m // 8, row_bytes // size * X8_K_BYTES[_X8_K_LAYOUTS[weight_type]]),
-                          dtype=np.uint8)  # fmt: skip
-        _repack_k_groups(np.ascontiguousarray(raw), int(weight_type), size, packed)
-        return packed
-    block = (2 + 32) if weight_type in _BYTE_LEVELS else size
-    packed = np.empty((m // 8, row_bytes // size * 8 * block), dtype=np.uint8)
-    _repack_groups(np.ascontiguousarray(raw), int(weight_type), size, packed)
+        group_bytes = nb * X8_K_BYTES[_X8_K_LAYOUTS[weight_type]]
+    else:
+        group_bytes = nb * 8 * ((2 + 32) if weight_type in _BYTE_LEVELS else size)
+    packed = np.empty((m // 8, group_bytes), dtype=np.uint8)
+    step = max(8, _REPACK_ROWS_BYTES // row_bytes // 8 * 8)
+    for start in range(0, m, step):
+        rows = np.ascontiguousarray(raw[start : start + step])
+        groups = packed[start // 8 : (start + step) // 8]
+        if weight_type in _X8_K_LAYOUTS:
+            _repack_k_groups(rows, int(weight_type), size, groups)
+        else:
+            _repack_groups(rows, int(weight_type), size, groups)
+        if release:
+            release_file_pages(raw[start : start + step])
+    if release:
+        release_file_pages(raw)  # the pages that straddled two runs of rows
     return packed
 
 
@@ -973,9 +995,8 @@ def packed_x8(raw: np.ndarray, weight_type: GGMLType) -> np.ndarray:
     key = id(raw)
     packed = _packed.get(key)
     if packed is None:
-        packed = _packed[key] = repack_x8(raw, weight_type)
+        packed = _packed[key] = repack_x8(raw, weight_type, release=True)
         weakref.finalize(raw, _packed.pop, key, None)
-        release_file_pages(raw)
     return packed
 
 
@@ -1004,26 +1025,34 @@ def _matmul_x8_rows(
     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xsum: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
     """out[t, 8g + r] = row r of group g · activation row t, for repacked weights (a row table
-    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1 / Q8_0, to the bit, 8 rows per
-    pass."""
+    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1 / Q5_0 / Q8_0, to the bit, 8
+    weight rows and X8_TOKENS activation rows per pass (then the rows left one at a time)."""
     total = out.shape[1] // 8
     t_count, k = xq.shape
     nb = k // 32
     block_bytes = group_bytes // nb
     chunks = min(total, _CHUNKS)
+    whole = t_count - t_count % X8_TOKENS
     for c in prange(chunks):
         acc_at = _acc_8()
-        acc = numba.carray(acc_at, 8)
+        acc = numba.carray(acc_at, 8 * X8_TOKENS)
         for g in range(c * total // chunks, (c + 1) * total // chunks):
             group = _weight_row(addresses, groups, group_bytes, g)
-            for t in range(t_count):
+            for t in range(0, whole, X8_TOKENS):
+                for i in range(8 * X8_TOKENS):
+                    acc[i] = 0.0
+                for b in range(nb):
+                    block_x8(acc_at, group, b * block_bytes, offset, layout, xq, xd, xs, xsum,
+                             t, b, X8_TOKENS, X8_VARIANT)  # fmt: skip
+                for i in range(X8_TOKENS):
+                    for r in range(8):
+                        out[t + i, g * 8 + r] = acc[8 * i + r]
+            for t in range(whole, t_count):
                 for r in range(8):
                     acc[r] = 0.0
-                x = xq[t]
                 for b in range(nb):
-                    x_min = xs[t, b] if layout == X8_Q4_MIN else _F32(0.0)
-                    block_x8(acc_at, group, b * block_bytes, offset, layout, x, b * 32,
-                             xsum[t, b], xd[t, b], x_min, X8_VARIANT)  # fmt: skip
+                    block_x8(acc_at, group, b * block_bytes, offset, layout, xq, xd, xs, xsum,
+                             t, b, 1, X8_VARIANT)  # fmt: skip
                 for r in range(8):
                     out[t, g * 8 + r] = acc[r]
 
@@ -1056,18 +1085,27 @@ def _matmul_x8k_rows(
     nb = k // 256
     block_bytes = group_bytes // nb
     chunks = min(total, _CHUNKS)
+    whole = t_count - t_count % X8_TOKENS
     for c in prange(chunks):
         acc_at = _acc_8()
-        acc = numba.carray(acc_at, 8)
+        acc = numba.carray(acc_at, 8 * X8_TOKENS)
         for g in range(c * total // chunks, (c + 1) * total // chunks):
             group = _weight_row(addresses, groups, group_bytes, g)
-            for t in range(t_count):
+            for t in range(0, whole, X8_TOKENS):
+                for i in range(8 * X8_TOKENS):
+                    acc[i] = 0.0
+                for b in range(nb):
+                    block_x8_k(acc_at, group, b * block_bytes, layout, xq, xd, xsum, t, b,
+                               X8_TOKENS, X8_VARIANT)  # fmt: skip
+                for i in range(X8_TOKENS):
+                    for r in range(8):
+                        out[t + i, g * 8 + r] = acc[8 * i + r]
+            for t in range(whole, t_count):
                 for r in range(8):
                     acc[r] = 0.0
-                x, sums = xq[t], xsum[t]
                 for b in range(nb):
-                    block_x8_k(acc_at, group, b * block_bytes, layout, x, b * 256, sums, b * 16,
-                               xd[t, b], X8_VARIANT)  # fmt: skip
+                    block_x8_k(acc_at, group, b * block_bytes, layout, xq, xd, xsum, t, b, 1,
+                               X8_VARIANT)  # fmt: skip
                 for r in range(8):
                     out[t, g * 8 + r] = acc[r]
 

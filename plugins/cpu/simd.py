@@ -375,43 +375,89 @@ def _sum_groups_of_4(builder: Any, total: Any, unsigned: Any, signed: Any, varia
     return builder.add(total, builder.call(quads, [summed, ir.Constant(v16i16, [1] * 16)]))
 
 
+X8_TOKENS = 4  # activation rows the 8-row kernels take per pass over a block (prompts)
+
+
+def _trap(context: Any, builder: Any) -> Any:
+    """Code for a host without the instructions: compiled into callers, never run there."""
+    void = ir.FunctionType(ir.VoidType(), [])
+    builder.call(cgutils.get_or_insert_function(builder.module, void, "llvm.trap"), [])
+    return context.get_dummy_value()
+
+
+def _rows_2d(context: Any, builder: Any, ty: Any, value: Any, element: Any) -> Any:
+    """A function (row, column) -> pointer to that element of a C-contiguous 2-D array."""
+    array = context.make_array(ty)(context, builder, value)
+    row_stride = cgutils.unpack_tuple(builder, array.strides, 2)[0]
+    data = builder.bitcast(array.data, ir.PointerType(_I8))
+
+    def at(row: Any, column: Any) -> Any:
+        start = builder.gep(data, [builder.mul(row, row_stride)])
+        return builder.gep(builder.bitcast(start, ir.PointerType(element)), [column])
+
+    return at
+
+
+def _is_rows(ty: Any) -> bool:
+    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.layout == "C"
+
+
+def _x_four(builder: Any, x_row: Any, element: int) -> Any:
+    """Activations element..element + 3 of a row (an i8 pointer) in every 32-bit lane."""
+    pointer = builder.bitcast(
+        builder.gep(x_row, [ir.Constant(_I32, element)]), ir.PointerType(_I32)
+    )
+    four = builder.load(pointer)
+    four.align = 1
+    return builder.bitcast(_splat(builder, four, 8, _I32), ir.VectorType(_I8, 32))
+
+
+def _halves(builder: Any, base: Any, at: int) -> Any:
+    """8 f16 at byte `at` of `base` as <8 x float>."""
+    pointer = builder.bitcast(builder.gep(base, [ir.Constant(_I32, at)]),
+                              ir.PointerType(ir.VectorType(ir.HalfType(), 8)))  # fmt: skip
+    loaded = builder.load(pointer)
+    loaded.align = 1
+    return builder.fpext(loaded, ir.VectorType(ir.FloatType(), 8))
+
+
 @intrinsic
 def block_x8(
-    typingctx: Any, acc: Any, w: Any, w_at: Any, offset: Any, layout: Any, x: Any, x_at: Any,
-    x_sum: Any, x_scale: Any, x_min: Any, variant: Any,
+    typingctx: Any, acc: Any, w: Any, w_at: Any, offset: Any, layout: Any, xq: Any, xd: Any,
+    xs: Any, xsum: Any, t: Any, b: Any, tokens: Any, variant: Any,
 ) -> Any:  # fmt: skip
     """One repacked block of 8 rows at w[w_at] (8 f16 d; X8_Q4_MIN: 8 f16 m; then the levels in
     chunks of 8 rows × 4 bytes: X8_Q4 and X8_Q4_MIN 4 chunks of nibbles, the low ones levels
-    0-15; X8_Q8 8 chunks of a byte a level, unsigned) times activation block x[x_at:x_at + 32]
-    (its level sum x_sum, scale x_scale, q8_1 sum x_min): for each row r, acc[r] +=
-    (d_r·x_scale)·(Σ level·x − offset·x_sum), then acc[r] += m_r·x_min, in that order, as the
-    row-by-row kernel adds them."""
+    0-15; X8_Q8 8 chunks of a byte a level, unsigned) times block b of activation rows t ..
+    t + tokens - 1 (xq [T, K] levels, xd [T, K/32] scales, xs q8_1's sums, xsum the blocks' level
+    sums; C-contiguous): for each row i and weight row r, acc[8i + r] += (d_r·xd)·(Σ level·x −
+    offset·xsum), then acc[8i + r] += m_r·xs, in that order, as the row-by-row kernel adds them.
+    Each chunk is loaded and unpacked once for the `tokens` rows."""
     kind = getattr(variant, "literal_value", None)
     packing = getattr(layout, "literal_value", None)
-    if kind is None or packing is None or not (_is_row(w) and _is_row(x)):
+    count = _literal(tokens)
+    arrays = (xq, xd, xs, xsum)
+    if None in (kind, packing, count) or not (_is_row(w) and all(map(_is_rows, arrays))):
         return None
     minimum = packing == X8_Q4_MIN
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        if kind == X8_NONE:  # compiled into callers on any host, never run where unsupported
-            void = ir.FunctionType(ir.VoidType(), [])
-            trap = cgutils.get_or_insert_function(builder.module, void, "llvm.trap")
-            builder.call(trap, [])
-            return context.get_dummy_value()
-        acc_p, w_arr, w_at, offset, _, x_arr, x_at, x_sum, x_scale, x_min, _ = args
+        if kind == X8_NONE:
+            return _trap(context, builder)
+        acc_p, w_arr, w_at, offset, _, xq, xd, xs, xsum, t, b, _, _ = args
         f32x8 = ir.VectorType(ir.FloatType(), 8)
         base = _byte_pointer(context, builder, signature.args[1], w_arr, w_at)
-
-        def halves(at: int) -> Any:
-            pointer = builder.bitcast(builder.gep(base, [ir.Constant(_I32, at)]),
-                                      ir.PointerType(ir.VectorType(ir.HalfType(), 8)))  # fmt: skip
-            loaded = builder.load(pointer)
-            loaded.align = 1
-            return builder.fpext(loaded, f32x8)
-
+        i64 = ir.IntType(64)
+        t = context.cast(builder, t, signature.args[9], types.int64)
+        b = context.cast(builder, b, signature.args[10], types.int64)
+        levels_at = _rows_2d(context, builder, signature.args[5], xq, _I8)
+        scale_at = _rows_2d(context, builder, signature.args[6], xd, ir.FloatType())
+        min_at = _rows_2d(context, builder, signature.args[7], xs, ir.FloatType())
+        sum_at = _rows_2d(context, builder, signature.args[8], xsum, _I32)
+        rows = [builder.add(t, ir.Constant(i64, i)) for i in range(count)]
+        x_rows = [levels_at(row, builder.mul(b, ir.Constant(i64, 32))) for row in rows]
         qs = 32 if minimum else 16
-        xp = _byte_pointer(context, builder, signature.args[5], x_arr, x_at)
-        total = ir.Constant(_V8I32, [0] * 8)
+        totals = [ir.Constant(_V8I32, [0] * 8)] * count
         for c in range(8 if packing == X8_Q8 else 4):
             chunk = _load(builder, builder.gep(base, [ir.Constant(_I32, qs + 32 * c)]), 32)
             if packing == X8_Q8:
@@ -421,23 +467,26 @@ def block_x8(
                 high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
                 parts = [(low, 4 * c), (high, 16 + 4 * c)]
             for levels, at in parts:
-                four = builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(_I32, at)]),
-                                                    ir.PointerType(_I32)))  # fmt: skip
-                four.align = 1
-                broadcast = builder.bitcast(_splat(builder, four, 8, _I32), ir.VectorType(_I8, 32))
-                total = _sum_groups_of_4(builder, total, levels, broadcast, kind)
-        correction = builder.mul(_i32(builder, offset), _i32(builder, x_sum))
-        isum = builder.sitofp(builder.sub(total, _splat(builder, correction, 8, _I32)), f32x8)
-        scale = builder.fmul(halves(0), _splat(builder, x_scale, 8, ir.FloatType()))
+                for i in range(count):
+                    x_four = _x_four(builder, x_rows[i], at)
+                    totals[i] = _sum_groups_of_4(builder, totals[i], levels, x_four, kind)
+        d = _halves(builder, base, 0)
+        m = _halves(builder, base, 16) if minimum else None
         acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
-        sums = builder.fadd(builder.load(acc_v), builder.fmul(scale, isum))
-        if minimum:
-            x_mins = _splat(builder, x_min, 8, ir.FloatType())
-            sums = builder.fadd(sums, builder.fmul(halves(16), x_mins))
-        builder.store(sums, acc_v)
+        for i, row in enumerate(rows):
+            correction = builder.mul(_i32(builder, offset), builder.load(sum_at(row, b)))
+            isum = builder.sitofp(builder.sub(totals[i], _splat(builder, correction, 8, _I32)),
+                                  f32x8)  # fmt: skip
+            x_scale = _splat(builder, builder.load(scale_at(row, b)), 8, ir.FloatType())
+            acc_i = builder.gep(acc_v, [ir.Constant(_I32, i)])
+            sums = builder.fadd(builder.load(acc_i), builder.fmul(builder.fmul(d, x_scale), isum))
+            if minimum:
+                x_min = _splat(builder, builder.load(min_at(row, b)), 8, ir.FloatType())
+                sums = builder.fadd(sums, builder.fmul(m, x_min))
+            builder.store(sums, acc_i)
         return context.get_dummy_value()
 
-    sig = types.none(acc, w, w_at, offset, layout, x, x_at, x_sum, x_scale, x_min, variant)
+    sig = types.none(acc, w, w_at, offset, layout, xq, xd, xs, xsum, t, b, tokens, variant)
     return sig, codegen
 
 
@@ -450,13 +499,14 @@ X8_K_BYTES = {X8_Q4_K: 160 + 1024, X8_Q6_K: 144 + 2048}  # bytes of a repacked s
 
 @intrinsic
 def block_x8_k(
-    typingctx: Any, acc: Any, w: Any, w_at: Any, layout: Any, x: Any, x_at: Any, x_sums: Any,
-    sums_at: Any, x_scale: Any, variant: Any,
+    typingctx: Any, acc: Any, w: Any, w_at: Any, layout: Any, xq: Any, xd: Any, xsum: Any,
+    t: Any, b: Any, tokens: Any, variant: Any,
 ) -> Any:  # fmt: skip
-    """One repacked K-quant super-block of 8 rows at w[w_at] times the q8_K block x[x_at:x_at +
-    256] (its sums of 16 at x_sums[sums_at:], its scale x_scale): for each row r, acc[r] +=
-    (d_r·x_scale)·isum_r − (dmin_r·x_scale)·msum_r, as the row-by-row kernel adds them, isum_r
-    being Σ_g sc_g·Σ level·x and msum_r Σ_g mn_g·Σ x over the row's groups g.
+    """One repacked K-quant super-block of 8 rows at w[w_at] times q8_K block b of activation
+    rows t .. t + tokens - 1 (xq [T, K] levels, xd [T, K/256] scales, xsum [T, K/16] sums of 16;
+    C-contiguous): for each row i and weight row r, acc[8i + r] += (d_r·xd)·isum − (dmin_r·xd)·msum,
+    as the row-by-row kernel adds them, isum being Σ_g sc_g·Σ level·x and msum Σ_g mn_g·Σ x over
+    the weight row's groups g.
 
     X8_Q4_K: 8 f16 d, 8 f16 dmin, the 6-bit scales [8 sub-blocks][8 rows] and mins (bytes), then
     per 32-byte run c of the stored block, 8 chunks of 8 rows × 4 bytes, whose low nibbles are
@@ -465,20 +515,28 @@ def block_x8_k(
     the 32 is taken back as 32·Σx per group."""
     kind = getattr(variant, "literal_value", None)
     packing = getattr(layout, "literal_value", None)
-    if kind is None or packing not in (X8_Q4_K, X8_Q6_K) or not (_is_row(w) and _is_row(x)):
+    count = _literal(tokens)
+    if None in (kind, count) or packing not in (X8_Q4_K, X8_Q6_K):
+        return None
+    if not (_is_row(w) and all(map(_is_rows, (xq, xd, xsum)))):
         return None
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        if kind == X8_NONE:  # compiled into callers on any host, never run where unsupported
-            void = ir.FunctionType(ir.VoidType(), [])
-            builder.call(cgutils.get_or_insert_function(builder.module, void, "llvm.trap"), [])
-            return context.get_dummy_value()
-        acc_p, w_arr, w_at, _, x_arr, x_at, sums_arr, sums_at, x_scale, _ = args
+        if kind == X8_NONE:
+            return _trap(context, builder)
+        acc_p, w_arr, w_at, _, xq, xd, xsum, t, b, _, _ = args
         f32x8 = ir.VectorType(ir.FloatType(), 8)
         v8i8 = ir.VectorType(_I8, 8)
+        i64 = ir.IntType(64)
         base = _byte_pointer(context, builder, signature.args[1], w_arr, w_at)
-        xp = _byte_pointer(context, builder, signature.args[4], x_arr, x_at)
-        sums_at = context.cast(builder, sums_at, signature.args[7], types.int64)
+        t = context.cast(builder, t, signature.args[7], types.int64)
+        b = context.cast(builder, b, signature.args[8], types.int64)
+        levels_at = _rows_2d(context, builder, signature.args[4], xq, _I8)
+        scale_at = _rows_2d(context, builder, signature.args[5], xd, ir.FloatType())
+        sum_at = _rows_2d(context, builder, signature.args[6], xsum, _I32)
+        rows = [builder.add(t, ir.Constant(i64, i)) for i in range(count)]
+        x_rows = [levels_at(row, builder.mul(b, ir.Constant(i64, 256))) for row in rows]
+        sums_base = builder.mul(b, ir.Constant(i64, 16))
 
         def at(offset: int) -> Any:
             return builder.gep(base, [ir.Constant(_I32, offset)])
@@ -488,60 +546,55 @@ def block_x8_k(
             loaded.align = 1
             return (builder.sext if signed else builder.zext)(loaded, _V8I32)
 
-        def halves(offset: int) -> Any:
-            loaded = builder.load(
-                builder.bitcast(at(offset), ir.PointerType(ir.VectorType(ir.HalfType(), 8)))
-            )
-            loaded.align = 1
-            return builder.fpext(loaded, f32x8)
-
-        def x_four(element: int) -> Any:  # activations element..element + 3 in every lane
-            four = builder.load(builder.bitcast(builder.gep(xp, [ir.Constant(_I32, element)]),
-                                                ir.PointerType(_I32)))  # fmt: skip
-            four.align = 1
-            return builder.bitcast(_splat(builder, four, 8, _I32), ir.VectorType(_I8, 32))
-
-        def x_sum(group: int) -> Any:  # Σ of activation group `group` (16 elements)
-            index = builder.add(sums_at, ir.Constant(sums_at.type, group))
-            pointer = _typed_pointer(context, builder, signature.args[6], sums_arr, index, _I32)
-            return builder.load(pointer)
+        def x_sum(i: int, group: int) -> Any:  # Σ of row i's activation group `group` (16)
+            return builder.load(sum_at(rows[i], builder.add(sums_base, ir.Constant(i64, group))))
 
         zero = ir.Constant(_V8I32, [0] * 8)
-        isum, msum = zero, zero
+        isums, msums = [zero] * count, [zero] * count
         if packing == X8_Q4_K:
             for c in range(4):
-                low_sum, high_sum = zero, zero
+                low_sums, high_sums = [zero] * count, [zero] * count
                 for j in range(8):
                     chunk = _load(builder, at(160 + 32 * (8 * c + j)), 32)
                     low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
                     high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
-                    low_sum = _sum_groups_of_4(builder, low_sum, low, x_four(64 * c + 4 * j), kind)
-                    high_sum = _sum_groups_of_4(builder, high_sum, high,
-                                                x_four(64 * c + 32 + 4 * j), kind)  # fmt: skip
-                for sub, lane_sums in ((2 * c, low_sum), (2 * c + 1, high_sum)):
-                    isum = builder.add(isum, builder.mul(lane_sums, row_bytes(32 + 8 * sub, False)))
-                    group_sum = builder.add(x_sum(2 * sub), x_sum(2 * sub + 1))
-                    minimums = builder.mul(row_bytes(96 + 8 * sub, False),
-                                           _splat(builder, group_sum, 8, _I32))  # fmt: skip
-                    msum = builder.add(msum, minimums)
-            dmin = halves(16)
+                    for i in range(count):
+                        low_x = _x_four(builder, x_rows[i], 64 * c + 4 * j)
+                        high_x = _x_four(builder, x_rows[i], 64 * c + 32 + 4 * j)
+                        low_sums[i] = _sum_groups_of_4(builder, low_sums[i], low, low_x, kind)
+                        high_sums[i] = _sum_groups_of_4(builder, high_sums[i], high, high_x, kind)
+                for sub, lane_sums in ((2 * c, low_sums), (2 * c + 1, high_sums)):
+                    scales = row_bytes(32 + 8 * sub, False)
+                    minimums = row_bytes(96 + 8 * sub, False)
+                    for i in range(count):
+                        isums[i] = builder.add(isums[i], builder.mul(lane_sums[i], scales))
+                        group_sum = builder.add(x_sum(i, 2 * sub), x_sum(i, 2 * sub + 1))
+                        weighted = builder.mul(minimums, _splat(builder, group_sum, 8, _I32))
+                        msums[i] = builder.add(msums[i], weighted)
+            dmin = _halves(builder, base, 16)
         else:
             for g in range(16):
-                lane_sums = zero
+                lane_sums = [zero] * count
                 for j in range(4):
                     chunk = _load(builder, at(144 + 32 * (4 * g + j)), 32)
-                    lane_sums = _sum_groups_of_4(builder, lane_sums, chunk, x_four(16 * g + 4 * j),
-                                                 kind)  # fmt: skip
-                offset = builder.mul(x_sum(g), ir.Constant(_I32, 32))
-                lane_sums = builder.sub(lane_sums, _splat(builder, offset, 8, _I32))
-                isum = builder.add(isum, builder.mul(lane_sums, row_bytes(16 + 8 * g, True)))
+                    for i in range(count):
+                        x_four = _x_four(builder, x_rows[i], 16 * g + 4 * j)
+                        lane_sums[i] = _sum_groups_of_4(builder, lane_sums[i], chunk, x_four, kind)
+                scales = row_bytes(16 + 8 * g, True)
+                for i in range(count):
+                    offset = builder.mul(x_sum(i, g), ir.Constant(_I32, 32))
+                    centred = builder.sub(lane_sums[i], _splat(builder, offset, 8, _I32))
+                    isums[i] = builder.add(isums[i], builder.mul(centred, scales))
             dmin = ir.Constant(f32x8, [0.0] * 8)
-        x_scales = _splat(builder, x_scale, 8, ir.FloatType())
-        scaled = builder.fmul(builder.fmul(halves(0), x_scales), builder.sitofp(isum, f32x8))
-        mins = builder.fmul(builder.fmul(dmin, x_scales), builder.sitofp(msum, f32x8))
+        d = _halves(builder, base, 0)
         acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
-        builder.store(builder.fadd(builder.load(acc_v), builder.fsub(scaled, mins)), acc_v)
+        for i, row in enumerate(rows):
+            x_scales = _splat(builder, builder.load(scale_at(row, b)), 8, ir.FloatType())
+            scaled = builder.fmul(builder.fmul(d, x_scales), builder.sitofp(isums[i], f32x8))
+            mins = builder.fmul(builder.fmul(dmin, x_scales), builder.sitofp(msums[i], f32x8))
+            acc_i = builder.gep(acc_v, [ir.Constant(_I32, i)])
+            builder.store(builder.fadd(builder.load(acc_i), builder.fsub(scaled, mins)), acc_i)
         return context.get_dummy_value()
 
-    sig = types.none(acc, w, w_at, layout, x, x_at, x_sums, sums_at, x_scale, variant)
+    sig = types.none(acc, w, w_at, layout, xq, xd, xsum, t, b, tokens, variant)
     return sig, codegen

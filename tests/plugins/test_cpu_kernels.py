@@ -162,6 +162,7 @@ def test_q8_0_and_q8_1_round_as_the_reference(t, k):
 def test_q8_k_rounds_as_the_reference(t, k):
     x = _activations(np.random.default_rng(k + t), (t, k))
     x[0, 300 % k] = 0.0
+    x[-1, 5], x[-1, 9] = 3.0, -3.0  # two elements of the largest magnitude: the first one's sign
     xq, xd, xsum = quant.quantize_activations(x, T.Q4_K)
     values = (xq.reshape(t, -1, 256).astype(np.float32) * xd[..., None]).reshape(t, k)
     np.testing.assert_array_equal(values, reference._round_q8_k(x))
@@ -589,12 +590,12 @@ def _one_group_kernel(variant: int, layout: int):
     stack = jit.stack_array(8, np.float32)
 
     @numba.njit
-    def one_group(packed, offset, x, x_sum, x_scale, x_min):
+    def one_group(packed, offset, xq, xd, xs, xsum):
         acc_at = stack()
         acc = numba.carray(acc_at, 8)
         for r in range(8):
             acc[r] = 0.0
-        simd.block_x8(acc_at, packed, 0, offset, layout, x, 0, x_sum, x_scale, x_min, variant)
+        simd.block_x8(acc_at, packed, 0, offset, layout, xq, xd, xs, xsum, 0, 0, 1, variant)
         return acc.copy()
 
     return one_group
@@ -633,11 +634,9 @@ def test_each_instruction_set_of_the_eight_row_block_is_exact(variant, weight_ty
         raw[0, 2:] = np.array([-128] * 16 + [127] * 16, np.int8).view(np.uint8)
     prepared = quant.prepare_activations(weight_type, x)
     expected = quant.mul_mat_rows(weight_type, quant.RowTable([raw]), prepared, 1)[0]
-    xq, xd, xs, xsum = prepared
-    x_min = xs[0, 0] if weight_type == T.Q4_1 else np.float32(0.0)
     layout, offset = LAYOUTS[weight_type]
     kernel = _one_group_kernel(variant, layout)
-    got = kernel(quant.repack_x8(raw, weight_type)[0], offset, xq[0], xsum[0, 0], xd[0, 0], x_min)
+    got = kernel(quant.repack_x8(raw, weight_type)[0], offset, *prepared)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -646,12 +645,12 @@ def _one_super_block_kernel(variant: int, layout: int):
     stack = jit.stack_array(8, np.float32)
 
     @numba.njit
-    def one_super_block(packed, x, sums, x_scale):
+    def one_super_block(packed, xq, xd, xsum):
         acc_at = stack()
         acc = numba.carray(acc_at, 8)
         for r in range(8):
             acc[r] = 0.0
-        simd.block_x8_k(acc_at, packed, 0, layout, x, 0, sums, 0, x_scale, variant)
+        simd.block_x8_k(acc_at, packed, 0, layout, xq, xd, xsum, 0, 0, 1, variant)
         return acc.copy()
 
     return one_super_block
@@ -680,7 +679,7 @@ def test_each_instruction_set_of_the_eight_row_super_block_is_exact(variant, wei
     expected = quant.mul_mat_rows(weight_type, quant.RowTable([raw]), (xq, xd, xsum), 1)[0]
     layout = simd.X8_Q4_K if weight_type == T.Q4_K else simd.X8_Q6_K
     kernel = _one_super_block_kernel(variant, layout)
-    got = kernel(quant.repack_x8(raw, weight_type)[0], xq[0], xsum[0], xd[0, 0])
+    got = kernel(quant.repack_x8(raw, weight_type)[0], xq, xd, xsum)
     np.testing.assert_array_equal(got, expected)
 
 
