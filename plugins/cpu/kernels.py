@@ -21,7 +21,7 @@ from numba.extending import overload
 from llmrt import reference
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
 from llmrt_cpu.quant import F16_TO_F32, f32_to_f16_bits, round_f16
-from llmrt_cpu.simd import NATIVE_F16, widen_f16
+from llmrt_cpu.simd import NATIVE_F16, score_tile, weighted_rows, widen_f16
 
 _F32 = np.float32
 
@@ -305,13 +305,120 @@ def _attention(
                     out[t, kv_head * group + g, i] = acc[g, i]
 
 
+_KEYS = 16  # keys a score tile takes
+
+
+def attention_scratch(t: int, k_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> tuple:
+    """The shapes of the float32 scratch `attention` takes for t queries over caches of these
+    shapes [S, Hkv, D]: the keys transposed, [Hkv, D, stride] (a stride of whole tiles plus one,
+    so that a tile's 16 rows, read down the columns, do not all fall in two L1 sets), and the
+    values widened, [Hkv, S, Dv]; for one query (decoding), none."""
+    if t == 1:
+        return (0, 0, 0), (0, 0, 0)
+    s, hkv, d = k_shape
+    return (hkv, d, -(-s // _KEYS) * _KEYS + _KEYS), (hkv, s, v_shape[2])
+
+
+@pjit
+def _transpose_cache(k: np.ndarray, v: np.ndarray, table: np.ndarray, keys_t: np.ndarray,
+                     values: np.ndarray) -> None:  # fmt: skip
+    s_count, hkv, d = k.shape
+    for h in prange(hkv):
+        row = np.empty(d, dtype=np.float32)
+        for s in range(s_count):
+            _widen_row(row, k[s, h], table)
+            for i in range(d):
+                keys_t[h, i, s] = row[i]
+            _widen_row(values[h, s], v[s, h], table)
+        for i in range(d):  # the last tile's columns past the cache: zeros, never read as scores
+            for s in range(s_count, keys_t.shape[2]):
+                keys_t[h, i, s] = 0.0
+
+
 @pjit
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
-    softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
+    softcap: float, f16_cache: bool, table: np.ndarray, keys_t: np.ndarray, values: np.ndarray,
+    out: np.ndarray,
 ) -> None:  # fmt: skip
-    """_attention, its (token, cache head) pairs split over the threads: for prompts."""
-    _attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+    """What `attention_serial` computes for each query, to the bit, for many queries (prompts):
+    the cache widened once (keys transposed into `keys_t`, values into `values`: scratch shaped
+    by `attention_scratch`), then per (token, cache head) pair, dealt to the threads in strides,
+    the scores 16 keys at a time (`simd.score_tile`), the probabilities of the cells the token
+    sees, and each 16 output columns' weighted sum over them (`simd.weighted_rows`)."""
+    t_count, hq, d = q.shape
+    s_count, hkv, dv = v.shape
+    group = hq // hkv
+    items = t_count * hkv
+    chunks = min(items, _ATTENTION_CHUNKS)
+    full = d - d % 16
+    stride = keys_t.shape[2]
+    _transpose_cache(k, v, table, keys_t, values)
+    keys_flat, values_flat, out_flat = keys_t.reshape(-1), values.reshape(-1), out.reshape(-1)
+    for c in prange(chunks):
+        sums_at = _lanes()
+        sums = numba.carray(sums_at, _KEYS)
+        queries = np.empty(group * d, dtype=np.float32)
+        scores = np.empty((group, s_count), dtype=np.float32)
+        cells = np.empty(s_count, dtype=np.int64)
+        probs = np.empty(s_count, dtype=np.float32)
+        for item in range(c, items, chunks):
+            t, kv_head = item // hkv, item % hkv
+            for g in range(group):
+                for i in range(d):
+                    value = q[t, kv_head * group + g, i]
+                    queries[g * d + i] = round_f16(value) if f16_cache else value
+            stop = s_count  # cells past the last one the token sees are never read
+            while has_mask and stop > 0 and mask[t, stop - 1] == -np.inf:
+                stop -= 1
+            n_cells = 0
+            for s in range(stop):
+                if not (has_mask and mask[t, s] == -np.inf):
+                    cells[n_cells] = s
+                    n_cells += 1
+            for g in range(group):
+                peak = _F32(-np.inf)
+                for s0 in range(0, stop, _KEYS):
+                    n = min(_KEYS, stop - s0)
+                    score_tile(sums_at, queries, g * d, keys_flat, kv_head * d * stride + s0,
+                               stride, full // 16)  # fmt: skip
+                    for j in range(n):  # head sizes that are not a multiple of 16
+                        for i in range(full, d):
+                            sums[j] += queries[g * d + i] * keys_t[kv_head, i, s0 + j]
+                    # masked cells too, without branches: their -inf never raises the peak, and
+                    # only the cells seen are read below
+                    for j in range(n):
+                        score = sums[j] * scale
+                        if softcap != 0.0:
+                            score = np.tanh(score / softcap) * softcap
+                        if has_mask:
+                            score += mask[t, s0 + j]
+                        scores[g, s0 + j] = score
+                        peak = max(peak, scores[g, s0 + j])
+                total = _F32(0.0)
+                for cell in range(n_cells):
+                    weight = np.exp(scores[g, cells[cell]] - peak)
+                    probs[cell] = weight
+                    total += weight
+                for cell in range(n_cells):
+                    p = probs[cell] / total
+                    probs[cell] = round_f16_unit(p) if f16_cache else p
+                head_at = (t * hq + kv_head * group + g) * dv
+                base = kv_head * s_count * dv
+                i0 = 0
+                while i0 + 64 <= dv:
+                    weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat,
+                                  base + i0, dv, 4)  # fmt: skip
+                    i0 += 64
+                while i0 + 16 <= dv:
+                    weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat,
+                                  base + i0, dv, 1)  # fmt: skip
+                    i0 += 16
+                for i in range(i0, dv):
+                    acc = _F32(0.0)
+                    for cell in range(n_cells):
+                        acc += probs[cell] * values[kv_head, cells[cell], i]
+                    out[t, kv_head * group + g, i] = acc
 
 
 @jit

@@ -150,13 +150,11 @@ def _unary(kernel: Callable[..., None], *extra: Any) -> Callable[[Tensor, Loweri
     return lower
 
 
-def _cache_operand(x: np.ndarray, queries: int = 1) -> np.ndarray:
-    """A KV cache view as the attention kernel reads it: f16 as its uint16 bits (converted per
-    element through a table), or for several queries converted once here, since each of them
-    reads every row."""
+def _cache_operand(x: np.ndarray) -> np.ndarray:
+    """A KV cache view as the attention kernels read it: f16 as its uint16 bits."""
     if x.dtype != np.float16:
         return np.asarray(x, dtype=np.float32)
-    return x.view(np.uint16) if queries == 1 else x.astype(np.float32)
+    return x.view(np.uint16)
 
 
 def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
@@ -175,11 +173,14 @@ def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
         has_mask = mask is not None
         mask = np.ascontiguousarray(mask, dtype=np.float32) if has_mask else _NO_MASK
         t = q.shape[0]
-        kernel = kernels.attention_serial if t == 1 else kernels.attention
-        kernel(
-            q, _cache_operand(k, t), _cache_operand(v, t), mask, has_mask, scale, softcap,
-            f16_cache, quant.F16_TO_F32, out,
-        )  # fmt: skip
+        k, v = _cache_operand(k), _cache_operand(v)
+        common = (mask, has_mask, scale, softcap, f16_cache, quant.F16_TO_F32)
+        if t == 1:
+            kernels.attention_serial(q, k, v, *common, out)
+        else:
+            keys_t, values = kernels.attention_scratch(t, k.shape, v.shape)
+            scratch = np.empty(keys_t, np.float32), np.empty(values, np.float32)
+            kernels.attention(q, k, v, *common, *scratch, out)
         return out
 
     return flash_attn_ext

@@ -598,3 +598,110 @@ def block_x8_k(
 
     sig = types.none(acc, w, w_at, layout, xq, xd, xsum, t, b, tokens, variant)
     return sig, codegen
+
+
+# ---- a prompt's attention: 16 keys' scores, and probability-weighted value rows ---------------
+#
+# The decode kernel sums each score in 16 lanes (the head's elements i ≡ l mod 16 in lane l), then
+# the lanes in order. For 16 keys at once, with the keys transposed (element i of 16 keys one
+# vector), lane l of all 16 scores is one vector: the same sums, in the same order, 16 scores a
+# pass. Likewise a value column block's weighted sum over the cells is one vector, kept in a
+# register across the cells.
+_F32_IR = ir.FloatType()
+_V16F = ir.VectorType(_F32_IR, 16)
+
+
+def _as_i64(context: Any, builder: Any, value: Any, ty: Any) -> Any:
+    return context.cast(builder, value, ty, types.int64)
+
+
+def _f32_vector_at(context: Any, builder: Any, ty: Any, array: Any, index: Any) -> Any:
+    pointer = _typed_pointer(context, builder, ty, array, index, _F32_IR)
+    return builder.bitcast(pointer, ir.PointerType(_V16F))
+
+
+@intrinsic
+def score_tile(
+    typingctx: Any, sums: Any, queries: Any, q_at: Any, keys_t: Any, k_at: Any, stride: Any,
+    blocks: Any,
+) -> Any:  # fmt: skip
+    """For 16 keys j: sums[j] = Σ_l (Σ_b queries[q_at + 16b + l]·keys_t[k_at + (16b + l)·stride
+    + j]), b < blocks, the inner sums over b first (in order, from 0.0), then the 16 of them in
+    order from 0.0: what the decode kernel's lanes give for each key. keys_t: the keys transposed
+    (row i holds element i of consecutive keys, `stride` floats apart); sums: 16 floats on the
+    stack (a pointer)."""
+    if not (isinstance(sums, types.CPointer) and _is_row(queries) and _is_row(keys_t)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        sums, queries, q_at, keys_t, k_at, stride, blocks = args
+        i64 = ir.IntType(64)
+        tys = signature.args
+        q_at = _as_i64(context, builder, q_at, tys[2])
+        k_at = _as_i64(context, builder, k_at, tys[4])
+        stride = _as_i64(context, builder, stride, tys[5])
+        lanes = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * 16))
+                 for _ in range(16)]  # fmt: skip
+        with cgutils.for_range(builder, _as_i64(context, builder, blocks, tys[6])) as loop:
+            first = builder.mul(loop.index, ir.Constant(i64, 16))
+            for lane in range(16):
+                element = builder.add(first, ir.Constant(i64, lane))
+                query_at = builder.add(q_at, element)
+                query = builder.load(
+                    _typed_pointer(context, builder, tys[1], queries, query_at, _F32_IR)
+                )
+                at = builder.add(k_at, builder.mul(element, stride))
+                keys = builder.load(_f32_vector_at(context, builder, tys[3], keys_t, at))
+                keys.align = 4
+                product = builder.fmul(_splat(builder, query, 16, _F32_IR), keys)
+                builder.store(builder.fadd(builder.load(lanes[lane]), product), lanes[lane])
+        total = ir.Constant(_V16F, [0.0] * 16)
+        for lane in lanes:
+            total = builder.fadd(total, builder.load(lane))
+        builder.store(total, builder.bitcast(sums, ir.PointerType(_V16F))).align = 4
+        return context.get_dummy_value()
+
+    return types.none(sums, queries, q_at, keys_t, k_at, stride, blocks), codegen
+
+
+@intrinsic
+def weighted_rows(
+    typingctx: Any, out: Any, out_at: Any, probs: Any, cells: Any, n_cells: Any, values: Any,
+    base: Any, stride: Any, blocks: Any,
+) -> Any:  # fmt: skip
+    """out[out_at + j] = Σ_c probs[c]·values[base + cells[c]·stride + j] for j < 16·blocks
+    (`blocks` a constant), the cells c < n_cells in order, from 0.0: each column's sum kept in a
+    register across the cells."""
+    count = _literal(blocks)
+    if count is None or not all(map(_is_row, (out, probs, cells, values))):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        out, out_at, probs, cells, n_cells, values, base, stride, _ = args
+        i64 = ir.IntType(64)
+        tys = signature.args
+        out_at = _as_i64(context, builder, out_at, tys[1])
+        base = _as_i64(context, builder, base, tys[6])
+        stride = _as_i64(context, builder, stride, tys[7])
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * 16))
+                for _ in range(count)]  # fmt: skip
+        with cgutils.for_range(builder, _as_i64(context, builder, n_cells, tys[4])) as loop:
+            p = builder.load(_typed_pointer(context, builder, tys[2], probs, loop.index, _F32_IR))
+            cell = builder.load(_typed_pointer(context, builder, tys[3], cells, loop.index, i64))
+            weights = _splat(builder, p, 16, _F32_IR)
+            row = builder.add(base, builder.mul(cell, stride))
+            for b, total in enumerate(sums):
+                at = builder.add(row, ir.Constant(i64, 16 * b))
+                value = builder.load(_f32_vector_at(context, builder, tys[5], values, at))
+                value.align = 4
+                builder.store(
+                    builder.fadd(builder.load(total), builder.fmul(weights, value)), total
+                )
+        for b, total in enumerate(sums):
+            at = builder.add(out_at, ir.Constant(i64, 16 * b))
+            builder.store(
+                builder.load(total), _f32_vector_at(context, builder, tys[0], out, at)
+            ).align = 4
+        return context.get_dummy_value()
+
+    return types.none(out, out_at, probs, cells, n_cells, values, base, stride, blocks), codegen

@@ -97,13 +97,15 @@ def _check_ids(ids: np.ndarray, stop: int) -> None:
 @jit
 def _attend(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
-    softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
+    softcap: float, f16_cache: bool, table: np.ndarray, keys_t: np.ndarray, values: np.ndarray,
+    out: np.ndarray,
 ) -> None:  # fmt: skip
     """Attention on the calling thread for one token, split over the threads for more."""
     if q.shape[0] == 1:
         kernels.attention_serial(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
     else:
-        kernels.attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+        kernels.attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, keys_t,
+                          values, out)  # fmt: skip
 
 
 @jit
@@ -199,18 +201,22 @@ def run_tape(
                 kernels.set_rows(dst16, ids, src, True)
             else:
                 kernels.set_rows(_floats(c[1], c[2], c[3]), ids, src, False)
-        elif op == ATTENTION:  # q t hq d k v s hkv dv mask|0 f16 out; scale softcap
+        elif op == ATTENTION:  # q t hq d k v s hkv dv mask|0 f16 out keys_t stride values
             t, hq, d, s, hkv, dv = c[2], c[3], c[4], c[7], c[8], c[9]
             q, out = _floats3(c[1], t, hq, d), _floats3(c[12], t, hq, dv)
             has_mask = c[10] != 0
             mask = _floats(c[10], t, s) if has_mask else _floats(c[1], 1, 1)
             scale, softcap = reals[n, 0], reals[n, 1]
+            rows = hkv if t > 1 else 0  # scratch for prompts (kernels.attention_scratch)
+            keys_t, values = _floats3(c[13], rows, d, c[14]), _floats3(c[15], rows, s, dv)
             if c[11] != 0:
                 k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
-                _attend(q, k16, v16, mask, has_mask, scale, softcap, True, f16_table, out)
+                _attend(q, k16, v16, mask, has_mask, scale, softcap, True, f16_table, keys_t,
+                        values, out)  # fmt: skip
             else:
                 k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
-                _attend(q, k32, v32, mask, has_mask, scale, softcap, False, f16_table, out)
+                _attend(q, k32, v32, mask, has_mask, scale, softcap, False, f16_table, keys_t,
+                        values, out)  # fmt: skip
         elif op == GLU:  # kind gate up rows k out
             gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
             out = _floats(c[6], c[4], c[5])
@@ -576,8 +582,11 @@ class Tape:
         mask = self._f32(srcs[3]) if len(srcs) > 3 else 0
         (t, hq, d), (s, hkv, _), dv = node.srcs[0].shape, node.srcs[1].shape, node.shape[2]
         out = self._slots[i] = self._new(node.shape, np.float32)
+        keys_shape, values_shape = kernels.attention_scratch(t, node.srcs[1].shape, (s, hkv, dv))
+        keys_t, values = self._new(keys_shape, np.float32), self._new(values_shape, np.float32)
         self._emit([ATTENTION, q, t, hq, d, k, v, s, hkv, dv, mask, int(k.dtype == np.float16),
-                    out], (node.params["scale"], node.params["softcap"]))  # fmt: skip
+                    out, keys_t, keys_shape[2], values], (node.params["scale"],
+                                                           node.params["softcap"]))  # fmt: skip
 
     # -- the arena and the encoded instructions
 

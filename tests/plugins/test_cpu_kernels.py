@@ -292,7 +292,7 @@ def test_rope_matches_the_reference(mode, t, h, d, n_dims):
 @pytest.mark.parametrize(
     "t,hq,hkv,s,d",
     [(1, 9, 3, 256, 64), (7, 4, 1, 33, 256), (5, 2, 2, 16, 32), (1, 4, 1, 700, 256),
-     (64, 9, 3, 64, 64), (3, 6, 2, 129, 60), (1, 1, 1, 1, 8)],
+     (64, 9, 3, 64, 64), (3, 6, 2, 129, 60), (1, 1, 1, 1, 8), (40, 8, 2, 90, 80)],
 )  # fmt: skip
 @pytest.mark.parametrize("cache", [T.F16, T.F32], ids=lambda t: t.name)
 @pytest.mark.parametrize("softcap", [0.0, 30.0])
@@ -305,21 +305,34 @@ def test_attention_matches_the_reference(t, hq, hkv, s, d, cache, softcap, maske
     v = rng.uniform(-1, 1, (s, hkv, d)).astype(dtype)
     visible = np.arange(s)[None, :] <= (np.arange(t)[:, None] + s - t)
     mask = np.where(visible, 0.0, -np.inf).astype(np.float32) if masked else None
+    seen = slice(None)
+    if masked and t > 1:  # a padded batch's row that sees nothing (zeros, as ggml's), a bias
+        mask[-1, :] = -np.inf
+        mask[0, 0] = -0.75
+        seen = slice(0, t - 1)
     node = Node(scale=1 / math.sqrt(d), softcap=softcap)
-    expected = reference.flash_attn_ext(node, q, k, v, mask)
-    # an f16 cache read as it is, or converted beforehand; on the threads or the calling one
-    for queries, kernel in ((1, kernels.attention), (t, kernels.attention),
-                            (1, kernels.attention_serial)):  # fmt: skip
-        out = np.empty((t, hq, d), dtype=np.float32)
-        kernel(
-            q, ops._cache_operand(k, queries), ops._cache_operand(v, queries),
-            mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
-            cache == T.F16, quant.F16_TO_F32, out,
-        )  # fmt: skip
-        assert nmse(expected, out) <= NMSE_MATMUL
-        # the same f16 roundings: only the order of float sums differs (and so, rarely, which
-        # way a probability near an f16 midpoint rounds)
-        assert nmse(expected, out) <= 1e-8
+    with np.errstate(invalid="ignore"):  # the reference's row that sees nothing: nan
+        expected = reference.flash_attn_ext(node, q, k, v, mask)
+    args = (mask if masked else ops._NO_MASK, masked, node.params["scale"], softcap,
+            cache == T.F16, quant.F16_TO_F32)  # fmt: skip
+    k_bits, v_bits = ops._cache_operand(k), ops._cache_operand(v)
+    one_by_one = np.empty((t, hq, d), dtype=np.float32)
+    for i in range(t):  # each query alone, on the calling thread, as decoding runs it
+        row_mask = args[0][i : i + 1] if masked else args[0]
+        kernels.attention_serial(q[i : i + 1], k_bits, v_bits, row_mask, *args[1:],
+                                 one_by_one[i : i + 1])  # fmt: skip
+    assert nmse(expected[seen], one_by_one[seen]) <= NMSE_MATMUL
+    # the same f16 roundings: only the order of float sums differs (and so, rarely, which way a
+    # probability near an f16 midpoint rounds)
+    assert nmse(expected[seen], one_by_one[seen]) <= 1e-8
+    if seen.stop is not None:
+        assert not one_by_one[-1].any()  # the row that sees nothing
+    # all queries at once, as a prompt runs them: the same bits as one by one
+    out = np.empty((t, hq, d), dtype=np.float32)
+    keys_t, values = kernels.attention_scratch(max(t, 2), k.shape, v.shape)
+    scratch = np.full(keys_t, np.nan, np.float32), np.full(values, np.nan, np.float32)
+    kernels.attention(q, k_bits, v_bits, *args, *scratch, out)
+    np.testing.assert_array_equal(out, one_by_one)
 
 
 # ---- the device: lowering, threads, compile note ------------------------------------------------
