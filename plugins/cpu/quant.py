@@ -25,6 +25,7 @@ from typing import Any
 import numba
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from llmrt.gguf.constants import GGMLType
 from llmrt_cpu.jit import inline, jit, pjit, stack_array
@@ -1019,17 +1020,38 @@ def release_file_pages(array: np.ndarray) -> bool:
     return True
 
 
+def _block_x8(acc_at, group, at, layout, offset, xq, xd, xs, xsum, t, b, tokens):  # noqa: ANN001, ANN202
+    """One repacked block (super-block for the K-quants) of 8 rows times activation rows t ..
+    t + tokens - 1: `block_x8_k` or `block_x8`, chosen by the layout (a constant) when typed."""
+
+
+@overload(_block_x8, jit_options={"cache": True}, inline="always")
+def _block_x8_overload(acc_at, group, at, layout, offset, xq, xd, xs, xsum, t, b, tokens):  # noqa: ANN001, ANN202
+    if getattr(layout, "literal_value", None) in (X8_Q4_K, X8_Q6_K):
+
+        def k_quant(acc_at, group, at, layout, offset, xq, xd, xs, xsum, t, b, tokens):  # noqa: ANN001, ANN202
+            block_x8_k(acc_at, group, at, layout, xq, xd, xsum, t, b, tokens, X8_VARIANT)
+
+        return k_quant
+
+    def thirty_two(acc_at, group, at, layout, offset, xq, xd, xs, xsum, t, b, tokens):  # noqa: ANN001, ANN202
+        block_x8(acc_at, group, at, offset, layout, xq, xd, xs, xsum, t, b, tokens, X8_VARIANT)
+
+    return thirty_two
+
+
 @inline
 def _matmul_x8_rows(
     addresses: np.ndarray, groups: np.ndarray, group_bytes: int, layout: int, offset: int,
     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xsum: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
     """out[t, 8g + r] = row r of group g · activation row t, for repacked weights (a row table
-    of groups): what _matmul_q32_rows computes for Q4_0 / Q4_1 / Q5_0 / Q8_0, to the bit, 8
-    weight rows and X8_TOKENS activation rows per pass (then the rows left one at a time)."""
+    of groups): what _matmul_q32_rows (Q4_0 / Q4_1 / Q5_0 / Q8_0) and _matmul_qk_rows (Q4_K /
+    Q6_K) compute, to the bit, 8 weight rows and X8_TOKENS activation rows per pass (then the
+    rows left one at a time)."""
     total = out.shape[1] // 8
     t_count, k = xq.shape
-    nb = k // 32
+    nb = k // (256 if layout == X8_Q4_K or layout == X8_Q6_K else 32)  # noqa: SIM109 (numba)
     block_bytes = group_bytes // nb
     chunks = min(total, _CHUNKS)
     whole = t_count - t_count % X8_TOKENS
@@ -1042,8 +1064,8 @@ def _matmul_x8_rows(
                 for i in range(8 * X8_TOKENS):
                     acc[i] = 0.0
                 for b in range(nb):
-                    block_x8(acc_at, group, b * block_bytes, offset, layout, xq, xd, xs, xsum,
-                             t, b, X8_TOKENS, X8_VARIANT)  # fmt: skip
+                    _block_x8(acc_at, group, b * block_bytes, layout, offset, xq, xd, xs, xsum,
+                              t, b, X8_TOKENS)  # fmt: skip
                 for i in range(X8_TOKENS):
                     for r in range(8):
                         out[t + i, g * 8 + r] = acc[8 * i + r]
@@ -1051,8 +1073,8 @@ def _matmul_x8_rows(
                 for r in range(8):
                     acc[r] = 0.0
                 for b in range(nb):
-                    block_x8(acc_at, group, b * block_bytes, offset, layout, xq, xd, xs, xsum,
-                             t, b, 1, X8_VARIANT)  # fmt: skip
+                    _block_x8(acc_at, group, b * block_bytes, layout, offset, xq, xd, xs, xsum,
+                              t, b, 1)  # fmt: skip
                 for r in range(8):
                     out[t, g * 8 + r] = acc[r]
 
@@ -1073,53 +1095,17 @@ def matmul_x8_rows(
         _matmul_x8_rows(addresses, groups, group_bytes, X8_Q8, 16, xq, xd, xs, xsum, out)
 
 
-@inline
-def _matmul_x8k_rows(
-    addresses: np.ndarray, groups: np.ndarray, group_bytes: int, layout: int, xq: np.ndarray,
-    xd: np.ndarray, xsum: np.ndarray, out: np.ndarray,
-) -> None:  # fmt: skip
-    """What _matmul_qk_rows computes for Q4_K / Q6_K, to the bit, 8 rows per pass on their
-    repacked copies."""
-    total = out.shape[1] // 8
-    t_count, k = xq.shape
-    nb = k // 256
-    block_bytes = group_bytes // nb
-    chunks = min(total, _CHUNKS)
-    whole = t_count - t_count % X8_TOKENS
-    for c in prange(chunks):
-        acc_at = _acc_8()
-        acc = numba.carray(acc_at, 8 * X8_TOKENS)
-        for g in range(c * total // chunks, (c + 1) * total // chunks):
-            group = _weight_row(addresses, groups, group_bytes, g)
-            for t in range(0, whole, X8_TOKENS):
-                for i in range(8 * X8_TOKENS):
-                    acc[i] = 0.0
-                for b in range(nb):
-                    block_x8_k(acc_at, group, b * block_bytes, layout, xq, xd, xsum, t, b,
-                               X8_TOKENS, X8_VARIANT)  # fmt: skip
-                for i in range(X8_TOKENS):
-                    for r in range(8):
-                        out[t + i, g * 8 + r] = acc[8 * i + r]
-            for t in range(whole, t_count):
-                for r in range(8):
-                    acc[r] = 0.0
-                for b in range(nb):
-                    block_x8_k(acc_at, group, b * block_bytes, layout, xq, xd, xsum, t, b, 1,
-                               X8_VARIANT)  # fmt: skip
-                for r in range(8):
-                    out[t, g * 8 + r] = acc[r]
-
-
 @pjit
 def matmul_x8k_rows(
     addresses: np.ndarray, groups: np.ndarray, group_bytes: int, kind: int, xq: np.ndarray,
     xd: np.ndarray, xsum: np.ndarray, out: np.ndarray,
 ) -> None:  # fmt: skip
-    """The K-quants' rows path on weights repacked by `repack_x8` (see _matmul_x8k_rows)."""
+    """The K-quants' rows path on weights repacked by `repack_x8` (q8_K activations: no q8_1
+    sums, `xsum` stands in their place, unread)."""
     if kind == Q4_K:
-        _matmul_x8k_rows(addresses, groups, group_bytes, X8_Q4_K, xq, xd, xsum, out)
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q4_K, 0, xq, xd, xsum, xsum, out)
     elif kind == Q6_K:
-        _matmul_x8k_rows(addresses, groups, group_bytes, X8_Q6_K, xq, xd, xsum, out)
+        _matmul_x8_rows(addresses, groups, group_bytes, X8_Q6_K, 0, xq, xd, xsum, xsum, out)
 
 
 def activation_family(weight_type: GGMLType) -> str:
