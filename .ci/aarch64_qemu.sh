@@ -24,8 +24,13 @@
 #      simd.NATIVE_F16; then runs subsets of tests/plugins/test_cpu_kernels.py and
 #      tests/plugins/test_cpu_tape.py from $REPO, one pytest per group, each with its own log.
 #
+#   6. (asm) compiles tiny wrappers of simd.dot_q4 / dot_i8 / widen_f16, checks their results and
+#      lists the aarch64 instructions LLVM chose (generic: smull/smull2 + addv; neoverse-n1: sdot).
+#
 # Logs: $A/logs/*.log; summary: $A/logs/summary.txt.
-# Usage: .ci/aarch64_qemu.sh [setup|probe|tests|all]   (default: all)
+# Cost measured on the 2-core x86 host (2026-12-05), all groups with a cold kernel cache: about
+# 24 min per CPU choice (products 13 min and the tape 7-8 min of it: compiling under qemu).
+# Usage: .ci/aarch64_qemu.sh [setup|probe|tests|asm|all]   (default: all; WAIT_GO=1 to wait)
 #   TEST_GROUPS="q8 products ..." limits the test groups (see run_tests below).
 #   CPU_NAME=neoverse-n1 (or neoverse-v1, ...) makes numba compile for that core (NUMBA_CPU_NAME)
 #   instead of what LLVM detects: under qemu 7.2 user mode /proc/cpuinfo is the x86 host's, so
@@ -102,6 +107,7 @@ setup() {
     printf '[console_scripts]\nllmrt = llmrt.cli:main\n\n[llmrt]\ncpu = llmrt_cpu\nmodels = llmrt.models\n' \
         >"$A/pkgs/llmrt.egg-info/entry_points.txt"
     (cd "$REPO" && git rev-parse HEAD && git status --short plugins/cpu core tests/plugins) >"$LOGS/repo-state.txt" 2>&1
+    log "repo HEAD $(head -1 "$LOGS/repo-state.txt"); llmrt_cpu copy sha256 $(cd "$A/pkgs/llmrt_cpu" && cat $(ls *.py | sort) | sha256sum | cut -c1-16)"
 
     # The emulated interpreter, as a command.
     cat >"$A/py" <<EOF
@@ -178,10 +184,69 @@ run_tests() {
     done
 }
 
+# Which instructions LLVM picks for simd.py's hand-written IR (tiny uncached wrappers, results
+# checked exactly): generic aarch64 vs. the named core(s) in ASM_CPUS.
+asm_check() {
+    cat >"$A/asm_check.py" <<'PYEOF'
+"""Which aarch64 instructions LLVM picks for llmrt_cpu.simd's hand-written IR (run under qemu,
+optionally with NUMBA_CPU_NAME): compiles tiny wrappers (no cache) and greps their assembly."""
+import re
+import sys
+
+import numba
+import numpy as np
+from numba.core.registry import cpu_target
+
+from llmrt_cpu import simd
+
+print("codegen target:", cpu_target.target_context.codegen().magic_tuple())
+
+
+@numba.njit(cache=False)
+def q4(w, x):
+    return simd.dot_q4(w, 2, 8, x, 0)
+
+
+@numba.njit(cache=False)
+def i8(w, x):
+    return simd.dot_i8(w, 0, x, 0, 32)
+
+
+@numba.njit(cache=False)
+def f16(dst, src):
+    simd.widen_f16(dst, 0, src, 0)
+
+
+rng = np.random.default_rng(0)
+w = rng.integers(0, 256, 18, dtype=np.uint8)
+x = rng.integers(-128, 128, 32, dtype=np.int8)
+levels = np.concatenate([w[2:] & 15, w[2:] >> 4]).astype(np.int32) - 8
+assert q4(w, x) == int((levels * x).sum()), "dot_q4"
+wi = rng.integers(-128, 128, 32, dtype=np.int8).view(np.uint8)
+assert i8(wi, x) == int((wi.view(np.int8).astype(np.int32) * x).sum()), "dot_i8"
+src = rng.uniform(-4, 4, 16).astype(np.float16)
+dst = np.zeros(16, np.float32)
+f16(dst, src.view(np.uint16))
+assert (dst == src.astype(np.float32)).all(), "widen_f16"
+print("results exact")
+for name, fn in (("dot_q4", q4), ("dot_i8", i8), ("widen_f16", f16)):
+    asm = next(iter(fn.inspect_asm().values()))
+    ops = sorted({m for m in re.findall(r"^\s+([a-z][a-z0-9.]*)\s", asm, re.M)
+                  if re.match(r"(sdot|udot|usdot|smull|smull2|umull|sadalp|saddlp|addv|smlal|smlal2|fcvtl|fcvtl2|sxtl|sxtl2|ushr|and|mul|mla)", m)})
+    print(f"{name}: {' '.join(ops)}")
+PYEOF
+    for cpu in "" ${ASM_CPUS:-neoverse-n1}; do
+        echo "== NUMBA_CPU_NAME=${cpu:-<unset>}"
+        (cd /tmp && env ${cpu:+NUMBA_CPU_NAME=$cpu} nice -n 19 "$A/py" "$A/asm_check.py") 2>&1
+    done >"$LOGS/asm-check.log"
+    log "asm check:"; tee -a "$LOGS/summary.txt" <"$LOGS/asm-check.log"
+}
+
 case $STAGE in
 setup) setup ;;
 probe) setup; wait_go; probe ;;
+asm)   setup; wait_go; asm_check ;;
 tests) setup; wait_go; run_tests ;;
-all)   setup; wait_go; probe; T0=$(date +%s); run_tests; log "emulated tests: $(( $(date +%s) - T0 )) s in all" ;;
-*)     echo "usage: $0 [setup|probe|tests|all]"; exit 2 ;;
+all)   setup; wait_go; probe; T0=$(date +%s); run_tests; asm_check; log "emulated: $(( $(date +%s) - T0 )) s in all" ;;
+*)     echo "usage: $0 [setup|probe|tests|asm|all]"; exit 2 ;;
 esac

@@ -71,7 +71,8 @@ IQ4_NL_LEVELS = np.array(
 
 # Every f16 bit pattern's value: the kernels read f16 tensors (KV caches, F16 weights) as uint16
 # and convert through this table, since numba has no float16 on the CPU.
-F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+with np.errstate(invalid="ignore"):  # the signalling NaNs raise "invalid" on ARM's conversion
+    F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 # Rows of a weight per prange iteration: enough iterations to balance threads, few enough that
 # each one's scratch allocation is negligible.
