@@ -627,7 +627,7 @@ class Tape:
         self._inputs = [(key, place(v), v.shape, v.dtype) for key, v in inputs]
         self._outputs = [(name, place(v), v.shape, v.dtype) for name, v in outputs.items()]
         self.arena_bytes = size
-        self._relocated: tuple[int, np.ndarray] = (-1, self._offsets)
+        self._relocated: tuple[Any, np.ndarray, list, list] = (None, self._offsets, [], [])
 
     @property
     def code(self) -> np.ndarray:
@@ -636,20 +636,25 @@ class Tape:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         arena = _thread_arena(self.arena_bytes)
-        address = arena.ctypes.data
         relocated = self._relocated
-        if relocated[0] != address:  # the thread's arena moved (grew) or another thread runs it
-            relocated = (address, self._offsets + self._in_arena * address)
-            self._relocated = relocated
+        if relocated[0] is not arena:  # the thread's arena moved (grew) or another thread runs it
+            relocated = self._relocated = self._relocate(arena)
+        _, code, input_views, output_views = relocated
+        for key, view in input_views:
+            view[...] = np.asarray(inputs[key]).reshape(view.shape)
+        run_tape(code, self.reals, self.tables, self.freqs, quant.F16_TO_F32, kernels.GELU_F16)
+        return {name: view.copy() for name, view in output_views}
+
+    def _relocate(self, arena: np.ndarray) -> tuple[Any, np.ndarray, list, list]:
+        """The instructions and the input and output views for an arena at a new address."""
 
         def view(at: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             return arena[at : at + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
 
-        for key, at, shape, dtype in self._inputs:
-            view(at, shape, dtype)[...] = np.asarray(inputs[key]).reshape(shape)
-        run_tape(relocated[1], self.reals, self.tables, self.freqs, quant.F16_TO_F32,
-                 kernels.GELU_F16)  # fmt: skip
-        return {name: view(at, shape, dtype).copy() for name, at, shape, dtype in self._outputs}
+        code = self._offsets + self._in_arena * arena.ctypes.data
+        inputs = [(key, view(at, shape, dtype)) for key, at, shape, dtype in self._inputs]
+        outputs = [(name, view(at, shape, dtype)) for name, at, shape, dtype in self._outputs]
+        return arena, code, inputs, outputs
 
 
 _arenas = threading.local()
