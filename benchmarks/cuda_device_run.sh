@@ -25,8 +25,6 @@ if [ "$stage" = check ]; then
   bench smollm2-135m q8_0
   bench llama32-1b q4_0
   bench llama3-8b q4_0
-  echo "rows per warp 4:" | tee -a $OUT/bench.log
-  LLMRT_CUDA_MMV_ROWS=4 bench llama3-8b q4_0 -p 0
 fi
 if [ "$stage" = profile ]; then
   [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1  # kept for the next call while warm
@@ -55,8 +53,6 @@ if [ "$stage" = all ]; then  # one dense call: tests, conformance, decode profil
   bench smollm2-135m q8_0
   bench llama32-1b q4_0
   bench llama3-8b q4_0
-  echo "mmvq rows 1:" | tee -a $OUT/bench.log
-  LLMRT_CUDA_MMVQ_R=1 bench llama3-8b q4_0 -p 0
 fi
 # Two back-to-back calls on one warm machine: "perf" (carries part1; tests, conformance, every row
 # with this tree and, tg only, with the committed code carried in .cudarun/old for the before
@@ -70,14 +66,6 @@ if [ "$stage" = perf ]; then
     bench $s
     echo "before (committed code):" | tee -a $OUT/bench.log; old bench $s -p 0
   done
-  echo "135m q4_0 with LLMRT_CUDA_MMVQ_XF_K=4096 (opt-in):" | tee -a $OUT/bench.log
-  LLMRT_CUDA_MMVQ_XF_K=4096 bench smollm2-135m q4_0 -p 0
-  echo "135m q4_0 with LLMRT_CUDA_NORM_FOLD=1 (opt-in):" | tee -a $OUT/bench.log
-  LLMRT_CUDA_NORM_FOLD=1 bench smollm2-135m q4_0 -p 0
-  echo "135m q4_0 with LLMRT_CUDA_NORM_F64=0 (f32 norms):" | tee -a $OUT/bench.log
-  LLMRT_CUDA_NORM_F64=0 bench smollm2-135m q4_0 -p 0
-  echo "135m q4_0 with LLMRT_CUDA_FATTN_CHUNK=0 (decode attention in one block per head):" | tee -a $OUT/bench.log
-  LLMRT_CUDA_FATTN_CHUNK=0 bench smollm2-135m q4_0 -p 0
   echo "135m q4_0 again (spread):" | tee -a $OUT/bench.log
   bench smollm2-135m q4_0 -p 0
 fi
@@ -85,7 +73,6 @@ if [ "$stage" = diag ]; then
   m=/tmp/smollm2.gguf; [ -e $m ] || cat /tmp/part1 .cudarun/part2.bin > $m
   r=.cudarun/refs/smollm2-135m/greedy.json
   echo "== prompt 2, this tree"; timeout 90 python3 benchmarks/cuda_diag.py $m $r 2 --save /tmp/cpu2.npz
-  echo "== prompt 2, rope+KV unfused"; LLMRT_CUDA_ROPE_QKV=0 timeout 60 python3 benchmarks/cuda_diag.py $m $r 2 --cpu /tmp/cpu2.npz
   echo "== prompt 2, committed code"; old timeout 60 python3 benchmarks/cuda_diag.py $m $r 2 --cpu /tmp/cpu2.npz
   echo "== prompt 1, this tree"; timeout 60 python3 benchmarks/cuda_diag.py $m $r 1 --nocpu
   mkdir -p .cudarun/cache/models && ln -sf $m .cudarun/cache/models/smollm2-135m-instruct-q4_1.gguf
@@ -94,7 +81,9 @@ if [ "$stage" = diag ]; then
   timeout 40 llmrt bench -m $m -p 512 -n 128 -r 3 --device cuda:0 2>&1 | grep -v "^| model\|^| ---" | tee -a $OUT/bench.log
 fi
 # "ab": tests and conformance, then every row with this tree and (tg only) with each setting of
-# $AB (e.g. AB="LLMRT_CUDA_PDL=0 LLMRT_CUDA_GLU_Q8=0"), then 135M and 8B decode profiles.
+# $AB (e.g. AB="LLMRT_CUDA_SAFE=1"), then 135M and 8B decode profiles. (A/B runs of switches since
+# removed, MMV_ROWS, MMVQ_R, MMVQ_XF_K, NORM_FOLD, NORM_F64, FATTN_CHUNK, ROPE_QKV: this script's
+# history; their results are in BENCHMARKS.md.)
 if [ "$stage" = ab ]; then
   [ -e .cudarun/part1 ] && cp .cudarun/part1 /tmp/part1
   ( for s in "smollm2-135m q4_0" "smollm2-135m q8_0" "llama32-1b q4_0" "llama3-8b q4_0"; do

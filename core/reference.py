@@ -113,7 +113,13 @@ def get_rows(node: Tensor, table: Any, ids: np.ndarray) -> np.ndarray:
     return np.asarray(table[ids], dtype=np.float32)
 
 
-def mul_mat(node: Tensor, a: Any, b: np.ndarray) -> np.ndarray:
+def mul_mat(node: Tensor, a: Any, b: np.ndarray, residual: Any = None) -> np.ndarray:
+    """a·b, plus `residual` in the fused form (core/lower/fuse.py) that some devices run."""
+    out = _mul_mat(node, a, b)
+    return out if residual is None else (out + residual).astype(np.float32, copy=False)
+
+
+def _mul_mat(node: Tensor, a: Any, b: np.ndarray) -> np.ndarray:
     if isinstance(a, QuantizedWeight):
         m, k = a.shape
         x = vec_dot_round(b.reshape(-1, k), a.type)
@@ -136,16 +142,21 @@ def mul_mat(node: Tensor, a: Any, b: np.ndarray) -> np.ndarray:
     return np.matmul(b3, np.swapaxes(a3, -1, -2)).reshape(node.shape)
 
 
-def rms_norm(node: Tensor, x: np.ndarray) -> np.ndarray:
+def rms_norm(node: Tensor, x: np.ndarray, weight: Any = None) -> np.ndarray:
     mean = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-    return (x / np.sqrt(mean + node.params["eps"])).astype(np.float32)
+    return _weighted((x / np.sqrt(mean + node.params["eps"])).astype(np.float32), weight)
 
 
-def norm(node: Tensor, x: np.ndarray) -> np.ndarray:
+def norm(node: Tensor, x: np.ndarray, weight: Any = None) -> np.ndarray:
     x64 = x.astype(np.float64)
     centered = x64 - x64.mean(axis=-1, keepdims=True)
     var = np.mean(np.square(centered), axis=-1, keepdims=True)
-    return (centered / np.sqrt(var + node.params["eps"])).astype(np.float32)
+    return _weighted((centered / np.sqrt(var + node.params["eps"])).astype(np.float32), weight)
+
+
+def _weighted(y: np.ndarray, weight: Any) -> np.ndarray:
+    """The fused form's row-vector weight (core/lower/fuse.py), as the separate mul computes it."""
+    return y if weight is None else (y * weight).astype(np.float32, copy=False)
 
 
 def rope(node: Tensor, x: np.ndarray, pos: np.ndarray, factors: Any = None) -> np.ndarray:

@@ -58,6 +58,11 @@ class Op(enum.Enum):
     ARGMAX = "argmax"
 
 
+# Fused forms, made only by core/lower/fuse.py for a device whose supports_op accepts them (model
+# builders never emit them): RMS_NORM and NORM with a second operand, the norm's row-vector
+# weight (norm(x) * w); MUL_MAT with a third operand, a residual (a·b + r).
+
+
 ROPE_NORMAL, ROPE_NEOX = 0, 2  # ggml's rope modes: adjacent pairs, or halves of the head
 
 

@@ -283,13 +283,39 @@ def _softmax_attention_cases() -> Iterator[OpCase]:
             )  # fmt: skip
 
 
+def _fused_pattern_cases() -> Iterator[OpCase]:
+    """Patterns that backends fuse (core/lower/fuse.py): a norm times its weight, a product plus a
+    residual. The reference runs them unfused; a device that fuses runs its fused kernel."""
+    for shape in ((1, 64), (7, 96)):
+        s = "x".join(map(str, shape))
+        leaves = {"x": _x(shape), "w": ("weight", shape[-1:], F32, "uniform")}
+        yield OpCase(f"mul(rms_norm({s}),weight)", leaves,
+                     lambda g, x: g.mul(g.rms_norm(x["x"], 1e-6), x["w"]))  # fmt: skip
+        yield OpCase(f"mul(norm({s}),weight)", leaves,
+                     lambda g, x: g.mul(g.norm(x["x"], 1e-5), x["w"]))  # fmt: skip
+    for dtype in (F32, F16, GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K):
+        k = 256
+        for t in (1, 7):
+            leaves = {"a": ("weight", (96, k), dtype, "uniform"), "b": _x((t, k)),
+                      "r": _x((t, 96))}  # fmt: skip
+            name = f"type_a={dtype.name.lower()},m=96,k={k},t={t}"
+            yield OpCase(
+                f"add(mul_mat({name}),residual)", leaves,
+                lambda g, x: g.add(g.mul_mat(x["a"], x["b"]), x["r"]), NMSE_MATMUL,
+            )  # fmt: skip
+            yield OpCase(
+                f"add(residual,mul_mat({name}))", leaves,
+                lambda g, x: g.add(x["r"], g.mul_mat(x["a"], x["b"])), NMSE_MATMUL,
+            )  # fmt: skip
+
+
 def cases() -> list[OpCase]:
     """The built-in cases plus those plugins add through `register_conformance_cases`."""
     from llmrt.plugins import get_plugins
 
     found = [
         *_mul_mat_cases(), *_get_rows_cases(), *_elementwise_cases(), *_layout_cases(),
-        *_rope_cases(), *_softmax_attention_cases(),
+        *_rope_cases(), *_softmax_attention_cases(), *_fused_pattern_cases(),
     ]  # fmt: skip
     get_plugins().call("register_conformance_cases", register=found.append)
     return found

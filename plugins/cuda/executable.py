@@ -5,7 +5,9 @@ as a captured CUDA graph.
 graph (which starts with the host-to-device copies), copies each output into pinned memory that
 the returned array owns, and waits. The first run goes launch by launch (it loads
 every kernel and lets cuBLAS set up its workspace); the second captures the launches as a CUDA
-graph that later runs replay. `LLMRT_CUDA_GRAPHS=0` keeps launching one by one.
+graph that later runs replay. `LLMRT_CUDA_SAFE=1`, the backend's one debugging switch, launches
+one by one every run, without programmatic dependent launch (docs/gpu-switches.md).
+Measurements behind the constants below are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,29 +25,27 @@ import numpy as np
 from llmrt.device import Executable
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
+from llmrt.lower import Storage, View, plan_arena
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import ITEMSIZE, Plan, Val, assign_offsets, lower, q8_layout
+from llmrt_cuda.lower import ITEMSIZE, Plan, lower, q8_layout
 
 KERNELS = Path(__file__).parent / "kernels"
 NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
 H2D, D2H = 1, 2  # cudaMemcpyKind
 SMEM_DEFAULT = 48 * 1024
 MAX_BLOCKS = 65535 * 8
+SAFE = os.environ.get("LLMRT_CUDA_SAFE", "0") == "1"
 # mat-vec: rows per warp (each x chunk is read once for them), for matrices of at least this many
-# rows; LLMRT_CUDA_MMV_ROWS overrides (1, 2 or 4)
-MMV_ROWS = int(os.environ.get("LLMRT_CUDA_MMV_ROWS", "2"))
+MMV_ROWS = 2
 MMV_ROWS_MIN_M = 1024
-# integer mat-vec: rows per lane group (2 once the launch covers this many rows; env overrides)
-MMVQ_R = int(os.environ.get("LLMRT_CUDA_MMVQ_R", "0"))
-# measured on the H100: two rows per group on Llama-3.2-1B (802 vs 696 t/s), one on 8B (321 vs 299)
+# integer mat-vec: two rows per lane group once the launch covers this many rows (1B), else one (8B)
 MMVQ_R2_MIN_M = 4096
 MMVQ_R2_MAX_K = 4096
 # integer mat-vecs reading at most this many weight bytes ask L2 for them before waiting on the
-# previous kernel (programmatic dependent launch). Measured on the H100: +6 % tg on 135M (every
-# matrix under 2 MiB), -3 % on 1B and -7 % on 8B when every mat-vec did it.
-MMVQ_PREFETCH_MAX = int(float(os.environ.get("LLMRT_CUDA_PREFETCH_MB", "4")) * 2**20)
+# previous kernel (programmatic dependent launch): pays on small matrices, costs on large ones
+MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
-FATTN_SPLIT_KEYS = int(os.environ.get("LLMRT_CUDA_FATTN_CHUNK", "64"))
+FATTN_SPLIT_KEYS = 64
 FATTN_SPLIT_MAX_BLOCKS = 264
 
 
@@ -70,8 +70,8 @@ def _source(name: str) -> str:
 
 
 def _norm_define() -> str:
-    """Norms in float64 as the reference (default) or in f32 (LLMRT_CUDA_NORM_F64=0)."""
-    return f"#define NORM_F64 {0 if os.environ.get('LLMRT_CUDA_NORM_F64', '1') == '0' else 1}\n"
+    """Norms in float64, as the reference computes them."""
+    return "#define NORM_F64 1\n"
 
 
 @functools.cache
@@ -154,10 +154,10 @@ class CUDAProgram(Executable):
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
         plan: Plan = lower(graph)
         self.plan = plan
-        plan.arena_nbytes = assign_offsets(plan.storages)
-        self.arena = alloc(plan.arena_nbytes, f"graph {graph.name!r} activations", self.device_id)
+        arena_nbytes = plan_arena(plan.storages)
+        self.arena = alloc(arena_nbytes, f"graph {graph.name!r} activations", self.device_id)
         self.keep: list[Any] = [self.arena]
-        base: list[int] = []
+        base: dict[Storage, int] = {}
         self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
         copies_in: list[tuple] = []
         for s in plan.storages:
@@ -165,13 +165,13 @@ class CUDAProgram(Executable):
                 if s.key not in bindings:
                     raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
                 handle = bindings[s.key]
-                base.append(handle.ptr if isinstance(handle, CudaWeight) else handle.data.ptr)
+                base[s] = handle.ptr if isinstance(handle, CudaWeight) else handle.data.ptr
             elif s.kind == "input":
                 buf = alloc(s.nbytes, f"input {s.key}", self.device_id)
                 self.keep.append(buf)
-                base.append(buf.data.ptr)
+                base[s] = buf.data.ptr
             else:
-                base.append(self.arena.data.ptr + max(s.offset, 0))
+                base[s] = self.arena.data.ptr + max(s.offset, 0)
         self.base = base
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
@@ -186,7 +186,7 @@ class CUDAProgram(Executable):
         ]
         plain = copies_in + [self._launch(step) for step in plan.steps]
         self.plain_launches = plain
-        self.pdl = pdl.available(int(cp.cuda.Device().compute_capability))
+        self.pdl = not SAFE and pdl.available(int(cp.cuda.Device().compute_capability))
         self.launches = [
             ("pdl", pdl.DependentLaunch(*item[1:])) if self.pdl and item[0] == "kernel" else item
             for item in plain
@@ -194,9 +194,9 @@ class CUDAProgram(Executable):
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph: Any = None
         self.runs = 0
-        self.use_graphs = os.environ.get("LLMRT_CUDA_GRAPHS", "1") != "0"
+        self.use_graphs = not SAFE
 
-    def ptr(self, v: Val) -> int:
+    def ptr(self, v: View) -> int:
         return self.base[v.storage] + v.offset * ITEMSIZE.get(v.dtype, 4)
 
     def _launch(self, step: Any) -> tuple:
@@ -359,7 +359,7 @@ class CUDAProgram(Executable):
         dso = q8_layout(out.n)[0] if xq else 0
         # the split kernel's blocks wait for each other: all of them must be resident at once
         cap = max(1, (2 * _sm_count()) // (hq * t))
-        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap) if FATTN_SPLIT_KEYS > 0 else 1
+        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap)
         common = (_u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
                   _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
                   _i64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]))  # fmt: skip
@@ -404,10 +404,7 @@ class CUDAProgram(Executable):
         glu = p.get("glu", -1)
         nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
         g = _mmvq_lanes(k // 32) if nt == 1 else 32
-        if glu >= 0:
-            r = 2
-        else:
-            r = MMVQ_R or (2 if sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K else 1)
+        r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
         per = 1 if glu >= 0 else r
         rpb = 4 * (32 // g) * per
         blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)
@@ -415,32 +412,11 @@ class CUDAProgram(Executable):
         yp = [self.ptr(o) for o in outs] + [0] * (3 - len(outs))
         mm = list(ms) + [0] * (3 - len(ms))
         dso, _ = q8_layout(t * k)
-        xf = p.get("xf")
-        # quantized in the kernel's prologue (into shared memory), or by an earlier step
-        smem = 5 * k + (k // 32) * 8 + 16  # q8 form + the f32 staging
-        xq, xfp, smem = (0, self.ptr(xf), smem) if xf else (self.base[p["q8"]], 0, 0)
-        nrm = p.get("norm")
-        if nrm is not None:  # the folded norm: its weight, f32 output, q8 output, eps, mode
-            counter = cp.zeros(1, dtype=cp.int32)
-            self.keep.append(counter)
-            nargs = (_u64(counter.data.ptr), _u64(self.ptr(nrm["w"]) if nrm["w"] else 0),
-                     _u64(self.ptr(nrm["y"]) if nrm["y"] else 0), _u64(self.base[nrm["q8"]]),
-                     _i64(q8_layout(ms[0])[0]), np.float64(nrm["eps"]),
-                     _i32(nrm["mode"]))  # fmt: skip
-        else:
-            nargs = (_u64(0), _u64(0), _u64(0), _u64(0), _i64(0), np.float64(0.0), _i32(0))
-        if "q8out" in p:  # the glu output's q8 blocks, one counter per group of 32 rows
-            qcount = cp.zeros(ms[0] // 32, dtype=cp.int32)
-            self.keep.append(qcount)
-            qdso = q8_layout(t * ms[0])[0]
-            qargs = (_u64(self.base[p["q8out"]]), _u64(qcount.data.ptr), _i64(qdso))
-        else:
-            qargs = (_u64(0), _u64(0), _i64(0))
+        xq = self.base[p["q8"]]
         prefetch = sum(ms) * (2 if glu >= 0 else 1) * p["row_bytes"] <= MMVQ_PREFETCH_MAX
         return ("kernel", kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), (
             *map(_u64, wp), _i64(p["row_bytes"]), _u64(xq), _i64(dso), *map(_u64, yp),
-            _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu), _u64(xfp),
-            *nargs, *qargs, _i32(prefetch)), smem)  # fmt: skip
+            _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu), _i32(prefetch)), 0)  # fmt: skip
 
     def _gemm_args(self, step: Any) -> tuple:
         p = step.params

@@ -6,14 +6,13 @@ attribute, a kernel's blocks are scheduled while its predecessor still runs and 
 `griddepcontrol.wait` (every llmrt kernel starts with `pdl_enter()`, common.cuh) until the
 predecessor's writes are visible, so the launch latency hides behind the previous kernel's tail.
 cupy exposes no launch attributes, so this calls `cuLaunchKernelEx` through ctypes; the launches
-are captured into the step's CUDA graph like any other. `LLMRT_CUDA_PDL=0` turns it off.
+are captured into the step's CUDA graph like any other. `LLMRT_CUDA_SAFE=1` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,7 @@ def _driver() -> Any:
 
 def available(compute_capability: int) -> bool:
     """Programmatic dependent launch needs sm_90+ and a driver that has cuLaunchKernelEx."""
-    if os.environ.get("LLMRT_CUDA_PDL", "1") == "0" or compute_capability < 90:
+    if compute_capability < 90:
         return False
     try:
         return hasattr(_driver(), "cuLaunchKernelEx")

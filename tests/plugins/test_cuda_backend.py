@@ -57,7 +57,7 @@ def test_dependent_launches_give_the_plain_launches_bits(tiny_gguf_with_vocab, m
     """Programmatic dependent launch only moves when blocks start; every logit stays the same."""
 
     def decode(pdl: str) -> tuple[np.ndarray, bool]:
-        monkeypatch.setenv("LLMRT_CUDA_PDL", pdl)
+        monkeypatch.setattr(llmrt_cuda.executable, "SAFE", pdl == "0")
         ctx = load(tiny_gguf_with_vocab, device="cuda:0").context(n_ctx=64)
         out = [ctx.eval(PROMPT[:7], all_logits=True)] + [ctx.eval([t]) for t in PROMPT[7:12]]
         exe = next(v for k, v in ctx.graphs.items() if k[0] == 1)
@@ -65,6 +65,8 @@ def test_dependent_launches_give_the_plain_launches_bits(tiny_gguf_with_vocab, m
         return np.concatenate([np.ravel(o) for o in out]), prog.pdl
 
     import cupy
+
+    import llmrt_cuda.executable
 
     plain, used = decode("0")
     dependent, used_pdl = decode("1")

@@ -10,9 +10,10 @@ from llmrt.device import DeviceInfo, DeviceType
 from llmrt.engine import load
 from llmrt.errors import OutOfDeviceMemory
 from llmrt.gguf import GGUFReader
+from llmrt.lower import plan_arena
 from llmrt.models import Shape, get_architecture
 from llmrt_cpu.backend import CPUBackend, CPUDevice
-from llmrt_cuda.lower import assign_offsets, lower, supports
+from llmrt_cuda.lower import lower, supports
 
 
 def _graph(path, n_tokens):
@@ -32,7 +33,7 @@ def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with
     graph = _graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
     plan = lower(graph)
-    size = assign_offsets(plan.storages)
+    size = plan_arena(plan.storages)
     arena = [s for s in plan.storages if s.kind == "arena" and s.first >= 0]
     assert size >= max(s.nbytes for s in arena)
     for i, a in enumerate(arena):
@@ -44,13 +45,12 @@ def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with
     # every buffer a step touches through its parameters (q8 forms of activations) is placed
     # and live across that step
     for i, step in enumerate(plan.steps):
-        for key in ("q8", "q8out"):
-            if key in step.params:
-                st = plan.storages[step.params[key]]
-                assert st.first >= 0 and st.first <= i <= max(st.last, st.first), (step.op, key)
+        if "q8" in step.params:
+            st = step.params["q8"]
+            assert st.first >= 0 and st.first <= i <= max(st.last, st.first), step.op
     # a step never writes a buffer it reads
     for step in plan.steps:
-        if step.out is not None and step.out.storage in {v.storage for v in step.ins}:
+        if step.out is not None and any(step.out.storage is v.storage for v in step.ins):
             raise AssertionError(f"{step.op} reads and writes one buffer")
     # liveness reuse: the arena is much smaller than the sum of all activation buffers
     assert size < sum(s.nbytes for s in arena)
@@ -61,17 +61,16 @@ def test_decode_fuses_norms_and_residual_adds(tiny_gguf_with_vocab):
     ops = [s.op for s in plan.steps]
     assert "binary" not in ops  # every residual add rides on a mat-vec epilogue
     n_layers = ops.count("fattn")
-    # rms_norm x weight fused (and, before integer mat-vecs, quantizing their output; after a
-    # residual mat-vec, computed by that mat-vec's last block)
-    folded = sum(1 for s in plan.steps if "norm" in s.params)
-    assert ops.count("norm") + ops.count("norm_q8") + folded == 2 * n_layers + 1
+    # rms_norm x weight fused (and, before integer mat-vecs, quantizing their output)
+    assert ops.count("norm") + ops.count("norm_q8") == 2 * n_layers + 1
+    assert all(len(s.ins) == 2 for s in plan.steps if s.op in ("norm", "norm_q8"))
     residual = [s for s in plan.steps if (s.op == "mmv" and len(s.ins) == 3)
                 or (s.op == "mmvq" and len(s.ins) == 2 and "glu" not in s.params
                     and "outs" not in s.params)]  # fmt: skip
     assert len(residual) == 2 * n_layers
 
 
-def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab, monkeypatch):
+def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
     """Legacy-quant mat-vecs: q/k/v in one launch, gate/up/glu in one, rope + KV writes in one."""
     import llmrt_cuda.lower as lw
     from llmrt.gguf.constants import GGMLType
@@ -86,10 +85,7 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab, monkeypatch):
     assert "rope" not in ops and "set_rows" not in ops
     # rope + KV writes: inside the attention kernel for one token (else one rope_qkv launch)
     attn = [s for s in plan.steps if s.op == "fattn"]
-    if lw.ROPE_ATTN:
-        assert "rope_qkv" not in ops and all("nr" in s.params for s in attn)
-    else:
-        assert ops.count("rope_qkv") == n_layers and not any("nr" in s.params for s in attn)
+    assert "rope_qkv" not in ops and all("nr" in s.params for s in attn)
     glu = [s for s in plan.steps if s.op == "mmvq" and "glu" in s.params]
     multi = [s for s in plan.steps if s.op == "mmvq" and len(s.params.get("outs", ())) == 3]
     assert len(glu) == n_layers and "glu" not in ops
@@ -97,19 +93,16 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab, monkeypatch):
     assert all(s.params["type"] in lw.Q8_TYPES for s in plan.steps if s.op == "mmvq")
     assert GGMLType.Q4_0 in lw.Q8_TYPES
     # the attention output is quantized by the attention kernel where its rows are whole q8
-    # blocks (the fixture's 16-wide heads are not); the glu output by a quant_q8 launch, or by the
-    # gate/up mat-vec (LLMRT_CUDA_GLU_Q8=1)
-    assert all(("q8out" in s.params) == lw.GLU_Q8 for s in glu)
-    glu_outs = {(s.out.storage, s.out.offset) for s in glu}
+    # blocks (the fixture's 16-wide heads are not); the glu output by a quant_q8 launch
     quants = [s for s in plan.steps if s.op == "quant_q8"]
-    of_glu = [q for q in quants if (q.ins[0].storage, q.ins[0].offset) in glu_outs]
-    assert len(of_glu) == (0 if lw.GLU_Q8 else n_layers)
+    of_glu = [q for q in quants if any(q.ins[0].same(s.out) for s in glu)]
+    assert len(of_glu) == n_layers
     of_attn = sum(1 for s in plan.steps if s.op == "fattn" and "q8" not in s.params)
     assert len(quants) == len(of_glu) + of_attn
     assert all(
         "q8" in s.params for s in plan.steps if s.op == "fattn" and s.out.shape[-1] % 32 == 0
     )
-    size = assign_offsets(plan.storages)
+    size = plan_arena(plan.storages)
     assert size > 0
 
 

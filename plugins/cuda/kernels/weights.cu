@@ -449,25 +449,8 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
                                           const u8* __restrict__ W2, long long rb,
                                           const u8* __restrict__ XQ, long long dso, float* Y0,
                                           float* Y1, float* Y2, const float* __restrict__ Rs,
-                                          int M0, int M1, int M2, int K, int T, int glu,
-                                          const float* __restrict__ XF, int* counter,
-                                          const float* NW, float* NY, u8* NQ, long long ndso,
-                                          double eps, int nmode, u8* QO, int* qcount,
-                                          long long qdso) {
+                                          int M0, int M1, int M2, int K, int T, int glu) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (XF) {  // f32 activations (one token): each block quantizes them into shared memory
-        // (staged as f32 first: all global loads in flight at once, then the warps quantize)
-        extern __shared__ __align__(16) u8 xq_smem[];
-        float* xs = (float*)(xq_smem + ((K + (K >> 5) * 8 + 15) & ~15));
-        for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x)
-            ((float4*)xs)[i] = __ldg((const float4*)XF + i);
-        __syncthreads();
-        for (int c = warp; c < (K >> 5); c += blockDim.x >> 5)
-            q8_store32(xs[c * 32 + lane], lane, xq_smem, K, c);
-        __syncthreads();
-        XQ = xq_smem;
-        dso = K;
-    }
     const int grp = lane / G, l = lane % G;
     const int per = glu >= 0 ? 1 : R;
     const int rpb = (blockDim.x >> 5) * (32 / G) * per;
@@ -553,67 +536,16 @@ __device__ __forceinline__ void mmvq_body(const u8* __restrict__ W0, const u8* _
             }
         }
     }
-    if (QO) {  // the glu output in q8 blocks: the block that completes a group of 32 rows
-        // (rpb divides 32 and 32 divides M: each block adds to one group) quantizes it
-        __shared__ int group_done;
-        const int g32 = (b * rpb) >> 5;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) group_done = atomicAdd(qcount + g32, 1) == (32 / rpb) - 1;
-        __syncthreads();
-        if (group_done) {
-            __threadfence();
-            if (warp == 0)
-                for (int t = 0; t < T; ++t) {
-                    const long long i = (long long)t * M + g32 * 32;
-                    q8_store32(__ldcg(Y + i + lane), lane, QO, qdso, i >> 5);
-                }
-            if (threadIdx.x == 0) qcount[g32] = 0;
-        }
-    }
-    if (NQ) {  // the norm that follows (one token): the last block to finish computes it
-        __shared__ int last_blk;
-        __shared__ double red[32];
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) last_blk = atomicAdd(counter, 1) == gridDim.x - 1;
-        __syncthreads();
-        if (!last_blk) return;
-        __threadfence();
-        const int ncols = M0;
-        double mean = 0.0;
-        if (nmode == 1) {
-            double sm = 0.0;
-            for (int i = threadIdx.x; i < ncols; i += blockDim.x) sm += (double)__ldcg(Y0 + i);
-            mean = block_sum_d(sm, red) / ncols;
-        }
-        double ss = 0.0;
-        for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
-            const double v = (double)__ldcg(Y0 + i) - mean;
-            ss += v * v;
-        }
-        const double den = sqrt(block_sum_d(ss, red) / ncols + eps);
-        for (int c = warp; c < (ncols >> 5); c += blockDim.x >> 5) {
-            const int i = c * 32 + lane;
-            float v = (float)(((double)__ldcg(Y0 + i) - mean) / den);
-            if (NW) v *= NW[i];
-            if (NY) NY[i] = v;
-            q8_store32(v, lane, NQ, ndso, c);
-        }
-        if (threadIdx.x == 0) *counter = 0;
-    }
 }
 
 #define MMVQ(NT, R, G)                                                                         \
     extern "C" __global__ void __launch_bounds__(128) mmvq_##NT##_##R##_##G(                   \
         const u8* W0, const u8* W1, const u8* W2, long long rb, const u8* XQ, long long dso,   \
         float* Y0, float* Y1, float* Y2, const float* Rs, int M0, int M1, int M2, int K,       \
-        int T, int glu, const float* XF, int* counter, const float* NW, float* NY, u8* NQ,     \
-        long long ndso, double eps, int nmode, u8* QO, int* qcount, long long qdso, int pf) {  \
+        int T, int glu, int pf) {                                                              \
         if (pf) mmvq_prefetch<R, G>(W0, W1, W2, rb, M0, M1, M2, glu);                          \
         pdl_enter();                                                                           \
-        mmvq_body<NT, R, G>(W0, W1, W2, rb, XQ, dso, Y0, Y1, Y2, Rs, M0, M1, M2, K, T, glu,    \
-                            XF, counter, NW, NY, NQ, ndso, eps, nmode, QO, qcount, qdso);      \
+        mmvq_body<NT, R, G>(W0, W1, W2, rb, XQ, dso, Y0, Y1, Y2, Rs, M0, M1, M2, K, T, glu);   \
     }
 MMVQ(1, 1, 32)
 MMVQ(1, 1, 16)

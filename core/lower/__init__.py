@@ -1,0 +1,14 @@
+"""What every backend shares between the graph IR and its kernels (ggml's ggml_can_fuse and
+ggml_gallocr, in Python): views over planned storage, the liveness arena planner, and the fusion
+rewrites a backend opts into through its device's ``supports_op``.
+
+A backend's compile is then: ``fuse`` the graph for its device, walk the nodes turning each into
+kernel launches over ``View`` records (views, reshapes and permutes cost nothing), and place the
+activation storages in one arena with ``plan_arena`` (or an ``Arena`` used while lowering).
+"""
+
+from llmrt.lower.arena import ALIGN, Arena, plan_arena
+from llmrt.lower.fuse import fuse, readers
+from llmrt.lower.view import Storage, View, alias
+
+__all__ = ["ALIGN", "Arena", "Storage", "View", "alias", "fuse", "plan_arena", "readers"]
