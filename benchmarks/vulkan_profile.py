@@ -7,16 +7,16 @@ and wait, and the read-back; then GPU time per shader from timestamps between di
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import defaultdict
 
-os.environ.setdefault("LLMRT_VULKAN_TIMESTAMPS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import llmrt_vulkan.program
+from llmrt.engine import load
 
-from llmrt.engine import load  # noqa: E402
+llmrt_vulkan.program.TIMESTAMPS = True  # programs compiled from here on time each dispatch
 
 
 def main() -> None:

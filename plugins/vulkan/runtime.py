@@ -62,19 +62,13 @@ class Runtime:
         self.subgroups = "arithmetic" in ops and "compute" in stages
         self.clustered = self.subgroups and "clustered" in ops
         # OpSDot on packed bytes (core in Vulkan 1.3): the integer mat-vec's "_dot" variants.
-        # LLMRT_VULKAN_INTDOT=0 takes the plain integer path instead.
-        self.int_dot = (
-            bool(properties.get("integer_dot_product"))
-            and os.environ.get("LLMRT_VULKAN_INTDOT", "1") != "0"
-        )
+        self.int_dot = bool(properties.get("integer_dot_product"))
         # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
-        # for workgroup barriers: it gets the barrier-free kernels.
-        # LLMRT_VULKAN_KERNELS=gpu|cpu overrides the choice (to test both kinds anywhere).
-        # A GPU's submissions are waited for by polling the fence (the H100's decode steps: 135M
-        # tg128 664 -> 805, 1B 657 -> 719, 8B 218 -> 225), a CPU device's (lavapipe, which needs
-        # the cores) by sleeping; LLMRT_VULKAN_SPIN_WAIT=1 or 0 chooses.
-        spin = os.environ.get("LLMRT_VULKAN_SPIN_WAIT", "")
-        self.spin_wait = spin == "1" or (spin != "0" and properties.get("device_type") != "cpu")
+        # for workgroup barriers: it gets the barrier-free kernels. LLMRT_VULKAN_KERNELS=gpu|cpu,
+        # the backend's one debugging switch, overrides the choice (to test both kinds anywhere).
+        # A GPU's submissions are waited for by polling the fence (faster decode steps), a CPU
+        # device's (lavapipe, which needs the cores) by sleeping.
+        self.spin_wait = properties.get("device_type") != "cpu"
         choice = os.environ.get("LLMRT_VULKAN_KERNELS", "")
         self.cpu = choice == "cpu" or (choice != "gpu" and properties.get("device_type") == "cpu")
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))

@@ -67,12 +67,9 @@ def test_tiny_model_matches_cpu(vulkan, tiny_gguf_with_vocab, monkeypatch, kerne
         assert nmse(a.eval([token]), ctx.eval([token])) < 1e-3
     exe = next(v for k, v in ctx.graphs.items() if k[0] == 1)
     program = next(p for p in getattr(exe, "programs", [exe]) if hasattr(p, "dispatches"))
-    import llmrt_vulkan.program
-
     shaders = {d.shader for d in program.dispatches}
     fused = {"norm", "rope", "set_rows", "quantize_q8"}  # (heads of 16: attn_combine stays)
-    prologue = llmrt_vulkan.program.PROLOGUE_FLOATS > 0  # LLMRT_VULKAN_PROLOGUE_FLOATS=0: none
-    assert (not shaders & fused) == (kernels == "gpu" and prologue)
+    assert (not shaders & fused) == (kernels == "gpu")
 
 
 @pytest.mark.parametrize("kernels", ["gpu", "cpu"])
@@ -120,7 +117,7 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels, s):
     """A long cache is split over workgroups and merged by attn_combine. The per-row kernel
     (lavapipe's) walks a cache whole, and only up to ATTN_ROWS_MAX elements a head: past about
     42k lavapipe returns garbage from it, so longer caches take the split kernels there too."""
-    from llmrt_vulkan.program import ATTN_ROWS_MAX
+    from llmrt_vulkan.fusions import ATTN_ROWS_MAX
 
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     t, hq, hkv, d = 2, 4, 2, 64
@@ -154,11 +151,11 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
     mat-vecs get no dispatch: each mat-vec workgroup makes its q8 blocks from their inputs
     (matvec_q8p), then takes every PROLOGUE_WGS-th group of rows. Equal to the CPU backend up to
     the q8 rounding of values that differ in their last bits."""
-    import llmrt_vulkan.program
+    import llmrt_vulkan.lowering
 
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     if kernels == "gpu-3-workgroups":
-        monkeypatch.setattr(llmrt_vulkan.program, "PROLOGUE_WGS", 3)
+        monkeypatch.setattr(llmrt_vulkan.lowering, "PROLOGUE_WGS", 3)
     cpu = registry().entry("cpu").devices[0]
     t, hq, hkv, s, d, n, f = 2, 4, 2, 200, 32, 128, 192
     rng = np.random.default_rng(11)
