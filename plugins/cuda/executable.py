@@ -27,7 +27,7 @@ from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import ITEMSIZE, Plan, lower, q8_layout
+from llmrt_cuda.lower import ITEMSIZE, Plan, Step, lower, q8_layout
 
 KERNELS = Path(__file__).parent / "kernels"
 NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
@@ -199,152 +199,195 @@ class CUDAProgram(Executable):
     def ptr(self, v: View) -> int:
         return self.base[v.storage] + v.offset * ITEMSIZE.get(v.dtype, 4)
 
-    def _launch(self, step: Any) -> tuple:
-        op, p, ins, out = step.op, step.params, step.ins, step.out
+    def _launch(self, step: Step) -> tuple:
+        launch = LAUNCHES.get(step.op)
+        if launch is None:
+            raise LlmrtError(f"no CUDA launch for step {step.op}")
+        return launch(self, step)
+
+    def _launch_copy(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
         P = self.ptr  # noqa: N806
-        if op == "copy":
-            src = ins[0]
-            shape = _pad4(src.shape)
-            strides = _pad4(src.strides, 0)
-            return ("kernel", kernel("ops", "copy_strided"), _grid(src.n), (256,), (
-                _u64(P(src)), _u64(P(out)), _i64(src.n), _i32(p["mode"]), _i64(shape[1]),
-                _i64(shape[2]), _i64(shape[3]), *map(_i64, strides)), 0)  # fmt: skip
-        if op == "binary":
-            a, b = ins
-            ad, bd = _pad4(a.shape), _pad4(b.shape)
-            return ("kernel", kernel("ops", "binary"), _grid(a.n), (256,), (
-                _u64(P(a)), _u64(P(b)), _u64(P(out)), _i64(a.n), _i32(p["op"]),
-                *map(_i64, ad[1:]), *map(_i64, bd)), 0)  # fmt: skip
-        if op == "unary":
-            return ("kernel", kernel("ops", "unary"), _grid(out.n), (256,), (
-                _u64(P(ins[0])), _u64(P(out)), _i64(out.n), _i32(p["op"]),
-                np.float32(p["scale"])), 0)  # fmt: skip
-        if op == "glu":
-            return (
-                "kernel",
-                kernel("ops", "glu"),
-                _grid(out.n),
-                (256,),
-                (_u64(P(ins[0])), _u64(P(ins[1])), _u64(P(out)), _i64(out.n), _i32(p["op"])),
-                0,
-            )
-        if op == "norm":
-            ncols = out.shape[-1]
-            rows = out.n // ncols
-            w = P(ins[1]) if len(ins) > 1 else 0
-            block = _norm_block(ncols)
-            return ("kernel", kernel("ops", "norm_rows"), (rows,), (block,), (
-                _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float64(p["eps"]),
-                _i32(p["mode"])), 0)  # fmt: skip
-        if op == "rope":
-            x, pos = ins[0], ins[1]
-            ff = P(ins[2]) if len(ins) > 2 else 0
-            _, h, d = x.shape
-            return ("kernel", kernel("ops", "rope"), _grid(x.n), (256,), (
-                _u64(P(x)), _u64(P(pos)), _u64(ff), _u64(P(out)), _i32(h), _i32(d),
-                _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
-                np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
-                _i64(x.n)), 0)  # fmt: skip
-        if op == "set_rows":
-            dst, ids, src = ins
-            row = math.prod(src.shape[1:])
-            return ("kernel", kernel("ops", "set_rows"), _grid(src.n), (256,), (
-                _u64(P(src)), _u64(P(ids)), _u64(P(dst)), _i64(src.n), _i32(row),
-                _i32(1 if dst.dtype == GGMLType.F16 else 0)), 0)  # fmt: skip
-        if op == "get_rows_f32":
-            table, ids = ins
-            k = out.shape[-1]
-            return (
-                "kernel",
-                kernel("ops", "get_rows_f32"),
-                (out.shape[0],),
-                (256,),
-                (_u64(P(table)), _u64(P(ids)), _u64(P(out)), _i32(k)),
-                0,
-            )
-        if op == "get_rows_w":
-            table, ids = ins
-            k = p["shape"][1]
-            return ("kernel", kernel(str(int(p["type"])), "get_rows_w"), (out.shape[0],), (128,), (
-                _u64(P(table)), _i64(p["type"].row_nbytes(k)), _u64(P(ids)), _u64(P(out)),
-                _i32(k)), 0)  # fmt: skip
-        if op == "soft_max":
-            x = ins[0]
-            s = x.shape[-1]
-            mask = P(ins[1]) if len(ins) > 1 else 0
-            t = ins[1].shape[0] if len(ins) > 1 else 1
-            return ("kernel", kernel("ops", "soft_max"), (x.n // s,), (256,), (
-                _u64(P(x)), _u64(mask), _u64(P(out)), _i32(s), _i32(t),
-                np.float32(p["scale"])), 0)  # fmt: skip
-        if op == "argmax":
-            x = ins[0]
-            s = x.shape[-1]
-            return (
-                "kernel",
-                kernel("ops", "argmax"),
-                (x.n // s,),
-                (256,),
-                (_u64(P(x)), _u64(P(out)), _i32(s)),
-                0,
-            )
-        if op == "mm_act":
-            a, b = ins
-            return ("kernel", kernel("ops", "mm_act"), _grid(out.n), (256,), (
-                _u64(P(a)), _i32(1 if a.dtype == GGMLType.F16 else 0), _u64(P(b)), _u64(P(out)),
-                _i32(p["nb"]), _i32(p["r"]), _i32(p["t"]), _i32(p["m"]),
-                _i32(p["k"])), 0)  # fmt: skip
-        if op == "fattn":
-            return self._fattn(step)
-        if op == "mmv":
-            w, x = ins[0], ins[1]
-            res = P(ins[2]) if len(ins) > 2 else 0
-            t = p["t"]
-            nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-            r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
-            rows_per_block = 4 * r
-            return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}_{r}"),
-                    (-(-p["m"] // rows_per_block),), (128,), (
-                _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(res),
-                _i32(p["m"]), _i32(p["k"]), _i32(t)), 0)  # fmt: skip
-        if op == "gemm":
-            return ("gemm", self._gemm_args(step))
-        if op == "quant_q8":
-            n = p["n"]
-            dso, _ = q8_layout(n)
-            return ("kernel", kernel("ops", "quant_q8"), _grid(n), (256,), (
-                _u64(P(ins[0])), _u64(self.base[p["q8"]]), _i64(dso),
-                _i64(n // 32)), 0)  # fmt: skip
-        if op == "norm_q8":
-            ncols = out.shape[-1]
-            rows = out.n // ncols
-            w = P(ins[1]) if len(ins) > 1 else 0
-            dso, _ = q8_layout(out.n)
-            block = _norm_block(ncols)
-            y = 0 if p.get("y_unused") else P(out)
-            parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
-            return ("kernel", kernel("ops", "norm_rows_q8"), (rows, parts), (block,), (
-                _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float64(p["eps"]),
-                _i32(p["mode"]), _u64(self.base[p["q8"]]), _i64(dso)), 0)  # fmt: skip
-        if op == "mmvq":
-            return self._mmvq(step)
-        if op == "rope_qkv":
-            q, k, v = ins[0], ins[1], ins[2]
-            pos = ins[3]
-            ff = P(ins[4]) if len(ins) == 8 else 0
-            kc, vc, ids = ins[-3], ins[-2], ins[-1]
-            _, hq, d = q.shape
-            hk = k.shape[1]
-            vrow = v.n // ids.n
-            n = q.n + k.n + v.n
-            return ("kernel", kernel("ops", "rope_qkv"), _grid(n), (256,), (
-                _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(P(pos)), _u64(ff), _u64(P(out)),
-                _u64(P(kc)), _u64(P(vc)), _u64(P(ids)), _i32(hq), _i32(hk), _i32(d),
-                _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
-                np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
-                _i32(1 if kc.dtype == GGMLType.F16 else 0),
-                _i32(1 if vc.dtype == GGMLType.F16 else 0),
-                _i64(q.n), _i64(k.n), _i64(v.n), _i32(vrow)), 0)  # fmt: skip
-        raise LlmrtError(f"no CUDA launch for step {op}")
+        src = ins[0]
+        shape = _pad4(src.shape)
+        strides = _pad4(src.strides, 0)
+        return ("kernel", kernel("ops", "copy_strided"), _grid(src.n), (256,), (
+            _u64(P(src)), _u64(P(out)), _i64(src.n), _i32(p["mode"]), _i64(shape[1]),
+            _i64(shape[2]), _i64(shape[3]), *map(_i64, strides)), 0)  # fmt: skip
+
+    def _launch_binary(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        a, b = ins
+        ad, bd = _pad4(a.shape), _pad4(b.shape)
+        return ("kernel", kernel("ops", "binary"), _grid(a.n), (256,), (
+            _u64(P(a)), _u64(P(b)), _u64(P(out)), _i64(a.n), _i32(p["op"]),
+            *map(_i64, ad[1:]), *map(_i64, bd)), 0)  # fmt: skip
+
+    def _launch_unary(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        return ("kernel", kernel("ops", "unary"), _grid(out.n), (256,), (
+            _u64(P(ins[0])), _u64(P(out)), _i64(out.n), _i32(p["op"]),
+            np.float32(p["scale"])), 0)  # fmt: skip
+
+    def _launch_glu(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        return (
+            "kernel",
+            kernel("ops", "glu"),
+            _grid(out.n),
+            (256,),
+            (_u64(P(ins[0])), _u64(P(ins[1])), _u64(P(out)), _i64(out.n), _i32(p["op"])),
+            0,
+        )
+
+    def _launch_norm(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        ncols = out.shape[-1]
+        rows = out.n // ncols
+        w = P(ins[1]) if len(ins) > 1 else 0
+        block = _norm_block(ncols)
+        return ("kernel", kernel("ops", "norm_rows"), (rows,), (block,), (
+            _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float64(p["eps"]),
+            _i32(p["mode"])), 0)  # fmt: skip
+
+    def _launch_rope(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        x, pos = ins[0], ins[1]
+        ff = P(ins[2]) if len(ins) > 2 else 0
+        _, h, d = x.shape
+        return ("kernel", kernel("ops", "rope"), _grid(x.n), (256,), (
+            _u64(P(x)), _u64(P(pos)), _u64(ff), _u64(P(out)), _i32(h), _i32(d),
+            _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
+            np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
+            _i64(x.n)), 0)  # fmt: skip
+
+    def _launch_set_rows(self, step: Step) -> tuple:
+        ins = step.ins
+        P = self.ptr  # noqa: N806
+        dst, ids, src = ins
+        row = math.prod(src.shape[1:])
+        return ("kernel", kernel("ops", "set_rows"), _grid(src.n), (256,), (
+            _u64(P(src)), _u64(P(ids)), _u64(P(dst)), _i64(src.n), _i32(row),
+            _i32(1 if dst.dtype == GGMLType.F16 else 0)), 0)  # fmt: skip
+
+    def _launch_get_rows_f32(self, step: Step) -> tuple:
+        ins, out = step.ins, step.out
+        P = self.ptr  # noqa: N806
+        table, ids = ins
+        k = out.shape[-1]
+        return (
+            "kernel",
+            kernel("ops", "get_rows_f32"),
+            (out.shape[0],),
+            (256,),
+            (_u64(P(table)), _u64(P(ids)), _u64(P(out)), _i32(k)),
+            0,
+        )
+
+    def _launch_get_rows_w(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        table, ids = ins
+        k = p["shape"][1]
+        return ("kernel", kernel(str(int(p["type"])), "get_rows_w"), (out.shape[0],), (128,), (
+            _u64(P(table)), _i64(p["type"].row_nbytes(k)), _u64(P(ids)), _u64(P(out)),
+            _i32(k)), 0)  # fmt: skip
+
+    def _launch_soft_max(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        x = ins[0]
+        s = x.shape[-1]
+        mask = P(ins[1]) if len(ins) > 1 else 0
+        t = ins[1].shape[0] if len(ins) > 1 else 1
+        return ("kernel", kernel("ops", "soft_max"), (x.n // s,), (256,), (
+            _u64(P(x)), _u64(mask), _u64(P(out)), _i32(s), _i32(t),
+            np.float32(p["scale"])), 0)  # fmt: skip
+
+    def _launch_argmax(self, step: Step) -> tuple:
+        ins, out = step.ins, step.out
+        P = self.ptr  # noqa: N806
+        x = ins[0]
+        s = x.shape[-1]
+        return (
+            "kernel",
+            kernel("ops", "argmax"),
+            (x.n // s,),
+            (256,),
+            (_u64(P(x)), _u64(P(out)), _i32(s)),
+            0,
+        )
+
+    def _launch_mm_act(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        a, b = ins
+        return ("kernel", kernel("ops", "mm_act"), _grid(out.n), (256,), (
+            _u64(P(a)), _i32(1 if a.dtype == GGMLType.F16 else 0), _u64(P(b)), _u64(P(out)),
+            _i32(p["nb"]), _i32(p["r"]), _i32(p["t"]), _i32(p["m"]),
+            _i32(p["k"])), 0)  # fmt: skip
+
+    def _launch_mmv(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        w, x = ins[0], ins[1]
+        res = P(ins[2]) if len(ins) > 2 else 0
+        t = p["t"]
+        nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
+        r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
+        rows_per_block = 4 * r
+        return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}_{r}"),
+                (-(-p["m"] // rows_per_block),), (128,), (
+            _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(res),
+            _i32(p["m"]), _i32(p["k"]), _i32(t)), 0)  # fmt: skip
+
+    def _launch_quant_q8(self, step: Step) -> tuple:
+        p, ins = step.params, step.ins
+        P = self.ptr  # noqa: N806
+        n = p["n"]
+        dso, _ = q8_layout(n)
+        return ("kernel", kernel("ops", "quant_q8"), _grid(n), (256,), (
+            _u64(P(ins[0])), _u64(self.base[p["q8"]]), _i64(dso),
+            _i64(n // 32)), 0)  # fmt: skip
+
+    def _launch_norm_q8(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        ncols = out.shape[-1]
+        rows = out.n // ncols
+        w = P(ins[1]) if len(ins) > 1 else 0
+        dso, _ = q8_layout(out.n)
+        block = _norm_block(ncols)
+        y = 0 if p.get("y_unused") else P(out)
+        parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+        return ("kernel", kernel("ops", "norm_rows_q8"), (rows, parts), (block,), (
+            _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float64(p["eps"]),
+            _i32(p["mode"]), _u64(self.base[p["q8"]]), _i64(dso)), 0)  # fmt: skip
+
+    def _launch_rope_qkv(self, step: Step) -> tuple:
+        p, ins, out = step.params, step.ins, step.out
+        P = self.ptr  # noqa: N806
+        q, k, v = ins[0], ins[1], ins[2]
+        pos = ins[3]
+        ff = P(ins[4]) if len(ins) == 8 else 0
+        kc, vc, ids = ins[-3], ins[-2], ins[-1]
+        _, hq, d = q.shape
+        hk = k.shape[1]
+        vrow = v.n // ids.n
+        n = q.n + k.n + v.n
+        return ("kernel", kernel("ops", "rope_qkv"), _grid(n), (256,), (
+            _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(P(pos)), _u64(ff), _u64(P(out)),
+            _u64(P(kc)), _u64(P(vc)), _u64(P(ids)), _i32(hq), _i32(hk), _i32(d),
+            _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
+            np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
+            _i32(1 if kc.dtype == GGMLType.F16 else 0),
+            _i32(1 if vc.dtype == GGMLType.F16 else 0),
+            _i64(q.n), _i64(k.n), _i64(v.n), _i32(vrow)), 0)  # fmt: skip
 
     def _fattn(self, step: Any) -> tuple:
         p, ins, out = step.params, step.ins, step.out
@@ -522,3 +565,27 @@ class CUDAProgram(Executable):
             self._launch_all()
             return
         self.graph.launch(self.stream)
+
+
+# step kind (lower.py) -> the launch it becomes
+LAUNCHES: dict[str, Any] = {
+    "copy": CUDAProgram._launch_copy,
+    "binary": CUDAProgram._launch_binary,
+    "unary": CUDAProgram._launch_unary,
+    "glu": CUDAProgram._launch_glu,
+    "norm": CUDAProgram._launch_norm,
+    "rope": CUDAProgram._launch_rope,
+    "set_rows": CUDAProgram._launch_set_rows,
+    "get_rows_f32": CUDAProgram._launch_get_rows_f32,
+    "get_rows_w": CUDAProgram._launch_get_rows_w,
+    "soft_max": CUDAProgram._launch_soft_max,
+    "argmax": CUDAProgram._launch_argmax,
+    "mm_act": CUDAProgram._launch_mm_act,
+    "fattn": CUDAProgram._fattn,
+    "mmv": CUDAProgram._launch_mmv,
+    "gemm": lambda prog, step: ("gemm", prog._gemm_args(step)),
+    "quant_q8": CUDAProgram._launch_quant_q8,
+    "norm_q8": CUDAProgram._launch_norm_q8,
+    "mmvq": CUDAProgram._mmvq,
+    "rope_qkv": CUDAProgram._launch_rope_qkv,
+}
