@@ -61,24 +61,30 @@ class Model:
         self.threads = self.host.backend.set_threads(threads)
         self.layers = layer_devices(self.hp.n_layer, n_gpu_layers, self.device, self.host)
         self.weight_meta = {t.name: (t.shape, t.type) for t in self.reader.tensors}
-        # Where each weight and cache tensor lives: placed from a graph of one token, since every
-        # shape reads the same leaves from the same layers.
+        # Where each weight and cache tensor lives: placed from the decode graph (one token),
+        # since every shape reads the same leaves from the same layers (a shape that reads one
+        # elsewhere gets it bound there when its graph is built).
         probe = self.arch.build(self.hp, Shape(1, KV_STEP, 1, KV_STEP), self.weight_meta)
-        where = place(probe, self.layers, self.host)
-        self.leaf_devices: dict[str, set[Device]] = {}
-        for node in probe.leaves:
-            if id(node) in where:
-                self.leaf_devices.setdefault(node.key, set()).add(where[id(node)])
+        self.placement = place(probe, self.layers, self.host)
+        self.leaf_devices = self.placement.leaf_devices()
         self._check_memory()
         self.bindings: dict[Device, dict[str, Any]] = {d: {} for d in set(self.layers)}
-        for t in self.reader.tensors:
-            for dev in self.leaf_devices.get(t.name, ()):
-                self.bindings.setdefault(dev, {})[t.name] = dev.upload(t)
+        self.bind(self.leaf_devices)
+        # the decode graph runs on more than one device with partial offload, or where a device
+        # declines an op (llama.cpp's "graph splits")
+        self.decode_segments = self.placement.segments()
+        self.split = len(self.decode_segments) > 1
 
-        used = [d for d in self.bindings if self.bindings[d]]
-        # graphs run on more than one device with partial offload, or where ops fall back
-        self.split = len(used) > 1
-        self.runs_on = used[0] if len(used) == 1 else self.device
+    def bind(self, leaf_devices: dict[str, set[Device]]) -> None:
+        """Upload each weight to the devices that read it, where it is not there already."""
+        tensors = None
+        for key, devices in leaf_devices.items():
+            for dev in devices:
+                held = self.bindings.setdefault(dev, {})
+                if key in held or key not in self.weight_meta:
+                    continue  # bound already, or a state (a context allocates those)
+                tensors = tensors or {t.name: t for t in self.reader.tensors}
+                held[key] = dev.upload(tensors[key])
 
     def _check_memory(self) -> None:
         """Fail before uploading anything when a discrete GPU lacks the free memory that the
@@ -207,16 +213,18 @@ class Context:
         self.kv_type = KV_TYPES[kv_type]
         hp = model.hp
         cache = (n_ctx, hp.n_head_kv, hp.head_dim)
-        where = {
-            f"cache_{kind}.{il}": model.leaf_devices.get(f"cache_{kind}.{il}", {model.layers[il]})
-            for il in range(hp.n_layer)
-            for kind in ("k", "v")
-        }
-        self._check_memory(where)
+        # each cache on the one device that placement gave it (the host where the layer's device
+        # declines writing or viewing it); every graph built later is placed with it pinned there
+        self.state_device: dict[str, Device] = {}
+        for il in range(hp.n_layer):
+            for kind in ("k", "v"):
+                key = f"cache_{kind}.{il}"
+                (dev,) = model.leaf_devices.get(key, {model.layers[il]})
+                self.state_device[key] = dev
+        self._check_memory({key: {dev} for key, dev in self.state_device.items()})
         self.state: dict[Device, dict[str, Any]] = {}
-        for key, devices in where.items():
-            for dev in devices:
-                self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
+        for key, dev in self.state_device.items():
+            self.state.setdefault(dev, {})[key] = dev.new_state(cache, self.kv_type)
         self.cell_pos = np.full(n_ctx, -1, np.int64)
         self.cell_seq = np.full(n_ctx, -1, np.int64)
         # kept in step with the cells, so that a decode step scans none of them: cells in use,
@@ -368,14 +376,19 @@ class Context:
             model = self.model
             shape = Shape(n_tokens, n_kv, n_out, self.n_ctx, self.kv_type)
             graph = model.arch.build(model.hp, shape, model.weight_meta)
+            # every graph is placed (supports_op may depend on the shape); one that lands on one
+            # device is compiled whole, without the split program's hand-offs
+            placed = place(graph, model.layers, model.host, states=self.state_device)
+            model.bind(placed.leaf_devices())
             bindings = {
                 dev: {**model.bindings.get(dev, {}), **self.state.get(dev, {})}
                 for dev in set(model.bindings) | set(self.state)
             }
-            if model.split:
-                exe = SplitProgram(graph, place(graph, model.layers, model.host), bindings)
+            segments = placed.segments()
+            if len(segments) == 1:
+                exe = segments[0].compile(graph, bindings.get(segments[0], {}))
             else:
-                exe = model.runs_on.compile(graph, bindings[model.runs_on])
+                exe = SplitProgram(graph, placed, bindings)
             self.graphs[key] = exe
         return exe
 

@@ -89,9 +89,11 @@ def bench(
     for name in model or [None]:
         m = load(name, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
         if verbose:
-            from llmrt.cli.run import placement
+            from llmrt.cli.run import graph_report, placement
 
             typer.echo(f"llmrt: {m.path.name}: {placement(m)}", err=True)
+            for line in graph_report(m):
+                typer.echo(f"llmrt: {line}", err=True)
         tests = [(f"pp{n_prompt}", n_prompt, 0)] if n_prompt else []
         tests += [(f"tg{n_gen}", 0, n_gen)] if n_gen else []
         for test, np_, ng in tests:

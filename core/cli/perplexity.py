@@ -81,9 +81,11 @@ def perplexity(
     print(f"llmrt: {m.path.name} on {m.device.id}: {len(tokens)} tokens, {n_chunks} chunks of "
           f"{ctx_size}", file=err)  # fmt: skip
     if verbose:
-        from llmrt.cli.run import placement
+        from llmrt.cli.run import graph_report, placement
 
         print(f"llmrt: {placement(m)}", file=err)
+        for line in graph_report(m):
+            print(f"llmrt: {line}", file=err)
     ppl, kld, saved = P.Perplexity(), P.Divergence(), []
     for scores in P.chunk_scores(ctx, tokens, bos, chunks):
         running = ppl.add(scores)

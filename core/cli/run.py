@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -119,6 +120,8 @@ def run(
         threads = f", {m.threads} CPU threads" if m.threads else ""
         print(f"llmrt: {placement(m)}; context {ctx.n_ctx} tokens, ubatch {ctx.n_ubatch}"
               f"{threads}", file=sys.stderr)  # fmt: skip
+        for line in graph_report(m):
+            print(f"llmrt: {line}", file=sys.stderr)
     if conversation:
         _chat(m, ctx, sampler, n_predict, chat_template, system_prompt, text)
         _print_timings(ctx, t_load_ms, 0)
@@ -152,6 +155,25 @@ def placement(m) -> str:
             what = f"{what} and the output" if what else "the output"
         parts.append(f"{what} on {dev.id}")
     return ", ".join(parts)
+
+
+def graph_report(m) -> list[str]:
+    """llama.cpp's "graph splits" of the decode graph, then the ops each device declined, counted
+    by op with their cause: "cuda:0 declines rope x60 -> host; set_rows x60 -> host, with its
+    cache" (the causes read "declined by cuda:0: host", ...)."""
+    segments = m.decode_segments
+    if len(segments) == 1:
+        lines = [f"graph splits = 1 (the decode graph, on {segments[0].id})"]
+    else:
+        per_device = Counter(dev.id for dev in segments)
+        spread = ", ".join(f"{n} on {dev}" for dev, n in per_device.items())
+        lines = [f"graph splits = {len(segments)} (the decode graph: {spread})"]
+    for dev, declined in m.placement.declines().items():
+        said = f"declined by {dev.id}: "
+        ops = "; ".join(f"{op} x{n} -> {cause.removeprefix(said)}"
+                        for (op, cause), n in sorted(declined.items()))  # fmt: skip
+        lines.append(f"{dev.id} declines {ops}")
+    return lines
 
 
 CHAT_BANNER = (

@@ -15,7 +15,7 @@ from llmrt.cli.common import (
     check_arg,
     check_common,
 )
-from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt, placement
+from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt, graph_report, placement
 from llmrt.errors import UsageError
 
 Opt = typer.Option
@@ -86,6 +86,8 @@ def serve(
               f"http://{host}:{port}", file=sys.stderr)  # fmt: skip
         if verbose:
             print(f"llmrt: {placement(model)}", file=sys.stderr)
+            for line in graph_report(model):
+                print(f"llmrt: {line}", file=sys.stderr)
 
     # 5xx answers and the tracebacks behind them go to stderr (uvicorn logs only its own)
     handler = logging.StreamHandler(sys.stderr)

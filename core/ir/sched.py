@@ -5,25 +5,35 @@ the rest on the host (a negative count: every layer and the output head); the no
 first layer (the token embedding lookup) run where the first layer runs, so that a fully offloaded
 model is one program on its device (llama.cpp keeps the lookup on the CPU; here a host segment
 would cost a Python round trip per token), and the nodes after the last layer run on the primary
-device when every layer does. A node the chosen device declines in `supports_op`
-falls back to the host. Views and in-place writes stay with their source's storage.
+device when every layer does.
+
+`supports_op` is obeyed for every node: one the chosen device declines runs on the host, and the
+weights it reads are bound there. A state leaf (a KV cache) and the nodes on its storage (the
+SET_ROWS that writes it, the views that read it) live on one device: the device of the layer that
+writes it when that device accepts all of them, else the host; a caller that has allocated the
+state already (a context) pins where it is. Any other view follows its source, unless the source's
+device declines it. Each node records why it went where (ggml's SET_CAUSE), which `llmrt run
+--verbose` summarizes.
 
 Splitting: consecutive nodes on one device form a segment, compiled as its own subgraph; a value
 that crosses segments is copied through host memory (a later step can add device-to-device
-copies). Weights and state leaves are bound on the device of the segment that reads them.
+copies). Weights and state leaves are bound on the device of each segment that reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmrt.device import Device, Executable
+from llmrt.errors import UnsupportedOp
 from llmrt.ir.graph import Graph, Op, Tensor
 
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
-ALIASING = (Op.VIEW, Op.RESHAPE, Op.PERMUTE, Op.SET_ROWS)
+VIEWS = (Op.VIEW, Op.RESHAPE, Op.PERMUTE)
+ALIASING = (*VIEWS, Op.SET_ROWS)
 
 
 def layer_devices(n_layer: int, n_gpu_layers: int, primary: Device, host: Device) -> list[Device]:
@@ -34,35 +44,167 @@ def layer_devices(n_layer: int, n_gpu_layers: int, primary: Device, host: Device
     return [primary if il >= first else host for il in range(n_layer)] + [host]
 
 
-def place(graph: Graph, layers: list[Device], host: Device) -> dict[int, Device]:
-    """id(node) -> device for every node but the graph's inputs (which live on the host)."""
-    first = next((i for i, t in enumerate(graph.nodes) if t.layer is not None), len(graph.nodes))
-    where: dict[int, Device] = {}
-    for i, node in enumerate(graph.nodes):
-        if node.op in LEAVES:
-            continue  # bound below, where what reads them runs
+class Placement(Mapping[int, Device]):
+    """Where the nodes of a graph run: id(node) -> device for every node but the graph's inputs
+    (which live on the host). `cause` says why for every node, inputs included; `declined_by`
+    names the device that declined a node that went to the host instead."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.where: dict[int, Device] = {}
+        self.cause: dict[int, str] = {}
+        self.declined_by: dict[int, Device] = {}
+
+    def __getitem__(self, key: int) -> Device:
+        return self.where[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def segments(self) -> list[Device]:
+        """The device of each segment that `split` cuts, in order: one means no split."""
+        devices: list[Device] = []
+        for node in self.graph.nodes:
+            if node.op not in LEAVES:
+                device = self.where[id(node)]
+                if not devices or devices[-1] is not device:
+                    devices.append(device)
+        return devices
+
+    def leaf_devices(self) -> dict[str, set[Device]]:
+        """Weight and state key -> the devices it must be bound on: where each reader runs (a
+        leaf node read on two devices, as a rope's frequency factors under partial offload can
+        be, is bound on both)."""
+        bound: dict[str, set[Device]] = {}
+        for node in self.graph.nodes:
+            if node.op in LEAVES:
+                continue
+            for src in node.srcs:
+                if src.op in (Op.WEIGHT, Op.STATE):
+                    bound.setdefault(src.key, set()).add(self.where[id(node)])
+        return bound
+
+    def declines(self) -> dict[Device, Counter[tuple[str, str]]]:
+        """Device -> how many nodes of each (op name, cause) it declined."""
+        found: dict[Device, Counter[tuple[str, str]]] = {}
+        for node in self.graph.nodes:
+            device = self.declined_by.get(id(node))
+            if device is not None:
+                found.setdefault(device, Counter())[(node.op.value, self.cause[id(node)])] += 1
+        return found
+
+
+def place(
+    graph: Graph, layers: list[Device], host: Device, states: Mapping[str, Device] | None = None
+) -> Placement:
+    """Place every node of `graph`: `layers` is `layer_devices`' list, `states` pins state keys
+    already allocated on a device. Raises UnsupportedOp for a node that no device takes."""
+    nodes = graph.nodes
+    placed = Placement(graph)
+    where, cause, declined_by = placed.where, placed.cause, placed.declined_by
+    first = next((i for i, t in enumerate(nodes) if t.layer is not None), len(nodes))
+    first_layer = (nodes[first].layer if first < len(nodes) else None) or 0
+
+    def planned(i: int, node: Tensor) -> tuple[Device, str]:
+        """The device that -ngl gives a node, and why."""
         if node.layer is not None:
             device = layers[node.layer]
-        elif i < first:
-            device = layers[0]
+            return device, f"layer {node.layer} on {device.id} (-ngl)"
+        if i < first:
+            device = layers[first_layer]
+            return device, f"before layer {first_layer}, with it on {device.id}"
+        device = layers[-1]
+        return device, f"output on {device.id} (-ngl)"
+
+    def to_host(node: Tensor, declined: Device, why: str) -> tuple[Device, str]:
+        if declined is host or not host.supports_op(node):
+            what = f"{node.op.value} {node.name}".strip()
+            raise UnsupportedOp(
+                f"no device takes {what} in graph {graph.name!r}: {declined.id} declines it, "
+                f"and so does the host {host.id}"
+            )
+        declined_by[id(node)] = declined
+        return host, why
+
+    members = _on_storage(nodes)
+    member_of = {id(node): key for key, group in members.items() for _, node in group}
+    state_device: dict[str, tuple[Device, str]] = {}
+    for key, group in members.items():
+        pinned = states.get(key) if states else None
+        if pinned is not None:
+            refused = [node for _, node in group if not pinned.supports_op(node)]
+            if refused:
+                raise UnsupportedOp(
+                    f"{key} lives on {pinned.id}, which declines {refused[0].op.value} on it in "
+                    f"graph {graph.name!r}"
+                )
+            state_device[key] = pinned, f"kept on {pinned.id} by its owner"
+            continue
+        device, why = planned(*group[0])
+        refused = [node for _, node in group if not device.supports_op(node)]
+        if refused:
+            ops = ", ".join(sorted({node.op.value for node in refused}))
+            for node in refused:
+                to_host(node, device, "")
+            device, why = host, f"{device.id} declines {ops} on it: host"
+        state_device[key] = device, why
+
+    for i, node in enumerate(nodes):
+        if node.op is Op.INPUT:
+            cause[id(node)] = "input, on the host"
+            continue
+        if node.op is Op.WEIGHT:
+            continue  # bound below, where what reads it runs
+        if node.op is Op.STATE:
+            if node.key in state_device:
+                where[id(node)], cause[id(node)] = state_device[node.key]
+            continue
+        key = member_of.get(id(node))
+        if key is not None:
+            device = state_device[key][0]
+            if id(node) in declined_by:
+                why = f"declined by {declined_by[id(node)].id}: host, with its cache"
+            else:
+                why = "with its cache"
+        elif node.op in VIEWS and node.srcs[0].op not in LEAVES:
+            device, why = where[id(node.srcs[0])], "view follows its source"
+            if not device.supports_op(node):
+                device, why = to_host(node, device, f"declined by {device.id}: host")
         else:
-            device = layers[-1]
-        src = node.srcs[0] if node.srcs else None
-        if node.op in ALIASING and src.op is not Op.INPUT:
-            if src.op in LEAVES:  # a view of a cache (or a write into it) places the cache
-                where.setdefault(id(src), device)
-            device = where[id(src)]
-        elif not device.supports_op(node):
-            device = host
-        where[id(node)] = device
-    # a leaf is bound where its first reader runs, so the table of a lookup that the device
-    # declines stays on the host; the graph makes a node per use of a weight, so a tied embedding
-    # read by the lookup and by the output head is bound on both devices
-    for node in graph.nodes:
+            device, why = planned(i, node)
+            if not device.supports_op(node):
+                device, why = to_host(node, device, f"declined by {device.id}: host")
+        where[id(node)], cause[id(node)] = device, why
+    # a weight is bound where its reader runs, so the table of a lookup that the device declines
+    # stays on the host; the graph makes a node per use of a weight, so a tied embedding read by
+    # the lookup and by the output head is bound on both devices
+    for node in nodes:
         for src in node.srcs:
-            if src.op in (Op.WEIGHT, Op.STATE) and node.op not in LEAVES:
-                where.setdefault(id(src), where[id(node)])
-    return where
+            if src.op is Op.WEIGHT and id(src) not in where and node.op not in LEAVES:
+                where[id(src)] = where[id(node)]
+                cause[id(src)] = "bound where its reader runs"
+    return placed
+
+
+def _on_storage(nodes: list[Tensor]) -> dict[str, list[tuple[int, Tensor]]]:
+    """State key -> the nodes (with their index) that must run where the state lives: whatever
+    reads the state leaf itself, and the views of, and writes into, what aliases it."""
+    storage: dict[int, str] = {}  # id(state, or aliasing node on its storage) -> state key
+    members: dict[str, list[tuple[int, Tensor]]] = {}
+    for i, node in enumerate(nodes):
+        if node.op is Op.STATE:
+            storage[id(node)] = node.key
+        elif node.op in ALIASING and node.srcs and id(node.srcs[0]) in storage:
+            storage[id(node)] = storage[id(node.srcs[0])]
+            members.setdefault(storage[id(node)], []).append((i, node))
+        else:
+            key = next((s.key for s in node.srcs if s.op is Op.STATE), None)
+            if key is not None:
+                members.setdefault(key, []).append((i, node))
+    return members
 
 
 @dataclass
@@ -74,7 +216,7 @@ class Segment:
     leaves: list[Tensor] = field(default_factory=list)  # weight and state leaves it binds
 
 
-def split(graph: Graph, where: dict[int, Device]) -> list[Segment]:
+def split(graph: Graph, where: Mapping[int, Device]) -> list[Segment]:
     """Cut the graph into per-device segments in node order."""
     segments: list[Segment] = []
     owner: dict[int, int] = {}  # id(original node) -> segment index
@@ -138,11 +280,12 @@ def split(graph: Graph, where: dict[int, Device]) -> list[Segment]:
 class SplitProgram(Executable):
     """Segments run in order; values cross between them through host arrays."""
 
-    def __init__(self, graph: Graph, where: dict[int, Device],
+    def __init__(self, graph: Graph, where: Mapping[int, Device],
                  bindings: Mapping[Device, Mapping[str, Any]]) -> None:  # fmt: skip
         self.segments = split(graph, where)
+        # a device that binds nothing (the host running only declined ops) has no entry
         self.programs = [
-            seg.device.compile(seg.graph, bindings[seg.device]) for seg in self.segments
+            seg.device.compile(seg.graph, bindings.get(seg.device, {})) for seg in self.segments
         ]
         self.outputs = list(graph.outputs)
 

@@ -9,8 +9,15 @@ Any backend plugin, ours or a third party's, runs it unchanged:
 Cases are op × weight type × shape, odd sizes and non-contiguous views included, with ggml's
 test-backend-ops metric (normalized mean squared error) and thresholds. A device that declines a
 node in `supports_op` is not failed: `check_case` returns "unsupported".
+
+`NullDevice` (llmrt.testing.null) computes nothing and records what it is given, for placement
+and planning tests; `DecliningDevice` declines chosen ops and computes the rest on the host.
 """
 
 from llmrt.testing.conformance import OpCase, WeightData, cases, check_case, nmse
+from llmrt.testing.null import DecliningDevice, NullBackend, NullDevice
 
-__all__ = ["OpCase", "WeightData", "cases", "check_case", "nmse"]
+__all__ = [
+    "DecliningDevice", "NullBackend", "NullDevice", "OpCase", "WeightData", "cases", "check_case",
+    "nmse",
+]  # fmt: skip
