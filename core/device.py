@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -81,6 +82,17 @@ class Backend(ABC):
     priority: int = 0
     api_version: int = API_VERSION
     is_host: bool = False  # runs on the host processor natively (the cpu backend)
+    # environment variables that change how the backend runs, each with its default value: at
+    # most one debugging or safe-mode switch (docs/gpu-switches.md); reported where set otherwise
+    switches: Mapping[str, str] = {}
+
+    def switches_set(self) -> dict[str, str]:
+        """The switches whose environment value is not their default."""
+        return {
+            name: os.environ[name]
+            for name, default in self.switches.items()
+            if os.environ.get(name, default) != default
+        }
 
     @abstractmethod
     def probe(self) -> Probe:
@@ -298,6 +310,12 @@ def _check(backend: Any, taken: set[str]) -> str:
             f"this llmrt speaks {API_VERSION}"
         )
     return ""
+
+
+def switches_set() -> dict[str, str]:
+    """Every registered backend's switches not at their default (printed by ``llmrt devices``,
+    ``run --verbose`` and ``bench --json``, so that a number is never read without them)."""
+    return {k: v for e in registry().entries for k, v in e.backend.switches_set().items()}
 
 
 def get_device(spec: str = "auto") -> Device:

@@ -17,6 +17,7 @@ from llmrt.cli.common import (
     check_arg,
     check_common,
 )
+from llmrt.device import switches_set
 from llmrt.gguf.constants import FILE_TYPES
 
 Opt = typer.Option
@@ -112,6 +113,7 @@ def bench(
                 "avg_ts": statistics.fmean(speeds),
                 "stddev_ts": statistics.stdev(speeds) if len(speeds) > 1 else 0.0,
                 "samples_ts": speeds,
+                "switches": switches_set(),
             }
             rows.append(row)
             if output == "md":

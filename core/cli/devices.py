@@ -11,7 +11,7 @@ from rich.table import Table
 
 import llmrt
 from llmrt.cli.common import DeviceOption, JsonOption
-from llmrt.device import Device, Registry, registry
+from llmrt.device import Device, Registry, registry, switches_set
 from llmrt.plugins import get_plugins
 
 SCHEMA_VERSION = 1
@@ -53,6 +53,7 @@ def report(reg: Registry, only: Device | None = None) -> dict[str, Any]:
             }
             for e in reg.entries
         ],
+        "switches": switches_set(),
         "broken_plugins": [
             {"plugin": f.plugin, "stage": f.stage, "error": f.error} for f in get_plugins().failures
         ],
@@ -78,6 +79,9 @@ def _print_table(doc: dict[str, Any]) -> None:
             console.print(f"{b['name']}: unavailable: {b['reason']}{fix}", markup=False)
     for f in doc["broken_plugins"]:
         console.print(f"plugin {f['plugin']} is broken ({f['stage']}): {f['error']}", markup=False)
+    if doc["switches"]:
+        said = ", ".join(f"{k}={v}" for k, v in doc["switches"].items())
+        console.print(f"switches not at their default: {said}", markup=False)
 
 
 def devices(device: DeviceOption = "", json_output: JsonOption = False) -> None:

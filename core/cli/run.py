@@ -161,6 +161,8 @@ def graph_report(m) -> list[str]:
     """llama.cpp's "graph splits" of the decode graph, then the ops each device declined, counted
     by op with their cause: "cuda:0 declines rope x60 -> host; set_rows x60 -> host, with its
     cache" (the causes read "declined by cuda:0: host", ...)."""
+    from llmrt.device import switches_set
+
     segments = m.decode_segments
     if len(segments) == 1:
         lines = [f"graph splits = 1 (the decode graph, on {segments[0].id})"]
@@ -173,6 +175,9 @@ def graph_report(m) -> list[str]:
         ops = "; ".join(f"{op} x{n} -> {cause.removeprefix(said)}"
                         for (op, cause), n in sorted(declined.items()))  # fmt: skip
         lines.append(f"{dev.id} declines {ops}")
+    if switches := switches_set():
+        lines.append("switches not at their default: "
+                     + ", ".join(f"{k}={v}" for k, v in switches.items()))  # fmt: skip
     return lines
 
 

@@ -102,6 +102,7 @@ class CUDADevice(Device):
 class CUDABackend(Backend):
     name = "cuda"
     priority = 100
+    switches = {"LLMRT_CUDA_SAFE": "0"}  # 1: launch one by one, no CUDA graphs, no PDL
 
     def __init__(self) -> None:
         self.versions: dict[str, str] = {}

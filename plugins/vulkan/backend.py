@@ -362,6 +362,7 @@ class VulkanDevice(Device):
 class VulkanBackend(Backend):
     name = "vulkan"
     priority = 50
+    switches = {"LLMRT_VULKAN_KERNELS": ""}  # gpu or cpu: that kernel family on any device
 
     def __init__(self) -> None:
         self.vk: Any = None

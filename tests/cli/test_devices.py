@@ -102,3 +102,17 @@ def test_bad_flag_is_a_usage_error():
     result = run("devices", "--bogus")
     assert result.returncode == 2
     assert "No such option" in result.stderr
+
+
+def test_switches_not_at_their_default_are_reported():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMRT_CUDA", "LLMRT_VULKAN"))}
+    plain = subprocess.run([LLMRT, "devices", "--json"], capture_output=True, text=True,
+                           timeout=120, env=env)  # fmt: skip
+    assert json.loads(plain.stdout)["switches"] == {}
+    env["LLMRT_VULKAN_KERNELS"] = "gpu"
+    env["LLMRT_CUDA_SAFE"] = "0"  # its default: not reported
+    set_ = subprocess.run([LLMRT, "devices"], capture_output=True, text=True, timeout=120, env=env)
+    assert "switches not at their default: LLMRT_VULKAN_KERNELS=gpu" in set_.stdout
+    assert "LLMRT_CUDA_SAFE" not in set_.stdout
