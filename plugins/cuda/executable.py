@@ -134,8 +134,8 @@ def _grid(n: int, block: int = 256) -> tuple[int]:
 
 
 def _norm_block(ncols: int) -> int:
-    """Threads for a norm row: a warp per 32 columns (one q8 block each), 128 to 1024. Measured
-    on the H100: a 2048-wide norm with 256 threads took 6.9 us, a 4096-wide one with 1024 5.0."""
+    """Threads for a norm row: a warp per 32 columns (one q8 block each), 128 to 1024 (wide rows
+    were slow with 256 threads: BENCHMARKS.md)."""
     return min(1024, max(128, 32 * -(-ncols // 32)))
 
 

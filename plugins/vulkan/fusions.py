@@ -24,9 +24,9 @@ ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
 # Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
 # values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
-# others keep a producer dispatch that writes q8 blocks. On the H100 the prologue (a serial chain
-# of loads and barriers, ~12 us for k = 4096) cost the 8B more than the barrier stages it saves
-# (tg128 218 with it, 253 without), and paid for 135M (664 against 565) and 1B (674 against 657).
+# others keep a producer dispatch that writes q8 blocks: the prologue is a serial chain of loads
+# and barriers, which costs wide activations (the 8B) more than the barrier stages it saves and
+# pays on narrow ones (BENCHMARKS.md has the A/B).
 PROLOGUE_FLOATS = 20480
 PROLOGUE_SMALL = 2048
 # weight types the integer mat-vec takes (q8_0 activations in ggml): matvec_q8.comp

@@ -39,7 +39,7 @@ F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
 # A matvec_q8p dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th
-# group of rows (the 8B: 218 t/s with 256 or 512, 184 with 2048).
+# group of rows (measured best at 256-512: BENCHMARKS.md).
 PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
