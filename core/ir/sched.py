@@ -102,91 +102,102 @@ def place(
 ) -> Placement:
     """Place every node of `graph`: `layers` is `layer_devices`' list, `states` pins state keys
     already allocated on a device. Raises UnsupportedOp for a node that no device takes."""
-    nodes = graph.nodes
-    placed = Placement(graph)
-    where, cause, declined_by = placed.where, placed.cause, placed.declined_by
-    first = next((i for i, t in enumerate(nodes) if t.layer is not None), len(nodes))
-    first_layer = (nodes[first].layer if first < len(nodes) else None) or 0
+    return _Placer(graph, layers, host).run(states or {})
 
-    def planned(i: int, node: Tensor) -> tuple[Device, str]:
+
+class _Placer:
+    def __init__(self, graph: Graph, layers: list[Device], host: Device) -> None:
+        self.graph, self.layers, self.host = graph, layers, host
+        self.placed = Placement(graph)
+        nodes = graph.nodes
+        self.first = next((i for i, t in enumerate(nodes) if t.layer is not None), len(nodes))
+        self.first_layer = (nodes[self.first].layer if self.first < len(nodes) else None) or 0
+
+    def planned(self, i: int, node: Tensor) -> tuple[Device, str]:
         """The device that -ngl gives a node, and why."""
         if node.layer is not None:
-            device = layers[node.layer]
+            device = self.layers[node.layer]
             return device, f"layer {node.layer} on {device.id} (-ngl)"
-        if i < first:
-            device = layers[first_layer]
-            return device, f"before layer {first_layer}, with it on {device.id}"
-        device = layers[-1]
+        if i < self.first:
+            device = self.layers[self.first_layer]
+            return device, f"before layer {self.first_layer}, with it on {device.id}"
+        device = self.layers[-1]
         return device, f"output on {device.id} (-ngl)"
 
-    def to_host(node: Tensor, declined: Device, why: str) -> tuple[Device, str]:
-        if declined is host or not host.supports_op(node):
+    def to_host(self, node: Tensor, declined: Device, why: str) -> tuple[Device, str]:
+        if declined is self.host or not self.host.supports_op(node):
             what = f"{node.op.value} {node.name}".strip()
             raise UnsupportedOp(
-                f"no device takes {what} in graph {graph.name!r}: {declined.id} declines it, "
-                f"and so does the host {host.id}"
+                f"no device takes {what} in graph {self.graph.name!r}: {declined.id} declines "
+                f"it, and so does the host {self.host.id}"
             )
-        declined_by[id(node)] = declined
-        return host, why
+        self.placed.declined_by[id(node)] = declined
+        return self.host, why
 
-    members = _on_storage(nodes)
-    member_of = {id(node): key for key, group in members.items() for _, node in group}
-    state_device: dict[str, tuple[Device, str]] = {}
-    for key, group in members.items():
-        pinned = states.get(key) if states else None
-        if pinned is not None:
-            refused = [node for _, node in group if not pinned.supports_op(node)]
+    def state_devices(self, members, states: Mapping[str, Device]) -> dict[str, tuple]:
+        """Each state's device (with what writes or views it): pinned by its owner, else its
+        layer's if that takes every such node, else the host."""
+        found: dict[str, tuple[Device, str]] = {}
+        for key, group in members.items():
+            pinned = states.get(key)
+            if pinned is not None:
+                refused = [node for _, node in group if not pinned.supports_op(node)]
+                if refused:
+                    raise UnsupportedOp(
+                        f"{key} lives on {pinned.id}, which declines {refused[0].op.value} on it "
+                        f"in graph {self.graph.name!r}"
+                    )
+                found[key] = pinned, f"kept on {pinned.id} by its owner"
+                continue
+            device, why = self.planned(*group[0])
+            refused = [node for _, node in group if not device.supports_op(node)]
             if refused:
-                raise UnsupportedOp(
-                    f"{key} lives on {pinned.id}, which declines {refused[0].op.value} on it in "
-                    f"graph {graph.name!r}"
-                )
-            state_device[key] = pinned, f"kept on {pinned.id} by its owner"
-            continue
-        device, why = planned(*group[0])
-        refused = [node for _, node in group if not device.supports_op(node)]
-        if refused:
-            ops = ", ".join(sorted({node.op.value for node in refused}))
-            for node in refused:
-                to_host(node, device, "")
-            device, why = host, f"{device.id} declines {ops} on it: host"
-        state_device[key] = device, why
+                ops = ", ".join(sorted({node.op.value for node in refused}))
+                for node in refused:
+                    self.to_host(node, device, "")
+                device, why = self.host, f"{device.id} declines {ops} on it: host"
+            found[key] = device, why
+        return found
 
-    for i, node in enumerate(nodes):
-        if node.op is Op.INPUT:
-            cause[id(node)] = "input, on the host"
-            continue
-        if node.op is Op.WEIGHT:
-            continue  # bound below, where what reads it runs
-        if node.op is Op.STATE:
-            if node.key in state_device:
-                where[id(node)], cause[id(node)] = state_device[node.key]
-            continue
-        key = member_of.get(id(node))
-        if key is not None:
-            device = state_device[key][0]
-            if id(node) in declined_by:
-                why = f"declined by {declined_by[id(node)].id}: host, with its cache"
-            else:
+    def run(self, states: Mapping[str, Device]) -> Placement:
+        where, cause, declined_by = self.placed.where, self.placed.cause, self.placed.declined_by
+        members = _on_storage(self.graph.nodes)
+        member_of = {id(node): key for key, group in members.items() for _, node in group}
+        state_device = self.state_devices(members, states)
+        for i, node in enumerate(self.graph.nodes):
+            if node.op is Op.INPUT:
+                cause[id(node)] = "input, on the host"
+                continue
+            if node.op is Op.WEIGHT:
+                continue  # bound below, where what reads it runs
+            if node.op is Op.STATE:
+                if node.key in state_device:
+                    where[id(node)], cause[id(node)] = state_device[node.key]
+                continue
+            key = member_of.get(id(node))
+            if key is not None:
+                device = state_device[key][0]
                 why = "with its cache"
-        elif node.op in VIEWS and node.srcs[0].op not in LEAVES:
-            device, why = where[id(node.srcs[0])], "view follows its source"
-            if not device.supports_op(node):
-                device, why = to_host(node, device, f"declined by {device.id}: host")
-        else:
-            device, why = planned(i, node)
-            if not device.supports_op(node):
-                device, why = to_host(node, device, f"declined by {device.id}: host")
-        where[id(node)], cause[id(node)] = device, why
-    # a weight is bound where its reader runs, so the table of a lookup that the device declines
-    # stays on the host; the graph makes a node per use of a weight, so a tied embedding read by
-    # the lookup and by the output head is bound on both devices
-    for node in nodes:
-        for src in node.srcs:
-            if src.op is Op.WEIGHT and id(src) not in where and node.op not in LEAVES:
-                where[id(src)] = where[id(node)]
-                cause[id(src)] = "bound where its reader runs"
-    return placed
+                if id(node) in declined_by:
+                    why = f"declined by {declined_by[id(node)].id}: host, with its cache"
+            elif node.op in VIEWS and node.srcs[0].op not in LEAVES:
+                device, why = where[id(node.srcs[0])], "view follows its source"
+                if not device.supports_op(node):
+                    device, why = self.to_host(node, device, f"declined by {device.id}: host")
+            else:
+                device, why = self.planned(i, node)
+                if not device.supports_op(node):
+                    device, why = self.to_host(node, device, f"declined by {device.id}: host")
+            where[id(node)], cause[id(node)] = device, why
+        # a weight is bound where its reader runs, so the table of a lookup that the device
+        # declines stays on the host; the graph makes a node per use of a weight, so a tied
+        # embedding read by the lookup and by the output head is bound on both devices
+        for node in self.graph.nodes:
+            for src in node.srcs:
+                if src.op is Op.WEIGHT and id(src) not in where and node.op not in LEAVES:
+                    where[id(src)] = where[id(node)]
+                    cause[id(src)] = "bound where its reader runs"
+        return self.placed
 
 
 def _on_storage(nodes: list[Tensor]) -> dict[str, list[tuple[int, Tensor]]]:

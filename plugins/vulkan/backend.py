@@ -167,7 +167,6 @@ def _summary(p: dict[str, Any]) -> str:
 
 def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
     """Everything llmrt reports about one physical device, read once."""
-    ffi = vk.ffi
     props = vk.vkGetPhysicalDeviceProperties(physical)
     api = procs.usable_api(props.apiVersion)
     limits = props.limits
@@ -206,52 +205,8 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         "integer_dot_product": False,
     }
 
-    # Each chained struct is built innermost first and held in a local until it has been read:
-    # pNext is a raw pointer into its memory, which cffi frees with the Python object.
-    get_properties2 = procs.get("vkGetPhysicalDeviceProperties2", props.apiVersion)
-    if get_properties2 is not None:
-        chain = None
-        subgroup = driver = None
-        if api >= V1_1:
-            subgroup = chain = vk.VkPhysicalDeviceSubgroupProperties(pNext=chain)
-        if api >= V1_2 or "VK_KHR_driver_properties" in extensions:
-            driver = chain = vk.VkPhysicalDeviceDriverProperties(pNext=chain)
-        properties2 = vk.VkPhysicalDeviceProperties2(pNext=chain)
-        get_properties2(physical, ffi.addressof(properties2))
-        if subgroup is not None:
-            properties["subgroup_size"] = int(subgroup.subgroupSize)
-            properties["subgroup_operations"] = flag_names(
-                subgroup.supportedOperations, SUBGROUP_OPERATIONS
-            )
-            properties["subgroup_stages"] = flag_names(subgroup.supportedStages, SHADER_STAGES)
-        if driver is not None:
-            properties["driver_name"] = _text(vk, driver.driverName)
-            properties["driver_info"] = _text(vk, driver.driverInfo)
-
-    get_features2 = procs.get("vkGetPhysicalDeviceFeatures2", props.apiVersion)
-    if get_features2 is not None:
-        chain = None
-        float16_int8 = storage16 = int_dot = None
-        if api >= V1_3:
-            int_dot = chain = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=chain)
-        if api >= V1_1 or "VK_KHR_16bit_storage" in extensions:
-            storage16 = chain = vk.VkPhysicalDevice16BitStorageFeatures(pNext=chain)
-        if api >= V1_2 or "VK_KHR_shader_float16_int8" in extensions:
-            float16_int8 = chain = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=chain)
-        features2 = vk.VkPhysicalDeviceFeatures2(pNext=chain)
-        get_features2(physical, ffi.addressof(features2))
-        if float16_int8 is not None:
-            properties["shader_float16"] = bool(float16_int8.shaderFloat16)
-            properties["shader_int8"] = bool(float16_int8.shaderInt8)
-        if int_dot is not None:
-            properties["integer_dot_product"] = bool(int_dot.shaderIntegerDotProduct)
-        if storage16 is not None:
-            properties["storage_buffer_16bit"] = bool(storage16.storageBuffer16BitAccess)
-            properties["uniform_and_storage_buffer_16bit"] = bool(
-                storage16.uniformAndStorageBuffer16BitAccess
-            )
-            properties["storage_push_constant_16bit"] = bool(storage16.storagePushConstant16)
-
+    _read_properties2(vk, physical, procs, props.apiVersion, api, extensions, properties)
+    _read_features2(vk, physical, procs, props.apiVersion, api, extensions, properties)
     memory_properties2 = None
     if "VK_EXT_memory_budget" in extensions and heap is not None:
         memory_properties2 = procs.get("vkGetPhysicalDeviceMemoryProperties2", props.apiVersion)
@@ -265,6 +220,60 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         properties=properties,
         summary=_summary(properties),
     )
+
+
+# In the two readers below, each chained struct is built innermost first and held in a local until
+# it has been read: pNext is a raw pointer into its memory, which cffi frees with the Python object.
+def _read_properties2(vk, physical, procs, raw_api, api, extensions, properties) -> None:
+    """Subgroup size and operations, driver name and info (vkGetPhysicalDeviceProperties2)."""
+    get_properties2 = procs.get("vkGetPhysicalDeviceProperties2", raw_api)
+    if get_properties2 is None:
+        return
+    chain = None
+    subgroup = driver = None
+    if api >= V1_1:
+        subgroup = chain = vk.VkPhysicalDeviceSubgroupProperties(pNext=chain)
+    if api >= V1_2 or "VK_KHR_driver_properties" in extensions:
+        driver = chain = vk.VkPhysicalDeviceDriverProperties(pNext=chain)
+    properties2 = vk.VkPhysicalDeviceProperties2(pNext=chain)
+    get_properties2(physical, vk.ffi.addressof(properties2))
+    if subgroup is not None:
+        properties["subgroup_size"] = int(subgroup.subgroupSize)
+        properties["subgroup_operations"] = flag_names(
+            subgroup.supportedOperations, SUBGROUP_OPERATIONS
+        )
+        properties["subgroup_stages"] = flag_names(subgroup.supportedStages, SHADER_STAGES)
+    if driver is not None:
+        properties["driver_name"] = _text(vk, driver.driverName)
+        properties["driver_info"] = _text(vk, driver.driverInfo)
+
+
+def _read_features2(vk, physical, procs, raw_api, api, extensions, properties) -> None:
+    """fp16/int8 arithmetic, 16-bit storage, integer dot products (vkGetPhysicalDeviceFeatures2)."""
+    get_features2 = procs.get("vkGetPhysicalDeviceFeatures2", raw_api)
+    if get_features2 is None:
+        return
+    chain = None
+    float16_int8 = storage16 = int_dot = None
+    if api >= V1_3:
+        int_dot = chain = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=chain)
+    if api >= V1_1 or "VK_KHR_16bit_storage" in extensions:
+        storage16 = chain = vk.VkPhysicalDevice16BitStorageFeatures(pNext=chain)
+    if api >= V1_2 or "VK_KHR_shader_float16_int8" in extensions:
+        float16_int8 = chain = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=chain)
+    features2 = vk.VkPhysicalDeviceFeatures2(pNext=chain)
+    get_features2(physical, vk.ffi.addressof(features2))
+    if float16_int8 is not None:
+        properties["shader_float16"] = bool(float16_int8.shaderFloat16)
+        properties["shader_int8"] = bool(float16_int8.shaderInt8)
+    if int_dot is not None:
+        properties["integer_dot_product"] = bool(int_dot.shaderIntegerDotProduct)
+    if storage16 is not None:
+        properties["storage_buffer_16bit"] = bool(storage16.storageBuffer16BitAccess)
+        properties["uniform_and_storage_buffer_16bit"] = bool(
+            storage16.uniformAndStorageBuffer16BitAccess
+        )
+        properties["storage_push_constant_16bit"] = bool(storage16.storagePushConstant16)
 
 
 def _memory_free(vk: Any, physical: Any, get_memory_properties2: Any, heap: int) -> int | None:
