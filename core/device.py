@@ -161,6 +161,14 @@ class Device(ABC):
         each weight and state leaf's key to a handle from ``upload``/``new_state``."""
         raise UnsupportedOp(f"{self.id} cannot run graphs")
 
+    @functools.cached_property
+    def smoke(self) -> str:
+        """'' when this device runs a small graph as the reference does, else why not (checked
+        once a process, by ``--device auto`` before taking it and by ``llmrt devices``)."""
+        from llmrt.smoke import smoke_test
+
+        return smoke_test(self)
+
     def __repr__(self) -> str:
         return f"<Device {self.id}>"
 
@@ -213,9 +221,14 @@ class Registry:
         raise DeviceNotFound(f"no host (CPU) backend is available; {self._summary()}")
 
     def best(self) -> Device:
+        """The first available device that computes (the host's own backend is trusted: it is
+        what everything else falls back to)."""
         devices = self.devices
         if not devices:
             raise DeviceNotFound(f"no device is available; {self._summary()}")
+        for device in devices:
+            if device.backend.is_host or not device.smoke:
+                return device
         return devices[0]
 
     def select(self, spec: str) -> Device:

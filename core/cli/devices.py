@@ -29,6 +29,8 @@ def device_record(device: Device) -> dict[str, Any]:
         "memory_free": info.memory_free,
         "summary": info.summary,
         "properties": dict(info.properties),
+        "computes": not device.smoke,
+        "computes_not_why": device.smoke,
     }
 
 
@@ -66,12 +68,14 @@ def _gib(n: int | None) -> str:
 
 def _print_table(doc: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title="Devices (best first; --device auto takes the first)", title_justify="left")
-    for column in ("device", "name", "type", "GiB free/total", "details"):
+    table = Table(title="Devices (best first; --device auto takes the first that computes)",
+                  title_justify="left")  # fmt: skip
+    for column in ("device", "name", "type", "GiB free/total", "computes", "details"):
         table.add_column(column)
     for d in doc["devices"]:
         memory = f"{_gib(d['memory_free'])} / {_gib(d['memory_total'])}"
-        table.add_row(d["id"], d["name"], d["type"], memory, d["summary"])
+        computes = "yes" if d["computes"] else f"no: {d['computes_not_why']}"
+        table.add_row(d["id"], d["name"], d["type"], memory, computes, d["summary"])
     console.print(table)
     for b in doc["backends"]:
         if not b["available"]:

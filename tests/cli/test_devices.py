@@ -35,7 +35,7 @@ def test_schema(doc):
     assert doc["schema_version"] == 1
     assert doc["auto"] == doc["devices"][0]["id"]
     keys = {"id", "backend", "index", "name", "type", "memory_total", "memory_free", "summary",
-            "properties"}  # fmt: skip
+            "properties", "computes", "computes_not_why"}  # fmt: skip
     for device in doc["devices"]:
         assert set(device) == keys
         assert device["type"] in {"gpu", "igpu", "accel", "cpu"}

@@ -15,6 +15,8 @@ from llmrt.plugins import get_plugins, reset_plugins
 
 
 class FakeDevice(Device):
+    smoke = ""  # said to compute: these tests are about order
+
     def __init__(self, backend: Backend, index: int, kind: DeviceType) -> None:
         super().__init__(backend, index)
         self.kind = kind
@@ -73,6 +75,26 @@ def test_auto_prefers_gpu_then_priority(plugins):
     assert llmrt.get_device("auto").id == "fastgpu:0"
     assert llmrt.get_device("gfx").id == "gfx:0"
     assert llmrt.get_device("GFX:1").id == "gfx:1"
+
+
+class ListsOnly(FakeDevice):
+    """A device whose backend lists it but cannot run graphs (the Device defaults)."""
+
+    smoke = Device.smoke
+
+
+def test_auto_skips_a_device_that_cannot_compute(plugins):
+    class ListingBackend(FakeBackend):
+        def devices(self) -> list[Device]:
+            return [ListsOnly(self, 0, DeviceType.GPU)]
+
+    plugins.manager.register(Registers(ListingBackend("listonly", [DeviceType.GPU], 100)), "a")
+    plugins.manager.register(Registers(FakeBackend("slowcpu", [DeviceType.CPU], 5)), "b")
+    reg = registry()
+    assert [d.id for d in reg.devices] == ["listonly:0", "slowcpu:0"]
+    assert "small graph" in reg.devices[0].smoke  # its supports_op declines everything
+    assert llmrt.get_device("auto").id == "slowcpu:0"
+    assert llmrt.get_device("listonly").id == "listonly:0"  # named, it is still selectable
 
 
 def test_select_errors_name_what_exists(plugins):
