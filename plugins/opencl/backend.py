@@ -1,11 +1,21 @@
-"""OpenCL backend and devices, queried through pyopencl (every platform's devices, in order)."""
+"""OpenCL backend and devices, queried through pyopencl (every platform's devices, in order).
+
+Importing this module does not import pyopencl: the probe does, and a device makes its context,
+its one in-order queue and its kernel programs when it first uploads or compiles.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
+import numpy as np
+
+from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
 
 INSTALL = "pip install 'llmrt[opencl]'"
 NO_ICD = (
@@ -53,9 +63,13 @@ def _describe(dev: Any, platform: Any, cl: Any) -> dict[str, Any]:
 
 
 class OpenCLDevice(Device):
-    def __init__(self, backend: OpenCLBackend, index: int, desc: dict[str, Any]) -> None:
+    def __init__(
+        self, backend: OpenCLBackend, index: int, desc: dict[str, Any], cl_device: Any
+    ) -> None:
         super().__init__(backend, index)
         self._desc = desc
+        self.cl_device = cl_device
+        self._programs: dict[tuple, Any] = {}
 
     def info(self) -> DeviceInfo:
         d = self._desc
@@ -64,6 +78,81 @@ class OpenCLDevice(Device):
         summary = f"{api}, driver {p['driver_version']}, {p['compute_units']} CUs"
         summary += ", fp16" if p["fp16"] else ""
         return DeviceInfo(d["name"], d["type"], d["memory_total"], None, p, summary)
+
+    @functools.cached_property
+    def context(self) -> Any:
+        import pyopencl as cl
+
+        return cl.Context([self.cl_device])
+
+    @functools.cached_property
+    def queue(self) -> Any:
+        import pyopencl as cl
+
+        return cl.CommandQueue(self.context)  # in order: a step's kernels run one after another
+
+    @functools.cached_property
+    def limits(self) -> dict[str, int]:
+        dev = self.cl_device
+        return {
+            "max_work_group_size": int(dev.max_work_group_size),
+            "local_mem_size": int(dev.local_mem_size),
+            "compute_units": int(dev.max_compute_units),
+            "max_alloc": int(dev.max_mem_alloc_size),
+        }
+
+    def program(self, file: str, defines: tuple[tuple[str, int], ...]) -> Any:
+        """kernels/<file> built for this device with -D defines, once a process (pyopencl keeps
+        the binary on disk per device and driver)."""
+        import pyopencl as cl
+
+        key = (file, defines)
+        if key not in self._programs:
+            kernels = Path(__file__).parent / "kernels"
+            options = ["-I", str(kernels), *(f"-D{k}={v}" for k, v in defines)]
+            source = (kernels / file).read_text()
+            self._programs[key] = cl.Program(self.context, source).build(options=options)
+        return self._programs[key]
+
+    def supports_op(self, node: Any) -> bool:
+        from llmrt_opencl.lower import supports
+
+        return supports(node)
+
+    def upload(self, tensor: Any) -> Any:
+        """A weight's GGUF blocks as they are (no f32 copy), 16 bytes of slack past the end."""
+        import pyopencl as cl
+
+        from llmrt_opencl.program import OpenCLBuffer, allocate
+
+        raw = np.ascontiguousarray(tensor.data).reshape(-1).view(np.uint8)
+        buf = allocate(self.context, raw.size + 16, f"weight {tensor.name}", self.id)
+        cl.enqueue_copy(self.queue, buf, raw, is_blocking=True)
+        return OpenCLBuffer(buf, tensor.type, tuple(tensor.shape), raw.size)
+
+    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        import pyopencl as cl
+
+        from llmrt_opencl.program import OpenCLBuffer, allocate
+
+        if dtype not in (GGMLType.F32, GGMLType.F16):
+            raise UnsupportedOp(f"{self.id} keeps state in f32 or f16, not {dtype.name}")
+        nbytes = int(np.prod(shape)) * (2 if dtype == GGMLType.F16 else 4)
+        buf = allocate(self.context, nbytes, f"state {list(shape)}", self.id)
+        cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, nbytes).wait()
+        return OpenCLBuffer(buf, dtype, tuple(shape), nbytes)
+
+    def write_state(self, state: Any, data: Any) -> None:
+        import pyopencl as cl
+
+        np_type = np.float16 if state.type == GGMLType.F16 else np.float32
+        host = np.ascontiguousarray(data, dtype=np_type).reshape(-1)
+        cl.enqueue_copy(self.queue, state.buf, host, is_blocking=True)
+
+    def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
+        from llmrt_opencl.program import OpenCLProgram
+
+        return OpenCLProgram(self, graph, bindings)
 
 
 class OpenCLBackend(Backend):
@@ -85,16 +174,16 @@ class OpenCLBackend(Backend):
         except cl.Error as exc:  # PLATFORM_NOT_FOUND_KHR when no ICD is registered
             return Probe(False, f"no OpenCL platform ({exc.code if hasattr(exc, 'code') else exc})",
                          NO_ICD)  # fmt: skip
-        descs = []
+        found = []
         for platform in platforms:
             try:
                 devices = platform.get_devices()
             except cl.Error:  # a platform with no devices raises DEVICE_NOT_FOUND
                 continue
-            descs += [_describe(dev, platform, cl) for dev in devices]
-        if not descs:
+            found += [(_describe(dev, platform, cl), dev) for dev in devices]
+        if not found:
             return Probe(False, "OpenCL platforms have no devices", NO_ICD)
-        self._devices = [OpenCLDevice(self, i, d) for i, d in enumerate(descs)]
+        self._devices = [OpenCLDevice(self, i, d, dev) for i, (d, dev) in enumerate(found)]
         return Probe(True, details={"pyopencl": cl.VERSION_TEXT,
                                     "platforms": [p.name.strip() for p in platforms]})  # fmt: skip
 

@@ -1,0 +1,314 @@
+// Attention (the fattn step): q [T, Hq, D] over a KV cache k [S, Hkv, D], v [S, Hkv, DV], an
+// optional mask [T, S] (0 or -inf, added to the scores), grouped-query heads; out [T, Hq, DV] f32.
+//
+// Built per shape with -D: D, DV (head sizes, multiples of 4), KF16 / VF16 (1: that cache is
+// f16), NR (query rows per work-group). The numerics follow the reference (ggml): with an f16 K
+// cache q is rounded to f16 before the dot products; scores * scale, softcap, + mask, softmax;
+// f32 accumulation. The softmax is online (flash): with an f16 V cache the reference rounds the
+// normalised probabilities to f16 before the V product, which an online softmax cannot do (it
+// knows the normaliser only at the end); those probabilities are used unrounded, a difference
+// of the order of f16's rounding (NMSE ~1e-8).
+//
+// fattn: one work-group of NT work-items per (block of NR query rows, KV head, KV split). The
+// rows of a KV head are its (token, query head) pairs, row = t * G + g (G = Hq / Hkv): rows of
+// one KV head share every K and V load. Keys come in tiles of TK: each work-item scores one key
+// against all NR rows (q in local memory, read as broadcasts), NR work-items update the running
+// (max, sum) of their row, then each work-item accumulates P x V for one float4 column of DV and
+// RPW rows. With one split the output is written normalised; with several, each split writes its
+// unnormalised partial and its (max, sum), and fattn_merge combines them (decode attention split
+// over the KV length: a long cache fills the device even when heads x tokens does not).
+#include "common.h"
+
+#ifndef NT
+#define NT 64  // work-items per work-group, a power of two
+#endif
+#define TK NT  // keys per tile: one per work-item in the scoring phase
+#define D4 (D / 4)
+#define DV4 (DV / 4)
+#define NRG (NT / DV4)                // row groups in the V phase (DV4 <= NT)
+#define RPW ((NR + NRG - 1) / NRG)    // rows per work-item in the V phase
+#define PART (DV + 2)                 // a split's partial: max, sum, DV unnormalised outputs
+
+#if KF16
+#define LOAD_K(p, i) vload_half4(0, (__global const half*)(p) + (i))
+#else
+#define LOAD_K(p, i) vload4(0, (__global const float*)(p) + (i))
+#endif
+#if VF16
+#define LOAD_V(p, i) vload_half4(0, (__global const half*)(p) + (i))
+#else
+#define LOAD_V(p, i) vload4(0, (__global const float*)(p) + (i))
+#endif
+
+__kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
+    __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
+    __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
+    ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
+    long vs, long vh, float scale, float softcap, int has_mask, int chunk) {
+    __local float sq[NR * D];   // q rows (f16-rounded for an f16 K cache)
+    __local float sc[NR * TK];  // a tile's scores (reduced to row maxima), then probabilities
+    __local int live[TK];       // a key of the tile that some row sees (others are not read)
+    __local float stile[NR], salpha[NR];
+
+    const int lid = get_local_id(0);
+    const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
+    const int G = Hq / Hkv, R = T * G, row0 = get_group_id(0) * NR;
+    const int lo = sp * chunk, hi = min(S, lo + chunk);
+    __global const float* q = CPTR(float, qb, qo);
+    __global const float* mask = CPTR(float, mb, mo);
+    __global const uchar* k = kb + ko;
+    __global const uchar* v = vb + vo;
+
+    for (int i = lid; i < NR * D; i += NT) {
+        const int row = row0 + i / D;
+        float x = 0.0f;
+        if (row < R) {
+            x = q[((long)(row / G) * Hq + hk * G + row % G) * D + i % D];
+#if KF16
+            x = round_f16(x);  // ggml multiplies an f16 cache with f16 operands
+#endif
+        }
+        sq[i] = x;
+    }
+    // per row: the mask row (its token's; -1: a row past R, which sees nothing), the running
+    // max (the same in every work-item) and this work-item's share of the running sum
+    long mrow[NR];
+    float m[NR], l[NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        mrow[r] = row0 + r < R ? (long)((row0 + r) / G) * S : -1;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    const int c = lid % DV4, rg = lid / DV4;  // V phase: float4 column c of rows rg * RPW + rr
+    float4 acc[RPW];
+#pragma unroll
+    for (int rr = 0; rr < RPW; ++rr) acc[rr] = (float4)(0.0f);
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    for (int base = lo; base < hi; base += TK) {
+        // this work-item's key s against every row: x[r] its score, -inf where masked
+        const int s = base + lid;
+        float madd[NR], x[NR];
+        int seen = 0;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            madd[r] = -INFINITY;
+            if (s < hi && mrow[r] >= 0) madd[r] = has_mask ? mask[mrow[r] + s] : 0.0f;
+            seen |= madd[r] != -INFINITY;
+            x[r] = 0.0f;
+        }
+        if (seen) {
+            const long kr = (long)s * ks + (long)hk * kh;
+            for (int d = 0; d < D4; ++d) {
+                const float4 kv = LOAD_K(k, kr + 4 * d);
+#pragma unroll
+                for (int r = 0; r < NR; ++r) x[r] += dot(kv, vload4(d, sq + r * D));
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            float y = x[r] * scale;
+            if (softcap != 0.0f) y = tanh(y / softcap) * softcap;
+            x[r] = madd[r] == -INFINITY ? -INFINITY : y + madd[r];
+            sc[r * TK + lid] = x[r];
+        }
+        live[lid] = seen;
+        barrier(CLK_LOCAL_MEM_FENCE);
+
+        // each row's tile maximum, a tree over the work-items (the scores stay in registers)
+        for (int st = TK / 2; st > 1; st >>= 1) {
+            if (lid < st) {
+#pragma unroll
+                for (int r = 0; r < NR; ++r)
+                    sc[r * TK + lid] = fmax(sc[r * TK + lid], sc[r * TK + lid + st]);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (lid == 0) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) stile[r] = fmax(sc[r * TK], sc[r * TK + 1]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+
+        // rescale by the new maximum; the tile's probabilities exp(score - max) replace sc
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            const float mx = fmax(m[r], stile[r]);
+            float alpha = 1.0f, p = 0.0f;
+            if (mx != -INFINITY) {  // nothing seen yet: no -inf - -inf
+                alpha = exp(m[r] - mx);
+                p = exp(x[r] - mx);
+            }
+            m[r] = mx;
+            l[r] = l[r] * alpha + p;
+            sc[r * TK + lid] = p;
+            if (lid == 0) salpha[r] = alpha;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+
+        // P x V
+        if (rg < NRG) {
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr)
+                if (rg * RPW + rr < NR) acc[rr] *= salpha[rg * RPW + rr];
+            const int n = min(TK, hi - base);
+            for (int j = 0; j < n; ++j) {
+                if (!live[j]) continue;
+                const float4 vv = LOAD_V(v, (long)(base + j) * vs + (long)hk * vh + 4 * c);
+#pragma unroll
+                for (int rr = 0; rr < RPW; ++rr)
+                    if (rg * RPW + rr < NR) acc[rr] += sc[(rg * RPW + rr) * TK + j] * vv;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites sc and live
+    }
+
+    // each row's sum: the work-items' shares, a tree as for the maxima; its max to local memory
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        sc[r * TK + lid] = l[r];
+        if (lid == 0) stile[r] = m[r];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int st = TK / 2; st > 0; st >>= 1) {
+        if (lid < st) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) sc[r * TK + lid] += sc[r * TK + lid + st];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+
+    if (rg >= NRG) return;
+#pragma unroll
+    for (int rr = 0; rr < RPW; ++rr) {
+        const int r = rg * RPW + rr, row = row0 + r;
+        if (r >= NR || row >= R) continue;
+        const long orow = (long)(row / G) * Hq + hk * G + row % G;
+        const float sum = sc[r * TK];
+        if (nsplit == 1) {
+            vstore4(sum > 0.0f ? acc[rr] / sum : (float4)(0.0f), c,
+                    PTR(float, ob, oo) + orow * DV);
+        } else {
+            __global float* part = PTR(float, pb, po) + (orow * nsplit + sp) * PART;
+            if (c == 0) {
+                part[0] = stile[r];
+                part[1] = sum;
+            }
+            vstore4(acc[rr], c, part + 2);
+        }
+    }
+}
+
+// fattn for a CPU device (PoCL): one work-item per (block of NR rows, KV head, split), local size
+// 1, so the compiler sees plain loops (its work-item loops cannot wrap fattn's barriers and inner
+// loops into vector code). Keys one at a time, the online softmax per key; the same arguments and
+// outputs as fattn.
+__kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
+                        __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo,
+                        __global uchar* ob, ulong oo, __global uchar* pb, ulong po, int T, int Hq,
+                        int Hkv, int S, long ks, long kh, long vs, long vh, float scale,
+                        float softcap, int has_mask, int chunk) {
+    const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
+    const int G = Hq / Hkv, R = T * G, row0 = get_group_id(0) * NR;
+    const int lo = sp * chunk, hi = min(S, lo + chunk);
+    __global const float* q = CPTR(float, qb, qo);
+    __global const float* mask = CPTR(float, mb, mo);
+    __global const uchar* k = kb + ko;
+    __global const uchar* v = vb + vo;
+
+    float4 qr[NR][D4], acc[NR][DV4];
+    float m[NR], l[NR];
+    long mrow[NR];
+    for (int r = 0; r < NR; ++r) {
+        const int row = row0 + r;
+        mrow[r] = row < R ? (long)(row / G) * S : -1;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
+        for (int d = 0; d < D4; ++d) {
+            float4 x = row < R ? vload4(0, q + qrow + 4 * d) : (float4)(0.0f);
+#if KF16
+            x = (float4)(round_f16(x.x), round_f16(x.y), round_f16(x.z), round_f16(x.w));
+#endif
+            qr[r][d] = x;
+        }
+        for (int d = 0; d < DV4; ++d) acc[r][d] = (float4)(0.0f);
+    }
+
+    for (int s = lo; s < hi; ++s) {
+        float madd[NR];
+        int seen = 0;
+        for (int r = 0; r < NR; ++r) {
+            madd[r] = -INFINITY;
+            if (mrow[r] >= 0) madd[r] = has_mask ? mask[mrow[r] + s] : 0.0f;
+            seen |= madd[r] != -INFINITY;
+        }
+        if (!seen) continue;
+        float4 x4[NR];
+        const long kr = (long)s * ks + (long)hk * kh;
+        for (int r = 0; r < NR; ++r) {  // row-major: PoCL compiles this order best
+            float4 a = (float4)(0.0f);
+            for (int d = 0; d < D4; ++d) a += qr[r][d] * LOAD_K(k, kr + 4 * d);
+            x4[r] = a;
+        }
+        float p[NR];
+        for (int r = 0; r < NR; ++r) {
+            p[r] = 0.0f;
+            if (madd[r] == -INFINITY) continue;
+            float x = (x4[r].x + x4[r].y + x4[r].z + x4[r].w) * scale;
+            if (softcap != 0.0f) x = tanh(x / softcap) * softcap;
+            x += madd[r];
+            if (x > m[r]) {  // a new max: rescale what was summed (exp(-inf) = 0 the first time)
+                const float alpha = exp(m[r] - x);
+                l[r] *= alpha;
+                for (int d = 0; d < DV4; ++d) acc[r][d] *= alpha;
+                m[r] = x;
+            }
+            p[r] = exp(x - m[r]);
+            l[r] += p[r];
+        }
+        const long vr = (long)s * vs + (long)hk * vh;
+        for (int r = 0; r < NR; ++r) {
+            if (p[r] == 0.0f) continue;
+            for (int d = 0; d < DV4; ++d) acc[r][d] += p[r] * LOAD_V(v, vr + 4 * d);
+        }
+    }
+
+    for (int r = 0; r < NR; ++r) {
+        const int row = row0 + r;
+        if (row >= R) break;
+        const long orow = (long)(row / G) * Hq + hk * G + row % G;
+        if (nsplit == 1) {
+            __global float* o = PTR(float, ob, oo) + orow * DV;
+            for (int d = 0; d < DV4; ++d)
+                vstore4(l[r] > 0.0f ? acc[r][d] / l[r] : (float4)(0.0f), d, o);
+        } else {
+            __global float* part = PTR(float, pb, po) + (orow * nsplit + sp) * PART;
+            part[0] = m[r];
+            part[1] = l[r];
+            for (int d = 0; d < DV4; ++d) vstore4(acc[r][d], d, part + 2);
+        }
+    }
+}
+
+// The nsplit partials of each output row combined: out = sum_i acc_i e^(m_i - M) / sum_i l_i
+// e^(m_i - M), M the largest max. Global size (DV, T * Hq); splits that saw no key (max -inf)
+// weigh nothing.
+__kernel void fattn_merge(__global const uchar* pb, ulong po, __global uchar* ob, ulong oo,
+                          int nsplit) {
+    const int d = get_global_id(0);
+    const long row = get_global_id(1);
+    __global const float* part = CPTR(float, pb, po) + row * nsplit * PART;
+    float mx = -INFINITY;
+    for (int i = 0; i < nsplit; ++i) mx = fmax(mx, part[i * PART]);
+    float l = 0.0f, o = 0.0f;
+    for (int i = 0; i < nsplit; ++i) {
+        const float m = part[i * PART];
+        if (m == -INFINITY) continue;
+        const float w = exp(m - mx);
+        l += part[i * PART + 1] * w;
+        o += part[i * PART + 2 + d] * w;
+    }
+    PTR(float, ob, oo)[row * DV + d] = l > 0.0f ? o / l : 0.0f;
+}

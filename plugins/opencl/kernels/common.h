@@ -1,0 +1,143 @@
+// Helpers shared by every llmrt OpenCL program. OpenCL C 1.2: no fp64, f16 only as storage
+// (vload_half / vstore_half, no cl_khr_fp16), no subgroup functions. Keep this file generic and
+// add to it rather than change what is here: several kernel files include it.
+#ifndef LLMRT_COMMON_H
+#define LLMRT_COMMON_H
+
+// A tensor operand arrives as two kernel arguments, a buffer and the byte offset of its first
+// element (a buffer holds many tensors: the activation arena): this is its typed pointer.
+#define PTR(T, b, o) ((__global T*)((__global uchar*)(b) + (o)))
+#define CPTR(T, b, o) ((__global const T*)((__global const uchar*)(b) + (o)))
+
+// f16 <-> f32 through the storage-only half type. _rte: round to nearest even, as numpy's
+// astype(float16) (the default rounding mode is the same, but a driver may change it).
+inline float ld_f16(__global const ushort* p, long i) {
+    return vload_half(i, (__global const half*)p);
+}
+inline void st_f16(__global ushort* p, long i, float v) {
+    vstore_half_rte(v, i, (__global half*)p);
+}
+
+// x rounded to the nearest f16 value, returned as float (numpy's astype(float16).astype(float32)),
+// in integer arithmetic: no private half variables, which OpenCL C forbids without cl_khr_fp16.
+inline float round_f16(float x) {
+    const uint u = as_uint(x);
+    const uint a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) return x;  // inf, nan
+    if (a < 0x38800000u) {           // below 2^-14: the f16 subnormal grid, steps of 2^-24
+        return rint(x * 16777216.0f) * 5.9604644775390625e-8f;
+    }
+    // keep 10 mantissa bits, round to nearest even on the 13 dropped
+    const uint r = (a + 0x0fffu + ((a >> 13) & 1u)) & 0xffffe000u;
+    const float m = r > 0x477fe000u ? INFINITY : as_float(r);  // past 65504: inf
+    return (u & 0x80000000u) ? -m : m;
+}
+
+// bf16 (the top half of an f32) to f32; f32 to bf16 rounded to nearest even (NaN kept a NaN).
+inline float bf16_to_f32(ushort b) { return as_float(((uint)b) << 16); }
+inline ushort f32_to_bf16(float x) {
+    const uint u = as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (ushort)((u >> 16) | 0x40u);
+    return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Work-group reductions over the local work-group size, any size (not only powers of two).
+// `red` is __local float[get_local_size(0)] (ints for wg_sum_int); every work-item gets the
+// result; the buffer may be reused right after (the trailing barrier protects it). The tree is
+// pairwise: its rounding error grows with log2 of the size, not the size.
+inline uint wg_pow2_half(uint n) {
+    uint s = 1;
+    while (s < n) s <<= 1;
+    return s >> 1;
+}
+
+inline float wg_sum(float v, __local float* red) {
+    const uint l = get_local_id(0), n = get_local_size(0);
+    red[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
+        if (l < s && l + s < n) red[l] += red[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float wg_max(float v, __local float* red) {
+    const uint l = get_local_id(0), n = get_local_size(0);
+    red[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
+        if (l < s && l + s < n) red[l] = fmax(red[l], red[l + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline int wg_sum_int(int v, __local int* red) {
+    const uint l = get_local_id(0), n = get_local_size(0);
+    red[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
+        if (l < s && l + s < n) red[l] += red[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const int r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+// The largest local work-group size the llmrt kernels use: __local arrays are sized by it.
+#define WG_MAX 256
+
+// ---- rope angles without fp64 -------------------------------------------------------------------
+// The reference computes theta = pos * freq_base^(-2i/n_dims) * freq_scale / factor in float64;
+// in float the angle of a late position is off by ulps of thousands of radians. So the angle is
+// a float-float (hi + lo, ~44 bits): the frequency is r^i with r = freq_base^(-2/n_dims) given by
+// the host as a float-float, raised by squaring; theta is reduced mod 2*pi in float-float before
+// sin/cos. fma() is exact-product arithmetic here, not a speed hint.
+inline float2 ff_mul(float2 a, float2 b) {
+    const float p = a.x * b.x;
+    float e = fma(a.x, b.x, -p);
+    e = fma(a.x, b.y, e);
+    e = fma(a.y, b.x, e);
+    const float s = p + e;
+    return (float2)(s, e - (s - p));
+}
+
+inline float2 ff_div_f(float2 a, float b) {  // (a.x + a.y) / b
+    const float q = a.x / b;
+    const float r = fma(-q, b, a.x) + a.y;
+    const float q2 = r / b;
+    const float s = q + q2;
+    return (float2)(s, q2 - (s - q));
+}
+
+// cos and sin (x, y) of pos * r^i * fs / factor, times attn_factor; r and fs as float-floats.
+inline float2 rope_cos_sin(int pos, int i, float2 r, float2 fs, float factor, float attn_factor) {
+    float2 f = (float2)(1.0f, 0.0f), b = r;
+    for (int e = i; e > 0; e >>= 1) {
+        if (e & 1) f = ff_mul(f, b);
+        b = ff_mul(b, b);
+    }
+    float2 th = ff_mul(ff_mul((float2)((float)pos, 0.0f), f), fs);  // pos < 2^24: exact
+    if (factor != 1.0f) th = ff_div_f(th, factor);
+    // theta - k * 2pi: 2pi as 6.2831854820251465f + -1.7484555314695172e-07f; k * hi exactly
+    // as a float-float (fma), and th.x - that hi exact (Sterbenz: the two are within 2x)
+    const float k = rint(th.x * 0.15915493667125702f);
+    const float ph = k * 6.2831854820251465f;
+    const float pl = fma(k, 6.2831854820251465f, -ph) + k * -1.7484555314695172e-07f;
+    const float a = th.x - ph;
+    const float rl = th.y - pl;
+    const float x = a + rl;
+    const float xl = rl - (x - a);
+    float c;
+    const float s = sincos(x, &c);
+    // sin/cos(x + xl) to first order in xl (|xl| <= ulp(x))
+    return (float2)((c - s * xl) * attn_factor, (s + c * xl) * attn_factor);
+}
+
+#endif

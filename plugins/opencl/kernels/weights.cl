@@ -1,0 +1,449 @@
+// Kernels that read a weight in its GGUF blocks, row after row (row_bytes each): get_rows_w,
+// mmv (a few tokens) and gemm (many tokens). Built once per weight type with -D WTYPE=<ggml type
+// id>; the preprocessor keeps that type's code path. Every type is read in half-chunks of 16
+// elements (half a legacy block, or half a 32-element sub-block of a K-quant super-block) by
+// dequant16(), which computes each weight value exactly as the numpy dequantization does.
+//
+// Activations are rounded before the dot product as ggml rounds them (reference.py's
+// vec_dot_round): f16 / bf16 for those weights, q8_0 blocks of 32 for the legacy quants, q8_K
+// blocks of 256 for the K-quants; then w * x products are summed in f32.
+//
+// OpenCL C 1.2: no fp64, half only through vload_half, no subgroups.
+#include "common.h"
+
+#ifndef WTYPE
+#error "build weights.cl with -D WTYPE=<ggml type id>"
+#endif
+
+// Off so that `d * q - m` stays two roundings, as in numpy (a contracted fma would differ in the
+// last bit); the dot products use mad() where a fused multiply-add is welcome.
+#pragma OPENCL FP_CONTRACT OFF
+
+// How the activations are rounded: XQ_Q8_0 per 32, XQ_Q8_K per 256, XQ_F16, XQ_BF16, or kept.
+#define XQ_NONE 0
+#define XQ_Q8_0 1
+#define XQ_Q8_K 2
+#define XQ_F16 3
+#define XQ_BF16 4
+#if WTYPE == 0
+#define XQ XQ_NONE
+#elif WTYPE == 1
+#define XQ XQ_F16
+#elif WTYPE == 30
+#define XQ XQ_BF16
+#elif WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+#define XQ XQ_Q8_0
+#elif WTYPE == 12 || WTYPE == 13 || WTYPE == 14
+#define XQ XQ_Q8_K
+#else
+#error "unsupported WTYPE"
+#endif
+
+// a / b rounded as IEEE division rounds it (numpy does): OpenCL's `/` may be 2.5 ulp off unless
+// built with -cl-fp32-correctly-rounded-divide-sqrt, and a q8 scale one ulp off moves a few
+// activations to the next quantum. A Newton step on the reciprocal and Markstein's correction
+// leave the quotient at most an ulp off (when b's mantissa is all ones); the exact residuals
+// (fma) then pick between it and its neighbour. For the normal-range operands the scales see.
+inline float div_rn(float a, float b) {
+    float y = 1.0f / b;
+    y = fma(fma(-b, y, 1.0f), y, y);
+    float q = a * y;
+    q = fma(fma(-q, b, a), y, q);
+    const float r = fma(-q, b, a);  // a / b = q + r / b
+    const float n = nextafter(q, (r > 0.0f) == (b > 0.0f) ? INFINITY : -INFINITY);
+    return fabs(fma(-n, b, a)) < fabs(r) ? n : q;
+}
+
+inline float ld_h(__global const uchar* p) { return vload_half(0, (__global const half*)p); }
+
+// 16 bytes from an address aligned to 2 (the block sizes 18, 22, 34, 210 leave no better).
+inline void ld16_a2(__global const uchar* p, uchar* out) {
+    vstore16(as_uchar16(vload8(0, (__global const ushort*)p)), 0, out);
+}
+
+// 16 bytes from an address aligned to 4.
+inline void ld16_a4(__global const uchar* p, uchar* out) {
+    vstore16(as_uchar16(vload4(0, (__global const uint*)p)), 0, out);
+}
+
+#if WTYPE == 12 || WTYPE == 13
+// ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block.
+inline int2 scale_min_k4(int j, __global const uchar* q) {
+    if (j < 4) return (int2)(q[j] & 63, q[j + 4] & 63);
+    return (int2)((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+}
+#endif
+
+// Elements 32c + 16h .. 32c + 16h + 15 of the row that starts at `row`, as f32.
+inline void dequant16(__global const uchar* row, int c, int h, float* w) {
+#if WTYPE == 0  // F32
+    __global const float* p = (__global const float*)(row + (size_t)c * 128 + h * 64);
+    for (int i = 0; i < 4; ++i) vstore4(vload4(i, p), i, w);
+#elif WTYPE == 1  // F16
+    __global const half* p = (__global const half*)(row + (size_t)c * 64 + h * 32);
+    for (int i = 0; i < 2; ++i) vstore8(vload_half8(i, p), i, w);
+#elif WTYPE == 30  // BF16: the top half of an f32
+    __global const ushort* p = (__global const ushort*)(row + (size_t)c * 64 + h * 32);
+    for (int i = 0; i < 2; ++i) vstore8(as_float8(convert_uint8(vload8(i, p)) << 16), i, w);
+#elif WTYPE == 2  // Q4_0: d, qs[16]; element j < 16 is the low nibble of qs[j], j + 16 the high
+    __global const uchar* b = row + (size_t)c * 18;
+    const float d = ld_h(b);
+    uchar q[16];
+    ld16_a2(b + 2, q);
+    for (int e = 0; e < 16; ++e) w[e] = (float)((int)((q[e] >> (4 * h)) & 15) - 8) * d;
+#elif WTYPE == 3  // Q4_1: d, m, qs[16]
+    __global const uchar* b = row + (size_t)c * 20;
+    const float d = ld_h(b), m = ld_h(b + 2);
+    uchar q[16];
+    ld16_a4(b + 4, q);
+    for (int e = 0; e < 16; ++e) w[e] = (float)((q[e] >> (4 * h)) & 15) * d + m;
+#elif WTYPE == 6  // Q5_0: d, qh (bit j: fifth bit of element j), qs[16]
+    __global const uchar* b = row + (size_t)c * 22;
+    const float d = ld_h(b);
+    const __global ushort* hp = (const __global ushort*)(b + 2);
+    const uint qh = ((uint)hp[0] | ((uint)hp[1] << 16)) >> (16 * h);
+    uchar q[16];
+    ld16_a2(b + 6, q);
+    for (int e = 0; e < 16; ++e) {
+        const int v = ((q[e] >> (4 * h)) & 15) | (((qh >> e) & 1) << 4);
+        w[e] = (float)(v - 16) * d;
+    }
+#elif WTYPE == 7  // Q5_1: d, m, qh, qs[16]
+    __global const uchar* b = row + (size_t)c * 24;
+    const float d = ld_h(b), m = ld_h(b + 2);
+    const uint qh = *(__global const uint*)(b + 4) >> (16 * h);
+    uchar q[16];
+    ld16_a4(b + 8, q);
+    for (int e = 0; e < 16; ++e) {
+        const uint v = ((q[e] >> (4 * h)) & 15) | (((qh >> e) & 1) << 4);
+        w[e] = (float)v * d + m;
+    }
+#elif WTYPE == 8  // Q8_0: d, qs[32] int8
+    __global const uchar* b = row + (size_t)c * 34;
+    const float d = ld_h(b);
+    uchar q[16];
+    ld16_a2(b + 2 + 16 * h, q);
+    for (int e = 0; e < 16; ++e) w[e] = (float)(char)q[e] * d;
+#elif WTYPE == 12 || WTYPE == 13  // Q4_K, Q5_K: d, dmin, scales[12], (qh[32]), qs[128]
+    // Sub-block s of the super-block: the low (s even) or high nibbles of qs[32 (s / 2) ..],
+    // for Q5_K with bit s of qh[0 .. 31] on top; w = d sc q - dmin m.
+    const int s = c & 7;
+#if WTYPE == 12
+    __global const uchar* b = row + (size_t)(c >> 3) * 144;
+    __global const uchar* qs = b + 16 + 32 * (s >> 1) + 16 * h;
+#else
+    __global const uchar* b = row + (size_t)(c >> 3) * 176;
+    __global const uchar* qs = b + 48 + 32 * (s >> 1) + 16 * h;
+    uchar qh[16];
+    ld16_a4(b + 16 + 16 * h, qh);
+#endif
+    const int2 sm = scale_min_k4(s, b + 4);
+    const float d = ld_h(b) * (float)sm.x, m = ld_h(b + 2) * (float)sm.y;
+    const int shift = (s & 1) * 4;
+    uchar q[16];
+    ld16_a4(qs, q);
+    for (int e = 0; e < 16; ++e) {
+        int v = (q[e] >> shift) & 15;
+#if WTYPE == 13
+        v |= ((qh[e] >> s) & 1) << 4;
+#endif
+        w[e] = d * (float)v - m;
+    }
+#elif WTYPE == 14  // Q6_K: ql[128], qh[64], scales[16] int8, d
+    // Sub-block s = 4 hh + k: low 4 bits from ql[64 hh + 32 (k & 1) ..] (low nibbles for k < 2),
+    // high 2 bits from qh[32 hh ..] at bit 2k; one int8 scale per 16 elements.
+    __global const uchar* b = row + (size_t)(c >> 3) * 210;
+    const int s = c & 7, hh = s >> 2, k = s & 3;
+    const float d = ld_h(b + 208) * (float)((__global const char*)b)[192 + 2 * s + h];
+    uchar ql[16], qh[16];
+    ld16_a2(b + 64 * hh + 32 * (k & 1) + 16 * h, ql);
+    ld16_a2(b + 128 + 32 * hh + 16 * h, qh);
+    const int lshift = (k >> 1) * 4;
+    for (int e = 0; e < 16; ++e) {
+        const int v = ((ql[e] >> lshift) & 15) | (((qh[e] >> (2 * k)) & 3) << 4);
+        w[e] = d * (float)(v - 32);
+    }
+#endif
+}
+
+inline void dequant32(__global const uchar* row, int c, float* w) {
+    dequant16(row, c, 0, w);
+    dequant16(row, c, 1, w + 16);
+}
+
+// ---- activation rounding --------------------------------------------------------------------
+
+// q8 rounding with the block's largest magnitude amax: q = rint(x * 127 / amax) (half to even),
+// times the scale d (amax / 127 rounded to f16 for q8_0; 1 / (127 / amax) in f32 for q8_K: the
+// reference maps the signed peak to -127, which gives the same products since rint is odd).
+inline float2 q8_scales(float amax) {
+    const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+#if XQ == XQ_Q8_0
+    return (float2)(inv, round_f16(div_rn(amax, 127.0f)));
+#else
+    return (float2)(inv, inv != 0.0f ? div_rn(1.0f, inv) : 0.0f);
+#endif
+}
+
+inline float amax_n(const float* x, int n) {
+    float a = 0.0f;
+    for (int i = 0; i < n; ++i) a = fmax(a, fabs(x[i]));
+    return a;
+}
+
+// n activations rounded in place, with the q8 scales `s` (from q8_scales) where XQ is a q8 kind.
+inline void round_x(float* x, int n, float2 s) {
+    for (int i = 0; i < n; ++i) {
+#if XQ == XQ_Q8_0 || XQ == XQ_Q8_K
+        x[i] = rint(x[i] * s.x) * s.y;
+#elif XQ == XQ_F16
+        x[i] = round_f16(x[i]);
+#elif XQ == XQ_BF16
+        x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+#endif
+    }
+}
+
+inline void load8(__global const float* p, float* x) {
+    vstore4(vload4(0, p), 0, x);
+    vstore4(vload4(1, p), 1, x);
+}
+
+// ---- get_rows_w -----------------------------------------------------------------------------
+
+// out[i, :] = row ids[i] of the table, dequantized: one work-item per 16 elements.
+__kernel void get_rows_w(__global const uchar* wb, ulong wo, long row_bytes, int n_rows,
+                         __global const uchar* ib, ulong io, __global uchar* ob, ulong oo, int K,
+                         int N) {
+    const int nh = K >> 4;
+    const int g = get_global_id(0);
+    if (g >= N * nh) return;
+    const int i = g / nh, part = g - i * nh;
+    const int id = clamp(CPTR(int, ib, io)[i], 0, n_rows - 1);  // a bad id reads row 0 or the last
+    float w[16];
+    dequant16(wb + wo + (ulong)id * (ulong)row_bytes, part >> 1, part & 1, w);
+    __global float* o = PTR(float, ob, oo) + (size_t)i * K + part * 16;
+    for (int j = 0; j < 4; ++j) vstore4(vload4(j, w), j, o);
+}
+
+// ---- mmv: a few tokens ----------------------------------------------------------------------
+
+// Y[t, m] = sum_k W[m, k] X[t, k] (+ Res[t, m]). A work-group of MMV_WG work-items is split into
+// groups of G lanes (G a power of two, 1..MMV_WG); a group computes R consecutive rows for NT
+// tokens per pass, lane l taking the 32-element chunks l, l + G, ... The lanes' partial sums
+// meet in a tree in local memory.
+// Rounding an activation chunk costs about what dequantizing a weight chunk does, so it is shared
+// by rows: with NT <= 2 a lane rounds its chunk of every token once and then dequantizes the R
+// rows one after the other (R up to 4, few registers); with more tokens a lane holds one row's
+// weights (R = 1) and rounds each token's chunk in turn.
+// The K-quants' q8_K scale of each (token, super-block) needs the largest magnitude of 256
+// activations: the work-group first gathers them into local memory (T * K / 256 <= MMV_SB_MAX;
+// the host splits longer token runs into several launches).
+#define MMV_WG 64
+#define MMV_ACC 8  // R * NT at most
+#define MMV_SB_MAX 1024
+#if XQ == XQ_Q8_K
+#define MMV_SB MMV_SB_MAX
+#else
+#define MMV_SB 1
+#endif
+
+// Chunk c of one token's activations, rounded for this weight type.
+inline void mmv_load_x(__global const float* xt, int c, float* x, __local const uint* sbmax) {
+    for (int i = 0; i < 4; ++i) load8(xt + c * 32 + 8 * i, x + 8 * i);
+#if XQ == XQ_Q8_0
+    round_x(x, 32, q8_scales(amax_n(x, 32)));
+#elif XQ == XQ_Q8_K
+    round_x(x, 32, q8_scales(as_float(sbmax[c >> 3])));
+#else
+    round_x(x, 32, (float2)(0.0f));
+#endif
+}
+
+inline float dot32(const float* w, const float* x) {
+    float s = 0.0f;
+    for (int i = 0; i < 32; ++i) s = mad(w[i], x[i], s);
+    return s;
+}
+
+inline void mmv_body(const int NT, const int R, __global const uchar* W, long row_bytes,
+                     __global const float* X, __global float* Y, __global const float* Res,
+                     int M, int K, int T, int G, __local float* red, __local uint* sbmax) {
+    const int lid = get_local_id(0);
+    const int lane = lid & (G - 1);
+    const int row0 = ((int)get_group_id(0) * (MMV_WG / G) + lid / G) * R;
+    const int nch = K >> 5, nsb = K >> 8;
+#if XQ == XQ_Q8_K
+    for (int e = lid; e < T * nsb; e += MMV_WG) sbmax[e] = 0;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int g = lid; g < T * nch; g += MMV_WG) {  // chunk g % nch of token g / nch
+        const int t = g / nch, c = g - t * nch;
+        float x[32];
+        for (int i = 0; i < 4; ++i) load8(X + (size_t)t * K + c * 32 + 8 * i, x + 8 * i);
+        // non-negative floats order as their bit patterns: an integer max is a float max
+        atomic_max(&sbmax[t * nsb + (c >> 3)], as_uint(amax_n(x, 32)));
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+    __global const uchar* rows[4];
+    for (int r = 0; r < R; ++r) rows[r] = W + (ulong)min(row0 + r, M - 1) * (ulong)row_bytes;
+    for (int t0 = 0; t0 < T; t0 += NT) {
+        __global const float* xt0 = X + (size_t)t0 * K;
+        float acc[4][8];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+        for (int c = lane; c < nch; c += G) {
+            float w[32];
+            if (NT <= 2) {  // activations stay, rows pass
+                float x[2][32];
+                for (int t = 0; t < NT; ++t) {
+                    if (t0 + t < T)
+                        mmv_load_x(xt0 + (size_t)t * K, c, x[t], sbmax + (t0 + t) * nsb);
+                }
+                for (int r = 0; r < R; ++r) {
+                    dequant32(rows[r], c, w);
+                    for (int t = 0; t < NT; ++t)
+                        if (t0 + t < T) acc[r][t] += dot32(w, x[t]);
+                }
+            } else {  // one row stays (R == 1), tokens pass
+                dequant32(rows[0], c, w);
+                for (int t = 0; t < NT; ++t) {
+                    if (t0 + t < T) {
+                        float x[32];
+                        mmv_load_x(xt0 + (size_t)t * K, c, x, sbmax + (t0 + t) * nsb);
+                        acc[0][t] += dot32(w, x);
+                    }
+                }
+            }
+        }
+        // tree over the G lanes of each group: red[v * MMV_WG + lid] for v = r * NT + t
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t) red[(r * NT + t) * MMV_WG + lid] = acc[r][t];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int s = G >> 1; s > 0; s >>= 1) {
+            if (lane < s)
+                for (int v = 0; v < R * NT; ++v) red[v * MMV_WG + lid] += red[v * MMV_WG + lid + s];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (lane == 0) {
+            for (int r = 0; r < R; ++r) {
+                for (int t = 0; t < NT; ++t) {
+                    if (row0 + r < M && t0 + t < T) {
+                        const size_t o = (size_t)(t0 + t) * M + row0 + r;
+                        const float y = red[(r * NT + t) * MMV_WG + lid];
+                        Y[o] = Res ? y + Res[o] : y;
+                    }
+                }
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);  // red is written again by the next pass
+    }
+}
+
+// mmv_<NT>_<R>; the residual is read where has_res is non-zero (rb may then be any buffer).
+#define MMV(NT, R)                                                                             \
+    __kernel __attribute__((reqd_work_group_size(MMV_WG, 1, 1))) void mmv_##NT##_##R(           \
+        __global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xb, ulong xo, \
+        __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res, int M,   \
+        int K, int T, int G) {                                                                 \
+        __local float red[MMV_ACC * MMV_WG];                                                   \
+        __local uint sbmax[MMV_SB];                                                            \
+        mmv_body(NT, R, wb + wo, row_bytes, CPTR(float, xb, xo), PTR(float, yb, yo),           \
+                 has_res ? CPTR(float, rb, ro) : 0, M, K, T, G, red, sbmax);                   \
+    }
+MMV(1, 1)
+MMV(1, 2)
+MMV(1, 4)
+MMV(2, 1)
+MMV(2, 2)
+MMV(4, 1)
+MMV(8, 1)
+
+// ---- gemm: many tokens ----------------------------------------------------------------------
+
+// Y[t, m] = sum_k W[m, k] X[t, k] (+ Res[t, m]) in tiles of GEMM_M rows x GEMM_T tokens, one
+// work-group of GEMM_WG work-items each; K advances a 32-element chunk at a time. Per chunk the
+// work-items dequantize the tile's weights (one half-chunk each) and round its activations (a
+// quarter-chunk each: the q8_0 block's largest magnitude meets in local memory) into local
+// memory, then each computes a 4 x 4 block of outputs: rows tx + 16 i, tokens ty + 8 j.
+// The K-quants' q8_K scale is gathered per super-block (every 8 chunks) the same way.
+#define GEMM_M 64
+#define GEMM_T 32
+#define GEMM_WG 128
+
+__kernel __attribute__((reqd_work_group_size(GEMM_WG, 1, 1))) void gemm(
+    __global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xb, ulong xo,
+    __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res, int M, int K,
+    int T) {
+    // k-major tiles; the +1 keeps the weight stores (rows 16 apart) in different banks
+    __local float ws[32][GEMM_M + 1];
+    __local float xs[32][GEMM_T + 1];
+    __local float xmax[GEMM_T][4];  // partial largest magnitudes of a token's q8 block
+    const int lid = get_local_id(0);
+    const int m0 = get_group_id(0) * GEMM_M, t0 = get_group_id(1) * GEMM_T;
+    const int wr = lid >> 1, wh = lid & 1;  // the weight row and half-chunk this item loads
+    const int xt = lid >> 2, xq = lid & 3;  // the token and quarter-chunk it loads
+    __global const uchar* wrow = wb + wo + (ulong)min(m0 + wr, M - 1) * (ulong)row_bytes;
+    __global const float* xrow = CPTR(float, xb, xo) + (size_t)min(t0 + xt, T - 1) * K;
+    const int tx = lid & 15, ty = lid >> 4;
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    float2 sc = (float2)(0.0f);
+    const int nch = K >> 5;
+    for (int c = 0; c < nch; ++c) {
+#if XQ == XQ_Q8_K
+        if ((c & 7) == 0) {  // a new super-block: its largest magnitude per token
+            float a = 0.0f;
+            for (int i = 0; i < 8; ++i) {
+                float x[8];
+                load8(xrow + c * 32 + xq * 64 + 8 * i, x);
+                a = fmax(a, amax_n(x, 8));
+            }
+            xmax[xt][xq] = a;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            sc = q8_scales(fmax(fmax(xmax[xt][0], xmax[xt][1]), fmax(xmax[xt][2], xmax[xt][3])));
+        }
+#endif
+        barrier(CLK_LOCAL_MEM_FENCE);  // the previous chunk's products are done with ws, xs, xmax
+        float w[16];
+        dequant16(wrow, c, wh, w);
+        for (int e = 0; e < 16; ++e) ws[16 * wh + e][wr] = w[e];
+        float x[8];
+        load8(xrow + c * 32 + xq * 8, x);
+#if XQ == XQ_Q8_0
+        xmax[xt][xq] = amax_n(x, 8);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        sc = q8_scales(fmax(fmax(xmax[xt][0], xmax[xt][1]), fmax(xmax[xt][2], xmax[xt][3])));
+#endif
+        round_x(x, 8, sc);
+        for (int e = 0; e < 8; ++e) xs[xq * 8 + e][xt] = x[e];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        // a chunk's 32 products summed apart, then added: a long K's rounding error grows
+        // with K / 32 additions instead of K
+        float chunk[4][4];
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) chunk[i][j] = 0.0f;
+        for (int kk = 0; kk < 32; ++kk) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; ++i) a[i] = ws[kk][tx + 16 * i];
+            for (int j = 0; j < 4; ++j) b[j] = xs[kk][ty + 8 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) chunk[i][j] = mad(a[i], b[j], chunk[i][j]);
+        }
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) acc[i][j] += chunk[i][j];
+    }
+    __global float* Y = PTR(float, yb, yo);
+    __global const float* Res = CPTR(float, rb, ro);
+    for (int j = 0; j < 4; ++j) {
+        const int t = t0 + ty + 8 * j;
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + tx + 16 * i;
+            if (t < T && m < M) {
+                const size_t o = (size_t)t * M + m;
+                Y[o] = has_res ? acc[i][j] + Res[o] : acc[i][j];
+            }
+        }
+    }
+}

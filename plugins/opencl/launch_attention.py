@@ -1,0 +1,102 @@
+"""Launches for the ``fattn`` step (kernels/attention.cl): flash attention, split over the KV
+length when heads x tokens would leave the device idle, then a merge of the splits.
+
+A work-group takes a block of query rows of one KV head (its grouped query heads, over several
+tokens: they share every K and V load) and a range of keys. Its row count is a compile-time
+define, as are the head sizes and cache types, so each shape builds its own small program.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
+from llmrt.lower.steps import Step
+from llmrt_opencl.program import Launch, OpenCLProgram
+
+FILE = "attention.cl"
+NT = 64  # work-items per group, and keys per tile (attention.cl's NT, a power of two)
+LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
+MAX_ROWS = 16
+GROUPS_PER_UNIT = 4  # split the keys until there are about this many groups per compute unit
+MAX_SPLITS = 64
+
+# One partial-result buffer per program, shared by its fattn steps: they run one after another
+# on the program's in-order queue, so a step never overlaps another's use of it.
+_SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
+
+
+def _rows(t: int, group: int, d: int, nt: int) -> int:
+    """Query rows per work-group: all of a decode token's grouped heads, at most what local
+    memory holds (each row: its q and a tile of scores, f32)."""
+    return max(1, min(MAX_ROWS, LOCAL_BYTES // (4 * (d + nt)), t * group))
+
+
+def _cpu(prog: OpenCLProgram) -> bool:
+    """A CPU device (PoCL) takes fattn_row. device_info's "cpu" where the program gives it; else
+    the work-group limit, 4096 on PoCL's CPU device and at most 1024 on GPUs."""
+    info = prog.device_info
+    return bool(info["cpu"]) if "cpu" in info else int(info["max_work_group_size"]) >= 4096
+
+
+def _splits(prog: OpenCLProgram, groups: int, s: int) -> tuple[int, int]:
+    """(number of splits, keys per split, a multiple of the tile): enough groups to fill the
+    device, each split at least one tile."""
+    units = int(prog.device_info.get("compute_units", 1))
+    want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT * units // groups), -(-s // NT))
+    if want <= 1:
+        return 1, s
+    chunk = -(-s // want)
+    chunk = -(-chunk // NT) * NT
+    return -(-s // chunk), chunk
+
+
+def _scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
+    held = _SCRATCH.get(prog)
+    if held is None or held[1] < nbytes:
+        held = (prog.scratch(nbytes)[0], nbytes)
+        _SCRATCH[prog] = held
+    return held[0], np.uint64(0)
+
+
+def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    q, k, v = step.ins[:3]
+    mask = step.ins[3] if len(step.ins) > 3 else None
+    t, hq, d = q.shape
+    s, hkv, dv = v.shape
+    if d % 4 or dv % 4 or dv > 4 * NT:
+        raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT})")
+    group = hq // hkv
+    cpu = _cpu(prog)
+    nr = min(MAX_ROWS, t * group) if cpu else _rows(t, group, d, NT)
+    blocks = -(-(t * group) // nr)
+    nsplit, chunk = _splits(prog, blocks * hkv, s)
+    defines = {"NT": NT, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
+               "VF16": int(v.dtype == GGMLType.F16)}  # fmt: skip
+    out = prog.arg(step.out)
+    part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
+    args = (
+        *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
+        *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),
+        np.int64(k.strides[0]), np.int64(k.strides[1]), np.int64(v.strides[0]),
+        np.int64(v.strides[1]), np.float32(step.params["scale"]),
+        np.float32(step.params["softcap"]), np.int32(mask is not None), np.int32(chunk),
+    )  # fmt: skip
+    if cpu:
+        launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
+                           (1, 1, 1), args)]  # fmt: skip
+    else:
+        launches = [Launch(prog.kernel(FILE, "fattn", defines), (blocks * NT, hkv, nsplit),
+                           (NT, 1, 1), args)]  # fmt: skip
+    if nsplit > 1:
+        merge = prog.kernel(FILE, "fattn_merge", defines)
+        launches.append(Launch(merge, (dv, t * hq), (dv, 1), (*part, *out, np.int32(nsplit))))
+    return launches
+
+
+LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {"fattn": _fattn}

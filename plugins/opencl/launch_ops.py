@@ -1,0 +1,240 @@
+"""Launches for the steps that read no quantized weight and do not attend (kernels/ops.cl):
+copy, binary, unary, glu, norm, rope, soft_max, argmax, set_rows, get_rows_f32, mm_act.
+
+Each builder turns a step's views and params into kernel launches whose arguments are set once.
+Elementwise kernels take a work-item per element, the grid rounded up to whole groups; row
+kernels (norm, soft_max, argmax) take one work-group per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX
+from llmrt.lower.steps import Step
+from llmrt_opencl.program import Launch, OpenCLProgram
+
+F32, F16 = GGMLType.F32, GGMLType.F16
+FILE = "ops.cl"
+LOCAL = 256  # work-items per group, at most (common.h's WG_MAX sizes the __local arrays)
+MM_TILE = 16  # ops.cl's MM_TILE
+MM_TILED_MIN_T = 8  # token rows from which mm_act takes the tiled kernel
+
+
+def _i32(x: int) -> np.int32:
+    return np.int32(x)
+
+
+def _i64(x: int) -> np.int64:
+    return np.int64(x)
+
+
+def _f32(x: float) -> np.float32:
+    return np.float32(x)
+
+
+def _local(prog: OpenCLProgram) -> int:
+    limits = getattr(prog, "device_info", None) or {}
+    return max(1, min(LOCAL, int(limits.get("max_work_group_size", LOCAL))))
+
+
+def _flat(prog: OpenCLProgram, n: int) -> tuple[tuple[int], tuple[int]]:
+    """Global and local size for an elementwise kernel over n items (extra items return)."""
+    local = _local(prog)
+    return (max(1, -(-n // local)) * local,), (local,)
+
+
+def _row_local(prog: OpenCLProgram, ncols: int) -> int:
+    """Work-items for a row kernel: about 4 columns each, 32 to LOCAL, a power of two."""
+    want = 1 << max(5, math.ceil(math.log2(max(1, -(-ncols // 4)))))
+    return min(_local(prog), want)
+
+
+def _collapse(shape: tuple[int, ...], strides: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(size, stride) dimensions with size-1 dimensions dropped and neighbours that step as one
+    merged: a strided view of any rank that is 4-D or less in memory."""
+    dims = [(d, s) for d, s in zip(shape, strides, strict=True) if d != 1]
+    out: list[tuple[int, int]] = []
+    for d, s in dims:
+        if out and out[-1][1] == s * d:
+            out[-1] = (out[-1][0] * d, s)
+        else:
+            out.append((d, s))
+    return out or [(1, 1)]
+
+
+def copy(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    src, out = step.ins[0], step.out
+    assert out is not None
+    dims = _collapse(src.shape, src.strides)
+    if len(dims) > 4:
+        raise UnsupportedOp(f"copy of a view strided in {len(dims)} dimensions (at most 4)")
+    dims = [(1, 0)] * (4 - len(dims)) + dims
+    g, loc = _flat(prog, src.n)
+    args = (*prog.arg(src), *prog.arg(out), _i64(src.n), _i32(step.params["mode"]),
+            *(_i64(d) for d, _ in dims[1:]), *(_i64(s) for _, s in dims))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "copy_strided"), g, loc, args)]
+
+
+def _broadcast_dims(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(a's size, b's size) per dimension, b padded on the left, size-1 pairs dropped and
+    neighbours that broadcast alike merged."""
+    b = (1,) * (len(a) - len(b)) + tuple(b)
+    out: list[tuple[int, int]] = []
+    for da, db in zip(a, b, strict=True):
+        if da == 1:
+            continue
+        if out and (out[-1][1] == 1) == (db == 1):
+            out[-1] = (out[-1][0] * da, out[-1][1] * db)
+        else:
+            out.append((da, db))
+    return out or [(1, 1)]
+
+
+def binary(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    (a, b), out = step.ins, step.out
+    assert out is not None
+    dims = _broadcast_dims(a.shape, b.shape)
+    kind, nb = 2, b.n
+    if b.n == a.n:
+        kind = 0
+    elif dims[-1][1] != 1 and all(db == 1 for _, db in dims[:-1]):
+        kind = 1  # a row repeated: index i % nb
+    if kind == 2 and len(dims) > 4:
+        raise UnsupportedOp(f"broadcast of {b.shape} over {a.shape} needs more than 4 dimensions")
+    dims = [(1, 1)] * (4 - len(dims)) + dims if kind == 2 else [(1, 1)] * 4
+    g, loc = _flat(prog, a.n)
+    args = (*prog.arg(a), *prog.arg(b), *prog.arg(out), _i64(a.n), _i32(step.params["op"]),
+            _i32(kind), _i64(nb), *(_i64(da) for da, _ in dims[1:]),
+            *(_i64(db) for _, db in dims))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "binary"), g, loc, args)]
+
+
+def unary(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    x, out = step.ins[0], step.out
+    assert out is not None
+    g, loc = _flat(prog, out.n)
+    args = (*prog.arg(x), *prog.arg(out), _i64(out.n), _i32(step.params["op"]),
+            _f32(step.params.get("scale", 1.0)))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "unary"), g, loc, args)]
+
+
+def glu(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    (gate, up), out = step.ins, step.out
+    assert out is not None
+    g, loc = _flat(prog, out.n)
+    args = (*prog.arg(gate), *prog.arg(up), *prog.arg(out), _i64(out.n), _i32(step.params["op"]))
+    return [Launch(prog.kernel(FILE, "glu"), g, loc, args)]
+
+
+def norm(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    x, out = step.ins[0], step.out
+    assert out is not None
+    ncols = out.shape[-1]
+    rows = out.n // ncols
+    w = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no weight (has_w 0)
+    local = _row_local(prog, ncols)
+    args = (*prog.arg(x), *prog.arg(out), *prog.arg(w), _i32(ncols), _f32(step.params["eps"]),
+            _i32(step.params["mode"]), _i32(len(step.ins) > 1))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "norm_rows"), (rows * local,), (local,), args)]
+
+
+def _ff(x: float) -> tuple[np.float32, np.float32]:
+    """x as a float-float: its nearest f32 and the f32 of what that leaves."""
+    hi = np.float32(x)
+    return hi, np.float32(x - float(hi))
+
+
+def rope(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p, out = step.params, step.out
+    assert out is not None
+    x, pos = step.ins[0], step.ins[1]
+    ff = step.ins[2] if len(step.ins) > 2 else x  # x stands in for no factors (has_ff 0)
+    t, h, d = x.shape
+    n_dims = p["n_dims"]
+    n = t * h * (n_dims // 2 + d - n_dims)
+    g, loc = _flat(prog, n)
+    # the frequency of pair i is r^i: r from float64 here, the power taken in the kernel
+    r = _ff(float(p["freq_base"]) ** (-2.0 / n_dims))
+    fs = _ff(float(p["freq_scale"]))
+    args = (*prog.arg(x), *prog.arg(pos), *prog.arg(ff), *prog.arg(out), _i32(h), _i32(d),
+            _i32(n_dims), _i32(2 if p["mode"] == ROPE_NEOX else 0), _i32(len(step.ins) > 2),
+            *r, *fs, _f32(p["attn_factor"]), _i64(n))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "rope"), g, loc, args)]
+
+
+def soft_max(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    x, out = step.ins[0], step.out
+    assert out is not None
+    s = x.shape[-1]
+    rows = x.n // s
+    mask = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no mask (has_mask 0)
+    local = _row_local(prog, s)
+    args = (*prog.arg(x), *prog.arg(mask), *prog.arg(out), _i32(s), _i32(max(1, mask.n // s)),
+            _f32(step.params["scale"]), _i32(len(step.ins) > 1))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "soft_max"), (rows * local,), (local,), args)]
+
+
+def argmax(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    x, out = step.ins[0], step.out
+    assert out is not None
+    s = x.shape[-1]
+    local = _row_local(prog, s)
+    args = (*prog.arg(x), *prog.arg(out), _i32(s))
+    return [Launch(prog.kernel(FILE, "argmax"), ((x.n // s) * local,), (local,), args)]
+
+
+def set_rows(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    dst, ids, src = step.ins
+    if dst.dtype not in (F32, F16):
+        raise UnsupportedOp(f"set_rows into a {dst.dtype.name} cache")
+    row = math.prod(src.shape[1:])
+    g, loc = _flat(prog, src.n)
+    args = (*prog.arg(src), *prog.arg(ids), *prog.arg(dst), _i64(src.n), _i32(row),
+            _i64(dst.strides[0]), _i64(dst.shape[0]), _i32(dst.dtype == F16))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "set_rows"), g, loc, args)]
+
+
+def get_rows_f32(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    (table, ids), out = step.ins, step.out
+    assert out is not None
+    if table.dtype not in (F32, F16):
+        raise UnsupportedOp(f"get_rows from a {table.dtype.name} activation table")
+    g, loc = _flat(prog, out.n)
+    args = (*prog.arg(table), *prog.arg(ids), *prog.arg(out), _i64(out.n), _i32(table.shape[1]),
+            _i64(table.shape[0]), _i32(table.dtype == F16))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "get_rows_f32"), g, loc, args)]
+
+
+def mm_act(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p, (a, b), out = step.params, step.ins, step.out
+    assert out is not None
+    nb, t, m = p["nb"], p["t"], p["m"]
+    args = (*prog.arg(a), _i32(a.dtype == F16), *prog.arg(b), *prog.arg(out), _i32(nb),
+            _i32(p["r"]), _i32(t), _i32(m), _i32(p["k"]))  # fmt: skip
+    if t >= MM_TILED_MIN_T and _local(prog) >= MM_TILE * MM_TILE:
+        tiles = (-(-m // MM_TILE) * MM_TILE, -(-t // MM_TILE) * MM_TILE, nb)
+        return [Launch(prog.kernel(FILE, "mm_act_tiled"), tiles, (MM_TILE, MM_TILE, 1), args)]
+    g, loc = _flat(prog, out.n)
+    return [Launch(prog.kernel(FILE, "mm_act"), g, loc, args)]
+
+
+# step kind (llmrt.lower.steps) -> its launches
+LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
+    "copy": copy,
+    "binary": binary,
+    "unary": unary,
+    "glu": glu,
+    "norm": norm,
+    "rope": rope,
+    "soft_max": soft_max,
+    "argmax": argmax,
+    "set_rows": set_rows,
+    "get_rows_f32": get_rows_f32,
+    "mm_act": mm_act,
+}

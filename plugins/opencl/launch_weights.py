@@ -1,0 +1,125 @@
+"""Launches for the steps that read a weight in its GGUF blocks (kernels/weights.cl, built once
+per weight type): get_rows_w, mmv and gemm.
+
+mmv: one work-group of MMV_WG work-items per few rows; lanes of a row split its 32-element
+chunks and sum in local memory, each rounded activation chunk serving R rows (one or two
+tokens) or a row serving up to 8 tokens. gemm: tiles of GEMM_M rows x GEMM_T tokens staged in
+local memory a chunk at a time. get_rows_w: one work-item per 16 elements of an output row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from llmrt.gguf.constants import GGMLType
+from llmrt.lower.steps import Step
+from llmrt_opencl.program import Launch, OpenCLProgram
+
+FILE = "weights.cl"
+# weights.cl's constants
+MMV_WG = 64
+MMV_SB_MAX = 1024  # (token, super-block) q8_K scales one mmv work-group keeps in local memory
+GEMM_M, GEMM_T, GEMM_WG = 64, 32, 128
+GET_ROWS_WG = 64
+# mmv lane groups take R rows (4 or 2 for one token, 2 for two), rounding each activation
+# chunk once for all R, while at least this many work-groups remain to fill the device
+MMV_MIN_GROUPS = 128
+MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
+K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
+
+
+def _kernel(prog: OpenCLProgram, wtype: GGMLType, name: str) -> object:
+    return prog.kernel(FILE, name, {"WTYPE": int(wtype)})
+
+
+def _shifted(arg: tuple, nbytes: int) -> tuple:
+    """A (buffer, byte offset) kernel argument pair moved on by nbytes."""
+    buf, offset = arg
+    return buf, np.uint64(int(offset) + nbytes)
+
+
+def _groups(n: int, size: int) -> int:
+    return -(-n // size)
+
+
+def _lanes(n_chunks: int) -> int:
+    """Lanes per row: the smallest power of two covering the row's chunks, MMV_WG at most."""
+    g = 1
+    while g < min(n_chunks, MMV_WG):
+        g *= 2
+    return g
+
+
+def _token_tile(t: int) -> int:
+    return 1 if t == 1 else 2 if t == 2 else 4 if t <= 4 else 8
+
+
+def _rows(nt: int, m: int, g: int) -> int:
+    """Rows per lane group: the most that still leave MMV_MIN_GROUPS work-groups."""
+    for r in MMV_ROWS[nt]:
+        if _groups(m, MMV_WG // g * r) >= MMV_MIN_GROUPS:
+            return r
+    return 1
+
+
+def _launch_get_rows_w(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    table, ids = step.ins
+    n_rows, k = step.params["shape"][-2:]
+    wtype = step.params["type"]
+    n = ids.n
+    items = n * (k // 16)
+    args = (*prog.arg(table), np.int64(wtype.row_nbytes(k)), np.int32(n_rows), *prog.arg(ids),
+            *prog.arg(step.out), np.int32(k), np.int32(n))  # fmt: skip
+    size = _groups(items, GET_ROWS_WG) * GET_ROWS_WG
+    return [Launch(_kernel(prog, wtype, "get_rows_w"), (size,), (GET_ROWS_WG,), args)]
+
+
+def _residual(prog: OpenCLProgram, step: Step) -> tuple[tuple, np.int32]:
+    """The residual's argument pair and flag; without one, the output stands in (never read)."""
+    if len(step.ins) > 2:
+        return prog.arg(step.ins[2]), np.int32(1)
+    return prog.arg(step.out), np.int32(0)
+
+
+def _launch_mmv(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p = step.params
+    wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
+    w, x = step.ins[:2]
+    (res, has_res), y = _residual(prog, step), prog.arg(step.out)
+    g = _lanes(k // 32)
+    # the K-quants' per-(token, super-block) scales bound the tokens of one launch
+    per = max(1, MMV_SB_MAX // (k // 256)) if wtype in K_QUANTS else t
+    launches = []
+    for t0 in range(0, t, per):
+        tn = min(per, t - t0)
+        nt = _token_tile(tn)
+        r = _rows(nt, m, g)
+        rows_per_group = (MMV_WG // g) * r
+        args = (
+            *prog.arg(w), np.int64(p["row_bytes"]), *_shifted(prog.arg(x), 4 * t0 * k),
+            *_shifted(y, 4 * t0 * m), *_shifted(res, 4 * t0 * m), has_res,
+            np.int32(m), np.int32(k), np.int32(tn), np.int32(g),
+        )  # fmt: skip
+        size = _groups(m, rows_per_group) * MMV_WG
+        launches.append(Launch(_kernel(prog, wtype, f"mmv_{nt}_{r}"), (size,), (MMV_WG,), args))
+    return launches
+
+
+def _launch_gemm(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p = step.params
+    wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
+    w, x = step.ins[:2]
+    res, has_res = _residual(prog, step)
+    args = (*prog.arg(w), np.int64(p["row_bytes"]), *prog.arg(x), *prog.arg(step.out), *res,
+            has_res, np.int32(m), np.int32(k), np.int32(t))  # fmt: skip
+    size = (_groups(m, GEMM_M) * GEMM_WG, _groups(t, GEMM_T))
+    return [Launch(_kernel(prog, wtype, "gemm"), size, (GEMM_WG, 1), args)]
+
+
+LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
+    "get_rows_w": _launch_get_rows_w,
+    "mmv": _launch_mmv,
+    "gemm": _launch_gemm,
+}

@@ -1,0 +1,129 @@
+"""A graph compiled for one OpenCL device: buffers planned once, every kernel built and its
+arguments set at compile time, a step enqueued on one in-order queue with no host round trip
+between kernels (one wait, for the outputs).
+
+Kernels come from plugins/opencl/kernels/*.cl through pyopencl, which keeps the built binaries
+on disk per device and driver (its cache). Each step kind's launches are built by a table
+(launch_ops.py, launch_weights.py, launch_attention.py); a tensor operand is passed as a buffer
+and the byte offset of its first element.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+
+from llmrt.device import Executable
+from llmrt.errors import LlmrtError, OutOfDeviceMemory
+from llmrt.gguf.constants import GGMLType
+from llmrt.lower import Storage, View, plan_arena
+from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt_opencl.lower import lower
+
+KERNELS = Path(__file__).parent / "kernels"
+NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
+
+
+@dataclass
+class Launch:
+    kernel: Any  # cl.Kernel, its arguments set once
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    args: tuple
+
+
+@dataclass
+class OpenCLBuffer:
+    """A weight or state tensor on the device: raw bytes (GGUF blocks for a weight)."""
+
+    buf: Any  # cl.Buffer
+    type: GGMLType
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def allocate(ctx: Any, nbytes: int, what: str, device_id: str) -> Any:
+    try:
+        return cl.Buffer(ctx, cl.mem_flags.READ_WRITE, max(int(nbytes), 16))
+    except cl.Error as exc:
+        raise OutOfDeviceMemory(
+            f"out of memory on {device_id}: {what} needs {nbytes / 2**20:.1f} MiB ({exc})"
+        ) from exc
+
+
+@functools.cache
+def _launch_table() -> dict[str, Callable[[OpenCLProgram, Step], list[Launch]]]:
+    from llmrt_opencl import launch_attention, launch_ops, launch_weights
+
+    return {**launch_ops.LAUNCHES, **launch_weights.LAUNCHES, **launch_attention.LAUNCHES}
+
+
+class OpenCLProgram(Executable):
+    def __init__(self, device: Any, graph: Any, bindings: Mapping[str, Any]) -> None:
+        self.device = device
+        self.ctx, self.queue = device.context, device.queue
+        self.device_info = device.limits
+        plan = lower(graph)
+        arena_nbytes = plan_arena(plan.storages)
+        self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",
+                              device.id)  # fmt: skip
+        self.keep: list[Any] = []
+        self.base: dict[Storage, tuple[Any, int]] = {}
+        for s in plan.storages:
+            if s.kind in ("weight", "state"):
+                if s.key not in bindings:
+                    raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
+                self.base[s] = (bindings[s.key].buf, 0)
+            elif s.kind == "input":
+                self.base[s] = (allocate(self.ctx, s.nbytes, f"input {s.key}", device.id), 0)
+            else:
+                self.base[s] = (self.arena, max(s.offset, 0))
+        self.inputs = [(key, self.base[v.storage][0], v) for key, v in plan.inputs.items()]
+        self.outputs = [(name, v) for name, v in plan.outputs.items()]
+        table = _launch_table()
+        self.launches: list[Launch] = []
+        for step in plan.steps:
+            build = table.get(step.op)
+            if build is None:
+                raise LlmrtError(f"no OpenCL launch for step {step.op}")
+            self.launches += build(self, step)
+        for launch in self.launches:
+            launch.kernel.set_args(*launch.args)
+
+    # ---- what the launch builders use ------------------------------------------------------
+    def arg(self, v: View) -> tuple[Any, np.uint64]:
+        buf, offset = self.base[v.storage]
+        return buf, np.uint64(offset + v.offset * ITEMSIZE.get(v.dtype, 1))
+
+    def kernel(self, file: str, name: str, defines: Mapping[str, int] | None = None) -> Any:
+        """A fresh kernel object (its own arguments) of a program built once per defines."""
+        return cl.Kernel(self.device.program(file, tuple(sorted((defines or {}).items()))), name)
+
+    def scratch(self, nbytes: int) -> tuple[Any, np.uint64]:
+        buf = allocate(self.ctx, nbytes, "attention scratch", self.device.id)
+        self.keep.append(buf)
+        return buf, np.uint64(0)
+
+    # ---- the hot path ----------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        q = self.queue
+        for key, buf, v in self.inputs:
+            host = np.ascontiguousarray(inputs[key], dtype=NUMPY[v.dtype]).reshape(-1)
+            cl.enqueue_copy(q, buf, host, is_blocking=False)
+        for launch in self.launches:
+            cl.enqueue_nd_range_kernel(q, launch.kernel, launch.global_size, launch.local_size)
+        results, events = {}, []
+        for name, v in self.outputs:
+            host = np.empty(v.n, NUMPY[v.dtype])
+            buf, offset = self.arg(v)
+            events.append(cl.enqueue_copy(q, host, buf, src_offset=int(offset),
+                                          is_blocking=False))  # fmt: skip
+            results[name] = host.reshape(v.shape)
+        cl.wait_for_events(events) if events else q.finish()
+        return results
