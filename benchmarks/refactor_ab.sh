@@ -22,11 +22,13 @@ bench() {  # bench DEVICE SHAPE QTYPE
     | grep -v "^| model\|^| ---" | tee -a $OUT/bench.log
 }
 ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
+# "quick": conformance on both backends, the logits check, and the 135M and 1B rows on both
+[ "$stage" = quick ] && ROWS="smollm2-135m:q4_0 llama32-1b:q4_0"
 ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done ) &
-if [ "$stage" = cuda ]; then
+if [ "$stage" = cuda ] || [ "$stage" = quick ]; then
   llmrt devices 2>&1 | head -12
-  timeout 200 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_vulkan_backend.py \
-    -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/tests.log | tail -6
+  [ "$stage" = cuda ] && timeout 200 python3 -m pytest tests/plugins/test_cuda_backend.py \
+    tests/plugins/test_vulkan_backend.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/tests.log | tail -6
   timeout 200 python3 -m pytest tests/conformance -q -k "cuda or vulkan" --tb=line -p no:cacheprovider \
     2>&1 | tee $OUT/conformance.log | grep -v PASSED | tail -6
   wait
@@ -41,9 +43,11 @@ print('$dev $m logits', a.shape, 'identical' if n.array_equal(a, b) else f'DIFFE
   done
 fi
 wait
-dev=cuda:0; [ "$stage" = vulkan ] && dev=vulkan:0
-for r in $ROWS; do
-  echo "== $dev $r: this tree, then before (a86e09b)" | tee -a $OUT/bench.log
-  bench $dev ${r%:*} ${r#*:}
-  old bench $dev ${r%:*} ${r#*:}
+devs=cuda:0; [ "$stage" = vulkan ] && devs=vulkan:0; [ "$stage" = quick ] && devs="cuda:0 vulkan:0"
+for dev in $devs; do
+  for r in $ROWS; do
+    echo "== $dev $r: this tree, then before (a86e09b)" | tee -a $OUT/bench.log
+    bench $dev ${r%:*} ${r#*:}
+    old bench $dev ${r%:*} ${r#*:}
+  done
 done

@@ -93,8 +93,11 @@ class OpenCLDevice(Device):
 
     @functools.cached_property
     def limits(self) -> dict[str, int]:
+        import pyopencl as cl
+
         dev = self.cl_device
         return {
+            "cpu": int(bool(dev.type & cl.device_type.CPU)),  # PoCL: per-row kernels pay there
             "max_work_group_size": int(dev.max_work_group_size),
             "local_mem_size": int(dev.local_mem_size),
             "compute_units": int(dev.max_compute_units),

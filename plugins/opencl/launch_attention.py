@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
@@ -23,7 +24,9 @@ FILE = "attention.cl"
 NT = 64  # work-items per group, and keys per tile (attention.cl's NT, a power of two)
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
-GROUPS_PER_UNIT = 4  # split the keys until there are about this many groups per compute unit
+# split the keys until there are about this many groups per compute unit (a CPU thread runs a
+# group at a time, and on PoCL a split's merge launch costs more than idle cores save)
+GROUPS_PER_UNIT = {False: 4, True: 1}
 MAX_SPLITS = 64
 
 # One partial-result buffer per program, shared by its fattn steps: they run one after another
@@ -31,10 +34,18 @@ MAX_SPLITS = 64
 _SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 
 
-def _rows(t: int, group: int, d: int, nt: int) -> int:
+def _rows(prog: OpenCLProgram, t: int, group: int, d: int) -> int:
     """Query rows per work-group: all of a decode token's grouped heads, at most what local
-    memory holds (each row: its q and a tile of scores, f32)."""
-    return max(1, min(MAX_ROWS, LOCAL_BYTES // (4 * (d + nt)), t * group))
+    memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest)."""
+    local = int(prog.device_info.get("local_mem_size", LOCAL_BYTES + 1024)) - 1024
+    return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + NT)), t * group))
+
+
+def _fits(kernel: Any, nt: int) -> bool:
+    """Whether the device runs `kernel` with nt work-items a group: a driver may allow fewer
+    than its device maximum for a kernel that needs many registers."""
+    dev = kernel.program.get_info(cl.program_info.DEVICES)[0]
+    return kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, dev) >= nt
 
 
 def _cpu(prog: OpenCLProgram) -> bool:
@@ -44,11 +55,11 @@ def _cpu(prog: OpenCLProgram) -> bool:
     return bool(info["cpu"]) if "cpu" in info else int(info["max_work_group_size"]) >= 4096
 
 
-def _splits(prog: OpenCLProgram, groups: int, s: int) -> tuple[int, int]:
+def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool) -> tuple[int, int]:
     """(number of splits, keys per split, a multiple of the tile): enough groups to fill the
     device, each split at least one tile."""
     units = int(prog.device_info.get("compute_units", 1))
-    want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT * units // groups), -(-s // NT))
+    want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT[cpu] * units // groups), -(-s // NT))
     if want <= 1:
         return 1, s
     chunk = -(-s // want)
@@ -73,11 +84,14 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT})")
     group = hq // hkv
     cpu = _cpu(prog)
-    nr = min(MAX_ROWS, t * group) if cpu else _rows(t, group, d, NT)
-    blocks = -(-(t * group) // nr)
-    nsplit, chunk = _splits(prog, blocks * hkv, s)
+    nr = min(MAX_ROWS, t * group) if cpu else _rows(prog, t, group, d)
     defines = {"NT": NT, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
                "VF16": int(v.dtype == GGMLType.F16)}  # fmt: skip
+    kernel = None if cpu else prog.kernel(FILE, "fattn", defines)
+    if kernel is not None and not _fits(kernel, NT):
+        cpu, kernel = True, None  # fattn_row runs with groups of one
+    blocks = -(-(t * group) // nr)
+    nsplit, chunk = _splits(prog, blocks * hkv, s, cpu)
     out = prog.arg(step.out)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
     args = (
@@ -91,11 +105,11 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
                            (1, 1, 1), args)]  # fmt: skip
     else:
-        launches = [Launch(prog.kernel(FILE, "fattn", defines), (blocks * NT, hkv, nsplit),
-                           (NT, 1, 1), args)]  # fmt: skip
+        launches = [Launch(kernel, (blocks * NT, hkv, nsplit), (NT, 1, 1), args)]
     if nsplit > 1:
         merge = prog.kernel(FILE, "fattn_merge", defines)
-        launches.append(Launch(merge, (dv, t * hq), (dv, 1), (*part, *out, np.int32(nsplit))))
+        local = (dv, 1) if dv <= int(prog.device_info["max_work_group_size"]) else None
+        launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit))))
     return launches
 
 

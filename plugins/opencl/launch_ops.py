@@ -135,6 +135,8 @@ def glu(prog: OpenCLProgram, step: Step) -> list[Launch]:
 def norm(prog: OpenCLProgram, step: Step) -> list[Launch]:
     x, out = step.ins[0], step.out
     assert out is not None
+    if out.n == 0:  # no rows: OpenCL 1.2 refuses an empty grid
+        return []
     ncols = out.shape[-1]
     rows = out.n // ncols
     w = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no weight (has_w 0)
@@ -171,6 +173,8 @@ def rope(prog: OpenCLProgram, step: Step) -> list[Launch]:
 def soft_max(prog: OpenCLProgram, step: Step) -> list[Launch]:
     x, out = step.ins[0], step.out
     assert out is not None
+    if out.n == 0:  # no rows: OpenCL 1.2 refuses an empty grid
+        return []
     s = x.shape[-1]
     rows = x.n // s
     mask = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no mask (has_mask 0)
@@ -183,6 +187,8 @@ def soft_max(prog: OpenCLProgram, step: Step) -> list[Launch]:
 def argmax(prog: OpenCLProgram, step: Step) -> list[Launch]:
     x, out = step.ins[0], step.out
     assert out is not None
+    if x.n == 0:  # no rows: OpenCL 1.2 refuses an empty grid
+        return []
     s = x.shape[-1]
     local = _row_local(prog, s)
     args = (*prog.arg(x), *prog.arg(out), _i32(s))
@@ -214,6 +220,8 @@ def get_rows_f32(prog: OpenCLProgram, step: Step) -> list[Launch]:
 def mm_act(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p, (a, b), out = step.params, step.ins, step.out
     assert out is not None
+    if out.n == 0:  # no rows: OpenCL 1.2 refuses an empty grid
+        return []
     nb, t, m = p["nb"], p["t"], p["m"]
     args = (*prog.arg(a), _i32(a.dtype == F16), *prog.arg(b), *prog.arg(out), _i32(nb),
             _i32(p["r"]), _i32(t), _i32(m), _i32(p["k"]))  # fmt: skip

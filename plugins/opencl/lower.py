@@ -54,6 +54,7 @@ def _attention(node: Tensor) -> bool:
     q, k, v = node.srcs[:3]
     return (
         q.shape[2] <= MAX_HEAD_DIM and v.shape[2] <= MAX_HEAD_DIM and k.dtype == v.dtype
+        and q.shape[2] % 4 == 0 and v.shape[2] % 4 == 0
         and k.dtype in (F32, F16) and k.strides[-1] == 1 and v.strides[-1] == 1
     )  # fmt: skip
 

@@ -9,14 +9,18 @@
 // knows the normaliser only at the end); those probabilities are used unrounded, a difference
 // of the order of f16's rounding (NMSE ~1e-8).
 //
-// fattn: one work-group of NT work-items per (block of NR query rows, KV head, KV split). The
-// rows of a KV head are its (token, query head) pairs, row = t * G + g (G = Hq / Hkv): rows of
-// one KV head share every K and V load. Keys come in tiles of TK: each work-item scores one key
-// against all NR rows (q in local memory, read as broadcasts), NR work-items update the running
-// (max, sum) of their row, then each work-item accumulates P x V for one float4 column of DV and
-// RPW rows. With one split the output is written normalised; with several, each split writes its
-// unnormalised partial and its (max, sum), and fattn_merge combines them (decode attention split
-// over the KV length: a long cache fills the device even when heads x tokens does not).
+// fattn (GPUs): one work-group of NT work-items per (block of NR query rows, KV head, KV split).
+// The rows of a KV head are its (token, query head) pairs, row = t * G + g (G = Hq / Hkv): the
+// rows of a block share every K and V load (decode: all of a token's grouped heads). Keys come in
+// tiles of TK = NT: each work-item scores one key against all NR rows (q in local memory, read as
+// broadcasts), a tree over the work-items gives each row's tile maximum, each work-item turns its
+// scores into exp(score - running max) and keeps its share of the running sums, then each
+// work-item accumulates P x V for one float4 column of DV and RPW rows. Local memory:
+// NR * (D + TK) floats and a little; the host picks NR to keep it under 16 KiB.
+// fattn_row (CPUs): the same per work-item, keys one at a time.
+// Splits: with one, the output is written normalised; with several, each split writes its
+// unnormalised partial and (max, sum), and fattn_merge combines them (decode attention split over
+// the KV length: a long cache fills the device even when heads x tokens does not).
 #include "common.h"
 
 #ifndef NT
@@ -28,16 +32,24 @@
 #define NRG (NT / DV4)                // row groups in the V phase (DV4 <= NT)
 #define RPW ((NR + NRG - 1) / NRG)    // rows per work-item in the V phase
 #define PART (DV + 2)                 // a split's partial: max, sum, DV unnormalised outputs
+#ifndef VU
+#define VU 8  // V rows loaded ahead in the V phase (divides TK)
+#endif
 
+// 4 elements from element i of a cache (byte base p): vload, which needs only the element's
+// alignment (strides are arbitrary); the half pointer is made from a byte address, as compilers
+// without cl_khr_fp16 may refuse arithmetic on half pointers
+#define LOAD_H4(p, i) vload_half4(0, (__global const half*)((p) + 2 * (i)))
+#define LOAD_F4(p, i) vload4(0, (__global const float*)((p) + 4 * (i)))
 #if KF16
-#define LOAD_K(p, i) vload_half4(0, (__global const half*)(p) + (i))
+#define LOAD_K LOAD_H4
 #else
-#define LOAD_K(p, i) vload4(0, (__global const float*)(p) + (i))
+#define LOAD_K LOAD_F4
 #endif
 #if VF16
-#define LOAD_V(p, i) vload_half4(0, (__global const half*)(p) + (i))
+#define LOAD_V LOAD_H4
 #else
-#define LOAD_V(p, i) vload4(0, (__global const float*)(p) + (i))
+#define LOAD_V LOAD_F4
 #endif
 
 __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
@@ -152,13 +164,26 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #pragma unroll
             for (int rr = 0; rr < RPW; ++rr)
                 if (rg * RPW + rr < NR) acc[rr] *= salpha[rg * RPW + rr];
+            // VU loads in flight before their products (a decode group runs one or two tiles:
+            // latency, not throughput); a key no row sees is not read (its p is 0 for every row)
             const int n = min(TK, hi - base);
-            for (int j = 0; j < n; ++j) {
-                if (!live[j]) continue;
-                const float4 vv = LOAD_V(v, (long)(base + j) * vs + (long)hk * vh + 4 * c);
+            for (int j0 = 0; j0 < n; j0 += VU) {
+                float4 vv[VU];
 #pragma unroll
-                for (int rr = 0; rr < RPW; ++rr)
-                    if (rg * RPW + rr < NR) acc[rr] += sc[(rg * RPW + rr) * TK + j] * vv;
+                for (int u = 0; u < VU; ++u) {
+                    const int j = j0 + u;
+                    vv[u] = (float4)(0.0f);
+                    if (j < n && live[j])
+                        vv[u] = LOAD_V(v, (long)(base + j) * vs + (long)hk * vh + 4 * c);
+                }
+#pragma unroll
+                for (int u = 0; u < VU; ++u) {
+#pragma unroll
+                    for (int rr = 0; rr < RPW; ++rr) {
+                        const int r = rg * RPW + rr;
+                        if (r < NR) acc[rr] += sc[r * TK + j0 + u] * vv[u];
+                    }
+                }
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites sc and live

@@ -97,23 +97,21 @@ inline int wg_sum_int(int v, __local int* red) {
 // The reference computes theta = pos * freq_base^(-2i/n_dims) * freq_scale / factor in float64;
 // in float the angle of a late position is off by ulps of thousands of radians. So the angle is
 // a float-float (hi + lo, ~44 bits): the frequency is r^i with r = freq_base^(-2/n_dims) given by
-// the host as a float-float, raised by squaring; theta is reduced mod 2*pi in float-float before
-// sin/cos. fma() is exact-product arithmetic here, not a speed hint.
+// the host as a float-float, raised by squaring; theta is reduced mod 2*pi before sin/cos.
+// fma() gives exact product errors here. No sum below adds a plain product to a rounded copy of
+// itself, so a compiler that contracts a * b + c into an fma (allowed by default) changes nothing;
+// the pairs are left unnormalized (|lo| within an ulp or two of hi) for the same reason.
 inline float2 ff_mul(float2 a, float2 b) {
     const float p = a.x * b.x;
     float e = fma(a.x, b.x, -p);
     e = fma(a.x, b.y, e);
     e = fma(a.y, b.x, e);
-    const float s = p + e;
-    return (float2)(s, e - (s - p));
+    return (float2)(p, e);
 }
 
 inline float2 ff_div_f(float2 a, float b) {  // (a.x + a.y) / b
     const float q = a.x / b;
-    const float r = fma(-q, b, a.x) + a.y;
-    const float q2 = r / b;
-    const float s = q + q2;
-    return (float2)(s, q2 - (s - q));
+    return (float2)(q, (fma(-q, b, a.x) + a.y) / b);
 }
 
 // cos and sin (x, y) of pos * r^i * fs / factor, times attn_factor; r and fs as float-floats.
@@ -125,19 +123,13 @@ inline float2 rope_cos_sin(int pos, int i, float2 r, float2 fs, float factor, fl
     }
     float2 th = ff_mul(ff_mul((float2)((float)pos, 0.0f), f), fs);  // pos < 2^24: exact
     if (factor != 1.0f) th = ff_div_f(th, factor);
-    // theta - k * 2pi: 2pi as 6.2831854820251465f + -1.7484555314695172e-07f; k * hi exactly
-    // as a float-float (fma), and th.x - that hi exact (Sterbenz: the two are within 2x)
+    // theta - k * 2pi, 2pi = 6.2831854820251465f + -1.7484555314695172e-07f: one rounding of
+    // th.x - k * hi (about 1e-7 rad at |x| <= pi), then the small parts
     const float k = rint(th.x * 0.15915493667125702f);
-    const float ph = k * 6.2831854820251465f;
-    const float pl = fma(k, 6.2831854820251465f, -ph) + k * -1.7484555314695172e-07f;
-    const float a = th.x - ph;
-    const float rl = th.y - pl;
-    const float x = a + rl;
-    const float xl = rl - (x - a);
+    const float x = fma(-k, 6.2831854820251465f, th.x) + (th.y - k * -1.7484555314695172e-07f);
     float c;
     const float s = sincos(x, &c);
-    // sin/cos(x + xl) to first order in xl (|xl| <= ulp(x))
-    return (float2)((c - s * xl) * attn_factor, (s + c * xl) * attn_factor);
+    return (float2)(c * attn_factor, s * attn_factor);
 }
 
 #endif
