@@ -106,6 +106,65 @@ class StepLowering:
         return out
 
 
+def step_supports(
+    weight_types: frozenset[GGMLType],
+    mat_vec_max_t: Callable[[GGMLType], int],
+    attention: Callable[[Tensor], bool],
+) -> Callable[[Tensor], bool]:
+    """The `supports_op` of a backend whose kernels are the step kinds above: weight products
+    and lookups read blocks of `weight_types` (rows a multiple of 32), a product's residual is
+    fused only into mat-vecs (at most `mat_vec_max_t(type)` token rows), activations are f32,
+    caches f32 or f16; `attention` says which attentions its kernel takes."""
+
+    def f32(n: Tensor) -> bool:
+        return all(x.dtype == F32 for x in n.srcs)
+
+    def mat_vec(mm: Tensor) -> bool:
+        a, b = mm.srcs[:2]
+        t = math.prod(b.shape[:-1])
+        return a.op is Op.WEIGHT and len(a.shape) == 2 and t <= mat_vec_max_t(a.dtype)
+
+    def get_rows(n: Tensor) -> bool:
+        t = n.srcs[0]
+        if t.op is Op.WEIGHT:
+            return t.dtype in weight_types and t.shape[1] % 32 == 0
+        return t.dtype == F32
+
+    def mul_mat(n: Tensor) -> bool:
+        a, b = n.srcs[:2]
+        if b.dtype != F32:
+            return False
+        if len(n.srcs) == 3:  # the fused residual, in the mat-vec's epilogue
+            return mat_vec(n) and n.srcs[2].dtype == F32 and a.dtype in weight_types
+        if a.op is Op.WEIGHT and len(a.shape) == 2:
+            return a.dtype in weight_types and a.shape[1] % 32 == 0
+        return a.dtype in (F32, F16)
+
+    table: dict[Op, Callable[[Tensor], bool]] = {
+        **dict.fromkeys((*LEAVES, Op.VIEW, Op.RESHAPE, Op.PERMUTE), lambda n: True),
+        Op.CONT: lambda n: len(n.shape) <= 4 and n.srcs[0].dtype in (F32, F16, I32),
+        Op.CPY: lambda n: len(n.shape) <= 4 and n.srcs[0].dtype in (F32, F16)
+        and n.dtype in (F32, F16),
+        Op.GET_ROWS: get_rows,
+        Op.SET_ROWS: lambda n: n.srcs[0].dtype in (F32, F16) and n.srcs[2].dtype == F32,
+        Op.MUL_MAT: mul_mat,
+        **dict.fromkeys((Op.ADD, Op.MUL), lambda n: len(n.shape) <= 4 and f32(n)),
+        **dict.fromkeys((Op.SCALE, Op.SILU, Op.GELU, Op.SWIGLU, Op.GEGLU, Op.RMS_NORM, Op.NORM),
+                        f32),
+        Op.ROPE: lambda n: n.srcs[0].dtype == F32 and len(n.srcs[0].shape) == 3
+        and all(x.dtype in (F32, I32) for x in n.srcs),
+        Op.SOFT_MAX: lambda n: len(n.srcs) == 1 or tuple(n.srcs[1].shape) == tuple(n.shape[-2:]),
+        Op.FLASH_ATTN_EXT: attention,
+        Op.ARGMAX: lambda n: n.srcs[0].dtype == F32,
+    }  # fmt: skip
+
+    def supports(node: Tensor) -> bool:
+        check = table.get(node.op)
+        return check is not None and check(node)
+
+    return supports
+
+
 def lower_steps(
     graph: Graph,
     supports: Callable[[Tensor], bool],

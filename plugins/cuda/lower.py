@@ -8,9 +8,6 @@ every small-batch pass of llmrt.lower.passes.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
@@ -23,6 +20,7 @@ from llmrt.lower.steps import (
     liveness,
     lower_mul_mat,
     lower_steps,
+    step_supports,
 )
 from llmrt.lower.view import View
 
@@ -43,37 +41,8 @@ q8_layout = passes.q8_layout
 __all__ = ["ITEMSIZE", "Plan", "Step", "lower", "q8_layout", "supports"]
 
 
-def _is_mmv(mm: Tensor) -> bool:
-    a, b = mm.srcs[:2]
-    return (
-        a.op is Op.WEIGHT and len(a.shape) == 2 and math.prod(b.shape[:-1]) <= _mmv_max_t(a.dtype)
-    )
-
-
 def _mmv_max_t(dtype: GGMLType) -> int:
     return max(MMV_MAX_T, MMVQ_MAX_T) if dtype in Q8_TYPES else MMV_MAX_T
-
-
-def _all_f32(node: Tensor) -> bool:
-    return all(x.dtype == F32 for x in node.srcs)
-
-
-def _get_rows(node: Tensor) -> bool:
-    t = node.srcs[0]
-    if t.op is Op.WEIGHT:
-        return t.dtype in WEIGHT_TYPES and t.shape[1] % 32 == 0
-    return t.dtype == F32
-
-
-def _mul_mat(node: Tensor) -> bool:
-    a, b = node.srcs[:2]
-    if b.dtype != F32:
-        return False
-    if len(node.srcs) == 3:  # the fused residual: small batches, in the mat-vec's epilogue
-        return _is_mmv(node) and node.srcs[2].dtype == F32 and a.dtype in WEIGHT_TYPES
-    if a.op is Op.WEIGHT and len(a.shape) == 2:
-        return a.dtype in WEIGHT_TYPES and a.shape[1] % 32 == 0
-    return a.dtype in (F32, F16)
 
 
 def _attention(node: Tensor) -> bool:
@@ -85,29 +54,8 @@ def _attention(node: Tensor) -> bool:
     )  # fmt: skip
 
 
-SUPPORTS: dict[Op, Callable[[Tensor], bool]] = {
-    **dict.fromkeys((*LEAVES, Op.VIEW, Op.RESHAPE, Op.PERMUTE), lambda n: True),
-    Op.CONT: lambda n: len(n.shape) <= 4 and n.srcs[0].dtype in (F32, F16, I32),
-    Op.CPY: lambda n: len(n.shape) <= 4 and n.srcs[0].dtype in (F32, F16)
-    and n.dtype in (F32, F16),
-    Op.GET_ROWS: _get_rows,
-    Op.SET_ROWS: lambda n: n.srcs[0].dtype in (F32, F16) and n.srcs[2].dtype == F32,
-    Op.MUL_MAT: _mul_mat,
-    **dict.fromkeys((Op.ADD, Op.MUL), lambda n: len(n.shape) <= 4 and _all_f32(n)),
-    **dict.fromkeys((Op.SCALE, Op.SILU, Op.GELU, Op.SWIGLU, Op.GEGLU, Op.RMS_NORM, Op.NORM),
-                    _all_f32),
-    Op.ROPE: lambda n: n.srcs[0].dtype == F32 and len(n.srcs[0].shape) == 3
-    and all(x.dtype in (F32, I32) for x in n.srcs),
-    Op.SOFT_MAX: lambda n: len(n.srcs) == 1 or tuple(n.srcs[1].shape) == tuple(n.shape[-2:]),
-    Op.FLASH_ATTN_EXT: _attention,
-    Op.ARGMAX: lambda n: n.srcs[0].dtype == F32,
-}  # fmt: skip
-
-
-def supports(node: Tensor) -> bool:
-    """What the kernels implement; drives placement, fusion and conformance skips."""
-    check = SUPPORTS.get(node.op)
-    return check is not None and check(node)
+# what the kernels implement; drives placement, fusion and conformance skips
+supports = step_supports(WEIGHT_TYPES, _mmv_max_t, _attention)
 
 
 def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
