@@ -51,44 +51,23 @@ inline uint wg_pow2_half(uint n) {
     return s >> 1;
 }
 
-inline float wg_sum(float v, __local float* red) {
-    const uint l = get_local_id(0), n = get_local_size(0);
-    red[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
-        if (l < s && l + s < n) red[l] += red[l + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
+#define WG_REDUCE(NAME, T, COMBINE)                                        \
+    inline T NAME(T v, __local T* red) {                                   \
+        const uint l = get_local_id(0), n = get_local_size(0);            \
+        red[l] = v;                                                        \
+        barrier(CLK_LOCAL_MEM_FENCE);                                      \
+        for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {                   \
+            if (l < s && l + s < n) red[l] = COMBINE(red[l], red[l + s]);  \
+            barrier(CLK_LOCAL_MEM_FENCE);                                  \
+        }                                                                  \
+        const T r = red[0];                                                \
+        barrier(CLK_LOCAL_MEM_FENCE);                                      \
+        return r;                                                          \
     }
-    const float r = red[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
-
-inline float wg_max(float v, __local float* red) {
-    const uint l = get_local_id(0), n = get_local_size(0);
-    red[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
-        if (l < s && l + s < n) red[l] = fmax(red[l], red[l + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float r = red[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
-
-inline int wg_sum_int(int v, __local int* red) {
-    const uint l = get_local_id(0), n = get_local_size(0);
-    red[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {
-        if (l < s && l + s < n) red[l] += red[l + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const int r = red[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
+#define WG_ADD(a, b) ((a) + (b))
+WG_REDUCE(wg_sum, float, WG_ADD)
+WG_REDUCE(wg_max, float, fmax)
+WG_REDUCE(wg_sum_int, int, WG_ADD)
 
 // The largest local work-group size the llmrt kernels use: __local arrays are sized by it.
 #define WG_MAX 256
