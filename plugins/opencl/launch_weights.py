@@ -23,6 +23,7 @@ MMV_WG = 64
 MMV_SB_MAX = 1024  # (token, super-block) q8_K scales one mmv work-group keeps in local memory
 GEMM_M, GEMM_T, GEMM_WG = 64, 32, 128
 GET_ROWS_WG = 64
+CPU_WG = 16  # work-items per group of the CPU kernels (PoCL runs a group as a loop)
 # mmv lane groups take R rows (4 or 2 for one token, 2 for two), rounding each activation
 # chunk once for all R, while at least this many work-groups remain to fill the device
 MMV_MIN_GROUPS = 128
@@ -83,7 +84,30 @@ def _residual(prog: OpenCLProgram, step: Step) -> tuple[tuple, np.int32]:
     return prog.arg(step.out), np.int32(0)
 
 
+def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    """A CPU device (PoCL): activations rounded once (round_rows), then a work-item per row."""
+    p = step.params
+    wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
+    w, x = step.ins[:2]
+    (res, has_res), y = _residual(prog, step), prog.arg(step.out)
+    launches = []
+    xr = prog.arg(x)
+    if wtype != GGMLType.F32:  # every other weight type rounds the activations first
+        block = 256 if wtype in K_QUANTS else 32
+        xr = prog.scratch(4 * t * k)
+        args = (*prog.arg(x), *xr, np.int32(k), np.int32(t))
+        size = _groups(t * (k // block), CPU_WG) * CPU_WG
+        launches.append(Launch(_kernel(prog, wtype, "round_rows"), (size,), (CPU_WG,), args))
+    args = (*prog.arg(w), np.int64(p["row_bytes"]), *xr, *y, *res, has_res, np.int32(m),
+            np.int32(k), np.int32(t))  # fmt: skip
+    size = _groups(m, CPU_WG) * CPU_WG
+    launches.append(Launch(_kernel(prog, wtype, "mmv_row"), (size,), (CPU_WG,), args))
+    return launches
+
+
 def _launch_mmv(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    if prog.device_info.get("cpu"):
+        return _launch_mmv_cpu(prog, step)
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
     w, x = step.ins[:2]

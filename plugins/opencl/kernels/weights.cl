@@ -359,6 +359,65 @@ MMV(2, 2)
 MMV(4, 1)
 MMV(8, 1)
 
+// ---- mmv on CPU devices (PoCL) ----------------------------------------------------------------
+// There a work-group is a loop over its work-items, and barriers and local-memory trees cost more
+// than they save: the activations are rounded once a step (round_rows: a work-item per block of
+// 32, or 256 for q8_K), then a work-item computes a row for every token, each weight chunk
+// dequantized once for all of them.
+#if XQ == XQ_Q8_K
+#define ROUND_BLOCK 256
+#else
+#define ROUND_BLOCK 32
+#endif
+
+__kernel void round_rows(__global const uchar* xb, ulong xo, __global uchar* ob, ulong oo, int K,
+                         int T) {
+    const int nb = K / ROUND_BLOCK, g = get_global_id(0);
+    if (g >= T * nb) return;
+    const int t = g / nb, b = g - t * nb;
+    __global const float* x = CPTR(float, xb, xo) + (size_t)t * K + b * ROUND_BLOCK;
+    __global float* o = PTR(float, ob, oo) + (size_t)t * K + b * ROUND_BLOCK;
+    float v[32];
+    float amax = 0.0f;
+    for (int c = 0; c < ROUND_BLOCK / 32; ++c) {
+        for (int i = 0; i < 4; ++i) load8(x + c * 32 + 8 * i, v + 8 * i);
+        amax = fmax(amax, amax_n(v, 32));
+    }
+#if XQ == XQ_Q8_0 || XQ == XQ_Q8_K
+    const float2 s = q8_scales(amax);
+#else
+    const float2 s = (float2)(0.0f);
+#endif
+    for (int c = 0; c < ROUND_BLOCK / 32; ++c) {
+        for (int i = 0; i < 4; ++i) load8(x + c * 32 + 8 * i, v + 8 * i);
+        round_x(v, 32, s);
+        for (int i = 0; i < 8; ++i) vstore4(vload4(i, v), 0, o + c * 32 + 4 * i);
+    }
+}
+
+__kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xb,
+                      ulong xo, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro,
+                      int has_res, int M, int K, int T) {
+    const int row = get_global_id(0);
+    if (row >= M) return;
+    __global const uchar* w = wb + wo + (ulong)row * (ulong)row_bytes;
+    __global const float* x = CPTR(float, xb, xo);
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int c = 0; c < (K >> 5); ++c) {
+        float wv[32], xv[32];
+        dequant32(w, c, wv);
+        for (int t = 0; t < T; ++t) {
+            for (int i = 0; i < 4; ++i) load8(x + (size_t)t * K + c * 32 + 8 * i, xv + 8 * i);
+            acc[t] += dot32(wv, xv);
+        }
+    }
+    __global float* y = PTR(float, yb, yo);
+    for (int t = 0; t < T; ++t) {
+        const size_t o = (size_t)t * M + row;
+        y[o] = has_res ? acc[t] + CPTR(float, rb, ro)[o] : acc[t];
+    }
+}
+
 // ---- gemm: many tokens ----------------------------------------------------------------------
 
 // Y[t, m] = sum_k W[m, k] X[t, k] (+ Res[t, m]) in tiles of GEMM_M rows x GEMM_T tokens, one
