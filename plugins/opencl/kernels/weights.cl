@@ -395,6 +395,30 @@ __kernel void round_rows(__global const uchar* xb, ulong xo, __global uchar* ob,
     }
 }
 
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 8
+// Block c of a row as two float16 (elements 0-15 and 16-31), dequantized as dequant16 does.
+inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi) {
+#if WTYPE == 2  // Q4_0: d, qs[16]; (q - 8) * d
+    __global const uchar* b = row + (size_t)c * 18;
+    const float d = ld_h(b);
+    const uchar16 q = vload16(0, b + 2);
+    *lo = convert_float16(convert_int16(q & (uchar16)15) - 8) * d;
+    *hi = convert_float16(convert_int16(q >> (uchar16)4) - 8) * d;
+#elif WTYPE == 3  // Q4_1: d, m, qs[16]; q * d + m
+    __global const uchar* b = row + (size_t)c * 20;
+    const float d = ld_h(b), m = ld_h(b + 2);
+    const uchar16 q = vload16(0, b + 4);
+    *lo = convert_float16(q & (uchar16)15) * d + m;
+    *hi = convert_float16(q >> (uchar16)4) * d + m;
+#else  // Q8_0: d, qs[32] int8
+    __global const uchar* b = row + (size_t)c * 34;
+    const float d = ld_h(b);
+    *lo = convert_float16(as_char16(vload16(0, b + 2))) * d;
+    *hi = convert_float16(as_char16(vload16(0, b + 18))) * d;
+#endif
+}
+#endif
+
 __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xb,
                       ulong xo, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro,
                       int has_res, int M, int K, int T) {
@@ -403,6 +427,24 @@ __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __glob
     __global const uchar* w = wb + wo + (ulong)row * (ulong)row_bytes;
     __global const float* x = CPTR(float, xb, xo);
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 8
+    // the legacy 4- and 8-bit blocks in vector types, which a CPU device maps to its SIMD units
+    float16 sum[8];
+    for (int t = 0; t < T; ++t) sum[t] = (float16)(0.0f);
+    for (int c = 0; c < (K >> 5); ++c) {
+        float16 lo, hi;
+        wq_vec(w, c, &lo, &hi);
+        for (int t = 0; t < T; ++t) {
+            __global const float* xt = x + (size_t)t * K + c * 32;
+            sum[t] += lo * vload16(0, xt) + hi * vload16(1, xt);
+        }
+    }
+    for (int t = 0; t < T; ++t) {
+        const float8 s8 = sum[t].lo + sum[t].hi;
+        const float4 s4 = s8.lo + s8.hi;
+        acc[t] = (s4.x + s4.y) + (s4.z + s4.w);
+    }
+#else
     for (int c = 0; c < (K >> 5); ++c) {
         float wv[32], xv[32];
         dequant32(w, c, wv);
@@ -411,6 +453,7 @@ __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __glob
             acc[t] += dot32(wv, xv);
         }
     }
+#endif
     __global float* y = PTR(float, yb, yo);
     for (int t = 0; t < T; ++t) {
         const size_t o = (size_t)t * M + row;
