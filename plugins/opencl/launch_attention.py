@@ -37,7 +37,7 @@ _SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDicti
 def _rows(prog: OpenCLProgram, t: int, group: int, d: int) -> int:
     """Query rows per work-group: all of a decode token's grouped heads, at most what local
     memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest)."""
-    local = int(prog.device_info.get("local_mem_size", LOCAL_BYTES + 1024)) - 1024
+    local = int(prog.device_info["local_mem_size"]) - 1024
     return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + NT)), t * group))
 
 
@@ -49,16 +49,14 @@ def _fits(kernel: Any, nt: int) -> bool:
 
 
 def _cpu(prog: OpenCLProgram) -> bool:
-    """A CPU device (PoCL) takes fattn_row. device_info's "cpu" where the program gives it; else
-    the work-group limit, 4096 on PoCL's CPU device and at most 1024 on GPUs."""
-    info = prog.device_info
-    return bool(info["cpu"]) if "cpu" in info else int(info["max_work_group_size"]) >= 4096
+    """A CPU device (PoCL) takes fattn_row."""
+    return bool(prog.device_info["cpu"])
 
 
 def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool) -> tuple[int, int]:
     """(number of splits, keys per split, a multiple of the tile): enough groups to fill the
     device, each split at least one tile."""
-    units = int(prog.device_info.get("compute_units", 1))
+    units = int(prog.device_info["compute_units"])
     want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT[cpu] * units // groups), -(-s // NT))
     if want <= 1:
         return 1, s

@@ -39,8 +39,7 @@ def _f32(x: float) -> np.float32:
 
 
 def _local(prog: OpenCLProgram) -> int:
-    limits = getattr(prog, "device_info", None) or {}
-    return max(1, min(LOCAL, int(limits.get("max_work_group_size", LOCAL))))
+    return max(1, min(LOCAL, int(prog.device_info["max_work_group_size"])))
 
 
 def _flat(prog: OpenCLProgram, n: int) -> tuple[tuple[int], tuple[int]]:

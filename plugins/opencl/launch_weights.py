@@ -84,6 +84,13 @@ def _residual(prog: OpenCLProgram, step: Step) -> tuple[tuple, np.int32]:
     return prog.arg(step.out), np.int32(0)
 
 
+def _rounding(wtype: GGMLType) -> str:
+    """How weights of this type round the activations (reference.vec_dot_round)."""
+    if wtype in (GGMLType.F16, GGMLType.BF16):
+        return wtype.name
+    return "q8_K" if wtype in K_QUANTS else "q8_0"
+
+
 def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
     """A CPU device (PoCL): activations rounded once (round_rows), then a work-item per row."""
     p = step.params
@@ -93,11 +100,16 @@ def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
     launches = []
     xr = prog.arg(x)
     if wtype != GGMLType.F32:  # every other weight type rounds the activations first
-        block = 256 if wtype in K_QUANTS else 32
-        xr = prog.scratch(4 * t * k)
-        args = (*prog.arg(x), *xr, np.int32(k), np.int32(t))
-        size = _groups(t * (k // block), CPU_WG) * CPU_WG
-        launches.append(Launch(_kernel(prog, wtype, "round_rows"), (size,), (CPU_WG,), args))
+        # once for the mat-vecs reading one value the same way (q/k/v, gate/up): keyed by the
+        # value's storage, which no other value shares
+        key = (id(x.storage), x.offset, x.n, _rounding(wtype))
+        if key not in prog.memo:
+            block = 256 if wtype in K_QUANTS else 32
+            prog.memo[key] = xr = prog.scratch(4 * t * k)
+            args = (*prog.arg(x), *xr, np.int32(k), np.int32(t))
+            size = _groups(t * (k // block), CPU_WG) * CPU_WG
+            launches.append(Launch(_kernel(prog, wtype, "round_rows"), (size,), (CPU_WG,), args))
+        xr = prog.memo[key]
     args = (*prog.arg(w), np.int64(p["row_bytes"]), *xr, *y, *res, has_res, np.int32(m),
             np.int32(k), np.int32(t))  # fmt: skip
     size = _groups(m, CPU_WG) * CPU_WG

@@ -74,6 +74,7 @@ class OpenCLProgram(Executable):
         self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",
                               device.id)  # fmt: skip
         self.keep: list[Any] = []
+        self.memo: dict[Any, Any] = {}  # what launch builders share within this program
         self.base: dict[Storage, tuple[Any, int]] = {}
         for s in plan.storages:
             if s.kind in ("weight", "state"):
