@@ -18,11 +18,14 @@ import functools
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from llmrt.errors import DeviceNotFound, UnsupportedOp
+from llmrt.gguf.constants import GGMLType
 from llmrt.plugins import get_plugins, on_reset
 
 API_VERSION = 1
@@ -113,13 +116,105 @@ class Backend(ABC):
         return None
 
 
+class Buffer(ABC):
+    """A tensor's bytes in one device's memory (ggml-backend's buffer with its tensor's get, set
+    and cpy): what ``Device.allocate`` and ``new_state`` return, and where a compiled graph takes
+    an input or leaves an output (``Executable.input_buffer`` / ``output_buffer``).
+
+    ``shape`` and ``dtype`` (a ``GGMLType``: F32, F16 or I32) describe a contiguous tensor.
+    """
+
+    def __init__(self, device: Device, shape: tuple[int, ...], dtype: GGMLType) -> None:
+        self.device, self.shape, self.dtype = device, tuple(shape), GGMLType(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * HOST_TYPES[self.dtype]().itemsize
+
+    @abstractmethod
+    def write(self, data: Any) -> None:
+        """Overwrite the whole tensor from a host array of its shape (converted to its dtype).
+        Done when it returns: ``data`` may change afterwards."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """A host copy of the tensor, of its shape and dtype, once the device's pending work on
+        it is done."""
+
+    def copy_from(self, src: Buffer) -> bool:
+        """Copy ``src`` (same shape and dtype, any device) in without a host round trip where this
+        backend can (same device, peer access, memory both devices map) and return True; return
+        False, having done nothing, where it cannot: ``copy`` then stages through the host."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.device.id} {list(self.shape)} {self.dtype.name}>"
+
+
+# the host dtype of each tensor type a buffer may hold
+HOST_TYPES = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
+
+
+class HostBuffer(Buffer):
+    """A buffer in host memory: a numpy array (the host device's, and a backend's that shares
+    host memory)."""
+
+    def __init__(self, device: Device, array: np.ndarray) -> None:
+        super().__init__(device, array.shape, _ggml_type(array.dtype))
+        self.array = array
+
+    def write(self, data: Any) -> None:
+        np.copyto(self.array, np.asarray(data).reshape(self.shape), casting="unsafe")
+
+    def read(self) -> np.ndarray:
+        return self.array.copy()
+
+    def copy_from(self, src: Buffer) -> bool:
+        if not isinstance(src, HostBuffer):
+            return False
+        np.copyto(self.array, src.array)
+        return True
+
+
+def _ggml_type(dtype: np.dtype) -> GGMLType:
+    for ggml_type, host in HOST_TYPES.items():
+        if np.dtype(host) == dtype:
+            return ggml_type
+    raise UnsupportedOp(f"buffers hold f32, f16 or i32 tensors, not {dtype}")
+
+
+def copy(dst: Buffer, src: Buffer) -> bool:
+    """Copy ``src`` into ``dst``: device to device where ``dst``'s backend can, else through a
+    host array (ggml_backend_tensor_copy). Returns whether the host was skipped."""
+    if dst.shape != src.shape or dst.dtype != src.dtype:
+        raise ValueError(f"cannot copy {src!r} into {dst!r}: shape and type must match")
+    if dst.copy_from(src):
+        return True
+    dst.write(src.read())
+    return False
+
+
 class Executable(ABC):
     """A graph compiled for one device, replayed with new inputs; the hot path of a decode step."""
 
     @abstractmethod
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run once. ``inputs`` maps input keys to host arrays; returns the graph's outputs as
-        host numpy arrays."""
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """Run once. ``inputs`` maps input keys to host arrays, but for the keys written into
+        ``input_buffer``s before the call, which may be left out. Returns the graph's outputs
+        named in ``outputs`` (None: all of them) as host numpy arrays; it may return more.
+        Every output, returned or not, is in its ``output_buffer`` until the next run."""
+
+    def input_buffer(self, key: str) -> Buffer | None:
+        """The buffer that input ``key`` is read from, to write or ``copy`` into before ``run``
+        (None: this program takes the input only as a host array)."""
+        return None
+
+    def output_buffer(self, name: str) -> Buffer | None:
+        """The buffer holding output ``name`` after a run, read or copied from before the next
+        (None: it is only returned by ``run``)."""
+        return None
 
 
 class Device(ABC):
@@ -148,13 +243,19 @@ class Device(ABC):
         return the handle that ``compile`` binds it by. Called once per weight at model load."""
         raise UnsupportedOp(f"{self.id} cannot hold weights")
 
-    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        """Allocate a zeroed persistent tensor (a KV cache) and return its handle."""
-        raise UnsupportedOp(f"{self.id} cannot hold state")
+    def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Buffer:
+        """A zeroed buffer for a contiguous tensor of ``shape`` and ``dtype`` (F32, F16 or I32).
+        Raises ``OutOfDeviceMemory`` with a one-line message when the device cannot hold it."""
+        raise UnsupportedOp(f"{self.id} cannot hold buffers")
 
-    def write_state(self, state: Any, data: Any) -> None:
-        """Overwrite a state tensor from a host numpy array of its shape and type."""
-        raise UnsupportedOp(f"{self.id} cannot hold state")
+    def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Buffer:
+        """A zeroed persistent tensor (a KV cache), bound by key in ``compile``: by default a
+        buffer from ``allocate``."""
+        return self.allocate(shape, dtype)
+
+    def write_state(self, state: Buffer, data: Any) -> None:
+        """Overwrite a state tensor from a host array of its shape (``state.write``)."""
+        state.write(data)
 
     def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
         """Lower ``graph`` once: resolve a kernel per node and plan buffers. ``bindings`` maps
@@ -334,3 +435,20 @@ def switches_set() -> dict[str, str]:
 def get_device(spec: str = "auto") -> Device:
     """The device ``--device spec`` names (``auto``, ``cpu``, ``cuda:0``, ``vulkan:1``…)."""
     return registry().select(spec)
+
+
+def get_devices(spec: str | Device | Sequence[str | Device] = "auto") -> list[Device]:
+    """The devices a model is split over: ``--device cuda:0,cuda:1`` (any backends, each once),
+    a list of names or devices, or one of them."""
+    if isinstance(spec, Device):
+        return [spec]
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str) and len(parts) > 1 and any(p.strip() in ("", "auto") for p in parts):
+        raise DeviceNotFound(f"bad device list '{spec}': name each device (auto goes alone)")
+    found = [p if isinstance(p, Device) else get_device(p) for p in parts]
+    repeated = {d.id for d in found if found.count(d) > 1}
+    if repeated:
+        raise DeviceNotFound(f"device {', '.join(sorted(repeated))} is listed twice in '{spec}'")
+    if not found:
+        raise DeviceNotFound("no device given")
+    return found

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrt.device import Device, DeviceType, Executable, get_device, registry
+from llmrt.device import Device, DeviceType, Executable, get_devices, registry
 from llmrt.errors import LlmrtError, OutOfDeviceMemory, UsageError
 from llmrt.gguf.constants import GGMLType
 from llmrt.gguf.split import ModelFiles
@@ -38,8 +38,9 @@ class Model:
     """A GGUF model with its weights on a device, and its tokenizer."""
 
     def __init__(
-        self, path: str | os.PathLike[str], device: str | Device = "auto", n_gpu_layers: int = -1,
-        threads: int | None = None,
+        self, path: str | os.PathLike[str], device: str | Device | Sequence[str | Device] = "auto",
+        n_gpu_layers: int = -1, threads: int | None = None,
+        tensor_split: Sequence[float] | None = None,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         if self.path.is_dir():
@@ -53,13 +54,18 @@ class Model:
             raise LlmrtError(f"{self.path} has no general.architecture: not a model file")
         self.arch = get_architecture(arch_name)
         self.hp = self.arch.hparams(self.metadata)
-        self.device = device if isinstance(device, Device) else get_device(device)
+        # the devices the layers are split over (--device a,b), the first one the primary
+        self.devices = get_devices(device)
+        self.device = self.devices[0]
         self.host = registry().host()
         # -t: the host threads of the backends that run this model (None: each one's default)
-        if self.device.backend is not self.host.backend:
-            self.device.backend.set_threads(threads)
+        for backend in {d.backend for d in self.devices} - {self.host.backend}:
+            backend.set_threads(threads)
         self.threads = self.host.backend.set_threads(threads)
-        self.layers = layer_devices(self.hp.n_layer, n_gpu_layers, self.device, self.host)
+        if tensor_split is None and len(self.devices) > 1:
+            tensor_split = default_split(self.devices)
+        self.layers = layer_devices(self.hp.n_layer, n_gpu_layers, self.devices, self.host,
+                                    tensor_split)  # fmt: skip
         self.weight_meta = {t.name: (t.shape, t.type) for t in self.reader.tensors}
         # Where each weight and cache tensor lives: placed from the decode graph (one token),
         # since every shape reads the same leaves from the same layers (a shape that reads one
@@ -458,13 +464,29 @@ def generate(
 
 def load(
     model: str | os.PathLike[str] | None = None,
-    device: str | Device = "auto",
+    device: str | Device | Sequence[str | Device] = "auto",
     n_gpu_layers: int = -1,
     threads: int | None = None,
+    tensor_split: Sequence[float] | None = None,
 ) -> Model:
     """Load a GGUF file, or a known model by name (fetched once into the cache; see
-    `llmrt pull --list`). No model: the default model. `threads`: host threads for the kernels
-    (None: the physical cores)."""
+    `llmrt pull --list`). No model: the default model. `device`: one device, or several to split
+    the layers over ("cuda:0,cuda:1", "vulkan:0,cpu"), in `tensor_split` proportions (None: by
+    free memory). `threads`: host threads for the kernels (None: the physical cores)."""
     from llmrt import pull
 
-    return Model(pull.resolve(model), device, n_gpu_layers, threads)
+    return Model(pull.resolve(model), device, n_gpu_layers, threads, tensor_split)
+
+
+def default_split(devices: Sequence[Device]) -> list[float]:
+    """llama.cpp's default --tensor-split: each device's free memory (equal shares where a
+    device cannot say)."""
+    free = []
+    for dev in devices:
+        try:
+            free.append(dev.info().memory_free)
+        except Exception:
+            free.append(None)
+    if any(f is None or f <= 0 for f in free):
+        return [1.0] * len(devices)
+    return [float(f) for f in free]

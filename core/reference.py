@@ -9,12 +9,13 @@ block of rows at a time, never whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from llmrt.device import HostBuffer
 from llmrt.errors import LlmrtError, UnsupportedOp
 from llmrt.gguf import dequantize
 from llmrt.gguf.constants import GGMLType
@@ -284,7 +285,8 @@ class ReferenceProgram:
             if node.op in (Op.WEIGHT, Op.STATE):
                 if node.key not in bindings:
                     raise LlmrtError(f"graph {graph.name!r} needs '{node.key}', which is not bound")
-                self.values[i] = bindings[node.key]
+                bound = bindings[node.key]  # a state comes as a HostBuffer
+                self.values[i] = bound.array if isinstance(bound, HostBuffer) else bound
             elif node.op is Op.INPUT:
                 self.inputs.append((i, node.key, node))
             else:
@@ -306,7 +308,9 @@ class ReferenceProgram:
                 dies[n].append(j)
         self.steps = [(*step, tuple(dies[n])) for n, step in enumerate(steps)]
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         values = self.values
         for i, key, node in self.inputs:
             values[i] = np.asarray(inputs[key]).reshape(node.shape)

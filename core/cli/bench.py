@@ -12,10 +12,12 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    TensorSplitOption,
     ThreadsOption,
     VerboseOption,
     check_arg,
     check_common,
+    parse_tensor_split,
 )
 from llmrt.device import switches_set
 from llmrt.gguf.constants import FILE_TYPES
@@ -69,6 +71,7 @@ def bench(
     ubatch: Annotated[int, Opt("-ub", "--ubatch-size")] = 512,
     n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
     device: DeviceOption = "auto",
+    tensor_split: TensorSplitOption = None,
     threads: ThreadsOption = 0,
     output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
     json_output: Annotated[bool, Opt("--json", help="Same as -o json.")] = False,
@@ -83,12 +86,14 @@ def bench(
     check_arg("-r", repetitions, repetitions >= 1, "a count >= 1")
     check_common(n_gpu_layers=n_gpu_layers, ubatch_size=ubatch, threads=threads)
     check_arg("-o", output, output in ("md", "json"), "md or json")
+    split = parse_tensor_split(tensor_split)
     rows = []
     if output == "md":
         typer.echo("| model | size | params | backend | ngl | test | t/s |")
         typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
     for name in model or [None]:
-        m = load(name, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
+        m = load(name, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
+                 tensor_split=split)  # fmt: skip
         if verbose:
             from llmrt.cli.run import graph_report, placement
 
@@ -107,7 +112,8 @@ def bench(
                 "file": str(m.path),
                 "size_bytes": m.size_bytes,
                 "params": m.n_params,
-                "backend": m.device.id,
+                "backend": ",".join(d.id for d in m.devices),
+                "tensor_split": split,
                 "ngl": n_gpu_layers,
                 "test": test,
                 "avg_ts": statistics.fmean(speeds),

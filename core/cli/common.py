@@ -13,6 +13,11 @@ DEVICE_HELP = (
     "or NAME:INDEX such as cuda:0 or vulkan:1. `llmrt devices` lists them."
 )
 DeviceOption = Annotated[str, typer.Option("--device", "-dev", help=DEVICE_HELP)]
+TensorSplitOption = Annotated[
+    str | None,
+    typer.Option("-ts", "--tensor-split", help="With several --device: the share of the layers "
+                 "each takes, as 3,1 (default: by free memory)."),
+]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ThreadsOption = Annotated[
     int, typer.Option("-t", "--threads", help="CPU threads for the kernels; 0: the physical cores.")
@@ -53,3 +58,16 @@ def check_common(
         check_arg("-t", threads, threads >= -1, "a thread count >= 1; 0 or -1 takes the default")
     if top_k is not None:
         check_arg("--top-k", top_k, top_k >= 0, "a count >= 0; 0 turns top-k off")
+
+
+def parse_tensor_split(text: str | None) -> list[float] | None:
+    """-ts/--tensor-split "3,1" (llama-bench's "3/1" too) -> [3.0, 1.0]; None -> None."""
+    if text is None:
+        return None
+    try:
+        shares = [float(x) for x in text.replace("/", ",").split(",")]
+    except ValueError:
+        shares = []
+    ok = bool(shares) and all(x >= 0 for x in shares) and sum(shares) > 0
+    check_arg("-ts", text, ok, "proportions >= 0 separated by commas, one per device, as 3,1")
+    return shares

@@ -11,10 +11,12 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    TensorSplitOption,
     ThreadsOption,
     VerboseOption,
     check_arg,
     check_common,
+    parse_tensor_split,
 )
 from llmrt.cli.run import ModelOpt, NglOpt
 from llmrt.errors import LlmrtError, UsageError
@@ -29,6 +31,7 @@ def perplexity(
     batch_size: Annotated[int, Opt("-b", "--batch-size", help="Tokens per ubatch.")] = 512,
     chunks: Annotated[int, Opt("--chunks", help="Chunks to score; -1: all.")] = -1,
     device: DeviceOption = "auto",
+    tensor_split: TensorSplitOption = None,
     threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
     cache_type: Annotated[str, Opt("-ctk", "--cache-type", help="KV cache: f16 or f32.")] = "f16",
@@ -63,7 +66,8 @@ def perplexity(
         raise UsageError(f"cannot read {file}: {exc}") from None
     base = P.Base.load(kl_base) if kl_divergence and kl_base is not None else None
     t0 = time.perf_counter()
-    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
+    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
+             tensor_split=parse_tensor_split(tensor_split))  # fmt: skip
     tok = m.tokenizer
     tokens = tok.encode(text, add_special=True, parse_special=False)
     if base is not None:

@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from llmrt.cli.common import DeviceOption, ThreadsOption, VerboseOption, check_common
+from llmrt.cli.common import (
+    DeviceOption,
+    TensorSplitOption,
+    ThreadsOption,
+    VerboseOption,
+    check_common,
+    parse_tensor_split,
+)
 from llmrt.errors import LlmrtError, UsageError
 
 Opt = typer.Option
@@ -90,6 +97,7 @@ def run(
     n_gpu_layers: NglOpt = -1,
     threads: ThreadsOption = 0,
     device: DeviceOption = "auto",
+    tensor_split: TensorSplitOption = None,
     conversation: ChatOpt = False,
     chat_template: ChatTemplateOpt = None,
     system_prompt: Annotated[str | None, Opt("-sys", "--system-prompt")] = None,
@@ -110,12 +118,15 @@ def run(
     params.validate()
     text = _read_prompt(prompt, file)
     t0 = time.perf_counter()
-    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None)
+    split = parse_tensor_split(tensor_split)
+    m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
+             tensor_split=split)  # fmt: skip
     ctx = m.context(n_ctx=ctx_size, n_ubatch=min(ubatch_size, batch_size), kv_type=cache_type)
     t_load_ms = (time.perf_counter() - t0) * 1e3
     tok = m.tokenizer
     sampler = Sampler(params, m.hp.n_vocab)
-    print(f"llmrt: {m.path.name} on {m.device.id}, seed {sampler.seed}", file=sys.stderr)
+    on = ",".join(d.id for d in m.devices)
+    print(f"llmrt: {m.path.name} on {on}, seed {sampler.seed}", file=sys.stderr)
     if verbose:
         threads = f", {m.threads} CPU threads" if m.threads else ""
         print(f"llmrt: {placement(m)}; context {ctx.n_ctx} tokens, ubatch {ctx.n_ubatch}"

@@ -16,19 +16,21 @@ device declines it. Each node records why it went where (ggml's SET_CAUSE), whic
 --verbose` summarizes.
 
 Splitting: consecutive nodes on one device form a segment, compiled as its own subgraph; a value
-that crosses segments is copied through host memory (a later step can add device-to-device
-copies). Weights and state leaves are bound on the device of each segment that reads them.
+that crosses segments goes from the producer's output buffer to the consumer's input buffer
+(`llmrt.device.copy`: device to device where the backend can, through the host where not).
+Weights and state leaves are bound on the device of each segment that reads them.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmrt.device import Device, Executable
-from llmrt.errors import UnsupportedOp
+from llmrt.device import Buffer, Device, Executable, copy
+from llmrt.errors import UnsupportedOp, UsageError
 from llmrt.ir.graph import Graph, Op, Tensor
 
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
@@ -36,12 +38,34 @@ VIEWS = (Op.VIEW, Op.RESHAPE, Op.PERMUTE)
 ALIASING = (*VIEWS, Op.SET_ROWS)
 
 
-def layer_devices(n_layer: int, n_gpu_layers: int, primary: Device, host: Device) -> list[Device]:
-    """The device of each layer, then of the output part (index n_layer)."""
-    if n_gpu_layers < 0 or n_gpu_layers > n_layer:
-        return [primary] * (n_layer + 1)
-    first = n_layer - n_gpu_layers
-    return [primary if il >= first else host for il in range(n_layer)] + [host]
+def layer_devices(
+    n_layer: int, n_gpu_layers: int, devices: Device | Sequence[Device], host: Device,
+    tensor_split: Sequence[float] | None = None,
+) -> list[Device]:  # fmt: skip
+    """The device of each layer, then of the output part (index n_layer), as llama.cpp's layer
+    split: the last `n_gpu_layers` layers (negative: every layer and the output) go to `devices`
+    in contiguous ranges, in order, sized by the `tensor_split` proportions (None: equal); the
+    rest to the host."""
+    devices = [devices] if isinstance(devices, Device) else list(devices)
+    shares = list(tensor_split) if tensor_split is not None else [1.0] * len(devices)
+    if len(shares) != len(devices) or any(x < 0 for x in shares) or sum(shares) <= 0:
+        raise UsageError(
+            f"--tensor-split takes {len(devices)} proportions >= 0, not all 0 (one per device), "
+            f"got {','.join(f'{x:g}' for x in shares)}"
+        )
+    if n_gpu_layers < 0:
+        n_gpu_layers = n_layer + 1
+    start = max(n_layer - n_gpu_layers, 0)
+    offloaded = min(n_gpu_layers, n_layer + 1)
+    bounds = [sum(shares[: i + 1]) / sum(shares) for i in range(len(devices))]
+    layers = []
+    for il in range(n_layer + 1):
+        if il < start or il - start >= offloaded:
+            layers.append(host)
+            continue
+        at = (il - start) / offloaded
+        layers.append(devices[min(bisect.bisect_right(bounds, at), len(devices) - 1)])
+    return layers
 
 
 class Placement(Mapping[int, Device]):
@@ -289,7 +313,10 @@ def split(graph: Graph, where: Mapping[int, Device]) -> list[Segment]:
 
 
 class SplitProgram(Executable):
-    """Segments run in order; values cross between them through host arrays."""
+    """Segments run in order; a value crossing from one to the next goes through the device
+    contract: copied from the producer's output buffer into the consumer's input buffer (device
+    to device where the consumer's backend can, else staged through the host), or as a host
+    array where a side has no buffer for it."""
 
     def __init__(self, graph: Graph, where: Mapping[int, Device],
                  bindings: Mapping[Device, Mapping[str, Any]]) -> None:  # fmt: skip
@@ -299,9 +326,37 @@ class SplitProgram(Executable):
             seg.device.compile(seg.graph, bindings.get(seg.device, {})) for seg in self.segments
         ]
         self.outputs = list(graph.outputs)
+        # for each segment: the values it hands on in its buffers (to segments that all take
+        # them in buffers), those it returns as host arrays (the rest, and the graph's outputs),
+        # and the buffers it takes values in
+        self.handed: list[dict[str, Buffer]] = []
+        self.returned: list[set[str]] = []
+        self.taken: list[dict[str, Buffer]] = [{} for _ in self.segments]
+        for index, (seg, program) in enumerate(zip(self.segments, self.programs, strict=True)):
+            later = range(index + 1, len(self.segments))
+            buffers = {}
+            for name in seg.exports:
+                buffer = program.output_buffer(name) if name not in self.outputs else None
+                takers = {i: self.programs[i].input_buffer(name)
+                          for i in later if name in self.segments[i].imports}  # fmt: skip
+                if buffer is not None and None not in takers.values():
+                    buffers[name] = buffer
+                    for i, dst in takers.items():
+                        self.taken[i][name] = dst
+            self.handed.append(buffers)
+            self.returned.append(set(seg.exports) - set(buffers))
+        self.copies = {"device": 0, "staged": 0}  # how the hand-offs in buffers went
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         values = dict(inputs)
-        for program in self.programs:
-            values.update(program.run(values))
+        produced: dict[str, Buffer] = {}
+        for program, handed, returned, taken in zip(self.programs, self.handed, self.returned,
+                                                    self.taken, strict=True):  # fmt: skip
+            for name, dst in taken.items():
+                self.copies["device" if copy(dst, produced[name]) else "staged"] += 1
+            # only a program that hands values on in buffers is asked for fewer outputs
+            values.update(program.run(values, returned) if handed else program.run(values))
+            produced.update(handed)
         return {name: values[name] for name in self.outputs}

@@ -69,11 +69,14 @@ class NullProgram(Executable):
     bindings: Mapping[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         self.runs.append(dict(inputs))
         return {
             name: np.zeros(t.shape, NUMPY_TYPES.get(t.dtype, np.float32))
             for name, t in self.graph.outputs.items()
+            if outputs is None or name in outputs
         }
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmrt import reference
-from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
+from llmrt.device import (
+    Backend,
+    Device,
+    DeviceInfo,
+    DeviceType,
+    Executable,
+    HostBuffer,
+    Probe,
+)
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 
@@ -87,11 +95,8 @@ class CPUDevice(Device):
         """Weights stay in the memory-mapped file: zero-copy views, quantized blocks as they are."""
         return reference.host_weight(tensor)
 
-    def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
-        return np.zeros(shape, dtype=reference.NUMPY_TYPES[dtype])
-
-    def write_state(self, state: np.ndarray, data: np.ndarray) -> None:
-        np.copyto(state, data)
+    def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> HostBuffer:
+        return HostBuffer(self, np.zeros(shape, dtype=reference.NUMPY_TYPES[dtype]))
 
     def compile(self, graph: Graph, bindings: Mapping[str, Any]) -> Executable:
         return CPUProgram(graph, bindings)
@@ -126,7 +131,9 @@ class CPUProgram(reference.ReferenceProgram, Executable):
         ops.group_products(steps, self.values, shared)
         self.steps = steps
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         self._apply_threads()
         if self.tape is not None:
             return self.tape.run(inputs)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
+from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt_cuda.lower import supports
 
@@ -75,23 +76,18 @@ class CUDADevice(Device):
             data.set(np.ascontiguousarray(tensor.data).reshape(-1))
         return CudaWeight(data, tensor.type, tuple(tensor.shape))
 
-    def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
+    def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
         import cupy
 
-        from llmrt_cuda.executable import alloc
+        from llmrt_cuda.executable import NUMPY, CudaTensor, alloc
 
-        itemsize = 2 if dtype == GGMLType.F16 else 4
+        if dtype not in NUMPY:
+            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
         n = int(np.prod(shape))
         with cupy.cuda.Device(self.index):
-            raw = alloc(n * itemsize, f"state {list(shape)}", self.id)
+            raw = alloc(n * np.dtype(NUMPY[dtype]).itemsize, f"tensor {list(shape)}", self.id)
             raw.fill(0)
-        return raw.view(cupy.float16 if dtype == GGMLType.F16 else cupy.float32).reshape(shape)
-
-    def write_state(self, state: Any, data: Any) -> None:
-        import cupy
-
-        with cupy.cuda.Device(self.index):
-            state.set(np.ascontiguousarray(data, dtype=state.dtype))
+        return CudaTensor(self, raw.view(NUMPY[dtype]).reshape(shape), dtype)
 
     def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
         from llmrt_cuda.executable import CUDAProgram

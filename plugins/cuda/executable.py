@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import cupy as cp
 import numpy as np
 
-from llmrt.device import Executable
+from llmrt.device import Buffer, Device, Executable, HostBuffer
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
@@ -106,6 +106,36 @@ class CudaWeight:
         return self.data.data.ptr
 
 
+class CudaTensor(Buffer):
+    """A tensor in one GPU's memory, a cupy array: a state (a KV cache), or a program's output."""
+
+    def __init__(self, dev: Device, array: cp.ndarray, dtype: GGMLType) -> None:
+        super().__init__(dev, array.shape, dtype)
+        self.array = array
+
+    @property
+    def ptr(self) -> int:
+        return self.array.data.ptr
+
+    def write(self, data: Any) -> None:
+        with cp.cuda.Device(self.device.index):
+            self.array.set(np.ascontiguousarray(data, dtype=self.array.dtype).reshape(self.shape))
+
+    def read(self) -> np.ndarray:
+        with cp.cuda.Device(self.device.index):
+            return self.array.get()
+
+    def copy_from(self, src: Buffer) -> bool:
+        """From any GPU's memory: cupy copies between two devices peer to peer."""
+        if not isinstance(src, CudaTensor):
+            return False
+        with cp.cuda.Device(self.device.index):
+            stream = cp.cuda.Stream(non_blocking=True)
+            self.array.data.copy_from_device_async(src.array.data, self.nbytes, stream)
+            stream.synchronize()
+        return True
+
+
 def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
     try:
         return cp.empty(max(int(nbytes), 1), dtype=cp.uint8)
@@ -145,8 +175,7 @@ def _pad4(dims: tuple[int, ...], fill: int = 1) -> list[int]:
 
 class CUDAProgram(Executable):
     def __init__(self, device: Any, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.device_id = device.id
-        self.index = device.index
+        self.device, self.device_id, self.index = device, device.id, device.index
         with cp.cuda.Device(self.index):
             self._build(graph, bindings)
 
@@ -165,7 +194,7 @@ class CUDAProgram(Executable):
                 if s.key not in bindings:
                     raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
                 handle = bindings[s.key]
-                base[s] = handle.ptr if isinstance(handle, CudaWeight) else handle.data.ptr
+                base[s] = handle.ptr  # a CudaWeight or a CudaTensor
             elif s.kind == "input":
                 buf = alloc(s.nbytes, f"input {s.key}", self.device_id)
                 self.keep.append(buf)
@@ -526,9 +555,12 @@ class CUDAProgram(Executable):
                                        _i64(n)),
                 )  # fmt: skip
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         for key, host, _ in self.inputs:
-            np.copyto(host, np.asarray(inputs[key]).reshape(-1), casting="unsafe")
+            if key in inputs:  # else written into its input_buffer
+                np.copyto(host, np.asarray(inputs[key]).reshape(-1), casting="unsafe")
         with cp.cuda.Device(self.index), self.stream:
             if self.graph is not None:
                 self.graph.launch(self.stream)
@@ -538,6 +570,8 @@ class CUDAProgram(Executable):
                 self._launch_all()
             results = {}
             for name, src, dtype, n, shape in self.outputs:
+                if outputs is not None and name not in outputs:
+                    continue
                 nbytes = max(n * np.dtype(dtype).itemsize, 1)
                 pinned = cp.cuda.alloc_pinned_memory(nbytes)
                 cp.cuda.runtime.memcpyAsync(pinned.ptr, src, nbytes, D2H, self.stream.ptr)
@@ -545,6 +579,22 @@ class CUDAProgram(Executable):
             self.stream.synchronize()
         self.runs += 1
         return results
+
+    def input_buffer(self, key: str) -> Buffer | None:
+        """The pinned host array the graph copies the input from (the copy is in the graph)."""
+        for name, host, shape in self.inputs:
+            if name == key:
+                return HostBuffer(self.device, host.reshape(shape))
+        return None
+
+    def output_buffer(self, name: str) -> Buffer | None:
+        """An output in the activations' arena, as a cupy array over it."""
+        for out, v in self.plan.outputs.items():
+            if out == name and v.contiguous and v.storage.kind == "arena":
+                at = self.ptr(v) - self.arena.data.ptr
+                array = cp.ndarray(v.shape, NUMPY[v.dtype], memptr=self.arena.data + at)
+                return CudaTensor(self.device, array, v.dtype)
+        return None
 
     def _capture(self) -> None:
         try:

@@ -15,7 +15,6 @@ import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
 from llmrt.errors import UnsupportedOp
-from llmrt.gguf.constants import GGMLType
 
 INSTALL = "pip install 'llmrt[opencl]'"
 NO_ICD = (
@@ -126,31 +125,24 @@ class OpenCLDevice(Device):
         """A weight's GGUF blocks as they are (no f32 copy), 16 bytes of slack past the end."""
         import pyopencl as cl
 
-        from llmrt_opencl.program import OpenCLBuffer, allocate
+        from llmrt_opencl.program import OpenCLWeight, allocate
 
         raw = np.ascontiguousarray(tensor.data).reshape(-1).view(np.uint8)
         buf = allocate(self.context, raw.size + 16, f"weight {tensor.name}", self.id)
         cl.enqueue_copy(self.queue, buf, raw, is_blocking=True)
-        return OpenCLBuffer(buf, tensor.type, tuple(tensor.shape), raw.size)
+        return OpenCLWeight(buf, tensor.type, tuple(tensor.shape), raw.size)
 
-    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
         import pyopencl as cl
 
-        from llmrt_opencl.program import OpenCLBuffer, allocate
+        from llmrt_opencl.program import NUMPY, OpenCLTensor, allocate
 
-        if dtype not in (GGMLType.F32, GGMLType.F16):
-            raise UnsupportedOp(f"{self.id} keeps state in f32 or f16, not {dtype.name}")
-        nbytes = int(np.prod(shape)) * (2 if dtype == GGMLType.F16 else 4)
-        buf = allocate(self.context, nbytes, f"state {list(shape)}", self.id)
-        cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, nbytes).wait()
-        return OpenCLBuffer(buf, dtype, tuple(shape), nbytes)
-
-    def write_state(self, state: Any, data: Any) -> None:
-        import pyopencl as cl
-
-        np_type = np.float16 if state.type == GGMLType.F16 else np.float32
-        host = np.ascontiguousarray(data, dtype=np_type).reshape(-1)
-        cl.enqueue_copy(self.queue, state.buf, host, is_blocking=True)
+        if dtype not in NUMPY:
+            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
+        nbytes = int(np.prod(shape)) * np.dtype(NUMPY[dtype]).itemsize
+        buf = allocate(self.context, nbytes, f"tensor {list(shape)}", self.id)
+        cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, max(nbytes, 16)).wait()
+        return OpenCLTensor(self, buf, tuple(shape), dtype)
 
     def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
         from llmrt_opencl.program import OpenCLProgram

@@ -11,7 +11,7 @@ and the byte offset of its first element.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from llmrt.device import Executable
+from llmrt.device import Buffer, Device, Executable
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
@@ -38,14 +38,42 @@ class Launch:
     args: tuple
 
 
-@dataclass
-class OpenCLBuffer:
-    """A weight or state tensor on the device: raw bytes (GGUF blocks for a weight)."""
+@dataclass(frozen=True)
+class OpenCLWeight:
+    """A weight on the device: its GGUF blocks as stored."""
 
     buf: Any  # cl.Buffer
     type: GGMLType
     shape: tuple[int, ...]
     nbytes: int
+
+
+class OpenCLTensor(Buffer):
+    """A tensor `offset` bytes into a cl.Buffer: a state (a KV cache), or where a program takes
+    an input or leaves an output."""
+
+    def __init__(self, dev: Device, buf: Any, shape: tuple[int, ...], dtype: GGMLType,
+                 offset: int = 0) -> None:  # fmt: skip
+        super().__init__(dev, shape, dtype)
+        self.buf, self.offset = buf, offset
+
+    def write(self, data: Any) -> None:
+        host = np.ascontiguousarray(data, dtype=NUMPY[self.dtype]).reshape(-1)
+        cl.enqueue_copy(self.device.queue, self.buf, host, dst_offset=self.offset,
+                        is_blocking=True)  # fmt: skip
+
+    def read(self) -> np.ndarray:
+        host = np.empty(self.shape, NUMPY[self.dtype])
+        cl.enqueue_copy(self.device.queue, host, self.buf, src_offset=self.offset,
+                        is_blocking=True)  # fmt: skip
+        return host
+
+    def copy_from(self, src: Buffer) -> bool:
+        if not isinstance(src, OpenCLTensor) or src.device.context != self.device.context:
+            return False
+        cl.enqueue_copy(self.device.queue, self.buf, src.buf, byte_count=self.nbytes,
+                        src_offset=src.offset, dst_offset=self.offset)  # fmt: skip
+        return True
 
 
 def allocate(ctx: Any, nbytes: int, what: str, device_id: str) -> Any:
@@ -112,15 +140,20 @@ class OpenCLProgram(Executable):
         return buf, np.uint64(0)
 
     # ---- the hot path ----------------------------------------------------------------------
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         q = self.queue
         for key, buf, v in self.inputs:
-            host = np.ascontiguousarray(inputs[key], dtype=NUMPY[v.dtype]).reshape(-1)
-            cl.enqueue_copy(q, buf, host, is_blocking=False)
+            if key in inputs:  # else written into its input_buffer
+                host = np.ascontiguousarray(inputs[key], dtype=NUMPY[v.dtype]).reshape(-1)
+                cl.enqueue_copy(q, buf, host, is_blocking=False)
         for launch in self.launches:
             cl.enqueue_nd_range_kernel(q, launch.kernel, launch.global_size, launch.local_size)
         results, events = {}, []
         for name, v in self.outputs:
+            if outputs is not None and name not in outputs:
+                continue
             host = np.empty(v.n, NUMPY[v.dtype])
             buf, offset = self.arg(v)
             events.append(cl.enqueue_copy(q, host, buf, src_offset=int(offset),
@@ -128,3 +161,16 @@ class OpenCLProgram(Executable):
             results[name] = host.reshape(v.shape)
         cl.wait_for_events(events) if events else q.finish()
         return results
+
+    def input_buffer(self, key: str) -> Buffer | None:
+        for name, buf, v in self.inputs:
+            if name == key:
+                return OpenCLTensor(self.device, buf, v.shape, v.dtype)
+        return None
+
+    def output_buffer(self, name: str) -> Buffer | None:
+        for out, v in self.outputs:
+            if out == name and v.contiguous:
+                buf, offset = self.arg(v)
+                return OpenCLTensor(self.device, buf, v.shape, v.dtype, int(offset))
+        return None

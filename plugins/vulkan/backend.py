@@ -348,24 +348,19 @@ class VulkanDevice(Device):
         shape = tuple(tensor.shape)
         return VulkanWeight(buf, tensor.type, shape, tensor.type.row_nbytes(shape[-1]))
 
-    def new_state(self, shape: tuple[int, ...], dtype: Any) -> Any:
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
         from llmrt_vulkan.program import ITEMSIZE, VulkanState
 
         if dtype not in ITEMSIZE:
-            raise UnsupportedOp(f"{self.id} keeps state in f32 or f16, not {dtype.name}")
+            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
         buf = self.runtime.buffer(int(np.prod(shape)) * ITEMSIZE[dtype])
         self.runtime.fill_zero(buf)
-        return VulkanState(buf, tuple(shape), dtype)
-
-    def write_state(self, state: Any, data: Any) -> None:
-        from llmrt_vulkan.program import NP_TYPES
-
-        self.runtime.write(state.buf, np.asarray(data, NP_TYPES[state.dtype]).reshape(state.shape))
+        return VulkanState(self, self.runtime, buf, tuple(shape), dtype)
 
     def compile(self, graph: Any, bindings: Any) -> Any:
         from llmrt_vulkan.program import VulkanProgram
 
-        return VulkanProgram(self.runtime, graph, bindings)
+        return VulkanProgram(self.runtime, graph, bindings, self)
 
 
 class VulkanBackend(Backend):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrt import device
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX, Graph, Op, Tensor
@@ -33,7 +34,7 @@ from llmrt_vulkan.fusions import (
     plan_fusions,
     prologue_small,
 )  # fmt: skip
-from llmrt_vulkan.runtime import Buffer
+from llmrt_vulkan.runtime import Buffer, Runtime
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
@@ -66,11 +67,28 @@ class VulkanWeight:
     row_nbytes: int
 
 
-@dataclass
-class VulkanState:
-    buf: Buffer
-    shape: tuple[int, ...]
-    dtype: GGMLType
+class VulkanState(device.Buffer):
+    """A tensor `offset` bytes into a runtime buffer: a state (a KV cache), or where a program
+    takes an input or leaves an output."""
+
+    def __init__(self, dev: device.Device, rt: Runtime, buf: Buffer, shape: tuple[int, ...],
+                 dtype: GGMLType, offset: int = 0) -> None:  # fmt: skip
+        super().__init__(dev, shape, dtype)
+        self.rt, self.buf, self.offset = rt, buf, offset
+
+    def write(self, data: Any) -> None:
+        host = np.ascontiguousarray(data, NP_TYPES[self.dtype]).reshape(self.shape)
+        self.rt.write(self.buf, host, self.offset)
+
+    def read(self) -> np.ndarray:
+        raw = self.rt.read(self.buf, self.offset, self.nbytes)
+        return raw.view(NP_TYPES[self.dtype]).reshape(self.shape)
+
+    def copy_from(self, src: device.Buffer) -> bool:
+        if not isinstance(src, VulkanState) or src.rt is not self.rt:
+            return False
+        self.rt.submit_copy(src.buf, src.offset, self.buf, self.offset, self.nbytes)
+        return True
 
 
 @dataclass

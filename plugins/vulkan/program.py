@@ -13,12 +13,13 @@ milliseconds a step).
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 
-from llmrt.device import Executable
+from llmrt.device import Buffer as DeviceBuffer
+from llmrt.device import Device, Executable
 from llmrt.ir import Graph
 from llmrt.lower import ALIGN, Storage, View
 from llmrt_vulkan.lowering import ITEMSIZE, NP_TYPES, Lowering, VulkanState, VulkanWeight
@@ -32,8 +33,9 @@ TRANSFER_READ, TRANSFER_WRITE, HOST_READ = 0x800, 0x1000, 0x2000
 
 
 class VulkanProgram(Executable):
-    def __init__(self, rt: Runtime, graph: Graph, bindings: Mapping[str, Any]) -> None:
-        self.rt = rt
+    def __init__(self, rt: Runtime, graph: Graph, bindings: Mapping[str, Any],
+                 device: Device | None = None) -> None:  # fmt: skip
+        self.rt, self.device = rt, device
         plan = Lowering(rt, graph, bindings)
         self.dispatches = plan.dispatches
         self.constants = plan.constants  # kept alive with the program
@@ -214,16 +216,43 @@ class VulkanProgram(Executable):
                 for i, d in enumerate(self.dispatches)]  # fmt: skip
 
     # ---- the hot path --------------------------------------------------------------------
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
+    ) -> dict[str, Any]:
         for key, view, np_type in self._in_views:
-            arr = np.ascontiguousarray(inputs[key], dtype=np_type)
-            view[:] = arr.reshape(-1).view(np.uint8)
+            if key in inputs:  # else written into its input_buffer
+                arr = np.ascontiguousarray(inputs[key], dtype=np_type)
+                view[:] = arr.reshape(-1).view(np.uint8)
         self.rt.run([self.command_buffer], self.submit)
-        return self._read_outputs()
+        return self._read_outputs(outputs)
 
-    def _read_outputs(self) -> dict[str, Any]:
+    def input_buffer(self, key: str) -> DeviceBuffer | None:
+        for name, ref, shape, dtype in self.inputs:
+            if name == key and self.device is not None:
+                return VulkanState(self.device, self.rt, self.inputs_host, shape, dtype,
+                                   ref.storage.offset)  # fmt: skip
+        return None
+
+    def output_buffer(self, name: str) -> DeviceBuffer | None:
+        """Where a contiguous output is after a run: its copy in host memory, or its storage."""
+        for out, ref, lo, _, host_off in self.out_plan:
+            if out != name or self.device is None or not ref.contiguous or lo != ref.offset:
+                continue
+            if self.outputs_host is not None:
+                buf, offset = self.outputs_host, host_off
+            else:
+                buf, offset = (
+                    self._buffer_of(ref.storage),
+                    ref.storage.offset + lo * ITEMSIZE[ref.dtype],
+                )
+            return VulkanState(self.device, self.rt, buf, ref.shape, ref.dtype, offset)
+        return None
+
+    def _read_outputs(self, names: Collection[str] | None = None) -> dict[str, Any]:
         result = {}
         for name, ref, lo, hi, host_off in self.out_plan:
+            if names is not None and name not in names:
+                continue
             size = ITEMSIZE[ref.dtype]
             if self.outputs_host is not None:
                 raw = self.outputs_host.host[host_off : host_off + (hi - lo) * size]

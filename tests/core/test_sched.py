@@ -346,7 +346,7 @@ def test_verbose_run_prints_the_graph_splits_and_what_was_declined(smollm2_path,
     import llmrt.engine
     from llmrt.cli import main
 
-    monkeypatch.setattr(llmrt.engine, "get_device", lambda spec: DecliningDevice({Op.ROPE}))
+    monkeypatch.setattr(llmrt.engine, "get_devices", lambda spec: [DecliningDevice({Op.ROPE})])
     try:
         main(["run", "-m", str(smollm2_path), "-p", "hi", "-n", "2", "-c", "64", "--temp", "0",
               "--verbose"])  # fmt: skip
@@ -357,3 +357,40 @@ def test_verbose_run_prints_the_graph_splits_and_what_was_declined(smollm2_path,
     assert "llmrt: graph splits = 61 (the decode graph: 31 on declining:0, 30 on cpu:0)\n" in err
     assert "llmrt: declining:0 declines rope x60 -> host\n" in err
     assert re.search(r"eval time =.*/\s+1 runs", err)
+
+
+def test_layers_split_over_devices_in_contiguous_ranges_as_llama_cpp_does(host):
+    a, b = NullDevice(NullBackend("a")), NullDevice(NullBackend("b"))
+
+    def spread(ngl, shares=None, n_layer=30):
+        layers = layer_devices(n_layer, ngl, [a, b], host, shares)
+        return "".join({id(host): "h", id(a): "a", id(b): "b"}[id(d)] for d in layers)
+
+    # every layer and the output (-1, or more than the layers): 3:1 by the layer and output index
+    assert spread(-1, [3, 1]) == "a" * 24 + "b" * 7
+    assert spread(99, [3, 1]) == spread(-1, [3, 1])
+    assert spread(-1) == "a" * 16 + "b" * 15  # equal shares by default
+    # -ngl 5: the last five layers over the devices, the output on the host
+    assert spread(5, [3, 1]) == "h" * 25 + "aaaa" + "b" + "h"
+    assert spread(0, [3, 1]) == "h" * 31
+    assert spread(-1, [0, 1]) == "b" * 31  # a device given no share gets no layer
+    # one device: the list of old
+    assert layer_devices(3, -1, a, host) == [a] * 4
+    assert layer_devices(3, 2, a, host) == [host, a, a, host]
+    for bad in ([1], [1, -1], [0, 0]):
+        with pytest.raises(LlmrtError, match="--tensor-split takes 2 proportions"):
+            layer_devices(3, -1, [a, b], host, bad)
+
+
+def test_device_lists_name_each_device_once():
+    from llmrt.device import get_devices
+    from llmrt.errors import DeviceNotFound
+
+    cpu = get_devices("cpu")
+    assert [d.id for d in cpu] == ["cpu:0"]
+    assert get_devices(cpu[0]) == cpu and get_devices(["cpu"]) == cpu
+    bad = {"cpu,cpu:0": "listed twice", "auto,cpu": "auto goes alone", "cpu,": "auto goes alone",
+           "cpu,nosuch:0": "no backend 'nosuch'"}  # fmt: skip
+    for spec, why in bad.items():
+        with pytest.raises(DeviceNotFound, match=why):
+            get_devices(spec)
