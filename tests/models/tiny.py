@@ -1,46 +1,6 @@
-"""A tiny random llama-architecture GGUF written with our own writer: fast engine tests."""
+"""The tiny random llama writer now ships in llmrt.testing (a third party's backend tests use it);
+kept importable here for the tests that import it as `tiny`."""
 
-from __future__ import annotations
+from llmrt.testing.tiny import N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB, write_tiny_llama
 
-from pathlib import Path
-
-import numpy as np
-
-from llmrt.gguf import GGMLType, GGUFWriter, quantize
-
-N_VOCAB, N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER = 320, 64, 4, 2, 96, 3
-
-
-def write_tiny_llama(path: Path, weight_type: GGMLType = GGMLType.Q8_0, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    head_dim = N_EMBD // N_HEAD
-
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        w = rng.normal(0, 0.5 / np.sqrt(cols), (rows, cols)).astype(np.float32)
-        return quantize(w, weight_type)
-
-    with GGUFWriter(path) as w:
-        w.add("general.architecture", "llama")
-        w.add("general.name", "tiny random llama")
-        w.add("llama.vocab_size", N_VOCAB)
-        w.add("llama.context_length", 1024)
-        w.add("llama.embedding_length", N_EMBD)
-        w.add("llama.block_count", N_LAYER)
-        w.add("llama.feed_forward_length", N_FF)
-        w.add("llama.attention.head_count", N_HEAD)
-        w.add("llama.attention.head_count_kv", N_HEAD_KV)
-        w.add("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        w.add("llama.rope.freq_base", 10000.0)
-        w.add_tensor("token_embd.weight", matrix(N_VOCAB, N_EMBD), weight_type, (N_VOCAB, N_EMBD))
-        for il in range(N_LAYER):
-            p = f"blk.{il}"
-            w.add_tensor(f"{p}.attn_norm.weight", rng.uniform(0.5, 1.5, N_EMBD).astype(np.float32))
-            w.add_tensor(f"{p}.ffn_norm.weight", rng.uniform(0.5, 1.5, N_EMBD).astype(np.float32))
-            for name, rows, cols in (
-                ("attn_q", N_HEAD * head_dim, N_EMBD), ("attn_k", N_HEAD_KV * head_dim, N_EMBD),
-                ("attn_v", N_HEAD_KV * head_dim, N_EMBD), ("attn_output", N_EMBD, N_EMBD),
-                ("ffn_gate", N_FF, N_EMBD), ("ffn_up", N_FF, N_EMBD), ("ffn_down", N_EMBD, N_FF),
-            ):  # fmt: skip
-                w.add_tensor(f"{p}.{name}.weight", matrix(rows, cols), weight_type, (rows, cols))
-        w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
-    return path
+__all__ = ["N_EMBD", "N_FF", "N_HEAD", "N_HEAD_KV", "N_LAYER", "N_VOCAB", "write_tiny_llama"]
