@@ -2,7 +2,8 @@
 
 The chain, as llama-cli builds it (common/sampling.cpp, `common_params_sampling::samplers`):
 
-    penalties -> top_n_sigma -> top_k -> typical_p -> top_p -> min_p -> xtc -> temperature -> dist
+    logit_bias -> penalties -> top_n_sigma -> top_k -> typical_p -> top_p -> min_p -> xtc
+        -> temperature -> dist
 
 (llama.cpp also has DRY between penalties and top_n_sigma; llmrt does not implement it yet, so it
 has no parameters here.) Truncating samplers act on the logits before temperature, as in llama.cpp:
@@ -57,6 +58,8 @@ class SamplingParams:
     dynatemp_exponent: float = 1.0
     min_keep: int = 0  # truncating samplers keep at least this many candidates
     n_probs: int = 0  # how many candidates a caller wants from probs(); the chain ignores it
+    # (token, bias) pairs added to the logits before anything else; -inf bans a token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad value; llama.cpp's "off" values are fine."""
@@ -98,6 +101,11 @@ class SamplingParams:
             raise UsageError(f"n_probs must be >= 0, got {self.n_probs}")
         if not (self.seed == RANDOM_SEED or 0 <= self.seed <= _LLAMA_DEFAULT_SEED):
             raise UsageError(f"seed must be -1 (random) or in [0, 2**32 - 1], got {self.seed}")
+        for token, bias in self.logit_bias:
+            if token < 0:
+                raise UsageError(f"logit_bias: token ids are >= 0, got {token}")
+            if math.isnan(bias) or bias == math.inf:
+                raise UsageError(f"logit_bias: a bias is finite or -inf, got {bias}")
 
 
 @dataclass
@@ -261,6 +269,11 @@ class Sampler:
         self.params = params
         self.n_vocab = n_vocab
         self._ids = np.arange(n_vocab, dtype=np.int64)
+        bad = [t for t, _ in params.logit_bias if t >= n_vocab]
+        if bad:
+            raise UsageError(f"logit_bias: token {bad[0]} is outside the vocabulary ({n_vocab})")
+        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
+        self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float32)
         last_n = params.repeat_last_n
         self._window: deque[int] = deque(maxlen=None if last_n < 0 else last_n)
         self._counts: Counter[int] = Counter()
@@ -302,7 +315,7 @@ class Sampler:
         logits = self._check(logits)
         if self._plain_greedy():
             # Every stage left keeps the best token, so greedy needs no candidates at all.
-            token = int(np.argmax(self._penalized(logits)))
+            token = int(np.argmax(self._penalized(self._biased(logits))))
         else:
             c = self._chain(logits, self._xtc_rng)
             token = int(c.ids[self._draw(c)])
@@ -337,6 +350,13 @@ class Sampler:
         xtc_on = p.xtc_probability > 0.0 and p.xtc_threshold <= 0.5
         return p.temperature <= 0.0 and p.typical_p >= 1.0 and not xtc_on and p.dynatemp_range == 0
 
+    def _biased(self, logits: np.ndarray) -> np.ndarray:
+        if not len(self._bias_ids):
+            return logits
+        out = logits.copy()
+        np.add.at(out, self._bias_ids, self._bias)  # a token named twice gets both biases
+        return out
+
     def _penalized(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
         off = p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
@@ -348,7 +368,7 @@ class Sampler:
 
     def _chain(self, logits: np.ndarray, xtc_rng: np.random.Generator) -> _Candidates:
         p = self.params
-        c = _Candidates(self._ids, self._penalized(logits))
+        c = _Candidates(self._ids, self._penalized(self._biased(logits)))
         c = _top_n_sigma(c, p.top_n_sigma)
         c = _top_k(c, p.top_k)
         c = _typical(c, p.typical_p, p.min_keep)

@@ -312,3 +312,28 @@ def test_bad_tokens_and_logits():
         s.accept(4)
     with pytest.raises(ValueError):
         s.sample(np.zeros(5, dtype=np.float32))
+
+
+def test_logit_bias_bans_and_forces_tokens():
+    logits = np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32)
+    greedy_params = {"temperature": 0.0, "seed": 1}
+    # -inf bans the best token: greedy takes the next one
+    banned = Sampler(SamplingParams(**greedy_params, logit_bias=((0, -math.inf),)), 4)
+    assert banned.sample(logits) == 1
+    # a large bias lifts the worst token above the rest, also when sampling
+    lifted = Sampler(SamplingParams(**{**PLAIN, "logit_bias": ((3, 100.0),)}), 4)
+    assert {lifted.sample(logits) for _ in range(20)} == {3}
+    # biases add up, and the probabilities the chain reports include them
+    twice = probs_of(L4, logit_bias=((1, math.log(2.0)), (1, math.log(2.0))))
+    want = softmax(np.log(np.array([0.5, 1.2, 0.15, 0.05])))
+    assert_probs(twice, sorted(enumerate(want.tolist()), key=lambda x: -x[1]))
+
+
+@pytest.mark.parametrize(
+    ("bias", "message"),
+    [(((-1, 1.0),), "token ids are >= 0"), (((0, math.nan),), "finite or -inf"),
+     (((9, 1.0),), "outside the vocabulary")],
+)  # fmt: skip
+def test_logit_bias_rejects_bad_entries(bias, message):
+    with pytest.raises(UsageError, match=message):
+        Sampler(SamplingParams(logit_bias=bias), 4)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,7 +17,7 @@ from llmrt.cli.common import (
     check_arg,
     check_common,
 )
-from llmrt.cli.run import ChatTemplateOpt, ModelOpt, NglOpt, graph_report, placement
+from llmrt.cli.run import ModelOpt, NglOpt, graph_report, placement
 from llmrt.errors import UsageError
 
 Opt = typer.Option
@@ -31,21 +33,62 @@ def serve(
     parallel: Annotated[int, Opt("-np", "--parallel", help="Slots served in parallel.")] = 1,
     batch_size: Annotated[int, Opt("-b", "--batch-size", help="Tokens per decode step.")] = 512,
     n_predict: Annotated[
-        int, Opt("-n", "--n-predict", help="Most tokens a request may generate; -1: no limit.")
+        int, Opt("-n", "--n-predict", help="Default tokens to generate; -1: until the end.")
     ] = -1,
+    seed: Annotated[int, Opt("-s", "--seed", help="Default RNG seed; -1: random.")] = -1,
+    temp: Annotated[float, Opt("--temp", help="Default temperature; 0 or below: greedy.")] = 0.8,
+    top_k: Annotated[int, Opt("--top-k", help="Default top-k; 0: off.")] = 40,
+    top_p: Annotated[float, Opt("--top-p", help="Default top-p; 1.0: off.")] = 0.95,
+    min_p: Annotated[float, Opt("--min-p", help="Default min-p; 0.0: off.")] = 0.05,
+    typical: Annotated[float, Opt("--typical", help="Default locally typical p; 1.0: off.")] = 1.0,
+    repeat_penalty: Annotated[float, Opt("--repeat-penalty", help="Default; 1.0: off.")] = 1.0,
+    repeat_last_n: Annotated[
+        int, Opt("--repeat-last-n", help="Tokens the penalties look at; -1: all.")
+    ] = 64,
+    presence_penalty: Annotated[float, Opt("--presence-penalty", help="Default; 0: off.")] = 0.0,
+    frequency_penalty: Annotated[float, Opt("--frequency-penalty", help="Default; 0: off.")] = 0.0,
+    top_nsigma: Annotated[float, Opt("--top-nsigma", help="Default top-n-sigma; -1: off.")] = -1.0,
+    xtc_probability: Annotated[
+        float, Opt("--xtc-probability", help="Default XTC probability; 0: off.")
+    ] = 0.0,
+    xtc_threshold: Annotated[float, Opt("--xtc-threshold", help="Default XTC threshold.")] = 0.1,
+    dynatemp_range: Annotated[
+        float, Opt("--dynatemp-range", help="Default dynamic temperature range; 0: off.")
+    ] = 0.0,
+    dynatemp_exp: Annotated[
+        float, Opt("--dynatemp-exp", help="Default dynamic temperature exponent.")
+    ] = 1.0,
     api_key: Annotated[
         str | None, Opt("--api-key", help="Require `Authorization: Bearer KEY`.")
     ] = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
-    chat_template: ChatTemplateOpt = None,
+    chat_template: Annotated[
+        str | None,
+        Opt(
+            "--chat-template",
+            help="A built-in template's name (llama3, chatml, gemma, "
+            "mistral-v7, ...: see docs/server.md) or a Jinja template's text; default: the "
+            "GGUF's.",
+        ),
+    ] = None,
+    chat_template_file: Annotated[
+        Path | None, Opt("--chat-template-file", help="Read the Jinja chat template from a file.")
+    ] = None,
+    chat_template_kwargs: Annotated[
+        str | None,
+        Opt(
+            "--chat-template-kwargs",
+            help="Extra template variables as JSON, e.g. '{\"enable_thinking\": false}'.",
+        ),
+    ] = None,
     cors: Annotated[bool, Opt("--cors/--no-cors", help="Allow cross-origin requests.")] = False,
     queue_size: Annotated[
         int, Opt("--queue-size", help="Requests waiting for a slot before 503.")
     ] = 64,
     alias: Annotated[str | None, Opt("-a", "--alias", help="Model name in the API.")] = None,
-    metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = True,
+    metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = False,
     slots: Annotated[bool, Opt("--slots/--no-slots", help="Serve /slots.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
@@ -62,16 +105,24 @@ def serve(
     check_arg("-np", parallel, parallel >= 1, "a slot count >= 1")
     check_arg("--queue-size", queue_size, queue_size >= 0, "a request count >= 0")
     check_arg("--port", port, 0 <= port <= 65535, "a TCP port, 0 to 65535")
-    from llmrt.tokenizer.chat import CHATML_TEMPLATE, GEMMA_TEMPLATE
+    from llmrt.sampling import SamplingParams
 
-    # llama-server takes a built-in template's name too
-    chat_template = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}.get(
-        chat_template or "", chat_template
-    )
+    check_common(top_k=top_k)
+    sampling = SamplingParams(
+        temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
+        repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed,
+        top_n_sigma=top_nsigma, xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
+        dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
+    )  # fmt: skip
+    sampling.validate()
+    template = _chat_template(chat_template, chat_template_file)
+    kwargs = _template_kwargs(chat_template_kwargs)
     settings = ServerSettings(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
-        n_batch=batch_size, n_predict=n_predict, api_key=api_key, device=device,
-        n_gpu_layers=n_gpu_layers, threads=threads or None, chat_template=chat_template, cors=cors,
+        n_batch=batch_size, n_predict=n_predict, sampling=sampling, api_key=api_key,
+        device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
+        chat_template=template, chat_template_kwargs=kwargs, verbose=verbose, cors=cors,
         queue_size=queue_size, alias=alias, metrics=metrics, slots_endpoint=slots,
     )  # fmt: skip
     failed: list[str] = []
@@ -101,6 +152,33 @@ def serve(
     server.run()
     if failed:
         raise SystemExit(1)
+
+
+def _chat_template(value: str | None, path: Path | None) -> str | None:
+    from llmrt.server.chat import resolve_template
+
+    if value is not None and path is not None:
+        raise UsageError("give --chat-template or --chat-template-file, not both")
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--chat-template-file: cannot read {path}: {exc.strerror}") from None
+    return resolve_template(value)
+
+
+def _template_kwargs(text: str | None) -> dict:
+    if text is None:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--chat-template-kwargs: not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError(
+            "--chat-template-kwargs: a JSON object, e.g. '{\"enable_thinking\": false}'"
+        )
+    return kwargs
 
 
 def register(app: typer.Typer) -> None:

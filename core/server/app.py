@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from typing import Any
 
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmrt.errors import LlmrtError
 from llmrt.sampling import SamplingParams
 from llmrt.server import schemas as S
+from llmrt.server.chat import render as render_chat
 from llmrt.server.slots import QueueFull, Scheduler, Task
 
 log = logging.getLogger("llmrt.server")
@@ -48,16 +50,19 @@ class ServerSettings:
     n_ctx: int = 4096  # all slots together; each gets n_ctx // n_parallel
     n_parallel: int = 1
     n_batch: int = 512
-    n_predict: int = -1  # the most tokens a request may generate; -1: no limit
+    n_predict: int = -1  # the tokens a request that names no count generates; -1: no limit
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # a request's defaults
     api_key: str | None = None
     device: str = "auto"
     n_gpu_layers: int = -1
     threads: int | None = None  # host threads for the kernels; None: the physical cores
-    chat_template: str | None = None
+    chat_template: str | None = None  # Jinja text (serve resolves built-in names); None: the GGUF's
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
+    verbose: bool = False  # every response carries `__verbose`
     cors: bool = False
     queue_size: int = 64
     alias: str | None = None
-    metrics: bool = True
+    metrics: bool = False  # /metrics only when asked (llama-server's --metrics)
     slots_endpoint: bool = True
 
 
@@ -315,23 +320,33 @@ def _tokens_of(state: State, prompt: str | list[int | str]) -> list[int]:
 
 
 def _n_predict(state: State, asked: int | None) -> int:
-    limit = state.settings.n_predict
-    n = -1 if asked is None else asked
-    if limit >= 0 and (n < 0 or n > limit):
-        n = limit
-    return n
+    """The request's token count; the server's -n when it names none (or -1, as llama-server)."""
+    return state.settings.n_predict if asked is None or asked == -1 else asked
+
+
+SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+
+
+def _sampling(state: State, req: S.Sampling, **extra: Any) -> SamplingParams:
+    """The server's sampling defaults (`llmrt serve --temp ...`) with the fields the request set."""
+    given = {k: getattr(req, k) for k in req.model_fields_set if k in SAMPLING_FIELDS}
+    params = replace(state.settings.sampling, **given, **extra)
+    try:
+        params.validate()
+    except LlmrtError as exc:
+        raise ApiError(400, str(exc)) from None
+    return params
 
 
 def _task(
     state: State, req: S.Sampling, prompt: list[int], n_predict: int, stop: list[str]
 ) -> Task:
-    fields = {k: getattr(req, k) for k in SamplingParams.__dataclass_fields__ if hasattr(req, k)}
-    fields["n_probs"] = req.n_probs
-    params = SamplingParams(**fields)
-    try:
-        params.validate()
-    except LlmrtError as exc:
-        raise ApiError(400, str(exc)) from None
+    bias: tuple[tuple[int, float], ...] = ()
+    if req.ignore_eos:  # as llama-server: the end-of-generation tokens banned by logit_bias
+        bias = tuple((t, -math.inf) for t in sorted(state.model.tokenizer.eog_ids))
+    params = _sampling(state, req)
+    if bias:
+        params = replace(params, logit_bias=params.logit_bias + bias)
     if req.id_slot >= len(_scheduler(state).slots):
         raise ApiError(400, f"id_slot {req.id_slot}: the server has {len(state.scheduler.slots)}")
     return Task(
@@ -339,11 +354,13 @@ def _task(
         params=params,
         n_predict=n_predict,
         stop=[s for s in stop if s],
-        n_probs=req.n_probs,
+        n_probs=params.n_probs,
         post_sampling_probs=req.post_sampling_probs,
         cache_prompt=req.cache_prompt,
         id_slot=req.id_slot,
         ignore_eos=req.ignore_eos,
+        stream=bool(getattr(req, "stream", False)),
+        verbose=req.verbose or state.settings.verbose,
     )
 
 
@@ -399,17 +416,72 @@ def _stream(gen: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
+# the chain of llmrt.sampling, in llama-server's names for its stages
+SAMPLERS = ["penalties", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
+
+
+def generation_settings(
+    params: SamplingParams,
+    n_predict: int,
+    stop: list[str] | None = None,
+    ignore_eos: bool = False,
+    stream: bool = False,
+    post_sampling_probs: bool = False,
+) -> dict[str, Any]:
+    """A request's settings in llama-server's `generation_settings` shape. Samplers llmrt does
+    not have (DRY, mirostat, adaptive-p) are listed with llama-server's values that turn them off,
+    which is what they are here."""
+    p = params
+    return {
+        "seed": p.seed,
+        "temperature": p.temperature,
+        "dynatemp_range": p.dynatemp_range,
+        "dynatemp_exponent": p.dynatemp_exponent,
+        "top_k": p.top_k,
+        "top_p": p.top_p,
+        "min_p": p.min_p,
+        "top_n_sigma": p.top_n_sigma,
+        "xtc_probability": p.xtc_probability,
+        "xtc_threshold": p.xtc_threshold,
+        "typical_p": p.typical_p,
+        "repeat_last_n": p.repeat_last_n,
+        "repeat_penalty": p.repeat_penalty,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "dry_multiplier": 0.0,
+        "mirostat": 0,
+        "adaptive_target": -1.0,
+        "adaptive_decay": 0.9,
+        "stop": list(stop or []),
+        "max_tokens": n_predict,
+        "n_predict": n_predict,
+        "n_keep": 0,
+        "ignore_eos": ignore_eos,
+        "stream": stream,
+        "logit_bias": [
+            {"token": t, "bias": b if math.isfinite(b) else None} for t, b in p.logit_bias
+        ],
+        "n_probs": p.n_probs,
+        "min_keep": p.min_keep,
+        "samplers": SAMPLERS,
+        "post_sampling_probs": post_sampling_probs,
+    }
+
+
+def _verbose(state: State, task: Task, data: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's `__verbose`: the prompt as the model read it, and what it wrote."""
+    prompt = state.model.tokenizer.decode(task.prompt, unparse_special=True)
+    return {"prompt": prompt, "content": data["content"], "stop_type": data["stop_type"]}
+
+
 def _settings_of(task: Task, n_ctx: int) -> dict[str, Any]:
     return {
         "n_ctx": n_ctx,
-        "n_predict": task.n_predict,
-        **asdict(task.params),
-        "stop": task.stop,
+        **generation_settings(task.params, task.n_predict, task.stop, task.ignore_eos,
+                              task.stream, task.post_sampling_probs),
         "cache_prompt": task.cache_prompt,
         "id_slot": task.id_slot,
-        "ignore_eos": task.ignore_eos,
-        "post_sampling_probs": task.post_sampling_probs,
-    }
+    }  # fmt: skip
 
 
 def _native_routes(app: FastAPI, state: State) -> None:
@@ -452,6 +524,8 @@ def _native_routes(app: FastAPI, state: State) -> None:
         }
         if task.n_probs and not stream:
             out["completion_probabilities"] = data["completion_probabilities"]
+        if task.verbose:
+            out["__verbose"] = _verbose(state, task, data)
         return out
 
     @app.post("/completion")
@@ -518,13 +592,9 @@ def _native_routes(app: FastAPI, state: State) -> None:
     async def props() -> JSONResponse:
         sched = _scheduler(state)
         tok = state.model.tokenizer
-        defaults = SamplingParams()
+        params = generation_settings(state.settings.sampling, state.settings.n_predict)
         return JSONResponse({
-            "default_generation_settings": {
-                "id": 0,
-                "n_ctx": sched.n_ctx_slot,
-                "params": {"n_predict": state.settings.n_predict, **asdict(defaults)},
-            },
+            "default_generation_settings": {"id": 0, "n_ctx": sched.n_ctx_slot, "params": params},
             "total_slots": len(sched.slots),
             "model_path": str(state.model.path),
             "model_alias": state.alias,
@@ -639,8 +709,10 @@ def _openai_routes(app: FastAPI, state: State) -> None:
                 else:
                     ch = {"index": 0, "text": data["content"], "logprobs": None,
                           "finish_reason": reason}  # fmt: skip
-                return JSONResponse({**head, "choices": [ch], "usage": usage(data),
-                                     "timings": data["timings"]})  # fmt: skip
+                out = {**head, "choices": [ch], "usage": usage(data), "timings": data["timings"]}
+                if task.verbose:
+                    out["__verbose"] = _verbose(state, task, data)
+                return JSONResponse(out)
             if ev == "error":
                 return error_response(500, data["message"], "server_error")
         return Response(status_code=499)
@@ -660,17 +732,38 @@ def _openai_routes(app: FastAPI, state: State) -> None:
     @app.post("/chat/completions", include_in_schema=False)
     async def chat(req: S.ChatRequest, request: Request) -> Response:
         """OpenAI's chat completion: the messages through the model's chat template."""
-        from llmrt.tokenizer import ChatTemplateError
-
-        tok = state.model.tokenizer
-        try:
-            text = tok.apply_chat_template(
-                S.message_dicts(req.messages),
-                add_generation_prompt=True,
-                template=state.settings.chat_template,
-            )
-        except ChatTemplateError as exc:
-            raise ApiError(400, f"the chat template failed: {exc}") from None
-        ids = _tokens_of(state, text)
+        ids = _tokens_of(state, _chat_prompt(state, req))
         n = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await run(req, request, ids, n, "chat")
+
+    @app.post("/apply-template")
+    async def apply_template(req: S.ChatMessages) -> JSONResponse:
+        """The prompt a chat request's messages make, without generating."""
+        return JSONResponse({"prompt": _chat_prompt(state, req)})
+
+    @app.post("/v1/chat/completions/input_tokens")
+    @app.post("/chat/completions/input_tokens", include_in_schema=False)
+    async def chat_input_tokens(req: S.ChatMessages) -> JSONResponse:
+        """How many tokens a chat request's prompt takes."""
+        return JSONResponse({"input_tokens": len(_tokens_of(state, _chat_prompt(state, req)))})
+
+
+def _chat_prompt(state: State, req: S.ChatMessages) -> str:
+    """The chat template's text for a request. A final assistant message is continued unless the
+    request says otherwise (llama-server's assistant prefill)."""
+    messages = S.message_dicts(req.messages)
+    add_generation_prompt = req.add_generation_prompt
+    continue_final = req.continue_final_message
+    if "continue_final_message" not in req.model_fields_set and messages[-1]["role"] == "assistant":
+        if len(messages) >= 2 and messages[-2]["role"] == "assistant":
+            raise ApiError(400, "two or more assistant messages at the end of the conversation")
+        continue_final, add_generation_prompt = True, False
+    if continue_final and messages[-1]["role"] != "assistant":
+        raise ApiError(400, "continue_final_message: the last message is not the assistant's")
+    kwargs = {**state.settings.chat_template_kwargs, **req.chat_template_kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
+    try:
+        return render_chat(state.model.tokenizer, state.settings.chat_template, messages,
+                           add_generation_prompt, continue_final, **kwargs)  # fmt: skip
+    except LlmrtError as exc:  # ChatError, ChatTemplateError
+        raise ApiError(400, str(exc)) from None

@@ -35,7 +35,10 @@ class _Body(BaseModel):
 
 
 class Sampling(_Body):
-    """The sampling fields of llama-server's /completion (and its extensions to OpenAI's)."""
+    """The sampling fields of llama-server's /completion (and its extensions to OpenAI's).
+
+    A field the request leaves out takes the server's default (`llmrt serve --temp ...`); the
+    defaults written here are those of a server started without sampling flags."""
 
     temperature: Annotated[float, Field(ge=-1e9, le=1e9)] = 0.8
     top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] = 40
@@ -58,6 +61,7 @@ class Sampling(_Body):
     cache_prompt: bool = True
     id_slot: Annotated[int, Field(ge=-1, le=INT32_MAX)] = -1
     ignore_eos: bool = False
+    verbose: bool = Field(False, description="Add `__verbose` (the prompt as the model read it).")
 
 
 Prompt = StrictStr | list[StrictInt | StrictStr]
@@ -69,7 +73,9 @@ class CompletionRequest(Sampling):
     prompt: Prompt = Field(
         description="Text, or token ids, or a list mixing token ids and text pieces."
     )
-    n_predict: NPredict = Field(-1, description="Tokens to generate; -1: until end or full.")
+    n_predict: NPredict | None = Field(
+        None, description="Tokens to generate; default: the server's -n; -1: until end or full."
+    )
     stream: bool = False
     stop: list[StrictStr] = Field(default_factory=list, max_length=16)
     return_tokens: bool = False
@@ -98,15 +104,12 @@ class OAICompletionRequest(Sampling):
 
     model: StrictStr | None = None
     prompt: Prompt
-    max_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = 16
+    max_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     echo: Literal[False] = False
-    # OpenAI's defaults differ from llama-server's for these two
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Prob = 1.0
 
 
 class ContentPart(_Body):
@@ -119,19 +122,28 @@ class Message(_Body):
     content: StrictStr | list[ContentPart] | None = None
 
 
-class ChatRequest(Sampling):
+class ChatMessages(_Body):
+    """The messages of a chat request and how the template renders them."""
+
+    messages: list[Message] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = Field(
+        False, description="Render the last (assistant) message as unfinished, to be continued. "
+        "Default: true when the last message is the assistant's (llama-server's prefill)."
+    )  # fmt: skip
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatRequest(Sampling, ChatMessages):
     """POST /v1/chat/completions."""
 
     model: StrictStr | None = None
-    messages: list[Message] = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Prob = 1.0
 
 
 def stop_list(stop: StopField) -> list[str]:
@@ -141,11 +153,11 @@ def stop_list(stop: StopField) -> list[str]:
 
 
 def message_dicts(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages for the chat template: content parts joined into one string."""
+    """Messages for the chat template: text parts joined by a blank line (as llama-server)."""
     out = []
     for m in messages:
         content = m.content
         if isinstance(content, list):
-            content = "".join(p.text for p in content)
+            content = "\n\n".join(p.text for p in content)
         out.append({"role": m.role, "content": content or ""})
     return out

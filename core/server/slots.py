@@ -48,7 +48,9 @@ class Task:
     post_sampling_probs: bool = False
     cache_prompt: bool = True
     id_slot: int = -1
-    ignore_eos: bool = False
+    ignore_eos: bool = False  # reported; the sampler's logit_bias bans the end tokens
+    stream: bool = False
+    verbose: bool = False  # the response carries `__verbose`
     id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -307,9 +309,6 @@ class Scheduler:
             slot.t_prompt_done = now
             self.metrics.prompt_tokens_total += slot.n_prompt_eval
             self.metrics.prompt_seconds_total += now - slot.t_start
-        if task.ignore_eos:
-            logits = logits.copy()
-            logits[list(self.tokenizer.eog_ids)] = -np.inf
         tok = slot.sampler.sample(logits)
         slot.n_decoded += 1
         slot.last = tok

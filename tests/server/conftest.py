@@ -45,7 +45,7 @@ def live_server(model):
 @pytest.fixture(scope="session")
 def server(live_server) -> LiveServer:
     """The shared server: 4 slots of 128 tokens."""
-    return live_server(n_ctx=512, n_parallel=4)
+    return live_server(n_ctx=512, n_parallel=4, metrics=True)
 
 
 @pytest.fixture()
