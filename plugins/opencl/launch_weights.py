@@ -5,6 +5,8 @@ mmv: one work-group of MMV_WG work-items per few rows; lanes of a row split its 
 chunks and sum in local memory, each rounded activation chunk serving R rows (one or two
 tokens) or a row serving up to 8 tokens. gemm: tiles of GEMM_M rows x GEMM_T tokens staged in
 local memory a chunk at a time. get_rows_w: one work-item per 16 elements of an output row.
+On a CPU device (PoCL) both products are mmv_row: a work-item per row and 8 tokens, in vector
+types, after one rounding of the activations.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def _rounding(wtype: GGMLType) -> str:
 
 
 def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
-    """A CPU device (PoCL): activations rounded once (round_rows), then a work-item per row."""
+    """A CPU device (PoCL), any number of tokens: activations rounded once (round_rows), then a
+    work-item per row and 8 tokens."""
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
     w, x = step.ins[:2]
@@ -112,8 +115,8 @@ def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
         xr = prog.memo[key]
     args = (*prog.arg(w), np.int64(p["row_bytes"]), *xr, *y, *res, has_res, np.int32(m),
             np.int32(k), np.int32(t))  # fmt: skip
-    size = _groups(m, CPU_WG) * CPU_WG
-    launches.append(Launch(_kernel(prog, wtype, "mmv_row"), (size,), (CPU_WG,), args))
+    size = (_groups(m, CPU_WG) * CPU_WG, _groups(t, 8))
+    launches.append(Launch(_kernel(prog, wtype, "mmv_row"), size, (CPU_WG, 1), args))
     return launches
 
 
@@ -144,6 +147,8 @@ def _launch_mmv(prog: OpenCLProgram, step: Step) -> list[Launch]:
 
 
 def _launch_gemm(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    if prog.device_info.get("cpu"):  # rows times tiles of 8 tokens, in cache: see mmv_row
+        return _launch_mmv_cpu(prog, step)
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
     w, x = step.ins[:2]

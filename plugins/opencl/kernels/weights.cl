@@ -359,11 +359,11 @@ MMV(2, 2)
 MMV(4, 1)
 MMV(8, 1)
 
-// ---- mmv on CPU devices (PoCL) ----------------------------------------------------------------
+// ---- weight products on CPU devices (PoCL), any number of tokens --------------------------------
 // There a work-group is a loop over its work-items, and barriers and local-memory trees cost more
-// than they save: the activations are rounded once a step (round_rows: a work-item per block of
-// 32, or 256 for q8_K), then a work-item computes a row for every token, each weight chunk
-// dequantized once for all of them.
+// than they save: the activations are rounded once (round_rows: a work-item per block of 32, or
+// 256 for q8_K), then a work-item computes a row for up to 8 tokens (mmv_row), each weight chunk
+// dequantized once for all of them; prompts take tiles of 8 tokens side by side.
 #if XQ == XQ_Q8_K
 #define ROUND_BLOCK 256
 #else
@@ -395,69 +395,154 @@ __kernel void round_rows(__global const uchar* xb, ulong xo, __global uchar* ob,
     }
 }
 
-#if WTYPE == 2 || WTYPE == 3 || WTYPE == 8
-// Block c of a row as two float16 (elements 0-15 and 16-31), dequantized as dequant16 does.
-inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi) {
+// Chunk c of a row (elements 32c .. 32c + 31) as its levels in two float16 (lo: elements 0-15,
+// hi: 16-31) and the scales that make them weights: w = dl * lo + m (dh * hi + m). In vector
+// types, which a CPU device maps to its SIMD units. A level times a q8-rounded activation is
+// exact in f32, and so is a block's sum of them: scaling after the products rounds once where
+// scaling each weight first rounded three times (ggml scales an exact integer block sum).
+inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi, float* dl,
+                   float* dh, float* m) {
+    *m = 0.0f;
 #if WTYPE == 2  // Q4_0: d, qs[16]; (q - 8) * d
     __global const uchar* b = row + (size_t)c * 18;
-    const float d = ld_h(b);
     const uchar16 q = vload16(0, b + 2);
-    *lo = convert_float16(convert_int16(q & (uchar16)15) - 8) * d;
-    *hi = convert_float16(convert_int16(q >> (uchar16)4) - 8) * d;
+    *lo = convert_float16(convert_int16(q & (uchar16)15) - 8);
+    *hi = convert_float16(convert_int16(q >> (uchar16)4) - 8);
+    *dl = *dh = ld_h(b);
 #elif WTYPE == 3  // Q4_1: d, m, qs[16]; q * d + m
     __global const uchar* b = row + (size_t)c * 20;
-    const float d = ld_h(b), m = ld_h(b + 2);
     const uchar16 q = vload16(0, b + 4);
-    *lo = convert_float16(q & (uchar16)15) * d + m;
-    *hi = convert_float16(q >> (uchar16)4) * d + m;
-#else  // Q8_0: d, qs[32] int8
+    *lo = convert_float16(q & (uchar16)15);
+    *hi = convert_float16(q >> (uchar16)4);
+    *dl = *dh = ld_h(b);
+    *m = ld_h(b + 2);
+#elif WTYPE == 6 || WTYPE == 7  // Q5_0 (d, qh, qs) and Q5_1 (d, m, qh, qs): bit e of qh on top
+    const uint16 lane = (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#if WTYPE == 6
+    __global const uchar* b = row + (size_t)c * 22;
+    __global const ushort* hp = (__global const ushort*)(b + 2);
+    const uchar16 q = vload16(0, b + 6);
+#else
+    __global const uchar* b = row + (size_t)c * 24;
+    __global const ushort* hp = (__global const ushort*)(b + 4);
+    const uchar16 q = vload16(0, b + 8);
+    *m = ld_h(b + 2);
+#endif
+    const uint qh = (uint)hp[0] | ((uint)hp[1] << 16);
+    const uint16 vlo = convert_uint16(q & (uchar16)15) | ((((uint16)qh >> lane) & 1) << 4);
+    const uint16 vhi = convert_uint16(q >> (uchar16)4) | ((((uint16)qh >> (lane + 16)) & 1) << 4);
+#if WTYPE == 6
+    *lo = convert_float16(convert_int16(vlo) - 16);
+    *hi = convert_float16(convert_int16(vhi) - 16);
+#else
+    *lo = convert_float16(vlo);
+    *hi = convert_float16(vhi);
+#endif
+    *dl = *dh = ld_h(b);
+#elif WTYPE == 8  // Q8_0: d, qs[32] int8
     __global const uchar* b = row + (size_t)c * 34;
-    const float d = ld_h(b);
-    *lo = convert_float16(as_char16(vload16(0, b + 2))) * d;
-    *hi = convert_float16(as_char16(vload16(0, b + 18))) * d;
+    *lo = convert_float16(as_char16(vload16(0, b + 2)));
+    *hi = convert_float16(as_char16(vload16(0, b + 18)));
+    *dl = *dh = ld_h(b);
+#elif WTYPE == 12 || WTYPE == 13  // Q4_K, Q5_K: sub-block s = c & 7; w = d sc q - dmin mn
+    const int s = c & 7;
+#if WTYPE == 12
+    __global const uchar* b = row + (size_t)(c >> 3) * 144;
+    __global const uchar* qs = b + 16 + 32 * (s >> 1);
+#else
+    __global const uchar* b = row + (size_t)(c >> 3) * 176;
+    __global const uchar* qs = b + 48 + 32 * (s >> 1);
+#endif
+    const int2 sm = scale_min_k4(s, b + 4);
+    const uchar shift = (uchar)((s & 1) * 4);
+    uchar16 qlo = (vload16(0, qs) >> shift) & (uchar16)15;
+    uchar16 qhi = (vload16(1, qs) >> shift) & (uchar16)15;
+#if WTYPE == 13
+    qlo |= ((vload16(0, b + 16) >> (uchar)s) & (uchar16)1) << (uchar)4;
+    qhi |= ((vload16(1, b + 16) >> (uchar)s) & (uchar16)1) << (uchar)4;
+#endif
+    *lo = convert_float16(qlo);
+    *hi = convert_float16(qhi);
+    *dl = *dh = ld_h(b) * (float)sm.x;
+    *m = -(ld_h(b + 2) * (float)sm.y);
+#elif WTYPE == 14  // Q6_K: ql[128], qh[64], scales[16] int8, d; one scale per 16 elements
+    __global const uchar* b = row + (size_t)(c >> 3) * 210;
+    const int s = c & 7, hh = s >> 2, k = s & 3;
+    __global const char* sc = (__global const char*)b + 192 + 2 * s;
+    __global const uchar* ql = b + 64 * hh + 32 * (k & 1);
+    __global const uchar* qh = b + 128 + 32 * hh;
+    const uchar lshift = (uchar)((k >> 1) * 4), hshift = (uchar)(2 * k);
+    const uchar16 vlo = ((vload16(0, ql) >> lshift) & (uchar16)15)
+                        | (((vload16(0, qh) >> hshift) & (uchar16)3) << (uchar)4);
+    const uchar16 vhi = ((vload16(1, ql) >> lshift) & (uchar16)15)
+                        | (((vload16(1, qh) >> hshift) & (uchar16)3) << (uchar)4);
+    *lo = convert_float16(convert_int16(vlo) - 32);
+    *hi = convert_float16(convert_int16(vhi) - 32);
+    const float d = ld_h(b + 208);
+    *dl = d * (float)sc[0];
+    *dh = d * (float)sc[1];
+#else  // the rest as weights, through the scalar dequantization
+    float w[32];
+    dequant32(row, c, w);
+    *lo = vload16(0, w);
+    *hi = vload16(1, w);
+    *dl = *dh = 1.0f;
 #endif
 }
+
+#if WTYPE == 3 || WTYPE == 7 || WTYPE == 12 || WTYPE == 13
+#define HAS_MIN 1
+#else
+#define HAS_MIN 0
 #endif
 
+// One chunk's contribution to a row's 16 partial sums: levels times activations (exact), then
+// scaled; the min times the activations' sum where the type has one.
+inline float16 chunk_dot(float16 lo, float16 hi, float dl, float dh, float m,
+                         __global const float* x) {
+    const float16 x0 = vload16(0, x), x1 = vload16(1, x);
+#if HAS_MIN
+    return (dl * (lo * x0) + dh * (hi * x1)) + m * (x0 + x1);
+#else
+    return dl * (lo * x0) + dh * (hi * x1);
+#endif
+}
+
+// y[t, row] = sum_k W[row, k] x[t, k] (+ res[t, row]): a work-item per row and up to 8 tokens
+// (the tokens 8 get_global_id(1) ..), x rounded already (round_rows). A CPU device runs a
+// work-group as a loop over its rows: the tokens' activations stay in cache across them.
 __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xb,
                       ulong xo, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro,
                       int has_res, int M, int K, int T) {
-    const int row = get_global_id(0);
-    if (row >= M) return;
+    const int row = get_global_id(0), t0 = 8 * get_global_id(1);
+    if (row >= M || t0 >= T) return;
+    const int tn = min(8, T - t0);
     __global const uchar* w = wb + wo + (ulong)row * (ulong)row_bytes;
-    __global const float* x = CPTR(float, xb, xo);
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#if WTYPE == 2 || WTYPE == 3 || WTYPE == 8
-    // the legacy 4- and 8-bit blocks in vector types, which a CPU device maps to its SIMD units
+    __global const float* x = CPTR(float, xb, xo) + (size_t)t0 * K;
     float16 sum[8];
-    for (int t = 0; t < T; ++t) sum[t] = (float16)(0.0f);
-    for (int c = 0; c < (K >> 5); ++c) {
-        float16 lo, hi;
-        wq_vec(w, c, &lo, &hi);
-        for (int t = 0; t < T; ++t) {
-            __global const float* xt = x + (size_t)t * K + c * 32;
-            sum[t] += lo * vload16(0, xt) + hi * vload16(1, xt);
+    for (int t = 0; t < tn; ++t) sum[t] = (float16)(0.0f);
+    if (tn == 1) {  // a decode step: the sum in registers
+        float16 s = (float16)(0.0f);
+        for (int c = 0; c < (K >> 5); ++c) {
+            float16 lo, hi;
+            float dl, dh, m;
+            wq_vec(w, c, &lo, &hi, &dl, &dh, &m);
+            s += chunk_dot(lo, hi, dl, dh, m, x + c * 32);
         }
+        sum[0] = s;
+    } else for (int c = 0; c < (K >> 5); ++c) {
+        float16 lo, hi;
+        float dl, dh, m;
+        wq_vec(w, c, &lo, &hi, &dl, &dh, &m);
+        for (int t = 0; t < tn; ++t) sum[t] += chunk_dot(lo, hi, dl, dh, m, x + (size_t)t * K + c * 32);
     }
-    for (int t = 0; t < T; ++t) {
+    __global float* y = PTR(float, yb, yo);
+    for (int t = 0; t < tn; ++t) {
         const float8 s8 = sum[t].lo + sum[t].hi;
         const float4 s4 = s8.lo + s8.hi;
-        acc[t] = (s4.x + s4.y) + (s4.z + s4.w);
-    }
-#else
-    for (int c = 0; c < (K >> 5); ++c) {
-        float wv[32], xv[32];
-        dequant32(w, c, wv);
-        for (int t = 0; t < T; ++t) {
-            for (int i = 0; i < 4; ++i) load8(x + (size_t)t * K + c * 32 + 8 * i, xv + 8 * i);
-            acc[t] += dot32(wv, xv);
-        }
-    }
-#endif
-    __global float* y = PTR(float, yb, yo);
-    for (int t = 0; t < T; ++t) {
-        const size_t o = (size_t)t * M + row;
-        y[o] = has_res ? acc[t] + CPTR(float, rb, ro)[o] : acc[t];
+        const float acc = (s4.x + s4.y) + (s4.z + s4.w);
+        const size_t o = (size_t)(t0 + t) * M + row;
+        y[o] = has_res ? acc + CPTR(float, rb, ro)[o] : acc;
     }
 }
 
