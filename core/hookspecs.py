@@ -6,15 +6,18 @@ plugin's pyproject.toml); the entry point names a module whose functions are mar
 
 Every hook takes a ``register`` callback (or the object to extend) instead of returning values, so
 that llmrt owns validation and ordering. A plugin implements any subset of the hooks, and an
-implementation may accept any subset of a hook's arguments. Hooks are called once per process,
-each plugin's implementation guarded on its own: one that raises is reported by ``llmrt plugins``
-and ``llmrt devices`` and skipped, and every other plugin keeps working.
+implementation may accept any subset of a hook's arguments. Hooks are called once per process
+through pluggy's hook caller, with pluggy's semantics: the last registered implementation runs
+first (entry points are registered so that theirs run in name order), ``@hookimpl(tryfirst=True)``
+and ``trylast`` move one, and ``@hookimpl(wrapper=True)`` generators run around the others. Each
+implementation is guarded on its own: one that raises is reported by ``llmrt plugins`` and
+``llmrt devices`` and skipped, and every other plugin keeps working.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     import typer
 
     from llmrt.device import Backend
+    from llmrt.models import Architecture
+    from llmrt.testing import OpCase
 
 PROJECT = "llmrt"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,11 +48,12 @@ def register_backends(register: Callable[[Backend], None]) -> None:
 
 
 @hookspec
-def register_architectures(register: Callable[[str, Any], None]) -> None:
-    """Map a GGUF ``general.architecture`` value to the function that builds its forward graph.
+def register_architectures(register: Callable[[str, Architecture], None]) -> None:
+    """Map a GGUF ``general.architecture`` value to how its forward graph is built.
 
-    :param register: call ``register(name, builder)``; a second builder for the same name is
-        rejected and reported.
+    :param register: call ``register(name, architecture)`` with an ``llmrt.models.Architecture``
+        (its name, ``hparams(metadata)`` and ``build(hparams, shape, weights)``); a second one
+        for the same name is rejected and reported.
     """
 
 
@@ -57,8 +63,9 @@ def register_commands(app: typer.Typer) -> None:
 
 
 @hookspec
-def register_conformance_cases(register: Callable[[Any], None]) -> None:
+def register_conformance_cases(register: Callable[[OpCase], None]) -> None:
     """Add op cases (for instance fused ops a backend implements) to the shared conformance suite.
 
-    :param register: call ``register(case)`` with an ``llmrt.testing`` op case.
+    :param register: call ``register(case)`` with an ``llmrt.testing.OpCase``; it runs on every
+        device with the built-in cases (docs/plugins/testing.md).
     """

@@ -1,13 +1,19 @@
 """Loads plugins from the ``llmrt`` entry-point group into one pluggy PluginManager.
 
-Each entry point is loaded on its own and each hook implementation is called on its own, so a
-plugin that fails to import, or whose hook raises, is recorded in ``failures`` and skipped: it
-never takes llmrt down. ``LLMRT_PLUGINS=cpu,vulkan`` limits loading to the named entry points
-(an empty value loads none).
+Hooks are called through pluggy's hook caller, with pluggy's semantics: implementations run last
+registered first, ``tryfirst``/``trylast`` move one, ``wrapper=True`` implementations run around
+the others, and an implementation takes any subset of the hook's arguments. Entry points are
+registered in reverse name order, so that their implementations run in name order.
+
+Each entry point is loaded on its own and each (non-wrapper) implementation is guarded on its own,
+so a plugin that fails to import, or whose hook raises, is recorded in ``failures`` and skipped:
+it never takes llmrt down, and the other implementations of the hook still run.
+``LLMRT_PLUGINS=cpu,vulkan`` limits loading to the named entry points (an empty value loads none).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 from collections.abc import Callable
@@ -48,11 +54,49 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class GuardedManager(pluggy.PluginManager):
+    """A PluginManager whose plain hook implementations are each guarded when registered: one that
+    raises is recorded in its ``Plugins``' failures and returns None, and the call goes on to
+    the next implementation in pluggy's order. Wrappers are not guarded; what one raises ends
+    the call and is recorded by ``Plugins.call``."""
+
+    def __init__(self, owner: Plugins) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.owner = owner
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        name = super().register(plugin, name)
+        if name is not None:
+            for caller in self.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        impl.function = self._guard(impl, caller.name)  # type: ignore[misc]
+        return name
+
+    def _guard(self, impl: pluggy.HookImpl, hook: str) -> Callable[..., object]:
+        function, owner = impl.function, self.owner
+
+        @functools.wraps(function)
+        def guarded(*args: object) -> object:
+            caller, owner.current_plugin = owner.current_plugin, impl.plugin_name
+            try:
+                return function(*args)
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                owner.failures.append(
+                    PluginFailure(impl.plugin_name, hook, _describe(exc), traceback.format_exc())
+                )
+                return None
+            finally:
+                owner.current_plugin = caller
+
+        return guarded
+
+
 class Plugins:
     """The plugin manager together with what was loaded and what failed."""
 
     def __init__(self) -> None:
-        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager = GuardedManager(self)
         self.manager.add_hookspecs(hookspecs)
         self.loaded: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
@@ -61,13 +105,28 @@ class Plugins:
 
     def load_entry_points(self, allow: set[str] | None = None) -> None:
         """Load every entry point of the ``llmrt`` group (or those named in ``allow``)."""
-        seen: set[str] = set()
-        for ep in sorted(entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
-            if ep.name in seen or (allow is not None and ep.name not in allow):
-                continue
-            seen.add(ep.name)
-            self._load(ep)
-        self.manager.check_pending()
+        chosen: dict[str, EntryPoint] = {}
+        for ep in entry_points(group=hookspecs.PROJECT):
+            if allow is None or ep.name in allow:
+                chosen.setdefault(ep.name, ep)
+        # pluggy calls the last registered first: registered in reverse, they run in name order
+        for name in sorted(chosen, reverse=True):
+            self._load(chosen[name])
+        self.loaded = dict(sorted(self.loaded.items()))
+        self.check_pending()
+
+    def check_pending(self) -> None:
+        """Reject, with the reason, each plugin implementing a hook that does not exist (a typo,
+        or a hook of a newer llmrt) instead of failing the whole load as pluggy would."""
+        while True:
+            try:
+                self.manager.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.manager.get_name(exc.plugin) or "?"
+                self.failures.append(PluginFailure(name, "import", _describe(exc)))
+                self.manager.unregister(exc.plugin)
+                self.loaded.pop(name, None)
 
     def _load(self, ep: EntryPoint) -> None:
         dist = ep.dist
@@ -93,20 +152,21 @@ class Plugins:
         callers = self.manager.get_hookcallers(plugin) or []
         return sorted(caller.name for caller in callers)
 
-    def call(self, hook: str, **kwargs: Any) -> None:
-        """Call each implementation of ``hook`` on its own; record the ones that raise."""
+    def call(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call ``hook`` through pluggy's hook caller (its order, ``tryfirst``/``trylast``,
+        wrappers) and return the implementations' non-None results. An implementation that
+        raises is recorded and skipped; a wrapper that raises ends the call and is recorded."""
         caller = getattr(self.manager.hook, hook)
-        for impl in caller.get_hookimpls():
-            args = {name: kwargs[name] for name in impl.argnames}
-            self.current_plugin = impl.plugin_name
-            try:
-                impl.function(**args)
-            except Exception as exc:
-                self.failures.append(
-                    PluginFailure(impl.plugin_name, hook, _describe(exc), traceback.format_exc())
+        try:
+            return caller(**kwargs)
+        except Exception as exc:
+            wrappers = [i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper]
+            self.failures.append(
+                PluginFailure(
+                    ", ".join(wrappers) or hook, hook, _describe(exc), traceback.format_exc()
                 )
-            finally:
-                self.current_plugin = ""
+            )
+            return []
 
     def fail(self, plugin: str, stage: str, error: str) -> None:
         """Record a contract violation found by core (a bad registration, for instance)."""

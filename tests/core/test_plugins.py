@@ -172,3 +172,87 @@ def test_import_and_plugin_loading_do_not_import_backend_libraries():
         "heavy = {'cupy', 'vulkan', 'pyopencl'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hooks_run_in_pluggy_order_with_tryfirst_and_wrappers(plugins):
+    """pluggy's order: wrappers around everything, tryfirst first, then the last registered."""
+    ran: list[str] = []
+
+    class Plain:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookimpl
+        def register_backends(self, register):
+            ran.append(self.name)
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def register_backends(self):  # a subset of the hook's arguments
+            ran.append("tryfirst")
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_backends(self, register):
+            ran.append("wrapper before")
+            result = yield
+            ran.append("wrapper after")
+            return result
+
+    plugins.manager.register(Plain("a"), "a")
+    plugins.manager.register(First(), "first")
+    plugins.manager.register(Plain("b"), "b")
+    plugins.manager.register(Wrapper(), "wrapper")
+    registry()
+    assert ran == ["wrapper before", "tryfirst", "b", "a", "wrapper after"]
+
+
+def test_a_raising_implementation_is_skipped_and_the_rest_still_run(plugins):
+    plugins.manager.register(Registers(FakeBackend("gfx", [DeviceType.GPU])), "good")
+    plugins.manager.register(Raises(), "exploding")  # runs first: the last registered
+    assert [d.id for d in registry().devices] == ["gfx:0"]
+    (failure,) = plugins.failures
+    assert (failure.plugin, failure.stage) == ("exploding", "register_backends")
+
+
+def test_a_raising_wrapper_is_recorded(plugins):
+    class BadWrapper:
+        @hookimpl(wrapper=True)
+        def register_backends(self):
+            raise RuntimeError("wrapper exploded")
+            yield  # pragma: no cover
+
+    plugins.manager.register(BadWrapper(), "badwrap")
+    assert registry().devices == []
+    (failure,) = plugins.failures
+    assert failure.plugin == "badwrap" and "RuntimeError: wrapper exploded" in failure.error
+
+
+def test_a_misspelled_hook_rejects_that_plugin_only(monkeypatch):
+    class Typo:
+        @hookimpl
+        def register_backend(self, register):  # not a hook
+            pass
+
+    monkeypatch.setenv("LLMRT_PLUGINS", "cpu")
+    reset_plugins()
+    try:
+        plugins = get_plugins()
+        plugins.manager.register(Typo(), "typo")
+        plugins.check_pending()
+        (failure,) = plugins.failures
+        assert failure.plugin == "typo" and "register_backend" in failure.error
+        assert plugins.manager.get_plugin("typo") is None
+        assert [e.backend.name for e in registry().entries] == ["cpu"]
+    finally:
+        reset_plugins()
+
+
+def test_built_in_backends_register_in_entry_point_name_order(monkeypatch):
+    monkeypatch.setenv("LLMRT_PLUGINS", "vulkan,cpu,opencl,cuda,models")
+    reset_plugins()
+    try:
+        assert list(get_plugins().loaded) == ["cpu", "cuda", "models", "opencl", "vulkan"]
+        assert [e.backend.name for e in registry().entries] == ["cpu", "cuda", "opencl", "vulkan"]
+    finally:
+        reset_plugins()
