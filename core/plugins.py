@@ -8,7 +8,9 @@ registered in reverse name order, so that their implementations run in name orde
 Each entry point is loaded on its own and each (non-wrapper) implementation is guarded on its own,
 so a plugin that fails to import, or whose hook raises, is recorded in ``failures`` and skipped:
 it never takes llmrt down, and the other implementations of the hook still run.
-``LLMRT_PLUGINS=cpu,vulkan`` limits loading to the named entry points (an empty value loads none).
+``LLMRT_PLUGINS=cpu,vulkan`` limits loading to the named entry points (an empty value loads none);
+llmrt's own entry points (modules of the ``llmrt`` package: the built-in architectures) are core,
+not plugins, and always load.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class PluginInfo:
     distribution: str | None
     version: str | None
     hooks: list[str] = field(default_factory=list)
+
+
+def _is_core(ep: EntryPoint) -> bool:
+    """Whether an entry point names a module of llmrt itself (``llmrt.models``)."""
+    return ep.module.split(".")[0] == hookspecs.PROJECT
 
 
 def _describe(exc: BaseException) -> str:
@@ -104,10 +111,11 @@ class Plugins:
         self.current_plugin = ""
 
     def load_entry_points(self, allow: set[str] | None = None) -> None:
-        """Load every entry point of the ``llmrt`` group (or those named in ``allow``)."""
+        """Load every entry point of the ``llmrt`` group (or those named in ``allow``, and
+        llmrt's own)."""
         chosen: dict[str, EntryPoint] = {}
         for ep in entry_points(group=hookspecs.PROJECT):
-            if allow is None or ep.name in allow:
+            if allow is None or ep.name in allow or _is_core(ep):
                 chosen.setdefault(ep.name, ep)
         # pluggy calls the last registered first: registered in reverse, they run in name order
         for name in sorted(chosen, reverse=True):

@@ -155,12 +155,19 @@ def test_probe_that_raises_is_reported_as_unavailable(plugins):
     assert "OSError: libfoo.so" in entry.probe.reason
 
 
-def test_allow_list_limits_entry_points(monkeypatch):
+def test_allow_list_limits_entry_points_but_keeps_the_built_in_architectures(monkeypatch, tmp_path):
+    from llmrt.engine import load
+    from llmrt.models import architectures
+    from llmrt.testing import write_tiny_llama
+
     monkeypatch.setenv("LLMRT_PLUGINS", "cpu")
     reset_plugins()
     try:
-        assert list(get_plugins().loaded) == ["cpu"]
+        assert list(get_plugins().loaded) == ["cpu", "models"]  # models: llmrt's own
         assert [e.backend.name for e in registry().entries] == ["cpu"]
+        assert {"llama", "gemma3"} <= set(architectures())
+        model = load(write_tiny_llama(tmp_path / "tiny.gguf"), device="cpu")
+        assert model.context(n_ctx=16).eval([1, 2, 3]).shape == (320,)
     finally:
         reset_plugins()
 
