@@ -101,11 +101,14 @@ class Model:
                 info = dev.info()
             except Exception:
                 continue
-            if info.type is not DeviceType.GPU or info.memory_free is None:
+            # a driver that cannot say what is free (OpenCL's) is held to what the device has
+            known = info.memory_free if info.memory_free is not None else info.memory_total
+            if info.type is not DeviceType.GPU or known is None:
                 continue
+            what = "is free" if info.memory_free is not None else "is all it has"
             tensors = self.reader.tensors
             need = sum(t.nbytes for t in tensors if dev in self.leaf_devices.get(t.name, ()))
-            free = info.memory_free - DEVICE_RESERVE
+            free = known - DEVICE_RESERVE
             if need <= free:
                 continue
             n_layer = self.hp.n_layer
@@ -122,7 +125,7 @@ class Model:
                 fit = k
             raise OutOfDeviceMemory(
                 f"not enough memory on {dev.id}: the weights need {need / 2**30:.2f} GiB, "
-                f"{max(free, 0) / 2**30:.2f} GiB is free (keeping {DEVICE_RESERVE >> 20} MiB "
+                f"{max(free, 0) / 2**30:.2f} GiB {what} (keeping {DEVICE_RESERVE >> 20} MiB "
                 f"for the KV cache and activations); -ngl {fit} would fit"
             )
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
 from llmrt.errors import UnsupportedOp
+from llmrt.ir import Op
 
 INSTALL = "pip install 'llmrt[opencl]'"
 NO_ICD = (
@@ -117,9 +118,17 @@ class OpenCLDevice(Device):
         return self._programs[key]
 
     def supports_op(self, node: Any) -> bool:
+        """What the kernels implement (llmrt_opencl.lower), reading no weight larger than one
+        buffer may be here (CL_DEVICE_MAX_MEM_ALLOC_SIZE, a quarter of memory on many phones'
+        GPUs): the node that reads one runs on the host instead."""
         from llmrt_opencl.lower import supports
 
-        return supports(node)
+        if not supports(node):
+            return False
+        return all(
+            src.op is not Op.WEIGHT or weight_nbytes(src) + 16 <= self.limits["max_alloc"]
+            for src in node.srcs
+        )
 
     def upload(self, tensor: Any) -> Any:
         """A weight's GGUF blocks as they are (no f32 copy), 16 bytes of slack past the end."""
@@ -184,3 +193,9 @@ class OpenCLBackend(Backend):
 
     def devices(self) -> Sequence[Device]:
         return self._devices
+
+
+def weight_nbytes(node: Any) -> int:
+    """Bytes of a weight leaf in its GGUF blocks."""
+    rows = int(np.prod(node.shape[:-1], dtype=np.int64))
+    return rows * node.dtype.row_nbytes(node.shape[-1])

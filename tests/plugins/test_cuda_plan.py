@@ -124,3 +124,20 @@ def test_memory_check_names_the_ngl_that_fits(tiny_gguf_with_vocab):
         load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=-1)
     model = load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=1)
     assert np.all(np.isfinite(model.context(n_ctx=32).eval([1, 2, 3])))
+
+
+class FakeGPUNoFree(FakeGPU):
+    """A GPU whose driver cannot say what is free (OpenCL's): only its total memory."""
+
+    def info(self):
+        return DeviceInfo("fake", DeviceType.GPU, memory_total=self.free, memory_free=None)
+
+
+def test_memory_check_holds_a_device_to_its_total_when_free_is_unknown(tiny_gguf_with_vocab):
+    gpu = FakeGPUNoFree(CPUBackend(), 6)
+    reader = GGUFReader(tiny_gguf_with_vocab)
+    per_layer = sum(t.nbytes for t in reader.tensors if t.name.startswith("blk.0."))
+    gpu.free = (512 << 20) + int(per_layer * 1.5)
+    with pytest.raises(OutOfDeviceMemory, match=r"GiB is all it has .*-ngl 1 would fit"):
+        load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=-1)
+    assert load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=1).device is gpu

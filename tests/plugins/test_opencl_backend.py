@@ -54,3 +54,21 @@ def test_tiny_model_matches_the_cpu(opencl, tiny_gguf_with_vocab, n_gpu_layers):
     for token in (4, 8, 6, 15):
         want, got = ref.eval([token]), ctx.eval([token])
         assert nmse(want, got) < 1e-3
+
+
+def test_a_weight_larger_than_one_buffer_is_read_on_the_host(opencl, tiny_gguf_with_vocab,
+                                                              monkeypatch):  # fmt: skip
+    from llmrt.gguf.reader import GGUFReader
+
+    sizes = {t.name: t.nbytes for t in GGUFReader(tiny_gguf_with_vocab).tensors}
+    largest = max(sizes, key=sizes.get)
+    # one byte short of the largest weight (and the 16 bytes of slack an upload adds)
+    monkeypatch.setitem(opencl.limits, "max_alloc", sizes[largest] + 15)
+    dev = load(tiny_gguf_with_vocab, device=opencl)
+    declined = dev.placement.declines()[opencl]
+    assert declined and all(cause == "declined by opencl:0: host" for _, cause in declined)
+    assert dev.leaf_devices[largest] == {registry().host()}
+    assert all(opencl in dev.leaf_devices[name] for name in sizes if sizes[name] < sizes[largest]
+               and name in dev.leaf_devices and name.startswith("blk."))  # fmt: skip
+    want = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64).eval(PROMPT)
+    assert nmse(want, dev.context(n_ctx=64).eval(PROMPT)) < 1e-3
