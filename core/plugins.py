@@ -176,6 +176,14 @@ class Plugins:
             )
             return []
 
+    def origin(self, plugin: str) -> str:
+        """A plugin as a message names it: its distribution and entry point ("llmrt-acme 0.3.1,
+        entry point acme"), or "plugin NAME" for one registered in-process."""
+        info = self.loaded.get(plugin)
+        if info is None or info.distribution is None:
+            return f"plugin {plugin}"
+        return f"{info.distribution} {info.version}, entry point {plugin}"
+
     def fail(self, plugin: str, stage: str, error: str) -> None:
         """Record a contract violation found by core (a bad registration, for instance)."""
         self.failures.append(PluginFailure(plugin, stage, error))

@@ -77,9 +77,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not config.getoption("llmrt_device"):
         return None
-    return "llmrt devices under test: " + ", ".join(
-        f"{d.id} ({d.info().name})" for d in devices(config)
-    )
+    return "llmrt devices under test: " + ", ".join(_describe(d) for d in devices(config))
+
+
+def _describe(device: Any) -> str:
+    try:
+        return f"{device.id} ({device.info().name})"
+    except Exception as exc:  # the header never hides the tests that will say what is wrong
+        return f"{device.id} (info() raised {type(exc).__name__}: {exc})"
 
 
 @pytest.fixture(scope="session")

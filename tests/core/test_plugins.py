@@ -263,3 +263,15 @@ def test_built_in_backends_register_in_entry_point_name_order(monkeypatch):
         assert [e.backend.name for e in registry().entries] == ["cpu", "cuda", "opencl", "vulkan"]
     finally:
         reset_plugins()
+
+
+def test_origin_names_the_distribution_and_entry_point(monkeypatch):
+    monkeypatch.setenv("LLMRT_PLUGINS", "cpu")
+    reset_plugins()
+    try:
+        plugins = get_plugins()
+        plugins.manager.register(Registers(), "inproc")
+        assert plugins.origin("cpu") == f"llmrt {llmrt.__version__}, entry point cpu"
+        assert plugins.origin("inproc") == "plugin inproc"
+    finally:
+        reset_plugins()
