@@ -61,24 +61,39 @@ class Sampling(_Body):
     cache_prompt: bool = True
     id_slot: Annotated[int, Field(ge=-1, le=INT32_MAX)] = -1
     ignore_eos: bool = False
+    logit_bias: list[Any] | dict[str, Any] | None = Field(
+        None, description="[[token, bias], ...] or {\"token\": bias}: a token id or a text (each "
+        "of its tokens), a bias a number or false (banned)."
+    )  # fmt: skip
+    n_predict: NPredict | None = Field(
+        None, description="Tokens to generate; default: the server's -n; -1: until end or full."
+    )
+    return_progress: bool = Field(False, description="Stream prompt_progress while reading.")
     verbose: bool = Field(False, description="Add `__verbose` (the prompt as the model read it).")
 
 
-Prompt = StrictStr | list[StrictInt | StrictStr]
+# One prompt: text, token ids, both mixed, or {"prompt_string": text}; a list of prompts is a batch
+SubPrompt = StrictStr | list[StrictInt | StrictStr] | dict[str, Any]
+Prompt = StrictStr | dict[str, Any] | list[StrictInt | StrictStr | list[StrictInt | StrictStr] |
+                                            dict[str, Any]]  # fmt: skip
+Choices = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 
 class CompletionRequest(Sampling):
     """POST /completion: llama-server's native completion."""
 
     prompt: Prompt = Field(
-        description="Text, or token ids, or a list mixing token ids and text pieces."
-    )
-    n_predict: NPredict | None = Field(
-        None, description="Tokens to generate; default: the server's -n; -1: until end or full."
+        description="Text, or token ids, or a list mixing token ids and text pieces; a list "
+        "without token ids at its top is a batch of such prompts."
     )
     stream: bool = False
     stop: list[StrictStr] = Field(default_factory=list, max_length=16)
     return_tokens: bool = False
+    n_cmpl: Choices | None = Field(None, description="Completions per prompt (alias: n).")
+    n: Choices = 1
+    response_fields: list[StrictStr] = Field(
+        default_factory=list, description="Only these fields; `a/b` is a's field b, as `a/b`."
+    )
 
 
 class TokenizeRequest(_Body):
@@ -108,8 +123,9 @@ class OAICompletionRequest(Sampling):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Choices = 1
     echo: Literal[False] = False
+    logprobs: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
 class ContentPart(_Body):
@@ -143,7 +159,9 @@ class ChatRequest(Sampling, ChatMessages):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Choices = 1
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
 
 def stop_list(stop: StopField) -> list[str]:

@@ -51,6 +51,10 @@ class Task:
     ignore_eos: bool = False  # reported; the sampler's logit_bias bans the end tokens
     stream: bool = False
     verbose: bool = False  # the response carries `__verbose`
+    want_probs: bool = False  # the chosen tokens' probabilities, even with n_probs 0
+    return_tokens: bool = False  # the final result lists the generated token ids
+    return_progress: bool = False  # emit "progress" events while the prompt is read
+    index: int = 0  # which of its request's tasks (prompts x choices) this is
     id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -58,11 +62,12 @@ class Task:
     t_submit: float = 0.0
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        """Hand an event to the request's event loop (from the scheduler thread)."""
+        """Hand an event, (index, kind, data), to the request's event loop (from the scheduler
+        thread). The tasks of one request may share one queue."""
         if self.loop is None or self.events is None:
             return
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, kind, data))
         except RuntimeError:  # the loop is closed: nobody listens any more
             self.cancelled = True
 
@@ -86,6 +91,7 @@ class Slot:
     t_prompt_done: float = 0.0
     t_last_used: float = 0.0
     probs: list[dict[str, Any]] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)  # the tokens sampled for the task
 
     @property
     def busy(self) -> bool:
@@ -245,9 +251,21 @@ class Scheduler:
         slot.decoder = self.tokenizer.decoder()
         slot.last, slot.n_decoded, slot.text, slot.n_sent = -1, 0, "", 0
         slot.n_cached, slot.n_prompt_eval = keep, 0
-        slot.probs = []
+        slot.probs, slot.generated = [], []
         slot.t_start = time.perf_counter()
         slot.t_prompt_done = 0.0
+        if task.return_progress:
+            self._progress(slot)
+
+    def _progress(self, slot: Slot) -> None:
+        """How far the prompt is read (llama-server's prompt_progress): at the start, and after
+        each chunk of it."""
+        slot.task.emit("progress", {
+            "total": len(slot.task.prompt),
+            "cache": slot.n_cached,
+            "processed": len(slot.cache),
+            "time_ms": int((time.perf_counter() - slot.t_start) * 1e3),
+        })  # fmt: skip
 
     def _release(self, slot: Slot) -> None:
         slot.task = None
@@ -271,9 +289,11 @@ class Scheduler:
                 owners.append(slot)
                 slot.cache.append(slot.last)
         budget = self.n_batch - len(tokens)
+        reading: list[Slot] = []
         for slot in active:  # then prompt chunks
             if not slot.pending or budget <= 0:
                 continue
+            reading.append(slot)
             chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
             budget -= len(chunk)
             start = len(slot.cache)
@@ -298,6 +318,9 @@ class Scheduler:
         now = time.perf_counter()
         self.metrics.n_decode_total += 1
         self.metrics.n_busy_slots_total += len(active)
+        for slot in reading:
+            if slot.task.return_progress:
+                self._progress(slot)
         for row, slot in enumerate(owners):  # owners are in the order of the wanted rows
             self._sample(slot, logits[row], now)
 
@@ -312,7 +335,9 @@ class Scheduler:
         tok = slot.sampler.sample(logits)
         slot.n_decoded += 1
         slot.last = tok
-        probs = self._probs(slot, logits, tok) if task.n_probs > 0 else None
+        slot.generated.append(tok)
+        want = task.n_probs > 0 or task.want_probs
+        probs = self._probs(slot, logits, tok) if want else None
         stop_type, stopping_word = "", ""
         piece = ""
         if tok in self.tokenizer.eog_ids:
@@ -328,7 +353,11 @@ class Scheduler:
         if not stop_type and len(slot.cache) >= slot.n_ctx:
             stop_type = "limit"  # the slot's context is full
         if stop_type != "word" and stop_type:
-            slot.text += slot.decoder.flush()
+            tail = slot.decoder.flush()
+            slot.text += tail
+            piece += tail
+        if probs is not None:  # the text this token added (UTF-8 split over tokens waits)
+            probs["token"] = piece
         # stream what cannot be the start of a stop string
         upto = len(slot.text) if stop_type else _partial_stop(slot.text, task.stop)
         upto = max(upto, slot.n_sent)
@@ -366,7 +395,7 @@ class Scheduler:
         n = task.n_probs
 
         def info(t: int) -> dict[str, Any]:
-            piece = self.tokenizer.token_to_piece(t, special=True)
+            piece = self.tokenizer.token_to_piece(t, special=False)  # as llama-server
             return {
                 "id": t,
                 "token": piece.decode("utf-8", errors="replace"),
@@ -415,6 +444,8 @@ class Scheduler:
                 "tokens_cached": len(slot.cache),
                 "timings": timings,
                 "completion_probabilities": slot.probs,
+                "tokens": slot.generated,
+                "n_prompt": len(task.prompt),
                 "seed": slot.sampler.seed,
                 "n_ctx": slot.n_ctx,
             },

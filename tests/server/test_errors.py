@@ -37,9 +37,25 @@ BAD = [
     ("/v1/chat/completions", b'{"messages": [{"content": "hi"}]}', "message without role"),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}', "bad role"),
     ("/v1/chat/completions", b'{"messages": "hi"}', "messages not a list"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 2}', "n=2"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "n": 5}',
+        "n over the 4 slots",
+    ),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 0}', "n=0"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}',
+        "top_logprobs without logprobs",
+    ),
+    ("/completion", b'{"prompt": "hi", "logit_bias": [[1]]}', "logit_bias pair of one"),
+    ("/completion", b'{"prompt": "hi", "logit_bias": [[1, "x"]]}', "logit_bias text bias"),
+    ("/completion", b'{"prompt": "hi", "logit_bias": {"99999999": 1}}', "logit_bias bad id"),
+    ("/completion", b'{"prompt": "hi", "logit_bias": 3}', "logit_bias a number"),
+    ("/completion", b'{"prompt": []}', "empty batch"),
+    ("/completion", b'{"prompt": ["a", 5.5]}', "float in a batch"),
+    ("/completion", b'{"prompt": {"text": "a"}}', "object without prompt_string"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": "many"}', "max_tokens as text"),
-    ("/v1/completions", b'{"prompt": ["a", "b"]}', "several prompts"),
     ("/v1/completions", b'{"max_tokens": 3}', "missing prompt"),
 ]
 

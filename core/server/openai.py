@@ -1,0 +1,194 @@
+"""OpenAI's endpoints: /v1/models, /v1/completions, /v1/chat/completions, and llama-server's
+chat helpers /apply-template and /chat/completions/input_tokens."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from llmrt.errors import LlmrtError
+from llmrt.server import schemas as S
+from llmrt.server.chat import render as render_chat
+from llmrt.server.generation import (
+    Result,
+    events,
+    finish_reason,
+    make_tasks,
+    n_predict_of,
+    native_result,
+    prompts_of,
+    results,
+    sse,
+    stream_response,
+    submit,
+    tokens_of,
+    total_usage,
+)
+from llmrt.server.slots import Task
+from llmrt.server.state import ApiError, State, error_body
+
+FINGERPRINT = "llmrt-0.1.0"
+
+
+def add_routes(app: FastAPI, state: State) -> None:
+    @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)
+    async def models() -> JSONResponse:
+        m = state.model
+        meta = None
+        if m is not None:
+            meta = {"n_vocab": m.hp.n_vocab, "n_ctx_train": m.hp.n_ctx_train,
+                    "n_params": m.n_params, "size": m.size_bytes}  # fmt: skip
+        return JSONResponse({
+            "object": "list",
+            "data": [{"id": state.alias, "object": "model", "created": state.t_start,
+                      "owned_by": "llmrt", "meta": meta}],
+        })  # fmt: skip
+
+    @app.post("/v1/completions")
+    async def completions(req: S.OAICompletionRequest, request: Request) -> Response:
+        """OpenAI's text completion: one choice per prompt of a batch and per `n`."""
+        prompts = prompts_of(state, req.prompt)
+        n_probs = req.logprobs if req.logprobs is not None else None
+        return await _run(state, req, request, prompts, "text", n_probs=n_probs)
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
+    async def chat(req: S.ChatRequest, request: Request) -> Response:
+        """OpenAI's chat completion: the messages through the model's chat template."""
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs requires logprobs to be true")
+        prompt = tokens_of(state, chat_prompt(state, req))
+        n_probs = (req.top_logprobs or 0) if req.logprobs else None
+        return await _run(state, req, request, [prompt], "chat", n_probs=n_probs)
+
+    @app.post("/apply-template")
+    async def apply_template(req: S.ChatMessages) -> JSONResponse:
+        """The prompt a chat request's messages make, without generating."""
+        return JSONResponse({"prompt": chat_prompt(state, req)})
+
+    @app.post("/v1/chat/completions/input_tokens")
+    @app.post("/chat/completions/input_tokens", include_in_schema=False)
+    async def chat_input_tokens(req: S.ChatMessages) -> JSONResponse:
+        """How many tokens a chat request's prompt takes."""
+        return JSONResponse({"input_tokens": len(tokens_of(state, chat_prompt(state, req)))})
+
+
+def chat_prompt(state: State, req: S.ChatMessages) -> str:
+    """The chat template's text for a request. A final assistant message is continued unless the
+    request says otherwise (llama-server's assistant prefill)."""
+    messages = S.message_dicts(req.messages)
+    add_generation_prompt = req.add_generation_prompt
+    continue_final = req.continue_final_message
+    if "continue_final_message" not in req.model_fields_set and messages[-1]["role"] == "assistant":
+        if len(messages) >= 2 and messages[-2]["role"] == "assistant":
+            raise ApiError(400, "two or more assistant messages at the end of the conversation")
+        continue_final, add_generation_prompt = True, False
+    if continue_final and messages[-1]["role"] != "assistant":
+        raise ApiError(400, "continue_final_message: the last message is not the assistant's")
+    kwargs = {**state.settings.chat_template_kwargs, **req.chat_template_kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
+    try:
+        return render_chat(state.model.tokenizer, state.settings.chat_template, messages,
+                           add_generation_prompt, continue_final, **kwargs)  # fmt: skip
+    except LlmrtError as exc:  # ChatError, ChatTemplateError
+        raise ApiError(400, str(exc)) from None
+
+
+async def _run(
+    state: State,
+    req: Any,
+    request: Request,
+    prompts: list[list[int]],
+    kind: str,
+    n_probs: int | None,
+) -> Response:
+    asked = req.n_predict if req.n_predict is not None else req.max_tokens
+    if kind == "chat" and req.max_completion_tokens is not None:
+        asked = req.max_completion_tokens
+    options: dict[str, Any] = {}
+    if n_probs is not None:  # logprobs asked: the chosen tokens' ones, and n_probs others
+        options = {"want_probs": True, "n_probs": n_probs}
+    tasks = make_tasks(state, req, prompts, n_predict_of(state, asked), S.stop_list(req.stop),
+                       req.n, **options)  # fmt: skip
+    submit(state, tasks)
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+    head = {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": obj, "created": int(time.time()), "model": state.alias,
+            "system_fingerprint": FINGERPRINT}  # fmt: skip
+    if req.stream:
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
+        return stream_response(_chunks(state, tasks, kind, head, req.n, include_usage))
+    done = await results(state, tasks, request)
+    if done is None:
+        return Response(status_code=499)  # the client hung up; nobody reads this
+    out = {**head, "choices": [_choice(r, kind) for r in done],
+           "usage": total_usage(done, req.n), "timings": done[0].data["timings"]}  # fmt: skip
+    if done[0].task.verbose:
+        out["__verbose"] = native_result(state, done[0].task, done[0].data, stream=False)
+    return JSONResponse(out)
+
+
+def _logprobs(task: Task, probs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return {"content": probs} if task.want_probs else None
+
+
+def _choice(r: Result, kind: str) -> dict[str, Any]:
+    reason = finish_reason(r.data["stop_type"])
+    logprobs = _logprobs(r.task, r.probs)
+    if kind == "chat":
+        message = {"role": "assistant", "content": r.data["content"]}
+        return {"index": r.task.index, "message": message, "logprobs": logprobs,
+                "finish_reason": reason}  # fmt: skip
+    return {"index": r.task.index, "text": r.data["content"], "logprobs": logprobs,
+            "finish_reason": reason}  # fmt: skip
+
+
+async def _chunks(
+    state: State,
+    tasks: list[Task],
+    kind: str,
+    head: dict[str, Any],
+    n_choices: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    chat = kind == "chat"
+    head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+
+    def choice(index: int, text: str | None, reason: str | None, logprobs: Any = None) -> dict:
+        delta = {"content": text} if text else {}
+        body: dict[str, Any] = {"delta": delta} if chat else {"text": text or ""}
+        return {"index": index, **body, "logprobs": logprobs, "finish_reason": reason}
+
+    if chat:  # OpenAI's first chunk: the role
+        for task in tasks:
+            first = {"index": task.index, "delta": {"role": "assistant", "content": None},
+                     "logprobs": None, "finish_reason": None}  # fmt: skip
+            yield sse({**head, "choices": [first]})
+    done: list[Result] = []
+    async for index, ev, data in events(state, tasks, None):
+        task = tasks[index]
+        if ev == "progress":
+            yield sse({**head, "choices": [choice(index, None, None)], "prompt_progress": data})
+        elif ev == "token":
+            probs = data.get("completion_probabilities")
+            if data["content"] or probs:
+                logprobs = _logprobs(task, probs or [])
+                yield sse({**head, "choices": [choice(index, data["content"], None, logprobs)]})
+        elif ev == "done":
+            done.append(Result(task, data))
+            reason = finish_reason(data["stop_type"])
+            yield sse({**head, "choices": [choice(index, None, reason)],
+                       "timings": data["timings"]})  # fmt: skip
+        else:
+            yield sse(error_body(500, data["message"], "server_error"))
+    if include_usage and len(done) == len(tasks):
+        done.sort(key=lambda r: r.task.index)
+        yield sse({**head, "choices": [], "usage": total_usage(done, n_choices),
+                   "timings": done[-1].data["timings"]})  # fmt: skip
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,126 @@
+"""What the server's modules share: its settings, the loaded model's state, and errors in
+llama-server's JSON shape (`{"error": {"code": 400, "message": "...", "type": "..."}}`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from llmrt.errors import LlmrtError
+from llmrt.sampling import SamplingParams
+from llmrt.server.slots import Scheduler
+
+log = logging.getLogger("llmrt.server")
+
+
+@dataclass
+class ServerSettings:
+    """What `llmrt serve` takes; llama-server's defaults where it has one."""
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int = 4096  # all slots together; each gets n_ctx // n_parallel
+    n_parallel: int = 1
+    n_batch: int = 512
+    n_predict: int = -1  # the tokens a request that names no count generates; -1: no limit
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # a request's defaults
+    api_key: str | None = None
+    device: str = "auto"
+    n_gpu_layers: int = -1
+    threads: int | None = None  # host threads for the kernels; None: the physical cores
+    chat_template: str | None = None  # Jinja text (serve resolves built-in names); None: the GGUF's
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
+    verbose: bool = False  # every response carries `__verbose`
+    cors: bool = False
+    queue_size: int = 64
+    alias: str | None = None
+    metrics: bool = False  # /metrics only when asked (llama-server's --metrics)
+    slots_endpoint: bool = True
+
+
+class ApiError(Exception):
+    """A request the server answers with an error; `extra` goes into the error object."""
+
+    def __init__(
+        self, code: int, message: str, type_: str = "invalid_request_error", **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.code, self.message, self.type, self.extra = code, message, type_, extra
+
+
+def error_body(code: int, message: str, type_: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "type": type_, **extra}}
+
+
+def error_response(code: int, message: str, type_: str, **extra: Any) -> JSONResponse:
+    if code >= 500:  # the exception behind it, if any, was logged with its traceback where caught
+        log.warning("answered %d: %s", code, message)
+    return JSONResponse(error_body(code, message, type_, **extra), status_code=code)
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+}
+
+
+class State:
+    """The loaded model and its scheduler, shared by the handlers."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None
+        self.t_start = int(time.time())
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    @property
+    def alias(self) -> str:
+        if self.settings.alias:
+            return self.settings.alias
+        return self.model.path.name if self.model is not None else str(self.settings.model)
+
+    def load(self, model: Any = None) -> None:
+        s = self.settings
+        try:
+            if model is None:
+                from llmrt.engine import load
+
+                model = load(s.model, device=s.device, n_gpu_layers=s.n_gpu_layers,
+                             threads=s.threads)  # fmt: skip
+            scheduler = Scheduler(
+                model,
+                n_ctx=s.n_ctx,
+                n_parallel=s.n_parallel,
+                n_batch=s.n_batch,
+                queue_size=s.queue_size,
+            )
+            _ = model.tokenizer  # read the vocabulary now, not on the first request
+            self.model = model
+            scheduler.start()
+            self.scheduler = scheduler
+        except Exception as exc:  # noqa: BLE001 - reported by /health and the CLI
+            self.load_error = (
+                str(exc) if isinstance(exc, LlmrtError) else f"{type(exc).__name__}: {exc}"
+            )
+            if not isinstance(exc, LlmrtError):  # a bug, not a bad setting: keep its traceback
+                log.exception("cannot load the model")
+            raise
+
+
+def scheduler_of(state: State) -> Scheduler:
+    assert state.scheduler is not None  # the gate answers 503 until it is set
+    return state.scheduler
