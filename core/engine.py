@@ -40,7 +40,7 @@ class Model:
     def __init__(
         self, path: str | os.PathLike[str], device: str | Device | Sequence[str | Device] = "auto",
         n_gpu_layers: int = -1, threads: int | None = None,
-        tensor_split: Sequence[float] | None = None,
+        tensor_split: Sequence[float] | None = None, split_mode: str = "layer", main_gpu: int = 0,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         if self.path.is_dir():
@@ -55,7 +55,7 @@ class Model:
         self.arch = get_architecture(arch_name)
         self.hp = self.arch.hparams(self.metadata)
         # the devices the layers are split over (--device a,b), the first one the primary
-        self.devices = get_devices(device)
+        self.devices = pick_devices(get_devices(device), split_mode, main_gpu)
         self.device = self.devices[0]
         self.host = registry().host()
         # -t: the host threads of the backends that run this model (None: each one's default)
@@ -471,14 +471,32 @@ def load(
     n_gpu_layers: int = -1,
     threads: int | None = None,
     tensor_split: Sequence[float] | None = None,
+    split_mode: str = "layer",
+    main_gpu: int = 0,
 ) -> Model:
     """Load a GGUF file, or a known model by name (fetched once into the cache; see
     `llmrt pull --list`). No model: the default model. `device`: one device, or several to split
     the layers over ("cuda:0,cuda:1", "vulkan:0,cpu"), in `tensor_split` proportions (None: by
-    free memory). `threads`: host threads for the kernels (None: the physical cores)."""
+    free memory); `split_mode` "none" runs on the `main_gpu`-th of them alone (llama.cpp's -sm
+    and -mg). `threads`: host threads for the kernels (None: the physical cores)."""
     from llmrt import pull
 
-    return Model(pull.resolve(model), device, n_gpu_layers, threads, tensor_split)
+    return Model(pull.resolve(model), device, n_gpu_layers, threads, tensor_split, split_mode,
+                 main_gpu)  # fmt: skip
+
+
+def pick_devices(devices: list[Device], split_mode: str, main_gpu: int) -> list[Device]:
+    """llama.cpp's --split-mode: "layer" keeps every device, "none" the main one alone."""
+    if split_mode not in ("layer", "none", "row"):
+        raise UsageError(f"--split-mode takes none, layer or row, not {split_mode!r}")
+    if split_mode == "row":
+        raise UsageError("--split-mode row is not supported: llmrt splits a model by layer")
+    if not 0 <= main_gpu < len(devices):
+        raise UsageError(
+            f"--main-gpu {main_gpu} names no device: {len(devices)} given "
+            f"({', '.join(d.id for d in devices)}), counted from 0"
+        )
+    return [devices[main_gpu]] if split_mode == "none" else devices
 
 
 def default_split(devices: Sequence[Device]) -> list[float]:

@@ -12,6 +12,8 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    MainGpuOption,
+    SplitModeOption,
     TensorSplitOption,
     ThreadsOption,
     VerboseOption,
@@ -72,6 +74,8 @@ def bench(
     n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
     device: DeviceOption = "auto",
     tensor_split: TensorSplitOption = None,
+    split_mode: SplitModeOption = "layer",
+    main_gpu: MainGpuOption = 0,
     threads: ThreadsOption = 0,
     output: Annotated[str, Opt("-o", "--output", help="md or json.")] = "md",
     json_output: Annotated[bool, Opt("--json", help="Same as -o json.")] = False,
@@ -93,7 +97,7 @@ def bench(
         typer.echo("| --- | ---: | ---: | --- | --: | ---: | ---: |")
     for name in model or [None]:
         m = load(name, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
-                 tensor_split=split)  # fmt: skip
+                 tensor_split=split, split_mode=split_mode, main_gpu=main_gpu)  # fmt: skip
         if verbose:
             from llmrt.cli.run import graph_report, placement
 

@@ -18,6 +18,14 @@ TensorSplitOption = Annotated[
     typer.Option("-ts", "--tensor-split", help="With several --device: the share of the layers "
                  "each takes, as 3,1 (default: by free memory)."),
 ]  # fmt: skip
+SplitModeOption = Annotated[
+    str,
+    typer.Option("-sm", "--split-mode", help="With several --device: layer (each takes a range "
+                 "of layers), or none (the --main-gpu one alone); row is not supported."),
+]  # fmt: skip
+MainGpuOption = Annotated[
+    int, typer.Option("-mg", "--main-gpu", help="With -sm none: which of the --device list runs.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ThreadsOption = Annotated[
     int, typer.Option("-t", "--threads", help="CPU threads for the kernels; 0: the physical cores.")

@@ -11,6 +11,8 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    MainGpuOption,
+    SplitModeOption,
     TensorSplitOption,
     ThreadsOption,
     VerboseOption,
@@ -32,6 +34,8 @@ def perplexity(
     chunks: Annotated[int, Opt("--chunks", help="Chunks to score; -1: all.")] = -1,
     device: DeviceOption = "auto",
     tensor_split: TensorSplitOption = None,
+    split_mode: SplitModeOption = "layer",
+    main_gpu: MainGpuOption = 0,
     threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
     cache_type: Annotated[str, Opt("-ctk", "--cache-type", help="KV cache: f16 or f32.")] = "f16",
@@ -67,7 +71,8 @@ def perplexity(
     base = P.Base.load(kl_base) if kl_divergence and kl_base is not None else None
     t0 = time.perf_counter()
     m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
-             tensor_split=parse_tensor_split(tensor_split))  # fmt: skip
+             tensor_split=parse_tensor_split(tensor_split), split_mode=split_mode,
+             main_gpu=main_gpu)  # fmt: skip
     tok = m.tokenizer
     tokens = tok.encode(text, add_special=True, parse_special=False)
     if base is not None:

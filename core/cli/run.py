@@ -12,6 +12,8 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    MainGpuOption,
+    SplitModeOption,
     TensorSplitOption,
     ThreadsOption,
     VerboseOption,
@@ -98,6 +100,8 @@ def run(
     threads: ThreadsOption = 0,
     device: DeviceOption = "auto",
     tensor_split: TensorSplitOption = None,
+    split_mode: SplitModeOption = "layer",
+    main_gpu: MainGpuOption = 0,
     conversation: ChatOpt = False,
     chat_template: ChatTemplateOpt = None,
     system_prompt: Annotated[str | None, Opt("-sys", "--system-prompt")] = None,
@@ -120,7 +124,7 @@ def run(
     t0 = time.perf_counter()
     split = parse_tensor_split(tensor_split)
     m = load(model, device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
-             tensor_split=split)  # fmt: skip
+             tensor_split=split, split_mode=split_mode, main_gpu=main_gpu)  # fmt: skip
     ctx = m.context(n_ctx=ctx_size, n_ubatch=min(ubatch_size, batch_size), kv_type=cache_type)
     t_load_ms = (time.perf_counter() - t0) * 1e3
     tok = m.tokenizer

@@ -9,6 +9,7 @@ from test_greedy import NEAR_TIE, SMOLLM2_CASES, check_prompt, first_divergence,
 
 from llmrt.cli import main
 from llmrt.engine import load
+from llmrt.errors import LlmrtError
 
 SPLIT = "cpu,vulkan:0,opencl:0"
 
@@ -73,3 +74,13 @@ def test_bad_split_flags_are_one_line_errors(smollm2_path, capsys):
         assert exc.value.code
         err = capsys.readouterr().err
         assert why in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_split_mode_none_runs_the_main_device_alone(smollm2_path):
+    model = load(smollm2_path, device="cpu,opencl:0", split_mode="none", main_gpu=1)
+    assert [d.id for d in model.devices] == ["opencl:0"]
+    assert {d.id for d in model.layers} == {"opencl:0"}
+    for kw, why in (({"split_mode": "row"}, "row is not supported"),
+                    ({"main_gpu": 2}, "--main-gpu 2 names no device: 2 given")):  # fmt: skip
+        with pytest.raises(LlmrtError, match=why):
+            load(smollm2_path, device="cpu,opencl:0", **kw)
