@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmrt.errors import UsageError
+from llmrt.grammar import Constraint, GrammarError
 
 # llama.cpp's LLAMA_DEFAULT_SEED (0xFFFFFFFF) is what `-s -1` becomes as a uint32: both mean random.
 RANDOM_SEED = -1
@@ -262,12 +263,18 @@ def _temperature(c: _Candidates, temp: float, delta: float, exponent: float) -> 
 class Sampler:
     """The sampler chain for one sequence: its penalty history and its random generators."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    def __init__(
+        self, params: SamplingParams, n_vocab: int, constraint: Constraint | None = None
+    ) -> None:
+        """`constraint` (llmrt.grammar): the tokens a grammar allows, enforced before the chain
+        (they win over logit_bias: a bias cannot make the grammar fail)."""
         params.validate()
         if n_vocab <= 0:
             raise UsageError(f"n_vocab must be positive, got {n_vocab}")
         self.params = params
         self.n_vocab = n_vocab
+        self.constraint = constraint
+        self._allowed: np.ndarray | None = None  # the constraint's mask for the coming draw
         self._ids = np.arange(n_vocab, dtype=np.int64)
         bad = [t for t, _ in params.logit_bias if t >= n_vocab]
         if bad:
@@ -288,6 +295,9 @@ class Sampler:
         """Forget the token history and restart the random streams (a new seed if random)."""
         self._window.clear()
         self._counts.clear()
+        if self.constraint is not None:
+            self.constraint.reset()
+            self._allowed = None
         seed = self.params.seed
         if seed in (RANDOM_SEED, _LLAMA_DEFAULT_SEED):
             seed = secrets.randbits(32)
@@ -315,10 +325,13 @@ class Sampler:
         logits = self._check(logits)
         if self._plain_greedy():
             # Every stage left keeps the best token, so greedy needs no candidates at all.
-            token = int(np.argmax(self._penalized(self._biased(logits))))
+            token = int(np.argmax(self._prepared(logits)))
         else:
             c = self._chain(logits, self._xtc_rng)
             token = int(c.ids[self._draw(c)])
+        if self.constraint is not None:
+            self.constraint.accept(token)
+            self._allowed = None
         self.accept(token)
         return token
 
@@ -350,6 +363,20 @@ class Sampler:
         xtc_on = p.xtc_probability > 0.0 and p.xtc_threshold <= 0.5
         return p.temperature <= 0.0 and p.typical_p >= 1.0 and not xtc_on and p.dynatemp_range == 0
 
+    def _prepared(self, logits: np.ndarray) -> np.ndarray:
+        """The logits the chain starts from: biased, penalized, and masked by the constraint."""
+        out = self._penalized(self._biased(logits))
+        if self.constraint is None:
+            return out
+        if self._allowed is None:
+            self._allowed = self.constraint.allowed()
+        masked = np.where(self._allowed, out, np.float32(-np.inf))
+        if not np.isfinite(masked).any():  # biases banned all the grammar allows: it wins
+            masked = np.where(self._allowed, logits, np.float32(-np.inf))
+            if not np.isfinite(masked).any():
+                raise GrammarError("the grammar allows no token here")
+        return masked
+
     def _biased(self, logits: np.ndarray) -> np.ndarray:
         if not len(self._bias_ids):
             return logits
@@ -368,7 +395,7 @@ class Sampler:
 
     def _chain(self, logits: np.ndarray, xtc_rng: np.random.Generator) -> _Candidates:
         p = self.params
-        c = _Candidates(self._ids, self._penalized(self._biased(logits)))
+        c = _Candidates(self._ids, self._prepared(logits))
         c = _top_n_sigma(c, p.top_n_sigma)
         c = _top_k(c, p.top_k)
         c = _typical(c, p.typical_p, p.min_keep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -337,3 +338,39 @@ def test_logit_bias_bans_and_forces_tokens():
 def test_logit_bias_rejects_bad_entries(bias, message):
     with pytest.raises(UsageError, match=message):
         Sampler(SamplingParams(logit_bias=bias), 4)
+
+
+def test_constraint_holds_against_random_logits(smollm2_path):
+    """Whatever the logits say, the drawn tokens spell what the grammar allows, then end."""
+    pytest.importorskip("llguidance")
+    from llmrt.grammar import Constraint, compile_grammar, grammar_tokenizer
+    from llmrt.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(smollm2_path)
+    lltok = grammar_tokenizer(tok, tok.n_vocab)
+    grammar = compile_grammar(lltok, regex=r"[0-9]{3}-(red|blue)")
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        params = SamplingParams(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed)
+        sampler = Sampler(params, tok.n_vocab, constraint=Constraint(lltok, grammar))
+        out = []
+        while True:
+            t = sampler.sample(rng.normal(0, 5, tok.n_vocab).astype(np.float32))
+            if t in tok.eog_ids:
+                break
+            out.append(t)
+            assert len(out) < 20
+        assert re.fullmatch(r"[0-9]{3}-(red|blue)", tok.decode(out))
+
+
+def test_grammar_errors_are_usage_errors(smollm2_path):
+    pytest.importorskip("llguidance")
+    from llmrt.grammar import GrammarError, compile_grammar, grammar_tokenizer
+    from llmrt.tokenizer import Tokenizer
+
+    lltok = grammar_tokenizer(Tokenizer.from_gguf(smollm2_path))
+    for kwargs in ({"gbnf": "root ::= ("}, {"json_schema": {"type": "nope"}},
+                   {"json_schema": "[1"}, {"gbnf": "root ::= x", "regex": "a"}):  # fmt: skip
+        with pytest.raises(GrammarError):
+            compile_grammar(lltok, **kwargs)
+    assert issubclass(GrammarError, UsageError)

@@ -175,6 +175,58 @@ def make_tasks(
     return tasks
 
 
+# --- structured output ---
+
+
+def schema_of_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's response_format as a JSON schema: json_object (any object, or its `schema`),
+    json_schema (its json_schema.schema); text or none: no schema."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        schema = fmt.get("schema", {})
+    elif kind == "json_schema":
+        wrapper = fmt.get("json_schema")
+        if not isinstance(wrapper, dict):
+            raise ApiError(400, "response_format: json_schema needs a `json_schema` object")
+        schema = wrapper.get("schema", {})
+    else:
+        raise ApiError(400, f"response_format: type is text, json_object or json_schema, "
+                            f"got {kind!r}")  # fmt: skip
+    if not isinstance(schema, dict):
+        raise ApiError(400, f"response_format: the schema is an object, got {schema!r}")
+    return schema
+
+
+async def grammar_of(
+    state: State, grammar: str | None = None, json_schema: dict[str, Any] | None = None
+) -> str | None:
+    """The llguidance grammar a request's output must match (None: free text), checked now so a
+    bad grammar or schema is a 400 before anything is generated."""
+    from llmrt.grammar import GrammarError, compile_grammar, grammar_tokenizer
+
+    if grammar == "":
+        grammar = None
+    if grammar is None and json_schema is None:
+        return None
+    if grammar is not None and json_schema is not None:
+        raise ApiError(400, "give a grammar or a json_schema, not both")
+    model = state.model
+
+    def build() -> str:  # ~1 s the first time: the tokenizer's view for llguidance
+        lltokenizer = grammar_tokenizer(model.tokenizer, model.hp.n_vocab)
+        return compile_grammar(lltokenizer, gbnf=grammar, json_schema=json_schema)
+
+    try:
+        return await asyncio.to_thread(build)
+    except GrammarError as exc:
+        what = "grammar" if grammar is not None else "json_schema"
+        raise ApiError(400, f"invalid {what}: {exc}") from None
+
+
 # --- running tasks ---
 
 

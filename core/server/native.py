@@ -14,6 +14,7 @@ from llmrt.server import schemas as S
 from llmrt.server.generation import (
     events,
     generation_settings,
+    grammar_of,
     make_tasks,
     n_predict_of,
     native_result,
@@ -51,8 +52,9 @@ def add_routes(app: FastAPI, state: State) -> None:
         prompts = prompts_of(state, req.prompt)
         n = req.n_cmpl if req.n_cmpl is not None else req.n
         n_predict = n_predict_of(state, req.n_predict)
+        grammar = await grammar_of(state, req.grammar, req.json_schema)
         tasks = make_tasks(state, req, prompts, n_predict, req.stop, n,
-                           return_tokens=req.return_tokens)  # fmt: skip
+                           return_tokens=req.return_tokens, grammar=grammar)  # fmt: skip
         submit(state, tasks)
         if req.stream:
             return stream_response(_chunks(state, tasks))

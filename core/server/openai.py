@@ -18,11 +18,13 @@ from llmrt.server.generation import (
     Result,
     events,
     finish_reason,
+    grammar_of,
     make_tasks,
     n_predict_of,
     native_result,
     prompts_of,
     results,
+    schema_of_response_format,
     sse,
     stream_response,
     submit,
@@ -114,6 +116,11 @@ async def _run(
     options: dict[str, Any] = {}
     if n_probs is not None:  # logprobs asked: the chosen tokens' ones, and n_probs others
         options = {"want_probs": True, "n_probs": n_probs}
+    schema = req.json_schema
+    from_format = schema_of_response_format(req.response_format)
+    if from_format is not None:
+        schema = from_format  # OpenAI's field wins over llama-server's
+    options["grammar"] = await grammar_of(state, req.grammar, schema)
     tasks = make_tasks(state, req, prompts, n_predict_of(state, asked), S.stop_list(req.stop),
                        req.n, **options)  # fmt: skip
     submit(state, tasks)

@@ -69,6 +69,10 @@ class Sampling(_Body):
         None, description="Tokens to generate; default: the server's -n; -1: until end or full."
     )
     return_progress: bool = Field(False, description="Stream prompt_progress while reading.")
+    grammar: StrictStr | None = Field(None, description="A GBNF grammar the output must match.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="A JSON schema the output must match ({} is any object)."
+    )
     verbose: bool = Field(False, description="Add `__verbose` (the prompt as the model read it).")
 
 
@@ -126,6 +130,7 @@ class OAICompletionRequest(Sampling):
     n: Choices = 1
     echo: Literal[False] = False
     logprobs: Annotated[int, Field(ge=0, le=100)] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class ContentPart(_Body):
@@ -162,6 +167,9 @@ class ChatRequest(Sampling, ChatMessages):
     n: Choices = 1
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description='OpenAI\'s {"type": "text" | "json_object" | "json_schema", ...}.'
+    )
 
 
 def stop_list(stop: StopField) -> list[str]:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from llmrt.engine import Batch, Context, Model
+from llmrt.errors import LlmrtError
+from llmrt.grammar import Constraint, grammar_tokenizer
 from llmrt.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("llmrt.server")
@@ -55,6 +57,7 @@ class Task:
     return_tokens: bool = False  # the final result lists the generated token ids
     return_progress: bool = False  # emit "progress" events while the prompt is read
     index: int = 0  # which of its request's tasks (prompts x choices) this is
+    grammar: str | None = None  # an llguidance grammar (llmrt.grammar) the output must match
     id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -235,17 +238,29 @@ class Scheduler:
                     -s.t_last_used,
                 ),
             )
-            self._launch(slot, task)
+            try:
+                sampler = self._sampler(task)
+            except LlmrtError as exc:  # a grammar that cannot run: this request fails alone
+                task.emit("error", {"message": str(exc)})
+                continue
+            self._launch(slot, task, sampler)
         self.waiting = kept
 
-    def _launch(self, slot: Slot, task: Task) -> None:
+    def _sampler(self, task: Task) -> Sampler:
+        n_vocab = self.model.hp.n_vocab
+        constraint = None
+        if task.grammar is not None:  # its tokenizer was built when the request was checked
+            constraint = Constraint(grammar_tokenizer(self.tokenizer, n_vocab), task.grammar)
+        return Sampler(task.params, n_vocab, constraint=constraint)
+
+    def _launch(self, slot: Slot, task: Task, sampler: Sampler) -> None:
         keep = common_prefix(slot.cache, task.prompt) if task.cache_prompt else 0
         keep = min(keep, len(task.prompt) - 1)  # the last prompt token is evaluated for logits
         self.ctx.remove(slot.id, start=keep)
         slot.cache = slot.cache[:keep]
         slot.task = task
         slot.pending = list(task.prompt[keep:])
-        slot.sampler = Sampler(task.params, self.model.hp.n_vocab)
+        slot.sampler = sampler
         for tok in task.prompt:
             slot.sampler.accept(int(tok))
         slot.decoder = self.tokenizer.decoder()
@@ -322,7 +337,11 @@ class Scheduler:
             if slot.task.return_progress:
                 self._progress(slot)
         for row, slot in enumerate(owners):  # owners are in the order of the wanted rows
-            self._sample(slot, logits[row], now)
+            try:
+                self._sample(slot, logits[row], now)
+            except LlmrtError as exc:  # the grammar failed: fail this request, not the others
+                slot.task.emit("error", {"message": str(exc)})
+                self._release(slot)
 
     def _sample(self, slot: Slot, logits: np.ndarray, now: float) -> None:
         task = slot.task
@@ -332,12 +351,14 @@ class Scheduler:
             slot.t_prompt_done = now
             self.metrics.prompt_tokens_total += slot.n_prompt_eval
             self.metrics.prompt_seconds_total += now - slot.t_start
+        want = task.n_probs > 0 or task.want_probs
+        # the chain's candidates as they are before this draw moves the sampler's state
+        cands = slot.sampler.probs(logits, 0) if want and task.post_sampling_probs else None
         tok = slot.sampler.sample(logits)
         slot.n_decoded += 1
         slot.last = tok
         slot.generated.append(tok)
-        want = task.n_probs > 0 or task.want_probs
-        probs = self._probs(slot, logits, tok) if want else None
+        probs = self._probs(slot, logits, tok, cands) if want else None
         stop_type, stopping_word = "", ""
         piece = ""
         if tok in self.tokenizer.eog_ids:
@@ -388,7 +409,9 @@ class Scheduler:
         slot.text = slot.text[: best[0]]
         return best[1]
 
-    def _probs(self, slot: Slot, logits: np.ndarray, tok: int) -> dict[str, Any]:
+    def _probs(
+        self, slot: Slot, logits: np.ndarray, tok: int, cands: list[tuple[int, float]] | None
+    ) -> dict[str, Any]:
         """llama-server's completion_probabilities entry: softmax of the raw logits by default,
         the sampler chain's probabilities with post_sampling_probs."""
         task = slot.task
@@ -402,8 +425,7 @@ class Scheduler:
                 "bytes": list(piece),
             }
 
-        if task.post_sampling_probs:
-            cands = slot.sampler.probs(logits, 0)
+        if cands is not None:  # post_sampling_probs
             p = dict(cands)
             top = [{**info(t), "prob": q} for t, q in cands[:n]]
             return {**info(tok), "prob": p.get(tok, 0.0), "top_probs": top}
