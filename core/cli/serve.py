@@ -90,6 +90,22 @@ def serve(
     alias: Annotated[str | None, Opt("-a", "--alias", help="Model name in the API.")] = None,
     metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = False,
     slots: Annotated[bool, Opt("--slots/--no-slots", help="Serve /slots.")] = True,
+    replicas: Annotated[
+        int,
+        Opt(
+            "--replicas",
+            help="Serve through N replicas on Ray Serve (llmrt[ray]); 0: this process alone.",
+        ),
+    ] = 0,
+    ray_address: Annotated[
+        str | None, Opt("--ray-address", help="Join this Ray cluster (default: start one here).")
+    ] = None,
+    min_replicas: Annotated[
+        int | None, Opt("--min-replicas", help="With --replicas: autoscale from this many.")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, Opt("--max-replicas", help="With --replicas: autoscale up to this many.")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Serve a model over HTTP (like llama-server): /completion, /v1/chat/completions, a web UI."""
@@ -125,6 +141,9 @@ def serve(
         chat_template=template, chat_template_kwargs=kwargs, verbose=verbose, cors=cors,
         queue_size=queue_size, alias=alias, metrics=metrics, slots_endpoint=slots,
     )  # fmt: skip
+    if replicas or ray_address or min_replicas is not None or max_replicas is not None:
+        _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)
+        return
     failed: list[str] = []
 
     def on_load_error(message: str) -> None:
@@ -152,6 +171,30 @@ def serve(
     server.run()
     if failed:
         raise SystemExit(1)
+
+
+def _serve_on_ray(settings, replicas: int, address: str | None, low: int | None,
+                  high: int | None) -> None:  # fmt: skip
+    """--replicas: the same API served by replicas on Ray Serve (llmrt.ray)."""
+    check_arg("--replicas", replicas, replicas >= 0, "a replica count >= 1 (0: no Ray)")
+    if low is not None:
+        check_arg("--min-replicas", low, low >= 0 and (high is None or low <= high),
+                  "a count from 0 to --max-replicas")  # fmt: skip
+    if high is not None:
+        check_arg("--max-replicas", high, high >= 1, "a count >= 1")
+    try:
+        from llmrt.ray import serve_replicas
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"--replicas needs Ray Serve: pip install 'llmrt[ray]' ({exc.name} is "
+                         "missing)") from None  # fmt: skip
+    n = replicas or (low if low is not None else 1)
+
+    def on_ready() -> None:
+        print(f"llmrt: {n} replica(s) of {settings.model or 'the default model'} on Ray; ready "
+              f"at http://{settings.host}:{settings.port}", file=sys.stderr)  # fmt: skip
+
+    serve_replicas(settings, n, ray_address=address, min_replicas=low, max_replicas=high,
+                   on_ready=on_ready)  # fmt: skip
 
 
 def _chat_template(value: str | None, path: Path | None) -> str | None:
