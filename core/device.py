@@ -20,13 +20,17 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmrt.errors import DeviceNotFound, UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.plugins import get_plugins, on_reset
+
+if TYPE_CHECKING:
+    from llmrt.gguf.reader import TensorInfo
+    from llmrt.ir.graph import Graph, Tensor
 
 API_VERSION = 1
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -233,12 +237,12 @@ class Device(ABC):
         """Name, type, memory and backend-specific properties. Called on demand; may query the
         driver each time (free memory changes)."""
 
-    def supports_op(self, node: Any) -> bool:
+    def supports_op(self, node: Tensor) -> bool:
         """Whether this device can run graph node ``node``: the one source of truth for placement
         and for skipping conformance cases. The default declines everything."""
         return False
 
-    def upload(self, tensor: Any) -> Any:
+    def upload(self, tensor: TensorInfo) -> Any:
         """Copy one weight (an ``llmrt.gguf.TensorInfo``, in its ggml blocks) to the device and
         return the handle that ``compile`` binds it by. Called once per weight at model load."""
         raise UnsupportedOp(f"{self.id} cannot hold weights")
@@ -257,7 +261,7 @@ class Device(ABC):
         """Overwrite a state tensor from a host array of its shape (``state.write``)."""
         state.write(data)
 
-    def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
+    def compile(self, graph: Graph, bindings: Mapping[str, Any]) -> Executable:
         """Lower ``graph`` once: resolve a kernel per node and plan buffers. ``bindings`` maps
         each weight and state leaf's key to a handle from ``upload``/``new_state``."""
         raise UnsupportedOp(f"{self.id} cannot run graphs")
@@ -346,6 +350,12 @@ class Registry:
             )
         entry = self.entry(name)
         if entry is None:
+            broken = next((f for f in get_plugins().failures if f.plugin == name), None)
+            if broken is not None:
+                raise DeviceNotFound(
+                    f"device '{spec}' is unavailable: plugin {name} is broken ({broken.stage}): "
+                    f"{broken.error}; {self._summary()}"
+                )
             raise DeviceNotFound(f"unknown device '{spec}': no backend '{name}'; {self._summary()}")
         if not entry.probe.available:
             why = entry.probe.reason + (f" ({entry.probe.fix})" if entry.probe.fix else "")
@@ -399,25 +409,59 @@ def registry() -> Registry:
 
     plugins.call("register_backends", register=register)
     entries: list[BackendEntry] = []
+    taken: dict[str, BackendEntry] = {}
     for plugin, backend in registered:
-        problem = _check(backend, {e.backend.name for e in entries})
+        problem = _check(backend)
         if problem:
             plugins.fail(plugin, "register_backends", problem)
             continue
-        entries.append(BackendEntry(backend, plugin))
+        first = taken.get(backend.name)
+        if first is None:
+            taken[backend.name] = entry = BackendEntry(backend, plugin)
+            entries.append(entry)
+        elif first.plugin == plugin:  # one plugin registering a name twice: its first stands
+            plugins.fail(plugin, "register_backends",
+                         f"a backend named '{backend.name}' is already registered")  # fmt: skip
+        else:
+            _collide(plugins, entries, taken, first, BackendEntry(backend, plugin))
     return Registry(entries)
+
+
+def _collide(plugins: Any, entries: list[BackendEntry], taken: dict[str, BackendEntry],
+             first: BackendEntry, second: BackendEntry) -> None:  # fmt: skip
+    """Two plugins registering one backend name: llmrt's own keeps it, whichever came first;
+    between two others neither is used. Both are reported, naming both distributions."""
+    name = first.backend.name
+    both = f"{plugins.origin(first.plugin)} and {plugins.origin(second.plugin)}"
+    why = f"backend name '{name}' is registered by both {both}"
+    builtin = next((e for e in (first, second) if _is_builtin(e.backend)), None)
+    if first in entries:
+        entries.remove(first)
+    if builtin is not None:
+        taken[name] = builtin
+        entries.append(builtin)
+    verdict = "the built-in one is used" if builtin is not None else "neither is used"
+    for entry in (first, second):
+        if entry is not builtin:
+            plugins.fail(entry.plugin, "register_backends", f"{why}; {verdict} (uninstall one)")
+
+
+def _is_builtin(backend: Backend) -> bool:
+    """A backend that ships with llmrt (its class lives in llmrt or an llmrt_* plugin package)."""
+    return type(backend).__module__.split(".")[0] in _BUILTIN_PACKAGES
+
+
+_BUILTIN_PACKAGES = {"llmrt", "llmrt_cpu", "llmrt_cuda", "llmrt_vulkan", "llmrt_opencl"}
 
 
 on_reset(registry.cache_clear)
 
 
-def _check(backend: Any, taken: set[str]) -> str:
+def _check(backend: Any) -> str:
     if not isinstance(backend, Backend):
         return f"register() expects an llmrt.device.Backend, got {type(backend).__name__}"
     if not _NAME.fullmatch(backend.name or ""):
         return f"backend name {backend.name!r} is not a lowercase word"
-    if backend.name in taken:
-        return f"a backend named '{backend.name}' is already registered"
     if backend.api_version != API_VERSION:
         return (
             f"backend '{backend.name}' targets plugin API {backend.api_version}, "

@@ -18,7 +18,15 @@ SCHEMA_VERSION = 1
 
 
 def device_record(device: Device) -> dict[str, Any]:
-    info = device.info()
+    try:
+        info = device.info()
+    except Exception as exc:  # a plugin's driver failing: this device is listed as broken
+        why = f"info() raised {type(exc).__name__}: {exc}"
+        return {
+            "id": device.id, "backend": device.backend.name, "index": device.index,
+            "name": "?", "type": "unknown", "memory_total": None, "memory_free": None,
+            "summary": why, "properties": {}, "computes": False, "computes_not_why": why,
+        }  # fmt: skip
     return {
         "id": device.id,
         "backend": device.backend.name,
@@ -40,7 +48,7 @@ def report(reg: Registry, only: Device | None = None) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "llmrt_version": llmrt.__version__,
-        "auto": reg.devices[0].id if reg.devices else None,
+        "auto": _auto(reg),
         "devices": [device_record(d) for d in devices],
         "backends": [
             {
@@ -60,6 +68,14 @@ def report(reg: Registry, only: Device | None = None) -> dict[str, Any]:
             {"plugin": f.plugin, "stage": f.stage, "error": f.error} for f in get_plugins().failures
         ],
     }
+
+
+def _auto(reg: Registry) -> str | None:
+    """What --device auto takes: the first device that computes."""
+    try:
+        return reg.best().id
+    except Exception:  # no device at all
+        return None
 
 
 def _gib(n: int | None) -> str:

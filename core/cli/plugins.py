@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmrt.cli.common import JsonOption
+from llmrt.cli.common import JsonOption, VerboseOption
 from llmrt.device import registry
 from llmrt.plugins import get_plugins
 
@@ -28,14 +28,17 @@ def report() -> dict[str, Any]:
             }
             for p in plugins.loaded.values()
         ],
+        # the keys of `llmrt devices --json`'s broken_plugins
         "broken": [
-            {"name": f.plugin, "stage": f.stage, "error": f.error} for f in plugins.failures
+            {"plugin": f.plugin, "stage": f.stage, "error": f.error, "detail": f.detail}
+            for f in plugins.failures
         ],
     }
 
 
-def plugins(json_output: JsonOption = False) -> None:
-    """List loaded plugins (name, version, distribution, hooks) and broken ones with their error."""
+def plugins(json_output: JsonOption = False, verbose: VerboseOption = False) -> None:
+    """List loaded plugins (name, version, distribution, hooks) and broken ones with their error
+    (--verbose: the traceback behind it)."""
     doc = report()
     if json_output:
         typer.echo(json.dumps(doc, indent=2))
@@ -49,7 +52,9 @@ def plugins(json_output: JsonOption = False) -> None:
                       ", ".join(p["hooks"]))  # fmt: skip
     console.print(table)
     for b in doc["broken"]:
-        console.print(f"broken: {b['name']} ({b['stage']}): {b['error']}", markup=False)
+        console.print(f"broken: {b['plugin']} ({b['stage']}): {b['error']}", markup=False)
+        if verbose and b["detail"]:
+            console.print(b["detail"].rstrip(), markup=False)
 
 
 def register(app: typer.Typer) -> None:

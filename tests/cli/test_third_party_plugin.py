@@ -3,8 +3,7 @@ alone; a broken one (failing import, raising hook, raising probe, raising info()
 a built-in backend) is reported in one line while every other device keeps working.
 
 The distributions go into a directory of their own, on PYTHONPATH for the `llmrt` processes the
-tests start only: the environment that other test runs share never sees them. The tests marked
-xfail describe what issue 19 asks of core/device.py and core/cli, which they do not do yet."""
+tests start only: the environment that other test runs share never sees them."""
 
 from __future__ import annotations
 
@@ -222,7 +221,7 @@ def test_installed_plugin_shows_in_plugins(env):
         "module": "llmrt_acme_npu",
         "hooks": ["register_backends"],
     }
-    (failed,) = [b for b in doc["broken"] if b["name"] == "acmebroken"]
+    (failed,) = [b for b in doc["broken"] if b["plugin"] == "acmebroken"]
     assert "ImportError: libacme_broken.so" in failed["error"]
     assert {"cpu", "cuda", "vulkan", "opencl"} <= {p["name"] for p in doc["plugins"]}
 
@@ -255,7 +254,6 @@ def test_a_probe_that_raises_is_one_line_and_run_says_why(env):
     assert line.startswith("llmrt: error: device 'acmeflaky' is unavailable: probe raised OSError")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: core/cli/devices.py calls info() unguarded")
 def test_a_device_whose_info_raises_is_listed_as_broken(env, tmp_path):
     mute = {"llmrt-acme-mute": ("llmrt_acme_mute", "acmemute", INFO_RAISES)}
     env = {
@@ -267,16 +265,26 @@ def test_a_device_whose_info_raises_is_listed_as_broken(env, tmp_path):
     assert "RuntimeError: acme driver lost the device" in json.dumps(doc)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: core/device.py's select() knows no plugins")
 def test_run_on_a_broken_plugin_says_the_plugin_is_broken_and_why(env):
     result = llmrt(env, "run", "--device", "acmebroken", "-p", "hi", "-n", "1")
     assert result.returncode != 0
     assert "acmebroken" in result.stderr and "libacme_broken.so" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: core/device.py keeps the first name registered")
 def test_a_backend_name_taken_twice_names_both_distributions(tmp_path):
     env = install(tmp_path, {"llmrt-acme-cpu": ("llmrt_acme_cpu", "acmecpu", TAKES_CPU)})
     doc = llmrt_json(env, "devices")
     errors = " ".join(b["error"] for b in doc["broken_plugins"])
     assert "llmrt-acme-cpu" in errors and "llmrt 0.1.0" in errors, errors
+    # the built-in cpu backend keeps its name: the host still computes
+    assert "the built-in one is used" in errors
+    cpu = next(d for d in doc["devices"] if d["id"] == "cpu:0")
+    assert cpu["name"] != "another CPU backend" and cpu["computes"]
+
+
+def test_plugins_verbose_shows_the_traceback_behind_a_failure(env):
+    result = llmrt(env, "plugins", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "broken: acmebroken (import): ImportError: libacme_broken.so" in result.stdout
+    assert "Traceback (most recent call last)" in result.stdout
+    assert "Traceback" not in llmrt(env, "plugins").stdout
