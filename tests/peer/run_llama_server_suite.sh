@@ -10,6 +10,7 @@
 # script, which serves SmolLM2 with `llmrt serve` whatever model a test names. The last line
 # printed is the count: `llama-server suite: N passed, M failed, K skipped, E errors`; the outcome
 # of every test is in tests/peer/.suite/outcomes.txt.
+# PORT (default 8190) is the first server's port; LLMRT_PEER_MODEL overrides the model.
 set -euo pipefail
 
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,18 +25,22 @@ if [[ ! -f "$SDIST" ]]; then
         "llama-cpp-python==$VERSION"
 fi
 
-if [[ ! -f "$SUITE/.from" || "$(cat "$SUITE/.from")" != "$SDIST" ]]; then
+# llama.cpp's layout kept: the tests read chat templates from ../../../models/templates
+TESTS="$SUITE/tools/server/tests"
+MARK="$SDIST: tools/server/tests models/templates"
+if [[ ! -f "$SUITE/.from" || "$(cat "$SUITE/.from")" != "$MARK" ]]; then
     rm -rf "$SUITE"
     mkdir -p "$SUITE"
-    tar -xzf "$SDIST" -C "$SUITE" --strip-components=6 \
-        "llama_cpp_python-$VERSION/vendor/llama.cpp/tools/server/tests"
-    echo "$SDIST" > "$SUITE/.from"
+    tar -xzf "$SDIST" -C "$SUITE" --strip-components=3 \
+        "llama_cpp_python-$VERSION/vendor/llama.cpp/tools/server/tests" \
+        "llama_cpp_python-$VERSION/vendor/llama.cpp/models/templates"
+    echo "$MARK" > "$SUITE/.from"
 fi
 
 # utils.py imports wget for the model downloads the shim never makes
 if ! python -c "import wget" 2>/dev/null; then
     printf 'def download(url, out=None):\n    raise RuntimeError("no downloads here")\n' \
-        > "$SUITE/wget.py"
+        > "$TESTS/wget.py"
 fi
 
 if [[ $# -eq 0 ]]; then  # as the suite's tests.sh: slow tests need SLOW_TESTS=1 and big models
@@ -46,9 +51,10 @@ if [[ $# -eq 0 ]]; then  # as the suite's tests.sh: slow tests need SLOW_TESTS=1
         unit/test_compat_anthropic.py unit/test_compat_oai_responses.py
 fi
 
-cd "$SUITE"
+cd "$TESTS"
 status=0
-LLAMA_SERVER_BIN_PATH="$HERE/llama-server" PORT="${PORT:-8190}" \
+# no third-party pytest plugins: the suite needs none, and an installed one may not import
+LLAMA_SERVER_BIN_PATH="$HERE/llama-server" PORT="${PORT:-8190}" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
     python -m pytest -q -p no:cacheprovider -o addopts="" --junitxml="$SUITE/junit.xml" \
     "$@" || status=$?
 
