@@ -87,19 +87,23 @@ def compile_grammar(
     gbnf: str | None = None,
     json_schema: Any = None,
     regex: str | None = None,
+    lark: str | None = None,
 ) -> str:
-    """An llguidance grammar from exactly one of a GBNF (or Lark) grammar, a JSON schema (a dict
-    or its JSON text; `{}` means any object, as in llama-server) or a regex, checked against the
-    tokenizer. Raises GrammarError with llguidance's reason."""
+    """An llguidance grammar from exactly one of a GBNF grammar, a JSON schema (a dict or its
+    JSON text; `{}` means any object, as in llama-server), a regex or a Lark grammar
+    (llguidance's, with `%json {...}` for embedded schemas), checked against the tokenizer.
+    Raises GrammarError with llguidance's reason."""
     ll = _llguidance()
-    given = [x is not None for x in (gbnf, json_schema, regex)]
+    given = [x is not None for x in (gbnf, json_schema, regex, lark)]
     if sum(given) != 1:
-        raise GrammarError("give one of a grammar, a JSON schema or a regex")
+        raise GrammarError("give one of a grammar, a JSON schema, a regex or a Lark grammar")
     try:
         if gbnf is not None:
             grammar = ll.grammar_from("gbnf", gbnf)
         elif regex is not None:
             grammar = ll.LLMatcher.grammar_from_regex(regex)
+        elif lark is not None:
+            grammar = ll.LLMatcher.grammar_from_lark(lark)
         else:
             schema = json.loads(json_schema) if isinstance(json_schema, str) else json_schema
             if not isinstance(schema, dict | bool):

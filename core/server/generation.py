@@ -202,7 +202,10 @@ def schema_of_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | No
 
 
 async def grammar_of(
-    state: State, grammar: str | None = None, json_schema: dict[str, Any] | None = None
+    state: State,
+    grammar: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+    lark: str | None = None,
 ) -> str | None:
     """The llguidance grammar a request's output must match (None: free text), checked now so a
     bad grammar or schema is a 400 before anything is generated."""
@@ -210,7 +213,7 @@ async def grammar_of(
 
     if grammar == "":
         grammar = None
-    if grammar is None and json_schema is None:
+    if grammar is None and json_schema is None and lark is None:
         return None
     if grammar is not None and json_schema is not None:
         raise ApiError(400, "give a grammar or a json_schema, not both")
@@ -218,6 +221,8 @@ async def grammar_of(
 
     def build() -> str:  # ~1 s the first time: the tokenizer's view for llguidance
         lltokenizer = grammar_tokenizer(model.tokenizer, model.hp.n_vocab)
+        if lark is not None:  # ours (tool calls): an error here is a bug, not the client's
+            return compile_grammar(lltokenizer, lark=lark)
         return compile_grammar(lltokenizer, gbnf=grammar, json_schema=json_schema)
 
     try:

@@ -3,6 +3,7 @@ chat helpers /apply-template and /chat/completions/input_tokens."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +34,13 @@ from llmrt.server.generation import (
 )
 from llmrt.server.slots import Task
 from llmrt.server.state import ApiError, State, error_body
+from llmrt.server.tools import (
+    ToolRequest,
+    grammar_text,
+    parse_reply,
+    prepare_messages,
+    tool_request,
+)
 
 FINGERPRINT = "llmrt-0.1.0"
 
@@ -65,26 +73,32 @@ def add_routes(app: FastAPI, state: State) -> None:
         """OpenAI's chat completion: the messages through the model's chat template."""
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs to be true")
-        prompt = tokens_of(state, chat_prompt(state, req))
+        text, tools = chat_prompt(state, req)
+        if tools.active and req.logprobs and req.stream:
+            raise ApiError(400, "logprobs are not streamed with tools")
         n_probs = (req.top_logprobs or 0) if req.logprobs else None
-        return await _run(state, req, request, [prompt], "chat", n_probs=n_probs)
+        return await _run(state, req, request, [tokens_of(state, text)], "chat", n_probs=n_probs,
+                          tools=tools)  # fmt: skip
 
     @app.post("/apply-template")
     async def apply_template(req: S.ChatMessages) -> JSONResponse:
         """The prompt a chat request's messages make, without generating."""
-        return JSONResponse({"prompt": chat_prompt(state, req)})
+        return JSONResponse({"prompt": chat_prompt(state, req)[0]})
 
     @app.post("/v1/chat/completions/input_tokens")
     @app.post("/chat/completions/input_tokens", include_in_schema=False)
     async def chat_input_tokens(req: S.ChatMessages) -> JSONResponse:
         """How many tokens a chat request's prompt takes."""
-        return JSONResponse({"input_tokens": len(tokens_of(state, chat_prompt(state, req)))})
+        n = len(tokens_of(state, chat_prompt(state, req)[0]))
+        return JSONResponse({"input_tokens": n})
 
 
-def chat_prompt(state: State, req: S.ChatMessages) -> str:
-    """The chat template's text for a request. A final assistant message is continued unless the
-    request says otherwise (llama-server's assistant prefill)."""
-    messages = S.message_dicts(req.messages)
+def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
+    """The chat template's text for a request, and its tools. A final assistant message is
+    continued unless the request says otherwise (llama-server's assistant prefill)."""
+    template = state.settings.chat_template or state.model.tokenizer.chat_template or ""
+    tools = tool_request(req.tools, req.tool_choice, req.parallel_tool_calls, template)
+    messages = prepare_messages(S.message_dicts(req.messages), tools)
     add_generation_prompt = req.add_generation_prompt
     continue_final = req.continue_final_message
     if "continue_final_message" not in req.model_fields_set and messages[-1]["role"] == "assistant":
@@ -95,11 +109,14 @@ def chat_prompt(state: State, req: S.ChatMessages) -> str:
         raise ApiError(400, "continue_final_message: the last message is not the assistant's")
     kwargs = {**state.settings.chat_template_kwargs, **req.chat_template_kwargs}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
+    if tools.active and tools.format != "generic":  # the template writes them its own way
+        kwargs["tools"] = tools.tools
     try:
-        return render_chat(state.model.tokenizer, state.settings.chat_template, messages,
+        text = render_chat(state.model.tokenizer, state.settings.chat_template, messages,
                            add_generation_prompt, continue_final, **kwargs)  # fmt: skip
     except LlmrtError as exc:  # ChatError, ChatTemplateError
         raise ApiError(400, str(exc)) from None
+    return text, tools
 
 
 async def _run(
@@ -109,6 +126,7 @@ async def _run(
     prompts: list[list[int]],
     kind: str,
     n_probs: int | None,
+    tools: ToolRequest | None = None,
 ) -> Response:
     asked = req.n_predict if req.n_predict is not None else req.max_tokens
     if kind == "chat" and req.max_completion_tokens is not None:
@@ -120,7 +138,20 @@ async def _run(
     from_format = schema_of_response_format(req.response_format)
     if from_format is not None:
         schema = from_format  # OpenAI's field wins over llama-server's
-    options["grammar"] = await grammar_of(state, req.grammar, schema)
+    if tools is not None and tools.active:
+        options["tools"] = tools
+        tool_grammar = grammar_text(tools)
+        if tool_grammar is not None:
+            if req.grammar or schema is not None:
+                raise ApiError(400, "a grammar, json_schema or response_format cannot be used "
+                                    "with tools")  # fmt: skip
+            grammar_kind, text = tool_grammar
+            if grammar_kind == "json_schema":
+                options["grammar"] = await grammar_of(state, json_schema=json.loads(text))
+            else:
+                options["grammar"] = await grammar_of(state, lark=text)
+    if "grammar" not in options:
+        options["grammar"] = await grammar_of(state, req.grammar, schema)
     tasks = make_tasks(state, req, prompts, n_predict_of(state, asked), S.stop_list(req.stop),
                        req.n, **options)  # fmt: skip
     submit(state, tasks)
@@ -145,11 +176,26 @@ def _logprobs(task: Task, probs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"content": probs} if task.want_probs else None
 
 
+def _message(r: Result) -> tuple[dict[str, Any], str]:
+    """The assistant's message (its tool calls parsed out) and the finish reason."""
+    reason = finish_reason(r.data["stop_type"])
+    message: dict[str, Any] = {"role": "assistant", "content": r.data["content"]}
+    tools = r.task.tools
+    if tools is not None and tools.active:
+        content, calls = parse_reply(r.data["content"], tools)
+        message["content"] = content
+        if calls:
+            message["tool_calls"] = calls
+            if r.data["stop_type"] != "limit":
+                reason = "tool_calls"
+    return message, reason
+
+
 def _choice(r: Result, kind: str) -> dict[str, Any]:
     reason = finish_reason(r.data["stop_type"])
     logprobs = _logprobs(r.task, r.probs)
     if kind == "chat":
-        message = {"role": "assistant", "content": r.data["content"]}
+        message, reason = _message(r)
         return {"index": r.task.index, "message": message, "logprobs": logprobs,
                 "finish_reason": reason}  # fmt: skip
     return {"index": r.task.index, "text": r.data["content"], "logprobs": logprobs,
@@ -183,6 +229,8 @@ async def _chunks(
         if ev == "progress":
             yield sse({**head, "choices": [choice(index, None, None)], "prompt_progress": data})
         elif ev == "token":
+            if task.tools is not None and task.tools.active:
+                continue  # the reply is parsed for tool calls when it is complete
             probs = data.get("completion_probabilities")
             if data["content"] or probs:
                 logprobs = _logprobs(task, probs or [])
@@ -190,6 +238,15 @@ async def _chunks(
         elif ev == "done":
             done.append(Result(task, data))
             reason = finish_reason(data["stop_type"])
+            if task.tools is not None and task.tools.active:
+                message, reason = _message(done[-1])
+                if message["content"]:
+                    yield sse({**head, "choices": [choice(index, message["content"], None)]})
+                calls = [{"index": k, **c} for k, c in enumerate(message.get("tool_calls", []))]
+                if calls:
+                    delta = {"index": index, "delta": {"tool_calls": calls}, "logprobs": None,
+                             "finish_reason": None}  # fmt: skip
+                    yield sse({**head, "choices": [delta]})
             yield sse({**head, "choices": [choice(index, None, reason)],
                        "timings": data["timings"]})  # fmt: skip
         else:

@@ -141,6 +141,15 @@ class ContentPart(_Body):
 class Message(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: StrictStr | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls
+    tool_call_id: StrictStr | None = None  # a tool's result: the call it answers
+    name: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
 
 class ChatMessages(_Body):
@@ -153,6 +162,12 @@ class ChatMessages(_Body):
         "Default: true when the last message is the assistant's (llama-server's prefill)."
     )  # fmt: skip
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    tools: list[Any] | None = Field(None, description="OpenAI's function tools.")
+    tool_choice: StrictStr | dict[str, Any] | None = Field(
+        None, description="auto (default), required, none, or {\"type\": \"function\", "
+        "\"function\": {\"name\": ...}}."
+    )  # fmt: skip
+    parallel_tool_calls: bool | None = None
 
 
 class ChatRequest(Sampling, ChatMessages):
@@ -185,5 +200,12 @@ def message_dicts(messages: list[Message]) -> list[dict[str, Any]]:
         content = m.content
         if isinstance(content, list):
             content = "\n\n".join(p.text for p in content)
-        out.append({"role": m.role, "content": content or ""})
+        d: dict[str, Any] = {"role": m.role, "content": content or ""}
+        if m.tool_calls:
+            d["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            d["name"] = m.name
+        out.append(d)
     return out

@@ -58,6 +58,7 @@ class Task:
     return_progress: bool = False  # emit "progress" events while the prompt is read
     index: int = 0  # which of its request's tasks (prompts x choices) this is
     grammar: str | None = None  # an llguidance grammar (llmrt.grammar) the output must match
+    tools: Any = None  # the chat request's tools (llmrt.server.tools.ToolRequest), if any
     id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
