@@ -87,7 +87,13 @@ def serve(
     queue_size: Annotated[
         int, Opt("--queue-size", help="Requests waiting for a slot before 503.")
     ] = 64,
-    alias: Annotated[str | None, Opt("-a", "--alias", help="Model name in the API.")] = None,
+    alias: Annotated[
+        str | None, Opt("-a", "--alias", help="Model name(s) in the API, comma-separated.")
+    ] = None,
+    tags: Annotated[
+        str | None, Opt("--tags", help="Model tags in /models, comma-separated.")
+    ] = None,
+    ui: Annotated[bool, Opt("--ui/--no-ui", help="Serve the web UI at /.")] = True,
     metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = False,
     slots: Annotated[bool, Opt("--slots/--no-slots", help="Serve /slots.")] = True,
     replicas: Annotated[
@@ -139,7 +145,8 @@ def serve(
         n_batch=batch_size, n_predict=n_predict, sampling=sampling, api_key=api_key,
         device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
         chat_template=template, chat_template_kwargs=kwargs, verbose=verbose, cors=cors,
-        queue_size=queue_size, alias=alias, metrics=metrics, slots_endpoint=slots,
+        queue_size=queue_size, alias=alias, tags=tags, ui=ui, metrics=metrics,
+        slots_endpoint=slots,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)

@@ -169,6 +169,7 @@ def make_tasks(
                 stream=bool(getattr(req, "stream", False)),
                 verbose=req.verbose or state.settings.verbose,
                 return_progress=req.return_progress,
+                timings_per_token=req.timings_per_token,
                 index=len(tasks),
                 **options,
             ))  # fmt: skip
@@ -400,7 +401,7 @@ def native_result(state: State, task: Task, data: dict[str, Any], stream: bool) 
         "generation_settings": settings_of(task, data["n_ctx"]),
         "prompt": state.model.tokenizer.decode(task.prompt, unparse_special=True),
         "has_new_line": "\n" in data["content"],
-        "truncated": False,
+        "truncated": data["truncated"],
         "stop_type": stop_type,
         "stopping_word": data["stopping_word"],
         "stopped_eos": stop_type == "eos",

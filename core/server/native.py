@@ -31,7 +31,9 @@ from llmrt.server.state import ApiError, State, error_body, error_response, sche
 
 def add_routes(app: FastAPI, state: State) -> None:
     @app.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
+    async def index() -> Response:
+        if not state.settings.ui:
+            return error_response(404, "File Not Found", "not_found_error")
         page = resources.files("llmrt.server").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(page)
 
@@ -124,8 +126,13 @@ def add_routes(app: FastAPI, state: State) -> None:
                 "n_ctx": s.n_ctx,
                 "is_processing": task is not None,
                 "tokens_cached": len(s.cache),
-                "next_token": {"n_decoded": s.n_decoded if task is not None else 0},
-            }
+                "next_token": [{
+                    "has_next_token": task is not None,
+                    "n_remain": task.n_predict - s.n_decoded
+                    if task is not None and task.n_predict >= 0 else -1,
+                    "n_decoded": s.n_decoded if task is not None else 0,
+                }],
+            }  # fmt: skip
             if task is not None:  # an idle slot has no request's settings (as llama-server)
                 slot["params"] = settings_of(task, s.n_ctx)
             out.append(slot)
@@ -139,7 +146,8 @@ def add_routes(app: FastAPI, state: State) -> None:
         from llmrt.server.metrics import render
 
         text, content_type = render(scheduler_of(state))
-        return Response(text, media_type=content_type)
+        return Response(text, media_type=content_type,
+                        headers={"Process-Start-Time-Unix": str(state.t_start)})  # fmt: skip
 
 
 async def _chunks(state: State, tasks: list) -> AsyncIterator[str]:
@@ -150,8 +158,11 @@ async def _chunks(state: State, tasks: list) -> AsyncIterator[str]:
         task = tasks[index]
         head = {"index": index, "stop": False, "tokens_evaluated": len(task.prompt)}
         if kind == "progress":
-            yield sse({**head, "content": "", "tokens": [], "tokens_predicted": 0,
-                       "prompt_progress": data})  # fmt: skip
+            chunk = {**head, "content": "", "tokens": [], "tokens_predicted": 0,
+                     "prompt_progress": data["progress"]}  # fmt: skip
+            if "timings" in data:
+                chunk["timings"] = data["timings"]
+            yield sse(chunk)
         elif kind == "token":
             n_gen[index] += 1
             yield sse({**head, **data, "tokens_predicted": n_gen[index]})

@@ -57,7 +57,8 @@ def add_routes(app: FastAPI, state: State) -> None:
         return JSONResponse({
             "object": "list",
             "data": [{"id": state.alias, "object": "model", "created": state.t_start,
-                      "owned_by": "llmrt", "meta": meta}],
+                      "owned_by": "llmrt", "aliases": state.aliases, "tags": state.tags,
+                      "meta": meta}],
         })  # fmt: skip
 
     @app.post("/v1/completions")
@@ -109,6 +110,7 @@ def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
         raise ApiError(400, "continue_final_message: the last message is not the assistant's")
     kwargs = {**state.settings.chat_template_kwargs, **req.chat_template_kwargs}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
+    kwargs.setdefault("date_string", time.strftime("%d %b %Y"))  # Llama 3.x templates read it
     if tools.active and tools.format != "generic":  # the template writes them its own way
         kwargs["tools"] = tools.tools
     try:
@@ -227,14 +229,21 @@ async def _chunks(
     async for index, ev, data in events(state, tasks, None):
         task = tasks[index]
         if ev == "progress":
-            yield sse({**head, "choices": [choice(index, None, None)], "prompt_progress": data})
+            chunk = {**head, "choices": [choice(index, None, None)],
+                     "prompt_progress": data["progress"]}  # fmt: skip
+            if "timings" in data:
+                chunk["timings"] = data["timings"]
+            yield sse(chunk)
         elif ev == "token":
             if task.tools is not None and task.tools.active:
                 continue  # the reply is parsed for tool calls when it is complete
             probs = data.get("completion_probabilities")
             if data["content"] or probs:
                 logprobs = _logprobs(task, probs or [])
-                yield sse({**head, "choices": [choice(index, data["content"], None, logprobs)]})
+                chunk = {**head, "choices": [choice(index, data["content"], None, logprobs)]}
+                if "timings" in data:
+                    chunk["timings"] = data["timings"]
+                yield sse(chunk)
         elif ev == "done":
             done.append(Result(task, data))
             reason = finish_reason(data["stop_type"])

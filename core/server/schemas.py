@@ -69,6 +69,7 @@ class Sampling(_Body):
         None, description="Tokens to generate; default: the server's -n; -1: until end or full."
     )
     return_progress: bool = Field(False, description="Stream prompt_progress while reading.")
+    timings_per_token: bool = Field(False, description="Timings in every streamed chunk.")
     grammar: StrictStr | None = Field(None, description="A GBNF grammar the output must match.")
     json_schema: dict[str, Any] | None = Field(
         None, description="A JSON schema the output must match ({} is any object)."

@@ -56,6 +56,7 @@ class Task:
     want_probs: bool = False  # the chosen tokens' probabilities, even with n_probs 0
     return_tokens: bool = False  # the final result lists the generated token ids
     return_progress: bool = False  # emit "progress" events while the prompt is read
+    timings_per_token: bool = False  # token and progress events carry the timings so far
     index: int = 0  # which of its request's tasks (prompts x choices) this is
     grammar: str | None = None  # an llguidance grammar (llmrt.grammar) the output must match
     tools: Any = None  # the chat request's tools (llmrt.server.tools.ToolRequest), if any
@@ -96,6 +97,7 @@ class Slot:
     t_last_used: float = 0.0
     probs: list[dict[str, Any]] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # the tokens sampled for the task
+    truncated: bool = False  # generation stopped because the slot's context was full
 
     @property
     def busy(self) -> bool:
@@ -107,6 +109,8 @@ class Metrics:
     """Counters for /metrics (llama-server's names)."""
 
     prompt_tokens_total: int = 0
+    prompt_tokens_cached_total: int = 0
+    n_tokens_max: int = 0  # the largest decode batch
     prompt_seconds_total: float = 0.0
     tokens_predicted_total: int = 0
     tokens_predicted_seconds_total: float = 0.0
@@ -267,7 +271,7 @@ class Scheduler:
         slot.decoder = self.tokenizer.decoder()
         slot.last, slot.n_decoded, slot.text, slot.n_sent = -1, 0, "", 0
         slot.n_cached, slot.n_prompt_eval = keep, 0
-        slot.probs, slot.generated = [], []
+        slot.probs, slot.generated, slot.truncated = [], [], False
         slot.t_start = time.perf_counter()
         slot.t_prompt_done = 0.0
         if task.return_progress:
@@ -276,12 +280,17 @@ class Scheduler:
     def _progress(self, slot: Slot) -> None:
         """How far the prompt is read (llama-server's prompt_progress): at the start, and after
         each chunk of it."""
-        slot.task.emit("progress", {
+        now = time.perf_counter()
+        progress = {
             "total": len(slot.task.prompt),
             "cache": slot.n_cached,
             "processed": len(slot.cache),
-            "time_ms": int((time.perf_counter() - slot.t_start) * 1e3),
-        })  # fmt: skip
+            "time_ms": int((now - slot.t_start) * 1e3),
+        }
+        data = {"progress": progress}
+        if slot.task.timings_per_token:
+            data["timings"] = self._timings(slot, now)
+        slot.task.emit("progress", data)
 
     def _release(self, slot: Slot) -> None:
         slot.task = None
@@ -333,6 +342,7 @@ class Scheduler:
         )
         now = time.perf_counter()
         self.metrics.n_decode_total += 1
+        self.metrics.n_tokens_max = max(self.metrics.n_tokens_max, len(tokens))
         self.metrics.n_busy_slots_total += len(active)
         for slot in reading:
             if slot.task.return_progress:
@@ -352,6 +362,7 @@ class Scheduler:
             slot.t_prompt_done = now
             self.metrics.prompt_tokens_total += slot.n_prompt_eval
             self.metrics.prompt_seconds_total += now - slot.t_start
+            self.metrics.prompt_tokens_cached_total += slot.n_cached
         want = task.n_probs > 0 or task.want_probs
         # the chain's candidates as they are before this draw moves the sampler's state
         cands = slot.sampler.probs(logits, 0) if want and task.post_sampling_probs else None
@@ -373,7 +384,7 @@ class Scheduler:
         if not stop_type and task.n_predict >= 0 and slot.n_decoded >= task.n_predict:
             stop_type = "limit"
         if not stop_type and len(slot.cache) >= slot.n_ctx:
-            stop_type = "limit"  # the slot's context is full
+            stop_type, slot.truncated = "limit", True  # the slot's context is full
         if stop_type != "word" and stop_type:
             tail = slot.decoder.flush()
             slot.text += tail
@@ -386,6 +397,8 @@ class Scheduler:
         content = slot.text[slot.n_sent : upto]
         slot.n_sent = upto
         partial: dict[str, Any] = {"content": content, "tokens": [tok], "id_slot": slot.id}
+        if task.timings_per_token:
+            partial["timings"] = self._timings(slot, now)
         if probs is not None:
             partial["completion_probabilities"] = [probs]
             slot.probs.append(probs)
@@ -437,24 +450,33 @@ class Scheduler:
         top = [{**info(int(t)), "logprob": float(logp[t])} for t in best]
         return {**info(tok), "logprob": float(logp[tok]), "top_logprobs": top}
 
-    def _finish(self, slot: Slot, stop_type: str, word: str, now: float) -> None:
-        task = slot.task
-        t_prompt = (slot.t_prompt_done - slot.t_start) * 1e3
-        t_gen = (now - slot.t_prompt_done) * 1e3
-        n_gen = slot.n_decoded
-        self.metrics.tokens_predicted_total += n_gen
-        self.metrics.tokens_predicted_seconds_total += t_gen / 1e3
-        timings = {
+    @staticmethod
+    def _timings(slot: Slot, now: float) -> dict[str, Any]:
+        """llama-server's timings. The first token comes from the prompt's last batch, so the
+        generation rate is over the decode steps after it (n - 1), as llama-server counts."""
+        reading = slot.t_prompt_done == 0.0
+        t_prompt = ((now if reading else slot.t_prompt_done) - slot.t_start) * 1e3
+        t_gen = 0.0 if reading else (now - slot.t_prompt_done) * 1e3
+        n_prompt, n_gen = slot.n_prompt_eval, slot.n_decoded
+        steps = max(n_gen - 1, 0)
+        return {
             "cache_n": slot.n_cached,
-            "prompt_n": slot.n_prompt_eval,
-            "prompt_ms": t_prompt,
-            "prompt_per_token_ms": t_prompt / slot.n_prompt_eval if slot.n_prompt_eval else 0.0,
-            "prompt_per_second": 1e3 * slot.n_prompt_eval / t_prompt if t_prompt > 0 else 0.0,
+            "prompt_n": n_prompt,
+            "prompt_ms": t_prompt if n_prompt else 0.0,
+            "prompt_per_token_ms": t_prompt / n_prompt if n_prompt else 0.0,
+            "prompt_per_second": 1e3 * n_prompt / t_prompt if n_prompt and t_prompt > 0 else 0.0,
             "predicted_n": n_gen,
             "predicted_ms": t_gen,
-            "predicted_per_token_ms": t_gen / n_gen if n_gen else 0.0,
-            "predicted_per_second": 1e3 * n_gen / t_gen if t_gen > 0 else 0.0,
+            "predicted_per_token_ms": t_gen / steps if steps else 0.0,
+            "predicted_per_second": 1e3 * steps / t_gen if steps and t_gen > 0 else 0.0,
         }
+
+    def _finish(self, slot: Slot, stop_type: str, word: str, now: float) -> None:
+        task = slot.task
+        timings = self._timings(slot, now)
+        n_gen = slot.n_decoded
+        self.metrics.tokens_predicted_total += n_gen
+        self.metrics.tokens_predicted_seconds_total += timings["predicted_ms"] / 1e3
         task.emit(
             "done",
             {
@@ -469,6 +491,7 @@ class Scheduler:
                 "completion_probabilities": slot.probs,
                 "tokens": slot.generated,
                 "n_prompt": len(task.prompt),
+                "truncated": slot.truncated,
                 "seed": slot.sampler.seed,
                 "n_ctx": slot.n_ctx,
             },

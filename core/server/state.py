@@ -38,7 +38,9 @@ class ServerSettings:
     verbose: bool = False  # every response carries `__verbose`
     cors: bool = False
     queue_size: int = 64
-    alias: str | None = None
+    alias: str | None = None  # names of the model in the API, separated by commas
+    tags: str | None = None  # the model's tags in /models, separated by commas
+    ui: bool = True  # the web UI at /
     metrics: bool = False  # /metrics only when asked (llama-server's --metrics)
     slots_endpoint: bool = True
 
@@ -89,9 +91,19 @@ class State:
 
     @property
     def alias(self) -> str:
-        if self.settings.alias:
-            return self.settings.alias
+        """The model's name in the API: the first of its aliases in sorted order (as
+        llama-server), else the file's name."""
+        if self.aliases:
+            return self.aliases[0]
         return self.model.path.name if self.model is not None else str(self.settings.model)
+
+    @property
+    def aliases(self) -> list[str]:
+        return sorted({a.strip() for a in (self.settings.alias or "").split(",") if a.strip()})
+
+    @property
+    def tags(self) -> list[str]:
+        return sorted({t.strip() for t in (self.settings.tags or "").split(",") if t.strip()})
 
     def load(self, model: Any = None) -> None:
         s = self.settings

@@ -116,3 +116,23 @@ def test_serve_rejects_a_bad_default():
     assert proc.returncode != 0
     assert "top_p must be between 0 and 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_aliases_tags_and_no_ui(live_server):
+    srv = live_server(n_ctx=64, alias="tiny,code,fim", tags="small,chat", ui=False)
+    model = httpx.get(srv.url + "/v1/models").json()["data"][0]
+    assert model["id"] == "code"  # the first alias in sorted order, as llama-server
+    assert model["aliases"] == ["code", "fim", "tiny"] and model["tags"] == ["chat", "small"]
+    out = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+    assert out.json()["model"] == "code"
+    assert httpx.get(srv.url + "/").status_code == 404
+    assert httpx.get(srv.url + "/health").status_code == 200
+
+
+def test_date_string_reaches_the_template(live_server):
+    srv = live_server(n_ctx=64, chat_template="{{ date_string }}|{{ messages[0]['content'] }}")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    prompt = httpx.post(srv.url + "/apply-template", json=body).json()["prompt"]
+    assert prompt == time.strftime("%d %b %Y") + "|hi"
+    body["chat_template_kwargs"] = {"date_string": "1 Jan 2000"}
+    assert httpx.post(srv.url + "/apply-template", json=body).json()["prompt"] == "1 Jan 2000|hi"
