@@ -83,7 +83,15 @@ def serve(
             help="Extra template variables as JSON, e.g. '{\"enable_thinking\": false}'.",
         ),
     ] = None,
-    cors: Annotated[bool, Opt("--cors/--no-cors", help="Allow cross-origin requests.")] = False,
+    cors_origins: Annotated[
+        str,
+        Opt(
+            "--cors-origins",
+            help="Origins allowed cross-origin access, as llama-server: * (any: "
+            "the request's Origin is echoed), localhost (loopback origins only), one origin, or "
+            "none.",
+        ),
+    ] = "*",
     queue_size: Annotated[
         int, Opt("--queue-size", help="Requests waiting for a slot before 503.")
     ] = 64,
@@ -144,9 +152,9 @@ def serve(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
         n_batch=batch_size, n_predict=n_predict, sampling=sampling, api_key=api_key,
         device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
-        chat_template=template, chat_template_kwargs=kwargs, verbose=verbose, cors=cors,
-        queue_size=queue_size, alias=alias, tags=tags, ui=ui, metrics=metrics,
-        slots_endpoint=slots,
+        chat_template=template, chat_template_kwargs=kwargs, verbose=verbose,
+        cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
+        metrics=metrics, slots_endpoint=slots,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)

@@ -127,15 +127,61 @@ def _install_middleware(app: FastAPI, state: State) -> None:
             return await refusal(scope, receive, send)
         return await app(scope, receive, send)
 
-    if settings.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
-        )
     app.add_middleware(_Asgi, handler=gate)
+    if settings.cors_origins not in (None, "", "none"):
+        app.add_middleware(_Asgi, handler=_cors(settings.cors_origins))
     app.add_middleware(_Asgi, handler=_json_body)
     app.add_middleware(_Asgi, handler=_unhandled)
+
+
+CORS_METHODS = b"GET, POST, DELETE, OPTIONS"
+
+
+def _is_loopback(origin: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
+    except ValueError:
+        return False
+
+
+def _cors(origins: str) -> Callable:
+    """llama-server's CORS: `*` gives every origin access (its Origin header is echoed, with
+    credentials), `localhost` only loopback origins, anything else is sent as the allowed origin.
+    Every OPTIONS request (a browser's preflight) is answered here, 200 and empty."""
+
+    async def handler(scope: dict, receive: Callable, send: Callable, app: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
+        if origins == "*":
+            allowed = origin
+        elif origins == "localhost":
+            allowed = origin if _is_loopback(origin) else ""
+        else:
+            allowed = origins
+        extra = [(b"access-control-allow-origin", allowed.encode("latin-1"))] if allowed else []
+        if scope["method"] == "OPTIONS":
+            extra += [
+                (b"access-control-allow-credentials", b"true"),
+                (b"access-control-allow-methods", CORS_METHODS),
+                (b"access-control-allow-headers", b"*"),
+                (b"content-type", b"text/html"),
+                (b"content-length", b"0"),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": extra})
+            await send({"type": "http.response.body", "body": b""})
+            return None
+
+        async def send_with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await app(scope, receive, send_with_cors)
+
+    return handler
 
 
 async def _unhandled(scope: dict, receive: Callable, send: Callable, app: Any) -> None:

@@ -36,7 +36,7 @@ class ServerSettings:
     chat_template: str | None = None  # Jinja text (serve resolves built-in names); None: the GGUF's
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
     verbose: bool = False  # every response carries `__verbose`
-    cors: bool = False
+    cors_origins: str | None = "*"  # llama-server's --cors-origins; None or "none": no CORS
     queue_size: int = 64
     alias: str | None = None  # names of the model in the API, separated by commas
     tags: str | None = None  # the model's tags in /models, separated by commas

@@ -145,12 +145,36 @@ def test_api_key(live_server):
     assert httpx.get(srv.url + "/v1/models").status_code == 200
 
 
-def test_cors_off_by_default(server):
-    r = httpx.get(server.url + "/props", headers={"Origin": "http://example.com"})
+def test_cors_as_llama_server_by_default(live_server):
+    srv = live_server(n_ctx=128, api_key="k")
+    r = httpx.get(srv.url + "/health", headers={"Origin": "http://example.com"})
+    assert r.headers["access-control-allow-origin"] == "http://example.com"
+    # a browser's preflight carries no key: answered 200, with what may follow
+    pre = httpx.options(srv.url + "/completion", headers={
+        "Origin": "http://example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization"})  # fmt: skip
+    assert pre.status_code == 200 and pre.text == ""
+    assert pre.headers["access-control-allow-origin"] == "http://example.com"
+    assert pre.headers["access-control-allow-credentials"] == "true"
+    assert pre.headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
+    # refusals carry the header too, so the browser shows the error
+    refused = httpx.get(srv.url + "/props", headers={"Origin": "http://example.com"})
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("http://localhost:8080", True), ("http://127.0.0.1", True), ("http://[::1]:3000", True),
+     ("http://localhost.evil.com", False), ("http://evil.com", False)],
+)  # fmt: skip
+def test_cors_localhost_only(live_server, origin, allowed):
+    srv = live_server(n_ctx=128, cors_origins="localhost")
+    r = httpx.options(srv.url + "/completion", headers={"Origin": origin})
+    assert r.status_code == 200
+    assert r.headers.get("access-control-allow-origin") == (origin if allowed else None)
+
+
+def test_cors_none(live_server):
+    srv = live_server(n_ctx=128, cors_origins="none")
+    r = httpx.get(srv.url + "/health", headers={"Origin": "http://example.com"})
     assert "access-control-allow-origin" not in r.headers
-
-
-def test_cors_on_with_flag(live_server):
-    srv = live_server(n_ctx=128, cors=True)
-    r = httpx.get(srv.url + "/props", headers={"Origin": "http://example.com"})
-    assert r.headers["access-control-allow-origin"] == "*"
