@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrt.errors import LlmrtError
-from llmrt.server import native, openai
+from llmrt.server import anthropic, native, openai
 from llmrt.server.state import ApiError, ServerSettings, State, error_response, log
 
 __all__ = ["ServerSettings", "create_app"]
@@ -100,6 +100,7 @@ def create_app(
     _install_error_handlers(app)
     native.add_routes(app, state)
     openai.add_routes(app, state)
+    anthropic.add_routes(app, state)
     return app
 
 

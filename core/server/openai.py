@@ -121,18 +121,11 @@ def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
     return text, tools
 
 
-async def _run(
-    state: State,
-    req: Any,
-    request: Request,
-    prompts: list[list[int]],
-    kind: str,
-    n_probs: int | None,
-    tools: ToolRequest | None = None,
-) -> Response:
-    asked = req.n_predict if req.n_predict is not None else req.max_tokens
-    if kind == "chat" and req.max_completion_tokens is not None:
-        asked = req.max_completion_tokens
+async def task_options(
+    state: State, req: Any, n_probs: int | None, tools: ToolRequest | None
+) -> dict[str, Any]:
+    """The task fields a chat or completion request sets beyond sampling: logprobs, tools, and
+    the grammar its output must match (its own, its response_format's, or its tools')."""
     options: dict[str, Any] = {}
     if n_probs is not None:  # logprobs asked: the chosen tokens' ones, and n_probs others
         options = {"want_probs": True, "n_probs": n_probs}
@@ -154,6 +147,22 @@ async def _run(
                 options["grammar"] = await grammar_of(state, lark=text)
     if "grammar" not in options:
         options["grammar"] = await grammar_of(state, req.grammar, schema)
+    return options
+
+
+async def _run(
+    state: State,
+    req: Any,
+    request: Request,
+    prompts: list[list[int]],
+    kind: str,
+    n_probs: int | None,
+    tools: ToolRequest | None = None,
+) -> Response:
+    asked = req.n_predict if req.n_predict is not None else req.max_tokens
+    if kind == "chat" and req.max_completion_tokens is not None:
+        asked = req.max_completion_tokens
+    options = await task_options(state, req, n_probs, tools)
     tasks = make_tasks(state, req, prompts, n_predict_of(state, asked), S.stop_list(req.stop),
                        req.n, **options)  # fmt: skip
     submit(state, tasks)
@@ -178,7 +187,7 @@ def _logprobs(task: Task, probs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"content": probs} if task.want_probs else None
 
 
-def _message(r: Result) -> tuple[dict[str, Any], str]:
+def message_of(r: Result) -> tuple[dict[str, Any], str]:
     """The assistant's message (its tool calls parsed out) and the finish reason."""
     reason = finish_reason(r.data["stop_type"])
     message: dict[str, Any] = {"role": "assistant", "content": r.data["content"]}
@@ -197,7 +206,7 @@ def _choice(r: Result, kind: str) -> dict[str, Any]:
     reason = finish_reason(r.data["stop_type"])
     logprobs = _logprobs(r.task, r.probs)
     if kind == "chat":
-        message, reason = _message(r)
+        message, reason = message_of(r)
         return {"index": r.task.index, "message": message, "logprobs": logprobs,
                 "finish_reason": reason}  # fmt: skip
     return {"index": r.task.index, "text": r.data["content"], "logprobs": logprobs,
@@ -248,7 +257,7 @@ async def _chunks(
             done.append(Result(task, data))
             reason = finish_reason(data["stop_type"])
             if task.tools is not None and task.tools.active:
-                message, reason = _message(done[-1])
+                message, reason = message_of(done[-1])
                 if message["content"]:
                     yield sse({**head, "choices": [choice(index, message["content"], None)]})
                 calls = [{"index": k, **c} for k, c in enumerate(message.get("tool_calls", []))]
