@@ -2,7 +2,7 @@
 OpenAI clients, against one replica: each client asks for the same number of tokens (greedy,
 ignore_eos), all at once, and the tokens received over the wall time are counted.
 
-    python benchmarks/ray_replicas.py [MODEL] [--clients 8] [--tokens 128] [--replicas 1 2]
+    python benchmarks/ray_replicas.py [MODEL] [--clients 8] [--tokens 128] [--replicas 1 2 1 2]
 
 Each replica runs with one CPU thread (-t 1) and --parallel clients/replicas slots; the servers
 are started one after the other on a free port and stopped after their run.
@@ -20,6 +20,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 DEFAULT_MODEL = "smollm2-135m"
+SERVED_BY: list[str | None] = []  # the replica that answered each measured request
 
 
 def free_port() -> int:
@@ -46,6 +47,7 @@ def complete(base: str, prompt: str, tokens: int) -> int:
     req = urllib.request.Request(base + "/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=600) as r:
+        SERVED_BY.append(r.headers.get("x-llmrt-replica"))
         return json.loads(r.read())["usage"]["completion_tokens"]
 
 
@@ -64,10 +66,14 @@ def measure(model: str, replicas: int, clients: int, tokens: int) -> float:
         prompts = [f"Write a long story about the number {i}." for i in range(clients)]
         with ThreadPoolExecutor(clients) as pool:  # warm-up: every slot compiles its graphs
             list(pool.map(lambda p: complete(base, p, 8), prompts))
+        SERVED_BY.clear()
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             received = sum(pool.map(lambda p: complete(base, p, tokens), prompts))
-        return received / (time.perf_counter() - start)
+        rate = received / (time.perf_counter() - start)
+        counts = sorted(SERVED_BY.count(r) for r in set(SERVED_BY))
+        print(f"  requests per replica: {counts}")
+        return rate
     finally:
         server.terminate()
         server.wait(timeout=120)
@@ -80,13 +86,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    rates = {}
+    one = None  # the latest one-replica rate: each later rate is read against it (interleaved)
     for n in args.replicas:
-        rates[n] = measure(args.model, n, args.clients, args.tokens)
-        print(f"replicas {n}: {rates[n]:.1f} tokens/s ({args.clients} clients x {args.tokens})")
-    if 1 in rates:
-        for n, rate in rates.items():
-            print(f"replicas {n}: {rate / rates[1]:.2f}x one replica")
+        rate = measure(args.model, n, args.clients, args.tokens)
+        one = rate if n == 1 else one
+        versus = f", {rate / one:.2f}x the one-replica run before it" if one and n != 1 else ""
+        print(f"replicas {n}: {rate:.1f} tokens/s ({args.clients} clients x {args.tokens}){versus}")
 
 
 if __name__ == "__main__":
