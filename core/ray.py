@@ -237,6 +237,15 @@ def deployment(
     settings = replace(settings or ServerSettings(), **fields)
     if model is not None:
         settings = replace(settings, model=model)
+    options = deployment_options(settings, replicas, min_replicas, max_replicas)
+    cls = serve.deployment(name="LlmrtReplica", **options)(LlmrtReplica)
+    return cls.bind(settings, board)
+
+
+def deployment_options(settings: ServerSettings, replicas: int, min_replicas: int | None,
+                       max_replicas: int | None) -> dict[str, Any]:  # fmt: skip
+    """The replica deployment's Ray Serve options: its resources, a slot per ongoing request,
+    quick health checks, the prefix router, and a fixed count or autoscaling bounds."""
     options: dict[str, Any] = {
         "ray_actor_options": _actor_resources(settings),
         "max_ongoing_requests": max(1, settings.n_parallel),  # a slot each: more queue in Ray
@@ -252,8 +261,7 @@ def deployment(
         }  # fmt: skip
     else:
         options["num_replicas"] = replicas
-    cls = serve.deployment(name="LlmrtReplica", **options)(LlmrtReplica)
-    return cls.bind(settings, board)
+    return options
 
 
 def _actor_resources(settings: ServerSettings) -> dict[str, Any]:

@@ -187,3 +187,17 @@ def test_metrics_of_replicas_are_summed_and_ratios_averaged():
     text = aggregate_metrics([one.format(r=3, k=0.5), one.format(r=4, k=0.25)])
     assert "llamacpp:requests_total 7\n" in text
     assert "llamacpp:kv_cache_usage_ratio 0.375\n" in text
+
+
+def test_replicas_ask_ray_for_their_device_and_scale_between_bounds():
+    from llmrt.ray import deployment_options
+    from llmrt.server import ServerSettings
+
+    cpu = deployment_options(ServerSettings(device="cpu", threads=3, n_parallel=4), 2, None, None)
+    assert cpu["num_replicas"] == 2 and "autoscaling_config" not in cpu
+    assert cpu["ray_actor_options"] == {"num_cpus": 3} and cpu["max_ongoing_requests"] == 4
+    gpu = deployment_options(ServerSettings(device="cuda:0", n_parallel=2), 1, 1, 4)
+    assert gpu["ray_actor_options"] == {"num_gpus": 1, "num_cpus": 1}
+    assert gpu["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4,
+                                         "target_ongoing_requests": 2}  # fmt: skip
+    assert "num_replicas" not in gpu
