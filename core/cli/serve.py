@@ -180,7 +180,10 @@ def serve(
     logging.getLogger("llmrt").addHandler(handler)
     logging.getLogger("llmrt").setLevel(logging.INFO)
     app = create_app(settings, on_load_error=on_load_error, on_ready=on_ready)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    # h11 writes header names as given (httptools lowers them): clients that look up
+    # llama-server's names (Access-Control-Allow-Origin, ...) case-sensitively find them
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            http="h11")  # fmt: skip
     server = uvicorn.Server(config)
     print(f"llmrt: listening on http://{host}:{port} (loading the model)", file=sys.stderr)
     server.run()

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrt.errors import LlmrtError
-from llmrt.server import anthropic, native, openai
+from llmrt.server import anthropic, infill, native, openai
 from llmrt.server.state import ApiError, ServerSettings, State, error_response, log
 
 __all__ = ["ServerSettings", "create_app"]
@@ -101,6 +101,7 @@ def create_app(
     native.add_routes(app, state)
     openai.add_routes(app, state)
     anthropic.add_routes(app, state)
+    infill.add_routes(app, state)
     return app
 
 
@@ -162,12 +163,13 @@ def _cors(origins: str) -> Callable:
             allowed = origin if _is_loopback(origin) else ""
         else:
             allowed = origins
-        extra = [(b"access-control-allow-origin", allowed.encode("latin-1"))] if allowed else []
+        # llama-server's spelling of the names (HTTP names are case-insensitive, some clients not)
+        extra = [(b"Access-Control-Allow-Origin", allowed.encode("latin-1"))] if allowed else []
         if scope["method"] == "OPTIONS":
             extra += [
-                (b"access-control-allow-credentials", b"true"),
-                (b"access-control-allow-methods", CORS_METHODS),
-                (b"access-control-allow-headers", b"*"),
+                (b"Access-Control-Allow-Credentials", b"true"),
+                (b"Access-Control-Allow-Methods", CORS_METHODS),
+                (b"Access-Control-Allow-Headers", b"*"),
                 (b"content-type", b"text/html"),
                 (b"content-length", b"0"),
             ]

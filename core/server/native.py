@@ -59,7 +59,7 @@ def add_routes(app: FastAPI, state: State) -> None:
                            return_tokens=req.return_tokens, grammar=grammar)  # fmt: skip
         submit(state, tasks)
         if req.stream:
-            return stream_response(_chunks(state, tasks))
+            return stream_response(chunks(state, tasks))
         done = await results(state, tasks, request)
         if done is None:
             return Response(status_code=499)  # the client hung up; nobody reads this
@@ -146,11 +146,13 @@ def add_routes(app: FastAPI, state: State) -> None:
         from llmrt.server.metrics import render
 
         text, content_type = render(scheduler_of(state))
-        return Response(text, media_type=content_type,
-                        headers={"Process-Start-Time-Unix": str(state.t_start)})  # fmt: skip
+        response = Response(text, media_type=content_type)
+        # llama-server's spelling (kept by `llmrt serve`'s h11 server)
+        response.raw_headers.append((b"Process-Start-Time-Unix", str(state.t_start).encode()))
+        return response
 
 
-async def _chunks(state: State, tasks: list) -> AsyncIterator[str]:
+async def chunks(state: State, tasks: list) -> AsyncIterator[str]:
     """/completion's SSE: a chunk per token (and per prompt chunk read, with return_progress),
     then each task's final object."""
     n_gen = [0] * len(tasks)

@@ -105,6 +105,9 @@ def test_serve_flags_reach_props(smollm2_path, tmp_path):
             assert (props["top_p"], props["min_p"], props["repeat_penalty"]) == (0.5, 0.2, 1.3)
             assert props["n_predict"] == 4
             assert httpx.get(url + "/metrics").status_code == 501
+            # header names as llama-server spells them (for clients that compare them exactly)
+            r = httpx.get(url + "/health", headers={"Origin": "http://x.org"})
+            assert (b"Access-Control-Allow-Origin", b"http://x.org") in r.headers.raw
         finally:
             proc.terminate()
             proc.wait(timeout=30)
