@@ -10,7 +10,7 @@ import pytest
 from llmrt.device import registry
 from llmrt.engine import load
 from llmrt.ir import Graph
-from llmrt.testing.conformance import nmse
+from llmrt.testing.conformance import cases, check_case, nmse
 
 rng = np.random.default_rng(11)
 PROMPT = rng.integers(0, 320, 24).tolist()
@@ -72,3 +72,17 @@ def test_a_weight_larger_than_one_buffer_is_read_on_the_host(opencl, tiny_gguf_w
                and name in dev.leaf_devices and name.startswith("blk."))  # fmt: skip
     want = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64).eval(PROMPT)
     assert nmse(want, dev.context(n_ctx=64).eval(PROMPT)) < 1e-3
+
+
+GPU_PATH_OPS = ("mul_mat(", "flash_attn_ext(", "get_rows(")
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if c.id.startswith(GPU_PATH_OPS)], ids=lambda c: c.id
+)
+def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
+    """PoCL is a CPU device, so products and attention take the per-row kernels there; the
+    kernels a GPU's driver runs (work-group mat-vecs, the local-memory gemm, split attention)
+    are checked here on PoCL by having it report itself as a GPU."""
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    assert check_case(opencl, case) == "ok"
