@@ -38,8 +38,12 @@ def test_replay_with_new_inputs(opencl):
         assert np.array_equal(program.run({"x": data})["out"], np.argmax(data, axis=-1))
 
 
+@pytest.mark.parametrize("as_gpu", [False, True], ids=["pocl", "gpu-kernels"])
 @pytest.mark.parametrize("n_gpu_layers", [-1, 1])
-def test_tiny_model_matches_the_cpu(opencl, tiny_gguf_with_vocab, n_gpu_layers):
+def test_tiny_model_matches_the_cpu(opencl, tiny_gguf_with_vocab, n_gpu_layers, as_gpu,
+                                    monkeypatch):  # fmt: skip
+    if as_gpu:  # the kernels a GPU's driver runs (see test_the_gpu_kernels_conform_on_pocl_too)
+        monkeypatch.setitem(opencl.limits, "cpu", 0)
     cpu = load(tiny_gguf_with_vocab, device="cpu")
     dev = load(tiny_gguf_with_vocab, device=opencl, n_gpu_layers=n_gpu_layers)
     want = cpu.context(n_ctx=64).eval(PROMPT, all_logits=True)
