@@ -10,7 +10,7 @@ import pytest
 from llmrt.device import registry
 from llmrt.gguf import GGMLType, quantize
 from llmrt.ir import Graph
-from llmrt.testing.conformance import WeightData, nmse
+from llmrt.testing.conformance import WeightData, cases, check_case, nmse
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,11 @@ def test_lookup_in_a_table_larger_than_a_binding_is_declined(vulkan, monkeypatch
     assert vulkan.supports_op(lookup)
     monkeypatch.setitem(vulkan._data.properties, "max_storage_buffer_range", 1 << 20)
     assert not vulkan.supports_op(lookup)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c.id)
+def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
+    """lavapipe is a CPU device, so it runs the barrier-free per-row kernels; the workgroup
+    kernels a GPU runs (LLMRT_VULKAN_KERNELS=gpu) are checked here on lavapipe as well."""
+    monkeypatch.setattr(vulkan.runtime, "cpu", False)
+    assert check_case(vulkan, case) == "ok"
