@@ -76,6 +76,14 @@ def serve(
     chat_template_file: Annotated[
         Path | None, Opt("--chat-template-file", help="Read the Jinja chat template from a file.")
     ] = None,
+    reasoning: Annotated[
+        str,
+        Opt(
+            "--reasoning",
+            help="on, off or auto (default): whether chat templates that can "
+            "make a model think get enable_thinking true.",
+        ),
+    ] = "auto",
     chat_template_kwargs: Annotated[
         str | None,
         Opt(
@@ -146,13 +154,14 @@ def serve(
         dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
     )  # fmt: skip
     sampling.validate()
+    check_arg("--reasoning", reasoning, reasoning in ("on", "off", "auto"), "on, off or auto")
     template = _chat_template(chat_template, chat_template_file)
     kwargs = _template_kwargs(chat_template_kwargs)
     settings = ServerSettings(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
         n_batch=batch_size, n_predict=n_predict, sampling=sampling, api_key=api_key,
         device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
-        chat_template=template, chat_template_kwargs=kwargs, verbose=verbose,
+        chat_template=template, chat_template_kwargs=kwargs, reasoning=reasoning, verbose=verbose,
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
         metrics=metrics, slots_endpoint=slots,
     )  # fmt: skip

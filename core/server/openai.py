@@ -108,7 +108,9 @@ def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
         continue_final, add_generation_prompt = True, False
     if continue_final and messages[-1]["role"] != "assistant":
         raise ApiError(400, "continue_final_message: the last message is not the assistant's")
-    kwargs = {**state.settings.chat_template_kwargs, **req.chat_template_kwargs}
+    # --reasoning: llama-server's default (auto) lets a model think where its template allows
+    thinking = {"enable_thinking": state.settings.reasoning != "off"}
+    kwargs = {**thinking, **state.settings.chat_template_kwargs, **req.chat_template_kwargs}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
     kwargs.setdefault("date_string", time.strftime("%d %b %Y"))  # Llama 3.x templates read it
     if tools.active and tools.format != "generic":  # the template writes them its own way

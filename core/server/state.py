@@ -35,6 +35,7 @@ class ServerSettings:
     threads: int | None = None  # host threads for the kernels; None: the physical cores
     chat_template: str | None = None  # Jinja text (serve resolves built-in names); None: the GGUF's
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
+    reasoning: str = "auto"  # on | off | auto: templates get enable_thinking (true unless off)
     verbose: bool = False  # every response carries `__verbose`
     cors_origins: str | None = "*"  # llama-server's --cors-origins; None or "none": no CORS
     queue_size: int = 64

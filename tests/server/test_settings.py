@@ -139,3 +139,29 @@ def test_date_string_reaches_the_template(live_server):
     assert prompt == time.strftime("%d %b %Y") + "|hi"
     body["chat_template_kwargs"] = {"date_string": "1 Jan 2000"}
     assert httpx.post(srv.url + "/apply-template", json=body).json()["prompt"] == "1 Jan 2000|hi"
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "want"), [("auto", "True"), ("on", "True"), ("off", "False")]
+)
+def test_reasoning_sets_enable_thinking(live_server, reasoning, want):
+    srv = live_server(n_ctx=64, reasoning=reasoning, chat_template="{{ enable_thinking }}")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(srv.url + "/apply-template", json=body).json()["prompt"] == want
+    body["chat_template_kwargs"] = {"enable_thinking": reasoning == "off"}  # the request wins
+    assert httpx.post(srv.url + "/apply-template", json=body).json()["prompt"] != want
+
+
+def test_serve_rejects_a_bad_reasoning():
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmrt",
+        "serve",
+        "--reasoning",
+        "maybe",
+        "--port",
+        str(free_port()),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--reasoning" in proc.stderr and "Traceback" not in proc.stderr
