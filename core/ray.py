@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -34,6 +35,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from llmrt.errors import UsageError
 from llmrt.server import ServerSettings
 
 APP_NAME = "llmrt"
@@ -277,6 +279,25 @@ def _actor_resources(settings: ServerSettings) -> dict[str, Any]:
     return {"num_cpus": settings.threads or 1}
 
 
+def _check_resources(settings: ServerSettings, replicas: int, local: bool) -> None:
+    """Fail in one line when the replicas ask for more than the Ray cluster has (Ray would wait
+    for it forever); on a joined cluster, whose autoscaler may add machines, only say so."""
+    import ray
+
+    have = ray.cluster_resources()
+    for option, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        need = _actor_resources(settings).get(option, 0) * replicas
+        if need > have.get(name, 0):
+            what = (f"{replicas} replicas need {need:g} {name}s (each -t {settings.threads or 1}"
+                    f"{', one GPU' if name == 'GPU' else ''}) and the Ray cluster has "
+                    f"{have.get(name, 0):g}")  # fmt: skip
+            if local:
+                ray.shutdown()
+                raise UsageError(f"{what}: lower --replicas or -t, or join a larger cluster "
+                                 "with --ray-address")  # fmt: skip
+            print(f"llmrt: {what}; waiting for the cluster to grow", file=sys.stderr)
+
+
 def _board_class() -> Any:
     import ray
 
@@ -414,6 +435,7 @@ def serve_replicas(
     started_here = ray_address is None
     ray.init(address=ray_address, include_dashboard=False, logging_level="ERROR",
              log_to_driver=settings.verbose)  # fmt: skip
+    _check_resources(settings, max(replicas, min_replicas or 0), started_here)
     board_name = f"llmrt-metrics-{os.getpid()}"
     board = _board_class().options(name=board_name).remote()
     try:

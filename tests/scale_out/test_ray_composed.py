@@ -51,3 +51,14 @@ def test_a_composed_ray_app_serves_the_api_through_ray_s_proxy(smollm2_path, tmp
     alone = "".join(load(smollm2_path, device="cpu").generate(
         "The capital of France is", n_predict=6, temperature=0))  # fmt: skip
     assert reply == {"status": 200, "content": alone}
+
+
+def test_more_replicas_than_the_cluster_holds_is_one_line_not_a_hang(smollm2_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "llmrt", "serve", "-m", str(smollm2_path), "--replicas", "64",
+         "-t", "1"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = [x for x in result.stderr.splitlines() if x.startswith("llmrt: error:")]
+    assert len(lines) == 1 and "64 replicas need 64 CPUs (each -t 1)" in lines[0], result.stderr
+    assert not ray_processes()
