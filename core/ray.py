@@ -159,8 +159,9 @@ class LlmrtReplica:
         from llmrt.server import create_app
 
         model = await asyncio.to_thread(
-            load, settings.model, settings.device, settings.n_gpu_layers, settings.threads
-        )
+            load, settings.model, settings.device, settings.n_gpu_layers, settings.threads,
+            settings.tensor_split, settings.split_mode, settings.main_gpu,
+        )  # fmt: skip
         self.app = create_app(settings, model=model)
         self.lifespan = self.app.router.lifespan_context(self.app)
         await self.lifespan.__aenter__()

@@ -12,10 +12,14 @@ import typer
 
 from llmrt.cli.common import (
     DeviceOption,
+    MainGpuOption,
+    SplitModeOption,
+    TensorSplitOption,
     ThreadsOption,
     VerboseOption,
     check_arg,
     check_common,
+    parse_tensor_split,
 )
 from llmrt.cli.run import ModelOpt, NglOpt, graph_report, placement
 from llmrt.errors import UsageError
@@ -62,6 +66,9 @@ def serve(
         str | None, Opt("--api-key", help="Require `Authorization: Bearer KEY`.")
     ] = None,
     device: DeviceOption = "auto",
+    tensor_split: TensorSplitOption = None,
+    split_mode: SplitModeOption = "layer",
+    main_gpu: MainGpuOption = 0,
     threads: ThreadsOption = 0,
     n_gpu_layers: NglOpt = -1,
     chat_template: Annotated[
@@ -161,6 +168,7 @@ def serve(
         model=model, host=host, port=port, n_ctx=ctx_size, n_parallel=parallel,
         n_batch=batch_size, n_predict=n_predict, sampling=sampling, api_key=api_key,
         device=device, n_gpu_layers=n_gpu_layers, threads=threads or None,
+        tensor_split=parse_tensor_split(tensor_split), split_mode=split_mode, main_gpu=main_gpu,
         chat_template=template, chat_template_kwargs=kwargs, reasoning=reasoning, verbose=verbose,
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
         metrics=metrics, slots_endpoint=slots,

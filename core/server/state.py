@@ -32,6 +32,9 @@ class ServerSettings:
     api_key: str | None = None
     device: str = "auto"
     n_gpu_layers: int = -1
+    tensor_split: list[float] | None = None  # with several devices: their shares of the layers
+    split_mode: str = "layer"  # llama.cpp's -sm: layer, or none (the main_gpu-th device alone)
+    main_gpu: int = 0
     threads: int | None = None  # host threads for the kernels; None: the physical cores
     chat_template: str | None = None  # Jinja text (serve resolves built-in names); None: the GGUF's
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
@@ -113,7 +116,8 @@ class State:
                 from llmrt.engine import load
 
                 model = load(s.model, device=s.device, n_gpu_layers=s.n_gpu_layers,
-                             threads=s.threads)  # fmt: skip
+                             threads=s.threads, tensor_split=s.tensor_split,
+                             split_mode=s.split_mode, main_gpu=s.main_gpu)  # fmt: skip
             scheduler = Scheduler(
                 model,
                 n_ctx=s.n_ctx,

@@ -84,3 +84,42 @@ def test_split_mode_none_runs_the_main_device_alone(smollm2_path):
                     ({"main_gpu": 2}, "--main-gpu 2 names no device: 2 given")):  # fmt: skip
         with pytest.raises(LlmrtError, match=why):
             load(smollm2_path, device="cpu,opencl:0", **kw)
+
+
+def test_llmrt_serve_splits_over_the_devices_it_is_given(smollm2_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmrt", "serve", "-m", str(smollm2_path), "--device",
+         "cpu,opencl:0", "-ts", "1,1", "-c", "512", "--port", str(port), "--verbose"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        body = {"prompt": "The capital of France is", "n_predict": 12, "temperature": 0}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion", json.dumps(body).encode()
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    content = json.loads(r.read())["content"]
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "serve did not come up"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        err = server.communicate(timeout=60)[1]
+    cpu = load(smollm2_path, device="cpu")
+    alone = "".join(cpu.generate("The capital of France is", n_predict=12, temperature=0))
+    assert content == alone
+    assert "layers 0-15 on cpu:0, layers 16-29 and the output on opencl:0" in err
