@@ -9,7 +9,8 @@
 # by git). It starts `llama-server` through $LLAMA_SERVER_BIN_PATH, here the shim beside this
 # script, which serves SmolLM2 with `llmrt serve` whatever model a test names. The last line
 # printed is the count: `llama-server suite: N passed, M failed, K skipped, E errors`; the outcome
-# of every test is in tests/peer/.suite/outcomes.txt.
+# of every test is in tests/peer/.suite/outcomes.txt, and tests/peer/.suite/summary.md gives the
+# counts per file and each failure's reason (tests/peer/summarize.py).
 # PORT (default 8190) is the first server's port; LLMRT_PEER_MODEL overrides the model.
 set -euo pipefail
 
@@ -75,4 +76,7 @@ with open(sys.argv[2], "w") as f:
     f.write("\n".join(sorted(lines)) + "\n")
 print("llama-server suite: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 EOF
+# every failure with its reason (tests/peer/summarize.py): model, http, missing or unexplained
+python "$HERE/summarize.py" "$SUITE/outcomes.txt" > "$SUITE/summary.md"
+echo "per file and per reason: $SUITE/summary.md"
 exit $status
