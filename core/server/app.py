@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrt.errors import LlmrtError
-from llmrt.server import anthropic, infill, native, openai
+from llmrt.server import anthropic, infill, native, openai, responses
 from llmrt.server.state import ApiError, ServerSettings, State, error_response, log
 
 __all__ = ["ServerSettings", "create_app"]
@@ -102,6 +102,7 @@ def create_app(
     openai.add_routes(app, state)
     anthropic.add_routes(app, state)
     infill.add_routes(app, state)
+    responses.add_routes(app, state)
     return app
 
 

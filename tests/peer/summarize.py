@@ -17,7 +17,8 @@ import sys
 
 # (pattern on "file::test", reason); the first that matches wins
 RULES = [
-    (r"test_compat_oai_responses", "missing: /v1/responses"),
+    (r"test_compat_oai_responses::test_responses(_stream)?_with_openai_library",
+     "model: asserts the text of the suite's model (tinyllama stories260K)"),
     (r"test_completion::test_completion\[|test_completion::test_completion_stream\[|"
      r"test_completion::test_completion.*with_openai_library|"
      r"test_chat_completion::test_chat_completion\[|test_chat_completion_stream\[|"
