@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,11 @@ class CPUProgram(reference.ReferenceProgram, Executable):
             from llmrt_cpu import jit, ops, tape
         except ImportError:  # no numba: the reference as it is
             self._apply_threads = lambda: None
+            self._governor = lambda: None
             return
         self._apply_threads = jit.apply_threads
+        n_tokens = next((t.shape[0] for t in graph.leaves if t.key == "tokens"), 1 << 30)
+        self._governor = lambda: jit.governor(n_tokens)
         if use_tape:
             try:
                 self.tape = tape.Tape(self)
@@ -135,9 +139,17 @@ class CPUProgram(reference.ReferenceProgram, Executable):
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
         self._apply_threads()
-        if self.tape is not None:
-            return self.tape.run(inputs)
-        return super().run(inputs)
+        governor = self._governor()
+        if governor is None:
+            return self.tape.run(inputs) if self.tape is not None else super().run(inputs)
+        import numba
+
+        n = governor.choose()
+        numba.set_num_threads(n)
+        start = time.perf_counter()
+        result = self.tape.run(inputs) if self.tape is not None else super().run(inputs)
+        governor.record(n, time.perf_counter() - start)
+        return result
 
 
 class CPUBackend(Backend):

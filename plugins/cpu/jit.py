@@ -208,19 +208,77 @@ def usable_cores() -> int:
 
 
 _threads = 1  # what set_threads chose; numba's own setting is per calling thread
+_auto = True  # no -t given: decode steps may run on fewer threads when that is faster now
 
 
 def set_threads(n: int | None = None) -> int:
-    """Run the kernels on `n` threads (None or < 1: the usable physical cores); returns the
-    count set.
+    """Run the kernels on `n` threads (None or < 1: the usable physical cores, and decode steps
+    timed against one thread by `Governor`); returns the count set.
 
     This is what `-t/--threads` maps to. numba cannot start more threads than it was launched
     with (NUMBA_NUM_THREADS, by default the machine's cores), so larger requests are clamped."""
-    global _threads
-    wanted = usable_cores() if n is None or n < 1 else int(n)
+    global _threads, _auto
+    _auto = n is None or n < 1
+    wanted = usable_cores() if _auto else int(n)
     _threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(_threads)
+    _governors.clear()
     return _threads
+
+
+# A decode step is a few hundred parallel regions microseconds apart: when another process holds
+# a core, a region waits for the descheduled worker, and two threads can be slower than one
+# (measured on this project's 2-core VM beside another job, 2026-12-05: the Llama-3.2-1B shape
+# 78-82 ms a token on 2 threads, sleeping or spinning workers, against 26 on one; SmolLM2 3.3-10
+# ms on 2 against 5.0-5.4 on one). The load changes while a model runs, so the choice is timed.
+class Governor:
+    """The thread count of one kind of step, by timing: the configured count and one thread
+    alternate for TRIES steps each, the faster (median) is kept for `keep` steps, then both are
+    tried again. When the choice stands, `keep` doubles up to KEEP_MAX (a quiet machine pays for
+    the slower trials less and less often)."""
+
+    TRIES, KEEP, KEEP_MAX = 3, 32, 1024
+
+    def __init__(self, most: int) -> None:
+        self.counts = (most, 1) if most > 1 else (most,)
+        self.best, self.keep, self.left = most, self.KEEP // 2, 0  # the first choice keeps KEEP
+        self.samples: dict[int, list[float]] = {n: [] for n in self.counts}
+
+    def choose(self) -> int:
+        if len(self.counts) == 1 or self.left > 0:
+            return self.best
+        # a trial round: the count with fewer samples, so the two alternate
+        return min(self.counts, key=lambda n: len(self.samples[n]))
+
+    def record(self, n: int, seconds: float) -> None:
+        if len(self.counts) == 1:
+            return
+        if self.left > 0:
+            self.left -= 1
+            return
+        self.samples[n].append(seconds)
+        if all(len(v) >= self.TRIES for v in self.samples.values()):
+            best = min(self.counts, key=lambda c: sorted(self.samples[c])[self.TRIES // 2])
+            self.keep = min(2 * self.keep, self.KEEP_MAX) if best == self.best else self.KEEP
+            self.keep = max(self.keep, self.KEEP)
+            self.best, self.left = best, self.keep
+            for v in self.samples.values():
+                v.clear()
+
+
+_governors: dict[int, Governor] = {}
+GOVERNED_TOKENS = 8  # steps of up to this many tokens are governed (decode, a few slots)
+
+
+def governor(n_tokens: int) -> Governor | None:
+    """The governor of steps of `n_tokens` tokens, or None where the count is fixed (-t given,
+    or a prompt: long parallel regions, where a straggler costs little)."""
+    if not _auto or n_tokens > GOVERNED_TOKENS:
+        return None
+    found = _governors.get(n_tokens)
+    if found is None:
+        found = _governors[n_tokens] = Governor(_threads)
+    return found
 
 
 def threads() -> int:
