@@ -27,6 +27,8 @@ from llmrt.models import Shape, get_architecture
 
 KV_STEP = 256  # visible KV cells are padded to this, so decode reuses a graph for 256 steps
 KV_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
+# llama.cpp's pooling types, by their number in a GGUF's `{arch}.pooling_type` (4 is rank)
+POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last"}
 DEVICE_RESERVE = 512 << 20  # bytes a GPU keeps free beyond the weights (KV cache, activations)
 
 
@@ -146,6 +148,22 @@ class Model:
     def context(self, **kwargs: Any) -> Context:
         return Context(self, **kwargs)
 
+    @property
+    def pooling(self) -> str | None:
+        """The pooling the GGUF names for embeddings (`{arch}.pooling_type`), or None."""
+        value = self.metadata.get(f"{self.hp.arch}.pooling_type")
+        return POOLING.get(int(value)) if isinstance(value, int) else None
+
+    def embed(
+        self, prompt: str | Sequence[int], pooling: str | None = None, normalize: int = 2,
+        n_ctx: int = 4096,
+    ) -> np.ndarray:  # fmt: skip
+        """The embedding of a prompt (text or token ids): f32[n_embd], or f32[n_tokens, n_embd]
+        with pooling "none". `pooling`: none, mean, cls or last (None: the GGUF's, else mean);
+        `normalize` as llama.cpp's embd_normalize (2: Euclidean, -1: none)."""
+        ids = self.tokenize(prompt, parse_special=True) if isinstance(prompt, str) else prompt
+        return self.context(n_ctx=n_ctx).embed(list(ids), pooling, normalize=normalize)
+
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False):
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
 
@@ -241,7 +259,7 @@ class Context:
         self._n_used = 0
         self._hi = 0
         self._seq_next: dict[int, int] = {}
-        self.graphs: dict[tuple[int, int, int], Executable] = {}
+        self.graphs: dict[tuple[int, int, int, bool], Executable] = {}
         self.timings = Timings()
 
     def _check_memory(self, where: dict[str, set[Device]]) -> None:
@@ -298,15 +316,20 @@ class Context:
         return self.n_ctx - self._n_used
 
     # --- evaluation ---
-    def decode(self, batch: Batch, prompt: bool | None = None) -> np.ndarray:
-        """Evaluate a batch in ubatches; returns logits [n wanted, n_vocab] in batch order.
+    def decode(
+        self, batch: Batch, prompt: bool | None = None, embeddings: bool = False
+    ) -> np.ndarray:
+        """Evaluate a batch in ubatches; returns logits [n wanted, n_vocab] in batch order, or
+        with `embeddings` the final hidden states [n wanted, n_embd] (after the output norm;
+        the lm head is not computed).
 
         `prompt` says which timing line the work counts in (default: a batch of more than one
         token is prompt evaluation, a single token is generation)."""
         n = len(batch.tokens)
         n_vocab = self.model.hp.n_vocab
+        width = self.model.hp.n_embd if embeddings else n_vocab
         if n == 0:
-            return np.zeros((0, n_vocab), np.float32)
+            return np.zeros((0, width), np.float32)
         if n > self.n_free:
             raise ContextFull(
                 f"the context is full: {n} tokens do not fit in the {self.n_free} free of "
@@ -321,13 +344,14 @@ class Context:
             want = batch.logits[part]
             if want.any():
                 out.append(self._decode_ubatch(batch.tokens[part], batch.pos[part],
-                                               batch.seq[part], want))  # fmt: skip
+                                               batch.seq[part], want, embeddings))  # fmt: skip
             else:
                 # A ubatch whose logits nobody wants (the head of a long prompt) still computes
                 # its last row's: no backend is ever asked for a graph with an empty output.
                 last = np.zeros(len(want), bool)
                 last[-1] = True
-                self._decode_ubatch(batch.tokens[part], batch.pos[part], batch.seq[part], last)
+                self._decode_ubatch(batch.tokens[part], batch.pos[part], batch.seq[part], last,
+                                    embeddings)  # fmt: skip
         dt = (time.perf_counter() - t0) * 1e3
         if prompt if prompt is not None else n > 1:
             self.timings.n_prompt += n
@@ -336,10 +360,10 @@ class Context:
             self.timings.n_eval += n
             self.timings.t_eval_ms += dt
         if not out:
-            return np.zeros((0, n_vocab), np.float32)
+            return np.zeros((0, width), np.float32)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def _decode_ubatch(self, tokens, pos, seq, want) -> np.ndarray:
+    def _decode_ubatch(self, tokens, pos, seq, want, embeddings: bool = False) -> np.ndarray:
         n = len(tokens)
         if n == 1:
             s = int(seq[0])
@@ -364,8 +388,8 @@ class Context:
             "out_rows": out_rows,
             **self._masks(pos, seq, n_kv),
         }
-        logits = self._executable(n, n_kv, len(out_rows)).run(inputs)["logits"]
-        return np.asarray(logits, np.float32)
+        exe = self._executable(n, n_kv, len(out_rows), embeddings)
+        return np.asarray(exe.run(inputs)["embd" if embeddings else "logits"], np.float32)
 
     def _masks(self, pos: np.ndarray, seq: np.ndarray, n_kv: int) -> dict[str, np.ndarray]:
         cell_pos, cell_seq = self.cell_pos[:n_kv], self.cell_seq[:n_kv]
@@ -378,13 +402,18 @@ class Context:
             masks["mask_swa"] = np.where(visible & near, zero, hidden)
         return masks
 
-    def _executable(self, n_tokens: int, n_kv: int, n_out: int) -> Executable:
-        key = (n_tokens, n_kv, n_out)
+    def _executable(self, n_tokens: int, n_kv: int, n_out: int, embd: bool = False) -> Executable:
+        key = (n_tokens, n_kv, n_out, embd)
         exe = self.graphs.get(key)
         if exe is None:
             model = self.model
-            shape = Shape(n_tokens, n_kv, n_out, self.n_ctx, self.kv_type)
+            shape = Shape(n_tokens, n_kv, n_out, self.n_ctx, self.kv_type, embeddings=embd)
             graph = model.arch.build(model.hp, shape, model.weight_meta)
+            if embd and "embd" not in graph.outputs:  # a third party's builder may not have it
+                raise UsageError(
+                    f"the {model.hp.arch} architecture gives no embeddings (its graph has no "
+                    "`embd` output)"
+                )
             # every graph is placed (supports_op may depend on the shape); one that lands on one
             # device is compiled whole, without the split program's hand-offs
             placed = place(graph, model.layers, model.host, states=self.state_device)
@@ -410,11 +439,61 @@ class Context:
         logits = self.decode(Batch.of(tokens, self.seq_len(seq), seq, all_logits), prompt)
         return logits if all_logits else logits[-1]
 
+    def embed(
+        self, tokens: Sequence[int], pooling: str | None = None, seq: int = 0, normalize: int = 2
+    ) -> np.ndarray:
+        """The embedding of a prompt, evaluated as sequence `seq` from position 0 (whatever the
+        sequence held is forgotten; afterwards it holds the prompt): f32[n_embd] pooled and
+        normalized, or with pooling "none" every token's hidden state, f32[n_tokens, n_embd],
+        not normalized (as llama-server). `pooling`: none, mean, cls or last (None: the model's
+        from its GGUF, else mean); `normalize`: llama.cpp's embd_normalize."""
+        pooling = check_pooling(pooling if pooling is not None else self.model.pooling or "mean")
+        self.remove(seq)
+        check_prompt_fits(self, tokens)
+        want = pooling in ("mean", "none")
+        batch = Batch.of(tokens, 0, seq, all_logits=want)
+        if pooling == "cls":
+            batch.logits[:] = False
+            batch.logits[0] = True
+        rows = self.decode(batch, prompt=True, embeddings=True)
+        return pool_embeddings(rows, pooling, normalize)
+
 
 @dataclass
 class GenerationResult:
     tokens: list[int] = field(default_factory=list)
     stop: str = ""  # "eog", "length"
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLING.values():
+        raise UsageError(f"pooling must be none, mean, cls or last, not {pooling!r}")
+    return pooling
+
+
+def pool_embeddings(rows: np.ndarray, pooling: str, normalize: int = 2) -> np.ndarray:
+    """Pool the hidden states of a prompt's tokens as llama.cpp does: `rows` are every token's
+    (mean, none), the first's (cls) or the last's (last). Pooled vectors are normalized with
+    llama.cpp's embd_normalize (common_embd_normalize: -1 none, 0 max-abs scaled to int16,
+    1 taxicab, 2 Euclidean, p > 2 p-norm); "none" gives the rows as they are."""
+    rows = np.asarray(rows, np.float32)
+    if pooling == "none":
+        return rows
+    v = rows.mean(axis=0) if pooling == "mean" else rows[-1 if pooling == "last" else 0]
+    return normalize_embedding(v, normalize)
+
+
+def normalize_embedding(v: np.ndarray, p: int = 2) -> np.ndarray:
+    x = np.asarray(v, np.float64)
+    if p == -1:
+        norm = 1.0
+    elif p == 0:
+        norm = float(np.abs(x).max(initial=0.0)) / 32760.0
+    elif p == 2:
+        norm = float(np.sqrt((x * x).sum()))
+    else:
+        norm = float((np.abs(x) ** p).sum() ** (1.0 / p))
+    return (x * (1.0 / norm if norm > 0 else 0.0)).astype(np.float32)
 
 
 def check_prompt_fits(ctx: Context, prompt: Sequence[int]) -> None:

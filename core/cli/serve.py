@@ -119,6 +119,20 @@ def serve(
     ui: Annotated[bool, Opt("--ui/--no-ui", help="Serve the web UI at /.")] = True,
     metrics: Annotated[bool, Opt("--metrics/--no-metrics", help="Serve /metrics.")] = False,
     slots: Annotated[bool, Opt("--slots/--no-slots", help="Serve /slots.")] = True,
+    embedding: Annotated[
+        bool,
+        Opt(
+            "--embedding", "--embeddings", help="Serve /embedding, /embeddings and /v1/embeddings."
+        ),
+    ] = False,
+    pooling: Annotated[
+        str | None,
+        Opt(
+            "--pooling",
+            help="How embeddings are pooled: none, mean, cls or last; default: the "
+            "model's (GGUF pooling_type), else mean.",
+        ),
+    ] = None,
     replicas: Annotated[
         int,
         Opt(
@@ -161,6 +175,9 @@ def serve(
         dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
     )  # fmt: skip
     sampling.validate()
+    if pooling is not None:
+        check_arg("--pooling", pooling, pooling in ("none", "mean", "cls", "last"),
+                  "none, mean, cls or last")  # fmt: skip
     check_arg("--reasoning", reasoning, reasoning in ("on", "off", "auto"), "on, off or auto")
     template = _chat_template(chat_template, chat_template_file)
     kwargs = _template_kwargs(chat_template_kwargs)
@@ -171,7 +188,7 @@ def serve(
         tensor_split=parse_tensor_split(tensor_split), split_mode=split_mode, main_gpu=main_gpu,
         chat_template=template, chat_template_kwargs=kwargs, reasoning=reasoning, verbose=verbose,
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
-        metrics=metrics, slots_endpoint=slots,
+        metrics=metrics, slots_endpoint=slots, embedding=embedding, pooling=pooling,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)

@@ -47,13 +47,18 @@ class HParams:
 @dataclass(frozen=True)
 class Shape:
     """What a graph is built for: the batch's tokens, the KV cells it sees (a prefix of the
-    cache), the rows of logits wanted, and the cache's size and type."""
+    cache), the rows of output wanted, and the cache's size and type.
+
+    `embeddings`: the graph's output is `embd` f32[n_out, n_embd], the final hidden states of the
+    wanted rows (after the output norm, before the lm head, which is not computed), instead of
+    `logits` f32[n_out, n_vocab]. The engine pools them (llama.cpp's embeddings mode)."""
 
     n_tokens: int
     n_kv: int
     n_outputs: int
     n_ctx: int
     kv_type: GGMLType = GGMLType.F16
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ def build(hp: HParams, shape: Shape, weights: dict[str, Any]) -> Graph:
     g.layer = None
     x = g.get_rows(x, io["out_rows"])
     x = norm(x, "output_norm.weight")
+    if shape.embeddings:  # the hidden states themselves: no lm head
+        g.output("embd", x)
+        return g
     head = "output.weight" if "output.weight" in weights else "token_embd.weight"
     g.output("logits", g.mul_mat(w(head), x))
     return g

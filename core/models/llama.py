@@ -3,7 +3,8 @@
 Inputs of each graph: `tokens` i32[T], `pos` i32[T], `kv_cells` i32[T] (the cache cells the batch
 writes), `mask` f32[T, n_kv] (0 where a token may attend to a cell, -inf elsewhere) and `out_rows`
 i32[n_out] (the batch rows whose logits are wanted). State: `cache_k.{il}`, `cache_v.{il}`, each
-[n_ctx, n_head_kv, head_dim]. Output: `logits` f32[n_out, n_vocab].
+[n_ctx, n_head_kv, head_dim]. Output: `logits` f32[n_out, n_vocab], or with `shape.embeddings`
+`embd` f32[n_out, n_embd] (the normed hidden states the lm head would read).
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def build(hp: HParams, shape: Shape, weights: dict[str, Any]) -> Graph:
     g.layer = None
     x = g.get_rows(x, io["out_rows"])  # only the rows whose logits are wanted
     x = g.mul(g.rms_norm(x, hp.norm_eps), w("output_norm.weight"))
+    if shape.embeddings:  # the hidden states themselves: no lm head
+        g.output("embd", x)
+        return g
     head = "output.weight" if "output.weight" in weights else "token_embd.weight"  # tied
     g.output("logits", g.mul_mat(w(head), x))
     return g

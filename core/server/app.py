@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrt.errors import LlmrtError
-from llmrt.server import anthropic, infill, native, openai, responses
+from llmrt.server import anthropic, embeddings, infill, native, openai, responses
 from llmrt.server.state import ApiError, ServerSettings, State, error_response, log
 
 __all__ = ["ServerSettings", "create_app"]
@@ -103,6 +103,7 @@ def create_app(
     anthropic.add_routes(app, state)
     infill.add_routes(app, state)
     responses.add_routes(app, state)
+    embeddings.add_routes(app, state)
     return app
 
 

@@ -24,6 +24,24 @@ from llmrt.server.state import ApiError, State, scheduler_of
 
 
 def tokens_of(state: State, prompt: Any) -> list[int]:
+    """One prompt's token ids (see `token_ids`), checked to be non-empty and to fit a slot."""
+    ids = token_ids(state, prompt)
+    if not ids:
+        raise ApiError(400, "the prompt is empty")
+    n_ctx = scheduler_of(state).n_ctx_slot
+    if len(ids) > n_ctx:
+        raise ApiError(
+            400,
+            f"the request exceeds the available context size: the prompt has {len(ids)} "
+            f"tokens, the context of a slot holds {n_ctx}",
+            "exceed_context_size_error",
+            n_prompt_tokens=len(ids),
+            n_ctx=n_ctx,
+        )
+    return ids
+
+
+def token_ids(state: State, prompt: Any) -> list[int]:
     """One prompt's token ids: text, token ids, or a list mixing both (text pieces are tokenized
     in place, the first with the BOS), or {"prompt_string": text}."""
     tok = state.model.tokenizer
@@ -41,24 +59,14 @@ def tokens_of(state: State, prompt: Any) -> list[int]:
         for i, part in enumerate(prompt):
             if isinstance(part, str):
                 ids += tok.encode(part, add_special=i == 0, parse_special=True)
-            else:
+            elif isinstance(part, int) and not isinstance(part, bool):
                 ids.append(part)
+            else:
+                raise ApiError(400, f"a prompt list holds token ids and texts, got {part!r}")
     n_vocab = state.model.hp.n_vocab
     bad = [t for t in ids if not 0 <= t < n_vocab]
     if bad:
         raise ApiError(400, f"invalid token id {bad[0]}: the vocabulary has {n_vocab} tokens")
-    if not ids:
-        raise ApiError(400, "the prompt is empty")
-    n_ctx = scheduler_of(state).n_ctx_slot
-    if len(ids) > n_ctx:
-        raise ApiError(
-            400,
-            f"the request exceeds the available context size: the prompt has {len(ids)} "
-            f"tokens, the context of a slot holds {n_ctx}",
-            "exceed_context_size_error",
-            n_prompt_tokens=len(ids),
-            n_ctx=n_ctx,
-        )
     return ids
 
 

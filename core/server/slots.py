@@ -10,6 +10,10 @@ A slot keeps the tokens its cache holds after a request ends; the next request p
 the longest common prefix (`cache_prompt`) and evaluates only the rest. A request that cannot get a
 slot waits in a bounded queue; a full queue is refused (the app answers 503). A request whose
 client went away is cancelled: its slot is freed at the start of the next step.
+
+An embedding task (`Task.pooling` set) reads its whole prompt afresh (no cached prefix: pooling
+needs every token's hidden state) in steps whose decode gives hidden states instead of logits;
+a step is of one kind, so when both kinds are active the steps alternate between them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrt.engine import Batch, Context, Model
+from llmrt.engine import Batch, Context, Model, pool_embeddings
 from llmrt.errors import LlmrtError
 from llmrt.grammar import Constraint, grammar_tokenizer
 from llmrt.sampling import Sampler, SamplingParams
@@ -60,6 +64,8 @@ class Task:
     index: int = 0  # which of its request's tasks (prompts x choices) this is
     grammar: str | None = None  # an llguidance grammar (llmrt.grammar) the output must match
     tools: Any = None  # the chat request's tools (llmrt.server.tools.ToolRequest), if any
+    pooling: str | None = None  # an embedding task: none, mean, cls or last
+    embd_normalize: int = 2  # llama.cpp's embd_normalize for a pooled embedding
     id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -98,6 +104,7 @@ class Slot:
     probs: list[dict[str, Any]] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # the tokens sampled for the task
     truncated: bool = False  # generation stopped because the slot's context was full
+    embd_rows: list[np.ndarray] = field(default_factory=list)  # an embedding task's hidden states
 
     @property
     def busy(self) -> bool:
@@ -165,6 +172,7 @@ class Scheduler:
         self.metrics = Metrics()
         self.error: str | None = None
         self._ids = itertools.count()
+        self._embd_turn = False  # with both kinds of task active: whose turn the next step is
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="llmrt-scheduler", daemon=True)
 
@@ -244,7 +252,7 @@ class Scheduler:
                 ),
             )
             try:
-                sampler = self._sampler(task)
+                sampler = self._sampler(task) if task.pooling is None else None
             except LlmrtError as exc:  # a grammar that cannot run: this request fails alone
                 task.emit("error", {"message": str(exc)})
                 continue
@@ -258,16 +266,19 @@ class Scheduler:
             constraint = Constraint(grammar_tokenizer(self.tokenizer, n_vocab), task.grammar)
         return Sampler(task.params, n_vocab, constraint=constraint)
 
-    def _launch(self, slot: Slot, task: Task, sampler: Sampler) -> None:
+    def _launch(self, slot: Slot, task: Task, sampler: Sampler | None) -> None:
         keep = common_prefix(slot.cache, task.prompt) if task.cache_prompt else 0
         keep = min(keep, len(task.prompt) - 1)  # the last prompt token is evaluated for logits
+        if task.pooling is not None:  # every token's hidden state is computed anew
+            keep = 0
         self.ctx.remove(slot.id, start=keep)
         slot.cache = slot.cache[:keep]
         slot.task = task
         slot.pending = list(task.prompt[keep:])
         slot.sampler = sampler
-        for tok in task.prompt:
+        for tok in task.prompt if sampler is not None else ():
             slot.sampler.accept(int(tok))
+        slot.embd_rows = []
         slot.decoder = self.tokenizer.decoder()
         slot.last, slot.n_decoded, slot.text, slot.n_sent = -1, 0, "", 0
         slot.n_cached, slot.n_prompt_eval = keep, 0
@@ -303,8 +314,15 @@ class Scheduler:
         pos: list[int] = []
         seqs: list[int] = []
         want: list[bool] = []
-        owners: list[Slot] = []  # the slot of each wanted logits row, in order
+        owners: list[Slot] = []  # the slot of each wanted output row, in order
         active = [s for s in self.slots if s.busy]
+        # One decode gives logits or hidden states, not both (llama-server's can_batch_with):
+        # when tasks of both kinds are active, the steps take them in turn.
+        kinds = {s.task.pooling is not None for s in active}
+        if len(kinds) > 1:
+            self._embd_turn = not self._embd_turn
+        embd = self._embd_turn if len(kinds) > 1 else True in kinds
+        active = [s for s in active if (s.task.pooling is not None) == embd]
         for slot in active:  # generating slots first: one token each
             if not slot.pending and slot.last >= 0:
                 tokens.append(slot.last)
@@ -325,9 +343,15 @@ class Scheduler:
             tokens.extend(chunk)
             pos.extend(range(start, start + len(chunk)))
             seqs.extend([slot.id] * len(chunk))
-            want.extend([False] * (len(chunk) - 1) + [not slot.pending])
-            if not slot.pending:
-                owners.append(slot)
+            if embd:  # the rows its pooling reads: all of them, the first, or the last
+                pooling = slot.task.pooling
+                rows = [pooling in ("mean", "none") or (pooling == "cls" and start + i == 0)
+                        for i in range(len(chunk))]  # fmt: skip
+                rows[-1] = rows[-1] or (pooling == "last" and not slot.pending)
+            else:
+                rows = [False] * (len(chunk) - 1) + [not slot.pending]
+            want.extend(rows)
+            owners.extend([slot] * sum(rows) if embd else [slot] * (not slot.pending))
             slot.cache.extend(chunk)
             slot.n_prompt_eval += len(chunk)
         if not tokens:
@@ -338,12 +362,20 @@ class Scheduler:
                 np.asarray(pos, np.int32),
                 np.asarray(seqs, np.int32),
                 np.asarray(want, bool),
-            )
+            ),
+            embeddings=embd,
         )
         now = time.perf_counter()
         self.metrics.n_decode_total += 1
         self.metrics.n_tokens_max = max(self.metrics.n_tokens_max, len(tokens))
         self.metrics.n_busy_slots_total += len(active)
+        if embd:
+            for row, slot in enumerate(owners):
+                slot.embd_rows.append(logits[row])
+            for slot in reading:
+                if not slot.pending:
+                    self._finish_embedding(slot, now)
+            return
         for slot in reading:
             if slot.task.return_progress:
                 self._progress(slot)
@@ -496,6 +528,21 @@ class Scheduler:
                 "n_ctx": slot.n_ctx,
             },
         )
+        self._release(slot)
+
+    def _finish_embedding(self, slot: Slot, now: float) -> None:
+        """An embedding task has read its prompt: pool its rows and hand the result over (the
+        slot's cache keeps the prompt, as after a completion)."""
+        task = slot.task
+        self.metrics.prompt_tokens_total += slot.n_prompt_eval
+        self.metrics.prompt_seconds_total += now - slot.t_start
+        vectors = pool_embeddings(np.stack(slot.embd_rows), task.pooling, task.embd_normalize)
+        slot.embd_rows = []
+        task.emit("done", {
+            "embedding": vectors if task.pooling == "none" else vectors[None, :],
+            "n_tokens": len(task.prompt),
+            "id_slot": slot.id,
+        })  # fmt: skip
         self._release(slot)
 
     def _fail_all(self, message: str) -> None:

@@ -47,6 +47,8 @@ class ServerSettings:
     ui: bool = True  # the web UI at /
     metrics: bool = False  # /metrics only when asked (llama-server's --metrics)
     slots_endpoint: bool = True
+    embedding: bool = False  # /embedding, /embeddings and /v1/embeddings (--embedding)
+    pooling: str | None = None  # none, mean, cls or last; None: the GGUF's, else mean
 
 
 class ApiError(Exception):
@@ -108,6 +110,13 @@ class State:
     @property
     def tags(self) -> list[str]:
         return sorted({t.strip() for t in (self.settings.tags or "").split(",") if t.strip()})
+
+    @property
+    def pooling(self) -> str:
+        """How embeddings are pooled: --pooling, else the model's (its GGUF's pooling_type),
+        else mean. (llama.cpp falls back to none for a GGUF that names none, which makes a
+        decoder's /v1/embeddings a 400 until --pooling is given; mean is the useful default.)"""
+        return self.settings.pooling or self.model.pooling or "mean"
 
     def load(self, model: Any = None) -> None:
         s = self.settings

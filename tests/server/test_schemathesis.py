@@ -15,7 +15,9 @@ pytest.importorskip("schemathesis")
 
 
 def test_no_server_errors(live_server, tmp_path):
-    srv = live_server(n_ctx=128, n_parallel=2, n_predict=1, metrics=True)  # 501 when off
+    srv = live_server(
+        n_ctx=128, n_parallel=2, n_predict=1, metrics=True, embedding=True
+    )  # 501 when off
     st = shutil.which("st") or str(Path(sys.executable).parent / "st")
     cmd = [
         st, "run", srv.url + "/openapi.json",
