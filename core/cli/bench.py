@@ -46,15 +46,30 @@ def describe(model: Any) -> str:
     return f"{model.hp.arch} {label} {ftype}"
 
 
-def _run_test(model: Any, n_prompt: int, n_gen: int, ubatch: int, ctx: Any = None) -> float:
-    """Seconds for one repetition on an emptied cache, random tokens as llama-bench uses. Like
-    llama-bench, repetitions share one context (cleared before each), so the graphs it compiled
-    in the warm-up are not compiled again inside the timed region."""
-    rng = np.random.default_rng(0)
-    if ctx is None:
-        ctx = model.context(n_ctx=max(256, n_prompt + n_gen), n_ubatch=ubatch)
+def _counts(flag: str, text: str) -> list[int]:
+    """llama-bench's list syntax for -p/-n/-d: one count or several, as 512,1024."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = [-1]
+    check_arg(flag, text, all(v >= 0 for v in values), "token counts >= 0, as 512 or 0,4096")
+    return values
+
+
+def _fill(ctx: Any, n_vocab: int, depth: int) -> None:
+    """An emptied cache holding `depth` tokens of context (llama-bench's -d), not timed."""
     ctx.clear()
-    tokens = rng.integers(0, model.hp.n_vocab, n_prompt + n_gen).tolist()
+    if depth:
+        ctx.eval(np.random.default_rng(1).integers(0, n_vocab, depth).tolist())
+
+
+def _run_test(ctx: Any, n_vocab: int, n_prompt: int, n_gen: int, depth: int) -> float:
+    """Seconds for one repetition after `depth` tokens of context, random tokens as llama-bench
+    uses. Like llama-bench, repetitions share one context, so the graphs compiled in the
+    warm-up are not compiled again inside the timed region; the context is filled once and cut
+    back to its first `depth` tokens before each repetition."""
+    ctx.remove(0, depth)
+    tokens = np.random.default_rng(0).integers(0, n_vocab, n_prompt + n_gen).tolist()
     start = time.perf_counter()
     if n_prompt:
         ctx.eval(tokens[:n_prompt])
@@ -67,8 +82,12 @@ def bench(
     model: Annotated[list[str] | None, Opt("-m", "--model", help="GGUF file or known model "
                                            "name; repeat for several. Default: the default "
                                            "model.")] = None,
-    n_prompt: Annotated[int, Opt("-p", "--n-prompt", help="Prompt tokens; 0: skip.")] = 512,
-    n_gen: Annotated[int, Opt("-n", "--n-gen", help="Generated tokens (tg test); 0: skip.")] = 128,
+    n_prompt: Annotated[str, Opt("-p", "--n-prompt", help="Prompt tokens (pp test), or "
+                                 "several as 512,1024; 0: skip.")] = "512",
+    n_gen: Annotated[str, Opt("-n", "--n-gen", help="Generated tokens (tg test), or several; "
+                              "0: skip.")] = "128",
+    n_depth: Annotated[str, Opt("-d", "--n-depth", help="Tokens already in the context when "
+                                "each test runs, or several as 0,4096.")] = "0",
     repetitions: Annotated[int, Opt("-r", "--repetitions")] = 5,
     ubatch: Annotated[int, Opt("-ub", "--ubatch-size")] = 512,
     n_gpu_layers: Annotated[int, Opt("-ngl", "--n-gpu-layers")] = 99,
@@ -85,8 +104,7 @@ def bench(
     from llmrt.engine import load
 
     output = "json" if json_output else output
-    check_arg("-p", n_prompt, n_prompt >= 0, "a token count >= 0; 0 skips the pp test")
-    check_arg("-n", n_gen, n_gen >= 0, "a token count >= 0; 0 skips the tg test")
+    prompts, gens, depths = _counts("-p", n_prompt), _counts("-n", n_gen), _counts("-d", n_depth)
     check_arg("-r", repetitions, repetitions >= 1, "a count >= 1")
     check_common(n_gpu_layers=n_gpu_layers, ubatch_size=ubatch, threads=threads)
     check_arg("-o", output, output in ("md", "json"), "md or json")
@@ -104,34 +122,40 @@ def bench(
             typer.echo(f"llmrt: {m.path.name}: {placement(m)}", err=True)
             for line in graph_report(m):
                 typer.echo(f"llmrt: {line}", err=True)
-        tests = [(f"pp{n_prompt}", n_prompt, 0)] if n_prompt else []
-        tests += [(f"tg{n_gen}", 0, n_gen)] if n_gen else []
-        for test, np_, ng in tests:
-            ctx = m.context(n_ctx=max(256, np_ + ng), n_ubatch=ubatch)
-            _run_test(m, np_, ng, ubatch, ctx)  # warm-up: compiles the graphs
-            times = [_run_test(m, np_, ng, ubatch, ctx) for _ in range(repetitions)]
-            speeds = [(np_ + ng) / t for t in times]
-            row = {
-                "model": describe(m),
-                "file": str(m.path),
-                "size_bytes": m.size_bytes,
-                "params": m.n_params,
-                "backend": ",".join(d.id for d in m.devices),
-                "tensor_split": split,
-                "ngl": n_gpu_layers,
-                "test": test,
-                "avg_ts": statistics.fmean(speeds),
-                "stddev_ts": statistics.stdev(speeds) if len(speeds) > 1 else 0.0,
-                "samples_ts": speeds,
-                "switches": switches_set(),
-            }
-            rows.append(row)
-            if output == "md":
-                typer.echo(
-                    f"| {row['model']} | {m.size_bytes / 2**20:.2f} MiB | "
-                    f"{m.n_params / 1e6:.2f} M | {row['backend']} | {n_gpu_layers} | {test} | "
-                    f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f} |"
-                )
+        tests = [(f"pp{p}", p, 0) for p in prompts if p]
+        tests += [(f"tg{n}", 0, n) for n in gens if n]
+        for depth in depths:
+            for test, np_, ng in tests:
+                ctx = m.context(n_ctx=max(256, depth + np_ + ng), n_ubatch=ubatch)
+                _fill(ctx, m.hp.n_vocab, depth)
+                _run_test(ctx, m.hp.n_vocab, np_, ng, depth)  # warm-up: compiles the graphs
+                times = [_run_test(ctx, m.hp.n_vocab, np_, ng, depth) for _ in range(repetitions)]
+                speeds = [(np_ + ng) / t for t in times]
+                name = f"{test} @ d{depth}" if depth else test
+                row = {
+                    "model": describe(m),
+                    "file": str(m.path),
+                    "size_bytes": m.size_bytes,
+                    "params": m.n_params,
+                    "backend": ",".join(d.id for d in m.devices),
+                    "tensor_split": split,
+                    "ngl": n_gpu_layers,
+                    "n_prompt": np_,
+                    "n_gen": ng,
+                    "n_depth": depth,
+                    "test": name,
+                    "avg_ts": statistics.fmean(speeds),
+                    "stddev_ts": statistics.stdev(speeds) if len(speeds) > 1 else 0.0,
+                    "samples_ts": speeds,
+                    "switches": switches_set(),
+                }
+                rows.append(row)
+                if output == "md":
+                    typer.echo(
+                        f"| {row['model']} | {m.size_bytes / 2**20:.2f} MiB | "
+                        f"{m.n_params / 1e6:.2f} M | {row['backend']} | {n_gpu_layers} | "
+                        f"{name} | {row['avg_ts']:.2f} ± {row['stddev_ts']:.2f} |"
+                    )
     if output == "json":
         typer.echo(json.dumps(rows, indent=2))
 

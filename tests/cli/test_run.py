@@ -89,6 +89,31 @@ def test_bench_prints_llama_bench_rows(tiny_gguf_with_vocab):
     assert "| pp16 |" in table.stdout and "| tg2 |" in table.stdout
 
 
+def test_bench_lists_and_depth_as_llama_bench(tiny_gguf_with_vocab):
+    result = llmrt("bench", "-m", str(tiny_gguf_with_vocab), "-p", "8,16", "-n", "2",
+                   "-d", "0,40", "-r", "1", "-o", "json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    names = ["pp8", "pp16", "tg2", "pp8 @ d40", "pp16 @ d40", "tg2 @ d40"]
+    assert [r["test"] for r in rows] == names
+    assert [r["n_depth"] for r in rows] == [0, 0, 0, 40, 40, 40]
+    assert '"-d": invalid value 4k (token counts >= 0' in one_error_line(
+        llmrt("bench", "-m", str(tiny_gguf_with_vocab), "-d", "4k")
+    )
+
+
+def test_bench_depth_is_in_the_context_of_every_repetition(tiny_gguf_with_vocab):
+    from llmrt.cli.bench import _fill, _run_test
+    from llmrt.engine import load
+
+    model = load(tiny_gguf_with_vocab, device="cpu")
+    ctx = model.context(n_ctx=128)
+    _fill(ctx, model.hp.n_vocab, 40)
+    for _ in range(3):
+        _run_test(ctx, model.hp.n_vocab, 8, 2, 40)
+        assert ctx.seq_len() == 40 + 8 + 2
+
+
 def test_pull_lists_known_models():
     result = llmrt("pull", "--list")
     assert result.returncode == 0
