@@ -8,7 +8,9 @@ attention mask of a batch is computed from that. Graphs are built and compiled o
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ from llmrt.models import Shape, get_architecture
 
 KV_STEP = 256  # visible KV cells are padded to this, so decode reuses a graph for 256 steps
 KV_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
+# llama.cpp's sequence state files (llama_state_seq_save_file): 'ggsq', its version, the tokens
+STATE_SEQ_MAGIC, STATE_SEQ_VERSION = 0x67677371, 3
+KV_MAGIC = b"llmrt-kv"  # what follows the tokens in ours: a JSON header, positions, cache rows
 # llama.cpp's pooling types, by their number in a GGUF's `{arch}.pooling_type` (4 is rank)
 POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last"}
 DEVICE_RESERVE = 512 << 20  # bytes a GPU keeps free beyond the weights (KV cache, activations)
@@ -314,6 +319,119 @@ class Context:
     @property
     def n_free(self) -> int:
         return self.n_ctx - self._n_used
+
+    # --- a sequence's state (llama.cpp's llama_state_seq_*) ---
+    def read_seq(self, seq: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A sequence's cells in position order: their positions, and each cache tensor's rows
+        for them, as host arrays (read from whatever device holds each layer's cache)."""
+        cells = np.flatnonzero(self.cell_seq == seq)
+        cells = cells[np.argsort(self.cell_pos[cells], kind="stable")]
+        rows = {}
+        for key, dev in self.state_device.items():
+            rows[key] = self.state[dev][key].read()[cells]
+        return self.cell_pos[cells].copy(), rows
+
+    def write_seq(self, seq: int, pos: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+        """Replace a sequence's cells by `pos` with these cache rows (from `read_seq`)."""
+        pos = np.asarray(pos, np.int64)
+        if set(rows) != set(self.state_device):
+            raise UsageError("the saved state does not have this model's cache tensors")
+        for key, dev in self.state_device.items():
+            want = self.state[dev][key].shape[1:]
+            if rows[key].shape != (len(pos), *want):
+                shape = [len(pos), *want]
+                raise UsageError(f"the saved {key} rows are {list(rows[key].shape)}, this "
+                                 f"context's {shape}")  # fmt: skip
+        self.remove(seq)
+        if len(pos) > self.n_free:
+            raise ContextFull(f"the state has {len(pos)} cells, {self.n_free} are free")
+        cells = np.flatnonzero(self.cell_pos < 0)[: len(pos)]
+        for key, dev in self.state_device.items():
+            buf = self.state[dev][key]
+            whole = buf.read()
+            whole[cells] = rows[key]
+            dev.write_state(buf, whole)
+        self.cell_pos[cells] = pos
+        self.cell_seq[cells] = seq
+        used = np.flatnonzero(self.cell_pos >= 0)
+        self._n_used = len(used)
+        self._hi = int(used[-1]) + 1 if len(used) else 0
+        self._seq_next.clear()
+
+    def save_seq_file(self, path: str | os.PathLike[str], seq: int, tokens: Sequence[int]) -> int:
+        """Write a sequence's KV cache to a file; returns the bytes written. The layout starts
+        as llama.cpp's llama_state_seq_save_file ('ggsq', version 3, the token count and the
+        tokens, i32), so tools that read its token section read ours; the cache that follows is
+        llmrt's: a JSON header (architecture, cache shape and type), the cells' positions and
+        each cache tensor's rows (llama.cpp's own layout is tied to its ggml tensors)."""
+        pos, rows = self.read_seq(seq)
+        keys = list(self.state_device)
+        hp = self.model.hp
+        head = json.dumps({
+            "arch": hp.arch, "n_layer": hp.n_layer, "n_embd": hp.n_embd, "n_cells": len(pos),
+            "keys": keys, "shape": list(rows[keys[0]].shape[1:]),
+            "dtype": str(rows[keys[0]].dtype),
+        }).encode()  # fmt: skip
+        tokens = np.asarray(tokens, "<i4")
+        with open(path, "wb") as f:
+            f.write(struct.pack("<III", STATE_SEQ_MAGIC, STATE_SEQ_VERSION, len(tokens)))
+            f.write(tokens.tobytes())
+            f.write(KV_MAGIC + struct.pack("<I", len(head)) + head)
+            f.write(np.asarray(pos, "<i8").tobytes())
+            for key in keys:
+                f.write(np.ascontiguousarray(rows[key]).tobytes())
+            return f.tell()
+
+    def load_seq_file(self, path: str | os.PathLike[str], seq: int) -> tuple[list[int], int]:
+        """Read a file of `save_seq_file` into a sequence (what it held is forgotten); returns
+        the tokens saved with it and the bytes read. A file of another model, or not one of
+        these, raises a one-line UsageError."""
+        with open(path, "rb") as f:
+            data = f.read()
+        name = os.path.basename(os.fspath(path))
+
+        def bad(why: str) -> UsageError:
+            return UsageError(f"{name} is not a slot state of this model: {why}")
+
+        if len(data) < 12:
+            raise bad("too short")
+        magic, version, n_tokens = struct.unpack_from("<III", data)
+        if magic != STATE_SEQ_MAGIC or version != STATE_SEQ_VERSION:
+            raise bad("no 'ggsq' version 3 header")
+        at = 12 + 4 * n_tokens
+        if len(data) < at + len(KV_MAGIC) + 4 or data[at : at + len(KV_MAGIC)] != KV_MAGIC:
+            raise bad("its cache is not llmrt's")
+        tokens = np.frombuffer(data, "<i4", n_tokens, 12).tolist()
+        at += len(KV_MAGIC)
+        (n_head,) = struct.unpack_from("<I", data, at)
+        try:
+            head = json.loads(data[at + 4 : at + 4 + n_head])
+            keys, n_cells = list(head["keys"]), int(head["n_cells"])
+            shape, dtype = tuple(int(d) for d in head["shape"]), np.dtype(head["dtype"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise bad(f"a broken header ({exc})") from None
+        hp = self.model.hp
+        if (head.get("arch"), head.get("n_layer"), head.get("n_embd")) != (
+            hp.arch,
+            hp.n_layer,
+            hp.n_embd,
+        ):
+            raise bad(f"it was saved from a {head.get('arch')} with {head.get('n_layer')} layers")
+        if dtype not in (np.float16, np.float32) or n_cells < 0:
+            raise bad("a broken header")
+        at += 4 + n_head
+        size = n_cells * int(np.prod(shape)) * dtype.itemsize
+        if len(data) != at + 8 * n_cells + size * len(keys):
+            raise bad("its size does not match its header")
+        pos = np.frombuffer(data, "<i8", n_cells, at)
+        at += 8 * n_cells
+        rows = {}
+        for key in keys:
+            rows[key] = np.frombuffer(data, dtype, n_cells * int(np.prod(shape)), at)
+            rows[key] = rows[key].reshape(n_cells, *shape)
+            at += size
+        self.write_seq(seq, pos, rows)
+        return tokens, len(data)
 
     # --- evaluation ---
     def decode(

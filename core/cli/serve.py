@@ -133,6 +133,10 @@ def serve(
             "model's (GGUF pooling_type), else mean.",
         ),
     ] = None,
+    slot_save_path: Annotated[
+        Path | None,
+        Opt("--slot-save-path", help="Folder for /slots/{id}?action=save|restore files."),
+    ] = None,
     replicas: Annotated[
         int,
         Opt(
@@ -178,6 +182,8 @@ def serve(
     if pooling is not None:
         check_arg("--pooling", pooling, pooling in ("none", "mean", "cls", "last"),
                   "none, mean, cls or last")  # fmt: skip
+    if slot_save_path is not None and not slot_save_path.is_dir():
+        raise UsageError(f"--slot-save-path: not a directory: {slot_save_path}")
     check_arg("--reasoning", reasoning, reasoning in ("on", "off", "auto"), "on, off or auto")
     template = _chat_template(chat_template, chat_template_file)
     kwargs = _template_kwargs(chat_template_kwargs)
@@ -189,6 +195,7 @@ def serve(
         chat_template=template, chat_template_kwargs=kwargs, reasoning=reasoning, verbose=verbose,
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
         metrics=metrics, slots_endpoint=slots, embedding=embedding, pooling=pooling,
+        slot_save_path=str(slot_save_path) if slot_save_path is not None else None,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)

@@ -1,10 +1,13 @@
-"""llama-server's own endpoints: /completion, /tokenize, /detokenize, /props, /slots, /metrics,
-/health and the web UI."""
+"""llama-server's own endpoints: /completion, /tokenize, /detokenize, /props, /slots (and slot
+save, restore and erase), /metrics, /health and the web UI."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +29,7 @@ from llmrt.server.generation import (
     stream_response,
     submit,
 )
+from llmrt.server.slots import SlotAction
 from llmrt.server.state import ApiError, State, error_body, error_response, scheduler_of
 
 
@@ -138,6 +142,49 @@ def add_routes(app: FastAPI, state: State) -> None:
             out.append(slot)
         return JSONResponse(out)
 
+    @app.post("/slots/{id_slot}")
+    async def slot_action(id_slot: str, request: Request, action: str = "") -> JSONResponse:
+        """llama-server's slot actions, with --slot-save-path: `save` writes the slot's KV cache
+        and tokens to the file named by the body's `filename` in that folder, `restore` reads
+        one back (a later request sharing its prefix reuses it), `erase` empties the slot."""
+        folder = state.settings.slot_save_path
+        if not folder:
+            raise ApiError(501, "This server does not support slots action. Start it with "
+                                "`--slot-save-path`", "not_supported_error")  # fmt: skip
+        sched = scheduler_of(state)
+        if not id_slot.isdigit() or int(id_slot) >= len(sched.slots):
+            raise ApiError(400, f"Invalid slot ID {id_slot!r}: the server has "
+                                f"{len(sched.slots)} slots")  # fmt: skip
+        if action not in ("save", "restore", "erase"):
+            raise ApiError(400, f"Invalid action {action!r}: save, restore or erase")
+        job = SlotAction(action, int(id_slot))
+        if action != "erase":
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ApiError(400, "the body is not JSON") from None
+            filename = body.get("filename") if isinstance(body, dict) else None
+            if not isinstance(filename, str) or not valid_filename(filename):
+                raise ApiError(400, f"Invalid filename {filename!r}: a file name in "
+                                    "--slot-save-path, without folders")  # fmt: skip
+            job.path = Path(folder) / filename
+            if job.path.resolve().parent != Path(folder).resolve():  # a link out of the folder
+                raise ApiError(400, f"Invalid filename {filename!r}: it leads out of "
+                                    "--slot-save-path")  # fmt: skip
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        sched.act(job)
+        try:
+            return JSONResponse(await job.future)
+        except FileNotFoundError:
+            raise ApiError(400, f"Unable to restore slot: no file {job.path.name!r} in "
+                                "--slot-save-path") from None  # fmt: skip
+        except OSError as exc:
+            raise ApiError(500, f"Unable to {action} slot: {exc.strerror or exc}",
+                           "server_error") from None  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - LlmrtError: the file, not the server
+            raise ApiError(400, f"Unable to {action} slot: {exc}") from None
+
     @app.get("/metrics")
     async def metrics() -> Response:
         if not state.settings.metrics:
@@ -172,3 +219,20 @@ async def chunks(state: State, tasks: list) -> AsyncIterator[str]:
             yield sse(native_result(state, task, data, stream=True))
         else:
             yield sse(error_body(500, data["message"], "server_error"))
+
+
+FORBIDDEN = set(':*?"<>|/\\') | {"\uff0e", "\u2215", "\u2216", "\ufffd", "\ufeff"}
+
+
+def valid_filename(name: str) -> bool:
+    """llama.cpp's fs_validate_filename (no folders): a plain file name, nothing that climbs out
+    of the folder or means something else on another system."""
+    if not name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        return False
+    for c in name:
+        o = ord(c)
+        if o <= 0x1F or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF or c in FORBIDDEN:
+            return False
+    if name[0] == " " or name[-1] in " .":
+        return False
+    return ".." not in name and name != "."

@@ -11,6 +11,9 @@ the longest common prefix (`cache_prompt`) and evaluates only the rest. A reques
 slot waits in a bounded queue; a full queue is refused (the app answers 503). A request whose
 client went away is cancelled: its slot is freed at the start of the next step.
 
+Slot actions (`/slots/{id}?action=save|restore|erase`) run on the scheduler thread between steps,
+once their slot is idle (llama-server defers them the same way).
+
 An embedding task (`Task.pooling` set) reads its whole prompt afresh (no cached prefix: pooling
 needs every token's hidden state) in steps whose decode gives hidden states instead of logits;
 a step is of one kind, so when both kinds are active the steps alternate between them.
@@ -19,13 +22,16 @@ a step is of one kind, so when both kinds are active the steps alternate between
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
+import struct
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,6 +87,53 @@ class Task:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, kind, data))
         except RuntimeError:  # the loop is closed: nobody listens any more
             self.cancelled = True
+
+
+@dataclass
+class SlotAction:
+    """/slots/{id}?action=...: save (the slot's KV cache and tokens to `path`), restore (from
+    it) or erase; its result, or the error, is handed to the request's event loop."""
+
+    kind: str
+    slot: int
+    path: Path | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+
+    def reply(self, result: dict[str, Any] | Exception) -> None:
+        def settle() -> None:
+            if self.future is None or self.future.done():
+                return
+            if isinstance(result, Exception):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                self.loop.call_soon_threadsafe(settle)
+
+
+# llama-server's packed tokens in a slot file: LLAMA_TOKEN_NULL, its format version, the token
+# list and the (here always empty) list of media chunks; a file without the marker is a plain
+# token list, as older llama-servers wrote
+TOKENS_NULL, TOKENS_VERSION = -1, 1
+
+
+def pack_tokens(tokens: list[int]) -> list[int]:
+    return [TOKENS_NULL, TOKENS_VERSION, len(tokens), *tokens, 0]
+
+
+def unpack_tokens(words: list[int]) -> list[int]:
+    if not words or words[0] != TOKENS_NULL:
+        return words
+    if len(words) < 3 or words[1] != TOKENS_VERSION:
+        raise LlmrtError("the slot file's token list has an unknown version")
+    n = words[2]
+    if not 0 <= n <= len(words) - 4 or words[3 + n] != 0 or len(words) != n + 4:
+        what = "images or audio" if 0 <= n < len(words) - 3 and words[3 + n] else "a broken"
+        raise LlmrtError(f"the slot file's token list holds {what} (text only here)")
+    return words[3 : 3 + n]
 
 
 @dataclass
@@ -168,6 +221,7 @@ class Scheduler:
         self.queue_size = queue_size
         self.n_predict_max = n_predict_max
         self.waiting: deque[Task] = deque()
+        self.actions: deque[SlotAction] = deque()
         self.cond = threading.Condition()
         self.metrics = Metrics()
         self.error: str | None = None
@@ -197,6 +251,12 @@ class Scheduler:
             self.cond.notify_all()
         return task
 
+    def act(self, action: SlotAction) -> None:
+        """Queue a slot action; it runs once its slot is idle."""
+        with self.cond:
+            self.actions.append(action)
+            self.cond.notify_all()
+
     def cancel(self, task: Task) -> None:
         with self.cond:
             if not task.cancelled:
@@ -218,13 +278,15 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self._stop and not self.waiting and not any(s.busy for s in self.slots):
+                while (not self._stop and not self.waiting and not self.actions
+                       and not any(s.busy for s in self.slots)):  # fmt: skip
                     self.cond.wait()
                 if self._stop:
                     return
                 for slot in self.slots:
                     if slot.busy and slot.task.cancelled:
                         self._release(slot)
+                self._run_actions()
                 self._assign()
             try:
                 self._step()
@@ -258,6 +320,65 @@ class Scheduler:
                 continue
             self._launch(slot, task, sampler)
         self.waiting = kept
+
+    def _run_actions(self) -> None:
+        """Run the slot actions whose slot is idle; the others wait for a later step."""
+        kept: deque[SlotAction] = deque()
+        for action in self.actions:
+            slot = self.slots[action.slot]
+            if slot.busy:
+                kept.append(action)
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = getattr(self, f"_slot_{action.kind}")(slot, action)
+            except (LlmrtError, OSError) as exc:
+                result = exc
+            if isinstance(result, dict) and "timings" in result:
+                name = "save_ms" if action.kind == "save" else "restore_ms"
+                result["timings"] = {name: (time.perf_counter() - t0) * 1e3}
+            action.reply(result)
+        self.actions = kept
+
+    def _slot_save(self, slot: Slot, action: SlotAction) -> dict[str, Any]:
+        n = self.ctx.save_seq_file(action.path, slot.id, pack_tokens(slot.cache))
+        return {"id_slot": slot.id, "filename": action.path.name, "n_saved": len(slot.cache),
+                "n_written": n, "timings": {}}  # fmt: skip
+
+    def _slot_restore(self, slot: Slot, action: SlotAction) -> dict[str, Any]:
+        # the file is checked before the slot changes; a failure after that leaves it empty
+        with open(action.path, "rb") as f:
+            head = f.read(12)
+        if len(head) == 12:
+            (n_words,) = struct.unpack_from("<I", head, 8)
+            if n_words > slot.n_ctx + 4:  # the packed list's 4 words beside the tokens
+                raise LlmrtError(f"the restored prompt does not fit in the slot's context "
+                                 f"({slot.n_ctx})")  # fmt: skip
+        try:
+            words, n = self.ctx.load_seq_file(action.path, slot.id)
+            tokens = unpack_tokens(words)
+            if len(tokens) > slot.n_ctx:
+                raise LlmrtError(f"the restored prompt ({len(tokens)} tokens) does not fit in "
+                                 f"the slot's context ({slot.n_ctx})")  # fmt: skip
+            n_vocab = self.model.hp.n_vocab
+            if any(not 0 <= t < n_vocab for t in tokens):
+                raise LlmrtError("the slot file holds token ids outside the vocabulary")
+            held = int(np.count_nonzero(self.ctx.cell_seq == slot.id))
+            if held != len(tokens) or self.ctx.seq_len(slot.id) != len(tokens):
+                raise LlmrtError("the slot file's cache does not hold its tokens")
+        except (LlmrtError, OSError):
+            self.ctx.remove(slot.id)
+            slot.cache = []
+            raise
+        slot.cache = tokens
+        return {"id_slot": slot.id, "filename": action.path.name, "n_restored": len(tokens),
+                "n_read": n, "timings": {}}  # fmt: skip
+
+    def _slot_erase(self, slot: Slot, action: SlotAction) -> dict[str, Any]:
+        n = len(slot.cache)
+        self.ctx.remove(slot.id)
+        slot.cache = []
+        return {"id_slot": slot.id, "n_erased": n}
 
     def _sampler(self, task: Task) -> Sampler:
         n_vocab = self.model.hp.n_vocab

@@ -49,6 +49,7 @@ class ServerSettings:
     slots_endpoint: bool = True
     embedding: bool = False  # /embedding, /embeddings and /v1/embeddings (--embedding)
     pooling: str | None = None  # none, mean, cls or last; None: the GGUF's, else mean
+    slot_save_path: str | None = None  # the folder of /slots/{id}?action=save|restore files
 
 
 class ApiError(Exception):
