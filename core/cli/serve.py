@@ -133,6 +133,13 @@ def serve(
             "model's (GGUF pooling_type), else mean.",
         ),
     ] = None,
+    context_shift: Annotated[
+        bool,
+        Opt(
+            "--context-shift/--no-context-shift",
+            help="When a slot's context is full, drop half of its tokens after n_keep and go on.",
+        ),
+    ] = False,
     slot_save_path: Annotated[
         Path | None,
         Opt("--slot-save-path", help="Folder for /slots/{id}?action=save|restore files."),
@@ -196,6 +203,7 @@ def serve(
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
         metrics=metrics, slots_endpoint=slots, embedding=embedding, pooling=pooling,
         slot_save_path=str(slot_save_path) if slot_save_path is not None else None,
+        context_shift=context_shift,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)

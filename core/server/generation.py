@@ -172,6 +172,8 @@ def make_tasks(
                 n_probs=n_probs,
                 post_sampling_probs=req.post_sampling_probs,
                 cache_prompt=req.cache_prompt,
+                n_keep=req.n_keep,
+                n_discard=req.n_discard,
                 id_slot=req.id_slot,
                 ignore_eos=req.ignore_eos,
                 stream=bool(getattr(req, "stream", False)),
@@ -390,6 +392,8 @@ def settings_of(task: Task, n_ctx: int) -> dict[str, Any]:
                               task.stream, task.post_sampling_probs),
         "cache_prompt": task.cache_prompt,
         "id_slot": task.id_slot,
+        "n_keep": task.n_keep,
+        "n_discard": task.n_discard,
     }  # fmt: skip
 
 

@@ -59,6 +59,14 @@ class Sampling(_Body):
     n_probs: Annotated[int, Field(ge=0, le=100)] = 0
     post_sampling_probs: bool = False
     cache_prompt: bool = True
+    n_keep: Annotated[int, Field(ge=-1, le=INT32_MAX)] = Field(
+        0, description="With --context-shift: prompt tokens kept when the context is full "
+        "(-1: all of them)."
+    )  # fmt: skip
+    n_discard: Annotated[int, Field(ge=0, le=INT32_MAX)] = Field(
+        0, description="With --context-shift: tokens dropped at a shift (0: half of those after "
+        "n_keep)."
+    )  # fmt: skip
     id_slot: Annotated[int, Field(ge=-1, le=INT32_MAX)] = -1
     ignore_eos: bool = False
     logit_bias: list[Any] | dict[str, Any] | None = Field(

@@ -59,6 +59,8 @@ class Task:
     n_probs: int = 0
     post_sampling_probs: bool = False
     cache_prompt: bool = True
+    n_keep: int = 0  # --context-shift: prompt tokens a shift keeps (-1: the whole prompt)
+    n_discard: int = 0  # --context-shift: tokens a shift drops (0: half of those after n_keep)
     id_slot: int = -1
     ignore_eos: bool = False  # reported; the sampler's logit_bias bans the end tokens
     stream: bool = False
@@ -210,6 +212,7 @@ class Scheduler:
         n_batch: int = 512,
         queue_size: int = 64,
         n_predict_max: int = -1,
+        context_shift: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = model.tokenizer
@@ -220,6 +223,7 @@ class Scheduler:
         self.n_batch = n_batch
         self.queue_size = queue_size
         self.n_predict_max = n_predict_max
+        self.context_shift = context_shift
         self.waiting: deque[Task] = deque()
         self.actions: deque[SlotAction] = deque()
         self.cond = threading.Condition()
@@ -444,6 +448,10 @@ class Scheduler:
             self._embd_turn = not self._embd_turn
         embd = self._embd_turn if len(kinds) > 1 else True in kinds
         active = [s for s in active if (s.task.pooling is not None) == embd]
+        for slot in active:
+            full = len(slot.cache) + 1 >= slot.n_ctx
+            if self.context_shift and full and not slot.pending and slot.last >= 0:
+                self._shift(slot)
         for slot in active:  # generating slots first: one token each
             if not slot.pending and slot.last >= 0:
                 tokens.append(slot.last)
@@ -474,7 +482,8 @@ class Scheduler:
             want.extend(rows)
             owners.extend([slot] * sum(rows) if embd else [slot] * (not slot.pending))
             slot.cache.extend(chunk)
-            slot.n_prompt_eval += len(chunk)
+            if slot.n_decoded == 0:  # not what a context shift reads again
+                slot.n_prompt_eval += len(chunk)
         if not tokens:
             return
         logits = self.ctx.decode(
@@ -498,7 +507,7 @@ class Scheduler:
                     self._finish_embedding(slot, now)
             return
         for slot in reading:
-            if slot.task.return_progress:
+            if slot.task.return_progress and slot.n_decoded == 0:
                 self._progress(slot)
         for row, slot in enumerate(owners):  # owners are in the order of the wanted rows
             try:
@@ -536,7 +545,7 @@ class Scheduler:
                 stop_type, stopping_word = "word", hit
         if not stop_type and task.n_predict >= 0 and slot.n_decoded >= task.n_predict:
             stop_type = "limit"
-        if not stop_type and len(slot.cache) >= slot.n_ctx:
+        if not stop_type and len(slot.cache) >= slot.n_ctx and not self.context_shift:
             stop_type, slot.truncated = "limit", True  # the slot's context is full
         if stop_type != "word" and stop_type:
             tail = slot.decoder.flush()
@@ -558,6 +567,35 @@ class Scheduler:
         task.emit("token", partial)
         if stop_type:
             self._finish(slot, stop_type, stopping_word, now)
+
+    def _shift(self, slot: Slot) -> None:
+        """--context-shift, as llama-server's: the slot's context is full, so keep its first
+        n_keep tokens (the request's, +1 for a BOS; -1: the whole prompt), drop n_discard
+        after them (the request's, else half of the rest) and go on with what follows.
+
+        llama.cpp moves the cache rows that follow down and re-ropes their keys in place (a
+        K-shift). Here they are evaluated again at their new positions instead: a prefill of
+        at most half a slot every half slot of generation. That is exact (the cache is what a
+        fresh evaluation of the shortened text gives: no f16 rounding of rotated keys, and no
+        values that still saw the dropped tokens) and it needs nothing of a backend beyond the
+        decode every backend runs, where a K-shift needs a rope over the cache on each device
+        and each architecture's rope details (gemma3's per-layer bases, sliding windows)."""
+        task = slot.task
+        n_keep = task.n_keep if task.n_keep >= 0 else len(task.prompt)
+        n_keep += int(self.tokenizer.add_bos)
+        n_keep = min(slot.n_ctx - 4, n_keep)
+        n_left = len(slot.cache) - n_keep
+        n_discard = task.n_discard or n_left // 2
+        n_discard = min(max(n_discard, 0), max(0, n_left - 1))
+        tail = slot.cache[n_keep + n_discard :]
+        log.info("slot %d: context shift, n_keep = %d, n_left = %d, n_discard = %d",
+                 slot.id, n_keep, n_left, n_discard)  # fmt: skip
+        self.ctx.remove(slot.id, start=n_keep)
+        slot.cache = slot.cache[:n_keep]
+        # the rest, then the sampled token, are read again; its logits give the next token
+        slot.pending = [*tail, slot.last]
+        slot.last = -1
+        slot.truncated = True
 
     def _find_stop(self, slot: Slot, piece: str) -> str | None:
         stops = slot.task.stop

@@ -49,6 +49,7 @@ class ServerSettings:
     slots_endpoint: bool = True
     embedding: bool = False  # /embedding, /embeddings and /v1/embeddings (--embedding)
     pooling: str | None = None  # none, mean, cls or last; None: the GGUF's, else mean
+    context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
     slot_save_path: str | None = None  # the folder of /slots/{id}?action=save|restore files
 
 
@@ -134,6 +135,7 @@ class State:
                 n_parallel=s.n_parallel,
                 n_batch=s.n_batch,
                 queue_size=s.queue_size,
+                context_shift=s.context_shift,
             )
             _ = model.tokenizer  # read the vocabulary now, not on the first request
             self.model = model
