@@ -90,6 +90,7 @@ def openai_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[st
             out.append({"role": role, "content": _text(content, f"messages[{i}]")})
             continue
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
@@ -104,18 +105,29 @@ def openai_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[st
                     result = f"Error: {result}"
                 out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
                             "content": result})  # fmt: skip
+            elif kind == "thinking" and role == "assistant":
+                thoughts.append(_thinking(block, i))  # the template may show it (Qwen3's does)
             elif kind in ("thinking", "redacted_thinking"):
-                continue  # earlier reasoning: not part of the prompt here
+                continue  # a user's, or encrypted: nothing to show
             elif kind == "image":
                 raise ApiError(400, "image input is not supported by this model")
             else:
                 raise ApiError(400, f"messages[{i}]: unknown content block {kind!r}")
-        if texts or calls or not content:
+        if texts or calls or thoughts or not content:
             message: dict[str, Any] = {"role": role, "content": "\n\n".join(texts)}
             if calls:
                 message["tool_calls"] = calls
+            if thoughts:
+                message["reasoning_content"] = "\n\n".join(thoughts)
             out.append(message)
     return out
+
+
+def _thinking(block: dict[str, Any], i: int) -> str:
+    text = block.get("thinking", "")
+    if not isinstance(text, str):
+        raise ApiError(400, f"messages[{i}]: a thinking block's `thinking` is a string")
+    return text
 
 
 def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

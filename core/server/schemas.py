@@ -153,6 +153,7 @@ class Message(_Body):
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls
     tool_call_id: StrictStr | None = None  # a tool's result: the call it answers
     name: StrictStr | None = None
+    reasoning_content: StrictStr | None = None  # earlier thinking (a template may show it)
 
     @model_validator(mode="after")
     def _has_content(self) -> Message:
@@ -216,5 +217,7 @@ def message_dicts(messages: list[Message]) -> list[dict[str, Any]]:
             d["tool_call_id"] = m.tool_call_id
         if m.name is not None:
             d["name"] = m.name
+        if m.reasoning_content is not None:
+            d["reasoning_content"] = m.reasoning_content
         out.append(d)
     return out

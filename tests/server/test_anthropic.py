@@ -171,3 +171,42 @@ def test_empty_conversation_is_accepted(srv):
 def test_conversion_errors_are_api_errors():
     with pytest.raises(ApiError):
         openai_messages(None, [{"role": "user", "content": 5}])
+
+
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{% if m.reasoning_content %}<think>"
+    "{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_earlier_thinking_reaches_the_template(live_server):
+    """An assistant's thinking blocks become its reasoning_content, which templates such as
+    Qwen3's render in the history (llama-server keeps them too)."""
+    srv = live_server(n_ctx=512, chat_template=THINKING_TEMPLATE)
+    thought = "I should list the files first."
+    history = [
+        {"role": "user", "content": "Fix the bug"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": thought, "signature": "s"},
+            {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "x"}]},
+    ]  # fmt: skip
+    bare = [history[0], {**history[1], "content": history[1]["content"][1:]}, history[2]]
+    count = {}
+    for name, messages in (("with", history), ("without", bare)):
+        body = {"model": "m", "messages": messages, "tools": [WEATHER]}
+        r = post(srv, "/v1/messages/count_tokens", body)
+        assert r.status_code == 200, r.text
+        count[name] = r.json()["input_tokens"]
+    assert count["with"] > count["without"]
+    openai = [{"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello", "reasoning_content": thought}]  # fmt: skip
+    prompt = post(srv, "/apply-template", {"messages": openai}).json()["prompt"]
+    assert f"<|assistant|><think>{thought}</think>Hello" in prompt
+    blocks = [{"type": "thinking", "thinking": "a user's"}, {"type": "text", "text": "Hi"}]
+    out = openai_messages(None, [{"role": "user", "content": blocks}])
+    assert out == [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ApiError, match="thinking"):
+        openai_messages(None, [{"role": "assistant", "content": [
+            {"type": "thinking", "thinking": 5}]}])  # fmt: skip
