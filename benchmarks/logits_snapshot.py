@@ -2,7 +2,7 @@
 
     python benchmarks/logits_snapshot.py MODEL.gguf DEVICE OUT.npz
 
-Used by benchmarks/refactor_ab.sh: the same graphs launched the same kernels before and after a
+Used by benchmarks/gpu_session.sh: the same graphs launched the same kernels before and after a
 refactor only if these match bit for bit.
 """
 

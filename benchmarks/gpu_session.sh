@@ -1,0 +1,112 @@
+#!/bin/bash
+# One GPU session's calls on the device machine, back to back on one warm machine (issues 15, 17,
+# 22): each stage is one call of at most 600 s, and the model files travel in parts beside them
+# (benchmarks/device_models.sh's layout: .gpumodels/part.N and .gpumodels/manifest).
+#   check [peer] setup; with "peer", llama.cpp's builds started (../shared/tools/peer, carried
+#                as .peer, for the bench stage's llama.cpp rows); llmrt devices; CUDA/Vulkan/OpenCL plugin tests and the conformance suite on
+#                cuda:0, vulkan:0 and opencl:0 (NVIDIA's OpenCL); logits of this tree against the
+#                tree before the lowering refactor (a86e09b, .devrun/old) on cuda:0 and vulkan:0;
+#                a split over cuda:0,vulkan:0 against cuda:0 alone
+#   bench ROWS   per row, interleaved: llmrt cuda (this tree, a86e09b), llama.cpp CUDA, llmrt vulkan
+#                (this tree, a86e09b), llama.cpp Vulkan, llmrt opencl:0, llmrt cuda:0,vulkan:0
+#   keep         sets the carried model part aside
+#   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
+#                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
+# Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer.
+set -u
+stage=${1:-check}
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/parts
+cp .gpumodels/part.* /tmp/parts/ 2>/dev/null
+[ "$stage" = keep ] && { ls /tmp/parts; exit 0; }
+
+for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .devrun/whl/*.whl
+mkdir -p /tmp/ocl && echo libnvidia-opencl.so.1 > /tmp/ocl/nvidia.icd
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OCL_ICD_VENDORS=/tmp/ocl
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+old() { PYTHONPATH=$PWD/.devrun/old:/tmp/site "$@"; }
+synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
+ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
+
+case $stage in
+check)
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  [ "${2:-}" = peer ] && bash .peer/device_bench.sh build  # 16 cores for ~8 min: slows the tests
+  ( synth smollm2-135m q4_0; synth llama32-1b q4_0 ) &
+  synth=$!
+  ( synth smollm2-135m q8_0; synth llama3-8b q4_0 ) &
+  llmrt devices 2>&1 | tee $OUT/devices.log
+  # the tests in the background, beside the logits checks (correctness only: nothing is timed)
+  ( timeout 240 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_launch.py \
+      tests/plugins/test_vulkan_backend.py tests/plugins/test_opencl_backend.py tests/core/test_buffers.py \
+      -q --tb=short -p no:cacheprovider > $OUT/plugin-tests.log 2>&1
+    timeout 240 python3 -m pytest tests/conformance -q -k "cuda or vulkan or opencl" --tb=line \
+      -p no:cacheprovider > $OUT/conformance.log 2>&1 ) &
+  tests=$!
+  wait $synth
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    for dev in cuda:0 vulkan:0; do
+      timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz
+      old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz
+      python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
+print('$dev $m this tree vs a86e09b:', 'identical' if n.array_equal(a, b) else f'DIFFER max {abs(a-b).max()}')" \
+        | tee -a $OUT/logits.log
+    done
+    cp /tmp/new.npz /tmp/vulkan.npz
+    timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf cuda:0 /tmp/one.npz
+    for dev in cuda:0,vulkan:0 vulkan:0,cuda:0 cuda:0,opencl:0; do
+      timeout 90 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/split.npz
+      python3 -c "import numpy as n; a=n.load('/tmp/one.npz')['logits']; b=n.load('/tmp/split.npz')['logits']; \
+s=(a.argmax(-1)==b.argmax(-1)); print('$m $dev vs cuda:0: argmax equal on', int(s.sum()), 'of', len(s), \
+'rows, the 9 greedy steps', bool(s[-9:].all()), 'max |diff|', float(abs(a-b).max()))" | tee -a $OUT/split.log
+    done
+  done
+  wait $tests
+  grep -v "PASSED" $OUT/plugin-tests.log | tail -25
+  tail -12 $OUT/conformance.log
+  ;;
+bench)
+  [ $# -gt 1 ] && ROWS="${*:2}"
+  ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done )
+  [ -e /tmp/peer-cuda.log ] && { WAIT_S=120 bash .peer/device_bench.sh wait cuda; WAIT_S=60 bash .peer/device_bench.sh wait vulkan; }
+  b() { timeout 120 llmrt bench -m $3 -p 512 -n 128 -ngl 99 -r 3 --device $2 2>&1 \
+      | grep -v "^| model\|^| ---" | sed "s/^/$1 $2 /" | tee -a $OUT/bench.log; }
+  for r in $ROWS; do
+    m=/tmp/synth-${r%:*}-${r#*:}.gguf
+    echo "== $r" | tee -a $OUT/bench.log
+    b llmrt cuda:0 $m; old b a86e09b cuda:0 $m
+    bash .peer/device_bench.sh bench cuda $m | sed 's/^/llama.cpp-cuda /' | tee -a $OUT/bench.log
+    b llmrt vulkan:0 $m; old b a86e09b vulkan:0 $m
+    bash .peer/device_bench.sh bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench.log
+    b llmrt opencl:0 $m; b llmrt cuda:0,vulkan:0 $m
+  done
+  ;;
+models)
+  models=$PWD/.gpumodels/cache/models; mkdir -p $models
+  cat /tmp/parts/part.* > /tmp/joined
+  offset=0
+  while read -r name size; do
+    tail -c +$((offset + 1)) /tmp/joined | head -c "$size" > "$models/$name"
+    offset=$((offset + size))
+  done < <(head -2 .gpumodels/manifest)
+  (cd $models && tail -2 $OLDPWD/.gpumodels/manifest | sha256sum -c) || exit 1
+  export LLMRT_CACHE=$PWD/.gpumodels/cache
+  for dev in opencl:0 cuda:0 vulkan:0; do
+    echo "== greedy and logits on $dev"
+    LLMRT_TEST_DEVICE=$dev timeout 150 python3 -m pytest tests/models/test_greedy.py \
+      tests/models/test_logits.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
+  done
+  for dev in opencl:0 cuda:0; do
+    echo "== KL divergence against llama.cpp (fa0), SmolLM2, $dev"
+    timeout 120 python3 .devrun/kld_ref.py score $models/smollm2-135m-instruct-q4_1.gguf tests/fixtures/refs/smollm2-135m/kld/text.txt \
+      tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz $dev 2>&1 | tail -6 | tee -a $OUT/kld.log
+  done
+  for m in $models/*.gguf; do
+    for dev in opencl:0 cuda:0 vulkan:0; do
+      timeout 60 llmrt bench -m $m -p 512 -n 128 -r 3 --device $dev 2>&1 | grep -v "^| model\|^| ---" \
+        | sed "s/^/$dev /" | tee -a $OUT/bench-models.log
+    done
+    bash .peer/device_bench.sh bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench-models.log
+  done
+  ;;
+esac
