@@ -5,8 +5,9 @@ rewrites a backend opts into through its device's ``supports_op``.
 A backend's compile is then: ``fuse`` the graph for its device, walk the nodes turning each into
 kernel launches over ``View`` records (views, reshapes and permutes cost nothing), and place the
 activation storages in one arena with ``plan_arena`` (or an ``Arena`` used while lowering).
-steps.py does that walk for backends whose kernels follow ggml's op families (one step a kernel
-launch: CUDA, OpenCL), and passes.py holds the small-batch rewrites of its step lists.
+steps.py does that walk for backends whose kernels follow ggml's op families (a step a kernel
+family: CUDA, OpenCL, Vulkan), passes.py holds the small-batch rewrites of its step lists, and
+prologue.py those for a mat-vec that quantizes, ropes and stores rows itself (Vulkan's).
 """
 
 from llmrt.lower.arena import ALIGN, Arena, plan_arena

@@ -1,5 +1,6 @@
 """Small-batch rewrites of a step list (steps.py), for backends with integer mat-vecs on q8
-activations: the CUDA backend's, and the OpenCL backend's.
+activations: the CUDA backend's and the OpenCL backend's (the Vulkan backend takes
+``q8_activations`` with its own producers and prologues).
 
 - ``q8_activations``: mat-vecs of the given weight types (``mmv``) become ``mmvq`` steps reading
   activations quantized once to q8 blocks: by the norm (``norm_q8``) or attention that produces
@@ -35,9 +36,20 @@ def q8_layout(n: int) -> tuple[int, int]:
     return dso, dso + (n // 32) * 8
 
 
+def _norm_or_attention(producer: Step) -> bool:
+    return producer.op in ("norm", "fattn")
+
+
 def q8_activations(
-    steps: list[Step], storage: Callable[..., Storage], types: frozenset[GGMLType]
+    steps: list[Step],
+    storage: Callable[..., Storage],
+    types: frozenset[GGMLType],
+    writes_q8: Callable[[Step], bool] = _norm_or_attention,
+    prologue: Callable[[Step], bool] | None = None,
 ) -> list[Step]:
+    """`writes_q8(producer)`: the producer of a mat-vec's activations can write them as q8 too
+    (a norm becomes ``norm_q8``, others get ``params["q8"]``); `prologue(mat_vec)`: a mat-vec
+    whose activations have no q8 copy yet stays an ``mmv`` (it makes its q8 blocks itself)."""
     q8_of: dict[tuple[Storage, int, int], Storage] = {}
     out: list[Step] = []
     for st in steps:
@@ -46,14 +58,15 @@ def q8_activations(
             key = (x.storage, x.offset, x.n)
             q8 = q8_of.get(key)
             if q8 is None:
-                q8 = q8_of[key] = storage("arena", q8_layout(x.n)[1])
                 writers = (p for p in reversed(out) if p.out is not None)
                 prod = next((p for p in writers if p.out.storage is x.storage), None)
                 fits = prod is not None and prod.out.same(x) and prod.out.shape[-1] % 32 == 0
-                if fits and prod.op == "norm":
-                    prod.op = "norm_q8"
-                    prod.params["q8"] = q8
-                elif fits and prod.op == "fattn":  # attention writes its output as q8 too
+                if not (fits and writes_q8(prod)) and prologue is not None and prologue(st):
+                    out.append(st)
+                    continue
+                q8 = q8_of[key] = storage("arena", q8_layout(x.n)[1])
+                if fits and writes_q8(prod):  # the producer writes its output as q8 too
+                    prod.op = "norm_q8" if prod.op == "norm" else prod.op
                     prod.params["q8"] = q8
                 else:
                     out.append(Step("quant_q8", [x], None, {"q8": q8, "n": x.n}))

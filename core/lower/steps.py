@@ -67,8 +67,9 @@ def _nbytes(dtype: GGMLType, n: int) -> int:
 class StepLowering:
     """The storages, views and steps made so far, and the helpers a node's lowering uses."""
 
-    def __init__(self, mat_vec_max_t: Callable[[GGMLType], int]) -> None:
+    def __init__(self, mat_vec_max_t: Callable[[GGMLType], int], act_align: int = 1) -> None:
         self.mat_vec_max_t = mat_vec_max_t
+        self.act_align = act_align  # element alignment of a weight product's activations
         self.storages: list[Storage] = []
         self.steps: list[Step] = []
         self.views: dict[int, View] = {}
@@ -92,8 +93,8 @@ class StepLowering:
         """t's view, copied first where it is strided."""
         return self.contiguous(self.views[id(t)])
 
-    def contiguous(self, v: View) -> View:
-        if v.contiguous:
+    def contiguous(self, v: View, align: int = 1) -> View:
+        if v.contiguous and v.offset % align == 0:
             return v
         out = self.new(v.shape, v.dtype)
         self.emit("copy", [v], out, mode=0 if ITEMSIZE[v.dtype] == 4 else 1)
@@ -170,13 +171,15 @@ def lower_steps(
     supports: Callable[[Tensor], bool],
     mat_vec_max_t: Callable[[GGMLType], int],
     lowerings: Mapping[Op, Callable[[StepLowering, Tensor], View]] | None = None,
+    act_align: int = 1,
 ) -> tuple[Plan, StepLowering]:
     """Steps for `graph` on a device whose `supports` takes its nodes (and decides fusions): a
     weight product of at most `mat_vec_max_t(weight type)` token rows is an ``mmv`` step, a
-    longer one a ``gemm``; `lowerings` replaces the default lowering of some ops. Liveness is
+    longer one a ``gemm`` (its activations copied where their offset is not a multiple of
+    `act_align`); `lowerings` replaces the default lowering of some ops. Liveness is
     left to the caller (after its passes): ``liveness(plan.steps, plan.outputs)``."""
     graph = fuse(graph, supports)
-    lo = StepLowering(mat_vec_max_t)
+    lo = StepLowering(mat_vec_max_t, act_align)
     table = {**LOWERINGS, **(lowerings or {})}
     inputs: dict[str, View] = {}
     for node in graph.nodes:
@@ -233,6 +236,7 @@ def lower_mul_mat(lo: StepLowering, node: Tensor) -> View:
     if a.op is Op.WEIGHT and len(a.shape) == 2:
         m = a.shape[0]
         params = dict(type=a.dtype, m=m, k=k, t=t, row_bytes=a.dtype.row_nbytes(k))
+        bv = lo.contiguous(bv, lo.act_align)
         ins = [lo.of(a), bv] + ([residual] if residual is not None else [])
         if t <= lo.mat_vec_max_t(a.dtype):
             lo.emit("mmv", ins, out, **params)
@@ -293,8 +297,8 @@ def liveness(steps: list[Step], outputs: dict[str, View]) -> None:
             if v is not None:
                 writes(v.storage, i)
         q8 = step.params.get("q8")
-        if q8 is not None:  # written by quant_q8 / norm_q8 / fattn, read by mmvq
-            if step.op in ("quant_q8", "norm_q8", "fattn"):
+        if q8 is not None:  # written by quant_q8 / norm_q8 / fattn / glu, read by mmvq
+            if step.op in ("quant_q8", "norm_q8", "fattn", "glu"):
                 writes(q8, i)
             reads(q8, i)
         for st in step.temps:

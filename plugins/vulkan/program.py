@@ -1,48 +1,119 @@
 """A graph compiled for one Vulkan device, and replayed: ``VulkanProgram``.
 
-The graph is lowered once (lowering.py: dispatches over views of weight, state, input and arena
-storage). Then descriptor sets are written once, and the whole graph is recorded into one command
-buffer, a barrier going between two dispatches only where the second touches memory that one
-since the last barrier wrote (or writes memory one read). ``run`` copies the inputs in, submits
-that command buffer, waits, and reads the outputs: no Vulkan object is made per step. Outputs are
-read from cached host memory (copied there at the end of the command buffer unless they already
-live in it: a discrete GPU's host-mapped BAR memory is uncached, and reading logits from it cost
-milliseconds a step).
+The graph is lowered once to steps (lower.py, on llmrt.lower), each step to its dispatches
+(launch.py), the activations placed in one arena. Then descriptor sets are written once, and the
+whole graph is recorded into one command buffer, a barrier going between two dispatches only
+where the second touches memory that one since the last barrier wrote (or writes memory one
+read). ``run`` copies the inputs in, submits that command buffer, waits, and reads the outputs:
+no Vulkan object is made per step. Outputs are read from cached host memory (copied there at the
+end of the command buffer unless they already live in it: a discrete GPU's host-mapped BAR
+memory is uncached, and reading logits from it cost milliseconds a step).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from llmrt import device
 from llmrt.device import Buffer as DeviceBuffer
 from llmrt.device import Device, Executable
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
-from llmrt.lower import ALIGN, Storage, View
-from llmrt_vulkan.lowering import ITEMSIZE, NP_TYPES, Lowering, VulkanState, VulkanWeight
+from llmrt.lower import ALIGN, Storage, View, plan_arena
+from llmrt.lower.arena import aligned
+from llmrt_vulkan.launch import LAUNCHES
+from llmrt_vulkan.lower import lower
 from llmrt_vulkan.runtime import Buffer, Runtime
 
-__all__ = ["ITEMSIZE", "NP_TYPES", "TIMESTAMPS", "VulkanProgram", "VulkanState", "VulkanWeight"]
 TIMESTAMPS = False  # profiling: time every dispatch (benchmarks/vulkan_profile.py sets it)
 COMPUTE, TRANSFER, HOST = 0x800, 0x1000, 0x4000  # pipeline stages
 SHADER_READ, SHADER_WRITE = 0x20, 0x40  # access kinds
 TRANSFER_READ, TRANSFER_WRITE, HOST_READ = 0x800, 0x1000, 0x2000
+F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
+ITEMSIZE = {F32: 4, F16: 2, I32: 4}
+NP_TYPES = {F32: np.float32, F16: np.float16, I32: np.int32}
+
+
+@dataclass
+class VulkanWeight:
+    """A weight on the device, in its ggml blocks."""
+
+    buf: Buffer
+    type: GGMLType
+    shape: tuple[int, ...]
+    row_nbytes: int
+
+
+class VulkanState(device.Buffer):
+    """A tensor `offset` bytes into a runtime buffer: a state (a KV cache), or where a program
+    takes an input or leaves an output."""
+
+    def __init__(self, dev: device.Device, rt: Runtime, buf: Buffer, shape: tuple[int, ...],
+                 dtype: GGMLType, offset: int = 0) -> None:  # fmt: skip
+        super().__init__(dev, shape, dtype)
+        self.rt, self.buf, self.offset = rt, buf, offset
+
+    def write(self, data: Any) -> None:
+        host = np.ascontiguousarray(data, NP_TYPES[self.dtype]).reshape(self.shape)
+        self.rt.write(self.buf, host, self.offset)
+
+    def read(self) -> np.ndarray:
+        raw = self.rt.read(self.buf, self.offset, self.nbytes)
+        return raw.view(NP_TYPES[self.dtype]).reshape(self.shape)
+
+    def copy_from(self, src: device.Buffer) -> bool:
+        if not isinstance(src, VulkanState) or src.rt is not self.rt:
+            return False
+        self.rt.submit_copy(src.buf, src.offset, self.buf, self.offset, self.nbytes)
+        return True
 
 
 class VulkanProgram(Executable):
     def __init__(self, rt: Runtime, graph: Graph, bindings: Mapping[str, Any],
                  device: Device | None = None) -> None:  # fmt: skip
         self.rt, self.device = rt, device
-        plan = Lowering(rt, graph, bindings)
-        self.dispatches = plan.dispatches
-        self.constants = plan.constants  # kept alive with the program
-        self.inputs, self.inputs_size = plan.inputs, plan.inputs_size
+        plan = lower(graph, rt.cpu, rt.max_range)
+        self.arena_peak = plan_arena(plan.storages)
+        self.inputs_size = 0
+        for s in plan.storages:  # weights and states are bound buffers; inputs share one
+            if s.kind in ("weight", "state"):
+                if s.key not in bindings:
+                    raise UnsupportedOp(f"graph {graph.name!r} needs '{s.key}', not bound")
+                buf = bindings[s.key].buf
+                s.kind, s.buf, s.offset, s.nbytes = "buffer", buf, 0, buf.size
+            elif s.kind == "input":
+                s.kind, s.offset = "inputs", self.inputs_size
+                self.inputs_size += aligned(s.nbytes)
+        self.inputs = [(key, v, v.shape, v.dtype) for key, v in plan.inputs.items()]
+        self.inputs_size = max(self.inputs_size, 16)
         self.outputs = plan.outputs
-        self.arena_peak = plan.arena_peak
+        self.constants: list[Buffer] = []  # small tables made at compile time (rope frequencies)
+        self.dispatches = [d for step in plan.steps for d in LAUNCHES[step.op](self, step)]
         self._record()
+
+    # ---- what the launches use -----------------------------------------------------------
+    def grid(self, n_groups: int) -> tuple[int, int, int]:
+        x = max(1, min(n_groups, self.rt.max_groups))
+        return x, max(1, -(-n_groups // x)), 1
+
+    def gelu(self) -> Storage:
+        table = self.rt.gelu_table()
+        return Storage("buffer", table.size, offset=0, buf=table)
+
+    def rope_table(self, p: Mapping[str, Any]) -> Storage:
+        """inv_freq[i] = freq_base^(-2i/n_dims) * freq_scale, computed in double precision."""
+        half = p["n_dims"] // 2
+        inv = p["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / p["n_dims"])
+        table = self.rt.buffer(max(16, half * 4))
+        self.rt.write(table, (inv * p["freq_scale"]).astype(np.float32))
+        self.constants.append(table)
+        return Storage("buffer", table.size, offset=0, buf=table)
 
     def _buffer_of(self, store: Storage) -> Buffer:
         if store.kind == "arena":

@@ -117,7 +117,7 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels, s):
     """A long cache is split over workgroups and merged by attn_combine. The per-row kernel
     (lavapipe's) walks a cache whole, and only up to ATTN_ROWS_MAX elements a head: past about
     42k lavapipe returns garbage from it, so longer caches take the split kernels there too."""
-    from llmrt_vulkan.fusions import ATTN_ROWS_MAX
+    from llmrt_vulkan.lower import ATTN_ROWS_MAX
 
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     t, hq, hkv, d = 2, 4, 2, 64
@@ -151,11 +151,11 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
     mat-vecs get no dispatch: each mat-vec workgroup makes its q8 blocks from their inputs
     (matvec_q8p), then takes every PROLOGUE_WGS-th group of rows. Equal to the CPU backend up to
     the q8 rounding of values that differ in their last bits."""
-    import llmrt_vulkan.lowering
+    import llmrt_vulkan.launch
 
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     if kernels == "gpu-3-workgroups":
-        monkeypatch.setattr(llmrt_vulkan.lowering, "PROLOGUE_WGS", 3)
+        monkeypatch.setattr(llmrt_vulkan.launch, "PROLOGUE_WGS", 3)
     cpu = registry().entry("cpu").devices[0]
     t, hq, hkv, s, d, n, f = 2, 4, 2, 200, 32, 128, 192
     rng = np.random.default_rng(11)

@@ -1,0 +1,366 @@
+"""The dispatches of each step kind (lower.py): shader, specialization, bindings, push constants
+and workgroups. A binding is a storage and a byte offset into it; element offsets and strides
+go in push constants (``View`` offsets are in elements from the binding's start).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llmrt.errors import UnsupportedOp
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import ROPE_NEOX
+from llmrt.lower.passes import q8_layout
+from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt.lower.view import Storage, View
+from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
+
+if TYPE_CHECKING:
+    from llmrt_vulkan.program import VulkanProgram
+
+F32, F16 = GGMLType.F32, GGMLType.F16
+MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
+PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
+# A matvec_q8p dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th
+# group of rows (measured best at 256-512: BENCHMARKS.md).
+PROLOGUE_WGS = 512
+# matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
+Q8P_PUSH = "<14IfI9If"
+Q8P_EMODE = 16  # index of emode in them
+# ggml type -> the TYPE specialization constant of quant.glsl
+TYPE_CODES = {
+    GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
+    GGMLType.Q5_0: 5, GGMLType.Q5_1: 6, GGMLType.Q8_0: 7, GGMLType.Q4_K: 8, GGMLType.Q5_K: 9,
+    GGMLType.Q6_K: 10,
+}  # fmt: skip
+ELTWISE = {"copy": 0, "binary": 1, "unary": 3, "glu": 6}  # + params["op"]: eltwise.comp's op
+Binding = View | Storage | tuple[Storage, int]
+
+
+@dataclass
+class Dispatch:
+    shader: str
+    spec: tuple[int, ...]
+    bindings: list[tuple[Storage, int]]  # storage, byte offset into it where the binding starts
+    push_format: str
+    push: tuple[Any, ...]
+    groups: tuple[int, int, int]
+    reads: list[Storage] = field(default_factory=list)
+    writes: list[Storage] = field(default_factory=list)
+
+
+def dispatch(shader: str, spec: tuple[int, ...], bindings: list[Binding], fmt: str,
+             push: tuple[Any, ...], groups: tuple[int, int, int], reads: list[View | Storage],
+             writes: list[View | Storage]) -> Dispatch:  # fmt: skip
+    def store(x: View | Storage) -> Storage:
+        return x.storage if isinstance(x, View) else x
+
+    binds = [b if isinstance(b, tuple) else (store(b), 0) for b in bindings]
+    return Dispatch(shader, spec, binds, fmt, push, groups, [store(r) for r in reads],
+                    [store(w) for w in writes])  # fmt: skip
+
+
+def _q8(step: Step, n: int) -> tuple[Storage, int]:
+    """The q8 copy a step writes or reads, and the byte offset of its scales."""
+    return step.params["q8"], q8_layout(n)[0]
+
+
+def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    a, out = st.ins[0], st.out
+    b = st.ins[1] if len(st.ins) > 1 else None
+    if "q8" in st.params:  # swiglu, written as f32 and as q8 blocks (quantize_q8.comp)
+        q8, qs = _q8(st, out.n)
+        nblocks = out.n // 32
+        groups = prog.grid(-(-nblocks // 32))
+        push = (nblocks, a.offset // 4, groups[0], 1, b.offset // 4, out.offset // 4)
+        return [dispatch("quantize_q8", (), [a, q8, (q8, qs), b, out], "<6I", push, groups,
+                         [a, b], [out, q8])]  # fmt: skip
+    op = ELTWISE[st.op] + st.params.get("op", 0)
+    if len(out.shape) > 4:
+        raise UnsupportedOp("element-wise ops take at most 4 dimensions")
+    ne, sa, sb = _ggml4(out.shape, 1), _ggml4(a.strides, 0), (0, 0, 0, 0)
+    if b is not None:  # b aligns with a's trailing dimensions; size-1 (or missing) ones broadcast
+        rank = len(out.shape)
+        full = (1,) * (rank - len(b.shape)) + b.shape
+        fstr = (0,) * (rank - len(b.strides)) + b.strides
+        sb = _ggml4(tuple(0 if d == 1 else s for d, s in zip(full, fstr, strict=True)), 0)
+    flags = op | (256 if a.dtype == F16 else 0) | (1024 if out.dtype == F16 else 0)
+    flags |= 512 if b is not None and b.dtype == F16 else 0
+    groups = prog.grid(-(-out.n // 512))
+    bb = b if b is not None else a
+    s = st.params["scale"] if st.op == "unary" and op == 3 else 0.0
+    push = (*ne, *sa, *sb, a.offset, bb.offset, out.offset, flags, s, out.n, groups[0])
+    return [dispatch("eltwise", (), [a, bb, out, prog.gelu()], "<12I4IfII", push, groups,
+                     [a, bb], [out])]  # fmt: skip
+
+
+def _ggml4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
+    rev = tuple(reversed(values))
+    return (*rev, *(fill,) * (4 - len(rev)))  # type: ignore[return-value]
+
+
+def quant_q8(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    b = st.ins[0]
+    q8, qs = _q8(st, b.n)
+    nblocks = b.n // 32
+    groups = prog.grid(-(-nblocks // 32))
+    return [dispatch("quantize_q8", (), [b, q8, (q8, qs), b, b], "<6I",
+                     (nblocks, b.offset // 4, groups[0], 0, 0, 0), groups, [b], [q8])]  # fmt: skip
+
+
+def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    (table, ids), out = st.ins, st.out
+    k = out.shape[1]
+    if st.op == "get_rows_w":
+        code, row_bytes, table_byte = TYPE_CODES[table.dtype], table.dtype.row_nbytes(k), 0
+    else:
+        size = ITEMSIZE[table.dtype]
+        code, row_bytes, table_byte = TYPE_CODES[table.dtype], k * size, table.offset * size
+    n4 = out.n // 4
+    groups = prog.grid(-(-n4 // 256))
+    push = (k, row_bytes, table_byte, ids.offset, out.offset // 4, n4, groups[0])
+    return [dispatch("get_rows", (code,), [table, ids, out], "<7I", push, groups, [table, ids],
+                     [out])]  # fmt: skip
+
+
+def set_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    dst, ids, src = st.ins
+    width, rows = math.prod(dst.shape[1:]), src.shape[0]
+    groups = prog.grid(-(-(rows * ((width + 1) // 2)) // 256))
+    push = (width, rows, src.offset, ids.offset, dst.offset, int(dst.dtype == F16), groups[0])
+    return [dispatch("set_rows", (), [src, ids, dst], "<7I", push, groups, [src, ids, dst],
+                     [dst])]  # fmt: skip
+
+
+def norm(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    x, out = st.ins[0], st.out
+    w = st.ins[1] if len(st.ins) > 1 else None
+    n, rows = out.shape[-1], math.prod(out.shape[:-1])
+    groups = prog.grid(rows)
+    mode = st.params["mode"] | (2 if w is not None else 0)
+    q8: list[Binding] = [out, out]
+    writes: list[View | Storage] = [out]
+    if st.op == "norm_q8":
+        store, qs = _q8(st, out.n)
+        q8, mode = [store, (store, qs)], mode | 4
+        writes.append(store)
+    push = (n, rows, x.offset, out.offset, mode, st.params["eps"], groups[0],
+            w.offset if w is not None else 0)  # fmt: skip
+    return [dispatch("norm", (), [x, out, w or x, *q8], "<5IfII", push, groups,
+                     [x, w] if w is not None else [x], writes)]  # fmt: skip
+
+
+def soft_max(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    x, out = st.ins[0], st.out
+    mask = st.ins[1] if len(st.ins) > 1 else None
+    n, rows = out.shape[-1], math.prod(out.shape[:-1])
+    groups = prog.grid(rows)
+    m = mask or x
+    mask_rows = math.prod(mask.shape[:-1]) if mask is not None else 0
+    push = (n, rows, x.offset, m.offset, out.offset, mask_rows, st.params["scale"], groups[0])
+    return [dispatch("softmax", (), [x, m, out], "<6IfI", push, groups, [x, m], [out])]
+
+
+def argmax(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    x, out = st.ins[0], st.out
+    n, rows = x.shape[-1], math.prod(x.shape[:-1])
+    groups = prog.grid(rows)
+    return [dispatch("argmax", (), [x, out], "<5I", (n, rows, x.offset, out.offset, groups[0]),
+                     groups, [x], [out])]  # fmt: skip
+
+
+def rope(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """rope.comp: into its output, or (params["cache"]) into rows ids of a cache."""
+    p, x, pos = st.params, st.ins[0], st.ins[1]
+    cache = p.get("cache")
+    factors = st.ins[2] if len(st.ins) == (4 if cache is not None else 3) else None
+    dst, ids = (cache, p["ids"]) if cache is not None else (st.out, None)
+    t, h, d = x.shape
+    f, i = factors or x, ids or x
+    flags = (0 if ids is None else 1) | (2 if cache is not None and dst.dtype == F16 else 0)
+    width = math.prod(dst.shape[1:]) if cache is not None else 0
+    groups = prog.grid(-(-(t * h * (d // 2)) // 256))
+    push = (t, h, d, p["n_dims"], x.offset, pos.offset, f.offset, dst.offset,
+            int(p["mode"] == ROPE_NEOX), int(factors is not None), p["attn_factor"], groups[0],
+            flags, i.offset, width)  # fmt: skip
+    return [dispatch("rope", (), [x, pos, prog.rope_table(p), f, dst, i], "<10IfI3I", push,
+                     groups, [x, pos, f, i], [dst])]  # fmt: skip
+
+
+def mm_act(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    (a, b), out = st.ins, st.out
+    m, k, t = a.shape[-2], a.shape[-1], b.shape[-2]
+    ba, bb = math.prod(a.shape[:-2]), math.prod(b.shape[:-2])
+    groups = prog.grid(-(-out.n // 256))
+    push = (m, t, k, ba, bb, a.offset, b.offset, out.offset, int(a.dtype == F16), out.n,
+            groups[0])  # fmt: skip
+    return [dispatch("matmul_batched", (), [a, b, out], "<11I", push, groups, [a, b], [out])]
+
+
+def _chunks(prog: VulkanProgram, st: Step) -> list[tuple[int, int]]:
+    """(first row, rows) of each dispatch: a weight larger than one binding may address is
+    split by rows."""
+    m, row = st.params["m"], st.params["row_bytes"]
+    chunk = m
+    if row * m > prog.rt.max_range:
+        chunk = max(256, (prog.rt.max_range // row) // 256 * 256)
+    return [(r0, min(chunk, m - r0)) for r0 in range(0, m, chunk)]
+
+
+def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """A float weight product (mmv or gemm): per-row, tiled, or mat-vecs of 8 token rows."""
+    (w, b), out, p = st.ins, st.out, st.params
+    k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
+    spec, round16 = (TYPE_CODES[p["type"]],), int(p["type"] == F16)
+    out_ = []
+    for r0, rows in _chunks(prog, st):
+        binds = [(w.storage, r0 * row), b, out]
+        if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
+            name = "matvec_rows" if prog.rt.cpu else "matmul"
+            groups = (-(-rows // 64), -(-t // (MAX_T_MATVEC if prog.rt.cpu else 64)), 1)
+            push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])
+            out_.append(dispatch(name, spec, binds, "<9I", push, groups, [w, b], [out]))
+            continue
+        for t0 in range(0, t, MAX_T_MATVEC):
+            groups = prog.grid(-(-rows // MATVEC_ROWS))
+            push = (k, row, rows, min(MAX_T_MATVEC, t - t0), (b.offset + t0 * k) // 4,
+                    out.offset + r0 + t0 * m, m, round16, groups[0])  # fmt: skip
+            out_.append(dispatch("matvec", spec, binds, "<9I", push, groups, [w, b], [out]))
+    return out_
+
+
+def _residual(d: Dispatch, y: View | None, r0: int) -> None:
+    """The residual y added in the mat-vec's epilogue."""
+    if y is not None:
+        d.bindings[4] = (y.storage, 0)
+        d.push = (*d.push[:7], d.push[7] | 1, y.offset + r0, *d.push[9:])
+        d.reads.append(y.storage)
+
+
+def mmvq(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """The integer mat-vec on q8 blocks another dispatch wrote."""
+    w, out, p = st.ins[0], st.out, st.params
+    k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
+    q8, qs = _q8(st, t * k)
+    name = "matvec_q8" + ("_dot" if prog.rt.int_dot else "") + ("_rows" if prog.rt.cpu else "")
+    out_ = []
+    for r0, rows in _chunks(prog, st):
+        if prog.rt.cpu:
+            groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1)
+        else:
+            groups = prog.grid(-(-rows // MATVEC_ROWS))
+        push = (k, row, rows, t, out.offset + r0, m, groups[0], 0, 0)
+        out_.append(dispatch(name, (TYPE_CODES[p["type"]],),
+                             [(w.storage, r0 * row), q8, (q8, qs), out, out], "<9I", push,
+                             groups, [w, q8], [out]))  # fmt: skip
+        _residual(out_[-1], st.ins[1] if len(st.ins) > 1 else None, r0)
+    return out_
+
+
+def mmvp(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """matvec_q8p: the integer mat-vec whose workgroups make their q8 blocks in a prologue, and
+    may rope its rows and write them into cache rows in its epilogue."""
+    w, out, p = st.ins[0], st.out, st.params
+    k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
+    pro, x, y = p["pro"], p["a"], p["b"]
+    name = "matvec_q8p" + ("_dot" if prog.rt.int_dot else "")
+    out_ = []
+    for r0, rows in _chunks(prog, st):
+        groups = prog.grid(max(1, min(-(-rows // PROLOGUE_ROWS), PROLOGUE_WGS)))
+        push = (k, row, rows, t, out.offset + r0, m, groups[0], 0, 0, pro["mode"], x.offset,
+                y.offset, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0),
+                groups[0] * groups[1], *(0,) * 9, 1.0)  # fmt: skip
+        out_.append(dispatch(name, (TYPE_CODES[p["type"]],),
+                             [(w.storage, r0 * row), *[out] * 4, x, y, *[out] * 4], Q8P_PUSH,
+                             push, groups, [w, x, y], [out]))  # fmt: skip
+        _residual(out_[-1], p["residual"], r0)
+    if "rope" in p or "cache" in p:
+        _epilogue(prog, out_[0], st)
+    return out_
+
+
+def _epilogue(prog: VulkanProgram, d: Dispatch, st: Step) -> None:
+    """Rope the rows (emode 1) and/or write them into cache rows (emode 2, 4: an f16 cache)."""
+    p, push = st.params, list(d.push)
+    if "rope" in p:  # emode, eo, width, dim, n_dims, opos, off, oi, has_factors, attn_factor
+        r, pos, factors = p["rope"], p["pos"], p["factors"]
+        table, f = prog.rope_table(r), factors or pos
+        d.bindings[7:10] = [(pos.storage, 0), (table, 0), (f.storage, 0)]
+        d.reads += [pos.storage, table, f.storage]
+        push[Q8P_EMODE : Q8P_EMODE + 10] = (
+            1,
+            0,
+            0,
+            r["dim"],
+            r["n_dims"],
+            pos.offset,
+            f.offset,
+            0,
+            int(factors is not None),
+            r["attn_factor"],
+        )
+    else:
+        push[Q8P_EMODE + 3] = 2  # dim: any even number
+    if "cache" in p:
+        dst, ids = p["cache"], p["ids"]
+        width = math.prod(dst.shape[1:])
+        emode = push[Q8P_EMODE] | 2 | (4 if dst.dtype == F16 else 0)
+        push[Q8P_EMODE : Q8P_EMODE + 3] = (emode, dst.offset, width)
+        push[Q8P_EMODE + 7] = ids.offset
+        d.bindings[3], d.bindings[10] = (dst.storage, 0), (ids.storage, 0)
+        d.reads.append(ids.storage)
+        d.writes = [dst.storage]
+    d.push = tuple(push)
+
+
+def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """flash_attn (split over the KV length, the parts merged by attn_combine or by the
+    prologues of the mat-vecs reading them) or lavapipe's per-row flash_attn_rows."""
+    q, k, v = st.ins[:3]
+    mask = st.ins[3] if len(st.ins) > 3 else None
+    (t, hq, dk), (s, hkv, dv) = q.shape, v.shape
+    splits, chunk, out = st.params["splits"], st.params["chunk"], st.out
+    rows = attn_rows(prog.rt.cpu, s, max(dk, dv))
+    flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
+    m = mask or q
+    dst = View.whole(st.temps[0], (t * hq * splits * (dv + 2),), F32) if st.temps else out
+    groups = prog.grid(-(-(t * hq) // 16) if rows else t * hq * splits)
+    spec = () if rows else (dk, dv, int(k.dtype == F16), int(v.dtype == F16))
+    push = (dk, dv, s, hq, hkv, t, q.offset, k.offset, v.offset, m.offset, dst.offset,
+            k.strides[0], v.strides[0], flags, st.params["scale"], st.params["softcap"],
+            groups[0], *(() if rows else (splits, chunk)))  # fmt: skip
+    out_ = [
+        dispatch(
+            "flash_attn_rows" if rows else "flash_attn",
+            spec,
+            [q, k, v, m, dst],
+            "<14I2fI" if rows else "<14I2f3I",
+            push,
+            groups,
+            [q, k, v, m],
+            [dst],
+        )
+    ]
+    if splits > 1 and not st.params.get("parts"):
+        qb: list[Binding] = [out, out]
+        writes: list[View | Storage] = [out]
+        if "q8" in st.params:
+            q8, qs = _q8(st, out.n)
+            qb = [q8, (q8, qs)]
+            writes.append(q8)
+        groups = prog.grid(-(-(t * hq * dv // (4 if "q8" in st.params else 1)) // 256))
+        push = (dv, splits, t * hq, dst.offset, out.offset, groups[0], int("q8" in st.params))
+        out_.append(dispatch("attn_combine", (), [dst, out, *qb], "<7I", push, groups, [dst],
+                             writes))  # fmt: skip
+    return out_
+
+
+LAUNCHES: dict[str, Callable[[VulkanProgram, Step], list[Dispatch]]] = {
+    **dict.fromkeys(ELTWISE, eltwise), "quant_q8": quant_q8, "get_rows_w": get_rows,
+    "get_rows_f32": get_rows, "set_rows": set_rows, "norm": norm, "norm_q8": norm,
+    "soft_max": soft_max, "argmax": argmax, "rope": rope, "mm_act": mm_act, "mmv": mat_vec,
+    "gemm": mat_vec, "mmvq": mmvq, "mmvp": mmvp, "fattn": fattn,
+}  # fmt: skip

@@ -1,0 +1,170 @@
+"""What the Vulkan shaders take, and the steps they run (llmrt.lower's step lowering).
+
+Weight products of the q8_0 family run on q8 activations (matvec_q8, all token rows on
+lavapipe's per-row kernels, up to MAX_T_MATVEC on the GPU kernels); on the GPU kernels a norm, a
+swiglu or split attention read only by such mat-vecs is left to their prologues, and their
+ropes and KV-cache writes to their epilogues (matvec_q8p: llmrt.lower.prologue). Element-wise
+ops read strided operands as they are. Measurements behind the constants are in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import Graph, Op, Tensor
+from llmrt.ir.graph import contiguous_strides
+from llmrt.lower import passes, prologue
+from llmrt.lower.steps import (
+    LOWERINGS,
+    Plan,
+    Step,
+    StepLowering,
+    count_reads,
+    liveness,
+    lower_steps,
+)
+from llmrt.lower.view import View
+
+F32, F16 = GGMLType.F32, GGMLType.F16
+MAX_T_MATVEC = 8
+ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
+ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's per-row kernel
+PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
+# Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
+# values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
+# others keep a producer dispatch that writes q8 blocks: the prologue is a serial chain of loads
+# and barriers, which costs wide activations (the 8B) more than the barrier stages it saves.
+PROLOGUE_FLOATS = 20480
+PROLOGUE_SMALL = 2048
+# weight types the integer mat-vec takes (q8_0 activations in ggml): matvec_q8.comp
+Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+ELEMENTWISE = {Op.ADD: ("binary", 0), Op.MUL: ("binary", 1), Op.SCALE: ("unary", 0),
+               Op.SILU: ("unary", 1), Op.GELU: ("unary", 2), Op.SWIGLU: ("glu", 0),
+               Op.GEGLU: ("glu", 1)}  # fmt: skip
+
+
+def q8_mat_vec(node: Tensor, cpu: bool) -> bool:
+    """Whether a MUL_MAT node goes through the integer mat-vec (matvec_q8.comp)."""
+    a, b = node.srcs[:2]
+    if a.op is not Op.WEIGHT or a.dtype not in Q8_TYPES or len(a.shape) != 2:
+        return False
+    t = math.prod(b.shape) // a.shape[1]
+    return a.shape[1] % 32 == 0 and b.dtype == F32 and (cpu or t <= MAX_T_MATVEC)
+
+
+def fusable(node: Tensor, cpu: bool) -> bool:
+    """Which fused nodes (llmrt.lower.fuse) the kernels take: a norm with an f32 weight
+    (norm.comp), an integer mat-vec adding a contiguous f32 residual in its epilogue."""
+    if node.op in (Op.RMS_NORM, Op.NORM):
+        x, w = node.srcs
+        return x.dtype == F32 and w.op is Op.WEIGHT and w.dtype == F32 and w.strides == (1,)
+    y = node.srcs[2]
+    return (
+        q8_mat_vec(node, cpu) and y.dtype == F32 and y.shape == node.shape
+        and y.strides == contiguous_strides(y.shape)
+    )  # fmt: skip
+
+
+def prologue_fits(mv: Step, reads: int) -> bool:
+    """Whether q8 mat-vec step `mv` can make its q8 blocks in a prologue reading `reads` f32
+    values per activation value (matvec_q8p)."""
+    m, k, t = mv.params["m"], mv.params["k"], mv.params["t"]
+    return (
+        mv.params["type"] in Q8_TYPES and t * k // 32 <= PROLOGUE_BLOCKS
+        and min(m, t * k) <= PROLOGUE_SMALL and reads * t * k <= PROLOGUE_FLOATS
+    )  # fmt: skip
+
+
+def attn_rows(cpu: bool, s: int, d: int) -> bool:
+    """Whether attention takes the per-row kernel (lavapipe's): only for caches of at most
+    ATTN_ROWS_MAX elements a head, past which lavapipe computes it wrong (nondeterministic
+    garbage from about 42k: Gemma 3's 256-wide heads reach that at 164 cells)."""
+    return cpu and s * d <= ATTN_ROWS_MAX
+
+
+def attn_splits(cpu: bool, t: int, hq: int, s: int, d: int) -> tuple[int, int]:
+    """Parts of the KV length that attention is split into, and keys per part: on the GPU
+    kernels some 512 workgroups in all, parts of at least 32 keys (one workgroup per head
+    would walk its keys serially)."""
+    if attn_rows(cpu, s, d):
+        return 1, -(-s // 128) * 128
+    splits = max(1, min(-(-s // 32), -(-512 // (t * hq)), ATTN_MAX_SPLITS))
+    per = -(-s // splits)
+    chunk = -(-per // 32) * 32
+    return -(-s // chunk), chunk  # none left empty
+
+
+def _noting_strided(lower: Callable[[StepLowering, Tensor], View]):
+    """The step remembers whether its operands were copied first (no fusing then)."""
+
+    def lowering(lo: StepLowering, node: Tensor) -> View:
+        strided = not all(lo.of(s).contiguous for s in node.srcs)
+        out = lower(lo, node)
+        lo.steps[-1].params["strided"] = strided
+        return out
+
+    return lowering
+
+
+def _lowerings(cpu: bool) -> dict[Op, Callable[[StepLowering, Tensor], View]]:
+    def elementwise(kind: str, code: int) -> Callable[[StepLowering, Tensor], View]:
+        return lambda lo, n: lo.out(n, kind, [lo.of(s) for s in n.srcs], op=code,
+                                    scale=n.params.get("scale", 0.0))  # fmt: skip
+
+    def attention(lo: StepLowering, n: Tensor) -> View:
+        q, k, v = lo.c(n.srcs[0]), lo.of(n.srcs[1]), lo.of(n.srcs[2])
+        k, v = (x if x.strides[1:] == (x.shape[2], 1) else lo.contiguous(x) for x in (k, v))
+        (t, hq, dk), (s, _, dv) = q.shape, v.shape
+        splits, chunk = attn_splits(cpu, t, hq, s, max(dk, dv))
+        out = lo.out(n, "fattn", [q, k, v, *(lo.c(m) for m in n.srcs[3:])], splits=splits,
+                     chunk=chunk, scale=n.params["scale"], softcap=n.params["softcap"])  # fmt: skip
+        if splits > 1:  # the parts, merged by attn_combine
+            lo.steps[-1].temps = [lo.storage("arena", 4 * t * hq * splits * (dv + 2))]
+        return out
+
+    return {
+        **{op: elementwise(kind, code) for op, (kind, code) in ELEMENTWISE.items()},
+        **{op: _noting_strided(LOWERINGS[op]) for op in (Op.RMS_NORM, Op.NORM, Op.ROPE)},
+        Op.FLASH_ATTN_EXT: attention,
+    }
+
+
+def _writes_q8(p: Step) -> bool:
+    """Producers that write their output as q8 blocks as well: a norm, a swiglu (by
+    quantize_q8.comp), split attention's merge."""
+    if "q8" in p.params:
+        return False
+    if p.op == "glu":
+        return p.params["op"] == 0 and all(
+            v.dtype == F32 and v.shape == p.out.shape and v.contiguous and v.offset % 4 == 0
+            for v in p.ins
+        )  # fmt: skip
+    return p.op == "norm" or (p.op == "fattn" and p.params["splits"] > 1)
+
+
+def lower(graph: Graph, cpu: bool, max_range: int) -> Plan:
+    """Steps for `graph` on lavapipe's per-row kernels (`cpu`) or the GPU's; a weight of more
+    than `max_range` bytes is read through several bindings."""
+    max_t = (1 << 30) if cpu else MAX_T_MATVEC
+    plan, lo = lower_steps(graph, lambda n: fusable(n, cpu), lambda dtype: max_t,
+                           _lowerings(cpu), act_align=4)  # fmt: skip
+    steps = plan.steps
+
+    def reads(storage, skip=None) -> int:
+        return count_reads(steps, plan.outputs, storage, skip)
+
+    if not cpu:
+        steps[:] = prologue.producers_in_prologues(steps, reads, prologue_fits)
+    plain = None if cpu else lambda mv: prologue_fits(mv, 1)
+    steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES, _writes_q8, plain)
+    for i, st in enumerate(steps):  # the others make q8 blocks of their activations themselves
+        if st.op == "mmv" and st.params["type"] in Q8_TYPES:
+            steps[i] = prologue.prologue_step(st, {"mode": 1}, st.ins[1], st.ins[1])
+    if not cpu:
+        one = lambda mv: mv.params["row_bytes"] * mv.params["m"] <= max_range  # noqa: E731
+        steps[:] = prologue.epilogues(steps, reads, one)
+    steps[:] = prologue.rope_into_cache(steps, reads)
+    liveness(steps, plan.outputs)
+    return plan
