@@ -325,7 +325,7 @@ class VulkanDevice(Device):
 
     def supports_op(self, node: Any) -> bool:
         from llmrt.ir import Op
-        from llmrt_vulkan.ops import supports
+        from llmrt_vulkan.lower import supports
 
         if not supports(node):
             return False

@@ -29,7 +29,6 @@ PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE varia
 PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
-Q8P_EMODE = 16  # index of emode in them
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -232,88 +231,64 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     return out_
 
 
-def _residual(d: Dispatch, y: View | None, r0: int) -> None:
-    """The residual y added in the mat-vec's epilogue."""
-    if y is not None:
-        d.bindings[4] = (y.storage, 0)
-        d.push = (*d.push[:7], d.push[7] | 1, y.offset + r0, *d.push[9:])
-        d.reads.append(y.storage)
-
-
-def mmvq(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    """The integer mat-vec on q8 blocks another dispatch wrote."""
+def int_mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """The integer mat-vec: on q8 blocks another dispatch wrote (mmvq: matvec_q8), or making
+    them in its prologue (mmvp: matvec_q8p, which may also rope its rows and write them into
+    cache rows); a residual added in the epilogue."""
     w, out, p = st.ins[0], st.out, st.params
     k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
-    q8, qs = _q8(st, t * k)
-    name = "matvec_q8" + ("_dot" if prog.rt.int_dot else "") + ("_rows" if prog.rt.cpu else "")
+    pro, cpu, dot = p.get("pro"), prog.rt.cpu, "_dot" if prog.rt.int_dot else ""
+    y = p["residual"] if pro is not None else st.ins[1] if len(st.ins) > 1 else None
+    extra = [y] if y is not None else []
     out_ = []
     for r0, rows in _chunks(prog, st):
-        if prog.rt.cpu:
-            groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1)
-        else:
-            groups = prog.grid(-(-rows // MATVEC_ROWS))
-        push = (k, row, rows, t, out.offset + r0, m, groups[0], 0, 0)
-        out_.append(dispatch(name, (TYPE_CODES[p["type"]],),
-                             [(w.storage, r0 * row), q8, (q8, qs), out, out], "<9I", push,
-                             groups, [w, q8], [out]))  # fmt: skip
-        _residual(out_[-1], st.ins[1] if len(st.ins) > 1 else None, r0)
-    return out_
-
-
-def mmvp(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    """matvec_q8p: the integer mat-vec whose workgroups make their q8 blocks in a prologue, and
-    may rope its rows and write them into cache rows in its epilogue."""
-    w, out, p = st.ins[0], st.out, st.params
-    k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
-    pro, x, y = p["pro"], p["a"], p["b"]
-    name = "matvec_q8p" + ("_dot" if prog.rt.int_dot else "")
-    out_ = []
-    for r0, rows in _chunks(prog, st):
+        mv = (w.storage, r0 * row)
+        res = (int(y is not None), y.offset + r0 if y is not None else 0)
+        if pro is None:
+            q8, qs = _q8(st, t * k)
+            groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1) if cpu else prog.grid(
+                -(-rows // MATVEC_ROWS))  # fmt: skip
+            push = (k, row, rows, t, out.offset + r0, m, groups[0], *res)
+            out_.append(dispatch("matvec_q8" + dot + ("_rows" if cpu else ""),
+                                 (TYPE_CODES[p["type"]],), [mv, q8, (q8, qs), out, y or out],
+                                 "<9I", push, groups, [w, q8, *extra], [out]))  # fmt: skip
+            continue
+        x, b = p["a"], p["b"]
+        binds, epi, reads, writes = _epilogue(prog, st)
         groups = prog.grid(max(1, min(-(-rows // PROLOGUE_ROWS), PROLOGUE_WGS)))
-        push = (k, row, rows, t, out.offset + r0, m, groups[0], 0, 0, pro["mode"], x.offset,
-                y.offset, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0),
-                groups[0] * groups[1], *(0,) * 9, 1.0)  # fmt: skip
-        out_.append(dispatch(name, (TYPE_CODES[p["type"]],),
-                             [(w.storage, r0 * row), *[out] * 4, x, y, *[out] * 4], Q8P_PUSH,
-                             push, groups, [w, x, y], [out]))  # fmt: skip
-        _residual(out_[-1], p["residual"], r0)
-    if "rope" in p or "cache" in p:
-        _epilogue(prog, out_[0], st)
+        push = (k, row, rows, t, out.offset + r0, m, groups[0], *res, pro["mode"], x.offset,
+                b.offset, pro.get("dv", 1), pro.get("splits", 1), pro.get("eps", 0.0),
+                groups[0] * groups[1], *epi)  # fmt: skip
+        out_.append(dispatch("matvec_q8p" + dot, (TYPE_CODES[p["type"]],),
+                             [mv, out, out, binds[0], y or out, x, b, *binds[1:]], Q8P_PUSH, push,
+                             groups, [w, x, b, *extra, *reads], writes))  # fmt: skip
     return out_
 
 
-def _epilogue(prog: VulkanProgram, d: Dispatch, st: Step) -> None:
-    """Rope the rows (emode 1) and/or write them into cache rows (emode 2, 4: an f16 cache)."""
-    p, push = st.params, list(d.push)
-    if "rope" in p:  # emode, eo, width, dim, n_dims, opos, off, oi, has_factors, attn_factor
+def _epilogue(prog: VulkanProgram, st: Step) -> tuple[list[Binding], list[Any], list, list]:
+    """matvec_q8p's epilogue: bindings 3 and 7-10, push constants (emode, eo, width, dim,
+    n_dims, opos, off, oi, has_factors, attn_factor), what else it reads, what it writes.
+    emode 1 ropes the rows, 2 writes them into cache rows (4: an f16 cache)."""
+    p, out = st.params, st.out
+    binds: list[Binding] = [out] * 5
+    epi: list[Any] = [0] * 9 + [1.0]
+    reads: list[View | Storage] = []
+    if "rope" in p:
         r, pos, factors = p["rope"], p["pos"], p["factors"]
         table, f = prog.rope_table(r), factors or pos
-        d.bindings[7:10] = [(pos.storage, 0), (table, 0), (f.storage, 0)]
-        d.reads += [pos.storage, table, f.storage]
-        push[Q8P_EMODE : Q8P_EMODE + 10] = (
-            1,
-            0,
-            0,
-            r["dim"],
-            r["n_dims"],
-            pos.offset,
-            f.offset,
-            0,
-            int(factors is not None),
-            r["attn_factor"],
-        )
-    else:
-        push[Q8P_EMODE + 3] = 2  # dim: any even number
-    if "cache" in p:
-        dst, ids = p["cache"], p["ids"]
-        width = math.prod(dst.shape[1:])
-        emode = push[Q8P_EMODE] | 2 | (4 if dst.dtype == F16 else 0)
-        push[Q8P_EMODE : Q8P_EMODE + 3] = (emode, dst.offset, width)
-        push[Q8P_EMODE + 7] = ids.offset
-        d.bindings[3], d.bindings[10] = (dst.storage, 0), (ids.storage, 0)
-        d.reads.append(ids.storage)
-        d.writes = [dst.storage]
-    d.push = tuple(push)
+        binds[1:4] = [pos, table, f]
+        reads += [pos, table, f]
+        epi = [1, 0, 0, r["dim"], r["n_dims"], pos.offset, f.offset, 0, int(factors is not None),
+               r["attn_factor"]]  # fmt: skip
+    elif "cache" in p:
+        epi[3] = 2  # dim: any even number
+    if "cache" not in p:
+        return binds, epi, reads, [out]
+    dst, ids = p["cache"], p["ids"]
+    binds[0], binds[4] = dst, ids
+    epi[0] |= 2 | (4 if dst.dtype == F16 else 0)
+    epi[1], epi[2], epi[7] = dst.offset, math.prod(dst.shape[1:]), ids.offset
+    return binds, epi, [*reads, ids], [dst]
 
 
 def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
@@ -362,5 +337,5 @@ LAUNCHES: dict[str, Callable[[VulkanProgram, Step], list[Dispatch]]] = {
     **dict.fromkeys(ELTWISE, eltwise), "quant_q8": quant_q8, "get_rows_w": get_rows,
     "get_rows_f32": get_rows, "set_rows": set_rows, "norm": norm, "norm_q8": norm,
     "soft_max": soft_max, "argmax": argmax, "rope": rope, "mm_act": mm_act, "mmv": mat_vec,
-    "gemm": mat_vec, "mmvq": mmvq, "mmvp": mmvp, "fattn": fattn,
+    "gemm": mat_vec, "mmvq": int_mat_vec, "mmvp": int_mat_vec, "fattn": fattn,
 }  # fmt: skip

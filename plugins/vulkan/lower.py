@@ -1,4 +1,5 @@
-"""What the Vulkan shaders take, and the steps they run (llmrt.lower's step lowering).
+"""What the Vulkan shaders take (``supports``, the answer behind ``supports_op``), and the steps
+they run (llmrt.lower's step lowering).
 
 Weight products of the q8_0 family run on q8 activations (matvec_q8, all token rows on
 lavapipe's per-row kernels, up to MAX_T_MATVEC on the GPU kernels); on the GPU kernels a norm, a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
@@ -27,7 +29,14 @@ from llmrt.lower.steps import (
 )
 from llmrt.lower.view import View
 
-F32, F16 = GGMLType.F32, GGMLType.F16
+F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
+# weight types the shaders read in their ggml blocks (quant.glsl)
+BLOCK_TYPES = frozenset({
+    F32, F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1,
+    GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+})  # fmt: skip
+FLOATS = (F32, F16)
+MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
 ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's per-row kernel
@@ -43,6 +52,44 @@ Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1
 ELEMENTWISE = {Op.ADD: ("binary", 0), Op.MUL: ("binary", 1), Op.SCALE: ("unary", 0),
                Op.SILU: ("unary", 1), Op.GELU: ("unary", 2), Op.SWIGLU: ("glu", 0),
                Op.GEGLU: ("glu", 1)}  # fmt: skip
+
+
+def supports(node: Any) -> bool:
+    """Whether the shaders compute `node` (its operands' types and shapes)."""
+    op, srcs = node.op, node.srcs
+    if op in (Op.WEIGHT, Op.INPUT, Op.STATE):
+        return True
+    if op in (Op.VIEW, Op.RESHAPE, Op.PERMUTE):
+        return len(node.shape) <= 4
+    if op in ELEMENTWISE or op in (Op.CONT, Op.CPY):
+        return len(node.shape) <= 4 and all(s.dtype in FLOATS for s in srcs)
+    if op in (Op.RMS_NORM, Op.NORM, Op.SOFT_MAX, Op.ARGMAX):
+        return all(s.dtype == F32 for s in srcs)
+    if op is Op.ROPE:
+        return node.shape[2] % 2 == 0 and all(s.dtype in (F32, I32) for s in srcs)
+    if op is Op.GET_ROWS:
+        table = srcs[0]
+        ok = table.dtype in BLOCK_TYPES if table.op is Op.WEIGHT else table.dtype in FLOATS
+        return ok and node.shape[1] % 4 == 0
+    if op is Op.SET_ROWS:
+        dst, _, src = srcs
+        width = math.prod(dst.shape[1:])
+        return dst.dtype in FLOATS and src.dtype == F32 and (dst.dtype == F32 or width % 2 == 0)
+    if op is Op.MUL_MAT:
+        a, b = srcs
+        if b.dtype != F32:
+            return False
+        if a.op is Op.WEIGHT and len(a.shape) == 2:
+            return a.dtype in BLOCK_TYPES and a.shape[1] % 4 == 0
+        return a.dtype in FLOATS
+    if op is Op.FLASH_ATTN_EXT:
+        q, k, v = srcs[:3]
+        return (
+            q.dtype == F32 and k.dtype in FLOATS and v.dtype in FLOATS
+            and q.shape[2] <= MAX_HEAD_DIM and v.shape[2] <= MAX_HEAD_DIM
+            and q.shape[2] % 2 == 0
+        )  # fmt: skip
+    return False
 
 
 def q8_mat_vec(node: Tensor, cpu: bool) -> bool:

@@ -147,12 +147,11 @@ class VulkanProgram(Executable):
         """Each output's span is copied into a host buffer at the end, unless it is already in
         cached host memory. Device-local memory that the host can map (a discrete GPU's
         resizable BAR) is uncached: reading logits from it costs milliseconds a step."""
-        self.out_plan: list[tuple[str, View, int, int, int]] = []  # name, ref, lo, hi, host off
+        self.out_plan: list[tuple[str, View, int]] = []  # name, view (contiguous), host offset
         out_size = 0
         for name, ref in self.outputs.items():
-            lo, hi = ref.span()
-            self.out_plan.append((name, ref, lo, hi, out_size))
-            out_size += -(-((hi - lo) * ITEMSIZE[ref.dtype]) // ALIGN) * ALIGN
+            self.out_plan.append((name, ref, out_size))
+            out_size += -(-(ref.n * ITEMSIZE[ref.dtype]) // ALIGN) * ALIGN
         copy_out = staged or not all(
             (self._buffer_of(ref.storage) or self.rt.dummy).cached for ref in self.outputs.values()
         )
@@ -216,10 +215,10 @@ class VulkanProgram(Executable):
         self._record_dispatches(cb, pipelines, sets, barrier)
         if self.outputs_host is not None:
             barrier(COMPUTE, TRANSFER, SHADER_WRITE, TRANSFER_READ)
-            for _, ref, lo, hi, host_off in self.out_plan:
+            for _, ref, host_off in self.out_plan:
                 size = ITEMSIZE[ref.dtype]
-                region = vk.VkBufferCopy(srcOffset=ref.storage.offset + lo * size,
-                                         dstOffset=host_off, size=(hi - lo) * size)  # fmt: skip
+                region = vk.VkBufferCopy(srcOffset=ref.storage.offset + ref.offset * size,
+                                         dstOffset=host_off, size=ref.n * size)  # fmt: skip
                 vk.vkCmdCopyBuffer(cb, self._buffer_of(ref.storage).handle,
                                    self.outputs_host.handle, 1, [region])  # fmt: skip
             barrier(TRANSFER, HOST, TRANSFER_WRITE, HOST_READ)
@@ -305,34 +304,24 @@ class VulkanProgram(Executable):
         return None
 
     def output_buffer(self, name: str) -> DeviceBuffer | None:
-        """Where a contiguous output is after a run: its copy in host memory, or its storage."""
-        for out, ref, lo, _, host_off in self.out_plan:
-            if out != name or self.device is None or not ref.contiguous or lo != ref.offset:
-                continue
-            if self.outputs_host is not None:
-                buf, offset = self.outputs_host, host_off
-            else:
-                buf, offset = (
-                    self._buffer_of(ref.storage),
-                    ref.storage.offset + lo * ITEMSIZE[ref.dtype],
-                )
-            return VulkanState(self.device, self.rt, buf, ref.shape, ref.dtype, offset)
+        """Where an output is after a run: its copy in host memory, or its storage."""
+        for out, ref, host_off in self.out_plan:
+            if out == name and self.device is not None:
+                buf, offset = self._output_at(ref, host_off)
+                return VulkanState(self.device, self.rt, buf, ref.shape, ref.dtype, offset)
         return None
+
+    def _output_at(self, ref: View, host_off: int) -> tuple[Buffer, int]:
+        """The buffer and byte offset of an output after a run."""
+        if self.outputs_host is not None:
+            return self.outputs_host, host_off
+        return self._buffer_of(ref.storage), ref.storage.offset + ref.offset * ITEMSIZE[ref.dtype]
 
     def _read_outputs(self, names: Collection[str] | None = None) -> dict[str, Any]:
         result = {}
-        for name, ref, lo, hi, host_off in self.out_plan:
-            if names is not None and name not in names:
-                continue
-            size = ITEMSIZE[ref.dtype]
-            if self.outputs_host is not None:
-                raw = self.outputs_host.host[host_off : host_off + (hi - lo) * size]
-            else:
-                start = ref.storage.offset + lo * size
-                raw = self._buffer_of(ref.storage).host[start : start + (hi - lo) * size]
-            flat = raw.view(NP_TYPES[ref.dtype])
-            strided = np.lib.stride_tricks.as_strided(
-                flat[ref.offset - lo :], ref.shape, [s * size for s in ref.strides]
-            )
-            result[name] = np.array(strided)
+        for name, ref, host_off in self.out_plan:
+            if names is None or name in names:
+                buf, start = self._output_at(ref, host_off)
+                raw = buf.host[start : start + ref.n * ITEMSIZE[ref.dtype]]
+                result[name] = raw.view(NP_TYPES[ref.dtype]).reshape(ref.shape).copy()
         return result
