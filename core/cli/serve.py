@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +32,14 @@ Opt = typer.Option
 
 def serve(
     model: ModelOpt = None,
-    host: Annotated[str, Opt("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        Opt(
+            "--host",
+            help="Addresses to listen on, comma-separated (IPv4, IPv6, or UNIX socket paths "
+            "ending in .sock); with several TCP addresses, :: is IPv6 only.",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, Opt("--port", help="Port to listen on.")] = 8080,
     ctx_size: Annotated[
         int, Opt("-c", "--ctx-size", help="Context size of all slots together; 0: the model's.")
@@ -144,6 +154,24 @@ def serve(
         Path | None,
         Opt("--slot-save-path", help="Folder for /slots/{id}?action=save|restore files."),
     ] = None,
+    kv_unified: Annotated[
+        bool,
+        Opt(
+            "-kvu",
+            "--kv-unified/--no-kv-unified",
+            help="The slots share one pool of -c cells, each may fill it; when a step finds no "
+            "room, every active request fails (llama-server's --kv-unified).",
+        ),
+    ] = False,
+    cache_ram: Annotated[
+        int,
+        Opt(
+            "-cram",
+            "--cache-ram",
+            help="Host-memory prompt cache in MiB: prompts of slots about to be overwritten, "
+            "loaded again for a request that shares them (-1: no limit, 0: off).",
+        ),
+    ] = 8192,
     replicas: Annotated[
         int,
         Opt(
@@ -175,6 +203,10 @@ def serve(
     check_arg("-np", parallel, parallel >= 1, "a slot count >= 1")
     check_arg("--queue-size", queue_size, queue_size >= 0, "a request count >= 0")
     check_arg("--port", port, 0 <= port <= 65535, "a TCP port, 0 to 65535")
+    check_arg("--cache-ram", cache_ram, cache_ram >= -1, "MiB >= 0, or -1 for no limit")
+    hosts = parse_hosts(host)
+    if port == 0 and sum(not h.endswith(".sock") for h in hosts) > 1:
+        raise UsageError("--port 0 is not supported with several TCP addresses in --host")
     from llmrt.sampling import SamplingParams
 
     check_common(top_k=top_k)
@@ -203,9 +235,11 @@ def serve(
         cors_origins=cors_origins, queue_size=queue_size, alias=alias, tags=tags, ui=ui,
         metrics=metrics, slots_endpoint=slots, embedding=embedding, pooling=pooling,
         slot_save_path=str(slot_save_path) if slot_save_path is not None else None,
-        context_shift=context_shift,
+        context_shift=context_shift, kv_unified=kv_unified, cache_ram_mib=cache_ram,
     )  # fmt: skip
     if replicas or ray_address or min_replicas is not None or max_replicas is not None:
+        if len(hosts) > 1 or hosts[0].endswith(".sock"):
+            raise UsageError("--replicas serves on one TCP address: give --host one")
         _serve_on_ray(settings, replicas, ray_address, min_replicas, max_replicas)
         return
     failed: list[str] = []
@@ -215,9 +249,11 @@ def serve(
         print(f"llmrt: error: cannot load the model: {message}", file=sys.stderr)
         server.should_exit = True
 
+    where = ", ".join(address_url(h, port) for h in hosts)
+
     def on_ready(model) -> None:
-        print(f"llmrt: {model.path.name} loaded on {model.device.id}; ready at "
-              f"http://{host}:{port}", file=sys.stderr)  # fmt: skip
+        print(f"llmrt: {model.path.name} loaded on {model.device.id}; ready at {where}",
+              file=sys.stderr)  # fmt: skip
         if verbose:
             print(f"llmrt: {placement(model)}", file=sys.stderr)
             for line in graph_report(model):
@@ -231,13 +267,86 @@ def serve(
     app = create_app(settings, on_load_error=on_load_error, on_ready=on_ready)
     # h11 writes header names as given (httptools lowers them): clients that look up
     # llama-server's names (Access-Control-Allow-Origin, ...) case-sensitively find them
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            http="h11")  # fmt: skip
-    server = uvicorn.Server(config)
-    print(f"llmrt: listening on http://{host}:{port} (loading the model)", file=sys.stderr)
-    server.run()
+    config = uvicorn.Config(app, host=hosts[0], port=port, log_level="warning",
+                            access_log=False, http="h11")  # fmt: skip
+    # several addresses (or a UNIX socket): bound here, all served by the one server
+    sockets = bind_sockets(hosts, port) if len(hosts) > 1 or hosts[0].endswith(".sock") else None
+    server = _uvicorn_server(config, sockets or [])
+    print(f"llmrt: listening on {where} (loading the model)", file=sys.stderr)
+    server.run(sockets=sockets)
     if failed:
         raise SystemExit(1)
+
+
+def _uvicorn_server(config, sockets: list[socket.socket]):
+    """uvicorn's server, removing its UNIX socket files when it shuts down (uvicorn raises the
+    signal that stopped it again after shutdown, so nothing after run() would)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            try:
+                await super().shutdown(sockets)
+            finally:
+                for path in files:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+
+    files = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]  # before closing
+    return Server(config)
+
+
+def parse_hosts(value: str) -> list[str]:
+    """--host as llama-server reads it: comma-separated addresses, blanks dropped; an IPv6
+    address may be written in brackets."""
+    hosts = [h.strip() for h in value.split(",")]
+    hosts = [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts if h]
+    if not hosts:
+        raise UsageError("--host requires at least one address")
+    return hosts
+
+
+def address_url(host: str, port: int) -> str:
+    if host.endswith(".sock"):
+        return f"unix://{host}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def bind_sockets(hosts: list[str], port: int) -> list[socket.socket]:
+    """A listening socket for each address (llama-server's: with several TCP addresses, an
+    IPv6 one is IPv6 only, so that :: and 0.0.0.0 can both be given)."""
+    n_tcp = sum(not h.endswith(".sock") for h in hosts)
+    sockets: list[socket.socket] = []
+    try:
+        for host in hosts:
+            if host.endswith(".sock"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(host)
+                sock.bind(host)
+            else:
+                try:
+                    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                              flags=socket.AI_PASSIVE)  # fmt: skip
+                except socket.gaierror as exc:
+                    raise UsageError(f"--host: cannot resolve {host}: {exc.strerror}") from None
+                family, kind, proto, _, addr = info[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and n_tcp > 1:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(addr)
+                except OSError as exc:
+                    sock.close()
+                    raise UsageError(f"--host: cannot listen on {address_url(host, port)}: "
+                                     f"{exc.strerror}") from None  # fmt: skip
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _serve_on_ray(settings, replicas: int, address: str | None, low: int | None,

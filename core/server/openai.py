@@ -112,7 +112,12 @@ def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
     thinking = {"enable_thinking": state.settings.reasoning != "off"}
     kwargs = {**thinking, **state.settings.chat_template_kwargs, **req.chat_template_kwargs}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("messages", "add_generation_prompt")}
-    kwargs.setdefault("date_string", time.strftime("%d %b %Y"))  # Llama 3.x templates read it
+    # llama-server's extra template variables: Llama 3.x templates read date_string,
+    # firefunction-v2's datetime; its functions is the tools' JSON, as llama.cpp's own
+    # firefunction-v2 handler wrote it ("" without tools, as llama-server's Jinja joins it)
+    kwargs.setdefault("date_string", time.strftime("%d %b %Y"))
+    kwargs.setdefault("datetime", time.strftime("%b %d %Y"))
+    kwargs.setdefault("functions", json.dumps(tools.tools, indent=2) if tools.active else "")
     if tools.active and tools.format != "generic":  # the template writes them its own way
         kwargs["tools"] = tools.tools
     try:

@@ -11,6 +11,17 @@ the longest common prefix (`cache_prompt`) and evaluates only the rest. A reques
 slot waits in a bounded queue; a full queue is refused (the app answers 503). A request whose
 client went away is cancelled: its slot is freed at the start of the next step.
 
+With `kv_unified` (llama-server's --kv-unified) every slot may hold the whole cache: the slots
+share one pool of `n_ctx` cells. When a step's tokens do not fit in the free cells, the caches of
+idle slots are dropped one at a time; when they still do not fit, every active request fails with
+"Context size has been exceeded." (a 500) and its cells are freed: the pool is aborted as a whole,
+as llama-server's update_slots() does when a one-token batch finds no room.
+
+With a prompt cache (`cache_ram_mib`, llama-server's --cache-ram, PR 16391), a slot about to lose
+most of what it holds (chosen by LRU, or keeping less than half of its cached tokens) saves its
+tokens and KV rows to host memory first, and takes the cached prompt that shares the most with the
+new request, if one keeps at least a quarter of itself and beats what the slot holds.
+
 Slot actions (`/slots/{id}?action=save|restore|erase`) run on the scheduler thread between steps,
 once their slot is idle (llama-server defers them the same way).
 
@@ -167,6 +178,84 @@ class Slot:
 
 
 @dataclass
+class CachedPrompt:
+    """A prompt in the host-memory prompt cache: its tokens and its KV cache rows."""
+
+    tokens: list[int]
+    pos: np.ndarray
+    rows: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return self.pos.nbytes + sum(r.nbytes for r in self.rows.values())
+
+
+class PromptCache:
+    """llama-server's server_prompt_cache: prompts of slots that were about to be overwritten,
+    oldest first, within `limit_bytes` (0: no limit) and `limit_tokens` (0: no limit; raised to
+    what the byte limit holds at the entries' average size)."""
+
+    def __init__(self, limit_mib: int, limit_tokens: int) -> None:
+        self.limit_bytes = 0 if limit_mib < 0 else limit_mib * 1024 * 1024
+        self.limit_tokens = limit_tokens
+        self.states: list[CachedPrompt] = []
+
+    def size(self) -> int:
+        return sum(st.nbytes for st in self.states)
+
+    def n_tokens(self) -> int:
+        return sum(len(st.tokens) for st in self.states)
+
+    def save(self, tokens: list[int], read: Any) -> bool:
+        """Add a prompt (its rows from `read()`) unless the cache already holds all of it;
+        cached prompts it contains are dropped, the oldest make room."""
+        if not tokens:
+            return False
+        if any(common_prefix(st.tokens, tokens) == len(tokens) for st in self.states):
+            return False
+        pos, rows = read()
+        entry = CachedPrompt(list(tokens), pos, rows)
+        if self.limit_bytes and entry.nbytes > self.limit_bytes:
+            log.warning("prompt cache: a %d-token prompt (%.1f MiB) exceeds the limit; not kept",
+                        len(tokens), entry.nbytes / 2**20)  # fmt: skip
+            return False
+        self.states = [st for st in self.states
+                       if common_prefix(st.tokens, tokens) != len(st.tokens)]  # fmt: skip
+        while self.states and self.limit_bytes and self.size() + entry.nbytes > self.limit_bytes:
+            self.states.pop(0)
+        self.states.append(entry)
+        return True
+
+    def take(self, held: list[int], prompt: list[int]) -> CachedPrompt | None:
+        """The cached prompt to load instead of what a slot holds (`held`) for `prompt`: the
+        one that keeps more of itself and covers more of the prompt than `held`, and keeps at
+        least a quarter of itself; it leaves the cache."""
+        lcp = common_prefix(held, prompt)
+        keep_best = lcp / len(held) if held else -1.0  # an empty slot: any entry wins
+        sim_best = lcp / max(1, len(prompt))
+        best = None
+        for st in self.states:
+            n = common_prefix(st.tokens, prompt)
+            keep, sim = n / len(st.tokens), n / max(1, len(prompt))
+            if keep >= 0.25 and keep > keep_best and sim > sim_best:
+                keep_best, sim_best, best = keep, sim, st
+        if best is not None:
+            self.states.remove(best)
+        return best
+
+    def update(self) -> None:
+        """Drop the oldest prompts beyond the limits."""
+        while self.states and self.limit_bytes and self.size() > self.limit_bytes:
+            self.states.pop(0)
+        per_token = max(1.0, self.size() / max(1, self.n_tokens()))
+        limit = self.limit_tokens
+        if self.limit_bytes:
+            limit = max(limit, int(self.limit_bytes / per_token))
+        while self.states and self.limit_tokens and self.n_tokens() > limit:
+            self.states.pop(0)
+
+
+@dataclass
 class Metrics:
     """Counters for /metrics (llama-server's names)."""
 
@@ -213,12 +302,18 @@ class Scheduler:
         queue_size: int = 64,
         n_predict_max: int = -1,
         context_shift: bool = False,
+        kv_unified: bool = False,
+        cache_ram_mib: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = model.tokenizer
         n_parallel = max(1, n_parallel)
         self.ctx = Context(model, n_ctx=n_ctx, n_ubatch=min(512, n_batch))
+        self.kv_unified = kv_unified
         self.n_ctx_slot = self.ctx.n_ctx // n_parallel
+        if kv_unified:  # one slot may fill the pool (llama.cpp's n_ctx_seq), up to n_ctx_train
+            self.n_ctx_slot = min(self.ctx.n_ctx, model.hp.n_ctx_train or self.ctx.n_ctx)
+        self.prompt_cache = PromptCache(cache_ram_mib, self.ctx.n_ctx) if cache_ram_mib else None
         self.slots = [Slot(i, self.n_ctx_slot) for i in range(n_parallel)]
         self.n_batch = n_batch
         self.queue_size = queue_size
@@ -322,8 +417,59 @@ class Scheduler:
             except LlmrtError as exc:  # a grammar that cannot run: this request fails alone
                 task.emit("error", {"message": str(exc)})
                 continue
+            if self.prompt_cache is not None and task.pooling is None:
+                self._update_prompt_cache(slot, task.prompt)
             self._launch(slot, task, sampler)
         self.waiting = kept
+
+    def _update_prompt_cache(self, slot: Slot, prompt: list[int]) -> None:
+        """--cache-ram, as llama-server's get_available_slot(): a slot that keeps less than half
+        of what it holds for this prompt (or shares under a tenth of the prompt, as a slot
+        picked by LRU does) saves it to the prompt cache, then loads the cached prompt that
+        serves this one better, if any."""
+        lcp = common_prefix(slot.cache, prompt)
+        if slot.cache and lcp / max(1, len(prompt)) > 0.1 and lcp / len(slot.cache) >= 0.5:
+            return
+        cache = self.prompt_cache
+        if cache.save(slot.cache, lambda: self.ctx.read_seq(slot.id)):
+            log.info("slot %d: %d tokens saved to the prompt cache (%d prompts, %.1f MiB)",
+                     slot.id, len(slot.cache), len(cache.states), cache.size() / 2**20)  # fmt: skip
+        best = cache.take(slot.cache, prompt)
+        if best is not None:
+            try:
+                self.ctx.write_seq(slot.id, best.pos, best.rows)
+                slot.cache = best.tokens
+                log.info("slot %d: %d tokens loaded from the prompt cache", slot.id,
+                         len(best.tokens))  # fmt: skip
+            except LlmrtError:  # no room for it: the slot starts empty
+                self.ctx.remove(slot.id)
+                slot.cache = []
+        cache.update()
+
+    def _room(self, active: list[Slot]) -> bool:
+        """--kv-unified: make room in the shared pool for this step's tokens (each generating
+        slot's, then prompt chunks up to the batch size) by dropping idle slots' caches; when
+        that is not enough, fail every active request and free its cells (False)."""
+        n_gen = sum(1 for s in active if not s.pending and s.last >= 0)
+        need = n_gen + min(max(0, self.n_batch - n_gen), sum(len(s.pending) for s in active))
+        idle = [s for s in self.slots if not s.busy and s.cache]
+        while need > self.ctx.n_free and idle:
+            slot = idle.pop(0)
+            log.warning("slot %d: purged (%d tokens) to make room in the KV cache", slot.id,
+                        len(slot.cache))  # fmt: skip
+            self.ctx.remove(slot.id)
+            slot.cache = []
+        if need <= self.ctx.n_free:
+            return True
+        message = "Context size has been exceeded."
+        log.error("%s %d tokens for %d cells free", message, need, self.ctx.n_free)
+        for slot in self.slots:
+            if slot.busy:
+                slot.task.emit("error", {"message": message})
+                self._release(slot)
+                self.ctx.remove(slot.id)
+                slot.cache = []
+        return False
 
     def _run_actions(self) -> None:
         """Run the slot actions whose slot is idle; the others wait for a later step."""
@@ -452,6 +598,8 @@ class Scheduler:
             full = len(slot.cache) + 1 >= slot.n_ctx
             if self.context_shift and full and not slot.pending and slot.last >= 0:
                 self._shift(slot)
+        if self.kv_unified and not self._room(active):
+            return
         for slot in active:  # generating slots first: one token each
             if not slot.pending and slot.last >= 0:
                 tokens.append(slot.last)

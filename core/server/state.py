@@ -24,7 +24,7 @@ class ServerSettings:
     model: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    n_ctx: int = 4096  # all slots together; each gets n_ctx // n_parallel
+    n_ctx: int = 4096  # all slots together; each gets n_ctx // n_parallel (all: kv_unified)
     n_parallel: int = 1
     n_batch: int = 512
     n_predict: int = -1  # the tokens a request that names no count generates; -1: no limit
@@ -51,6 +51,10 @@ class ServerSettings:
     pooling: str | None = None  # none, mean, cls or last; None: the GGUF's, else mean
     context_shift: bool = False  # a full slot drops old tokens and goes on (--context-shift)
     slot_save_path: str | None = None  # the folder of /slots/{id}?action=save|restore files
+    kv_unified: bool = False  # the slots share one pool of n_ctx cells (--kv-unified)
+    # host-memory prompt cache in MiB (--cache-ram; -1: no limit). `llmrt serve` defaults to
+    # llama-server's 8192; an app made here has none unless asked
+    cache_ram_mib: int = 0
 
 
 class ApiError(Exception):
@@ -136,6 +140,8 @@ class State:
                 n_batch=s.n_batch,
                 queue_size=s.queue_size,
                 context_shift=s.context_shift,
+                kv_unified=s.kv_unified,
+                cache_ram_mib=s.cache_ram_mib,
             )
             _ = model.tokenizer  # read the vocabulary now, not on the first request
             self.model = model

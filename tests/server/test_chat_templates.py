@@ -174,3 +174,26 @@ def test_serve_rejects_bad_template_flags(args, message):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+FIREFUNCTION = (  # how fireworks-ai's llama-3-firefunction-v2 template reads its variables
+    "{%- set suffix = 'Available functions as JSON spec:' + '\\n' + functions -%}"
+    "{%- set suffix = suffix + '\\nToday is ' + datetime + '.' -%}"
+    "{{ suffix }}{% for m in messages %}|{{ m.content }}{% endfor %}"
+)
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("tools", [None, [], [TOOL]])
+def test_firefunction_template_variables(live_server, tools):
+    import datetime
+
+    srv = live_server(n_ctx=256, chat_template=FIREFUNCTION)
+    body = {"messages": [{"role": "user", "content": "What is today?"}], "tools": tools}
+    r = httpx.post(srv.url + "/apply-template", json=body)
+    assert r.status_code == 200, r.text
+    prompt = r.json()["prompt"]
+    assert f"Today is {datetime.date.today().strftime('%b %d %Y')}." in prompt
+    assert prompt.endswith("|What is today?")
+    assert ('"name": "get_weather"' in prompt) == bool(tools)  # the tools' JSON, when given
