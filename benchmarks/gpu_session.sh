@@ -12,7 +12,12 @@
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
-# Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer.
+#   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B shape on cuda:0 and vulkan:0
+# Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer, and a
+# clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
+# with these folders linked in) when uncommitted work must not travel. An ignored folder that a
+# call does not carry was gone at the next call (2026-12-05): carry each one every time it is
+# read, and the model parts set aside in /tmp/parts are what persists on the warm machine.
 set -u
 stage=${1:-check}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/parts
@@ -107,6 +112,13 @@ models)
         | sed "s/^/$dev /" | tee -a $OUT/bench-models.log
     done
     bash .peer/device_bench.sh bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench-models.log
+  done
+  ;;
+depth)
+  synth llama32-1b q4_0
+  for dev in cuda:0 vulkan:0; do
+    timeout 55 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
+      --device $dev 2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/depth.log
   done
   ;;
 esac
