@@ -225,6 +225,28 @@ _ATTENTION_CHUNKS = 64
 
 
 @inline
+def _key_score(lanes: np.ndarray, query: np.ndarray, key: np.ndarray, scale: float,
+               softcap: float) -> float:  # fmt: skip
+    """q·k·scale, soft-capped: the products in 16 running sums (`lanes`, on the caller's stack:
+    vectorized), then the 16 in order, then the elements past the last whole 16."""
+    d = key.shape[0]
+    for lane in range(16):
+        lanes[lane] = 0.0
+    for i0 in range(0, d - d % 16, 16):
+        for lane in range(16):
+            lanes[lane] += query[i0 + lane] * key[i0 + lane]
+    score = _F32(0.0)
+    for lane in range(16):
+        score += lanes[lane]
+    for i in range(d - d % 16, d):
+        score += query[i] * key[i]
+    score *= scale
+    if softcap != 0.0:
+        score = np.tanh(score / softcap) * softcap
+    return score
+
+
+@inline
 def _attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
     softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
@@ -263,19 +285,7 @@ def _attention(
                     continue
                 _widen_row(key, k[s, kv_head], table)
                 for g in range(group):
-                    for lane in range(16):
-                        lanes[lane] = 0.0
-                    for i0 in range(0, d - d % 16, 16):
-                        for lane in range(16):
-                            lanes[lane] += queries[g, i0 + lane] * key[i0 + lane]
-                    score = _F32(0.0)
-                    for lane in range(16):
-                        score += lanes[lane]
-                    for i in range(d - d % 16, d):
-                        score += queries[g, i] * key[i]
-                    score *= scale
-                    if softcap != 0.0:
-                        score = np.tanh(score / softcap) * softcap
+                    score = _key_score(lanes, queries[g], key, scale, softcap)
                     if has_mask:
                         score += mask[t, s]
                     scores[g, s] = score
@@ -430,3 +440,78 @@ def attention_serial(
     less than a parallel region (SmolLM2, 40 cells of 256: 19.6 us on one thread, 22.5 split
     over two; by query head instead, 41 and 51)."""
     _attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+
+
+LONG_CELLS = 512  # from this many cells one token's attention is split over the threads
+_CELLS_A_CHUNK = 256
+
+
+@pjit
+def attention_long(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
+    softcap: float, f16_cache: bool, table: np.ndarray, out: np.ndarray,
+) -> None:  # fmt: skip
+    """What `attention_serial` computes for one token, to the bit, split over the threads for a
+    long cache, in three parallel steps that keep every sum in its order: the scores by (cache
+    head, chunk of cells); the probabilities by query head (each head's total in cell order);
+    the weighted sums of values by (cache head, 32 or 64 output columns), each column over the cells
+    in order. Only the cells the token sees are read."""
+    _, hq, d = q.shape
+    s_count, hkv, dv = v.shape
+    group = hq // hkv
+    cells = np.empty(s_count, dtype=np.int64)
+    n_cells = 0
+    for s in range(s_count):
+        if not (has_mask and mask[0, s] == -np.inf):
+            cells[n_cells] = s
+            n_cells += 1
+    queries = np.empty((hq, d), dtype=np.float32)
+    for h in range(hq):
+        for i in range(d):
+            queries[h, i] = round_f16(q[0, h, i]) if f16_cache else q[0, h, i]
+    n_chunks = -(-n_cells // _CELLS_A_CHUNK)
+    probs = np.empty((hq, n_cells), dtype=np.float32)  # the scores, then the probabilities
+    peaks = np.full((hq, max(n_chunks, 1)), -np.inf, dtype=np.float32)
+    for item in prange(hkv * n_chunks):
+        kv_head, chunk = item // n_chunks, item % n_chunks
+        lanes = numba.carray(_lanes(), 16)
+        key = np.empty(d, dtype=np.float32)
+        for cell in range(chunk * _CELLS_A_CHUNK, min(n_cells, (chunk + 1) * _CELLS_A_CHUNK)):
+            s = cells[cell]
+            _widen_row(key, k[s, kv_head], table)
+            for g in range(group):
+                h = kv_head * group + g
+                score = _key_score(lanes, queries[h], key, scale, softcap)
+                if has_mask:
+                    score += mask[0, s]
+                probs[h, cell] = score
+                peaks[h, chunk] = max(peaks[h, chunk], score)
+    for h in prange(hq):
+        peak = np.float32(-np.inf)
+        for chunk in range(n_chunks):
+            peak = max(peak, peaks[h, chunk])
+        total = _F32(0.0)
+        for cell in range(n_cells):
+            weight = np.exp(probs[h, cell] - peak)
+            probs[h, cell] = weight
+            total += weight
+        for cell in range(n_cells):
+            p = probs[h, cell] / total
+            probs[h, cell] = round_f16_unit(p) if f16_cache else p
+    columns = 32 if dv <= 64 else 64  # a part's per-cell overhead against enough parts to share
+    n_parts = -(-dv // columns)
+    for item in prange(hkv * n_parts):
+        kv_head, part = item // n_parts, item % n_parts
+        i0 = part * columns
+        width = min(columns, dv - i0)
+        acc = np.zeros((group, columns), dtype=np.float32)
+        values = np.empty(width, dtype=np.float32)
+        for cell in range(n_cells):
+            _widen_row(values, v[cells[cell], kv_head, i0 : i0 + width], table)
+            for g in range(group):
+                p = probs[kv_head * group + g, cell]
+                for i in range(width):
+                    acc[g, i] += p * values[i]
+        for g in range(group):
+            for i in range(width):
+                out[0, kv_head * group + g, i0 + i] = acc[g, i]

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numba
 import numpy as np
 
 from llmrt import reference
@@ -175,7 +176,9 @@ def _flash_attn_ext(node: Tensor, shared: Lowering) -> Step | None:
         t = q.shape[0]
         k, v = _cache_operand(k), _cache_operand(v)
         common = (mask, has_mask, scale, softcap, f16_cache, quant.F16_TO_F32)
-        if t == 1:
+        if t == 1 and k.shape[0] >= kernels.LONG_CELLS and numba.get_num_threads() > 1:
+            kernels.attention_long(q, k, v, *common, out)
+        elif t == 1:
             kernels.attention_serial(q, k, v, *common, out)
         else:
             keys_t, values = kernels.attention_scratch(t, k.shape, v.shape)

@@ -100,8 +100,11 @@ def _attend(
     softcap: float, f16_cache: bool, table: np.ndarray, keys_t: np.ndarray, values: np.ndarray,
     out: np.ndarray,
 ) -> None:  # fmt: skip
-    """Attention on the calling thread for one token, split over the threads for more."""
-    if q.shape[0] == 1:
+    """Attention on the calling thread for one token over a short cache, split over the threads
+    for more tokens or a long cache."""
+    if q.shape[0] == 1 and k.shape[0] >= kernels.LONG_CELLS and numba.get_num_threads() > 1:
+        kernels.attention_long(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
+    elif q.shape[0] == 1:
         kernels.attention_serial(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
     else:
         kernels.attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, keys_t,

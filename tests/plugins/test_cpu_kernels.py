@@ -335,6 +335,36 @@ def test_attention_matches_the_reference(t, hq, hkv, s, d, cache, softcap, maske
     np.testing.assert_array_equal(out, one_by_one)
 
 
+@pytest.mark.parametrize(
+    "hq,hkv,s,d", [(9, 3, 1500, 64), (4, 1, 700, 256), (6, 2, 1029, 60), (8, 8, 520, 80)]
+)
+@pytest.mark.parametrize("cache", [T.F16, T.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("softcap", [0.0, 30.0])
+@pytest.mark.parametrize("masked", [True, False])
+def test_long_cache_attention_split_over_threads_gives_the_same_bits(hq, hkv, s, d, cache,
+                                                                     softcap, masked):  # fmt: skip
+    """One token over a long cache (decoding deep in a context): attention_long, split over the
+    threads, computes what attention_serial computes on one, to the bit."""
+    rng = np.random.default_rng(s + d)
+    dtype = np.float16 if cache == T.F16 else np.float32
+    q = rng.uniform(-1, 1, (1, hq, d)).astype(np.float32) * 3
+    k = ops._cache_operand(rng.uniform(-1, 1, (s, hkv, d)).astype(dtype))
+    v = ops._cache_operand(rng.uniform(-1, 1, (s, hkv, d)).astype(dtype))
+    mask = np.zeros((1, s), np.float32)
+    if masked:  # cells of other sequences and a few biases, as a batch's mask has
+        mask[0, rng.random(s) < 0.3] = -np.inf
+        mask[0, 7] = -0.5
+    args = (mask if masked else ops._NO_MASK, masked, 1 / math.sqrt(d), softcap,
+            cache == T.F16, quant.F16_TO_F32)  # fmt: skip
+    serial, split = np.empty((1, hq, d), np.float32), np.full((1, hq, d), np.nan, np.float32)
+    kernels.attention_serial(q, k, v, *args, serial)
+    for threads in (1, 2):
+        jit.set_threads(threads)
+        kernels.attention_long(q, k, v, *args, split)
+        np.testing.assert_array_equal(split, serial)
+    jit.set_threads(None)
+
+
 # ---- the device: lowering, threads, compile note ------------------------------------------------
 
 
