@@ -98,11 +98,11 @@ def _check_ids(ids: np.ndarray, stop: int) -> None:
 def _attend(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
     softcap: float, f16_cache: bool, table: np.ndarray, keys_t: np.ndarray, values: np.ndarray,
-    out: np.ndarray,
+    out: np.ndarray, threaded: bool,
 ) -> None:  # fmt: skip
     """Attention on the calling thread for one token over a short cache, split over the threads
-    for more tokens or a long cache."""
-    if q.shape[0] == 1 and k.shape[0] >= kernels.LONG_CELLS and numba.get_num_threads() > 1:
+    for more tokens, or for a long cache when the step runs on more than one thread."""
+    if q.shape[0] == 1 and k.shape[0] >= kernels.LONG_CELLS and threaded:
         kernels.attention_long(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
     elif q.shape[0] == 1:
         kernels.attention_serial(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
@@ -114,10 +114,12 @@ def _attend(
 @jit
 def run_tape(
     code: np.ndarray, reals: np.ndarray, tables: np.ndarray, freqs: np.ndarray,
-    f16_table: np.ndarray, gelu_table: np.ndarray,
+    f16_table: np.ndarray, gelu_table: np.ndarray, threaded: bool,
 ) -> None:  # fmt: skip
     """Run the instructions of `code` [N, WIDTH] (parameters in `reals` [N, 4], weight row tables
-    in `tables`, rope frequencies in `freqs`) in order; every operand address is live memory."""
+    in `tables`, rope frequencies in `freqs`) in order; every operand address is live memory.
+    `threaded`: the step runs on more than one thread (numba's count is read outside: reading it
+    in here is a ctypes call, which would keep numba from caching this kernel on disk)."""
     for n in range(code.shape[0]):
         c = code[n]
         op = c[0]
@@ -215,11 +217,11 @@ def run_tape(
             if c[11] != 0:
                 k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
                 _attend(q, k16, v16, mask, has_mask, scale, softcap, True, f16_table, keys_t,
-                        values, out)  # fmt: skip
+                        values, out, threaded)  # fmt: skip
             else:
                 k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
                 _attend(q, k32, v32, mask, has_mask, scale, softcap, False, f16_table, keys_t,
-                        values, out)  # fmt: skip
+                        values, out, threaded)  # fmt: skip
         elif op == GLU:  # kind gate up rows k out
             gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
             out = _floats(c[6], c[4], c[5])
@@ -645,7 +647,8 @@ class Tape:
         _, code, input_views, output_views = relocated
         for key, view in input_views:
             view[...] = np.asarray(inputs[key]).reshape(view.shape)
-        run_tape(code, self.reals, self.tables, self.freqs, quant.F16_TO_F32, kernels.GELU_F16)
+        run_tape(code, self.reals, self.tables, self.freqs, quant.F16_TO_F32, kernels.GELU_F16,
+                 numba.get_num_threads() > 1)  # fmt: skip
         return {name: view.copy() for name, view in output_views}
 
     def _relocate(self, arena: np.ndarray) -> tuple[Any, np.ndarray, list, list]:

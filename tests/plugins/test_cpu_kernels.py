@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -576,6 +578,27 @@ def test_compile_note_is_printed_once_for_our_kernels(capsys, monkeypatch):
     listener.on_end(Event("llmrt_cpu.quant"))
     assert slp == numba.config.SLP_VECTORIZE
     assert capsys.readouterr().err == jit.COMPILE_NOTE + "\n"
+
+
+def test_every_kernel_a_model_runs_is_cached_on_disk(tiny_gguf_with_vocab):
+    """A kernel numba cannot cache (one reading a ctypes pointer or a large global array) is
+    compiled again by every process: tens of seconds before the first token. A model run on two
+    threads, a prompt, decode steps over a short and a long cache, with numba's cache warnings
+    as errors."""
+    script = f"""
+import warnings
+from numba.core.errors import NumbaWarning
+warnings.simplefilter("error", NumbaWarning)
+from llmrt import engine
+ctx = engine.load({str(tiny_gguf_with_vocab)!r}, device="cpu", threads=2).context(n_ctx=1024)
+ctx.eval(list(range(1, 40)))
+ctx.eval([5])
+ctx.eval([(i * 7) % 60 + 1 for i in range(600)])
+ctx.eval([5])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # ---- Q4_0 / Q4_1 decode products on blocks repacked 8 rows at a time ----------------------------
