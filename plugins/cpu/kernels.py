@@ -442,7 +442,7 @@ def attention_serial(
     _attention(q, k, v, mask, has_mask, scale, softcap, f16_cache, table, out)
 
 
-LONG_CELLS = 512  # from this many cells one token's attention is split over the threads
+LONG_CELLS = 1024  # from this many cells one token's attention is split over the threads
 _CELLS_A_CHUNK = 256
 
 
