@@ -5,9 +5,14 @@ tests/conftest.py.)"""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -19,6 +24,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], log_dir: Path, timeout: float = 90) -> Iterator[str]:
+    """`llmrt serve ARGS --port P` in a process of its own (its output in log_dir/serve.log),
+    ready when /health answers 200; yields its URL and stops it on leaving."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llmrt", "serve", "--port", str(port), *args]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_dir / "serve.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 class LiveServer:

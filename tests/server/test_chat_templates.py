@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
-from server_helpers import free_port
+from server_helpers import free_port, serve_process
 
 from llmrt.server.chat import BUILTIN_TEMPLATES, resolve_template
 from llmrt.tokenizer.chat import render_chat_template
@@ -139,28 +137,12 @@ def test_verbose_only_when_asked(llama3):
 def test_serve_template_flags(smollm2_path, tmp_path):
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}[{{ m.role }}|{{ m.content }}|{{ x }}]{% endfor %}")
-    port = free_port()
-    cmd = [sys.executable, "-m", "llmrt", "serve", "-m", str(smollm2_path), "--port", str(port),
-           "-c", "64", "--device", "cpu", "--chat-template-file", str(template),
-           "--chat-template-kwargs", '{"x": 7}']  # fmt: skip
-    with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            body = {"messages": [{"role": "user", "content": "hi"}]}
-            r = httpx.post(url + "/apply-template", json=body)
-            assert r.json() == {"prompt": "[user|hi|7]"}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    args = ["-m", str(smollm2_path), "-c", "64", "--device", "cpu", "--chat-template-file",
+            str(template), "--chat-template-kwargs", '{"x": 7}']  # fmt: skip
+    with serve_process(args, tmp_path) as url:
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(url + "/apply-template", json=body)
+        assert r.json() == {"prompt": "[user|hi|7]"}
 
 
 @pytest.mark.parametrize(

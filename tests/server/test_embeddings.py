@@ -4,16 +4,14 @@ give the model's pooled final hidden states, as the engine computes them alone."
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
-from server_helpers import free_port, reference_tokens
+from server_helpers import free_port, reference_tokens, serve_process
 
 PROMPT = "I believe the meaning of life is"
 
@@ -145,27 +143,11 @@ def test_without_embedding_the_routes_say_how_to_get_them(server):
 
 
 def test_serve_embeddings_and_pooling_flags(smollm2_path, model, tmp_path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "llmrt", "serve", "-m", str(smollm2_path), "--port", str(port),
-           "-c", "128", "--device", "cpu", "--embeddings", "--pooling", "last"]  # fmt: skip
-    with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            r = httpx.post(url + "/v1/embeddings", json={"input": PROMPT}, timeout=120)
-            vector = r.json()["data"][0]["embedding"]
-            np.testing.assert_allclose(vector, engine_embedding(model, PROMPT, "last"),
-                                       atol=1e-5)  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    bad = subprocess.run([*cmd[:-1], "rank"], capture_output=True, text=True, timeout=60)
+    args = ["-m", str(smollm2_path), "-c", "128", "--device", "cpu", "--embeddings", "--pooling"]
+    with serve_process([*args, "last"], tmp_path) as url:
+        r = httpx.post(url + "/v1/embeddings", json={"input": PROMPT}, timeout=120)
+        vector = r.json()["data"][0]["embedding"]
+        np.testing.assert_allclose(vector, engine_embedding(model, PROMPT, "last"), atol=1e-5)
+    cmd = [sys.executable, "-m", "llmrt", "serve", "--port", str(free_port()), *args]
+    bad = subprocess.run([*cmd, "rank"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--pooling" in bad.stderr and "Traceback" not in bad.stderr

@@ -3,14 +3,13 @@ name no value, and what /props and generation_settings report."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
-from server_helpers import free_port
+from server_helpers import free_port, serve_process
 
 from llmrt.sampling import SamplingParams
 
@@ -84,33 +83,18 @@ def test_metrics_only_when_asked(tuned):
 
 
 def test_serve_flags_reach_props(smollm2_path, tmp_path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "llmrt", "serve", "-m", str(smollm2_path), "--port", str(port),
-           "-c", "64", "--device", "cpu", "--seed", "77", "--temp", "0.3", "--top-k", "5",
-           "--top-p", "0.5", "--min-p", "0.2", "--repeat-penalty", "1.3", "-n", "4"]  # fmt: skip
-    with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            props = httpx.get(url + "/props").json()["default_generation_settings"]["params"]
-            assert (props["seed"], props["temperature"], props["top_k"]) == (77, 0.3, 5)
-            assert (props["top_p"], props["min_p"], props["repeat_penalty"]) == (0.5, 0.2, 1.3)
-            assert props["n_predict"] == 4
-            assert httpx.get(url + "/metrics").status_code == 501
-            # header names as llama-server spells them (for clients that compare them exactly)
-            r = httpx.get(url + "/health", headers={"Origin": "http://x.org"})
-            assert (b"Access-Control-Allow-Origin", b"http://x.org") in r.headers.raw
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    args = ["-m", str(smollm2_path), "-c", "64", "--device", "cpu", "--seed", "77", "--temp",
+            "0.3", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.2", "--repeat-penalty", "1.3",
+            "-n", "4"]  # fmt: skip
+    with serve_process(args, tmp_path) as url:
+        props = httpx.get(url + "/props").json()["default_generation_settings"]["params"]
+        assert (props["seed"], props["temperature"], props["top_k"]) == (77, 0.3, 5)
+        assert (props["top_p"], props["min_p"], props["repeat_penalty"]) == (0.5, 0.2, 1.3)
+        assert props["n_predict"] == 4
+        assert httpx.get(url + "/metrics").status_code == 501
+        # header names as llama-server spells them (for clients that compare them exactly)
+        r = httpx.get(url + "/health", headers={"Origin": "http://x.org"})
+        assert (b"Access-Control-Allow-Origin", b"http://x.org") in r.headers.raw
 
 
 def test_serve_rejects_a_bad_default():
