@@ -28,7 +28,13 @@ MainGpuOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ThreadsOption = Annotated[
-    int, typer.Option("-t", "--threads", help="CPU threads for the kernels; 0: the physical cores.")
+    int,
+    typer.Option(
+        "-t",
+        "--threads",
+        help="CPU threads for the kernels; 0: the physical cores, decode steps on fewer when "
+        "that is faster at the moment.",
+    ),
 ]
 VerboseOption = Annotated[
     bool, typer.Option("--verbose", help="Where each layer runs; tracebacks of errors.")
