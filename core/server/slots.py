@@ -463,12 +463,7 @@ class Scheduler:
             return True
         message = "Context size has been exceeded."
         log.error("%s %d tokens for %d cells free", message, need, self.ctx.n_free)
-        for slot in self.slots:
-            if slot.busy:
-                slot.task.emit("error", {"message": message})
-                self._release(slot)
-                self.ctx.remove(slot.id)
-                slot.cache = []
+        self._fail_active(message)
         return False
 
     def _run_actions(self) -> None:
@@ -856,9 +851,16 @@ class Scheduler:
         """A decode failed: tell every active request and drop the slots' caches."""
         self.error = message
         with self.cond:
-            for slot in self.slots:
-                if slot.busy:
-                    slot.task.emit("error", {"message": message})
-                    self._release(slot)
-                self.ctx.remove(slot.id)
-                slot.cache = []
+            self._fail_active(message, drop_idle=True)
+
+    def _fail_active(self, message: str, drop_idle: bool = False) -> None:
+        """Tell every active request `message`, free its slot and drop its cache (and the idle
+        slots' caches too with drop_idle)."""
+        for slot in self.slots:
+            if slot.busy:
+                slot.task.emit("error", {"message": message})
+                self._release(slot)
+            elif not drop_idle:
+                continue
+            self.ctx.remove(slot.id)
+            slot.cache = []
