@@ -20,13 +20,10 @@ from llmrt.server import schemas as S
 from llmrt.server.generation import (
     Result,
     events,
-    make_tasks,
-    n_predict_of,
     results,
-    submit,
     tokens_of,
 )
-from llmrt.server.openai import chat_prompt, message_of, task_options
+from llmrt.server.openai import chat_prompt, message_of, start_chat
 from llmrt.server.slots import Task
 from llmrt.server.state import ApiError, State
 
@@ -208,16 +205,11 @@ def add_routes(app: FastAPI, state: State) -> None:
     async def messages(body: MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API."""
         req = chat_request(body)
-        text, tools = chat_prompt(state, req)
-        prompt = tokens_of(state, text)
-        options = await task_options(state, req, None, tools)
-        n_predict = n_predict_of(state, req.max_tokens)
-        tasks = make_tasks(state, req, [prompt], n_predict, S.stop_list(req.stop), 1, **options)
-        submit(state, tasks)
+        tasks = await start_chat(state, req, S.stop_list(req.stop))
         head = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                 "model": state.alias}  # fmt: skip
         if req.stream:
-            return StreamingResponse(_stream(state, tasks[0], head, len(prompt)),
+            return StreamingResponse(_stream(state, tasks[0], head, len(tasks[0].prompt)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})  # fmt: skip
         done = await results(state, tasks, request)

@@ -20,7 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrt.errors import LlmrtError
 from llmrt.server import anthropic, embeddings, infill, native, openai, responses
-from llmrt.server.state import ApiError, ServerSettings, State, error_response, log
+from llmrt.server.state import (
+    ERROR_TYPES,
+    ApiError,
+    ServerSettings,
+    State,
+    error_response,
+    log,
+)
 
 __all__ = ["ServerSettings", "create_app"]
 
@@ -28,15 +35,6 @@ __all__ = ["ServerSettings", "create_app"]
 PUBLIC = {"/", "/health", "/v1/health", "/models", "/v1/models", "/openapi.json", "/docs"}
 # Paths that answer while the model loads.
 WHILE_LOADING = {"/", "/health", "/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
-
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    501: "not_supported_error",
-    503: "unavailable_error",
-}
 
 
 class _Asgi:

@@ -94,6 +94,18 @@ def add_routes(app: FastAPI, state: State) -> None:
         return JSONResponse({"input_tokens": n})
 
 
+async def start_chat(state: State, req: Any, stop: list[str]) -> list[Task]:
+    """One completion of a chat request as the other APIs take it (Anthropic's Messages,
+    OpenAI's Responses): its template's prompt, tools and sampling, submitted to the scheduler."""
+    text, tools = chat_prompt(state, req)
+    prompt = tokens_of(state, text)
+    options = await task_options(state, req, None, tools)
+    n_predict = n_predict_of(state, req.max_tokens)
+    tasks = make_tasks(state, req, [prompt], n_predict, stop, 1, **options)
+    submit(state, tasks)
+    return tasks
+
+
 def chat_prompt(state: State, req: S.ChatMessages) -> tuple[str, ToolRequest]:
     """The chat template's text for a request, and its tools. A final assistant message is
     continued unless the request says otherwise (llama-server's assistant prefill)."""

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field, ValidationError
 
 from llmrt.server import schemas as S
-from llmrt.server.generation import events, make_tasks, n_predict_of, results, submit, tokens_of
-from llmrt.server.openai import chat_prompt, task_options
+from llmrt.server.generation import events, results
+from llmrt.server.openai import start_chat
 from llmrt.server.slots import Task
 from llmrt.server.state import ApiError, State
 
@@ -104,12 +104,7 @@ def add_routes(app: FastAPI, state: State) -> None:
     async def responses(body: ResponsesRequest, request: Request) -> Response:
         """OpenAI's Responses API, text only."""
         req = chat_request(body)
-        text, tools = chat_prompt(state, req)
-        prompt = tokens_of(state, text)
-        options = await task_options(state, req, None, tools)
-        n_predict = n_predict_of(state, req.max_tokens)
-        tasks = make_tasks(state, req, [prompt], n_predict, [], 1, **options)
-        submit(state, tasks)
+        tasks = await start_chat(state, req, [])
         head = {"id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response",
                 "created_at": int(time.time()), "model": state.alias}  # fmt: skip
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"

@@ -114,7 +114,7 @@ class CPUProgram(reference.ReferenceProgram, Executable):
         try:
             from llmrt_cpu import jit, ops, tape
         except ImportError:  # no numba: the reference as it is
-            self._apply_threads = lambda: None
+            self._apply_threads = lambda n=None: None
             self._governor = lambda: None
             return
         self._apply_threads = jit.apply_threads
@@ -138,16 +138,15 @@ class CPUProgram(reference.ReferenceProgram, Executable):
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        self._apply_threads()
+        execute = self.tape.run if self.tape is not None else super().run
         governor = self._governor()
         if governor is None:
-            return self.tape.run(inputs) if self.tape is not None else super().run(inputs)
-        import numba
-
+            self._apply_threads()
+            return execute(inputs)
         n = governor.choose()
-        numba.set_num_threads(n)
+        self._apply_threads(n)
         start = time.perf_counter()
-        result = self.tape.run(inputs) if self.tape is not None else super().run(inputs)
+        result = execute(inputs)
         governor.record(n, time.perf_counter() - start)
         return result
 

@@ -286,11 +286,13 @@ def threads() -> int:
     return _threads
 
 
-def apply_threads() -> None:
-    """Make the calling thread's kernels use the chosen count: numba keeps the setting per
-    thread, and a server runs its steps on worker threads, not the one that set it."""
-    if numba.get_num_threads() != _threads:
-        numba.set_num_threads(_threads)
+def apply_threads(n: int | None = None) -> None:
+    """Make the calling thread's kernels use `n` threads (None: the chosen count): numba keeps
+    the setting per thread, and a server runs its steps on worker threads, not the one that set
+    it."""
+    n = _threads if n is None else n
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
 
 
 set_threads()
