@@ -26,6 +26,7 @@ NO_ICD = (
 KEY_EXTENSIONS = (
     "cl_khr_fp16", "cl_khr_fp64", "cl_khr_subgroups", "cl_intel_subgroups",
     "cl_khr_integer_dot_product", "cl_intel_required_subgroup_size", "cl_qcom_reqd_sub_group_size",
+    "cl_khr_command_buffer",
 )  # fmt: skip
 
 
@@ -162,6 +163,7 @@ class OpenCLDevice(Device):
 class OpenCLBackend(Backend):
     name = "opencl"
     priority = 30
+    switches = {"LLMRT_OPENCL_SAFE": "0"}  # 1: enqueue kernel by kernel, no command buffer
 
     def __init__(self) -> None:
         self._devices: list[OpenCLDevice] = []

@@ -1,6 +1,9 @@
 """A graph compiled for one OpenCL device: buffers planned once, every kernel built and its
 arguments set at compile time, a step enqueued on one in-order queue with no host round trip
-between kernels (one wait, for the outputs).
+between kernels (one wait, for the outputs): recorded once into a command buffer where the device
+has cl_khr_command_buffer and is a GPU (replay.py; PoCL's replay costs more than its enqueues),
+else kernel by kernel. `LLMRT_OPENCL_SAFE=1`, the backend's
+one debugging switch, keeps to the kernel-by-kernel enqueue.
 
 Kernels come from plugins/opencl/kernels/*.cl through pyopencl, which keeps the built binaries
 on disk per device and driver (its cache). Each step kind's launches are built by a table
@@ -11,6 +14,7 @@ and the byte offset of its first element.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +28,13 @@ from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt_opencl import replay
 from llmrt_opencl.lower import lower
 
 KERNELS = Path(__file__).parent / "kernels"
+SAFE = (
+    os.environ.get("LLMRT_OPENCL_SAFE", "0") == "1"
+)  # 1: enqueue kernel by kernel, no command buffer
 NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
 
 
@@ -124,6 +132,9 @@ class OpenCLProgram(Executable):
             self.launches += build(self, step)
         for launch in self.launches:
             launch.kernel.set_args(*launch.args)
+        self.recorded = None
+        if not SAFE and not self.device_info["cpu"]:
+            self.recorded = replay.record(device.cl_device, self.queue, self.launches)
 
     # ---- what the launch builders use ------------------------------------------------------
     def arg(self, v: View) -> tuple[Any, np.uint64]:
@@ -148,8 +159,11 @@ class OpenCLProgram(Executable):
             if key in inputs:  # else written into its input_buffer
                 host = np.ascontiguousarray(inputs[key], dtype=NUMPY[v.dtype]).reshape(-1)
                 cl.enqueue_copy(q, buf, host, is_blocking=False)
-        for launch in self.launches:
-            cl.enqueue_nd_range_kernel(q, launch.kernel, launch.global_size, launch.local_size)
+        if self.recorded is not None:
+            self.recorded.enqueue()
+        else:
+            for launch in self.launches:
+                cl.enqueue_nd_range_kernel(q, launch.kernel, launch.global_size, launch.local_size)
         results, events = {}, []
         for name, v in self.outputs:
             if outputs is not None and name not in outputs:

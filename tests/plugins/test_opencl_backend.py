@@ -90,3 +90,25 @@ def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
     are checked here on PoCL by having it report itself as a GPU."""
     monkeypatch.setitem(opencl.limits, "cpu", 0)
     assert check_case(opencl, case) == "ok"
+
+
+def test_a_recorded_step_computes_what_kernel_by_kernel_enqueues_do(opencl, tiny_gguf_with_vocab,
+                                                                    monkeypatch):  # fmt: skip
+    """On a GPU a compiled graph's kernels are recorded once into a command buffer
+    (cl_khr_command_buffer, which PoCL has too) and a step is one enqueue of it."""
+    import llmrt_opencl.program as program
+
+    if "cl_khr_command_buffer" not in opencl.cl_device.extensions.split():
+        pytest.skip(f"{opencl.id} has no cl_khr_command_buffer")
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    logits = {}
+    for safe in (True, False):
+        monkeypatch.setattr(program, "SAFE", safe)
+        dev = load(tiny_gguf_with_vocab, device=opencl)
+        ctx = dev.context(n_ctx=64)
+        rows = [ctx.eval(PROMPT)] + [ctx.eval([token]) for token in (4, 8, 6, 15)]
+        programs = [p for p in ctx.graphs.values() if isinstance(p, program.OpenCLProgram)]
+        assert programs and all((p.recorded is None) == safe for p in programs)
+        logits[safe] = rows
+    for a, b in zip(logits[True], logits[False], strict=True):
+        assert np.array_equal(a, b)

@@ -1,0 +1,75 @@
+"""What launching costs on each OpenCL device: N tiny kernels (one work-group each) enqueued one by
+one through pyopencl, then the same kernels recorded once into a command buffer
+(llmrt_opencl.replay) and enqueued as one command; microseconds per kernel, wall clock to the
+queue's finish, best of R.
+
+    python benchmarks/opencl_launch_cost.py [N=575] [R=20]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pyopencl as cl
+
+from llmrt_opencl import replay
+
+SOURCE = "__kernel void bump(__global float *a) { a[get_global_id(0)] += 1.0f; }"
+
+
+def best_us(run, finish, n: int, repeats: int) -> float:
+    run(), finish()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        finish()
+        times.append(time.perf_counter() - t)
+    return min(times) / n * 1e6
+
+
+def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None:
+    ctx = cl.Context([dev])
+    queue = cl.CommandQueue(ctx)
+    program = cl.Program(ctx, SOURCE).build()
+    buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4 * 64)
+    cl.enqueue_fill_buffer(queue, buf, np.float32(0), 0, 4 * 64)
+    launches = []
+    for _ in range(n):
+        kernel = cl.Kernel(program, "bump")
+        kernel.set_args(buf)
+        launches.append(SimpleNamespace(kernel=kernel, global_size=(64,), local_size=(64,)))
+
+    def one_by_one() -> None:
+        for la in launches:
+            cl.enqueue_nd_range_kernel(queue, la.kernel, la.global_size, la.local_size)
+
+    row = f"{dev.name.strip()} ({platform.name.strip()}, driver {dev.driver_version.strip()})"
+    us = best_us(one_by_one, queue.finish, n, repeats)
+    print(f"{row}: {n} kernels, one by one {us:.2f} us/kernel")
+    recorded = replay.record(dev, queue, launches)
+    if recorded is None:
+        print(f"{row}: no {replay.EXTENSION}")
+        return
+    us = best_us(recorded.enqueue, queue.finish, n, repeats)
+    out = np.empty(64, np.float32)
+    cl.enqueue_copy(queue, out, buf)
+    enqueues = 2 * (repeats + 1)  # every pass of both loops adds n
+    assert out[0] == n * enqueues, (out[0], n * enqueues)  # every recorded kernel ran, once a pass
+    print(f"{row}: {n} kernels, command buffer {us:.2f} us/kernel")
+
+
+def main(n: int, repeats: int) -> None:
+    for platform in cl.get_platforms():
+        for dev in platform.get_devices():
+            measure(platform, dev, n, repeats)
+
+
+if __name__ == "__main__":
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 575,
+        int(sys.argv[2]) if len(sys.argv) > 2 else 20,
+    )
