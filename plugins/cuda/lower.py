@@ -12,7 +12,6 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
 from llmrt.lower.steps import (
-    ITEMSIZE,
     Plan,
     Step,
     StepLowering,
@@ -36,9 +35,7 @@ MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
-LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
-q8_layout = passes.q8_layout
-__all__ = ["ITEMSIZE", "Plan", "Step", "lower", "q8_layout", "supports"]
+__all__ = ["Plan", "Step", "lower", "supports"]
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
