@@ -66,6 +66,11 @@ class View:
         return cls(storage, 0, tuple(shape), contiguous_strides(shape), dtype)
 
 
+def dims4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
+    """A shape or strides of at most 4 dimensions as 4, outermost first, `fill` in front."""
+    return (*(fill,) * (4 - len(values)), *values)  # type: ignore[return-value]
+
+
 def bound(storage: Storage, bindings: Mapping[str, Any], graph: Graph) -> Any:
     """The handle that ``Device.compile``'s ``bindings`` give a weight or state storage."""
     if storage.key not in bindings:

@@ -26,10 +26,11 @@ import numpy as np
 from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
-from llmrt.lower import Storage, View, bound, plan_arena
+from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
 from llmrt.lower.passes import q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
 from llmrt_cuda.lower import lower
 
@@ -148,10 +149,6 @@ def _norm_block(ncols: int) -> int:
     """Threads for a norm row: a warp per 32 columns (one q8 block each), 128 to 1024 (wide rows
     were slow with 256 threads: BENCHMARKS.md)."""
     return min(1024, max(128, 32 * -(-ncols // 32)))
-
-
-def _pad4(dims: tuple[int, ...], fill: int = 1) -> list[int]:
-    return [fill] * (4 - len(dims)) + list(dims)
 
 
 @dataclass
@@ -337,14 +334,14 @@ class CUDAProgram(Executable):
 # --- launches: one function per step kind (lower.py), named after it --------------------------
 def copy(prog: CUDAProgram, st: Step) -> KernelLaunch:
     src = st.ins[0]
-    shape, strides = _pad4(src.shape), _pad4(src.strides, 0)
+    shape, strides = dims4(src.shape, 1), dims4(src.strides, 0)
     args = prog.args("QQqi7q", src, st.out, src.n, st.params["mode"], *shape[1:], *strides)
     return KernelLaunch(kernel("ops", "copy_strided"), _grid(src.n), (256,), args)
 
 
 def binary(prog: CUDAProgram, st: Step) -> KernelLaunch:
     a, b = st.ins
-    ad, bd = _pad4(a.shape), _pad4(b.shape)
+    ad, bd = dims4(a.shape, 1), dims4(b.shape, 1)
     args = prog.args("3Qqi7q", a, b, st.out, a.n, st.params["op"], *ad[1:], *bd)
     return KernelLaunch(kernel("ops", "binary"), _grid(a.n), (256,), args)
 

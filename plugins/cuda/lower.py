@@ -15,7 +15,6 @@ from llmrt.lower.steps import (
     Plan,
     Step,
     StepLowering,
-    count_reads,
     liveness,
     lower_mul_mat,
     lower_steps,
@@ -68,13 +67,9 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
 def lower(graph: Graph) -> Plan:
     plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: _gemm_with_f16_copies})
     steps = plan.steps
-
-    def reads(storage, skip=None) -> int:
-        return count_reads(steps, plan.outputs, storage, skip)
-
     steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES)
     for rewrite in (passes.glu_mat_vecs, passes.shared_mat_vecs, passes.rope_qkv,
                     passes.rope_in_attention, passes.unused_norm_outputs):  # fmt: skip
-        steps[:] = rewrite(steps, reads)
+        steps[:] = rewrite(steps, plan.reads)
     liveness(steps, plan.outputs)
     return plan
