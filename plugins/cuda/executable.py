@@ -359,11 +359,19 @@ def glu(prog: CUDAProgram, st: Step) -> KernelLaunch:
 
 
 def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    """A norm step's rows (norm_rows), or a norm_q8 step's, also written as q8 blocks."""
     p, ins, out = st.params, st.ins, st.out
     ncols = out.shape[-1]
     w = ins[1] if len(ins) > 1 else 0
-    args = prog.args("3Qidi", ins[0], out, w, ncols, p["eps"], p["mode"])
-    return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (_norm_block(ncols),), args)
+    block = _norm_block(ncols)
+    if st.op == "norm":
+        args = prog.args("3Qidi", ins[0], out, w, ncols, p["eps"], p["mode"])
+        return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
+    y = 0 if p.get("y_unused") else out
+    parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+    args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
+    args += prog.args("Qq", p["q8"], q8_layout(out.n)[0])
+    return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
 
 
 def _rope(p: Mapping[str, Any]) -> tuple:
@@ -438,19 +446,6 @@ def quant_q8(prog: CUDAProgram, st: Step) -> KernelLaunch:
     n = st.params["n"]
     args = prog.args("2Q2q", st.ins[0], st.params["q8"], q8_layout(n)[0], n // 32)
     return KernelLaunch(kernel("ops", "quant_q8"), _grid(n), (256,), args)
-
-
-def norm_q8(prog: CUDAProgram, st: Step) -> KernelLaunch:
-    p, ins, out = st.params, st.ins, st.out
-    ncols = out.shape[-1]
-    w = ins[1] if len(ins) > 1 else 0
-    block = _norm_block(ncols)
-    y = 0 if p.get("y_unused") else out
-    parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
-    args = prog.args(
-        "3QidiQq", ins[0], y, w, ncols, p["eps"], p["mode"], p["q8"], q8_layout(out.n)[0]
-    )
-    return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
 
 
 def rope_qkv(prog: CUDAProgram, st: Step) -> KernelLaunch:
@@ -549,14 +544,14 @@ def gemm(prog: CUDAProgram, st: Step) -> Gemm:
     return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)), residual)
 
 
-# step kind (lower.py) -> its launch: the function named after it
+# step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
 LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
     f.__name__: f
     for f in (
         *(copy, binary, unary, glu, norm, rope, set_rows, get_rows_f32, soft_max, argmax),
-        *(mm_act, fattn, get_rows_w, mmv, gemm, quant_q8, norm_q8, mmvq, rope_qkv),
+        *(mm_act, fattn, get_rows_w, mmv, gemm, quant_q8, mmvq, rope_qkv),
     )
-}
+} | {"norm_q8": norm}
 
 
 def _launch(prog: CUDAProgram, step: Step) -> KernelLaunch | Gemm:
