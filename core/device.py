@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib
 import os
 import re
 from abc import ABC, abstractmethod
@@ -108,6 +109,26 @@ class Backend(ABC):
         Import the heavy library here, not at module import. Must not raise: catch what the
         library raises and return ``Probe(False, reason, fix)``.
         """
+
+    @staticmethod
+    def import_package(module: str, fix: str, library: str = "", library_fix: str = "") -> Any:
+        """For ``probe()``: import the backend's package, returning the module, or the unavailable
+        ``Probe`` that says why: the package is not installed, ``library`` (a shared library it
+        opens at import, such as the Vulkan loader) cannot be loaded, or a broken install raised."""
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                return Probe(False, f"the `{module}` package is not installed", fix)
+            error: Exception = exc
+        except OSError as exc:
+            if library:
+                return Probe(False, f"{library} cannot be loaded: {exc}", library_fix or fix)
+            error = exc
+        except Exception as exc:  # a broken install raises all sorts at import
+            error = exc
+        reason = f"the `{module}` package cannot be imported: {type(error).__name__}: {error}"
+        return Probe(False, reason, f"reinstall it: {fix}")
 
     @abstractmethod
     def devices(self) -> Sequence[Device]:
@@ -251,6 +272,13 @@ class Device(ABC):
         """A zeroed buffer for a contiguous tensor of ``shape`` and ``dtype`` (F32, F16 or I32).
         Raises ``OutOfDeviceMemory`` with a one-line message when the device cannot hold it."""
         raise UnsupportedOp(f"{self.id} cannot hold buffers")
+
+    def buffer_dtype(self, dtype: GGMLType) -> np.dtype:
+        """The host dtype of a buffer of ``dtype`` (for ``allocate``); UnsupportedOp for a type
+        that buffers do not hold."""
+        if dtype not in HOST_TYPES:
+            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
+        return np.dtype(HOST_TYPES[dtype])
 
     def new_state(self, shape: tuple[int, ...], dtype: GGMLType) -> Buffer:
         """A zeroed persistent tensor (a KV cache), bound by key in ``compile``: by default a

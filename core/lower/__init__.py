@@ -12,6 +12,6 @@ prologue.py those for a mat-vec that quantizes, ropes and stores rows itself (Vu
 
 from llmrt.lower.arena import ALIGN, Arena, plan_arena
 from llmrt.lower.fuse import fuse, readers
-from llmrt.lower.view import Storage, View, alias
+from llmrt.lower.view import Storage, View, alias, bound
 
-__all__ = ["ALIGN", "Arena", "Storage", "View", "alias", "fuse", "plan_arena", "readers"]
+__all__ = ["ALIGN", "Arena", "Storage", "View", "alias", "bound", "fuse", "plan_arena", "readers"]

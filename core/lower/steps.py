@@ -59,6 +59,11 @@ class Plan:
     inputs: dict[str, View]
     outputs: dict[str, View]
 
+    def reads(self, st: Storage, skip: Step | None = None) -> int:
+        """Readers of `st` among the steps as they are now (but `skip`); an output counts 1000:
+        the `reads` that the step-list passes take."""
+        return count_reads(self.steps, self.outputs, st, skip)
+
 
 def _nbytes(dtype: GGMLType, n: int) -> int:
     return ITEMSIZE.get(dtype, 4) * n

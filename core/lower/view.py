@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
-from llmrt.ir import Op, Tensor
+from llmrt.ir import Graph, Op, Tensor
 from llmrt.ir.graph import contiguous_strides
 
 
@@ -62,6 +64,18 @@ class View:
     @classmethod
     def whole(cls, storage: Storage, shape: tuple[int, ...], dtype: GGMLType) -> View:
         return cls(storage, 0, tuple(shape), contiguous_strides(shape), dtype)
+
+
+def dims4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
+    """A shape or strides of at most 4 dimensions as 4, outermost first, `fill` in front."""
+    return (*(fill,) * (4 - len(values)), *values)  # type: ignore[return-value]
+
+
+def bound(storage: Storage, bindings: Mapping[str, Any], graph: Graph) -> Any:
+    """The handle that ``Device.compile``'s ``bindings`` give a weight or state storage."""
+    if storage.key not in bindings:
+        raise LlmrtError(f"graph {graph.name!r} needs '{storage.key}', which is not bound")
+    return bindings[storage.key]
 
 
 def alias(node: Tensor, src: View) -> View:

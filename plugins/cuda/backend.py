@@ -6,13 +6,13 @@ Importing this module does not import cupy: the probe imports it, and the kernel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
-from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt_cuda.lower import supports
 
@@ -79,15 +79,13 @@ class CUDADevice(Device):
     def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
         import cupy
 
-        from llmrt_cuda.executable import NUMPY, CudaTensor, alloc
+        from llmrt_cuda.executable import CudaTensor, alloc
 
-        if dtype not in NUMPY:
-            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
-        n = int(np.prod(shape))
+        host = self.buffer_dtype(dtype)
         with cupy.cuda.Device(self.index):
-            raw = alloc(n * np.dtype(NUMPY[dtype]).itemsize, f"tensor {list(shape)}", self.id)
+            raw = alloc(math.prod(shape) * host.itemsize, f"tensor {list(shape)}", self.id)
             raw.fill(0)
-        return CudaTensor(self, raw.view(NUMPY[dtype]).reshape(shape), dtype)
+        return CudaTensor(self, raw.view(host).reshape(shape), dtype)
 
     def compile(self, graph: Any, bindings: Mapping[str, Any]) -> Executable:
         from llmrt_cuda.executable import CUDAProgram
@@ -105,12 +103,9 @@ class CUDABackend(Backend):
         self._devices: list[CUDADevice] = []
 
     def probe(self) -> Probe:
-        try:
-            import cupy
-        except ImportError:
-            return Probe(False, "cupy is not installed", INSTALL)
-        except Exception as exc:  # a broken cupy install raises all sorts at import
-            return Probe(False, f"cupy failed to import: {exc}", f"reinstall cupy: {INSTALL}")
+        cupy = self.import_package("cupy", INSTALL)
+        if isinstance(cupy, Probe):
+            return cupy
         runtime = cupy.cuda.runtime
         try:
             count = runtime.getDeviceCount()

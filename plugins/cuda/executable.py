@@ -15,23 +15,30 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cupy as cp
 import numpy as np
 
-from llmrt.device import Buffer, Device, Executable, HostBuffer
+from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
+from llmrt.lower.args import pack
+from llmrt.lower.passes import q8_layout
+from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import ITEMSIZE, Plan, Step, lower, q8_layout
+from llmrt_cuda.lower import lower
 
 KERNELS = Path(__file__).parent / "kernels"
-NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
 H2D, D2H = 1, 2  # cudaMemcpyKind
+NORM_F64 = "#define NORM_F64 1\n"
+# cublasGemmEx's operations, data types, compute type and algorithm
+OP_N, OP_T, R_32F, R_16F, COMPUTE_32F, ALGO = 0, 1, 0, 2, 68, -1
 SMEM_DEFAULT = 48 * 1024
 MAX_BLOCKS = 65535 * 8
 SAFE = os.environ.get("LLMRT_CUDA_SAFE", "0") == "1"
@@ -65,41 +72,28 @@ def _mmvq_lanes(nb: int) -> int:
 
 
 @functools.cache
-def _source(name: str) -> str:
-    return (KERNELS / name).read_text()
-
-
-def _norm_define() -> str:
-    """Norms in float64, as the reference computes them."""
-    return "#define NORM_F64 1\n"
-
-
-@functools.cache
-def ops_module() -> cp.RawModule:
-    return cp.RawModule(code=_norm_define() + _source("common.cuh") + _source("ops.cu"))
-
-
-@functools.cache
-def weight_module(wtype: int) -> cp.RawModule:
-    return cp.RawModule(
-        code=f"#define WTYPE {wtype}\n"
-        + _norm_define()
-        + _source("common.cuh")
-        + _source("weights.cu")
-    )
+def _module(module: str) -> cp.RawModule:
+    """ops.cu ("ops"), or weights.cu for one weight type (its number); norms in float64, as the
+    reference computes them."""
+    source = (KERNELS / "common.cuh").read_text()
+    if module == "ops":
+        return cp.RawModule(code=NORM_F64 + source + (KERNELS / "ops.cu").read_text())
+    weights = (KERNELS / "weights.cu").read_text()
+    return cp.RawModule(code=f"#define WTYPE {module}\n" + NORM_F64 + source + weights)
 
 
 @functools.cache
 def kernel(module: str, name: str) -> Any:
-    mod = ops_module() if module == "ops" else weight_module(int(module))
-    return mod.get_function(name)
+    return _module(module).get_function(name)
 
 
+@dataclass
 class CudaWeight:
     """A weight on the device in its GGUF blocks (uint8), with its ggml type and shape."""
 
-    def __init__(self, data: cp.ndarray, type_: GGMLType, shape: tuple[int, ...]) -> None:
-        self.data, self.type, self.shape = data, type_, tuple(shape)
+    data: cp.ndarray
+    type: GGMLType
+    shape: tuple[int, ...]
 
     @property
     def ptr(self) -> int:
@@ -147,18 +141,6 @@ def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
         ) from exc
 
 
-def _u64(x: int) -> np.uint64:
-    return np.uint64(x)
-
-
-def _i32(x: int) -> np.int32:
-    return np.int32(x)
-
-
-def _i64(x: int) -> np.int64:
-    return np.int64(x)
-
-
 def _grid(n: int, block: int = 256) -> tuple[int]:
     return (max(1, min(MAX_BLOCKS, -(-n // block))),)
 
@@ -169,8 +151,55 @@ def _norm_block(ncols: int) -> int:
     return min(1024, max(128, 32 * -(-ncols // 32)))
 
 
-def _pad4(dims: tuple[int, ...], fill: int = 1) -> list[int]:
-    return [fill] * (4 - len(dims)) + list(dims)
+@dataclass
+class KernelLaunch:
+    """One kernel launch resolved at compile time, replayed on the current stream."""
+
+    fn: Any  # a cupy RawKernel
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    args: tuple
+    smem: int = 0
+
+    def __call__(self, stream_ptr: int) -> None:
+        self.fn(self.grid, self.block, self.args, shared_mem=self.smem)
+
+
+@dataclass
+class HostCopy:
+    dst: int
+    src: int
+    nbytes: int
+    kind: int  # cudaMemcpyKind
+
+    def __call__(self, stream_ptr: int) -> None:
+        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, self.kind, stream_ptr)
+
+
+@dataclass
+class Gemm:
+    """cuBLAS's Y^T[m, t] = W[m, k]^T-op x X^T on f16 copies of W and X (that `dequant` and
+    `to_f16` make), f32 out and compute; then `residual`, adding a residual in place."""
+
+    dequant: KernelLaunch
+    to_f16: KernelLaunch
+    mtk: tuple[int, int, int]
+    w16: int
+    x16: int
+    y: int
+    residual: KernelLaunch | None
+
+    def __call__(self, stream_ptr: int) -> None:
+        from cupy_backends.cuda.libs import cublas
+
+        self.dequant(stream_ptr)
+        self.to_f16(stream_ptr)
+        (m, t, k), one, zero = self.mtk, np.array(1.0, np.float32), np.array(0.0, np.float32)
+        w, x, y = (self.w16, R_16F, k), (self.x16, R_16F, k), (self.y, R_32F, m)
+        alpha, beta, handle = one.ctypes.data, zero.ctypes.data, cp.cuda.device.get_cublas_handle()
+        cublas.gemmEx(handle, OP_T, OP_N, m, t, k, alpha, *w, *x, beta, *y, COMPUTE_32F, ALGO)
+        if self.residual is not None:
+            self.residual(stream_ptr)
 
 
 class CUDAProgram(Executable):
@@ -181,44 +210,41 @@ class CUDAProgram(Executable):
 
     # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        plan: Plan = lower(graph)
-        self.plan = plan
-        arena_nbytes = plan_arena(plan.storages)
-        self.arena = alloc(arena_nbytes, f"graph {graph.name!r} activations", self.device_id)
+        self.plan = plan = lower(graph)
+        self.arena = alloc(
+            plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
+        )
         self.keep: list[Any] = [self.arena]
-        base: dict[Storage, int] = {}
-        self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
-        copies_in: list[tuple] = []
+        self.base: dict[Storage, int] = {}
         for s in plan.storages:
             if s.kind in ("weight", "state"):
-                if s.key not in bindings:
-                    raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
-                handle = bindings[s.key]
-                base[s] = handle.ptr  # a CudaWeight or a CudaTensor
+                self.base[s] = bound(s, bindings, graph).ptr  # a CudaWeight or a CudaTensor
             elif s.kind == "input":
-                buf = alloc(s.nbytes, f"input {s.key}", self.device_id)
-                self.keep.append(buf)
-                base[s] = buf.data.ptr
+                self.keep.append(alloc(s.nbytes, f"input {s.key}", self.device_id))
+                self.base[s] = self.keep[-1].data.ptr
             else:
-                base[s] = self.arena.data.ptr + max(s.offset, 0)
-        self.base = base
+                self.base[s] = self.arena.data.ptr + max(s.offset, 0)
+        self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
+        copies_in: list[HostCopy] = []
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
-            host = np.frombuffer(pinned, NUMPY[v.dtype], v.n)
+            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n)
             self.keep.append(pinned)
             self.inputs.append((key, host, v.shape))
-            copies_in.append(("copy", self.ptr(v), host.ctypes.data, host.nbytes, H2D))
+            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes, H2D))
         # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
         # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
         self.outputs = [
-            (name, self.ptr(v), NUMPY[v.dtype], v.n, v.shape) for name, v in plan.outputs.items()
+            (name, self.ptr(v), HOST_TYPES[v.dtype], v.n, v.shape)
+            for name, v in plan.outputs.items()
         ]
-        plain = copies_in + [self._launch(step) for step in plan.steps]
-        self.plain_launches = plain
+        self.plain_launches = plain = copies_in + [_launch(self, step) for step in plan.steps]
         self.pdl = not SAFE and pdl.available(int(cp.cuda.Device().compute_capability))
         self.launches = [
-            ("pdl", pdl.DependentLaunch(*item[1:])) if self.pdl and item[0] == "kernel" else item
-            for item in plain
+            pdl.DependentLaunch(x.fn, x.grid, x.block, x.args, x.smem)
+            if self.pdl and isinstance(x, KernelLaunch)
+            else x
+            for x in plain
         ]
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph: Any = None
@@ -228,332 +254,20 @@ class CUDAProgram(Executable):
     def ptr(self, v: View) -> int:
         return self.base[v.storage] + v.offset * ITEMSIZE.get(v.dtype, 4)
 
-    def _launch(self, step: Step) -> tuple:
-        launch = LAUNCHES.get(step.op)
-        if launch is None:
-            raise LlmrtError(f"no CUDA launch for step {step.op}")
-        return launch(self, step)
+    def args(self, fmt: str, *values: View | Storage | float) -> tuple:
+        """Kernel arguments of `fmt`'s types (llmrt.lower.args)."""
+        return pack(fmt, *map(self.value, values))
 
-    def _launch_copy(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        src = ins[0]
-        shape = _pad4(src.shape)
-        strides = _pad4(src.strides, 0)
-        return ("kernel", kernel("ops", "copy_strided"), _grid(src.n), (256,), (
-            _u64(P(src)), _u64(P(out)), _i64(src.n), _i32(p["mode"]), _i64(shape[1]),
-            _i64(shape[2]), _i64(shape[3]), *map(_i64, strides)), 0)  # fmt: skip
-
-    def _launch_binary(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        a, b = ins
-        ad, bd = _pad4(a.shape), _pad4(b.shape)
-        return ("kernel", kernel("ops", "binary"), _grid(a.n), (256,), (
-            _u64(P(a)), _u64(P(b)), _u64(P(out)), _i64(a.n), _i32(p["op"]),
-            *map(_i64, ad[1:]), *map(_i64, bd)), 0)  # fmt: skip
-
-    def _launch_unary(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        return ("kernel", kernel("ops", "unary"), _grid(out.n), (256,), (
-            _u64(P(ins[0])), _u64(P(out)), _i64(out.n), _i32(p["op"]),
-            np.float32(p["scale"])), 0)  # fmt: skip
-
-    def _launch_glu(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        return (
-            "kernel",
-            kernel("ops", "glu"),
-            _grid(out.n),
-            (256,),
-            (_u64(P(ins[0])), _u64(P(ins[1])), _u64(P(out)), _i64(out.n), _i32(p["op"])),
-            0,
-        )
-
-    def _launch_norm(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        ncols = out.shape[-1]
-        rows = out.n // ncols
-        w = P(ins[1]) if len(ins) > 1 else 0
-        block = _norm_block(ncols)
-        return ("kernel", kernel("ops", "norm_rows"), (rows,), (block,), (
-            _u64(P(ins[0])), _u64(P(out)), _u64(w), _i32(ncols), np.float64(p["eps"]),
-            _i32(p["mode"])), 0)  # fmt: skip
-
-    def _launch_rope(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        x, pos = ins[0], ins[1]
-        ff = P(ins[2]) if len(ins) > 2 else 0
-        _, h, d = x.shape
-        return ("kernel", kernel("ops", "rope"), _grid(x.n), (256,), (
-            _u64(P(x)), _u64(P(pos)), _u64(ff), _u64(P(out)), _i32(h), _i32(d),
-            _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
-            np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
-            _i64(x.n)), 0)  # fmt: skip
-
-    def _launch_set_rows(self, step: Step) -> tuple:
-        ins = step.ins
-        P = self.ptr  # noqa: N806
-        dst, ids, src = ins
-        row = math.prod(src.shape[1:])
-        return ("kernel", kernel("ops", "set_rows"), _grid(src.n), (256,), (
-            _u64(P(src)), _u64(P(ids)), _u64(P(dst)), _i64(src.n), _i32(row),
-            _i32(1 if dst.dtype == GGMLType.F16 else 0)), 0)  # fmt: skip
-
-    def _launch_get_rows_f32(self, step: Step) -> tuple:
-        ins, out = step.ins, step.out
-        P = self.ptr  # noqa: N806
-        table, ids = ins
-        k = out.shape[-1]
-        return (
-            "kernel",
-            kernel("ops", "get_rows_f32"),
-            (out.shape[0],),
-            (256,),
-            (_u64(P(table)), _u64(P(ids)), _u64(P(out)), _i32(k)),
-            0,
-        )
-
-    def _launch_get_rows_w(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        table, ids = ins
-        k = p["shape"][1]
-        return ("kernel", kernel(str(int(p["type"])), "get_rows_w"), (out.shape[0],), (128,), (
-            _u64(P(table)), _i64(p["type"].row_nbytes(k)), _u64(P(ids)), _u64(P(out)),
-            _i32(k)), 0)  # fmt: skip
-
-    def _launch_soft_max(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        x = ins[0]
-        s = x.shape[-1]
-        mask = P(ins[1]) if len(ins) > 1 else 0
-        t = ins[1].shape[0] if len(ins) > 1 else 1
-        return ("kernel", kernel("ops", "soft_max"), (x.n // s,), (256,), (
-            _u64(P(x)), _u64(mask), _u64(P(out)), _i32(s), _i32(t),
-            np.float32(p["scale"])), 0)  # fmt: skip
-
-    def _launch_argmax(self, step: Step) -> tuple:
-        ins, out = step.ins, step.out
-        P = self.ptr  # noqa: N806
-        x = ins[0]
-        s = x.shape[-1]
-        return (
-            "kernel",
-            kernel("ops", "argmax"),
-            (x.n // s,),
-            (256,),
-            (_u64(P(x)), _u64(P(out)), _i32(s)),
-            0,
-        )
-
-    def _launch_mm_act(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        a, b = ins
-        return ("kernel", kernel("ops", "mm_act"), _grid(out.n), (256,), (
-            _u64(P(a)), _i32(1 if a.dtype == GGMLType.F16 else 0), _u64(P(b)), _u64(P(out)),
-            _i32(p["nb"]), _i32(p["r"]), _i32(p["t"]), _i32(p["m"]),
-            _i32(p["k"])), 0)  # fmt: skip
-
-    def _launch_mmv(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        w, x = ins[0], ins[1]
-        res = P(ins[2]) if len(ins) > 2 else 0
-        t = p["t"]
-        nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-        r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
-        rows_per_block = 4 * r
-        return ("kernel", kernel(str(int(p["type"])), f"mmv_{nt}_{r}"),
-                (-(-p["m"] // rows_per_block),), (128,), (
-            _u64(P(w)), _i64(p["row_bytes"]), _u64(P(x)), _u64(P(out)), _u64(res),
-            _i32(p["m"]), _i32(p["k"]), _i32(t)), 0)  # fmt: skip
-
-    def _launch_quant_q8(self, step: Step) -> tuple:
-        p, ins = step.params, step.ins
-        P = self.ptr  # noqa: N806
-        n = p["n"]
-        dso, _ = q8_layout(n)
-        return ("kernel", kernel("ops", "quant_q8"), _grid(n), (256,), (
-            _u64(P(ins[0])), _u64(self.base[p["q8"]]), _i64(dso),
-            _i64(n // 32)), 0)  # fmt: skip
-
-    def _launch_norm_q8(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        ncols = out.shape[-1]
-        rows = out.n // ncols
-        w = P(ins[1]) if len(ins) > 1 else 0
-        dso, _ = q8_layout(out.n)
-        block = _norm_block(ncols)
-        y = 0 if p.get("y_unused") else P(out)
-        parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
-        return ("kernel", kernel("ops", "norm_rows_q8"), (rows, parts), (block,), (
-            _u64(P(ins[0])), _u64(y), _u64(w), _i32(ncols), np.float64(p["eps"]),
-            _i32(p["mode"]), _u64(self.base[p["q8"]]), _i64(dso)), 0)  # fmt: skip
-
-    def _launch_rope_qkv(self, step: Step) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        q, k, v = ins[0], ins[1], ins[2]
-        pos = ins[3]
-        ff = P(ins[4]) if len(ins) == 8 else 0
-        kc, vc, ids = ins[-3], ins[-2], ins[-1]
-        _, hq, d = q.shape
-        hk = k.shape[1]
-        vrow = v.n // ids.n
-        n = q.n + k.n + v.n
-        return ("kernel", kernel("ops", "rope_qkv"), _grid(n), (256,), (
-            _u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(P(pos)), _u64(ff), _u64(P(out)),
-            _u64(P(kc)), _u64(P(vc)), _u64(P(ids)), _i32(hq), _i32(hk), _i32(d),
-            _i32(p["n_dims"]), _i32(p["mode"]), np.float64(p["freq_base"]),
-            np.float64(p["freq_scale"]), np.float64(p["attn_factor"]),
-            _i32(1 if kc.dtype == GGMLType.F16 else 0),
-            _i32(1 if vc.dtype == GGMLType.F16 else 0),
-            _i64(q.n), _i64(k.n), _i64(v.n), _i32(vrow)), 0)  # fmt: skip
-
-    def _fattn(self, step: Any) -> tuple:
-        p, ins, out = step.params, step.ins, step.out
-        P = self.ptr  # noqa: N806
-        q, k, v = ins[:3]
-        n_attn = p.get("nr", len(ins))  # ins past this: a new row to rope and store
-        mask = P(ins[3]) if n_attn > 3 else 0
-        t, hq, d = q.shape
-        s, hkv, _ = k.shape
-        f16 = 1 if k.dtype == GGMLType.F16 else 0
-        xq = self.base[p["q8"]] if "q8" in p else 0
-        dso = q8_layout(out.n)[0] if xq else 0
-        # the split kernel's blocks wait for each other: all of them must be resident at once
-        cap = max(1, (2 * _sm_count()) // (hq * t))
-        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap)
-        common = (_u64(P(q)), _u64(P(k)), _u64(P(v)), _u64(mask), _u64(P(out)), _i32(hq),
-                  _i32(hkv), _i32(s), _i64(k.strides[0]), _i64(k.strides[1]), _i64(v.strides[0]),
-                  _i64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]))  # fmt: skip
-        if "nr" in p:
-            kn, vn, pos, ids, kc, vc, *ff = ins[n_attn:]
-            r = p["rope"]
-            new_row = (*(_u64(P(x)) for x in (kn, vn, pos)), _u64(P(ff[0]) if ff else 0),
-                       _u64(P(ids)), _u64(P(kc)), _u64(P(vc)), _i32(r["n_dims"]), _i32(r["mode"]),
-                       np.float64(r["freq_base"]), np.float64(r["freq_scale"]),
-                       np.float64(r["attn_factor"]))  # fmt: skip
-        else:
-            new_row = (*[_u64(0)] * 7, _i32(0), _i32(0), *[np.float64(0.0)] * 3)
-        if "nr" in p or (t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1):
-            chunk = -(-s // nsplit)
-            fn = kernel("ops", f"fattn_split_{d}_{f16}")
-            smem = (d + chunk + 256 * 8 + 2 * d) * 4
-            if smem > SMEM_DEFAULT:
-                fn.max_dynamic_shared_size_bytes = smem
-            part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
-            counter = cp.zeros(t * hq, dtype=cp.int32)
-            self.keep += [part, counter]
-            args = (*common, _u64(part.data.ptr), _u64(counter.data.ptr), _i32(nsplit),
-                    _u64(xq), _i64(dso), *new_row)  # fmt: skip
-            return ("kernel", fn, (hq, t, nsplit), (256,), args, smem)
-        fn = kernel("ops", f"fattn_{d}_{f16}")
-        smem = (d + s + 256 * 8) * 4
-        if smem > SMEM_DEFAULT:
-            fn.max_dynamic_shared_size_bytes = smem
-        return ("kernel", fn, (hq, t), (256,), (*common, _u64(xq), _i64(dso)), smem)
-
-    def _mmvq(self, step: Any) -> tuple:
-        p = step.params
-        t, k = p["t"], p["k"]
-        ws = step.ins if "outs" in p or "glu" in p else step.ins[:1]
-        res = (
-            self.ptr(step.ins[1])
-            if ("outs" not in p and "glu" not in p and len(step.ins) > 1)
-            else 0
-        )
-        outs = p.get("outs", [step.out])
-        ms = p.get("ms", [p["m"]])
-        glu = p.get("glu", -1)
-        nt = 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-        g = _mmvq_lanes(k // 32) if nt == 1 else 32
-        r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
-        per = 1 if glu >= 0 else r
-        rpb = 4 * (32 // g) * per
-        blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)
-        wp = [self.ptr(w) for w in ws] + [0] * (3 - len(ws))
-        yp = [self.ptr(o) for o in outs] + [0] * (3 - len(outs))
-        mm = list(ms) + [0] * (3 - len(ms))
-        dso, _ = q8_layout(t * k)
-        xq = self.base[p["q8"]]
-        prefetch = sum(ms) * (2 if glu >= 0 else 1) * p["row_bytes"] <= MMVQ_PREFETCH_MAX
-        return ("kernel", kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), (
-            *map(_u64, wp), _i64(p["row_bytes"]), _u64(xq), _i64(dso), *map(_u64, yp),
-            _u64(res), *map(_i32, mm), _i32(k), _i32(t), _i32(glu), _i32(prefetch)), 0)  # fmt: skip
-
-    def _gemm_args(self, step: Any) -> tuple:
-        p = step.params
-        w, x = step.ins[0], step.ins[1]
-        w16 = self.base[step.temps[0]]
-        x16 = self.base[step.temps[1]]
-        m, k, t = p["m"], p["k"], p["t"]
-        deq = (kernel(str(int(p["type"])), "dequant_f16"), _grid(m * (k // 32)), (256,), (
-            _u64(self.ptr(w)), _i64(p["row_bytes"]), _u64(w16), _i32(m), _i32(k)))  # fmt: skip
-        cvt = (kernel(str(int(p["type"])), "x_to_f16"), _grid(t * k), (256,), (
-            _u64(self.ptr(x)), _u64(x16), _i64(t * k)))  # fmt: skip
-        residual = self.ptr(step.ins[2]) if len(step.ins) > 2 else 0
-        return (deq, cvt, w16, x16, self.ptr(step.out), m, k, t, residual, step.out.n)
+    def value(self, x: View | Storage | float) -> float:
+        """A view or a storage as its device address; a number as it is (0: no operand)."""
+        if isinstance(x, View):
+            return self.ptr(x)
+        return self.base[x] if isinstance(x, Storage) else x
 
     # --- run -------------------------------------------------------------------------------
     def _launch_all(self) -> None:
-        for item in self.launches:
-            self._launch_one(item)
-
-    def _launch_one(self, item: tuple) -> None:
-        from cupy_backends.cuda.libs import cublas
-
-        kind = item[0]
-        if kind == "pdl":
-            item[1](self.stream.ptr)
-        elif kind == "kernel":
-            _, fn, grid, block, args, smem = item
-            fn(grid, block, args, shared_mem=smem)
-        elif kind == "copy":
-            _, dst, src, n, direction = item
-            cp.cuda.runtime.memcpyAsync(dst, src, n, direction, self.stream.ptr)
-        else:
-            deq, cvt, w16, x16, y, m, k, t, residual, n = item[1]
-            deq[0](deq[1], deq[2], deq[3])
-            cvt[0](cvt[1], cvt[2], cvt[3])
-            handle = cp.cuda.device.get_cublas_handle()
-            one = np.array(1.0, np.float32)
-            zero = np.array(0.0, np.float32)
-            cublas.gemmEx(
-                handle,
-                1,
-                0,
-                m,
-                t,
-                k,
-                one.ctypes.data,
-                w16,
-                2,
-                k,
-                x16,
-                2,
-                k,
-                zero.ctypes.data,
-                y,
-                0,
-                m,
-                68,
-                -1,
-            )  # Y^T[m, t] = W[m, k]^T-op x X^T: f16 in, f32 out, f32 compute
-            if residual:
-                kernel("ops", "binary")(
-                    _grid(n), (256,), (_u64(y), _u64(residual), _u64(y), _i64(n), _i32(0),
-                                       _i64(1), _i64(1), _i64(n), _i64(1), _i64(1), _i64(1),
-                                       _i64(n)),
-                )  # fmt: skip
+        for launch in self.launches:
+            launch(self.stream.ptr)
 
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
@@ -592,7 +306,7 @@ class CUDAProgram(Executable):
         for out, v in self.plan.outputs.items():
             if out == name and v.contiguous and v.storage.kind == "arena":
                 at = self.ptr(v) - self.arena.data.ptr
-                array = cp.ndarray(v.shape, NUMPY[v.dtype], memptr=self.arena.data + at)
+                array = cp.ndarray(v.shape, HOST_TYPES[v.dtype], memptr=self.arena.data + at)
                 return CudaTensor(self.device, array, v.dtype)
         return None
 
@@ -617,25 +331,231 @@ class CUDAProgram(Executable):
         self.graph.launch(self.stream)
 
 
-# step kind (lower.py) -> the launch it becomes
-LAUNCHES: dict[str, Any] = {
-    "copy": CUDAProgram._launch_copy,
-    "binary": CUDAProgram._launch_binary,
-    "unary": CUDAProgram._launch_unary,
-    "glu": CUDAProgram._launch_glu,
-    "norm": CUDAProgram._launch_norm,
-    "rope": CUDAProgram._launch_rope,
-    "set_rows": CUDAProgram._launch_set_rows,
-    "get_rows_f32": CUDAProgram._launch_get_rows_f32,
-    "get_rows_w": CUDAProgram._launch_get_rows_w,
-    "soft_max": CUDAProgram._launch_soft_max,
-    "argmax": CUDAProgram._launch_argmax,
-    "mm_act": CUDAProgram._launch_mm_act,
-    "fattn": CUDAProgram._fattn,
-    "mmv": CUDAProgram._launch_mmv,
-    "gemm": lambda prog, step: ("gemm", prog._gemm_args(step)),
-    "quant_q8": CUDAProgram._launch_quant_q8,
-    "norm_q8": CUDAProgram._launch_norm_q8,
-    "mmvq": CUDAProgram._mmvq,
-    "rope_qkv": CUDAProgram._launch_rope_qkv,
-}
+# --- launches: one function per step kind (lower.py), named after it --------------------------
+def copy(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    src = st.ins[0]
+    shape, strides = dims4(src.shape, 1), dims4(src.strides, 0)
+    args = prog.args("QQqi7q", src, st.out, src.n, st.params["mode"], *shape[1:], *strides)
+    return KernelLaunch(kernel("ops", "copy_strided"), _grid(src.n), (256,), args)
+
+
+def binary(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    a, b = st.ins
+    ad, bd = dims4(a.shape, 1), dims4(b.shape, 1)
+    args = prog.args("3Qqi7q", a, b, st.out, a.n, st.params["op"], *ad[1:], *bd)
+    return KernelLaunch(kernel("ops", "binary"), _grid(a.n), (256,), args)
+
+
+def unary(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    p, out = st.params, st.out
+    args = prog.args("2Qqif", st.ins[0], out, out.n, p["op"], p["scale"])
+    return KernelLaunch(kernel("ops", "unary"), _grid(out.n), (256,), args)
+
+
+def glu(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    out = st.out
+    args = prog.args("3Qqi", st.ins[0], st.ins[1], out, out.n, st.params["op"])
+    return KernelLaunch(kernel("ops", "glu"), _grid(out.n), (256,), args)
+
+
+def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    """A norm step's rows (norm_rows), or a norm_q8 step's, also written as q8 blocks."""
+    p, ins, out = st.params, st.ins, st.out
+    ncols = out.shape[-1]
+    w = ins[1] if len(ins) > 1 else 0
+    block = _norm_block(ncols)
+    if st.op == "norm":
+        args = prog.args("3Qidi", ins[0], out, w, ncols, p["eps"], p["mode"])
+        return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
+    y = 0 if p.get("y_unused") else out
+    parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+    args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
+    args += prog.args("Qq", p["q8"], q8_layout(out.n)[0])
+    return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
+
+
+def _rope(p: Mapping[str, Any]) -> tuple:
+    """A rope's parameters as its kernels take them ("2i3d")."""
+    return p["n_dims"], p["mode"], p["freq_base"], p["freq_scale"], p["attn_factor"]
+
+
+def rope(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    x, pos = st.ins[:2]
+    ff = st.ins[2] if len(st.ins) > 2 else 0
+    _, h, d = x.shape
+    args = prog.args("4Q4i3dq", x, pos, ff, st.out, h, d, *_rope(st.params), x.n)
+    return KernelLaunch(kernel("ops", "rope"), _grid(x.n), (256,), args)
+
+
+def set_rows(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    dst, ids, src = st.ins
+    f16 = dst.dtype == GGMLType.F16
+    args = prog.args("3Qq2i", src, ids, dst, src.n, math.prod(src.shape[1:]), f16)
+    return KernelLaunch(kernel("ops", "set_rows"), _grid(src.n), (256,), args)
+
+
+def get_rows_f32(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    (table, ids), out = st.ins, st.out
+    args = prog.args("3Qi", table, ids, out, out.shape[-1])
+    return KernelLaunch(kernel("ops", "get_rows_f32"), (out.shape[0],), (256,), args)
+
+
+def get_rows_w(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    (table, ids), out, type_ = st.ins, st.out, st.params["type"]
+    k = st.params["shape"][1]
+    args = prog.args("Qq2Qi", table, type_.row_nbytes(k), ids, out, k)
+    return KernelLaunch(kernel(str(int(type_)), "get_rows_w"), (out.shape[0],), (128,), args)
+
+
+def soft_max(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    x, s = st.ins[0], st.ins[0].shape[-1]
+    mask, t = (st.ins[1], st.ins[1].shape[0]) if len(st.ins) > 1 else (0, 1)
+    args = prog.args("3Q2if", x, mask, st.out, s, t, st.params["scale"])
+    return KernelLaunch(kernel("ops", "soft_max"), (x.n // s,), (256,), args)
+
+
+def argmax(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    x, s = st.ins[0], st.ins[0].shape[-1]
+    args = prog.args("2Qi", x, st.out, s)
+    return KernelLaunch(kernel("ops", "argmax"), (x.n // s,), (256,), args)
+
+
+def mm_act(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    (a, b), p, out = st.ins, st.params, st.out
+    args = prog.args("Qi2Q", a, a.dtype == GGMLType.F16, b, out)
+    args += prog.args("5i", p["nb"], p["r"], p["t"], p["m"], p["k"])
+    return KernelLaunch(kernel("ops", "mm_act"), _grid(out.n), (256,), args)
+
+
+def _token_rows(t: int) -> int:
+    """The kernel variant for t token rows: 1, 2, 4 or 8."""
+    return 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
+
+
+def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    p, ins = st.params, st.ins
+    res = ins[2] if len(ins) > 2 else 0
+    nt = _token_rows(p["t"])
+    r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
+    args = prog.args("Qq3Q3i", ins[0], p["row_bytes"], ins[1], st.out, res, p["m"], p["k"], p["t"])
+    fn = kernel(str(int(p["type"])), f"mmv_{nt}_{r}")
+    return KernelLaunch(fn, (-(-p["m"] // (4 * r)),), (128,), args)
+
+
+def quant_q8(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    n = st.params["n"]
+    args = prog.args("2Q2q", st.ins[0], st.params["q8"], q8_layout(n)[0], n // 32)
+    return KernelLaunch(kernel("ops", "quant_q8"), _grid(n), (256,), args)
+
+
+def rope_qkv(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    ins = st.ins
+    q, k, v, pos = ins[:4]
+    ff = ins[4] if len(ins) == 8 else 0
+    kc, vc, ids = ins[-3:]
+    _, hq, d = q.shape
+    f16 = (kc.dtype == GGMLType.F16, vc.dtype == GGMLType.F16)
+    args = prog.args("9Q", q, k, v, pos, ff, st.out, kc, vc, ids)
+    args += prog.args(
+        "5i3d2i3qi", hq, k.shape[1], d, *_rope(st.params), *f16, q.n, k.n, v.n, v.n // ids.n
+    )
+    return KernelLaunch(kernel("ops", "rope_qkv"), _grid(q.n + k.n + v.n), (256,), args)
+
+
+def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    p, ins, out = st.params, st.ins, st.out
+    q, k, v = ins[:3]
+    n_attn = p.get("nr", len(ins))  # ins past this: a new row to rope and store
+    mask = ins[3] if n_attn > 3 else 0
+    t, hq, d = q.shape
+    s, hkv, _ = k.shape
+    f16 = 1 if k.dtype == GGMLType.F16 else 0
+    q8 = p.get("q8", 0)
+    dso = q8_layout(out.n)[0] if q8 else 0
+    # the split kernel's blocks wait for each other: all of them must be resident at once
+    cap = max(1, (2 * _sm_count()) // (hq * t))
+    nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap)
+    common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
+    common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
+    if "nr" in p:
+        kn, vn, pos, ids, kc, vc, *ff = ins[n_attn:]
+        new_row = prog.args("7Q", kn, vn, pos, ff[0] if ff else 0, ids, kc, vc)
+        new_row += prog.args("2i3d", *_rope(p["rope"]))
+    else:
+        new_row = pack("7Q2i3d", *[0] * 12)
+    if "nr" in p or (t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1):
+        chunk = -(-s // nsplit)
+        fn = kernel("ops", f"fattn_split_{d}_{f16}")
+        smem = (d + chunk + 256 * 8 + 2 * d) * 4
+        if smem > SMEM_DEFAULT:
+            fn.max_dynamic_shared_size_bytes = smem
+        part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
+        counter = cp.zeros(t * hq, dtype=cp.int32)
+        prog.keep += [part, counter]
+        split = prog.args("2QiQq", part.data.ptr, counter.data.ptr, nsplit, q8, dso)
+        return KernelLaunch(fn, (hq, t, nsplit), (256,), (*common, *split, *new_row), smem)
+    fn = kernel("ops", f"fattn_{d}_{f16}")
+    smem = (d + s + 256 * 8) * 4
+    if smem > SMEM_DEFAULT:
+        fn.max_dynamic_shared_size_bytes = smem
+    return KernelLaunch(fn, (hq, t), (256,), (*common, *prog.args("Qq", q8, dso)), smem)
+
+
+def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    """Integer mat-vecs on q8 activations: one, up to three over one input (`outs`), or gate
+    and up with their GLU (`glu`); a single one may add a residual."""
+    p = st.params
+    t, k = p["t"], p["k"]
+    merged = "outs" in p or "glu" in p
+    ws = st.ins if merged else st.ins[:1]
+    res = st.ins[1] if not merged and len(st.ins) > 1 else 0
+    outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
+    glu = p.get("glu", -1)
+    nt = _token_rows(t)
+    g = _mmvq_lanes(k // 32) if nt == 1 else 32
+    r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
+    rpb = 4 * (32 // g) * (1 if glu >= 0 else r)
+    blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)
+    prefetch = sum(ms) * (2 if glu >= 0 else 1) * p["row_bytes"] <= MMVQ_PREFETCH_MAX
+
+    def three(xs: list) -> list:
+        return list(xs) + [0] * (3 - len(xs))
+
+    args = prog.args("3QqQq", *three(ws), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args += prog.args("4Q7i", *three(outs), res, *three(ms), k, t, glu, prefetch)
+    return KernelLaunch(kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), args)
+
+
+def gemm(prog: CUDAProgram, st: Step) -> Gemm:
+    p, (w, x), out = st.params, st.ins[:2], st.out
+    m, k, t = p["m"], p["k"], p["t"]
+    w16, x16 = st.temps
+    wtype = str(int(p["type"]))
+    args = prog.args("QqQ2i", w, p["row_bytes"], w16, m, k)
+    dequant = KernelLaunch(kernel(wtype, "dequant_f16"), _grid(m * (k // 32)), (256,), args)
+    to_f16 = KernelLaunch(
+        kernel(wtype, "x_to_f16"), _grid(t * k), (256,), prog.args("2Qq", x, x16, t * k)
+    )
+    residual = None
+    if len(st.ins) > 2:  # y += residual, by the broadcasting add over [n] and [n]
+        n = out.n
+        args = prog.args("3Qqi7q", out, st.ins[2], out, n, 0, 1, 1, n, 1, 1, 1, n)
+        residual = KernelLaunch(kernel("ops", "binary"), _grid(n), (256,), args)
+    return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)), residual)
+
+
+# step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
+LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
+    f.__name__: f
+    for f in (
+        *(copy, binary, unary, glu, norm, rope, set_rows, get_rows_f32, soft_max, argmax),
+        *(mm_act, fattn, get_rows_w, mmv, gemm, quant_q8, mmvq, rope_qkv),
+    )
+} | {"norm_q8": norm}
+
+
+def _launch(prog: CUDAProgram, step: Step) -> KernelLaunch | Gemm:
+    launch = LAUNCHES.get(step.op)
+    if launch is None:
+        raise LlmrtError(f"no CUDA launch for step {step.op}")
+    return launch(prog, step)

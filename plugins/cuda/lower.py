@@ -12,11 +12,9 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
 from llmrt.lower.steps import (
-    ITEMSIZE,
     Plan,
     Step,
     StepLowering,
-    count_reads,
     liveness,
     lower_mul_mat,
     lower_steps,
@@ -36,9 +34,7 @@ MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
-LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
-q8_layout = passes.q8_layout
-__all__ = ["ITEMSIZE", "Plan", "Step", "lower", "q8_layout", "supports"]
+__all__ = ["Plan", "Step", "lower", "supports"]
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
@@ -71,13 +67,9 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
 def lower(graph: Graph) -> Plan:
     plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: _gemm_with_f16_copies})
     steps = plan.steps
-
-    def reads(storage, skip=None) -> int:
-        return count_reads(steps, plan.outputs, storage, skip)
-
     steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES)
     for rewrite in (passes.glu_mat_vecs, passes.shared_mat_vecs, passes.rope_qkv,
                     passes.rope_in_attention, passes.unused_norm_outputs):  # fmt: skip
-        steps[:] = rewrite(steps, reads)
+        steps[:] = rewrite(steps, plan.reads)
     liveness(steps, plan.outputs)
     return plan

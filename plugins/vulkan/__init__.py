@@ -1,7 +1,7 @@
 """The Vulkan backend: devices found through the Vulkan loader (the ``vulkan`` PyPI package).
 
-Only the probe exists so far. Importing this module must stay cheap and safe: the ``vulkan``
-package dlopens libvulkan at import, so it is imported inside ``VulkanBackend.probe()``.
+Importing this module must stay cheap and safe: the ``vulkan`` package dlopens libvulkan at
+import, so it is imported inside ``VulkanBackend.probe()``.
 """
 
 from llmrt import hookimpl

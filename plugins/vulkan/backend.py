@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Probe
-from llmrt.errors import UnsupportedOp
 
 FIX_PACKAGE = "pip install 'llmrt[vulkan]'"
 FIX_LOADER = "install the Vulkan loader, e.g. `apt install libvulkan1`"
@@ -193,11 +192,9 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         "subgroup_size": None,
         "subgroup_operations": [],
         "subgroup_stages": [],
-        "shader_float16": False,
-        "shader_int8": False,
-        "storage_buffer_16bit": False,
-        "uniform_and_storage_buffer_16bit": False,
-        "storage_push_constant_16bit": False,
+        # what the two readers below fill in where the driver can say
+        **dict.fromkeys(("shader_float16", "shader_int8", "storage_buffer_16bit"), False),
+        **dict.fromkeys(("uniform_and_storage_buffer_16bit", "storage_push_constant_16bit"), False),
         "max_compute_workgroup_size": [int(n) for n in limits.maxComputeWorkGroupSize],
         "max_compute_workgroup_invocations": int(limits.maxComputeWorkGroupInvocations),
         "max_storage_buffer_range": int(limits.maxStorageBufferRange),
@@ -349,11 +346,9 @@ class VulkanDevice(Device):
         return VulkanWeight(buf, tensor.type, shape, tensor.type.row_nbytes(shape[-1]))
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        from llmrt_vulkan.program import ITEMSIZE, VulkanState
+        from llmrt_vulkan.program import VulkanState
 
-        if dtype not in ITEMSIZE:
-            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
-        buf = self.runtime.buffer(int(np.prod(shape)) * ITEMSIZE[dtype])
+        buf = self.runtime.buffer(int(np.prod(shape)) * self.buffer_dtype(dtype).itemsize)
         self.runtime.fill_zero(buf)
         return VulkanState(self, self.runtime, buf, tuple(shape), dtype)
 
@@ -361,6 +356,10 @@ class VulkanDevice(Device):
         from llmrt_vulkan.program import VulkanProgram
 
         return VulkanProgram(self.runtime, graph, bindings, self)
+
+
+class _NoDriver(Exception):
+    """Probing found no usable Vulkan driver; the message says which call failed."""
 
 
 class VulkanBackend(Backend):
@@ -375,33 +374,24 @@ class VulkanBackend(Backend):
         self._destroy: Callable[[], Any] = lambda: None
 
     def probe(self) -> Probe:
-        try:
-            import vulkan as vk
-        except ModuleNotFoundError as exc:
-            if exc.name == "vulkan":
-                return Probe(False, "the `vulkan` Python package is not installed", FIX_PACKAGE)
-            return Probe(False, f"the `vulkan` package cannot be imported: {exc}", FIX_PACKAGE)
-        except OSError as exc:  # the package dlopens libvulkan.so.1 at import
-            return Probe(
-                False, f"the Vulkan loader (libvulkan.so.1) cannot be loaded: {exc}", FIX_LOADER
-            )
-        except Exception as exc:
-            return Probe(
-                False,
-                f"the `vulkan` package cannot be imported: {type(exc).__name__}: {exc}",
-                FIX_PACKAGE,
-            )
+        library = "the Vulkan loader (libvulkan.so.1)"  # the package opens it at import
+        vk = self.import_package("vulkan", FIX_PACKAGE, library, FIX_LOADER)
+        if isinstance(vk, Probe):
+            return vk
         details: dict[str, Any] = {"vulkan_package": getattr(vk, "__version__", None)}
         self.close()  # a second probe() starts afresh
         try:
-            return self._probe(vk, details)
+            self._probe(vk, details)
+        except _NoDriver as exc:
+            self.close()
+            return Probe(False, str(exc), FIX_DRIVER, details)
         except Exception as exc:  # a driver or package surprise must not escape probe()
             self.close()
-            return Probe(
-                False, f"probing Vulkan failed: {type(exc).__name__}: {exc}", details=details
-            )
+            reason = f"probing Vulkan failed: {type(exc).__name__}: {exc}"
+            return Probe(False, reason, details=details)
+        return Probe(True, details=details)
 
-    def _probe(self, vk: Any, details: dict[str, Any]) -> Probe:
+    def _probe(self, vk: Any, details: dict[str, Any]) -> None:
         try:
             loader = vk.vkEnumerateInstanceVersion()
         except AttributeError:  # a 1.0 loader does not export vkEnumerateInstanceVersion
@@ -423,25 +413,15 @@ class VulkanBackend(Backend):
             instance = vk.vkCreateInstance(create, None)
         except (vk.VkError, vk.VkException) as exc:
             # With no ICD at all the loader answers VK_ERROR_INCOMPATIBLE_DRIVER here.
-            return Probe(
-                False, f"vkCreateInstance failed: {type(exc).__name__}", FIX_DRIVER, details
-            )
+            raise _NoDriver(f"vkCreateInstance failed: {type(exc).__name__}") from exc
         self.vk, self.instance = vk, instance
         self._destroy = weakref.finalize(self, vk.vkDestroyInstance, instance, None)
-
         try:
             physical = list(vk.vkEnumeratePhysicalDevices(instance))
         except (vk.VkError, vk.VkException) as exc:
-            self.close()
-            return Probe(
-                False,
-                f"vkEnumeratePhysicalDevices failed: {type(exc).__name__}",
-                FIX_DRIVER,
-                details,
-            )
+            raise _NoDriver(f"vkEnumeratePhysicalDevices failed: {type(exc).__name__}") from exc
         if not physical:
-            self.close()
-            return Probe(False, "Vulkan found no physical device (no driver)", FIX_DRIVER, details)
+            raise _NoDriver("Vulkan found no physical device (no driver)")
 
         procs = _Procs.fetch(vk, instance, api, khr=PROPS2_EXT in enabled)
         self._devices = [
@@ -449,7 +429,6 @@ class VulkanBackend(Backend):
             for i, p in enumerate(physical)
         ]
         details["devices"] = len(self._devices)
-        return Probe(True, details=details)
 
     def devices(self) -> Sequence[Device]:
         return list(self._devices)

@@ -15,7 +15,7 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX
 from llmrt.lower.passes import q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
-from llmrt.lower.view import Storage, View
+from llmrt.lower.view import Storage, View, dims4
 from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
 
 if TYPE_CHECKING:
@@ -80,12 +80,12 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     op = ELTWISE[st.op] + st.params.get("op", 0)
     if len(out.shape) > 4:
         raise UnsupportedOp("element-wise ops take at most 4 dimensions")
-    ne, sa, sb = _ggml4(out.shape, 1), _ggml4(a.strides, 0), (0, 0, 0, 0)
+    ne, sa, sb = dims4(out.shape, 1)[::-1], dims4(a.strides, 0)[::-1], (0, 0, 0, 0)
     if b is not None:  # b aligns with a's trailing dimensions; size-1 (or missing) ones broadcast
         rank = len(out.shape)
         full = (1,) * (rank - len(b.shape)) + b.shape
         fstr = (0,) * (rank - len(b.strides)) + b.strides
-        sb = _ggml4(tuple(0 if d == 1 else s for d, s in zip(full, fstr, strict=True)), 0)
+        sb = dims4(tuple(0 if d == 1 else s for d, s in zip(full, fstr, strict=True)), 0)[::-1]
     flags = op | (256 if a.dtype == F16 else 0) | (1024 if out.dtype == F16 else 0)
     flags |= 512 if b is not None and b.dtype == F16 else 0
     groups = prog.grid(-(-out.n // 512))
@@ -94,11 +94,6 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     push = (*ne, *sa, *sb, a.offset, bb.offset, out.offset, flags, s, out.n, groups[0])
     return [dispatch("eltwise", (), [a, bb, out, prog.gelu()], "<12I4IfII", push, groups,
                      [a, bb], [out])]  # fmt: skip
-
-
-def _ggml4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
-    rev = tuple(reversed(values))
-    return (*rev, *(fill,) * (4 - len(rev)))  # type: ignore[return-value]
 
 
 def quant_q8(prog: VulkanProgram, st: Step) -> list[Dispatch]:
@@ -307,18 +302,8 @@ def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     push = (dk, dv, s, hq, hkv, t, q.offset, k.offset, v.offset, m.offset, dst.offset,
             k.strides[0], v.strides[0], flags, st.params["scale"], st.params["softcap"],
             groups[0], *(() if rows else (splits, chunk)))  # fmt: skip
-    out_ = [
-        dispatch(
-            "flash_attn_rows" if rows else "flash_attn",
-            spec,
-            [q, k, v, m, dst],
-            "<14I2fI" if rows else "<14I2f3I",
-            push,
-            groups,
-            [q, k, v, m],
-            [dst],
-        )
-    ]
+    shader, fmt = ("flash_attn_rows", "<14I2fI") if rows else ("flash_attn", "<14I2f3I")
+    out_ = [dispatch(shader, spec, [q, k, v, m, dst], fmt, push, groups, [q, k, v, m], [dst])]
     if splits > 1 and not st.params.get("parts"):
         qb: list[Binding] = [out, out]
         writes: list[View | Storage] = [out]

@@ -23,7 +23,6 @@ from llmrt.lower.steps import (
     Plan,
     Step,
     StepLowering,
-    count_reads,
     liveness,
     lower_steps,
 )
@@ -197,11 +196,7 @@ def lower(graph: Graph, cpu: bool, max_range: int) -> Plan:
     max_t = (1 << 30) if cpu else MAX_T_MATVEC
     plan, lo = lower_steps(graph, lambda n: fusable(n, cpu), lambda dtype: max_t,
                            _lowerings(cpu), act_align=4)  # fmt: skip
-    steps = plan.steps
-
-    def reads(storage, skip=None) -> int:
-        return count_reads(steps, plan.outputs, storage, skip)
-
+    steps, reads = plan.steps, plan.reads
     if not cpu:
         steps[:] = prologue.producers_in_prologues(steps, reads, prologue_fits)
     plain = None if cpu else lambda mv: prologue_fits(mv, 1)

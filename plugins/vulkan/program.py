@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from llmrt import device
-from llmrt.device import Buffer as DeviceBuffer
-from llmrt.device import Device, Executable
-from llmrt.errors import UnsupportedOp
+from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
 from llmrt.lower import ALIGN, Storage, View, plan_arena
 from llmrt.lower.arena import aligned
+from llmrt.lower.steps import ITEMSIZE
+from llmrt.lower.view import bound
 from llmrt_vulkan.launch import LAUNCHES
 from llmrt_vulkan.lower import lower
 from llmrt_vulkan.runtime import Buffer, Runtime
@@ -35,9 +35,6 @@ TIMESTAMPS = False  # profiling: time every dispatch (benchmarks/vulkan_profile.
 COMPUTE, TRANSFER, HOST = 0x800, 0x1000, 0x4000  # pipeline stages
 SHADER_READ, SHADER_WRITE = 0x20, 0x40  # access kinds
 TRANSFER_READ, TRANSFER_WRITE, HOST_READ = 0x800, 0x1000, 0x2000
-F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
-ITEMSIZE = {F32: 4, F16: 2, I32: 4}
-NP_TYPES = {F32: np.float32, F16: np.float16, I32: np.int32}
 
 
 @dataclass
@@ -60,12 +57,12 @@ class VulkanState(device.Buffer):
         self.rt, self.buf, self.offset = rt, buf, offset
 
     def write(self, data: Any) -> None:
-        host = np.ascontiguousarray(data, NP_TYPES[self.dtype]).reshape(self.shape)
+        host = np.ascontiguousarray(data, HOST_TYPES[self.dtype]).reshape(self.shape)
         self.rt.write(self.buf, host, self.offset)
 
     def read(self) -> np.ndarray:
         raw = self.rt.read(self.buf, self.offset, self.nbytes)
-        return raw.view(NP_TYPES[self.dtype]).reshape(self.shape)
+        return raw.view(HOST_TYPES[self.dtype]).reshape(self.shape)
 
     def copy_from(self, src: device.Buffer) -> bool:
         if not isinstance(src, VulkanState) or src.rt is not self.rt:
@@ -83,9 +80,7 @@ class VulkanProgram(Executable):
         self.inputs_size = 0
         for s in plan.storages:  # weights and states are bound buffers; inputs share one
             if s.kind in ("weight", "state"):
-                if s.key not in bindings:
-                    raise UnsupportedOp(f"graph {graph.name!r} needs '{s.key}', not bound")
-                buf = bindings[s.key].buf
+                buf = bound(s, bindings, graph).buf
                 s.kind, s.buf, s.offset, s.nbytes = "buffer", buf, 0, buf.size
             elif s.kind == "input":
                 s.kind, s.offset = "inputs", self.inputs_size
@@ -139,7 +134,7 @@ class VulkanProgram(Executable):
                                          pCommandBuffers=[self.command_buffer])  # fmt: skip
         self._in_views = [
             (key, self.inputs_host.host[ref.storage.offset : ref.storage.offset
-                                        + ref.storage.nbytes], NP_TYPES[dtype])
+                                        + ref.storage.nbytes], HOST_TYPES[dtype])
             for key, ref, _, dtype in self.inputs
         ]  # fmt: skip
 
@@ -296,14 +291,14 @@ class VulkanProgram(Executable):
         self.rt.run([self.command_buffer], self.submit)
         return self._read_outputs(outputs)
 
-    def input_buffer(self, key: str) -> DeviceBuffer | None:
+    def input_buffer(self, key: str) -> device.Buffer | None:
         for name, ref, shape, dtype in self.inputs:
             if name == key and self.device is not None:
                 return VulkanState(self.device, self.rt, self.inputs_host, shape, dtype,
                                    ref.storage.offset)  # fmt: skip
         return None
 
-    def output_buffer(self, name: str) -> DeviceBuffer | None:
+    def output_buffer(self, name: str) -> device.Buffer | None:
         """Where an output is after a run: its copy in host memory, or its storage."""
         for out, ref, host_off in self.out_plan:
             if out == name and self.device is not None:
@@ -323,5 +318,5 @@ class VulkanProgram(Executable):
             if names is None or name in names:
                 buf, start = self._output_at(ref, host_off)
                 raw = buf.host[start : start + ref.n * ITEMSIZE[ref.dtype]]
-                result[name] = raw.view(NP_TYPES[ref.dtype]).reshape(ref.shape).copy()
+                result[name] = raw.view(HOST_TYPES[ref.dtype]).reshape(ref.shape).copy()
         return result

@@ -48,7 +48,6 @@ class Pipeline:
     handle: Any
     layout: Any
     set_layout: Any
-    n_bindings: int
 
 
 class Runtime:
@@ -73,7 +72,6 @@ class Runtime:
         self.cpu = choice == "cpu" or (choice != "gpu" and properties.get("device_type") == "cpu")
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
-        self.offset_align = max(16, int(limits.minStorageBufferOffsetAlignment))
         self.max_groups = int(limits.maxComputeWorkGroupCount[0])
 
         families = vk.vkGetPhysicalDeviceQueueFamilyProperties(physical)
@@ -121,7 +119,6 @@ class Runtime:
         self.unified = has_unified and local_heaps <= host_local_heaps
         self.device_flags = unified if self.unified else DEVICE_LOCAL
         self.host_flags = HOST_VISIBLE | HOST_COHERENT
-        self._buffers: weakref.WeakSet = weakref.WeakSet()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
         self._modules: dict[str, Any] = {}
         self._staging: Buffer | None = None
@@ -319,7 +316,7 @@ class Runtime:
         )  # fmt: skip
         info = vk.VkComputePipelineCreateInfo(stage=stage, layout=layout)
         handle = vk.vkCreateComputePipelines(device, None, 1, [info], None)[0]
-        found = Pipeline(handle, layout, set_layout, n_bindings)
+        found = Pipeline(handle, layout, set_layout)
         self._pipelines[key] = found
         return found
 
