@@ -5,14 +5,16 @@
 #   check [peer] setup; with "peer", llama.cpp's builds started (../shared/tools/peer, carried
 #                as .peer, for the bench stage's llama.cpp rows); llmrt devices; CUDA/Vulkan/OpenCL plugin tests and the conformance suite on
 #                cuda:0, vulkan:0 and opencl:0 (NVIDIA's OpenCL); logits of this tree against the
-#                tree before the lowering refactor (a86e09b, .devrun/old) on cuda:0 and vulkan:0;
-#                a split over cuda:0,vulkan:0 against cuda:0 alone
-#   bench ROWS   per row, interleaved: llmrt cuda (this tree, a86e09b), llama.cpp CUDA, llmrt vulkan
-#                (this tree, a86e09b), llama.cpp Vulkan, llmrt opencl:0, llmrt cuda:0,vulkan:0
+#                tree in .devrun/old (OLDREV below) on cuda:0 and vulkan:0; opencl:0 and the
+#                splits over cuda:0,vulkan:0 etc. against cuda:0 alone; OpenCL launch costs
+#   bench ROWS   per row, interleaved: llmrt cuda (this tree, OLDREV), llama.cpp CUDA, llmrt vulkan
+#                (this tree, OLDREV), llama.cpp Vulkan, llmrt opencl:0 (command buffer, and kernel by
+#                kernel with LLMRT_OPENCL_SAFE=1), llmrt cuda:0,vulkan:0
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
-#   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B shape on cuda:0 and vulkan:0
+#   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B shape on cuda:0 and vulkan:0,
+#                each beside llama-bench's (fa on) when the peer was built
 # Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer, and a
 # clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
 # with these folders linked in) when uncommitted work must not travel. An ignored folder that a
@@ -22,15 +24,21 @@ set -u
 stage=${1:-check}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/parts
 cp .gpumodels/part.* /tmp/parts/ 2>/dev/null
+# SmolLM2 alone is part.0 and the first 56,362,432 bytes of part.1 (head -c of it, 56 MB)
+[ -e .gpumodels/smol.1 ] && cp .gpumodels/smol.1 /tmp/parts/part.1
 [ "$stage" = keep ] && { ls /tmp/parts; exit 0; }
 
-for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .devrun/whl/*.whl
+# a later call on the warm machine finds the loader and the wheels installed: it need not carry them
+[ -d .gl ] && { for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; }
+[ -d .devrun/whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
+  --target /tmp/site .devrun/whl/*.whl
+PEER=.devrun/device_bench.sh  # ../shared/tools/peer/device_bench.sh; .peer (its build) is carried once
 mkdir -p /tmp/ocl && echo libnvidia-opencl.so.1 > /tmp/ocl/nvidia.icd
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OCL_ICD_VENDORS=/tmp/ocl
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 old() { PYTHONPATH=$PWD/.devrun/old:/tmp/site "$@"; }
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
+OLDREV=2a8c369  # the tree in .devrun/old (git archive of core and plugins, as installed packages)
 ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
 
 case $stage in
@@ -40,7 +48,9 @@ check)
   ( synth smollm2-135m q4_0; synth llama32-1b q4_0 ) &
   synth=$!
   ( synth smollm2-135m q8_0; synth llama3-8b q4_0 ) &
+  synth_big=$!
   llmrt devices 2>&1 | tee $OUT/devices.log
+  python3 benchmarks/opencl_launch_cost.py 2>&1 | tee $OUT/launch-cost.log
   # the tests in the background, beside the logits checks (correctness only: nothing is timed)
   ( timeout 240 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_launch.py \
       tests/plugins/test_vulkan_backend.py tests/plugins/test_opencl_backend.py tests/core/test_buffers.py \
@@ -54,54 +64,57 @@ check)
       timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz
       old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz
       python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('$dev $m this tree vs a86e09b:', 'identical' if n.array_equal(a, b) else f'DIFFER max {abs(a-b).max()}')" \
+print('$dev $m this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'DIFFER max {abs(a-b).max()}')" \
         | tee -a $OUT/logits.log
     done
     cp /tmp/new.npz /tmp/vulkan.npz
     timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf cuda:0 /tmp/one.npz
-    for dev in cuda:0,vulkan:0 vulkan:0,cuda:0 cuda:0,opencl:0; do
+    for dev in opencl:0 cuda:0,vulkan:0 vulkan:0,cuda:0 cuda:0,opencl:0; do
       timeout 90 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/split.npz
       python3 -c "import numpy as n; a=n.load('/tmp/one.npz')['logits']; b=n.load('/tmp/split.npz')['logits']; \
 s=(a.argmax(-1)==b.argmax(-1)); print('$m $dev vs cuda:0: argmax equal on', int(s.sum()), 'of', len(s), \
 'rows, the 9 greedy steps', bool(s[-9:].all()), 'max |diff|', float(abs(a-b).max()))" | tee -a $OUT/split.log
     done
   done
-  wait $tests
+  wait $tests $synth_big  # a file still being written when the call returns would be cut short
   grep -v "PASSED" $OUT/plugin-tests.log | tail -25
   tail -12 $OUT/conformance.log
   ;;
 bench)
   [ $# -gt 1 ] && ROWS="${*:2}"
   ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done )
-  [ -e /tmp/peer-cuda.log ] && { WAIT_S=120 bash .peer/device_bench.sh wait cuda; WAIT_S=60 bash .peer/device_bench.sh wait vulkan; }
+  [ -e /tmp/peer-cuda.log ] && { WAIT_S=120 bash $PEER wait cuda; WAIT_S=60 bash $PEER wait vulkan; }
   b() { timeout 120 llmrt bench -m $3 -p 512 -n 128 -ngl 99 -r 3 --device $2 2>&1 \
       | grep -v "^| model\|^| ---" | sed "s/^/$1 $2 /" | tee -a $OUT/bench.log; }
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf
     echo "== $r" | tee -a $OUT/bench.log
-    b llmrt cuda:0 $m; old b a86e09b cuda:0 $m
-    bash .peer/device_bench.sh bench cuda $m | sed 's/^/llama.cpp-cuda /' | tee -a $OUT/bench.log
-    b llmrt vulkan:0 $m; old b a86e09b vulkan:0 $m
-    bash .peer/device_bench.sh bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench.log
-    b llmrt opencl:0 $m; b llmrt cuda:0,vulkan:0 $m
+    b llmrt cuda:0 $m; old b $OLDREV cuda:0 $m
+    bash $PEER bench cuda $m | sed 's/^/llama.cpp-cuda /' | tee -a $OUT/bench.log
+    b llmrt vulkan:0 $m; old b $OLDREV vulkan:0 $m
+    bash $PEER bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench.log
+    b llmrt opencl:0 $m; LLMRT_OPENCL_SAFE=1 b llmrt-opencl-safe opencl:0 $m; b llmrt cuda:0,vulkan:0 $m
   done
   ;;
 models)
   models=$PWD/.gpumodels/cache/models; mkdir -p $models
   cat /tmp/parts/part.* > /tmp/joined
-  offset=0
-  while read -r name size; do
+  offset=0 total=$(stat -c %s /tmp/joined)
+  while read -r name size; do  # the models whose bytes all came (SmolLM2 alone: part.0 + smol.1)
+    [ $((offset + size)) -le $total ] || break
     tail -c +$((offset + 1)) /tmp/joined | head -c "$size" > "$models/$name"
     offset=$((offset + size))
   done < <(head -2 .gpumodels/manifest)
-  (cd $models && tail -2 $OLDPWD/.gpumodels/manifest | sha256sum -c) || exit 1
+  (cd $models && tail -2 $OLDPWD/.gpumodels/manifest | while read -r sum name; do
+    [ -e "$name" ] && echo "$sum  $name"; done | sha256sum -c) || exit 1
   export LLMRT_CACHE=$PWD/.gpumodels/cache
+  [ -e $models/gemma-3-270m-q4_k_m.gguf ] && only="" || only="not gemma3"  # no hub to pull from
   for dev in opencl:0 cuda:0 vulkan:0; do
     echo "== greedy and logits on $dev"
     LLMRT_TEST_DEVICE=$dev timeout 150 python3 -m pytest tests/models/test_greedy.py \
-      tests/models/test_logits.py -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
+      tests/models/test_logits.py -k "$only" -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
   done
-  for dev in opencl:0 cuda:0; do
+  for dev in opencl:0 cuda:0 vulkan:0; do
     echo "== KL divergence against llama.cpp (fa0), SmolLM2, $dev"
     timeout 120 python3 .devrun/kld_ref.py score $models/smollm2-135m-instruct-q4_1.gguf tests/fixtures/refs/smollm2-135m/kld/text.txt \
       tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz $dev 2>&1 | tail -6 | tee -a $OUT/kld.log
@@ -111,7 +124,9 @@ models)
       timeout 60 llmrt bench -m $m -p 512 -n 128 -r 3 --device $dev 2>&1 | grep -v "^| model\|^| ---" \
         | sed "s/^/$dev /" | tee -a $OUT/bench-models.log
     done
-    bash .peer/device_bench.sh bench vulkan $m | sed 's/^/llama.cpp-vulkan /' | tee -a $OUT/bench-models.log
+    for peer in cuda vulkan; do
+      bash $PEER bench $peer $m | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/bench-models.log
+    done
   done
   ;;
 depth)
@@ -119,6 +134,9 @@ depth)
   for dev in cuda:0 vulkan:0; do
     timeout 55 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
       --device $dev 2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/depth.log
+    [ $dev = cuda:0 ] && peer=cuda || peer=vulkan
+    [ -e /tmp/peer-$peer/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
+      bench $peer /tmp/synth-llama32-1b-q4_0.gguf | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/depth.log
   done
   ;;
 esac
