@@ -13,8 +13,9 @@
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
-#   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B shape on cuda:0 and vulkan:0,
-#                each beside llama-bench's (fa on) when the peer was built
+#   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
+#                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
+#                attention split for more or fewer workgroups (benchmarks/vulkan_attn_splits.py)
 # Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer, and a
 # clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
 # with these folders linked in) when uncommitted work must not travel. An ignored folder that a
@@ -130,13 +131,17 @@ models)
   done
   ;;
 depth)
-  synth llama32-1b q4_0
-  for dev in cuda:0 vulkan:0; do
-    timeout 55 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
-      --device $dev 2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/depth.log
-    [ $dev = cuda:0 ] && peer=cuda || peer=vulkan
-    [ -e /tmp/peer-$peer/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
-      bench $peer /tmp/synth-llama32-1b-q4_0.gguf | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/depth.log
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    [ -e /tmp/synth-$m.gguf ] || continue
+    for dev in cuda:0 vulkan:0; do
+      timeout 100 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
+        --device $dev 2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/depth.log
+      [ $dev = cuda:0 ] && peer=cuda || peer=vulkan
+      [ -e /tmp/peer-$peer/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
+        bench $peer /tmp/synth-$m.gguf | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/depth.log
+    done
   done
+  timeout 120 python3 benchmarks/vulkan_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 \
+    4096,16384 512,1024,2048,4096 2>&1 | tee -a $OUT/depth.log
   ;;
 esac
