@@ -15,7 +15,7 @@
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
-#                attention split for more or fewer workgroups (benchmarks/vulkan_attn_splits.py)
+#                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
 # Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer, and a
 # clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
 # with these folders linked in) when uncommitted work must not travel. An ignored folder that a
@@ -143,5 +143,7 @@ depth)
   done
   timeout 120 python3 benchmarks/vulkan_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 \
     4096,16384 512,1024,2048,4096 2>&1 | tee -a $OUT/depth.log
+  timeout 120 python3 benchmarks/cuda_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf 4096,16384 2,3,4,6,8 \
+    2>&1 | tee -a $OUT/depth.log
   ;;
 esac

@@ -54,6 +54,9 @@ MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
 FATTN_SPLIT_KEYS = 64
 FATTN_SPLIT_MAX_BLOCKS = 264
+# the split kernel's blocks wait for each other, so all must be resident at once: this many a
+# multiprocessor (benchmarks/cuda_attn_splits.py measures others, bounded by the occupancy)
+FATTN_RESIDENT_PER_SM = 2
 
 
 @functools.cache
@@ -472,8 +475,7 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     f16 = 1 if k.dtype == GGMLType.F16 else 0
     q8 = p.get("q8", 0)
     dso = q8_layout(out.n)[0] if q8 else 0
-    # the split kernel's blocks wait for each other: all of them must be resident at once
-    cap = max(1, (2 * _sm_count()) // (hq * t))
+    cap = max(1, (FATTN_RESIDENT_PER_SM * _sm_count()) // (hq * t))
     nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap)
     common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
     common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
