@@ -97,7 +97,8 @@ class OpenCLProgram(Executable):
         self.device = device
         self.ctx, self.queue = device.context, device.queue
         self.device_info = device.limits
-        plan = lower(graph)
+        plan = lower(graph, fused=not self.device_info["cpu"])  # see lower.py
+        self.plan = plan
         arena_nbytes = plan_arena(plan.storages)
         self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",
                               device.id)  # fmt: skip
