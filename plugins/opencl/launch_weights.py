@@ -170,7 +170,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
-    g, nt = _lanes(k // 32), _token_tile(t)
+    g, nt = (1 if prog.device_info["cpu"] else _lanes(k // 32)), _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:
