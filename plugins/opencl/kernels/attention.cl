@@ -362,7 +362,8 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         for (int d = 0; d < D4; ++d) {
             for (int j = 0; j < 4; ++j) {
                 x[j] = ROPE_AT(kn, 4 * d + j);
-                if (get_group_id(0) == 0) cache_store(kcb, kco, KF16, cnew, ks, kh, hk, 4 * d + j, x[j]);
+                if (get_group_id(0) == 0)
+                    cache_store(kcb, kco, KF16, cnew, ks, kh, hk, 4 * d + j, x[j]);
             }
             nk[d] = (float4)(K_AS_STORED(x[0]), K_AS_STORED(x[1]), K_AS_STORED(x[2]),
                              K_AS_STORED(x[3]));
@@ -370,7 +371,8 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         for (int d = 0; d < DV4; ++d) {
             for (int j = 0; j < 4; ++j) {
                 x[j] = vn[4 * d + j];
-                if (get_group_id(0) == 0) cache_store(vcb, vco, VF16, cnew, vs, vh, hk, 4 * d + j, x[j]);
+                if (get_group_id(0) == 0)
+                    cache_store(vcb, vco, VF16, cnew, vs, vh, hk, 4 * d + j, x[j]);
             }
             nv[d] = (float4)(V_AS_STORED(x[0]), V_AS_STORED(x[1]), V_AS_STORED(x[2]),
                              V_AS_STORED(x[3]));
