@@ -58,6 +58,17 @@ def _lanes(n_chunks: int) -> int:
     return g
 
 
+def _mmvq_lanes(n_blocks: int) -> int:
+    """Lanes per row of mmvq: the group size (32, 16 or 8) that leaves fewest lanes idle, as the
+    CUDA backend's (a lane takes whole q8 blocks, so 18 blocks take 8 lanes, not 32)."""
+    best, eff = 32, 0.0
+    for g in (32, 16, 8):
+        e = n_blocks / (g * _groups(n_blocks, g))
+        if e > eff + 1e-9:
+            best, eff = g, e
+    return best
+
+
 def _token_tile(t: int) -> int:
     return 1 if t == 1 else 2 if t == 2 else 4 if t <= 4 else 8
 
@@ -170,7 +181,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
-    g, nt = (1 if prog.device_info["cpu"] else _lanes(k // 32)), _token_tile(t)
+    g, nt = (1 if prog.device_info["cpu"] else _mmvq_lanes(k // 32)), _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:
