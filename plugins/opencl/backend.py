@@ -103,6 +103,8 @@ class OpenCLDevice(Device):
             "local_mem_size": int(dev.local_mem_size),
             "compute_units": int(dev.max_compute_units),
             "max_alloc": int(dev.max_mem_alloc_size),
+            # packed int8 dot products (the integer mat-vecs' -D USE_IDP=1)
+            "integer_dot": int("cl_khr_integer_dot_product" in dev.extensions.split()),
         }
 
     def program(self, file: str, defines: tuple[tuple[str, int], ...]) -> Any:

@@ -4,6 +4,11 @@ length when heads x tokens would leave the device idle, then a merge of the spli
 A work-group takes a block of query rows of one KV head (its grouped query heads, over several
 tokens: they share every K and V load) and a range of keys. Its row count is a compile-time
 define, as are the head sizes and cache types, so each shape builds its own small program.
+
+The decode fusions (llmrt.lower.passes) add to the step: ``params["nr"]`` (the one-token
+attention ropes q and the new K row itself and writes the new K/V rows: attention.cl's NEWROW)
+and ``params["q8"]`` (the output also as q8 blocks: XQ8, or a quant_q8 launch after it where the
+kernel cannot).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyopencl as cl
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.steps import Step
+from llmrt_opencl.launch_ops import q8_arg, quant_q8_launch, rope_args
 from llmrt_opencl.program import Launch, OpenCLProgram
 
 FILE = "attention.cl"
@@ -34,10 +40,11 @@ MAX_SPLITS = 64
 _SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 
 
-def _rows(prog: OpenCLProgram, t: int, group: int, d: int) -> int:
+def _rows(prog: OpenCLProgram, t: int, group: int, d: int, new_row: int = 0) -> int:
     """Query rows per work-group: all of a decode token's grouped heads, at most what local
-    memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest)."""
-    local = int(prog.device_info["local_mem_size"]) - 1024
+    memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest, and
+    new_row bytes for the new K/V row)."""
+    local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
     return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + NT)), t * group))
 
 
@@ -73,31 +80,61 @@ def _scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
     return held[0], np.uint64(0)
 
 
+def _fused_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
+    """The new row's and the q8 output's arguments (attention.cl's FUSED_ARGS), stand-ins where
+    the step has none."""
+    p, q = step.params, step.ins[0]
+    if "nr" in p:
+        kn, vn, pos, ids, kc, vc, *ff = step.ins[p["nr"] :]
+        n_dims, neox, *consts = rope_args(p["rope"])
+        rows = (*prog.arg(kn), *prog.arg(vn), *prog.arg(pos), *prog.arg(ids), *prog.arg(kc),
+                *prog.arg(vc), *prog.arg(ff[0] if ff else q), n_dims, neox, np.int32(bool(ff)),
+                *consts)  # fmt: skip
+    else:
+        rows = (*prog.arg(q) * 7, np.int32(0), np.int32(0), np.int32(0), *[np.float32(0)] * 5)
+    assert step.out is not None
+    q8 = q8_arg(prog, p["q8"], step.out.n) if xq else (*prog.arg(q), np.int64(0))
+    return (*rows, *q8)
+
+
 def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p, out_view = step.params, step.out
+    assert out_view is not None
+    n_attn = p.get("nr", len(step.ins))  # ins past this: the new row and where it goes
     q, k, v = step.ins[:3]
-    mask = step.ins[3] if len(step.ins) > 3 else None
+    mask = step.ins[3] if n_attn > 3 else None
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     if d % 4 or dv % 4 or dv > 4 * NT:
         raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT})")
+    new_row = "nr" in p
     group = hq // hkv
     cpu = _cpu(prog)
-    nr = min(MAX_ROWS, t * group) if cpu else _rows(prog, t, group, d)
+    nr = (min(MAX_ROWS, t * group) if cpu
+          else _rows(prog, t, group, d, 4 * (d + dv) if new_row else 0))  # fmt: skip
     defines = {"NT": NT, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
-               "VF16": int(v.dtype == GGMLType.F16)}  # fmt: skip
+               "VF16": int(v.dtype == GGMLType.F16), "NEWROW": int(new_row)}  # fmt: skip
     kernel = None if cpu else prog.kernel(FILE, "fattn", defines)
     if kernel is not None and not _fits(kernel, NT):
         cpu, kernel = True, None  # fattn_row runs with groups of one
     blocks = -(-(t * group) // nr)
     nsplit, chunk = _splits(prog, blocks * hkv, s, cpu)
-    out = prog.arg(step.out)
+    # where the output's q8 blocks come from: the kernel (one split: fattn_row any head size,
+    # fattn where its q rows' local memory holds the output rows), else fattn_merge (a row per
+    # work-group), else a quant_q8 launch after
+    merge_local = dv <= int(prog.device_info["max_work_group_size"])
+    xq = "q8" in p and (merge_local if nsplit > 1 else (cpu or dv <= d))
+    defines["XQ8"] = int(xq)
+    if kernel is not None and xq:
+        kernel = prog.kernel(FILE, "fattn", defines)
+    out = prog.arg(out_view)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
     args = (
         *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
         *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),
         np.int64(k.strides[0]), np.int64(k.strides[1]), np.int64(v.strides[0]),
-        np.int64(v.strides[1]), np.float32(step.params["scale"]),
-        np.float32(step.params["softcap"]), np.int32(mask is not None), np.int32(chunk),
+        np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
+        np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
     if cpu:
         launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
@@ -106,8 +143,12 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         launches = [Launch(kernel, (blocks * NT, hkv, nsplit), (NT, 1, 1), args)]
     if nsplit > 1:
         merge = prog.kernel(FILE, "fattn_merge", defines)
-        local = (dv, 1) if dv <= int(prog.device_info["max_work_group_size"]) else None
-        launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit))))
+        local = (dv, 1) if merge_local else None
+        xq_args = _fused_args(prog, step, xq)[-3:]
+        launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit),
+                                                            *xq_args)))  # fmt: skip
+    if "q8" in p and not xq:
+        launches.append(quant_q8_launch(prog, out_view, p["q8"]))
     return launches
 
 

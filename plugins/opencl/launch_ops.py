@@ -1,5 +1,7 @@
 """Launches for the steps that read no quantized weight and do not attend (kernels/ops.cl):
-copy, binary, unary, glu, norm, rope, soft_max, argmax, set_rows, get_rows_f32, mm_act.
+copy, binary, unary, glu, norm, rope, soft_max, argmax, set_rows, get_rows_f32, mm_act, and the
+decode fusions' norm_q8 (a norm that also writes its output as q8 blocks), quant_q8 and rope_qkv
+(rope of q and k and both KV-cache writes).
 
 Each builder turns a step's views and params into kernel launches whose arguments are set once.
 Elementwise kernels take a work-item per element, the grid rounded up to whole groups; row
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +20,8 @@ from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX
 from llmrt.lower.steps import Step
+from llmrt.lower.view import Storage, View
+from llmrt_opencl.lower import q8_layout
 from llmrt_opencl.program import Launch, OpenCLProgram
 
 F32, F16 = GGMLType.F32, GGMLType.F16
@@ -145,6 +150,68 @@ def norm(prog: OpenCLProgram, step: Step) -> list[Launch]:
     return [Launch(prog.kernel(FILE, "norm_rows"), (rows * local,), (local,), args)]
 
 
+def q8_arg(prog: OpenCLProgram, q8: Storage, n: int) -> tuple[Any, np.uint64, np.int64]:
+    """A q8 buffer of n activations: its (buffer, byte offset) and where its scales start."""
+    buf, offset = prog.base[q8]
+    return buf, np.uint64(offset), _i64(q8_layout(n)[0])
+
+
+def norm_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p, x, out = step.params, step.ins[0], step.out
+    assert out is not None
+    ncols = out.shape[-1]
+    rows = out.n // ncols
+    w = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no weight (has_w 0)
+    local = _row_local(prog, ncols)
+    has_y = not p.get("y_unused", False)
+    args = (*prog.arg(x), *prog.arg(out if has_y else x), *prog.arg(w), _i32(ncols),
+            _f32(p["eps"]), _i32(p["mode"]), _i32(len(step.ins) > 1), _i32(has_y),
+            *q8_arg(prog, p["q8"], out.n))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "norm_rows_q8"), (rows * local,), (local,), args)]
+
+
+def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:
+    """x (contiguous f32, a multiple of 32 elements) into the q8 buffer q8."""
+    g, loc = _flat(prog, x.n // 32)
+    args = (*prog.arg(x), *q8_arg(prog, q8, x.n), _i64(x.n // 32))
+    return Launch(prog.kernel(FILE, "quant_q8"), g, loc, args)
+
+
+def quant_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    assert step.params["n"] == step.ins[0].n
+    return [quant_q8_launch(prog, step.ins[0], step.params["q8"])]
+
+
+def rope_args(p: dict[str, Any]) -> tuple:
+    """A rope's constants as rope_elem (common.h) takes them: n_dims, neox, the float-floats of
+    freq_base^(-2 / n_dims) (from float64 here) and freq_scale, attn_factor."""
+    n_dims = p["n_dims"]
+    return (_i32(n_dims), _i32(p["mode"] == ROPE_NEOX),
+            *_ff(float(p["freq_base"]) ** (-2.0 / n_dims)), *_ff(float(p["freq_scale"])),
+            _f32(p["attn_factor"]))  # fmt: skip
+
+
+def rope_qkv(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    out = step.out
+    assert out is not None
+    q, k, v, pos = step.ins[:4]
+    kc, vc, ids = step.ins[-3:]
+    ff = step.ins[4] if len(step.ins) == 8 else q  # q stands in for no factors (has_ff 0)
+    if kc.dtype not in (F32, F16) or vc.dtype not in (F32, F16):
+        raise UnsupportedOp(f"rope_qkv into {kc.dtype.name} / {vc.dtype.name} caches")
+    _, hq, d = q.shape
+    n = q.n + k.n + v.n
+    g, loc = _flat(prog, n)
+    n_dims, neox, *consts = rope_args(step.params)
+    args = (*prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(pos), *prog.arg(ff),
+            *prog.arg(out), *prog.arg(kc), *prog.arg(vc), *prog.arg(ids), _i32(hq),
+            _i32(k.shape[1]), _i32(d), n_dims, neox, _i32(len(step.ins) == 8), *consts,
+            _i64(q.n), _i64(k.n), _i64(v.n), _i32(v.n // ids.n), _i64(kc.strides[0]),
+            _i64(vc.strides[0]), _i64(min(kc.shape[0], vc.shape[0])), _i32(kc.dtype == F16),
+            _i32(vc.dtype == F16))  # fmt: skip
+    return [Launch(prog.kernel(FILE, "rope_qkv"), g, loc, args)]
+
+
 def _ff(x: float) -> tuple[np.float32, np.float32]:
     """x as a float-float: its nearest f32 and the f32 of what that leaves."""
     hi = np.float32(x)
@@ -244,4 +311,7 @@ LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
     "set_rows": set_rows,
     "get_rows_f32": get_rows_f32,
     "mm_act": mm_act,
+    "norm_q8": norm_q8,
+    "quant_q8": quant_q8,
+    "rope_qkv": rope_qkv,
 }

@@ -1,12 +1,13 @@
 """Launches for the steps that read a weight in its GGUF blocks (kernels/weights.cl, built once
-per weight type): get_rows_w, mmv and gemm.
+per weight type): get_rows_w, mmv, gemm and the decode fusions' integer mat-vec mmvq.
 
 mmv: one work-group of MMV_WG work-items per few rows; lanes of a row split its 32-element
 chunks and sum in local memory, each rounded activation chunk serving R rows (one or two
 tokens) or a row serving up to 8 tokens. gemm: tiles of GEMM_M rows x GEMM_T tokens staged in
 local memory a chunk at a time. get_rows_w: one work-item per 16 elements of an output row.
 On a CPU device (PoCL) both products are mmv_row: a work-item per row and 8 tokens, in vector
-types, after one rounding of the activations.
+types, after one rounding of the activations. mmvq: as mmv, on q8 activations, for one to three
+matrices (q, k, v) or a gate and up pair with their GLU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.steps import Step
+from llmrt_opencl.launch_ops import q8_arg
 from llmrt_opencl.program import Launch, OpenCLProgram
 
 FILE = "weights.cl"
@@ -30,6 +32,7 @@ CPU_WG = 16  # work-items per group of the CPU kernels (PoCL runs a group as a l
 # chunk once for all R, while at least this many work-groups remain to fill the device
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
+MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 
 
@@ -53,6 +56,17 @@ def _lanes(n_chunks: int) -> int:
     while g < min(n_chunks, MMV_WG):
         g *= 2
     return g
+
+
+def _mmvq_lanes(n_blocks: int) -> int:
+    """Lanes per row of mmvq: the group size (32, 16 or 8) that leaves fewest lanes idle, as the
+    CUDA backend's (a lane takes whole q8 blocks, so 18 blocks take 8 lanes, not 32)."""
+    best, eff = 32, 0.0
+    for g in (32, 16, 8):
+        e = n_blocks / (g * _groups(n_blocks, g))
+        if e > eff + 1e-9:
+            best, eff = g, e
+    return best
 
 
 def _token_tile(t: int) -> int:
@@ -159,8 +173,36 @@ def _launch_gemm(prog: OpenCLProgram, step: Step) -> list[Launch]:
     return [Launch(_kernel(prog, wtype, "gemm"), size, (GEMM_WG, 1), args)]
 
 
+def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p = step.params
+    wtype, k, t = p["type"], p["k"], p["t"]
+    glu = p.get("glu", -1)
+    outs, ms = p.get("outs", [step.out]), p.get("ms", [p["m"]])
+    several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
+    ws = step.ins if several else step.ins[:1]
+    res = step.ins[1] if not several and len(step.ins) > 1 else None
+    g, nt = (1 if prog.device_info["cpu"] else _mmvq_lanes(k // 32)), _token_tile(t)
+    if glu >= 0:  # a lane group's two rows: the gate's and the up's
+        r, groups = 2, _groups(ms[0], MMVQ_WG // g)
+    else:
+        r = 2 if sum(_groups(m, MMVQ_WG // g * 2) for m in ms) >= MMV_MIN_GROUPS else 1
+        groups = sum(_groups(m, MMVQ_WG // g * r) for m in ms)
+    w_args = [a for w in [*ws, *[ws[0]] * (3 - len(ws))] for a in prog.arg(w)]
+    y_args = [a for y in [*outs, *[outs[0]] * (3 - len(outs))] for a in prog.arg(y)]
+    args = (*w_args, np.int64(p["row_bytes"]), *q8_arg(prog, p["q8"], t * k), *y_args,
+            *prog.arg(res if res is not None else outs[0]), np.int32(res is not None),
+            *(np.int32(m) for m in [*ms, *[0] * (3 - len(ms))]), np.int32(k), np.int32(t),
+            np.int32(g), np.int32(glu))  # fmt: skip
+    defines = {"WTYPE": int(wtype)}
+    if prog.device_info.get("integer_dot"):  # cl_khr_integer_dot_product: dot_acc_sat
+        defines["USE_IDP"] = 1
+    kernel = prog.kernel(FILE, f"mmvq_{nt}_{r}", defines)
+    return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
+
+
 LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
     "get_rows_w": _launch_get_rows_w,
     "mmv": _launch_mmv,
     "gemm": _launch_gemm,
+    "mmvq": _launch_mmvq,
 }

@@ -2,22 +2,33 @@
 
 A weight product of up to MMV_MAX_T token rows is a mat-vec (``mmv``, the residual add in its
 epilogue), a longer one a tiled ``gemm`` reading the blocks as stored; a norm takes its weight.
+
+With ``fused`` (a GPU's choice: a launch costs ~10 µs there, and a decode step was ~500 of
+them) the small-batch passes of llmrt.lower.passes apply as on CUDA: mat-vecs of the legacy
+quants become integer mat-vecs (``mmvq``) on activations quantized once to q8 blocks (by the
+norm or attention that makes them, or a ``quant_q8`` step), q/k/v share one launch, gate/up and
+their GLU one, rope and the KV writes one (or go into the one-token attention). A CPU device
+(PoCL) keeps its per-row float kernels, which were faster there (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
-from llmrt.lower.steps import Plan, liveness, lower_steps, step_supports
+from llmrt.lower import passes
+from llmrt.lower.steps import Plan, count_reads, liveness, lower_steps, step_supports
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 WEIGHT_TYPES = frozenset({
     F32, F16, BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
     GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
 })  # fmt: skip
-MMV_MAX_T = 8
+# Weight types whose mat-vec runs on int8 activations when fused (weights.cl's mmvq).
+Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
+q8_layout = passes.q8_layout
 
 
 def _attention(node: Tensor) -> bool:
@@ -33,7 +44,18 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(WEIGHT_TYPES, lambda dtype: MMV_MAX_T, _attention)
 
 
-def lower(graph: Graph) -> Plan:
-    plan, _ = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
-    liveness(plan.steps, plan.outputs)
+def lower(graph: Graph, fused: bool = False) -> Plan:
+    """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs)."""
+    plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
+    steps = plan.steps
+    if fused:
+
+        def reads(storage, skip=None) -> int:
+            return count_reads(steps, plan.outputs, storage, skip)
+
+        steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES)
+        for rewrite in (passes.glu_mat_vecs, passes.shared_mat_vecs, passes.rope_qkv,
+                        passes.rope_in_attention, passes.unused_norm_outputs):  # fmt: skip
+            steps[:] = rewrite(steps, reads)
+    liveness(steps, plan.outputs)
     return plan

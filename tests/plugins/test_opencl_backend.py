@@ -78,17 +78,30 @@ def test_a_weight_larger_than_one_buffer_is_read_on_the_host(opencl, tiny_gguf_w
     assert nmse(want, dev.context(n_ctx=64).eval(PROMPT)) < 1e-3
 
 
-GPU_PATH_OPS = ("mul_mat(", "flash_attn_ext(", "get_rows(")
+GPU_PATH_OPS = ("mul_mat(", "flash_attn_ext(", "get_rows(", "add(mul_mat(", "add(residual,",
+                "decode_")  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "case", [c for c in cases() if c.id.startswith(GPU_PATH_OPS)], ids=lambda c: c.id
 )
 def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
-    """PoCL is a CPU device, so products and attention take the per-row kernels there; the
-    kernels a GPU's driver runs (work-group mat-vecs, the local-memory gemm, split attention)
-    are checked here on PoCL by having it report itself as a GPU."""
+    """PoCL is a CPU device, so products and attention take the per-row kernels there, unfused;
+    the kernels a GPU's driver runs (work-group mat-vecs, the local-memory gemm, split attention,
+    and the decode fusions: integer mat-vecs on q8 activations, rope and KV writes in the
+    attention) are checked here on PoCL by having it report itself as a GPU."""
     monkeypatch.setitem(opencl.limits, "cpu", 0)
+    assert check_case(opencl, case) == "ok"
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if c.id.startswith(("decode_", "mul_mat(type_a=q"))],
+    ids=lambda c: c.id,
+)  # fmt: skip
+def test_the_decode_fusions_conform_on_the_cpu_kernels(opencl, case, monkeypatch):
+    """The fused steps on a CPU device's kernels (per-row attention, one work-item per row):
+    what a CPU device runs if its lowering is given the fusions."""
+    monkeypatch.setitem(opencl.limits, "fused", 1)
     assert check_case(opencl, case) == "ok"
 
 

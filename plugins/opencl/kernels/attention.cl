@@ -21,7 +21,54 @@
 // Splits: with one, the output is written normalised; with several, each split writes its
 // unnormalised partial and (max, sum), and fattn_merge combines them (decode attention split over
 // the KV length: a long cache fills the device even when heads x tokens does not).
+//
+// Decode fusions (llmrt.lower.passes), each a define: NEWROW 1, the one-token attention after
+// rope_qkv took it over: q and the new K row arrive unroped, the group whose keys hold the new
+// cell ids[0] ropes its K row and keeps it and the V row (rounded as the cache stores them) in
+// local memory, reading them from there, and the first row block of each KV head writes them
+// into the caches (no other group reads that cell). XQ8 1: the output is also written as q8
+// blocks for the integer mat-vec that reads it (DV % 32 == 0; by fattn_merge where split).
 #include "common.h"
+
+#ifndef NEWROW
+#define NEWROW 0
+#endif
+#ifndef XQ8
+#define XQ8 0
+#endif
+#if KF16
+#define K_AS_STORED(x) round_f16(x)
+#else
+#define K_AS_STORED(x) (x)
+#endif
+#if VF16
+#define V_AS_STORED(x) round_f16(x)
+#else
+#define V_AS_STORED(x) (x)
+#endif
+
+// The arguments every attention kernel takes after its own: the new row (NEWROW) and the q8
+// output (XQ8); stand-ins where unused.
+#define FUSED_ARGS                                                                             \
+    __global const uchar *knb, ulong kno, __global const uchar *vnb, ulong vno,                \
+        __global const uchar *posb, ulong poso, __global const uchar *idsb, ulong idso,        \
+        __global uchar *kcb, ulong kco, __global uchar *vcb, ulong vco,                        \
+        __global const uchar *ffb, ulong ffo, int n_dims, int neox, int has_ff, float r_hi,    \
+        float r_lo, float fs_hi, float fs_lo, float attn_factor, __global uchar *xqb,          \
+        ulong xqo, long dso
+
+// Element i of a roped row (NEWROW's q and k)
+#define ROPE_AT(row, i)                                                                        \
+    rope_elem(row, i, n_dims, neox, CPTR(int, posb, poso)[0], CPTR(float, ffb, ffo), has_ff,   \
+              (float2)(r_hi, r_lo), (float2)(fs_hi, fs_lo), attn_factor)
+
+// Cell c of a cache (row stride cs, head stride ch) at head hk, element i, set to x
+inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, long ch, int hk,
+                        int i, float x) {
+    const long o = c * cs + (long)hk * ch + i;
+    if (f16) st_f16(PTR(ushort, cb, co), o, x);
+    else PTR(float, cb, co)[o] = x;
+}
 
 #ifndef NT
 #define NT 64  // work-items per work-group, a power of two
@@ -56,7 +103,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
     __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
     ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
-    long vs, long vh, float scale, float softcap, int has_mask, int chunk) {
+    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS) {
     __local float sq[NR * D];   // q rows (f16-rounded for an f16 K cache)
     __local float sc[NR * TK];  // a tile's scores (reduced to row maxima), then probabilities
     __local int live[TK];       // a key of the tile that some row sees (others are not read)
@@ -75,13 +122,39 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         const int row = row0 + i / D;
         float x = 0.0f;
         if (row < R) {
-            x = q[((long)(row / G) * Hq + hk * G + row % G) * D + i % D];
-#if KF16
-            x = round_f16(x);  // ggml multiplies an f16 cache with f16 operands
+            const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
+#if NEWROW
+            x = ROPE_AT(q + qrow, i % D);
+#else
+            x = q[qrow + i % D];
 #endif
+            x = K_AS_STORED(x);  // ggml multiplies an f16 cache with f16 operands
         }
         sq[i] = x;
     }
+#if NEWROW
+    __local float nk[D], nv[DV];
+    const int cnew = CPTR(int, idsb, idso)[0];
+    const int mine = cnew >= lo && cnew < hi;
+    if (mine) {
+        __global const float* kn = CPTR(float, knb, kno) + (long)hk * D;
+        __global const float* vn = CPTR(float, vnb, vno) + (long)hk * DV;
+        for (int i = lid; i < D; i += NT) {
+            const float x = ROPE_AT(kn, i);
+            nk[i] = K_AS_STORED(x);
+            if (get_group_id(0) == 0) cache_store(kcb, kco, KF16, cnew, ks, kh, hk, i, x);
+        }
+        for (int i = lid; i < DV; i += NT) {
+            nv[i] = V_AS_STORED(vn[i]);
+            if (get_group_id(0) == 0) cache_store(vcb, vco, VF16, cnew, vs, vh, hk, i, vn[i]);
+        }
+    }
+#define KEY4(s, kr, d) ((s) == cnew ? vload4(d, nk) : LOAD_K(k, (kr) + 4 * (d)))
+#define VAL4(s, vr, c) ((s) == cnew ? vload4(c, nv) : LOAD_V(v, (vr) + 4 * (c)))
+#else
+#define KEY4(s, kr, d) LOAD_K(k, (kr) + 4 * (d))
+#define VAL4(s, vr, c) LOAD_V(v, (vr) + 4 * (c))
+#endif
     // per row: the mask row (its token's; -1: a row past R, which sees nothing), the running
     // max (the same in every work-item) and this work-item's share of the running sum
     long mrow[NR];
@@ -113,7 +186,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         if (seen) {
             const long kr = (long)s * ks + (long)hk * kh;
             for (int d = 0; d < D4; ++d) {
-                const float4 kv = LOAD_K(k, kr + 4 * d);
+                const float4 kv = KEY4(s, kr, d);
 #pragma unroll
                 for (int r = 0; r < NR; ++r) x[r] += dot(kv, vload4(d, sq + r * D));
             }
@@ -174,7 +247,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
                     const int j = j0 + u;
                     vv[u] = (float4)(0.0f);
                     if (j < n && live[j])
-                        vv[u] = LOAD_V(v, (long)(base + j) * vs + (long)hk * vh + 4 * c);
+                        vv[u] = VAL4(base + j, (long)(base + j) * vs + (long)hk * vh, c);
                 }
 #pragma unroll
                 for (int u = 0; u < VU; ++u) {
@@ -204,16 +277,18 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 
-    if (rg >= NRG) return;
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr) {
         const int r = rg * RPW + rr, row = row0 + r;
-        if (r >= NR || row >= R) continue;
+        if (rg >= NRG || r >= NR || row >= R) continue;
         const long orow = (long)(row / G) * Hq + hk * G + row % G;
         const float sum = sc[r * TK];
         if (nsplit == 1) {
-            vstore4(sum > 0.0f ? acc[rr] / sum : (float4)(0.0f), c,
-                    PTR(float, ob, oo) + orow * DV);
+            const float4 o = sum > 0.0f ? acc[rr] / sum : (float4)(0.0f);
+            vstore4(o, c, PTR(float, ob, oo) + orow * DV);
+#if XQ8
+            vstore4(o, c, sq + r * DV);  // q is done with: the rows for their q8 blocks
+#endif
         } else {
             __global float* part = PTR(float, pb, po) + (orow * nsplit + sp) * PART;
             if (c == 0) {
@@ -223,6 +298,18 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
             vstore4(acc[rr], c, part + 2);
         }
     }
+#if XQ8
+    if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int b = lid; b < NR * (DV / 32); b += NT) {
+        const int r = b / (DV / 32), row = row0 + r;
+        if (row >= R) continue;
+        const long orow = (long)(row / G) * Hq + hk * G + row % G;
+        float x[32];
+        for (int i = 0; i < 32; ++i) x[i] = sq[r * DV + (b % (DV / 32)) * 32 + i];
+        q8_store32(x, PTR(uchar, xqb, xqo), dso, orow * (DV / 32) + b % (DV / 32));
+    }
+#endif
 }
 
 // fattn for a CPU device (PoCL): one work-item per (block of NR rows, KV head, split), local size
@@ -233,7 +320,7 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
                         __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo,
                         __global uchar* ob, ulong oo, __global uchar* pb, ulong po, int T, int Hq,
                         int Hkv, int S, long ks, long kh, long vs, long vh, float scale,
-                        float softcap, int has_mask, int chunk) {
+                        float softcap, int has_mask, int chunk, FUSED_ARGS) {
     const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
     const int G = Hq / Hkv, R = T * G, row0 = get_group_id(0) * NR;
     const int lo = sp * chunk, hi = min(S, lo + chunk);
@@ -252,14 +339,51 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         l[r] = 0.0f;
         const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
         for (int d = 0; d < D4; ++d) {
-            float4 x = row < R ? vload4(0, q + qrow + 4 * d) : (float4)(0.0f);
-#if KF16
-            x = (float4)(round_f16(x.x), round_f16(x.y), round_f16(x.z), round_f16(x.w));
+            float4 x = (float4)(0.0f);
+#if NEWROW
+            if (row < R)
+                x = (float4)(ROPE_AT(q + qrow, 4 * d), ROPE_AT(q + qrow, 4 * d + 1),
+                             ROPE_AT(q + qrow, 4 * d + 2), ROPE_AT(q + qrow, 4 * d + 3));
+#else
+            if (row < R) x = vload4(0, q + qrow + 4 * d);
 #endif
-            qr[r][d] = x;
+            qr[r][d] = (float4)(K_AS_STORED(x.x), K_AS_STORED(x.y), K_AS_STORED(x.z),
+                                K_AS_STORED(x.w));
         }
         for (int d = 0; d < DV4; ++d) acc[r][d] = (float4)(0.0f);
     }
+#if NEWROW
+    float4 nk[D4], nv[DV4];
+    const int cnew = CPTR(int, idsb, idso)[0];
+    if (cnew >= lo && cnew < hi) {
+        __global const float* kn = CPTR(float, knb, kno) + (long)hk * D;
+        __global const float* vn = CPTR(float, vnb, vno) + (long)hk * DV;
+        float x[4];
+        for (int d = 0; d < D4; ++d) {
+            for (int j = 0; j < 4; ++j) {
+                x[j] = ROPE_AT(kn, 4 * d + j);
+                if (get_group_id(0) == 0)
+                    cache_store(kcb, kco, KF16, cnew, ks, kh, hk, 4 * d + j, x[j]);
+            }
+            nk[d] = (float4)(K_AS_STORED(x[0]), K_AS_STORED(x[1]), K_AS_STORED(x[2]),
+                             K_AS_STORED(x[3]));
+        }
+        for (int d = 0; d < DV4; ++d) {
+            for (int j = 0; j < 4; ++j) {
+                x[j] = vn[4 * d + j];
+                if (get_group_id(0) == 0)
+                    cache_store(vcb, vco, VF16, cnew, vs, vh, hk, 4 * d + j, x[j]);
+            }
+            nv[d] = (float4)(V_AS_STORED(x[0]), V_AS_STORED(x[1]), V_AS_STORED(x[2]),
+                             V_AS_STORED(x[3]));
+        }
+    }
+#define KEY_ROW4(s, kr, d) ((s) == cnew ? nk[d] : LOAD_K(k, (kr) + 4 * (d)))
+#define VAL_ROW4(s, vr, d) ((s) == cnew ? nv[d] : LOAD_V(v, (vr) + 4 * (d)))
+#else
+#define KEY_ROW4(s, kr, d) LOAD_K(k, (kr) + 4 * (d))
+#define VAL_ROW4(s, vr, d) LOAD_V(v, (vr) + 4 * (d))
+#endif
 
     for (int s = lo; s < hi; ++s) {
         float madd[NR];
@@ -274,7 +398,7 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         const long kr = (long)s * ks + (long)hk * kh;
         for (int r = 0; r < NR; ++r) {  // row-major: PoCL compiles this order best
             float4 a = (float4)(0.0f);
-            for (int d = 0; d < D4; ++d) a += qr[r][d] * LOAD_K(k, kr + 4 * d);
+            for (int d = 0; d < D4; ++d) a += qr[r][d] * KEY_ROW4(s, kr, d);
             x4[r] = a;
         }
         float p[NR];
@@ -296,7 +420,7 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         const long vr = (long)s * vs + (long)hk * vh;
         for (int r = 0; r < NR; ++r) {
             if (p[r] == 0.0f) continue;
-            for (int d = 0; d < DV4; ++d) acc[r][d] += p[r] * LOAD_V(v, vr + 4 * d);
+            for (int d = 0; d < DV4; ++d) acc[r][d] += p[r] * VAL_ROW4(s, vr, d);
         }
     }
 
@@ -308,6 +432,13 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
             __global float* o = PTR(float, ob, oo) + orow * DV;
             for (int d = 0; d < DV4; ++d)
                 vstore4(l[r] > 0.0f ? acc[r][d] / l[r] : (float4)(0.0f), d, o);
+#if XQ8
+            for (int b = 0; b < DV / 32; ++b) {
+                float x[32];
+                for (int i = 0; i < 8; ++i) vstore4(vload4(b * 8 + i, o), i, x);
+                q8_store32(x, PTR(uchar, xqb, xqo), dso, orow * (DV / 32) + b);
+            }
+#endif
         } else {
             __global float* part = PTR(float, pb, po) + (orow * nsplit + sp) * PART;
             part[0] = m[r];
@@ -320,8 +451,9 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
 // The nsplit partials of each output row combined: out = sum_i acc_i e^(m_i - M) / sum_i l_i
 // e^(m_i - M), M the largest max. Global size (DV, T * Hq); splits that saw no key (max -inf)
 // weigh nothing.
+// With XQ8 the work-group is a row (local size DV), which then writes its q8 blocks.
 __kernel void fattn_merge(__global const uchar* pb, ulong po, __global uchar* ob, ulong oo,
-                          int nsplit) {
+                          int nsplit, __global uchar* xqb, ulong xqo, long dso) {
     const int d = get_global_id(0);
     const long row = get_global_id(1);
     __global const float* part = CPTR(float, pb, po) + row * nsplit * PART;
@@ -336,4 +468,14 @@ __kernel void fattn_merge(__global const uchar* pb, ulong po, __global uchar* ob
         o += part[i * PART + 2 + d] * w;
     }
     PTR(float, ob, oo)[row * DV + d] = l > 0.0f ? o / l : 0.0f;
+#if XQ8
+    __local float orow[DV];
+    orow[d] = l > 0.0f ? o / l : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (d < DV / 32) {
+        float x[32];
+        for (int i = 0; i < 32; ++i) x[i] = orow[32 * d + i];
+        q8_store32(x, PTR(uchar, xqb, xqo), dso, row * (DV / 32) + d);
+    }
+#endif
 }

@@ -111,4 +111,52 @@ inline float2 rope_cos_sin(int pos, int i, float2 r, float2 fs, float factor, fl
     return (float2)(c * attn_factor, s * attn_factor);
 }
 
+// ---- q8 activations (the integer mat-vecs' input) -------------------------------------------
+// a / b rounded as IEEE division rounds it (numpy does): OpenCL's `/` may be 2.5 ulp off unless
+// built with -cl-fp32-correctly-rounded-divide-sqrt, and a q8 scale one ulp off moves a few
+// activations to the next quantum. A Newton step on the reciprocal and Markstein's correction
+// leave the quotient at most an ulp off (when b's mantissa is all ones); the exact residuals
+// (fma) then pick between it and its neighbour. For the normal-range operands the scales see.
+inline float div_rn(float a, float b) {
+    float y = 1.0f / b;
+    y = fma(fma(-b, y, 1.0f), y, y);
+    float q = a * y;
+    q = fma(fma(-q, b, a), y, q);
+    const float r = fma(-q, b, a);  // a / b = q + r / b
+    const float n = nextafter(q, (r > 0.0f) == (b > 0.0f) ? INFINITY : -INFINITY);
+    return fabs(fma(-n, b, a)) < fabs(r) ? n : q;
+}
+
+// A q8 buffer (llmrt.lower.passes.q8_layout) of n activations: int8 qs[n], then, dso bytes in,
+// one float2 per block of 32: (the scale amax / 127 rounded to f16, the int sum of the block's qs
+// as bits). Quantized as ggml's quantize_row_q8_0 (x86 path): q = rint(x * 127 / amax).
+inline void q8_store32(const float* x, __global uchar* xq, long dso, long blk) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = fmax(amax, fabs(x[i]));
+    const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+    __global char* qs = (__global char*)xq + blk * 32;
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) {
+        const int q = (int)rint(x[i] * inv);
+        qs[i] = (char)q;
+        sum += q;
+    }
+    ((__global float2*)(xq + dso))[blk] = (float2)(round_f16(div_rn(amax, 127.0f)), as_float(sum));
+}
+
+// Element d of a row x of a rotary embedding (the first n_dims of the row rotated; neox: pairs
+// (i, i + n_dims / 2), else (2i, 2i + 1)): ops.cl's rope kernel's products, one element at a time.
+inline float rope_elem(__global const float* x, int d, int n_dims, int neox, int pos,
+                       __global const float* ff, int has_ff, float2 r, float2 fs,
+                       float attn_factor) {
+    if (d >= n_dims) return x[d];
+    const int nh = n_dims / 2;
+    const int p = neox ? (d < nh ? d : d - nh) : d >> 1;
+    const int first = neox ? d < nh : (d & 1) == 0;
+    const int d0 = neox ? p : 2 * p, d1 = neox ? p + nh : 2 * p + 1;
+    const float2 cs = rope_cos_sin(pos, p, r, fs, has_ff ? ff[p] : 1.0f, attn_factor);
+    const float x0 = x[d0], x1 = x[d1];
+    return first ? x0 * cs.x - x1 * cs.y : x0 * cs.y + x1 * cs.x;
+}
+
 #endif

@@ -106,20 +106,15 @@ inline void kahan_add(float* s, float* c, float v) {
     *s = t;
 }
 
-// One work-group per row of ncols: mode 0 rms_norm x / sqrt(mean(x^2) + eps), 1 norm
-// (x - mean) / sqrt(var + eps); times w[col] when has_w. The reference sums in float64: here
-// each work-item sums its columns with Kahan compensation and the group adds the partial sums
-// in a pairwise tree. mode 1 centres twice (mean m1, then the mean of x - m1 as a correction)
-// and takes the variance of the centred values, so a large mean costs no precision.
-__kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
-                        __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
-                        int has_w) {
-    __local float red[WG_MAX];
-    const long row = get_group_id(0);
+// A row's normalization: y = ((x - m1) - corr) / den, mode 0 rms_norm x / sqrt(mean(x^2) + eps),
+// 1 norm (x - mean) / sqrt(var + eps); one work-group per row, every work-item gets the result.
+// The reference sums in float64: here each work-item sums its columns with Kahan compensation and
+// the group adds the partial sums in a pairwise tree. mode 1 centres twice (mean m1, then the
+// mean of x - m1 as a correction) and takes the variance of the centred values, so a large mean
+// costs no precision.
+inline float norm_den(__global const float* x, int ncols, float eps, int mode, __local float* red,
+                      float* m1_out, float* corr_out) {
     const int l = get_local_id(0), nl = get_local_size(0);
-    __global const float* x = CPTR(float, x_b, x_o) + row * ncols;
-    __global float* y = PTR(float, y_b, y_o) + row * ncols;
-    __global const float* w = CPTR(float, w_b, w_o);
     float m1 = 0.0f, corr = 0.0f, den;
     if (mode == 1) {
         float s = 0.0f, c = 0.0f;
@@ -142,10 +137,64 @@ __kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_
         }
         den = sqrt(wg_sum(q - qc, red) / ncols + eps);
     }
+    *m1_out = m1;
+    *corr_out = corr;
+    return den;
+}
+
+// One work-group per row of ncols (norm_den), times w[col] when has_w.
+__kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
+                        __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
+                        int has_w) {
+    __local float red[WG_MAX];
+    const long row = get_group_id(0);
+    const int l = get_local_id(0), nl = get_local_size(0);
+    __global const float* x = CPTR(float, x_b, x_o) + row * ncols;
+    __global float* y = PTR(float, y_b, y_o) + row * ncols;
+    __global const float* w = CPTR(float, w_b, w_o);
+    float m1, corr;
+    const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
     for (int i = l; i < ncols; i += nl) {
         const float v = ((x[i] - m1) - corr) / den;
         y[i] = has_w ? v * w[i] : v;
     }
+}
+
+// norm_rows that also writes its output as q8 blocks (ncols % 32 == 0) into the q8 buffer
+// xq (common.h's q8_store32), a work-item per block; the f32 output only where has_y (a norm
+// whose only readers are integer mat-vecs need not write it).
+__kernel void norm_rows_q8(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
+                           __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
+                           int has_w, int has_y, __global uchar* xq_b, ulong xq_o, long dso) {
+    __local float red[WG_MAX];
+    const long row = get_group_id(0);
+    const int l = get_local_id(0), nl = get_local_size(0), nb = ncols >> 5;
+    __global const float* x = CPTR(float, x_b, x_o) + row * ncols;
+    __global float* y = PTR(float, y_b, y_o) + row * ncols;
+    __global const float* w = CPTR(float, w_b, w_o);
+    float m1, corr;
+    const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
+    for (int b = l; b < nb; b += nl) {
+        float v[32];
+        for (int j = 0; j < 32; ++j) {
+            const int i = 32 * b + j;
+            const float u = ((x[i] - m1) - corr) / den;
+            v[j] = has_w ? u * w[i] : u;
+            if (has_y) y[i] = v[j];
+        }
+        q8_store32(v, PTR(uchar, xq_b, xq_o), dso, row * nb + b);
+    }
+}
+
+// x [nblk * 32] f32 -> the q8 buffer xq (q8_store32): a work-item per block of 32.
+__kernel void quant_q8(__global const uchar* x_b, ulong x_o, __global uchar* xq_b, ulong xq_o,
+                       long dso, long nblk) {
+    const long b = get_global_id(0);
+    if (b >= nblk) return;
+    __global const float* x = CPTR(float, x_b, x_o) + b * 32;
+    float v[32];
+    for (int i = 0; i < 8; ++i) vstore4(vload4(i, x), i, v);
+    q8_store32(v, PTR(uchar, xq_b, xq_o), dso, b);
 }
 
 // Rotary embedding of x [T, H, D] (rows of D) over the first n_dims of each row; mode 2 neox
@@ -179,6 +228,51 @@ __kernel void rope(__global const uchar* x_b, ulong x_o, __global const uchar* p
     const float x0 = x[base + d0], x1 = x[base + d1];
     y[base + d0] = x0 * cs.x - x1 * cs.y;
     y[base + d1] = x0 * cs.y + x1 * cs.x;
+}
+
+// rope(q) -> qo; rope(k) -> rows ids[t] of the K cache; v -> rows ids[t] of the V cache: the
+// two ropes and two set_rows of an attention layer in one launch, a work-item per element of
+// q, k and v (nq + nk + nv of them). q [T, Hq, D], k [T, Hk, D]; a cache row is krow (vrow)
+// elements, rows kstride (vstride) apart, f16 where kf16 (vf16); an id outside the cache writes
+// nothing. Angles as in rope (rope_elem, common.h).
+__kernel void rope_qkv(__global const uchar* q_b, ulong q_o, __global const uchar* k_b, ulong k_o,
+                       __global const uchar* v_b, ulong v_o, __global const uchar* pos_b,
+                       ulong pos_o, __global const uchar* ff_b, ulong ff_o, __global uchar* qo_b,
+                       ulong qo_o, __global uchar* kc_b, ulong kc_o, __global uchar* vc_b,
+                       ulong vc_o, __global const uchar* ids_b, ulong ids_o, int Hq, int Hk, int D,
+                       int n_dims, int neox, int has_ff, float r_hi, float r_lo, float fs_hi,
+                       float fs_lo, float attn_factor, long nq, long nk, long nv, int vrow,
+                       long kstride, long vstride, long cells, int kf16, int vf16) {
+    __global const int* pos = CPTR(int, pos_b, pos_o);
+    __global const int* ids = CPTR(int, ids_b, ids_o);
+    __global const float* ff = CPTR(float, ff_b, ff_o);
+    const float2 r = (float2)(r_hi, r_lo), fs = (float2)(fs_hi, fs_lo);
+    const int narrow = nq + nk + nv <= 0xffffffffL;
+    const long i = get_global_id(0);
+    if (i < nq) {
+        const long row = idiv(i, D, narrow);
+        const int d = (int)(i - row * D), t = (int)idiv(row, Hq, narrow);
+        PTR(float, qo_b, qo_o)[i] = rope_elem(CPTR(float, q_b, q_o) + row * D, d, n_dims, neox,
+                                              pos[t], ff, has_ff, r, fs, attn_factor);
+    } else if (i < nq + nk) {
+        const long j = i - nq, row = idiv(j, D, narrow), krow = (long)Hk * D;
+        const int d = (int)(j - row * D), t = (int)idiv(row, Hk, narrow);
+        const long id = ids[t];
+        if (id < 0 || id >= cells) return;
+        const float y = rope_elem(CPTR(float, k_b, k_o) + row * D, d, n_dims, neox, pos[t], ff,
+                                  has_ff, r, fs, attn_factor);
+        const long o = id * kstride + (j - (long)t * krow);
+        if (kf16) st_f16(PTR(ushort, kc_b, kc_o), o, y);
+        else PTR(float, kc_b, kc_o)[o] = y;
+    } else if (i < nq + nk + nv) {
+        const long j = i - nq - nk, t = idiv(j, vrow, narrow);
+        const long id = ids[t];
+        if (id < 0 || id >= cells) return;
+        const long o = id * vstride + (j - t * vrow);
+        const float y = CPTR(float, v_b, v_o)[j];
+        if (vf16) st_f16(PTR(ushort, vc_b, vc_o), o, y);
+        else PTR(float, vc_b, vc_o)[o] = y;
+    }
 }
 
 // softmax(x * scale + mask[row % mask_rows]) over rows of S; one work-group per row. The row

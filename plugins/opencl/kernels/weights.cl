@@ -39,21 +39,6 @@
 #error "unsupported WTYPE"
 #endif
 
-// a / b rounded as IEEE division rounds it (numpy does): OpenCL's `/` may be 2.5 ulp off unless
-// built with -cl-fp32-correctly-rounded-divide-sqrt, and a q8 scale one ulp off moves a few
-// activations to the next quantum. A Newton step on the reciprocal and Markstein's correction
-// leave the quotient at most an ulp off (when b's mantissa is all ones); the exact residuals
-// (fma) then pick between it and its neighbour. For the normal-range operands the scales see.
-inline float div_rn(float a, float b) {
-    float y = 1.0f / b;
-    y = fma(fma(-b, y, 1.0f), y, y);
-    float q = a * y;
-    q = fma(fma(-q, b, a), y, q);
-    const float r = fma(-q, b, a);  // a / b = q + r / b
-    const float n = nextafter(q, (r > 0.0f) == (b > 0.0f) ? INFINITY : -INFINITY);
-    return fabs(fma(-n, b, a)) < fabs(r) ? n : q;
-}
-
 inline float ld_h(__global const uchar* p) { return vload_half(0, (__global const half*)p); }
 
 // 16 bytes from an address aligned to 2 (the block sizes 18, 22, 34, 210 leave no better).
@@ -358,6 +343,234 @@ MMV(2, 1)
 MMV(2, 2)
 MMV(4, 1)
 MMV(8, 1)
+
+// ---- integer mat-vecs (ggml's MMVQ) for the legacy quants, on q8 activations -----------------
+// The activations arrive quantized once per step (common.h's q8_store32: int8, the f16-rounded
+// scale and the block's int sum), exactly as reference.vec_dot_round rounds them. A weight block
+// of 32 is unpacked to 8 ints of 4 bytes (elements 4i .. 4i + 3), multiplied with the 8 ints of
+// the activation block as packed bytes and summed in int; the int sum times the two scales (the
+// min times the activations' sum for Q4_1 / Q5_1), as ggml's vec_dot_q4_0_q8_0 etc.
+// cl_khr_integer_dot_product's builtin where the host found the extension (-D USE_IDP=1) and the
+// compiler declares it, else portable int arithmetic.
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+#define MMVQ_WG 64
+#define MMVQ_ACC 16  // (R x NT) accumulators per work-item, at most
+
+#if defined(USE_IDP) && defined(__opencl_c_integer_dot_product_input_4x8bit)
+inline int dp4(int a, int b, int acc) { return dot_acc_sat(as_char4(a), as_char4(b), acc); }
+#elif defined(USE_IDP) && defined(__opencl_c_integer_dot_product_input_4x8bit_packed)
+inline int dp4(int a, int b, int acc) {
+    return dot_acc_sat_4x8packed_ss_int((uint)a, (uint)b, acc);
+}
+#else
+inline int dp4(int a, int b, int acc) {
+    const char4 x = as_char4(a), y = as_char4(b);
+    return acc + x.s0 * y.s0 + x.s1 * y.s1 + x.s2 * y.s2 + x.s3 * y.s3;
+}
+#endif
+
+inline int spread4(uint b) {  // bits 0..3 of b -> bit 4 of bytes 0..3
+    return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
+}
+
+// n 32-bit words from an address aligned to 2 (blocks of 18, 22 or 34 bytes)
+inline uint word_a2(__global const uchar* p, int i) {
+    const __global ushort* h = (const __global ushort*)p + 2 * i;
+    return (uint)h[0] | ((uint)h[1] << 16);
+}
+
+// Weight block c of a row: v[i] holds elements 4i .. 4i + 3 as bytes; d its scale, m its min.
+inline void load_wq(__global const uchar* row, int c, int* v, float* d, float* m) {
+    *m = 0.0f;
+#if WTYPE == 2  // Q4_0: d, qs[16]; levels 0..15 (the -8 comes from the activations' sum)
+    __global const uchar* b = row + (size_t)c * 18;
+    *d = ld_h(b);
+    for (int i = 0; i < 4; ++i) {
+        const uint q = word_a2(b + 2, i);
+        v[i] = (int)(q & 0x0f0f0f0fu);
+        v[4 + i] = (int)((q >> 4) & 0x0f0f0f0fu);
+    }
+#elif WTYPE == 3  // Q4_1: d, m, qs[16]
+    __global const uchar* b = row + (size_t)c * 20;
+    *d = ld_h(b);
+    *m = ld_h(b + 2);
+    const uint4 q4 = vload4(0, (__global const uint*)(b + 4));
+    const uint q[4] = {q4.x, q4.y, q4.z, q4.w};
+    for (int i = 0; i < 4; ++i) {
+        v[i] = (int)(q[i] & 0x0f0f0f0fu);
+        v[4 + i] = (int)((q[i] >> 4) & 0x0f0f0f0fu);
+    }
+#elif WTYPE == 6  // Q5_0: d, qh, qs[16]; levels 0..31
+    __global const uchar* b = row + (size_t)c * 22;
+    *d = ld_h(b);
+    const uint qh = word_a2(b + 2, 0);
+    for (int i = 0; i < 4; ++i) {
+        const uint q = word_a2(b + 6, i);
+        v[i] = (int)(q & 0x0f0f0f0fu) | spread4(qh >> (4 * i));
+        v[4 + i] = (int)((q >> 4) & 0x0f0f0f0fu) | spread4(qh >> (16 + 4 * i));
+    }
+#elif WTYPE == 7  // Q5_1: d, m, qh, qs[16]
+    __global const uchar* b = row + (size_t)c * 24;
+    *d = ld_h(b);
+    *m = ld_h(b + 2);
+    const uint qh = *(__global const uint*)(b + 4);
+    const uint4 q4 = vload4(0, (__global const uint*)(b + 8));
+    const uint q[4] = {q4.x, q4.y, q4.z, q4.w};
+    for (int i = 0; i < 4; ++i) {
+        v[i] = (int)(q[i] & 0x0f0f0f0fu) | spread4(qh >> (4 * i));
+        v[4 + i] = (int)((q[i] >> 4) & 0x0f0f0f0fu) | spread4(qh >> (16 + 4 * i));
+    }
+#elif WTYPE == 8  // Q8_0: d, qs[32] int8
+    __global const uchar* b = row + (size_t)c * 34;
+    *d = ld_h(b);
+    for (int i = 0; i < 8; ++i) v[i] = (int)word_a2(b + 2, i);
+#endif
+}
+
+// One block's contribution: the int dot product scaled (dx the activations' scale, sx the int
+// sum of their levels).
+inline float dot_q(const int* v, const int* x, float d, float m, float dx, int sx) {
+    int s = 0;
+    for (int i = 0; i < 8; ++i) s = dp4(v[i], x[i], s);
+#if WTYPE == 2
+    return d * dx * (float)(s - 8 * sx);
+#elif WTYPE == 6
+    return d * dx * (float)(s - 16 * sx);
+#elif WTYPE == 8
+    return d * dx * (float)s;
+#else
+    return dx * (d * (float)s + m * (float)sx);
+#endif
+}
+
+inline float silu(float x) { return x / (1.0f + exp(-x)); }
+
+// ggml's CPU GELU, as ops.cl's gelu_f16
+inline float gelu_f16(float x) {
+    const float h = round_f16(clamp(x, -10.0f, 10.0f));
+    const float z = 0.7978845608028654f * h * (1.0f + 0.044715f * h * h);
+    const float y = round_f16(h / (1.0f + exp(-2.0f * z)));
+    return x <= -10.0f ? 0.0f : (x >= 10.0f ? x : y);
+}
+
+// Y[t, row] = sum_k W[row, k] x[t, k] (+ Res[t, row]) for up to three matrices over the same
+// activations (q, k, v: the work-groups past the first matrix's take the second's rows, then the
+// third's), or with glu >= 0 one row of two matrices (gate W0, up W1; R == 2) combined as
+// glu(gate) * up (0 silu, 1 gelu). G lanes share a row (lane l takes blocks l, l + G, ...), a
+// lane group R rows, and the lanes' sums meet in a local-memory tree.
+inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
+                      __global const uchar* W1, __global const uchar* W2, long rb,
+                      __global const uchar* xq, long dso, __global float* Y0, __global float* Y1,
+                      __global float* Y2, __global const float* Rs, int M0, int M1, int M2,
+                      int K, int T, int G, int glu, __local float* red) {
+    const int lid = get_local_id(0), lane = lid & (G - 1);
+    const int per = glu >= 0 ? 1 : R;
+    const int rpg = (MMVQ_WG / G) * per;
+    int b = get_group_id(0);
+    __global const uchar* W = W0;
+    __global float* Y = Y0;
+    __global const float* Res = Rs;
+    int M = M0;
+    if (glu < 0) {
+        const int nb0 = (M0 + rpg - 1) / rpg;
+        if (b >= nb0) {
+            b -= nb0;
+            W = W1;
+            Y = Y1;
+            M = M1;
+            Res = 0;
+            const int nb1 = (M1 + rpg - 1) / rpg;
+            if (b >= nb1) {
+                b -= nb1;
+                W = W2;
+                Y = Y2;
+                M = M2;
+            }
+        }
+    }
+    const int row0 = b * rpg + (lid / G) * per;
+    __global const uchar* rows[2];
+    for (int r = 0; r < R; ++r) {
+        const int row = glu >= 0 ? row0 : row0 + r;
+        rows[r] = (glu >= 0 && r == 1 ? W1 : W) + (ulong)min(row, M - 1) * (ulong)rb;
+    }
+    const int nb = K >> 5;
+    __global const float2* DS = (__global const float2*)(xq + dso);
+    for (int t0 = 0; t0 < T; t0 += NT) {
+        float acc[2][8];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+        for (int c = lane; c < nb; c += G) {
+            int v[2][8];
+            float d[2], m[2];
+            for (int r = 0; r < R; ++r) load_wq(rows[r], c, v[r], &d[r], &m[r]);
+            for (int t = 0; t < NT; ++t) {
+                if (t0 + t < T) {
+                    const size_t blk = (size_t)(t0 + t) * nb + c;
+                    const int8 x8 = vload8(0, (__global const int*)(xq + blk * 32));
+                    const int x[8] = {x8.s0, x8.s1, x8.s2, x8.s3, x8.s4, x8.s5, x8.s6, x8.s7};
+                    const float2 ds = DS[blk];
+                    const int sx = as_int(ds.y);
+                    for (int r = 0; r < R; ++r) acc[r][t] += dot_q(v[r], x, d[r], m[r], ds.x, sx);
+                }
+            }
+        }
+        // tree over the G lanes of each group: red[v * MMVQ_WG + lid] for v = r * NT + t
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t) red[(r * NT + t) * MMVQ_WG + lid] = acc[r][t];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int s = G >> 1; s > 0; s >>= 1) {
+            if (lane < s)
+                for (int v = 0; v < R * NT; ++v)
+                    red[v * MMVQ_WG + lid] += red[v * MMVQ_WG + lid + s];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (lane == 0) {
+            for (int t = 0; t < NT; ++t) {
+                if (t0 + t >= T) continue;
+                if (glu >= 0) {
+                    if (row0 < M) {
+                        const float a = red[t * MMVQ_WG + lid], u = red[(NT + t) * MMVQ_WG + lid];
+                        Y[(size_t)(t0 + t) * M + row0] = (glu == 0 ? silu(a) : gelu_f16(a)) * u;
+                    }
+                } else {
+                    for (int r = 0; r < R; ++r) {
+                        if (row0 + r < M) {
+                            const size_t o = (size_t)(t0 + t) * M + row0 + r;
+                            const float y = red[(r * NT + t) * MMVQ_WG + lid];
+                            Y[o] = Res ? y + Res[o] : y;
+                        }
+                    }
+                }
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);  // red is written again by the next pass
+    }
+}
+
+// mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
+// with M0..M2 rows; the residual (Y0's only) where has_res.
+#define MMVQ(NT, R)                                                                              \
+    __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
+        __global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,              \
+        __global const uchar* w2b, ulong w2o, long row_bytes, __global const uchar* xqb,         \
+        ulong xqo, long dso, __global uchar* y0b, ulong y0o, __global uchar* y1b, ulong y1o,     \
+        __global uchar* y2b, ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0, \
+        int M1, int M2, int K, int T, int G, int glu) {                                          \
+        __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
+        mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
+                  PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
+                  has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
+    }
+MMVQ(1, 1)
+MMVQ(1, 2)
+MMVQ(2, 1)
+MMVQ(2, 2)
+MMVQ(4, 1)
+MMVQ(4, 2)
+MMVQ(8, 1)
+MMVQ(8, 2)
+#endif
 
 // ---- weight products on CPU devices (PoCL), any number of tokens --------------------------------
 // There a work-group is a loop over its work-items, and barriers and local-memory trees cost more

@@ -1,0 +1,82 @@
+"""The OpenCL backend's lowering (pure Python: runs without pyopencl): the decode fusions a GPU
+device gets, and the buffer plan they leave."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from llmrt.gguf import GGUFReader
+from llmrt.lower import plan_arena
+from llmrt.models import Shape, get_architecture
+from llmrt_opencl.lower import Q8_TYPES, lower, supports
+
+
+def _graph(path, n_tokens):
+    reader = GGUFReader(path)
+    arch = get_architecture(reader.metadata["general.architecture"])
+    hp = arch.hparams(reader.metadata)
+    meta = {t.name: (t.shape, t.type) for t in reader.tensors}
+    return arch.build(hp, Shape(n_tokens, 256, 1, 256), meta)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, 40])
+def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(tiny_gguf_with_vocab,
+                                                                        n_tokens):  # fmt: skip
+    graph = _graph(tiny_gguf_with_vocab, n_tokens)
+    assert all(supports(node) for node in graph.nodes)
+    plan = lower(graph, fused=True)
+    size = plan_arena(plan.storages)
+    arena = [s for s in plan.storages if s.kind == "arena" and s.first >= 0]
+    for i, a in enumerate(arena):
+        for b in arena[i + 1 :]:
+            if a.first <= max(b.last, b.first) and b.first <= max(a.last, a.first):
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+    for i, step in enumerate(plan.steps):  # the q8 forms of activations: placed, live here
+        if "q8" in step.params:
+            st = step.params["q8"]
+            assert 0 <= st.first <= i <= max(st.last, st.first) and st.offset + st.nbytes <= size
+    for step in plan.steps:
+        if step.out is not None:
+            assert all(step.out.storage is not v.storage for v in step.ins), step.op
+
+
+def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
+    """A GPU's decode step: norm -> q8, q/k/v in one launch, gate/up + GLU in one, rope and the
+    KV writes inside the attention; the tiny model's step goes from 49 kernels to 31."""
+    graph = _graph(tiny_gguf_with_vocab, 1)
+    types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
+    if not types & Q8_TYPES:
+        pytest.skip(f"fixture weights are {types}")
+    plain, fused = lower(graph), lower(graph, fused=True)
+    assert not any(s.op in ("mmvq", "norm_q8", "quant_q8", "rope_qkv") for s in plain.steps)
+    ops = collections.Counter(s.op for s in fused.steps)
+    n_layers = ops["fattn"]
+    assert ops["rope"] == ops["set_rows"] == ops["glu"] == ops["mmv"] == ops["rope_qkv"] == 0
+    assert all("nr" in s.params for s in fused.steps if s.op == "fattn")
+    # every norm writes q8 for its mat-vecs; the attention block's norm output only they read
+    norms = [s for s in fused.steps if s.op == "norm_q8"]
+    assert len(norms) == 2 * n_layers + 1 and ops["norm"] == 0
+    assert all(s.params["y_unused"] for s in norms)
+    mmvq = [s for s in fused.steps if s.op == "mmvq"]
+    assert sum(len(s.params.get("outs", ())) == 3 for s in mmvq) == n_layers  # q, k, v
+    assert sum("glu" in s.params for s in mmvq) == n_layers  # gate, up, swiglu
+    assert sum(len(s.ins) == 2 and "glu" not in s.params for s in mmvq) == 2 * n_layers
+    # the glu output is quantized by a quant_q8 launch, and so is the attention's where its
+    # rows are not whole q8 blocks (the fixture's 16-wide heads)
+    assert ops["quant_q8"] == n_layers + sum(
+        1 for s in fused.steps if s.op == "fattn" and "q8" not in s.params
+    )
+    assert (len(plain.steps), len(fused.steps)) == (49, 31)
+
+
+def test_prompts_keep_rope_qkv(tiny_gguf_with_vocab):
+    """Several tokens: rope and the KV writes are one launch before the attention."""
+    ops = [s.op for s in lower(_graph(tiny_gguf_with_vocab, 3), fused=True).steps]
+    assert ops.count("rope_qkv") == ops.count("fattn") and "rope" not in ops
+    # past MMV_MAX_T tokens products are tiled GEMMs on float activations; only the output
+    # head, over the last token's row, is still an integer mat-vec
+    long = lower(_graph(tiny_gguf_with_vocab, 40), fused=True).steps
+    assert "gemm" in [s.op for s in long]
+    assert [s.params["t"] for s in long if s.op == "mmvq"] == [1]
