@@ -17,16 +17,9 @@ from llmrt.engine import load
 
 
 def resident_bound(head_dim: int, f16: int, chunk: int) -> int:
-    """Blocks of 256 threads of fattn_split a multiprocessor holds at once (registers, shared
-    memory, threads)."""
-    import cupy as cp
-
+    """Blocks of fattn_split a multiprocessor holds at once (registers, shared memory, threads)."""
     fn = executable.kernel("ops", f"fattn_split_{head_dim}_{f16}")
-    attrs = cp.cuda.Device().attributes
-    smem = (head_dim + chunk + 256 * 8 + 2 * head_dim) * 4 + fn.shared_size_bytes + 1024
-    return min(attrs["MaxRegistersPerMultiprocessor"] // (max(fn.num_regs, 1) * 256),
-               attrs["MaxSharedMemoryPerMultiprocessor"] // smem,
-               attrs["MaxThreadsPerMultiProcessor"] // 256)  # fmt: skip
+    return executable._resident(fn, (head_dim + chunk + 256 * 8 + 2 * head_dim) * 4)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
+#   verify       decode logits deep in a context against OLDREV's, and the depth benches
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -128,6 +129,22 @@ models)
     for peer in cuda vulkan; do
       bash $PEER bench $peer $m | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/bench-models.log
     done
+  done
+  ;;
+verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches
+  synth llama32-1b q4_0
+  timeout 200 python3 -m pytest tests/plugins/test_cuda_backend.py tests/conformance -k "cuda or vulkan" \
+    -q --tb=short -p no:cacheprovider 2>&1 | tail -3
+  for dev in cuda:0 vulkan:0; do
+    for d in 4096 16384; do
+      timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/new.npz
+      old timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/old.npz
+      python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
+print('$dev d$d vs $OLDREV: argmax equal', int((a.argmax(-1)==b.argmax(-1)).sum()), 'of', len(a), \
+'max |diff|', float(abs(a-b).max()), 'logit spread', float(a.std()))" | tee -a $OUT/verify.log
+    done
+    timeout 60 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 0 -n 64 -d 4096,16384 -r 2 --device $dev \
+      2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/verify.log
   done
   ;;
 depth)

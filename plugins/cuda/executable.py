@@ -54,14 +54,27 @@ MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
 FATTN_SPLIT_KEYS = 64
 FATTN_SPLIT_MAX_BLOCKS = 264
-# the split kernel's blocks wait for each other, so all must be resident at once: this many a
-# multiprocessor (benchmarks/cuda_attn_splits.py measures others, bounded by the occupancy)
-FATTN_RESIDENT_PER_SM = 2
+# the split kernel's blocks wait for each other, so all must be resident at once: at most this
+# many a multiprocessor, fewer where its registers or shared memory allow fewer (_resident).
+# 1B shape at depth 16384 (H100, benchmarks/cuda_attn_splits.py): 2 a multiprocessor 441 t/s,
+# 3 514, 4 (all its 64 registers a thread allow) 610
+FATTN_RESIDENT_PER_SM = 4
 
 
 @functools.cache
 def _sm_count() -> int:
     return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def _resident(fn: Any, smem: int) -> int:
+    """Blocks of 256 threads of `fn`, each with `smem` bytes of dynamic shared memory, that one
+    multiprocessor holds at once (registers go to a warp in 256s; 1 KiB of shared memory a block
+    is the system's)."""
+    a = cp.cuda.Device().attributes
+    regs = -(-max(fn.num_regs, 1) // 8) * 8 * 256
+    return max(1, min(a["MaxRegistersPerMultiprocessor"] // regs,
+                      a["MaxSharedMemoryPerMultiprocessor"] // (smem + fn.shared_size_bytes + 1024),
+                      a["MaxThreadsPerMultiProcessor"] // 256))  # fmt: skip
 
 
 def _mmvq_lanes(nb: int) -> int:
@@ -475,8 +488,14 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     f16 = 1 if k.dtype == GGMLType.F16 else 0
     q8 = p.get("q8", 0)
     dso = q8_layout(out.n)[0] if q8 else 0
-    cap = max(1, (FATTN_RESIDENT_PER_SM * _sm_count()) // (hq * t))
-    nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), cap)
+    split_fn = kernel("ops", f"fattn_split_{d}_{f16}")
+    resident = FATTN_RESIDENT_PER_SM
+    while True:  # fewer parts make longer ones, whose scores take more shared memory
+        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), max(1, resident * _sm_count() // (hq * t)))
+        smem = (d + -(-s // nsplit) + 256 * 8 + 2 * d) * 4
+        if resident == 1 or _resident(split_fn, smem) >= resident:
+            break
+        resident -= 1
     common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
     common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
     if "nr" in p:
@@ -486,9 +505,7 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     else:
         new_row = pack("7Q2i3d", *[0] * 12)
     if "nr" in p or (t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1):
-        chunk = -(-s // nsplit)
-        fn = kernel("ops", f"fattn_split_{d}_{f16}")
-        smem = (d + chunk + 256 * 8 + 2 * d) * 4
+        fn = split_fn
         if smem > SMEM_DEFAULT:
             fn.max_dynamic_shared_size_bytes = smem
         part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)

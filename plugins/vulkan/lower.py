@@ -38,7 +38,9 @@ FLOATS = (F32, F16)
 MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
 ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
-ATTN_WORKGROUPS = 512  # a decode step's attention workgroups (benchmarks/vulkan_attn_splits.py)
+# workgroups attention aims at, one token's and a prompt's: at depth 16384 (1B shape, H100,
+# benchmarks/vulkan_attn_splits.py) a decode step ran at 311 t/s aiming at 512, 345 at 2048
+ATTN_WORKGROUPS, ATTN_WORKGROUPS_PROMPT = 2048, 512
 ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's per-row kernel
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
 # Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
@@ -133,11 +135,12 @@ def attn_rows(cpu: bool, s: int, d: int) -> bool:
 
 def attn_splits(cpu: bool, t: int, hq: int, s: int, d: int) -> tuple[int, int]:
     """Parts of the KV length that attention is split into, and keys per part: on the GPU
-    kernels some ATTN_WORKGROUPS in all, parts of at least 32 keys (one workgroup per head
-    would walk its keys serially)."""
+    kernels some ATTN_WORKGROUPS in all (a prompt's: ATTN_WORKGROUPS_PROMPT), parts of at
+    least 32 keys (one workgroup per head would walk its keys serially)."""
     if attn_rows(cpu, s, d):
         return 1, -(-s // 128) * 128
-    splits = max(1, min(-(-s // 32), -(-ATTN_WORKGROUPS // (t * hq)), ATTN_MAX_SPLITS))
+    target = ATTN_WORKGROUPS if t == 1 else ATTN_WORKGROUPS_PROMPT
+    splits = max(1, min(-(-s // 32), -(-target // (t * hq)), ATTN_MAX_SPLITS))
     per = -(-s // splits)
     chunk = -(-per // 32) * 32
     return -(-s // chunk), chunk  # none left empty
