@@ -1,7 +1,8 @@
 """What launching costs on each OpenCL device: N tiny kernels (one work-group each) enqueued one by
-one through pyopencl, then the same kernels recorded once into a command buffer
-(llmrt_opencl.replay) and enqueued as one command; microseconds per kernel, wall clock to the
-queue's finish, best of R.
+one through pyopencl, one by one from a compiled loop (numba calling clEnqueueNDRangeKernel: no
+Python between enqueues), then recorded once into a command buffer (llmrt_opencl.replay) and
+enqueued as one command. Microseconds per kernel, best of R: to the end of the enqueues (what the
+host spends) and to the queue's finish.
 
     python benchmarks/opencl_launch_cost.py [N=575] [R=20]
 """
@@ -20,15 +21,44 @@ from llmrt_opencl import replay
 SOURCE = "__kernel void bump(__global float *a) { a[get_global_id(0)] += 1.0f; }"
 
 
-def best_us(run, finish, n: int, repeats: int) -> float:
+def best_us(run, finish, n: int, repeats: int) -> str:
     run(), finish()
-    times = []
+    enqueued, finished = [], []
     for _ in range(repeats):
         t = time.perf_counter()
         run()
+        enqueued.append(time.perf_counter() - t)
         finish()
-        times.append(time.perf_counter() - t)
-    return min(times) / n * 1e6
+        finished.append(time.perf_counter() - t)
+    return (
+        f"{min(enqueued) / n * 1e6:.2f} us/kernel enqueued, {min(finished) / n * 1e6:.2f} finished"
+    )
+
+
+def compiled_loop(queue: cl.CommandQueue, launches: list) -> object:
+    """The launches enqueued by a numba loop through ctypes (one dimension each)."""
+    import ctypes
+
+    import numba
+
+    enqueue = replay._library().clEnqueueNDRangeKernel
+    enqueue.restype = ctypes.c_int32
+    enqueue.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                        ctypes.c_void_p]  # fmt: skip
+    kernels = np.array([la.kernel.int_ptr for la in launches], dtype=np.uint64)
+    sizes = np.array([[la.global_size[0], la.local_size[0]] for la in launches], dtype=np.uint64)
+
+    @numba.njit
+    def run_all(queue_ptr: int, kernels: np.ndarray, sizes: np.ndarray) -> int:
+        failed = 0
+        for i in range(kernels.shape[0]):
+            row = sizes[i]
+            failed |= enqueue(queue_ptr, kernels[i], 1, 0, row.ctypes.data, row[1:].ctypes.data,
+                              0, 0, 0)  # fmt: skip
+        return failed
+
+    return lambda: run_all(queue.int_ptr, kernels, sizes)
 
 
 def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None:
@@ -48,18 +78,19 @@ def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None
             cl.enqueue_nd_range_kernel(queue, la.kernel, la.global_size, la.local_size)
 
     row = f"{dev.name.strip()} ({platform.name.strip()}, driver {dev.driver_version.strip()})"
-    us = best_us(one_by_one, queue.finish, n, repeats)
-    print(f"{row}: {n} kernels, one by one {us:.2f} us/kernel")
+    print(f"{row}: {n} kernels one by one: {best_us(one_by_one, queue.finish, n, repeats)}")
+    loop = compiled_loop(queue, launches)
+    print(f"{row}: {n} kernels from a compiled loop: {best_us(loop, queue.finish, n, repeats)}")
     recorded = replay.record(dev, queue, launches)
     if recorded is None:
         print(f"{row}: no {replay.EXTENSION}")
         return
-    us = best_us(recorded.enqueue, queue.finish, n, repeats)
+    timing = best_us(recorded.enqueue, queue.finish, n, repeats)
     out = np.empty(64, np.float32)
     cl.enqueue_copy(queue, out, buf)
-    enqueues = 2 * (repeats + 1)  # every pass of both loops adds n
-    assert out[0] == n * enqueues, (out[0], n * enqueues)  # every recorded kernel ran, once a pass
-    print(f"{row}: {n} kernels, command buffer {us:.2f} us/kernel")
+    enqueues = 3 * (repeats + 1)  # every pass of the three ways adds n
+    assert out[0] == n * enqueues, (out[0], n * enqueues)  # every kernel ran, once a pass
+    print(f"{row}: {n} kernels in a command buffer: {timing}")
 
 
 def main(n: int, repeats: int) -> None:
