@@ -79,3 +79,13 @@ def decode_graph(shape_name: str, qtype: GGMLType, n_tokens: int = 1, n_kv: int 
     arch = get_architecture("llama")
     hp = arch.hparams(metadata(shape_name, qtype))
     return arch.build(hp, Shape(n_tokens, n_kv, 1, n_kv), weight_meta(shape_name, qtype))
+
+
+def file_graph(path: str, n_tokens: int, n_kv: int = 256) -> Graph:
+    """The graph of a GGUF file's model for `n_tokens` tokens over `n_kv` cache cells."""
+    from llmrt.gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    arch = get_architecture(reader.metadata["general.architecture"])
+    meta = {t.name: (t.shape, t.type) for t in reader.tensors}
+    return arch.build(arch.hparams(reader.metadata), Shape(n_tokens, n_kv, 1, n_kv), meta)

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from plan_shapes import file_graph
 
 from llmrt.device import DeviceInfo, DeviceType
 from llmrt.engine import load
 from llmrt.errors import OutOfDeviceMemory
 from llmrt.gguf import GGUFReader
 from llmrt.lower import plan_arena
-from llmrt.models import Shape, get_architecture
 from llmrt_cpu.backend import CPUBackend, CPUDevice
 from llmrt_cuda.lower import lower, supports
-
-
-def _graph(path, n_tokens):
-    reader = GGUFReader(path)
-    arch = get_architecture(reader.metadata["general.architecture"])
-    hp = arch.hparams(reader.metadata)
-    meta = {t.name: (t.shape, t.type) for t in reader.tensors}
-    return arch.build(hp, Shape(n_tokens, 256, 1, 256), meta)
 
 
 def _live(s):
@@ -30,7 +22,7 @@ def _live(s):
 
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
 def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with_vocab, n_tokens):
-    graph = _graph(tiny_gguf_with_vocab, n_tokens)
+    graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
     plan = lower(graph)
     size = plan_arena(plan.storages)
@@ -57,7 +49,7 @@ def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with
 
 
 def test_decode_fuses_norms_and_residual_adds(tiny_gguf_with_vocab):
-    plan = lower(_graph(tiny_gguf_with_vocab, 1))
+    plan = lower(file_graph(tiny_gguf_with_vocab, 1))
     ops = [s.op for s in plan.steps]
     assert "binary" not in ops  # every residual add rides on a mat-vec epilogue
     n_layers = ops.count("fattn")
@@ -75,7 +67,7 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
     import llmrt_cuda.lower as lw
     from llmrt.gguf.constants import GGMLType
 
-    graph = _graph(tiny_gguf_with_vocab, 1)
+    graph = file_graph(tiny_gguf_with_vocab, 1)
     types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
     if not types & lw.Q8_TYPES:
         pytest.skip(f"fixture weights are {types}")

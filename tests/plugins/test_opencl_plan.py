@@ -6,25 +6,16 @@ from __future__ import annotations
 import collections
 
 import pytest
+from plan_shapes import file_graph
 
-from llmrt.gguf import GGUFReader
 from llmrt.lower import plan_arena
-from llmrt.models import Shape, get_architecture
 from llmrt_opencl.lower import Q8_TYPES, lower, supports
-
-
-def _graph(path, n_tokens):
-    reader = GGUFReader(path)
-    arch = get_architecture(reader.metadata["general.architecture"])
-    hp = arch.hparams(reader.metadata)
-    meta = {t.name: (t.shape, t.type) for t in reader.tensors}
-    return arch.build(hp, Shape(n_tokens, 256, 1, 256), meta)
 
 
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
 def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(tiny_gguf_with_vocab,
                                                                         n_tokens):  # fmt: skip
-    graph = _graph(tiny_gguf_with_vocab, n_tokens)
+    graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
     plan = lower(graph, fused=True)
     size = plan_arena(plan.storages)
@@ -45,7 +36,7 @@ def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(tiny_ggu
 def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
     """A GPU's decode step: norm -> q8, q/k/v in one launch, gate/up + GLU in one, rope and the
     KV writes inside the attention; the tiny model's step goes from 49 kernels to 31."""
-    graph = _graph(tiny_gguf_with_vocab, 1)
+    graph = file_graph(tiny_gguf_with_vocab, 1)
     types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
     if not types & Q8_TYPES:
         pytest.skip(f"fixture weights are {types}")
@@ -73,10 +64,10 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
 
 def test_prompts_keep_rope_qkv(tiny_gguf_with_vocab):
     """Several tokens: rope and the KV writes are one launch before the attention."""
-    ops = [s.op for s in lower(_graph(tiny_gguf_with_vocab, 3), fused=True).steps]
+    ops = [s.op for s in lower(file_graph(tiny_gguf_with_vocab, 3), fused=True).steps]
     assert ops.count("rope_qkv") == ops.count("fattn") and "rope" not in ops
     # past MMV_MAX_T tokens products are tiled GEMMs on float activations; only the output
     # head, over the last token's row, is still an integer mat-vec
-    long = lower(_graph(tiny_gguf_with_vocab, 40), fused=True).steps
+    long = lower(file_graph(tiny_gguf_with_vocab, 40), fused=True).steps
     assert "gemm" in [s.op for s in long]
     assert [s.params["t"] for s in long if s.op == "mmvq"] == [1]
