@@ -1,5 +1,5 @@
 """Decode at depth on a CUDA device with the split attention kernel allowed more resident blocks a
-multiprocessor (llmrt_cuda.executable.FATTN_RESIDENT_PER_SM: more parts of the KV length), as
+multiprocessor (llmrt_cuda.lower.FATTN_RESIDENT_PER_SM: more parts of the KV length), as
 `llmrt bench`'s depth test (tokens already in the context, then N decode steps, best of R). A
 value past what the kernel's registers and shared memory let a multiprocessor hold at once is
 skipped: its blocks could not all be resident, and they wait for each other.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 import llmrt_cuda.executable as executable
+import llmrt_cuda.lower as lower
 from llmrt.cli.bench import _fill, _run_test
 from llmrt.engine import load
 
@@ -31,13 +32,13 @@ def main() -> None:
     head_dim = hp.head_dim
     for depth in (int(d) for d in depths.split(",")):
         for value in (int(v) for v in values.split(",")):
-            nsplit = min(64, -(-depth // executable.FATTN_SPLIT_KEYS),
+            nsplit = min(64, -(-depth // lower.FATTN_SPLIT_KEYS),
                          value * executable._sm_count() // hp.n_head)  # fmt: skip
             bound = resident_bound(head_dim, 1, -(-depth // max(nsplit, 1)))
             if value > bound:
                 print(f"cuda:0 d{depth} {value} blocks a multiprocessor: over the bound {bound}")
                 continue
-            executable.FATTN_RESIDENT_PER_SM = value  # read when a graph is compiled
+            lower.FATTN_RESIDENT_PER_SM = value  # read when a graph is compiled
             ctx = model.context(n_ctx=depth + n_gen + 256)
             _fill(ctx, hp.n_vocab, depth)
             _run_test(ctx, hp.n_vocab, 0, n_gen, depth)  # compiles the decode graph

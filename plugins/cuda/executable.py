@@ -32,7 +32,7 @@ from llmrt.lower.passes import q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import lower
+from llmrt_cuda.lower import attention_parts, lower
 
 KERNELS = Path(__file__).parent / "kernels"
 H2D, D2H = 1, 2  # cudaMemcpyKind
@@ -52,13 +52,7 @@ MMVQ_R2_MAX_K = 4096
 # previous kernel (programmatic dependent launch): pays on small matrices, costs on large ones
 MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
-FATTN_SPLIT_KEYS = 64
 FATTN_SPLIT_MAX_BLOCKS = 264
-# the split kernel's blocks wait for each other, so all must be resident at once: at most this
-# many a multiprocessor, fewer where its registers or shared memory allow fewer (_resident).
-# 1B shape at depth 16384 (H100, benchmarks/cuda_attn_splits.py): 2 a multiprocessor 441 t/s,
-# 3 514, 4 (all its 64 registers a thread allow) 610
-FATTN_RESIDENT_PER_SM = 4
 
 
 @functools.cache
@@ -489,13 +483,7 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     q8 = p.get("q8", 0)
     dso = q8_layout(out.n)[0] if q8 else 0
     split_fn = kernel("ops", f"fattn_split_{d}_{f16}")
-    resident = FATTN_RESIDENT_PER_SM
-    while True:  # fewer parts make longer ones, whose scores take more shared memory
-        nsplit = min(64, -(-s // FATTN_SPLIT_KEYS), max(1, resident * _sm_count() // (hq * t)))
-        smem = (d + -(-s // nsplit) + 256 * 8 + 2 * d) * 4
-        if resident == 1 or _resident(split_fn, smem) >= resident:
-            break
-        resident -= 1
+    nsplit, smem = attention_parts(s, hq * t, d, _sm_count(), lambda b: _resident(split_fn, b))
     common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
     common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
     if "nr" in p:

@@ -8,6 +8,8 @@ every small-batch pass of llmrt.lower.passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
@@ -34,7 +36,13 @@ MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
-__all__ = ["Plan", "Step", "lower", "supports"]
+FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
+# the split kernel's blocks wait for each other, so all must be resident at once: at most this
+# many a multiprocessor, fewer where its registers or shared memory allow fewer. 1B shape at
+# depth 16384 (H100, benchmarks/cuda_attn_splits.py): 2 a multiprocessor 441 t/s, 3 514, 4 (all
+# its 64 registers a thread allow) 610
+FATTN_RESIDENT_PER_SM = 4
+__all__ = ["Plan", "Step", "attention_parts", "lower", "supports"]
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
@@ -52,6 +60,23 @@ def _attention(node: Tensor) -> bool:
 
 # what the kernels implement; drives placement, fusion and conformance skips
 supports = step_supports(WEIGHT_TYPES, _mmv_max_t, _attention)
+
+
+def attention_parts(
+    s: int, blocks: int, d: int, sms: int, resident: Callable[[int], int]
+) -> tuple[int, int]:
+    """(parts, dynamic shared memory bytes a block) of split attention over `s` keys for
+    `blocks` (heads x tokens) blocks a part on `sms` multiprocessors: as many parts as
+    FATTN_RESIDENT_PER_SM blocks a multiprocessor allow, fewer where `resident(smem)`, the blocks
+    the kernel fits a multiprocessor at that shared memory, is lower (fewer parts are longer, and
+    a part's scores take shared memory)."""
+    per_sm = FATTN_RESIDENT_PER_SM
+    while True:
+        parts = min(64, -(-s // FATTN_SPLIT_KEYS), max(1, per_sm * sms // blocks))
+        smem = (d + -(-s // parts) + 256 * 8 + 2 * d) * 4
+        if per_sm == 1 or resident(smem) >= per_sm:
+            return parts, smem
+        per_sm -= 1
 
 
 def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:

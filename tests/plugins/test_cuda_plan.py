@@ -133,3 +133,26 @@ def test_memory_check_holds_a_device_to_its_total_when_free_is_unknown(tiny_gguf
     with pytest.raises(OutOfDeviceMemory, match=r"GiB is all it has .*-ngl 1 would fit"):
         load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=-1)
     assert load(tiny_gguf_with_vocab, device=gpu, n_gpu_layers=1).device is gpu
+
+
+def test_split_attention_parts_all_fit_on_the_gpu_at_once():
+    """The split kernel's blocks wait for each other: every part of every head must be resident
+    together, whatever the shared memory a part's scores take does to the occupancy."""
+    from llmrt_cuda.lower import FATTN_RESIDENT_PER_SM, attention_parts
+
+    sms, smem_per_sm = 132, 228 * 1024
+
+    def resident(smem: int) -> int:  # registers allow 4 blocks of 256, shared memory maybe fewer
+        return min(4, smem_per_sm // (smem + 1024))
+
+    for s in (64, 1000, 4096, 16384, 32768):
+        for blocks in (4, 9, 32, 64, 200):
+            for d in (64, 128, 256):
+                parts, smem = attention_parts(s, blocks, d, sms, resident)
+                assert 1 <= parts <= 64 and smem == (d + -(-s // parts) + 2048 + 2 * d) * 4
+                assert parts == 1 or parts * blocks <= resident(smem) * sms
+    # the 1B shape at depth 16384: 4 blocks a multiprocessor, 16 parts of 1,024 keys
+    assert FATTN_RESIDENT_PER_SM == 4
+    assert attention_parts(16384, 32, 64, sms, resident)[0] == 16
+    # where shared memory allows only 2 blocks a multiprocessor, half as many (longer) parts
+    assert attention_parts(16384, 32, 64, sms, lambda smem: 2)[0] == 8
