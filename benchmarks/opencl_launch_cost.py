@@ -1,8 +1,9 @@
 """What launching costs on each OpenCL device: N tiny kernels (one work-group each) enqueued one by
-one through pyopencl, one by one from a compiled loop (numba calling clEnqueueNDRangeKernel: no
-Python between enqueues), then recorded once into a command buffer (llmrt_opencl.replay) and
-enqueued as one command. Microseconds per kernel, best of R: to the end of the enqueues (what the
-host spends) and to the queue's finish.
+one through pyopencl, the same with a flush every 16 (a driver may hold commands until one), one
+by one from a compiled loop (numba calling clEnqueueNDRangeKernel: no Python between enqueues),
+then recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command.
+Microseconds per kernel, best of R: to the end of the enqueues (what the host spends) and to the
+queue's finish.
 
     python benchmarks/opencl_launch_cost.py [N=575] [R=20]
 """
@@ -78,7 +79,15 @@ def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None
             cl.enqueue_nd_range_kernel(queue, la.kernel, la.global_size, la.local_size)
 
     row = f"{dev.name.strip()} ({platform.name.strip()}, driver {dev.driver_version.strip()})"
+
+    def flushed(every: int = 16) -> None:  # the driver may hold commands until a flush
+        for i, la in enumerate(launches):
+            cl.enqueue_nd_range_kernel(queue, la.kernel, la.global_size, la.local_size)
+            if i % every == every - 1:
+                queue.flush()
+
     print(f"{row}: {n} kernels one by one: {best_us(one_by_one, queue.finish, n, repeats)}")
+    print(f"{row}: {n} kernels, a flush every 16: {best_us(flushed, queue.finish, n, repeats)}")
     loop = compiled_loop(queue, launches)
     print(f"{row}: {n} kernels from a compiled loop: {best_us(loop, queue.finish, n, repeats)}")
     recorded = replay.record(dev, queue, launches)
@@ -88,7 +97,7 @@ def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None
     timing = best_us(recorded.enqueue, queue.finish, n, repeats)
     out = np.empty(64, np.float32)
     cl.enqueue_copy(queue, out, buf)
-    enqueues = 3 * (repeats + 1)  # every pass of the three ways adds n
+    enqueues = 4 * (repeats + 1)  # every pass of the four ways adds n
     assert out[0] == n * enqueues, (out[0], n * enqueues)  # every kernel ran, once a pass
     print(f"{row}: {n} kernels in a command buffer: {timing}")
 
