@@ -111,15 +111,19 @@ class Backend(ABC):
         """
 
     @staticmethod
-    def import_package(module: str, fix: str, library: str = "", library_fix: str = "") -> Any:
+    def import_package(
+        module: str, fix: str, library: str = "", library_fix: str = "", what: str = ""
+    ) -> Any:
         """For ``probe()``: import the backend's package, returning the module, or the unavailable
         ``Probe`` that says why: the package is not installed, ``library`` (a shared library it
-        opens at import, such as the Vulkan loader) cannot be loaded, or a broken install raised."""
+        opens at import, such as the Vulkan loader) cannot be loaded, or a broken install raised.
+        ``what`` names the package in those reasons (default: the module's name)."""
+        what = what or module
         try:
             return importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name == module:
-                return Probe(False, f"the `{module}` package is not installed", fix)
+                return Probe(False, f"{what} is not installed", fix)
             error: Exception = exc
         except OSError as exc:
             if library:
@@ -127,7 +131,7 @@ class Backend(ABC):
             error = exc
         except Exception as exc:  # a broken install raises all sorts at import
             error = exc
-        reason = f"the `{module}` package cannot be imported: {type(error).__name__}: {error}"
+        reason = f"{what} cannot be imported: {type(error).__name__}: {error}"
         return Probe(False, reason, f"reinstall it: {fix}")
 
     @abstractmethod

@@ -171,12 +171,9 @@ class OpenCLBackend(Backend):
         self._devices: list[OpenCLDevice] = []
 
     def probe(self) -> Probe:
-        try:
-            import pyopencl as cl
-        except ImportError:
-            return Probe(False, "pyopencl is not installed", INSTALL)
-        except Exception as exc:
-            return Probe(False, f"pyopencl failed to import: {exc}", f"reinstall: {INSTALL}")
+        cl = self.import_package("pyopencl", INSTALL)
+        if isinstance(cl, Probe):
+            return cl
         try:
             platforms = cl.get_platforms()
         except cl.Error as exc:  # PLATFORM_NOT_FOUND_KHR when no ICD is registered

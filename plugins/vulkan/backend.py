@@ -375,7 +375,8 @@ class VulkanBackend(Backend):
 
     def probe(self) -> Probe:
         library = "the Vulkan loader (libvulkan.so.1)"  # the package opens it at import
-        vk = self.import_package("vulkan", FIX_PACKAGE, library, FIX_LOADER)
+        vk = self.import_package("vulkan", FIX_PACKAGE, library, FIX_LOADER,
+                                 what="the `vulkan` Python package")  # fmt: skip
         if isinstance(vk, Probe):
             return vk
         details: dict[str, Any] = {"vulkan_package": getattr(vk, "__version__", None)}
