@@ -15,7 +15,9 @@ activations: the CUDA backend's and the OpenCL backend's (the Vulkan backend tak
 - ``unused_norm_outputs``: a ``norm_q8`` whose f32 output nothing reads gets ``y_unused``.
 
 Each takes the steps and ``reads(storage, skip_step=None)`` (readers of a storage in the steps as
-they are when the pass starts, graph outputs counting 1000) and returns the new list.
+they are when the pass starts, graph outputs counting 1000) and returns the new list;
+``small_batch`` applies them all, in order, to a plan. ``mmvq_lanes`` is how many lanes an
+``mmvq`` kernel gives a row.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.arena import ALIGN
-from llmrt.lower.steps import Step
+from llmrt.lower.steps import Plan, Step
 from llmrt.lower.view import Storage
 
 Reads = Callable[..., int]
@@ -209,3 +211,24 @@ def unused_norm_outputs(steps: list[Step], reads: Reads) -> list[Step]:
         if st.op == "norm_q8":
             st.params["y_unused"] = reads(st.out.storage) == 0
     return steps
+
+
+def small_batch(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:
+    """Every pass above, in order, on `plan`'s steps (in place): q8 activations for mat-vecs of
+    `types`, then the merges and fusions."""
+    steps = plan.steps
+    steps[:] = q8_activations(steps, storage, types)
+    for rewrite in (glu_mat_vecs, shared_mat_vecs, rope_qkv, rope_in_attention,
+                    unused_norm_outputs):  # fmt: skip
+        steps[:] = rewrite(steps, plan.reads)
+
+
+def mmvq_lanes(n_blocks: int) -> int:
+    """Lanes an integer mat-vec gives a row of `n_blocks` q8 blocks: the group size (32, 16 or
+    8) that leaves fewest lanes idle (a lane takes whole blocks: 18 blocks take 8, not 32)."""
+    best, eff = 32, 0.0
+    for g in (32, 16, 8):
+        e = n_blocks / (g * -(-n_blocks // g))
+        if e > eff + 1e-9:
+            best, eff = g, e
+    return best

@@ -28,7 +28,7 @@ from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
-from llmrt.lower.passes import q8_layout
+from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
@@ -69,16 +69,6 @@ def _resident(fn: Any, smem: int) -> int:
     return max(1, min(a["MaxRegistersPerMultiprocessor"] // regs,
                       a["MaxSharedMemoryPerMultiprocessor"] // (smem + fn.shared_size_bytes + 1024),
                       a["MaxThreadsPerMultiProcessor"] // 256))  # fmt: skip
-
-
-def _mmvq_lanes(nb: int) -> int:
-    """Lanes per row: the group size (32, 16 or 8) that leaves fewest lanes idle."""
-    best, eff = 32, 0.0
-    for g in (32, 16, 8):
-        e = nb / (g * -(-nb // g))
-        if e > eff + 1e-9:
-            best, eff = g, e
-    return best
 
 
 @functools.cache
@@ -519,7 +509,7 @@ def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
     glu = p.get("glu", -1)
     nt = _token_rows(t)
-    g = _mmvq_lanes(k // 32) if nt == 1 else 32
+    g = mmvq_lanes(k // 32) if nt == 1 else 32
     r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
     rpb = 4 * (32 // g) * (1 if glu >= 0 else r)
     blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)

@@ -91,10 +91,6 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
 
 def lower(graph: Graph) -> Plan:
     plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: _gemm_with_f16_copies})
-    steps = plan.steps
-    steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES)
-    for rewrite in (passes.glu_mat_vecs, passes.shared_mat_vecs, passes.rope_qkv,
-                    passes.rope_in_attention, passes.unused_norm_outputs):  # fmt: skip
-        steps[:] = rewrite(steps, plan.reads)
-    liveness(steps, plan.outputs)
+    passes.small_batch(plan, lo.storage, Q8_TYPES)
+    liveness(plan.steps, plan.outputs)
     return plan

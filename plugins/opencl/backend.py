@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Probe
-from llmrt.errors import UnsupportedOp
 from llmrt.ir import Op
 
 INSTALL = "pip install 'llmrt[opencl]'"
@@ -147,11 +146,9 @@ class OpenCLDevice(Device):
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
         import pyopencl as cl
 
-        from llmrt_opencl.program import NUMPY, OpenCLTensor, allocate
+        from llmrt_opencl.program import OpenCLTensor, allocate
 
-        if dtype not in NUMPY:
-            raise UnsupportedOp(f"{self.id} holds f32, f16 or i32 tensors, not {dtype.name}")
-        nbytes = int(np.prod(shape)) * np.dtype(NUMPY[dtype]).itemsize
+        nbytes = int(np.prod(shape)) * self.buffer_dtype(dtype).itemsize
         buf = allocate(self.context, nbytes, f"tensor {list(shape)}", self.id)
         cl.enqueue_fill_buffer(self.queue, buf, np.uint8(0), 0, max(nbytes, 16)).wait()
         return OpenCLTensor(self, buf, tuple(shape), dtype)

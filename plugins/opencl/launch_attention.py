@@ -92,9 +92,15 @@ def _fused_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
                 *consts)  # fmt: skip
     else:
         rows = (*prog.arg(q) * 7, np.int32(0), np.int32(0), np.int32(0), *[np.float32(0)] * 5)
+    return (*rows, *_q8_args(prog, step, xq))
+
+
+def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
+    """Where the output's q8 blocks go (XQ8), or stand-ins."""
     assert step.out is not None
-    q8 = q8_arg(prog, p["q8"], step.out.n) if xq else (*prog.arg(q), np.int64(0))
-    return (*rows, *q8)
+    return (
+        q8_arg(prog, step.params["q8"], step.out.n) if xq else (*prog.arg(step.ins[0]), np.int64(0))
+    )
 
 
 def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
@@ -144,7 +150,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     if nsplit > 1:
         merge = prog.kernel(FILE, "fattn_merge", defines)
         local = (dv, 1) if merge_local else None
-        xq_args = _fused_args(prog, step, xq)[-3:]
+        xq_args = _q8_args(prog, step, xq)
         launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit),
                                                             *xq_args)))  # fmt: skip
     if "q8" in p and not xq:

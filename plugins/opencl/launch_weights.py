@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from llmrt.gguf.constants import GGMLType
+from llmrt.lower.passes import mmvq_lanes
 from llmrt.lower.steps import Step
 from llmrt_opencl.launch_ops import q8_arg
 from llmrt_opencl.program import Launch, OpenCLProgram
@@ -56,17 +57,6 @@ def _lanes(n_chunks: int) -> int:
     while g < min(n_chunks, MMV_WG):
         g *= 2
     return g
-
-
-def _mmvq_lanes(n_blocks: int) -> int:
-    """Lanes per row of mmvq: the group size (32, 16 or 8) that leaves fewest lanes idle, as the
-    CUDA backend's (a lane takes whole q8 blocks, so 18 blocks take 8 lanes, not 32)."""
-    best, eff = 32, 0.0
-    for g in (32, 16, 8):
-        e = n_blocks / (g * _groups(n_blocks, g))
-        if e > eff + 1e-9:
-            best, eff = g, e
-    return best
 
 
 def _token_tile(t: int) -> int:
@@ -181,7 +171,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
-    g, nt = (1 if prog.device_info["cpu"] else _mmvq_lanes(k // 32)), _token_tile(t)
+    g, nt = (1 if prog.device_info["cpu"] else mmvq_lanes(k // 32)), _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:

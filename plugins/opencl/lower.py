@@ -16,7 +16,7 @@ from __future__ import annotations
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
-from llmrt.lower.steps import Plan, count_reads, liveness, lower_steps, step_supports
+from llmrt.lower.steps import Plan, liveness, lower_steps, step_supports
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 WEIGHT_TYPES = frozenset({
@@ -47,15 +47,7 @@ supports = step_supports(WEIGHT_TYPES, lambda dtype: MMV_MAX_T, _attention)
 def lower(graph: Graph, fused: bool = False) -> Plan:
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs)."""
     plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
-    steps = plan.steps
     if fused:
-
-        def reads(storage, skip=None) -> int:
-            return count_reads(steps, plan.outputs, storage, skip)
-
-        steps[:] = passes.q8_activations(steps, lo.storage, Q8_TYPES)
-        for rewrite in (passes.glu_mat_vecs, passes.shared_mat_vecs, passes.rope_qkv,
-                        passes.rope_in_attention, passes.unused_norm_outputs):  # fmt: skip
-            steps[:] = rewrite(steps, reads)
-    liveness(steps, plan.outputs)
+        passes.small_batch(plan, lo.storage, Q8_TYPES)
+    liveness(plan.steps, plan.outputs)
     return plan

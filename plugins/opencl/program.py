@@ -2,8 +2,8 @@
 arguments set at compile time, a step enqueued on one in-order queue with no host round trip
 between kernels (one wait, for the outputs): recorded once into a command buffer where the device
 has cl_khr_command_buffer and is a GPU (replay.py; PoCL's replay costs more than its enqueues),
-else kernel by kernel. `LLMRT_OPENCL_SAFE=1`, the backend's
-one debugging switch, keeps to the kernel-by-kernel enqueue.
+else kernel by kernel. `LLMRT_OPENCL_SAFE=1`, the backend's one debugging switch, keeps to the
+kernel-by-kernel enqueue.
 
 Kernels come from plugins/opencl/kernels/*.cl through pyopencl, which keeps the built binaries
 on disk per device and driver (its cache). Each step kind's launches are built by a table
@@ -23,19 +23,18 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from llmrt.device import Buffer, Device, Executable
+from llmrt.device import HOST_TYPES, Buffer, Device, Executable
 from llmrt.errors import LlmrtError, OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE, Step
+from llmrt.lower.view import bound
 from llmrt_opencl import replay
 from llmrt_opencl.lower import lower
 
 KERNELS = Path(__file__).parent / "kernels"
-SAFE = (
-    os.environ.get("LLMRT_OPENCL_SAFE", "0") == "1"
-)  # 1: enqueue kernel by kernel, no command buffer
-NUMPY = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.I32: np.int32}
+# 1: enqueue kernel by kernel, no command buffer
+SAFE = os.environ.get("LLMRT_OPENCL_SAFE", "0") == "1"
 
 
 @dataclass
@@ -66,12 +65,12 @@ class OpenCLTensor(Buffer):
         self.buf, self.offset = buf, offset
 
     def write(self, data: Any) -> None:
-        host = np.ascontiguousarray(data, dtype=NUMPY[self.dtype]).reshape(-1)
+        host = np.ascontiguousarray(data, dtype=HOST_TYPES[self.dtype]).reshape(-1)
         cl.enqueue_copy(self.device.queue, self.buf, host, dst_offset=self.offset,
                         is_blocking=True)  # fmt: skip
 
     def read(self) -> np.ndarray:
-        host = np.empty(self.shape, NUMPY[self.dtype])
+        host = np.empty(self.shape, HOST_TYPES[self.dtype])
         cl.enqueue_copy(self.device.queue, host, self.buf, src_offset=self.offset,
                         is_blocking=True)  # fmt: skip
         return host
@@ -117,9 +116,7 @@ class OpenCLProgram(Executable):
         self.base: dict[Storage, tuple[Any, int]] = {}
         for s in plan.storages:
             if s.kind in ("weight", "state"):
-                if s.key not in bindings:
-                    raise LlmrtError(f"graph {graph.name!r} needs '{s.key}', which is not bound")
-                self.base[s] = (bindings[s.key].buf, 0)
+                self.base[s] = (bound(s, bindings, graph).buf, 0)
             elif s.kind == "input":
                 self.base[s] = (allocate(self.ctx, s.nbytes, f"input {s.key}", device.id), 0)
             else:
@@ -160,7 +157,7 @@ class OpenCLProgram(Executable):
         q = self.queue
         for key, buf, v in self.inputs:
             if key in inputs:  # else written into its input_buffer
-                host = np.ascontiguousarray(inputs[key], dtype=NUMPY[v.dtype]).reshape(-1)
+                host = np.ascontiguousarray(inputs[key], dtype=HOST_TYPES[v.dtype]).reshape(-1)
                 cl.enqueue_copy(q, buf, host, is_blocking=False)
         if self.recorded is not None:
             self.recorded.enqueue()
@@ -171,7 +168,7 @@ class OpenCLProgram(Executable):
         for name, v in self.outputs:
             if outputs is not None and name not in outputs:
                 continue
-            host = np.empty(v.n, NUMPY[v.dtype])
+            host = np.empty(v.n, HOST_TYPES[v.dtype])
             buf, offset = self.arg(v)
             events.append(cl.enqueue_copy(q, host, buf, src_offset=int(offset),
                                           is_blocking=False))  # fmt: skip
