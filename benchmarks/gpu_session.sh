@@ -13,6 +13,8 @@
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
+#   profile      an OpenCL decode step kernel by kernel on a profiling queue (opencl_profile.py):
+#                GPU busy time against the gaps between kernels, 135M and 1B shapes
 #   verify       decode logits deep in a context against OLDREV's, and the depth benches
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -129,6 +131,13 @@ models)
     for peer in cuda vulkan; do
       bash $PEER bench $peer $m | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/bench-models.log
     done
+  done
+  ;;
+profile)
+  for m in smollm2-135m:q4_0 llama32-1b:q4_0; do
+    synth ${m%:*} ${m#*:}
+    LLMRT_OPENCL_SAFE=1 timeout 150 python3 benchmarks/opencl_profile.py /tmp/synth-${m%:*}-${m#*:}.gguf \
+      opencl:0 16 2>&1 | tail -14 | sed "s/^/$m /" | tee -a $OUT/profile.log
   done
   ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches

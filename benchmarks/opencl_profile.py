@@ -1,0 +1,76 @@
+"""Where an OpenCL decode step's time goes: the kernels enqueued one by one on a profiling queue,
+each kernel's execution time from its event, beside the step's wall time. Prints per step: wall
+ms, GPU busy ms (the kernels' summed execution), the span from the first kernel's start to the
+last one's end, and the gaps (span - busy: what the device waited between kernels), then the
+kernels by total time.
+
+    LLMRT_OPENCL_SAFE=1 python benchmarks/opencl_profile.py MODEL [DEVICE=opencl:0] [STEPS=16]
+
+LLMRT_OPENCL_SAFE=1 is needed where the device records command buffers (one event for the step).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import sys
+import time
+
+import pyopencl as cl
+
+from llmrt import engine
+from llmrt_opencl import backend
+
+EVENTS: list[tuple[str, cl.Event]] = []
+RECORDING = [False]
+_enqueue = cl.enqueue_nd_range_kernel
+
+
+def recording_enqueue(queue, kernel, global_size, local_size, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+    event = _enqueue(queue, kernel, global_size, local_size, *args, **kwargs)
+    if RECORDING[0]:
+        EVENTS.append((kernel.function_name, event))
+    return event
+
+
+def profiling_queue(self):  # noqa: ANN001, ANN201
+    return cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+
+
+def main(path: str, device: str, steps: int) -> None:
+    cl.enqueue_nd_range_kernel = recording_enqueue
+    backend.OpenCLDevice.queue = functools.cached_property(profiling_queue)
+    backend.OpenCLDevice.queue.__set_name__(backend.OpenCLDevice, "queue")
+    model = engine.load(path, device=device)
+    ctx = model.context(n_ctx=512)
+    ctx.eval(list(range(10, 40)))
+    for i in range(4):
+        ctx.eval([100 + i])
+    totals: collections.Counter[str] = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
+    rows = []
+    for i in range(steps):
+        EVENTS.clear()
+        RECORDING[0] = True
+        start = time.perf_counter()
+        ctx.eval([200 + i])
+        wall = time.perf_counter() - start
+        RECORDING[0] = False
+        times = [(name, e.profile.start, e.profile.end) for name, e in EVENTS]
+        busy = sum(end - begin for _, begin, end in times) / 1e6
+        span = (max(t[2] for t in times) - min(t[1] for t in times)) / 1e6
+        rows.append((wall * 1e3, busy, span, len(times)))
+        for name, begin, end in times:
+            totals[name] += (end - begin) / 1e6
+            counts[name] += 1
+    for wall, busy, span, n in rows:
+        print(f"step: wall {wall:.3f} ms, {n} kernels, busy {busy:.3f} ms, span {span:.3f} ms, "
+              f"gaps {span - busy:.3f} ms ({(span - busy) / max(n - 1, 1) * 1e3:.2f} us a kernel)")
+    print("kernels by time (ms a step, launches a step):")
+    for name, ms in totals.most_common(15):
+        print(f"  {name:28s} {ms / steps:8.3f}  {counts[name] // steps}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "opencl:0",
+         int(sys.argv[3]) if len(sys.argv) > 3 else 16)  # fmt: skip
