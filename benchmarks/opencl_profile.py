@@ -64,8 +64,10 @@ def main(path: str, device: str, steps: int) -> None:
             totals[name] += (end - begin) / 1e6
             counts[name] += 1
     for wall, busy, span, n in rows:
-        print(f"step: wall {wall:.3f} ms, {n} kernels, busy {busy:.3f} ms, span {span:.3f} ms, "
-              f"gaps {span - busy:.3f} ms ({(span - busy) / max(n - 1, 1) * 1e3:.2f} us a kernel)")
+        print(
+            f"step: wall {wall:.3f} ms, {n} kernels, busy {busy:.3f} ms, span {span:.3f} ms, "
+            f"gaps {span - busy:.3f} ms ({(span - busy) / max(n - 1, 1) * 1e3:.2f} us a kernel)"
+        )
     print("kernels by time (ms a step, launches a step):")
     for name, ms in totals.most_common(15):
         print(f"  {name:28s} {ms / steps:8.3f}  {counts[name] // steps}")
