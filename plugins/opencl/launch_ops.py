@@ -171,8 +171,10 @@ def norm_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
 
 
 def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:
-    """x (contiguous f32, a multiple of 32 elements) into the q8 buffer q8."""
-    g, loc = _flat(prog, x.n // 32)
+    """x (contiguous f32, a multiple of 32 elements) into the q8 buffer q8: four values a
+    work-item, in groups of a multiple of 8 (a block's eight)."""
+    local = max(8, _local(prog) // 8 * 8)
+    g, loc = (-(-x.n // (4 * local)) * local,), (local,)
     args = (*prog.arg(x), *q8_arg(prog, q8, x.n), _i64(x.n // 32))
     return Launch(prog.kernel(FILE, "quant_q8"), g, loc, args)
 

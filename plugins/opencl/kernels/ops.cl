@@ -161,40 +161,42 @@ __kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_
 }
 
 // norm_rows that also writes its output as q8 blocks (ncols % 32 == 0) into the q8 buffer
-// xq (common.h's q8_store32), a work-item per block; the f32 output only where has_y (a norm
-// whose only readers are integer mat-vecs need not write it).
+// xq (common.h's q8_store4: four columns a work-item, eight a block); the f32 output only where
+// has_y (a norm whose only readers are integer mat-vecs need not write it).
 __kernel void norm_rows_q8(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
                            __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
                            int has_w, int has_y, __global uchar* xq_b, ulong xq_o, long dso) {
     __local float red[WG_MAX];
+    __local int redi[WG_MAX];
     const long row = get_group_id(0);
-    const int l = get_local_id(0), nl = get_local_size(0), nb = ncols >> 5;
+    const int l = get_local_id(0), nl = get_local_size(0);
     __global const float* x = CPTR(float, x_b, x_o) + row * ncols;
     __global float* y = PTR(float, y_b, y_o) + row * ncols;
     __global const float* w = CPTR(float, w_b, w_o);
     float m1, corr;
     const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
-    for (int b = l; b < nb; b += nl) {
-        float v[32];
-        for (int j = 0; j < 32; ++j) {
-            const int i = 32 * b + j;
-            const float u = ((x[i] - m1) - corr) / den;
-            v[j] = has_w ? u * w[i] : u;
-            if (has_y) y[i] = v[j];
+    for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
+        const int i = base + 4 * l, active = i < ncols;
+        float4 v = (float4)(0.0f);
+        if (active) {
+            v = ((vload4(0, x + i) - m1) - corr) / den;
+            if (has_w) v *= vload4(0, w + i);
+            if (has_y) vstore4(v, 0, y + i);
         }
-        q8_store32(v, PTR(uchar, xq_b, xq_o), dso, row * nb + b);
+        q8_store4(v, active, PTR(uchar, xq_b, xq_o), dso, (row * ncols + i) >> 5, red, redi);
     }
 }
 
-// x [nblk * 32] f32 -> the q8 buffer xq (q8_store32): a work-item per block of 32.
+// x [nblk * 32] f32 -> the q8 buffer xq (q8_store4): four values a work-item, eight a block;
+// the local size a multiple of 8.
 __kernel void quant_q8(__global const uchar* x_b, ulong x_o, __global uchar* xq_b, ulong xq_o,
                        long dso, long nblk) {
-    const long b = get_global_id(0);
-    if (b >= nblk) return;
-    __global const float* x = CPTR(float, x_b, x_o) + b * 32;
-    float v[32];
-    for (int i = 0; i < 8; ++i) vstore4(vload4(i, x), i, v);
-    q8_store32(v, PTR(uchar, xq_b, xq_o), dso, b);
+    __local float redf[WG_MAX];
+    __local int redi[WG_MAX];
+    const long i = get_global_id(0), blk = i >> 3;
+    const int active = blk < nblk;
+    const float4 v = active ? vload4(i, CPTR(float, x_b, x_o)) : (float4)(0.0f);
+    q8_store4(v, active, PTR(uchar, xq_b, xq_o), dso, blk, redf, redi);
 }
 
 // Rotary embedding of x [T, H, D] (rows of D) over the first n_dims of each row; mode 2 neox
