@@ -15,6 +15,9 @@
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
 #   profile      an OpenCL decode step kernel by kernel on a profiling queue (opencl_profile.py):
 #                GPU busy time against the gaps between kernels, 135M and 1B shapes
+#   opencl       OpenCL on the GPU: its tests and conformance, the decode profile at a 512-token
+#                depth under attention launch choices, and llmrt bench of opencl:0 beside the tree
+#                in .devrun/base (a git archive of the session's first commit), interleaved
 #   verify       decode logits deep in a context against OLDREV's, and the depth benches
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -138,6 +141,25 @@ profile)
     synth ${m%:*} ${m#*:}
     LLMRT_OPENCL_SAFE=1 timeout 150 python3 benchmarks/opencl_profile.py /tmp/synth-${m%:*}-${m#*:}.gguf \
       opencl:0 16 2>&1 | tail -14 | sed "s/^/$m /" | tee -a $OUT/profile.log
+  done
+  ;;
+opencl)
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  timeout 200 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py \
+    tests/conformance -k "opencl" -q --tb=short -p no:cacheprovider 2>&1 | tail -4 | tee $OUT/opencl-tests.log
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    for cfg in "" launch_attention.MAX_SPLITS=1 launch_attention.MAX_SPLITS=4 launch_attention.NT=32 \
+        launch_attention.NT=128; do
+      LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 512 \
+        $cfg 2>&1 | grep -v "^step" | head -6 | sed "s/^/$m ${cfg:-default} /" | tee -a $OUT/profile.log
+    done
+  done
+  for r in 1 2; do
+    for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+      b() { timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 --device opencl:0 2>&1 \
+        | grep -v "^| model\|^| ---" | sed "s/^/$1 $m /" | tee -a $OUT/bench.log; }
+      b this; PYTHONPATH=$PWD/.devrun/base:/tmp/site b base
+    done
   done
   ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches

@@ -5,14 +5,19 @@ last one's end, and the gaps (span - busy: what the device waited between kernel
 kernels by total time.
 
     LLMRT_OPENCL_SAFE=1 python benchmarks/opencl_profile.py MODEL [DEVICE=opencl:0] [STEPS=16]
+        [PROMPT=30] [module.NAME=VALUE ...]
 
 LLMRT_OPENCL_SAFE=1 is needed where the device records command buffers (one event for the step).
+The decode steps follow a prompt of PROMPT tokens in a context of PROMPT + STEPS + 8 cells (as
+`llmrt bench -p PROMPT -n STEPS` has). module.NAME=VALUE sets a constant of an llmrt_opencl module
+before the model loads (e.g. launch_attention.MAX_SPLITS=4), to compare launch choices.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import sys
 import time
 
@@ -37,14 +42,18 @@ def profiling_queue(self):  # noqa: ANN001, ANN201
     return cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
 
 
-def main(path: str, device: str, steps: int) -> None:
+def main(path: str, device: str, steps: int, prompt: int, overrides: list[str]) -> None:
+    for item in overrides:
+        name, value = item.split("=", 1)
+        module, constant = name.rsplit(".", 1)
+        setattr(importlib.import_module(f"llmrt_opencl.{module}"), constant, int(value))
     cl.enqueue_nd_range_kernel = recording_enqueue
     backend.OpenCLDevice.queue = functools.cached_property(profiling_queue)
     backend.OpenCLDevice.queue.__set_name__(backend.OpenCLDevice, "queue")
     model = engine.load(path, device=device)
-    ctx = model.context(n_ctx=512)
-    ctx.eval(list(range(10, 40)))
-    for i in range(4):
+    ctx = model.context(n_ctx=prompt + steps + 8)
+    ctx.eval([10 + i % 200 for i in range(prompt)])
+    for i in range(2):
         ctx.eval([100 + i])
     totals: collections.Counter[str] = collections.Counter()
     counts: collections.Counter[str] = collections.Counter()
@@ -74,5 +83,6 @@ def main(path: str, device: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "opencl:0",
-         int(sys.argv[3]) if len(sys.argv) > 3 else 16)  # fmt: skip
+    args = [a for a in sys.argv[1:] if "=" not in a]
+    main(args[0], args[1] if len(args) > 1 else "opencl:0", int(args[2]) if len(args) > 2 else 16,
+         int(args[3]) if len(args) > 3 else 30, [a for a in sys.argv[1:] if "=" in a])  # fmt: skip

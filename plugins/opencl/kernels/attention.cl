@@ -185,6 +185,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         }
         if (seen) {
             const long kr = (long)s * ks + (long)hk * kh;
+#pragma unroll
             for (int d = 0; d < D4; ++d) {
                 const float4 kv = KEY4(s, kr, d);
 #pragma unroll
