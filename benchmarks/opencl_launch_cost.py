@@ -1,7 +1,8 @@
 """What launching costs on each OpenCL device: N tiny kernels (one work-group each) enqueued one by
 one through pyopencl, the same with a flush every 16 (a driver may hold commands until one), one
-by one from a compiled loop (numba calling clEnqueueNDRangeKernel: no Python between enqueues),
-then recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command.
+by one from a compiled loop (llmrt_opencl.replay.CompiledEnqueue, what the backend runs on a GPU
+without a command buffer: numba calling clEnqueueNDRangeKernel, no Python between enqueues), then
+recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command.
 Microseconds per kernel, best of R: to the end of the enqueues (what the host spends) and to the
 queue's finish.
 
@@ -36,32 +37,6 @@ def best_us(run, finish, n: int, repeats: int) -> str:
     )
 
 
-def compiled_loop(queue: cl.CommandQueue, launches: list) -> object:
-    """The launches enqueued by a numba loop through ctypes (one dimension each)."""
-    import ctypes
-
-    import numba
-
-    enqueue = replay._library().clEnqueueNDRangeKernel
-    enqueue.restype = ctypes.c_int32
-    enqueue.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
-                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
-                        ctypes.c_void_p]  # fmt: skip
-    kernels = np.array([la.kernel.int_ptr for la in launches], dtype=np.uint64)
-    sizes = np.array([[la.global_size[0], la.local_size[0]] for la in launches], dtype=np.uint64)
-
-    @numba.njit
-    def run_all(queue_ptr: int, kernels: np.ndarray, sizes: np.ndarray) -> int:
-        failed = 0
-        for i in range(kernels.shape[0]):
-            row = sizes[i]
-            failed |= enqueue(queue_ptr, kernels[i], 1, 0, row.ctypes.data, row[1:].ctypes.data,
-                              0, 0, 0)  # fmt: skip
-        return failed
-
-    return lambda: run_all(queue.int_ptr, kernels, sizes)
-
-
 def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None:
     ctx = cl.Context([dev])
     queue = cl.CommandQueue(ctx)
@@ -88,7 +63,7 @@ def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None
 
     print(f"{row}: {n} kernels one by one: {best_us(one_by_one, queue.finish, n, repeats)}")
     print(f"{row}: {n} kernels, a flush every 16: {best_us(flushed, queue.finish, n, repeats)}")
-    loop = compiled_loop(queue, launches)
+    loop = replay.CompiledEnqueue(queue, launches).enqueue  # what the backend runs
     print(f"{row}: {n} kernels from a compiled loop: {best_us(loop, queue.finish, n, repeats)}")
     recorded = replay.record(dev, queue, launches)
     if recorded is None:

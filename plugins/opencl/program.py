@@ -2,8 +2,8 @@
 arguments set at compile time, a step enqueued on one in-order queue with no host round trip
 between kernels (one wait, for the outputs): recorded once into a command buffer where the device
 has cl_khr_command_buffer and is a GPU (replay.py; PoCL's replay costs more than its enqueues),
-else kernel by kernel. `LLMRT_OPENCL_SAFE=1`, the backend's one debugging switch, keeps to the
-kernel-by-kernel enqueue.
+else from one compiled loop on a GPU (replay.CompiledEnqueue), else kernel by kernel.
+`LLMRT_OPENCL_SAFE=1`, the backend's one debugging switch, keeps to the kernel-by-kernel enqueue.
 
 Kernels come from plugins/opencl/kernels/*.cl through pyopencl, which keeps the built binaries
 on disk per device and driver (its cache). Each step kind's launches are built by a table
@@ -132,9 +132,20 @@ class OpenCLProgram(Executable):
             self.launches += build(self, step)
         for launch in self.launches:
             launch.kernel.set_args(*launch.args)
-        self.recorded = None
-        if not SAFE and not self.device_info["cpu"]:
+        # a step's enqueues: on a GPU recorded once into a command buffer where the driver has
+        # one, else from a compiled loop (replay.CompiledEnqueue: no Python between kernels);
+        # kernel by kernel from Python on a CPU device (PoCL's replay costs more than its
+        # enqueues) and when SAFE. An "enqueue" entry in the device's limits ("command_buffer",
+        # "compiled" or "python") forces one, for the tests.
+        way = self.device_info.get("enqueue")
+        if way is None:
+            way = "python" if SAFE or self.device_info["cpu"] else "gpu"
+        self.recorded: replay.CommandBuffer | None = None
+        self.compiled: replay.CompiledEnqueue | None = None
+        if way in ("gpu", "command_buffer"):
             self.recorded = replay.record(device.cl_device, self.queue, self.launches)
+        if self.recorded is None and way in ("gpu", "compiled"):
+            self.compiled = replay.compile_enqueue(self.queue, self.launches)
 
     # ---- what the launch builders use ------------------------------------------------------
     def arg(self, v: View) -> tuple[Any, np.uint64]:
@@ -161,6 +172,8 @@ class OpenCLProgram(Executable):
                 cl.enqueue_copy(q, buf, host, is_blocking=False)
         if self.recorded is not None:
             self.recorded.enqueue()
+        elif self.compiled is not None:
+            self.compiled.enqueue()
         else:
             for launch in self.launches:
                 cl.enqueue_nd_range_kernel(q, launch.kernel, launch.global_size, launch.local_size)

@@ -125,3 +125,82 @@ def test_a_recorded_step_computes_what_kernel_by_kernel_enqueues_do(opencl, tiny
         logits[safe] = rows
     for a, b in zip(logits[True], logits[False], strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("as_gpu", [False, True], ids=["pocl", "gpu-kernels"])
+def test_a_compiled_enqueue_computes_what_python_enqueues_do(opencl, tiny_gguf_with_vocab, as_gpu,
+                                                             monkeypatch):  # fmt: skip
+    """Where a GPU has no command buffer (NVIDIA's driver) a step's kernels are enqueued from one
+    numba loop calling clEnqueueNDRangeKernel (replay.CompiledEnqueue): the same kernels in the
+    same order, so the same logits to the bit."""
+    import llmrt_opencl.program as program
+
+    if as_gpu:  # the work-group kernels: 2-D launches and local sizes
+        monkeypatch.setitem(opencl.limits, "cpu", 0)
+    logits = {}
+    for way in ("python", "compiled"):
+        monkeypatch.setitem(opencl.limits, "enqueue", way)
+        dev = load(tiny_gguf_with_vocab, device=opencl)
+        ctx = dev.context(n_ctx=64)
+        rows = [ctx.eval(PROMPT)] + [ctx.eval([token]) for token in (4, 8, 6, 15)]
+        programs = [p for p in ctx.graphs.values() if isinstance(p, program.OpenCLProgram)]
+        assert programs and all(p.recorded is None for p in programs)
+        assert all((p.compiled is not None) == (way == "compiled") for p in programs)
+        logits[way] = rows
+    for a, b in zip(logits["python"], logits["compiled"], strict=True):
+        assert np.array_equal(a, b)
+
+
+def _softmax_graph() -> Graph:
+    g = Graph("enqueue")
+    x = g.input("x", (3, 40))
+    g.output("out", g.soft_max(g.scale(x, 2.0)))
+    return g
+
+
+def test_the_enqueue_is_chosen_by_the_device(opencl, monkeypatch):
+    """A GPU without a command buffer takes the compiled loop, unless SAFE or the loop cannot be
+    built (no numba, no clEnqueueNDRangeKernel symbol): then, as a CPU device, Python's loop."""
+    import llmrt_opencl.program as program
+    from llmrt_opencl import replay
+
+    def ways() -> tuple[bool, bool]:
+        p = opencl.compile(_softmax_graph(), {})
+        return p.recorded is not None, p.compiled is not None
+
+    assert ways() == (False, False)  # PoCL: a CPU device
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(replay, "record", lambda *args: None)  # a driver without the extension
+    assert ways() == (False, True)
+    monkeypatch.setattr(program, "SAFE", True)
+    assert ways() == (False, False)
+    monkeypatch.setattr(program, "SAFE", False)
+
+    def no_numba() -> None:
+        raise ImportError("No module named 'numba'")
+
+    monkeypatch.setattr(replay, "_enqueue_loop", no_numba)
+    assert ways() == (False, False)
+
+
+def test_a_failed_compiled_enqueue_names_the_kernel(opencl, monkeypatch):
+    """An error from clEnqueueNDRangeKernel in the compiled loop is one line naming the launch."""
+    import dataclasses
+
+    from llmrt_opencl import replay
+
+    monkeypatch.setitem(opencl.limits, "enqueue", "compiled")
+    p = opencl.compile(_softmax_graph(), {})
+    assert p.compiled is not None
+    data = np.random.default_rng(0).normal(size=(3, 40)).astype(np.float32)
+    want = p.run({"x": data})["out"]
+    too_big = 2 * opencl.cl_device.max_work_group_size  # CL_INVALID_WORK_GROUP_SIZE
+    last = dataclasses.replace(p.launches[-1], global_size=(too_big,), local_size=(too_big,))
+    p.compiled = replay.CompiledEnqueue(p.queue, [*p.launches[:-1], last])
+    with pytest.raises(RuntimeError) as error:
+        p.run({"x": data})
+    message = str(error.value)
+    index, name = len(p.launches) - 1, last.kernel.function_name
+    assert "\n" not in message and f"kernel {index} {name}" in message and "-54" in message
+    p.compiled = replay.CompiledEnqueue(p.queue, p.launches)
+    assert np.array_equal(p.run({"x": data})["out"], want)
