@@ -145,19 +145,22 @@ profile)
   ;;
 opencl)
   synth smollm2-135m q4_0; synth llama32-1b q4_0
-  timeout 200 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py \
-    tests/conformance -k "opencl" -q --tb=short -p no:cacheprovider 2>&1 | tail -4 | tee $OUT/opencl-tests.log
+  ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  timeout 300 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py \
+    tests/conformance -k "opencl" -q --tb=short -p no:cacheprovider > $OUT/opencl-tests.log 2>&1
+  tail -4 $OUT/opencl-tests.log
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
-    for cfg in "" launch_attention.MAX_SPLITS=1 launch_attention.MAX_SPLITS=4 launch_attention.NT=32 \
-        launch_attention.NT=128; do
+    for cfg in "" launch_attention.NT=64 launch_attention.MAX_SPLITS=128; do
       LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 512 \
-        $cfg 2>&1 | grep -v "^step" | head -6 | sed "s/^/$m ${cfg:-default} /" | tee -a $OUT/profile.log
+        $cfg 2>&1 | grep -v "^step\|Warning\|lambda" | head -4 | sed "s/^/$m ${cfg:-default} /" | tee -a $OUT/profile.log
     done
   done
+  wait $synth_big
   for r in 1 2; do
-    for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
       b() { timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 --device opencl:0 2>&1 \
-        | grep -v "^| model\|^| ---" | sed "s/^/$1 $m /" | tee -a $OUT/bench.log; }
+        | grep "| pp\|| tg" | sed "s/^/$1 $m /" | tee -a $OUT/bench.log; }
       b this; PYTHONPATH=$PWD/.devrun/base:/tmp/site b base
     done
   done

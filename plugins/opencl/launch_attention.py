@@ -27,7 +27,12 @@ from llmrt_opencl.launch_ops import q8_arg, quant_q8_launch, rope_args
 from llmrt_opencl.program import Launch, OpenCLProgram
 
 FILE = "attention.cl"
-NT = 64  # work-items per group, and keys per tile (attention.cl's NT, a power of two)
+# work-items per group, and keys per tile (attention.cl's NT, a power of two): NT, or NT_WIDE for
+# heads whose V rows need more (a work-item takes 4 of a row's columns). 32 rather than 64 on the
+# H100 (benchmarks/opencl_profile.py at a 512-token depth, 2026-12-05): a step's attention 1.30 ->
+# 0.91 ms (135M shape), 0.70 -> 0.52 (1B); 128 was slower (2.15, 1.13): a decode group's tile
+# loop is latency, and smaller tiles give more splits (groups) over the same keys.
+NT, NT_WIDE = 32, 64
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
 # split the keys until there are about this many groups per compute unit (a CPU thread runs a
@@ -40,12 +45,16 @@ MAX_SPLITS = 64
 _SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 
 
-def _rows(prog: OpenCLProgram, t: int, group: int, d: int, new_row: int = 0) -> int:
+def _tile(dv: int) -> int:
+    return NT if dv <= 4 * NT else NT_WIDE
+
+
+def _rows(prog: OpenCLProgram, t: int, group: int, d: int, nt: int, new_row: int = 0) -> int:
     """Query rows per work-group: all of a decode token's grouped heads, at most what local
     memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest, and
     new_row bytes for the new K/V row)."""
     local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
-    return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + NT)), t * group))
+    return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + nt)), t * group))
 
 
 def _fits(kernel: Any, nt: int) -> bool:
@@ -60,15 +69,15 @@ def _cpu(prog: OpenCLProgram) -> bool:
     return bool(prog.device_info["cpu"])
 
 
-def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool) -> tuple[int, int]:
+def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool, nt: int) -> tuple[int, int]:
     """(number of splits, keys per split, a multiple of the tile): enough groups to fill the
     device, each split at least one tile."""
     units = int(prog.device_info["compute_units"])
-    want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT[cpu] * units // groups), -(-s // NT))
+    want = min(MAX_SPLITS, -(-GROUPS_PER_UNIT[cpu] * units // groups), -(-s // nt))
     if want <= 1:
         return 1, s
     chunk = -(-s // want)
-    chunk = -(-chunk // NT) * NT
+    chunk = -(-chunk // nt) * nt
     return -(-s // chunk), chunk
 
 
@@ -111,20 +120,21 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     mask = step.ins[3] if n_attn > 3 else None
     t, hq, d = q.shape
     s, hkv, dv = v.shape
-    if d % 4 or dv % 4 or dv > 4 * NT:
-        raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT})")
+    if d % 4 or dv % 4 or dv > 4 * NT_WIDE:
+        raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT_WIDE})")
+    nt = _tile(dv)
     new_row = "nr" in p
     group = hq // hkv
     cpu = _cpu(prog)
     nr = (min(MAX_ROWS, t * group) if cpu
-          else _rows(prog, t, group, d, 4 * (d + dv) if new_row else 0))  # fmt: skip
-    defines = {"NT": NT, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
+          else _rows(prog, t, group, d, nt, 4 * (d + dv) if new_row else 0))  # fmt: skip
+    defines = {"NT": nt, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
                "VF16": int(v.dtype == GGMLType.F16), "NEWROW": int(new_row)}  # fmt: skip
     kernel = None if cpu else prog.kernel(FILE, "fattn", defines)
-    if kernel is not None and not _fits(kernel, NT):
+    if kernel is not None and not _fits(kernel, nt):
         cpu, kernel = True, None  # fattn_row runs with groups of one
     blocks = -(-(t * group) // nr)
-    nsplit, chunk = _splits(prog, blocks * hkv, s, cpu)
+    nsplit, chunk = _splits(prog, blocks * hkv, s, cpu, nt)
     # where the output's q8 blocks come from: the kernel (one split: fattn_row any head size,
     # fattn where its q rows' local memory holds the output rows), else fattn_merge (a row per
     # work-group), else a quant_q8 launch after
@@ -146,7 +156,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
                            (1, 1, 1), args)]  # fmt: skip
     else:
-        launches = [Launch(kernel, (blocks * NT, hkv, nsplit), (NT, 1, 1), args)]
+        launches = [Launch(kernel, (blocks * nt, hkv, nsplit), (nt, 1, 1), args)]
     if nsplit > 1:
         merge = prog.kernel(FILE, "fattn_merge", defines)
         local = (dv, 1) if merge_local else None
