@@ -16,14 +16,6 @@ rng = np.random.default_rng(11)
 PROMPT = rng.integers(0, 320, 24).tolist()
 
 
-@pytest.fixture(scope="module")
-def opencl():
-    entry = registry().entry("opencl")
-    if entry is None or not entry.probe.available or not entry.devices:
-        pytest.skip("no OpenCL device")
-    return entry.devices[0]
-
-
 def test_the_device_computes(opencl):
     assert opencl.smoke == ""
 

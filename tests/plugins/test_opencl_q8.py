@@ -8,16 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmrt.device import registry
 from llmrt.lower.passes import q8_layout
-
-
-@pytest.fixture(scope="module")
-def opencl():
-    entry = registry().entry("opencl")
-    if entry is None or not entry.probe.available or not entry.devices:
-        pytest.skip("no OpenCL device")
-    return entry.devices[0]
 
 
 def q8_blocks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
