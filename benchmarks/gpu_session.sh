@@ -18,8 +18,6 @@
 #   opencl       OpenCL on the GPU: its tests and conformance, the decode profile at a 512-token
 #                depth under attention launch choices, and llmrt bench of opencl:0 beside the tree
 #                in .devrun/base (a git archive of the session's first commit), interleaved
-#   lanes        the integer mat-vecs' lanes a row (launch_weights.MMVQ_LANES_MAX) under the
-#                decode profile of the 1B and 8B shapes
 #   verify       decode logits deep in a context against OLDREV's, and the depth benches
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -164,16 +162,6 @@ opencl)
       b() { timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 --device opencl:0 2>&1 \
         | grep "| pp\|| tg" | sed "s/^/$1 $m /" | tee -a $OUT/bench.log; }
       b this; PYTHONPATH=$PWD/.devrun/base:/tmp/site b base
-    done
-  done
-  ;;
-lanes)
-  synth llama32-1b q4_0; synth llama3-8b q4_0
-  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
-    for cfg in "" launch_weights.MMVQ_LANES_MAX=16 launch_weights.MMVQ_LANES_MAX=8; do
-      LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 512 \
-        $cfg 2>&1 | grep -v "Warning\|lambda" | sed -n "1p;/by time/,+3p" | sed "s/^/$m ${cfg:-default} /" \
-        | tee -a $OUT/lanes.log
     done
   done
   ;;

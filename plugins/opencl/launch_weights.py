@@ -34,8 +34,6 @@ CPU_WG = 16  # work-items per group of the CPU kernels (PoCL runs a group as a l
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
-# lanes a row of the integer mat-vecs at most (0: passes.mmvq_lanes' choice, as CUDA's)
-MMVQ_LANES_MAX = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 
 
@@ -174,8 +172,6 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
     g, nt = (1 if prog.device_info["cpu"] else mmvq_lanes(k // 32)), _token_tile(t)
-    if MMVQ_LANES_MAX:
-        g = min(g, MMVQ_LANES_MAX)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:
