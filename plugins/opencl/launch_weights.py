@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from llmrt.gguf.constants import GGMLType
-from llmrt.lower.passes import mmvq_lanes
+from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import Step
 from llmrt_opencl.launch_ops import q8_arg
 from llmrt_opencl.program import Launch, OpenCLProgram
@@ -37,8 +37,14 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 
 
+LEGACY = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+
+
 def _kernel(prog: OpenCLProgram, wtype: GGMLType, name: str) -> object:
-    return prog.kernel(FILE, name, {"WTYPE": int(wtype)})
+    """weights.cl's kernel `name` for `wtype`; on a CPU device with halves read by bit
+    arithmetic (CPU_HALF: its vload_half is a software routine)."""
+    cpu = {"CPU_HALF": 1} if prog.device_info.get("cpu") else {}
+    return prog.kernel(FILE, name, {"WTYPE": int(wtype), **cpu})
 
 
 def _shifted(arg: tuple, nbytes: int) -> tuple:
@@ -97,11 +103,36 @@ def _rounding(wtype: GGMLType) -> str:
     return "q8_K" if wtype in K_QUANTS else "q8_0"
 
 
+def _launch_mmv_q8_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    """A CPU device's decode step for a legacy type: x as q8 blocks once (quant_q8_blocks, shared
+    by the products reading the same value), then two rows a work-item (mmv_row_q8)."""
+    p = step.params
+    wtype, m, k = p["type"], p["m"], p["k"]
+    w, x = step.ins[:2]
+    (res, has_res), y = _residual(prog, step), prog.arg(step.out)
+    launches = []
+    dso, nbytes = q8_layout(k)
+    key = (id(x.storage), x.offset, x.n, "q8 blocks")
+    if key not in prog.memo:
+        prog.memo[key] = xq = prog.scratch(nbytes)
+        args = (*prog.arg(x), *xq, np.int64(dso), np.int64(k // 32))
+        size = _groups(k // 32, CPU_WG) * CPU_WG
+        launches.append(Launch(_kernel(prog, wtype, "quant_q8_blocks"), (size,), (CPU_WG,), args))
+    xq = prog.memo[key]
+    args = (*prog.arg(w), np.int64(p["row_bytes"]), *xq, np.int64(dso), *y, *res, has_res,
+            np.int32(m), np.int32(k))  # fmt: skip
+    size = _groups(_groups(m, 2), CPU_WG) * CPU_WG
+    launches.append(Launch(_kernel(prog, wtype, "mmv_row_q8"), (size,), (CPU_WG,), args))
+    return launches
+
+
 def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
     """A CPU device (PoCL), any number of tokens: activations rounded once (round_rows), then a
-    work-item per row and 8 tokens."""
+    work-item per row and 8 tokens; a decode step of a legacy type on q8 blocks instead."""
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
+    if t == 1 and wtype in LEGACY:
+        return _launch_mmv_q8_cpu(prog, step)
     w, x = step.ins[:2]
     (res, has_res), y = _residual(prog, step), prog.arg(step.out)
     launches = []

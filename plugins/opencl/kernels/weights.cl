@@ -39,7 +39,18 @@
 #error "unsupported WTYPE"
 #endif
 
+#ifdef CPU_HALF
+// A CPU device converts halves in software (PoCL: ~15 instructions with branches, about a third
+// of a Q4_1 block's work); the exponent rebias by a multiply is exact for every finite half,
+// subnormals included (not for inf and NaN, which no weight block's scale holds)
+inline float ld_h(__global const uchar* p) {
+    const uint h = *(__global const ushort*)p;
+    const float f = as_float((h & 0x7fffu) << 13) * 0x1p112f;
+    return as_float(as_uint(f) | ((h & 0x8000u) << 16));
+}
+#else
 inline float ld_h(__global const uchar* p) { return vload_half(0, (__global const half*)p); }
+#endif
 
 // 16 bytes from an address aligned to 2 (the block sizes 18, 22, 34, 210 leave no better).
 inline void ld16_a2(__global const uchar* p, uchar* out) {
@@ -608,26 +619,24 @@ __kernel void round_rows(__global const uchar* xb, ulong xo, __global uchar* ob,
     }
 }
 
-// Chunk c of a row (elements 32c .. 32c + 31) as its levels in two float16 (lo: elements 0-15,
-// hi: 16-31) and the scales that make them weights: w = dl * lo + m (dh * hi + m). In vector
-// types, which a CPU device maps to its SIMD units. A level times a q8-rounded activation is
-// exact in f32, and so is a block's sum of them: scaling after the products rounds once where
-// scaling each weight first rounded three times (ggml scales an exact integer block sum).
-inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi, float* dl,
-                   float* dh, float* m) {
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+#define LEGACY_Q 1
+// Block c's levels as signed integers (the type's offset applied: Q4_0's 8, Q5_0's 16), lo the
+// block's elements 0-15 and hi 16-31, its scale d and min m (0 where the type has none):
+// w = d * level + m.
+inline void wq_levels(__global const uchar* row, int c, short16* lo, short16* hi, float* d,
+                      float* m) {
     *m = 0.0f;
 #if WTYPE == 2  // Q4_0: d, qs[16]; (q - 8) * d
     __global const uchar* b = row + (size_t)c * 18;
     const uchar16 q = vload16(0, b + 2);
-    *lo = convert_float16(convert_int16(q & (uchar16)15) - 8);
-    *hi = convert_float16(convert_int16(q >> (uchar16)4) - 8);
-    *dl = *dh = ld_h(b);
+    *lo = convert_short16(q & (uchar16)15) - (short)8;
+    *hi = convert_short16(q >> (uchar16)4) - (short)8;
 #elif WTYPE == 3  // Q4_1: d, m, qs[16]; q * d + m
     __global const uchar* b = row + (size_t)c * 20;
     const uchar16 q = vload16(0, b + 4);
-    *lo = convert_float16(q & (uchar16)15);
-    *hi = convert_float16(q >> (uchar16)4);
-    *dl = *dh = ld_h(b);
+    *lo = convert_short16(q & (uchar16)15);
+    *hi = convert_short16(q >> (uchar16)4);
     *m = ld_h(b + 2);
 #elif WTYPE == 6 || WTYPE == 7  // Q5_0 (d, qh, qs) and Q5_1 (d, m, qh, qs): bit e of qh on top
     const uint16 lane = (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -642,21 +651,36 @@ inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi, f
     *m = ld_h(b + 2);
 #endif
     const uint qh = (uint)hp[0] | ((uint)hp[1] << 16);
-    const uint16 vlo = convert_uint16(q & (uchar16)15) | ((((uint16)qh >> lane) & 1) << 4);
-    const uint16 vhi = convert_uint16(q >> (uchar16)4) | ((((uint16)qh >> (lane + 16)) & 1) << 4);
+    *lo = convert_short16(convert_uint16(q & (uchar16)15) | ((((uint16)qh >> lane) & 1) << 4));
+    *hi = convert_short16(convert_uint16(q >> (uchar16)4)
+                          | ((((uint16)qh >> (lane + 16)) & 1) << 4));
 #if WTYPE == 6
-    *lo = convert_float16(convert_int16(vlo) - 16);
-    *hi = convert_float16(convert_int16(vhi) - 16);
-#else
-    *lo = convert_float16(vlo);
-    *hi = convert_float16(vhi);
+    *lo -= (short)16;
+    *hi -= (short)16;
 #endif
-    *dl = *dh = ld_h(b);
 #elif WTYPE == 8  // Q8_0: d, qs[32] int8
     __global const uchar* b = row + (size_t)c * 34;
-    *lo = convert_float16(as_char16(vload16(0, b + 2)));
-    *hi = convert_float16(as_char16(vload16(0, b + 18)));
-    *dl = *dh = ld_h(b);
+    *lo = convert_short16(as_char16(vload16(0, b + 2)));
+    *hi = convert_short16(as_char16(vload16(0, b + 18)));
+#endif
+    *d = ld_h(b);
+}
+#endif
+
+// Chunk c of a row (elements 32c .. 32c + 31) as its levels in two float16 (lo: elements 0-15,
+// hi: 16-31) and the scales that make them weights: w = dl * lo + m (dh * hi + m). In vector
+// types, which a CPU device maps to its SIMD units. A level times a q8-rounded activation is
+// exact in f32, and so is a block's sum of them: scaling after the products rounds once where
+// scaling each weight first rounded three times (ggml scales an exact integer block sum).
+inline void wq_vec(__global const uchar* row, int c, float16* lo, float16* hi, float* dl,
+                   float* dh, float* m) {
+    *m = 0.0f;
+#if LEGACY_Q
+    short16 l, h;
+    wq_levels(row, c, &l, &h, dl, m);
+    *lo = convert_float16(l);
+    *hi = convert_float16(h);
+    *dh = *dl;
 #elif WTYPE == 12 || WTYPE == 13  // Q4_K, Q5_K: sub-block s = c & 7; w = d sc q - dmin mn
     const int s = c & 7;
 #if WTYPE == 12
@@ -758,6 +782,65 @@ __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __glob
         y[o] = has_res ? acc + CPTR(float, rb, ro)[o] : acc;
     }
 }
+
+#if LEGACY_Q
+// x [K] f32 -> the q8 buffer xq (common.h's q8_store32), a work-item per block: a CPU device's
+// quant_q8 (ops.cl's takes eight work-items a block and local memory, which a CPU pays for).
+__kernel void quant_q8_blocks(__global const uchar* xb, ulong xo, __global uchar* qb, ulong qo,
+                              long dso, long nblk) {
+    const long b = get_global_id(0);
+    if (b >= nblk) return;
+    float v[32];
+    for (int i = 0; i < 4; ++i) load8(CPTR(float, xb, xo) + b * 32 + 8 * i, v + 8 * i);
+    q8_store32(v, PTR(uchar, qb, qo), dso, b);
+}
+
+// A decode step's y[row] = sum_k W[row, k] x[k] (+ res[row]) on a CPU device, for the legacy
+// types: x as q8 blocks (quant_q8_blocks), two rows a work-item sharing each block of x. Levels
+// times x's levels in 16-bit lanes (|31 x 127| x 2 and Q8_0's |127 x 127| x 2 fit), pairs summed
+// into 32-bit lanes, each block's eight partial sums scaled by d * dx into eight float lanes: the
+// integer dot products of ggml's vec_dot_*_q8, in the vector types PoCL maps to SIMD units.
+__kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
+                         __global const uchar* qb, ulong qo, long dso, __global uchar* yb,
+                         ulong yo, __global const uchar* rb, ulong ro, int has_res, int M,
+                         int K) {
+    const int row = 2 * get_global_id(0);
+    if (row >= M) return;
+    const int nb = K >> 5;
+    __global const uchar* w0 = wb + wo + (ulong)row * (ulong)row_bytes;
+    __global const uchar* w1 = wb + wo + (ulong)min(row + 1, M - 1) * (ulong)row_bytes;
+    __global const char* xq = (__global const char*)(qb + qo);
+    __global const float2* ds = (__global const float2*)(qb + qo + dso);
+    float8 a0 = (float8)(0.0f), a1 = (float8)(0.0f);
+    float m0 = 0.0f, m1 = 0.0f;
+    for (int c = 0; c < nb; ++c) {
+        const short16 x0 = convert_short16(vload16(0, xq + c * 32));
+        const short16 x1 = convert_short16(vload16(1, xq + c * 32));
+        const float2 dsx = ds[c];
+        const float sx = (float)as_int(dsx.y);
+        short16 lo, hi;
+        float d, m;
+        wq_levels(w0, c, &lo, &hi, &d, &m);
+        short16 p = lo * x0 + hi * x1;
+        a0 += convert_float8(convert_int8(p.even) + convert_int8(p.odd)) * (d * dsx.x);
+        m0 += m * dsx.x * sx;
+        wq_levels(w1, c, &lo, &hi, &d, &m);
+        p = lo * x0 + hi * x1;
+        a1 += convert_float8(convert_int8(p.even) + convert_int8(p.odd)) * (d * dsx.x);
+        m1 += m * dsx.x * sx;
+    }
+    __global float* y = PTR(float, yb, yo);
+    __global const float* res = CPTR(float, rb, ro);
+    float4 s4 = a0.lo + a0.hi;
+    const float y0 = ((s4.x + s4.y) + (s4.z + s4.w)) + m0;
+    y[row] = has_res ? y0 + res[row] : y0;
+    if (row + 1 < M) {
+        s4 = a1.lo + a1.hi;
+        const float y1 = ((s4.x + s4.y) + (s4.z + s4.w)) + m1;
+        y[row + 1] = has_res ? y1 + res[row + 1] : y1;
+    }
+}
+#endif
 
 // ---- gemm: many tokens ----------------------------------------------------------------------
 
