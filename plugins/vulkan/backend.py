@@ -8,9 +8,9 @@ are only valid while their instance lives, the compute kernels will need them, a
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,18 +55,15 @@ DEVICE_TYPES = {
     4: ("cpu", DeviceType.CPU),
 }
 
-# VkSubgroupFeatureFlagBits and VkShaderStageFlagBits, named as in the spec without the vendor
-# suffix (rotate is KHR, then core in 1.4; partitioned is NV only).
+# VkSubgroupFeatureFlagBits and VkShaderStageFlagBits, bit i named at index i, as in the spec
+# without the vendor suffix (rotate is KHR, then core in 1.4; partitioned is NV only).
 SUBGROUP_OPERATIONS = (
-    (0x1, "basic"), (0x2, "vote"), (0x4, "arithmetic"), (0x8, "ballot"), (0x10, "shuffle"),
-    (0x20, "shuffle_relative"), (0x40, "clustered"), (0x80, "quad"), (0x100, "partitioned"),
-    (0x200, "rotate"), (0x400, "rotate_clustered"),
+    "basic", "vote", "arithmetic", "ballot", "shuffle", "shuffle_relative", "clustered", "quad",
+    "partitioned", "rotate", "rotate_clustered",
 )  # fmt: skip
 SHADER_STAGES = (
-    (0x1, "vertex"), (0x2, "tessellation_control"), (0x4, "tessellation_evaluation"),
-    (0x8, "geometry"), (0x10, "fragment"), (0x20, "compute"), (0x40, "task"), (0x80, "mesh"),
-    (0x100, "raygen"), (0x200, "any_hit"), (0x400, "closest_hit"), (0x800, "miss"),
-    (0x1000, "intersection"), (0x2000, "callable"),
+    "vertex", "tessellation_control", "tessellation_evaluation", "geometry", "fragment", "compute",
+    "task", "mesh", "raygen", "any_hit", "closest_hit", "miss", "intersection", "callable",
 )  # fmt: skip
 
 
@@ -83,68 +80,59 @@ def driver_version_string(version: int, vendor_id: int) -> str:
     return f"{version >> 22}.{(version >> 12) & 0x3FF}.{version & 0xFFF}"
 
 
-def flag_names(mask: int, table: Sequence[tuple[int, str]]) -> list[str]:
-    """The names of the bits set in ``mask``; bits this table does not know are kept as hex."""
-    names = [name for bit, name in table if mask & bit]
-    unknown = mask & ~sum(bit for bit, _ in table)
-    return names + [hex(1 << i) for i in range(32) if unknown >> i & 1]
+def flag_names(mask: int, names: Sequence[str]) -> list[str]:
+    """The names of the bits set in ``mask`` (bit i is ``names[i]``); bits past them are kept
+    as hex."""
+    return [hex(1 << i) if i >= len(names) else names[i] for i in range(32) if mask >> i & 1]
 
 
 def _text(vk: Any, chars: Any) -> str:
     return vk.ffi.string(chars).decode("utf-8", "replace")
 
 
-@dataclass(frozen=True)
-class _Procs:
-    """Instance-level entry points fetched with vkGetInstanceProcAddr, core (1.1) and KHR.
+def _flag(vk: Any, value: int) -> bool:  # a VkBool32
+    return bool(value)
+
+
+# The structs chained into vkGetPhysicalDeviceProperties2 and vkGetPhysicalDeviceFeatures2,
+# innermost first: (struct, the version that made it core, the extension that brings it to older
+# devices, {property: (field, how to read it)}).
+PROPERTY_STRUCTS = (
+    ("VkPhysicalDeviceSubgroupProperties", V1_1, None, {
+        "subgroup_size": ("subgroupSize", lambda vk, n: int(n)),
+        "subgroup_operations": (
+            "supportedOperations", lambda vk, mask: flag_names(mask, SUBGROUP_OPERATIONS)),
+        "subgroup_stages": ("supportedStages", lambda vk, mask: flag_names(mask, SHADER_STAGES)),
+    }),
+    ("VkPhysicalDeviceDriverProperties", V1_2, "VK_KHR_driver_properties", {
+        "driver_name": ("driverName", _text), "driver_info": ("driverInfo", _text),
+    }),
+)  # fmt: skip
+FEATURE_STRUCTS = (
+    ("VkPhysicalDeviceShaderIntegerDotProductFeatures", V1_3, None, {
+        "integer_dot_product": ("shaderIntegerDotProduct", _flag),
+    }),
+    ("VkPhysicalDevice16BitStorageFeatures", V1_1, "VK_KHR_16bit_storage", {
+        "storage_buffer_16bit": ("storageBuffer16BitAccess", _flag),
+        "uniform_and_storage_buffer_16bit": ("uniformAndStorageBuffer16BitAccess", _flag),
+        "storage_push_constant_16bit": ("storagePushConstant16", _flag),
+    }),
+    ("VkPhysicalDeviceShaderFloat16Int8Features", V1_2, "VK_KHR_shader_float16_int8", {
+        "shader_float16": ("shaderFloat16", _flag),
+        "shader_int8": ("shaderInt8", _flag),
+    }),
+)  # fmt: skip
+
+
+def _instance_proc(vk: Any, instance: Any, name: str) -> Any:
+    """An instance-level entry point, or None where the loader has none by that name.
 
     The ``vulkan`` package's own ``vkGetInstanceProcAddr`` only wraps extension names (it raises
     ExtensionNotSupportedError for the core ``vkGetPhysicalDeviceProperties2``), so the raw
-    pointers are fetched from ``vk.lib`` and called with cffi directly.
+    pointer is fetched from ``vk.lib`` and called with cffi directly.
     """
-
-    instance_api: int  # the apiVersion the instance was created with
-    core: dict[str, Any]
-    khr: dict[str, Any]
-
-    @classmethod
-    def fetch(cls, vk: Any, instance: Any, instance_api: int, khr: bool) -> _Procs:
-        def get(name: str) -> Any:
-            pointer = vk.lib.vkGetInstanceProcAddr(instance, name.encode())
-            return None if pointer == vk.ffi.NULL else vk.ffi.cast(f"PFN_{name}", pointer)
-
-        names = (
-            "vkGetPhysicalDeviceProperties2",
-            "vkGetPhysicalDeviceFeatures2",
-            "vkGetPhysicalDeviceMemoryProperties2",
-        )
-        return cls(
-            instance_api,
-            {n: get(n) for n in names} if instance_api >= V1_1 else {},
-            {n: get(n + "KHR") for n in names} if khr else {},
-        )
-
-    def usable_api(self, device_api: int) -> int:
-        """The version whose structs may be chained for this device: both the device and the
-        instance must have it."""
-        return min(device_api & API_MASK, self.instance_api)
-
-    def get(self, name: str, device_api: int) -> Any:
-        # Core 1.1 physical-device commands are valid only for devices that support 1.1; the
-        # KHR instance extension covers 1.0 devices too.
-        fn = self.core.get(name) if self.usable_api(device_api) >= V1_1 else None
-        return fn or self.khr.get(name)
-
-
-@dataclass(frozen=True)
-class _DeviceData:
-    name: str
-    type: DeviceType
-    memory_total: int | None
-    heap: int | None  # the heap memory_total describes
-    memory_properties2: Any  # vkGetPhysicalDeviceMemoryProperties2 when VK_EXT_memory_budget
-    properties: dict[str, Any]
-    summary: str
+    pointer = vk.lib.vkGetInstanceProcAddr(instance, name.encode())
+    return None if pointer == vk.ffi.NULL else vk.ffi.cast(f"PFN_{name}", pointer)
 
 
 def _summary(p: dict[str, Any]) -> str:
@@ -164,13 +152,24 @@ def _summary(p: dict[str, Any]) -> str:
     return text + "".join(f", {label}" for label, key in flags if p[key])
 
 
-def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
-    """Everything llmrt reports about one physical device, read once."""
+def _query_device(
+    vk: Any, instance: Any, instance_api: int, khr: bool, physical: Any
+) -> tuple[DeviceInfo, Callable[[], int] | None]:
+    """Everything llmrt reports about one physical device, read once (``instance_api``: the
+    version the instance was created with; ``khr``: whether it has VK_KHR_get_physical_device_
+    properties2), and the reader of its free memory where VK_EXT_memory_budget can say."""
     props = vk.vkGetPhysicalDeviceProperties(physical)
-    api = procs.usable_api(props.apiVersion)
+    # the version whose structs may be chained: both the device and the instance must have it
+    api = min(props.apiVersion & API_MASK, instance_api)
     limits = props.limits
     extensions = {e.extensionName for e in vk.vkEnumerateDeviceExtensionProperties(physical, None)}
     type_name, device_type = DEVICE_TYPES.get(props.deviceType, ("other", DeviceType.ACCEL))
+
+    def entry_point(name: str) -> Any:
+        # Core 1.1 physical-device commands are valid only for devices that support 1.1; the
+        # KHR instance extension covers 1.0 devices too.
+        core = _instance_proc(vk, instance, name) if api >= V1_1 else None
+        return core or (_instance_proc(vk, instance, name + "KHR") if khr else None)
 
     memory = vk.vkGetPhysicalDeviceMemoryProperties(physical)
     heaps = [
@@ -192,7 +191,7 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         "subgroup_size": None,
         "subgroup_operations": [],
         "subgroup_stages": [],
-        # what the two readers below fill in where the driver can say
+        # what the structs chained below fill in where the driver can say
         **dict.fromkeys(("shader_float16", "shader_int8", "storage_buffer_16bit"), False),
         **dict.fromkeys(("uniform_and_storage_buffer_16bit", "storage_push_constant_16bit"), False),
         "max_compute_workgroup_size": [int(n) for n in limits.maxComputeWorkGroupSize],
@@ -201,84 +200,43 @@ def _query_device(vk: Any, physical: Any, procs: _Procs) -> _DeviceData:
         "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
         "integer_dot_product": False,
     }
+    for query, structs in (("PhysicalDeviceProperties2", PROPERTY_STRUCTS),
+                           ("PhysicalDeviceFeatures2", FEATURE_STRUCTS)):  # fmt: skip
+        get = entry_point(f"vkGet{query}")
+        if get is None:
+            continue
+        # Each chained struct is held (in `chained`, `outer`) until it has been read: pNext is a
+        # raw pointer into its memory, which cffi frees with the Python object.
+        chain, chained = None, []
+        for struct, core, extension, fields in structs:
+            if api >= core or extension in extensions:
+                chain = getattr(vk, struct)(pNext=chain)
+                chained.append((chain, fields))
+        outer = getattr(vk, f"Vk{query}")(pNext=chain)
+        get(physical, vk.ffi.addressof(outer))
+        for struct, fields in chained:
+            for key, (field, read) in fields.items():
+                properties[key] = read(vk, getattr(struct, field))
 
-    _read_properties2(vk, physical, procs, props.apiVersion, api, extensions, properties)
-    _read_features2(vk, physical, procs, props.apiVersion, api, extensions, properties)
-    memory_properties2 = None
-    if "VK_EXT_memory_budget" in extensions and heap is not None:
-        memory_properties2 = procs.get("vkGetPhysicalDeviceMemoryProperties2", props.apiVersion)
-
-    return _DeviceData(
+    info = DeviceInfo(
         name=props.deviceName,
         type=device_type,
         memory_total=heaps[heap]["size"] if heap is not None else None,
-        heap=heap,
-        memory_properties2=memory_properties2,
         properties=properties,
         summary=_summary(properties),
     )
+    get_memory2 = entry_point("vkGetPhysicalDeviceMemoryProperties2")
+    if "VK_EXT_memory_budget" not in extensions or heap is None or get_memory2 is None:
+        return info, None
 
+    def memory_free() -> int:
+        """What VK_EXT_memory_budget says this process may still allocate from the heap."""
+        budget = vk.VkPhysicalDeviceMemoryBudgetPropertiesEXT()
+        memory2 = vk.VkPhysicalDeviceMemoryProperties2(pNext=budget)
+        get_memory2(physical, vk.ffi.addressof(memory2))
+        return max(0, int(budget.heapBudget[heap]) - int(budget.heapUsage[heap]))
 
-# In the two readers below, each chained struct is built innermost first and held in a local until
-# it has been read: pNext is a raw pointer into its memory, which cffi frees with the Python object.
-def _read_properties2(vk, physical, procs, raw_api, api, extensions, properties) -> None:
-    """Subgroup size and operations, driver name and info (vkGetPhysicalDeviceProperties2)."""
-    get_properties2 = procs.get("vkGetPhysicalDeviceProperties2", raw_api)
-    if get_properties2 is None:
-        return
-    chain = None
-    subgroup = driver = None
-    if api >= V1_1:
-        subgroup = chain = vk.VkPhysicalDeviceSubgroupProperties(pNext=chain)
-    if api >= V1_2 or "VK_KHR_driver_properties" in extensions:
-        driver = chain = vk.VkPhysicalDeviceDriverProperties(pNext=chain)
-    properties2 = vk.VkPhysicalDeviceProperties2(pNext=chain)
-    get_properties2(physical, vk.ffi.addressof(properties2))
-    if subgroup is not None:
-        properties["subgroup_size"] = int(subgroup.subgroupSize)
-        properties["subgroup_operations"] = flag_names(
-            subgroup.supportedOperations, SUBGROUP_OPERATIONS
-        )
-        properties["subgroup_stages"] = flag_names(subgroup.supportedStages, SHADER_STAGES)
-    if driver is not None:
-        properties["driver_name"] = _text(vk, driver.driverName)
-        properties["driver_info"] = _text(vk, driver.driverInfo)
-
-
-def _read_features2(vk, physical, procs, raw_api, api, extensions, properties) -> None:
-    """fp16/int8 arithmetic, 16-bit storage, integer dot products (vkGetPhysicalDeviceFeatures2)."""
-    get_features2 = procs.get("vkGetPhysicalDeviceFeatures2", raw_api)
-    if get_features2 is None:
-        return
-    chain = None
-    float16_int8 = storage16 = int_dot = None
-    if api >= V1_3:
-        int_dot = chain = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=chain)
-    if api >= V1_1 or "VK_KHR_16bit_storage" in extensions:
-        storage16 = chain = vk.VkPhysicalDevice16BitStorageFeatures(pNext=chain)
-    if api >= V1_2 or "VK_KHR_shader_float16_int8" in extensions:
-        float16_int8 = chain = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=chain)
-    features2 = vk.VkPhysicalDeviceFeatures2(pNext=chain)
-    get_features2(physical, vk.ffi.addressof(features2))
-    if float16_int8 is not None:
-        properties["shader_float16"] = bool(float16_int8.shaderFloat16)
-        properties["shader_int8"] = bool(float16_int8.shaderInt8)
-    if int_dot is not None:
-        properties["integer_dot_product"] = bool(int_dot.shaderIntegerDotProduct)
-    if storage16 is not None:
-        properties["storage_buffer_16bit"] = bool(storage16.storageBuffer16BitAccess)
-        properties["uniform_and_storage_buffer_16bit"] = bool(
-            storage16.uniformAndStorageBuffer16BitAccess
-        )
-        properties["storage_push_constant_16bit"] = bool(storage16.storagePushConstant16)
-
-
-def _memory_free(vk: Any, physical: Any, get_memory_properties2: Any, heap: int) -> int | None:
-    """What VK_EXT_memory_budget says this process may still allocate from ``heap``."""
-    budget = vk.VkPhysicalDeviceMemoryBudgetPropertiesEXT()
-    memory2 = vk.VkPhysicalDeviceMemoryProperties2(pNext=budget)
-    get_memory_properties2(physical, vk.ffi.addressof(memory2))
-    return max(0, int(budget.heapBudget[heap]) - int(budget.heapUsage[heap]))
+    return info, memory_free
 
 
 class VulkanDevice(Device):
@@ -286,38 +244,30 @@ class VulkanDevice(Device):
 
     The logical device (``runtime``) is created on first use: listing devices stays cheap."""
 
-    def __init__(
-        self, backend: VulkanBackend, index: int, vk: Any, physical: Any, data: _DeviceData
-    ) -> None:
+    def __init__(self, backend: VulkanBackend, index: int, vk: Any, physical: Any,
+                 info: DeviceInfo, memory_free: Callable[[], int] | None) -> None:  # fmt: skip
         super().__init__(backend, index)
         self.vk = vk
         self.physical = physical
-        self._data = data
+        self._info = info
+        self._memory_free = memory_free
         self._runtime: Any = None
 
     def info(self) -> DeviceInfo:
-        data = self._data
         free = None
-        if data.memory_properties2 is not None and data.heap is not None:
+        if self._memory_free is not None:
             try:
-                free = _memory_free(self.vk, self.physical, data.memory_properties2, data.heap)
+                free = self._memory_free()
             except Exception:  # free memory is a hint; never fail info() over it
                 free = None
-        return DeviceInfo(
-            name=data.name,
-            type=data.type,
-            memory_total=data.memory_total,
-            memory_free=free,
-            properties=data.properties,
-            summary=data.summary,
-        )
+        return dataclasses.replace(self._info, memory_free=free)
 
     @property
     def runtime(self) -> Any:
         if self._runtime is None:
             from llmrt_vulkan.runtime import Runtime
 
-            self._runtime = Runtime(self.vk, self.physical, self._data.properties)
+            self._runtime = Runtime(self.vk, self.physical, self._info.properties)
         return self._runtime
 
     def supports_op(self, node: Any) -> bool:
@@ -332,7 +282,7 @@ class VulkanDevice(Device):
             # bindings as a mat-vec's is: one larger than a storage-buffer binding may address
             # (lavapipe: 128 MiB; Gemma 3's embedding is 170 MiB) stays on the host
             rows = int(np.prod(table.shape[:-1]))
-            limit = int(self._data.properties.get("max_storage_buffer_range") or (1 << 27))
+            limit = int(self._info.properties.get("max_storage_buffer_range") or (1 << 27))
             return rows * table.dtype.row_nbytes(table.shape[-1]) <= limit
         return True
 
@@ -424,9 +374,9 @@ class VulkanBackend(Backend):
         if not physical:
             raise _NoDriver("Vulkan found no physical device (no driver)")
 
-        procs = _Procs.fetch(vk, instance, api, khr=PROPS2_EXT in enabled)
+        khr = PROPS2_EXT in enabled
         self._devices = [
-            VulkanDevice(self, i, vk, p, _query_device(vk, p, procs))
+            VulkanDevice(self, i, vk, p, *_query_device(vk, instance, api, khr, p))
             for i, p in enumerate(physical)
         ]
         details["devices"] = len(self._devices)

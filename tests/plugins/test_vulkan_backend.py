@@ -205,7 +205,7 @@ def test_lookup_in_a_table_larger_than_a_binding_is_declined(vulkan, monkeypatch
     table = g.weight("table", (4096, 512), GGMLType.Q8_0)  # 2.1 MiB
     lookup = g.get_rows(table, g.input("ids", (3,), GGMLType.I32))
     assert vulkan.supports_op(lookup)
-    monkeypatch.setitem(vulkan._data.properties, "max_storage_buffer_range", 1 << 20)
+    monkeypatch.setitem(vulkan._info.properties, "max_storage_buffer_range", 1 << 20)
     assert not vulkan.supports_op(lookup)
 
 
