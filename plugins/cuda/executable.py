@@ -24,7 +24,7 @@ import cupy as cp
 import numpy as np
 
 from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer
-from llmrt.errors import LlmrtError, OutOfDeviceMemory
+from llmrt.errors import OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
@@ -161,6 +161,10 @@ class KernelLaunch:
     args: tuple
     smem: int = 0
 
+    def __post_init__(self) -> None:  # past 48 KiB a kernel must opt in to more shared memory
+        if self.smem > SMEM_DEFAULT:
+            self.fn.max_dynamic_shared_size_bytes = self.smem
+
     def __call__(self, stream_ptr: int) -> None:
         self.fn(self.grid, self.block, self.args, shared_mem=self.smem)
 
@@ -179,7 +183,7 @@ class HostCopy:
 @dataclass
 class Gemm:
     """cuBLAS's Y^T[m, t] = W[m, k]^T-op x X^T on f16 copies of W and X (that `dequant` and
-    `to_f16` make), f32 out and compute; then `residual`, adding a residual in place."""
+    `to_f16` make), f32 out and compute. No residual: supports() fuses one only into mat-vecs."""
 
     dequant: KernelLaunch
     to_f16: KernelLaunch
@@ -187,7 +191,6 @@ class Gemm:
     w16: int
     x16: int
     y: int
-    residual: KernelLaunch | None
 
     def __call__(self, stream_ptr: int) -> None:
         from cupy_backends.cuda.libs import cublas
@@ -198,8 +201,6 @@ class Gemm:
         w, x, y = (self.w16, R_16F, k), (self.x16, R_16F, k), (self.y, R_32F, m)
         alpha, beta, handle = one.ctypes.data, zero.ctypes.data, cp.cuda.device.get_cublas_handle()
         cublas.gemmEx(handle, OP_T, OP_N, m, t, k, alpha, *w, *x, beta, *y, COMPUTE_32F, ALGO)
-        if self.residual is not None:
-            self.residual(stream_ptr)
 
 
 class CUDAProgram(Executable):
@@ -238,7 +239,8 @@ class CUDAProgram(Executable):
             (name, self.ptr(v), HOST_TYPES[v.dtype], v.n, v.shape)
             for name, v in plan.outputs.items()
         ]
-        self.plain_launches = plain = copies_in + [_launch(self, step) for step in plan.steps]
+        launches = [LAUNCHES[step.op](self, step) for step in plan.steps]  # lower's kinds only
+        self.plain_launches = plain = copies_in + launches
         self.pdl = not SAFE and pdl.available(int(cp.cuda.Device().compute_capability))
         self.launches = [
             pdl.DependentLaunch(x.fn, x.grid, x.block, x.args, x.smem)
@@ -483,18 +485,13 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     else:
         new_row = pack("7Q2i3d", *[0] * 12)
     if "nr" in p or (t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1):
-        fn = split_fn
-        if smem > SMEM_DEFAULT:
-            fn.max_dynamic_shared_size_bytes = smem
         part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
         counter = cp.zeros(t * hq, dtype=cp.int32)
         prog.keep += [part, counter]
         split = prog.args("2QiQq", part.data.ptr, counter.data.ptr, nsplit, q8, dso)
-        return KernelLaunch(fn, (hq, t, nsplit), (256,), (*common, *split, *new_row), smem)
+        return KernelLaunch(split_fn, (hq, t, nsplit), (256,), (*common, *split, *new_row), smem)
     fn = kernel("ops", f"fattn_{d}_{f16}")
     smem = (d + s + 256 * 8) * 4
-    if smem > SMEM_DEFAULT:
-        fn.max_dynamic_shared_size_bytes = smem
     return KernelLaunch(fn, (hq, t), (256,), (*common, *prog.args("Qq", q8, dso)), smem)
 
 
@@ -533,12 +530,7 @@ def gemm(prog: CUDAProgram, st: Step) -> Gemm:
     to_f16 = KernelLaunch(
         kernel(wtype, "x_to_f16"), _grid(t * k), (256,), prog.args("2Qq", x, x16, t * k)
     )
-    residual = None
-    if len(st.ins) > 2:  # y += residual, by the broadcasting add over [n] and [n]
-        n = out.n
-        args = prog.args("3Qqi7q", out, st.ins[2], out, n, 0, 1, 1, n, 1, 1, 1, n)
-        residual = KernelLaunch(kernel("ops", "binary"), _grid(n), (256,), args)
-    return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)), residual)
+    return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)))
 
 
 # step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
@@ -549,10 +541,3 @@ LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
         *(mm_act, fattn, get_rows_w, mmv, gemm, quant_q8, mmvq, rope_qkv),
     )
 } | {"norm_q8": norm}
-
-
-def _launch(prog: CUDAProgram, step: Step) -> KernelLaunch | Gemm:
-    launch = LAUNCHES.get(step.op)
-    if launch is None:
-        raise LlmrtError(f"no CUDA launch for step {step.op}")
-    return launch(prog, step)
