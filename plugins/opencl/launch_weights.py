@@ -214,6 +214,10 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             *prog.arg(res if res is not None else outs[0]), np.int32(res is not None),
             *(np.int32(m) for m in [*ms, *[0] * (3 - len(ms))]), np.int32(k), np.int32(t),
             np.int32(g), np.int32(glu))  # fmt: skip
+    if prog.device_info["cpu"]:  # two rows a work-item, no local memory: mmvq_cpu
+        items = ms[0] if glu >= 0 else sum(_groups(m, 2) for m in ms)
+        size = _groups(items, CPU_WG) * CPU_WG
+        return [Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,), args)]
     defines = {"WTYPE": int(wtype)}
     if prog.device_info.get("integer_dot"):  # cl_khr_integer_dot_product: dot_acc_sat
         defines["USE_IDP"] = 1

@@ -795,22 +795,13 @@ __kernel void quant_q8_blocks(__global const uchar* xb, ulong xo, __global uchar
     q8_store32(v, PTR(uchar, qb, qo), dso, b);
 }
 
-// A decode step's y[row] = sum_k W[row, k] x[k] (+ res[row]) on a CPU device, for the legacy
-// types: x as q8 blocks (quant_q8_blocks), two rows a work-item sharing each block of x. Levels
+// Two rows' dot products with one token's activations as q8 blocks (quant_q8_blocks): levels
 // times x's levels in 16-bit lanes (|31 x 127| x 2 and Q8_0's |127 x 127| x 2 fit), pairs summed
 // into 32-bit lanes, each block's eight partial sums scaled by d * dx into eight float lanes: the
-// integer dot products of ggml's vec_dot_*_q8, in the vector types PoCL maps to SIMD units.
-__kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
-                         __global const uchar* qb, ulong qo, long dso, __global uchar* yb,
-                         ulong yo, __global const uchar* rb, ulong ro, int has_res, int M,
-                         int K) {
-    const int row = 2 * get_global_id(0);
-    if (row >= M) return;
-    const int nb = K >> 5;
-    __global const uchar* w0 = wb + wo + (ulong)row * (ulong)row_bytes;
-    __global const uchar* w1 = wb + wo + (ulong)min(row + 1, M - 1) * (ulong)row_bytes;
-    __global const char* xq = (__global const char*)(qb + qo);
-    __global const float2* ds = (__global const float2*)(qb + qo + dso);
+// integer dot products of ggml's vec_dot_*_q8, in the vector types PoCL maps to SIMD units; each
+// block of x is loaded once for both rows.
+inline float2 dot2_q8(__global const uchar* w0, __global const uchar* w1, __global const char* xq,
+                      __global const float2* ds, int nb) {
     float8 a0 = (float8)(0.0f), a1 = (float8)(0.0f);
     float m0 = 0.0f, m1 = 0.0f;
     for (int c = 0; c < nb; ++c) {
@@ -829,15 +820,82 @@ __kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
         a1 += convert_float8(convert_int8(p.even) + convert_int8(p.odd)) * (d * dsx.x);
         m1 += m * dsx.x * sx;
     }
+    const float4 s0 = a0.lo + a0.hi, s1 = a1.lo + a1.hi;
+    return (float2)(((s0.x + s0.y) + (s0.z + s0.w)) + m0, ((s1.x + s1.y) + (s1.z + s1.w)) + m1);
+}
+
+// A decode step's y[row] = sum_k W[row, k] x[k] (+ res[row]) on a CPU device, for the legacy
+// types: two rows a work-item (dot2_q8).
+__kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
+                         __global const uchar* qb, ulong qo, long dso, __global uchar* yb,
+                         ulong yo, __global const uchar* rb, ulong ro, int has_res, int M,
+                         int K) {
+    const int row = 2 * get_global_id(0);
+    if (row >= M) return;
+    __global const uchar* w = wb + wo;
+    const float2 y2 = dot2_q8(w + (ulong)row * (ulong)row_bytes,
+                              w + (ulong)min(row + 1, M - 1) * (ulong)row_bytes,
+                              (__global const char*)(qb + qo),
+                              (__global const float2*)(qb + qo + dso), K >> 5);
     __global float* y = PTR(float, yb, yo);
     __global const float* res = CPTR(float, rb, ro);
-    float4 s4 = a0.lo + a0.hi;
-    const float y0 = ((s4.x + s4.y) + (s4.z + s4.w)) + m0;
-    y[row] = has_res ? y0 + res[row] : y0;
-    if (row + 1 < M) {
-        s4 = a1.lo + a1.hi;
-        const float y1 = ((s4.x + s4.y) + (s4.z + s4.w)) + m1;
-        y[row + 1] = has_res ? y1 + res[row + 1] : y1;
+    y[row] = has_res ? y2.x + res[row] : y2.x;
+    if (row + 1 < M) y[row + 1] = has_res ? y2.y + res[row + 1] : y2.y;
+}
+
+// The decode fusions' integer mat-vec (mmvq_body's arguments and outputs) on a CPU device: two
+// rows a work-item with no local memory or barriers (a CPU runs a work-group as a loop, and pays
+// for both). Up to three matrices over the same activations (the work-items past the first's
+// row pairs take the second's, then the third's), or with glu >= 0 a gate row of W0 and an up
+// row of W1 a work-item, combined (0 silu, 1 gelu); the residual is Y0's only. T tokens, one
+// after another.
+__kernel void mmvq_cpu(__global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,
+                       __global const uchar* w2b, ulong w2o, long row_bytes,
+                       __global const uchar* xqb, ulong xqo, long dso, __global uchar* y0b,
+                       ulong y0o, __global uchar* y1b, ulong y1o, __global uchar* y2b,
+                       ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0,
+                       int M1, int M2, int K, int T, int G, int glu) {
+    int i = get_global_id(0);
+    __global const uchar* W = w0b + w0o;
+    __global float* Y = PTR(float, y0b, y0o);
+    int M = M0, res = has_res, row, row1;
+    __global const uchar* W1 = w1b + w1o;
+    if (glu >= 0) {
+        if (i >= M0) return;
+        row = row1 = i;
+    } else {
+        if (i >= (M0 + 1) / 2) {
+            i -= (M0 + 1) / 2;
+            W = w1b + w1o;
+            Y = PTR(float, y1b, y1o);
+            M = M1;
+            res = 0;
+            if (i >= (M1 + 1) / 2) {
+                i -= (M1 + 1) / 2;
+                W = w2b + w2o;
+                Y = PTR(float, y2b, y2o);
+                M = M2;
+                if (i >= (M2 + 1) / 2) return;
+            }
+        }
+        row = 2 * i;
+        row1 = min(row + 1, M - 1);
+        W1 = W;
+    }
+    const int nb = K >> 5;
+    __global const float* R = CPTR(float, rb, ro);
+    for (int t = 0; t < T; ++t) {
+        const float2 y2 = dot2_q8(W + (ulong)row * (ulong)row_bytes,
+                                  W1 + (ulong)row1 * (ulong)row_bytes,
+                                  (__global const char*)(xqb + xqo) + (size_t)t * K,
+                                  (__global const float2*)(xqb + xqo + dso) + (size_t)t * nb, nb);
+        const size_t o = (size_t)t * M + row;
+        if (glu >= 0) {
+            Y[o] = (glu == 0 ? silu(y2.x) : gelu_f16(y2.x)) * y2.y;
+            continue;
+        }
+        Y[o] = res ? y2.x + R[o] : y2.x;
+        if (row + 1 < M) Y[o + 1] = res ? y2.y + R[o + 1] : y2.y;
     }
 }
 #endif
