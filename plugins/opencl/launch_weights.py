@@ -40,11 +40,15 @@ K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 LEGACY = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
 
 
+# CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
+# routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
+# -> 161, tg32 23.5 -> 21.1 t/s; 2026-12-05), where SmolLM2's Q4_1 decode gained.
+CPU_HALF_KERNELS = frozenset({"quant_q8_blocks", "mmv_row_q8", "mmvq_cpu"})
+
+
 def _kernel(prog: OpenCLProgram, wtype: GGMLType, name: str) -> object:
-    """weights.cl's kernel `name` for `wtype`; on a CPU device with halves read by bit
-    arithmetic (CPU_HALF: its vload_half is a software routine)."""
-    cpu = {"CPU_HALF": 1} if prog.device_info.get("cpu") else {}
-    return prog.kernel(FILE, name, {"WTYPE": int(wtype), **cpu})
+    half = {"CPU_HALF": 1} if name in CPU_HALF_KERNELS else {}
+    return prog.kernel(FILE, name, {"WTYPE": int(wtype), **half})
 
 
 def _shifted(arg: tuple, nbytes: int) -> tuple:
