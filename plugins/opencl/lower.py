@@ -8,7 +8,8 @@ them) the small-batch passes of llmrt.lower.passes apply as on CUDA: mat-vecs of
 quants become integer mat-vecs (``mmvq``) on activations quantized once to q8 blocks (by the
 norm or attention that makes them, or a ``quant_q8`` step), q/k/v share one launch, gate/up and
 their GLU one, rope and the KV writes one (or go into the one-token attention). A CPU device
-(PoCL) keeps its per-row float kernels, which were faster there (BENCHMARKS.md).
+(PoCL) keeps the unfused steps on its per-row kernels (a decode step's legacy-type products on
+q8 blocks there too): its fused steps, on CPU kernels, measured no faster (BENCHMARKS.md).
 """
 
 from __future__ import annotations
