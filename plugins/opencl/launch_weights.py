@@ -20,6 +20,7 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import Step
 from llmrt_opencl.launch_ops import q8_arg
+from llmrt_opencl.lower import Q8_TYPES
 from llmrt_opencl.program import Launch, OpenCLProgram
 
 FILE = "weights.cl"
@@ -35,15 +36,10 @@ MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
-
-
-LEGACY = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
-
-
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
 # -> 161, tg32 23.5 -> 21.1 t/s; 2026-12-05), where SmolLM2's Q4_1 decode gained.
-CPU_HALF_KERNELS = frozenset({"quant_q8_blocks", "mmv_row_q8", "mmvq_cpu"})
+CPU_HALF_KERNELS = frozenset({"mmv_row_q8", "mmvq_cpu"})
 
 
 def _kernel(prog: OpenCLProgram, wtype: GGMLType, name: str) -> object:
@@ -108,8 +104,9 @@ def _rounding(wtype: GGMLType) -> str:
 
 
 def _launch_mmv_q8_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
-    """A CPU device's decode step for a legacy type: x as q8 blocks once (quant_q8_blocks, shared
-    by the products reading the same value), then two rows a work-item (mmv_row_q8)."""
+    """A CPU device's decode step for a legacy type: x as q8 blocks once (ops.cl's
+    quant_q8_blocks, shared by the products reading the same value), then two rows a work-item
+    (mmv_row_q8)."""
     p = step.params
     wtype, m, k = p["type"], p["m"], p["k"]
     w, x = step.ins[:2]
@@ -121,7 +118,7 @@ def _launch_mmv_q8_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
         prog.memo[key] = xq = prog.scratch(nbytes)
         args = (*prog.arg(x), *xq, np.int64(dso), np.int64(k // 32))
         size = _groups(k // 32, CPU_WG) * CPU_WG
-        launches.append(Launch(_kernel(prog, wtype, "quant_q8_blocks"), (size,), (CPU_WG,), args))
+        launches.append(Launch(prog.kernel("ops.cl", "quant_q8_blocks"), (size,), (CPU_WG,), args))
     xq = prog.memo[key]
     args = (*prog.arg(w), np.int64(p["row_bytes"]), *xq, np.int64(dso), *y, *res, has_res,
             np.int32(m), np.int32(k))  # fmt: skip
@@ -135,7 +132,7 @@ def _launch_mmv_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
     work-item per row and 8 tokens; a decode step of a legacy type on q8 blocks instead."""
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
-    if t == 1 and wtype in LEGACY:
+    if t == 1 and wtype in Q8_TYPES:
         return _launch_mmv_q8_cpu(prog, step)
     w, x = step.ins[:2]
     (res, has_res), y = _residual(prog, step), prog.arg(step.out)

@@ -199,6 +199,18 @@ __kernel void quant_q8(__global const uchar* x_b, ulong x_o, __global uchar* xq_
     q8_store4(v, active, PTR(uchar, xq_b, xq_o), dso, blk, redf, redi);
 }
 
+// quant_q8 on a CPU device, a work-item per block of 32 (common.h's q8_store32): a CPU runs a
+// work-group as a loop, and pays for quant_q8's local memory and barriers.
+__kernel void quant_q8_blocks(__global const uchar* x_b, ulong x_o, __global uchar* xq_b,
+                              ulong xq_o, long dso, long nblk) {
+    const long b = get_global_id(0);
+    if (b >= nblk) return;
+    __global const float* x = CPTR(float, x_b, x_o) + b * 32;
+    float v[32];
+    for (int i = 0; i < 8; ++i) vstore4(vload4(i, x), i, v);
+    q8_store32(v, PTR(uchar, xq_b, xq_o), dso, b);
+}
+
 // Rotary embedding of x [T, H, D] (rows of D) over the first n_dims of each row; mode 2 neox
 // (pairs i, i + n_dims/2), else adjacent pairs (2i, 2i + 1). A work-item per rotated pair or
 // per copied element past n_dims: each row has n_dims/2 + D - n_dims items, n items in all.

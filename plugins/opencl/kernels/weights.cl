@@ -784,18 +784,7 @@ __kernel void mmv_row(__global const uchar* wb, ulong wo, long row_bytes, __glob
 }
 
 #if LEGACY_Q
-// x [K] f32 -> the q8 buffer xq (common.h's q8_store32), a work-item per block: a CPU device's
-// quant_q8 (ops.cl's takes eight work-items a block and local memory, which a CPU pays for).
-__kernel void quant_q8_blocks(__global const uchar* xb, ulong xo, __global uchar* qb, ulong qo,
-                              long dso, long nblk) {
-    const long b = get_global_id(0);
-    if (b >= nblk) return;
-    float v[32];
-    for (int i = 0; i < 4; ++i) load8(CPTR(float, xb, xo) + b * 32 + 8 * i, v + 8 * i);
-    q8_store32(v, PTR(uchar, qb, qo), dso, b);
-}
-
-// Two rows' dot products with one token's activations as q8 blocks (quant_q8_blocks): levels
+// Two rows' dot products with one token's activations as q8 blocks (ops.cl's quant_q8_blocks): levels
 // times x's levels in 16-bit lanes (|31 x 127| x 2 and Q8_0's |127 x 127| x 2 fit), pairs summed
 // into 32-bit lanes, each block's eight partial sums scaled by d * dx into eight float lanes: the
 // integer dot products of ggml's vec_dot_*_q8, in the vector types PoCL maps to SIMD units; each
