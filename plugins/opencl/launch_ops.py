@@ -29,6 +29,12 @@ FILE = "ops.cl"
 LOCAL = 256  # work-items per group, at most (common.h's WG_MAX sizes the __local arrays)
 MM_TILE = 16  # ops.cl's MM_TILE
 MM_TILED_MIN_T = 8  # token rows from which mm_act takes the tiled kernel
+# work-items of a row kernel (norm, soft_max, argmax) on a CPU device: PoCL runs a group as loops
+# between its barriers, and the barriers' trees cost more than the columns (SmolLM2's 576-wide
+# decode rows, a launch: norm_rows 4.6 -> 2.0 us, norm_rows_q8 8.2 -> 5.0 us from 256 work-items
+# to 8); a multiple of 8 (norm_q8's q8 blocks)
+CPU_ROW = 8
+CPU_QUANT = 16  # blocks of 32 a work-group of quant_q8_blocks (a CPU device's quant_q8)
 
 
 def _i32(x: int) -> np.int32:
@@ -54,7 +60,10 @@ def _flat(prog: OpenCLProgram, n: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def _row_local(prog: OpenCLProgram, ncols: int) -> int:
-    """Work-items for a row kernel: about 4 columns each, 32 to LOCAL, a power of two."""
+    """Work-items for a row kernel: about 4 columns each, 32 to LOCAL, a power of two; CPU_ROW
+    on a CPU device."""
+    if prog.device_info["cpu"]:
+        return CPU_ROW
     want = 1 << max(5, math.ceil(math.log2(max(1, -(-ncols // 4)))))
     return min(_local(prog), want)
 
@@ -173,9 +182,13 @@ def norm_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
 def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:
     """x (contiguous f32, a multiple of 32 elements) into the q8 buffer q8: four values a
     work-item, in groups of a multiple of 8 (a block's eight)."""
+    args = (*prog.arg(x), *q8_arg(prog, q8, x.n), _i64(x.n // 32))
+    if prog.device_info["cpu"]:  # a work-item per block, no barriers: quant_q8_blocks
+        local = CPU_QUANT
+        g = (-(-(x.n // 32) // local) * local,)
+        return Launch(prog.kernel(FILE, "quant_q8_blocks"), g, (local,), args)
     local = max(8, _local(prog) // 8 * 8)
     g, loc = (-(-x.n // (4 * local)) * local,), (local,)
-    args = (*prog.arg(x), *q8_arg(prog, q8, x.n), _i64(x.n // 32))
     return Launch(prog.kernel(FILE, "quant_q8"), g, loc, args)
 
 
@@ -211,6 +224,9 @@ def rope_qkv(prog: OpenCLProgram, step: Step) -> list[Launch]:
             _i64(q.n), _i64(k.n), _i64(v.n), _i32(v.n // ids.n), _i64(kc.strides[0]),
             _i64(vc.strides[0]), _i64(min(kc.shape[0], vc.shape[0])), _i32(kc.dtype == F16),
             _i32(vc.dtype == F16))  # fmt: skip
+    if prog.device_info["cpu"] and d <= 256:  # a work-item per token: rope_qkv_rows
+        t = q.n // (hq * d)
+        return [Launch(prog.kernel(FILE, "rope_qkv_rows"), (t,), None, args)]
     return [Launch(prog.kernel(FILE, "rope_qkv"), g, loc, args)]
 
 

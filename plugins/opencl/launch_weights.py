@@ -6,8 +6,9 @@ chunks and sum in local memory, each rounded activation chunk serving R rows (on
 tokens) or a row serving up to 8 tokens. gemm: tiles of GEMM_M rows x GEMM_T tokens staged in
 local memory a chunk at a time. get_rows_w: one work-item per 16 elements of an output row.
 On a CPU device (PoCL) both products are mmv_row: a work-item per row and 8 tokens, in vector
-types, after one rounding of the activations. mmvq: as mmv, on q8 activations, for one to three
-matrices (q, k, v) or a gate and up pair with their GLU.
+types, after one rounding of the activations (unfused, a decode step's legacy types: mmv_row_q8,
+four rows a work-item on q8 blocks). mmvq: as mmv, on q8 activations, for one to three matrices
+(q, k, v) or a gate and up pair with their GLU; on a CPU device mmvq_cpu, four rows a work-item.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _launch_mmv_q8_cpu(prog: OpenCLProgram, step: Step) -> list[Launch]:
     xq = prog.memo[key]
     args = (*prog.arg(w), np.int64(p["row_bytes"]), *xq, np.int64(dso), *y, *res, has_res,
             np.int32(m), np.int32(k))  # fmt: skip
-    size = _groups(_groups(m, 2), CPU_WG) * CPU_WG
+    size = _groups(_groups(m, 4), CPU_WG) * CPU_WG
     launches.append(Launch(_kernel(prog, wtype, "mmv_row_q8"), (size,), (CPU_WG,), args))
     return launches
 
@@ -215,8 +216,8 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             *prog.arg(res if res is not None else outs[0]), np.int32(res is not None),
             *(np.int32(m) for m in [*ms, *[0] * (3 - len(ms))]), np.int32(k), np.int32(t),
             np.int32(g), np.int32(glu))  # fmt: skip
-    if prog.device_info["cpu"]:  # two rows a work-item, no local memory: mmvq_cpu
-        items = ms[0] if glu >= 0 else sum(_groups(m, 2) for m in ms)
+    if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
+        items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
         size = _groups(items, CPU_WG) * CPU_WG
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,), args)]
     defines = {"WTYPE": int(wtype)}

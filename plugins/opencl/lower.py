@@ -3,13 +3,13 @@
 A weight product of up to MMV_MAX_T token rows is a mat-vec (``mmv``, the residual add in its
 epilogue), a longer one a tiled ``gemm`` reading the blocks as stored; a norm takes its weight.
 
-With ``fused`` (a GPU's choice: a launch costs ~10 µs there, and a decode step was ~500 of
-them) the small-batch passes of llmrt.lower.passes apply as on CUDA: mat-vecs of the legacy
-quants become integer mat-vecs (``mmvq``) on activations quantized once to q8 blocks (by the
-norm or attention that makes them, or a ``quant_q8`` step), q/k/v share one launch, gate/up and
-their GLU one, rope and the KV writes one (or go into the one-token attention). A CPU device
-(PoCL) keeps the unfused steps on its per-row kernels (a decode step's legacy-type products on
-q8 blocks there too): its fused steps, on CPU kernels, measured no faster (BENCHMARKS.md).
+With ``fused`` (what the program asks for on every device: a launch costs ~10 µs on a GPU and
+a few on PoCL, and a decode step was ~575 of them) the small-batch passes of llmrt.lower.passes
+apply as on CUDA: mat-vecs of the legacy quants become integer mat-vecs (``mmvq``) on activations
+quantized once to q8 blocks (by the norm or attention that makes them, or a ``quant_q8`` step),
+q/k/v share one launch, gate/up and their GLU one, rope and the KV writes one (or go into the
+one-token attention). A CPU device (PoCL) runs the same steps on its own kernels (no local
+memory or barriers: mmvq_cpu, fattn_row, rope_qkv_rows, quant_q8_blocks; BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -78,8 +78,8 @@ GPU_PATH_OPS = ("mul_mat(", "flash_attn_ext(", "get_rows(", "add(mul_mat(", "add
     "case", [c for c in cases() if c.id.startswith(GPU_PATH_OPS)], ids=lambda c: c.id
 )
 def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
-    """PoCL is a CPU device, so products and attention take the per-row kernels there, unfused;
-    the kernels a GPU's driver runs (work-group mat-vecs, the local-memory gemm, split attention,
+    """PoCL is a CPU device, so products and attention take the CPU kernels there; the kernels
+    a GPU's driver runs (work-group mat-vecs, the local-memory gemm, split attention,
     and the decode fusions: integer mat-vecs on q8 activations, rope and KV writes in the
     attention) are checked here on PoCL by having it report itself as a GPU."""
     monkeypatch.setitem(opencl.limits, "cpu", 0)
@@ -90,10 +90,11 @@ def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
     "case", [c for c in cases() if c.id.startswith(("decode_", "mul_mat(type_a=q"))],
     ids=lambda c: c.id,
 )  # fmt: skip
-def test_the_decode_fusions_conform_on_the_cpu_kernels(opencl, case, monkeypatch):
-    """The fused steps on a CPU device's kernels (per-row attention, one work-item per row):
-    what a CPU device runs if its lowering is given the fusions."""
-    monkeypatch.setitem(opencl.limits, "fused", 1)
+def test_the_unfused_steps_conform_on_the_cpu_kernels(opencl, case, monkeypatch):
+    """A CPU device runs the decode fusions on its own kernels (the conformance suite checks
+    those); the unfused steps (mmv_row_q8, rope, set_rows), what a CPU device runs with
+    limits["fused"] off, are checked here."""
+    monkeypatch.setitem(opencl.limits, "fused", 0)
     assert check_case(opencl, case) == "ok"
 
 

@@ -333,6 +333,17 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
     float4 qr[NR][D4], acc[NR][DV4];
     float m[NR], l[NR];
     long mrow[NR];
+#if NEWROW
+    // each rotated pair's cos and sin once for the q rows and the new K row (rope_cos_sin's
+    // powers and sincos were most of this kernel's time where each element took its own)
+    float2 cs[D / 2];
+    const int pos0 = CPTR(int, posb, poso)[0];
+    __global const float* ffp = CPTR(float, ffb, ffo);
+    for (int i = 0; i < D / 2 && 2 * i < n_dims; ++i)
+        cs[i] = rope_cos_sin(pos0, i, (float2)(r_hi, r_lo), (float2)(fs_hi, fs_lo),
+                             has_ff ? ffp[i] : 1.0f, attn_factor);
+#define ROPE_CS(row, i) rope_elem_cs(row, i, n_dims, neox, cs)
+#endif
     for (int r = 0; r < NR; ++r) {
         const int row = row0 + r;
         mrow[r] = row < R ? (long)(row / G) * S : -1;
@@ -343,8 +354,8 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
             float4 x = (float4)(0.0f);
 #if NEWROW
             if (row < R)
-                x = (float4)(ROPE_AT(q + qrow, 4 * d), ROPE_AT(q + qrow, 4 * d + 1),
-                             ROPE_AT(q + qrow, 4 * d + 2), ROPE_AT(q + qrow, 4 * d + 3));
+                x = (float4)(ROPE_CS(q + qrow, 4 * d), ROPE_CS(q + qrow, 4 * d + 1),
+                             ROPE_CS(q + qrow, 4 * d + 2), ROPE_CS(q + qrow, 4 * d + 3));
 #else
             if (row < R) x = vload4(0, q + qrow + 4 * d);
 #endif
@@ -362,7 +373,7 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
         float x[4];
         for (int d = 0; d < D4; ++d) {
             for (int j = 0; j < 4; ++j) {
-                x[j] = ROPE_AT(kn, 4 * d + j);
+                x[j] = ROPE_CS(kn, 4 * d + j);
                 if (get_group_id(0) == 0)
                     cache_store(kcb, kco, KF16, cnew, ks, kh, hk, 4 * d + j, x[j]);
             }

@@ -190,4 +190,18 @@ inline float rope_elem(__global const float* x, int d, int n_dims, int neox, int
     return first ? x0 * cs.x - x1 * cs.y : x0 * cs.y + x1 * cs.x;
 }
 
+
+// rope_elem with each pair's (cos, sin) given, cs[p] for pair p: the CPU kernels compute them
+// once for all the rows of a position (rope_cos_sin is most of a rope's work)
+inline float rope_elem_cs(__global const float* x, int d, int n_dims, int neox,
+                          const float2* cs) {
+    if (d >= n_dims) return x[d];
+    const int nh = n_dims / 2;
+    const int p = neox ? (d < nh ? d : d - nh) : d >> 1;
+    const int first = neox ? d < nh : (d & 1) == 0;
+    const float2 c = cs[p];
+    const float x0 = x[neox ? p : 2 * p], x1 = x[neox ? p + nh : 2 * p + 1];
+    return first ? x0 * c.x - x1 * c.y : x0 * c.y + x1 * c.x;
+}
+
 #endif

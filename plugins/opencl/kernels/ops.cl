@@ -289,6 +289,44 @@ __kernel void rope_qkv(__global const uchar* q_b, ulong q_o, __global const ucha
     }
 }
 
+// rope_qkv on a CPU device: a work-item per token (rope_qkv's arguments, T of them), each rotated
+// pair's cos and sin once for all the token's q and k heads, then its V row; D <= 256.
+__kernel void rope_qkv_rows(__global const uchar* q_b, ulong q_o, __global const uchar* k_b,
+                            ulong k_o, __global const uchar* v_b, ulong v_o,
+                            __global const uchar* pos_b, ulong pos_o, __global const uchar* ff_b,
+                            ulong ff_o, __global uchar* qo_b, ulong qo_o, __global uchar* kc_b,
+                            ulong kc_o, __global uchar* vc_b, ulong vc_o,
+                            __global const uchar* ids_b, ulong ids_o, int Hq, int Hk, int D,
+                            int n_dims, int neox, int has_ff, float r_hi, float r_lo,
+                            float fs_hi, float fs_lo, float attn_factor, long nq, long nk,
+                            long nv, int vrow, long kstride, long vstride, long cells, int kf16,
+                            int vf16) {
+    const long t = get_global_id(0);
+    if (t >= nq / ((long)Hq * D)) return;
+    __global const float* ff = CPTR(float, ff_b, ff_o);
+    const int pos = CPTR(int, pos_b, pos_o)[t];
+    float2 cs[128];
+    for (int p = 0; p < n_dims / 2; ++p)
+        cs[p] = rope_cos_sin(pos, p, (float2)(r_hi, r_lo), (float2)(fs_hi, fs_lo),
+                             has_ff ? ff[p] : 1.0f, attn_factor);
+    __global const float* q = CPTR(float, q_b, q_o) + t * Hq * D;
+    __global float* qo = PTR(float, qo_b, qo_o) + t * Hq * D;
+    for (int i = 0; i < Hq * D; ++i) qo[i] = rope_elem_cs(q + (i / D) * D, i % D, n_dims, neox, cs);
+    const long id = CPTR(int, ids_b, ids_o)[t];
+    if (id < 0 || id >= cells) return;
+    __global const float* k = CPTR(float, k_b, k_o) + t * Hk * D;
+    for (int i = 0; i < Hk * D; ++i) {
+        const float y = rope_elem_cs(k + (i / D) * D, i % D, n_dims, neox, cs);
+        if (kf16) st_f16(PTR(ushort, kc_b, kc_o), id * kstride + i, y);
+        else PTR(float, kc_b, kc_o)[id * kstride + i] = y;
+    }
+    __global const float* v = CPTR(float, v_b, v_o) + t * vrow;
+    for (int i = 0; i < vrow; ++i) {
+        if (vf16) st_f16(PTR(ushort, vc_b, vc_o), id * vstride + i, v[i]);
+        else PTR(float, vc_b, vc_o)[id * vstride + i] = v[i];
+    }
+}
+
 // softmax(x * scale + mask[row % mask_rows]) over rows of S; one work-group per row. The row
 // goes through y: scaled and masked, then exp, then divided by the sum. A row masked entirely
 // gives NaN, as the reference does.
