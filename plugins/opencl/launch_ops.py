@@ -193,8 +193,33 @@ def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:
 
 
 def quant_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
-    assert step.params["n"] == step.ins[0].n
-    return [quant_q8_launch(prog, step.ins[0], step.params["q8"])]
+    x, q8 = step.ins[0], step.params["q8"]
+    assert step.params["n"] == x.n
+    glu = prog.memo.get(("glu", id(x.storage), x.offset))
+    if glu is not None and prog.launches[-1] is glu[0] and not _overlaps(prog, q8, glu[1]):
+        # a CPU device's GLU mat-vec of one token (mmvq_cpu) writes these q8 blocks itself:
+        # a work-item per block of 32 outputs; one launch fewer a layer
+        launch, _ = glu
+        items = x.n // 32
+        launch.global_size, launch.local_size = (items,), (1,)  # 48 groups for SmolLM2's 1536
+        launch.args = (*launch.args[:-4], *q8_arg(prog, q8, x.n), np.int32(1))
+        return []
+    return [quant_q8_launch(prog, x, q8)]
+
+
+def _overlaps(prog: OpenCLProgram, q8: Storage, step: Step) -> bool:
+    """Whether q8's bytes meet those of a storage `step` reads or writes: liveness has q8
+    written only by the quant_q8 step after `step`, so the arena may place it over `step`'s
+    input, which `step` still reads while it writes q8."""
+    buf, lo = prog.base[q8]
+    for v in [*step.ins, step.out]:
+        s = v.storage
+        other, start = prog.base[s]
+        if other is buf and start < lo + q8.nbytes and lo < start + s.nbytes:
+            return True
+    s = step.params["q8"]
+    other, start = prog.base[s]
+    return other is buf and start < lo + q8.nbytes and lo < start + s.nbytes
 
 
 def rope_args(p: dict[str, Any]) -> tuple:

@@ -219,7 +219,13 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
         size = _groups(items, CPU_WG) * CPU_WG
-        return [Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,), args)]
+        # no q8 output (glu_q8 0; the output stands in), unless the quant_q8 step after a GLU
+        # hands its q8 blocks to this launch (launch_ops.quant_q8)
+        launch = Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,),
+                        (*args, *prog.arg(outs[0]), np.int64(0), np.int32(0)))  # fmt: skip
+        if glu >= 0 and t == 1 and ms[0] % 32 == 0:
+            prog.memo[("glu", id(outs[0].storage), outs[0].offset)] = (launch, step)
+        return [launch]
     defines = {"WTYPE": int(wtype)}
     if prog.device_info.get("integer_dot"):  # cl_khr_integer_dot_product: dot_acc_sat
         defines["USE_IDP"] = 1

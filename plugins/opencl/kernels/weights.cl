@@ -1056,18 +1056,38 @@ __kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
 // and pays for both). Up to three matrices over the same activations (the work-items past the
 // first's rows take the second's, then the third's), or with glu >= 0 two gate rows of W0 and the
 // same two up rows of W1 a work-item, combined (0 silu, 1 gelu); the residual is Y0's only. T
-// tokens, one after another.
+// tokens, one after another. With glu_q8 (one token, M0 % 32 == 0) a work-item takes 32 GLU
+// outputs and also writes them as a q8 block into oq (the quant_q8 step after it, in one launch).
 __kernel void mmvq_cpu(__global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,
                        __global const uchar* w2b, ulong w2o, long row_bytes,
                        __global const uchar* xqb, ulong xqo, long dso, __global uchar* y0b,
                        ulong y0o, __global uchar* y1b, ulong y1o, __global uchar* y2b,
                        ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0,
-                       int M1, int M2, int K, int T, int G, int glu) {
+                       int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb,
+                       ulong oqo, long odso, int glu_q8) {
     int i = get_global_id(0);
     __global const uchar* W = w0b + w0o;
     __global float* Y = PTR(float, y0b, y0o);
     int M = M0, res = has_res;
     __global const uchar* W1 = w1b + w1o;
+    if (glu >= 0 && glu_q8) {  // one token, a block of 32 GLU outputs a work-item, then its q8
+        if (32 * i >= M0) return;
+        __global const char* xq = (__global const char*)(xqb + xqo);
+        __global const float2* ds = (__global const float2*)(xqb + xqo + dso);
+        float v[32];
+        for (int j = 0; j < 32; j += 2) {
+            const int r = 32 * i + j;
+            const float4 y4 = dot4_q8(W + (ulong)r * (ulong)row_bytes,
+                                      W + (ulong)(r + 1) * (ulong)row_bytes,
+                                      W1 + (ulong)r * (ulong)row_bytes,
+                                      W1 + (ulong)(r + 1) * (ulong)row_bytes, xq, ds, K >> 5);
+            v[j] = (glu == 0 ? silu(y4.x) : gelu_f16(y4.x)) * y4.z;
+            v[j + 1] = (glu == 0 ? silu(y4.y) : gelu_f16(y4.y)) * y4.w;
+        }
+        for (int j = 0; j < 32; ++j) Y[32 * i + j] = v[j];
+        q8_store32(v, oqb + oqo, odso, i);
+        return;
+    }
     if (glu >= 0) {
         if (2 * i >= M0) return;
     } else {
