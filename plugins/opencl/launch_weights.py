@@ -196,6 +196,23 @@ def _launch_gemm(prog: OpenCLProgram, step: Step) -> list[Launch]:
     return [Launch(_kernel(prog, wtype, "gemm"), size, (GEMM_WG, 1), args)]
 
 
+class CpuMmvq:
+    """A CPU device's mmvq_cpu launch and what its optional epilogues take: the GLU's q8 blocks
+    (the quant_q8 step after it) or its output row's norm_q8 (the norm step after it); until a
+    later step asks, both off, the output standing in for their buffers."""
+
+    def __init__(self, launch: Launch, step: Step, args: tuple, stand_in: tuple) -> None:
+        self.launch, self.step, self.args = launch, step, args
+        self.oq = (*stand_in, np.int64(0), np.int32(0))  # buffer, offset, scales' offset, on
+        # counter, norm weight, has_w, eps, mode, has_y, y, q8 buffer, scales' offset, on
+        self.norm = (*stand_in, *stand_in, np.int32(0), np.float32(0), np.int32(0), np.int32(0),
+                     *stand_in, *stand_in, np.int64(0), np.int32(0))  # fmt: skip
+        self.update()
+
+    def update(self) -> None:
+        self.launch.args = (*self.args, *self.oq, *self.norm)
+
+
 def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p = step.params
     wtype, k, t = p["type"], p["k"], p["t"]
@@ -219,13 +236,12 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
         size = _groups(items, CPU_WG) * CPU_WG
-        # no q8 output (glu_q8 0; the output stands in), unless the quant_q8 step after a GLU
-        # hands its q8 blocks to this launch (launch_ops.quant_q8)
-        launch = Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,),
-                        (*args, *prog.arg(outs[0]), np.int64(0), np.int32(0)))  # fmt: skip
-        if glu >= 0 and t == 1 and ms[0] % 32 == 0:
-            prog.memo[("glu", id(outs[0].storage), outs[0].offset)] = (launch, step)
-        return [launch]
+        cpu = CpuMmvq(Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,), ()), step,
+                      args, stand_in=prog.arg(outs[0]))  # fmt: skip
+        # the step after it may hand this launch its work (launch_ops.quant_q8, norm_q8)
+        if t == 1 and (glu >= 0 or res is not None) and ms[0] % 32 == 0:
+            prog.memo[("mmvq_cpu", id(outs[0].storage), outs[0].offset)] = cpu
+        return [cpu.launch]
     defines = {"WTYPE": int(wtype)}
     if prog.device_info.get("integer_dot"):  # cl_khr_integer_dot_product: dot_acc_sat
         defines["USE_IDP"] = 1

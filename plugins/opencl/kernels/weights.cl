@@ -1058,13 +1058,13 @@ __kernel void mmv_row_q8(__global const uchar* wb, ulong wo, long row_bytes,
 // same two up rows of W1 a work-item, combined (0 silu, 1 gelu); the residual is Y0's only. T
 // tokens, one after another. With glu_q8 (one token, M0 % 32 == 0) a work-item takes 32 GLU
 // outputs and also writes them as a q8 block into oq (the quant_q8 step after it, in one launch).
-__kernel void mmvq_cpu(__global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,
-                       __global const uchar* w2b, ulong w2o, long row_bytes,
-                       __global const uchar* xqb, ulong xqo, long dso, __global uchar* y0b,
-                       ulong y0o, __global uchar* y1b, ulong y1o, __global uchar* y2b,
-                       ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0,
-                       int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb,
-                       ulong oqo, long odso, int glu_q8) {
+inline void mmvq_cpu_rows(__global const uchar* w0b, ulong w0o, __global const uchar* w1b,
+                          ulong w1o, __global const uchar* w2b, ulong w2o, long row_bytes,
+                          __global const uchar* xqb, ulong xqo, long dso, __global uchar* y0b,
+                          ulong y0o, __global uchar* y1b, ulong y1o, __global uchar* y2b,
+                          ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0,
+                          int M1, int M2, int K, int T, int glu, __global uchar* oqb, ulong oqo,
+                          long odso, int glu_q8) {
     int i = get_global_id(0);
     __global const uchar* W = w0b + w0o;
     __global float* Y = PTR(float, y0b, y0o);
@@ -1128,6 +1128,101 @@ __kernel void mmvq_cpu(__global const uchar* w0b, ulong w0o, __global const ucha
         const float v[4] = {y4.x, y4.y, y4.z, y4.w};
         for (int r = 0; r < 4 && r0 + r < M; ++r) Y[o + r] = res ? v[r] + R[o + r] : v[r];
     }
+}
+
+// A row's norm (ops.cl's norm_rows_q8 in 16 vector lanes for its 16 work-items: Kahan sums a lane,
+// then a tree; mode 0 rms_norm, 1 norm), times w where has_w, into y where has_y and as q8 blocks
+// into xq (q8_store32's bytes); ncols % 32 == 0.
+inline void kahan16(float16* s, float16* c, float16 v) {
+    const float16 y = v - *c;
+    const float16 t = *s + y;
+    *c = (t - *s) - y;
+    *s = t;
+}
+
+inline float sum16(float16 v) {
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    return (b.x + b.z) + (b.y + b.w);
+}
+
+inline void norm_q8_row(__global const float* x, int ncols, __global const float* w, int has_w,
+                        float eps, int mode, int has_y, __global float* y, __global uchar* xq,
+                        long dso) {
+    const int n16 = ncols / 16;
+    float m1 = 0.0f, corr = 0.0f, den;
+    if (mode == 1) {
+        float16 s = (float16)(0.0f), c = (float16)(0.0f);
+        for (int i = 0; i < n16; ++i) kahan16(&s, &c, vload16(i, x));
+        m1 = sum16(s - c) / ncols;
+        float16 d = (float16)(0.0f), dc = (float16)(0.0f);
+        float16 q = (float16)(0.0f), qc = (float16)(0.0f);
+        for (int i = 0; i < n16; ++i) {
+            const float16 v = vload16(i, x) - m1;
+            kahan16(&d, &dc, v);
+            kahan16(&q, &qc, v * v);
+        }
+        corr = sum16(d - dc) / ncols;
+        den = sqrt(fmax(sum16(q - qc) / ncols - corr * corr, 0.0f) + eps);
+    } else {
+        float16 q = (float16)(0.0f), qc = (float16)(0.0f);
+        for (int i = 0; i < n16; ++i) {
+            const float16 v = vload16(i, x);
+            kahan16(&q, &qc, v * v);
+        }
+        den = sqrt(sum16(q - qc) / ncols + eps);
+    }
+    for (int b = 0; b < ncols / 32; ++b) {
+        float16 v0 = ((vload16(2 * b, x) - m1) - corr) / den;
+        float16 v1 = ((vload16(2 * b + 1, x) - m1) - corr) / den;
+        if (has_w) {
+            v0 *= vload16(2 * b, w);
+            v1 *= vload16(2 * b + 1, w);
+        }
+        if (has_y) {
+            vstore16(v0, 2 * b, y);
+            vstore16(v1, 2 * b + 1, y);
+        }
+        const float16 m = fmax(fabs(v0), fabs(v1));
+        const float8 m8 = fmax(m.lo, m.hi);
+        const float4 m4 = fmax(m8.lo, m8.hi);
+        const float amax = fmax(fmax(m4.x, m4.y), fmax(m4.z, m4.w));
+        const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+        const int16 q0 = convert_int16(rint(v0 * inv)), q1 = convert_int16(rint(v1 * inv));
+        __global char* qs = (__global char*)xq + b * 32;
+        vstore16(convert_char16(q0), 0, qs);
+        vstore16(convert_char16(q1), 1, qs);
+        const int16 qq = q0 + q1;
+        const int8 q8 = qq.lo + qq.hi;
+        const int4 q4 = q8.lo + q8.hi;
+        ((__global float2*)(xq + dso))[b] =
+            (float2)(round_f16(div_rn(amax, 127.0f)), as_float((q4.x + q4.y) + (q4.z + q4.w)));
+    }
+}
+
+// mmvq_cpu_rows; with norm (one token, one matrix: a residual's sum) the work-item that finishes
+// last (an atomic count in cnt, which it resets) then takes the output row's norm_q8 (the step
+// after it, in the same launch: every other work-item has written its rows and read its inputs).
+__kernel void mmvq_cpu(__global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,
+                       __global const uchar* w2b, ulong w2o, long row_bytes,
+                       __global const uchar* xqb, ulong xqo, long dso, __global uchar* y0b,
+                       ulong y0o, __global uchar* y1b, ulong y1o, __global uchar* y2b,
+                       ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0,
+                       int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb,
+                       ulong oqo, long odso, int glu_q8, __global uchar* cntb, ulong cnto,
+                       __global const uchar* nwb, ulong nwo, int has_nw, float eps, int mode,
+                       int has_ny, __global uchar* nyb, ulong nyo, __global uchar* nqb,
+                       ulong nqo, long ndso, int norm) {
+    mmvq_cpu_rows(w0b, w0o, w1b, w1o, w2b, w2o, row_bytes, xqb, xqo, dso, y0b, y0o, y1b, y1o, y2b,
+                  y2o, rb, ro, has_res, M0, M1, M2, K, T, glu, oqb, oqo, odso, glu_q8);
+    if (!norm) return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    __global volatile int* cnt = PTR(volatile int, cntb, cnto);
+    if (atomic_inc(cnt) != (int)get_global_size(0) - 1) return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    atomic_xchg(cnt, 0);
+    norm_q8_row(PTR(float, y0b, y0o), M0, CPTR(float, nwb, nwo), has_nw, eps, mode, has_ny,
+                PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso);
 }
 #endif
 
