@@ -31,6 +31,10 @@ MMV_SB_MAX = 1024  # (token, super-block) q8_K scales one mmv work-group keeps i
 GEMM_M, GEMM_T, GEMM_WG = 64, 32, 128
 GET_ROWS_WG = 64
 CPU_WG = 16  # work-items per group of the CPU kernels (PoCL runs a group as a loop)
+# mmvq_cpu's (four rows each): smaller groups even out a decode step's small products over the
+# threads (SmolLM2's 576-row o/down: 9 groups of 16, 36 of 4; on PoCL 3.10-3.21 -> 2.95-3.07 ms
+# a step for those, opencl_profile, interleaved)
+CPU_MMVQ_WG = 4
 # mmv lane groups take R rows (4 or 2 for one token, 2 for two), rounding each activation
 # chunk once for all R, while at least this many work-groups remain to fill the device
 MMV_MIN_GROUPS = 128
@@ -235,8 +239,8 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             np.int32(g), np.int32(glu))  # fmt: skip
     if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
-        size = _groups(items, CPU_WG) * CPU_WG
-        cpu = CpuMmvq(Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_WG,), ()), step,
+        size = _groups(items, CPU_MMVQ_WG) * CPU_MMVQ_WG
+        cpu = CpuMmvq(Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_MMVQ_WG,), ()), step,
                       args, stand_in=prog.arg(outs[0]))  # fmt: skip
         # the step after it may hand this launch its work (launch_ops.quant_q8, norm_q8)
         if t == 1 and (glu >= 0 or res is not None) and ms[0] % 32 == 0:
