@@ -47,8 +47,15 @@ K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 CPU_HALF_KERNELS = frozenset({"mmv_row_q8", "mmvq_cpu"})
 
 
+# Bytes ahead the q8 CPU kernels prefetch each row's weights (x86; -D PREFETCH): a decode step
+# streams every weight from memory once, and the hardware prefetchers left the products waiting
+# (SmolLM2 on PoCL, ms a token: none 9.6-11.3, 2048 8.1-9.0, 4096 7.2-8.1, 8192 7.2-8.6, 16384
+# 7.4-7.5; interleaved runs of 64 tokens)
+CPU_PREFETCH = 4096
+
+
 def _kernel(prog: OpenCLProgram, wtype: GGMLType, name: str) -> object:
-    half = {"CPU_HALF": 1} if name in CPU_HALF_KERNELS else {}
+    half = {"CPU_HALF": 1, "PREFETCH": CPU_PREFETCH} if name in CPU_HALF_KERNELS else {}
     return prog.kernel(FILE, name, {"WTYPE": int(wtype), **half})
 
 

@@ -958,6 +958,12 @@ inline float4 dot4_q8(__global const uchar* w0, __global const uchar* w1, __glob
     float8 mt2 = (float8)(0.0f);
     for (; c + 1 < nb; c += 2) {
         __global const char* xc = xq + c * 32;
+#ifdef PREFETCH  // the weights PREFETCH bytes on: the rows of the work-items after this one
+        __builtin_prefetch(w0 + c * BLOCK_BYTES + PREFETCH);
+        __builtin_prefetch(w1 + c * BLOCK_BYTES + PREFETCH);
+        __builtin_prefetch(w2 + c * BLOCK_BYTES + PREFETCH);
+        __builtin_prefetch(w3 + c * BLOCK_BYTES + PREFETCH);
+#endif
         const i8x64 x = __builtin_shufflevector(CAT32(vload16(0, xc), vload16(1, xc)),
                                                 CAT32(vload16(2, xc), vload16(3, xc)), SEQ16(0),
                                                 SEQ16(16), SEQ16(32), SEQ16(48));
@@ -1000,6 +1006,14 @@ inline float4 dot4_q8(__global const uchar* w0, __global const uchar* w1, __glob
         const i8x32 x = CAT32(vload16(0, xq + c * 32), vload16(1, xq + c * 32));
         const float2 dsx = ds[c];
         const int o = c * BLOCK_BYTES;
+#ifdef PREFETCH
+        if ((c & 1) == 0) {
+            __builtin_prefetch(w0 + o + PREFETCH);
+            __builtin_prefetch(w1 + o + PREFETCH);
+            __builtin_prefetch(w2 + o + PREFETCH);
+            __builtin_prefetch(w3 + o + PREFETCH);
+        }
+#endif
 #if UNSIGNED_LEVELS  // d and m, two halves side by side
         const uint4 dm = (uint4)(*(__global const uint*)(w0 + o), *(__global const uint*)(w1 + o),
                                  *(__global const uint*)(w2 + o), *(__global const uint*)(w3 + o));
