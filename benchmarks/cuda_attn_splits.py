@@ -17,10 +17,10 @@ from llmrt.cli.bench import _fill, _run_test
 from llmrt.engine import load
 
 
-def resident_bound(head_dim: int, f16: int, chunk: int) -> int:
+def resident_bound(head_dim: int, f16: int, chunk: int, heads: int) -> int:
     """Blocks of fattn_split a multiprocessor holds at once (registers, shared memory, threads)."""
-    fn = executable.kernel("ops", f"fattn_split_{head_dim}_{f16}")
-    return executable._resident(fn, (head_dim + chunk + 256 * 8 + 2 * head_dim) * 4)
+    fn = executable.kernel("ops", f"fattn_split_{head_dim}_{f16}_{heads}")
+    return executable._resident(fn, (heads * (head_dim + chunk) + 256 * 8 + 2 * head_dim) * 4)
 
 
 def main() -> None:
@@ -32,9 +32,10 @@ def main() -> None:
     head_dim = hp.head_dim
     for depth in (int(d) for d in depths.split(",")):
         for value in (int(v) for v in values.split(",")):
+            heads = lower.attention_heads(hp.n_head, hp.n_head_kv)
             nsplit = min(64, -(-depth // lower.FATTN_SPLIT_KEYS),
-                         value * executable._sm_count() // hp.n_head)  # fmt: skip
-            bound = resident_bound(head_dim, 1, -(-depth // max(nsplit, 1)))
+                         value * executable._sm_count() // (hp.n_head // heads))  # fmt: skip
+            bound = resident_bound(head_dim, 1, -(-depth // max(nsplit, 1)), heads)
             if value > bound:
                 print(f"cuda:0 d{depth} {value} blocks a multiprocessor: over the bound {bound}")
                 continue

@@ -19,6 +19,14 @@
 #                depth under attention launch choices, and llmrt bench of opencl:0 beside the tree
 #                in .devrun/base (a git archive of the session's first commit), interleaved
 #   verify       decode logits deep in a context against OLDREV's, and the depth benches
+#   attn         attention deep in a context after a kernel change: the CUDA and Vulkan plugin tests
+#                and conformance; logits of the 135M and 1B shapes (a prompt, then decode steps) and
+#                of the 1B's decode at depths 4096 and 16384, this tree against OLDREV, on cuda:0
+#                and vulkan:0
+#   cuda-attn    after a CUDA attention change: conformance on cuda:0, the 1B's logits against
+#                OLDREV's (a prompt; decode at depths 4096 and 16384), then the depth benches of the
+#                1B and 8B shapes on cuda:0 beside OLDREV and llama-bench (-fa 1), and the split
+#                attention's blocks a multiprocessor swept (benchmarks/cuda_attn_splits.py)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -165,6 +173,65 @@ opencl)
     done
   done
   ;;
+attn)
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  ( timeout 300 python3 -m pytest tests/plugins/test_cuda_backend.py tests/plugins/test_cuda_launch.py \
+      tests/plugins/test_vulkan_backend.py -q --tb=short -p no:cacheprovider > $OUT/plugin-tests.log 2>&1
+    timeout 200 python3 -m pytest tests/conformance -q -k "cuda or vulkan" --tb=line \
+      -p no:cacheprovider > $OUT/conformance.log 2>&1 ) &
+  tests=$!
+  cmp() { python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
+print('$1 this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
+{int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
+    | tee -a $OUT/logits.log; }
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    for dev in cuda:0 vulkan:0; do
+      timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz
+      old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz
+      cmp "$dev $m"
+    done
+  done
+  for dev in cuda:0 vulkan:0; do
+    for d in 4096 16384; do
+      timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/new.npz
+      old timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/old.npz
+      cmp "$dev llama32-1b d$d"
+    done
+  done
+  wait $tests $synth_big
+  grep -v "PASSED" $OUT/plugin-tests.log | tail -15
+  tail -8 $OUT/conformance.log
+  ;;
+cuda-attn)  # after a CUDA attention change: correctness, then the depth benches beside llama.cpp
+  synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  timeout 150 python3 -m pytest tests/conformance -q -k "cuda" --tb=line -p no:cacheprovider 2>&1 | tail -3
+  for d in 0 4096 16384; do
+    if [ $d = 0 ]; then snap() { timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 $1; }
+    else snap() { timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 $d $1; }; fi
+    snap /tmp/new.npz; old snap /tmp/old.npz
+    python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
+print('cuda:0 1B d$d vs $OLDREV: argmax equal', int((a.argmax(-1)==b.argmax(-1)).sum()), 'of', len(a), \
+'max |diff|', float(abs(a-b).max()))" | tee -a $OUT/logits.log
+  done
+  wait $synth_big
+  WAIT_S=240 bash $PEER wait cuda
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    for tree in this $OLDREV; do
+      [ $tree = this ] && run="" || run=old
+      $run timeout 100 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 64 -d 4096,16384 -r 2 --device cuda:0 \
+        2>&1 | grep "tg64" | sed "s/^/$tree cuda:0 /" | tee -a $OUT/depth.log
+    done
+    ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER bench cuda /tmp/synth-$m.gguf \
+      | sed "s/^/llama.cpp-cuda /" | tee -a $OUT/depth.log
+    timeout 90 python3 benchmarks/cuda_attn_splits.py /tmp/synth-$m.gguf 4096,16384 2,3,4 2>&1 \
+      | sed "s/^/$m /" | tee -a $OUT/depth.log
+  done
+  ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches
   synth llama32-1b q4_0
   timeout 200 python3 -m pytest tests/plugins/test_cuda_backend.py tests/conformance -k "cuda or vulkan" \
@@ -185,8 +252,11 @@ depth)
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     [ -e /tmp/synth-$m.gguf ] || continue
     for dev in cuda:0 vulkan:0; do
-      timeout 100 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
-        --device $dev 2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/depth.log
+      for tree in this $OLDREV; do
+        [ $tree = this ] && run="" || run=old
+        $run timeout 100 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 64 -d 4096,16384 -r 2 \
+          --device $dev 2>&1 | grep "tg64" | sed "s/^/$tree $dev /" | tee -a $OUT/depth.log
+      done
       [ $dev = cuda:0 ] && peer=cuda || peer=vulkan
       [ -e /tmp/peer-$peer/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
         bench $peer /tmp/synth-$m.gguf | sed "s/^/llama.cpp-$peer /" | tee -a $OUT/depth.log
@@ -194,7 +264,7 @@ depth)
   done
   timeout 120 python3 benchmarks/vulkan_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 \
     4096,16384 512,1024,2048,4096 2>&1 | tee -a $OUT/depth.log
-  timeout 120 python3 benchmarks/cuda_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf 4096,16384 2,3,4,6,8 \
+  timeout 120 python3 benchmarks/cuda_attn_splits.py /tmp/synth-llama32-1b-q4_0.gguf 4096,16384 2,3,4 \
     2>&1 | tee -a $OUT/depth.log
   ;;
 esac

@@ -32,7 +32,7 @@ from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import attention_parts, lower
+from llmrt_cuda.lower import attention_split, lower
 
 KERNELS = Path(__file__).parent / "kernels"
 H2D, D2H = 1, 2  # cudaMemcpyKind
@@ -474,8 +474,12 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     f16 = 1 if k.dtype == GGMLType.F16 else 0
     q8 = p.get("q8", 0)
     dso = q8_layout(out.n)[0] if q8 else 0
-    split_fn = kernel("ops", f"fattn_split_{d}_{f16}")
-    nsplit, smem = attention_parts(s, hq * t, d, _sm_count(), lambda b: _resident(split_fn, b))
+
+    def resident(heads: int, smem: int) -> int:
+        return _resident(kernel("ops", f"fattn_split_{d}_{f16}_{heads}"), smem)
+
+    nh, nsplit, smem = attention_split(s, hq, hkv, t, d, _sm_count(), resident)
+    split_fn = kernel("ops", f"fattn_split_{d}_{f16}_{nh}")
     common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
     common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
     if "nr" in p:
@@ -489,7 +493,9 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
         counter = cp.zeros(t * hq, dtype=cp.int32)
         prog.keep += [part, counter]
         split = prog.args("2QiQq", part.data.ptr, counter.data.ptr, nsplit, q8, dso)
-        return KernelLaunch(split_fn, (hq, t, nsplit), (256,), (*common, *split, *new_row), smem)
+        return KernelLaunch(
+            split_fn, (hq // nh, t, nsplit), (256,), (*common, *split, *new_row), smem
+        )
     fn = kernel("ops", f"fattn_{d}_{f16}")
     smem = (d + s + 256 * 8) * 4
     return KernelLaunch(fn, (hq, t), (256,), (*common, *prog.args("Qq", q8, dso)), smem)

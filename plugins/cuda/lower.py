@@ -8,6 +8,7 @@ every small-batch pass of llmrt.lower.passes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from llmrt.gguf.constants import GGMLType
@@ -42,7 +43,15 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # depth 16384 (H100, benchmarks/cuda_attn_splits.py): 2 a multiprocessor 441 t/s, 3 514, 4 (all
 # its 64 registers a thread allow) 610
 FATTN_RESIDENT_PER_SM = 4
-__all__ = ["Plan", "Step", "attention_parts", "lower", "supports"]
+__all__ = [
+    "Plan",
+    "Step",
+    "attention_heads",
+    "attention_parts",
+    "attention_split",
+    "lower",
+    "supports",
+]
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
@@ -62,21 +71,43 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(WEIGHT_TYPES, _mmv_max_t, _attention)
 
 
+def attention_heads(hq: int, hkv: int) -> int:
+    """Query heads one block of split attention takes, all of one KV head (whose K and V rows it
+    then reads once for them): 4, 2 or 1, whichever divides the heads a KV head serves."""
+    return next(n for n in (4, 2, 1) if (hq // hkv) % n == 0)
+
+
 def attention_parts(
-    s: int, blocks: int, d: int, sms: int, resident: Callable[[int], int]
+    s: int, blocks: int, d: int, sms: int, resident: Callable[[int], int], heads: int = 1
 ) -> tuple[int, int]:
     """(parts, dynamic shared memory bytes a block) of split attention over `s` keys for
-    `blocks` (heads x tokens) blocks a part on `sms` multiprocessors: as many parts as
-    FATTN_RESIDENT_PER_SM blocks a multiprocessor allow, fewer where `resident(smem)`, the blocks
-    the kernel fits a multiprocessor at that shared memory, is lower (fewer parts are longer, and
-    a part's scores take shared memory)."""
+    `blocks` (head groups x tokens) blocks a part, each of `heads` query heads, on `sms`
+    multiprocessors: as many parts as FATTN_RESIDENT_PER_SM blocks a multiprocessor allow, fewer
+    where `resident(smem)`, the blocks the kernel fits a multiprocessor at that shared memory, is
+    lower (fewer parts are longer, and a part's scores take shared memory)."""
     per_sm = FATTN_RESIDENT_PER_SM
     while True:
         parts = min(64, -(-s // FATTN_SPLIT_KEYS), max(1, per_sm * sms // blocks))
-        smem = (d + -(-s // parts) + 256 * 8 + 2 * d) * 4
+        smem = (heads * (d + -(-s // parts)) + 256 * 8 + 2 * d) * 4
         if per_sm == 1 or resident(smem) >= per_sm:
             return parts, smem
         per_sm -= 1
+
+
+def attention_split(
+    s: int, hq: int, hkv: int, t: int, d: int, sms: int, resident: Callable[[int, int], int]
+) -> tuple[int, int, int]:
+    """(query heads a block, parts, dynamic shared memory a block) of split attention: the heads
+    of a KV head grouped (attention_heads) where all the parts' blocks then fit the GPU at once
+    (`resident(heads, smem)`: blocks a multiprocessor holds), else one head a block (a group's
+    scores of a long part may not fit shared memory)."""
+    for heads in dict.fromkeys((attention_heads(hq, hkv), 1)):
+        blocks = hq // heads * t
+        fits = functools.partial(resident, heads)
+        parts, smem = attention_parts(s, blocks, d, sms, fits, heads)
+        if heads == 1 or parts * blocks <= fits(smem) * sms:
+            break
+    return heads, parts, smem
 
 
 def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:

@@ -133,14 +133,21 @@ def attn_rows(cpu: bool, s: int, d: int) -> bool:
     return cpu and s * d <= ATTN_ROWS_MAX
 
 
-def attn_splits(cpu: bool, t: int, hq: int, s: int, d: int) -> tuple[int, int]:
+def attn_heads(hq: int, hkv: int) -> int:
+    """Query heads one flash_attn workgroup takes, all of one KV head (whose K and V rows it then
+    reads once for them): 4, 2 or 1, whichever divides the heads a KV head serves."""
+    return next(n for n in (4, 2, 1) if (hq // hkv) % n == 0)
+
+
+def attn_splits(cpu: bool, t: int, hq: int, hkv: int, s: int, d: int) -> tuple[int, int]:
     """Parts of the KV length that attention is split into, and keys per part: on the GPU
     kernels some ATTN_WORKGROUPS in all (a prompt's: ATTN_WORKGROUPS_PROMPT), parts of at
-    least 32 keys (one workgroup per head would walk its keys serially)."""
+    least 32 keys (one workgroup per head group would walk its keys serially)."""
     if attn_rows(cpu, s, d):
         return 1, -(-s // 128) * 128
     target = ATTN_WORKGROUPS if t == 1 else ATTN_WORKGROUPS_PROMPT
-    splits = max(1, min(-(-s // 32), -(-target // (t * hq)), ATTN_MAX_SPLITS))
+    wgs = t * hq // attn_heads(hq, hkv)
+    splits = max(1, min(-(-s // 32), -(-target // wgs), ATTN_MAX_SPLITS))
     per = -(-s // splits)
     chunk = -(-per // 32) * 32
     return -(-s // chunk), chunk  # none left empty
@@ -167,7 +174,7 @@ def _lowerings(cpu: bool) -> dict[Op, Callable[[StepLowering, Tensor], View]]:
         q, k, v = lo.c(n.srcs[0]), lo.of(n.srcs[1]), lo.of(n.srcs[2])
         k, v = (x if x.strides[1:] == (x.shape[2], 1) else lo.contiguous(x) for x in (k, v))
         (t, hq, dk), (s, _, dv) = q.shape, v.shape
-        splits, chunk = attn_splits(cpu, t, hq, s, max(dk, dv))
+        splits, chunk = attn_splits(cpu, t, hq, k.shape[1], s, max(dk, dv))
         out = lo.out(n, "fattn", [q, k, v, *(lo.c(m) for m in n.srcs[3:])], splits=splits,
                      chunk=chunk, scale=n.params["scale"], softcap=n.params["softcap"])  # fmt: skip
         if splits > 1:  # the parts, merged by attn_combine

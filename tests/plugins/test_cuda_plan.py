@@ -138,7 +138,12 @@ def test_memory_check_holds_a_device_to_its_total_when_free_is_unknown(tiny_gguf
 def test_split_attention_parts_all_fit_on_the_gpu_at_once():
     """The split kernel's blocks wait for each other: every part of every head must be resident
     together, whatever the shared memory a part's scores take does to the occupancy."""
-    from llmrt_cuda.lower import FATTN_RESIDENT_PER_SM, attention_parts
+    from llmrt_cuda.lower import (
+        FATTN_RESIDENT_PER_SM,
+        attention_heads,
+        attention_parts,
+        attention_split,
+    )
 
     sms, smem_per_sm = 132, 228 * 1024
 
@@ -151,8 +156,20 @@ def test_split_attention_parts_all_fit_on_the_gpu_at_once():
                 parts, smem = attention_parts(s, blocks, d, sms, resident)
                 assert 1 <= parts <= 64 and smem == (d + -(-s // parts) + 2048 + 2 * d) * 4
                 assert parts == 1 or parts * blocks <= resident(smem) * sms
-    # the 1B shape at depth 16384: 4 blocks a multiprocessor, 16 parts of 1,024 keys
+                # grouped heads where they fit; one head a block where a group's scores don't
+                hq = blocks * 4
+                heads, parts, smem = attention_split(s, hq, hq // 4, 1, d, sms,
+                                                     lambda h, b: resident(b))  # fmt: skip
+                assert smem == (heads * (d + -(-s // parts)) + 2048 + 2 * d) * 4
+                assert parts == 1 or parts * hq // heads <= resident(smem) * sms
+                assert heads == (4 if resident((4 * (d + s) + 2048 + 2 * d) * 4) else heads)
+    # a block takes the query heads of one KV head, up to 4 (the 1B and 8B: 4 of 32 over 8)
+    assert [attention_heads(hq, hkv) for hq, hkv in ((32, 8), (9, 3), (8, 4), (4, 1), (12, 12))] \
+        == [4, 1, 2, 4, 1]  # fmt: skip
+    # the 1B shape at depth 16384 (8 groups of 4 heads): 4 blocks a multiprocessor, 64 parts
     assert FATTN_RESIDENT_PER_SM == 4
+    assert attention_parts(16384, 8, 64, sms, resident, 4)[0] == 64
+    # one head a block (32 blocks a part): 16 parts of 1,024 keys
     assert attention_parts(16384, 32, 64, sms, resident)[0] == 16
     # where shared memory allows only 2 blocks a multiprocessor, half as many (longer) parts
     assert attention_parts(16384, 32, 64, sms, lambda smem: 2)[0] == 8

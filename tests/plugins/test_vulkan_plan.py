@@ -144,18 +144,19 @@ GPU: dict[tuple[str, int], dict[str, tuple[int, int]]] = {
     },
     # 40 tokens (past MAX_T_MATVEC): tiled matmuls, residual adds and swiglu as eltwise; the
     # head (one row) is an integer mat-vec, with the final norm in its prologue where it fits;
-    # attention splits over the cache only for the 135M's 9 heads (2 parts)
+    # attention splits over the cache in 2 parts: 40 tokens x 9 heads (135M) or x 8 groups of 4
+    # heads (1B, 8B) are fewer workgroups than ATTN_WORKGROUPS_PROMPT
     ("smollm2-135m", 40): {
         "matmul": (7, 0), "eltwise": (3, 0), "norm": (2, 0), "rope": (2, 0), "set_rows": (1, 0),
         "attn_combine": (1, 0), "q8p": (0, 1),
     },
     ("llama32-1b", 40): {
         "matmul": (7, 0), "eltwise": (3, 0), "norm": (2, 0), "rope": (2, 0), "set_rows": (1, 0),
-        "q8p": (0, 1),
+        "attn_combine": (1, 0), "q8p": (0, 1),
     },
     ("llama3-8b", 40): {
         "matmul": (7, 0), "eltwise": (3, 0), "norm": (2, 1), "rope": (2, 0), "set_rows": (1, 0),
-        "mv": (0, 1),
+        "attn_combine": (1, 0), "mv": (0, 1),
     },
 }  # fmt: skip
 # lavapipe: the per-row integer mat-vec for any number of tokens, residual adds in its epilogue;

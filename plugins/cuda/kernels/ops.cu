@@ -232,7 +232,7 @@ extern "C" __global__ void to_f16(const float* x, u16* y, long long n) {
 // Attention of q [T, Hq, D] over S cached keys/values of head h / (Hq / Hkv); one block of 256
 // threads per (head, token). D/8 threads share one key (8 elements each); scores sit in shared
 // memory, followed by the partial sums of the PV product.
-// q·k over one lane's 8 elements of a key row (f16 or f32 cache), shared by both attention kernels.
+// q·k over one lane's 8 elements of a key row (f16 or f32 cache).
 template <int F16>
 __device__ __forceinline__ float kdot8(const u8* __restrict__ k, size_t o, const float* qr) {
     if (F16) {
@@ -461,13 +461,14 @@ extern "C" __global__ void rope_qkv(const float* q, const float* k, const float*
     }
 }
 
-// Decode attention split over the KV length, with the reference's rounding: block (h, t, split)
-// scores keys [lo, hi) into shared memory and publishes its (max, sum of exp); the nsplit blocks
-// of (h, t) wait for each other (all blocks of the launch are resident: the host caps the grid),
-// then each rounds its probabilities exp(s - M) / L (global M, L) to f16 as ggml's f16 V product
-// does, multiplies them with V and writes its partial output; the last block to finish sums the
-// partials in split order (deterministic), writes the output (and its q8 form) and resets the
-// counter for the next replay.
+// Decode attention split over the KV length, with the reference's rounding: block (g, t, split)
+// takes NH query heads g * NH... of one KV head (grouped-query attention: each K and V row is
+// read once for the NH heads), scores keys [lo, hi) into shared memory and publishes each head's
+// (max, sum of exp); the nsplit blocks of (g, t) wait for each other (all blocks of the launch
+// are resident: the host caps the grid), then each rounds its probabilities exp(s - M) / L
+// (global M, L) to f16 as ggml's f16 V product does, multiplies them with V and writes its
+// partial outputs; the last block to finish sums the partials in split order (deterministic),
+// writes the outputs (and their q8 form) and resets the counter for the next replay.
 // A decode step's new K/V row, for attention that ropes and stores it itself (k null: none).
 struct NewRow {
     const float *k, *v;
@@ -479,7 +480,26 @@ struct NewRow {
     double base, freq_scale, attn_factor;
 };
 
-template <int D, int F16>
+// one lane's 8 elements of a K or V row (f16 or f32 cache), as f32
+template <int F16>
+__device__ __forceinline__ void load8(const u8* __restrict__ x, size_t o, float* r) {
+    if (F16) {
+        const uint4 u = *(const uint4*)((const u16*)x + o);
+        const u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            r[2 * i] = h2f((u16)(w[i] & 0xffff));
+            r[2 * i + 1] = h2f((u16)(w[i] >> 16));
+        }
+    } else {
+        const float4 a = *(const float4*)((const float*)x + o);
+        const float4 b = *(const float4*)((const float*)x + o + 4);
+        r[0] = a.x; r[1] = a.y; r[2] = a.z; r[3] = a.w;
+        r[4] = b.x; r[5] = b.y; r[6] = b.z; r[7] = b.w;
+    }
+}
+
+template <int D, int F16, int NH>
 __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, const u8* __restrict__ k,
                                                  const u8* __restrict__ v, const float* __restrict__ mask,
                                                  float* __restrict__ out, int Hq, int Hkv, int S,
@@ -490,33 +510,36 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     __shared__ float red[32];
     __shared__ int last;
     constexpr int LPK = D / 8, KPI = 256 / LPK;
-    const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z, hk = h / (Hq / Hkv), tid = threadIdx.x;
+    const int h0 = blockIdx.x * NH, t = blockIdx.y, sp = blockIdx.z, tid = threadIdx.x;
+    const int hk = h0 / (Hq / Hkv);
     const int chunk = (S + nsplit - 1) / nsplit;
     const int lo = sp * chunk, hi = min(S, lo + chunk), n = max(0, hi - lo);
-    float* sq = smem;
-    float* sc = smem + D;
-    float* acc_s = sc + chunk;
+    float* sq = smem;            // [NH][D]
+    float* sc = smem + NH * D;   // [NH][chunk]
+    float* acc_s = sc + NH * chunk;
     // with a new row (nr.k set): q and k arrive unroped; the block whose keys hold the new cell
     // keeps its K and V rows (rounded as the cache stores them) in shared memory and reads them
-    // from there, and one block per KV head writes them into the caches
+    // from there, and writes them into the caches
     float* nk = acc_s + KPI * D;
     float* nv = nk + D;
     const int cnew = nr.k ? nr.ids[t] : -1;
     const bool mine = cnew >= lo && cnew < hi;
-    for (int d = tid; d < D; d += 256) {
-        const long long i = ((long long)t * Hq + h) * D + d;
+    for (int e = tid; e < NH * D; e += 256) {
+        const long long i = ((long long)t * Hq + h0) * D + e;
         float x = nr.k ? rope_one(q, i, D, Hq, nr.pos, nr.factors, nr.n_dims, nr.mode, nr.base,
                                   nr.freq_scale, nr.attn_factor)
                        : q[i];
-        sq[d] = F16 ? h2f(f2h(x)) : x;
-        if (mine) {
+        sq[e] = F16 ? h2f(f2h(x)) : x;
+    }
+    if (mine) {
+        for (int d = tid; d < D; d += 256) {
             const long long j = ((long long)t * Hkv + hk) * D + d;
             const float kr = rope_one(nr.k, j, D, Hkv, nr.pos, nr.factors, nr.n_dims, nr.mode,
                                       nr.base, nr.freq_scale, nr.attn_factor);
             const float vr = nr.v[j];
             nk[d] = F16 ? h2f(f2h(kr)) : kr;
             nv[d] = F16 ? h2f(f2h(vr)) : vr;
-            if (h % (Hq / Hkv) == 0) {
+            if (h0 % (Hq / Hkv) == 0) {
                 const size_t ko = (size_t)cnew * ks + (size_t)hk * kh + d;
                 const size_t vo = (size_t)cnew * vs + (size_t)hk * vh + d;
                 if (F16) {
@@ -531,97 +554,158 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
     }
     __syncthreads();
     const int g = tid / LPK, j = tid % LPK;
-    float qr[8];
+    {
+        float qr[NH][8];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) qr[i] = sq[j * 8 + i];
-    const float* mrow = mask ? mask + (size_t)t * S : nullptr;
-    for (int s0 = 0; s0 < n; s0 += KPI) {
-        const int s = lo + s0 + g;
-        float dot = 0.0f;
-        const bool live = s < hi && !(mrow && mrow[s] == -INF);
-        if (live) {
-            dot = s == cnew ? sdot8<F16>(nk + j * 8, qr)
-                            : kdot8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, qr);
-        }
+        for (int hh = 0; hh < NH; ++hh)
 #pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (j == 0 && s < hi) {
-            float x = dot * scale;
-            if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
-            sc[s - lo] = live ? (mrow ? x + mrow[s] : x) : -INF;
+            for (int i = 0; i < 8; ++i) qr[hh][i] = sq[hh * D + j * 8 + i];
+        const float* mrow = mask ? mask + (size_t)t * S : nullptr;
+#pragma unroll 2
+        for (int s0 = 0; s0 < n; s0 += KPI) {
+            const int s = lo + s0 + g;
+            float kr[8];
+            const bool live = s < hi && !(mrow && mrow[s] == -INF);
+            if (live) {
+                if (s == cnew) {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) kr[i] = nk[j * 8 + i];
+                } else {
+                    load8<F16>(k, (size_t)s * ks + (size_t)hk * kh + j * 8, kr);
+                }
+            }
+#pragma unroll
+            for (int hh = 0; hh < NH; ++hh) {
+                float dot = live ? sdot8<F16>(kr, qr[hh]) : 0.0f;
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                if (j == 0 && s < hi) {
+                    float x = dot * scale;
+                    if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+                    sc[hh * chunk + s - lo] = live ? (mrow ? x + mrow[s] : x) : -INF;
+                }
+            }
         }
     }
     __syncthreads();
-    float mx = -INF;
-    for (int s = tid; s < n; s += 256) mx = fmaxf(mx, sc[s]);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int s = tid; s < n; s += 256) sum += mx == -INF ? 0.0f : expf(sc[s] - mx);
-    sum = block_sum(sum, red);
-    const int ht = t * Hq + h;
     const size_t stride = D + 2;
-    float* base = part + (size_t)ht * nsplit * stride;
+    const int ht0 = t * Hq + h0;
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh) {
+        const float* sh = sc + hh * chunk;
+        float mx = -INF;
+        for (int s = tid; s < n; s += 256) mx = fmaxf(mx, sh[s]);
+        mx = block_max(mx, red);
+        float sum = 0.0f;
+        for (int s = tid; s < n; s += 256) sum += mx == -INF ? 0.0f : expf(sh[s] - mx);
+        sum = block_sum(sum, red);
+        if (tid == 0) {
+            float* base = part + (size_t)(ht0 + hh) * nsplit * stride;
+            base[(size_t)sp * stride] = mx;
+            base[(size_t)sp * stride + 1] = sum;
+        }
+    }
     if (tid == 0) {
-        base[(size_t)sp * stride] = mx;
-        base[(size_t)sp * stride + 1] = sum;
         __threadfence();
-        atomicAdd(counter + ht, 1);
+        atomicAdd(counter + ht0, 1);
         // bounded: a grid that could not be resident at once gives wrong numbers, not a hang
-        for (int it = 0; atomicAdd(counter + ht, 0) < nsplit && it < (1 << 22); ++it)
+        for (int it = 0; atomicAdd(counter + ht0, 0) < nsplit && it < (1 << 22); ++it)
             __nanosleep(64);
         __threadfence();
     }
     __syncthreads();
-    float M = -INF;
-    for (int i = 0; i < nsplit; ++i) M = fmaxf(M, __ldcg(base + (size_t)i * stride));
-    float L = 0.0f;
-    for (int i = 0; i < nsplit; ++i) {
-        const float m = __ldcg(base + (size_t)i * stride);
-        if (m != -INF) L += __ldcg(base + (size_t)i * stride + 1) * expf(m - M);
-    }
-    float acc[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-    for (int s = g; s < n; s += KPI) {
-        float p = (M == -INF || L <= 0.0f) ? 0.0f : expf(sc[s] - M) / L;
-        if (F16) p = h2f(f2h(p));
-        if (p != 0.0f && lo + s == cnew) {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) acc[i] += p * nv[j * 8 + i];
-        } else if (p != 0.0f) {
-            const size_t o = (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8;
-            vacc8<F16>(v, o, p, acc);
+    // each head's global max M and sum L over the parts, a warp a head, its lanes over the parts
+    // (a block's loads of the parts all in flight at once: there are up to 64 a head)
+    __shared__ float ml[2 * NH];
+    if (tid / 32 < NH) {
+        const float* base = part + (size_t)(ht0 + tid / 32) * nsplit * stride;
+        float mx = -INF;
+        for (int i = tid % 32; i < nsplit; i += 32) mx = fmaxf(mx, __ldcg(base + (size_t)i * stride));
+        mx = warp_max(mx);
+        float l = 0.0f;
+        for (int i = tid % 32; i < nsplit; i += 32) {
+            const float m = __ldcg(base + (size_t)i * stride);
+            if (m != -INF) l += __ldcg(base + (size_t)i * stride + 1) * expf(m - mx);
+        }
+        l = warp_sum(l);
+        if (tid % 32 == 0) {
+            ml[2 * (tid / 32)] = mx;
+            ml[2 * (tid / 32) + 1] = l;
         }
     }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc_s[g * D + j * 8 + i] = acc[i];
     __syncthreads();
-    // the partial output goes to a separate area: the (max, sum) pairs are still being read
-    float* pout = part + (size_t)gridDim.y * Hq * nsplit * stride + ((size_t)ht * nsplit + sp) * D;
-    for (int d = tid; d < D; d += 256) {
-        float o = 0.0f;
-        for (int gg = 0; gg < KPI; ++gg) o += acc_s[gg * D + d];
-        pout[d] = o;
+    float M[NH], L[NH];
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh) {
+        M[hh] = ml[2 * hh];
+        L[hh] = ml[2 * hh + 1];
+    }
+    float acc[NH][8];
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[hh][i] = 0.0f;
+#pragma unroll 2
+    for (int s = g; s < n; s += KPI) {
+        float p[NH];
+        bool any = false;
+#pragma unroll
+        for (int hh = 0; hh < NH; ++hh) {
+            p[hh] = (M[hh] == -INF || L[hh] <= 0.0f) ? 0.0f : expf(sc[hh * chunk + s] - M[hh]) / L[hh];
+            if (F16) p[hh] = h2f(f2h(p[hh]));
+            any |= p[hh] != 0.0f;
+        }
+        if (!any) continue;
+        float vr[8];
+        if (lo + s == cnew) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) vr[i] = nv[j * 8 + i];
+        } else {
+            load8<F16>(v, (size_t)(lo + s) * vs + (size_t)hk * vh + j * 8, vr);
+        }
+#pragma unroll
+        for (int hh = 0; hh < NH; ++hh)
+            if (p[hh] != 0.0f) {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[hh][i] += p[hh] * vr[i];
+            }
+    }
+    // the partial outputs go to a separate area: the (max, sum) pairs are still being read
+    float* pouts = part + (size_t)gridDim.y * Hq * nsplit * stride;
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc_s[g * D + j * 8 + i] = acc[hh][i];
+        __syncthreads();
+        float* pout = pouts + ((size_t)(ht0 + hh) * nsplit + sp) * D;
+        for (int d = tid; d < D; d += 256) {
+            float o = 0.0f;
+            for (int gg = 0; gg < KPI; ++gg) o += acc_s[gg * D + d];
+            pout[d] = o;
+        }
+        __syncthreads();
     }
     __threadfence();
     __syncthreads();
-    if (tid == 0) last = atomicAdd(counter + ht, 1) == 2 * nsplit - 1;
+    if (tid == 0) last = atomicAdd(counter + ht0, 1) == 2 * nsplit - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const float* pall = part + (size_t)gridDim.y * Hq * nsplit * stride + (size_t)ht * nsplit * D;
-    for (int d = tid; d < D; d += 256) {  // D % 32 == 0 when XQ: whole warps
+    for (int e = tid; e < NH * D; e += 256) {  // D % 32 == 0 when XQ: whole warps
+        const float* pall = pouts + (size_t)(ht0 + e / D) * nsplit * D + e % D;
         float o = 0.0f;
-        for (int i = 0; i < nsplit; ++i) o += __ldcg(pall + (size_t)i * D + d);
-        const size_t oi = (size_t)ht * D + d;
+#pragma unroll 8
+        for (int i = 0; i < nsplit; ++i) o += __ldcg(pall + (size_t)i * D);
+        const size_t oi = (size_t)ht0 * D + e;
         out[oi] = o;
         if (XQ) q8_store32(o, tid & 31, XQ, dso, (long long)(oi >> 5));
     }
-    if (tid == 0) counter[ht] = 0;
+    if (tid == 0) counter[ht0] = 0;
 }
 
-#define FATTN_SPLIT(D, F16)                                                                    \
-    extern "C" __global__ void __launch_bounds__(256) fattn_split_##D##_##F16(                 \
+// four blocks a multiprocessor (64 registers a thread): more parts of the KV length resident at once
+#define FATTN_SPLIT(D, F16, NH)                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 4) fattn_split_##D##_##F16##_##NH(          \
         const float* q, const u8* k, const u8* v, const float* mask, float* out, int Hq,       \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,   \
         float softcap, float* part, int* counter, int nsplit, u8* XQ, long long dso,            \
@@ -631,16 +715,17 @@ __device__ __forceinline__ void fattn_split_body(const float* __restrict__ q, co
         pdl_enter();                                                                           \
         const NewRow nr = {nk, nv, pos, factors, ids, kc, vc, n_dims, mode, base, freq_scale,  \
                            attn_factor};                                                       \
-        fattn_split_body<D, F16>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap, \
-                                 part, counter, nsplit, XQ, dso, nr);                          \
+        fattn_split_body<D, F16, NH>(q, k, v, mask, out, Hq, Hkv, S, ks, kh, vs, vh, scale,    \
+                                     softcap, part, counter, nsplit, XQ, dso, nr);             \
     }
-FATTN_SPLIT(16, 0)
-FATTN_SPLIT(16, 1)
-FATTN_SPLIT(32, 0)
-FATTN_SPLIT(32, 1)
-FATTN_SPLIT(64, 0)
-FATTN_SPLIT(64, 1)
-FATTN_SPLIT(128, 0)
-FATTN_SPLIT(128, 1)
-FATTN_SPLIT(256, 0)
-FATTN_SPLIT(256, 1)
+#define FATTN_SPLITS(D, F16) FATTN_SPLIT(D, F16, 1) FATTN_SPLIT(D, F16, 2) FATTN_SPLIT(D, F16, 4)
+FATTN_SPLITS(16, 0)
+FATTN_SPLITS(16, 1)
+FATTN_SPLITS(32, 0)
+FATTN_SPLITS(32, 1)
+FATTN_SPLITS(64, 0)
+FATTN_SPLITS(64, 1)
+FATTN_SPLITS(128, 0)
+FATTN_SPLITS(128, 1)
+FATTN_SPLITS(256, 0)
+FATTN_SPLITS(256, 1)
