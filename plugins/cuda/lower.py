@@ -39,9 +39,8 @@ FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
 FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
-# many a multiprocessor, fewer where its registers or shared memory allow fewer. 1B shape at
-# depth 16384 (H100, benchmarks/cuda_attn_splits.py): 2 a multiprocessor 441 t/s, 3 514, 4 (all
-# its 64 registers a thread allow) 610
+# many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
+# more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)
 FATTN_RESIDENT_PER_SM = 4
 __all__ = [
     "Plan",

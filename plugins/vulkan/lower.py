@@ -37,9 +37,9 @@ BLOCK_TYPES = frozenset({
 FLOATS = (F32, F16)
 MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
-ATTN_MAX_SPLITS = 64  # parts of one head's attention over the KV length, at most
-# workgroups attention aims at, one token's and a prompt's: at depth 16384 (1B shape, H100,
-# benchmarks/vulkan_attn_splits.py) a decode step ran at 311 t/s aiming at 512, 345 at 2048
+ATTN_MAX_SPLITS = 64  # parts of one head group's attention over the KV length, at most
+# workgroups attention aims at, one token's and a prompt's (benchmarks/vulkan_attn_splits.py;
+# BENCHMARKS.md): a decode step's grouped heads (the 1B's and 8B's 8 groups) reach 64 parts first
 ATTN_WORKGROUPS, ATTN_WORKGROUPS_PROMPT = 2048, 512
 ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's per-row kernel
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
