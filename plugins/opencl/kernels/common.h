@@ -4,6 +4,12 @@
 #ifndef LLMRT_COMMON_H
 #define LLMRT_COMMON_H
 
+// The CPU kernels' `#if ... && __has_builtin(x)` must still parse where the compiler is not
+// clang (a vendor's OpenCL compiler may lack the operator): there no builtin is assumed.
+#ifndef __has_builtin
+#define __has_builtin(x) 0
+#endif
+
 // A tensor operand arrives as two kernel arguments, a buffer and the byte offset of its first
 // element (a buffer holds many tensors: the activation arena): this is its typed pointer.
 #define PTR(T, b, o) ((__global T*)((__global uchar*)(b) + (o)))
