@@ -111,6 +111,8 @@ class OpenCLDevice(Device):
         the binary on disk per device and driver)."""
         import pyopencl as cl
 
+        if self.limits.get("portable"):  # the tests: the CPU kernels without x86 builtins
+            defines = (*defines, ("LLMRT_PORTABLE", 1))
         key = (file, defines)
         if key not in self._programs:
             kernels = Path(__file__).parent / "kernels"

@@ -98,6 +98,17 @@ def test_the_unfused_steps_conform_on_the_cpu_kernels(opencl, case, monkeypatch)
     assert check_case(opencl, case) == "ok"
 
 
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if c.id.startswith(("decode_", "mul_mat(type_a=q"))],
+    ids=lambda c: c.id,
+)  # fmt: skip
+def test_the_cpu_kernels_conform_without_x86_builtins(opencl, case, monkeypatch):
+    """On an x86 host PoCL's CPU kernels take x86 builtins (the q8 products); an ARM or RISC-V
+    host's PoCL builds their portable code instead, checked here on this host."""
+    monkeypatch.setitem(opencl.limits, "portable", 1)
+    assert check_case(opencl, case) == "ok"
+
+
 def test_a_recorded_step_computes_what_kernel_by_kernel_enqueues_do(opencl, tiny_gguf_with_vocab,
                                                                     monkeypatch):  # fmt: skip
     """On a GPU a compiled graph's kernels are recorded once into a command buffer

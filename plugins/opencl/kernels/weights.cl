@@ -813,8 +813,8 @@ inline float2 dot2_q8(__global const uchar* w0, __global const uchar* w1, __glob
     return (float2)(((s0.x + s0.y) + (s0.z + s0.w)) + m0, ((s1.x + s1.y) + (s1.z + s1.w)) + m1);
 }
 
-#if defined(CPU_HALF) && defined(__AVX2__) && defined(__F16C__) && \
-    __has_builtin(__builtin_ia32_pmaddubsw256) && __has_builtin(__builtin_ia32_psignb256) && \
+#if !defined(LLMRT_PORTABLE) && defined(CPU_HALF) && defined(__AVX2__) && \
+    defined(__F16C__) && __has_builtin(__builtin_ia32_pmaddubsw256) && __has_builtin(__builtin_ia32_psignb256) && \
     __has_builtin(__builtin_ia32_vcvtph2ps256)
 // An x86 CPU device (PoCL compiles for the host, defining its feature macros): the block products
 // of ggml's AVX2 vec_dot_*_q8_0 (vpmaddubsw: unsigned levels times signed x in byte pairs, then
