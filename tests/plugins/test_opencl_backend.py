@@ -87,25 +87,18 @@ def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in cases() if c.id.startswith(("decode_", "mul_mat(type_a=q"))],
-    ids=lambda c: c.id,
-)  # fmt: skip
-def test_the_unfused_steps_conform_on_the_cpu_kernels(opencl, case, monkeypatch):
-    """A CPU device runs the decode fusions on its own kernels (the conformance suite checks
-    those); the unfused steps (mmv_row_q8, rope, set_rows), what a CPU device runs with
-    limits["fused"] off, are checked here."""
-    monkeypatch.setitem(opencl.limits, "fused", 0)
-    assert check_case(opencl, case) == "ok"
-
-
+    "limit", [("fused", 0), ("portable", 1)], ids=["unfused", "without-x86-builtins"]
+)
 @pytest.mark.parametrize(
     "case", [c for c in cases() if c.id.startswith(("decode_", "mul_mat(type_a=q"))],
     ids=lambda c: c.id,
 )  # fmt: skip
-def test_the_cpu_kernels_conform_without_x86_builtins(opencl, case, monkeypatch):
-    """On an x86 host PoCL's CPU kernels take x86 builtins (the q8 products); an ARM or RISC-V
-    host's PoCL builds their portable code instead, checked here on this host."""
-    monkeypatch.setitem(opencl.limits, "portable", 1)
+def test_the_cpu_kernels_conform_unfused_and_portable(opencl, case, limit, monkeypatch):
+    """A CPU device runs the decode fusions on its own kernels (the conformance suite checks
+    those). Checked here: the unfused steps (mmv_row_q8, rope, set_rows), what a CPU device runs
+    with limits["fused"] off; and the portable code that an ARM or RISC-V host's PoCL builds
+    (on an x86 host the q8 products take x86 builtins), with limits["portable"] on."""
+    monkeypatch.setitem(opencl.limits, *limit)
     assert check_case(opencl, case) == "ok"
 
 
