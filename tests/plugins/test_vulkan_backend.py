@@ -13,14 +13,6 @@ from llmrt.ir import Graph
 from llmrt.testing.conformance import WeightData, cases, check_case, nmse
 
 
-@pytest.fixture(scope="module")
-def vulkan():
-    entry = registry().entry("vulkan")
-    if entry is None or not entry.probe.available or not entry.devices:
-        pytest.skip("no Vulkan device")
-    return entry.devices[0]
-
-
 def test_replay_with_new_inputs(vulkan):
     g = Graph("replay")
     x = g.input("x", (3, 40))
