@@ -15,6 +15,7 @@ import llmrt_cuda.executable as executable
 import llmrt_cuda.lower as lower
 from llmrt.cli.bench import _fill, _run_test
 from llmrt.engine import load
+from llmrt.lower.passes import attention_heads
 
 
 def resident_bound(head_dim: int, f16: int, chunk: int, heads: int) -> int:
@@ -32,7 +33,7 @@ def main() -> None:
     head_dim = hp.head_dim
     for depth in (int(d) for d in depths.split(",")):
         for value in (int(v) for v in values.split(",")):
-            heads = lower.attention_heads(hp.n_head, hp.n_head_kv)
+            heads = attention_heads(hp.n_head, hp.n_head_kv)
             nsplit = min(64, -(-depth // lower.FATTN_SPLIT_KEYS),
                          value * executable._sm_count() // (hp.n_head // heads))  # fmt: skip
             bound = resident_bound(head_dim, 1, -(-depth // max(nsplit, 1)), heads)

@@ -232,3 +232,10 @@ def mmvq_lanes(n_blocks: int) -> int:
         if e > eff + 1e-9:
             best, eff = g, e
     return best
+
+
+def attention_heads(hq: int, hkv: int) -> int:
+    """Query heads one decode attention block or workgroup takes, all of one KV head (whose K
+    and V rows it then reads once for them): 4, 2 or 1, whichever divides the heads a KV head
+    serves."""
+    return next(n for n in (4, 2, 1) if (hq // hkv) % n == 0)

@@ -45,7 +45,6 @@ FATTN_RESIDENT_PER_SM = 4
 __all__ = [
     "Plan",
     "Step",
-    "attention_heads",
     "attention_parts",
     "attention_split",
     "lower",
@@ -70,12 +69,6 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(WEIGHT_TYPES, _mmv_max_t, _attention)
 
 
-def attention_heads(hq: int, hkv: int) -> int:
-    """Query heads one block of split attention takes, all of one KV head (whose K and V rows it
-    then reads once for them): 4, 2 or 1, whichever divides the heads a KV head serves."""
-    return next(n for n in (4, 2, 1) if (hq // hkv) % n == 0)
-
-
 def attention_parts(
     s: int, blocks: int, d: int, sms: int, resident: Callable[[int], int], heads: int = 1
 ) -> tuple[int, int]:
@@ -97,10 +90,10 @@ def attention_split(
     s: int, hq: int, hkv: int, t: int, d: int, sms: int, resident: Callable[[int, int], int]
 ) -> tuple[int, int, int]:
     """(query heads a block, parts, dynamic shared memory a block) of split attention: the heads
-    of a KV head grouped (attention_heads) where all the parts' blocks then fit the GPU at once
-    (`resident(heads, smem)`: blocks a multiprocessor holds), else one head a block (a group's
-    scores of a long part may not fit shared memory)."""
-    for heads in dict.fromkeys((attention_heads(hq, hkv), 1)):
+    of a KV head grouped (llmrt.lower.passes.attention_heads) where all the parts' blocks then
+    fit the GPU at once (`resident(heads, smem)`: blocks a multiprocessor holds), else one head
+    a block (a group's scores of a long part may not fit shared memory)."""
+    for heads in dict.fromkeys((passes.attention_heads(hq, hkv), 1)):
         blocks = hq // heads * t
         fits = functools.partial(resident, heads)
         parts, smem = attention_parts(s, blocks, d, sms, fits, heads)

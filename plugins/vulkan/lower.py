@@ -133,12 +133,6 @@ def attn_rows(cpu: bool, s: int, d: int) -> bool:
     return cpu and s * d <= ATTN_ROWS_MAX
 
 
-def attn_heads(hq: int, hkv: int) -> int:
-    """Query heads one flash_attn workgroup takes, all of one KV head (whose K and V rows it then
-    reads once for them): 4, 2 or 1, whichever divides the heads a KV head serves."""
-    return next(n for n in (4, 2, 1) if (hq // hkv) % n == 0)
-
-
 def attn_splits(cpu: bool, t: int, hq: int, hkv: int, s: int, d: int) -> tuple[int, int]:
     """Parts of the KV length that attention is split into, and keys per part: on the GPU
     kernels some ATTN_WORKGROUPS in all (a prompt's: ATTN_WORKGROUPS_PROMPT), parts of at
@@ -146,7 +140,7 @@ def attn_splits(cpu: bool, t: int, hq: int, hkv: int, s: int, d: int) -> tuple[i
     if attn_rows(cpu, s, d):
         return 1, -(-s // 128) * 128
     target = ATTN_WORKGROUPS if t == 1 else ATTN_WORKGROUPS_PROMPT
-    wgs = t * hq // attn_heads(hq, hkv)
+    wgs = t * hq // passes.attention_heads(hq, hkv)
     splits = max(1, min(-(-s // 32), -(-target // wgs), ATTN_MAX_SPLITS))
     per = -(-s // splits)
     chunk = -(-per // 32) * 32

@@ -138,12 +138,8 @@ def test_memory_check_holds_a_device_to_its_total_when_free_is_unknown(tiny_gguf
 def test_split_attention_parts_all_fit_on_the_gpu_at_once():
     """The split kernel's blocks wait for each other: every part of every head must be resident
     together, whatever the shared memory a part's scores take does to the occupancy."""
-    from llmrt_cuda.lower import (
-        FATTN_RESIDENT_PER_SM,
-        attention_heads,
-        attention_parts,
-        attention_split,
-    )
+    from llmrt.lower.passes import attention_heads
+    from llmrt_cuda.lower import FATTN_RESIDENT_PER_SM, attention_parts, attention_split
 
     sms, smem_per_sm = 132, 228 * 1024
 
