@@ -233,14 +233,13 @@ def _overlaps(prog: OpenCLProgram, q8: Storage, step: Step) -> bool:
     written only by the quant_q8 step after `step`, so the arena may place it over `step`'s
     input, which `step` still reads while it writes q8."""
     buf, lo = prog.base[q8]
-    for v in [*step.ins, step.out]:
-        s = v.storage
-        other, start = prog.base[s]
-        if other is buf and start < lo + q8.nbytes and lo < start + s.nbytes:
-            return True
-    s = step.params["q8"]
-    other, start = prog.base[s]
-    return other is buf and start < lo + q8.nbytes and lo < start + s.nbytes
+    stores = [v.storage for v in (*step.ins, step.out)] + [step.params["q8"]]
+    return any(
+        prog.base[s][0] is buf
+        and prog.base[s][1] < lo + q8.nbytes
+        and lo < prog.base[s][1] + s.nbytes
+        for s in stores
+    )
 
 
 def rope_args(p: dict[str, Any]) -> tuple:
