@@ -52,6 +52,11 @@ mkdir -p /tmp/ocl && echo libnvidia-opencl.so.1 > /tmp/ocl/nvidia.icd
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OCL_ICD_VENDORS=/tmp/ocl
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 old() { PYTHONPATH=$PWD/.devrun/old:/tmp/site "$@"; }
+# /tmp/new.npz (this tree) against /tmp/old.npz (OLDREV): identical, or how far apart; into $OUT/$2
+against_old() { python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
+print('$1 this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
+{int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
+    | tee -a $OUT/$2; }
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
 OLDREV=2a8c369  # the tree in .devrun/old (git archive of core and plugins, as installed packages)
 ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
@@ -78,9 +83,7 @@ check)
     for dev in cuda:0 vulkan:0; do
       timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz
       old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz
-      python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('$dev $m this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'DIFFER max {abs(a-b).max()}')" \
-        | tee -a $OUT/logits.log
+      against_old "$dev $m" logits.log
     done
     cp /tmp/new.npz /tmp/vulkan.npz
     timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf cuda:0 /tmp/one.npz
@@ -183,22 +186,18 @@ attn)
     timeout 200 python3 -m pytest tests/conformance -q -k "cuda or vulkan" --tb=line \
       -p no:cacheprovider > $OUT/conformance.log 2>&1 ) &
   tests=$!
-  cmp() { python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('$1 this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
-{int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
-    | tee -a $OUT/logits.log; }
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
     for dev in cuda:0 vulkan:0; do
       timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz
       old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz
-      cmp "$dev $m"
+      against_old "$dev $m" logits.log
     done
   done
   for dev in cuda:0 vulkan:0; do
     for d in 4096 16384; do
       timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/new.npz
       old timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/old.npz
-      cmp "$dev llama32-1b d$d"
+      against_old "$dev llama32-1b d$d" logits.log
     done
   done
   wait $tests $synth_big
@@ -214,9 +213,7 @@ cuda-attn)  # after a CUDA attention change: correctness, then the depth benches
     if [ $d = 0 ]; then snap() { timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 $1; }
     else snap() { timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 $d $1; }; fi
     snap /tmp/new.npz; old snap /tmp/old.npz
-    python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('cuda:0 1B d$d vs $OLDREV: argmax equal', int((a.argmax(-1)==b.argmax(-1)).sum()), 'of', len(a), \
-'max |diff|', float(abs(a-b).max()))" | tee -a $OUT/logits.log
+    against_old "cuda:0 1B d$d" logits.log
   done
   wait $synth_big
   WAIT_S=240 bash $PEER wait cuda
@@ -240,9 +237,7 @@ verify)  # attention deep in a context: this tree against .devrun/old, then the 
     for d in 4096 16384; do
       timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/new.npz
       old timeout 60 python3 benchmarks/logits_at_depth.py /tmp/synth-llama32-1b-q4_0.gguf $dev $d /tmp/old.npz
-      python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('$dev d$d vs $OLDREV: argmax equal', int((a.argmax(-1)==b.argmax(-1)).sum()), 'of', len(a), \
-'max |diff|', float(abs(a-b).max()), 'logit spread', float(a.std()))" | tee -a $OUT/verify.log
+      against_old "$dev d$d" verify.log
     done
     timeout 60 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 0 -n 64 -d 4096,16384 -r 2 --device $dev \
       2>&1 | grep "tg64" | sed "s/^/$dev /" | tee -a $OUT/verify.log
