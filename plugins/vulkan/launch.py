@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX
-from llmrt.lower.passes import attention_heads, q8_layout
+from llmrt.lower.passes import q8_layout
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import Storage, View, dims4
 from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
@@ -297,7 +297,7 @@ def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     flags = int(k.dtype == F16) | int(v.dtype == F16) << 1 | int(mask is not None) << 2
     m = mask or q
     dst = View.whole(st.temps[0], (t * hq * splits * (dv + 2),), F32) if st.temps else out
-    nh = attention_heads(hq, k.shape[1])
+    nh = st.params["heads"]
     groups = prog.grid(-(-(t * hq) // 16) if rows else t * hq // nh * splits)
     spec = () if rows else (dk, dv, int(k.dtype == F16), int(v.dtype == F16), nh)
     push = (dk, dv, s, hq, hkv, t, q.offset, k.offset, v.offset, m.offset, dst.offset,

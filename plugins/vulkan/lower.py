@@ -133,15 +133,15 @@ def attn_rows(cpu: bool, s: int, d: int) -> bool:
     return cpu and s * d <= ATTN_ROWS_MAX
 
 
-def attn_splits(cpu: bool, t: int, hq: int, hkv: int, s: int, d: int) -> tuple[int, int]:
-    """Parts of the KV length that attention is split into, and keys per part: on the GPU
-    kernels some ATTN_WORKGROUPS in all (a prompt's: ATTN_WORKGROUPS_PROMPT), parts of at
-    least 32 keys (one workgroup per head group would walk its keys serially)."""
+def attn_splits(cpu: bool, t: int, groups: int, s: int, d: int) -> tuple[int, int]:
+    """Parts of the KV length that attention over `groups` head groups a token is split into,
+    and keys per part: on the GPU kernels some ATTN_WORKGROUPS in all (a prompt's:
+    ATTN_WORKGROUPS_PROMPT), parts of at least 32 keys (one workgroup per head group would walk
+    its keys serially)."""
     if attn_rows(cpu, s, d):
         return 1, -(-s // 128) * 128
     target = ATTN_WORKGROUPS if t == 1 else ATTN_WORKGROUPS_PROMPT
-    wgs = t * hq // passes.attention_heads(hq, hkv)
-    splits = max(1, min(-(-s // 32), -(-target // wgs), ATTN_MAX_SPLITS))
+    splits = max(1, min(-(-s // 32), -(-target // (t * groups)), ATTN_MAX_SPLITS))
     per = -(-s // splits)
     chunk = -(-per // 32) * 32
     return -(-s // chunk), chunk  # none left empty
@@ -168,9 +168,11 @@ def _lowerings(cpu: bool) -> dict[Op, Callable[[StepLowering, Tensor], View]]:
         q, k, v = lo.c(n.srcs[0]), lo.of(n.srcs[1]), lo.of(n.srcs[2])
         k, v = (x if x.strides[1:] == (x.shape[2], 1) else lo.contiguous(x) for x in (k, v))
         (t, hq, dk), (s, _, dv) = q.shape, v.shape
-        splits, chunk = attn_splits(cpu, t, hq, k.shape[1], s, max(dk, dv))
+        heads = passes.attention_heads(hq, k.shape[1])  # query heads a workgroup takes
+        splits, chunk = attn_splits(cpu, t, hq // heads, s, max(dk, dv))
         out = lo.out(n, "fattn", [q, k, v, *(lo.c(m) for m in n.srcs[3:])], splits=splits,
-                     chunk=chunk, scale=n.params["scale"], softcap=n.params["softcap"])  # fmt: skip
+                     chunk=chunk, heads=heads, scale=n.params["scale"],
+                     softcap=n.params["softcap"])  # fmt: skip
         if splits > 1:  # the parts, merged by attn_combine
             lo.steps[-1].temps = [lo.storage("arena", 4 * t * hq * splits * (dv + 2))]
         return out
