@@ -27,6 +27,10 @@
 #                OLDREV's (a prompt; decode at depths 4096 and 16384), then the depth benches of the
 #                1B and 8B shapes on cuda:0 beside OLDREV and llama-bench (-fa 1), and the split
 #                attention's blocks a multiprocessor swept (benchmarks/cuda_attn_splits.py)
+#   coopmat      Vulkan prompt matmuls on cooperative matrices (matmul_coop): its tests and the
+#                mul_mat conformance cases on vulkan:0, prompt logits against OLDREV's, and pp512 of
+#                the four rows with each matmul shader (benchmarks/vulkan_matmul_tiles.py) beside
+#                llama-bench's Vulkan pp512 when the peer was built
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -227,6 +231,27 @@ cuda-attn)  # after a CUDA attention change: correctness, then the depth benches
       | sed "s/^/llama.cpp-cuda /" | tee -a $OUT/depth.log
     timeout 90 python3 benchmarks/cuda_attn_splits.py /tmp/synth-$m.gguf 4096,16384 2,3,4 2>&1 \
       | sed "s/^/$m /" | tee -a $OUT/depth.log
+  done
+  ;;
+coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp beside llama.cpp
+  synth smollm2-135m q4_0; synth smollm2-135m q8_0; synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  llmrt devices 2>&1 | grep -i vulkan | tee -a $OUT/coopmat.log
+  timeout 240 python3 -m pytest tests/plugins/test_vulkan_backend.py tests/plugins/test_vulkan_plan.py \
+    tests/conformance -k "vulkan and (cooperative or mul_mat or plan)" -q --tb=short -p no:cacheprovider \
+    2>&1 | tail -5 | tee -a $OUT/coopmat.log
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do  # prompt logits: f16 products against f32 ones
+    timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf vulkan:0 /tmp/new.npz
+    old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf vulkan:0 /tmp/old.npz
+    against_old "vulkan:0 $m" coopmat.log
+  done
+  wait $synth_big
+  for m in smollm2-135m-q4_0 smollm2-135m-q8_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+    timeout 120 python3 benchmarks/vulkan_matmul_tiles.py /tmp/synth-$m.gguf vulkan:0 512 3 2>&1 \
+      | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
+    [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
+      bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
   ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches

@@ -107,6 +107,10 @@ PROPERTY_STRUCTS = (
     ("VkPhysicalDeviceDriverProperties", V1_2, "VK_KHR_driver_properties", {
         "driver_name": ("driverName", _text), "driver_info": ("driverInfo", _text),
     }),
+    ("VkPhysicalDeviceSubgroupSizeControlProperties", V1_3, "VK_EXT_subgroup_size_control", {
+        "min_subgroup_size": ("minSubgroupSize", lambda vk, n: int(n)),
+        "max_subgroup_size": ("maxSubgroupSize", lambda vk, n: int(n)),
+    }),
 )  # fmt: skip
 FEATURE_STRUCTS = (
     ("VkPhysicalDeviceShaderIntegerDotProductFeatures", V1_3, None, {
@@ -121,7 +125,33 @@ FEATURE_STRUCTS = (
         "shader_float16": ("shaderFloat16", _flag),
         "shader_int8": ("shaderInt8", _flag),
     }),
+    ("VkPhysicalDeviceVulkanMemoryModelFeatures", V1_2, "VK_KHR_vulkan_memory_model", {
+        "vulkan_memory_model": ("vulkanMemoryModel", _flag),
+    }),
 )  # fmt: skip
+# VkComponentTypeKHR values, and VK_SCOPE_SUBGROUP_KHR
+COMPONENT_TYPES = {0: "f16", 1: "f32", 2: "f64", 3: "i8", 4: "i16", 5: "i32", 6: "i64", 7: "u8",
+                   8: "u16", 9: "u32", 10: "u64"}  # fmt: skip
+SCOPE_SUBGROUP = 3
+
+
+def _cooperative_matrices(vk: Any, instance: Any, physical: Any) -> list[str]:
+    """The subgroup-scope products VK_KHR_cooperative_matrix offers, as "MxNxK A*B+C=R"."""
+    get = _instance_proc(vk, instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR")
+    if get is None:
+        return []
+    count = vk.ffi.new("uint32_t*")
+    get(physical, count, vk.ffi.NULL)
+    found = vk.ffi.new("VkCooperativeMatrixPropertiesKHR[]", count[0])
+    for entry in found:
+        entry.sType = vk.VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR
+    get(physical, count, found)
+    t = COMPONENT_TYPES.get
+    return [
+        f"{e.MSize}x{e.NSize}x{e.KSize} {t(e.AType)}*{t(e.BType)}+{t(e.CType)}={t(e.ResultType)}"
+        for e in found[0 : count[0]]
+        if e.scope == SCOPE_SUBGROUP
+    ]
 
 
 def _instance_proc(vk: Any, instance: Any, name: str) -> Any:
@@ -198,7 +228,11 @@ def _query_device(
         "max_compute_workgroup_invocations": int(limits.maxComputeWorkGroupInvocations),
         "max_storage_buffer_range": int(limits.maxStorageBufferRange),
         "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
+        "cooperative_matrix_shapes": [],
         "integer_dot_product": False,
+        "vulkan_memory_model": False,
+        "min_subgroup_size": None,
+        "max_subgroup_size": None,
     }
     for query, structs in (("PhysicalDeviceProperties2", PROPERTY_STRUCTS),
                            ("PhysicalDeviceFeatures2", FEATURE_STRUCTS)):  # fmt: skip
@@ -217,6 +251,8 @@ def _query_device(
         for struct, fields in chained:
             for key, (field, read) in fields.items():
                 properties[key] = read(vk, getattr(struct, field))
+    if properties["cooperative_matrix"]:
+        properties["cooperative_matrix_shapes"] = _cooperative_matrices(vk, instance, physical)
 
     info = DeviceInfo(
         name=props.deviceName,

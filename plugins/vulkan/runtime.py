@@ -50,6 +50,23 @@ class Pipeline:
     set_layout: Any
 
 
+def _coopmat_variant(properties: dict[str, Any]) -> str | None:
+    """The matmul_coop variant for prompt matmuls on the device's matrix units, or None: it needs
+    the variant's f16 product, fp16 arithmetic, the Vulkan memory model its loads are written in,
+    and a fixed subgroup size (its subgroups tile a workgroup's outputs)."""
+    api = tuple(int(n) for n in str(properties.get("api_version", "1.0")).split(".")[:2])
+    size = properties.get("min_subgroup_size")
+    if api < (1, 3) or size != properties.get("max_subgroup_size"):
+        return None
+    if not (properties.get("shader_float16") and properties.get("vulkan_memory_model")):
+        return None
+    shapes = properties.get("cooperative_matrix_shapes", ())
+    for shape, subgroup, variant in (("16x16x16", 32, "matmul_coop"), ("8x8x8", 8, "matmul_coop8")):
+        if f"{shape} f16*f16+f32=f32" in shapes and size == subgroup:
+            return variant
+    return None
+
+
 class Runtime:
     """A logical device on one physical device, shared by everything compiled for it."""
 
@@ -85,14 +102,24 @@ class Runtime:
         queue_info = vk.VkDeviceQueueCreateInfo(
             queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
         )
-        features = None
-        if self.int_dot:
-            features = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(
-                shaderIntegerDotProduct=vk.VK_TRUE
-            )
+        self.coopmat = _coopmat_variant(properties)
+        # pNext holds raw pointers: the chained structs are kept alive in `features`
+        features: list[Any] = []
+        for wanted, name, field in (
+            (self.int_dot, "ShaderIntegerDotProductFeatures", "shaderIntegerDotProduct"),
+            (self.coopmat, "CooperativeMatrixFeaturesKHR", "cooperativeMatrix"),
+            (self.coopmat, "VulkanMemoryModelFeatures", "vulkanMemoryModel"),
+            (self.coopmat, "ShaderFloat16Int8Features", "shaderFloat16"),
+        ):
+            if wanted:
+                next_ = features[-1] if features else None
+                on = {field: vk.VK_TRUE}
+                features.append(getattr(vk, f"VkPhysicalDevice{name}")(pNext=next_, **on))
+        extensions = ["VK_KHR_cooperative_matrix"] if self.coopmat else []
         device_info = vk.VkDeviceCreateInfo(
-            pNext=features, queueCreateInfoCount=1, pQueueCreateInfos=[queue_info]
-        )
+            pNext=features[-1] if features else None, queueCreateInfoCount=1,
+            pQueueCreateInfos=[queue_info], ppEnabledExtensionNames=extensions,
+        )  # fmt: skip
         self.device = vk.vkCreateDevice(physical, device_info, None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         pool_info = vk.VkCommandPoolCreateInfo(

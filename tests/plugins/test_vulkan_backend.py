@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmrt.device import registry
-from llmrt.gguf import GGMLType, quantize
+from llmrt.gguf import GGMLType, dequantize, quantize
 from llmrt.ir import Graph
 from llmrt.testing.conformance import WeightData, cases, check_case, nmse
 
@@ -207,3 +207,30 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
     kernels a GPU runs (LLMRT_VULKAN_KERNELS=gpu) are checked here on lavapipe as well."""
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
     assert check_case(vulkan, case) == "ok"
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])
+def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile):
+    """Where the device has matrix units llmrt uses (VK_KHR_cooperative_matrix: NVIDIA; lavapipe
+    from Mesa 26), a prompt's matmul runs matmul_coop, in tiles of 64 or 128 (forced here), cut at
+    both edges by these shapes; its f16 products stay as close to the f32 ones as conformance's."""
+    from llmrt_vulkan import launch
+
+    if vulkan.runtime.coopmat is None:
+        pytest.skip("the device has no cooperative matrix product llmrt uses")
+    monkeypatch.setattr(vulkan.runtime, "cpu", False)
+    monkeypatch.setattr(launch, "COOP_LARGE_GROUPS", 0 if tile == 128 else 1 << 30)
+    m, k, t = 200, 512, 150
+    rng = np.random.default_rng(4)
+    data = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+    raw = quantize(data, wtype).reshape(m, -1)
+    w = vulkan.upload(WeightData("w", wtype, (m, k), raw))
+    g = Graph("prompt")
+    g.output("out", g.mul_mat(g.weight("w", (m, k), wtype), g.input("x", (t, k))))
+    program = vulkan.compile(g, {"w": w})
+    suffix = "_l" if tile == 128 else ""
+    assert [d.shader for d in program.dispatches] == [vulkan.runtime.coopmat + suffix]
+    x = rng.uniform(-1, 1, (t, k)).astype(np.float32)
+    want = x @ dequantize(raw, wtype, (m, k)).T
+    assert nmse(want, program.run({"x": x})["out"]) < 1e-5

@@ -39,9 +39,10 @@ class FakeBuffer:
 class FakeRuntime:
     """What VulkanProgram's planning reads from llmrt_vulkan.runtime.Runtime."""
 
-    def __init__(self, cpu: bool, int_dot: bool) -> None:
+    def __init__(self, cpu: bool, int_dot: bool, coopmat: str | None = None) -> None:
         self.cpu = cpu
         self.int_dot = int_dot
+        self.coopmat = coopmat
         self.max_range = LAVAPIPE_RANGE if cpu else NVIDIA_RANGE
         self.max_groups = 65535 if cpu else (1 << 31) - 1
         self.unified = cpu
@@ -98,8 +99,9 @@ def fake_bindings(shape_name: str, qtype: GGMLType, n_kv: int) -> dict[str, Any]
     return bindings
 
 
-def plan(shape_name: str, qtype: GGMLType, kernels: str, n_tokens: int, n_kv: int = 256):
-    rt = FakeRuntime(cpu=kernels.startswith("lavapipe"), int_dot=kernels.endswith("dot"))
+def plan(shape_name: str, qtype: GGMLType, kernels: str, n_tokens: int, n_kv: int = 256,
+         coopmat: str | None = None):  # fmt: skip
+    rt = FakeRuntime(kernels.startswith("lavapipe"), kernels.endswith("dot"), coopmat)
     bindings = fake_bindings(shape_name, qtype, n_kv)
     graph = decode_graph(shape_name, qtype, n_tokens, n_kv)
     return PlanOnly(rt, graph, bindings), rt, bindings
@@ -199,6 +201,24 @@ def test_dispatches_per_shader(shape_name, qtype, kernels, n_tokens):
     prog, _, _ = plan(shape_name, qtype, kernels, n_tokens)
     got = Counter(d.shader for d in prog.dispatches)
     assert dict(got) == expected(shape_name, qtype, kernels, n_tokens)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 40])
+@pytest.mark.parametrize("qtype", [Q4_0, Q8_0], ids=["q4_0", "q8_0"])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n_tokens):
+    """On a device with matrix units the plan is the same dispatch for dispatch, bindings and
+    grids included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant;
+    a decode step has none to swap."""
+    plain, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens)
+    coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
+    swapped = [d.shader for d in plain.dispatches if d.shader == "matmul"]
+    assert len(swapped) == (7 * SHAPES[shape_name][1] if n_tokens == 40 else 0)
+    for a, b in zip(plain.dispatches, coop.dispatches, strict=True):
+        assert b.shader == ("matmul_coop" if a.shader == "matmul" else a.shader)
+        assert (a.spec, a.push, a.groups) == (b.spec, b.push, b.groups)
+        where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
+        assert where[0] == where[1]
 
 
 @pytest.mark.parametrize("kernels", ["gpu_dot", "gpu"])

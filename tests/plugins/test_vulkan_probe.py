@@ -167,6 +167,11 @@ def test_matches_vulkaninfo(backend: VulkanBackend, tmp_path: Path):
         s16 = features.get("VkPhysicalDevice16BitStorageFeatures", {})
         assert props["storage_buffer_16bit"] == s16.get("storageBuffer16BitAccess", False)
         assert props["cooperative_matrix"] == ("VK_KHR_cooperative_matrix" in caps["extensions"])
+        size = vk_props.get("VkPhysicalDeviceSubgroupSizeControlProperties", {})
+        assert props["min_subgroup_size"] == size.get("minSubgroupSize")
+        assert props["max_subgroup_size"] == size.get("maxSubgroupSize")
+        model = features.get("VkPhysicalDeviceVulkanMemoryModelFeatures", {})
+        assert props["vulkan_memory_model"] == model.get("vulkanMemoryModel", False)
 
 
 def _probe_in_child(tmp_path: Path, fake_vulkan: str) -> dict:

@@ -4,6 +4,7 @@ compared byte for byte, or by disassembly where only the generator's header diff
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -24,7 +25,11 @@ def _disassemble(path) -> list[str]:
 @pytest.mark.parametrize("name", sorted(shaders.VARIANTS))
 def test_shipped_spirv_matches_source(name, tmp_path):
     fresh = tmp_path / f"{name}.spv"
-    subprocess.run(shaders.glslc_command(name, fresh), check=True)
+    done = subprocess.run(shaders.glslc_command(name, fresh), capture_output=True, text=True)
+    if done.returncode and name in shaders.NEWER_GLSLC and "LLMRT_GLSLC" not in os.environ:
+        assert "extension not supported: GL_KHR_cooperative_matrix" in done.stderr, done.stderr
+        pytest.skip("this glslc predates GL_KHR_cooperative_matrix: set LLMRT_GLSLC to a newer one")
+    assert done.returncode == 0, done.stderr
     shipped = shaders.HERE / f"{name}.spv"
     assert shipped.is_file(), f"{shipped.name} is not shipped: run python -m llmrt_vulkan.shaders"
     if fresh.read_bytes() == shipped.read_bytes():

@@ -1,7 +1,8 @@
 """GLSL compute shaders and the SPIR-V compiled from them, shipped side by side.
 
 Each entry of VARIANTS names a SPIR-V file, the .comp it is compiled from and the macros it is
-compiled with. `python -m llmrt_vulkan.shaders` recompiles them all with glslc (developers only:
+compiled with. `python -m llmrt_vulkan.shaders` recompiles them all with glslc (the cooperative-
+matrix ones with $LLMRT_GLSLC, a glslc of 2024 or newer; developers only:
 users load the shipped .spv); tests/plugins/test_vulkan_shaders.py checks that the shipped files
 are what the sources compile to.
 """
@@ -9,6 +10,7 @@ are what the sources compile to.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,10 +47,27 @@ for _dot in ("", "_dot"):
 CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.endswith("_sg"))
 
 
+# the prompt matmul on cooperative matrices: CM x CM x CM products with subgroups of SG (16 and 32
+# on NVIDIA, 8 and 8 on lavapipe); 64 x 64 tiles, or 128 x 128 ("_l", twice the subgroups)
+def _coop(cm: int, sg: int, sgm: int, sgn: int, tile: int) -> tuple[str, tuple[str, ...]]:
+    sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": tile, "BN": tile}
+    return "matmul_coop", tuple(f"{k}={v}" for k, v in sizes.items())
+
+
+VARIANTS["matmul_coop"] = _coop(16, 32, 2, 2, 64)
+VARIANTS["matmul_coop_l"] = _coop(16, 32, 2, 4, 128)
+VARIANTS["matmul_coop8"] = _coop(8, 8, 4, 4, 64)
+VARIANTS["matmul_coop8_l"] = _coop(8, 8, 4, 8, 128)
+# GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
+# these variants are compiled by $LLMRT_GLSLC where it is set
+NEWER_GLSLC = frozenset(n for n in VARIANTS if n.startswith("matmul_coop"))
+
+
 def glslc_command(name: str, output: Path | str) -> list[str]:
     source, macros = VARIANTS[name]
+    glslc = os.environ.get("LLMRT_GLSLC", "glslc") if name in NEWER_GLSLC else "glslc"
     return [
-        "glslc", f"--target-env={TARGET_ENV}", "-O", f"-I{HERE}",
+        glslc, f"--target-env={TARGET_ENV}", "-O", f"-I{HERE}",
         *(f"-D{m}" for m in macros), str(HERE / f"{source}.comp"), "-o", str(output),
     ]  # fmt: skip
 
@@ -59,6 +78,9 @@ def compile_all(directory: Path = HERE) -> list[Path]:
         raise RuntimeError("glslc is not on PATH (apt install glslc)")
     written = []
     for name in VARIANTS:
+        if name in NEWER_GLSLC and "LLMRT_GLSLC" not in os.environ:
+            print(f"{name}.spv left as shipped: LLMRT_GLSLC names no newer glslc")
+            continue
         out = Path(directory) / f"{name}.spv"
         subprocess.run(glslc_command(name, out), check=True)
         written.append(out)
