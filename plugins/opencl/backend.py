@@ -104,6 +104,8 @@ class OpenCLDevice(Device):
             "max_alloc": int(dev.max_mem_alloc_size),
             # packed int8 dot products (the integer mat-vecs' -D USE_IDP=1)
             "integer_dot": int("cl_khr_integer_dot_product" in dev.extensions.split()),
+            # else NVIDIA's dp4a through inline PTX (compute capability 6.1 on; -D NV_DP4A=1)
+            "nv_dp4a": int(_nv_compute_capability(dev) >= (6, 1)),
         }
 
     def program(self, file: str, defines: tuple[tuple[str, int], ...]) -> Any:
@@ -193,6 +195,16 @@ class OpenCLBackend(Backend):
 
     def devices(self) -> Sequence[Device]:
         return self._devices
+
+
+def _nv_compute_capability(dev: Any) -> tuple[int, int]:
+    """An NVIDIA device's compute capability (cl_nv_device_attribute_query), (0, 0) elsewhere."""
+    if "cl_nv_device_attribute_query" not in dev.extensions.split():
+        return 0, 0
+    try:
+        return int(dev.compute_capability_major_nv), int(dev.compute_capability_minor_nv)
+    except Exception:  # noqa: BLE001 (a pyopencl without the query)
+        return 0, 0
 
 
 def weight_nbytes(node: Any) -> int:

@@ -9,6 +9,8 @@ On a CPU device (PoCL) both products are mmv_row: a work-item per row and 8 toke
 types, after one rounding of the activations (unfused, a decode step's legacy types: mmv_row_q8,
 four rows a work-item on q8 blocks). mmvq: as mmv, on q8 activations, for one to three matrices
 (q, k, v) or a gate and up pair with their GLU; on a CPU device mmvq_cpu, four rows a work-item.
+gemmq: a GPU's prompt product of a legacy quant on q8 activations, tiles of integer dot
+products in local memory (GEMMQ_TILES, chosen by the device's limits).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pyopencl as cl
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.passes import mmvq_lanes, q8_layout
@@ -253,11 +256,65 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         if t == 1 and (glu >= 0 or res is not None) and ms[0] % 32 == 0:
             prog.memo[("mmvq_cpu", id(outs[0].storage), outs[0].offset)] = cpu
         return [cpu.launch]
-    defines = {"WTYPE": int(wtype)}
-    if prog.device_info.get("integer_dot"):  # cl_khr_integer_dot_product: dot_acc_sat
-        defines["USE_IDP"] = 1
-    kernel = prog.kernel(FILE, f"mmvq_{nt}_{r}", defines)
+    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}")
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
+
+
+def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) -> object:
+    """An integer product kernel (mmvq, gemmq) with the device's dot products: the builtin of
+    cl_khr_integer_dot_product (USE_IDP; EMULATE_IDP, the tests' stand-in for it on PoCL), else
+    NVIDIA's dp4a through inline PTX (NV_DP4A; built again without it should the driver refuse
+    the assembly), else int multiply-adds."""
+    info = prog.device_info
+    defines = {"WTYPE": int(wtype), **defines}
+    if info.get("integer_dot") or info.get("emulate_idp"):
+        defines["USE_IDP"] = 1
+        if info.get("emulate_idp"):
+            defines["EMULATE_IDP"] = 1
+    elif info.get("nv_dp4a"):
+        try:
+            return prog.kernel(FILE, name, {**defines, "NV_DP4A": 1})
+        except cl.Error:
+            pass
+    return prog.kernel(FILE, name, defines)
+
+
+# gemmq tiles, largest first: (work-items across rows, across tokens, rows and tokens a
+# work-item, q8 blocks of K a stage); weights.cl's GQ_RX, GQ_RY, GQ_TM, GQ_TN, GQ_NB
+GEMMQ_TILES = ((16, 16, 8, 4, 4), (16, 16, 4, 4, 4), (16, 8, 4, 4, 4), (8, 8, 4, 4, 2))
+
+
+def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType) -> int:
+    rx, ry, tm, tn, nb = tile
+    bm, bn = rx * tm, ry * tn
+    scales = 2 if wtype in (GGMLType.Q4_1, GGMLType.Q5_1) else 1  # and the mins, the sums
+    return 4 * (nb * 8 * (bm + 1) + nb * 8 * (bn + 1) + scales * nb * (bm + bn))
+
+
+def gemmq_tile(info: dict, wtype: GGMLType, m: int, t: int) -> tuple[int, ...] | None:
+    """The largest tile the device's work-group size and local memory take that still gives
+    every compute unit a work-group (else the smallest that fits; None: none fits)."""
+    fits = [tile for tile in GEMMQ_TILES if tile[0] * tile[1] <= info["max_work_group_size"]
+            and _gemmq_local_bytes(tile, wtype) <= info["local_mem_size"]]  # fmt: skip
+    for rx, ry, tm, tn, nb in fits:
+        if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:
+            return rx, ry, tm, tn, nb
+    return fits[-1] if fits else None
+
+
+def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    p = step.params
+    wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
+    tile = gemmq_tile(prog.device_info, wtype, m, t)
+    assert tile is not None  # program.py lowers to gemmq only where the smallest tile fits
+    rx, ry, tm, tn, nb = tile
+    res, has_res = (prog.arg(step.ins[1]), 1) if len(step.ins) > 1 else (prog.arg(step.out), 0)
+    args = (*prog.arg(step.ins[0]), np.int64(p["row_bytes"]), *q8_arg(prog, p["q8"], t * k),
+            *prog.arg(step.out), *res, np.int32(has_res), np.int32(m), np.int32(k),
+            np.int32(t))  # fmt: skip
+    kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn, GQ_NB=nb)
+    size = (_groups(m, rx * tm) * rx * ry, _groups(t, ry * tn))
+    return [Launch(kernel, size, (rx * ry, 1), args)]
 
 
 LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
@@ -265,4 +322,5 @@ LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {
     "mmv": _launch_mmv,
     "gemm": _launch_gemm,
     "mmvq": _launch_mmvq,
+    "gemmq": _launch_gemmq,
 }

@@ -10,14 +10,21 @@ quantized once to q8 blocks (by the norm or attention that makes them, or a ``qu
 q/k/v share one launch, gate/up and their GLU one, rope and the KV writes one (or go into the
 one-token attention). A CPU device (PoCL) runs the same steps on its own kernels (no local
 memory or barriers: mmvq_cpu, fattn_row, rope_qkv_rows, quant_q8_blocks; BENCHMARKS.md).
+
+With ``q8_gemm`` (a GPU's choice) prompt products of the same legacy quants become integer
+GEMMs (``gemmq``, ggml's MMQ) on activations quantized once to q8 blocks the same way; a CPU
+device keeps its float per-row products (mmv_row) for prompts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
-from llmrt.lower.steps import Plan, liveness, lower_steps, step_supports
+from llmrt.lower.steps import Plan, Step, liveness, lower_steps, step_supports
+from llmrt.lower.view import Storage
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 WEIGHT_TYPES = frozenset({
@@ -45,10 +52,43 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(WEIGHT_TYPES, lambda dtype: MMV_MAX_T, _attention)
 
 
-def lower(graph: Graph, fused: bool = False) -> Plan:
-    """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs)."""
+def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:
+    """Prompt products (gemm) of `types` become ``gemmq`` steps on activations quantized once to
+    q8 blocks (``params["q8"]``, q8_layout), as mmvq's: by the norm that makes them (``norm_q8``)
+    or by a ``quant_q8`` step, shared by the products reading one value (q, k, v; gate, up)."""
+    q8_of: dict[tuple[Storage, int, int], Storage] = {}
+    out: list[Step] = []
+    for st in plan.steps:
+        if st.op == "gemm" and st.params["type"] in types:
+            x = st.ins[1]
+            key = (x.storage, x.offset, x.n)
+            q8 = q8_of.get(key)
+            if q8 is None:
+                q8 = q8_of[key] = storage("arena", q8_layout(x.n)[1])
+                writers = (p for p in reversed(out) if p.out is not None)
+                prod = next((p for p in writers if p.out.storage is x.storage), None)
+                if prod is not None and prod.op == "norm" and prod.out.same(x):
+                    prod.op = "norm_q8"  # the norm writes its rows as q8 too
+                    prod.params["q8"] = q8
+                else:
+                    out.append(Step("quant_q8", [x], None, {"q8": q8, "n": x.n}))
+            st.op = "gemmq"
+            st.params["q8"] = q8
+            st.ins = [st.ins[0], *st.ins[2:]]
+        out.append(st)
+    plan.steps[:] = out
+    for st in plan.steps:  # a norm whose f32 rows only the products read need not write them
+        if st.op == "norm_q8" and "y_unused" not in st.params:
+            st.params["y_unused"] = plan.reads(st.out.storage) == 0
+
+
+def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False) -> Plan:
+    """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
+    prompt products of the legacy quants on q8 activations (gemmq: a GPU's)."""
     plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
+    if q8_gemm:
+        q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)
     return plan

@@ -106,7 +106,13 @@ class OpenCLProgram(Executable):
         self.device_info = device.limits
         # with the decode fusions (lower.py), on a GPU and on a CPU device's kernels; a "fused"
         # entry in the device's limits overrides it (the tests run PoCL's unfused steps too)
-        plan = lower(graph, fused=bool(self.device_info.get("fused", 1)))
+        # and on a GPU the prompt products of the legacy quants on q8 activations (gemmq), where
+        # the device's work-group size and local memory take one of its tiles
+        from llmrt_opencl.launch_weights import gemmq_tile
+
+        q8_gemm = not self.device_info["cpu"] and gemmq_tile(self.device_info, GGMLType.Q4_1,
+                                                             1, 1) is not None  # fmt: skip
+        plan = lower(graph, fused=bool(self.device_info.get("fused", 1)), q8_gemm=q8_gemm)
         self.plan = plan
         arena_nbytes = plan_arena(plan.storages)
         self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",

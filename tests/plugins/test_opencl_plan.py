@@ -12,12 +12,14 @@ from llmrt.lower import plan_arena
 from llmrt_opencl.lower import Q8_TYPES, lower, supports
 
 
+@pytest.mark.parametrize("q8_gemm", [False, True], ids=["float-gemm", "gemmq"])
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
-def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(tiny_gguf_with_vocab,
-                                                                        n_tokens):  # fmt: skip
+def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(
+    tiny_gguf_with_vocab, n_tokens, q8_gemm
+):
     graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
-    plan = lower(graph, fused=True)
+    plan = lower(graph, fused=True, q8_gemm=q8_gemm)
     size = plan_arena(plan.storages)
     arena = [s for s in plan.storages if s.kind == "arena" and s.first >= 0]
     for i, a in enumerate(arena):
@@ -71,3 +73,26 @@ def test_prompts_keep_rope_qkv(tiny_gguf_with_vocab):
     long = lower(file_graph(tiny_gguf_with_vocab, 40), fused=True).steps
     assert "gemm" in [s.op for s in long]
     assert [s.params["t"] for s in long if s.op == "mmvq"] == [1]
+
+
+def test_a_gpu_prompt_takes_integer_gemms_on_q8_activations(tiny_gguf_with_vocab):
+    """Past MMV_MAX_T tokens a GPU's products of the legacy quants are gemmq steps: the
+    activations quantized once (by the norm before them, else a quant_q8 step) for all the
+    products that read them (q, k and v share one)."""
+    graph = file_graph(tiny_gguf_with_vocab, 40)
+    types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
+    if not types & Q8_TYPES:
+        pytest.skip(f"fixture weights are {types}")
+    steps = lower(graph, fused=True, q8_gemm=True).steps
+    float_gemms = [s for s in steps if s.op == "gemm"]
+    gemmq = [s for s in steps if s.op == "gemmq"]
+    assert gemmq and all(s.params["type"] not in Q8_TYPES for s in float_gemms)
+    assert all(s.params["type"] in Q8_TYPES and s.params["t"] == 40 for s in gemmq)
+    n_layers = sum(s.op == "fattn" for s in steps)
+    # the attention norm's q8 serves q, k and v; the FFN norm's gate and up
+    q8s = collections.Counter(id(s.params["q8"]) for s in gemmq)
+    writers = {id(s.params["q8"]): s for s in steps if s.op in ("norm_q8", "quant_q8")}
+    assert set(q8s) <= set(writers)
+    assert sum(writers[q].op == "norm_q8" for q in q8s) == 2 * n_layers
+    norms = [s for s in steps if s.op == "norm_q8" and id(s.params["q8"]) in q8s]
+    assert all(s.params["y_unused"] for s in norms)

@@ -1,5 +1,5 @@
 // Kernels that read a weight in its GGUF blocks, row after row (row_bytes each): get_rows_w,
-// mmv (a few tokens) and gemm (many tokens). Built once per weight type with -D WTYPE=<ggml type
+// mmv (a few tokens) and gemm (many tokens); mmvq and gemmq, the same on q8 activations. Built once per weight type with -D WTYPE=<ggml type
 // id>; the preprocessor keeps that type's code path. Every type is read in half-chunks of 16
 // elements (half a legacy block, or half a 32-element sub-block of a K-quant super-block) by
 // dequant16(), which computes each weight value exactly as the numpy dequantization does.
@@ -362,16 +362,37 @@ MMV(8, 1)
 // the activation block as packed bytes and summed in int; the int sum times the two scales (the
 // min times the activations' sum for Q4_1 / Q5_1), as ggml's vec_dot_q4_0_q8_0 etc.
 // cl_khr_integer_dot_product's builtin where the host found the extension (-D USE_IDP=1) and the
-// compiler declares it, else portable int arithmetic.
+// compiler declares it, else NVIDIA's dp4a (-D NV_DP4A=1), else portable int arithmetic.
 #if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
 #define MMVQ_WG 64
 #define MMVQ_ACC 16  // (R x NT) accumulators per work-item, at most
 
+#if defined(USE_IDP) && defined(EMULATE_IDP) && \
+    !defined(__opencl_c_integer_dot_product_input_4x8bit_packed)
+// The tests on a compiler without the extension (PoCL): its packed builtin in plain arithmetic,
+// so that the USE_IDP code (operands packed as the builtin takes them) runs there too.
+inline int dot_acc_sat_4x8packed_ss_int(uint a, uint b, int acc) {
+    const char4 x = as_char4(a), y = as_char4(b);
+    return acc + x.s0 * y.s0 + x.s1 * y.s1 + x.s2 * y.s2 + x.s3 * y.s3;
+}
+#define IDP_PACKED 1
+#elif defined(USE_IDP) && defined(__opencl_c_integer_dot_product_input_4x8bit_packed)
+#define IDP_PACKED 1
+#endif
+
 #if defined(USE_IDP) && defined(__opencl_c_integer_dot_product_input_4x8bit)
 inline int dp4(int a, int b, int acc) { return dot_acc_sat(as_char4(a), as_char4(b), acc); }
-#elif defined(USE_IDP) && defined(__opencl_c_integer_dot_product_input_4x8bit_packed)
+#elif defined(IDP_PACKED)
 inline int dp4(int a, int b, int acc) {
     return dot_acc_sat_4x8packed_ss_int((uint)a, (uint)b, acc);
+}
+#elif defined(NV_DP4A)
+// NVIDIA's OpenCL where the driver lists no cl_khr_integer_dot_product: inline PTX dp4a
+// (compute capability 6.1 and later; the host defines NV_DP4A only there).
+inline int dp4(int a, int b, int acc) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(acc));
+    return d;
 }
 #else
 inline int dp4(int a, int b, int acc) {
@@ -1328,3 +1349,137 @@ __kernel __attribute__((reqd_work_group_size(GEMM_WG, 1, 1))) void gemm(
         }
     }
 }
+
+// ---- gemmq: many tokens on q8 activations (ggml's MMQ) -----------------------------------------
+// Y[t, m] = sum_k W[m, k] X[t, k] (+ Res[t, m]) for the legacy quants, with X quantized once to
+// q8 blocks (a quant_q8 or norm_q8 step before, as for mmvq) and the products integer dot
+// products, block by block as mmvq takes them (dot_q): each (row, token) pair's int sum over a
+// block of 32, times d_w * d_x (Q4_1 / Q5_1: d_x (d_w s + m_w sum(x))), added in f32.
+// A work-group of GQ_RX x GQ_RY work-items computes GQ_RX * GQ_TM rows x GQ_RY * GQ_TN tokens:
+// GQ_NB blocks of K at a time, the weights unpacked to int8 levels (4 a word; Q4_0 and Q5_0
+// with their offset applied, so no activation sum is needed) and the activations' words copied,
+// both into local memory with their scales; then work-item (tx, ty) takes rows tx + GQ_RX i and
+// tokens ty + GQ_RY j (i < GQ_TM, j < GQ_TN) from local memory, 8 dp4 a pair and block.
+// The host picks the tile (GQ_* defines) from the device's limits.
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+#ifndef GQ_RX
+#define GQ_RX 16
+#define GQ_RY 16
+#define GQ_TM 8
+#define GQ_TN 4
+#define GQ_NB 4
+#endif
+#define GQ_WG (GQ_RX * GQ_RY)
+#define GQ_BM (GQ_RX * GQ_TM)
+#define GQ_BN (GQ_RY * GQ_TN)
+#define GQ_WORDS (GQ_NB * 8)       // 32-bit words of a row's (a token's) blocks in a stage
+#define GQ_MIN (WTYPE == 3 || WTYPE == 7)  // a min term: d_x m_w sum(x)
+
+// Subtract o from each byte of v (levels 0 .. 2o - 1): no borrow crosses a byte.
+inline int sub_bytes(int v, uint o) {
+    return (int)((((uint)v | 0x80808080u) - o) ^ 0x80808080u);
+}
+
+__kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
+    __global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xqb, ulong xqo,
+    long dso, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res,
+    int M, int K, int T) {
+    // k-major; a word row padded by one so that the stores of neighbouring rows (tokens) and
+    // blocks fall in different banks
+    __local int ws[GQ_WORDS][GQ_BM + 1];
+    __local int xs[GQ_WORDS][GQ_BN + 1];
+    __local float wd[GQ_NB][GQ_BM];
+    __local float xd[GQ_NB][GQ_BN];
+#if GQ_MIN
+    __local float wm[GQ_NB][GQ_BM];
+    __local float xsum[GQ_NB][GQ_BN];
+#endif
+    const int lid = get_local_id(0), tx = lid % GQ_RX, ty = lid / GQ_RX;
+    const int m0 = get_group_id(0) * GQ_BM, t0 = get_group_id(1) * GQ_BN;
+    const int nb = K >> 5;
+    __global const uchar* W = wb + wo;
+    __global const uchar* xq = xqb + xqo;
+    __global const float2* DS = (__global const float2*)(xq + dso);
+    float acc[GQ_TM][GQ_TN];
+    for (int i = 0; i < GQ_TM; ++i)
+        for (int j = 0; j < GQ_TN; ++j) acc[i][j] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += GQ_NB) {
+        const int nbs = min(GQ_NB, nb - c0);
+        barrier(CLK_LOCAL_MEM_FENCE);  // the previous stage's products are done with the tiles
+        // weights: a work-item per (row, block), a row's blocks on neighbouring work-items
+        for (int u = lid; u < GQ_BM * GQ_NB; u += GQ_WG) {
+            const int b = u % GQ_NB, r = u / GQ_NB;
+            int v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            float d = 0.0f, m = 0.0f;
+            if (b < nbs)
+                load_wq(W + (ulong)min(m0 + r, M - 1) * (ulong)row_bytes, c0 + b, v, &d, &m);
+            for (int w = 0; w < 8; ++w) {
+#if WTYPE == 2
+                ws[b * 8 + w][r] = sub_bytes(v[w], 0x08080808u);
+#elif WTYPE == 6
+                ws[b * 8 + w][r] = sub_bytes(v[w], 0x10101010u);
+#else
+                ws[b * 8 + w][r] = v[w];
+#endif
+            }
+            wd[b][r] = d;
+#if GQ_MIN
+            wm[b][r] = m;
+#endif
+        }
+        // activations: a work-item per word, a token's words (contiguous) on neighbouring ones
+        for (int u = lid; u < GQ_BN * GQ_WORDS; u += GQ_WG) {
+            const int w = u % GQ_WORDS, t = u / GQ_WORDS;
+            const size_t blk = (size_t)min(t0 + t, T - 1) * nb + c0 + w / 8;
+            xs[w][t] = w / 8 < nbs ? ((__global const int*)(xq + blk * 32))[w % 8] : 0;
+        }
+        for (int u = lid; u < GQ_BN * GQ_NB; u += GQ_WG) {
+            const int b = u % GQ_NB, t = u / GQ_NB;
+            const float2 ds = b < nbs ? DS[(size_t)min(t0 + t, T - 1) * nb + c0 + b] : (float2)(0.0f);
+            xd[b][t] = ds.x;
+#if GQ_MIN
+            xsum[b][t] = (float)as_int(ds.y);
+#endif
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int b = 0; b < nbs; ++b) {
+            int sumi[GQ_TM][GQ_TN];
+            for (int i = 0; i < GQ_TM; ++i)
+                for (int j = 0; j < GQ_TN; ++j) sumi[i][j] = 0;
+            for (int w = 0; w < 8; ++w) {
+                int a[GQ_TM], x[GQ_TN];
+                for (int i = 0; i < GQ_TM; ++i) a[i] = ws[b * 8 + w][tx + GQ_RX * i];
+                for (int j = 0; j < GQ_TN; ++j) x[j] = xs[b * 8 + w][ty + GQ_RY * j];
+                for (int i = 0; i < GQ_TM; ++i)
+                    for (int j = 0; j < GQ_TN; ++j) sumi[i][j] = dp4(a[i], x[j], sumi[i][j]);
+            }
+            for (int i = 0; i < GQ_TM; ++i) {
+                const float d = wd[b][tx + GQ_RX * i];
+#if GQ_MIN
+                const float m = wm[b][tx + GQ_RX * i];
+#endif
+                for (int j = 0; j < GQ_TN; ++j) {
+                    const float dx = xd[b][ty + GQ_RY * j];
+#if GQ_MIN
+                    acc[i][j] += dx * (d * (float)sumi[i][j] + m * xsum[b][ty + GQ_RY * j]);
+#else
+                    acc[i][j] += d * dx * (float)sumi[i][j];
+#endif
+                }
+            }
+        }
+    }
+    __global float* Y = PTR(float, yb, yo);
+    __global const float* Res = CPTR(float, rb, ro);
+    for (int j = 0; j < GQ_TN; ++j) {
+        const int t = t0 + ty + GQ_RY * j;
+        for (int i = 0; i < GQ_TM; ++i) {
+            const int m = m0 + tx + GQ_RX * i;
+            if (t < T && m < M) {
+                const size_t o = (size_t)t * M + m;
+                Y[o] = has_res ? acc[i][j] + Res[o] : acc[i][j];
+            }
+        }
+    }
+}
+#endif
