@@ -117,7 +117,8 @@ def main() -> None:
             tg = _time(queue, gemm, size, (lw.GEMM_WG, 1), args.reps)
             print(f"{name:6} {shape:>11} {'gemm (float)':26} {tg * 1e3:9.3f} "
                   f"{flops / tg / 1e9:9.1f}")  # fmt: skip
-            chosen = lw.gemmq_tile(src.device_info, wtype, m, t)
+            tiles = lw.gemmq_tiles(src.device_info, wtype, m, t)
+            chosen = tiles[0] if tiles else None
             for tile in [chosen, *[e for e in extra if e != chosen]]:
                 if tile is None:
                     continue

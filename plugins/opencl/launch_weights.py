@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import pyopencl as cl
 
+from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import Step
@@ -291,30 +292,40 @@ def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType) -> int:
     return 4 * (nb * 8 * (bm + 1) + nb * 8 * (bn + 1) + scales * nb * (bm + bn))
 
 
-def gemmq_tile(info: dict, wtype: GGMLType, m: int, t: int) -> tuple[int, ...] | None:
-    """The largest tile the device's work-group size and local memory take that still gives
-    every compute unit a work-group (else the smallest that fits; None: none fits)."""
+def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, ...]]:
+    """The tiles the device's work-group size and local memory take, best first: the largest
+    that still gives every compute unit a work-group (else the smallest), then the smaller."""
     fits = [tile for tile in GEMMQ_TILES if tile[0] * tile[1] <= info["max_work_group_size"]
             and _gemmq_local_bytes(tile, wtype) <= info["local_mem_size"]]  # fmt: skip
-    for rx, ry, tm, tn, nb in fits:
+    for i, (rx, ry, tm, tn, _) in enumerate(fits):
         if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:
-            return rx, ry, tm, tn, nb
-    return fits[-1] if fits else None
+            return fits[i:]
+    return fits[-1:]
 
 
 def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p = step.params
     wtype, m, k, t = p["type"], p["m"], p["k"], p["t"]
-    tile = gemmq_tile(prog.device_info, wtype, m, t)
-    assert tile is not None  # program.py lowers to gemmq only where the smallest tile fits
-    rx, ry, tm, tn, nb = tile
     res, has_res = (prog.arg(step.ins[1]), 1) if len(step.ins) > 1 else (prog.arg(step.out), 0)
     args = (*prog.arg(step.ins[0]), np.int64(p["row_bytes"]), *q8_arg(prog, p["q8"], t * k),
             *prog.arg(step.out), *res, np.int32(has_res), np.int32(m), np.int32(k),
             np.int32(t))  # fmt: skip
-    kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn, GQ_NB=nb)
-    size = (_groups(m, rx * tm) * rx * ry, _groups(t, ry * tn))
-    return [Launch(kernel, size, (rx * ry, 1), args)]
+    # program.py lowers to gemmq only where the smallest tile fits the device's limits; a
+    # compiler may still refuse a tile or build it for fewer work-items (registers): the next
+    for rx, ry, tm, tn, nb in gemmq_tiles(prog.device_info, wtype, m, t):
+        try:
+            kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
+                                GQ_NB=nb)  # fmt: skip
+        except cl.Error as exc:
+            error = exc
+            continue
+        wg = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                        prog.device.cl_device)  # fmt: skip
+        if wg >= rx * ry:
+            size = (_groups(m, rx * tm) * rx * ry, _groups(t, ry * tn))
+            return [Launch(kernel, size, (rx * ry, 1), args)]
+        error = LlmrtError(f"gemmq of {rx * ry} work-items built for {wg} at most")
+    raise LlmrtError(f"no gemmq tile builds on {prog.device.id}: {error}")
 
 
 LAUNCHES: dict[str, Callable[[OpenCLProgram, Step], list[Launch]]] = {

@@ -108,10 +108,10 @@ class OpenCLProgram(Executable):
         # entry in the device's limits overrides it (the tests run PoCL's unfused steps too)
         # and on a GPU the prompt products of the legacy quants on q8 activations (gemmq), where
         # the device's work-group size and local memory take one of its tiles
-        from llmrt_opencl.launch_weights import gemmq_tile
+        from llmrt_opencl.launch_weights import gemmq_tiles
 
-        q8_gemm = not self.device_info["cpu"] and gemmq_tile(self.device_info, GGMLType.Q4_1,
-                                                             1, 1) is not None  # fmt: skip
+        fits = gemmq_tiles(self.device_info, GGMLType.Q4_1, 1, 1)
+        q8_gemm = not self.device_info["cpu"] and bool(fits)
         plan = lower(graph, fused=bool(self.device_info.get("fused", 1)), q8_gemm=q8_gemm)
         self.plan = plan
         arena_nbytes = plan_arena(plan.storages)

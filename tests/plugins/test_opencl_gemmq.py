@@ -117,3 +117,41 @@ def test_gemmq_kernel_with_and_without_its_residual(opencl, wtype, has_res, path
     want = mul_mat(node, QuantizedWeight(raw, wtype, (m, k)), x) + (res if has_res else 0)
     assert np.all(np.isfinite(y))
     assert nmse(want, y) < NMSE_SUM_ORDER
+
+
+def test_a_tile_the_compiler_refuses_gives_way_to_the_next(opencl, monkeypatch):
+    """A driver may refuse a tile's build (registers) or build it for fewer work-items than it
+    takes: the launch then takes the next smaller tile."""
+    import pyopencl as cl
+
+    from llmrt_opencl import launch_weights
+
+    class Refused(cl.Error):
+        pass
+
+    _as_gpu(opencl, monkeypatch, PATHS["portable"])
+    build = launch_weights._q8_kernel
+
+    def refusing(prog, wtype, name, **defines):  # noqa: ANN001, ANN003, ANN202
+        if defines.get("GQ_RX", 0) * defines.get("GQ_RY", 0) == 256:
+            raise Refused("too many registers")
+        return build(prog, wtype, name, **defines)
+
+    monkeypatch.setattr(launch_weights, "_q8_kernel", refusing)
+    programs = []
+    compile_ = opencl.compile
+    monkeypatch.setattr(
+        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
+    )
+    case = OpCase(
+        "mul_mat(type_a=q4_0,m=67,k=96,t=40)",
+        {
+            "a": ("weight", (67, 96), GGMLType.Q4_0, "uniform"),
+            "b": ("input", (40, 96), F32, "uniform"),
+        },
+        lambda g, x: g.mul_mat(x["a"], x["b"]),
+        NMSE_SUM_ORDER,
+    )
+    assert check_case(opencl, case) == "ok"
+    gemmq = [x for x in programs[0].launches if x.kernel.function_name == "gemmq"]
+    assert [x.local_size for x in gemmq] == [(128, 1)]  # 16 x 8, the first below 256
