@@ -1,7 +1,9 @@
 """Where a CUDA decode step's time goes: the engine around it, the program's run(), the graph
-replay alone, and each kind of step (timed as a captured graph of 20 launches of itself).
+replay alone, and each kind of step (timed as a captured graph of 20 launches of itself). With
+N_PROMPT, where a prompt of that many tokens goes instead: the whole prompt, then each step of
+its program timed by events around 5 launches of it (cuBLAS's included).
 
-    python benchmarks/cuda_profile.py MODEL.gguf [n_ctx]
+    python benchmarks/cuda_profile.py MODEL.gguf [n_ctx] [N_PROMPT]
 """
 
 from __future__ import annotations
@@ -19,10 +21,58 @@ import numpy as np
 from llmrt.engine import load
 
 
+def _step_key(step) -> str:
+    if step.op in ("mmv", "mmvq", "gemm"):
+        p = step.params
+        ms = p.get("ms", [p["m"]]) * (2 if "glu" in p else 1)
+        return f"{step.op} m={'+'.join(map(str, ms))} k={p['k']}"
+    return step.op
+
+
+def prompt(model, n_ctx: int, n_prompt: int) -> None:
+    ctx = model.context(n_ctx=max(n_ctx, n_prompt + 16))
+    tokens = [(i * 7919) % 30000 + 300 for i in range(n_prompt)]
+    ctx.eval(tokens)  # compiles the prompt graph
+    times = []
+    for _ in range(5):
+        ctx.remove(0, 0)
+        t0 = time.perf_counter()
+        ctx.eval(tokens)
+        times.append(time.perf_counter() - t0)
+    exe = next(v for k, v in ctx.graphs.items() if k[0] == n_prompt)
+    prog = next(p for p in getattr(exe, "programs", [exe]) if hasattr(p, "plan"))
+    steps = prog.plan.steps
+    items = prog.launches[len(prog.launches) - len(steps) :]  # after the inputs' copies
+    per: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    stream, events = prog.stream, []
+    with cp.cuda.Device(prog.index), stream:
+        for step, item in zip(steps, items, strict=True):
+            item(stream.ptr)
+            a, b = cp.cuda.Event(), cp.cuda.Event()
+            a.record(stream)
+            for _ in range(5):
+                item(stream.ptr)
+            b.record(stream)
+            events.append((step, a, b))
+        stream.synchronize()
+    for step, a, b in events:
+        per[_step_key(step)] += cp.cuda.get_elapsed_time(a, b) * 1e3 / 5
+        count[_step_key(step)] += 1
+    best = min(times)
+    total = sum(per.values())
+    print(f"pp{n_prompt}: ctx.eval best of 5 {best * 1e3:.2f} ms ({n_prompt / best:.0f} t/s), "
+          f"{len(steps)} steps, their sum timed one by one {total / 1e3:.2f} ms")  # fmt: skip
+    for key, us in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"    {key:40s} {count[key]:4d} x {us / count[key]:8.1f} us = {us / 1e3:7.2f} ms")
+
+
 def main() -> None:
     path = sys.argv[1]
     n_ctx = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     model = load(path, device="cuda:0", n_gpu_layers=99)
+    if len(sys.argv) > 3:
+        return prompt(model, n_ctx, int(sys.argv[3]))
     ctx = model.context(n_ctx=n_ctx)
     ctx.eval([1, 2, 3, 4])
     for _ in range(5):
@@ -81,12 +131,10 @@ def main() -> None:
             stream.synchronize()
             events.append((step, a, b))
         for step, a, b in events:
-            key = step.op
+            key = _step_key(step)
             if step.op in ("mmv", "mmvq"):
                 p = step.params
-                ms = p.get("ms", [p["m"]]) * (2 if "glu" in p else 1)
-                key = f"{step.op} m={'+'.join(map(str, ms))} k={p['k']}"
-                nbytes[key] = sum(ms) * p["row_bytes"]
+                nbytes[key] = sum(p.get("ms", [p["m"]])) * (2 if "glu" in p else 1) * p["row_bytes"]
             per[key] += cp.cuda.get_elapsed_time(a, b) * 1e3 / (5 * repeat)
             count[key] += 1
     print(f"{path}: {len(steps)} steps, graph={'yes' if prog.graph is not None else 'no'}")

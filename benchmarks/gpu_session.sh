@@ -31,6 +31,7 @@
 #                mul_mat conformance cases on vulkan:0, prompt logits against OLDREV's, and pp512 of
 #                the four rows with each matmul shader (benchmarks/vulkan_matmul_tiles.py) beside
 #                llama-bench's Vulkan pp512 when the peer was built
+#   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -252,6 +253,13 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
+  done
+  ;;
+pp-profile)  # where a CUDA prompt of 512 tokens goes, step by step (benchmarks/cuda_profile.py)
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    synth ${m%-*} ${m##*-}
+    timeout 150 python3 benchmarks/cuda_profile.py /tmp/synth-$m.gguf 1024 512 2>&1 | tail -27 \
+      | sed "s/^/$m /" | tee -a $OUT/pp-profile.log
   done
   ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches
