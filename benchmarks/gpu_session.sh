@@ -15,9 +15,10 @@
 #                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
 #   profile      an OpenCL decode step kernel by kernel on a profiling queue (opencl_profile.py):
 #                GPU busy time against the gaps between kernels, 135M and 1B shapes
-#   opencl       OpenCL on the GPU: its tests and conformance, the decode profile at a 512-token
-#                depth under attention launch choices, and llmrt bench of opencl:0 beside the tree
-#                in .devrun/base (a git archive of the session's first commit), interleaved
+#   opencl       OpenCL on the GPU: its tests and conformance, the prompt products alone (float
+#                gemm against gemmq's tiles: opencl_gemm.py), the decode profile at a 512-token
+#                depth, and llmrt bench of opencl:0 beside the tree
+#                in .devrun/base (a git archive of core and plugins of an earlier commit: its REV file), interleaved
 #   verify       decode logits deep in a context against OLDREV's, and the depth benches
 #   attn         attention deep in a context after a kernel change: the CUDA and Vulkan plugin tests
 #                and conformance; logits of the 135M and 1B shapes (a prompt, then decode steps) and
@@ -163,14 +164,14 @@ opencl)
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
   synth_big=$!
-  timeout 300 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py \
+  timeout 300 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py tests/plugins/test_opencl_gemmq.py \
     tests/conformance -k "opencl" -q --tb=short -p no:cacheprovider > $OUT/opencl-tests.log 2>&1
   tail -4 $OUT/opencl-tests.log
+  timeout 150 python3 benchmarks/opencl_gemm.py --t 512 --tile 16,16,8,4,4 --tile 16,16,4,4,4 \
+    --tile 16,8,4,4,4 --tile 8,8,4,4,2 2>&1 | tee -a $OUT/opencl-gemm.log
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
-    for cfg in "" launch_attention.NT=64 launch_attention.MAX_SPLITS=128; do
-      LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 512 \
-        $cfg 2>&1 | grep -v "^step\|Warning\|lambda" | head -4 | sed "s/^/$m ${cfg:-default} /" | tee -a $OUT/profile.log
-    done
+    LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 512 \
+      2>&1 | grep -v "^step\|Warning\|lambda" | head -4 | sed "s/^/$m /" | tee -a $OUT/profile.log
   done
   wait $synth_big
   for r in 1 2; do
