@@ -306,6 +306,10 @@ def liveness(steps: list[Step], outputs: dict[str, View]) -> None:
             if step.op in ("quant_q8", "norm_q8", "fattn", "glu"):
                 writes(q8, i)
             reads(q8, i)
+        for st in step.params.get("also_writes", ()):  # a step taken into this one (epilogues)
+            writes(st, i)
+        for st in step.params.get("also_reads", ()):
+            reads(st, i)
         for st in step.temps:
             st.first = st.last = i
     for v in outputs.values():

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pyopencl as cl
 
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
@@ -174,18 +173,6 @@ def norm_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
     w = step.ins[1] if len(step.ins) > 1 else x  # x stands in for no weight (has_w 0)
     local = _row_local(prog, ncols)
     has_y = not p.get("y_unused", False)
-    mv = _cpu_mat_vec_before(prog, x) if rows == 1 and ncols % 32 == 0 else None
-    if mv is not None and "glu" not in mv.step.params:
-        # a CPU device's mat-vec of one token with its residual (mmvq_cpu): its last work-item
-        # takes the norm, with its own atomic counter (SmolLM2 on PoCL, a step: 214 -> 155
-        # launches; the norms' 0.33 ms of kernels for 0.14-0.24 ms more in the mat-vecs)
-        cnt = prog.scratch(16)
-        cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 16).wait()
-        mv.norm = (*cnt, *prog.arg(w), _i32(len(step.ins) > 1), _f32(p["eps"]), _i32(p["mode"]),
-                   _i32(has_y), *prog.arg(out if has_y else x), *q8_arg(prog, p["q8"], out.n),
-                   _i32(1))  # fmt: skip
-        mv.update()
-        return []
     args = (*prog.arg(x), *prog.arg(out if has_y else x), *prog.arg(w), _i32(ncols),
             _f32(p["eps"]), _i32(p["mode"]), _i32(len(step.ins) > 1), _i32(has_y),
             *q8_arg(prog, p["q8"], out.n))  # fmt: skip
@@ -206,40 +193,8 @@ def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:
 
 
 def quant_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
-    x, q8 = step.ins[0], step.params["q8"]
-    assert step.params["n"] == x.n
-    mv = _cpu_mat_vec_before(prog, x)
-    if mv is not None and "glu" in mv.step.params and not _overlaps(prog, q8, mv.step):
-        # a CPU device's GLU mat-vec of one token (mmvq_cpu) writes these q8 blocks itself:
-        # a work-item per block of 32 outputs; one launch fewer a layer
-        mv.launch.global_size, mv.launch.local_size = (x.n // 32,), (1,)  # 48 groups: 1536
-        mv.oq = (*q8_arg(prog, q8, x.n), np.int32(1))
-        mv.update()
-        return []
-    return [quant_q8_launch(prog, x, q8)]
-
-
-def _cpu_mat_vec_before(prog: OpenCLProgram, x: View) -> Any:
-    """The CPU mat-vec launch (launch_weights.CpuMmvq) just before, writing x, if any."""
-    mv = prog.memo.get(("mmvq_cpu", id(x.storage), x.offset))
-    if mv is None or not prog.launches or prog.launches[-1] is not mv.launch:
-        return None
-    out = mv.step.params.get("outs", [mv.step.out])[0]
-    return mv if out.n == x.n and out.contiguous and x.contiguous else None
-
-
-def _overlaps(prog: OpenCLProgram, q8: Storage, step: Step) -> bool:
-    """Whether q8's bytes meet those of a storage `step` reads or writes: liveness has q8
-    written only by the quant_q8 step after `step`, so the arena may place it over `step`'s
-    input, which `step` still reads while it writes q8."""
-    buf, lo = prog.base[q8]
-    stores = [v.storage for v in (*step.ins, step.out)] + [step.params["q8"]]
-    return any(
-        prog.base[s][0] is buf
-        and prog.base[s][1] < lo + q8.nbytes
-        and lo < prog.base[s][1] + s.nbytes
-        for s in stores
-    )
+    assert step.params["n"] == step.ins[0].n
+    return [quant_q8_launch(prog, step.ins[0], step.params["q8"])]
 
 
 def rope_args(p: dict[str, Any]) -> tuple:

@@ -211,23 +211,6 @@ def _launch_gemm(prog: OpenCLProgram, step: Step) -> list[Launch]:
     return [Launch(_kernel(prog, wtype, "gemm"), size, (GEMM_WG, 1), args)]
 
 
-class CpuMmvq:
-    """A CPU device's mmvq_cpu launch and what its optional epilogues take: the GLU's q8 blocks
-    (the quant_q8 step after it) or its output row's norm_q8 (the norm step after it); until a
-    later step asks, both off, the output standing in for their buffers."""
-
-    def __init__(self, launch: Launch, step: Step, args: tuple, stand_in: tuple) -> None:
-        self.launch, self.step, self.args = launch, step, args
-        self.oq = (*stand_in, np.int64(0), np.int32(0))  # buffer, offset, scales' offset, on
-        # counter, norm weight, has_w, eps, mode, has_y, y, q8 buffer, scales' offset, on
-        self.norm = (*stand_in, *stand_in, np.int32(0), np.float32(0), np.int32(0), np.int32(0),
-                     *stand_in, *stand_in, np.int64(0), np.int32(0))  # fmt: skip
-        self.update()
-
-    def update(self) -> None:
-        self.launch.args = (*self.args, *self.oq, *self.norm)
-
-
 def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p = step.params
     wtype, k, t = p["type"], p["k"], p["t"]
@@ -250,15 +233,35 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             np.int32(g), np.int32(glu))  # fmt: skip
     if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
-        size = _groups(items, CPU_MMVQ_WG) * CPU_MMVQ_WG
-        cpu = CpuMmvq(Launch(_kernel(prog, wtype, "mmvq_cpu"), (size,), (CPU_MMVQ_WG,), ()), step,
-                      args, stand_in=prog.arg(outs[0]))  # fmt: skip
-        # the step after it may hand this launch its work (launch_ops.quant_q8, norm_q8)
-        if t == 1 and (glu >= 0 or res is not None) and ms[0] % 32 == 0:
-            prog.memo[("mmvq_cpu", id(outs[0].storage), outs[0].offset)] = cpu
-        return [cpu.launch]
+        size, local = (_groups(items, CPU_MMVQ_WG) * CPU_MMVQ_WG,), (CPU_MMVQ_WG,)
+        args += _cpu_epilogues(prog, step)
+        if "q8_out" in p:  # a work-item a block of 32 GLU outputs (48 groups: 1536)
+            size, local = (outs[0].n // 32,), (1,)
+        return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}")
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
+
+
+def _cpu_epilogues(prog: OpenCLProgram, step: Step) -> tuple:
+    """mmvq_cpu's arguments for the steps lower.cpu_epilogues gave it: the GLU's q8 blocks
+    (buffer, offset, scales' offset, on), then its row's norm (counter, weight, has_w, eps, mode,
+    has_y, y, q8 buffer, offset, scales' offset, on); its output stands in for unused buffers."""
+    p, y = step.params, step.params.get("outs", [step.out])[0]
+    off = prog.arg(y)
+    oq = (*off, np.int64(0), np.int32(0))
+    if "q8_out" in p:
+        oq = (*q8_arg(prog, p["q8_out"], y.n), np.int32(1))
+    norm = (*off, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
+            np.int64(0), np.int32(0))  # fmt: skip
+    if "norm" in p:  # its last work-item norms the row, counted by its own atomic counter
+        ns = p["norm"]
+        cnt = prog.scratch(16)
+        cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 16).wait()
+        w, has_y = ns.ins[1] if len(ns.ins) > 1 else y, not ns.params.get("y_unused", False)
+        norm = (*cnt, *prog.arg(w), np.int32(len(ns.ins) > 1), np.float32(ns.params["eps"]),
+                np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),
+                *q8_arg(prog, ns.params["q8"], ns.out.n), np.int32(1))  # fmt: skip
+    return (*oq, *norm)
 
 
 def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) -> object:

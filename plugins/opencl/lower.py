@@ -82,12 +82,44 @@ def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLT
             st.params["y_unused"] = plan.reads(st.out.storage) == 0
 
 
-def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False) -> Plan:
+def cpu_epilogues(plan: Plan) -> None:
+    """On a CPU device's kernels, a one-token integer mat-vec (mmvq_cpu) takes the step after it
+    when that step reads only its output row: the GLU's ``quant_q8`` (``params["q8_out"]``: a
+    work-item a block of 32 outputs writes their q8 block), or the ``norm_q8`` of its residual
+    sum (``params["norm"]``, that step: the last work-item to finish norms the row). One launch
+    fewer each (SmolLM2 on PoCL: 214 -> 155 a decode step; BENCHMARKS.md). What the taken step
+    wrote and read is the mat-vec's (``also_writes``, ``also_reads``) for liveness."""
+    out: list[Step] = []
+    for st in plan.steps:
+        mv = out[-1] if out else None
+        if mv is not None and mv.op == "mmvq" and mv.params["t"] == 1 and st.ins:
+            p, y = mv.params, mv.params.get("outs", [mv.out])[0]
+            x = st.ins[0]
+            whole = y.n == x.n and y.contiguous and x.contiguous and y.same(x)
+            glu, res = "glu" in p, "glu" not in p and "outs" not in p and len(mv.ins) > 1
+            if whole and p.get("ms", [p["m"]])[0] % 32 == 0:
+                if glu and st.op == "quant_q8":
+                    p["q8_out"] = st.params["q8"]
+                    p["also_writes"] = [st.params["q8"]]
+                    continue
+                if res and st.op == "norm_q8" and st.out.n == x.n:
+                    p["norm"] = st
+                    p["also_writes"] = [st.out.storage, st.params["q8"]]
+                    p["also_reads"] = [v.storage for v in st.ins]
+                    continue
+        out.append(st)
+    plan.steps[:] = out
+
+
+def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = False) -> Plan:
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
-    prompt products of the legacy quants on q8 activations (gemmq: a GPU's)."""
+    prompt products of the legacy quants on q8 activations (gemmq: a GPU's); `cpu`: for a CPU
+    device's kernels (with `fused`, their epilogues)."""
     plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
+        if cpu:
+            cpu_epilogues(plan)
     if q8_gemm:
         q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)

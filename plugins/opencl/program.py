@@ -112,7 +112,8 @@ class OpenCLProgram(Executable):
 
         fits = gemmq_tiles(self.device_info, GGMLType.Q4_1, 1, 1)
         q8_gemm = not self.device_info["cpu"] and bool(fits)
-        plan = lower(graph, fused=bool(self.device_info.get("fused", 1)), q8_gemm=q8_gemm)
+        plan = lower(graph, fused=bool(self.device_info.get("fused", 1)), q8_gemm=q8_gemm,
+                     cpu=bool(self.device_info["cpu"]))  # fmt: skip
         self.plan = plan
         arena_nbytes = plan_arena(plan.storages)
         self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",

@@ -12,14 +12,18 @@ from llmrt.lower import plan_arena
 from llmrt_opencl.lower import Q8_TYPES, lower, supports
 
 
-@pytest.mark.parametrize("q8_gemm", [False, True], ids=["float-gemm", "gemmq"])
+@pytest.mark.parametrize(
+    "q8_gemm, cpu",
+    [(False, False), (True, False), (False, True)],
+    ids=["float-gemm", "gemmq", "cpu"],
+)
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
 def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(
-    tiny_gguf_with_vocab, n_tokens, q8_gemm
+    tiny_gguf_with_vocab, n_tokens, q8_gemm, cpu
 ):
     graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
-    plan = lower(graph, fused=True, q8_gemm=q8_gemm)
+    plan = lower(graph, fused=True, q8_gemm=q8_gemm, cpu=cpu)
     size = plan_arena(plan.storages)
     arena = [s for s in plan.storages if s.kind == "arena" and s.first >= 0]
     for i, a in enumerate(arena):
@@ -27,8 +31,8 @@ def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(
             if a.first <= max(b.last, b.first) and b.first <= max(a.last, a.first):
                 assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
     for i, step in enumerate(plan.steps):  # the q8 forms of activations: placed, live here
-        if "q8" in step.params:
-            st = step.params["q8"]
+        q8s = [step.params["q8"]] if "q8" in step.params else []
+        for st in q8s + [s for s in step.params.get("also_writes", ()) if s.kind == "arena"]:
             assert 0 <= st.first <= i <= max(st.last, st.first) and st.offset + st.nbytes <= size
     for step in plan.steps:
         if step.out is not None:
@@ -96,3 +100,24 @@ def test_a_gpu_prompt_takes_integer_gemms_on_q8_activations(tiny_gguf_with_vocab
     assert sum(writers[q].op == "norm_q8" for q in q8s) == 2 * n_layers
     norms = [s for s in steps if s.op == "norm_q8" and id(s.params["q8"]) in q8s]
     assert all(s.params["y_unused"] for s in norms)
+
+
+def test_cpu_device_mat_vecs_take_the_steps_after_them(tiny_gguf_with_vocab):
+    """On a CPU device's kernels a one-token mat-vec takes the GLU's quant_q8 after it, or the
+    norm_q8 of its residual sum: their outputs become its writes, live from its step on."""
+    graph = file_graph(tiny_gguf_with_vocab, 1)
+    fused, cpu = lower(graph, fused=True), lower(graph, fused=True, cpu=True)
+    n_layers = sum(s.op == "fattn" for s in cpu.steps)
+    glu_q8 = [i for i, s in enumerate(cpu.steps) if "q8_out" in s.params]
+    normed = [i for i, s in enumerate(cpu.steps) if "norm" in s.params]
+    # every layer's GLU; the residual sums the next norm reads: each attention's, and each FFN's
+    # but the last (the output's rows are picked by get_rows before the final norm)
+    assert len(glu_q8) == n_layers and len(normed) == 2 * n_layers - 1
+    assert len(fused.steps) - len(cpu.steps) == 3 * n_layers - 1
+    for i in glu_q8 + normed:
+        for st in cpu.steps[i].params["also_writes"]:
+            if st.kind == "arena":
+                assert st.first == i  # so the arena keeps it off the mat-vec's inputs
+    for i in normed:
+        taken = cpu.steps[i].params["norm"]
+        assert taken.op == "norm_q8" and taken.ins[0].same(cpu.steps[i].out)
