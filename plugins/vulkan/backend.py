@@ -110,6 +110,8 @@ PROPERTY_STRUCTS = (
     ("VkPhysicalDeviceSubgroupSizeControlProperties", V1_3, "VK_EXT_subgroup_size_control", {
         "min_subgroup_size": ("minSubgroupSize", lambda vk, n: int(n)),
         "max_subgroup_size": ("maxSubgroupSize", lambda vk, n: int(n)),
+        "required_subgroup_size_stages": (
+            "requiredSubgroupSizeStages", lambda vk, mask: flag_names(mask, SHADER_STAGES)),
     }),
 )  # fmt: skip
 FEATURE_STRUCTS = (
@@ -127,6 +129,10 @@ FEATURE_STRUCTS = (
     }),
     ("VkPhysicalDeviceVulkanMemoryModelFeatures", V1_2, "VK_KHR_vulkan_memory_model", {
         "vulkan_memory_model": ("vulkanMemoryModel", _flag),
+    }),
+    ("VkPhysicalDeviceSubgroupSizeControlFeatures", V1_3, "VK_EXT_subgroup_size_control", {
+        "subgroup_size_control": ("subgroupSizeControl", _flag),
+        "compute_full_subgroups": ("computeFullSubgroups", _flag),
     }),
 )  # fmt: skip
 # VkComponentTypeKHR values, and VK_SCOPE_SUBGROUP_KHR
@@ -233,6 +239,9 @@ def _query_device(
         "vulkan_memory_model": False,
         "min_subgroup_size": None,
         "max_subgroup_size": None,
+        "required_subgroup_size_stages": [],
+        "subgroup_size_control": False,
+        "compute_full_subgroups": False,
     }
     for query, structs in (("PhysicalDeviceProperties2", PROPERTY_STRUCTS),
                            ("PhysicalDeviceFeatures2", FEATURE_STRUCTS)):  # fmt: skip

@@ -26,6 +26,7 @@ HOST_VISIBLE = 0x2
 HOST_COHERENT = 0x4
 HOST_CACHED = 0x8
 STAGING_CHUNK = 64 << 20
+REQUIRE_FULL_SUBGROUPS = 0x2  # VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT
 
 
 class VulkanError(RuntimeError):
@@ -50,21 +51,31 @@ class Pipeline:
     set_layout: Any
 
 
-def _coopmat_variant(properties: dict[str, Any]) -> str | None:
-    """The matmul_coop variant for prompt matmuls on the device's matrix units, or None: it needs
-    the variant's f16 product, fp16 arithmetic, the Vulkan memory model its loads are written in,
-    and a fixed subgroup size (its subgroups tile a workgroup's outputs)."""
+def _coopmat_variant(properties: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The matmul_coop variant for prompt matmuls on the device's matrix units, or None, and the
+    subgroup size its pipelines must require (None where the device's is fixed at the variant's).
+    It needs the variant's f16 product, fp16 arithmetic, the Vulkan memory model its loads are
+    written in, and subgroups of its size (they tile a workgroup's outputs): the device's only
+    size, or one it lets a compute pipeline require (VK_EXT_subgroup_size_control, as RDNA3's
+    wave32 among 32 and 64)."""
     api = tuple(int(n) for n in str(properties.get("api_version", "1.0")).split(".")[:2])
-    size = properties.get("min_subgroup_size")
-    if api < (1, 3) or size != properties.get("max_subgroup_size"):
-        return None
-    if not (properties.get("shader_float16") and properties.get("vulkan_memory_model")):
-        return None
+    needs = ("shader_float16", "vulkan_memory_model")
+    if api < (1, 3) or not all(properties.get(k) for k in needs):
+        return None, None
+    low, high = properties.get("min_subgroup_size"), properties.get("max_subgroup_size")
+    can_require = (
+        properties.get("subgroup_size_control") and properties.get("compute_full_subgroups")
+        and "compute" in properties.get("required_subgroup_size_stages", ())
+    )  # fmt: skip
     shapes = properties.get("cooperative_matrix_shapes", ())
-    for shape, subgroup, variant in (("16x16x16", 32, "matmul_coop"), ("8x8x8", 8, "matmul_coop8")):
-        if f"{shape} f16*f16+f32=f32" in shapes and size == subgroup:
-            return variant
-    return None
+    for shape, size, variant in (("16x16x16", 32, "matmul_coop"), ("8x8x8", 8, "matmul_coop8")):
+        if f"{shape} f16*f16+f32=f32" not in shapes or low is None or not low <= size <= high:
+            continue
+        if low == high:
+            return variant, None
+        if can_require:
+            return variant, size
+    return None, None
 
 
 class Runtime:
@@ -102,7 +113,7 @@ class Runtime:
         queue_info = vk.VkDeviceQueueCreateInfo(
             queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
         )
-        self.coopmat = _coopmat_variant(properties)
+        self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
         # pNext holds raw pointers: the chained structs are kept alive in `features`
         features: list[Any] = []
         for wanted, name, field in (
@@ -110,10 +121,13 @@ class Runtime:
             (self.coopmat, "CooperativeMatrixFeaturesKHR", "cooperativeMatrix"),
             (self.coopmat, "VulkanMemoryModelFeatures", "vulkanMemoryModel"),
             (self.coopmat, "ShaderFloat16Int8Features", "shaderFloat16"),
+            (self.coopmat_subgroup, "SubgroupSizeControlFeatures", "subgroupSizeControl"),
         ):
             if wanted:
                 next_ = features[-1] if features else None
                 on = {field: vk.VK_TRUE}
+                if field == "subgroupSizeControl":
+                    on["computeFullSubgroups"] = vk.VK_TRUE
                 features.append(getattr(vk, f"VkPhysicalDevice{name}")(pNext=next_, **on))
         extensions = ["VK_KHR_cooperative_matrix"] if self.coopmat else []
         device_info = vk.VkDeviceCreateInfo(
@@ -189,7 +203,9 @@ class Runtime:
             view = np.frombuffer(mapped, dtype=np.uint8, count=size)
         cached = bool(self.memory_types[type_index][0] & HOST_CACHED)
         buf = Buffer(handle, memory, size, view, cached)
-        weakref.finalize(buf, _free, vk, self.device, handle, memory)
+        # the finalizer holds the runtime, whose own finalizer destroys the logical device: a
+        # runtime let go of goes only after every buffer it made (the other order aborts)
+        weakref.finalize(buf, _free, vk, self, handle, memory)
         return buf
 
     def write(self, buf: Buffer, data: np.ndarray, offset: int = 0) -> None:
@@ -337,7 +353,15 @@ class Runtime:
             spec_info = vk.VkSpecializationInfo(
                 mapEntryCount=len(spec), pMapEntries=entries, dataSize=4 * len(spec), pData=data
             )
+        # matmul_coop's subgroups tile its outputs: all of them full and of its size
+        size = self.coopmat_subgroup if name.startswith("matmul_coop") else None
+        required = None
+        if size:
+            required = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo(
+                requiredSubgroupSize=size
+            )
         stage = vk.VkPipelineShaderStageCreateInfo(
+            pNext=required, flags=REQUIRE_FULL_SUBGROUPS if size else 0,
             stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName="main",
             pSpecializationInfo=spec_info,
         )  # fmt: skip
@@ -356,9 +380,9 @@ def _destroy_device(vk: Any, device: Any) -> None:
         pass
 
 
-def _free(vk: Any, device: Any, handle: Any, memory: Any) -> None:
+def _free(vk: Any, runtime: Runtime, handle: Any, memory: Any) -> None:
     try:
-        vk.vkDestroyBuffer(device, handle, None)
-        vk.vkFreeMemory(device, memory, None)
+        vk.vkDestroyBuffer(runtime.device, handle, None)
+        vk.vkFreeMemory(runtime.device, memory, None)
     except Exception:  # at interpreter exit the device may already be gone
         pass

@@ -209,16 +209,24 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
     assert check_case(vulkan, case) == "ok"
 
 
+@pytest.mark.parametrize("subgroups", ["fixed", "required"])
 @pytest.mark.parametrize("tile", [64, 128])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])
-def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile):
+def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile, subgroups):
     """Where the device has matrix units llmrt uses (VK_KHR_cooperative_matrix: NVIDIA; lavapipe
     from Mesa 26), a prompt's matmul runs matmul_coop, in tiles of 64 or 128 (forced here), cut at
-    both edges by these shapes; its f16 products stay as close to the f32 ones as conformance's."""
+    both edges by these shapes; its f16 products stay as close to the f32 ones as conformance's.
+    "required": on a logical device made as for one whose subgroup size varies (RDNA3), the
+    pipelines require the variant's size (VK_EXT_subgroup_size_control)."""
     from llmrt_vulkan import launch
+    from llmrt_vulkan.runtime import Runtime
 
     if vulkan.runtime.coopmat is None:
         pytest.skip("the device has no cooperative matrix product llmrt uses")
+    if subgroups == "required":
+        varying = {**vulkan._info.properties, "min_subgroup_size": 1}
+        monkeypatch.setattr(vulkan, "_runtime", Runtime(vulkan.vk, vulkan.physical, varying))
+        assert vulkan.runtime.coopmat_subgroup == vulkan._info.properties["max_subgroup_size"]
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
     monkeypatch.setattr(launch, "COOP_LARGE_GROUPS", 0 if tile == 128 else 1 << 30)
     m, k, t = 200, 512, 150

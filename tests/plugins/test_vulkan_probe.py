@@ -246,3 +246,43 @@ def test_no_driver_is_reported(tmp_path: Path):
 def test_importing_the_plugin_does_not_load_vulkan():
     code = "import sys, llmrt_vulkan; assert 'vulkan' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+NVIDIA = {
+    "api_version": "1.4.312", "shader_float16": True, "vulkan_memory_model": True,
+    "min_subgroup_size": 32, "max_subgroup_size": 32, "subgroup_size_control": True,
+    "compute_full_subgroups": True, "required_subgroup_size_stages": ["compute"],
+    "cooperative_matrix_shapes": ["16x16x16 f16*f16+f32=f32", "16x8x16 f16*f16+f32=f32"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, chosen",
+    [
+        ({}, ("matmul_coop", None)),
+        # RDNA3: waves of 32 or 64, a pipeline may require 32
+        ({"min_subgroup_size": 32, "max_subgroup_size": 64}, ("matmul_coop", 32)),
+        (
+            {"min_subgroup_size": 32, "max_subgroup_size": 64, "subgroup_size_control": False},
+            (None, None),
+        ),  # fmt: skip
+        ({"min_subgroup_size": 64, "max_subgroup_size": 64}, (None, None)),
+        # Mesa 26's lavapipe: 8x8x8 products, subgroups of 8
+        (
+            {
+                "min_subgroup_size": 8,
+                "max_subgroup_size": 8,
+                "cooperative_matrix_shapes": ["8x8x8 f16*f16+f32=f32"],
+            },
+            ("matmul_coop8", None),
+        ),  # fmt: skip
+        ({"cooperative_matrix_shapes": ["16x16x16 f16*f16+f16=f16"]}, (None, None)),
+        ({"cooperative_matrix_shapes": []}, (None, None)),  # Mesa 22's lavapipe
+        ({"vulkan_memory_model": False}, (None, None)),
+        ({"api_version": "1.2.203"}, (None, None)),
+    ],
+)
+def test_cooperative_matrix_variant_fits_the_device(change, chosen):
+    from llmrt_vulkan.runtime import _coopmat_variant
+
+    assert _coopmat_variant({**NVIDIA, **change}) == chosen
