@@ -28,7 +28,7 @@ from llmrt.errors import OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
-from llmrt.lower.passes import mmvq_lanes, q8_layout
+from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
@@ -429,15 +429,10 @@ def mm_act(prog: CUDAProgram, st: Step) -> KernelLaunch:
     return KernelLaunch(kernel("ops", "mm_act"), _grid(out.n), (256,), args)
 
 
-def _token_rows(t: int) -> int:
-    """The kernel variant for t token rows: 1, 2, 4 or 8."""
-    return 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-
-
 def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p, ins = st.params, st.ins
     res = ins[2] if len(ins) > 2 else 0
-    nt = _token_rows(p["t"])
+    nt = token_rows(p["t"])
     r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
     args = prog.args("Qq3Q3i", ins[0], p["row_bytes"], ins[1], st.out, res, p["m"], p["k"], p["t"])
     fn = kernel(str(int(p["type"])), f"mmv_{nt}_{r}")
@@ -511,7 +506,7 @@ def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     res = st.ins[1] if not merged and len(st.ins) > 1 else 0
     outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
     glu = p.get("glu", -1)
-    nt = _token_rows(t)
+    nt = token_rows(t)
     g = mmvq_lanes(k // 32) if nt == 1 else 32
     r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
     rpb = 4 * (32 // g) * (1 if glu >= 0 else r)
