@@ -171,13 +171,14 @@ class KernelLaunch:
 
 @dataclass
 class HostCopy:
+    """An input's copy from its pinned host array to the device, in the graph."""
+
     dst: int
     src: int
     nbytes: int
-    kind: int  # cudaMemcpyKind
 
     def __call__(self, stream_ptr: int) -> None:
-        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, self.kind, stream_ptr)
+        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, H2D, stream_ptr)
 
 
 @dataclass
@@ -225,14 +226,14 @@ class CUDAProgram(Executable):
                 self.base[s] = self.keep[-1].data.ptr
             else:
                 self.base[s] = self.arena.data.ptr + max(s.offset, 0)
-        self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
+        self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
         copies_in: list[HostCopy] = []
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
-            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n)
+            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n).reshape(v.shape)
             self.keep.append(pinned)
-            self.inputs.append((key, host, v.shape))
-            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes, H2D))
+            self.inputs[key] = host
+            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes))
         # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
         # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
         self.outputs = [
@@ -274,9 +275,9 @@ class CUDAProgram(Executable):
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        for key, host, _ in self.inputs:
+        for key, host in self.inputs.items():
             if key in inputs:  # else written into its input_buffer
-                np.copyto(host, np.asarray(inputs[key]).reshape(-1), casting="unsafe")
+                np.copyto(host.reshape(-1), np.asarray(inputs[key]).reshape(-1), casting="unsafe")
         with cp.cuda.Device(self.index), self.stream:
             if self.graph is not None:
                 self.graph.launch(self.stream)
@@ -298,19 +299,17 @@ class CUDAProgram(Executable):
 
     def input_buffer(self, key: str) -> Buffer | None:
         """The pinned host array the graph copies the input from (the copy is in the graph)."""
-        for name, host, shape in self.inputs:
-            if name == key:
-                return HostBuffer(self.device, host.reshape(shape))
-        return None
+        host = self.inputs.get(key)
+        return None if host is None else HostBuffer(self.device, host)
 
     def output_buffer(self, name: str) -> Buffer | None:
         """An output in the activations' arena, as a cupy array over it."""
-        for out, v in self.plan.outputs.items():
-            if out == name and v.contiguous and v.storage.kind == "arena":
-                at = self.ptr(v) - self.arena.data.ptr
-                array = cp.ndarray(v.shape, HOST_TYPES[v.dtype], memptr=self.arena.data + at)
-                return CudaTensor(self.device, array, v.dtype)
-        return None
+        v = self.plan.outputs.get(name)
+        if v is None or not v.contiguous or v.storage.kind != "arena":
+            return None
+        at = self.ptr(v) - self.arena.data.ptr
+        array = cp.ndarray(v.shape, HOST_TYPES[v.dtype], memptr=self.arena.data + at)
+        return CudaTensor(self.device, array, v.dtype)
 
     def _capture(self) -> None:
         try:
@@ -323,7 +322,6 @@ class CUDAProgram(Executable):
         except Exception as exc:  # capture unsupported here: plain launches, then one by one
             if os.environ.get("LLMRT_DEBUG"):
                 print(f"llmrt_cuda: CUDA graph capture failed ({exc})")
-            self.graph = None
             if self.pdl:
                 self.pdl, self.launches = False, self.plain_launches
                 return self._capture()
