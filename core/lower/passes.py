@@ -17,7 +17,7 @@ activations: the CUDA backend's and the OpenCL backend's (the Vulkan backend tak
 Each takes the steps and ``reads(storage, skip_step=None)`` (readers of a storage in the steps as
 they are when the pass starts, graph outputs counting 1000) and returns the new list;
 ``small_batch`` applies them all, in order, to a plan. ``mmvq_lanes`` is how many lanes an
-``mmvq`` kernel gives a row.
+``mmvq`` kernel gives a row, ``token_rows`` how many token rows a mat-vec kernel takes.
 """
 
 from __future__ import annotations
@@ -232,6 +232,11 @@ def mmvq_lanes(n_blocks: int) -> int:
         if e > eff + 1e-9:
             best, eff = g, e
     return best
+
+
+def token_rows(t: int) -> int:
+    """The mat-vec kernel variant for `t` token rows: 1, 2, 4 or 8 (CUDA's and OpenCL's)."""
+    return 1 if t == 1 else 2 if t == 2 else 4 if t <= 4 else 8
 
 
 def attention_heads(hq: int, hkv: int) -> int:

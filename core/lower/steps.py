@@ -40,6 +40,14 @@ from llmrt.lower.view import Storage, View, alias
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 ITEMSIZE = {F32: 4, F16: 2, I32: 4, BF16: 2}
+# weight types whose ggml blocks the GPU backends' kernels read as they are
+BLOCK_TYPES = frozenset({
+    F32, F16, BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+})  # fmt: skip
+# the legacy quants, whose mat-vecs may run on activations quantized once to q8 blocks (exact
+# int8 dot products, as ggml's mmvq): passes.q8_activations' `types`
+Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 
 

@@ -28,7 +28,7 @@ from llmrt.errors import OutOfDeviceMemory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
-from llmrt.lower.passes import mmvq_lanes, q8_layout
+from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
@@ -171,13 +171,14 @@ class KernelLaunch:
 
 @dataclass
 class HostCopy:
+    """An input's copy from its pinned host array to the device, in the graph."""
+
     dst: int
     src: int
     nbytes: int
-    kind: int  # cudaMemcpyKind
 
     def __call__(self, stream_ptr: int) -> None:
-        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, self.kind, stream_ptr)
+        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, H2D, stream_ptr)
 
 
 @dataclass
@@ -225,14 +226,14 @@ class CUDAProgram(Executable):
                 self.base[s] = self.keep[-1].data.ptr
             else:
                 self.base[s] = self.arena.data.ptr + max(s.offset, 0)
-        self.inputs: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
+        self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
         copies_in: list[HostCopy] = []
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
-            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n)
+            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n).reshape(v.shape)
             self.keep.append(pinned)
-            self.inputs.append((key, host, v.shape))
-            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes, H2D))
+            self.inputs[key] = host
+            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes))
         # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
         # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
         self.outputs = [
@@ -274,9 +275,9 @@ class CUDAProgram(Executable):
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        for key, host, _ in self.inputs:
+        for key, host in self.inputs.items():
             if key in inputs:  # else written into its input_buffer
-                np.copyto(host, np.asarray(inputs[key]).reshape(-1), casting="unsafe")
+                np.copyto(host.reshape(-1), np.asarray(inputs[key]).reshape(-1), casting="unsafe")
         with cp.cuda.Device(self.index), self.stream:
             if self.graph is not None:
                 self.graph.launch(self.stream)
@@ -298,19 +299,17 @@ class CUDAProgram(Executable):
 
     def input_buffer(self, key: str) -> Buffer | None:
         """The pinned host array the graph copies the input from (the copy is in the graph)."""
-        for name, host, shape in self.inputs:
-            if name == key:
-                return HostBuffer(self.device, host.reshape(shape))
-        return None
+        host = self.inputs.get(key)
+        return None if host is None else HostBuffer(self.device, host)
 
     def output_buffer(self, name: str) -> Buffer | None:
         """An output in the activations' arena, as a cupy array over it."""
-        for out, v in self.plan.outputs.items():
-            if out == name and v.contiguous and v.storage.kind == "arena":
-                at = self.ptr(v) - self.arena.data.ptr
-                array = cp.ndarray(v.shape, HOST_TYPES[v.dtype], memptr=self.arena.data + at)
-                return CudaTensor(self.device, array, v.dtype)
-        return None
+        v = self.plan.outputs.get(name)
+        if v is None or not v.contiguous or v.storage.kind != "arena":
+            return None
+        at = self.ptr(v) - self.arena.data.ptr
+        array = cp.ndarray(v.shape, HOST_TYPES[v.dtype], memptr=self.arena.data + at)
+        return CudaTensor(self.device, array, v.dtype)
 
     def _capture(self) -> None:
         try:
@@ -323,7 +322,6 @@ class CUDAProgram(Executable):
         except Exception as exc:  # capture unsupported here: plain launches, then one by one
             if os.environ.get("LLMRT_DEBUG"):
                 print(f"llmrt_cuda: CUDA graph capture failed ({exc})")
-            self.graph = None
             if self.pdl:
                 self.pdl, self.launches = False, self.plain_launches
                 return self._capture()
@@ -429,15 +427,10 @@ def mm_act(prog: CUDAProgram, st: Step) -> KernelLaunch:
     return KernelLaunch(kernel("ops", "mm_act"), _grid(out.n), (256,), args)
 
 
-def _token_rows(t: int) -> int:
-    """The kernel variant for t token rows: 1, 2, 4 or 8."""
-    return 1 if t == 1 else (2 if t == 2 else (4 if t <= 4 else 8))
-
-
 def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p, ins = st.params, st.ins
     res = ins[2] if len(ins) > 2 else 0
-    nt = _token_rows(p["t"])
+    nt = token_rows(p["t"])
     r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
     args = prog.args("Qq3Q3i", ins[0], p["row_bytes"], ins[1], st.out, res, p["m"], p["k"], p["t"])
     fn = kernel(str(int(p["type"])), f"mmv_{nt}_{r}")
@@ -511,7 +504,7 @@ def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     res = st.ins[1] if not merged and len(st.ins) > 1 else 0
     outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
     glu = p.get("glu", -1)
-    nt = _token_rows(t)
+    nt = token_rows(t)
     g = mmvq_lanes(k // 32) if nt == 1 else 32
     r = 2 if glu >= 0 or (sum(ms) >= MMVQ_R2_MIN_M and k < MMVQ_R2_MAX_K) else 1
     rpb = 4 * (32 // g) * (1 if glu >= 0 else r)

@@ -15,8 +15,9 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
 from llmrt.lower.steps import (
+    BLOCK_TYPES,
+    Q8_TYPES,
     Plan,
-    Step,
     StepLowering,
     liveness,
     lower_mul_mat,
@@ -25,14 +26,9 @@ from llmrt.lower.steps import (
 )
 from llmrt.lower.view import View
 
-F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
-# Weight types whose blocks the kernels read as they are (weights.cu, dequant32).
-WEIGHT_TYPES = frozenset({
-    F32, F16, BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
-    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-})  # fmt: skip
-# Weight types whose mat-vec runs on int8 activations (__dp4a), quantized once per input.
-Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+F32, F16 = GGMLType.F32, GGMLType.F16
+# the kernels read BLOCK_TYPES' blocks as they are (weights.cu, dequant32); Q8_TYPES' mat-vecs
+# run on int8 activations (__dp4a), quantized once per input
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
@@ -42,14 +38,6 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
 # more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)
 FATTN_RESIDENT_PER_SM = 4
-__all__ = [
-    "Plan",
-    "Step",
-    "attention_parts",
-    "attention_split",
-    "lower",
-    "supports",
-]
 
 
 def _mmv_max_t(dtype: GGMLType) -> int:
@@ -66,7 +54,7 @@ def _attention(node: Tensor) -> bool:
 
 
 # what the kernels implement; drives placement, fusion and conformance skips
-supports = step_supports(WEIGHT_TYPES, _mmv_max_t, _attention)
+supports = step_supports(BLOCK_TYPES, _mmv_max_t, _attention)
 
 
 def attention_parts(

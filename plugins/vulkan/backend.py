@@ -299,12 +299,10 @@ class VulkanDevice(Device):
         self._runtime: Any = None
 
     def info(self) -> DeviceInfo:
-        free = None
-        if self._memory_free is not None:
-            try:
-                free = self._memory_free()
-            except Exception:  # free memory is a hint; never fail info() over it
-                free = None
+        try:  # free memory is a hint; never fail info() over it
+            free = self._memory_free() if self._memory_free is not None else None
+        except Exception:
+            free = None
         return dataclasses.replace(self._info, memory_free=free)
 
     @property

@@ -109,12 +109,11 @@ def quant_q8(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     (table, ids), out = st.ins, st.out
-    k = out.shape[1]
-    if st.op == "get_rows_w":
-        code, row_bytes, table_byte = TYPE_CODES[table.dtype], table.dtype.row_nbytes(k), 0
+    k, code = out.shape[1], TYPE_CODES[table.dtype]
+    if st.op == "get_rows_w":  # a weight, in its blocks
+        row_bytes, table_byte = table.dtype.row_nbytes(k), 0
     else:
-        size = ITEMSIZE[table.dtype]
-        code, row_bytes, table_byte = TYPE_CODES[table.dtype], k * size, table.offset * size
+        row_bytes, table_byte = k * ITEMSIZE[table.dtype], table.offset * ITEMSIZE[table.dtype]
     n4 = out.n // 4
     groups = prog.grid(-(-n4 // 256))
     push = (k, row_bytes, table_byte, ids.offset, out.offset // 4, n4, groups[0])

@@ -19,7 +19,9 @@ from llmrt.ir import Graph, Op, Tensor
 from llmrt.ir.graph import contiguous_strides
 from llmrt.lower import passes, prologue
 from llmrt.lower.steps import (
+    BLOCK_TYPES,
     LOWERINGS,
+    Q8_TYPES,
     Plan,
     Step,
     StepLowering,
@@ -29,11 +31,8 @@ from llmrt.lower.steps import (
 from llmrt.lower.view import View
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
-# weight types the shaders read in their ggml blocks (quant.glsl)
-BLOCK_TYPES = frozenset({
-    F32, F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1,
-    GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-})  # fmt: skip
+# the shaders read BLOCK_TYPES' ggml blocks (quant.glsl); Q8_TYPES' mat-vecs run on q8 blocks of
+# their activations (matvec_q8.comp)
 FLOATS = (F32, F16)
 MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
@@ -49,8 +48,6 @@ PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in 
 # and barriers, which costs wide activations (the 8B) more than the barrier stages it saves.
 PROLOGUE_FLOATS = 20480
 PROLOGUE_SMALL = 2048
-# weight types the integer mat-vec takes (q8_0 activations in ggml): matvec_q8.comp
-Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
 ELEMENTWISE = {Op.ADD: ("binary", 0), Op.MUL: ("binary", 1), Op.SCALE: ("unary", 0),
                Op.SILU: ("unary", 1), Op.GELU: ("unary", 2), Op.SWIGLU: ("glu", 0),
                Op.GEGLU: ("glu", 1)}  # fmt: skip

@@ -23,8 +23,7 @@ from llmrt import device
 from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
-from llmrt.lower import ALIGN, Storage, View, plan_arena
-from llmrt.lower.arena import aligned
+from llmrt.lower import ALIGN, Arena, Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE
 from llmrt.lower.view import bound
 from llmrt_vulkan.launch import LAUNCHES
@@ -77,17 +76,15 @@ class VulkanProgram(Executable):
         self.rt, self.device = rt, device
         plan = lower(graph, rt.cpu, rt.max_range)
         self.arena_peak = plan_arena(plan.storages)
-        self.inputs_size = 0
-        for s in plan.storages:  # weights and states are bound buffers; inputs share one
+        inputs = Arena()  # the inputs, one after another in one buffer
+        for s in plan.storages:  # weights and states are bound buffers
             if s.kind in ("weight", "state"):
                 buf = bound(s, bindings, graph).buf
                 s.kind, s.buf, s.offset, s.nbytes = "buffer", buf, 0, buf.size
             elif s.kind == "input":
-                s.kind, s.offset = "inputs", self.inputs_size
-                self.inputs_size += aligned(s.nbytes)
-        self.inputs = [(key, v, v.shape, v.dtype) for key, v in plan.inputs.items()]
-        self.inputs_size = max(self.inputs_size, 16)
-        self.outputs = plan.outputs
+                s.kind, s.offset = "inputs", inputs.alloc(s.nbytes)
+        self.inputs_size = max(inputs.peak, 16)
+        self.inputs, self.outputs = plan.inputs, plan.outputs
         self.constants: list[Buffer] = []  # small tables made at compile time (rope frequencies)
         self.dispatches = [d for step in plan.steps for d in LAUNCHES[step.op](self, step)]
         self._record()
@@ -132,11 +129,11 @@ class VulkanProgram(Executable):
         self.command_buffer = self._command_buffer(pipelines, sets, staged)
         self.submit = rt.vk.VkSubmitInfo(commandBufferCount=1,
                                          pCommandBuffers=[self.command_buffer])  # fmt: skip
+        host = self.inputs_host.host
         self._in_views = [
-            (key, self.inputs_host.host[ref.storage.offset : ref.storage.offset
-                                        + ref.storage.nbytes], HOST_TYPES[dtype])
-            for key, ref, _, dtype in self.inputs
-        ]  # fmt: skip
+            (key, host[v.storage.offset : v.storage.offset + v.storage.nbytes], HOST_TYPES[v.dtype])
+            for key, v in self.inputs.items()
+        ]
 
     def _plan_outputs(self, staged: bool) -> None:
         """Each output's span is copied into a host buffer at the end, unless it is already in
@@ -153,38 +150,31 @@ class VulkanProgram(Executable):
         self.outputs_host = self.rt.buffer(max(out_size, 16), host=True) if copy_out else None
 
     def _descriptor_sets(self, pipelines: list[Any]) -> list[Any]:
-        rt, vk = self.rt, self.rt.vk
-        n_sets = len(self.dispatches)
+        rt, vk, n_sets = self.rt, self.rt.vk, len(self.dispatches)
+        storage = vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
         n_desc = sum(len(d.bindings) for d in self.dispatches)
-        pool_size = vk.VkDescriptorPoolSize(
-            type=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=max(1, n_desc)
+        size = vk.VkDescriptorPoolSize(type=storage, descriptorCount=max(1, n_desc))
+        info = vk.VkDescriptorPoolCreateInfo(
+            maxSets=max(1, n_sets), poolSizeCount=1, pPoolSizes=[size]
         )
-        self.pool = vk.vkCreateDescriptorPool(
-            rt.device,
-            vk.VkDescriptorPoolCreateInfo(maxSets=max(1, n_sets), poolSizeCount=1,
-                                          pPoolSizes=[pool_size]),
-            None,
-        )  # fmt: skip
+        self.pool = vk.vkCreateDescriptorPool(rt.device, info, None)
         if not n_sets:
             return []
-        sets = vk.vkAllocateDescriptorSets(
-            rt.device,
-            vk.VkDescriptorSetAllocateInfo(
-                descriptorPool=self.pool, descriptorSetCount=n_sets,
-                pSetLayouts=[p.set_layout for p in pipelines],
-            ),
-        )  # fmt: skip
-        writes = []
-        for i, d in enumerate(self.dispatches):
+        layouts = [p.set_layout for p in pipelines]
+        info = vk.VkDescriptorSetAllocateInfo(
+            descriptorPool=self.pool, descriptorSetCount=n_sets, pSetLayouts=layouts
+        )
+        sets = vk.vkAllocateDescriptorSets(rt.device, info)
+        writes, one = [], dict(descriptorType=storage, descriptorCount=1)
+        for dset, d in zip(sets, self.dispatches, strict=True):
             for j, (store, extra) in enumerate(d.bindings):
                 buf = self._buffer_of(store) or rt.dummy
                 offset = store.offset + extra  # storages start 256-byte aligned
                 rng = min(buf.size - offset, rt.max_range)
                 info = vk.VkDescriptorBufferInfo(buffer=buf.handle, offset=offset, range=rng)
-                writes.append(vk.VkWriteDescriptorSet(
-                    dstSet=sets[i], dstBinding=j, descriptorCount=1,
-                    descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, pBufferInfo=[info],
-                ))  # fmt: skip
+                writes.append(
+                    vk.VkWriteDescriptorSet(dstSet=dset, dstBinding=j, pBufferInfo=[info], **one)
+                )
         for start in range(0, len(writes), 512):
             part = writes[start : start + 512]
             vk.vkUpdateDescriptorSets(rt.device, len(part), part, 0, None)
@@ -192,11 +182,10 @@ class VulkanProgram(Executable):
 
     def _command_buffer(self, pipelines: list[Any], sets: list[Any], staged: bool) -> Any:
         rt, vk = self.rt, self.rt.vk
-        cb = vk.vkAllocateCommandBuffers(
-            rt.device,
-            vk.VkCommandBufferAllocateInfo(commandPool=rt.command_pool, level=0,
-                                           commandBufferCount=1),
-        )[0]  # fmt: skip
+        info = vk.VkCommandBufferAllocateInfo(
+            commandPool=rt.command_pool, level=0, commandBufferCount=1
+        )
+        cb = vk.vkAllocateCommandBuffers(rt.device, info)[0]
         vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo())
 
         def barrier(src_stage, dst_stage, src_access, dst_access):
@@ -292,11 +281,11 @@ class VulkanProgram(Executable):
         return self._read_outputs(outputs)
 
     def input_buffer(self, key: str) -> device.Buffer | None:
-        for name, ref, shape, dtype in self.inputs:
-            if name == key and self.device is not None:
-                return VulkanState(self.device, self.rt, self.inputs_host, shape, dtype,
-                                   ref.storage.offset)  # fmt: skip
-        return None
+        ref = self.inputs.get(key)
+        if ref is None or self.device is None:
+            return None
+        return VulkanState(self.device, self.rt, self.inputs_host, ref.shape, ref.dtype,
+                           ref.storage.offset)  # fmt: skip
 
     def output_buffer(self, name: str) -> device.Buffer | None:
         """Where an output is after a run: its copy in host memory, or its storage."""

@@ -167,11 +167,14 @@ class Runtime:
         self.dummy = self.buffer(16)
 
     # ---- memory ----------------------------------------------------------------------------
-    def _memory_type(self, bits: int, flags: int) -> int:
-        for i, (f, _) in enumerate(self.memory_types):
-            if bits >> i & 1 and f & flags == flags:
-                return i
-        raise VulkanError(f"no memory type with flags {flags:#x}")
+    def _memory_type(self, bits: int, *choices: int) -> int:
+        """The first memory type that `bits` allows with all the flags of the first choice that
+        one has."""
+        for flags in choices:
+            for i, (f, _) in enumerate(self.memory_types):
+                if bits >> i & 1 and f & flags == flags:
+                    return i
+        raise VulkanError(f"no memory type with flags {choices[-1]:#x}")
 
     def buffer(self, size: int, host: bool = False) -> Buffer:
         """A storage buffer of at least ``size`` bytes: device memory, or host-visible memory
@@ -179,17 +182,13 @@ class Runtime:
         vk = self.vk
         size = max(16, -(-int(size) // 16) * 16)
         usage = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
-        handle = vk.vkCreateBuffer(
-            self.device, vk.VkBufferCreateInfo(size=size, usage=usage, sharingMode=0), None
-        )
+        info = vk.VkBufferCreateInfo(size=size, usage=usage, sharingMode=0)
+        handle = vk.vkCreateBuffer(self.device, info, None)
         req = vk.vkGetBufferMemoryRequirements(self.device, handle)
         flags = self.host_flags if host else self.device_flags
-        try:  # staging read back from uncached (write-combined) memory is slow: prefer cached
-            type_index = self._memory_type(
-                req.memoryTypeBits, flags | HOST_CACHED if flags & HOST_VISIBLE else flags
-            )
-        except VulkanError:
-            type_index = self._memory_type(req.memoryTypeBits, flags)
+        # staging read back from uncached (write-combined) memory is slow: prefer cached
+        cached = HOST_CACHED if flags & HOST_VISIBLE else 0
+        type_index = self._memory_type(req.memoryTypeBits, flags | cached, flags)
         info = vk.VkMemoryAllocateInfo(allocationSize=req.size, memoryTypeIndex=type_index)
         try:
             memory = vk.vkAllocateMemory(self.device, info, None)
@@ -302,48 +301,35 @@ class Runtime:
     def pipeline(self, name: str, n_bindings: int, push_size: int, spec: tuple[int, ...] = ()):
         """The compute pipeline of a shader variant with uint specialization constants 0..n-1,
         created on first use and cached."""
-        if (
-            self.subgroups and f"{name}_sg" in shaders.VARIANTS
-            and (self.clustered or f"{name}_sg" not in shaders.CLUSTERED)
-        ):  # fmt: skip
-            name = f"{name}_sg"
-        key = (name, spec)
-        found = self._pipelines.get(key)
-        if found is not None:
-            return found
-        vk, device = self.vk, self.device
-        module = self._modules.get(name)
-        if module is None:
+        sg = f"{name}_sg"  # the variant on subgroup operations, where the device has them all
+        usable = self.subgroups and (self.clustered or sg not in shaders.CLUSTERED)
+        if usable and sg in shaders.VARIANTS:
+            name = sg
+        if (name, spec) in self._pipelines:
+            return self._pipelines[name, spec]
+        vk, device, compute = self.vk, self.device, self.vk.VK_SHADER_STAGE_COMPUTE_BIT
+        if name not in self._modules:
             code = shaders.spirv(name)
-            module = vk.vkCreateShaderModule(
-                device, vk.VkShaderModuleCreateInfo(codeSize=len(code), pCode=code), None
-            )
-            self._modules[name] = module
+            info = vk.VkShaderModuleCreateInfo(codeSize=len(code), pCode=code)
+            self._modules[name] = vk.vkCreateShaderModule(device, info, None)
+        storage = vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
         bindings = [
             vk.VkDescriptorSetLayoutBinding(
-                binding=i, descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                descriptorCount=1, stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT,
+                binding=i, descriptorType=storage, descriptorCount=1, stageFlags=compute
             )
             for i in range(n_bindings)
-        ]  # fmt: skip
-        set_layout = vk.vkCreateDescriptorSetLayout(
-            device,
-            vk.VkDescriptorSetLayoutCreateInfo(bindingCount=n_bindings, pBindings=bindings),
-            None,
+        ]
+        info = vk.VkDescriptorSetLayoutCreateInfo(bindingCount=n_bindings, pBindings=bindings)
+        set_layout = vk.vkCreateDescriptorSetLayout(device, info, None)
+        push = vk.VkPushConstantRange(stageFlags=compute, offset=0, size=push_size)
+        info = vk.VkPipelineLayoutCreateInfo(
+            setLayoutCount=1,
+            pSetLayouts=[set_layout],
+            pushConstantRangeCount=1,
+            pPushConstantRanges=[push],
         )
-        push = vk.VkPushConstantRange(
-            stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT, offset=0, size=push_size
-        )
-        layout = vk.vkCreatePipelineLayout(
-            device,
-            vk.VkPipelineLayoutCreateInfo(
-                setLayoutCount=1, pSetLayouts=[set_layout], pushConstantRangeCount=1,
-                pPushConstantRanges=[push],
-            ),
-            None,
-        )  # fmt: skip
-        spec_info = None
-        data = None
+        layout = vk.vkCreatePipelineLayout(device, info, None)
+        spec_info = data = None  # `data` lives until the pipeline is made
         if spec:
             entries = [
                 vk.VkSpecializationMapEntry(constantID=i, offset=4 * i, size=4)
@@ -361,15 +347,13 @@ class Runtime:
                 requiredSubgroupSize=size
             )
         stage = vk.VkPipelineShaderStageCreateInfo(
-            pNext=required, flags=REQUIRE_FULL_SUBGROUPS if size else 0,
-            stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName="main",
-            pSpecializationInfo=spec_info,
+            pNext=required, flags=REQUIRE_FULL_SUBGROUPS if size else 0, stage=compute,
+            module=self._modules[name], pName="main", pSpecializationInfo=spec_info,
         )  # fmt: skip
         info = vk.VkComputePipelineCreateInfo(stage=stage, layout=layout)
         handle = vk.vkCreateComputePipelines(device, None, 1, [info], None)[0]
-        found = Pipeline(handle, layout, set_layout)
-        self._pipelines[key] = found
-        return found
+        self._pipelines[name, spec] = Pipeline(handle, layout, set_layout)
+        return self._pipelines[name, spec]
 
 
 def _destroy_device(vk: Any, device: Any) -> None:

@@ -16,7 +16,8 @@ from plan_shapes import SHAPES, decode_graph
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import plan_arena
-from llmrt_cuda.lower import Step, lower
+from llmrt.lower.steps import Step
+from llmrt_cuda.lower import lower
 
 Q4_0, Q8_0 = GGMLType.Q4_0, GGMLType.Q8_0
 
