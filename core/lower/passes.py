@@ -48,14 +48,16 @@ def q8_activations(
     types: frozenset[GGMLType],
     writes_q8: Callable[[Step], bool] = _norm_or_attention,
     prologue: Callable[[Step], bool] | None = None,
+    ops: tuple[str, str] = ("mmv", "mmvq"),
 ) -> list[Step]:
     """`writes_q8(producer)`: the producer of a mat-vec's activations can write them as q8 too
     (a norm becomes ``norm_q8``, others get ``params["q8"]``); `prologue(mat_vec)`: a mat-vec
-    whose activations have no q8 copy yet stays an ``mmv`` (it makes its q8 blocks itself)."""
+    whose activations have no q8 copy yet stays an ``mmv`` (it makes its q8 blocks itself).
+    `ops`: the product steps taken and what they become (OpenCL's prompt GEMMs: gemm, gemmq)."""
     q8_of: dict[tuple[Storage, int, int], Storage] = {}
     out: list[Step] = []
     for st in steps:
-        if st.op == "mmv" and st.params["type"] in types:
+        if st.op == ops[0] and st.params["type"] in types:
             x = st.ins[1]
             key = (x.storage, x.offset, x.n)
             q8 = q8_of.get(key)
@@ -72,7 +74,7 @@ def q8_activations(
                     prod.params["q8"] = q8
                 else:
                     out.append(Step("quant_q8", [x], None, {"q8": q8, "n": x.n}))
-            st.op = "mmvq"
+            st.op = ops[1]
             st.params["q8"] = q8
             st.ins = [st.ins[0], *st.ins[2:]]
         out.append(st)

@@ -52,34 +52,18 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(WEIGHT_TYPES, lambda dtype: MMV_MAX_T, _attention)
 
 
+def _is_norm(producer: Step) -> bool:
+    return producer.op == "norm"
+
+
 def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:
     """Prompt products (gemm) of `types` become ``gemmq`` steps on activations quantized once to
-    q8 blocks (``params["q8"]``, q8_layout), as mmvq's: by the norm that makes them (``norm_q8``)
-    or by a ``quant_q8`` step, shared by the products reading one value (q, k, v; gate, up)."""
-    q8_of: dict[tuple[Storage, int, int], Storage] = {}
-    out: list[Step] = []
-    for st in plan.steps:
-        if st.op == "gemm" and st.params["type"] in types:
-            x = st.ins[1]
-            key = (x.storage, x.offset, x.n)
-            q8 = q8_of.get(key)
-            if q8 is None:
-                q8 = q8_of[key] = storage("arena", q8_layout(x.n)[1])
-                writers = (p for p in reversed(out) if p.out is not None)
-                prod = next((p for p in writers if p.out.storage is x.storage), None)
-                if prod is not None and prod.op == "norm" and prod.out.same(x):
-                    prod.op = "norm_q8"  # the norm writes its rows as q8 too
-                    prod.params["q8"] = q8
-                else:
-                    out.append(Step("quant_q8", [x], None, {"q8": q8, "n": x.n}))
-            st.op = "gemmq"
-            st.params["q8"] = q8
-            st.ins = [st.ins[0], *st.ins[2:]]
-        out.append(st)
-    plan.steps[:] = out
-    for st in plan.steps:  # a norm whose f32 rows only the products read need not write them
-        if st.op == "norm_q8" and "y_unused" not in st.params:
-            st.params["y_unused"] = plan.reads(st.out.storage) == 0
+    q8 blocks as mmvq's (llmrt.lower.passes.q8_activations): by the norm that makes them
+    (``norm_q8``) or by a ``quant_q8`` step, shared by the products reading one value (q, k, v;
+    gate, up); a norm whose f32 rows only the products read then need not write them."""
+    gemms = ("gemm", "gemmq")
+    plan.steps[:] = passes.q8_activations(plan.steps, storage, types, _is_norm, ops=gemms)
+    plan.steps[:] = passes.unused_norm_outputs(plan.steps, plan.reads)
 
 
 def cpu_epilogues(plan: Plan) -> None:
