@@ -23,16 +23,20 @@ from collections.abc import Callable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
-from llmrt.lower.steps import Plan, Step, liveness, lower_steps, step_supports
+from llmrt.lower.steps import (
+    BLOCK_TYPES,
+    Q8_TYPES,
+    Plan,
+    Step,
+    liveness,
+    lower_steps,
+    step_supports,
+)
 from llmrt.lower.view import Storage
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
-WEIGHT_TYPES = frozenset({
-    F32, F16, BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
-    GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-})  # fmt: skip
-# Weight types whose mat-vec runs on int8 activations when fused (weights.cl's mmvq).
-Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
+# weights.cl reads BLOCK_TYPES' blocks as stored; Q8_TYPES' products run on int8 activations
+# when fused (mmvq) or on a GPU's prompts (gemmq)
 MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
@@ -49,7 +53,7 @@ def _attention(node: Tensor) -> bool:
 
 
 # what the kernels implement; drives placement, fusion and conformance skips
-supports = step_supports(WEIGHT_TYPES, lambda dtype: MMV_MAX_T, _attention)
+supports = step_supports(BLOCK_TYPES, lambda dtype: MMV_MAX_T, _attention)
 
 
 def _is_norm(producer: Step) -> bool:
