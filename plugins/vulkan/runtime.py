@@ -116,18 +116,17 @@ class Runtime:
         self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
         # pNext holds raw pointers: the chained structs are kept alive in `features`
         features: list[Any] = []
-        for wanted, name, field in (
-            (self.int_dot, "ShaderIntegerDotProductFeatures", "shaderIntegerDotProduct"),
-            (self.coopmat, "CooperativeMatrixFeaturesKHR", "cooperativeMatrix"),
-            (self.coopmat, "VulkanMemoryModelFeatures", "vulkanMemoryModel"),
-            (self.coopmat, "ShaderFloat16Int8Features", "shaderFloat16"),
-            (self.coopmat_subgroup, "SubgroupSizeControlFeatures", "subgroupSizeControl"),
-        ):
+        for wanted, name, fields in (
+            (self.int_dot, "ShaderIntegerDotProductFeatures", ("shaderIntegerDotProduct",)),
+            (self.coopmat, "CooperativeMatrixFeaturesKHR", ("cooperativeMatrix",)),
+            (self.coopmat, "VulkanMemoryModelFeatures", ("vulkanMemoryModel",)),
+            (self.coopmat, "ShaderFloat16Int8Features", ("shaderFloat16",)),
+            (self.coopmat_subgroup, "SubgroupSizeControlFeatures",
+             ("subgroupSizeControl", "computeFullSubgroups")),
+        ):  # fmt: skip
             if wanted:
                 next_ = features[-1] if features else None
-                on = {field: vk.VK_TRUE}
-                if field == "subgroupSizeControl":
-                    on["computeFullSubgroups"] = vk.VK_TRUE
+                on = dict.fromkeys(fields, vk.VK_TRUE)
                 features.append(getattr(vk, f"VkPhysicalDevice{name}")(pNext=next_, **on))
         extensions = ["VK_KHR_cooperative_matrix"] if self.coopmat else []
         device_info = vk.VkDeviceCreateInfo(

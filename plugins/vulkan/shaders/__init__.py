@@ -1,9 +1,9 @@
 """GLSL compute shaders and the SPIR-V compiled from them, shipped side by side.
 
 Each entry of VARIANTS names a SPIR-V file, the .comp it is compiled from and the macros it is
-compiled with. `python -m llmrt_vulkan.shaders` recompiles them all with glslc (the cooperative-
-matrix ones with $LLMRT_GLSLC, a glslc of 2024 or newer; developers only:
-users load the shipped .spv); tests/plugins/test_vulkan_shaders.py checks that the shipped files
+compiled with. `python -m llmrt_vulkan.shaders` recompiles them all with glslc, the
+cooperative-matrix ones with $LLMRT_GLSLC (a glslc of 2024 or newer); that is for developers only,
+users load the shipped .spv. tests/plugins/test_vulkan_shaders.py checks that the shipped files
 are what the sources compile to.
 """
 
