@@ -271,10 +271,12 @@ def _softmax_attention_cases() -> Iterator[OpCase]:
             NMSE_SOFTMAX,
         )
     # decode attention also over four and two query heads a KV head (the GPU kernels read a KV
-    # row once for all of them), over caches long enough to be split
+    # row once for all of them), over caches long enough to be split; prompts of more query rows
+    # than one tile of the tiled kernels takes, cut at the tiles' edges
     for t, hq, hkv, s, d, kv in ((1, 9, 3, 256, 64, F16), (7, 4, 1, 33, 256, F16),
                                  (5, 2, 2, 16, 32, F32), (1, 8, 2, 300, 128, F16),
-                                 (1, 4, 2, 160, 32, F32)):  # fmt: skip
+                                 (1, 4, 2, 160, 32, F32), (70, 8, 2, 100, 64, F16),
+                                 (130, 4, 1, 200, 128, F16), (20, 2, 2, 20, 32, F16)):  # fmt: skip
         for softcap in (0.0, 30.0):
             yield OpCase(
                 f"flash_attn_ext(t={t},hq={hq},hkv={hkv},s={s},d={d},kv={kv.name.lower()},"

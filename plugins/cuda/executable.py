@@ -53,6 +53,10 @@ MMVQ_R2_MAX_K = 4096
 MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
 FATTN_SPLIT_MAX_BLOCKS = 264
+# prompt attention of at least this many query rows on an f16 cache runs on tensor cores
+# (fattn_mma: mma.sync, sm_80 and later) for these head sizes
+FATTN_MMA_MIN_T = 16
+FATTN_MMA_DIMS = (32, 64, 128)
 
 
 @functools.cache
@@ -471,6 +475,11 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     def resident(heads: int, smem: int) -> int:
         return _resident(kernel("ops", f"fattn_split_{d}_{f16}_{heads}"), smem)
 
+    prompt = t >= FATTN_MMA_MIN_T and f16 and not q8 and "nr" not in p
+    if prompt and d in FATTN_MMA_DIMS and int(cp.cuda.Device().compute_capability) >= 80:
+        args = prog.args("5Q4i4q2f", q, k, v, mask, out, t, hq, hkv, s, *k.strides[:2],
+                         *v.strides[:2], p["scale"], p["softcap"])  # fmt: skip
+        return KernelLaunch(kernel("ops", f"fattn_mma_{d}"), (-(-t // 64), hq), (128,), args)
     nh, nsplit, smem = attention_split(s, hq, hkv, t, d, _sm_count(), resident)
     split_fn = kernel("ops", f"fattn_split_{d}_{f16}_{nh}")
     common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)

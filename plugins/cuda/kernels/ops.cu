@@ -376,6 +376,177 @@ FATTN(128, 1)
 FATTN(256, 0)
 FATTN(256, 1)
 
+// --- prompt attention on tensor cores ---------------------------------------------------------
+
+// c[0..4) += a (16x16 f16, row) x b (16x8 f16, col), f32 accumulators: mma.sync m16n8k16. With
+// g = lane / 4 and c = lane % 4, a thread holds a = rows g, g+8 x cols 2c, 2c+1 and 2c+8, 2c+9;
+// b = rows (k) 2c, 2c+1 and 2c+8, 2c+9 x col g; c = rows g, g+8 x cols 2c, 2c+1.
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
+}
+
+#define FA_ROWS 64  // query rows a block: 16 a warp, 4 warps
+#define FA_KEYS 64  // keys a shared-memory tile
+
+// Attention of a prompt (many query rows) on an f16 KV cache, after FlashAttention-2: a block
+// takes 64 query rows of one head, K and V pass through shared memory 64 keys at a time, and each
+// warp keeps its 16 rows' running maximum, sum and output in registers. S = Q K^T lands in the
+// accumulator layout, which is the A-operand layout of P x V, so P never leaves registers. q and
+// p are rounded to f16 as they enter the products (as the one-block-a-row kernel and ggml do); a
+// tile masked out for all of a warp's rows (the causal mask's upper triangle) is skipped.
+template <int D>
+__device__ __forceinline__ void fattn_mma_body(const float* __restrict__ q, const u16* __restrict__ k,
+                                               const u16* __restrict__ v, const float* __restrict__ mask,
+                                               float* __restrict__ out, int T, int Hq, int Hkv, int S,
+                                               long long ks, long long kh, long long vs, long long vh,
+                                               float scale, float softcap) {
+    constexpr int P = D + 8;  // tile row stride in halves: a row's 32-bit words 4 banks apart
+    __shared__ __align__(16) u16 sk[FA_KEYS * P];
+    __shared__ __align__(16) u16 sv[FA_KEYS * P];
+    const int h = blockIdx.y, hk = h / (Hq / Hkv), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int ra = blockIdx.x * FA_ROWS + warp * 16 + g, rb = ra + 8;  // this thread's rows
+    u32 qa[D / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = i & 1 ? rb : ra, d = kc * 16 + c * 2 + (i & 2) * 4;
+            const float* x = q + ((size_t)r * Hq + h) * D + d;
+            qa[kc][i] = r < T ? pack_f16x2(x[0], x[1]) : 0u;
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float ma = -INF, mb = -INF, la = 0.0f, lb = 0.0f;
+    const u32 sv_base = (u32)__cvta_generic_to_shared(sv);
+    for (int s0 = 0; s0 < S; s0 += FA_KEYS) {
+        __syncthreads();  // the last tile's readers are done with it
+        for (int i = threadIdx.x; i < FA_KEYS * D / 8; i += blockDim.x) {
+            const int r = i / (D / 8), d = i % (D / 8) * 8;
+            uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
+            if (s0 + r < S) {
+                kx = *(const uint4*)(k + (size_t)(s0 + r) * ks + (size_t)hk * kh + d);
+                vx = *(const uint4*)(v + (size_t)(s0 + r) * vs + (size_t)hk * vh + d);
+            }
+            *(uint4*)(sk + r * P + d) = kx;
+            *(uint4*)(sv + r * P + d) = vx;
+        }
+        __syncthreads();
+        float sc[FA_KEYS / 8][4];
+        bool live = false;  // any key of the tile unmasked for this thread's rows
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = s0 + n * 8 + c * 2 + (e & 1), r = e < 2 ? ra : rb;
+                float m = key < S && r < T ? 0.0f : -INF;
+                if (mask && m == 0.0f) m = mask[(size_t)r * S + key];
+                sc[n][e] = m;
+                live |= m != -INF;
+            }
+        }
+        if (!__any_sync(0xffffffffu, live)) continue;
+        float acc[FA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; ++n) {
+            acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < D / 16; ++kc) {
+                const u16* kr = sk + (n * 8 + g) * P + kc * 16 + c * 2;
+                mma_16816(acc[n], qa[kc], *(const u32*)kr, *(const u32*)(kr + 8));
+            }
+        }
+        float mxa = -INF, mxb = -INF;
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = acc[n][e] * scale;
+                if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+                x = sc[n][e] == -INF ? -INF : x + sc[n][e];
+                sc[n][e] = x;
+                if (e < 2) mxa = fmaxf(mxa, x); else mxb = fmaxf(mxb, x);
+            }
+        }
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {  // a row's 4 threads: lanes 4g..4g+3
+            mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, o2));
+            mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, o2));
+        }
+        const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+        const float fa = na == -INF ? 1.0f : expf(ma - na), fb = nb == -INF ? 1.0f : expf(mb - nb);
+        ma = na, mb = nb;
+        float sa = 0.0f, sb = 0.0f;
+        u32 pa[FA_KEYS / 16][4];
+#pragma unroll
+        for (int n = 0; n < FA_KEYS / 8; ++n) {
+            float p[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float x = sc[n][e];
+                p[e] = x == -INF ? 0.0f : h2f(f2h(expf(x - (e < 2 ? na : nb))));
+            }
+            sa += p[0] + p[1], sb += p[2] + p[3];
+            pa[n / 2][(n & 1) * 2] = pack_f16x2(p[0], p[1]);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_f16x2(p[2], p[3]);
+        }
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {
+            sa += __shfl_xor_sync(0xffffffffu, sa, o2);
+            sb += __shfl_xor_sync(0xffffffffu, sb, o2);
+        }
+        la = la * fa + sa, lb = lb * fb + sb;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[n][0] *= fa, o[n][1] *= fa, o[n][2] *= fb, o[n][3] *= fb;
+#pragma unroll
+            for (int kc = 0; kc < FA_KEYS / 16; ++kc) {
+                // B = V rows kc*16.. x cols n*8..: two 8x8 tiles of the row-major V tile, transposed
+                // as they load (lanes 0-15 name the 16 rows)
+                const u32 addr = sv_base + (((kc * 16 + (lane & 15)) * P + n * 8) << 1);
+                u32 b0, b1;
+                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                             : "=r"(b0), "=r"(b1) : "r"(addr));
+                mma_16816(o[n], pa[kc], b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + c * 2;
+        if (ra < T) {
+            float* y = out + ((size_t)ra * Hq + h) * D + d;
+            y[0] = la > 0.0f ? o[n][0] / la : 0.0f, y[1] = la > 0.0f ? o[n][1] / la : 0.0f;
+        }
+        if (rb < T) {
+            float* y = out + ((size_t)rb * Hq + h) * D + d;
+            y[0] = lb > 0.0f ? o[n][2] / lb : 0.0f, y[1] = lb > 0.0f ? o[n][3] / lb : 0.0f;
+        }
+    }
+}
+
+#define FATTN_MMA(D)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) fattn_mma_##D(                            \
+        const float* q, const u16* k, const u16* v, const float* mask, float* out, int T, int Hq, \
+        int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,     \
+        float softcap) {                                                                        \
+        pdl_enter();                                                                            \
+        fattn_mma_body<D>(q, k, v, mask, out, T, Hq, Hkv, S, ks, kh, vs, vh, scale, softcap);   \
+    }
+FATTN_MMA(32)
+FATTN_MMA(64)
+FATTN_MMA(128)
+
 // --- decode fusions --------------------------------------------------------------------------
 
 // X [nblk * 32] f32 -> q8 buffer (see q8_store32); one warp per block of 32.
