@@ -32,6 +32,8 @@
 #                mul_mat conformance cases on vulkan:0, prompt logits against OLDREV's, and pp512 of
 #                the four rows with each matmul shader (benchmarks/vulkan_matmul_tiles.py) beside
 #                llama-bench's Vulkan pp512 when the peer was built
+#   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
+#                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -255,6 +257,20 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
+  ;;
+cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
+  synth llama32-1b q4_0; synth llama3-8b q4_0
+  timeout 90 python3 -m pytest tests/conformance -k "cuda and flash_attn" -q --tb=short \
+    -p no:cacheprovider 2>&1 | tail -12 | tee -a $OUT/cuda-pp.log
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    for tree in this $OLDREV; do
+      [ $tree = this ] && run="" || run=old
+      $run timeout 60 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 0 -r 3 --device cuda:0 2>&1 \
+        | grep "pp512" | sed "s/^/$tree $m /" | tee -a $OUT/cuda-pp.log
+    done
+  done
+  timeout 100 python3 benchmarks/cuda_profile.py /tmp/synth-llama32-1b-q4_0.gguf 1024 512 2>&1 | tail -27 \
+    | sed "s/^/1B /" | tee -a $OUT/pp-profile.log
   ;;
 pp-profile)  # where a CUDA prompt of 512 tokens goes, step by step (benchmarks/cuda_profile.py)
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
