@@ -13,6 +13,8 @@ activations: the CUDA backend's and the OpenCL backend's (the Vulkan backend tak
 - ``rope_in_attention``: a one-token attention after a ``rope_qkv`` takes it over
   (``params["nr"]``, ``params["rope"]``).
 - ``unused_norm_outputs``: a ``norm_q8`` whose f32 output nothing reads gets ``y_unused``.
+- ``q8_gemms``: prompt products (``gemm``) become ``gemmq`` steps (ggml's MMQ) on activations
+  quantized once to q8 blocks, as mat-vecs' are.
 
 Each takes the steps and ``reads(storage, skip_step=None)`` (readers of a storage in the steps as
 they are when the pass starts, graph outputs counting 1000) and returns the new list;
@@ -213,6 +215,22 @@ def unused_norm_outputs(steps: list[Step], reads: Reads) -> list[Step]:
         if st.op == "norm_q8":
             st.params["y_unused"] = reads(st.out.storage) == 0
     return steps
+
+
+def _norm(producer: Step) -> bool:
+    return producer.op == "norm"
+
+
+def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:
+    """Prompt products (gemm) of `types` become ``gemmq`` steps on activations quantized once to
+    q8 blocks as mmvq's (``q8_activations``): by the norm that makes them (``norm_q8``) or by a
+    ``quant_q8`` step, shared by the products reading one value (q, k, v; gate, up); a norm whose
+    f32 rows only the products read then need not write them. A gemmq has no scratch."""
+    plan.steps[:] = q8_activations(plan.steps, storage, types, _norm, ops=("gemm", "gemmq"))
+    for st in plan.steps:
+        if st.op == "gemmq":
+            st.temps = []
+    plan.steps[:] = unused_norm_outputs(plan.steps, plan.reads)
 
 
 def small_batch(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:

@@ -161,9 +161,11 @@ def _x(shape, dtype=F32, values="uniform"):
 def _mul_mat_cases() -> Iterator[OpCase]:
     for dtype in WEIGHT_TYPES:
         k_options = (256, 512) if dtype.block_size == 256 else (32, 96, 256)
-        # the last two: a prompt in whole 64 x 64 tiles, and one cut at both edges of them
+        # the last three: a prompt in whole 64 x 64 tiles, one cut at both edges of them, and
+        # one whose K is not a whole number of the tiles' K steps (4 blocks of 32 for legacy quants)
         for m, k, t in ((1, k_options[0], 1), (67, k_options[-1], 1), (33, k_options[0], 7),
-                        (128, k_options[-1], 64), (100, k_options[-1], 75)):  # fmt: skip
+                        (128, k_options[-1], 64), (100, k_options[-1], 75),
+                        (70, k_options[1], 66)):  # fmt: skip
             yield OpCase(
                 f"mul_mat(type_a={dtype.name.lower()},m={m},k={k},t={t})",
                 {"a": ("weight", (m, k), dtype, "uniform"), "b": _x((t, k))},

@@ -64,6 +64,10 @@ def _sm_count() -> int:
     return int(cp.cuda.Device().attributes["MultiProcessorCount"])
 
 
+def _compute_capability() -> int:
+    return int(cp.cuda.Device().compute_capability)
+
+
 def _resident(fn: Any, smem: int) -> int:
     """Blocks of 256 threads of `fn`, each with `smem` bytes of dynamic shared memory, that one
     multiprocessor holds at once (registers go to a warp in 256s; 1 KiB of shared memory a block
@@ -216,7 +220,7 @@ class CUDAProgram(Executable):
 
     # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.plan = plan = lower(graph)
+        self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
         self.arena = alloc(
             plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
         )
@@ -246,7 +250,7 @@ class CUDAProgram(Executable):
         ]
         launches = [LAUNCHES[step.op](self, step) for step in plan.steps]  # lower's kinds only
         self.plain_launches = plain = copies_in + launches
-        self.pdl = not SAFE and pdl.available(int(cp.cuda.Device().compute_capability))
+        self.pdl = not SAFE and pdl.available(_compute_capability())
         self.launches = [
             pdl.DependentLaunch(x.fn, x.grid, x.block, x.args, x.smem)
             if self.pdl and isinstance(x, KernelLaunch)
@@ -476,7 +480,7 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
         return _resident(kernel("ops", f"fattn_split_{d}_{f16}_{heads}"), smem)
 
     prompt = t >= FATTN_MMA_MIN_T and f16 and not q8 and "nr" not in p
-    if prompt and d in FATTN_MMA_DIMS and int(cp.cuda.Device().compute_capability) >= 80:
+    if prompt and d in FATTN_MMA_DIMS and _compute_capability() >= 80:
         args = prog.args("5Q4i4q2f", q, k, v, mask, out, t, hq, hkv, s, *k.strides[:2],
                          *v.strides[:2], p["scale"], p["softcap"])  # fmt: skip
         return KernelLaunch(kernel("ops", f"fattn_mma_{d}"), (-(-t // 64), hq), (128,), args)
@@ -541,11 +545,23 @@ def gemm(prog: CUDAProgram, st: Step) -> Gemm:
     return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)))
 
 
+def gemmq(prog: CUDAProgram, st: Step) -> KernelLaunch:
+    """A prompt product on int8 tensor cores: 64 x 64 tiles of rows x tokens (weights.cu)."""
+    p = st.params
+    m, k, t = p["m"], p["k"], p["t"]
+    args = prog.args(
+        "QqQqQ3i", st.ins[0], p["row_bytes"], p["q8"], q8_layout(t * k)[0], st.out, m, k, t
+    )
+    return KernelLaunch(
+        kernel(str(int(p["type"])), "gemmq"), (-(-m // 64), -(-t // 64)), (128,), args
+    )
+
+
 # step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
 LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
     f.__name__: f
     for f in (
         *(copy, binary, unary, glu, norm, rope, set_rows, get_rows_f32, soft_max, argmax),
-        *(mm_act, fattn, get_rows_w, mmv, gemm, quant_q8, mmvq, rope_qkv),
+        *(mm_act, fattn, get_rows_w, mmv, gemm, gemmq, quant_q8, mmvq, rope_qkv),
     )
 } | {"norm_q8": norm}

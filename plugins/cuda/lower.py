@@ -2,8 +2,10 @@
 
 `lower(graph)` is llmrt.lower's step lowering (views, fusion, steps, liveness) with this
 backend's choices: integer mat-vecs (``mmvq``) on q8 activations for the legacy quants up to
-MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, cuBLAS GEMMs on f16 copies past that, and
-every small-batch pass of llmrt.lower.passes.
+MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, and past that integer GEMMs on int8
+tensor cores (``gemmq``) for the legacy quants, cuBLAS GEMMs on f16 copies for the others (and
+for every type where `int8_mma` is off: before sm_80); every small-batch pass of
+llmrt.lower.passes.
 """
 
 from __future__ import annotations
@@ -100,8 +102,10 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
     return out
 
 
-def lower(graph: Graph) -> Plan:
+def lower(graph: Graph, int8_mma: bool = True) -> Plan:
     plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: _gemm_with_f16_copies})
     passes.small_batch(plan, lo.storage, Q8_TYPES)
+    if int8_mma:
+        passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)
     return plan

@@ -18,8 +18,6 @@ device keeps its float per-row products (mmv_row) for prompts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
@@ -32,7 +30,6 @@ from llmrt.lower.steps import (
     lower_steps,
     step_supports,
 )
-from llmrt.lower.view import Storage
 
 F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 # weights.cl reads BLOCK_TYPES' blocks as stored; Q8_TYPES' products run on int8 activations
@@ -54,20 +51,6 @@ def _attention(node: Tensor) -> bool:
 
 # what the kernels implement; drives placement, fusion and conformance skips
 supports = step_supports(BLOCK_TYPES, lambda dtype: MMV_MAX_T, _attention)
-
-
-def _is_norm(producer: Step) -> bool:
-    return producer.op == "norm"
-
-
-def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLType]) -> None:
-    """Prompt products (gemm) of `types` become ``gemmq`` steps on activations quantized once to
-    q8 blocks as mmvq's (llmrt.lower.passes.q8_activations): by the norm that makes them
-    (``norm_q8``) or by a ``quant_q8`` step, shared by the products reading one value (q, k, v;
-    gate, up); a norm whose f32 rows only the products read then need not write them."""
-    gemms = ("gemm", "gemmq")
-    plan.steps[:] = passes.q8_activations(plan.steps, storage, types, _is_norm, ops=gemms)
-    plan.steps[:] = passes.unused_norm_outputs(plan.steps, plan.reads)
 
 
 def cpu_epilogues(plan: Plan) -> None:
@@ -109,6 +92,6 @@ def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = 
         if cpu:
             cpu_epilogues(plan)
     if q8_gemm:
-        q8_gemms(plan, lo.storage, Q8_TYPES)
+        passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)
     return plan

@@ -20,7 +20,7 @@ def _live(s):
     return s.first, max(s.last, s.first)
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, 40])
+@pytest.mark.parametrize("n_tokens", [1, 3, 40, 100])
 def test_plan_supports_every_node_and_never_overlaps_live_buffers(tiny_gguf_with_vocab, n_tokens):
     graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
@@ -96,6 +96,32 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
     )
     size = plan_arena(plan.storages)
     assert size > 0
+
+
+def test_a_long_prompt_takes_integer_gemms_on_q8_activations(tiny_gguf_with_vocab):
+    """Past MMVQ_MAX_T tokens the legacy quants' products are gemmq steps (int8 tensor cores) on
+    activations quantized once, with no f16 copies; without int8 MMA (before sm_80) they stay
+    cuBLAS GEMMs on f16 copies of the weight and the activations."""
+    import llmrt_cuda.lower as lw
+
+    t = lw.MMVQ_MAX_T + 36
+    graph = file_graph(tiny_gguf_with_vocab, t)
+    types = {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"}
+    if not types & lw.Q8_TYPES:
+        pytest.skip(f"fixture weights are {types}")
+    steps = lower(graph).steps
+    gemmq = [s for s in steps if s.op == "gemmq"]
+    assert gemmq and all(s.params["type"] in lw.Q8_TYPES and s.params["t"] == t for s in gemmq)
+    assert all(not s.temps and len(s.ins) == 1 for s in gemmq)
+    assert all(s.params["type"] not in lw.Q8_TYPES for s in steps if s.op == "gemm")
+    n_layers = sum(s.op == "fattn" for s in steps)
+    writers = {id(s.params["q8"]): s.op for s in steps if s.op in ("norm_q8", "quant_q8")}
+    q8s = {id(s.params["q8"]) for s in gemmq}
+    assert q8s <= set(writers) and sum(writers[q] == "norm_q8" for q in q8s) == 2 * n_layers
+    old = lower(graph, int8_mma=False).steps
+    assert "gemmq" not in [s.op for s in old]
+    assert all(len(s.temps) == 2 for s in old if s.op == "gemm")
+    assert sum(s.op == "gemm" for s in old) == sum(s.op in ("gemm", "gemmq") for s in steps)
 
 
 class FakeGPU(CPUDevice):

@@ -403,10 +403,10 @@ __device__ __forceinline__ void load_wq(const u8* __restrict__ row, int c, int* 
 #endif
 }
 
-__device__ __forceinline__ float dot_q(const int* v, const int* x, float d, float m, float dx, int sx) {
-    int s = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s = __dp4a(v[i], x[i], s);
+// A block's product from its integer dot product s of the weight's bytes (as load_wq gives them)
+// with the activations' int8 values: d, m the weight block's scale and min, dx and sx the
+// activation block's scale and sum of its int8 values.
+__device__ __forceinline__ float scale_q(int s, float d, float m, float dx, int sx) {
 #if WTYPE == 2
     return d * dx * (float)(s - 8 * sx);
 #elif WTYPE == 6
@@ -416,6 +416,13 @@ __device__ __forceinline__ float dot_q(const int* v, const int* x, float d, floa
 #else
     return dx * (d * (float)s + m * (float)sx);
 #endif
+}
+
+__device__ __forceinline__ float dot_q(const int* v, const int* x, float d, float m, float dx, int sx) {
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s = __dp4a(v[i], x[i], s);
+    return scale_q(s, d, m, dx, sx);
 }
 
 // The weight rows this block of mmvq_body will read (same block-to-rows map), asked of L2.
@@ -559,4 +566,102 @@ MMVQ(4, 1, 32)
 MMVQ(4, 2, 32)
 MMVQ(8, 1, 32)
 MMVQ(8, 2, 32)
+// --- prompt products on int8 tensor cores (ggml's MMQ idea) -------------------------------------
+// Y[t, m] = sum_k W[m, k] X[t, k] for a prompt's many tokens, X in q8 blocks as mmvq reads them.
+// A block of 4 warps computes 64 rows x 64 tokens, taking K through shared memory MMQ_KB blocks
+// of 32 at a time: weight blocks unpacked to bytes (load_wq), activation blocks as stored. Each
+// warp's 32 x 32 corner is 2 x 4 mma.sync m16n8k32 (s8 x s8 -> s32) a block of 32, each exact
+// integer sum scaled into the f32 sums as mmvq's (scale_q). With g = lane / 4, c = lane % 4 the
+// fragments are: A rows g, g+8 x bytes 4c.. and 16+4c.. (words c, c+4 of a block); B the same
+// words of token g; the sums rows g, g+8 x tokens 2c, 2c+1.
+#define MMQ_M 64
+#define MMQ_T 64
+#define MMQ_KB 4
+#define MMQ_W (MMQ_KB * 8 + 4)  // words a tile row: rows 4 banks apart
+
+__device__ __forceinline__ void mma_s8(int* c, const int* a, int b0, int b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W, long long rb,
+                                                        const u8* __restrict__ XQ, long long dso,
+                                                        float* __restrict__ Y, int M, int K, int T) {
+    pdl_enter();
+    __shared__ int sw[MMQ_M * MMQ_W], sx[MMQ_T * MMQ_W];
+    __shared__ float2 swd[MMQ_M * MMQ_KB], sxd[MMQ_T * MMQ_KB];  // (d, m); (d, sum as int)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int m0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_T;
+    const int wm = (warp & 1) * 32, wt = (warp >> 1) * 32;  // this warp's corner of the tile
+    const int nb = K >> 5;
+    const float2* DS = (const float2*)(XQ + dso);
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    for (int k0 = 0; k0 < nb; k0 += MMQ_KB) {
+        __syncthreads();  // the last tile's readers are done with it
+        for (int i = threadIdx.x; i < MMQ_M * MMQ_KB; i += blockDim.x) {
+            const int r = i / MMQ_KB, b = i % MMQ_KB;
+            int v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            float d = 0.0f, m = 0.0f;
+            if (m0 + r < M && k0 + b < nb) load_wq(W + (size_t)(m0 + r) * rb, k0 + b, v, d, m);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) sw[r * MMQ_W + b * 8 + j] = v[j];
+            swd[i] = make_float2(d, m);
+        }
+        for (int i = threadIdx.x; i < MMQ_T * MMQ_KB * 8; i += blockDim.x) {
+            const int r = i / (MMQ_KB * 8), w = i % (MMQ_KB * 8), b = w >> 3;
+            const bool in = t0 + r < T && k0 + b < nb;
+            sx[r * MMQ_W + w] = in ? *(const int*)(XQ + ((size_t)(t0 + r) * nb + k0 + b) * 32 + (w & 7) * 4) : 0;
+        }
+        for (int i = threadIdx.x; i < MMQ_T * MMQ_KB; i += blockDim.x) {
+            const int r = i / MMQ_KB, b = i % MMQ_KB;
+            const bool in = t0 + r < T && k0 + b < nb;
+            sxd[i] = in ? DS[(size_t)(t0 + r) * nb + k0 + b] : make_float2(0.0f, 0.0f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int b = 0; b < MMQ_KB; ++b) {
+            int a[2][4];
+            float2 wd[2][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const int r = wm + mt * 16 + g;
+                const int* p = sw + r * MMQ_W + b * 8 + c;
+                a[mt][0] = p[0], a[mt][1] = p[8 * MMQ_W], a[mt][2] = p[4], a[mt][3] = p[8 * MMQ_W + 4];
+                wd[mt][0] = swd[r * MMQ_KB + b], wd[mt][1] = swd[(r + 8) * MMQ_KB + b];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int tk = wt + nt * 8;
+                const int* q = sx + (tk + g) * MMQ_W + b * 8 + c;
+                const float2 x0 = sxd[(tk + c * 2) * MMQ_KB + b], x1 = sxd[(tk + c * 2 + 1) * MMQ_KB + b];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    int s[4] = {0, 0, 0, 0};
+                    mma_s8(s, a[mt], q[0], q[4]);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float2 w = wd[mt][e >> 1], x = e & 1 ? x1 : x0;
+                        acc[mt][nt][e] += scale_q(s[e], w.x, w.y, x.x, __float_as_int(x.y));
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = m0 + wm + mt * 16 + g + (e >> 1) * 8, t = t0 + wt + nt * 8 + c * 2 + (e & 1);
+                if (r < M && t < T) Y[(size_t)t * M + r] = acc[mt][nt][e];
+            }
+}
 #endif
