@@ -260,7 +260,7 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
   ;;
 cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
   synth llama32-1b q4_0; synth llama3-8b q4_0
-  timeout 90 python3 -m pytest tests/conformance -k "cuda and flash_attn" -q --tb=short \
+  timeout 90 python3 -m pytest tests/conformance -k "cuda and (flash_attn or mul_mat)" -q --tb=short \
     -p no:cacheprovider 2>&1 | tail -12 | tee -a $OUT/cuda-pp.log
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     for tree in this $OLDREV; do
