@@ -571,13 +571,25 @@ MMVQ(8, 2, 32)
 // A block of 4 warps computes 64 rows x 64 tokens, taking K through shared memory MMQ_KB blocks
 // of 32 at a time: weight blocks unpacked to bytes (load_wq), activation blocks as stored. Each
 // warp's 32 x 32 corner is 2 x 4 mma.sync m16n8k32 (s8 x s8 -> s32) a block of 32, each exact
-// integer sum scaled into the f32 sums as mmvq's (scale_q). With g = lane / 4, c = lane % 4 the
+// integer sum scaled into the f32 sums as mmvq's (scale_q) scales its own. With g = lane / 4, c = lane % 4 the
 // fragments are: A rows g, g+8 x bytes 4c.. and 16+4c.. (words c, c+4 of a block); B the same
 // words of token g; the sums rows g, g+8 x tokens 2c, 2c+1.
 #define MMQ_M 64
 #define MMQ_T 64
 #define MMQ_KB 4
 #define MMQ_W (MMQ_KB * 8 + 4)  // words a tile row: rows 4 banks apart
+
+// load_wq's bytes as the signed values they stand for (q4_0's nibbles less 8, q5_0's less 16), so
+// that a block's integer sum is its dot product as mmvq's s - 8 sx (- 16 sx) is; byte-wise.
+__device__ __forceinline__ int signed_bytes(int v) {
+#if WTYPE == 2
+    return (int)__vsub4((u32)v, 0x08080808u);
+#elif WTYPE == 6
+    return (int)__vsub4((u32)v, 0x10101010u);
+#else
+    return v;
+#endif
+}
 
 __device__ __forceinline__ void mma_s8(int* c, const int* a, int b0, int b1) {
     asm volatile(
@@ -611,7 +623,7 @@ extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W
             float d = 0.0f, m = 0.0f;
             if (m0 + r < M && k0 + b < nb) load_wq(W + (size_t)(m0 + r) * rb, k0 + b, v, d, m);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) sw[r * MMQ_W + b * 8 + j] = v[j];
+            for (int j = 0; j < 8; ++j) sw[r * MMQ_W + b * 8 + j] = signed_bytes(v[j]);
             swd[i] = make_float2(d, m);
         }
         for (int i = threadIdx.x; i < MMQ_T * MMQ_KB * 8; i += blockDim.x) {
@@ -648,7 +660,11 @@ extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const float2 w = wd[mt][e >> 1], x = e & 1 ? x1 : x0;
-                        acc[mt][nt][e] += scale_q(s[e], w.x, w.y, x.x, __float_as_int(x.y));
+#if WTYPE == 3 || WTYPE == 7
+                        acc[mt][nt][e] += x.x * (w.x * (float)s[e] + w.y * (float)__float_as_int(x.y));
+#else
+                        acc[mt][nt][e] += w.x * x.x * (float)s[e];
+#endif
                     }
                 }
             }
