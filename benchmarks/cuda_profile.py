@@ -22,7 +22,7 @@ from llmrt.engine import load
 
 
 def _step_key(step) -> str:
-    if step.op in ("mmv", "mmvq", "gemm"):
+    if step.op in ("mmv", "mmvq", "gemm", "gemmq"):
         p = step.params
         ms = p.get("ms", [p["m"]]) * (2 if "glu" in p else 1)
         return f"{step.op} m={'+'.join(map(str, ms))} k={p['k']}"
