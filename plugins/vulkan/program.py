@@ -23,7 +23,7 @@ from llmrt import device
 from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
-from llmrt.lower import ALIGN, Arena, Storage, View, plan_arena
+from llmrt.lower import Arena, Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE
 from llmrt.lower.view import bound
 from llmrt_vulkan.launch import LAUNCHES
@@ -138,15 +138,15 @@ class VulkanProgram(Executable):
         """Each output's span is copied into a host buffer at the end, unless it is already in
         cached host memory. Device-local memory that the host can map (a discrete GPU's
         resizable BAR) is uncached: reading logits from it costs milliseconds a step."""
-        self.out_plan: list[tuple[str, View, int]] = []  # name, view (contiguous), host offset
-        out_size = 0
-        for name, ref in self.outputs.items():
-            self.out_plan.append((name, ref, out_size))
-            out_size += -(-(ref.n * ITEMSIZE[ref.dtype]) // ALIGN) * ALIGN
+        host = Arena()  # the outputs, one after another in the host buffer
+        self.out_plan: list[tuple[str, View, int]] = [  # name, view (contiguous), host offset
+            (name, ref, host.alloc(ref.n * ITEMSIZE[ref.dtype]))
+            for name, ref in self.outputs.items()
+        ]
         copy_out = staged or not all(
             (self._buffer_of(ref.storage) or self.rt.dummy).cached for ref in self.outputs.values()
         )
-        self.outputs_host = self.rt.buffer(max(out_size, 16), host=True) if copy_out else None
+        self.outputs_host = self.rt.buffer(max(host.peak, 16), host=True) if copy_out else None
 
     def _descriptor_sets(self, pipelines: list[Any]) -> list[Any]:
         rt, vk, n_sets = self.rt, self.rt.vk, len(self.dispatches)
@@ -180,12 +180,8 @@ class VulkanProgram(Executable):
         return sets
 
     def _command_buffer(self, pipelines: list[Any], sets: list[Any], staged: bool) -> Any:
-        rt, vk = self.rt, self.rt.vk
-        info = vk.VkCommandBufferAllocateInfo(
-            commandPool=rt.command_pool, level=0, commandBufferCount=1
-        )
-        cb = vk.vkAllocateCommandBuffers(rt.device, info)[0]
-        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo())
+        vk = self.rt.vk
+        cb = self.rt.begin(one_time=False)
 
         def barrier(src_stage, dst_stage, src_access, dst_access):
             mb = vk.VkMemoryBarrier(srcAccessMask=src_access, dstAccessMask=dst_access)

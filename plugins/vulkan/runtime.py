@@ -233,7 +233,7 @@ class Runtime:
         if buf.host is not None:
             buf.host[:] = 0
             return
-        cb = self._begin()
+        cb = self.begin()
         self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
         self._end_and_wait(cb)
 
@@ -243,18 +243,20 @@ class Runtime:
         return self._staging
 
     def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
-        cb = self._begin()
+        cb = self.begin()
         region = self.vk.VkBufferCopy(srcOffset=src_off, dstOffset=dst_off, size=n)
         self.vk.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, [region])
         self._end_and_wait(cb)
 
-    def _begin(self) -> Any:
+    def begin(self, one_time: bool = True) -> Any:
+        """A primary command buffer from the pool, begun: for one submission, or (``one_time``
+        false) for a compiled graph's, submitted on every run."""
         vk = self.vk
         info = vk.VkCommandBufferAllocateInfo(
             commandPool=self.command_pool, level=0, commandBufferCount=1
         )
         cb = vk.vkAllocateCommandBuffers(self.device, info)[0]
-        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=0x1))  # ONE_TIME_SUBMIT
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=int(one_time)))
         return cb
 
     def _end_and_wait(self, cb: Any) -> None:
