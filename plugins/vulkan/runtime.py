@@ -151,12 +151,11 @@ class Runtime:
             for i in range(memory.memoryTypeCount)
         ]
         unified = DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT
-        has_unified = any(f & unified == unified for f, _ in self.memory_types)
         # Only a device whose device-local memory is all host-visible counts as unified: a
         # discrete GPU's small BAR window is not where weights belong.
         local_heaps = {h for f, h in self.memory_types if f & DEVICE_LOCAL}
         host_local_heaps = {h for f, h in self.memory_types if f & unified == unified}
-        self.unified = has_unified and local_heaps <= host_local_heaps
+        self.unified = bool(host_local_heaps) and local_heaps <= host_local_heaps
         self.device_flags = unified if self.unified else DEVICE_LOCAL
         self.host_flags = HOST_VISIBLE | HOST_COHERENT
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
