@@ -1,6 +1,7 @@
 """Where a Vulkan decode step's time goes: the engine around it, each segment of the program (the
 host's token lookup, the device's), inside the device program the input copy, the submission
-and wait, and the read-back; then GPU time per shader from timestamps between dispatches.
+and wait, and the read-back; then GPU time per shader from timestamps between dispatches
+(TimedProgram, which the device compiles in place of VulkanProgram here).
 
     python benchmarks/vulkan_profile.py MODEL.gguf [n_steps] [device]
 """
@@ -10,13 +11,48 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
 import llmrt_vulkan.program
 from llmrt.engine import load
+from llmrt_vulkan.program import COMPUTE, VulkanProgram
 
-llmrt_vulkan.program.TIMESTAMPS = True  # programs compiled from here on time each dispatch
+
+class TimedProgram(VulkanProgram):
+    """A program whose command buffer writes a GPU timestamp before the first dispatch and
+    after each one."""
+
+    def _record_dispatches(self, cb: Any, pipelines: list[Any], sets: list[Any], barrier) -> None:
+        vk, n_q = self.rt.vk, len(self.dispatches) + 1
+        info = vk.VkQueryPoolCreateInfo(queryType=vk.VK_QUERY_TYPE_TIMESTAMP, queryCount=n_q)
+        self.query_pool = vk.vkCreateQueryPool(self.rt.device, info, None)
+        vk.vkCmdResetQueryPool(cb, self.query_pool, 0, n_q)
+        vk.vkCmdWriteTimestamp(cb, COMPUTE, self.query_pool, 0)
+        super()._record_dispatches(cb, pipelines, sets, barrier)
+
+    def _record_dispatch(self, cb: Any, i: int, pipe: Any, dset: Any) -> None:
+        super()._record_dispatch(cb, i, pipe, dset)
+        self.rt.vk.vkCmdWriteTimestamp(cb, COMPUTE, self.query_pool, i + 1)
+
+    def dispatch_times(self) -> list[tuple[str, float]]:
+        """(shader, seconds) of each dispatch of the last run."""
+        vk = self.rt.vk
+        n_q = len(self.dispatches) + 1
+        data = vk.ffi.new("uint64_t[]", n_q)
+        wait_64bit = 0x1 | 0x2
+        vk.vkGetQueryPoolResults(self.rt.device, self.query_pool, 0, n_q, 8 * n_q,
+                                 vk.ffi.cast("void *", data), 8, wait_64bit)  # fmt: skip
+        limits = vk.vkGetPhysicalDeviceProperties(self.rt.physical).limits
+        period = limits.timestampPeriod * 1e-9
+        return [(f"{d.shader}{list(d.spec) if d.spec else ''}", (data[i + 1] - data[i]) * period)
+                for i, d in enumerate(self.dispatches)]  # fmt: skip
+
+
+# the device compiles its programs from here on as TimedProgram (VulkanDevice.compile imports
+# VulkanProgram from llmrt_vulkan.program when it is called)
+llmrt_vulkan.program.VulkanProgram = TimedProgram
 
 
 def main() -> None:
@@ -80,7 +116,7 @@ def main() -> None:
         f"inputs {t_in / n * 1e3:.3f} ms, submit+wait {t_sub / n * 1e3:.3f} ms, "
         f"read-back {t_out / n * 1e3:.3f} ms"
     )
-    if vk_prog.query_pool is None:
+    if not isinstance(vk_prog, TimedProgram) or not vk_prog.dispatches:
         return
     per: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)

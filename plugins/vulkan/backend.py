@@ -86,55 +86,65 @@ def flag_names(mask: int, names: Sequence[str]) -> list[str]:
     return [hex(1 << i) if i >= len(names) else names[i] for i in range(32) if mask >> i & 1]
 
 
-def _text(vk: Any, chars: Any) -> str:
-    return vk.ffi.string(chars).decode("utf-8", "replace")
-
-
-def _flag(vk: Any, value: int) -> bool:  # a VkBool32
-    return bool(value)
+def _read(vk: Any, kind: Any, value: Any) -> Any:
+    """A struct field as llmrt reports it, by its kind: int, str (a char array), bool (a
+    VkBool32), or the names of a flag mask's bits (a tuple of them)."""
+    if kind is str:
+        return vk.ffi.string(value).decode("utf-8", "replace")
+    return flag_names(value, kind) if isinstance(kind, tuple) else kind(value)
 
 
 # The structs chained into vkGetPhysicalDeviceProperties2 and vkGetPhysicalDeviceFeatures2,
 # innermost first: (struct, the version that made it core, the extension that brings it to older
-# devices, {property: (field, how to read it)}).
+# devices, {property: (field, its kind for _read)}).
 PROPERTY_STRUCTS = (
     ("VkPhysicalDeviceSubgroupProperties", V1_1, None, {
-        "subgroup_size": ("subgroupSize", lambda vk, n: int(n)),
-        "subgroup_operations": (
-            "supportedOperations", lambda vk, mask: flag_names(mask, SUBGROUP_OPERATIONS)),
-        "subgroup_stages": ("supportedStages", lambda vk, mask: flag_names(mask, SHADER_STAGES)),
+        "subgroup_size": ("subgroupSize", int),
+        "subgroup_operations": ("supportedOperations", SUBGROUP_OPERATIONS),
+        "subgroup_stages": ("supportedStages", SHADER_STAGES),
     }),
     ("VkPhysicalDeviceDriverProperties", V1_2, "VK_KHR_driver_properties", {
-        "driver_name": ("driverName", _text), "driver_info": ("driverInfo", _text),
+        "driver_name": ("driverName", str), "driver_info": ("driverInfo", str),
     }),
     ("VkPhysicalDeviceSubgroupSizeControlProperties", V1_3, "VK_EXT_subgroup_size_control", {
-        "min_subgroup_size": ("minSubgroupSize", lambda vk, n: int(n)),
-        "max_subgroup_size": ("maxSubgroupSize", lambda vk, n: int(n)),
-        "required_subgroup_size_stages": (
-            "requiredSubgroupSizeStages", lambda vk, mask: flag_names(mask, SHADER_STAGES)),
+        "min_subgroup_size": ("minSubgroupSize", int),
+        "max_subgroup_size": ("maxSubgroupSize", int),
+        "required_subgroup_size_stages": ("requiredSubgroupSizeStages", SHADER_STAGES),
     }),
 )  # fmt: skip
 FEATURE_STRUCTS = (
     ("VkPhysicalDeviceShaderIntegerDotProductFeatures", V1_3, None, {
-        "integer_dot_product": ("shaderIntegerDotProduct", _flag),
+        "integer_dot_product": ("shaderIntegerDotProduct", bool),
     }),
     ("VkPhysicalDevice16BitStorageFeatures", V1_1, "VK_KHR_16bit_storage", {
-        "storage_buffer_16bit": ("storageBuffer16BitAccess", _flag),
-        "uniform_and_storage_buffer_16bit": ("uniformAndStorageBuffer16BitAccess", _flag),
-        "storage_push_constant_16bit": ("storagePushConstant16", _flag),
+        "storage_buffer_16bit": ("storageBuffer16BitAccess", bool),
+        "uniform_and_storage_buffer_16bit": ("uniformAndStorageBuffer16BitAccess", bool),
+        "storage_push_constant_16bit": ("storagePushConstant16", bool),
     }),
     ("VkPhysicalDeviceShaderFloat16Int8Features", V1_2, "VK_KHR_shader_float16_int8", {
-        "shader_float16": ("shaderFloat16", _flag),
-        "shader_int8": ("shaderInt8", _flag),
+        "shader_float16": ("shaderFloat16", bool),
+        "shader_int8": ("shaderInt8", bool),
     }),
     ("VkPhysicalDeviceVulkanMemoryModelFeatures", V1_2, "VK_KHR_vulkan_memory_model", {
-        "vulkan_memory_model": ("vulkanMemoryModel", _flag),
+        "vulkan_memory_model": ("vulkanMemoryModel", bool),
     }),
     ("VkPhysicalDeviceSubgroupSizeControlFeatures", V1_3, "VK_EXT_subgroup_size_control", {
-        "subgroup_size_control": ("subgroupSizeControl", _flag),
-        "compute_full_subgroups": ("computeFullSubgroups", _flag),
+        "subgroup_size_control": ("subgroupSizeControl", bool),
+        "compute_full_subgroups": ("computeFullSubgroups", bool),
     }),
 )  # fmt: skip
+
+
+def _absent() -> dict[str, Any]:
+    """The structs' properties where the driver cannot say: no number or text, no feature, no
+    flags."""
+    return {
+        key: {int: None, str: None, bool: False}.get(kind, [])
+        for *_, fields in PROPERTY_STRUCTS + FEATURE_STRUCTS
+        for key, (_, kind) in fields.items()
+    }
+
+
 # VkComponentTypeKHR values, and VK_SCOPE_SUBGROUP_KHR
 COMPONENT_TYPES = {0: "f16", 1: "f32", 2: "f64", 3: "i8", 4: "i16", 5: "i32", 6: "i64", 7: "u8",
                    8: "u16", 9: "u32", 10: "u64"}  # fmt: skip
@@ -218,30 +228,16 @@ def _query_device(
     properties: dict[str, Any] = {
         "api_version": api_version_string(props.apiVersion),
         "driver_version": driver_version_string(props.driverVersion, props.vendorID),
-        "driver_name": None,
-        "driver_info": None,
         "vendor_id": f"0x{props.vendorID:04x}",
         "device_id": f"0x{props.deviceID:04x}",
         "device_type": type_name,
         "memory_heaps": heaps,
-        "subgroup_size": None,
-        "subgroup_operations": [],
-        "subgroup_stages": [],
-        # what the structs chained below fill in where the driver can say
-        **dict.fromkeys(("shader_float16", "shader_int8", "storage_buffer_16bit"), False),
-        **dict.fromkeys(("uniform_and_storage_buffer_16bit", "storage_push_constant_16bit"), False),
         "max_compute_workgroup_size": [int(n) for n in limits.maxComputeWorkGroupSize],
         "max_compute_workgroup_invocations": int(limits.maxComputeWorkGroupInvocations),
         "max_storage_buffer_range": int(limits.maxStorageBufferRange),
         "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
         "cooperative_matrix_shapes": [],
-        "integer_dot_product": False,
-        "vulkan_memory_model": False,
-        "min_subgroup_size": None,
-        "max_subgroup_size": None,
-        "required_subgroup_size_stages": [],
-        "subgroup_size_control": False,
-        "compute_full_subgroups": False,
+        **_absent(),  # what the structs chained below fill in where the driver can say
     }
     for query, structs in (("PhysicalDeviceProperties2", PROPERTY_STRUCTS),
                            ("PhysicalDeviceFeatures2", FEATURE_STRUCTS)):  # fmt: skip
@@ -258,8 +254,8 @@ def _query_device(
         outer = getattr(vk, f"Vk{query}")(pNext=chain)
         get(physical, vk.ffi.addressof(outer))
         for struct, fields in chained:
-            for key, (field, read) in fields.items():
-                properties[key] = read(vk, getattr(struct, field))
+            for key, (field, kind) in fields.items():
+                properties[key] = _read(vk, kind, getattr(struct, field))
     if properties["cooperative_matrix"]:
         properties["cooperative_matrix_shapes"] = _cooperative_matrices(vk, instance, physical)
 

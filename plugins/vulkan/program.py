@@ -23,14 +23,13 @@ from llmrt import device
 from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
-from llmrt.lower import ALIGN, Arena, Storage, View, plan_arena
+from llmrt.lower import Arena, Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE
 from llmrt.lower.view import bound
 from llmrt_vulkan.launch import LAUNCHES
 from llmrt_vulkan.lower import lower
 from llmrt_vulkan.runtime import Buffer, Runtime
 
-TIMESTAMPS = False  # profiling: time every dispatch (benchmarks/vulkan_profile.py sets it)
 COMPUTE, TRANSFER, HOST = 0x800, 0x1000, 0x4000  # pipeline stages
 SHADER_READ, SHADER_WRITE = 0x20, 0x40  # access kinds
 TRANSFER_READ, TRANSFER_WRITE, HOST_READ = 0x800, 0x1000, 0x2000
@@ -139,15 +138,15 @@ class VulkanProgram(Executable):
         """Each output's span is copied into a host buffer at the end, unless it is already in
         cached host memory. Device-local memory that the host can map (a discrete GPU's
         resizable BAR) is uncached: reading logits from it costs milliseconds a step."""
-        self.out_plan: list[tuple[str, View, int]] = []  # name, view (contiguous), host offset
-        out_size = 0
-        for name, ref in self.outputs.items():
-            self.out_plan.append((name, ref, out_size))
-            out_size += -(-(ref.n * ITEMSIZE[ref.dtype]) // ALIGN) * ALIGN
+        host = Arena()  # the outputs, one after another in the host buffer
+        self.out_plan: list[tuple[str, View, int]] = [  # name, view (contiguous), host offset
+            (name, ref, host.alloc(ref.n * ITEMSIZE[ref.dtype]))
+            for name, ref in self.outputs.items()
+        ]
         copy_out = staged or not all(
             (self._buffer_of(ref.storage) or self.rt.dummy).cached for ref in self.outputs.values()
         )
-        self.outputs_host = self.rt.buffer(max(out_size, 16), host=True) if copy_out else None
+        self.outputs_host = self.rt.buffer(max(host.peak, 16), host=True) if copy_out else None
 
     def _descriptor_sets(self, pipelines: list[Any]) -> list[Any]:
         rt, vk, n_sets = self.rt, self.rt.vk, len(self.dispatches)
@@ -181,12 +180,8 @@ class VulkanProgram(Executable):
         return sets
 
     def _command_buffer(self, pipelines: list[Any], sets: list[Any], staged: bool) -> Any:
-        rt, vk = self.rt, self.rt.vk
-        info = vk.VkCommandBufferAllocateInfo(
-            commandPool=rt.command_pool, level=0, commandBufferCount=1
-        )
-        cb = vk.vkAllocateCommandBuffers(rt.device, info)[0]
-        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo())
+        vk = self.rt.vk
+        cb = self.rt.begin(one_time=False)
 
         def barrier(src_stage, dst_stage, src_access, dst_access):
             mb = vk.VkMemoryBarrier(srcAccessMask=src_access, dstAccessMask=dst_access)
@@ -213,9 +208,7 @@ class VulkanProgram(Executable):
 
     def _record_dispatches(self, cb: Any, pipelines: list[Any], sets: list[Any], barrier) -> None:
         """Every dispatch, a barrier before one that reads what a dispatch since the last barrier
-        wrote, or writes what one read or wrote; with TIMESTAMPS, a GPU timestamp before the
-        first dispatch and after each one."""
-        vk = self.rt.vk
+        wrote, or writes what one read or wrote."""
         pending_r: list[tuple[int, int, int]] = []  # (buffer, start, end) read since a barrier
         pending_w: list[tuple[int, int, int]] = []
 
@@ -225,16 +218,8 @@ class VulkanProgram(Executable):
         def overlaps(a, spans) -> bool:
             return any(a[0] == b[0] and a[1] < b[2] and b[1] < a[2] for b in spans)
 
-        self.query_pool = None
-        if TIMESTAMPS and self.dispatches:
-            n_q = len(self.dispatches) + 1
-            self.query_pool = vk.vkCreateQueryPool(
-                self.rt.device, vk.VkQueryPoolCreateInfo(queryType=vk.VK_QUERY_TYPE_TIMESTAMP,
-                                                         queryCount=n_q), None)  # fmt: skip
-            vk.vkCmdResetQueryPool(cb, self.query_pool, 0, n_q)
-            vk.vkCmdWriteTimestamp(cb, COMPUTE, self.query_pool, 0)
         self.n_barriers = 0
-        for qi, (d, pipe, dset) in enumerate(zip(self.dispatches, pipelines, sets, strict=True)):
+        for i, (d, pipe, dset) in enumerate(zip(self.dispatches, pipelines, sets, strict=True)):
             reads = [span(s) for s in d.reads]
             writes = [span(s) for s in d.writes]
             if any(overlaps(r, pending_w) for r in reads) or any(
@@ -245,29 +230,20 @@ class VulkanProgram(Executable):
                 pending_r, pending_w = [], []
             pending_r += reads
             pending_w += writes
-            vk.vkCmdBindPipeline(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.handle)
-            vk.vkCmdBindDescriptorSets(
-                cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.layout, 0, 1, [dset], 0, None
-            )
-            data = struct.pack(d.push_format, *d.push)
-            vk.vkCmdPushConstants(cb, pipe.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, len(data),
-                                  vk.ffi.from_buffer(data))  # fmt: skip
-            vk.vkCmdDispatch(cb, *d.groups)
-            if self.query_pool is not None:
-                vk.vkCmdWriteTimestamp(cb, COMPUTE, self.query_pool, qi + 1)
+            self._record_dispatch(cb, i, pipe, dset)
 
-    def dispatch_times(self) -> list[tuple[str, float]]:
-        """(shader, seconds) of each dispatch of the last run (compiled with TIMESTAMPS set)."""
-        vk = self.rt.vk
-        n_q = len(self.dispatches) + 1
-        data = vk.ffi.new("uint64_t[]", n_q)
-        wait_64bit = 0x1 | 0x2
-        vk.vkGetQueryPoolResults(self.rt.device, self.query_pool, 0, n_q, 8 * n_q,
-                                 vk.ffi.cast("void *", data), 8, wait_64bit)  # fmt: skip
-        limits = vk.vkGetPhysicalDeviceProperties(self.rt.physical).limits
-        period = limits.timestampPeriod * 1e-9
-        return [(f"{d.shader}{list(d.spec) if d.spec else ''}", (data[i + 1] - data[i]) * period)
-                for i, d in enumerate(self.dispatches)]  # fmt: skip
+    def _record_dispatch(self, cb: Any, i: int, pipe: Any, dset: Any) -> None:
+        """Dispatch ``i``: its pipeline, descriptor set, push constants and workgroups
+        (benchmarks/vulkan_profile.py adds a timestamp after each)."""
+        vk, d = self.rt.vk, self.dispatches[i]
+        vk.vkCmdBindPipeline(cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.handle)
+        vk.vkCmdBindDescriptorSets(
+            cb, vk.VK_PIPELINE_BIND_POINT_COMPUTE, pipe.layout, 0, 1, [dset], 0, None
+        )
+        data = struct.pack(d.push_format, *d.push)
+        vk.vkCmdPushConstants(cb, pipe.layout, vk.VK_SHADER_STAGE_COMPUTE_BIT, 0, len(data),
+                              vk.ffi.from_buffer(data))  # fmt: skip
+        vk.vkCmdDispatch(cb, *d.groups)
 
     # ---- the hot path --------------------------------------------------------------------
     def run(

@@ -151,12 +151,11 @@ class Runtime:
             for i in range(memory.memoryTypeCount)
         ]
         unified = DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT
-        has_unified = any(f & unified == unified for f, _ in self.memory_types)
         # Only a device whose device-local memory is all host-visible counts as unified: a
         # discrete GPU's small BAR window is not where weights belong.
         local_heaps = {h for f, h in self.memory_types if f & DEVICE_LOCAL}
         host_local_heaps = {h for f, h in self.memory_types if f & unified == unified}
-        self.unified = has_unified and local_heaps <= host_local_heaps
+        self.unified = bool(host_local_heaps) and local_heaps <= host_local_heaps
         self.device_flags = unified if self.unified else DEVICE_LOCAL
         self.host_flags = HOST_VISIBLE | HOST_COHERENT
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
@@ -233,7 +232,7 @@ class Runtime:
         if buf.host is not None:
             buf.host[:] = 0
             return
-        cb = self._begin()
+        cb = self.begin()
         self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
         self._end_and_wait(cb)
 
@@ -243,18 +242,20 @@ class Runtime:
         return self._staging
 
     def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
-        cb = self._begin()
+        cb = self.begin()
         region = self.vk.VkBufferCopy(srcOffset=src_off, dstOffset=dst_off, size=n)
         self.vk.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, [region])
         self._end_and_wait(cb)
 
-    def _begin(self) -> Any:
+    def begin(self, one_time: bool = True) -> Any:
+        """A primary command buffer from the pool, begun: for one submission, or (``one_time``
+        false) for a compiled graph's, submitted on every run."""
         vk = self.vk
         info = vk.VkCommandBufferAllocateInfo(
             commandPool=self.command_pool, level=0, commandBufferCount=1
         )
         cb = vk.vkAllocateCommandBuffers(self.device, info)[0]
-        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=0x1))  # ONE_TIME_SUBMIT
+        vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=int(one_time)))
         return cb
 
     def _end_and_wait(self, cb: Any) -> None:
