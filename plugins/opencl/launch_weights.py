@@ -231,10 +231,11 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             *prog.arg(res if res is not None else outs[0]), np.int32(res is not None),
             *(np.int32(m) for m in [*ms, *[0] * (3 - len(ms))]), np.int32(k), np.int32(t),
             np.int32(g), np.int32(glu))  # fmt: skip
-    if prog.device_info["cpu"]:  # four rows a work-item, no local memory: mmvq_cpu
+    cpu = prog.device_info["cpu"]
+    args += _epilogues(prog, step, counted=not cpu)
+    if cpu:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
         size, local = (_groups(items, CPU_MMVQ_WG) * CPU_MMVQ_WG,), (CPU_MMVQ_WG,)
-        args += _cpu_epilogues(prog, step)
         if "q8_out" in p:  # a work-item a block of 32 GLU outputs (48 groups: 1536)
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
@@ -242,21 +243,25 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 
-def _cpu_epilogues(prog: OpenCLProgram, step: Step) -> tuple:
-    """mmvq_cpu's arguments for the steps lower.cpu_epilogues gave it: the GLU's q8 blocks
-    (buffer, offset, scales' offset, on), then its row's norm (counter, weight, has_w, eps, mode,
-    has_y, y, q8 buffer, offset, scales' offset, on); its output stands in for unused buffers."""
+def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
+    """The mat-vec kernels' arguments for the steps lower.mat_vec_epilogues gave it: the GLU's q8
+    blocks (buffer, offset, scales' offset, on), then its row's norm (counter, weight, has_w, eps,
+    mode, has_y, y, q8 buffer, offset, scales' offset, on); its output stands in for unused
+    buffers. The atomic counter (zeroed here; the kernel that counts to the end resets it) picks
+    the last work-item (mmvq_cpu's norm) or work-group (`counted`: a GPU's, for both steps)."""
     p, y = step.params, step.params.get("outs", [step.out])[0]
     off = prog.arg(y)
     oq = (*off, np.int64(0), np.int32(0))
     if "q8_out" in p:
         oq = (*q8_arg(prog, p["q8_out"], y.n), np.int32(1))
-    norm = (*off, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
-            np.int64(0), np.int32(0))  # fmt: skip
-    if "norm" in p:  # its last work-item norms the row, counted by its own atomic counter
-        ns = p["norm"]
+    cnt = off
+    if "norm" in p or (counted and "q8_out" in p):
         cnt = prog.scratch(16)
         cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 16).wait()
+    norm = (*cnt, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
+            np.int64(0), np.int32(0))  # fmt: skip
+    if "norm" in p:
+        ns = p["norm"]
         w, has_y = ns.ins[1] if len(ns.ins) > 1 else y, not ns.params.get("y_unused", False)
         norm = (*cnt, *prog.arg(w), np.int32(len(ns.ins) > 1), np.float32(ns.params["eps"]),
                 np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),

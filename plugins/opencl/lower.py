@@ -36,6 +36,9 @@ F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 # when fused (mmvq) or on a GPU's prompts (gemmq)
 MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
+# a GPU mat-vec's last work-group quantizes or norms its output row up to this many columns, in
+# place of a launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md); a guess, unmeasured
+GPU_EPILOGUE_MAX_COLS = 2048
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
 
@@ -53,13 +56,15 @@ def _attention(node: Tensor) -> bool:
 supports = step_supports(BLOCK_TYPES, lambda dtype: MMV_MAX_T, _attention)
 
 
-def cpu_epilogues(plan: Plan) -> None:
-    """On a CPU device's kernels, a one-token integer mat-vec (mmvq_cpu) takes the step after it
-    when that step reads only its output row: the GLU's ``quant_q8`` (``params["q8_out"]``: a
-    work-item a block of 32 outputs writes their q8 block), or the ``norm_q8`` of its residual
-    sum (``params["norm"]``, that step: the last work-item to finish norms the row). One launch
-    fewer each (SmolLM2 on PoCL: 214 -> 155 a decode step; BENCHMARKS.md). What the taken step
-    wrote and read is the mat-vec's (``also_writes``, ``also_reads``) for liveness."""
+def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
+    """A one-token integer mat-vec takes the step after it when that step reads only its output
+    row: the GLU's ``quant_q8`` (``params["q8_out"]``), or the ``norm_q8`` of its residual sum
+    (``params["norm"]``, that step). On a CPU device's kernels (mmvq_cpu) a work-item a block of 32
+    outputs writes their q8 block, and the last work-item to finish norms the row; on a GPU's the
+    last work-group to finish runs the step, for rows of at most `max_cols` (past that one
+    work-group takes longer than a launch of its own). One launch fewer each (SmolLM2 on PoCL: 214
+    -> 155 a decode step; BENCHMARKS.md). What the taken step wrote and read is the mat-vec's
+    (``also_writes``, ``also_reads``) for liveness."""
     out: list[Step] = []
     for st in plan.steps:
         mv = out[-1] if out else None
@@ -68,7 +73,8 @@ def cpu_epilogues(plan: Plan) -> None:
             x = st.ins[0]
             whole = y.n == x.n and y.contiguous and x.contiguous and y.same(x)
             glu, res = "glu" in p, "glu" not in p and "outs" not in p and len(mv.ins) > 1
-            if whole and p.get("ms", [p["m"]])[0] % 32 == 0:
+            fits = max_cols is None or x.n <= max_cols
+            if whole and fits and p.get("ms", [p["m"]])[0] % 32 == 0:
                 if glu and st.op == "quant_q8":
                     p["q8_out"] = st.params["q8"]
                     p["also_writes"] = [st.params["q8"]]
@@ -85,12 +91,11 @@ def cpu_epilogues(plan: Plan) -> None:
 def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = False) -> Plan:
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
     prompt products of the legacy quants on q8 activations (gemmq: a GPU's); `cpu`: for a CPU
-    device's kernels (with `fused`, their epilogues)."""
+    device's kernels (with `fused`, their mat-vec epilogues on rows of any size)."""
     plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
-        if cpu:
-            cpu_epilogues(plan)
+        mat_vec_epilogues(plan, None if cpu else GPU_EPILOGUE_MAX_COLS)
     if q8_gemm:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)

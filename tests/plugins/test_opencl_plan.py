@@ -52,20 +52,24 @@ def test_decode_fusions_for_integer_mat_vecs(tiny_gguf_with_vocab):
     n_layers = ops["fattn"]
     assert ops["rope"] == ops["set_rows"] == ops["glu"] == ops["mmv"] == ops["rope_qkv"] == 0
     assert all("nr" in s.params for s in fused.steps if s.op == "fattn")
-    # every norm writes q8 for its mat-vecs; the attention block's norm output only they read
+    # every norm writes q8 for its mat-vecs (its own launch, or the epilogue of the mat-vec whose
+    # residual sum it norms); the attention block's norm output only they read
+    mmvq = [s for s in fused.steps if s.op == "mmvq"]
     norms = [s for s in fused.steps if s.op == "norm_q8"]
+    norms += [s.params["norm"] for s in mmvq if "norm" in s.params]
     assert len(norms) == 2 * n_layers + 1 and ops["norm"] == 0
     assert all(s.params["y_unused"] for s in norms)
-    mmvq = [s for s in fused.steps if s.op == "mmvq"]
     assert sum(len(s.params.get("outs", ())) == 3 for s in mmvq) == n_layers  # q, k, v
     assert sum("glu" in s.params for s in mmvq) == n_layers  # gate, up, swiglu
     assert sum(len(s.ins) == 2 and "glu" not in s.params for s in mmvq) == 2 * n_layers
-    # the glu output is quantized by a quant_q8 launch, and so is the attention's where its
-    # rows are not whole q8 blocks (the fixture's 16-wide heads)
-    assert ops["quant_q8"] == n_layers + sum(
+    # the glu output is quantized (by its mat-vec's epilogue), and so is the attention's by a
+    # quant_q8 launch where its rows are not whole q8 blocks (the fixture's 16-wide heads)
+    assert sum("q8_out" in s.params for s in mmvq) == n_layers
+    assert ops["quant_q8"] == sum(
         1 for s in fused.steps if s.op == "fattn" and "q8" not in s.params
     )
-    assert (len(plain.steps), len(fused.steps)) == (49, 31)
+    # 49 kernels -> 31 by the fusions, less the 3 a layer (but the last FFN's norm) epilogues take
+    assert (len(plain.steps), len(fused.steps)) == (49, 31 - (3 * n_layers - 1))
 
 
 def test_prompts_keep_rope_qkv(tiny_gguf_with_vocab):
@@ -102,22 +106,42 @@ def test_a_gpu_prompt_takes_integer_gemms_on_q8_activations(tiny_gguf_with_vocab
     assert all(s.params["y_unused"] for s in norms)
 
 
-def test_cpu_device_mat_vecs_take_the_steps_after_them(tiny_gguf_with_vocab):
-    """On a CPU device's kernels a one-token mat-vec takes the GLU's quant_q8 after it, or the
-    norm_q8 of its residual sum: their outputs become its writes, live from its step on."""
-    graph = file_graph(tiny_gguf_with_vocab, 1)
-    fused, cpu = lower(graph, fused=True), lower(graph, fused=True, cpu=True)
-    n_layers = sum(s.op == "fattn" for s in cpu.steps)
-    glu_q8 = [i for i, s in enumerate(cpu.steps) if "q8_out" in s.params]
-    normed = [i for i, s in enumerate(cpu.steps) if "norm" in s.params]
+@pytest.mark.parametrize("cpu", [False, True], ids=["gpu", "cpu"])
+def test_mat_vecs_take_the_steps_after_them(tiny_gguf_with_vocab, cpu):
+    """A one-token mat-vec takes the GLU's quant_q8 after it, or the norm_q8 of its residual sum
+    (run by its last work-group on a GPU, its last work-item on a CPU): their outputs become its
+    writes, live from its step on."""
+    plan = lower(file_graph(tiny_gguf_with_vocab, 1), fused=True, cpu=cpu)
+    n_layers = sum(s.op == "fattn" for s in plan.steps)
+    glu_q8 = [i for i, s in enumerate(plan.steps) if "q8_out" in s.params]
+    normed = [i for i, s in enumerate(plan.steps) if "norm" in s.params]
     # every layer's GLU; the residual sums the next norm reads: each attention's, and each FFN's
     # but the last (the output's rows are picked by get_rows before the final norm)
     assert len(glu_q8) == n_layers and len(normed) == 2 * n_layers - 1
-    assert len(fused.steps) - len(cpu.steps) == 3 * n_layers - 1
     for i in glu_q8 + normed:
-        for st in cpu.steps[i].params["also_writes"]:
+        for st in plan.steps[i].params["also_writes"]:
             if st.kind == "arena":
                 assert st.first == i  # so the arena keeps it off the mat-vec's inputs
     for i in normed:
-        taken = cpu.steps[i].params["norm"]
-        assert taken.op == "norm_q8" and taken.ins[0].same(cpu.steps[i].out)
+        taken = plan.steps[i].params["norm"]
+        assert taken.op == "norm_q8" and taken.ins[0].same(plan.steps[i].out)
+
+
+def test_a_gpu_keeps_launches_for_rows_past_its_epilogue_width(tiny_gguf_with_vocab, monkeypatch):
+    """A GPU's epilogue is one work-group's work: rows wider than GPU_EPILOGUE_MAX_COLS keep
+    their quant_q8 and norm_q8 launches (a CPU device's take any width)."""
+    import llmrt_opencl.lower as lw
+
+    graph = file_graph(tiny_gguf_with_vocab, 1)
+    plan = lower(graph, fused=True)
+    taken = [s for s in plan.steps if "q8_out" in s.params or "norm" in s.params]
+    glu_width = min(s.out.n for s in taken if "q8_out" in s.params)
+    norm_width = max(s.out.n for s in taken if "norm" in s.params)
+    assert norm_width < glu_width  # the fixture's FFN is wider than its embedding
+    monkeypatch.setattr(lw, "GPU_EPILOGUE_MAX_COLS", norm_width)
+    narrow = lower(graph, fused=True)
+    assert not any("q8_out" in s.params for s in narrow.steps)
+    assert len(narrow.steps) == len(plan.steps) + sum("q8_out" in s.params for s in taken)
+    monkeypatch.setattr(lw, "GPU_EPILOGUE_MAX_COLS", norm_width - 1)
+    assert len(lower(graph, fused=True).steps) == len(plan.steps) + len(taken)
+    assert len(lower(graph, fused=True, cpu=True).steps) == len(plan.steps)

@@ -181,6 +181,85 @@ inline void q8_store4(float4 v, int active, __global uchar* xq, long dso, long b
     barrier(CLK_LOCAL_MEM_FENCE);  // redf and redi are written again by the next call
 }
 
+// Kahan: the running sum s and its lost low part c (per work-item, before the pairwise tree).
+inline void kahan_add(float* s, float* c, float v) {
+    const float y = v - *c;
+    const float t = *s + y;
+    *c = (t - *s) - y;
+    *s = t;
+}
+
+// A row's normalization: y = ((x - m1) - corr) / den, mode 0 rms_norm x / sqrt(mean(x^2) + eps),
+// 1 norm (x - mean) / sqrt(var + eps); one work-group per row, every work-item gets the result.
+// The reference sums in float64: here each work-item sums its columns with Kahan compensation and
+// the group adds the partial sums in a pairwise tree. mode 1 centres twice (mean m1, then the
+// mean of x - m1 as a correction) and takes the variance of the centred values, so a large mean
+// costs no precision.
+inline float norm_den(__global const float* x, int ncols, float eps, int mode, __local float* red,
+                      float* m1_out, float* corr_out) {
+    const int l = get_local_id(0), nl = get_local_size(0);
+    float m1 = 0.0f, corr = 0.0f, den;
+    if (mode == 1) {
+        float s = 0.0f, c = 0.0f;
+        for (int i = l; i < ncols; i += nl) kahan_add(&s, &c, x[i]);
+        m1 = wg_sum(s - c, red) / ncols;
+        float d = 0.0f, dc = 0.0f, q = 0.0f, qc = 0.0f;
+        for (int i = l; i < ncols; i += nl) {
+            const float v = x[i] - m1;
+            kahan_add(&d, &dc, v);
+            kahan_add(&q, &qc, v * v);
+        }
+        corr = wg_sum(d - dc, red) / ncols;
+        const float var = wg_sum(q - qc, red) / ncols - corr * corr;
+        den = sqrt(fmax(var, 0.0f) + eps);
+    } else {
+        float q = 0.0f, qc = 0.0f;
+        for (int i = l; i < ncols; i += nl) {
+            const float v = x[i];
+            kahan_add(&q, &qc, v * v);
+        }
+        den = sqrt(wg_sum(q - qc, red) / ncols + eps);
+    }
+    *m1_out = m1;
+    *corr_out = corr;
+    return den;
+}
+
+// norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
+// row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
+// last work-group norms their output row). ncols % 32 == 0.
+inline void norm_q8_row_group(__global const float* x, __global float* y, __global const float* w,
+                              long row, int ncols, float eps, int mode, int has_w, int has_y,
+                              __global uchar* xq, long dso, __local float* red,
+                              __local int* redi) {
+    const int l = get_local_id(0), nl = get_local_size(0);
+    x += row * ncols;
+    y += row * ncols;
+    float m1, corr;
+    const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
+    for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
+        const int i = base + 4 * l, active = i < ncols;
+        float4 v = (float4)(0.0f);
+        if (active) {
+            v = ((vload4(0, x + i) - m1) - corr) / den;
+            if (has_w) v *= vload4(0, w + i);
+            if (has_y) vstore4(v, 0, y + i);
+        }
+        q8_store4(v, active, xq, dso, (row * ncols + i) >> 5, red, redi);
+    }
+}
+
+// x[0..n) (n % 32 == 0) into the q8 buffer xq by the whole work-group, four values a work-item.
+inline void quant_q8_group(__global const float* x, int n, __global uchar* xq, long dso,
+                           __local float* redf, __local int* redi) {
+    const int l = get_local_id(0), nl = get_local_size(0);
+    for (int base = 0; base < n; base += 4 * nl) {
+        const int i = base + 4 * l, active = i < n;
+        const float4 v = active ? vload4(0, x + i) : (float4)(0.0f);
+        q8_store4(v, active, xq, dso, i >> 5, redf, redi);
+    }
+}
+
 // Element d of a row x of a rotary embedding (the first n_dims of the row rotated; neox: pairs
 // (i, i + n_dims / 2), else (2i, 2i + 1)): ops.cl's rope kernel's products, one element at a time.
 inline float rope_elem(__global const float* x, int d, int n_dims, int neox, int pos,

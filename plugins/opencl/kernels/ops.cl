@@ -98,50 +98,6 @@ __kernel void glu(__global const uchar* g_b, ulong g_o, __global const uchar* u_
     y[i] = (op == 0 ? silu(v) : gelu_f16(v)) * u[i];
 }
 
-// Kahan: the running sum s and its lost low part c (per work-item, before the pairwise tree).
-inline void kahan_add(float* s, float* c, float v) {
-    const float y = v - *c;
-    const float t = *s + y;
-    *c = (t - *s) - y;
-    *s = t;
-}
-
-// A row's normalization: y = ((x - m1) - corr) / den, mode 0 rms_norm x / sqrt(mean(x^2) + eps),
-// 1 norm (x - mean) / sqrt(var + eps); one work-group per row, every work-item gets the result.
-// The reference sums in float64: here each work-item sums its columns with Kahan compensation and
-// the group adds the partial sums in a pairwise tree. mode 1 centres twice (mean m1, then the
-// mean of x - m1 as a correction) and takes the variance of the centred values, so a large mean
-// costs no precision.
-inline float norm_den(__global const float* x, int ncols, float eps, int mode, __local float* red,
-                      float* m1_out, float* corr_out) {
-    const int l = get_local_id(0), nl = get_local_size(0);
-    float m1 = 0.0f, corr = 0.0f, den;
-    if (mode == 1) {
-        float s = 0.0f, c = 0.0f;
-        for (int i = l; i < ncols; i += nl) kahan_add(&s, &c, x[i]);
-        m1 = wg_sum(s - c, red) / ncols;
-        float d = 0.0f, dc = 0.0f, q = 0.0f, qc = 0.0f;
-        for (int i = l; i < ncols; i += nl) {
-            const float v = x[i] - m1;
-            kahan_add(&d, &dc, v);
-            kahan_add(&q, &qc, v * v);
-        }
-        corr = wg_sum(d - dc, red) / ncols;
-        const float var = wg_sum(q - qc, red) / ncols - corr * corr;
-        den = sqrt(fmax(var, 0.0f) + eps);
-    } else {
-        float q = 0.0f, qc = 0.0f;
-        for (int i = l; i < ncols; i += nl) {
-            const float v = x[i];
-            kahan_add(&q, &qc, v * v);
-        }
-        den = sqrt(wg_sum(q - qc, red) / ncols + eps);
-    }
-    *m1_out = m1;
-    *corr_out = corr;
-    return den;
-}
-
 // One work-group per row of ncols (norm_den), times w[col] when has_w.
 __kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
                         __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
@@ -169,22 +125,8 @@ __kernel void norm_rows_q8(__global const uchar* x_b, ulong x_o, __global uchar*
     __local float red[WG_MAX];
     __local int redi[WG_MAX];
     const long row = get_group_id(0);
-    const int l = get_local_id(0), nl = get_local_size(0);
-    __global const float* x = CPTR(float, x_b, x_o) + row * ncols;
-    __global float* y = PTR(float, y_b, y_o) + row * ncols;
-    __global const float* w = CPTR(float, w_b, w_o);
-    float m1, corr;
-    const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
-    for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
-        const int i = base + 4 * l, active = i < ncols;
-        float4 v = (float4)(0.0f);
-        if (active) {
-            v = ((vload4(0, x + i) - m1) - corr) / den;
-            if (has_w) v *= vload4(0, w + i);
-            if (has_y) vstore4(v, 0, y + i);
-        }
-        q8_store4(v, active, PTR(uchar, xq_b, xq_o), dso, (row * ncols + i) >> 5, red, redi);
-    }
+    norm_q8_row_group(CPTR(float, x_b, x_o), PTR(float, y_b, y_o), CPTR(float, w_b, w_o), row,
+                      ncols, eps, mode, has_w, has_y, PTR(uchar, xq_b, xq_o), dso, red, redi);
 }
 
 // x [nblk * 32] f32 -> the q8 buffer xq (q8_store4): four values a work-item, eight a block;

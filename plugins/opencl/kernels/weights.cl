@@ -580,19 +580,50 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
     }
 }
 
+// After a one-token mat-vec, the step lower.mat_vec_epilogues gave it, run by the work-group that
+// finishes last (an atomic count in cnt, which it resets; the others' outputs are written, made
+// visible before they counted themselves): with glu_q8 the GLU output y as q8 blocks into oq; with
+// norm the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8 blocks
+// into nq).
+inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long odso, int glu_q8,
+                            __global volatile int* cnt, __global const float* nw, int has_nw,
+                            float eps, int mode, int has_ny, __global float* ny,
+                            __global uchar* nq, long ndso, int norm, __local int* last,
+                            __local float* redf, __local int* redi) {
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    if (get_local_id(0) == 0) *last = atomic_inc(cnt) == (int)get_num_groups(0) - 1;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!*last) return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    if (get_local_id(0) == 0) atomic_xchg(cnt, 0);
+    if (glu_q8) quant_q8_group(y, M, oq, odso, redf, redi);
+    if (norm) norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi);
+}
+
 // mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
-// with M0..M2 rows; the residual (Y0's only) where has_res.
+// with M0..M2 rows; the residual (Y0's only) where has_res; then mmvq_last_group's epilogue where
+// glu_q8 or norm (one token).
 #define MMVQ(NT, R)                                                                              \
     __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
         __global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,              \
         __global const uchar* w2b, ulong w2o, long row_bytes, __global const uchar* xqb,         \
         ulong xqo, long dso, __global uchar* y0b, ulong y0o, __global uchar* y1b, ulong y1o,     \
         __global uchar* y2b, ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0, \
-        int M1, int M2, int K, int T, int G, int glu) {                                          \
+        int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb, ulong oqo, long odso,  \
+        int glu_q8, __global uchar* cntb, ulong cnto, __global const uchar* nwb, ulong nwo,      \
+        int has_nw, float eps, int mode, int has_ny, __global uchar* nyb, ulong nyo,             \
+        __global uchar* nqb, ulong nqo, long ndso, int norm) {                                   \
         __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
+        __local int redi[MMVQ_WG], last;                                                         \
         mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
                   PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
                   has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
+        if (glu_q8 || norm)                                                                      \
+            mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(uchar, oqb, oqo), odso, glu_q8,        \
+                            PTR(volatile int, cntb, cnto), CPTR(float, nwb, nwo), has_nw, eps,   \
+                            mode, has_ny, PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso,      \
+                            norm, &last, red, redi);                                             \
     }
 MMVQ(1, 1)
 MMVQ(1, 2)
