@@ -32,6 +32,8 @@
 #                mul_mat conformance cases on vulkan:0, prompt logits against OLDREV's, and pp512 of
 #                the four rows with each matmul shader (benchmarks/vulkan_matmul_tiles.py) beside
 #                llama-bench's Vulkan pp512 when the peer was built
+#   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
+#                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished)
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
@@ -256,6 +258,21 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
+  done
+  ;;
+ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, OpenCL (issues 17, 20)
+  [ $# -gt 1 ] && ROWS="${*:2}"
+  ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done )
+  WAIT_S=240 bash $PEER wait cuda; WAIT_S=120 bash $PEER wait vulkan
+  for r in $ROWS; do
+    m=/tmp/synth-${r%:*}-${r#*:}.gguf
+    echo "== $r" | tee -a $OUT/ratios.log
+    for dev in cuda:0 vulkan:0 opencl:0; do
+      timeout 120 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device $dev 2>&1 \
+        | grep "| pp\|| tg" | sed "s/^/llmrt $dev /" | tee -a $OUT/ratios.log
+      [ $dev = opencl:0 ] || bash $PEER bench ${dev%:0} $m | sed "s/^/llama.cpp-${dev%:0} /" \
+        | tee -a $OUT/ratios.log
+    done
   done
   ;;
 cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
