@@ -38,6 +38,27 @@ __device__ __forceinline__ u16 f2h(float f) {
 
 __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
+// --- matrix units (sm_80 and later): mma.sync, a warp's 16 x 8 product -------------------------
+// c[0..4) += a (16 x K, row-major) x b (K x 8, column-major). With g = lane / 4 and c = lane % 4,
+// a thread holds four 32-bit words of a: rows g, g+8 x the words c and c+4 of a row (K = 16 f16:
+// cols 2c, 2c+1 and 2c+8, 2c+9; K = 32 s8: bytes 4c..4c+3 and 16+4c..), two of b: the same words
+// of col g, and c: rows g, g+8 x cols 2c, 2c+1.
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_16832_s8(int* c, const int* a, int b0, int b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ float ldh(const u8* p) { return h2f(*(const u16*)p); }
 
 __device__ __forceinline__ float warp_sum(float x) {

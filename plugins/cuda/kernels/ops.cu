@@ -378,17 +378,6 @@ FATTN(256, 1)
 
 // --- prompt attention on tensor cores ---------------------------------------------------------
 
-// c[0..4) += a (16x16 f16, row) x b (16x8 f16, col), f32 accumulators: mma.sync m16n8k16. With
-// g = lane / 4 and c = lane % 4, a thread holds a = rows g, g+8 x cols 2c, 2c+1 and 2c+8, 2c+9;
-// b = rows (k) 2c, 2c+1 and 2c+8, 2c+9 x col g; c = rows g, g+8 x cols 2c, 2c+1.
-__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
     return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
 }

@@ -570,10 +570,9 @@ MMVQ(8, 2, 32)
 // Y[t, m] = sum_k W[m, k] X[t, k] for a prompt's many tokens, X in q8 blocks as mmvq reads them.
 // A block of 4 warps computes 64 rows x 64 tokens, taking K through shared memory MMQ_KB blocks
 // of 32 at a time: weight blocks unpacked to bytes (load_wq), activation blocks as stored. Each
-// warp's 32 x 32 corner is 2 x 4 mma.sync m16n8k32 (s8 x s8 -> s32) a block of 32, each exact
-// integer sum scaled into the f32 sums as mmvq's (scale_q) scales its own. With g = lane / 4, c = lane % 4 the
-// fragments are: A rows g, g+8 x bytes 4c.. and 16+4c.. (words c, c+4 of a block); B the same
-// words of token g; the sums rows g, g+8 x tokens 2c, 2c+1.
+// warp's 32 x 32 corner is 2 x 4 mma.sync m16n8k32 (s8 x s8 -> s32, common.cuh) a block of 32,
+// each exact integer sum scaled into the f32 sums as mmvq's (scale_q) scales its own: a block's
+// words c and c+4 of weight rows g, g+8 (A) and of token g (B) give rows g, g+8 x tokens 2c, 2c+1.
 #define MMQ_M 64
 #define MMQ_T 64
 #define MMQ_KB 4
@@ -589,14 +588,6 @@ __device__ __forceinline__ int signed_bytes(int v) {
 #else
     return v;
 #endif
-}
-
-__device__ __forceinline__ void mma_s8(int* c, const int* a, int b0, int b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W, long long rb,
@@ -656,7 +647,7 @@ extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     int s[4] = {0, 0, 0, 0};
-                    mma_s8(s, a[mt], q[0], q[4]);
+                    mma_16832_s8(s, a[mt], q[0], q[4]);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const float2 w = wd[mt][e >> 1], x = e & 1 ? x1 : x0;
