@@ -17,7 +17,6 @@ import math
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cupy as cp
@@ -32,11 +31,15 @@ from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import attention_split, lower
+from llmrt_cuda.lower import (
+    FATTN_MMA_DIMS,
+    FATTN_MMA_MIN_T,
+    attention_split,
+    kernel_source,
+    lower,
+)
 
-KERNELS = Path(__file__).parent / "kernels"
 H2D, D2H = 1, 2  # cudaMemcpyKind
-NORM_F64 = "#define NORM_F64 1\n"
 # cublasGemmEx's operations, data types, compute type and algorithm
 OP_N, OP_T, R_32F, R_16F, COMPUTE_32F, ALGO = 0, 1, 0, 2, 68, -1
 SMEM_DEFAULT = 48 * 1024
@@ -53,10 +56,6 @@ MMVQ_R2_MAX_K = 4096
 MMVQ_PREFETCH_MAX = 4 << 20
 # decode attention splits the KV length when (heads x tokens) blocks would not fill the GPU
 FATTN_SPLIT_MAX_BLOCKS = 264
-# prompt attention of at least this many query rows on an f16 cache runs on tensor cores
-# (fattn_mma: mma.sync, sm_80 and later) for these head sizes
-FATTN_MMA_MIN_T = 16
-FATTN_MMA_DIMS = (32, 64, 128)
 
 
 @functools.cache
@@ -81,13 +80,7 @@ def _resident(fn: Any, smem: int) -> int:
 
 @functools.cache
 def _module(module: str) -> cp.RawModule:
-    """ops.cu ("ops"), or weights.cu for one weight type (its number); norms in float64, as the
-    reference computes them."""
-    source = (KERNELS / "common.cuh").read_text()
-    if module == "ops":
-        return cp.RawModule(code=NORM_F64 + source + (KERNELS / "ops.cu").read_text())
-    weights = (KERNELS / "weights.cu").read_text()
-    return cp.RawModule(code=f"#define WTYPE {module}\n" + NORM_F64 + source + weights)
+    return cp.RawModule(code=kernel_source(module))
 
 
 @functools.cache

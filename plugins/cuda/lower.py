@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
@@ -29,6 +30,7 @@ from llmrt.lower.steps import (
 from llmrt.lower.view import View
 
 F32, F16 = GGMLType.F32, GGMLType.F16
+KERNELS = Path(__file__).parent / "kernels"
 # the kernels read BLOCK_TYPES' blocks as they are (weights.cu, dequant32); Q8_TYPES' mat-vecs
 # run on int8 activations (__dp4a), quantized once per input
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
@@ -36,6 +38,10 @@ MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also s
 FATTN_DIMS = (16, 32, 64, 128, 256)
 FATTN_MAX_S = 32768
 FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
+# prompt attention of at least this many query rows on an f16 cache runs on the matrix units
+# (fattn_mma: mma.sync, sm_80 and later) for these head sizes
+FATTN_MMA_MIN_T = 16
+FATTN_MMA_DIMS = (32, 64, 128)
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
 # many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
 # more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)
@@ -109,3 +115,13 @@ def lower(graph: Graph, int8_mma: bool = True) -> Plan:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)
     return plan
+
+
+def kernel_source(module: str) -> str:
+    """The CUDA source NVRTC compiles for a module: ops.cu ("ops"), or weights.cu for one weight
+    type (its number as a string), after common.cuh; norms in float64, as the reference computes
+    them."""
+    common = "#define NORM_F64 1\n" + (KERNELS / "common.cuh").read_text()
+    if module == "ops":
+        return common + (KERNELS / "ops.cu").read_text()
+    return f"#define WTYPE {module}\n" + common + (KERNELS / "weights.cu").read_text()
