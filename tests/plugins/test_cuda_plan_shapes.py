@@ -1,7 +1,8 @@
 """The CUDA backend's plan for synth_gguf's model shapes (pure Python, no GPU): the launches
-`lower` makes for a decode step, short prompts (integer mat-vecs) and a longer one (GEMMs), by
-step and by the integer mat-vec's fused kind; and the buffer plan: every step names storages that
-exist, no step writes a buffer it reads, and arena buffers live at the same time never overlap.
+`lower` makes for a decode step, short prompts (integer mat-vecs) and a longer one (integer
+GEMMs), by step and by the integer mat-vec's fused kind; and the buffer plan: every step names
+storages that exist, no step writes a buffer it reads, and arena buffers live at the same time
+never overlap.
 
 The expected counts are per-layer formulas, n_layer * a + b, so a lost fusion or an added launch
 fails them. tests/plugins/test_cuda_plan.py covers the same fusions on a tiny model.
@@ -57,13 +58,15 @@ EXPECTED = {
         "norm_q8": (2, 1), "mmvq.outs3": (1, 0), "rope_qkv": (1, 0), "fattn.q8": (1, 0),
         "mmvq.residual": (2, 0), "mmvq.glu": (1, 0), "quant_q8": (1, 0),
     },
-    # longer prompts: 7 GEMMs a layer; residual adds, norms and swiglu launch on their own
-    "gemm": {
-        "gemm": (7, 0), "norm": (2, 0), "rope_qkv": (1, 0), "fattn": (1, 0), "binary": (2, 0),
-        "glu": (1, 0),
+    # longer prompts: 7 integer GEMMs a layer (gemmq) on q8 activations, from the norms and from
+    # quant_q8 launches of the attention's and swiglu's outputs; residual adds and swiglu launch
+    # on their own
+    "gemmq": {
+        "gemmq": (7, 0), "norm_q8": (2, 1), "quant_q8": (2, 0), "rope_qkv": (1, 0),
+        "fattn": (1, 0), "binary": (2, 0), "glu": (1, 0),
     },
 }  # fmt: skip
-REGIMES = {1: "decode", 8: "mmvq", 40: "mmvq", 128: "gemm"}
+REGIMES = {1: "decode", 8: "mmvq", 40: "mmvq", 128: "gemmq"}
 
 
 @pytest.mark.parametrize("n_tokens", list(REGIMES))
@@ -77,7 +80,7 @@ def test_steps_per_kind(shape_name, qtype, n_tokens):
     assert dict(Counter(kind(s) for s in plan.steps)) == want
     kv = n_head_kv * (n_embd // n_head)
     for s in plan.steps:
-        if s.op in ("mmvq", "mmv", "gemm"):
+        if s.op in ("mmvq", "mmv", "gemm", "gemmq"):
             assert s.params["type"] == qtype
         if "outs" in s.params:
             assert s.params["ms"] == [n_embd, kv, kv]
