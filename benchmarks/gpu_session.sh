@@ -279,6 +279,11 @@ cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDR
   synth llama32-1b q4_0; synth llama3-8b q4_0
   timeout 90 python3 -m pytest tests/conformance -k "cuda and (flash_attn or mul_mat)" -q --tb=short \
     -p no:cacheprovider 2>&1 | tail -12 | tee -a $OUT/cuda-pp.log
+  for n in 40 200; do  # prompt logits: 40 tokens take mmvq and fattn_mma, 200 gemmq too
+    timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/new.npz $n
+    old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/old.npz $n
+    against_old "cuda:0 1B prompt $n" cuda-pp.log
+  done
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     for tree in this $OLDREV; do
       [ $tree = this ] && run="" || run=old
