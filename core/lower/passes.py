@@ -225,11 +225,8 @@ def q8_gemms(plan: Plan, storage: Callable[..., Storage], types: frozenset[GGMLT
     """Prompt products (gemm) of `types` become ``gemmq`` steps on activations quantized once to
     q8 blocks as mmvq's (``q8_activations``): by the norm that makes them (``norm_q8``) or by a
     ``quant_q8`` step, shared by the products reading one value (q, k, v; gate, up); a norm whose
-    f32 rows only the products read then need not write them. A gemmq has no scratch."""
+    f32 rows only the products read then need not write them."""
     plan.steps[:] = q8_activations(plan.steps, storage, types, _norm, ops=("gemm", "gemmq"))
-    for st in plan.steps:
-        if st.op == "gemmq":
-            st.temps = []
     plan.steps[:] = unused_norm_outputs(plan.steps, plan.reads)
 
 

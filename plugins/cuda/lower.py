@@ -98,18 +98,20 @@ def attention_split(
     return heads, parts, smem
 
 
-def _gemm_with_f16_copies(lo: StepLowering, node: Tensor) -> View:
-    """A long product runs as cuBLAS on f16 copies of the weight and the activations."""
+def _gemm_with_f16_copies(lo: StepLowering, node: Tensor, int8_mma: bool) -> View:
+    """A long product runs as cuBLAS on f16 copies of the weight and the activations, unless it
+    becomes a gemmq (the legacy quants, on int8 MMA), which needs no copies."""
     out = lower_mul_mat(lo, node)
     step = lo.steps[-1]
-    if step.op == "gemm":
+    if step.op == "gemm" and not (int8_mma and step.params["type"] in Q8_TYPES):
         m, k, t = step.params["m"], step.params["k"], step.params["t"]
         step.temps = [lo.storage("arena", m * k * 2), lo.storage("arena", t * k * 2)]
     return out
 
 
 def lower(graph: Graph, int8_mma: bool = True) -> Plan:
-    plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: _gemm_with_f16_copies})
+    mul_mat = functools.partial(_gemm_with_f16_copies, int8_mma=int8_mma)
+    plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: mul_mat})
     passes.small_batch(plan, lo.storage, Q8_TYPES)
     if int8_mma:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
