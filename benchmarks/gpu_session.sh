@@ -277,8 +277,9 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
   ;;
 cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
   synth llama32-1b q4_0; synth llama3-8b q4_0
-  timeout 90 python3 -m pytest tests/conformance -k "cuda and (flash_attn or mul_mat)" -q --tb=short \
-    -p no:cacheprovider 2>&1 | tail -12 | tee -a $OUT/cuda-pp.log
+  timeout 200 python3 -m pytest tests/conformance -k "cuda and (flash_attn or mul_mat)" -q --tb=short \
+    -p no:cacheprovider > $OUT/cuda-pp-conformance.log 2>&1
+  tail -3 $OUT/cuda-pp-conformance.log | tee -a $OUT/cuda-pp.log
   for n in 40 200; do  # prompt logits: 40 tokens take mmvq and fattn_mma, 200 gemmq too
     timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/new.npz $n
     old timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/old.npz $n

@@ -384,6 +384,7 @@ __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
 
 #define FA_ROWS 64  // query rows a block: 16 a warp, 4 warps
 #define FA_KEYS 64  // keys a shared-memory tile
+#define FA_THREADS 128
 
 // Attention of a prompt (many query rows) on an f16 KV cache, after FlashAttention-2: a block
 // takes 64 query rows of one head, K and V pass through shared memory 64 keys at a time, and each
@@ -419,18 +420,6 @@ __device__ __forceinline__ void fattn_mma_body(const float* __restrict__ q, cons
     float ma = -INF, mb = -INF, la = 0.0f, lb = 0.0f;
     const u32 sv_base = (u32)__cvta_generic_to_shared(sv);
     for (int s0 = 0; s0 < S; s0 += FA_KEYS) {
-        __syncthreads();  // the last tile's readers are done with it
-        for (int i = threadIdx.x; i < FA_KEYS * D / 8; i += blockDim.x) {
-            const int r = i / (D / 8), d = i % (D / 8) * 8;
-            uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
-            if (s0 + r < S) {
-                kx = *(const uint4*)(k + (size_t)(s0 + r) * ks + (size_t)hk * kh + d);
-                vx = *(const uint4*)(v + (size_t)(s0 + r) * vs + (size_t)hk * vh + d);
-            }
-            *(uint4*)(sk + r * P + d) = kx;
-            *(uint4*)(sv + r * P + d) = vx;
-        }
-        __syncthreads();
         float sc[FA_KEYS / 8][4];
         bool live = false;  // any key of the tile unmasked for this thread's rows
 #pragma unroll
@@ -444,6 +433,32 @@ __device__ __forceinline__ void fattn_mma_body(const float* __restrict__ q, cons
                 live |= m != -INF;
             }
         }
+        // a tile no row of the block sees is not loaded; this barrier also waits for the last
+        // tile's readers
+        if (!__syncthreads_or(live)) continue;
+        // 16-byte pieces of K and of V a thread stores, NC at a time: all of a chunk's loads are
+        // issued before the first store waits on one
+        constexpr int NL = FA_KEYS * D / 8 / FA_THREADS, NC = NL < 4 ? NL : 4;
+#pragma unroll
+        for (int j0 = 0; j0 < NL; j0 += NC) {
+            uint4 kx[NC], vx[NC];
+#pragma unroll
+            for (int j = 0; j < NC; ++j) {
+                const int i = threadIdx.x + (j0 + j) * FA_THREADS, r = i / (D / 8), d = i % (D / 8) * 8;
+                kx[j] = vx[j] = make_uint4(0, 0, 0, 0);
+                if (s0 + r < S) {
+                    kx[j] = *(const uint4*)(k + (size_t)(s0 + r) * ks + (size_t)hk * kh + d);
+                    vx[j] = *(const uint4*)(v + (size_t)(s0 + r) * vs + (size_t)hk * vh + d);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NC; ++j) {
+                const int i = threadIdx.x + (j0 + j) * FA_THREADS, r = i / (D / 8), d = i % (D / 8) * 8;
+                *(uint4*)(sk + r * P + d) = kx[j];
+                *(uint4*)(sv + r * P + d) = vx[j];
+            }
+        }
+        __syncthreads();
         if (!__any_sync(0xffffffffu, live)) continue;
         float acc[FA_KEYS / 8][4];
 #pragma unroll
@@ -525,7 +540,7 @@ __device__ __forceinline__ void fattn_mma_body(const float* __restrict__ q, cons
 }
 
 #define FATTN_MMA(D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) fattn_mma_##D(                            \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) fattn_mma_##D(                            \
         const float* q, const u16* k, const u16* v, const float* mask, float* out, int T, int Hq, \
         int Hkv, int S, long long ks, long long kh, long long vs, long long vh, float scale,     \
         float softcap) {                                                                        \

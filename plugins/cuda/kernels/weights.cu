@@ -576,6 +576,7 @@ MMVQ(8, 2, 32)
 #define MMQ_M 64
 #define MMQ_T 64
 #define MMQ_KB 4
+#define MMQ_THREADS 128
 #define MMQ_W (MMQ_KB * 8 + 4)  // words a tile row: rows 4 banks apart
 
 // load_wq's bytes as the signed values they stand for (q4_0's nibbles less 8, q5_0's less 16), so
@@ -590,44 +591,77 @@ __device__ __forceinline__ int signed_bytes(int v) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(128) gemmq(const u8* __restrict__ W, long long rb,
-                                                        const u8* __restrict__ XQ, long long dso,
-                                                        float* __restrict__ Y, int M, int K, int T) {
+extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 3) gemmq(const u8* __restrict__ W, long long rb,
+                                                                const u8* __restrict__ XQ, long long dso,
+                                                                float* __restrict__ Y, int M, int K, int T) {
     pdl_enter();
-    __shared__ int sw[MMQ_M * MMQ_W], sx[MMQ_T * MMQ_W];
+    __shared__ __align__(16) int sw[MMQ_M * MMQ_W];
+    __shared__ __align__(16) int sx[MMQ_T * MMQ_W];
     __shared__ float2 swd[MMQ_M * MMQ_KB], sxd[MMQ_T * MMQ_KB];  // (d, m); (d, sum as int)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int m0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_T;
     const int wm = (warp & 1) * 32, wt = (warp >> 1) * 32;  // this warp's corner of the tile
     const int nb = K >> 5;
     const float2* DS = (const float2*)(XQ + dso);
+    // This thread's share of a K-step's tiles: weight blocks, 16-byte halves of activation blocks,
+    // activation scales. The next step's share is loaded into registers while this step computes,
+    // so that the loads' latency hides behind the products.
+    constexpr int NW = MMQ_M * MMQ_KB / MMQ_THREADS, NX = MMQ_T * MMQ_KB * 2 / MMQ_THREADS;
+    constexpr int ND = MMQ_T * MMQ_KB / MMQ_THREADS;
+    int wv[NW][8];
+    float2 wdm[NW], xds[ND];
+    int4 xv[NX];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int j = 0; j < NW; ++j) {
+            const int i = threadIdx.x + j * MMQ_THREADS, r = i / MMQ_KB, b = i % MMQ_KB;
+            float d = 0.0f, m = 0.0f;
+            if (m0 + r < M && k0 + b < nb) load_wq(W + (size_t)(m0 + r) * rb, k0 + b, wv[j], d, m);
+            else
+#pragma unroll
+                for (int e = 0; e < 8; ++e) wv[j][e] = 0;
+            wdm[j] = make_float2(d, m);
+        }
+#pragma unroll
+        for (int j = 0; j < NX; ++j) {
+            const int i = threadIdx.x + j * MMQ_THREADS, r = i / (MMQ_KB * 2), b = (i >> 1) % MMQ_KB;
+            xv[j] = t0 + r < T && k0 + b < nb
+                ? *(const int4*)(XQ + ((size_t)(t0 + r) * nb + k0 + b) * 32 + (i & 1) * 16)
+                : make_int4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int j = 0; j < ND; ++j) {
+            const int i = threadIdx.x + j * MMQ_THREADS, r = i / MMQ_KB, b = i % MMQ_KB;
+            xds[j] = t0 + r < T && k0 + b < nb ? DS[(size_t)(t0 + r) * nb + k0 + b] : make_float2(0.0f, 0.0f);
+        }
+    };
     float acc[2][4][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    fetch(0);
     for (int k0 = 0; k0 < nb; k0 += MMQ_KB) {
         __syncthreads();  // the last tile's readers are done with it
-        for (int i = threadIdx.x; i < MMQ_M * MMQ_KB; i += blockDim.x) {
-            const int r = i / MMQ_KB, b = i % MMQ_KB;
-            int v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            float d = 0.0f, m = 0.0f;
-            if (m0 + r < M && k0 + b < nb) load_wq(W + (size_t)(m0 + r) * rb, k0 + b, v, d, m);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) sw[r * MMQ_W + b * 8 + j] = signed_bytes(v[j]);
-            swd[i] = make_float2(d, m);
+        for (int j = 0; j < NW; ++j) {
+            const int i = threadIdx.x + j * MMQ_THREADS, r = i / MMQ_KB, b = i % MMQ_KB;
+            int4* p = (int4*)(sw + r * MMQ_W + b * 8);
+            p[0] = make_int4(signed_bytes(wv[j][0]), signed_bytes(wv[j][1]), signed_bytes(wv[j][2]),
+                             signed_bytes(wv[j][3]));
+            p[1] = make_int4(signed_bytes(wv[j][4]), signed_bytes(wv[j][5]), signed_bytes(wv[j][6]),
+                             signed_bytes(wv[j][7]));
+            swd[i] = wdm[j];
         }
-        for (int i = threadIdx.x; i < MMQ_T * MMQ_KB * 8; i += blockDim.x) {
-            const int r = i / (MMQ_KB * 8), w = i % (MMQ_KB * 8), b = w >> 3;
-            const bool in = t0 + r < T && k0 + b < nb;
-            sx[r * MMQ_W + w] = in ? *(const int*)(XQ + ((size_t)(t0 + r) * nb + k0 + b) * 32 + (w & 7) * 4) : 0;
+#pragma unroll
+        for (int j = 0; j < NX; ++j) {
+            const int i = threadIdx.x + j * MMQ_THREADS;
+            *(int4*)(sx + i / (MMQ_KB * 2) * MMQ_W + (i % (MMQ_KB * 2)) * 4) = xv[j];
         }
-        for (int i = threadIdx.x; i < MMQ_T * MMQ_KB; i += blockDim.x) {
-            const int r = i / MMQ_KB, b = i % MMQ_KB;
-            const bool in = t0 + r < T && k0 + b < nb;
-            sxd[i] = in ? DS[(size_t)(t0 + r) * nb + k0 + b] : make_float2(0.0f, 0.0f);
-        }
+#pragma unroll
+        for (int j = 0; j < ND; ++j) sxd[threadIdx.x + j * MMQ_THREADS] = xds[j];
         __syncthreads();
+        if (k0 + MMQ_KB < nb) fetch(k0 + MMQ_KB);
 #pragma unroll
         for (int b = 0; b < MMQ_KB; ++b) {
             int a[2][4];
