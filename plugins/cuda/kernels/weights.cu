@@ -591,13 +591,20 @@ __device__ __forceinline__ int signed_bytes(int v) {
 #endif
 }
 
+// (float)s for |s| < 2^22, exactly, by two full-rate adds: the int-to-float conversion runs at a
+// fraction of their rate, and gemmq converts one for every 32 multiply-adds of the tensor cores.
+// A block's integer sum is at most 32 x 128 x 128 = 2^19.
+__device__ __forceinline__ float exact_float(int s) {
+    return __int_as_float(s + 0x4B400000) - 12582912.0f;
+}
+
 extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 3) gemmq(const u8* __restrict__ W, long long rb,
                                                                 const u8* __restrict__ XQ, long long dso,
                                                                 float* __restrict__ Y, int M, int K, int T) {
     pdl_enter();
     __shared__ __align__(16) int sw[MMQ_M * MMQ_W];
     __shared__ __align__(16) int sx[MMQ_T * MMQ_W];
-    __shared__ float2 swd[MMQ_M * MMQ_KB], sxd[MMQ_T * MMQ_KB];  // (d, m); (d, sum as int)
+    __shared__ float2 swd[MMQ_M * MMQ_KB], sxd[MMQ_T * MMQ_KB];  // (d, m); (d, sum)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int m0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_T;
     const int wm = (warp & 1) * 32, wt = (warp >> 1) * 32;  // this warp's corner of the tile
@@ -659,7 +666,12 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 3) gemmq(const u8* __r
             *(int4*)(sx + i / (MMQ_KB * 2) * MMQ_W + (i % (MMQ_KB * 2)) * 4) = xv[j];
         }
 #pragma unroll
-        for (int j = 0; j < ND; ++j) sxd[threadIdx.x + j * MMQ_THREADS] = xds[j];
+        for (int j = 0; j < ND; ++j) {
+#if WTYPE == 3 || WTYPE == 7  // the block's sum, converted once here rather than at every product
+            xds[j].y = (float)__float_as_int(xds[j].y);
+#endif
+            sxd[threadIdx.x + j * MMQ_THREADS] = xds[j];
+        }
         __syncthreads();
         if (k0 + MMQ_KB < nb) fetch(k0 + MMQ_KB);
 #pragma unroll
@@ -686,9 +698,9 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 3) gemmq(const u8* __r
                     for (int e = 0; e < 4; ++e) {
                         const float2 w = wd[mt][e >> 1], x = e & 1 ? x1 : x0;
 #if WTYPE == 3 || WTYPE == 7
-                        acc[mt][nt][e] += x.x * (w.x * (float)s[e] + w.y * (float)__float_as_int(x.y));
+                        acc[mt][nt][e] += x.x * (w.x * exact_float(s[e]) + w.y * x.y);
 #else
-                        acc[mt][nt][e] += w.x * x.x * (float)s[e];
+                        acc[mt][nt][e] += w.x * x.x * exact_float(s[e]);
 #endif
                     }
                 }
