@@ -1,6 +1,5 @@
 """Prompt processing on a Vulkan device with its prompt matmuls on each shader llmrt has for them:
-matmul.comp (f32 products on the shader cores), and matmul_coop (cooperative matrices) in 64 x 64
-tiles, in 128 x 128 tiles, and as launch.py chooses between the two (COOP_LARGE_GROUPS); in one
+matmul.comp (f32 products on the shader cores) and matmul_coop (cooperative matrices); in one
 process, as `llmrt bench`'s pp test (best of R).
 
     python benchmarks/vulkan_matmul_tiles.py MODEL.gguf DEVICE [N_PROMPT] [R]
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import llmrt_vulkan.launch as launch
 from llmrt.cli.bench import _run_test
 from llmrt.device import get_device
 from llmrt.engine import load
@@ -24,19 +22,14 @@ def main() -> None:
     model = load(path, device=dev)
     rt = dev.runtime
     variant = rt.coopmat
-    chosen = launch.COOP_LARGE_GROUPS
-    choices = [("matmul.comp", None, chosen)]
-    if variant:
-        choices += [(f"{variant} 64", variant, 1 << 30), (f"{variant}_l 128", variant, 0),
-                    (f"{variant} as chosen ({chosen} groups)", variant, chosen)]  # fmt: skip
-    for label, coop, large in choices:
-        rt.coopmat, launch.COOP_LARGE_GROUPS = coop, large  # read when a graph is lowered
+    for label, coop in [("matmul.comp", None)] + ([(variant, variant)] if variant else []):
+        rt.coopmat = coop  # read when a graph is lowered
         ctx = model.context(n_ctx=n_prompt + 16)
         _run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0)  # compiles the prompt graph
         best = min(_run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0) for _ in range(repeats))
         print(f"{device} {label}: pp{n_prompt} {n_prompt / best:.1f} t/s")
         del ctx
-    rt.coopmat, launch.COOP_LARGE_GROUPS = variant, chosen
+    rt.coopmat = variant
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ host's token lookup, the device's), inside the device program the input copy, th
 and wait, and the read-back; then GPU time per shader from timestamps between dispatches
 (TimedProgram, which the device compiles in place of VulkanProgram here).
 
-    python benchmarks/vulkan_profile.py MODEL.gguf [n_steps] [device]
+    python benchmarks/vulkan_profile.py MODEL.gguf [n_steps] [device] [n_prompt]
+
+With n_prompt, a prompt of that many tokens instead: its GPU time per shader.
 """
 
 from __future__ import annotations
@@ -55,6 +57,35 @@ class TimedProgram(VulkanProgram):
 llmrt_vulkan.program.VulkanProgram = TimedProgram
 
 
+def print_shader_times(prog: TimedProgram) -> None:
+    per: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for name, sec in prog.dispatch_times():
+        per[name] += sec
+        count[name] += 1
+    total = sum(per.values())
+    print(f"GPU time between first and last timestamp: {total * 1e3:.3f} ms")
+    for name in sorted(per, key=per.get, reverse=True):
+        print(f"  {name:28s} x{count[name]:4d} {per[name] * 1e3:9.3f} ms {per[name] / total:6.1%}")
+
+
+def profile_prompt(model: Any, n_prompt: int, n: int) -> None:
+    """The last of n prompts' GPU time per shader (the timestamps of a program's last run)."""
+    ctx = model.context(n_ctx=n_prompt + 16)
+    tokens = [(i * 7919) % 30000 + 300 for i in range(n_prompt)]
+    best = float("inf")
+    for _ in range(n + 1):
+        ctx.clear()
+        t0 = time.perf_counter()
+        ctx.eval(tokens)
+        best = min(best, time.perf_counter() - t0)
+    print(f"pp{n_prompt}: best {best * 1e3:.2f} ms ({n_prompt / best:.0f} t/s)")
+    exe = next(v for k, v in ctx.graphs.items() if k[0] == n_prompt)
+    for prog in getattr(exe, "programs", [exe]):
+        if isinstance(prog, TimedProgram):
+            print_shader_times(prog)
+
+
 def main() -> None:
     path = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -62,6 +93,9 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load(path, device=device, n_gpu_layers=99)
     print(f"load {time.perf_counter() - t0:.2f} s")
+    if len(sys.argv) > 4:
+        profile_prompt(model, int(sys.argv[4]), n)
+        return
     ctx = model.context(n_ctx=256)
     t0 = time.perf_counter()
     ctx.eval([1, 2, 3, 4])
@@ -118,15 +152,7 @@ def main() -> None:
     )
     if not isinstance(vk_prog, TimedProgram) or not vk_prog.dispatches:
         return
-    per: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for name, sec in vk_prog.dispatch_times():
-        per[name] += sec
-        count[name] += 1
-    total = sum(per.values())
-    print(f"GPU time between first and last timestamp: {total * 1e3:.3f} ms")
-    for name in sorted(per, key=per.get, reverse=True):
-        print(f"  {name:28s} x{count[name]:4d} {per[name] * 1e3:9.3f} ms {per[name] / total:6.1%}")
+    print_shader_times(vk_prog)
     # a run of consecutive dispatches from the middle (one layer or so), each with its time
     # since the previous timestamp; integer mat-vecs with rows x k, prologue and epilogue modes
     times = vk_prog.dispatch_times()

@@ -29,8 +29,6 @@ PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE varia
 PROLOGUE_WGS = 512
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
-# matmul_coop's 128 x 128 tiles ("_l") where they still make this many workgroups, else 64 x 64
-COOP_LARGE_GROUPS = 256
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -218,8 +216,6 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
-            if coop and -(-rows // 128) * -(-t // 128) >= COOP_LARGE_GROUPS:
-                name, tile = coop + "_l", 128
             groups = (-(-rows // tile), -(-t // (MAX_T_MATVEC if prog.rt.cpu else tile)), 1)
             push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])
             out_.append(dispatch(name, spec, binds, "<9I", push, groups, [w, b], [out]))

@@ -210,15 +210,13 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
 
 
 @pytest.mark.parametrize("subgroups", ["fixed", "required"])
-@pytest.mark.parametrize("tile", [64, 128])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])
-def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile, subgroups):
+def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgroups):
     """Where the device has matrix units llmrt uses (VK_KHR_cooperative_matrix: NVIDIA; lavapipe
-    from Mesa 26), a prompt's matmul runs matmul_coop, in tiles of 64 or 128 (forced here), cut at
+    from Mesa 26), a prompt's matmul runs matmul_coop, its 64 x 64 tiles cut at
     both edges by these shapes; its f16 products stay as close to the f32 ones as conformance's.
     "required": on a logical device made as for one whose subgroup size varies (RDNA3), the
     pipelines require the variant's size (VK_EXT_subgroup_size_control)."""
-    from llmrt_vulkan import launch
     from llmrt_vulkan.runtime import Runtime
 
     if vulkan.runtime.coopmat is None:
@@ -228,7 +226,6 @@ def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile,
         monkeypatch.setattr(vulkan, "_runtime", Runtime(vulkan.vk, vulkan.physical, varying))
         assert vulkan.runtime.coopmat_subgroup == vulkan._info.properties["max_subgroup_size"]
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
-    monkeypatch.setattr(launch, "COOP_LARGE_GROUPS", 0 if tile == 128 else 1 << 30)
     m, k, t = 200, 512, 150
     rng = np.random.default_rng(4)
     data = rng.uniform(-1, 1, (m, k)).astype(np.float32)
@@ -237,8 +234,7 @@ def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, tile,
     g = Graph("prompt")
     g.output("out", g.mul_mat(g.weight("w", (m, k), wtype), g.input("x", (t, k))))
     program = vulkan.compile(g, {"w": w})
-    suffix = "_l" if tile == 128 else ""
-    assert [d.shader for d in program.dispatches] == [vulkan.runtime.coopmat + suffix]
+    assert [d.shader for d in program.dispatches] == [vulkan.runtime.coopmat]
     x = rng.uniform(-1, 1, (t, k)).astype(np.float32)
     want = x @ dequantize(raw, wtype, (m, k)).T
     assert nmse(want, program.run({"x": x})["out"]) < 1e-5
