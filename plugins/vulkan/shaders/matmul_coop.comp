@@ -50,21 +50,39 @@ void main() {
     [[unroll]] for (uint i = 0; i < AN; i++)
         [[unroll]] for (uint j = 0; j < AM; j++)
             acc[i][j] = coopmat<float, gl_ScopeSubgroup, CM, CM, gl_MatrixUseAccumulator>(0.0);
+    // this invocation's share of a K-step's tiles (a tile row is 8 vec4 of k, its 8 side by side
+    // in consecutive invocations), loaded into registers a step ahead, so that the loads' latency
+    // hides behind the step before
+    f16vec4 wr[BM * 8 / WG], xr[BN * 8 / WG];
+    [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+        uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+        wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, c) : vec4(0.0));
+    }
+    [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+        uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+        xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * k4 + c / 4u] : vec4(0.0));
+    }
     for (uint k0 = 0; k0 < p.k; k0 += BK) {
-        // a tile row is 8 vec4 of k, its 8 side by side in consecutive invocations
-        [[unroll]] for (uint e = tid; e < BM * 8u; e += WG) {
-            uint r = e >> 3, c = (e & 7u) * 4u;
-            vec4 w = m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, k0 + c) : vec4(0.0);
-            f16vec4 h = f16vec4(w);
-            [[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = h[q];
+        [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+            [[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = wr[j][q];
         }
-        [[unroll]] for (uint e = tid; e < BN * 8u; e += WG) {
-            uint r = e >> 3, c = (e & 7u) * 4u;
-            vec4 x = t0 + r < p.t ? b4[p.ob4 + (t0 + r) * k4 + (k0 + c) / 4u] : vec4(0.0);
-            f16vec4 h = f16vec4(x);
-            [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = h[q];
+        [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+            [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = xr[j][q];
         }
         barrier();
+        uint kn = k0 + BK;
+        if (kn < p.k) {
+            [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+                uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+                wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, kn + c) : vec4(0.0));
+            }
+            [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+                uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+                xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * k4 + (kn + c) / 4u] : vec4(0.0));
+            }
+        }
         [[unroll]] for (uint kk = 0; kk < BK; kk += CM) {
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> a[AN];
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> b[AM];
