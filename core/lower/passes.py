@@ -111,12 +111,13 @@ def glu_mat_vecs(steps: list[Step], reads: Reads) -> list[Step]:
     return out
 
 
-def shared_mat_vecs(steps: list[Step], reads: Reads) -> list[Step]:
-    """Up to three plain mat-vecs over the same q8 input (q, k, v): one launch."""
+def shared_mat_vecs(steps: list[Step], reads: Reads, op: str = "mmvq") -> list[Step]:
+    """Up to three plain `op` products (mat-vecs; CUDA's prompt gemmq too) over the same q8 input
+    (q, k, v): one launch."""
     out: list[Step] = []
     for st in steps:
         prev = out[-1] if out else None
-        if (st.op == "mmvq" and prev is not None and prev.op == "mmvq" and len(st.ins) == 1
+        if (st.op == op and prev is not None and prev.op == op and len(st.ins) == 1
                 and "glu" not in st.params and "glu" not in prev.params
                 and prev.params["q8"] is st.params["q8"]
                 and prev.params["type"] == st.params["type"]

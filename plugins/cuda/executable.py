@@ -539,15 +539,16 @@ def gemm(prog: CUDAProgram, st: Step) -> Gemm:
 
 
 def gemmq(prog: CUDAProgram, st: Step) -> KernelLaunch:
-    """A prompt product on int8 tensor cores: 64 x 64 tiles of rows x tokens (weights.cu)."""
+    """Prompt products on int8 tensor cores, 64 x 64 tiles of rows x tokens (weights.cu): one,
+    or up to three over one input (`outs`)."""
     p = st.params
-    m, k, t = p["m"], p["k"], p["t"]
-    args = prog.args(
-        "QqQqQ3i", st.ins[0], p["row_bytes"], p["q8"], q8_layout(t * k)[0], st.out, m, k, t
-    )
-    return KernelLaunch(
-        kernel(str(int(p["type"])), "gemmq"), (-(-m // 64), -(-t // 64)), (128,), args
-    )
+    k, t = p["k"], p["t"]
+    outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
+    pad = [0] * (3 - len(ms))
+    args = prog.args("3QqQq", *st.ins, *pad, p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args += prog.args("3Q5i", *outs, *pad, *ms, *pad, k, t)
+    blocks = sum(-(-m // 64) for m in ms)
+    return KernelLaunch(kernel(str(int(p["type"])), "gemmq"), (blocks, -(-t // 64)), (128,), args)
 
 
 # step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)

@@ -115,6 +115,7 @@ def lower(graph: Graph, int8_mma: bool = True) -> Plan:
     passes.small_batch(plan, lo.storage, Q8_TYPES)
     if int8_mma:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
+        plan.steps[:] = passes.shared_mat_vecs(plan.steps, plan.reads, op="gemmq")
     liveness(plan.steps, plan.outputs)
     return plan
 

@@ -577,6 +577,11 @@ MMVQ(8, 2, 32)
 #define MMQ_T 64
 #define MMQ_KB 4
 #define MMQ_THREADS 128
+#if WTYPE == 3 || WTYPE == 7  // the min term's registers: 2 blocks a multiprocessor, not 3, or spills
+#define MMQ_MIN_BLOCKS 2
+#else
+#define MMQ_MIN_BLOCKS 3
+#endif
 #define MMQ_W (MMQ_KB * 8 + 4)  // words a tile row: rows 4 banks apart
 
 // load_wq's bytes as the signed values they stand for (q4_0's nibbles less 8, q5_0's less 16), so
@@ -598,15 +603,27 @@ __device__ __forceinline__ float exact_float(int s) {
     return __int_as_float(s + 0x4B400000) - 12582912.0f;
 }
 
-extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 3) gemmq(const u8* __restrict__ W, long long rb,
-                                                                const u8* __restrict__ XQ, long long dso,
-                                                                float* __restrict__ Y, int M, int K, int T) {
+extern "C" __global__ void __launch_bounds__(MMQ_THREADS, MMQ_MIN_BLOCKS) gemmq(const u8* W0, const u8* W1, const u8* W2,
+                                                                long long rb, const u8* __restrict__ XQ,
+                                                                long long dso, float* Y0, float* Y1,
+                                                                float* Y2, int M0, int M1, int M2, int K,
+                                                                int T) {
     pdl_enter();
+    // up to three products over one input (q, k, v; gate, up) in one launch: blockIdx.x runs
+    // over the first one's row tiles, then the second's, then the third's
+    int bx = blockIdx.x;
+    const u8* __restrict__ W = W0;
+    float* __restrict__ Y = Y0;
+    int M = M0;
+    if (bx >= (M0 + MMQ_M - 1) / MMQ_M) {
+        bx -= (M0 + MMQ_M - 1) / MMQ_M, W = W1, Y = Y1, M = M1;
+        if (bx >= (M1 + MMQ_M - 1) / MMQ_M) bx -= (M1 + MMQ_M - 1) / MMQ_M, W = W2, Y = Y2, M = M2;
+    }
     __shared__ __align__(16) int sw[MMQ_M * MMQ_W];
     __shared__ __align__(16) int sx[MMQ_T * MMQ_W];
     __shared__ float2 swd[MMQ_M * MMQ_KB], sxd[MMQ_T * MMQ_KB];  // (d, m); (d, sum)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int m0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_T;
+    const int m0 = bx * MMQ_M, t0 = blockIdx.y * MMQ_T;
     const int wm = (warp & 1) * 32, wt = (warp >> 1) * 32;  // this warp's corner of the tile
     const int nb = K >> 5;
     const float2* DS = (const float2*)(XQ + dso);
