@@ -30,14 +30,14 @@
 #                attention's blocks a multiprocessor swept (benchmarks/cuda_attn_splits.py)
 #   coopmat      Vulkan prompt matmuls on cooperative matrices (matmul_coop): its tests and the
 #                mul_mat conformance cases on vulkan:0, prompt logits against OLDREV's, and pp512 of
-#                the four rows with each matmul shader (benchmarks/vulkan_matmul_tiles.py) beside
+#                the four rows with each matmul shader (benchmarks/prompt_paths.py) beside
 #                llama-bench's Vulkan pp512 when the peer was built
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished)
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-quick     cuda-pp in less device time: the conformance cases, the 1B's 200-token logits
-#                against OLDREV's, pp512 of the 1B and 8B on gemmq and on cuBLAS (cuda_gemm_paths.py)
+#                against OLDREV's, pp512 of the 1B and 8B on gemmq and on cuBLAS (prompt_paths.py)
 #   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -256,7 +256,7 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
   done
   wait $synth_big
   for m in smollm2-135m-q4_0 smollm2-135m-q8_0 llama32-1b-q4_0 llama3-8b-q4_0; do
-    timeout 120 python3 benchmarks/vulkan_matmul_tiles.py /tmp/synth-$m.gguf vulkan:0 512 3 2>&1 \
+    timeout 120 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf vulkan:0 512 3 2>&1 \
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
@@ -308,7 +308,7 @@ pp-quick)  # a CUDA prompt change in little device time: conformance, 200-token 
   against_old "cuda:0 1B prompt 200" cuda-pp.log
   wait $synth_big
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
-    timeout 45 python3 benchmarks/cuda_gemm_paths.py /tmp/synth-$m.gguf 512 3 2>&1 | tail -2 \
+    timeout 45 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf cuda:0 512 3 2>&1 | tail -2 \
       | sed "s/^/$m /" | tee -a $OUT/cuda-pp.log
   done
   ;;

@@ -1,0 +1,59 @@
+"""Prompt processing with a device's prompt products on each path llmrt has for them, in one
+process, as `llmrt bench`'s pp test (best of R):
+- cuda:N: gemmq (int8 tensor cores on q8 activations, the legacy quants) and cuBLAS on f16
+  copies (every type before sm_80);
+- vulkan:N: matmul.comp (f32 products on the shader cores) and matmul_coop (cooperative
+  matrices), where the device has them.
+
+    python benchmarks/prompt_paths.py MODEL.gguf DEVICE [N_PROMPT] [R]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+from llmrt.cli.bench import _run_test
+from llmrt.device import get_device
+from llmrt.engine import load
+
+
+def cuda_paths(dev) -> Iterator[str]:
+    import llmrt_cuda.executable as executable
+
+    lower = executable.lower
+    for label, int8_mma in (("gemmq", True), ("cuBLAS f16", False)):
+        # read when a graph is compiled: the product path, and nothing else, changes
+        executable.lower = lambda graph, int8_mma=int8_mma, **_: lower(graph, int8_mma=int8_mma)
+        yield label
+    executable.lower = lower
+
+
+def vulkan_paths(dev) -> Iterator[str]:
+    rt = dev.runtime
+    variant = rt.coopmat
+    for label, coop in [("matmul.comp", None)] + ([(variant, variant)] if variant else []):
+        rt.coopmat = coop  # read when a graph is lowered
+        yield label
+    rt.coopmat = variant
+
+
+PATHS: dict[str, Callable[..., Iterator[str]]] = {"cuda": cuda_paths, "vulkan": vulkan_paths}
+
+
+def main() -> None:
+    path, device = sys.argv[1:3]
+    n_prompt = int(sys.argv[3]) if len(sys.argv) > 3 else 512
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    dev = get_device(device)
+    model = load(path, device=dev, n_gpu_layers=-1)
+    for label in PATHS[device.split(":")[0]](dev):
+        ctx = model.context(n_ctx=n_prompt + 16)
+        _run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0)  # compiles the prompt graph
+        best = min(_run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0) for _ in range(repeats))
+        print(f"{device} {label}: pp{n_prompt} {n_prompt / best:.1f} t/s")
+        del ctx
+
+
+if __name__ == "__main__":
+    main()
