@@ -36,8 +36,9 @@
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished)
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
-#   pp-quick     cuda-pp in less device time: the conformance cases, the 1B's 200-token logits
-#                against OLDREV's, pp512 of the 1B and 8B on gemmq and on cuBLAS (prompt_paths.py)
+#   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
+#                against the cpu, the 1B's 200-token logits against OLDREV's, pp512 of the 1B and 8B
+#                on gemmq and on cuBLAS (prompt_paths.py); turn GEMMQ on where gemmq wins
 #   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
@@ -300,12 +301,14 @@ cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDR
 pp-quick)  # a CUDA prompt change in little device time: conformance, 200-token logits, the two paths
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
-  timeout 100 python3 -m pytest tests/conformance -k "cuda and (flash_attn or mul_mat)" -q --tb=short \
-    -p no:cacheprovider > $OUT/cuda-pp-conformance.log 2>&1
+  # gemmq, off by default until measured ahead (GEMMQ), is forced on by the int8 test
+  timeout 120 python3 -m pytest tests/conformance tests/plugins/test_cuda_backend.py -q --tb=short \
+    -k "cuda and (flash_attn or mul_mat) or int8_tensor_cores" -p no:cacheprovider \
+    > $OUT/cuda-pp-conformance.log 2>&1
   tail -3 $OUT/cuda-pp-conformance.log | tee -a $OUT/cuda-pp.log
   timeout 40 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/new.npz 200
   old timeout 40 python3 benchmarks/logits_snapshot.py /tmp/synth-llama32-1b-q4_0.gguf cuda:0 /tmp/old.npz 200
-  against_old "cuda:0 1B prompt 200" cuda-pp.log
+  against_old "cuda:0 1B prompt 200 (fattn_mma)" cuda-pp.log
   wait $synth_big
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     timeout 45 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf cuda:0 512 3 2>&1 | tail -2 \

@@ -34,6 +34,7 @@ from llmrt_cuda import launch as pdl
 from llmrt_cuda.lower import (
     FATTN_MMA_DIMS,
     FATTN_MMA_MIN_T,
+    GEMMQ,
     attention_split,
     kernel_source,
     lower,
@@ -213,7 +214,7 @@ class CUDAProgram(Executable):
 
     # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
+        self.plan = plan = lower(graph, int8_mma=GEMMQ and _compute_capability() >= 80)
         self.arena = alloc(
             plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
         )

@@ -2,9 +2,9 @@
 
 `lower(graph)` is llmrt.lower's step lowering (views, fusion, steps, liveness) with this
 backend's choices: integer mat-vecs (``mmvq``) on q8 activations for the legacy quants up to
-MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, and past that integer GEMMs on int8
-tensor cores (``gemmq``) for the legacy quants, cuBLAS GEMMs on f16 copies for the others (and
-for every type where `int8_mma` is off: before sm_80); every small-batch pass of
+MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, and past that cuBLAS GEMMs on f16
+copies, or with `int8_mma` integer GEMMs on int8 tensor cores (``gemmq``) for the legacy quants
+(the executable asks for them where GEMMQ is on, from sm_80); every small-batch pass of
 llmrt.lower.passes.
 """
 
@@ -42,6 +42,11 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # (fattn_mma: mma.sync, sm_80 and later) for these head sizes
 FATTN_MMA_MIN_T = 16
 FATTN_MMA_DIMS = (32, 64, 128)
+# the legacy quants' prompt products on int8 tensor cores (gemmq, sm_80 and later) by default, or
+# on cuBLAS with f16 copies: gemmq's first run on the H200 (4c9702c) was 0.56x cuBLAS's pp512 on
+# the 1B and 0.40x on the 8B (BENCHMARKS.md, 2026-12-06), and its rewrite since has not run on a
+# GPU. On once benchmarks/prompt_paths.py measures it ahead.
+GEMMQ = False
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
 # many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
 # more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)

@@ -35,6 +35,28 @@ def test_tiny_model_prefill_and_decode_match_the_cpu(tiny_gguf_with_vocab):
         assert close(gpu.eval([tok]), cpu.eval([tok]))
 
 
+def test_prompt_products_on_int8_tensor_cores_match_the_cpu(tiny_gguf_with_vocab, monkeypatch):
+    """gemmq (the legacy quants' prompt products on q8 activations, merged over one input) in a
+    prompt past the integer mat-vec's reach, forced on where the GPU has int8 MMA, whatever the
+    default path."""
+    import cupy
+
+    import llmrt_cuda.executable as executable
+    import llmrt_cuda.lower as lw
+
+    if int(cupy.cuda.Device().compute_capability) < 80:
+        pytest.skip("no int8 mma.sync before sm_80")
+    lower = executable.lower
+    monkeypatch.setattr(executable, "lower", lambda graph, **_: lower(graph, int8_mma=True))
+    prompt = rng.integers(0, 320, lw.MMVQ_MAX_T + 36).tolist()
+    cpu = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=256)
+    gpu = load(tiny_gguf_with_vocab, device="cuda:0").context(n_ctx=256)
+    assert close(gpu.eval(prompt, all_logits=True), cpu.eval(prompt, all_logits=True))
+    exe = next(v for k, v in gpu.graphs.items() if k[0] == len(prompt))
+    prog = next(p for p in getattr(exe, "programs", [exe]) if hasattr(p, "plan"))
+    assert "gemmq" in [s.op for s in prog.plan.steps]
+
+
 def test_graph_replay_is_deterministic(tiny_gguf_with_vocab):
     model = load(tiny_gguf_with_vocab, device="cuda:0")
     runs = []
