@@ -42,26 +42,31 @@ shared float16_t Xs[BN * SK];  // tokens x k
 shared float16_t Ws[BM * SK];  // weight rows x k
 shared float Cs[SGM * SGN][CM * SC];  // each subgroup's accumulator on its way out
 
+// this invocation's share of a K-step's tiles (a tile row is 8 vec4 of k, its 8 side by side in
+// consecutive invocations), loaded into registers a step ahead, so that the loads' latency hides
+// behind the step before
+f16vec4 wr[BM * 8 / WG], xr[BN * 8 / WG];
+
+void fetch(uint m0, uint t0, uint k0) {
+    [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+        wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, k0 + c) : vec4(0.0));
+    }
+    [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e & 7u) * 4u;
+        xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u] : vec4(0.0));
+    }
+}
+
 void main() {
     uint tid = gl_LocalInvocationID.x, sg = gl_SubgroupID;
-    uint m0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN, k4 = p.k / 4u;
+    uint m0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN;
     uint sr = (sg % SGM) * (BM / SGM), st = (sg / SGM) * (BN / SGN);
     coopmat<float, gl_ScopeSubgroup, CM, CM, gl_MatrixUseAccumulator> acc[AN][AM];
     [[unroll]] for (uint i = 0; i < AN; i++)
         [[unroll]] for (uint j = 0; j < AM; j++)
             acc[i][j] = coopmat<float, gl_ScopeSubgroup, CM, CM, gl_MatrixUseAccumulator>(0.0);
-    // this invocation's share of a K-step's tiles (a tile row is 8 vec4 of k, its 8 side by side
-    // in consecutive invocations), loaded into registers a step ahead, so that the loads' latency
-    // hides behind the step before
-    f16vec4 wr[BM * 8 / WG], xr[BN * 8 / WG];
-    [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
-        uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-        wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, c) : vec4(0.0));
-    }
-    [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
-        uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-        xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * k4 + c / 4u] : vec4(0.0));
-    }
+    fetch(m0, t0, 0);
     for (uint k0 = 0; k0 < p.k; k0 += BK) {
         [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
             uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
@@ -72,17 +77,7 @@ void main() {
             [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = xr[j][q];
         }
         barrier();
-        uint kn = k0 + BK;
-        if (kn < p.k) {
-            [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
-                uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-                wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, kn + c) : vec4(0.0));
-            }
-            [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
-                uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-                xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * k4 + (kn + c) / 4u] : vec4(0.0));
-            }
-        }
+        if (k0 + BK < p.k) fetch(m0, t0, k0 + BK);
         [[unroll]] for (uint kk = 0; kk < BK; kk += CM) {
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> a[AN];
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> b[AM];
