@@ -4,6 +4,8 @@ N_PROMPT, where a prompt of that many tokens goes instead: the whole prompt, the
 its program timed by events around 5 launches of it (cuBLAS's included).
 
     python benchmarks/cuda_profile.py MODEL.gguf [n_ctx] [N_PROMPT]
+
+GEMMQ=1 in the environment puts the prompt products on gemmq whatever the lowering's default.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def prompt(model, n_ctx: int, n_prompt: int) -> None:
 def main() -> None:
     path = sys.argv[1]
     n_ctx = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    if os.environ.get("GEMMQ"):
+        import llmrt_cuda.executable as executable
+
+        lower = executable.lower
+        executable.lower = lambda graph, **_: lower(graph, int8_mma=True)
     model = load(path, device="cuda:0", n_gpu_layers=99)
     if len(sys.argv) > 3:
         return prompt(model, n_ctx, int(sys.argv[3]))

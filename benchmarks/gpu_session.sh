@@ -39,7 +39,8 @@
 #   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
 #                against the cpu, the 1B's 200-token logits against OLDREV's, pp512 of the 1B and 8B
 #                on gemmq and on cuBLAS (prompt_paths.py); turn GEMMQ on where gemmq wins
-#   pp-profile   a CUDA pp512 of the 1B and 8B shapes step by step (cuda_profile.py N_PROMPT)
+#   pp-profile   pp512 of the 1B and 8B shapes step by step on cuda:0 (cuda_profile.py N_PROMPT;
+#                GEMMQ=1 puts it on gemmq) and of the 1B by shader on vulkan:0 (vulkan_profile.py)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -315,12 +316,14 @@ pp-quick)  # a CUDA prompt change in little device time: conformance, 200-token 
       | sed "s/^/$m /" | tee -a $OUT/cuda-pp.log
   done
   ;;
-pp-profile)  # where a CUDA prompt of 512 tokens goes, step by step (benchmarks/cuda_profile.py)
+pp-profile)  # where a prompt of 512 tokens goes, step by step: cuda:0 (GEMMQ=1: on gemmq), vulkan:0
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     synth ${m%-*} ${m##*-}
     timeout 150 python3 benchmarks/cuda_profile.py /tmp/synth-$m.gguf 1024 512 2>&1 | tail -27 \
       | sed "s/^/$m /" | tee -a $OUT/pp-profile.log
   done
+  timeout 120 python3 benchmarks/vulkan_profile.py /tmp/synth-llama32-1b-q4_0.gguf 3 vulkan:0 512 2>&1 \
+    | tail -30 | tee -a $OUT/vk-profile.log
   ;;
 verify)  # attention deep in a context: this tree against .devrun/old, then the depth benches
   synth llama32-1b q4_0
