@@ -41,6 +41,12 @@
 #                on gemmq and on cuBLAS (prompt_paths.py); turn GEMMQ on where gemmq wins
 #   pp-profile   pp512 of the 1B and 8B shapes step by step on cuda:0 (cuda_profile.py N_PROMPT;
 #                GEMMQ=1 puts it on gemmq) and of the 1B by shader on vulkan:0 (vulkan_profile.py)
+#   opencl-pp    after an OpenCL prompt-product change: opencl_gemm.py and llmrt bench of opencl:0,
+#                this tree beside .devrun/base; then the OpenCL tests and conformance, and CUDA's
+#                attention cases and forced-gemmq test, on the GPU
+#   wrap         a short last call: CUDA's mul_mat conformance and pp512 on gemmq by default,
+#                OpenCL's gemmq as chosen (opencl_gemm.py) and its tests, an OpenCL prompt and
+#                decode attention profiled (opencl_profile.py)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -189,6 +195,64 @@ opencl)
       b this; PYTHONPATH=$PWD/.devrun/base:/tmp/site b base
     done
   done
+  ;;
+opencl-pp)  # an OpenCL prompt-product change: gemmq alone and llmrt bench beside .devrun/base, then
+  # correctness on the GPU (OpenCL tests and conformance; CUDA's attention and forced-gemmq cases)
+  synth llama32-1b q4_0; synth smollm2-135m q4_0; synth smollm2-135m q8_0; ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
+  for tree in this base; do
+    [ $tree = this ] && run="" || run=base
+    $run timeout 120 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q4_1,q8_0 --reps 5 \
+      --tile 16,16,8,8,4 2>&1 | grep -v "^#" | sed "s/^/$tree /" | tee -a $OUT/opencl-gemm.log
+  done
+  for q in q4_0 q8_0; do
+    timeout 45 python3 benchmarks/prompt_paths.py /tmp/synth-smollm2-135m-$q.gguf cuda:0 512 3 2>&1 \
+      | tail -2 | sed "s/^/135M $q /" | tee -a $OUT/cuda-paths.log
+  done
+  wait $synth_big
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    for tree in this base; do
+      [ $tree = this ] && run="" || run=base
+      $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 --device opencl:0 2>&1 \
+        | grep "| pp\|| tg" | sed "s/^/$tree $m /" | tee -a $OUT/opencl-bench.log
+    done
+  done
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do  # a decode step's kernels, 64 tokens deep
+    LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 64 \
+      2>&1 | grep -v "^step\|Warning\|lambda" | head -16 | sed "s/^/$m /" | tee -a $OUT/opencl-profile.log
+  done
+  ( timeout 200 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_backend.py \
+      tests/plugins/test_opencl_gemmq.py tests/conformance -k opencl -q --tb=short -p no:cacheprovider \
+      > $OUT/opencl-tests.log 2>&1 ) &
+  ocl=$!
+  timeout 200 python3 -m pytest tests/conformance tests/plugins/test_cuda_backend.py -q --tb=short \
+    -k "cuda and flash_attn or int8_tensor_cores" -p no:cacheprovider > $OUT/cuda-tests.log 2>&1
+  wait $ocl
+  for f in opencl-tests cuda-tests; do tail -n 3 $OUT/$f.log; done
+  ;;
+wrap)  # a short last call: CUDA prompts on gemmq by default (mul_mat conformance, pp512), OpenCL's
+  # gemmq tiles as chosen and their tests, where OpenCL's 1B prompt and 135M decode attention go
+  synth llama32-1b q4_0; synth smollm2-135m q4_0
+  ( timeout 170 python3 -m pytest tests/plugins/test_opencl_q8.py tests/plugins/test_opencl_gemmq.py \
+      tests/conformance -k "opencl and (mul_mat or gemmq or q8 or mmvq)" -q --tb=short -p no:cacheprovider \
+      > $OUT/opencl-tests.log 2>&1
+    timeout 170 python3 -m pytest tests/conformance -k "cuda and mul_mat" -q --tb=short \
+      -p no:cacheprovider > $OUT/cuda-tests.log 2>&1 ) &
+  tests=$!
+  timeout 60 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q8_0 --reps 5 2>&1 \
+    | grep -v "^#\|Warning\|lambda" | tee -a $OUT/opencl-gemm.log
+  timeout 40 llmrt bench -m /tmp/synth-llama32-1b-q4_0.gguf -p 512 -n 0 -r 3 --device cuda:0 2>&1 \
+    | grep pp512 | tee -a $OUT/cuda-pp.log
+  PROFILE_PROMPT=1 LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py \
+    /tmp/synth-llama32-1b-q4_0.gguf opencl:0 2 512 2>&1 | grep -v "Warning\|lambda" | head -14 \
+    | tee -a $OUT/opencl-profile.log
+  for o in launch_attention.MAX_SPLITS=64 launch_attention.MAX_SPLITS=1 launch_attention.NT=64; do
+    LLMRT_OPENCL_SAFE=1 timeout 40 python3 benchmarks/opencl_profile.py /tmp/synth-smollm2-135m-q4_0.gguf \
+      opencl:0 8 64 $o 2>&1 | grep "fattn\|step:" | tail -n 3 | sed "s/^/135M $o /" | tee -a $OUT/opencl-profile.log
+  done
+  wait $tests
+  for f in opencl-tests cuda-tests; do tail -n 3 $OUT/$f.log; done
   ;;
 attn)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -7,6 +7,8 @@ kernels by total time.
     LLMRT_OPENCL_SAFE=1 python benchmarks/opencl_profile.py MODEL [DEVICE=opencl:0] [STEPS=16]
         [PROMPT=30] [module.NAME=VALUE ...]
 
+PROFILE_PROMPT=1 profiles the prompt instead: STEPS evaluations of it, each in an emptied context.
+
 LLMRT_OPENCL_SAFE=1 is needed where the device records command buffers (one event for the step).
 The decode steps follow a prompt of PROMPT tokens in a context of PROMPT + STEPS + 8 cells (as
 `llmrt bench -p PROMPT -n STEPS` has). module.NAME=VALUE sets a constant of an llmrt_opencl module
@@ -18,6 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import importlib
+import os
 import sys
 import time
 
@@ -58,11 +61,14 @@ def main(path: str, device: str, steps: int, prompt: int, overrides: list[str]) 
     totals: collections.Counter[str] = collections.Counter()
     counts: collections.Counter[str] = collections.Counter()
     rows = []
+    whole_prompt = bool(os.environ.get("PROFILE_PROMPT"))
     for i in range(steps):
         EVENTS.clear()
+        if whole_prompt:
+            ctx.remove()
         RECORDING[0] = True
         start = time.perf_counter()
-        ctx.eval([200 + i])
+        ctx.eval([10 + j % 200 for j in range(prompt)] if whole_prompt else [200 + i])
         wall = time.perf_counter() - start
         RECORDING[0] = False
         times = [(name, e.profile.start, e.profile.end) for name, e in EVENTS]

@@ -43,10 +43,9 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 FATTN_MMA_MIN_T = 16
 FATTN_MMA_DIMS = (32, 64, 128)
 # whether the legacy quants' prompt products run on int8 tensor cores (gemmq, sm_80 and later)
-# rather than on cuBLAS with f16 copies: gemmq's first run on the H200 (4c9702c) was 0.56x
-# cuBLAS's pp512 on the 1B and 0.40x on the 8B (BENCHMARKS.md, 2026-12-06), and its rewrite since
-# has not run on a GPU. On once benchmarks/prompt_paths.py measures it ahead.
-GEMMQ = False
+# rather than on cuBLAS with f16 copies dequantized at every step: as fast as cuBLAS on every
+# DESIGN.md row (benchmarks/prompt_paths.py; BENCHMARKS.md, 2026-12-06), with no f16 copies
+GEMMQ = True
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
 # many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
 # more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)

@@ -291,19 +291,25 @@ def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) 
 # gemmq tiles, largest first: (work-items across rows, across tokens, rows and tokens a
 # work-item, q8 blocks of K a stage); weights.cl's GQ_RX, GQ_RY, GQ_TM, GQ_TN, GQ_NB
 GEMMQ_TILES = ((16, 16, 8, 4, 4), (16, 16, 4, 4, 4), (16, 8, 4, 4, 4), (8, 8, 4, 4, 2))
+# a tile of 8 tokens a work-item too, ahead of the others for the types whose blocks carry more
+# than levels with an offset (Q4_1, Q5_1: a min; Q8_0: 34 bytes): faster there on an H100, and
+# slower for Q4_0 (benchmarks/opencl_gemm.py; BENCHMARKS.md, 2026-12-06)
+WIDE_TILE = (16, 16, 8, 8, 4)
 
 
 def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType) -> int:
     rx, ry, tm, tn, nb = tile
     bm, bn = rx * tm, ry * tn
     scales = 2 if wtype in (GGMLType.Q4_1, GGMLType.Q5_1) else 1  # and the mins, the sums
-    return 4 * (nb * 8 * (bm + 1) + nb * 8 * (bn + 1) + scales * nb * (bm + bn))
+    return 4 * (nb * 8 * (bm + 4) + nb * 8 * (bn + 4) + scales * nb * (bm + bn))
 
 
 def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, ...]]:
     """The tiles the device's work-group size and local memory take, best first: the largest
     that still gives every compute unit a work-group (else the smallest), then the smaller."""
-    fits = [tile for tile in GEMMQ_TILES if tile[0] * tile[1] <= info["max_work_group_size"]
+    wide = wtype not in (GGMLType.Q4_0, GGMLType.Q5_0)
+    fits = [tile for tile in (WIDE_TILE,) * wide + GEMMQ_TILES
+            if tile[0] * tile[1] <= info["max_work_group_size"]
             and _gemmq_local_bytes(tile, wtype) <= info["local_mem_size"]]  # fmt: skip
     for i, (rx, ry, tm, tn, _) in enumerate(fits):
         if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:

@@ -411,52 +411,76 @@ inline uint word_a2(__global const uchar* p, int i) {
     return (uint)h[0] | ((uint)h[1] << 16);
 }
 
-// Weight block c of a row: v[i] holds elements 4i .. 4i + 3 as bytes; d its scale, m its min.
-inline void load_wq(__global const uchar* row, int c, int* v, float* d, float* m) {
-    *m = 0.0f;
+// A legacy quant's block as loaded (q: the nibble or int8 words; qh: Q5's fifth bits; the scale
+// and min as half bits), unpacked apart (unpack_wq) so that gemmq can load a stage ahead.
+typedef struct {
+    uint q[8];
+    uint qh;
+    ushort dh, mh;
+} wq_raw;
+
+inline float h2f(ushort h) {
+#ifdef CPU_HALF
+    const float f = as_float(((uint)h & 0x7fffu) << 13) * 0x1p112f;
+    return as_float(as_uint(f) | (((uint)h & 0x8000u) << 16));
+#else
+    return vload_half(0, (const __private half*)&h);
+#endif
+}
+
+// Block c of a row, its loads only.
+inline wq_raw fetch_wq(__global const uchar* row, int c) {
+    wq_raw r;
+    r.qh = 0;
+    r.mh = 0;
 #if WTYPE == 2  // Q4_0: d, qs[16]; levels 0..15 (the -8 comes from the activations' sum)
     __global const uchar* b = row + (size_t)c * 18;
-    *d = ld_h(b);
-    for (int i = 0; i < 4; ++i) {
-        const uint q = word_a2(b + 2, i);
-        v[i] = (int)(q & 0x0f0f0f0fu);
-        v[4 + i] = (int)((q >> 4) & 0x0f0f0f0fu);
-    }
+    for (int i = 0; i < 4; ++i) r.q[i] = word_a2(b + 2, i);
 #elif WTYPE == 3  // Q4_1: d, m, qs[16]
     __global const uchar* b = row + (size_t)c * 20;
-    *d = ld_h(b);
-    *m = ld_h(b + 2);
+    r.mh = *(__global const ushort*)(b + 2);
     const uint4 q4 = vload4(0, (__global const uint*)(b + 4));
-    const uint q[4] = {q4.x, q4.y, q4.z, q4.w};
-    for (int i = 0; i < 4; ++i) {
-        v[i] = (int)(q[i] & 0x0f0f0f0fu);
-        v[4 + i] = (int)((q[i] >> 4) & 0x0f0f0f0fu);
-    }
+    r.q[0] = q4.x, r.q[1] = q4.y, r.q[2] = q4.z, r.q[3] = q4.w;
 #elif WTYPE == 6  // Q5_0: d, qh, qs[16]; levels 0..31
     __global const uchar* b = row + (size_t)c * 22;
-    *d = ld_h(b);
-    const uint qh = word_a2(b + 2, 0);
-    for (int i = 0; i < 4; ++i) {
-        const uint q = word_a2(b + 6, i);
-        v[i] = (int)(q & 0x0f0f0f0fu) | spread4(qh >> (4 * i));
-        v[4 + i] = (int)((q >> 4) & 0x0f0f0f0fu) | spread4(qh >> (16 + 4 * i));
-    }
+    r.qh = word_a2(b + 2, 0);
+    for (int i = 0; i < 4; ++i) r.q[i] = word_a2(b + 6, i);
 #elif WTYPE == 7  // Q5_1: d, m, qh, qs[16]
     __global const uchar* b = row + (size_t)c * 24;
-    *d = ld_h(b);
-    *m = ld_h(b + 2);
-    const uint qh = *(__global const uint*)(b + 4);
+    r.mh = *(__global const ushort*)(b + 2);
+    r.qh = *(__global const uint*)(b + 4);
     const uint4 q4 = vload4(0, (__global const uint*)(b + 8));
-    const uint q[4] = {q4.x, q4.y, q4.z, q4.w};
-    for (int i = 0; i < 4; ++i) {
-        v[i] = (int)(q[i] & 0x0f0f0f0fu) | spread4(qh >> (4 * i));
-        v[4 + i] = (int)((q[i] >> 4) & 0x0f0f0f0fu) | spread4(qh >> (16 + 4 * i));
-    }
+    r.q[0] = q4.x, r.q[1] = q4.y, r.q[2] = q4.z, r.q[3] = q4.w;
 #elif WTYPE == 8  // Q8_0: d, qs[32] int8
     __global const uchar* b = row + (size_t)c * 34;
-    *d = ld_h(b);
-    for (int i = 0; i < 8; ++i) v[i] = (int)word_a2(b + 2, i);
+    for (int i = 0; i < 8; ++i) r.q[i] = word_a2(b + 2, i);
 #endif
+    r.dh = *(__global const ushort*)b;
+    return r;
+}
+
+// v[i] holds elements 4i .. 4i + 3 as bytes; d the scale, m the min.
+inline void unpack_wq(const wq_raw* r, int* v, float* d, float* m) {
+    *d = h2f(r->dh);
+    *m = h2f(r->mh);
+#if WTYPE == 8
+    for (int i = 0; i < 8; ++i) v[i] = (int)r->q[i];
+#else
+    for (int i = 0; i < 4; ++i) {
+        v[i] = (int)(r->q[i] & 0x0f0f0f0fu);
+        v[4 + i] = (int)((r->q[i] >> 4) & 0x0f0f0f0fu);
+#if WTYPE == 6 || WTYPE == 7
+        v[i] |= spread4(r->qh >> (4 * i));
+        v[4 + i] |= spread4(r->qh >> (16 + 4 * i));
+#endif
+    }
+#endif
+}
+
+// Weight block c of a row: v[i] holds elements 4i .. 4i + 3 as bytes; d its scale, m its min.
+inline void load_wq(__global const uchar* row, int c, int* v, float* d, float* m) {
+    const wq_raw r = fetch_wq(row, c);
+    unpack_wq(&r, v, d, m);
 }
 
 // One block's contribution: the int dot product scaled (dx the activations' scale, sx the int
@@ -1389,9 +1413,10 @@ __kernel __attribute__((reqd_work_group_size(GEMM_WG, 1, 1))) void gemm(
 // A work-group of GQ_RX x GQ_RY work-items computes GQ_RX * GQ_TM rows x GQ_RY * GQ_TN tokens:
 // GQ_NB blocks of K at a time, the weights unpacked to int8 levels (4 a word; Q4_0 and Q5_0
 // with their offset applied, so no activation sum is needed) and the activations' words copied,
-// both into local memory with their scales; then work-item (tx, ty) takes rows tx + GQ_RX i and
-// tokens ty + GQ_RY j (i < GQ_TM, j < GQ_TN) from local memory, 8 dp4 a pair and block.
-// The host picks the tile (GQ_* defines) from the device's limits.
+// both into local memory with their scales; then work-item (tx, ty) takes from local memory rows
+// in runs of 4 (GQ_RX * 4 i + 4 tx + 0..3, i < GQ_TM / 4) and tokens likewise, a run one 16-byte
+// load (neighbouring work-items' runs side by side: no bank conflict), 8 dp4 a pair and block.
+// The host picks the tile (GQ_* defines, GQ_TM and GQ_TN multiples of 4) from the device's limits.
 #if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
 #ifndef GQ_RX
 #define GQ_RX 16
@@ -1411,19 +1436,54 @@ inline int sub_bytes(int v, uint o) {
     return (int)((((uint)v | 0x80808080u) - o) ^ 0x80808080u);
 }
 
+// (float)s for |s| < 2^22 (a block's sum is below 2^19) by two full-rate adds, where NVIDIA runs
+// the conversion at a quarter of the rate: s added to the bits of 1.5 * 2^23, whose ulp is 1.
+inline float exact_float(int s) { return as_float(0x4B400000 + s) - 12582912.0f; }
+
+// the four ints of a run (a.s0 .. a.s3) into v[0..3]
+#define GQ_SPLIT4(v, a) ((v)[0] = (a).s0, (v)[1] = (a).s1, (v)[2] = (a).s2, (v)[3] = (a).s3)
+// a work-item's share of a stage's loads: weight blocks, activation runs of 4 words, scales
+#define GQ_WI ((GQ_BM * GQ_NB + GQ_WG - 1) / GQ_WG)
+#define GQ_XI ((GQ_BN * GQ_WORDS / 4 + GQ_WG - 1) / GQ_WG)
+#define GQ_DI ((GQ_BN * GQ_NB + GQ_WG - 1) / GQ_WG)
+
+// A stage's loads into registers (blocks past K's end as zeros), issued before the stage ahead
+// of it is computed, so that their latency hides behind that work.
+inline void gq_fetch(__global const uchar* W, long row_bytes, __global const uchar* xq,
+                     __global const float2* DS, int m0, int t0, int M, int T, int nb, int c0,
+                     int lid, wq_raw* wr, int4* xr, float2* dr) {
+    for (int k = 0; k < GQ_WI; ++k) {
+        const int u = lid + k * GQ_WG, b = u % GQ_NB, r = u / GQ_NB;
+        wr[k] = (wq_raw){{0, 0, 0, 0, 0, 0, 0, 0}, 0, 0, 0};
+        if (u < GQ_BM * GQ_NB && c0 + b < nb)
+            wr[k] = fetch_wq(W + (ulong)min(m0 + r, M - 1) * (ulong)row_bytes, c0 + b);
+    }
+    for (int k = 0; k < GQ_XI; ++k) {
+        const int u = lid + k * GQ_WG, w4 = u % (GQ_WORDS / 4), t = u / (GQ_WORDS / 4);
+        const size_t blk = (size_t)min(t0 + t, T - 1) * nb + c0 + w4 / 2;
+        xr[k] = u < GQ_BN * GQ_WORDS / 4 && c0 + w4 / 2 < nb
+                    ? vload4(w4 % 2, (__global const int*)(xq + blk * 32))
+                    : (int4)(0);
+    }
+    for (int k = 0; k < GQ_DI; ++k) {
+        const int u = lid + k * GQ_WG, b = u % GQ_NB, t = u / GQ_NB;
+        dr[k] = u < GQ_BN * GQ_NB && c0 + b < nb ? DS[(size_t)min(t0 + t, T - 1) * nb + c0 + b]
+                                                 : (float2)(0.0f);
+    }
+}
+
 __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     __global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xqb, ulong xqo,
     long dso, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res,
     int M, int K, int T) {
-    // k-major; a word row padded by one so that the stores of neighbouring rows (tokens) and
-    // blocks fall in different banks
-    __local int ws[GQ_WORDS][GQ_BM + 1];
-    __local int xs[GQ_WORDS][GQ_BN + 1];
-    __local float wd[GQ_NB][GQ_BM];
-    __local float xd[GQ_NB][GQ_BN];
+    // k-major; a word row padded by one run, and 16-byte aligned for the runs' loads
+    __local int4 ws[GQ_WORDS][GQ_BM / 4 + 1];
+    __local int4 xs[GQ_WORDS][GQ_BN / 4 + 1];
+    __local float4 wd[GQ_NB][GQ_BM / 4];
+    __local float4 xd[GQ_NB][GQ_BN / 4];
 #if GQ_MIN
-    __local float wm[GQ_NB][GQ_BM];
-    __local float xsum[GQ_NB][GQ_BN];
+    __local float4 wm[GQ_NB][GQ_BM / 4];
+    __local float4 xsum[GQ_NB][GQ_BN / 4];
 #endif
     const int lid = get_local_id(0), tx = lid % GQ_RX, ty = lid / GQ_RX;
     const int m0 = get_group_id(0) * GQ_BM, t0 = get_group_id(1) * GQ_BN;
@@ -1431,81 +1491,95 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     __global const uchar* W = wb + wo;
     __global const uchar* xq = xqb + xqo;
     __global const float2* DS = (__global const float2*)(xq + dso);
+    wq_raw wr[GQ_WI];
+    int4 xr[GQ_XI];
+    float2 dr[GQ_DI];
     float acc[GQ_TM][GQ_TN];
     for (int i = 0; i < GQ_TM; ++i)
         for (int j = 0; j < GQ_TN; ++j) acc[i][j] = 0.0f;
+    gq_fetch(W, row_bytes, xq, DS, m0, t0, M, T, nb, 0, lid, wr, xr, dr);
     for (int c0 = 0; c0 < nb; c0 += GQ_NB) {
         const int nbs = min(GQ_NB, nb - c0);
         barrier(CLK_LOCAL_MEM_FENCE);  // the previous stage's products are done with the tiles
         // weights: a work-item per (row, block), a row's blocks on neighbouring work-items
-        for (int u = lid; u < GQ_BM * GQ_NB; u += GQ_WG) {
-            const int b = u % GQ_NB, r = u / GQ_NB;
-            int v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            float d = 0.0f, m = 0.0f;
-            if (b < nbs)
-                load_wq(W + (ulong)min(m0 + r, M - 1) * (ulong)row_bytes, c0 + b, v, &d, &m);
-            for (int w = 0; w < 8; ++w) {
+        for (int k = 0; k < GQ_WI; ++k) {
+            const int u = lid + k * GQ_WG, b = u % GQ_NB, r = u / GQ_NB;
+            if (u < GQ_BM * GQ_NB) {
+                int v[8];
+                float d, m;
+                unpack_wq(&wr[k], v, &d, &m);
+                for (int w = 0; w < 8; ++w) {
 #if WTYPE == 2
-                ws[b * 8 + w][r] = sub_bytes(v[w], 0x08080808u);
+                    ((__local int*)ws[b * 8 + w])[r] = sub_bytes(v[w], 0x08080808u);
 #elif WTYPE == 6
-                ws[b * 8 + w][r] = sub_bytes(v[w], 0x10101010u);
+                    ((__local int*)ws[b * 8 + w])[r] = sub_bytes(v[w], 0x10101010u);
 #else
-                ws[b * 8 + w][r] = v[w];
+                    ((__local int*)ws[b * 8 + w])[r] = v[w];
+#endif
+                }
+                ((__local float*)wd[b])[r] = d;
+#if GQ_MIN
+                ((__local float*)wm[b])[r] = m;
 #endif
             }
-            wd[b][r] = d;
-#if GQ_MIN
-            wm[b][r] = m;
-#endif
         }
-        // activations: a work-item per word, a token's words (contiguous) on neighbouring ones
-        for (int u = lid; u < GQ_BN * GQ_WORDS; u += GQ_WG) {
-            const int w = u % GQ_WORDS, t = u / GQ_WORDS;
-            const size_t blk = (size_t)min(t0 + t, T - 1) * nb + c0 + w / 8;
-            xs[w][t] = w / 8 < nbs ? ((__global const int*)(xq + blk * 32))[w % 8] : 0;
+        // activations: a work-item per 4 words of a token's block
+        for (int k = 0; k < GQ_XI; ++k) {
+            const int u = lid + k * GQ_WG, w4 = u % (GQ_WORDS / 4), t = u / (GQ_WORDS / 4);
+            if (u < GQ_BN * GQ_WORDS / 4) {
+                ((__local int*)xs[4 * w4])[t] = xr[k].s0;
+                ((__local int*)xs[4 * w4 + 1])[t] = xr[k].s1;
+                ((__local int*)xs[4 * w4 + 2])[t] = xr[k].s2;
+                ((__local int*)xs[4 * w4 + 3])[t] = xr[k].s3;
+            }
         }
-        for (int u = lid; u < GQ_BN * GQ_NB; u += GQ_WG) {
-            const int b = u % GQ_NB, t = u / GQ_NB;
-            const float2 ds = b < nbs ? DS[(size_t)min(t0 + t, T - 1) * nb + c0 + b] : (float2)(0.0f);
-            xd[b][t] = ds.x;
+        for (int k = 0; k < GQ_DI; ++k) {
+            const int u = lid + k * GQ_WG, b = u % GQ_NB, t = u / GQ_NB;
+            if (u < GQ_BN * GQ_NB) {
+                ((__local float*)xd[b])[t] = dr[k].x;
 #if GQ_MIN
-            xsum[b][t] = (float)as_int(ds.y);
+                ((__local float*)xsum[b])[t] = (float)as_int(dr[k].y);
 #endif
+            }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
+        if (c0 + GQ_NB < nb)
+            gq_fetch(W, row_bytes, xq, DS, m0, t0, M, T, nb, c0 + GQ_NB, lid, wr, xr, dr);
         for (int b = 0; b < nbs; ++b) {
             int sumi[GQ_TM][GQ_TN];
             for (int i = 0; i < GQ_TM; ++i)
                 for (int j = 0; j < GQ_TN; ++j) sumi[i][j] = 0;
             for (int w = 0; w < 8; ++w) {
                 int a[GQ_TM], x[GQ_TN];
-                for (int i = 0; i < GQ_TM; ++i) a[i] = ws[b * 8 + w][tx + GQ_RX * i];
-                for (int j = 0; j < GQ_TN; ++j) x[j] = xs[b * 8 + w][ty + GQ_RY * j];
+                for (int i = 0; i < GQ_TM / 4; ++i) GQ_SPLIT4(a + 4 * i, ws[b * 8 + w][GQ_RX * i + tx]);
+                for (int j = 0; j < GQ_TN / 4; ++j) GQ_SPLIT4(x + 4 * j, xs[b * 8 + w][GQ_RY * j + ty]);
                 for (int i = 0; i < GQ_TM; ++i)
                     for (int j = 0; j < GQ_TN; ++j) sumi[i][j] = dp4(a[i], x[j], sumi[i][j]);
             }
-            for (int i = 0; i < GQ_TM; ++i) {
-                const float d = wd[b][tx + GQ_RX * i];
+            float d[GQ_TM], dx[GQ_TN];
+            for (int i = 0; i < GQ_TM / 4; ++i) GQ_SPLIT4(d + 4 * i, wd[b][GQ_RX * i + tx]);
+            for (int j = 0; j < GQ_TN / 4; ++j) GQ_SPLIT4(dx + 4 * j, xd[b][GQ_RY * j + ty]);
 #if GQ_MIN
-                const float m = wm[b][tx + GQ_RX * i];
+            float mw[GQ_TM], sx[GQ_TN];
+            for (int i = 0; i < GQ_TM / 4; ++i) GQ_SPLIT4(mw + 4 * i, wm[b][GQ_RX * i + tx]);
+            for (int j = 0; j < GQ_TN / 4; ++j) GQ_SPLIT4(sx + 4 * j, xsum[b][GQ_RY * j + ty]);
 #endif
+            for (int i = 0; i < GQ_TM; ++i)
                 for (int j = 0; j < GQ_TN; ++j) {
-                    const float dx = xd[b][ty + GQ_RY * j];
 #if GQ_MIN
-                    acc[i][j] += dx * (d * (float)sumi[i][j] + m * xsum[b][ty + GQ_RY * j]);
+                    acc[i][j] += dx[j] * (d[i] * exact_float(sumi[i][j]) + mw[i] * sx[j]);
 #else
-                    acc[i][j] += d * dx * (float)sumi[i][j];
+                    acc[i][j] += d[i] * dx[j] * exact_float(sumi[i][j]);
 #endif
                 }
-            }
         }
     }
     __global float* Y = PTR(float, yb, yo);
     __global const float* Res = CPTR(float, rb, ro);
     for (int j = 0; j < GQ_TN; ++j) {
-        const int t = t0 + ty + GQ_RY * j;
+        const int t = t0 + GQ_RY * 4 * (j / 4) + 4 * ty + j % 4;
         for (int i = 0; i < GQ_TM; ++i) {
-            const int m = m0 + tx + GQ_RX * i;
+            const int m = m0 + GQ_RX * 4 * (i / 4) + 4 * tx + i % 4;
             if (t < T && m < M) {
                 const size_t o = (size_t)t * M + m;
                 Y[o] = has_res ? acc[i][j] + Res[o] : acc[i][j];
