@@ -129,7 +129,9 @@ def test_a_tile_the_compiler_refuses_gives_way_to_the_next(opencl, monkeypatch):
     class Refused(cl.Error):
         pass
 
-    _as_gpu(opencl, monkeypatch, PATHS["portable"])
+    # one compute unit: the largest tile is the first choice on any device (a GPU's many units
+    # would send this small product to the smallest tile outright)
+    _as_gpu(opencl, monkeypatch, PATHS["portable"], {"compute_units": 1})
     build = launch_weights._q8_kernel
 
     def refusing(prog, wtype, name, **defines):  # noqa: ANN001, ANN003, ANN202
