@@ -47,6 +47,8 @@
 #   wrap         a short last call: CUDA's mul_mat conformance and pp512 on gemmq by default,
 #                OpenCL's gemmq as chosen (opencl_gemm.py) and its tests, an OpenCL prompt and
 #                decode attention profiled (opencl_profile.py)
+#   opencl-attn  OpenCL prompt attention: fattn_prompt's tests on the GPU, pp512 of the 135M and 1B
+#                rows with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -253,6 +255,19 @@ wrap)  # a short last call: CUDA prompts on gemmq by default (mul_mat conformanc
   done
   wait $tests
   for f in opencl-tests cuda-tests; do tail -n 3 $OUT/$f.log; done
+  ;;
+opencl-attn)  # OpenCL prompt attention: fattn against fattn_prompt (off by default until measured)
+  synth llama32-1b q4_0; synth smollm2-135m q4_0
+  timeout 150 python3 -m pytest tests/plugins/test_opencl_backend.py -k "query_row_a_work_item or \
+    (gpu_kernels_conform and (flash_attn or decode_attention))" -q --tb=short -p no:cacheprovider \
+    2>&1 | tail -n 3 | tee -a $OUT/opencl-attn.log
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    timeout 90 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf opencl:0 512 3 2>&1 | grep pp512 \
+      | sed "s/^/$m /" | tee -a $OUT/opencl-attn.log
+    PROFILE_PROMPT=1 LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf \
+      opencl:0 2 512 launch_attention.PROMPT_MAX_D=64 2>&1 | grep "fattn\|step:" | tail -n 2 \
+      | sed "s/^/$m fattn_prompt /" | tee -a $OUT/opencl-attn.log
+  done
   ;;
 attn)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -3,7 +3,9 @@ process, as `llmrt bench`'s pp test (best of R):
 - cuda:N: gemmq (int8 tensor cores on q8 activations, the legacy quants) and cuBLAS on f16
   copies (every type before sm_80);
 - vulkan:N: matmul.comp (f32 products on the shader cores) and matmul_coop (cooperative
-  matrices), where the device has them.
+  matrices), where the device has them;
+- opencl:N: the prompt's attention on fattn (a key a work-item) and on fattn_prompt (a query row
+  a work-item, heads of at most 64).
 
     python benchmarks/prompt_paths.py MODEL.gguf DEVICE [N_PROMPT] [R]
 """
@@ -38,7 +40,19 @@ def vulkan_paths(dev) -> Iterator[str]:
     rt.coopmat = variant
 
 
-PATHS: dict[str, Callable[..., Iterator[str]]] = {"cuda": cuda_paths, "vulkan": vulkan_paths}
+def opencl_paths(dev) -> Iterator[str]:
+    import llmrt_opencl.launch_attention as launch_attention
+
+    max_d = launch_attention.PROMPT_MAX_D
+    for label, d in (("fattn", 0), ("fattn_prompt", 64)):
+        launch_attention.PROMPT_MAX_D = d  # read when a graph's launches are built
+        yield label
+    launch_attention.PROMPT_MAX_D = max_d
+
+
+PATHS: dict[str, Callable[..., Iterator[str]]] = {
+    "cuda": cuda_paths, "vulkan": vulkan_paths, "opencl": opencl_paths,
+}  # fmt: skip
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Conformance cases for the decode fusions (llmrt.lower.passes), added to the shared suite
 through ``register_conformance_cases``: a layer's attention block and its feed-forward block as
-a model builds them, one token (the fused decode step) and three, with each legacy quant type.
+a model builds them, one token (the fused decode step) and three, with each legacy quant type,
+and a prompt of 40 tokens.
 The reference runs them op by op; a backend that fuses runs its fused kernels (norm_q8, the
 integer mat-vecs over q/k/v and gate/up, rope with the KV writes or inside the attention, the
 attention writing q8)."""
@@ -93,4 +94,6 @@ def decode_fusion_cases() -> Iterator[OpCase]:
     yield attention_block(q8, 1, s=256)  # attention split over the cache, then merged
     yield attention_block(q8, 1, kv=F32, mode=ROPE_NEOX, n_dims=16, factors=True)
     yield attention_block(q8, 3, kv=F32, mode=ROPE_NEOX, n_dims=16, factors=True)
+    # a prompt of 80 query rows a KV head (fattn_prompt on a GPU where it is on), then gemmq
+    yield attention_block(q8, 40, s=128)
     yield ffn_block(q8, 1, gelu=True)

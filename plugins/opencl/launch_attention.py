@@ -39,6 +39,13 @@ MAX_ROWS = 16
 # group at a time, and on PoCL a split's merge launch costs more than idle cores save)
 GROUPS_PER_UNIT = {False: 4, True: 1}
 MAX_SPLITS = 64
+# a prompt's attention on a GPU where every head size is at most this (fattn_prompt: a query row a
+# work-item, its q and outputs in registers; 64 fits its registers) and a KV head has at least
+# PROMPT_ROWS[0] query rows: work-groups of PROMPT_ROWS[1] rows where that gives every compute
+# unit two, else of [0]. 0, so fattn takes every prompt, until benchmarks/prompt_paths.py MODEL
+# opencl:0 measures fattn_prompt ahead on a GPU: it has run on PoCL alone (BENCHMARKS.md)
+PROMPT_MAX_D = 0
+PROMPT_ROWS = (32, 64)
 
 # One partial-result buffer per program, shared by its fattn steps: they run one after another
 # on the program's in-order queue, so a step never overlaps another's use of it.
@@ -112,6 +119,25 @@ def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     )
 
 
+def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:
+    """Query rows a work-group of fattn_prompt, or 0 where the step takes fattn (or fattn_row)."""
+    t, hq, d = step.ins[0].shape
+    _, hkv, dv = step.ins[2].shape
+    rows = t * (hq // hkv)
+    if _cpu(prog) or "nr" in step.params or max(d, dv) > PROMPT_MAX_D or rows < PROMPT_ROWS[0]:
+        return 0
+    few, many = PROMPT_ROWS
+    wide = -(-rows // many) * hkv >= 2 * int(prog.device_info["compute_units"])
+    return many if wide and many <= int(prog.device_info["max_work_group_size"]) else few
+
+
+def _fattn_prompt(prog: OpenCLProgram, step: Step, pt: int, args: tuple, defines: dict) -> Launch:
+    t, hq, _ = step.ins[0].shape
+    hkv = step.ins[2].shape[1]
+    kernel = prog.kernel(FILE, "fattn_prompt", {**defines, "PT": pt})
+    return Launch(kernel, (-(-(t * (hq // hkv)) // pt) * pt, hkv, 1), (pt, 1, 1), args)
+
+
 def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p, out_view = step.params, step.out
     assert out_view is not None
@@ -126,20 +152,24 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     new_row = "nr" in p
     group = hq // hkv
     cpu = _cpu(prog)
+    prompt_rows = _prompt_rows(prog, step)
     nr = (min(MAX_ROWS, t * group) if cpu
           else _rows(prog, t, group, d, nt, 4 * (d + dv) if new_row else 0))  # fmt: skip
     defines = {"NT": nt, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
                "VF16": int(v.dtype == GGMLType.F16), "NEWROW": int(new_row)}  # fmt: skip
-    kernel = None if cpu else prog.kernel(FILE, "fattn", defines)
+    if prompt_rows and not _fits(prog.kernel(FILE, "fattn_prompt", {**defines, "PT": prompt_rows}),
+                                 prompt_rows):  # fmt: skip
+        prompt_rows = 0
+    kernel = None if cpu or prompt_rows else prog.kernel(FILE, "fattn", defines)
     if kernel is not None and not _fits(kernel, nt):
         cpu, kernel = True, None  # fattn_row runs with groups of one
     blocks = -(-(t * group) // nr)
-    nsplit, chunk = _splits(prog, blocks * hkv, s, cpu, nt)
+    nsplit, chunk = (1, s) if prompt_rows else _splits(prog, blocks * hkv, s, cpu, nt)
     # where the output's q8 blocks come from: the kernel (one split: fattn_row any head size,
-    # fattn where its q rows' local memory holds the output rows), else fattn_merge (a row per
-    # work-group), else a quant_q8 launch after
+    # fattn where its q rows' local memory holds the output rows; not fattn_prompt), else
+    # fattn_merge (a row per work-group), else a quant_q8 launch after
     merge_local = dv <= int(prog.device_info["max_work_group_size"])
-    xq = "q8" in p and (merge_local if nsplit > 1 else (cpu or dv <= d))
+    xq = "q8" in p and not prompt_rows and (merge_local if nsplit > 1 else (cpu or dv <= d))
     defines["XQ8"] = int(xq)
     if kernel is not None and xq:
         kernel = prog.kernel(FILE, "fattn", defines)
@@ -152,7 +182,9 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
         np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
-    if cpu:
+    if prompt_rows:
+        launches = [_fattn_prompt(prog, step, prompt_rows, args, defines)]
+    elif cpu:
         launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
                            (1, 1, 1), args)]  # fmt: skip
     else:

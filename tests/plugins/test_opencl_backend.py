@@ -86,6 +86,32 @@ def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
     assert check_case(opencl, case) == "ok"
 
 
+@pytest.mark.parametrize("rows", [32, 64])
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if c.id.startswith("flash_attn_ext(t=70,")], ids=lambda c: c.id
+)
+def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows, monkeypatch):
+    """A GPU's prompt attention over heads of at most 64 (fattn_prompt, forced on: off by default
+    until measured ahead of fattn on a GPU), in work-groups of 32 and of 64 query rows (the last
+    one partial: 280 rows a KV head), its causal mask leaving some groups whole tiles they do not
+    compute, against the reference."""
+    import llmrt_opencl.launch_attention as launch_attention
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_attention, "PROMPT_ROWS", (rows, rows))
+    monkeypatch.setattr(launch_attention, "PROMPT_MAX_D", 64)
+    programs = []
+    compile_ = opencl.compile
+    monkeypatch.setattr(
+        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
+    )
+    assert check_case(opencl, case) == "ok"
+    attention = [x for x in programs[0].launches if "fattn" in x.kernel.function_name]
+    assert [(x.kernel.function_name, x.local_size) for x in attention] == [
+        ("fattn_prompt", (rows, 1, 1))
+    ]
+
+
 @pytest.mark.parametrize(
     "limit", [("fused", 0), ("portable", 1)], ids=["unfused", "without-x86-builtins"]
 )

@@ -460,6 +460,99 @@ __kernel void fattn_row(__global const uchar* qb, ulong qo, __global const uchar
     }
 }
 
+// fattn_prompt (GPUs, prompts; no NEWROW, no splits): a query row a work-item, PT rows (of one KV
+// head) a work-group. Keys come in tiles of PK, their K and V rows staged in local memory for the
+// group (read back as broadcasts: every work-item takes the same key at once); each work-item
+// scores its row against the tile's keys with its q in registers, then takes the tile into its
+// online softmax and its DV accumulators, also in registers: two barriers a tile, where fattn's
+// one key a work-item needs a tree over the work-items for every tile's maxima. A tile that no row
+// of the group sees (the mask's -inf: the causal future) is not computed. No q8 output (XQ8): a
+// prompt's attention feeds its gemmq through a quant_q8 step.
+#ifndef PT
+#define PT 64
+#endif
+#define PK 16
+
+__kernel __attribute__((reqd_work_group_size(PT, 1, 1))) void fattn_prompt(
+    __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
+    __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
+    ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
+    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS) {
+    __local float4 kt[PK * D4], vt[PK * DV4];
+    __local volatile int seen_by[2];  // whether some row of the group sees the tile (by parity)
+    const int lid = get_local_id(0), hk = get_group_id(1);
+    const int G = Hq / Hkv, R = T * G, row = get_group_id(0) * PT + lid, live = row < R;
+    const long orow = live ? (long)(row / G) * Hq + hk * G + row % G : 0;
+    const long mrow = live ? (long)(row / G) * S : 0;
+    __global const float* q = CPTR(float, qb, qo) + orow * D;
+    __global const float* mask = CPTR(float, mb, mo);
+    __global const uchar* k = kb + ko;
+    __global const uchar* v = vb + vo;
+    float4 qr[D4], acc[DV4];
+#pragma unroll
+    for (int d = 0; d < D4; ++d) {
+        const float4 x = live ? vload4(d, q) : (float4)(0.0f);
+        qr[d] = (float4)(K_AS_STORED(x.x), K_AS_STORED(x.y), K_AS_STORED(x.z), K_AS_STORED(x.w));
+    }
+#pragma unroll
+    for (int d = 0; d < DV4; ++d) acc[d] = (float4)(0.0f);
+    float m = -INFINITY, l = 0.0f;
+    if (lid < 2) seen_by[lid] = 0;
+
+    for (int base = 0, it = 0; base < S; base += PK, ++it) {
+        barrier(CLK_LOCAL_MEM_FENCE);  // the tile before is done with (and seen_by reset)
+        for (int i = lid; i < PK * D4; i += PT) {
+            const int s = base + i / D4;
+            kt[i] = s < S ? LOAD_K(k, (long)s * ks + (long)hk * kh + 4 * (i % D4)) : (float4)(0.0f);
+        }
+        for (int i = lid; i < PK * DV4; i += PT) {
+            const int s = base + i / DV4;
+            vt[i] = s < S ? LOAD_V(v, (long)s * vs + (long)hk * vh + 4 * (i % DV4)) : (float4)(0.0f);
+        }
+        float x[PK];
+        int seen = 0;
+#pragma unroll
+        for (int j = 0; j < PK; ++j) {
+            x[j] = -INFINITY;
+            if (live && base + j < S) x[j] = has_mask ? mask[mrow + base + j] : 0.0f;
+            seen |= x[j] != -INFINITY;
+        }
+        if (seen) atomic_or(&seen_by[it & 1], 1);
+        if (lid == 0) seen_by[(it + 1) & 1] = 0;  // read last a tile ago, before this one's barrier
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (!seen_by[it & 1]) continue;
+        float mx = m;
+#pragma unroll
+        for (int j = 0; j < PK; ++j) {
+            if (x[j] == -INFINITY) continue;
+            float4 a = (float4)(0.0f);
+#pragma unroll
+            for (int d = 0; d < D4; ++d) a += qr[d] * kt[j * D4 + d];
+            float y = (a.x + a.y + a.z + a.w) * scale;
+            if (softcap != 0.0f) y = tanh(y / softcap) * softcap;
+            x[j] += y;
+            mx = fmax(mx, x[j]);
+        }
+        if (mx == -INFINITY) continue;  // this row has seen no key yet
+        const float alpha = exp(m - mx);  // 0 the first time (m = -inf)
+        l *= alpha;
+#pragma unroll
+        for (int d = 0; d < DV4; ++d) acc[d] *= alpha;
+        m = mx;
+#pragma unroll
+        for (int j = 0; j < PK; ++j) {
+            const float p = x[j] == -INFINITY ? 0.0f : exp(x[j] - m);
+            l += p;
+#pragma unroll
+            for (int d = 0; d < DV4; ++d) acc[d] += p * vt[j * DV4 + d];
+        }
+    }
+    if (!live) return;
+    __global float* o = PTR(float, ob, oo) + orow * DV;
+#pragma unroll
+    for (int d = 0; d < DV4; ++d) vstore4(l > 0.0f ? acc[d] / l : (float4)(0.0f), d, o);
+}
+
 // The nsplit partials of each output row combined: out = sum_i acc_i e^(m_i - M) / sum_i l_i
 // e^(m_i - M), M the largest max. Global size (DV, T * Hq); splits that saw no key (max -inf)
 // weigh nothing.
