@@ -44,8 +44,10 @@ shared float Cs[SGM * SGN][CM * SC];  // each subgroup's accumulator on its way 
 
 // this invocation's share of a K-step's tiles (a tile row is 8 vec4 of k, its 8 side by side in
 // consecutive invocations), loaded into registers a step ahead, so that the loads' latency hides
-// behind the step before
-f16vec4 wr[BM * 8 / WG], xr[BN * 8 / WG];
+// behind the step before; the activations stay f32 until they are stored, so that nothing waits
+// on their loads before the products
+f16vec4 wr[BM * 8 / WG];
+vec4 xr[BN * 8 / WG];
 
 void fetch(uint m0, uint t0, uint k0) {
     [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
@@ -54,7 +56,7 @@ void fetch(uint m0, uint t0, uint k0) {
     }
     [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
         uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-        xr[j] = f16vec4(t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u] : vec4(0.0));
+        xr[j] = t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u] : vec4(0.0);
     }
 }
 
@@ -74,10 +76,12 @@ void main() {
         }
         [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
             uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
-            [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = xr[j][q];
+            [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = float16_t(xr[j][q]);
         }
         barrier();
-        if (k0 + BK < p.k) fetch(m0, t0, k0 + BK);
+        // the next step's tiles (the last step's again at the end): no branch around the loads,
+        // so that the compiler may interleave them with this step's products
+        fetch(m0, t0, min(k0 + BK, p.k - BK));
         [[unroll]] for (uint kk = 0; kk < BK; kk += CM) {
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> a[AN];
             coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> b[AM];
