@@ -52,7 +52,8 @@
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
-# Carry: .gl (Vulkan loader debs), .devrun (whl, old, synth_gguf.py, kld_ref.py), .peer, and a
+# Carry: .gl (Vulkan loader debs), .devrun (whl, old, base, synth_gguf.py, kld_ref.py), .peer (all
+# three made in a new checkout by `bash benchmarks/device_setup.sh [BASEREV]`), and a
 # clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
 # with these folders linked in) when uncommitted work must not travel. An ignored folder that a
 # call does not carry was gone at the next call (2026-12-05): carry each one every time it is
