@@ -47,8 +47,9 @@
 #   wrap         a short last call: CUDA's mul_mat conformance and pp512 on gemmq by default,
 #                OpenCL's gemmq as chosen (opencl_gemm.py) and its tests, an OpenCL prompt and
 #                decode attention profiled (opencl_profile.py)
-#   opencl-attn  OpenCL prompt attention: fattn_prompt's tests on the GPU, pp512 of the 135M and 1B
-#                rows with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
+#   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
+#                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
+#                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -262,6 +263,8 @@ opencl-attn)  # OpenCL prompt attention: fattn against fattn_prompt (off by defa
   timeout 150 python3 -m pytest tests/plugins/test_opencl_backend.py -k "query_row_a_work_item or \
     (gpu_kernels_conform and (flash_attn or decode_attention))" -q --tb=short -p no:cacheprovider \
     2>&1 | tail -n 3 | tee -a $OUT/opencl-attn.log
+  # one-token attention alone: event time against the cache's length, beside an empty kernel's
+  timeout 60 python3 benchmarks/opencl_attn_probe.py 2>&1 | grep -v "Warning\|lambda" | tee -a $OUT/opencl-attn.log
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
     timeout 90 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf opencl:0 512 3 2>&1 | grep pp512 \
       | sed "s/^/$m /" | tee -a $OUT/opencl-attn.log

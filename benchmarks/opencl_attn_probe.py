@@ -47,7 +47,8 @@ def main() -> None:
     cache = rng.uniform(-1, 1, (max(sizes), hkv, d)).astype(np.float16)
     mask = np.zeros((1, max(sizes)), np.float32)
     arrays = {"q": q, "k": cache, "v": cache.copy(), "mask": mask}
-    bufs = {n: cl.Buffer(ctx, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=a) for n, a in arrays.items()}
+    flags = mf.READ_WRITE | mf.COPY_HOST_PTR
+    bufs = {name: cl.Buffer(ctx, flags, hostbuf=a) for name, a in arrays.items()}
     out = cl.Buffer(ctx, mf.READ_WRITE, 4 * hq * d)
     z = np.uint64(0)
     empty = cl.Kernel(cl.Program(ctx, EMPTY).build(), "empty")
