@@ -17,9 +17,7 @@ import math
 
 import numpy as np
 import pyopencl as cl
-from opencl_gemm import KernelSource, _time
-
-from llmrt.device import registry
+from opencl_gemm import _time, profiling_device
 
 EMPTY = "__kernel void empty(__global int* x) { if (get_global_id(0) == 1u << 30) x[0] = 0; }"
 
@@ -34,11 +32,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--nt", type=int, default=32, help="work-items a group, keys a tile")
     args = ap.parse_args()
-    device = registry().entry("opencl").devices[args.device]
-    src = KernelSource(device)
-    ctx = device.context
-    queue = cl.CommandQueue(ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-    mf = cl.mem_flags
+    device, src, queue = profiling_device(args.device)
+    ctx, mf = device.context, cl.mem_flags
     hq, hkv, d, nt = args.hq, args.hkv, args.d, args.nt
     group = hq // hkv
     sizes = [int(v) for v in args.s.split(",")]

@@ -43,6 +43,13 @@ class KernelSource:
         return cl.Kernel(self.device.program(file, tuple(sorted((defines or {}).items()))), name)
 
 
+def profiling_device(index: int) -> tuple[object, KernelSource, cl.CommandQueue]:
+    """OpenCL device `index`, its kernels as a GPU builds them, and a profiling queue on it."""
+    device = registry().entry("opencl").devices[index]
+    props = cl.command_queue_properties.PROFILING_ENABLE
+    return device, KernelSource(device), cl.CommandQueue(device.context, properties=props)
+
+
 def _time(queue: cl.CommandQueue, kernel: cl.Kernel, gsize: tuple, lsize: tuple,
           reps: int) -> float:  # fmt: skip
     """Median seconds of one launch (one warm-up first)."""
@@ -79,11 +86,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--tile", action="append", default=[], help="RX,RY,TM,TN,NB")
     args = ap.parse_args()
-    device = registry().entry("opencl").devices[args.device]
-    src = KernelSource(device)
-    ctx = device.context
-    queue = cl.CommandQueue(ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-    mf = cl.mem_flags
+    device, src, queue = profiling_device(args.device)
+    ctx, mf = device.context, cl.mem_flags
     info = device.info()
     print(f"# {info.name} ({info.summary}); T={args.t}; limits "
           f"{ {k: v for k, v in src.device_info.items() if k != 'max_alloc'} }")  # fmt: skip
