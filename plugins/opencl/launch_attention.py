@@ -131,13 +131,6 @@ def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:
     return many if wide and many <= int(prog.device_info["max_work_group_size"]) else few
 
 
-def _fattn_prompt(prog: OpenCLProgram, step: Step, pt: int, args: tuple, defines: dict) -> Launch:
-    t, hq, _ = step.ins[0].shape
-    hkv = step.ins[2].shape[1]
-    kernel = prog.kernel(FILE, "fattn_prompt", {**defines, "PT": pt})
-    return Launch(kernel, (-(-(t * (hq // hkv)) // pt) * pt, hkv, 1), (pt, 1, 1), args)
-
-
 def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     p, out_view = step.params, step.out
     assert out_view is not None
@@ -157,9 +150,11 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
           else _rows(prog, t, group, d, nt, 4 * (d + dv) if new_row else 0))  # fmt: skip
     defines = {"NT": nt, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
                "VF16": int(v.dtype == GGMLType.F16), "NEWROW": int(new_row)}  # fmt: skip
-    if prompt_rows and not _fits(prog.kernel(FILE, "fattn_prompt", {**defines, "PT": prompt_rows}),
-                                 prompt_rows):  # fmt: skip
-        prompt_rows = 0
+    prompt = None  # fattn_prompt writes no q8 (XQ8 0): a quant_q8 launch follows where asked
+    if prompt_rows:
+        prompt = prog.kernel(FILE, "fattn_prompt", {**defines, "PT": prompt_rows, "XQ8": 0})
+        if not _fits(prompt, prompt_rows):
+            prompt_rows, prompt = 0, None
     kernel = None if cpu or prompt_rows else prog.kernel(FILE, "fattn", defines)
     if kernel is not None and not _fits(kernel, nt):
         cpu, kernel = True, None  # fattn_row runs with groups of one
@@ -182,8 +177,9 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
         np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
-    if prompt_rows:
-        launches = [_fattn_prompt(prog, step, prompt_rows, args, defines)]
+    if prompt:
+        size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
+        launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]
     elif cpu:
         launches = [Launch(prog.kernel(FILE, "fattn_row", defines), (blocks, hkv, nsplit),
                            (1, 1, 1), args)]  # fmt: skip

@@ -307,8 +307,8 @@ def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType) -> int:
 def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, ...]]:
     """The tiles the device's work-group size and local memory take, best first: the largest
     that still gives every compute unit a work-group (else the smallest), then the smaller."""
-    wide = wtype not in (GGMLType.Q4_0, GGMLType.Q5_0)
-    fits = [tile for tile in (WIDE_TILE,) * wide + GEMMQ_TILES
+    first = () if wtype in (GGMLType.Q4_0, GGMLType.Q5_0) else (WIDE_TILE,)
+    fits = [tile for tile in first + GEMMQ_TILES
             if tile[0] * tile[1] <= info["max_work_group_size"]
             and _gemmq_local_bytes(tile, wtype) <= info["local_mem_size"]]  # fmt: skip
     for i, (rx, ry, tm, tn, _) in enumerate(fits):

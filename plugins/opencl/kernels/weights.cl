@@ -39,18 +39,18 @@
 #error "unsupported WTYPE"
 #endif
 
+// A half's bits as a float. A CPU device converts halves in software (PoCL: ~15 instructions with
+// branches, about a third of a Q4_1 block's work); the exponent rebias by a multiply is exact for
+// every finite half, subnormals included (not for inf and NaN, which no weight block's scale holds)
+inline float h2f(ushort h) {
 #ifdef CPU_HALF
-// A CPU device converts halves in software (PoCL: ~15 instructions with branches, about a third
-// of a Q4_1 block's work); the exponent rebias by a multiply is exact for every finite half,
-// subnormals included (not for inf and NaN, which no weight block's scale holds)
-inline float ld_h(__global const uchar* p) {
-    const uint h = *(__global const ushort*)p;
-    const float f = as_float((h & 0x7fffu) << 13) * 0x1p112f;
-    return as_float(as_uint(f) | ((h & 0x8000u) << 16));
-}
+    const float f = as_float(((uint)h & 0x7fffu) << 13) * 0x1p112f;
+    return as_float(as_uint(f) | (((uint)h & 0x8000u) << 16));
 #else
-inline float ld_h(__global const uchar* p) { return vload_half(0, (__global const half*)p); }
+    return vload_half(0, (const __private half*)&h);
 #endif
+}
+inline float ld_h(__global const uchar* p) { return h2f(*(__global const ushort*)p); }
 
 // 16 bytes from an address aligned to 2 (the block sizes 18, 22, 34, 210 leave no better).
 inline void ld16_a2(__global const uchar* p, uchar* out) {
@@ -418,15 +418,6 @@ typedef struct {
     uint qh;
     ushort dh, mh;
 } wq_raw;
-
-inline float h2f(ushort h) {
-#ifdef CPU_HALF
-    const float f = as_float(((uint)h & 0x7fffu) << 13) * 0x1p112f;
-    return as_float(as_uint(f) | (((uint)h & 0x8000u) << 16));
-#else
-    return vload_half(0, (const __private half*)&h);
-#endif
-}
 
 // Block c of a row, its loads only.
 inline wq_raw fetch_wq(__global const uchar* row, int c) {
