@@ -57,11 +57,18 @@
 # three made in a new checkout by `bash benchmarks/device_setup.sh [BASEREV]`), and a
 # clean export of the tree (git archive HEAD into the ignored .clean, the command run inside it
 # with these folders linked in) when uncommitted work must not travel. An ignored folder that a
-# call does not carry was gone at the next call (2026-12-05): carry each one every time it is
-# read, and the model parts set aside in /tmp/parts are what persists on the warm machine.
+# call does not carry was gone at the next call (2026-12-05): the first call carries .gl, .devrun
+# and .peer, which are kept in /tmp/keep.* for later calls on the warm machine; those carry a model
+# part instead (.gpumodels/part.N and .gpumodels/manifest: a call carries at most 64 MiB).
 set -u
 stage=${1:-check}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/parts
+# a folder carried once is kept on the warm machine; a later call that does not carry it (to leave
+# room for a model part) finds it linked back from there
+for d in .gl .devrun .peer; do
+  if [ -d $d ] && [ ! -L $d ]; then rm -rf /tmp/keep$d && cp -r $d /tmp/keep$d
+  elif [ -d /tmp/keep$d ]; then rm -rf $d && ln -s /tmp/keep$d $d; fi
+done
 cp .gpumodels/part.* /tmp/parts/ 2>/dev/null
 # SmolLM2 alone is part.0 and the first 56,362,432 bytes of part.1 (head -c of it, 56 MB)
 [ -e .gpumodels/smol.1 ] && cp .gpumodels/smol.1 /tmp/parts/part.1
@@ -152,14 +159,14 @@ models)
   export LLMRT_CACHE=$PWD/.gpumodels/cache
   [ -e $models/gemma-3-270m-q4_k_m.gguf ] && only="" || only="not gemma3"  # no hub to pull from
   for dev in opencl:0 cuda:0 vulkan:0; do
-    echo "== greedy and logits on $dev"
-    LLMRT_TEST_DEVICE=$dev timeout 150 python3 -m pytest tests/models/test_greedy.py \
-      tests/models/test_logits.py -k "$only" -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
-  done
-  for dev in opencl:0 cuda:0 vulkan:0; do
     echo "== KL divergence against llama.cpp (fa0), SmolLM2, $dev"
     timeout 120 python3 .devrun/kld_ref.py score $models/smollm2-135m-instruct-q4_1.gguf tests/fixtures/refs/smollm2-135m/kld/text.txt \
       tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz $dev 2>&1 | tail -6 | tee -a $OUT/kld.log
+  done
+  for dev in opencl:0 cuda:0 vulkan:0; do
+    echo "== greedy and logits on $dev"
+    LLMRT_TEST_DEVICE=$dev timeout 150 python3 -m pytest tests/models/test_greedy.py \
+      tests/models/test_logits.py -k "$only" -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
   done
   for m in $models/*.gguf; do
     for dev in opencl:0 cuda:0 vulkan:0; do
