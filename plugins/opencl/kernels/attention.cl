@@ -15,8 +15,11 @@
 // tiles of TK = NT: each work-item scores one key against all NR rows (q in local memory, read as
 // broadcasts), a tree over the work-items gives each row's tile maximum, each work-item turns its
 // scores into exp(score - running max) and keeps its share of the running sums, then each
-// work-item accumulates P x V for one float4 column of DV and RPW rows. Local memory:
-// NR * (D + TK) floats and a little; the host picks NR to keep it under 16 KiB.
+// work-item accumulates P x V for one float4 column of DV and RPW rows, over every key of the
+// tile or, with at most 4 rows (decode), over every KG-th: the NT / (DV / 4) work-items of a
+// column split the keys rather than the rows, so a work-item's chain of V loads and products
+// is KG times shorter (a decode group's tile is latency), their sums added once at the end.
+// Local memory: NR * (D + TK) floats and a little; the host picks NR to keep it under 16 KiB.
 // fattn_row (CPUs): the same per work-item, keys one at a time.
 // Splits: with one, the output is written normalised; with several, each split writes its
 // unnormalised partial and (max, sum), and fattn_merge combines them (decode attention split over
@@ -76,11 +79,12 @@ inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, 
 #define TK NT  // keys per tile: one per work-item in the scoring phase
 #define D4 (D / 4)
 #define DV4 (DV / 4)
-#define NRG (NT / DV4)                // row groups in the V phase (DV4 <= NT)
-#define RPW ((NR + NRG - 1) / NRG)    // rows per work-item in the V phase
+#define NRG (NT / DV4)                // work-item groups in the V phase (DV4 <= NT)
+#define KG (NR <= 4 ? NRG : 1)        // of them, key groups (each takes every KG-th key)
+#define RPW ((NR + NRG / KG - 1) / (NRG / KG))  // rows per work-item in the V phase
 #define PART (DV + 2)                 // a split's partial: max, sum, DV unnormalised outputs
 #ifndef VU
-#define VU 8  // V rows loaded ahead in the V phase (divides TK)
+#define VU 8  // V rows loaded ahead in the V phase
 #endif
 
 // 4 elements from element i of a cache (byte base p): vload, which needs only the element's
@@ -165,7 +169,8 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         m[r] = -INFINITY;
         l[r] = 0.0f;
     }
-    const int c = lid % DV4, rg = lid / DV4;  // V phase: float4 column c of rows rg * RPW + rr
+    // V phase: float4 column c of rows rg * RPW + rr, keys kg, kg + KG, ...
+    const int c = lid % DV4, g = lid / DV4, kg = g % KG, rg = g / KG;
     float4 acc[RPW];
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr) acc[rr] = (float4)(0.0f);
@@ -234,28 +239,29 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         barrier(CLK_LOCAL_MEM_FENCE);
 
         // P x V
-        if (rg < NRG) {
+        if (g < NRG) {
 #pragma unroll
             for (int rr = 0; rr < RPW; ++rr)
                 if (rg * RPW + rr < NR) acc[rr] *= salpha[rg * RPW + rr];
             // VU loads in flight before their products (a decode group runs one or two tiles:
             // latency, not throughput); a key no row sees is not read (its p is 0 for every row)
             const int n = min(TK, hi - base);
-            for (int j0 = 0; j0 < n; j0 += VU) {
+            for (int j0 = kg; j0 < n; j0 += KG * VU) {
                 float4 vv[VU];
 #pragma unroll
                 for (int u = 0; u < VU; ++u) {
-                    const int j = j0 + u;
+                    const int j = j0 + KG * u;
                     vv[u] = (float4)(0.0f);
                     if (j < n && live[j])
                         vv[u] = VAL4(base + j, (long)(base + j) * vs + (long)hk * vh, c);
                 }
 #pragma unroll
                 for (int u = 0; u < VU; ++u) {
+                    const int j = j0 + KG * u;
 #pragma unroll
                     for (int rr = 0; rr < RPW; ++rr) {
                         const int r = rg * RPW + rr;
-                        if (r < NR) acc[rr] += sc[r * TK + j0 + u] * vv[u];
+                        if (r < NR && j < n) acc[rr] += sc[r * TK + j] * vv[u];
                     }
                 }
             }
@@ -263,6 +269,22 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites sc and live
     }
 
+#if KG > 1
+    // the key groups' sums of each column into the first's (every work-item rescaled its own by
+    // the same factors)
+    __local float4 vpart[KG > 1 ? (KG - 1) * NR * DV4 : 1];
+    if (g < NRG && kg > 0) {
+#pragma unroll
+        for (int rr = 0; rr < RPW; ++rr) vpart[((kg - 1) * NR + rr) * DV4 + c] = acc[rr];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (g < NRG && kg == 0) {
+        for (int k = 1; k < KG; ++k) {
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr) acc[rr] += vpart[((k - 1) * NR + rr) * DV4 + c];
+        }
+    }
+#endif
     // each row's sum: the work-items' shares, a tree as for the maxima; its max to local memory
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
@@ -281,7 +303,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #pragma unroll
     for (int rr = 0; rr < RPW; ++rr) {
         const int r = rg * RPW + rr, row = row0 + r;
-        if (rg >= NRG || r >= NR || row >= R) continue;
+        if (g >= NRG || kg > 0 || r >= NR || row >= R) continue;
         const long orow = (long)(row / G) * Hq + hk * G + row % G;
         const float sum = sc[r * TK];
         if (nsplit == 1) {
