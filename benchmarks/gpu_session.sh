@@ -50,6 +50,10 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
+#   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
+#                vulkan:0, then llmrt bench of both per row, interleaved
+#   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
+#                .devrun/base: opencl_attn_probe.py, tg128 at depths 0 and 512 (135M, 1B, 8B rows)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -83,9 +87,10 @@ mkdir -p /tmp/ocl && echo libnvidia-opencl.so.1 > /tmp/ocl/nvidia.icd
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site OCL_ICD_VENDORS=/tmp/ocl
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 old() { PYTHONPATH=$PWD/.devrun/old:/tmp/site "$@"; }
-# /tmp/new.npz (this tree) against /tmp/old.npz (OLDREV): identical, or how far apart; into $OUT/$2
+# /tmp/new.npz (this tree) against /tmp/old.npz (OLDREV, or the tree named $3): identical, or how
+# far apart; into $OUT/$2
 against_old() { python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits']; b=n.load('/tmp/old.npz')['logits']; \
-print('$1 this tree vs $OLDREV:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
+print('$1 this tree vs ${3:-$OLDREV}:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
 {int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
     | tee -a $OUT/$2; }
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
@@ -352,6 +357,56 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
+  done
+  ;;
+ab)  # a refactor's A/B (issue 15): this tree beside .devrun/base (BASEREV), logits of both on the
+  # 135M and 1B shapes, then per row interleaved llmrt bench on cuda:0 and vulkan:0 (this, base)
+  [ $# -gt 1 ] && ROWS="${*:2}"
+  BASE=$(cat .devrun/base/REV)
+  base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done ) &
+  synth_rest=$!
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
+    for dev in cuda:0 vulkan:0; do
+      for n in 40 200; do  # decode steps after the prompt; 200: the prompt products too
+        timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz $n
+        base timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz $n
+        against_old "$dev $m prompt $n" ab-logits.log $BASE
+      done
+    done
+  done
+  wait $synth_rest
+  for r in $ROWS; do
+    m=/tmp/synth-${r%:*}-${r#*:}.gguf
+    for dev in cuda:0 vulkan:0; do
+      for tree in this base; do
+        [ $tree = this ] && run="" || run=base
+        $run timeout 120 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device $dev 2>&1 \
+          | grep "| pp\|| tg" | sed "s/^/$tree $r $dev /" | tee -a $OUT/ab.log
+      done
+    done
+  done
+  ;;
+opencl-decode)  # an OpenCL decode change: its attention tests on the GPU, then this tree beside
+  # .devrun/base: the one-token attention alone (opencl_attn_probe.py) and tg128 at depths 0 and
+  # 512 of the 135M, 1B and 8B rows, interleaved
+  base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  timeout 150 python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "opencl and \
+    (flash_attn or attention)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/opencl-decode.log
+  for tree in this base; do
+    [ $tree = this ] && run="" || run=base
+    $run timeout 60 python3 benchmarks/opencl_attn_probe.py 2>&1 | grep -v "Warning\|lambda" \
+      | sed "s/^/$tree /" | tee -a $OUT/opencl-decode.log
+  done
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+    [ -e /tmp/synth-$m.gguf ] || continue
+    for tree in this base this base; do
+      [ $tree = this ] && run="" || run=base
+      $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 \
+        2>&1 | grep "| tg" | sed "s/^/$tree $m /" | tee -a $OUT/opencl-decode.log
+    done
   done
   ;;
 ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, OpenCL (issues 17, 20)

@@ -5,7 +5,7 @@ of keys; the intercept less the empty kernel's, the work outside the tile loop. 
 and without the mask, the q rows of one or of all a KV head's query heads (NR).
 
     python benchmarks/opencl_attn_probe.py [--device 0] [--hq 9] [--hkv 3] [--d 64]
-        [--s 32,64,128,256,512] [--reps 20] [--nt 32]
+        [--s 32,64,128,256,512] [--reps 20] [--nt 32] [--define NAME=VALUE ...]
 
 The default heads are the 135M row's (9 query heads over 3 KV heads of 64); f16 caches.
 """
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--s", default="32,64,128,256,512", help="keys in the cache")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--nt", type=int, default=32, help="work-items a group, keys a tile")
+    ap.add_argument("--define", action="append", default=[], help="NAME=VALUE, another -D (VU)")
     args = ap.parse_args()
     device, src, queue = profiling_device(args.device)
     ctx, mf = device.context, cl.mem_flags
@@ -52,9 +53,10 @@ def main() -> None:
     print(f"# {device.info().name}; empty kernel {t_empty * 1e6:.1f} us (event start to end)")
     print(f"{'NR':>3} {'mask':>4} " + " ".join(f"{'S=' + str(s):>9}" for s in sizes)
           + "   us a tile of keys (slope)")  # fmt: skip
+    extra = {k: int(v) for k, v in (x.split("=") for x in args.define)}
     for nr in (1, group):
         defines = {"NT": nt, "D": d, "DV": d, "NR": nr, "KF16": 1, "VF16": 1, "NEWROW": 0,
-                   "XQ8": 0}  # fmt: skip
+                   "XQ8": 0, **extra}  # fmt: skip
         kernel = src.kernel("attention.cl", "fattn", defines)
         for has_mask in (0, 1):
             times = []
