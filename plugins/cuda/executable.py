@@ -31,14 +31,7 @@ from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import (
-    FATTN_MMA_DIMS,
-    FATTN_MMA_MIN_T,
-    GEMMQ,
-    attention_split,
-    kernel_source,
-    lower,
-)
+from llmrt_cuda.lower import FATTN_MMA_DIMS, FATTN_MMA_MIN_T, attention_split, kernel_source, lower
 
 H2D, D2H = 1, 2  # cudaMemcpyKind
 # cublasGemmEx's operations, data types, compute type and algorithm
@@ -214,7 +207,7 @@ class CUDAProgram(Executable):
 
     # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.plan = plan = lower(graph, int8_mma=GEMMQ and _compute_capability() >= 80)
+        self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
         self.arena = alloc(
             plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
         )

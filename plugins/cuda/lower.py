@@ -4,8 +4,8 @@
 backend's choices: integer mat-vecs (``mmvq``) on q8 activations for the legacy quants up to
 MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, and past that cuBLAS GEMMs on f16
 copies, or with `int8_mma` integer GEMMs on int8 tensor cores (``gemmq``) for the legacy quants
-(the executable asks for them where GEMMQ is on, from sm_80); every small-batch pass of
-llmrt.lower.passes.
+(the executable asks for them from sm_80, where they need no f16 copies); every small-batch
+pass of llmrt.lower.passes.
 """
 
 from __future__ import annotations
@@ -42,13 +42,8 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # (fattn_mma: mma.sync, sm_80 and later) for these head sizes
 FATTN_MMA_MIN_T = 16
 FATTN_MMA_DIMS = (32, 64, 128)
-# whether the legacy quants' prompt products run on int8 tensor cores (gemmq, sm_80 and later)
-# rather than on cuBLAS with f16 copies dequantized at every step: as fast as cuBLAS on every
-# DESIGN.md row (benchmarks/prompt_paths.py; BENCHMARKS.md, 2026-12-06), with no f16 copies
-GEMMQ = True
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
-# many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
-# more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)
+# many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer
 FATTN_RESIDENT_PER_SM = 4
 
 
