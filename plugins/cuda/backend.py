@@ -74,7 +74,7 @@ class CUDADevice(Device):
         with cupy.cuda.Device(self.index):
             data = alloc(tensor.nbytes, f"weight {tensor.name}", self.id)
             data.set(np.ascontiguousarray(tensor.data).reshape(-1))
-        return CudaWeight(data, tensor.type, tuple(tensor.shape))
+        return CudaWeight(data)
 
     def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
         import cupy

@@ -84,11 +84,9 @@ def kernel(module: str, name: str) -> Any:
 
 @dataclass
 class CudaWeight:
-    """A weight on the device in its GGUF blocks (uint8), with its ggml type and shape."""
+    """A weight on the device in its GGUF blocks (uint8): the launches read it by address."""
 
     data: cp.ndarray
-    type: GGMLType
-    shape: tuple[int, ...]
 
     @property
     def ptr(self) -> int:
@@ -161,18 +159,6 @@ class KernelLaunch:
 
 
 @dataclass
-class HostCopy:
-    """An input's copy from its pinned host array to the device, in the graph."""
-
-    dst: int
-    src: int
-    nbytes: int
-
-    def __call__(self, stream_ptr: int) -> None:
-        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, H2D, stream_ptr)
-
-
-@dataclass
 class Gemm:
     """cuBLAS's Y^T[m, t] = W[m, k]^T-op x X^T on f16 copies of W and X (that `dequant` and
     `to_f16` make), f32 out and compute. No residual: supports() fuses one only into mat-vecs."""
@@ -218,13 +204,14 @@ class CUDAProgram(Executable):
             else:
                 self.base[s] = self.arena.data.ptr + max(s.offset, 0)
         self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
-        copies_in: list[HostCopy] = []
+        copies_in: list[Callable[[int], None]] = []  # their copies, the graph's first launches
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
             host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n).reshape(v.shape)
             self.keep.append(pinned)
             self.inputs[key] = host
-            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes))
+            copy_in = (self.ptr(v), host.ctypes.data, host.nbytes, H2D)
+            copies_in.append(functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in))
         # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
         # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
         self.outputs = [
@@ -309,7 +296,6 @@ class CUDAProgram(Executable):
                 self._launch_all()
             finally:
                 graph = self.stream.end_capture()
-            self.graph = graph
         except Exception as exc:  # capture unsupported here: plain launches, then one by one
             if os.environ.get("LLMRT_DEBUG"):
                 print(f"llmrt_cuda: CUDA graph capture failed ({exc})")
@@ -317,9 +303,9 @@ class CUDAProgram(Executable):
                 self.pdl, self.launches = False, self.plain_launches
                 return self._capture()
             self.use_graphs = False
-            self._launch_all()
-            return
-        self.graph.launch(self.stream)
+            return self._launch_all()
+        self.graph = graph
+        graph.launch(self.stream)
 
 
 # --- launches: one function per step kind (lower.py), named after it --------------------------
