@@ -31,8 +31,6 @@ from llmrt.lower.view import View
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 KERNELS = Path(__file__).parent / "kernels"
-# the kernels read BLOCK_TYPES' blocks as they are (weights.cu, dequant32); Q8_TYPES' mat-vecs
-# run on int8 activations (__dp4a), quantized once per input
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
