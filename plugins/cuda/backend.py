@@ -110,11 +110,8 @@ class CUDABackend(Backend):
                 "runtime": _version(runtime.runtimeGetVersion()),
             }
         except Exception as exc:  # CUDARuntimeError, or a missing libcuda
-            return Probe(
-                False,
-                f"no usable NVIDIA driver or GPU ({exc})",
-                "install the NVIDIA driver, or check that the GPU is visible (nvidia-smi)",
-            )
+            fix = "install the NVIDIA driver, or check that the GPU is visible (nvidia-smi)"
+            return Probe(False, f"no usable NVIDIA driver or GPU ({exc})", fix)
         if count == 0:
             return Probe(False, "the NVIDIA driver reports no CUDA device", "check nvidia-smi")
         try:

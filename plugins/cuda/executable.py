@@ -82,15 +82,11 @@ def kernel(module: str, name: str) -> Any:
     return _module(module).get_function(name)
 
 
-@dataclass
 class CudaWeight:
     """A weight on the device in its GGUF blocks (uint8): the launches read it by address."""
 
-    data: cp.ndarray
-
-    @property
-    def ptr(self) -> int:
-        return self.data.data.ptr
+    def __init__(self, data: cp.ndarray) -> None:
+        self.data, self.ptr = data, data.data.ptr
 
 
 class CudaTensor(Buffer):
@@ -132,12 +128,6 @@ def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
             f"out of memory on {device_id}: {what} needs {nbytes / 2**20:.1f} MiB, "
             f"{free / 2**20:.1f} MiB free"
         ) from exc
-
-
-def _norm_block(ncols: int) -> int:
-    """Threads for a norm row: a warp per 32 columns (one q8 block each), 128 to 1024 (wide rows
-    were slow with 256 threads: BENCHMARKS.md)."""
-    return min(1024, max(128, 32 * -(-ncols // 32)))
 
 
 @dataclass
@@ -187,12 +177,10 @@ class CUDAProgram(Executable):
         with cp.cuda.Device(self.index):
             self._build(graph, bindings)
 
-    # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
         self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
-        self.arena = alloc(
-            plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
-        )
+        size = plan_arena(plan.storages)
+        self.arena = alloc(size, f"graph {graph.name!r} activations", self.device_id)
         self.keep: list[Any] = [self.arena]
         self.base: dict[Storage, int] = {}
         for s in plan.storages:
@@ -245,7 +233,6 @@ class CUDAProgram(Executable):
             return self.ptr(x)
         return self.base[x] if isinstance(x, Storage) else x
 
-    # --- run -------------------------------------------------------------------------------
     def _launch_all(self) -> None:
         for launch in self.launches:
             launch(self.stream.ptr)
@@ -348,7 +335,9 @@ def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
     """A norm step's rows (norm_rows), or a norm_q8 step's, also written as q8 blocks (and as
     f32 rows unless nothing reads them: `y_unused`)."""
     p, ins, out = st.params, st.ins, st.out
-    ncols, block = out.shape[-1], _norm_block(out.shape[-1])
+    ncols = out.shape[-1]
+    # a warp per 32 columns (one q8 block each), 128 to 1024 threads (BENCHMARKS.md)
+    block = min(1024, max(128, 32 * -(-ncols // 32)))
     y, w = (0 if p.get("y_unused") else out), (ins[1] if len(ins) > 1 else 0)
     args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
     if st.op == "norm":
@@ -522,7 +511,6 @@ def gemmq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     return KernelLaunch(kernel(str(int(p["type"])), "gemmq"), (blocks, -(-t // 64)), (128,), args)
 
 
-# step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
 LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
     f.__name__: f
     for f in (

@@ -47,10 +47,8 @@ def _driver() -> Any:
 
 def available(compute_capability: int) -> bool:
     """Programmatic dependent launch needs sm_90+ and a driver that has cuLaunchKernelEx."""
-    if compute_capability < 90:
-        return False
     try:
-        return hasattr(_driver(), "cuLaunchKernelEx")
+        return compute_capability >= 90 and hasattr(_driver(), "cuLaunchKernelEx")
     except OSError:
         return False
 
