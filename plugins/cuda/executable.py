@@ -338,11 +338,12 @@ def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
     ncols = out.shape[-1]
     # a warp per 32 columns (one q8 block each), 128 to 1024 threads (BENCHMARKS.md)
     block = min(1024, max(128, 32 * -(-ncols // 32)))
-    y, w = (0 if p.get("y_unused") else out), (ins[1] if len(ins) > 1 else 0)
+    y = 0 if p.get("y_unused") else out
+    w = ins[1] if len(ins) > 1 else 0
     args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
     if st.op == "norm":
         return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
-    parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+    parts = max(1, (ncols // 32) // (block // 32))
     args += prog.args("Qq", p["q8"], q8_layout(out.n)[0])
     return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
 

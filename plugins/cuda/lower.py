@@ -16,17 +16,8 @@ from pathlib import Path
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
-from llmrt.lower import passes
-from llmrt.lower.steps import (
-    BLOCK_TYPES,
-    Q8_TYPES,
-    Plan,
-    StepLowering,
-    liveness,
-    lower_mul_mat,
-    lower_steps,
-    step_supports,
-)
+from llmrt.lower import passes, steps
+from llmrt.lower.steps import BLOCK_TYPES, Q8_TYPES
 from llmrt.lower.view import View
 
 F32, F16 = GGMLType.F32, GGMLType.F16
@@ -59,7 +50,7 @@ def _attention(node: Tensor) -> bool:
 
 
 # what the kernels implement; drives placement, fusion and conformance skips
-supports = step_supports(BLOCK_TYPES, _mmv_max_t, _attention)
+supports = steps.step_supports(BLOCK_TYPES, _mmv_max_t, _attention)
 
 
 def attention_parts(
@@ -95,10 +86,10 @@ def attention_split(
     return heads, parts, smem
 
 
-def _gemm_with_f16_copies(lo: StepLowering, node: Tensor, int8_mma: bool) -> View:
+def _gemm_with_f16_copies(lo: steps.StepLowering, node: Tensor, int8_mma: bool) -> View:
     """A long product runs as cuBLAS on f16 copies of the weight and the activations, unless it
     becomes a gemmq (the legacy quants, on int8 MMA), which needs no copies."""
-    out = lower_mul_mat(lo, node)
+    out = steps.lower_mul_mat(lo, node)
     step = lo.steps[-1]
     if step.op == "gemm" and not (int8_mma and step.params["type"] in Q8_TYPES):
         m, k, t = step.params["m"], step.params["k"], step.params["t"]
@@ -106,14 +97,14 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor, int8_mma: bool) -> Vie
     return out
 
 
-def lower(graph: Graph, int8_mma: bool = True) -> Plan:
+def lower(graph: Graph, int8_mma: bool = True) -> steps.Plan:
     mul_mat = functools.partial(_gemm_with_f16_copies, int8_mma=int8_mma)
-    plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: mul_mat})
+    plan, lo = steps.lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: mul_mat})
     passes.small_batch(plan, lo.storage, Q8_TYPES)
     if int8_mma:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
         plan.steps[:] = passes.shared_mat_vecs(plan.steps, plan.reads, op="gemmq")
-    liveness(plan.steps, plan.outputs)
+    steps.liveness(plan.steps, plan.outputs)
     return plan
 
 
