@@ -6,6 +6,7 @@ Importing this module does not import cupy: the probe imports it, and the kernel
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,18 +33,11 @@ class CUDADevice(Device):
     def info(self) -> DeviceInfo:
         import cupy
 
-        free = total = None
-        try:
-            with cupy.cuda.Device(self.index):
-                free, total = cupy.cuda.runtime.memGetInfo()
-        except cupy.cuda.runtime.CUDARuntimeError:
-            total = self._props["totalGlobalMem"]
         p = self._props
         versions = self.backend.versions  # type: ignore[attr-defined]
-        summary = (
-            f"CC {p['major']}.{p['minor']}, {p['multiProcessorCount']} SMs, "
-            f"driver {versions.get('driver')}, runtime {versions.get('runtime')}"
-        )
+        free, total = None, p["totalGlobalMem"]
+        with contextlib.suppress(cupy.cuda.runtime.CUDARuntimeError), cupy.cuda.Device(self.index):
+            free, total = cupy.cuda.runtime.memGetInfo()
         return DeviceInfo(
             name=p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"]),
             type=DeviceType.IGPU if p.get("integrated") else DeviceType.GPU,
@@ -59,7 +53,8 @@ class CUDADevice(Device):
                 f"{p.get('pciDeviceID', 0):02x}.0",
                 **versions,
             },
-            summary=summary,
+            summary=f"CC {p['major']}.{p['minor']}, {p['multiProcessorCount']} SMs, "
+            f"driver {versions.get('driver')}, runtime {versions.get('runtime')}",
         )
 
     def supports_op(self, node: Any) -> bool:
@@ -74,7 +69,7 @@ class CUDADevice(Device):
         with cupy.cuda.Device(self.index):
             data = alloc(tensor.nbytes, f"weight {tensor.name}", self.id)
             data.set(np.ascontiguousarray(tensor.data).reshape(-1))
-        return CudaWeight(data, tensor.type, tuple(tensor.shape))
+        return CudaWeight(data)
 
     def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
         import cupy
@@ -115,11 +110,8 @@ class CUDABackend(Backend):
                 "runtime": _version(runtime.runtimeGetVersion()),
             }
         except Exception as exc:  # CUDARuntimeError, or a missing libcuda
-            return Probe(
-                False,
-                f"no usable NVIDIA driver or GPU ({exc})",
-                "install the NVIDIA driver, or check that the GPU is visible (nvidia-smi)",
-            )
+            fix = "install the NVIDIA driver, or check that the GPU is visible (nvidia-smi)"
+            return Probe(False, f"no usable NVIDIA driver or GPU ({exc})", fix)
         if count == 0:
             return Probe(False, "the NVIDIA driver reports no CUDA device", "check nvidia-smi")
         try:

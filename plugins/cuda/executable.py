@@ -31,14 +31,7 @@ from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
-from llmrt_cuda.lower import (
-    FATTN_MMA_DIMS,
-    FATTN_MMA_MIN_T,
-    GEMMQ,
-    attention_split,
-    kernel_source,
-    lower,
-)
+from llmrt_cuda.lower import FATTN_MMA_DIMS, FATTN_MMA_MIN_T, attention_split, kernel_source, lower
 
 H2D, D2H = 1, 2  # cudaMemcpyKind
 # cublasGemmEx's operations, data types, compute type and algorithm
@@ -89,17 +82,11 @@ def kernel(module: str, name: str) -> Any:
     return _module(module).get_function(name)
 
 
-@dataclass
 class CudaWeight:
-    """A weight on the device in its GGUF blocks (uint8), with its ggml type and shape."""
+    """A weight on the device in its GGUF blocks (uint8): the launches read it by address."""
 
-    data: cp.ndarray
-    type: GGMLType
-    shape: tuple[int, ...]
-
-    @property
-    def ptr(self) -> int:
-        return self.data.data.ptr
+    def __init__(self, data: cp.ndarray) -> None:
+        self.data, self.ptr = data, data.data.ptr
 
 
 class CudaTensor(Buffer):
@@ -143,16 +130,6 @@ def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
         ) from exc
 
 
-def _grid(n: int, block: int = 256) -> tuple[int]:
-    return (max(1, min(MAX_BLOCKS, -(-n // block))),)
-
-
-def _norm_block(ncols: int) -> int:
-    """Threads for a norm row: a warp per 32 columns (one q8 block each), 128 to 1024 (wide rows
-    were slow with 256 threads: BENCHMARKS.md)."""
-    return min(1024, max(128, 32 * -(-ncols // 32)))
-
-
 @dataclass
 class KernelLaunch:
     """One kernel launch resolved at compile time, replayed on the current stream."""
@@ -169,18 +146,6 @@ class KernelLaunch:
 
     def __call__(self, stream_ptr: int) -> None:
         self.fn(self.grid, self.block, self.args, shared_mem=self.smem)
-
-
-@dataclass
-class HostCopy:
-    """An input's copy from its pinned host array to the device, in the graph."""
-
-    dst: int
-    src: int
-    nbytes: int
-
-    def __call__(self, stream_ptr: int) -> None:
-        cp.cuda.runtime.memcpyAsync(self.dst, self.src, self.nbytes, H2D, stream_ptr)
 
 
 @dataclass
@@ -212,12 +177,10 @@ class CUDAProgram(Executable):
         with cp.cuda.Device(self.index):
             self._build(graph, bindings)
 
-    # --- compile ---------------------------------------------------------------------------
     def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.plan = plan = lower(graph, int8_mma=GEMMQ and _compute_capability() >= 80)
-        self.arena = alloc(
-            plan_arena(plan.storages), f"graph {graph.name!r} activations", self.device_id
-        )
+        self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
+        size = plan_arena(plan.storages)
+        self.arena = alloc(size, f"graph {graph.name!r} activations", self.device_id)
         self.keep: list[Any] = [self.arena]
         self.base: dict[Storage, int] = {}
         for s in plan.storages:
@@ -229,13 +192,14 @@ class CUDAProgram(Executable):
             else:
                 self.base[s] = self.arena.data.ptr + max(s.offset, 0)
         self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
-        copies_in: list[HostCopy] = []
+        copies_in: list[Callable[[int], None]] = []  # their copies, the graph's first launches
         for key, v in plan.inputs.items():
             pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
             host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n).reshape(v.shape)
             self.keep.append(pinned)
             self.inputs[key] = host
-            copies_in.append(HostCopy(self.ptr(v), host.ctypes.data, host.nbytes))
+            copy_in = (self.ptr(v), host.ctypes.data, host.nbytes, H2D)
+            copies_in.append(functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in))
         # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
         # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
         self.outputs = [
@@ -269,7 +233,6 @@ class CUDAProgram(Executable):
             return self.ptr(x)
         return self.base[x] if isinstance(x, Storage) else x
 
-    # --- run -------------------------------------------------------------------------------
     def _launch_all(self) -> None:
         for launch in self.launches:
             launch(self.stream.ptr)
@@ -320,7 +283,6 @@ class CUDAProgram(Executable):
                 self._launch_all()
             finally:
                 graph = self.stream.end_capture()
-            self.graph = graph
         except Exception as exc:  # capture unsupported here: plain launches, then one by one
             if os.environ.get("LLMRT_DEBUG"):
                 print(f"llmrt_cuda: CUDA graph capture failed ({exc})")
@@ -328,50 +290,60 @@ class CUDAProgram(Executable):
                 self.pdl, self.launches = False, self.plain_launches
                 return self._capture()
             self.use_graphs = False
-            self._launch_all()
-            return
-        self.graph.launch(self.stream)
+            return self._launch_all()
+        self.graph = graph
+        graph.launch(self.stream)
 
 
 # --- launches: one function per step kind (lower.py), named after it --------------------------
+def _flat(name: str, n: int, args: tuple, module: str = "ops") -> KernelLaunch:
+    """A grid-stride kernel over `n` items: blocks of 256 threads, at most MAX_BLOCKS of them."""
+    blocks = max(1, min(MAX_BLOCKS, -(-n // 256)))
+    return KernelLaunch(kernel(module, name), (blocks,), (256,), args)
+
+
+def _three(xs: list) -> list:
+    """A merged product's weights, outputs or rows padded to the kernels' three (0: none)."""
+    return [*xs, *[0] * (3 - len(xs))]
+
+
 def copy(prog: CUDAProgram, st: Step) -> KernelLaunch:
     src = st.ins[0]
     shape, strides = dims4(src.shape, 1), dims4(src.strides, 0)
     args = prog.args("QQqi7q", src, st.out, src.n, st.params["mode"], *shape[1:], *strides)
-    return KernelLaunch(kernel("ops", "copy_strided"), _grid(src.n), (256,), args)
+    return _flat("copy_strided", src.n, args)
 
 
 def binary(prog: CUDAProgram, st: Step) -> KernelLaunch:
     a, b = st.ins
     ad, bd = dims4(a.shape, 1), dims4(b.shape, 1)
     args = prog.args("3Qqi7q", a, b, st.out, a.n, st.params["op"], *ad[1:], *bd)
-    return KernelLaunch(kernel("ops", "binary"), _grid(a.n), (256,), args)
+    return _flat("binary", a.n, args)
 
 
 def unary(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p, out = st.params, st.out
-    args = prog.args("2Qqif", st.ins[0], out, out.n, p["op"], p["scale"])
-    return KernelLaunch(kernel("ops", "unary"), _grid(out.n), (256,), args)
+    return _flat("unary", out.n, prog.args("2Qqif", st.ins[0], out, out.n, p["op"], p["scale"]))
 
 
 def glu(prog: CUDAProgram, st: Step) -> KernelLaunch:
     out = st.out
-    args = prog.args("3Qqi", st.ins[0], st.ins[1], out, out.n, st.params["op"])
-    return KernelLaunch(kernel("ops", "glu"), _grid(out.n), (256,), args)
+    return _flat("glu", out.n, prog.args("3Qqi", *st.ins[:2], out, out.n, st.params["op"]))
 
 
 def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
-    """A norm step's rows (norm_rows), or a norm_q8 step's, also written as q8 blocks."""
+    """A norm step's rows (norm_rows), or a norm_q8 step's, also written as q8 blocks (and as
+    f32 rows unless nothing reads them: `y_unused`)."""
     p, ins, out = st.params, st.ins, st.out
     ncols = out.shape[-1]
-    w = ins[1] if len(ins) > 1 else 0
-    block = _norm_block(ncols)
-    if st.op == "norm":
-        args = prog.args("3Qidi", ins[0], out, w, ncols, p["eps"], p["mode"])
-        return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
+    # a warp per 32 columns (one q8 block each), 128 to 1024 threads (BENCHMARKS.md)
+    block = min(1024, max(128, 32 * -(-ncols // 32)))
     y = 0 if p.get("y_unused") else out
-    parts = max(1, (ncols // 32) // (block // 32))  # a warp per q8 block
+    w = ins[1] if len(ins) > 1 else 0
     args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
+    if st.op == "norm":
+        return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
+    parts = max(1, (ncols // 32) // (block // 32))
     args += prog.args("Qq", p["q8"], q8_layout(out.n)[0])
     return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
 
@@ -384,16 +356,15 @@ def _rope(p: Mapping[str, Any]) -> tuple:
 def rope(prog: CUDAProgram, st: Step) -> KernelLaunch:
     x, pos = st.ins[:2]
     ff = st.ins[2] if len(st.ins) > 2 else 0
-    _, h, d = x.shape
-    args = prog.args("4Q4i3dq", x, pos, ff, st.out, h, d, *_rope(st.params), x.n)
-    return KernelLaunch(kernel("ops", "rope"), _grid(x.n), (256,), args)
+    args = prog.args("4Q4i3dq", x, pos, ff, st.out, *x.shape[1:], *_rope(st.params), x.n)
+    return _flat("rope", x.n, args)
 
 
 def set_rows(prog: CUDAProgram, st: Step) -> KernelLaunch:
     dst, ids, src = st.ins
     f16 = dst.dtype == GGMLType.F16
     args = prog.args("3Qq2i", src, ids, dst, src.n, math.prod(src.shape[1:]), f16)
-    return KernelLaunch(kernel("ops", "set_rows"), _grid(src.n), (256,), args)
+    return _flat("set_rows", src.n, args)
 
 
 def get_rows_f32(prog: CUDAProgram, st: Step) -> KernelLaunch:
@@ -426,7 +397,7 @@ def mm_act(prog: CUDAProgram, st: Step) -> KernelLaunch:
     (a, b), p, out = st.ins, st.params, st.out
     args = prog.args("Qi2Q", a, a.dtype == GGMLType.F16, b, out)
     args += prog.args("5i", p["nb"], p["r"], p["t"], p["m"], p["k"])
-    return KernelLaunch(kernel("ops", "mm_act"), _grid(out.n), (256,), args)
+    return _flat("mm_act", out.n, args)
 
 
 def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
@@ -442,21 +413,20 @@ def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
 def quant_q8(prog: CUDAProgram, st: Step) -> KernelLaunch:
     n = st.params["n"]
     args = prog.args("2Q2q", st.ins[0], st.params["q8"], q8_layout(n)[0], n // 32)
-    return KernelLaunch(kernel("ops", "quant_q8"), _grid(n), (256,), args)
+    return _flat("quant_q8", n, args)
 
 
 def rope_qkv(prog: CUDAProgram, st: Step) -> KernelLaunch:
-    ins = st.ins
-    q, k, v, pos = ins[:4]
-    ff = ins[4] if len(ins) == 8 else 0
-    kc, vc, ids = ins[-3:]
+    q, k, v, pos = st.ins[:4]
+    ff = st.ins[4] if len(st.ins) == 8 else 0
+    kc, vc, ids = st.ins[-3:]
     _, hq, d = q.shape
     f16 = (kc.dtype == GGMLType.F16, vc.dtype == GGMLType.F16)
     args = prog.args("9Q", q, k, v, pos, ff, st.out, kc, vc, ids)
     args += prog.args(
         "5i3d2i3qi", hq, k.shape[1], d, *_rope(st.params), *f16, q.n, k.n, v.n, v.n // ids.n
     )
-    return KernelLaunch(kernel("ops", "rope_qkv"), _grid(q.n + k.n + v.n), (256,), args)
+    return _flat("rope_qkv", q.n + k.n + v.n, args)
 
 
 def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
@@ -479,26 +449,23 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
                          *v.strides[:2], p["scale"], p["softcap"])  # fmt: skip
         return KernelLaunch(kernel("ops", f"fattn_mma_{d}"), (-(-t // 64), hq), (128,), args)
     nh, nsplit, smem = attention_split(s, hq, hkv, t, d, _sm_count(), resident)
-    split_fn = kernel("ops", f"fattn_split_{d}_{f16}_{nh}")
-    common = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
-    common += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
+    args = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
+    args += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
+    if "nr" not in p and (t > 1 or hq >= FATTN_SPLIT_MAX_BLOCKS or nsplit == 1):
+        args += prog.args("Qq", q8, dso)
+        smem = (d + s + 256 * 8) * 4
+        return KernelLaunch(kernel("ops", f"fattn_{d}_{f16}"), (hq, t), (256,), args, smem)
+    part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
+    counter = cp.zeros(t * hq, dtype=cp.int32)
+    prog.keep += [part, counter]
+    args += prog.args("2QiQq", part.data.ptr, counter.data.ptr, nsplit, q8, dso)
     if "nr" in p:
         kn, vn, pos, ids, kc, vc, *ff = ins[n_attn:]
-        new_row = prog.args("7Q", kn, vn, pos, ff[0] if ff else 0, ids, kc, vc)
-        new_row += prog.args("2i3d", *_rope(p["rope"]))
+        args += prog.args("7Q2i3d", kn, vn, pos, ff[0] if ff else 0, ids, kc, vc, *_rope(p["rope"]))
     else:
-        new_row = pack("7Q2i3d", *[0] * 12)
-    if "nr" in p or (t == 1 and hq < FATTN_SPLIT_MAX_BLOCKS and nsplit > 1):
-        part = cp.empty(t * hq * nsplit * (2 * d + 2), dtype=cp.float32)
-        counter = cp.zeros(t * hq, dtype=cp.int32)
-        prog.keep += [part, counter]
-        split = prog.args("2QiQq", part.data.ptr, counter.data.ptr, nsplit, q8, dso)
-        return KernelLaunch(
-            split_fn, (hq // nh, t, nsplit), (256,), (*common, *split, *new_row), smem
-        )
-    fn = kernel("ops", f"fattn_{d}_{f16}")
-    smem = (d + s + 256 * 8) * 4
-    return KernelLaunch(fn, (hq, t), (256,), (*common, *prog.args("Qq", q8, dso)), smem)
+        args += pack("7Q2i3d", *[0] * 12)
+    fn = kernel("ops", f"fattn_split_{d}_{f16}_{nh}")
+    return KernelLaunch(fn, (hq // nh, t, nsplit), (256,), args, smem)
 
 
 def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
@@ -517,12 +484,8 @@ def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     rpb = 4 * (32 // g) * (1 if glu >= 0 else r)
     blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)
     prefetch = sum(ms) * (2 if glu >= 0 else 1) * p["row_bytes"] <= MMVQ_PREFETCH_MAX
-
-    def three(xs: list) -> list:
-        return list(xs) + [0] * (3 - len(xs))
-
-    args = prog.args("3QqQq", *three(ws), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
-    args += prog.args("4Q7i", *three(outs), res, *three(ms), k, t, glu, prefetch)
+    args = prog.args("3QqQq", *_three(ws), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args += prog.args("4Q7i", *_three(outs), res, *_three(ms), k, t, glu, prefetch)
     return KernelLaunch(kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), args)
 
 
@@ -532,10 +495,8 @@ def gemm(prog: CUDAProgram, st: Step) -> Gemm:
     w16, x16 = st.temps
     wtype = str(int(p["type"]))
     args = prog.args("QqQ2i", w, p["row_bytes"], w16, m, k)
-    dequant = KernelLaunch(kernel(wtype, "dequant_f16"), _grid(m * (k // 32)), (256,), args)
-    to_f16 = KernelLaunch(
-        kernel(wtype, "x_to_f16"), _grid(t * k), (256,), prog.args("2Qq", x, x16, t * k)
-    )
+    dequant = _flat("dequant_f16", m * (k // 32), args, wtype)
+    to_f16 = _flat("x_to_f16", t * k, prog.args("2Qq", x, x16, t * k), wtype)
     return Gemm(dequant, to_f16, (m, t, k), *map(prog.value, (w16, x16, out)))
 
 
@@ -545,14 +506,12 @@ def gemmq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p = st.params
     k, t = p["k"], p["t"]
     outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
-    pad = [0] * (3 - len(ms))
-    args = prog.args("3QqQq", *st.ins, *pad, p["row_bytes"], p["q8"], q8_layout(t * k)[0])
-    args += prog.args("3Q5i", *outs, *pad, *ms, *pad, k, t)
+    args = prog.args("3QqQq", *_three(st.ins), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args += prog.args("3Q5i", *_three(outs), *_three(ms), k, t)
     blocks = sum(-(-m // 64) for m in ms)
     return KernelLaunch(kernel(str(int(p["type"])), "gemmq"), (blocks, -(-t // 64)), (128,), args)
 
 
-# step kind (lower.py) -> its launch: the function named after it (norm_q8: norm)
 LAUNCHES: dict[str, Callable[[CUDAProgram, Step], KernelLaunch | Gemm]] = {
     f.__name__: f
     for f in (

@@ -47,10 +47,8 @@ def _driver() -> Any:
 
 def available(compute_capability: int) -> bool:
     """Programmatic dependent launch needs sm_90+ and a driver that has cuLaunchKernelEx."""
-    if compute_capability < 90:
-        return False
     try:
-        return hasattr(_driver(), "cuLaunchKernelEx")
+        return compute_capability >= 90 and hasattr(_driver(), "cuLaunchKernelEx")
     except OSError:
         return False
 
@@ -66,10 +64,8 @@ class DependentLaunch:
         self._attr.value[0] = 1
         g = tuple(grid) + (1,) * (3 - len(grid))
         b = tuple(block) + (1,) * (3 - len(block))
-        self._config = _Config(
-            (ctypes.c_uint32 * 3)(*g), (ctypes.c_uint32 * 3)(*b), smem, None,
-            ctypes.pointer(self._attr), 1,
-        )  # fmt: skip
+        dim3 = ctypes.c_uint32 * 3
+        self._config = _Config(dim3(*g), dim3(*b), smem, None, ctypes.pointer(self._attr), 1)
 
     def __call__(self, stream_ptr: int) -> None:
         self._config.stream = stream_ptr

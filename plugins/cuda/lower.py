@@ -4,8 +4,8 @@
 backend's choices: integer mat-vecs (``mmvq``) on q8 activations for the legacy quants up to
 MMVQ_MAX_T token rows, float mat-vecs up to MMV_MAX_T, and past that cuBLAS GEMMs on f16
 copies, or with `int8_mma` integer GEMMs on int8 tensor cores (``gemmq``) for the legacy quants
-(the executable asks for them where GEMMQ is on, from sm_80); every small-batch pass of
-llmrt.lower.passes.
+(the executable asks for them from sm_80, where they need no f16 copies); every small-batch
+pass of llmrt.lower.passes.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ from pathlib import Path
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
-from llmrt.lower import passes
-from llmrt.lower.steps import (
-    BLOCK_TYPES,
-    Q8_TYPES,
-    Plan,
-    StepLowering,
-    liveness,
-    lower_mul_mat,
-    lower_steps,
-    step_supports,
-)
+from llmrt.lower import passes, steps
+from llmrt.lower.steps import BLOCK_TYPES, Q8_TYPES
 from llmrt.lower.view import View
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 KERNELS = Path(__file__).parent / "kernels"
-# the kernels read BLOCK_TYPES' blocks as they are (weights.cu, dequant32); Q8_TYPES' mat-vecs
-# run on int8 activations (__dp4a), quantized once per input
 MMV_MAX_T = 8  # mul_mat with at most this many token rows runs as matrix-vector kernels
 MMVQ_MAX_T = 64  # the integer mat-vec (exact int8 dot products, as ggml) also serves short prompts
 FATTN_DIMS = (16, 32, 64, 128, 256)
@@ -42,13 +31,8 @@ FATTN_SPLIT_KEYS = 64  # keys a part of split attention takes, at least
 # (fattn_mma: mma.sync, sm_80 and later) for these head sizes
 FATTN_MMA_MIN_T = 16
 FATTN_MMA_DIMS = (32, 64, 128)
-# whether the legacy quants' prompt products run on int8 tensor cores (gemmq, sm_80 and later)
-# rather than on cuBLAS with f16 copies dequantized at every step: as fast as cuBLAS on every
-# DESIGN.md row (benchmarks/prompt_paths.py; BENCHMARKS.md, 2026-12-06), with no f16 copies
-GEMMQ = True
 # the split kernel's blocks wait for each other, so all must be resident at once: at most this
-# many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer;
-# more parts measured faster deep in a context (benchmarks/cuda_attn_splits.py, BENCHMARKS.md)
+# many a multiprocessor (its launch bounds allow 4), fewer where its shared memory allows fewer
 FATTN_RESIDENT_PER_SM = 4
 
 
@@ -66,7 +50,7 @@ def _attention(node: Tensor) -> bool:
 
 
 # what the kernels implement; drives placement, fusion and conformance skips
-supports = step_supports(BLOCK_TYPES, _mmv_max_t, _attention)
+supports = steps.step_supports(BLOCK_TYPES, _mmv_max_t, _attention)
 
 
 def attention_parts(
@@ -102,10 +86,10 @@ def attention_split(
     return heads, parts, smem
 
 
-def _gemm_with_f16_copies(lo: StepLowering, node: Tensor, int8_mma: bool) -> View:
+def _gemm_with_f16_copies(lo: steps.StepLowering, node: Tensor, int8_mma: bool) -> View:
     """A long product runs as cuBLAS on f16 copies of the weight and the activations, unless it
     becomes a gemmq (the legacy quants, on int8 MMA), which needs no copies."""
-    out = lower_mul_mat(lo, node)
+    out = steps.lower_mul_mat(lo, node)
     step = lo.steps[-1]
     if step.op == "gemm" and not (int8_mma and step.params["type"] in Q8_TYPES):
         m, k, t = step.params["m"], step.params["k"], step.params["t"]
@@ -113,14 +97,14 @@ def _gemm_with_f16_copies(lo: StepLowering, node: Tensor, int8_mma: bool) -> Vie
     return out
 
 
-def lower(graph: Graph, int8_mma: bool = True) -> Plan:
+def lower(graph: Graph, int8_mma: bool = True) -> steps.Plan:
     mul_mat = functools.partial(_gemm_with_f16_copies, int8_mma=int8_mma)
-    plan, lo = lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: mul_mat})
+    plan, lo = steps.lower_steps(graph, supports, _mmv_max_t, {Op.MUL_MAT: mul_mat})
     passes.small_batch(plan, lo.storage, Q8_TYPES)
     if int8_mma:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
         plan.steps[:] = passes.shared_mat_vecs(plan.steps, plan.reads, op="gemmq")
-    liveness(plan.steps, plan.outputs)
+    steps.liveness(plan.steps, plan.outputs)
     return plan
 
 
