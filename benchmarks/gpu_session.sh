@@ -38,7 +38,7 @@
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
 #                against the cpu, the 1B's 200-token logits against OLDREV's, pp512 of the 1B and 8B
-#                on gemmq and on cuBLAS (prompt_paths.py); turn GEMMQ on where gemmq wins
+#                on gemmq and on cuBLAS (prompt_paths.py) (gemmq is the default from sm_80)
 #   pp-profile   pp512 of the 1B and 8B shapes step by step on cuda:0 (cuda_profile.py N_PROMPT;
 #                GEMMQ=1 puts it on gemmq) and of the 1B by shader on vulkan:0 (vulkan_profile.py)
 #   opencl-pp    after an OpenCL prompt-product change: opencl_gemm.py and llmrt bench of opencl:0,
@@ -449,7 +449,7 @@ cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDR
 pp-quick)  # a CUDA prompt change in little device time: conformance, 200-token logits, the two paths
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
-  # gemmq, off by default until measured ahead (GEMMQ), is forced on by the int8 test
+  # the int8 test forces gemmq on whatever the compute capability
   timeout 120 python3 -m pytest tests/conformance tests/plugins/test_cuda_backend.py -q --tb=short \
     -k "cuda and (flash_attn or mul_mat) or int8_tensor_cores" -p no:cacheprovider \
     > $OUT/cuda-pp-conformance.log 2>&1
