@@ -44,6 +44,9 @@ CPU_MMVQ_WG = 4
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
+# lanes sharing a row of mmvq on a GPU (32, 16 or 8): 0 takes mmvq_lanes' choice, the fewest idle
+# lanes (18 blocks a row, the 135M's: 8 lanes of 3 blocks each)
+MMVQ_LANES = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -219,7 +222,8 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
-    g, nt = (1 if prog.device_info["cpu"] else mmvq_lanes(k // 32)), _token_tile(t)
+    g = 1 if prog.device_info["cpu"] else MMVQ_LANES or mmvq_lanes(k // 32)
+    nt = _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:
