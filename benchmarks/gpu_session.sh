@@ -359,31 +359,35 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
   ;;
-ab)  # a refactor's A/B (issue 15): this tree beside .devrun/base (BASEREV), logits of both on the
-  # 135M and 1B shapes, then per row interleaved llmrt bench on cuda:0 and vulkan:0 (this, base)
+ab)  # a refactor's A/B (issue 15): the CUDA and Vulkan conformance cases and plan tests beside
+  # logits of this tree and of .devrun/base (BASEREV) on the 135M and 1B shapes (a 200-token prompt,
+  # then decode steps), then per row interleaved llmrt bench on cuda:0 and vulkan:0 (this, base)
   [ $# -gt 1 ] && ROWS="${*:2}"
   BASE=$(cat .devrun/base/REV)
   base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done ) &
   synth_rest=$!
+  ( timeout 200 python3 -m pytest tests/conformance tests/plugins/test_cuda_plan.py \
+      tests/plugins/test_vulkan_plan.py tests/plugins/test_cuda_backend.py -q --tb=line \
+      -k "cuda or vulkan or plan" -p no:cacheprovider > $OUT/ab-tests.log 2>&1 ) &
+  tests=$!
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do
     for dev in cuda:0 vulkan:0; do
-      for n in 40 200; do  # decode steps after the prompt; 200: the prompt products too
-        timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz $n
-        base timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz $n
-        against_old "$dev $m prompt $n" ab-logits.log $BASE
-      done
+      timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/new.npz 200
+      base timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf $dev /tmp/old.npz 200
+      against_old "$dev $m prompt 200" ab-logits.log $BASE
     done
   done
-  wait $synth_rest
+  wait $tests $synth_rest
+  tail -n 4 $OUT/ab-tests.log
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf
     for dev in cuda:0 vulkan:0; do
       for tree in this base; do
         [ $tree = this ] && run="" || run=base
         $run timeout 120 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device $dev 2>&1 \
-          | grep "| pp\|| tg" | sed "s/^/$tree $r $dev /" | tee -a $OUT/ab.log
+          | grep "| pp\\|| tg" | sed "s/^/$tree $r $dev /" | tee -a $OUT/ab.log
       done
     done
   done
