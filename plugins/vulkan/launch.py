@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 F32, F16 = GGMLType.F32, GGMLType.F16
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
-# A matvec_q8p dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th
-# group of rows (measured best at 256-512: BENCHMARKS.md).
-PROLOGUE_WGS = 512
+PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes every 512th row group)
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 # ggml type -> the TYPE specialization constant of quant.glsl

@@ -31,9 +31,7 @@ from llmrt.lower.steps import (
 from llmrt.lower.view import View
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
-# the shaders read BLOCK_TYPES' ggml blocks (quant.glsl); Q8_TYPES' mat-vecs run on q8 blocks of
-# their activations (matvec_q8.comp)
-FLOATS = (F32, F16)
+FLOATS = (F32, F16)  # read as floats; BLOCK_TYPES' weights as ggml blocks (quant.glsl)
 MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
 ATTN_MAX_SPLITS = 64  # parts of one head group's attention over the KV length, at most

@@ -11,6 +11,7 @@ graph's inputs and outputs go through staging buffers of its own, copied in its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import weakref
@@ -104,7 +105,6 @@ class Runtime:
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
         self._modules: dict[str, Any] = {}
-        self._staging: Buffer | None = None
         self._gelu: Buffer | None = None
         self.dummy = self.buffer(16)
 
@@ -214,7 +214,7 @@ class Runtime:
         if buf.host is not None:
             buf.host[offset : offset + raw.size] = raw
             return
-        staging = self._staging_buffer()
+        staging = self._staging
         for start in range(0, raw.size, staging.size):
             part = raw[start : start + staging.size]
             staging.host[: part.size] = part
@@ -223,7 +223,7 @@ class Runtime:
     def read(self, buf: Buffer, offset: int, size: int) -> np.ndarray:
         if buf.host is not None:
             return buf.host[offset : offset + size].copy()
-        staging = self._staging_buffer()
+        staging = self._staging
         out = np.empty(size, np.uint8)
         for start in range(0, size, staging.size):
             n = min(staging.size, size - start)
@@ -239,10 +239,9 @@ class Runtime:
         self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
         self._end_and_wait(cb)
 
-    def _staging_buffer(self) -> Buffer:
-        if self._staging is None:
-            self._staging = self.buffer(STAGING_CHUNK, host=True)
-        return self._staging
+    @functools.cached_property
+    def _staging(self) -> Buffer:
+        return self.buffer(STAGING_CHUNK, host=True)
 
     def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
         cb = self.begin()
@@ -340,11 +339,8 @@ class Runtime:
             )
         # matmul_coop's subgroups tile its outputs: all of them full and of its size
         size = self.coopmat_subgroup if name.startswith("matmul_coop") else None
-        required = None
-        if size:
-            required = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo(
-                requiredSubgroupSize=size
-            )
+        required_size = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo
+        required = required_size(requiredSubgroupSize=size) if size else None
         stage = vk.VkPipelineShaderStageCreateInfo(
             pNext=required, flags=REQUIRE_FULL_SUBGROUPS if size else 0, stage=compute,
             module=self._modules[name], pName="main", pSpecializationInfo=spec_info,
