@@ -33,11 +33,9 @@ def make_api_version(major: int, minor: int, patch: int = 0) -> int:
 
 
 API_MASK = 0x1FFFFFFF  # drops VK_API_VERSION_VARIANT, which is 0 for Vulkan itself
-V1_1 = make_api_version(1, 1)
-V1_2 = make_api_version(1, 2)
-V1_3 = make_api_version(1, 3)
+V1_1, V1_2, V1_3 = (make_api_version(1, minor) for minor in (1, 2, 3))
 # The newest API version whose features this backend may use; the loader clamps to what it has.
-REQUESTED_API = make_api_version(1, 3)
+REQUESTED_API = V1_3
 
 PROPS2_EXT = "VK_KHR_get_physical_device_properties2"
 # Lets the loader list "portability" drivers (MoltenVK on macOS); enabling it elsewhere is a no-op.
@@ -288,10 +286,7 @@ class VulkanDevice(Device):
     def __init__(self, backend: VulkanBackend, index: int, vk: Any, physical: Any,
                  info: DeviceInfo, memory_free: Callable[[], int] | None) -> None:  # fmt: skip
         super().__init__(backend, index)
-        self.vk = vk
-        self.physical = physical
-        self._info = info
-        self._memory_free = memory_free
+        self.vk, self.physical, self._info, self._memory_free = vk, physical, info, memory_free
         self._runtime: Any = None
 
     def info(self) -> DeviceInfo:
@@ -313,17 +308,15 @@ class VulkanDevice(Device):
         from llmrt.ir import Op
         from llmrt_vulkan.lower import supports
 
-        if not supports(node):
-            return False
-        table = node.srcs[0] if node.op is Op.GET_ROWS else None
-        if table is not None and table.op is Op.WEIGHT:
-            # the rows a lookup reads depend on the tokens, so its table can't be split over
-            # bindings as a mat-vec's is: one larger than a storage-buffer binding may address
-            # (lavapipe: 128 MiB; Gemma 3's embedding is 170 MiB) stays on the host
-            rows = int(np.prod(table.shape[:-1]))
-            limit = int(self._info.properties.get("max_storage_buffer_range") or (1 << 27))
-            return rows * table.dtype.row_nbytes(table.shape[-1]) <= limit
-        return True
+        if node.op is not Op.GET_ROWS or node.srcs[0].op is not Op.WEIGHT:
+            return supports(node)
+        # the rows a lookup reads depend on the tokens, so its table can't be split over bindings
+        # as a mat-vec's is: one larger than a storage-buffer binding may address (lavapipe:
+        # 128 MiB; Gemma 3's embedding is 170 MiB) stays on the host
+        table = node.srcs[0]
+        rows = int(np.prod(table.shape[:-1]))
+        limit = int(self._info.properties.get("max_storage_buffer_range") or (1 << 27))
+        return supports(node) and rows * table.dtype.row_nbytes(table.shape[-1]) <= limit
 
     def upload(self, tensor: Any) -> Any:
         from llmrt_vulkan.program import VulkanWeight

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmrt.errors import UnsupportedOp
@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 F32, F16 = GGMLType.F32, GGMLType.F16
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
-# A matvec_q8p dispatch has at most PROLOGUE_WGS workgroups, each taking every PROLOGUE_WGS-th
-# group of rows (measured best at 256-512: BENCHMARKS.md).
-PROLOGUE_WGS = 512
+PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes every 512th row group)
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 # ggml type -> the TYPE specialization constant of quant.glsl
@@ -47,8 +45,8 @@ class Dispatch:
     push_format: str
     push: tuple[Any, ...]
     groups: tuple[int, int, int]
-    reads: list[Storage] = field(default_factory=list)
-    writes: list[Storage] = field(default_factory=list)
+    reads: list[Storage]
+    writes: list[Storage]
 
 
 def dispatch(shader: str, spec: tuple[int, ...], bindings: list[Binding], fmt: str,
@@ -67,16 +65,39 @@ def _q8(step: Step, n: int) -> tuple[Storage, int]:
     return step.params["q8"], q8_layout(n)[0]
 
 
+def _q8_out(st: Step, out: View) -> tuple[list[Binding], list[View | Storage]]:
+    """The bindings of the q8 blocks a step writes besides `out` (`out` twice where it writes
+    none), and what it writes."""
+    if "q8" not in st.params:
+        return [out, out], [out]
+    q8, qs = _q8(st, out.n)
+    return [q8, (q8, qs)], [out, q8]
+
+
+def _arg(st: Step, i: int) -> View | None:
+    """The step's operand `i`, or None where it has fewer (an optional operand left out)."""
+    return st.ins[i] if len(st.ins) > i else None
+
+
+def quant_q8(prog: VulkanProgram, st: Step, glu: tuple[View, View] | None = None):
+    """quantize_q8.comp: q8 blocks of the step's operand, or (`glu`: up, out) of swiglu(it, up),
+    also written as f32 to out."""
+    x = st.ins[0]
+    up, out = glu or (x, x)
+    q8, qs = _q8(st, x.n)
+    nblocks = x.n // 32
+    groups = prog.grid(-(-nblocks // 32))
+    mode = (1, up.offset // 4, out.offset // 4) if glu else (0, 0, 0)
+    push = (nblocks, x.offset // 4, groups[0], *mode)
+    reads, writes = ([x, up], [out, q8]) if glu else ([x], [q8])
+    return [dispatch("quantize_q8", (), [x, q8, (q8, qs), up, out], "<6I", push, groups, reads,
+                     writes)]  # fmt: skip
+
+
 def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    a, out = st.ins[0], st.out
-    b = st.ins[1] if len(st.ins) > 1 else None
-    if "q8" in st.params:  # swiglu, written as f32 and as q8 blocks (quantize_q8.comp)
-        q8, qs = _q8(st, out.n)
-        nblocks = out.n // 32
-        groups = prog.grid(-(-nblocks // 32))
-        push = (nblocks, a.offset // 4, groups[0], 1, b.offset // 4, out.offset // 4)
-        return [dispatch("quantize_q8", (), [a, q8, (q8, qs), b, out], "<6I", push, groups,
-                         [a, b], [out, q8])]  # fmt: skip
+    a, b, out = st.ins[0], _arg(st, 1), st.out
+    if "q8" in st.params:  # swiglu, written as f32 and as q8 blocks
+        return quant_q8(prog, st, (b, out))
     op = ELTWISE[st.op] + st.params.get("op", 0)
     if len(out.shape) > 4:
         raise UnsupportedOp("element-wise ops take at most 4 dimensions")
@@ -94,15 +115,6 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     push = (*ne, *sa, *sb, a.offset, bb.offset, out.offset, flags, s, out.n, groups[0])
     return [dispatch("eltwise", (), [a, bb, out, prog.gelu()], "<12I4IfII", push, groups,
                      [a, bb], [out])]  # fmt: skip
-
-
-def quant_q8(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    b = st.ins[0]
-    q8, qs = _q8(st, b.n)
-    nblocks = b.n // 32
-    groups = prog.grid(-(-nblocks // 32))
-    return [dispatch("quantize_q8", (), [b, q8, (q8, qs), b, b], "<6I",
-                     (nblocks, b.offset // 4, groups[0], 0, 0, 0), groups, [b], [q8])]  # fmt: skip
 
 
 def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
@@ -129,17 +141,11 @@ def set_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 
 def norm(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    x, out = st.ins[0], st.out
-    w = st.ins[1] if len(st.ins) > 1 else None
+    x, w, out = st.ins[0], _arg(st, 1), st.out
     n, rows = out.shape[-1], math.prod(out.shape[:-1])
     groups = prog.grid(rows)
-    mode = st.params["mode"] | (2 if w is not None else 0)
-    q8: list[Binding] = [out, out]
-    writes: list[View | Storage] = [out]
-    if st.op == "norm_q8":
-        store, qs = _q8(st, out.n)
-        q8, mode = [store, (store, qs)], mode | 4
-        writes.append(store)
+    q8, writes = _q8_out(st, out)  # a norm_q8's
+    mode = st.params["mode"] | (2 if w is not None else 0) | (4 if len(writes) > 1 else 0)
     push = (n, rows, x.offset, out.offset, mode, st.params["eps"], groups[0],
             w.offset if w is not None else 0)  # fmt: skip
     return [dispatch("norm", (), [x, out, w or x, *q8], "<5IfII", push, groups,
@@ -147,8 +153,7 @@ def norm(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 
 def soft_max(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    x, out = st.ins[0], st.out
-    mask = st.ins[1] if len(st.ins) > 1 else None
+    x, mask, out = st.ins[0], _arg(st, 1), st.out
     n, rows = out.shape[-1], math.prod(out.shape[:-1])
     groups = prog.grid(rows)
     m = mask or x
@@ -235,7 +240,7 @@ def int_mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     w, out, p = st.ins[0], st.out, st.params
     k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
     pro, cpu, dot = p.get("pro"), prog.rt.cpu, "_dot" if prog.rt.int_dot else ""
-    y = p["residual"] if pro is not None else st.ins[1] if len(st.ins) > 1 else None
+    y = p["residual"] if pro is not None else _arg(st, 1)
     extra = [y] if y is not None else []
     out_ = []
     for r0, rows in _chunks(prog, st):
@@ -291,8 +296,7 @@ def _epilogue(prog: VulkanProgram, st: Step) -> tuple[list[Binding], list[Any], 
 def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     """flash_attn (split over the KV length, the parts merged by attn_combine or by the
     prologues of the mat-vecs reading them) or lavapipe's per-row flash_attn_rows."""
-    q, k, v = st.ins[:3]
-    mask = st.ins[3] if len(st.ins) > 3 else None
+    (q, k, v), mask = st.ins[:3], _arg(st, 3)
     (t, hq, dk), (s, hkv, dv) = q.shape, v.shape
     splits, chunk, out = st.params["splits"], st.params["chunk"], st.out
     rows = attn_rows(prog.rt.cpu, s, max(dk, dv))
@@ -308,12 +312,7 @@ def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     shader, fmt = ("flash_attn_rows", "<14I2fI") if rows else ("flash_attn", "<14I2f3I")
     out_ = [dispatch(shader, spec, [q, k, v, m, dst], fmt, push, groups, [q, k, v, m], [dst])]
     if splits > 1 and not st.params.get("parts"):
-        qb: list[Binding] = [out, out]
-        writes: list[View | Storage] = [out]
-        if "q8" in st.params:
-            q8, qs = _q8(st, out.n)
-            qb = [q8, (q8, qs)]
-            writes.append(q8)
+        qb, writes = _q8_out(st, out)
         groups = prog.grid(-(-(t * hq * dv // (4 if "q8" in st.params else 1)) // 256))
         push = (dv, splits, t * hq, dst.offset, out.offset, groups[0], int("q8" in st.params))
         out_.append(dispatch("attn_combine", (), [dst, out, *qb], "<7I", push, groups, [dst],

@@ -31,9 +31,7 @@ from llmrt.lower.steps import (
 from llmrt.lower.view import View
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
-# the shaders read BLOCK_TYPES' ggml blocks (quant.glsl); Q8_TYPES' mat-vecs run on q8 blocks of
-# their activations (matvec_q8.comp)
-FLOATS = (F32, F16)
+FLOATS = (F32, F16)  # read as floats; BLOCK_TYPES' weights as ggml blocks (quant.glsl)
 MAX_HEAD_DIM = 256
 MAX_T_MATVEC = 8
 ATTN_MAX_SPLITS = 64  # parts of one head group's attention over the KV length, at most
@@ -44,8 +42,7 @@ ATTN_ROWS_MAX = 32768  # cache elements a head (keys x head size) for lavapipe's
 PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in shared memory
 # Each matvec_q8p workgroup reads its activations' inputs whole: at most PROLOGUE_FLOATS f32
 # values, and only in dispatches of at most PROLOGUE_SMALL rows or activation values (t * k);
-# others keep a producer dispatch that writes q8 blocks: the prologue is a serial chain of loads
-# and barriers, which costs wide activations (the 8B) more than the barrier stages it saves.
+# others keep a producer dispatch that writes q8 blocks (why: BENCHMARKS.md, tuning notes).
 PROLOGUE_FLOATS = 20480
 PROLOGUE_SMALL = 2048
 ELEMENTWISE = {Op.ADD: ("binary", 0), Op.MUL: ("binary", 1), Op.SCALE: ("unary", 0),
@@ -83,11 +80,8 @@ def supports(node: Any) -> bool:
         return a.dtype in FLOATS
     if op is Op.FLASH_ATTN_EXT:
         q, k, v = srcs[:3]
-        return (
-            q.dtype == F32 and k.dtype in FLOATS and v.dtype in FLOATS
-            and q.shape[2] <= MAX_HEAD_DIM and v.shape[2] <= MAX_HEAD_DIM
-            and q.shape[2] % 2 == 0
-        )  # fmt: skip
+        heads = q.shape[2] <= MAX_HEAD_DIM and v.shape[2] <= MAX_HEAD_DIM and q.shape[2] % 2 == 0
+        return q.dtype == F32 and k.dtype in FLOATS and v.dtype in FLOATS and heads
     return False
 
 
@@ -107,20 +101,16 @@ def fusable(node: Tensor, cpu: bool) -> bool:
         x, w = node.srcs
         return x.dtype == F32 and w.op is Op.WEIGHT and w.dtype == F32 and w.strides == (1,)
     y = node.srcs[2]
-    return (
-        q8_mat_vec(node, cpu) and y.dtype == F32 and y.shape == node.shape
-        and y.strides == contiguous_strides(y.shape)
-    )  # fmt: skip
+    contiguous = y.shape == node.shape and y.strides == contiguous_strides(y.shape)
+    return q8_mat_vec(node, cpu) and y.dtype == F32 and contiguous
 
 
 def prologue_fits(mv: Step, reads: int) -> bool:
     """Whether q8 mat-vec step `mv` can make its q8 blocks in a prologue reading `reads` f32
     values per activation value (matvec_q8p)."""
     m, k, t = mv.params["m"], mv.params["k"], mv.params["t"]
-    return (
-        mv.params["type"] in Q8_TYPES and t * k // 32 <= PROLOGUE_BLOCKS
-        and min(m, t * k) <= PROLOGUE_SMALL and reads * t * k <= PROLOGUE_FLOATS
-    )  # fmt: skip
+    small = min(m, t * k) <= PROLOGUE_SMALL and reads * t * k <= PROLOGUE_FLOATS
+    return mv.params["type"] in Q8_TYPES and t * k // 32 <= PROLOGUE_BLOCKS and small
 
 
 def attn_rows(cpu: bool, s: int, d: int) -> bool:

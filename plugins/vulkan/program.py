@@ -4,10 +4,8 @@ The graph is lowered once to steps (lower.py, on llmrt.lower), each step to its 
 (launch.py), the activations placed in one arena. Then descriptor sets are written once, and the
 whole graph is recorded into one command buffer, a barrier going between two dispatches only
 where the second touches memory that one since the last barrier wrote (or writes memory one
-read). ``run`` copies the inputs in, submits that command buffer, waits, and reads the outputs:
-no Vulkan object is made per step. Outputs are read from cached host memory (copied there at the
-end of the command buffer unless they already live in it: a discrete GPU's host-mapped BAR
-memory is uncached, and reading logits from it cost milliseconds a step).
+read). ``run`` copies the inputs in, submits that command buffer, waits, and reads the outputs
+(from cached host memory: ``_plan_outputs``): no Vulkan object is made per step.
 """
 
 from __future__ import annotations
@@ -107,11 +105,7 @@ class VulkanProgram(Executable):
         return Storage("buffer", table.size, offset=0, buf=table)
 
     def _buffer_of(self, store: Storage) -> Buffer:
-        if store.kind == "arena":
-            return self.arena
-        if store.kind == "inputs":
-            return self.inputs_dev
-        return store.buf
+        return {"arena": self.arena, "inputs": self.inputs_dev}.get(store.kind, store.buf)
 
     def _record(self) -> None:
         rt = self.rt

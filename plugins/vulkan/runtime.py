@@ -10,6 +10,8 @@ graph's inputs and outputs go through staging buffers of its own, copied in its 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import struct
 import weakref
@@ -20,13 +22,12 @@ import numpy as np
 
 from llmrt_vulkan import shaders
 
-COMPUTE_BIT = 0x2  # VK_QUEUE_COMPUTE_BIT
-DEVICE_LOCAL = 0x1
-HOST_VISIBLE = 0x2
-HOST_COHERENT = 0x4
-HOST_CACHED = 0x8
+COMPUTE_BIT, GRAPHICS_BIT = 0x2, 0x1  # VkQueueFlagBits
+DEVICE_LOCAL, HOST_VISIBLE, HOST_COHERENT, HOST_CACHED = 0x1, 0x2, 0x4, 0x8  # memory properties
 STAGING_CHUNK = 64 << 20
 REQUIRE_FULL_SUBGROUPS = 0x2  # VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT
+RESET_COMMAND_BUFFER = 0x2  # VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT
+STORAGE_BUFFER, TRANSFER_SRC, TRANSFER_DST = 0x20, 0x1, 0x2  # VkBufferUsageFlagBits
 
 
 class VulkanError(RuntimeError):
@@ -82,38 +83,44 @@ class Runtime:
     """A logical device on one physical device, shared by everything compiled for it."""
 
     def __init__(self, vk: Any, physical: Any, properties: dict[str, Any]) -> None:
-        self.vk = vk
-        self.physical = physical
+        self.vk, self.physical = vk, physical
         ops = properties.get("subgroup_operations", [])
-        stages = properties.get("subgroup_stages", [])
-        self.subgroups = "arithmetic" in ops and "compute" in stages
+        self.subgroups = "arithmetic" in ops and "compute" in properties.get("subgroup_stages", [])
         self.clustered = self.subgroups and "clustered" in ops
         # OpSDot on packed bytes (core in Vulkan 1.3): the integer mat-vec's "_dot" variants.
         self.int_dot = bool(properties.get("integer_dot_product"))
         # A device emulated on the CPU (lavapipe) runs invocations as SIMD lanes and pays dearly
-        # for workgroup barriers: it gets the barrier-free kernels. LLMRT_VULKAN_KERNELS=gpu|cpu,
-        # the backend's one debugging switch, overrides the choice (to test both kinds anywhere).
-        # A GPU's submissions are waited for by polling the fence (faster decode steps), a CPU
-        # device's (lavapipe, which needs the cores) by sleeping.
-        self.spin_wait = properties.get("device_type") != "cpu"
+        # for workgroup barriers: it gets the barrier-free kernels (LLMRT_VULKAN_KERNELS=gpu|cpu,
+        # the backend's one debugging switch, overrides the choice). A GPU's submissions are
+        # waited for by polling the fence, a CPU device's (it needs the cores) by sleeping.
+        on_cpu = properties.get("device_type") == "cpu"
+        self.spin_wait = not on_cpu
         choice = os.environ.get("LLMRT_VULKAN_KERNELS", "")
-        self.cpu = choice == "cpu" or (choice != "gpu" and properties.get("device_type") == "cpu")
+        self.cpu = choice == "cpu" or (choice != "gpu" and on_cpu)
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
         self.max_groups = int(limits.maxComputeWorkGroupCount[0])
+        self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
+        self._create_device()
+        self._read_memory_types()
+        self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
+        self._modules: dict[str, Any] = {}
+        self._gelu: Buffer | None = None
+        self.dummy = self.buffer(16)
 
-        families = vk.vkGetPhysicalDeviceQueueFamilyProperties(physical)
+    def _create_device(self) -> None:
+        """The logical device, with one compute queue, a command pool and a fence."""
+        vk = self.vk
+        families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
         compute = [i for i, f in enumerate(families) if f.queueFlags & COMPUTE_BIT]
         if not compute:
             raise VulkanError("the device has no compute queue")
         # a compute-only family (no graphics) when there is one: it is the async compute engine
-        compute.sort(key=lambda i: families[i].queueFlags & 0x1)
-        self.family = compute[0]
+        self.family = min(compute, key=lambda i: families[i].queueFlags & GRAPHICS_BIT)
         priorities = vk.ffi.new("float[]", [1.0])
         queue_info = vk.VkDeviceQueueCreateInfo(
             queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
         )
-        self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
         # pNext holds raw pointers: the chained structs are kept alive in `features`
         features: list[Any] = []
         for wanted, name, fields in (
@@ -133,11 +140,10 @@ class Runtime:
             pNext=features[-1] if features else None, queueCreateInfoCount=1,
             pQueueCreateInfos=[queue_info], ppEnabledExtensionNames=extensions,
         )  # fmt: skip
-        self.device = vk.vkCreateDevice(physical, device_info, None)
+        self.device = vk.vkCreateDevice(self.physical, device_info, None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
         pool_info = vk.VkCommandPoolCreateInfo(
-            queueFamilyIndex=self.family,
-            flags=0x2,  # RESET_COMMAND_BUFFER
+            queueFamilyIndex=self.family, flags=RESET_COMMAND_BUFFER
         )
         self.command_pool = vk.vkCreateCommandPool(self.device, pool_info, None)
         self.fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
@@ -145,7 +151,9 @@ class Runtime:
         # device goes before its instance (the other order crashed NVIDIA's driver at exit).
         weakref.finalize(self, _destroy_device, vk, self.device)
 
-        memory = vk.vkGetPhysicalDeviceMemoryProperties(physical)
+    def _read_memory_types(self) -> None:
+        """Each memory type's flags and heap, and which flags buffers take by default."""
+        memory = self.vk.vkGetPhysicalDeviceMemoryProperties(self.physical)
         self.memory_types = [
             (int(memory.memoryTypes[i].propertyFlags), int(memory.memoryTypes[i].heapIndex))
             for i in range(memory.memoryTypeCount)
@@ -158,11 +166,6 @@ class Runtime:
         self.unified = bool(host_local_heaps) and local_heaps <= host_local_heaps
         self.device_flags = unified if self.unified else DEVICE_LOCAL
         self.host_flags = HOST_VISIBLE | HOST_COHERENT
-        self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
-        self._modules: dict[str, Any] = {}
-        self._staging: Buffer | None = None
-        self._gelu: Buffer | None = None
-        self.dummy = self.buffer(16)
 
     # ---- memory ----------------------------------------------------------------------------
     def _memory_type(self, bits: int, *choices: int) -> int:
@@ -179,7 +182,7 @@ class Runtime:
         (mapped) when ``host`` is true or the device's memory is unified."""
         vk = self.vk
         size = max(16, -(-int(size) // 16) * 16)
-        usage = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
+        usage = STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
         info = vk.VkBufferCreateInfo(size=size, usage=usage, sharingMode=0)
         handle = vk.vkCreateBuffer(self.device, info, None)
         req = vk.vkGetBufferMemoryRequirements(self.device, handle)
@@ -211,7 +214,7 @@ class Runtime:
         if buf.host is not None:
             buf.host[offset : offset + raw.size] = raw
             return
-        staging = self._staging_buffer()
+        staging = self._staging
         for start in range(0, raw.size, staging.size):
             part = raw[start : start + staging.size]
             staging.host[: part.size] = part
@@ -220,7 +223,7 @@ class Runtime:
     def read(self, buf: Buffer, offset: int, size: int) -> np.ndarray:
         if buf.host is not None:
             return buf.host[offset : offset + size].copy()
-        staging = self._staging_buffer()
+        staging = self._staging
         out = np.empty(size, np.uint8)
         for start in range(0, size, staging.size):
             n = min(staging.size, size - start)
@@ -236,10 +239,9 @@ class Runtime:
         self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
         self._end_and_wait(cb)
 
-    def _staging_buffer(self) -> Buffer:
-        if self._staging is None:
-            self._staging = self.buffer(STAGING_CHUNK, host=True)
-        return self._staging
+    @functools.cached_property
+    def _staging(self) -> Buffer:
+        return self.buffer(STAGING_CHUNK, host=True)
 
     def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
         cb = self.begin()
@@ -312,22 +314,18 @@ class Runtime:
             code = shaders.spirv(name)
             info = vk.VkShaderModuleCreateInfo(codeSize=len(code), pCode=code)
             self._modules[name] = vk.vkCreateShaderModule(device, info, None)
-        storage = vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
+        one = dict(descriptorType=vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount=1)
         bindings = [
-            vk.VkDescriptorSetLayoutBinding(
-                binding=i, descriptorType=storage, descriptorCount=1, stageFlags=compute
-            )
+            vk.VkDescriptorSetLayoutBinding(binding=i, stageFlags=compute, **one)
             for i in range(n_bindings)
         ]
         info = vk.VkDescriptorSetLayoutCreateInfo(bindingCount=n_bindings, pBindings=bindings)
         set_layout = vk.vkCreateDescriptorSetLayout(device, info, None)
-        push = vk.VkPushConstantRange(stageFlags=compute, offset=0, size=push_size)
+        ranges = [vk.VkPushConstantRange(stageFlags=compute, offset=0, size=push_size)]
         info = vk.VkPipelineLayoutCreateInfo(
-            setLayoutCount=1,
-            pSetLayouts=[set_layout],
-            pushConstantRangeCount=1,
-            pPushConstantRanges=[push],
-        )
+            setLayoutCount=1, pSetLayouts=[set_layout], pushConstantRangeCount=1,
+            pPushConstantRanges=ranges,
+        )  # fmt: skip
         layout = vk.vkCreatePipelineLayout(device, info, None)
         spec_info = data = None  # `data` lives until the pipeline is made
         if spec:
@@ -341,11 +339,8 @@ class Runtime:
             )
         # matmul_coop's subgroups tile its outputs: all of them full and of its size
         size = self.coopmat_subgroup if name.startswith("matmul_coop") else None
-        required = None
-        if size:
-            required = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo(
-                requiredSubgroupSize=size
-            )
+        required_size = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo
+        required = required_size(requiredSubgroupSize=size) if size else None
         stage = vk.VkPipelineShaderStageCreateInfo(
             pNext=required, flags=REQUIRE_FULL_SUBGROUPS if size else 0, stage=compute,
             module=self._modules[name], pName="main", pSpecializationInfo=spec_info,
@@ -357,16 +352,12 @@ class Runtime:
 
 
 def _destroy_device(vk: Any, device: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):
         vk.vkDeviceWaitIdle(device)
         vk.vkDestroyDevice(device, None)
-    except Exception:
-        pass
 
 
 def _free(vk: Any, runtime: Runtime, handle: Any, memory: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # at interpreter exit the device may already be gone
         vk.vkDestroyBuffer(runtime.device, handle, None)
         vk.vkFreeMemory(runtime.device, memory, None)
-    except Exception:  # at interpreter exit the device may already be gone
-        pass
