@@ -44,9 +44,10 @@ CPU_MMVQ_WG = 4
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
-# lanes sharing a row of mmvq on a GPU (32, 16 or 8): 0 takes mmvq_lanes' choice, the fewest idle
-# lanes (18 blocks a row, the 135M's: 8 lanes of 3 blocks each)
-MMVQ_LANES = 0
+# lanes sharing a row of mmvq on a GPU (32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle): 32,
+# a row's blocks in one pass where that leaves lanes idle (the 135M's rows of 18 blocks: tg128 on
+# the H100 +4 %; BENCHMARKS.md, 2026-12-06)
+MMVQ_LANES = 32
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
