@@ -398,14 +398,15 @@ opencl-decode)  # an OpenCL decode change: its attention tests on the GPU, then 
   base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   timeout 150 python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "opencl and \
-    (flash_attn or attention)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/opencl-decode.log
+    (flash_attn or attention or tiny_model)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 \
+    | tee -a $OUT/opencl-decode.log
   probe() {  # TREE [probe options]
     local tree=$1 run=""; shift
     [ $tree = base ] && run=base
     $run timeout 60 python3 benchmarks/opencl_attn_probe.py "$@" 2>&1 | grep -v "Warning\|lambda" \
       | sed "s/^/$tree $*: /" | tee -a $OUT/opencl-decode.log
   }
-  probe this; probe base; probe this --define VU=16; probe this --nt 64
+  probe this; probe base
   for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
     [ -e /tmp/synth-$m.gguf ] || continue
     for tree in this base this base; do
