@@ -68,7 +68,7 @@ def main() -> None:
                     np.int64(hkv * d), np.int64(d), np.int64(hkv * d), np.int64(d),
                     np.float32(1 / math.sqrt(d)), np.float32(0),
                     np.int32(has_mask), np.int32(s), *stand_in * 7, np.int32(0), np.int32(0),
-                    np.int32(0), *[np.float32(0)] * 5, out, z, np.int64(0), out, z,
+                    np.int32(0), *[np.float32(0)] * 5, out, z, np.int64(0),
                 )  # fmt: skip
                 blocks = -(-group // nr)
                 times.append(_time(queue, kernel, (blocks * nt, hkv, 1), (nt, 1, 1), args.reps))

@@ -96,9 +96,9 @@ def _scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
     return held[0], np.uint64(0)
 
 
-def _fused_args(prog: OpenCLProgram, step: Step, xq: bool, counters: tuple) -> tuple:
-    """The new row's, the q8 output's and the split counters' arguments (attention.cl's
-    FUSED_ARGS), stand-ins where the step has none."""
+def _fused_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
+    """The new row's and the q8 output's arguments (attention.cl's FUSED_ARGS), stand-ins where
+    the step has none."""
     p, q = step.params, step.ins[0]
     if "nr" in p:
         kn, vn, pos, ids, kc, vc, *ff = step.ins[p["nr"] :]
@@ -108,7 +108,7 @@ def _fused_args(prog: OpenCLProgram, step: Step, xq: bool, counters: tuple) -> t
                 *consts)  # fmt: skip
     else:
         rows = (*prog.arg(q) * 7, np.int32(0), np.int32(0), np.int32(0), *[np.float32(0)] * 5)
-    return (*rows, *_q8_args(prog, step, xq), *counters)
+    return (*rows, *_q8_args(prog, step, xq))
 
 
 def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
@@ -160,27 +160,22 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         cpu, kernel = True, None  # fattn_row runs with groups of one
     blocks = -(-(t * group) // nr)
     nsplit, chunk = (1, s) if prompt_rows else _splits(prog, blocks * hkv, s, cpu, nt)
-    merge = nsplit > 1 and cpu  # fattn_row's splits: a fattn_merge launch; fattn's merge in it
-    # where the output's q8 blocks come from: the kernel (fattn_row with one split, any head size;
+    # where the output's q8 blocks come from: the kernel (one split: fattn_row any head size,
     # fattn where its q rows' local memory holds the output rows; not fattn_prompt), else
     # fattn_merge (a row per work-group), else a quant_q8 launch after
     merge_local = dv <= int(prog.device_info["max_work_group_size"])
-    xq = "q8" in p and not prompt_rows and (merge_local if merge else (cpu or dv <= d))
+    xq = "q8" in p and not prompt_rows and (merge_local if nsplit > 1 else (cpu or dv <= d))
     defines["XQ8"] = int(xq)
     if kernel is not None and xq:
         kernel = prog.kernel(FILE, "fattn", defines)
     out = prog.arg(out_view)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
-    counters = out
-    if nsplit > 1 and not merge:
-        counters = prog.scratch(4 * blocks * hkv)
-        cl.enqueue_fill_buffer(prog.queue, counters[0], np.uint8(0), 0, 4 * blocks * hkv).wait()
     args = (
         *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
         *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),
         np.int64(k.strides[0]), np.int64(k.strides[1]), np.int64(v.strides[0]),
         np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
-        np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq, counters),
+        np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
@@ -190,12 +185,12 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
                            (1, 1, 1), args)]  # fmt: skip
     else:
         launches = [Launch(kernel, (blocks * nt, hkv, nsplit), (nt, 1, 1), args)]
-    if merge:
-        kernel = prog.kernel(FILE, "fattn_merge", defines)
+    if nsplit > 1:
+        merge = prog.kernel(FILE, "fattn_merge", defines)
         local = (dv, 1) if merge_local else None
         xq_args = _q8_args(prog, step, xq)
-        launches.append(Launch(kernel, (dv, t * hq), local, (*part, *out, np.int32(nsplit),
-                                                             *xq_args)))  # fmt: skip
+        launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit),
+                                                            *xq_args)))  # fmt: skip
     if "q8" in p and not xq:
         launches.append(quant_q8_launch(prog, out_view, p["q8"]))
     return launches

@@ -22,10 +22,8 @@
 // Local memory: NR * (D + TK) floats and a little; the host picks NR to keep it under 16 KiB.
 // fattn_row (CPUs): the same per work-item, keys one at a time.
 // Splits: with one, the output is written normalised; with several, each split writes its
-// unnormalised partial and (max, sum), and they are combined (merge_splits) by the row block's
-// split that finishes last (fattn: an atomic count a block, which that split resets) or by
-// fattn_merge (after fattn_row): decode attention split over the KV length, as a long cache fills
-// the device even when heads x tokens does not.
+// unnormalised partial and (max, sum), and fattn_merge combines them (decode attention split over
+// the KV length: a long cache fills the device even when heads x tokens does not).
 //
 // Decode fusions (llmrt.lower.passes), each a define: NEWROW 1, the one-token attention after
 // rope_qkv took it over: q and the new K row arrive unroped, the group whose keys hold the new
@@ -52,15 +50,15 @@
 #define V_AS_STORED(x) (x)
 #endif
 
-// The arguments every attention kernel takes after its own: the new row (NEWROW), the q8 output
-// (XQ8) and fattn's split counters (a zeroed int a row block and KV head); stand-ins where unused.
+// The arguments every attention kernel takes after its own: the new row (NEWROW) and the q8
+// output (XQ8); stand-ins where unused.
 #define FUSED_ARGS                                                                             \
     __global const uchar *knb, ulong kno, __global const uchar *vnb, ulong vno,                \
         __global const uchar *posb, ulong poso, __global const uchar *idsb, ulong idso,        \
         __global uchar *kcb, ulong kco, __global uchar *vcb, ulong vco,                        \
         __global const uchar *ffb, ulong ffo, int n_dims, int neox, int has_ff, float r_hi,    \
         float r_lo, float fs_hi, float fs_lo, float attn_factor, __global uchar *xqb,          \
-        ulong xqo, long dso, __global uchar *cntb, ulong cnto
+        ulong xqo, long dso
 
 // Element i of a roped row (NEWROW's q and k)
 #define ROPE_AT(row, i)                                                                        \
@@ -89,21 +87,6 @@ inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, 
 #define VU 8  // V rows loaded ahead in the V phase
 #endif
 
-// Element d of a row's output from its splits' partials (max, sum, DV unnormalised outputs each)
-inline float merge_splits(__global const float* part, int nsplit, int d) {
-    float mx = -INFINITY;
-    for (int i = 0; i < nsplit; ++i) mx = fmax(mx, part[i * PART]);
-    float l = 0.0f, o = 0.0f;
-    for (int i = 0; i < nsplit; ++i) {
-        const float m = part[i * PART];
-        if (m == -INFINITY) continue;
-        const float w = exp(m - mx);
-        l += part[i * PART + 1] * w;
-        o += part[i * PART + 2 + d] * w;
-    }
-    return l > 0.0f ? o / l : 0.0f;
-}
-
 // 4 elements from element i of a cache (byte base p): vload, which needs only the element's
 // alignment (strides are arbitrary); the half pointer is made from a byte address, as compilers
 // without cl_khr_fp16 may refuse arithmetic on half pointers
@@ -129,7 +112,6 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __local float sc[NR * TK];  // a tile's scores (reduced to row maxima), then probabilities
     __local int live[TK];       // a key of the tile that some row sees (others are not read)
     __local float stile[NR], salpha[NR];
-    __local int last_split;
 
     const int lid = get_local_id(0);
     const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
@@ -339,29 +321,8 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
             vstore4(acc[rr], c, part + 2);
         }
     }
-    if (nsplit > 1) {  // the block's last split merges them all (its partials are written)
-        mem_fence(CLK_GLOBAL_MEM_FENCE);
-        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
-        __global volatile int* cnt =
-            PTR(volatile int, cntb, cnto) + get_group_id(0) + get_num_groups(0) * hk;
-        if (lid == 0) last_split = atomic_inc(cnt) == nsplit - 1;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (!last_split) return;
-        mem_fence(CLK_GLOBAL_MEM_FENCE);
-        if (lid == 0) atomic_xchg(cnt, 0);
-        for (int i = lid; i < NR * DV; i += NT) {
-            const int r = i / DV, row = row0 + r;
-            if (row >= R) continue;
-            const long orow = (long)(row / G) * Hq + hk * G + row % G;
-            __global const float* part = CPTR(float, pb, po) + orow * nsplit * PART;
-            const float o = merge_splits(part, nsplit, i % DV);
-            PTR(float, ob, oo)[orow * DV + i % DV] = o;
 #if XQ8
-            sq[r * DV + i % DV] = o;  // q is done with: the rows for their q8 blocks
-#endif
-        }
-    }
-#if XQ8
+    if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int b = lid; b < NR * (DV / 32); b += NT) {
         const int r = b / (DV / 32), row = row0 + r;
@@ -622,11 +583,21 @@ __kernel void fattn_merge(__global const uchar* pb, ulong po, __global uchar* ob
                           int nsplit, __global uchar* xqb, ulong xqo, long dso) {
     const int d = get_global_id(0);
     const long row = get_global_id(1);
-    const float o = merge_splits(CPTR(float, pb, po) + row * nsplit * PART, nsplit, d);
-    PTR(float, ob, oo)[row * DV + d] = o;
+    __global const float* part = CPTR(float, pb, po) + row * nsplit * PART;
+    float mx = -INFINITY;
+    for (int i = 0; i < nsplit; ++i) mx = fmax(mx, part[i * PART]);
+    float l = 0.0f, o = 0.0f;
+    for (int i = 0; i < nsplit; ++i) {
+        const float m = part[i * PART];
+        if (m == -INFINITY) continue;
+        const float w = exp(m - mx);
+        l += part[i * PART + 1] * w;
+        o += part[i * PART + 2 + d] * w;
+    }
+    PTR(float, ob, oo)[row * DV + d] = l > 0.0f ? o / l : 0.0f;
 #if XQ8
     __local float orow[DV];
-    orow[d] = o;
+    orow[d] = l > 0.0f ? o / l : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
     if (d < DV / 32) {
         float x[32];
