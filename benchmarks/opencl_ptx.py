@@ -31,16 +31,15 @@ COUNTS = {
     "st.local": r"\bst\.local\b",
     "ld.shared": r"\bld\.shared\b",
     "ld.global": r"\bld\.global\b",
-    "bar.sync": r"\bbar(\.sync)?\b",
+    "bar.sync": r"\bbar\.sync\b",
 }
 
 
 def kernels_of(ptx: str) -> dict[str, str]:
-    """Each .entry's body, by name."""
-    found = {}
-    for m in re.finditer(r"\.entry\s+(\w+)\s*\(.*?\)\s*\{(.*?)\n\}", ptx, re.S):
-        found[m.group(1)] = m.group(2)
-    return found
+    """Each .entry's text, by name: from its name to the next entry's."""
+    entries = [(m.start(), m.group(1)) for m in re.finditer(r"\.entry\s+(\w+)\s*\(", ptx)]
+    ends = [start for start, _ in entries[1:]] + [len(ptx)]
+    return {name: ptx[start:end] for (start, name), end in zip(entries, ends, strict=True)}
 
 
 def main() -> None:
