@@ -272,7 +272,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #if KG > 1
     // the key groups' sums of each column into the first's (every work-item rescaled its own by
     // the same factors)
-    __local float4 vpart[KG > 1 ? (KG - 1) * NR * DV4 : 1];
+    __local float4 vpart[(KG - 1) * NR * DV4];
     if (g < NRG && kg > 0) {
 #pragma unroll
         for (int rr = 0; rr < RPW; ++rr) vpart[((kg - 1) * NR + rr) * DV4 + c] = acc[rr];
