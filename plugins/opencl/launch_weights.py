@@ -22,7 +22,7 @@ import pyopencl as cl
 
 from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
-from llmrt.lower.passes import q8_layout
+from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import Step
 from llmrt_opencl.launch_ops import q8_arg
 from llmrt_opencl.lower import Q8_TYPES
@@ -44,10 +44,11 @@ CPU_MMVQ_WG = 4
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
-# lanes sharing a row of mmvq on a GPU (32, 16 or 8): 32, a row's blocks in one pass even where
-# that leaves lanes idle (the 135M's rows of 18 blocks: tg128 on the H100 +4 % against the 8 lanes
-# that leave fewest idle; BENCHMARKS.md, 2026-12-06)
-MMVQ_LANES = 32
+# lanes sharing a row of mmvq on a GPU (32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
+# ran the 135M's tg128 4 % faster on the H100, but moved SmolLM2's prompt logits on PoCL's run of
+# the GPU kernels past tests/models/test_logits.py's bounds, for a reason not yet found
+# (BENCHMARKS.md, 2026-12-06): 0 until it is
+MMVQ_LANES = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -223,7 +224,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
-    g = 1 if prog.device_info["cpu"] else MMVQ_LANES
+    g = 1 if prog.device_info["cpu"] else MMVQ_LANES or mmvq_lanes(k // 32)
     nt = _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
