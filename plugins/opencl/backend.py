@@ -17,6 +17,9 @@ from llmrt.device import Backend, Device, DeviceInfo, DeviceType, Executable, Pr
 from llmrt.ir import Op
 
 INSTALL = "pip install 'llmrt[opencl]'"
+# on NVIDIA (compute capability 6.1 on: "nv_dp4a"), every program built with -D NV_SHFL=1: the
+# reductions of whole warps by warp shuffles (common.h) instead of local-memory trees
+NV_SHFL = True
 NO_ICD = (
     "install an OpenCL driver (ICD): your GPU vendor's, or PoCL for the CPU "
     "(apt install pocl-opencl-icd, or pip install 'pyopencl[pocl]')"
@@ -118,9 +121,18 @@ class OpenCLDevice(Device):
         key = (file, defines)
         if key not in self._programs:
             kernels = Path(__file__).parent / "kernels"
-            options = ["-I", str(kernels), *(f"-D{k}={v}" for k, v in defines)]
             source = (kernels / file).read_text()
-            self._programs[key] = cl.Program(self.context, source).build(options=options)
+            tries = [defines]
+            if self.limits.get("nv_dp4a") and NV_SHFL:  # and without, should PTX be refused
+                tries.insert(0, (*defines, ("NV_SHFL", 1)))
+            for i, tried in enumerate(tries):
+                options = ["-I", str(kernels), *(f"-D{k}={v}" for k, v in tried)]
+                try:
+                    self._programs[key] = cl.Program(self.context, source).build(options=options)
+                    break
+                except cl.Error:
+                    if i == len(tries) - 1:
+                        raise
         return self._programs[key]
 
     def supports_op(self, node: Any) -> bool:

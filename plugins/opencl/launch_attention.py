@@ -33,6 +33,10 @@ FILE = "attention.cl"
 # 0.91 ms (135M shape), 0.70 -> 0.52 (1B); 128 was slower (2.15, 1.13): a decode group's tile
 # loop is latency, and smaller tiles give more splits (groups) over the same keys.
 NT, NT_WIDE = 32, 64
+# a one-token step's (decode) tile: 64, where the V phase splits a tile's keys among twice the
+# work-items (tg128 on the H100, 2026-12-06: 135M 544 -> 559, 1B 602 -> 612, 8B 222 -> 226 t/s,
+# while prompts with 64 lost 3-6 % of pp512: they keep NT)
+DECODE_NT = 64
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
 # split the keys until there are about this many groups per compute unit (a CPU thread runs a
@@ -52,14 +56,15 @@ PROMPT_ROWS = (32, 64)
 _SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 
 
-def _tile(dv: int) -> int:
-    return NT if dv <= 4 * NT else NT_WIDE
+def _tile(dv: int, t: int) -> int:
+    nt = DECODE_NT if t == 1 else NT
+    return nt if dv <= 4 * nt else NT_WIDE
 
 
 def _rows(prog: OpenCLProgram, t: int, group: int, d: int, nt: int, new_row: int = 0) -> int:
     """Query rows per work-group: all of a decode token's grouped heads, at most what local
     memory holds (each row: its q and a tile of scores, f32; 1 KiB left for the rest, and
-    new_row bytes for the new K/V row)."""
+    new_row bytes for the new K/V row and the rotation's pairs)."""
     local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
     return max(1, min(MAX_ROWS, min(LOCAL_BYTES, local) // (4 * (d + nt)), t * group))
 
@@ -141,13 +146,13 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     s, hkv, dv = v.shape
     if d % 4 or dv % 4 or dv > 4 * NT_WIDE:
         raise UnsupportedOp(f"fattn: head sizes {d}, {dv} (multiples of 4 up to {4 * NT_WIDE})")
-    nt = _tile(dv)
+    nt = _tile(dv, t)
     new_row = "nr" in p
     group = hq // hkv
     cpu = _cpu(prog)
     prompt_rows = _prompt_rows(prog, step)
     nr = (min(MAX_ROWS, t * group) if cpu
-          else _rows(prog, t, group, d, nt, 4 * (d + dv) if new_row else 0))  # fmt: skip
+          else _rows(prog, t, group, d, nt, 4 * (2 * d + dv) if new_row else 0))  # fmt: skip
     defines = {"NT": nt, "D": d, "DV": dv, "NR": nr, "KF16": int(k.dtype == GGMLType.F16),
                "VF16": int(v.dtype == GGMLType.F16), "NEWROW": int(new_row)}  # fmt: skip
     prompt = None  # fattn_prompt writes no q8 (XQ8 0): a quant_q8 launch follows where asked

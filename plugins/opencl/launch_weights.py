@@ -45,9 +45,10 @@ MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
 # lanes sharing a row of mmvq on a GPU (32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
-# ran the 135M's tg128 4 % faster on the H100, but moved SmolLM2's prompt logits on PoCL's run of
-# the GPU kernels past tests/models/test_logits.py's bounds, for a reason not yet found
-# (BENCHMARKS.md, 2026-12-06): 0 until it is
+# ran the 135M's tg128 4 % faster on the H100 with local-memory sums; it moved a 5-token prompt's
+# vocabulary mean on PoCL past tests/models/test_logits.py's bound by summation order alone (the
+# decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
+# measured again with warp shuffles
 MMVQ_LANES = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software

@@ -60,11 +60,6 @@
         float r_lo, float fs_hi, float fs_lo, float attn_factor, __global uchar *xqb,          \
         ulong xqo, long dso
 
-// Element i of a roped row (NEWROW's q and k)
-#define ROPE_AT(row, i)                                                                        \
-    rope_elem(row, i, n_dims, neox, CPTR(int, posb, poso)[0], CPTR(float, ffb, ffo), has_ff,   \
-              (float2)(r_hi, r_lo), (float2)(fs_hi, fs_lo), attn_factor)
-
 // Cell c of a cache (row stride cs, head stride ch) at head hk, element i, set to x
 inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, long ch, int hk,
                         int i, float x) {
@@ -122,13 +117,24 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __global const uchar* k = kb + ko;
     __global const uchar* v = vb + vo;
 
+#if NEWROW
+    // each rotated pair's cos and sin once for the q rows and the new K row (one position), as
+    // fattn_row does: element by element, rope_cos_sin's powers and sincos were the kernel's
+    // longest serial part
+    __local float2 rcs[D / 2];
+    for (int i = lid; i < D / 2 && 2 * i < n_dims; i += NT)
+        rcs[i] = rope_cos_sin(CPTR(int, posb, poso)[0], i, (float2)(r_hi, r_lo),
+                              (float2)(fs_hi, fs_lo), has_ff ? CPTR(float, ffb, ffo)[i] : 1.0f,
+                              attn_factor);
+    barrier(CLK_LOCAL_MEM_FENCE);
+#endif
     for (int i = lid; i < NR * D; i += NT) {
         const int row = row0 + i / D;
         float x = 0.0f;
         if (row < R) {
             const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
 #if NEWROW
-            x = ROPE_AT(q + qrow, i % D);
+            x = rope_elem_lcs(q + qrow, i % D, n_dims, neox, rcs);
 #else
             x = q[qrow + i % D];
 #endif
@@ -144,7 +150,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
         __global const float* kn = CPTR(float, knb, kno) + (long)hk * D;
         __global const float* vn = CPTR(float, vnb, vno) + (long)hk * DV;
         for (int i = lid; i < D; i += NT) {
-            const float x = ROPE_AT(kn, i);
+            const float x = rope_elem_lcs(kn, i, n_dims, neox, rcs);
             nk[i] = K_AS_STORED(x);
             if (get_group_id(0) == 0) cache_store(kcb, kco, KF16, cnew, ks, kh, hk, i, x);
         }

@@ -47,33 +47,66 @@ inline ushort f32_to_bf16(float x) {
     return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// NVIDIA's warp shuffle through inline PTX (-D NV_SHFL=1 where the host found an NVIDIA GPU:
+// OpenCL C has none without cl_khr_subgroups' extended types): the value held by the lane whose
+// index in the warp differs from this one's in bits `mask`. Every lane of the warp must call it,
+// so its users take it only in work-groups of whole warps (a multiple of 32 work-items).
+#ifdef NV_SHFL
+inline float shfl_xor(float v, int mask) {
+    float r;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(mask));
+    return r;
+}
+inline int shfl_xor_int(int v, int mask) {
+    int r;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=r"(r) : "r"(v), "r"(mask));
+    return r;
+}
+#define WARPS_WHOLE() (get_local_size(0) % 32 == 0)
+#else
+#define WARPS_WHOLE() 0
+#define shfl_xor(v, mask) (v)
+#define shfl_xor_int(v, mask) (v)
+#endif
+
 // Work-group reductions over the local work-group size, any size (not only powers of two).
 // `red` is __local float[get_local_size(0)] (ints for wg_sum_int); every work-item gets the
 // result; the buffer may be reused right after (the trailing barrier protects it). The tree is
-// pairwise: its rounding error grows with log2 of the size, not the size.
+// pairwise: its rounding error grows with log2 of the size, not the size. In whole warps with
+// NV_SHFL, a butterfly in each warp and the warps' results in local memory: two barriers, not
+// log2 of the size.
 inline uint wg_pow2_half(uint n) {
     uint s = 1;
     while (s < n) s <<= 1;
     return s >> 1;
 }
 
-#define WG_REDUCE(NAME, T, COMBINE)                                        \
-    inline T NAME(T v, __local T* red) {                                   \
-        const uint l = get_local_id(0), n = get_local_size(0);            \
-        red[l] = v;                                                        \
-        barrier(CLK_LOCAL_MEM_FENCE);                                      \
-        for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {                   \
-            if (l < s && l + s < n) red[l] = COMBINE(red[l], red[l + s]);  \
-            barrier(CLK_LOCAL_MEM_FENCE);                                  \
-        }                                                                  \
-        const T r = red[0];                                                \
-        barrier(CLK_LOCAL_MEM_FENCE);                                      \
-        return r;                                                          \
+#define WG_REDUCE(NAME, T, COMBINE, SHFL)                                      \
+    inline T NAME(T v, __local T* red) {                                       \
+        const uint l = get_local_id(0), n = get_local_size(0);                \
+        if (WARPS_WHOLE()) {                                                   \
+            for (int s = 16; s > 0; s >>= 1) v = COMBINE(v, SHFL(v, s));       \
+            if ((l & 31) == 0) red[l >> 5] = v;                                \
+            barrier(CLK_LOCAL_MEM_FENCE);                                      \
+            T r = red[0];                                                      \
+            for (uint w = 1; w < n >> 5; ++w) r = COMBINE(r, red[w]);          \
+            barrier(CLK_LOCAL_MEM_FENCE);                                      \
+            return r;                                                          \
+        }                                                                      \
+        red[l] = v;                                                            \
+        barrier(CLK_LOCAL_MEM_FENCE);                                          \
+        for (uint s = wg_pow2_half(n); s > 0; s >>= 1) {                       \
+            if (l < s && l + s < n) red[l] = COMBINE(red[l], red[l + s]);      \
+            barrier(CLK_LOCAL_MEM_FENCE);                                      \
+        }                                                                      \
+        const T r = red[0];                                                    \
+        barrier(CLK_LOCAL_MEM_FENCE);                                          \
+        return r;                                                              \
     }
 #define WG_ADD(a, b) ((a) + (b))
-WG_REDUCE(wg_sum, float, WG_ADD)
-WG_REDUCE(wg_max, float, fmax)
-WG_REDUCE(wg_sum_int, int, WG_ADD)
+WG_REDUCE(wg_sum, float, WG_ADD, shfl_xor)
+WG_REDUCE(wg_max, float, fmax, shfl_xor)
+WG_REDUCE(wg_sum_int, int, WG_ADD, shfl_xor_int)
 
 // The largest local work-group size the llmrt kernels use: __local arrays are sized by it.
 #define WG_MAX 256
@@ -159,6 +192,19 @@ inline void q8_store32(const float* x, __global uchar* xq, long dso, long blk) {
 inline void q8_store4(float4 v, int active, __global uchar* xq, long dso, long blk,
                       __local float* redf, __local int* redi) {
     const int l = get_local_id(0), part = l & 7, first = l & ~7;
+    if (WARPS_WHOLE()) {  // a block's eight work-items are neighbours in one warp: no barrier
+        float amax = active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;
+        for (int s = 4; s > 0; s >>= 1) amax = fmax(amax, shfl_xor(amax, s));
+        const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+        const int4 q = convert_int4(rint(v * inv));
+        if (active) vstore4(convert_char4(q), 0, (__global char*)xq + blk * 32 + part * 4);
+        int sum = active ? (q.x + q.y) + (q.z + q.w) : 0;
+        for (int s = 4; s > 0; s >>= 1) sum += shfl_xor_int(sum, s);
+        if (active && part == 0)
+            ((__global float2*)(xq + dso))[blk] = (float2)(round_f16(div_rn(amax, 127.0f)),
+                                                           as_float(sum));
+        return;
+    }
     redf[l] = active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int s = 4; s > 0; s >>= 1) {
@@ -276,17 +322,21 @@ inline float rope_elem(__global const float* x, int d, int n_dims, int neox, int
 }
 
 
-// rope_elem with each pair's (cos, sin) given, cs[p] for pair p: the CPU kernels compute them
-// once for all the rows of a position (rope_cos_sin is most of a rope's work)
-inline float rope_elem_cs(__global const float* x, int d, int n_dims, int neox,
-                          const float2* cs) {
-    if (d >= n_dims) return x[d];
-    const int nh = n_dims / 2;
-    const int p = neox ? (d < nh ? d : d - nh) : d >> 1;
-    const int first = neox ? d < nh : (d & 1) == 0;
-    const float2 c = cs[p];
-    const float x0 = x[neox ? p : 2 * p], x1 = x[neox ? p + nh : 2 * p + 1];
-    return first ? x0 * c.x - x1 * c.y : x0 * c.y + x1 * c.x;
-}
+// rope_elem with each pair's (cos, sin) given, cs[p] for pair p: the kernels compute them once
+// for all the rows of a position (rope_cos_sin is most of a rope's work), in private memory
+// (rope_elem_cs: the CPU kernels) or in local memory (rope_elem_lcs: a GPU's work-group)
+#define ROPE_ELEM_CS(NAME, SPACE)                                                     \
+    inline float NAME(__global const float* x, int d, int n_dims, int neox,           \
+                      SPACE const float2* cs) {                                       \
+        if (d >= n_dims) return x[d];                                                 \
+        const int nh = n_dims / 2;                                                    \
+        const int p = neox ? (d < nh ? d : d - nh) : d >> 1;                          \
+        const int first = neox ? d < nh : (d & 1) == 0;                               \
+        const float2 c = cs[p];                                                       \
+        const float x0 = x[neox ? p : 2 * p], x1 = x[neox ? p + nh : 2 * p + 1];      \
+        return first ? x0 * c.x - x1 * c.y : x0 * c.y + x1 * c.x;                     \
+    }
+ROPE_ELEM_CS(rope_elem_cs, __private)
+ROPE_ELEM_CS(rope_elem_lcs, __local)
 
 #endif

@@ -562,6 +562,13 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
                 }
             }
         }
+#ifdef NV_SHFL
+        // the G lanes (at most 32) of a row are G neighbours in a warp: a butterfly over them,
+        // no barrier
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t)
+                for (int s = G >> 1; s > 0; s >>= 1) acc[r][t] += shfl_xor(acc[r][t], s);
+#else
         // tree over the G lanes of each group: red[v * MMVQ_WG + lid] for v = r * NT + t
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < NT; ++t) red[(r * NT + t) * MMVQ_WG + lid] = acc[r][t];
@@ -572,26 +579,30 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
                     red[v * MMVQ_WG + lid] += red[v * MMVQ_WG + lid + s];
             barrier(CLK_LOCAL_MEM_FENCE);
         }
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < NT; ++t) acc[r][t] = red[(r * NT + t) * MMVQ_WG + lid];
+#endif
         if (lane == 0) {
             for (int t = 0; t < NT; ++t) {
                 if (t0 + t >= T) continue;
                 if (glu >= 0) {
                     if (row0 < M) {
-                        const float a = red[t * MMVQ_WG + lid], u = red[(NT + t) * MMVQ_WG + lid];
+                        const float a = acc[0][t], u = acc[1][t];
                         Y[(size_t)(t0 + t) * M + row0] = (glu == 0 ? silu(a) : gelu_f16(a)) * u;
                     }
                 } else {
                     for (int r = 0; r < R; ++r) {
                         if (row0 + r < M) {
                             const size_t o = (size_t)(t0 + t) * M + row0 + r;
-                            const float y = red[(r * NT + t) * MMVQ_WG + lid];
-                            Y[o] = Res ? y + Res[o] : y;
+                            Y[o] = Res ? acc[r][t] + Res[o] : acc[r][t];
                         }
                     }
                 }
             }
         }
+#ifndef NV_SHFL
         barrier(CLK_LOCAL_MEM_FENCE);  // red is written again by the next pass
+#endif
     }
 }
 
