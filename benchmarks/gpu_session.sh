@@ -12,7 +12,8 @@
 #                kernel with LLMRT_OPENCL_SAFE=1), llmrt cuda:0,vulkan:0
 #   keep         sets the carried model part aside
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
-#                divergence against llama.cpp on opencl:0 and cuda:0; benches of the real models
+#                divergence against llama.cpp on each, through the prompt path and the decode path
+#                (kld_decode.py); benches of the real models
 #   profile      an OpenCL decode step kernel by kernel on a profiling queue (opencl_profile.py):
 #                GPU busy time against the gaps between kernels, 135M and 1B shapes
 #   opencl       OpenCL on the GPU: its tests and conformance, the prompt products alone (float
@@ -52,6 +53,8 @@
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
 #                vulkan:0, then llmrt bench of both per row, interleaved
+#   mmvq         OpenCL's integer mat-vecs under launch variants (VARIANTS): the product cases on the
+#                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows
 #   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
 #                .devrun/base: opencl_attn_probe.py, tg128 at depths 0 and 512 (135M, 1B, 8B rows)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
@@ -167,6 +170,10 @@ models)
     echo "== KL divergence against llama.cpp (fa0), SmolLM2, $dev"
     timeout 120 python3 .devrun/kld_ref.py score $models/smollm2-135m-instruct-q4_1.gguf tests/fixtures/refs/smollm2-135m/kld/text.txt \
       tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz $dev 2>&1 | tail -6 | tee -a $OUT/kld.log
+    echo "== the same through the decode path (benchmarks/kld_decode.py), $dev"
+    timeout 120 python3 benchmarks/kld_decode.py .devrun/kld_ref.py $models/smollm2-135m-instruct-q4_1.gguf \
+      tests/fixtures/refs/smollm2-135m/kld/text.txt tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz \
+      $dev 2>&1 | tail -2 | tee -a $OUT/kld.log
   done
   for dev in opencl:0 cuda:0 vulkan:0; do
     echo "== greedy and logits on $dev"
@@ -414,6 +421,36 @@ opencl-decode)  # an OpenCL decode change: its attention tests on the GPU, then 
       [ $tree = this ] && run="" || run=base
       $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 \
         2>&1 | grep "| tg" | sed "s/^/$tree $m /" | tee -a $OUT/opencl-decode.log
+    done
+  done
+  ;;
+mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the GPU under two
+  # variants, then per variant, interleaved: the 8B's decode step by kernel and global size
+  # (opencl_profile.py BY_SIZE=1) and tg128 of the 135M, 1B and 8B rows. A variant is "default"
+  # or llmrt_opencl constants, comma-separated (backend.NV_SHFL=0: local-memory trees, as before),
+  # or "base": the tree in .devrun/base (benches only)
+  VARIANTS=${VARIANTS:-"base backend.NV_SHFL=0 default launch_weights.MMVQ_WIDE=64 launch_weights.MMVQ_LANES=32 launch_attention.NT=64"}
+  TESTED=${TESTED:-"default launch_weights.MMVQ_WIDE=64,launch_weights.MMVQ_UNROLL=2"}
+  sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  big=$!
+  for v in $TESTED; do
+    echo "== tests, $v" | tee -a $OUT/mmvq.log
+    timeout 150 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- pytest tests/conformance \
+      tests/plugins/test_opencl_q8.py -k "opencl and (mul_mat or decode_ or add or rms or norm) or test_quant_q8 or test_norm_rows_q8" \
+      -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
+  done
+  wait $big
+  for v in $VARIANTS; do
+    echo "== $v" | tee -a $OUT/mmvq.log
+    [ $v = base ] || BY_SIZE=1 LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-llama3-8b-q4_0.gguf \
+      opencl:0 4 64 $(sets $v) 2>&1 | grep -v "Warning\|lambda" | tail -n 13 | tee -a $OUT/mmvq.log
+    for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+      [ $v = base ] && tree=$PWD/.devrun/base: || tree=""
+      PYTHONPATH=$tree/tmp/site timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- \
+        bench -m /tmp/synth-$m.gguf -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" | sed "s/^/$v $m /" \
+        | tee -a $OUT/mmvq.log
     done
   done
   ;;

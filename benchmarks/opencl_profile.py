@@ -8,6 +8,7 @@ kernels by total time.
         [PROMPT=30] [module.NAME=VALUE ...]
 
 PROFILE_PROMPT=1 profiles the prompt instead: STEPS evaluations of it, each in an emptied context.
+BY_SIZE=1 lists each kernel per global size (a mat-vec's shapes apart).
 
 LLMRT_OPENCL_SAFE=1 is needed where the device records command buffers (one event for the step).
 The decode steps follow a prompt of PROMPT tokens in a context of PROMPT + STEPS + 8 cells (as
@@ -31,13 +32,15 @@ from llmrt_opencl import backend
 
 EVENTS: list[tuple[str, cl.Event]] = []
 RECORDING = [False]
+BY_SIZE = bool(os.environ.get("BY_SIZE"))
 _enqueue = cl.enqueue_nd_range_kernel
 
 
 def recording_enqueue(queue, kernel, global_size, local_size, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
     event = _enqueue(queue, kernel, global_size, local_size, *args, **kwargs)
     if RECORDING[0]:
-        EVENTS.append((kernel.function_name, event))
+        name = kernel.function_name
+        EVENTS.append((f"{name} {global_size[0]}" if BY_SIZE else name, event))
     return event
 
 
@@ -84,7 +87,7 @@ def main(path: str, device: str, steps: int, prompt: int, overrides: list[str]) 
             f"gaps {span - busy:.3f} ms ({(span - busy) / max(n - 1, 1) * 1e3:.2f} us a kernel)"
         )
     print("kernels by time (ms a step, launches a step):")
-    for name, ms in totals.most_common(15):
+    for name, ms in totals.most_common(25 if BY_SIZE else 15):
         print(f"  {name:28s} {ms / steps:8.3f}  {counts[name] // steps}")
 
 
