@@ -72,8 +72,11 @@ stage=${1:-check}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/parts
 # a folder carried once is kept on the warm machine; a later call that does not carry it (to leave
 # room for a model part) finds it linked back from there
+# (a call that did not carry .devrun found a .devrun without its files, 2026-12-06: a folder with
+# no file but under __pycache__, which Python writes, counts as not carried)
 for d in .gl .devrun .peer; do
-  if [ -d $d ] && [ ! -L $d ]; then rm -rf /tmp/keep$d && cp -r $d /tmp/keep$d
+  if [ -d $d ] && [ ! -L $d ] && [ -n "$(find $d -type f ! -path '*__pycache__*' -print -quit)" ]; then
+    rm -rf /tmp/keep$d && cp -r $d /tmp/keep$d
   elif [ -d /tmp/keep$d ]; then rm -rf $d && ln -s /tmp/keep$d $d; fi
 done
 cp .gpumodels/part.* /tmp/parts/ 2>/dev/null
