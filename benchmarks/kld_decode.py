@@ -13,13 +13,13 @@ module.NAME=VALUE sets a constant of a backend module before the model loads
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import sys
 import time
 
 import numpy as np
+from with_constants import set_constants  # benchmarks/, run as a script
 
 from llmrt.device import registry
 from llmrt.engine import load
@@ -29,13 +29,10 @@ def main(kld_ref: str, model: str, text: str, ref_path: str, device: str, sets: 
     spec = importlib.util.spec_from_file_location("kld_ref", kld_ref)
     kr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kr)
-    for item in sets:
-        name, value = item.split("=", 1)
-        owner, attr = name.rsplit(".", 1)
-        if owner == "LIMIT":
-            registry().select(device).limits[attr] = int(value)
-        else:
-            setattr(importlib.import_module(owner), attr, int(value))
+    for item in (i for i in sets if i.startswith("LIMIT.")):
+        name, value = item[len("LIMIT.") :].split("=", 1)
+        registry().select(device).limits[name] = int(value)
+    set_constants([i for i in sets if not i.startswith("LIMIT.")])
     ref = dict(np.load(ref_path))
     n_ctx = json.loads(str(ref["meta"]))["n_ctx"]
     start = time.time()

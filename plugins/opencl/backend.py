@@ -6,6 +6,7 @@ its one in-order queue and its kernel programs when it first uploads or compiles
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -122,17 +123,17 @@ class OpenCLDevice(Device):
         if key not in self._programs:
             kernels = Path(__file__).parent / "kernels"
             source = (kernels / file).read_text()
-            tries = [defines]
-            if self.limits.get("nv_dp4a") and NV_SHFL:  # and without, should PTX be refused
-                tries.insert(0, (*defines, ("NV_SHFL", 1)))
-            for i, tried in enumerate(tries):
-                options = ["-I", str(kernels), *(f"-D{k}={v}" for k, v in tried)]
-                try:
-                    self._programs[key] = cl.Program(self.context, source).build(options=options)
-                    break
-                except cl.Error:
-                    if i == len(tries) - 1:
-                        raise
+
+            def build(defs: tuple[tuple[str, int], ...]) -> Any:
+                options = ["-I", str(kernels), *(f"-D{k}={v}" for k, v in defs)]
+                return cl.Program(self.context, source).build(options=options)
+
+            program = None
+            # a driver that refuses the PTX builds it again with the local-memory trees
+            with contextlib.suppress(cl.Error):
+                if self.limits.get("nv_dp4a") and NV_SHFL:
+                    program = build((*defines, ("NV_SHFL", 1)))
+            self._programs[key] = build(defines) if program is None else program
         return self._programs[key]
 
     def supports_op(self, node: Any) -> bool:

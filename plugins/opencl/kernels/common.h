@@ -63,7 +63,7 @@ inline int shfl_xor_int(int v, int mask) {
     return r;
 }
 #define WARPS_WHOLE() (get_local_size(0) % 32 == 0)
-#else
+#else  // stand-ins that never run (WARPS_WHOLE() is 0), so the reductions compile everywhere
 #define WARPS_WHOLE() 0
 #define shfl_xor(v, mask) (v)
 #define shfl_xor_int(v, mask) (v)
