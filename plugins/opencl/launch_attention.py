@@ -37,6 +37,12 @@ NT, NT_WIDE = 32, 64
 # work-items (tg128 on the H100, 2026-12-06: 135M 544 -> 559, 1B 602 -> 612, 8B 222 -> 226 t/s,
 # while prompts with 64 lost 3-6 % of pp512: they keep NT)
 DECODE_NT = 64
+# a one-token step on a GPU takes fattn_vec (a key's row read across a stream of work-items)
+# where its shapes fit: VEC_STREAMS streams a work-group (of 32 work-items at least), KU keys in
+# flight a stream, and a split of the keys for every VEC_SPLIT_KEYS of them (a guess until
+# measured: fewer splits, fewer fattn_merge launches)
+DECODE_VEC = True
+VEC_STREAMS, VEC_KU, VEC_SPLIT_KEYS = 4, 4, 256
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
 # split the keys until there are about this many groups per compute unit (a CPU thread runs a
@@ -74,6 +80,27 @@ def _fits(kernel: Any, nt: int) -> bool:
     than its device maximum for a kernel that needs many registers."""
     dev = kernel.program.get_info(cl.program_info.DEVICES)[0]
     return kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, dev) >= nt
+
+
+def _vec(prog: OpenCLProgram, t: int, group: int, d: int, dv: int, new_row: int) -> dict | None:
+    """fattn_vec's defines for a one-token step on a GPU (VT, LPK, KU, NR), or None where it
+    does not fit: LPK the most work-items (a power of two, 32 at most) that split both rows in
+    float4 slices; NR the most of the token's grouped heads whose q rows, the streams' partials
+    and (without warp shuffles) the score sums fit in local memory."""
+    if not DECODE_VEC or t != 1 or _cpu(prog):
+        return None
+    lpk = 32
+    while (d // 4) % lpk or (dv // 4) % lpk:
+        lpk //= 2
+    vt = max(32, VEC_STREAMS * lpk)
+    streams = vt // lpk
+    shuffles = bool(prog.device_info.get("nv_dp4a"))
+    local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
+    per_row = 4 * (d + streams * (dv + 2) + (0 if shuffles else VEC_KU * vt))
+    nr = min(MAX_ROWS, group, local // per_row)
+    if nr < 1 or vt > int(prog.device_info["max_work_group_size"]):
+        return None
+    return {"VT": vt, "LPK": lpk, "KU": VEC_KU, "NR": nr}
 
 
 def _cpu(prog: OpenCLProgram) -> bool:
@@ -160,11 +187,16 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         prompt = prog.kernel(FILE, "fattn_prompt", {**defines, "PT": prompt_rows, "XQ8": 0})
         if not _fits(prompt, prompt_rows):
             prompt_rows, prompt = 0, None
-    kernel = None if cpu or prompt_rows else prog.kernel(FILE, "fattn", defines)
+    name, split_keys = "fattn", nt
+    vec = None if prompt_rows else _vec(prog, t, group, d, dv, 4 * (2 * d + dv) if new_row else 0)
+    if vec is not None:
+        name, nt, nr, split_keys = "fattn_vec", vec["VT"], vec["NR"], VEC_SPLIT_KEYS
+        defines.update(vec)
+    kernel = None if cpu or prompt_rows else prog.kernel(FILE, name, defines)
     if kernel is not None and not _fits(kernel, nt):
         cpu, kernel = True, None  # fattn_row runs with groups of one
     blocks = -(-(t * group) // nr)
-    nsplit, chunk = (1, s) if prompt_rows else _splits(prog, blocks * hkv, s, cpu, nt)
+    nsplit, chunk = (1, s) if prompt_rows else _splits(prog, blocks * hkv, s, cpu, split_keys)
     # where the output's q8 blocks come from: the kernel (one split: fattn_row any head size,
     # fattn where its q rows' local memory holds the output rows; not fattn_prompt), else
     # fattn_merge (a row per work-group), else a quant_q8 launch after
@@ -172,7 +204,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     xq = "q8" in p and not prompt_rows and (merge_local if nsplit > 1 else (cpu or dv <= d))
     defines["XQ8"] = int(xq)
     if kernel is not None and xq:
-        kernel = prog.kernel(FILE, "fattn", defines)
+        kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
     args = (

@@ -112,6 +112,33 @@ def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows
     ]
 
 
+@pytest.mark.parametrize("split_keys", [32, 4096], ids=["split", "whole"])
+@pytest.mark.parametrize(
+    "case",
+    [c for c in cases()
+     if c.id.startswith(("flash_attn_ext(t=1,", "decode_attention(type_a=q8_0,t=1"))],
+    ids=lambda c: c.id,
+)  # fmt: skip
+def test_a_gpu_one_token_attention_reads_a_key_across_work_items(opencl, case, split_keys,
+                                                                 monkeypatch):  # fmt: skip
+    """A GPU's one-token attention (fattn_vec: a stream of work-items a key, keys in flight,
+    here with the local-memory sums a GPU without warp shuffles takes), its keys whole in one
+    work-group a KV head or split (merged by fattn_merge), against the reference."""
+    import llmrt_opencl.launch_attention as launch_attention
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_attention, "VEC_SPLIT_KEYS", split_keys)
+    programs = []
+    compile_ = opencl.compile
+    monkeypatch.setattr(
+        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
+    )
+    assert check_case(opencl, case) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert "fattn_vec" in names and "fattn" not in names
+    assert ("fattn_merge" in names) == (split_keys == 32)
+
+
 @pytest.mark.parametrize(
     "limit", [("fused", 0), ("portable", 1)], ids=["unfused", "without-x86-builtins"]
 )

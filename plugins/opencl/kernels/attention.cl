@@ -68,6 +68,79 @@ inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, 
     else PTR(float, cb, co)[o] = x;
 }
 
+// The names of FUSED_ARGS, to pass them on
+#define FUSED_NAMES                                                                            \
+    knb, kno, vnb, vno, posb, poso, idsb, idso, kcb, kco, vcb, vco, ffb, ffo, n_dims, neox,    \
+        has_ff, r_hi, r_lo, fs_hi, fs_lo, attn_factor, xqb, xqo, dso
+
+// A GPU work-group's start (fattn, fattn_vec; nl work-items): its NR q rows from row0 (of R,
+// KV head hk) into sq, rounded as the K cache stores (ggml multiplies an f16 cache with f16
+// operands). With NEWROW the q rows are roped first, each rotated pair's cos and sin computed
+// once into rcs (element by element, rope_cos_sin's powers and sincos were the kernel's longest
+// serial part), and where this split's keys [lo, hi) hold the new cell its roped K row and its V
+// row go to nk and nv (the first row block writes them into the caches). Returns the new cell
+// (-1 without NEWROW); sq, nk and nv are ready after a barrier.
+inline int group_start(__local float* sq, __local float2* rcs, __local float* nk,
+                       __local float* nv, __global const float* q, int nl, int row0, int R,
+                       int G, int Hq, int hk, int lo, int hi, long ks, long kh, long vs, long vh,
+                       FUSED_ARGS) {
+    const int lid = get_local_id(0);
+#if NEWROW
+    for (int i = lid; i < D / 2 && 2 * i < n_dims; i += nl)
+        rcs[i] = rope_cos_sin(CPTR(int, posb, poso)[0], i, (float2)(r_hi, r_lo),
+                              (float2)(fs_hi, fs_lo), has_ff ? CPTR(float, ffb, ffo)[i] : 1.0f,
+                              attn_factor);
+    barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+    for (int i = lid; i < NR * D; i += nl) {
+        const int row = row0 + i / D;
+        float x = 0.0f;
+        if (row < R) {
+            const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
+#if NEWROW
+            x = rope_elem_lcs(q + qrow, i % D, n_dims, neox, rcs);
+#else
+            x = q[qrow + i % D];
+#endif
+            x = K_AS_STORED(x);
+        }
+        sq[i] = x;
+    }
+#if NEWROW
+    const int cnew = CPTR(int, idsb, idso)[0];
+    if (cnew >= lo && cnew < hi) {
+        __global const float* kn = CPTR(float, knb, kno) + (long)hk * D;
+        __global const float* vn = CPTR(float, vnb, vno) + (long)hk * DV;
+        for (int i = lid; i < D; i += nl) {
+            const float x = rope_elem_lcs(kn, i, n_dims, neox, rcs);
+            nk[i] = K_AS_STORED(x);
+            if (get_group_id(0) == 0) cache_store(kcb, kco, KF16, cnew, ks, kh, hk, i, x);
+        }
+        for (int i = lid; i < DV; i += nl) {
+            nv[i] = V_AS_STORED(vn[i]);
+            if (get_group_id(0) == 0) cache_store(vcb, vco, VF16, cnew, vs, vh, hk, i, vn[i]);
+        }
+    }
+    return cnew;
+#else
+    return -1;
+#endif
+}
+
+// A GPU work-group's q8 output (XQ8, one split): its NR output rows, left in sq (DV <= D), as q8
+// blocks, a work-item a block
+inline void group_rows_q8(__local const float* sq, int row0, int R, int G, int Hq, int hk,
+                          __global uchar* xq, long dso) {
+    for (int b = get_local_id(0); b < NR * (DV / 32); b += get_local_size(0)) {
+        const int r = b / (DV / 32), row = row0 + r;
+        if (row >= R) continue;
+        const long orow = (long)(row / G) * Hq + hk * G + row % G;
+        float x[32];
+        for (int i = 0; i < 32; ++i) x[i] = sq[r * DV + (b % (DV / 32)) * 32 + i];
+        q8_store32(x, xq, dso, orow * (DV / 32) + b % (DV / 32));
+    }
+}
+
 #ifndef NT
 #define NT 64  // work-items per work-group, a power of two
 #endif
@@ -118,47 +191,15 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __global const uchar* v = vb + vo;
 
 #if NEWROW
-    // each rotated pair's cos and sin once for the q rows and the new K row (one position), as
-    // fattn_row does: element by element, rope_cos_sin's powers and sincos were the kernel's
-    // longest serial part
     __local float2 rcs[D / 2];
-    for (int i = lid; i < D / 2 && 2 * i < n_dims; i += NT)
-        rcs[i] = rope_cos_sin(CPTR(int, posb, poso)[0], i, (float2)(r_hi, r_lo),
-                              (float2)(fs_hi, fs_lo), has_ff ? CPTR(float, ffb, ffo)[i] : 1.0f,
-                              attn_factor);
-    barrier(CLK_LOCAL_MEM_FENCE);
-#endif
-    for (int i = lid; i < NR * D; i += NT) {
-        const int row = row0 + i / D;
-        float x = 0.0f;
-        if (row < R) {
-            const long qrow = ((long)(row / G) * Hq + hk * G + row % G) * D;
-#if NEWROW
-            x = rope_elem_lcs(q + qrow, i % D, n_dims, neox, rcs);
-#else
-            x = q[qrow + i % D];
-#endif
-            x = K_AS_STORED(x);  // ggml multiplies an f16 cache with f16 operands
-        }
-        sq[i] = x;
-    }
-#if NEWROW
     __local float nk[D], nv[DV];
-    const int cnew = CPTR(int, idsb, idso)[0];
-    const int mine = cnew >= lo && cnew < hi;
-    if (mine) {
-        __global const float* kn = CPTR(float, knb, kno) + (long)hk * D;
-        __global const float* vn = CPTR(float, vnb, vno) + (long)hk * DV;
-        for (int i = lid; i < D; i += NT) {
-            const float x = rope_elem_lcs(kn, i, n_dims, neox, rcs);
-            nk[i] = K_AS_STORED(x);
-            if (get_group_id(0) == 0) cache_store(kcb, kco, KF16, cnew, ks, kh, hk, i, x);
-        }
-        for (int i = lid; i < DV; i += NT) {
-            nv[i] = V_AS_STORED(vn[i]);
-            if (get_group_id(0) == 0) cache_store(vcb, vco, VF16, cnew, vs, vh, hk, i, vn[i]);
-        }
-    }
+#else
+    __local float2 rcs[1];
+    __local float nk[1], nv[1];
+#endif
+    const int cnew = group_start(sq, rcs, nk, nv, q, NT, row0, R, G, Hq, hk, lo, hi, ks, kh, vs,
+                                 vh, FUSED_NAMES);
+#if NEWROW
 #define KEY4(s, kr, d) ((s) == cnew ? vload4(d, nk) : LOAD_K(k, (kr) + 4 * (d)))
 #define VAL4(s, vr, c) ((s) == cnew ? vload4(c, nv) : LOAD_V(v, (vr) + 4 * (c)))
 #else
@@ -330,14 +371,198 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #if XQ8
     if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int b = lid; b < NR * (DV / 32); b += NT) {
-        const int r = b / (DV / 32), row = row0 + r;
+    group_rows_q8(sq, row0, R, G, Hq, hk, PTR(uchar, xqb, xqo), dso);
+#endif
+}
+
+// fattn_vec (GPUs, one token): a key's row read across neighbouring work-items, where fattn
+// has a work-item read a whole row (its loads then touch a cache line a work-item, and a tile is
+// a chain of barriers). A stream of LPK work-items takes one key at a time, each work-item KC
+// float4 of its K row and VC of its V row (a warp's load instruction: whole rows); the stream's
+// dot products meet by warp shuffles (NV_SHFL; elsewhere in local memory, two barriers a step).
+// The NS = VT / LPK streams take keys lo + st, lo + st + NS, ..., KU of them in flight a step,
+// each stream with its own online softmax and its share of every row's outputs, in registers: no
+// barrier in the key loop on NVIDIA. At the end the streams' (max, sum, outputs) meet in local
+// memory. The same arguments and outputs as fattn; the block's NR rows are one token's (T 1).
+#ifndef VT
+#define VT 128
+#endif
+#ifndef LPK
+#define LPK 32
+#endif
+#ifndef KU
+#define KU 4
+#endif
+#define NS (VT / LPK)
+#define KC (D4 / LPK)
+#define VC (DV4 / LPK)
+
+__kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
+    __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
+    __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
+    ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
+    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS) {
+    __local float sq[NR * D];
+    __local float smax[NS * NR], ssum[NS * NR], sout[NS * NR * DV];
+#ifndef NV_SHFL
+    __local float red[KU * NR * VT];
+#endif
+#if NEWROW
+    __local float2 rcs[D / 2];
+    __local float nk[D], nv[DV];
+#else
+    __local float2 rcs[1];
+    __local float nk[1], nv[1];
+#endif
+    const int lid = get_local_id(0), st = lid / LPK, ln = lid % LPK;
+    const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
+    const int G = Hq / Hkv, R = T * G, row0 = get_group_id(0) * NR;
+    const int lo = sp * chunk, hi = min(S, lo + chunk);
+    __global const float* mask = CPTR(float, mb, mo);
+    __global const uchar* k = kb + ko;
+    __global const uchar* v = vb + vo;
+    const int cnew = group_start(sq, rcs, nk, nv, CPTR(float, qb, qo), VT, row0, R, G, Hq, hk, lo,
+                                 hi, ks, kh, vs, vh, FUSED_NAMES);
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    float4 qr[NR][KC], acc[NR][VC];
+    float m[NR], l[NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+#pragma unroll
+        for (int c = 0; c < KC; ++c) qr[r][c] = vload4(ln + LPK * c, sq + r * D);
+#pragma unroll
+        for (int c = 0; c < VC; ++c) acc[r][c] = (float4)(0.0f);
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    for (int base = lo; base < hi; base += NS * KU) {
+        // KU keys' K and V slices in flight before any product; a key past hi or masked: unread
+        float madd[KU];
+        float4 kv[KU][KC], vv[KU][VC];
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+            const int s = base + u * NS + st;
+            madd[u] = s < hi ? (has_mask ? mask[s] : 0.0f) : -INFINITY;
+            const long kr = (long)s * ks + (long)hk * kh, vr = (long)s * vs + (long)hk * vh;
+            const int seen = madd[u] != -INFINITY;
+#pragma unroll
+            for (int c = 0; c < KC; ++c)
+                kv[u][c] = seen ? KEY4(s, kr, ln + LPK * c) : (float4)(0.0f);
+#pragma unroll
+            for (int c = 0; c < VC; ++c)
+                vv[u][c] = seen ? VAL4(s, vr, ln + LPK * c) : (float4)(0.0f);
+        }
+        float x[KU][NR];
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                float a = 0.0f;
+#pragma unroll
+                for (int c = 0; c < KC; ++c) a += dot(kv[u][c], qr[r][c]);
+                x[u][r] = a;
+            }
+        }
+        // each key's scores summed over its stream's LPK work-items
+#ifdef NV_SHFL
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) x[u][r] += shfl_xor(x[u][r], o);
+            }
+        }
+#else
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) red[(u * NR + r) * VT + lid] = x[u][r];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                float a = 0.0f;
+                for (int i = 0; i < LPK; ++i) a += red[(u * NR + r) * VT + st * LPK + i];
+                x[u][r] = a;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);  // red is written again by the next step
+#endif
+        // the stream's online softmax over its KU keys, row by row
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            float mx = m[r];
+#pragma unroll
+            for (int u = 0; u < KU; ++u) {
+                float y = x[u][r] * scale;
+                if (softcap != 0.0f) y = tanh(y / softcap) * softcap;
+                x[u][r] = madd[u] == -INFINITY ? -INFINITY : y + madd[u];
+                mx = fmax(mx, x[u][r]);
+            }
+            if (mx == -INFINITY) continue;  // nothing seen yet: no -inf - -inf
+            const float alpha = exp(m[r] - mx);
+            l[r] *= alpha;
+#pragma unroll
+            for (int c = 0; c < VC; ++c) acc[r][c] *= alpha;
+#pragma unroll
+            for (int u = 0; u < KU; ++u) {
+                const float p = exp(x[u][r] - mx);
+                l[r] += p;
+#pragma unroll
+                for (int c = 0; c < VC; ++c) acc[r][c] += p * vv[u][c];
+            }
+            m[r] = mx;
+        }
+    }
+
+    // the streams' partials meet: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M)
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        if (ln == 0) {
+            smax[st * NR + r] = m[r];
+            ssum[st * NR + r] = l[r];
+        }
+#pragma unroll
+        for (int c = 0; c < VC; ++c) vstore4(acc[r][c], ln + LPK * c, sout + (st * NR + r) * DV);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int i = lid; i < NR * DV; i += VT) {
+        const int r = i / DV, col = i % DV, row = row0 + r;
+        float mx = -INFINITY;
+        for (int j = 0; j < NS; ++j) mx = fmax(mx, smax[j * NR + r]);
+        float sum = 0.0f, o = 0.0f;
+        for (int j = 0; j < NS; ++j) {
+            const float mj = smax[j * NR + r];
+            if (mj == -INFINITY) continue;
+            const float w = exp(mj - mx);
+            sum += ssum[j * NR + r] * w;
+            o += sout[(j * NR + r) * DV + col] * w;
+        }
         if (row >= R) continue;
         const long orow = (long)(row / G) * Hq + hk * G + row % G;
-        float x[32];
-        for (int i = 0; i < 32; ++i) x[i] = sq[r * DV + (b % (DV / 32)) * 32 + i];
-        q8_store32(x, PTR(uchar, xqb, xqo), dso, orow * (DV / 32) + b % (DV / 32));
+        if (nsplit == 1) {
+            const float y = sum > 0.0f ? o / sum : 0.0f;
+            PTR(float, ob, oo)[orow * DV + col] = y;
+#if XQ8
+            sq[r * DV + col] = y;  // q is done with: the rows for their q8 blocks
+#endif
+        } else {
+            __global float* part = PTR(float, pb, po) + (orow * nsplit + sp) * PART;
+            if (col == 0) {
+                part[0] = mx;
+                part[1] = sum;
+            }
+            part[2 + col] = o;
+        }
     }
+#if XQ8
+    if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
+    barrier(CLK_LOCAL_MEM_FENCE);
+    group_rows_q8(sq, row0, R, G, Hq, hk, PTR(uchar, xqb, xqo), dso);
 #endif
 }
 
