@@ -57,6 +57,9 @@
 #                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows
 #   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
 #                .devrun/base: opencl_attn_probe.py, tg128 at depths 0 and 512 (135M, 1B, 8B rows)
+#   vec          fattn_vec (a GPU's one-token attention, a stream of work-items a key): the peer's
+#                builds started; opencl_attn_probe.py of fattn_vec and fattn; its GPU tests; tg128
+#                at depths 0 and 512 of the 135M, 1B and 8B rows under VARIANTS, base interleaved
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -454,6 +457,35 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
       PYTHONPATH=$tree/tmp/site timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- \
         bench -m /tmp/synth-$m.gguf -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" | sed "s/^/$v $m /" \
         | tee -a $OUT/mmvq.log
+    done
+  done
+  ;;
+vec)  # fattn_vec, the one-token attention on a stream of work-items a key (issue 17): llama.cpp's
+  # builds started for a later ratios call; the one-token attention alone, fattn_vec against
+  # fattn (opencl_attn_probe.py, the 135M's and the 8B's heads); its tests on the GPU; then per
+  # row, interleaved, tg128 at depths 0 and 512 under each of VARIANTS ("base": .devrun/base)
+  VARIANTS=${VARIANTS:-"base default launch_attention.VEC_STREAMS=8 lower.GPU_EPILOGUE_MAX_COLS=16384"}
+  sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
+  bash .peer/device_bench.sh build
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  big=$!
+  for heads in "--hq 9 --hkv 3 --d 64" "--hq 32 --hkv 8 --d 128"; do
+    for k in "fattn --nt 64" "fattn_vec --nt 64" "fattn_vec --nt 128" "fattn_vec --nt 256"; do
+      timeout 40 python3 benchmarks/opencl_attn_probe.py $heads --kernel $k --s 64,128,512,2048 \
+        2>&1 | grep -v "Warning\|lambda" | sed "s/^/$heads $k: /" | tee -a $OUT/vec.log
+    done
+  done
+  timeout 150 python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "one_token_attention \
+    or (opencl and (decode_ or flash_attn_ext) and not gpu_kernels and not cpu_kernels)" -q --tb=short \
+    -p no:cacheprovider 2>&1 | tail -n 4 | tee -a $OUT/vec.log
+  wait $big
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+    for v in $VARIANTS; do
+      [ $v = base ] && tree=$PWD/.devrun/base: || tree=""
+      PYTHONPATH=$tree/tmp/site timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- \
+        bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 2>&1 | grep "| tg" \
+        | sed "s/^/$v $m /" | tee -a $OUT/vec.log
     done
   done
   ;;

@@ -2,10 +2,12 @@
 split, over caches of S keys, timed by OpenCL profiling events (median of REPS), beside an empty
 kernel's event time (what a launch costs before any work). The slope over S is the cost of a tile
 of keys; the intercept less the empty kernel's, the work outside the tile loop. Variants: with
-and without the mask, the q rows of one or of all a KV head's query heads (NR).
+and without the mask, the q rows of one or of all a KV head's query heads (NR). --kernel
+fattn_vec times that kernel instead (a stream of work-items a key; --nt its work-group size, a
+"tile" then nt keys).
 
     python benchmarks/opencl_attn_probe.py [--device 0] [--hq 9] [--hkv 3] [--d 64]
-        [--s 32,64,128,256,512] [--reps 20] [--nt 32] [--define NAME=VALUE ...]
+        [--s 32,64,128,256,512] [--reps 20] [--nt 32] [--kernel fattn] [--define NAME=VALUE ...]
 
 The default heads are the 135M row's (9 query heads over 3 KV heads of 64); f16 caches.
 """
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("--s", default="32,64,128,256,512", help="keys in the cache")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--nt", type=int, default=32, help="work-items a group, keys a tile")
+    ap.add_argument("--kernel", default="fattn", choices=["fattn", "fattn_vec"])
     ap.add_argument("--define", action="append", default=[], help="NAME=VALUE, another -D (VU)")
     args = ap.parse_args()
     device, src, queue = profiling_device(args.device)
@@ -57,7 +60,12 @@ def main() -> None:
     for nr in (1, group):
         defines = {"NT": nt, "D": d, "DV": d, "NR": nr, "KF16": 1, "VF16": 1, "NEWROW": 0,
                    "XQ8": 0, **extra}  # fmt: skip
-        kernel = src.kernel("attention.cl", "fattn", defines)
+        if args.kernel == "fattn_vec":  # as launch_attention._vec picks them
+            lpk = 32
+            while (d // 4) % lpk:
+                lpk //= 2
+            defines.update({"VT": nt, "LPK": min(lpk, nt), **extra})
+        kernel = src.kernel("attention.cl", args.kernel, defines)
         for has_mask in (0, 1):
             times = []
             for s in sizes:
