@@ -60,6 +60,9 @@
 #   vec          fattn_vec (a GPU's one-token attention, a stream of work-items a key): the peer's
 #                builds started; opencl_attn_probe.py of fattn_vec and fattn; its GPU tests; tg128
 #                at depths 0 and 512 of the 135M, 1B and 8B rows under VARIANTS, base interleaved
+#   mma          gemmq on tensor cores: opencl_gemm.py (the tile against the dp4a tiles, outputs
+#                compared), the legacy mul_mat conformance cases on opencl:0, pp512 and tg128 of
+#                the 1B and 8B rows beside .devrun/base (one short call on a fresh machine)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -464,7 +467,7 @@ vec)  # fattn_vec, the one-token attention on a stream of work-items a key (issu
   # builds started for a later ratios call; the one-token attention alone, fattn_vec against
   # fattn (opencl_attn_probe.py, the 135M's and the 8B's heads); its tests on the GPU; then per
   # row, interleaved, tg128 at depths 0 and 512 under each of VARIANTS ("base": .devrun/base)
-  VARIANTS=${VARIANTS:-"base default launch_attention.VEC_STREAMS=8 lower.GPU_EPILOGUE_MAX_COLS=16384"}
+  VARIANTS=${VARIANTS:-"base default launch_attention.VEC_WG=128 launch_attention.VEC_SPLIT_KEYS=128"}
   sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
   bash .peer/device_bench.sh build
   synth smollm2-135m q4_0; synth llama32-1b q4_0
@@ -486,6 +489,25 @@ vec)  # fattn_vec, the one-token attention on a stream of work-items a key (issu
       PYTHONPATH=$tree/tmp/site timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- \
         bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 2>&1 | grep "| tg" \
         | sed "s/^/$v $m /" | tee -a $OUT/vec.log
+    done
+  done
+  ;;
+mma)  # gemmq on tensor cores (GQ_MMA, issue 17), one short call on a fresh machine (.devrun
+  # carried): the products alone on the tensor-core tile against the dp4a tiles (opencl_gemm.py:
+  # times, and each tile's output against the first's), the legacy types' mul_mat conformance
+  # cases on opencl:0, then pp512 and tg128 of the 1B and 8B rows beside .devrun/base
+  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
+  big=$!
+  timeout 100 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q4_1,q8_0 --reps 5 \
+    --tile 16,16,8,4,4 --tile 16,16,4,4,4 2>&1 | grep -v "^#\|Warning\|lambda" | tee -a $OUT/mma.log
+  timeout 100 python3 -m pytest tests/conformance -k "opencl and mul_mat and (q4_0 or q4_1 or q5_0 \
+    or q5_1 or q8_0)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mma.log
+  wait $big
+  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    for tree in this base; do
+      [ $tree = this ] && tree_path="" || tree_path=$PWD/.devrun/base:
+      PYTHONPATH=$tree_path/tmp/site timeout 60 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 \
+        --device opencl:0 2>&1 | grep "| pp\|| tg" | sed "s/^/$tree $m /" | tee -a $OUT/mma.log
     done
   done
   ;;

@@ -6,10 +6,11 @@ timed apart and in the "+quant" column.
 
     python benchmarks/opencl_gemm.py [--device 0] [--t 512] [--types q4_0,q4_1,q5_0,q5_1,q8_0]
         [--shapes 2048x2048,8192x2048,4096x4096,14336x4096] [--reps 10]
-        [--tile RX,RY,TM,TN,NB ...]
+        [--tile RX,RY,TM,TN,NB[,MMA] ...]
 
 The default shapes are the weights of the 1B and 8B rows of DESIGN.md (M x K); --tile times
-gemmq in other tiles too (the launch's own choice is always timed, marked "*"). The kernels are
+gemmq in other tiles too (the launch's own choice is always timed, marked "*"; MMA 1: on NVIDIA's
+tensor cores), each tile's output compared with the first's. The kernels are
 built as a GPU runs them on any device (PoCL too: a sanity run there, e.g. --t 64 --reps 2).
 The weights are a few hundred quantized rows of uniform values repeated down the matrix.
 """
@@ -123,19 +124,28 @@ def main() -> None:
                   f"{flops / tg / 1e9:9.1f}")  # fmt: skip
             tiles = lw.gemmq_tiles(src.device_info, wtype, m, t)
             chosen = tiles[0] if tiles else None
+            first = None  # the first tile's output: every other's is compared with it
             for tile in [chosen, *[e for e in extra if e != chosen]]:
                 if tile is None:
                     continue
-                rx, ry, tm, tn, nb = tile
+                rx, ry, tm, tn, nb, *mma = tile
+                on = {"GQ_MMA": mma[0]} if mma else {}
                 kern = lw._q8_kernel(src, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm,
-                                     GQ_TN=tn, GQ_NB=nb)  # fmt: skip
+                                     GQ_TN=tn, GQ_NB=nb, **on)  # fmt: skip
                 kern.set_args(wb, z, rb, qb, z, np.int64(dso), yb, z, yb, z, np.int32(0),
                               np.int32(m), np.int32(k), np.int32(t))  # fmt: skip
                 size = (lw._groups(m, rx * tm) * rx * ry, lw._groups(t, ry * tn))
                 tk = _time(queue, kern, size, (rx * ry, 1), args.reps)
+                y = np.empty((t, m), np.float32)
+                cl.enqueue_copy(queue, y, yb)
+                if first is None:
+                    first, same = y, ""
+                else:
+                    diff = float(np.abs(y - first).max())
+                    same = "  same as the first" if diff == 0 else f"  max |diff| {diff:.3g}"
                 label = f"gemmq {','.join(map(str, tile))}" + (" *" if tile == chosen else "")
                 print(f"{name:6} {shape:>11} {label:26} {tk * 1e3:9.3f} "
-                      f"{flops / tk / 1e9:9.1f} {flops / (tk + tq) / 1e9:9.1f}")  # fmt: skip
+                      f"{flops / tk / 1e9:9.1f} {flops / (tk + tq) / 1e9:9.1f}{same}")  # fmt: skip
         print(f"{'':6} {shape:>11} {'quant_q8 (T x K)':26} {tq * 1e3:9.3f}")
         sys.stdout.flush()
 

@@ -110,6 +110,8 @@ class OpenCLDevice(Device):
             "integer_dot": int("cl_khr_integer_dot_product" in dev.extensions.split()),
             # else NVIDIA's dp4a through inline PTX (compute capability 6.1 on; -D NV_DP4A=1)
             "nv_dp4a": int(_nv_compute_capability(dev) >= (6, 1)),
+            # and its int8 tensor cores through inline PTX (8.0 on: gemmq's -D GQ_MMA=1)
+            "nv_mma": int(_nv_compute_capability(dev) >= (8, 0)),
         }
 
     def program(self, file: str, defines: tuple[tuple[str, int], ...]) -> Any:

@@ -38,11 +38,14 @@ NT, NT_WIDE = 32, 64
 # while prompts with 64 lost 3-6 % of pp512: they keep NT)
 DECODE_NT = 64
 # a one-token step on a GPU takes fattn_vec (a key's row read across a stream of work-items)
-# where its shapes fit: VEC_STREAMS streams a work-group (of 32 work-items at least), KU keys in
-# flight a stream, and a split of the keys for every VEC_SPLIT_KEYS of them (a guess until
-# measured: fewer splits, fewer fattn_merge launches)
+# where its shapes fit: work-groups of VEC_WG work-items (at most the device's), VEC_KU keys in
+# flight a stream, a split of the keys for every VEC_SPLIT_KEYS of them. On the H100 (tg128,
+# BENCHMARKS.md 2026-12-06, eleventh session): groups of 64 with splits of 256 keys lost to fattn
+# (135M 364 against 508 t/s: a decode step has few KV heads, so few groups); 256 and 64 gave the
+# 8B 258 and 246 against fattn's 232 and 231, the 1B 693 and 659 against 550 and 625; 512 did
+# not fit the 8B's registers
 DECODE_VEC = True
-VEC_STREAMS, VEC_KU, VEC_SPLIT_KEYS = 4, 4, 256
+VEC_WG, VEC_KU, VEC_SPLIT_KEYS = 256, 4, 64
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
 # split the keys until there are about this many groups per compute unit (a CPU thread runs a
@@ -92,15 +95,14 @@ def _vec(prog: OpenCLProgram, t: int, group: int, d: int, dv: int, new_row: int)
     lpk = 32
     while (d // 4) % lpk or (dv // 4) % lpk:
         lpk //= 2
-    vt = max(32, VEC_STREAMS * lpk)
-    streams = vt // lpk
+    vt = min(VEC_WG, int(prog.device_info["max_work_group_size"]))
     shuffles = bool(prog.device_info.get("nv_dp4a"))
-    local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
-    per_row = 4 * (d + streams * (dv + 2) + (0 if shuffles else VEC_KU * vt))
-    nr = min(MAX_ROWS, group, local // per_row)
-    if nr < 1 or vt > int(prog.device_info["max_work_group_size"]):
+    if vt % lpk or (shuffles and vt % 32):  # a shuffle's warp is whole
         return None
-    return {"VT": vt, "LPK": lpk, "KU": VEC_KU, "NR": nr}
+    local = int(prog.device_info["local_mem_size"]) - 1024 - new_row
+    per_row = 4 * (d + vt // lpk * (dv + 2) + (0 if shuffles else VEC_KU * vt))
+    nr = min(MAX_ROWS, group, local // per_row)
+    return {"VT": vt, "LPK": lpk, "KU": VEC_KU, "NR": nr} if nr >= 1 else None
 
 
 def _cpu(prog: OpenCLProgram) -> bool:
@@ -189,7 +191,8 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
             prompt_rows, prompt = 0, None
     name, split_keys = "fattn", nt
     vec = None if prompt_rows else _vec(prog, t, group, d, dv, 4 * (2 * d + dv) if new_row else 0)
-    if vec is not None:
+    # a driver may build fattn_vec for fewer work-items (registers): fattn then
+    if vec is not None and _fits(prog.kernel(FILE, "fattn_vec", {**defines, **vec}), vec["VT"]):
         name, nt, nr, split_keys = "fattn_vec", vec["VT"], vec["NR"], VEC_SPLIT_KEYS
         defines.update(vec)
     kernel = None if cpu or prompt_rows else prog.kernel(FILE, name, defines)

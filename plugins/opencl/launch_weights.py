@@ -304,24 +304,42 @@ GEMMQ_TILES = ((16, 16, 8, 4, 4), (16, 16, 4, 4, 4), (16, 8, 4, 4, 4), (8, 8, 4,
 WIDE_TILE = (16, 16, 8, 8, 4)
 
 
-def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType) -> int:
+def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType, mma: int = 0) -> int:
     rx, ry, tm, tn, nb = tile
     bm, bn = rx * tm, ry * tn
+    pad = 8 if mma else 4  # ints a word row
     scales = 2 if wtype in (GGMLType.Q4_1, GGMLType.Q5_1) else 1  # and the mins, the sums
-    return 4 * (nb * 8 * (bm + 4) + nb * 8 * (bn + 4) + scales * nb * (bm + bn))
+    fragments = 6 * rx * ry if mma == 2 else 0
+    return 4 * (nb * 8 * (bm + pad) + nb * 8 * (bn + pad) + scales * nb * (bm + bn) + fragments)
+
+
+def _by_fill(fits: list, info: dict, m: int, t: int) -> list:
+    """From the largest tile that still gives every compute unit a work-group (else the
+    smallest) on."""
+    for i, (rx, ry, tm, tn, *_) in enumerate(fits):
+        if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:
+            return fits[i:]
+    return fits[-1:]
 
 
 def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, ...]]:
     """The tiles the device's work-group size and local memory take, best first: the largest
-    that still gives every compute unit a work-group (else the smallest), then the smaller."""
+    that still gives every compute unit a work-group (else the smallest), then the smaller.
+    Where tensor cores run gemmq (GQ_MMA, a sixth field), their tiles (128 rows, 256 work-items)
+    come first, on the same rule among themselves."""
     first = () if wtype in (GGMLType.Q4_0, GGMLType.Q5_0) else (WIDE_TILE,)
-    fits = [tile for tile in first + GEMMQ_TILES
-            if tile[0] * tile[1] <= info["max_work_group_size"]
-            and _gemmq_local_bytes(tile, wtype) <= info["local_mem_size"]]  # fmt: skip
-    for i, (rx, ry, tm, tn, _) in enumerate(fits):
-        if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:
-            return fits[i:]
-    return fits[-1:]
+    mma = 1 if info.get("nv_mma") else 2 if info.get("emulate_mma") else 0
+
+    def fits(tile: tuple[int, ...], on: int = 0) -> bool:
+        return (tile[0] * tile[1] <= info["max_work_group_size"]
+                and _gemmq_local_bytes(tile, wtype, on) <= info["local_mem_size"])  # fmt: skip
+
+    tiles = _by_fill([x for x in first + GEMMQ_TILES if fits(x)], info, m, t)
+    if mma:
+        cores = [(*x, mma) for x in first + GEMMQ_TILES
+                 if x[0] * x[2] == 128 and x[0] * x[1] == 256 and fits(x, mma)]  # fmt: skip
+        tiles = _by_fill(cores, info, m, t) + tiles if cores else tiles
+    return tiles
 
 
 def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
@@ -332,11 +350,12 @@ def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             *prog.arg(step.out), *res, np.int32(has_res), np.int32(m), np.int32(k),
             np.int32(t))  # fmt: skip
     # program.py lowers to gemmq only where the smallest tile fits the device's limits; a
-    # compiler may still refuse a tile or build it for fewer work-items (registers): the next
-    for rx, ry, tm, tn, nb in gemmq_tiles(prog.device_info, wtype, m, t):
+    # compiler may still refuse a tile (or its tensor-core PTX) or build it for fewer
+    # work-items (registers): the next
+    for rx, ry, tm, tn, nb, *on in gemmq_tiles(prog.device_info, wtype, m, t):
         try:
             kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
-                                GQ_NB=nb)  # fmt: skip
+                                GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}))  # fmt: skip
         except cl.Error as exc:
             error = exc
             continue

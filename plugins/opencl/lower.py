@@ -37,7 +37,9 @@ F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
 # a GPU mat-vec's last work-group quantizes or norms its output row up to this many columns, in
-# place of a launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md); a guess, unmeasured
+# place of a launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md). 16384 (the 8B's 4096-wide
+# norms and 14336-wide GLU rows too) ran its tg128 at 165-169 t/s against 246-258 on the H100
+# (2026-12-06, eleventh session): one work-group's serial pass over a long row costs more
 GPU_EPILOGUE_MAX_COLS = 2048
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout

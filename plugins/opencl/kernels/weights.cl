@@ -1419,6 +1419,12 @@ __kernel __attribute__((reqd_work_group_size(GEMM_WG, 1, 1))) void gemm(
 // in runs of 4 (GQ_RX * 4 i + 4 tx + 0..3, i < GQ_TM / 4) and tokens likewise, a run one 16-byte
 // load (neighbouring work-items' runs side by side: no bank conflict), 8 dp4 a pair and block.
 // The host picks the tile (GQ_* defines, GQ_TM and GQ_TN multiples of 4) from the device's limits.
+// GQ_MMA 1 (NVIDIA from compute capability 8.0): the products on tensor cores instead, one
+// mma.sync m16n8k32 (s8 x s8 -> s32: a block of 32 for 16 rows x 8 tokens) through inline PTX per
+// fragment pair, each of the 8 warps taking 32 rows x GQ_BN / 2 tokens of the 128-row tile from
+// the same local memory (its rows padded to a fragment's 32 banks); the integer sums are the
+// same, so the outputs are dp4a's to the bit. GQ_MMA 2: the tests' stand-in for the instruction
+// on any device (the fragments meet in local memory).
 #if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
 #ifndef GQ_RX
 #define GQ_RX 16
@@ -1432,6 +1438,56 @@ __kernel __attribute__((reqd_work_group_size(GEMM_WG, 1, 1))) void gemm(
 #define GQ_BN (GQ_RY * GQ_TN)
 #define GQ_WORDS (GQ_NB * 8)       // 32-bit words of a row's (a token's) blocks in a stage
 #define GQ_MIN (WTYPE == 3 || WTYPE == 7)  // a min term: d_x m_w sum(x)
+#ifndef GQ_MMA
+#define GQ_MMA 0
+#endif
+#if GQ_MMA
+#if GQ_BM != 128 || GQ_WG != 256 || GQ_BN % 16
+#error "gemmq's tensor-core tiles are 128 rows, 256 work-items, tokens a multiple of 16"
+#endif
+#define GQ_PAD 2                 // int4 a word row: a fragment's 32 loads on 32 banks
+#define GQ_NI (GQ_BN / 16)       // a warp's n8 tiles (two warps across the tokens)
+#else
+#define GQ_PAD 1
+#endif
+
+#if GQ_MMA == 1
+// D = A B for one m16n8k32 fragment set (a: 4 words of A's rows g, g + 8 at words tq, tq + 4;
+// b: 2 words of B's column g at words tq, tq + 4; d: rows g, g + 8 x columns 2 tq, 2 tq + 1,
+// g = lane / 4, tq = lane % 4), C zero
+inline int4 mma_s8(const int* a, const int* b) {
+    int d0, d1, d2, d3;
+    const int z = 0;
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%10,%11,%12,%13};"
+                 : "=r"(d0), "=r"(d1), "=r"(d2), "=r"(d3)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(z),
+                   "r"(z), "r"(z), "r"(z));
+    return (int4)(d0, d1, d2, d3);
+}
+#elif GQ_MMA == 2
+// mma_s8 by the fragments' definition, the warp's 32 work-items meeting in local memory (fa: 4
+// words a work-item, fb: 2; every work-item of the group calls it, in step)
+inline int4 mma_s8_emulated(const int* a, const int* b, __local int* fa, __local int* fb) {
+    const int lid = get_local_id(0), lane = lid % 32, w0 = lid - lane, g = lane / 4, tq = lane % 4;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int i = 0; i < 4; ++i) fa[4 * lid + i] = a[i];
+    for (int i = 0; i < 2; ++i) fb[2 * lid + i] = b[i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int d[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2), col = 2 * tq + e % 2;
+        int sum = 0;
+        for (int w = 0; w < 8; ++w) {  // word w of A's row and of B's column
+            const int aw = fa[4 * (w0 + (row % 8) * 4 + w % 4) + row / 8 + 2 * (w / 4)];
+            const int bw = fb[2 * (w0 + col * 4 + w % 4) + w / 4];
+            sum = dp4(aw, bw, sum);
+        }
+        d[e] = sum;
+    }
+    return (int4)(d[0], d[1], d[2], d[3]);
+}
+#endif
 
 // Subtract o from each byte of v (levels 0 .. 2o - 1): no borrow crosses a byte.
 inline int sub_bytes(int v, uint o) {
@@ -1479,8 +1535,11 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     long dso, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res,
     int M, int K, int T) {
     // k-major; a word row padded by one run, and 16-byte aligned for the runs' loads
-    __local int4 ws[GQ_WORDS][GQ_BM / 4 + 1];
-    __local int4 xs[GQ_WORDS][GQ_BN / 4 + 1];
+    __local int4 ws[GQ_WORDS][GQ_BM / 4 + GQ_PAD];
+    __local int4 xs[GQ_WORDS][GQ_BN / 4 + GQ_PAD];
+#if GQ_MMA == 2
+    __local int fa[4 * GQ_WG], fb[2 * GQ_WG];
+#endif
     __local float4 wd[GQ_NB][GQ_BM / 4];
     __local float4 xd[GQ_NB][GQ_BN / 4];
 #if GQ_MIN
@@ -1496,9 +1555,17 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     wq_raw wr[GQ_WI];
     int4 xr[GQ_XI];
     float2 dr[GQ_DI];
+#if GQ_MMA
+    // warp (wm, wn): rows 32 wm + 16 mi + g (+ 8), tokens GQ_BN / 2 wn + 8 ni + 2 tq (+ 1)
+    const int lane = lid % 32, warp = lid / 32, g = lane / 4, tq = lane % 4;
+    const int wr0 = 32 * (warp % 4) + g, wt0 = GQ_BN / 2 * (warp / 4) + 2 * tq;
+    float acc[2][GQ_NI][4];
+    for (int i = 0; i < 2 * GQ_NI * 4; ++i) ((float*)acc)[i] = 0.0f;
+#else
     float acc[GQ_TM][GQ_TN];
     for (int i = 0; i < GQ_TM; ++i)
         for (int j = 0; j < GQ_TN; ++j) acc[i][j] = 0.0f;
+#endif
     gq_fetch(W, row_bytes, xq, DS, m0, t0, M, T, nb, 0, lid, wr, xr, dr);
     for (int c0 = 0; c0 < nb; c0 += GQ_NB) {
         const int nbs = min(GQ_NB, nb - c0);
@@ -1547,6 +1614,52 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
         barrier(CLK_LOCAL_MEM_FENCE);
         if (c0 + GQ_NB < nb)
             gq_fetch(W, row_bytes, xq, DS, m0, t0, M, T, nb, c0 + GQ_NB, lid, wr, xr, dr);
+#if GQ_MMA
+#define WS(w, r) ((__local const int*)ws[(w)])[(r)]
+#define XS(w, t) ((__local const int*)xs[(w)])[(t)]
+        for (int b = 0; b < nbs; ++b) {
+            int a[2][4], x[GQ_NI][2];
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wr0 + 16 * mi;
+                a[mi][0] = WS(b * 8 + tq, r);
+                a[mi][1] = WS(b * 8 + tq, r + 8);
+                a[mi][2] = WS(b * 8 + 4 + tq, r);
+                a[mi][3] = WS(b * 8 + 4 + tq, r + 8);
+            }
+            for (int ni = 0; ni < GQ_NI; ++ni) {
+                const int t = wt0 - 2 * tq + 8 * ni + g;  // B's column g
+                x[ni][0] = XS(b * 8 + tq, t);
+                x[ni][1] = XS(b * 8 + 4 + tq, t);
+            }
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wr0 + 16 * mi;
+                const float d[2] = {((__local float*)wd[b])[r], ((__local float*)wd[b])[r + 8]};
+#if GQ_MIN
+                const float mw[2] = {((__local float*)wm[b])[r], ((__local float*)wm[b])[r + 8]};
+#endif
+                for (int ni = 0; ni < GQ_NI; ++ni) {
+#if GQ_MMA == 1
+                    const int4 c = mma_s8(a[mi], x[ni]);
+#else
+                    const int4 c = mma_s8_emulated(a[mi], x[ni], fa, fb);
+#endif
+                    const int cs[4] = {c.x, c.y, c.z, c.w};
+                    for (int e = 0; e < 4; ++e) {
+                        const int t = wt0 + 8 * ni + e % 2;
+                        const float dx = ((__local float*)xd[b])[t];
+#if GQ_MIN
+                        const float sx = ((__local float*)xsum[b])[t];
+                        acc[mi][ni][e] += dx * (d[e / 2] * exact_float(cs[e]) + mw[e / 2] * sx);
+#else
+                        acc[mi][ni][e] += d[e / 2] * dx * exact_float(cs[e]);
+#endif
+                    }
+                }
+            }
+        }
+#undef WS
+#undef XS
+#else
         for (int b = 0; b < nbs; ++b) {
             int sumi[GQ_TM][GQ_TN];
             for (int i = 0; i < GQ_TM; ++i)
@@ -1575,9 +1688,21 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
 #endif
                 }
         }
+#endif
     }
     __global float* Y = PTR(float, yb, yo);
     __global const float* Res = CPTR(float, rb, ro);
+#if GQ_MMA
+    for (int mi = 0; mi < 2; ++mi)
+        for (int ni = 0; ni < GQ_NI; ++ni)
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + wr0 + 16 * mi + 8 * (e / 2), t = t0 + wt0 + 8 * ni + e % 2;
+                if (t < T && m < M) {
+                    const size_t o = (size_t)t * M + m;
+                    Y[o] = has_res ? acc[mi][ni][e] + Res[o] : acc[mi][ni][e];
+                }
+            }
+#else
     for (int j = 0; j < GQ_TN; ++j) {
         const int t = t0 + GQ_RY * 4 * (j / 4) + 4 * ty + j % 4;
         for (int i = 0; i < GQ_TM; ++i) {
@@ -1588,5 +1713,6 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
             }
         }
     }
+#endif
 }
 #endif
