@@ -61,8 +61,8 @@
 #                builds started; opencl_attn_probe.py of fattn_vec and fattn; its GPU tests; tg128
 #                at depths 0 and 512 of the 135M, 1B and 8B rows under VARIANTS, base interleaved
 #   mma          gemmq on tensor cores: opencl_gemm.py (the tile against the dp4a tiles, outputs
-#                compared), the legacy mul_mat conformance cases on opencl:0, pp512 and tg128 of
-#                the 1B and 8B rows beside .devrun/base (one short call on a fresh machine)
+#                compared), the legacy mul_mat conformance cases on opencl:0, pp512 of the 1B
+#                and 8B rows beside .devrun/base (one short call on a fresh machine)
 #   depth        llmrt bench -p 0 -n 64 -d 4096,16384 of the 1B and 8B shapes on cuda:0 and
 #                vulkan:0, each beside llama-bench's (fa on) when the peer was built; Vulkan
 #                and CUDA attention split for more or fewer blocks (benchmarks/*_attn_splits.py)
@@ -495,18 +495,18 @@ vec)  # fattn_vec, the one-token attention on a stream of work-items a key (issu
 mma)  # gemmq on tensor cores (GQ_MMA, issue 17), one short call on a fresh machine (.devrun
   # carried): the products alone on the tensor-core tile against the dp4a tiles (opencl_gemm.py:
   # times, and each tile's output against the first's), the legacy types' mul_mat conformance
-  # cases on opencl:0, then pp512 and tg128 of the 1B and 8B rows beside .devrun/base
+  # cases on opencl:0, then pp512 of the 1B and 8B rows beside .devrun/base
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   big=$!
-  timeout 100 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q4_1,q8_0 --reps 5 \
+  timeout 60 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q4_1 --reps 3 \
     --tile 16,16,8,4,4 --tile 16,16,4,4,4 2>&1 | grep -v "^#\|Warning\|lambda" | tee -a $OUT/mma.log
-  timeout 100 python3 -m pytest tests/conformance -k "opencl and mul_mat and (q4_0 or q4_1 or q5_0 \
+  timeout 70 python3 -m pytest tests/conformance -k "opencl and mul_mat and (q4_0 or q4_1 or q5_0 \
     or q5_1 or q8_0)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mma.log
   wait $big
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     for tree in this base; do
       [ $tree = this ] && tree_path="" || tree_path=$PWD/.devrun/base:
-      PYTHONPATH=$tree_path/tmp/site timeout 60 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 128 -r 3 \
+      PYTHONPATH=$tree_path/tmp/site timeout 40 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 0 -r 3 \
         --device opencl:0 2>&1 | grep "| pp\|| tg" | sed "s/^/$tree $m /" | tee -a $OUT/mma.log
     done
   done
