@@ -496,14 +496,17 @@ mma)  # gemmq on tensor cores (GQ_MMA, issue 17), one short call on a fresh mach
   # carried): the products alone on the tensor-core tile against the dp4a tiles (opencl_gemm.py:
   # times, and each tile's output against the first's), the legacy types' mul_mat conformance
   # cases on opencl:0, then pp512 of the 1B and 8B rows beside .devrun/base
-  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
+  # SHAPES (opencl_gemm.py's) and BIG=0 (no 8B row) shorten it
+  synth llama32-1b q4_0; ( [ "${BIG:-1}" = 0 ] || synth llama3-8b q4_0 ) &
   big=$!
   timeout 60 python3 benchmarks/opencl_gemm.py --t 512 --types q4_0,q4_1 --reps 3 \
+    --shapes ${SHAPES:-2048x2048,8192x2048,4096x4096,14336x4096} \
     --tile 16,16,8,4,4 --tile 16,16,4,4,4 2>&1 | grep -v "^#\|Warning\|lambda" | tee -a $OUT/mma.log
   timeout 70 python3 -m pytest tests/conformance -k "opencl and mul_mat and (q4_0 or q4_1 or q5_0 \
     or q5_1 or q8_0)" -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mma.log
   wait $big
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
+    [ -e /tmp/synth-$m.gguf ] || continue
     for tree in this base; do
       [ $tree = this ] && tree_path="" || tree_path=$PWD/.devrun/base:
       PYTHONPATH=$tree_path/tmp/site timeout 40 llmrt bench -m /tmp/synth-$m.gguf -p 512 -n 0 -r 3 \

@@ -302,6 +302,12 @@ GEMMQ_TILES = ((16, 16, 8, 4, 4), (16, 16, 4, 4, 4), (16, 8, 4, 4, 4), (8, 8, 4,
 # than levels with an offset (Q4_1, Q5_1: a min; Q8_0: 34 bytes): faster there on an H100, and
 # slower for Q4_0 (benchmarks/opencl_gemm.py; BENCHMARKS.md, 2026-12-06)
 WIDE_TILE = (16, 16, 8, 8, 4)
+# the tile on tensor cores (GQ_MMA): 128 rows x 64 tokens, ahead of every other wherever it fits,
+# however few groups it makes. On an H100 (benchmarks/opencl_gemm.py, 2026-12-06) 1.4-1.6x the
+# dp4a tiles (Q4_0 14336 x 4096: 103 against 67 TOPS; 2048 x 2048: 76 against 54), to the bit the
+# same outputs; 128 tokens (WIDE_TILE's shape) ran Q4_1's 14336 x 4096 at 45 against the dp4a
+# tiles' 63
+MMA_TILE = (16, 16, 8, 4, 4)
 
 
 def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType, mma: int = 0) -> int:
@@ -313,20 +319,10 @@ def _gemmq_local_bytes(tile: tuple[int, ...], wtype: GGMLType, mma: int = 0) -> 
     return 4 * (nb * 8 * (bm + pad) + nb * 8 * (bn + pad) + scales * nb * (bm + bn) + fragments)
 
 
-def _by_fill(fits: list, info: dict, m: int, t: int) -> list:
-    """From the largest tile that still gives every compute unit a work-group (else the
-    smallest) on."""
-    for i, (rx, ry, tm, tn, *_) in enumerate(fits):
-        if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]:
-            return fits[i:]
-    return fits[-1:]
-
-
 def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, ...]]:
     """The tiles the device's work-group size and local memory take, best first: the largest
     that still gives every compute unit a work-group (else the smallest), then the smaller.
-    Where tensor cores run gemmq (GQ_MMA, a sixth field), their tiles (128 rows, 256 work-items)
-    come first, on the same rule among themselves."""
+    Where tensor cores run gemmq, MMA_TILE comes first (with GQ_MMA, a sixth field)."""
     first = () if wtype in (GGMLType.Q4_0, GGMLType.Q5_0) else (WIDE_TILE,)
     mma = 1 if info.get("nv_mma") else 2 if info.get("emulate_mma") else 0
 
@@ -334,12 +330,11 @@ def gemmq_tiles(info: dict, wtype: GGMLType, m: int, t: int) -> list[tuple[int, 
         return (tile[0] * tile[1] <= info["max_work_group_size"]
                 and _gemmq_local_bytes(tile, wtype, on) <= info["local_mem_size"])  # fmt: skip
 
-    tiles = _by_fill([x for x in first + GEMMQ_TILES if fits(x)], info, m, t)
-    if mma:
-        cores = [(*x, mma) for x in first + GEMMQ_TILES
-                 if x[0] * x[2] == 128 and x[0] * x[1] == 256 and fits(x, mma)]  # fmt: skip
-        tiles = _by_fill(cores, info, m, t) + tiles if cores else tiles
-    return tiles
+    tiles = [tile for tile in first + GEMMQ_TILES if fits(tile)]
+    full = [i for i, (rx, ry, tm, tn, _) in enumerate(tiles)
+            if _groups(m, rx * tm) * _groups(t, ry * tn) >= info["compute_units"]]  # fmt: skip
+    tiles = tiles[full[0] :] if full else tiles[-1:]
+    return [(*MMA_TILE, mma), *tiles] if mma and fits(MMA_TILE, mma) else tiles
 
 
 def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
