@@ -73,6 +73,17 @@ inline void cache_store(__global uchar* cb, ulong co, int f16, long c, long cs, 
     knb, kno, vnb, vno, posb, poso, idsb, idso, kcb, kco, vcb, vco, ffb, ffo, n_dims, neox,    \
         has_ff, r_hi, r_lo, fs_hi, fs_lo, attn_factor, xqb, xqo, dso
 
+// group_start's local memory, declared in the kernel (where OpenCL C allows __local arrays)
+#if NEWROW
+#define GROUP_START_LOCALS                                                                     \
+    __local float2 rcs[D / 2];                                                                 \
+    __local float nk[D], nv[DV]
+#else
+#define GROUP_START_LOCALS                                                                     \
+    __local float2 rcs[1];                                                                     \
+    __local float nk[1], nv[1]
+#endif
+
 // A GPU work-group's start (fattn, fattn_vec; nl work-items): its NR q rows from row0 (of R,
 // KV head hk) into sq, rounded as the K cache stores (ggml multiplies an f16 cache with f16
 // operands). With NEWROW the q rows are roped first, each rotated pair's cos and sin computed
@@ -190,13 +201,7 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __global const uchar* k = kb + ko;
     __global const uchar* v = vb + vo;
 
-#if NEWROW
-    __local float2 rcs[D / 2];
-    __local float nk[D], nv[DV];
-#else
-    __local float2 rcs[1];
-    __local float nk[1], nv[1];
-#endif
+    GROUP_START_LOCALS;
     const int cnew = group_start(sq, rcs, nk, nv, q, NT, row0, R, G, Hq, hk, lo, hi, ks, kh, vs,
                                  vh, FUSED_NAMES);
 #if NEWROW
@@ -407,13 +412,7 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
 #ifndef NV_SHFL
     __local float red[KU * NR * VT];
 #endif
-#if NEWROW
-    __local float2 rcs[D / 2];
-    __local float nk[D], nv[DV];
-#else
-    __local float2 rcs[1];
-    __local float nk[1], nv[1];
-#endif
+    GROUP_START_LOCALS;
     const int lid = get_local_id(0), st = lid / LPK, ln = lid % LPK;
     const int hk = get_group_id(1), sp = get_group_id(2), nsplit = get_num_groups(2);
     const int G = Hq / Hkv, R = T * G, row0 = get_group_id(0) * NR;
