@@ -2,7 +2,8 @@
 length when heads x tokens would leave the device idle, then a merge of the splits.
 
 A work-group takes a block of query rows of one KV head (its grouped query heads, over several
-tokens: they share every K and V load) and a range of keys. Its row count is a compile-time
+tokens: they share every K and V load) and a range of keys. A GPU's one-token step takes
+fattn_vec (each key's row read across a stream of work-items) where it fits, else fattn. Its row count is a compile-time
 define, as are the head sizes and cache types, so each shape builds its own small program.
 
 The decode fusions (llmrt.lower.passes) add to the step: ``params["nr"]`` (the one-token
