@@ -139,6 +139,26 @@ def test_a_gpu_one_token_attention_reads_a_key_across_work_items(opencl, case, s
     assert ("fattn_merge" in names) == (split_keys == 32)
 
 
+def test_a_one_token_attention_too_large_for_the_driver_takes_fattn(opencl, monkeypatch):
+    """A driver may build fattn_vec for fewer work-items than its group (registers: the 8B's
+    heads in groups of 512 on an H100): the step then takes fattn, not the CPU kernel."""
+    import llmrt_opencl.launch_attention as launch_attention
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    fits = launch_attention._fits
+    monkeypatch.setattr(launch_attention, "_fits", lambda kernel, nt: kernel.function_name
+                        != "fattn_vec" and fits(kernel, nt))  # fmt: skip
+    programs = []
+    compile_ = opencl.compile
+    monkeypatch.setattr(
+        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
+    )
+    case = next(c for c in cases() if c.id.startswith("decode_attention(type_a=q8_0,t=1,s=40"))
+    assert check_case(opencl, case) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert "fattn" in names and "fattn_vec" not in names and "fattn_row" not in names
+
+
 @pytest.mark.parametrize(
     "limit", [("fused", 0), ("portable", 1)], ids=["unfused", "without-x86-builtins"]
 )
