@@ -2,9 +2,10 @@
 length when heads x tokens would leave the device idle, then a merge of the splits.
 
 A work-group takes a block of query rows of one KV head (its grouped query heads, over several
-tokens: they share every K and V load) and a range of keys. A GPU's one-token step takes
-fattn_vec (each key's row read across a stream of work-items) where it fits, else fattn. Its row count is a compile-time
-define, as are the head sizes and cache types, so each shape builds its own small program.
+tokens: they share every K and V load) and a range of keys. Its row count is a compile-time
+define, as are the head sizes and cache types, so each shape builds its own small program. A
+GPU's one-token step takes fattn_vec (each key's row read across a stream of work-items) where it
+fits, else fattn.
 
 The decode fusions (llmrt.lower.passes) add to the step: ``params["nr"]`` (the one-token
 attention ropes q and the new K row itself and writes the new K/V rows: attention.cl's NEWROW)
@@ -42,9 +43,9 @@ DECODE_NT = 64
 # where its shapes fit: work-groups of VEC_WG work-items (at most the device's), VEC_KU keys in
 # flight a stream, a split of the keys for every VEC_SPLIT_KEYS of them. On the H100 (tg128,
 # BENCHMARKS.md 2026-12-06, eleventh session): groups of 64 with splits of 256 keys lost to fattn
-# (135M 364 against 508 t/s: a decode step has few KV heads, so few groups); 256 and 64 gave the
-# 8B 258 and 246 against fattn's 232 and 231, the 1B 693 and 659 against 550 and 625; 512 did
-# not fit the 8B's registers
+# (1B at depth 512: 377 against 602 t/s; a decode step has few KV heads, so few groups); 256 and
+# 64 gave the 8B 258 and 246 against fattn's 232 and 231, the 1B 693 and 659 against 550 and 625;
+# 512 did not fit the 8B's registers
 DECODE_VEC = True
 VEC_WG, VEC_KU, VEC_SPLIT_KEYS = 256, 4, 64
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
