@@ -1534,7 +1534,7 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     __global const uchar* wb, ulong wo, long row_bytes, __global const uchar* xqb, ulong xqo,
     long dso, __global uchar* yb, ulong yo, __global const uchar* rb, ulong ro, int has_res,
     int M, int K, int T) {
-    // k-major; a word row padded by one run, and 16-byte aligned for the runs' loads
+    // k-major; a word row padded by GQ_PAD runs, and 16-byte aligned for the runs' loads
     __local int4 ws[GQ_WORDS][GQ_BM / 4 + GQ_PAD];
     __local int4 xs[GQ_WORDS][GQ_BN / 4 + GQ_PAD];
 #if GQ_MMA == 2
@@ -1556,7 +1556,7 @@ __kernel __attribute__((reqd_work_group_size(GQ_WG, 1, 1))) void gemmq(
     int4 xr[GQ_XI];
     float2 dr[GQ_DI];
 #if GQ_MMA
-    // warp (wm, wn): rows 32 wm + 16 mi + g (+ 8), tokens GQ_BN / 2 wn + 8 ni + 2 tq (+ 1)
+    // warp w: rows 32 (w % 4) + 16 mi + g (+ 8), tokens GQ_BN / 2 (w / 4) + 8 ni + 2 tq (+ 1)
     const int lane = lid % 32, warp = lid / 32, g = lane / 4, tq = lane % 4;
     const int wr0 = 32 * (warp % 4) + g, wt0 = GQ_BN / 2 * (warp / 4) + 2 * tq;
     float acc[2][GQ_NI][4];
