@@ -611,6 +611,9 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
 // visible before they counted themselves): with glu_q8 the GLU output y as q8 blocks into oq; with
 // norm the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8 blocks
 // into nq).
+#ifndef MMVQ_EPILOGUE
+#define MMVQ_EPILOGUE 0
+#endif
 inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long odso, int glu_q8,
                             __global volatile int* cnt, __global const float* nw, int has_nw,
                             float eps, int mode, int has_ny, __global float* ny,
@@ -623,13 +626,19 @@ inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long o
     if (!*last) return;
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     if (get_local_id(0) == 0) atomic_xchg(cnt, 0);
-    if (glu_q8) quant_q8_group(y, M, oq, odso, redf, redi);
-    if (norm) norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi);
+#if MMVQ_EPILOGUE == 1
+    quant_q8_group(y, M, oq, odso, redf, redi);
+#elif MMVQ_EPILOGUE == 2
+    norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi);
+#endif
 }
 
 // mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
 // with M0..M2 rows; the residual (Y0's only) where has_res; then mmvq_last_group's epilogue where
-// glu_q8 or norm (one token).
+// built with one (one token): MMVQ_EPILOGUE 1 the GLU's q8 blocks (glu_q8), 2 the row's norm
+// (norm). A define, not a branch on the flags: PoCL's compiler took 47 s over a kernel holding
+// both epilogues' barriers (0.2 s without, 0.8 and 6.9 s with one), and a GPU's takes only the
+// code it runs.
 #define MMVQ(NT, R)                                                                              \
     __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
         __global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,              \
@@ -645,7 +654,7 @@ inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long o
         mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
                   PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
                   has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
-        if (glu_q8 || norm)                                                                      \
+        if (MMVQ_EPILOGUE)                                                                       \
             mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(uchar, oqb, oqo), odso, glu_q8,        \
                             PTR(volatile int, cntb, cnto), CPTR(float, nwb, nwo), has_nw, eps,   \
                             mode, has_ny, PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso,      \
