@@ -25,6 +25,7 @@ import pyopencl as cl
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.steps import Step
+from llmrt_opencl import backend
 from llmrt_opencl.launch_ops import q8_arg, quant_q8_launch, rope_args
 from llmrt_opencl.program import Launch, OpenCLProgram
 
@@ -98,7 +99,7 @@ def _vec(prog: OpenCLProgram, t: int, group: int, d: int, dv: int, new_row: int)
     while (d // 4) % lpk or (dv // 4) % lpk:
         lpk //= 2
     vt = min(VEC_WG, int(prog.device_info["max_work_group_size"]))
-    shuffles = bool(prog.device_info.get("nv_dp4a"))
+    shuffles = bool(prog.device_info.get("nv_dp4a")) and backend.NV_SHFL  # as programs build
     if vt % lpk or (shuffles and vt % 32):  # a shuffle's warp is whole
         return None
     local = int(prog.device_info["local_mem_size"]) - 1024 - new_row

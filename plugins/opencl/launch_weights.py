@@ -246,8 +246,10 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         if "q8_out" in p:  # a work-item a block of 32 GLU outputs (48 groups: 1536)
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
-    epilogue = {"MMVQ_EPILOGUE": 1 if "q8_out" in p else 2} if "q8_out" in p or "norm" in p else {}
-    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **epilogue)
+    epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
+    kernel = _q8_kernel(
+        prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
+    )
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 

@@ -531,6 +531,7 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int i = lid; i < NR * DV; i += VT) {
         const int r = i / DV, col = i % DV, row = row0 + r;
+        if (row >= R) continue;
         float mx = -INFINITY;
         for (int j = 0; j < NS; ++j) mx = fmax(mx, smax[j * NR + r]);
         float sum = 0.0f, o = 0.0f;
@@ -541,7 +542,6 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
             sum += ssum[j * NR + r] * w;
             o += sout[(j * NR + r) * DV + col] * w;
         }
-        if (row >= R) continue;
         const long orow = (long)(row / G) * Hq + hk * G + row % G;
         if (nsplit == 1) {
             const float y = sum > 0.0f ? o / sum : 0.0f;

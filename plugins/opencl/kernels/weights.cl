@@ -608,16 +608,16 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
 
 // After a one-token mat-vec, the step lower.mat_vec_epilogues gave it, run by the work-group that
 // finishes last (an atomic count in cnt, which it resets; the others' outputs are written, made
-// visible before they counted themselves): with glu_q8 the GLU output y as q8 blocks into oq; with
-// norm the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8 blocks
+// visible before they counted themselves): MMVQ_EPILOGUE 1, the GLU output y as q8 blocks into oq;
+// 2, the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8 blocks
 // into nq).
 #ifndef MMVQ_EPILOGUE
 #define MMVQ_EPILOGUE 0
 #endif
-inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long odso, int glu_q8,
+inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long odso,
                             __global volatile int* cnt, __global const float* nw, int has_nw,
                             float eps, int mode, int has_ny, __global float* ny,
-                            __global uchar* nq, long ndso, int norm, __local int* last,
+                            __global uchar* nq, long ndso, __local int* last,
                             __local float* redf, __local int* redi) {
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
@@ -655,10 +655,10 @@ inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long o
                   PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
                   has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
         if (MMVQ_EPILOGUE)                                                                       \
-            mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(uchar, oqb, oqo), odso, glu_q8,        \
+            mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(uchar, oqb, oqo), odso,                \
                             PTR(volatile int, cntb, cnto), CPTR(float, nwb, nwo), has_nw, eps,   \
                             mode, has_ny, PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso,      \
-                            norm, &last, red, redi);                                             \
+                            &last, red, redi);                                                   \
     }
 MMVQ(1, 1)
 MMVQ(1, 2)
