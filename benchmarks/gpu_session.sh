@@ -10,7 +10,7 @@
 #   bench ROWS   per row, interleaved: llmrt cuda (this tree, OLDREV), llama.cpp CUDA, llmrt vulkan
 #                (this tree, OLDREV), llama.cpp Vulkan, llmrt opencl:0 (command buffer, and kernel by
 #                kernel with LLMRT_OPENCL_SAFE=1), llmrt cuda:0,vulkan:0
-#   keep         sets the carried model part aside
+#   keep [peer]  sets the carried model part aside; with "peer", llama.cpp's builds started too
 #   models       joins the parts; greedy and logits tests on opencl:0, cuda:0, vulkan:0; KL
 #                divergence against llama.cpp on each, through the prompt path and the decode path
 #                (kld_decode.py); benches of the real models
@@ -34,7 +34,8 @@
 #                the four rows with each matmul shader (benchmarks/prompt_paths.py) beside
 #                llama-bench's Vulkan pp512 when the peer was built
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
-#                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished)
+#                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
+#                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
@@ -88,7 +89,10 @@ done
 cp .gpumodels/part.* /tmp/parts/ 2>/dev/null
 # SmolLM2 alone is part.0 and the first 56,362,432 bytes of part.1 (head -c of it, 56 MB)
 [ -e .gpumodels/smol.1 ] && cp .gpumodels/smol.1 /tmp/parts/part.1
-[ "$stage" = keep ] && { ls /tmp/parts; exit 0; }
+if [ "$stage" = keep ]; then
+  [ "${2:-}" = peer ] && bash .peer/device_bench.sh build
+  ls /tmp/parts; exit 0
+fi
 
 # a later call on the warm machine finds the loader and the wheels installed: it need not carry them
 [ -d .gl ] && { for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; }
@@ -184,12 +188,27 @@ models)
       tests/fixtures/refs/smollm2-135m/kld/text.txt tests/fixtures/refs/smollm2-135m/kld/llama_cpp_fa0.npz \
       $dev 2>&1 | tail -2 | tee -a $OUT/kld.log
   done
+  # OpenCL's decode cases on the GPU in the background (correctness only)
+  ( timeout 240 python3 -m pytest tests/conformance -k "opencl and decode_" -q --tb=short \
+      -p no:cacheprovider > $OUT/models-opencl-decode.log 2>&1 ) &
+  decode_cases=$!
+  gemma=$models/gemma-3-270m-q4_k_m.gguf
+  for dev in opencl:0 cuda:0 vulkan:0; do
+    [ -e $gemma ] || break
+    echo "== Gemma 3 perplexity on $dev (llama-perplexity: 8.5198, tests/fixtures/refs/gemma3-270m)"
+    timeout 150 llmrt perplexity -m $gemma -f tests/fixtures/refs/smollm2-135m/kld/text.txt -c 256 \
+      --device $dev 2>&1 | grep "Final estimate" | python3 -c "import re,sys; t=sys.stdin.read(); \
+m=re.search(r'PPL = ([\d.]+)', t); print(t.strip(), '| ratio to llama.cpp', round(float(m.group(1))/8.5198, 5) if m else None)" \
+      | tee -a $OUT/kld.log
+  done
   for dev in opencl:0 cuda:0 vulkan:0; do
     echo "== greedy and logits on $dev"
     LLMRT_TEST_DEVICE=$dev timeout 150 python3 -m pytest tests/models/test_greedy.py \
       tests/models/test_logits.py -k "$only" -q --tb=short -p no:cacheprovider 2>&1 | tee $OUT/models-${dev%:0}.log | tail -4
   done
-  for m in $models/*.gguf; do
+  wait $decode_cases; tail -n 3 $OUT/models-opencl-decode.log
+  # the real models' benches, unless llama.cpp is being built beside them (NO_BENCH=1)
+  [ "${NO_BENCH:-0}" = 1 ] || for m in $models/*.gguf; do
     for dev in opencl:0 cuda:0 vulkan:0; do
       timeout 60 llmrt bench -m $m -p 512 -n 128 -r 3 --device $dev 2>&1 | grep -v "^| model\|^| ---" \
         | sed "s/^/$dev /" | tee -a $OUT/bench-models.log
@@ -526,6 +545,12 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
         | grep "| pp\|| tg" | sed "s/^/llmrt $dev /" | tee -a $OUT/ratios.log
       [ $dev = opencl:0 ] || bash $PEER bench ${dev%:0} $m | sed "s/^/llama.cpp-${dev%:0} /" \
         | tee -a $OUT/ratios.log
+    done
+    # OpenCL under other launch choices (llmrt_opencl constants, comma-separated), same row
+    for v in ${OPENCL_VARIANTS:-}; do
+      timeout 120 python3 benchmarks/with_constants.py $(echo $v | tr , '\n' | sed "s/^/llmrt_opencl./") \
+        -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
+        | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
     done
   done
   ;;

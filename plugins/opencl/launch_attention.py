@@ -49,6 +49,7 @@ DECODE_NT = 64
 # 512 did not fit the 8B's registers
 DECODE_VEC = True
 VEC_WG, VEC_KU, VEC_SPLIT_KEYS = 256, 4, 64
+MERGE_LAST = True  # fattn_vec's splits merged by the last to finish, not by a fattn_merge launch
 LOCAL_BYTES = 15 * 1024  # for a group's q rows and tile scores (16 KiB in all, with the rest)
 MAX_ROWS = 16
 # split the keys until there are about this many groups per compute unit (a CPU thread runs a
@@ -207,9 +208,15 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     # fattn where its q rows' local memory holds the output rows; not fattn_prompt), else
     # fattn_merge (a row per work-group), else a quant_q8 launch after
     merge_local = dv <= int(prog.device_info["max_work_group_size"])
+    # fattn_vec's last split to finish merges them (MERGE_LAST), its q8 rows in the q rows' memory
+    vec_launch = kernel is not None and name == "fattn_vec"
+    merge_last = vec_launch and nsplit > 1 and MERGE_LAST and dv <= d
     xq = "q8" in p and not prompt_rows and (merge_local if nsplit > 1 else (cpu or dv <= d))
+    xq = xq or ("q8" in p and merge_last)
     defines["XQ8"] = int(xq)
-    if kernel is not None and xq:
+    if merge_last:
+        defines["MERGE_LAST"] = 1
+    if kernel is not None and (xq or merge_last):
         kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
@@ -220,6 +227,11 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
         np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
+    if vec_launch:  # the split counters (zeroed here; the last split resets its own)
+        cnt = prog.scratch(4 * blocks * hkv) if merge_last else out
+        if merge_last:
+            cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 4 * blocks * hkv).wait()
+        args += cnt
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
         launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]
@@ -228,7 +240,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
                            (1, 1, 1), args)]  # fmt: skip
     else:
         launches = [Launch(kernel, (blocks * nt, hkv, nsplit), (nt, 1, 1), args)]
-    if nsplit > 1:
+    if nsplit > 1 and not merge_last:
         merge = prog.kernel(FILE, "fattn_merge", defines)
         local = (dv, 1) if merge_local else None
         xq_args = _q8_args(prog, step, xq)

@@ -112,31 +112,52 @@ def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows
     ]
 
 
-@pytest.mark.parametrize("split_keys", [32, 4096], ids=["split", "whole"])
+class _RunTwice:
+    """A compiled program run first on other inputs (the float ones halved), then on the
+    given ones: a launch that leaves its state wrong for the next run (a split counter not reset)
+    shows in the second run's outputs."""
+
+    def __init__(self, program) -> None:
+        self.program, self.launches = program, program.launches
+
+    def run(self, inputs, outputs=None):
+        other = {k: v * 0.5 if np.asarray(v).dtype.kind == "f" else v for k, v in inputs.items()}
+        self.program.run(other, outputs)
+        return self.program.run(inputs, outputs)
+
+
+@pytest.mark.parametrize(
+    "split_keys, merge_last",
+    [(32, True), (32, False), (4096, True)],
+    ids=["split-merged-by-the-last", "split-fattn_merge", "whole"],
+)
 @pytest.mark.parametrize(
     "case",
     [c for c in cases()
      if c.id.startswith(("flash_attn_ext(t=1,", "decode_attention(type_a=q8_0,t=1"))],
     ids=lambda c: c.id,
 )  # fmt: skip
-def test_a_gpu_one_token_attention_reads_a_key_across_work_items(opencl, case, split_keys,
-                                                                 monkeypatch):  # fmt: skip
+def test_a_gpu_one_token_attention_reads_a_key_across_work_items(
+    opencl, case, split_keys, merge_last, monkeypatch
+):
     """A GPU's one-token attention (fattn_vec: a stream of work-items a key, keys in flight,
     here with the local-memory sums a GPU without warp shuffles takes), its keys whole in one
-    work-group a KV head or split (merged by fattn_merge), against the reference."""
+    work-group a KV head or split, the splits merged by the last of them to finish (its count
+    reset for the next run: the program runs twice) or by fattn_merge, against the reference."""
     import llmrt_opencl.launch_attention as launch_attention
 
     monkeypatch.setitem(opencl.limits, "cpu", 0)
     monkeypatch.setattr(launch_attention, "VEC_SPLIT_KEYS", split_keys)
+    monkeypatch.setattr(launch_attention, "MERGE_LAST", merge_last)
     programs = []
     compile_ = opencl.compile
     monkeypatch.setattr(
-        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
+        opencl, "compile", lambda g, b: programs.append(_RunTwice(compile_(g, b))) or programs[-1]
     )
     assert check_case(opencl, case) == "ok"
     names = [x.kernel.function_name for p in programs for x in p.launches]
     assert "fattn_vec" in names and "fattn" not in names
-    assert ("fattn_merge" in names) == (split_keys == 32)
+    assert ("fattn_merge" in names) == (split_keys == 32 and not merge_last)
 
 
 def test_a_one_token_attention_too_large_for_the_driver_takes_fattn(opencl, monkeypatch):

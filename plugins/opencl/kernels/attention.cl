@@ -389,6 +389,13 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 // each stream with its own online softmax and its share of every row's outputs, in registers: no
 // barrier in the key loop on NVIDIA. At the end the streams' (max, sum, outputs) meet in local
 // memory. The same arguments and outputs as fattn; the block's NR rows are one token's (T 1).
+// MERGE_LAST 1 (split keys): the last of a row block's splits to finish (an atomic count a block
+// in cnt, which it resets; the others' partials are written, made visible before they counted
+// themselves) combines the partials as fattn_merge would and writes the q8 blocks: no merge
+// launch (~9 us on NVIDIA's OpenCL, every layer of a decode step past 64 cells).
+#ifndef MERGE_LAST
+#define MERGE_LAST 0
+#endif
 #ifndef VT
 #define VT 128
 #endif
@@ -406,9 +413,11 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
     __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
     __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
     ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
-    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS) {
+    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS,
+    __global uchar* cntb, ulong cnto) {
     __local float sq[NR * D];
     __local float smax[NS * NR], ssum[NS * NR], sout[NS * NR * DV];
+    __local int last;
 #ifndef NV_SHFL
     __local float red[KU * NR * VT];
 #endif
@@ -558,8 +567,42 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
             part[2 + col] = o;
         }
     }
+#if MERGE_LAST
+    if (nsplit > 1) {
+        __global volatile int* cnt = PTR(int, cntb, cnto) + hk * get_num_groups(0) + get_group_id(0);
+        mem_fence(CLK_GLOBAL_MEM_FENCE);
+        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+        if (lid == 0) last = atomic_inc(cnt) == nsplit - 1;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (!last) return;
+        mem_fence(CLK_GLOBAL_MEM_FENCE);
+        if (lid == 0) atomic_xchg(cnt, 0);
+        for (int i = lid; i < NR * DV; i += VT) {
+            const int r = i / DV, col = i % DV, row = row0 + r;
+            if (row >= R) continue;
+            const long orow = (long)(row / G) * Hq + hk * G + row % G;
+            __global const float* part = CPTR(float, pb, po) + orow * nsplit * PART;
+            float mx = -INFINITY;
+            for (int j = 0; j < nsplit; ++j) mx = fmax(mx, part[j * PART]);
+            float sum = 0.0f, o = 0.0f;
+            for (int j = 0; j < nsplit; ++j) {
+                const float mj = part[j * PART];
+                if (mj == -INFINITY) continue;
+                const float w = exp(mj - mx);
+                sum += part[j * PART + 1] * w;
+                o += part[j * PART + 2 + col] * w;
+            }
+            const float y = sum > 0.0f ? o / sum : 0.0f;
+            PTR(float, ob, oo)[orow * DV + col] = y;
 #if XQ8
+            sq[r * DV + col] = y;
+#endif
+        }
+    }
+#elif XQ8
     if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
+#endif
+#if XQ8
     barrier(CLK_LOCAL_MEM_FENCE);
     group_rows_q8(sq, row0, R, G, Hq, hk, PTR(uchar, xqb, xqo), dso);
 #endif
