@@ -189,7 +189,8 @@ models)
       $dev 2>&1 | tail -2 | tee -a $OUT/kld.log
   done
   # OpenCL's decode cases on the GPU in the background (correctness only)
-  ( timeout 240 python3 -m pytest tests/conformance -k "opencl and decode_" -q --tb=short \
+  ( timeout 240 python3 -m pytest tests/conformance tests/plugins/test_opencl_backend.py \
+      -k "(opencl and decode_ and not pocl) or one_token_attention" -q --tb=short \
       -p no:cacheprovider > $OUT/models-opencl-decode.log 2>&1 ) &
   decode_cases=$!
   gemma=$models/gemma-3-270m-q4_k_m.gguf
