@@ -257,8 +257,9 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
     """The mat-vec kernels' arguments for the steps lower.mat_vec_epilogues gave it: the GLU's q8
     blocks (buffer, offset, scales' offset, on), then its row's norm (counter, weight, has_w, eps,
     mode, has_y, y, q8 buffer, offset, scales' offset, on); its output stands in for unused
-    buffers. The atomic counter (zeroed here; the kernel that counts to the end resets it) picks
-    the last work-item (mmvq_cpu's norm) or work-group (`counted`: a GPU's, for both steps)."""
+    buffers. The atomic counters (zeroed here; the kernel that counts to the end resets them) pick
+    the last work-item (mmvq_cpu's norm) or work-group (`counted`: a GPU's) of the row's norm, or
+    on a GPU the work-group that completes each q8 block of the GLU's row."""
     p, y = step.params, step.params.get("outs", [step.out])[0]
     off = prog.arg(y)
     oq = (*off, np.int64(0), np.int32(0))
@@ -266,8 +267,9 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
         oq = (*q8_arg(prog, p["q8_out"], y.n), np.int32(1))
     cnt = off
     if "norm" in p or (counted and "q8_out" in p):
-        cnt = prog.scratch(16)
-        cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 16).wait()
+        nbytes = max(16, 4 * (y.n // 32)) if "q8_out" in p else 16
+        cnt = prog.scratch(nbytes)
+        cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, nbytes).wait()
     norm = (*cnt, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
             np.int64(0), np.int32(0))  # fmt: skip
     if "norm" in p:

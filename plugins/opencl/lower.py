@@ -36,10 +36,12 @@ F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 # when fused (mmvq) or on a GPU's prompts (gemmq)
 MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
-# a GPU mat-vec's last work-group quantizes or norms its output row up to this many columns, in
-# place of a launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md). 16384 (the 8B's 4096-wide
-# norms and 14336-wide GLU rows too) ran its tg128 at 165-169 t/s against 246-258 on the H100
-# (2026-12-06, eleventh session): one work-group's serial pass over a long row costs more
+# a GPU mat-vec's last work-group norms its output row up to this many columns, in place of a
+# launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md). 16384 (the 8B's 4096-wide norms,
+# and its 14336-wide GLU rows when a last work-group quantized them) ran its tg128 at 165-169 t/s
+# against 246-258 on the H100 (2026-12-06, eleventh session): one work-group's serial pass over a
+# long row costs more. A GLU row's q8 blocks take no such pass (each block by the work-group that
+# completes it), so they go into the mat-vec at any length
 GPU_EPILOGUE_MAX_COLS = 2048
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
@@ -63,9 +65,10 @@ def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
     row: the GLU's ``quant_q8`` (``params["q8_out"]``), or the ``norm_q8`` of its residual sum
     (``params["norm"]``, that step). On a CPU device's kernels (mmvq_cpu) a work-item a block of 32
     outputs writes their q8 block, and the last work-item to finish norms the row; on a GPU's the
-    last work-group to finish runs the step, for rows of at most `max_cols` (past that one
-    work-group takes longer than a launch of its own). One launch fewer each (SmolLM2 on PoCL: 214
-    -> 155 a decode step; BENCHMARKS.md). What the taken step wrote and read is the mat-vec's
+    work-group that completes a q8 block's rows writes it (rows of any length), and the last
+    work-group to finish norms the row, for rows of at most `max_cols` (past that one work-group
+    takes longer than a launch of its own). One launch fewer each (SmolLM2 on PoCL: 214 -> 155 a
+    decode step; BENCHMARKS.md). What the taken step wrote and read is the mat-vec's
     (``also_writes``, ``also_reads``) for liveness."""
     out: list[Step] = []
     for st in plan.steps:
@@ -76,12 +79,12 @@ def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
             whole = y.n == x.n and y.contiguous and x.contiguous and y.same(x)
             glu, res = "glu" in p, "glu" not in p and "outs" not in p and len(mv.ins) > 1
             fits = max_cols is None or x.n <= max_cols
-            if whole and fits and p.get("ms", [p["m"]])[0] % 32 == 0:
+            if whole and p.get("ms", [p["m"]])[0] % 32 == 0:
                 if glu and st.op == "quant_q8":
                     p["q8_out"] = st.params["q8"]
                     p["also_writes"] = [st.params["q8"]]
                     continue
-                if res and st.op == "norm_q8" and st.out.n == x.n:
+                if res and fits and st.op == "norm_q8" and st.out.n == x.n:
                     p["norm"] = st
                     p["also_writes"] = [st.out.storage, st.params["q8"]]
                     p["also_reads"] = [v.storage for v in st.ins]

@@ -113,15 +113,18 @@ def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows
 
 
 class _RunTwice:
-    """A compiled program run first on other inputs (the float ones halved), then on the
-    given ones: a launch that leaves its state wrong for the next run (a split counter not reset)
-    shows in the second run's outputs."""
+    """A compiled program run first on other inputs (the float ones halved and reversed along
+    their rows: a norm cannot undo that), then on the given ones: a launch that leaves its state
+    wrong for the next run (a counter not reset) shows in the second run's outputs."""
 
     def __init__(self, program) -> None:
         self.program, self.launches = program, program.launches
 
     def run(self, inputs, outputs=None):
-        other = {k: v * 0.5 if np.asarray(v).dtype.kind == "f" else v for k, v in inputs.items()}
+        other = {
+            k: np.flip(v, -1) * 0.5 if np.asarray(v).dtype.kind == "f" else v
+            for k, v in inputs.items()
+        }
         self.program.run(other, outputs)
         return self.program.run(inputs, outputs)
 
@@ -158,6 +161,33 @@ def test_a_gpu_one_token_attention_reads_a_key_across_work_items(
     names = [x.kernel.function_name for p in programs for x in p.launches]
     assert "fattn_vec" in names and "fattn" not in names
     assert ("fattn_merge" in names) == (split_keys == 32 and not merge_last)
+
+
+@pytest.mark.parametrize("lanes", [8, 32])
+@pytest.mark.parametrize(
+    "case",
+    [c for c in cases() if c.id.startswith("decode_ffn(") and ",t=1," in c.id],
+    ids=lambda c: c.id,
+)
+def test_a_gpu_glu_writes_each_q8_block_in_the_work_group_that_completes_it(
+    opencl, case, lanes, monkeypatch
+):
+    """A GPU's one-token gate/up mat-vec writes its GLU output's q8 blocks itself (no quant_q8
+    launch): 8 or 32 lanes a row make 8 or 2 rows a work-group, so 4 or 16 work-groups count
+    themselves into a block's counter and the last writes it (the counters reset for the next
+    run: the program runs twice), against the reference."""
+    import llmrt_opencl.launch_weights as launch_weights
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_weights, "MMVQ_LANES", lanes)
+    programs = []
+    compile_ = opencl.compile
+    monkeypatch.setattr(
+        opencl, "compile", lambda g, b: programs.append(_RunTwice(compile_(g, b))) or programs[-1]
+    )
+    assert check_case(opencl, case) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert any(n.startswith("mmvq_") for n in names) and "quant_q8" not in names
 
 
 def test_a_one_token_attention_too_large_for_the_driver_takes_fattn(opencl, monkeypatch):

@@ -606,16 +606,37 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
     }
 }
 
-// After a one-token mat-vec, the step lower.mat_vec_epilogues gave it, run by the work-group that
-// finishes last (an atomic count in cnt, which it resets; the others' outputs are written, made
-// visible before they counted themselves): MMVQ_EPILOGUE 1, the GLU output y as q8 blocks into oq;
-// 2, the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8 blocks
-// into nq).
+// After a one-token mat-vec, the step lower.mat_vec_epilogues gave it. MMVQ_EPILOGUE 1: the GLU
+// output y as q8 blocks into oq, each block by the work-group whose rows complete its 32 (an
+// atomic count a block in cnt, which that group resets; the others' rows are written, made
+// visible before they counted themselves), so no work-group passes over a whole row: rows of any
+// length. 2: the output row's norm_q8 (weight nw where has_nw, f32 rows into ny where has_ny, q8
+// blocks into nq), by the work-group that finishes last (the same count, one for the row).
 #ifndef MMVQ_EPILOGUE
 #define MMVQ_EPILOGUE 0
 #endif
-inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long odso,
-                            __global volatile int* cnt, __global const float* nw, int has_nw,
+inline void mmvq_glu_q8(__global const float* y, int M, int G, __global uchar* oq, long odso,
+                        __global volatile int* cnt, __local int* done, __local float* redf,
+                        __local int* redi) {
+    const int lid = get_local_id(0), rpg = MMVQ_WG / G, row0 = get_group_id(0) * rpg;
+    const int b0 = row0 / 32, nblk = (min(row0 + rpg, M) - 1) / 32 - b0 + 1;
+    const int need = rpg < 32 ? 32 / rpg : 1;  // work-groups a block's rows take
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    if (lid < nblk) {
+        done[lid] = need == 1 || atomic_inc(cnt + b0 + lid) == need - 1;
+        if (done[lid] && need > 1) atomic_xchg(cnt + b0 + lid, 0);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    // eight work-items a completed block, four values each
+    const int j = lid / 8, active = j < nblk && done[j];
+    const float4 v = active ? vload4(0, y + (b0 + j) * 32 + (lid % 8) * 4) : (float4)(0.0f);
+    q8_store4(v, active, oq, odso, b0 + (active ? j : 0), redf, redi);
+}
+
+inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt,
+                            __global const float* nw, int has_nw,
                             float eps, int mode, int has_ny, __global float* ny,
                             __global uchar* nq, long ndso, __local int* last,
                             __local float* redf, __local int* redi) {
@@ -626,11 +647,7 @@ inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long o
     if (!*last) return;
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     if (get_local_id(0) == 0) atomic_xchg(cnt, 0);
-#if MMVQ_EPILOGUE == 1
-    quant_q8_group(y, M, oq, odso, redf, redi);
-#elif MMVQ_EPILOGUE == 2
     norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi);
-#endif
 }
 
 // mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
@@ -650,15 +667,17 @@ inline void mmvq_last_group(__global float* y, int M, __global uchar* oq, long o
         int has_nw, float eps, int mode, int has_ny, __global uchar* nyb, ulong nyo,             \
         __global uchar* nqb, ulong nqo, long ndso, int norm) {                                   \
         __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
-        __local int redi[MMVQ_WG], last;                                                         \
+        __local int redi[MMVQ_WG], last, done[MMVQ_WG / 8];                                      \
         mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
                   PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
                   has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
-        if (MMVQ_EPILOGUE)                                                                       \
-            mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(uchar, oqb, oqo), odso,                \
-                            PTR(volatile int, cntb, cnto), CPTR(float, nwb, nwo), has_nw, eps,   \
-                            mode, has_ny, PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso,      \
-                            &last, red, redi);                                                   \
+        if (MMVQ_EPILOGUE == 1)                                                                  \
+            mmvq_glu_q8(PTR(float, y0b, y0o), M0, G, PTR(uchar, oqb, oqo), odso,                 \
+                        PTR(volatile int, cntb, cnto), done, red, redi);                         \
+        if (MMVQ_EPILOGUE == 2)                                                                  \
+            mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(volatile int, cntb, cnto),             \
+                            CPTR(float, nwb, nwo), has_nw, eps, mode, has_ny,                    \
+                            PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso, &last, red, redi); \
     }
 MMVQ(1, 1)
 MMVQ(1, 2)
