@@ -54,6 +54,8 @@
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
 #                vulkan:0, then llmrt bench of both per row, interleaved
+#   glu          OpenCL decode launches: the GPU tests of the last-work-group epilogues, tg128 beside
+#                .devrun/base, the 135M's and 1B's decode steps profiled kernel by kernel
 #   mmvq         OpenCL's integer mat-vecs under launch variants (VARIANTS): the product cases on the
 #                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows
 #   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
@@ -451,6 +453,30 @@ opencl-decode)  # an OpenCL decode change: its attention tests on the GPU, then 
       $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 \
         2>&1 | grep "| tg" | sed "s/^/$tree $m /" | tee -a $OUT/opencl-decode.log
     done
+  done
+  ;;
+glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention's split merge in
+  # their kernels' last work-groups; their tests on the GPU, tg128 at depths 0 and 512 of the
+  # 135M, 1B and 8B rows beside .devrun/base (interleaved, twice), then a decode step kernel by
+  # kernel on the profiling queue (busy time against the gaps between kernels) of the 135M and 1B
+  base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
+  synth smollm2-135m q4_0; synth llama32-1b q4_0
+  ( synth llama3-8b q4_0 ) &
+  big=$!
+  timeout 200 python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
+    or one_token_attention or (opencl and (decode_ or tiny_model) and not pocl)" -q --tb=short \
+    -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/glu.log
+  wait $big
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+    for tree in this base this base; do
+      [ $tree = this ] && run="" || run=base
+      $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 \
+        2>&1 | grep "| tg" | sed "s/^/$tree $m /" | tee -a $OUT/glu.log
+    done
+  done
+  for m in llama32-1b-q4_0 smollm2-135m-q4_0; do
+    LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 \
+      2>&1 | grep -v "Warning\|lambda" | tail -n 20 | sed "s/^/$m /" | tee -a $OUT/glu.log
   done
   ;;
 mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the GPU under two
