@@ -463,7 +463,7 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
   big=$!
-  timeout 200 python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
+  timeout ${TESTS_S:-200} python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
     or one_token_attention or (opencl and (decode_ or tiny_model) and not pocl)" -q --tb=short \
     -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/glu.log
   wait $big
@@ -472,7 +472,7 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
     --format=csv,noheader -lms 250 > $OUT/clocks.log 2>&1 &
   smi=$!
   for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
-    for tree in this base this base; do
+    for tree in ${ROUNDS:-this base this base}; do
       [ $tree = this ] && run="" || run=base
       echo "$(date +%H:%M:%S.%N | cut -c1-12) $tree $m" >> $OUT/clocks.log
       $run timeout 90 llmrt bench -m /tmp/synth-$m.gguf -p 0 -n 128 -d 0,512 -r 3 --device opencl:0 \
@@ -480,7 +480,7 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
     done
   done
   kill $smi
-  for m in llama32-1b-q4_0 smollm2-135m-q4_0; do
+  for m in ${PROFILE_ROWS:-llama32-1b-q4_0 smollm2-135m-q4_0}; do
     LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-$m.gguf opencl:0 8 \
       2>&1 | grep -v "Warning\|lambda" | tail -n 20 | sed "s/^/$m /" | tee -a $OUT/glu.log
   done
