@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmrt.errors import DeviceNotFound, UnsupportedOp
+from llmrt.errors import DeviceNotFound, OutOfDeviceMemory, UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.plugins import get_plugins, on_reset
 
@@ -210,6 +210,13 @@ def _ggml_type(dtype: np.dtype) -> GGMLType:
         if np.dtype(host) == dtype:
             return ggml_type
     raise UnsupportedOp(f"buffers hold f32, f16 or i32 tensors, not {dtype}")
+
+
+def out_of_memory(device_id: str, what: str, nbytes: int, detail: str) -> OutOfDeviceMemory:
+    """The error for an allocation of ``nbytes`` (for ``what``: "weight blk.0.attn_q.weight")
+    that ``device_id`` refused, ``detail`` (", 12.0 MiB free") saying what the driver told."""
+    need = f"{what} needs {nbytes / 2**20:.1f} MiB"
+    return OutOfDeviceMemory(f"out of memory on {device_id}: {need}{detail}")
 
 
 def copy(dst: Buffer, src: Buffer) -> bool:

@@ -61,15 +61,15 @@ class CUDADevice(Device):
         return supports(node)
 
     def upload(self, tensor: Any) -> Any:
-        """Copy a weight's GGUF blocks to the device as they are (no f32 copy)."""
+        """The weight's GGUF blocks copied as they are (no f32 copy): a uint8 cupy array."""
         import cupy
 
-        from llmrt_cuda.executable import CudaWeight, alloc
+        from llmrt_cuda.executable import alloc
 
         with cupy.cuda.Device(self.index):
             data = alloc(tensor.nbytes, f"weight {tensor.name}", self.id)
             data.set(np.ascontiguousarray(tensor.data).reshape(-1))
-        return CudaWeight(data)
+        return data
 
     def allocate(self, shape: tuple[int, ...], dtype: GGMLType) -> Any:
         import cupy

@@ -3,11 +3,11 @@ as a captured CUDA graph.
 
 `CUDAProgram.run` copies the step's inputs into pinned staging buffers, launches the captured
 graph (which starts with the host-to-device copies), copies each output into pinned memory that
-the returned array owns, and waits. The first run goes launch by launch (it loads
-every kernel and lets cuBLAS set up its workspace); the second captures the launches as a CUDA
-graph that later runs replay. `LLMRT_CUDA_SAFE=1`, the backend's one debugging switch, launches
-one by one every run, without programmatic dependent launch (docs/gpu-switches.md).
-Measurements behind the constants below are in BENCHMARKS.md.
+the returned array owns, and waits. The first run goes launch by launch (it loads every kernel
+and lets cuBLAS set up its workspace); the second captures the launches as a CUDA graph that
+later runs replay. `LLMRT_CUDA_SAFE=1`, the backend's one debugging switch, launches one by one
+every run, without programmatic dependent launch (docs/gpu-switches.md). Measurements behind
+the constants below are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer
-from llmrt.errors import OutOfDeviceMemory
+from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer, out_of_memory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.args import pack
@@ -82,13 +81,6 @@ def kernel(module: str, name: str) -> Any:
     return _module(module).get_function(name)
 
 
-class CudaWeight:
-    """A weight on the device in its GGUF blocks (uint8): the launches read it by address."""
-
-    def __init__(self, data: cp.ndarray) -> None:
-        self.data, self.ptr = data, data.data.ptr
-
-
 class CudaTensor(Buffer):
     """A tensor in one GPU's memory, a cupy array: a state (a KV cache), or a program's output."""
 
@@ -97,8 +89,9 @@ class CudaTensor(Buffer):
         self.array = array
 
     @property
-    def ptr(self) -> int:
-        return self.array.data.ptr
+    def data(self) -> cp.cuda.MemoryPointer:
+        """Its memory, as a cupy array's (`.data.ptr`: what a launch reads a state by)."""
+        return self.array.data
 
     def write(self, data: Any) -> None:
         with cp.cuda.Device(self.device.index):
@@ -119,15 +112,19 @@ class CudaTensor(Buffer):
         return True
 
 
+def _pinned(v: View) -> np.ndarray:
+    """A host array of `v`'s shape and type in pinned memory, which the array keeps alive."""
+    dtype = HOST_TYPES[v.dtype]
+    pinned = cp.cuda.alloc_pinned_memory(max(v.n * np.dtype(dtype).itemsize, 1))
+    return np.frombuffer(pinned, dtype, v.n).reshape(v.shape)
+
+
 def alloc(nbytes: int, what: str, device_id: str) -> cp.ndarray:
     try:
         return cp.empty(max(int(nbytes), 1), dtype=cp.uint8)
     except cp.cuda.memory.OutOfMemoryError as exc:
         free, _ = cp.cuda.runtime.memGetInfo()
-        raise OutOfDeviceMemory(
-            f"out of memory on {device_id}: {what} needs {nbytes / 2**20:.1f} MiB, "
-            f"{free / 2**20:.1f} MiB free"
-        ) from exc
+        raise out_of_memory(device_id, what, nbytes, f", {free / 2**20:.1f} MiB free") from exc
 
 
 @dataclass
@@ -175,50 +172,39 @@ class CUDAProgram(Executable):
     def __init__(self, device: Any, graph: Any, bindings: Mapping[str, Any]) -> None:
         self.device, self.device_id, self.index = device, device.id, device.index
         with cp.cuda.Device(self.index):
-            self._build(graph, bindings)
-
-    def _build(self, graph: Any, bindings: Mapping[str, Any]) -> None:
-        self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
-        size = plan_arena(plan.storages)
-        self.arena = alloc(size, f"graph {graph.name!r} activations", self.device_id)
-        self.keep: list[Any] = [self.arena]
-        self.base: dict[Storage, int] = {}
-        for s in plan.storages:
-            if s.kind in ("weight", "state"):
-                self.base[s] = bound(s, bindings, graph).ptr  # a CudaWeight or a CudaTensor
-            elif s.kind == "input":
-                self.keep.append(alloc(s.nbytes, f"input {s.key}", self.device_id))
-                self.base[s] = self.keep[-1].data.ptr
-            else:
-                self.base[s] = self.arena.data.ptr + max(s.offset, 0)
-        self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
-        copies_in: list[Callable[[int], None]] = []  # their copies, the graph's first launches
-        for key, v in plan.inputs.items():
-            pinned = cp.cuda.alloc_pinned_memory(max(v.n * ITEMSIZE[v.dtype], 1))
-            host = np.frombuffer(pinned, HOST_TYPES[v.dtype], v.n).reshape(v.shape)
-            self.keep.append(pinned)
-            self.inputs[key] = host
-            copy_in = (self.ptr(v), host.ctypes.data, host.nbytes, H2D)
-            copies_in.append(functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in))
-        # outputs are copied after the graph, each into pinned memory of its own from cupy's pool
-        # that the returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
-        self.outputs = [
-            (name, self.ptr(v), HOST_TYPES[v.dtype], v.n, v.shape)
-            for name, v in plan.outputs.items()
-        ]
-        launches = [LAUNCHES[step.op](self, step) for step in plan.steps]  # lower's kinds only
-        self.plain_launches = plain = copies_in + launches
-        self.pdl = not SAFE and pdl.available(_compute_capability())
-        self.launches = [
-            pdl.DependentLaunch(x.fn, x.grid, x.block, x.args, x.smem)
-            if self.pdl and isinstance(x, KernelLaunch)
-            else x
-            for x in plain
-        ]
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        self.graph: Any = None
-        self.runs = 0
-        self.use_graphs = not SAFE
+            self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
+            size = plan_arena(plan.storages)
+            self.arena = alloc(size, f"graph {graph.name!r} activations", self.device_id)
+            self.keep: list[Any] = [self.arena]
+            self.base: dict[Storage, int] = {}
+            for s in plan.storages:
+                if s.kind in ("weight", "state"):
+                    # a weight's cupy array (Device.upload), or a state's CudaTensor
+                    self.base[s] = bound(s, bindings, graph).data.ptr
+                elif s.kind == "input":
+                    self.keep.append(alloc(s.nbytes, f"input {s.key}", self.device_id))
+                    self.base[s] = self.keep[-1].data.ptr
+                else:
+                    self.base[s] = self.arena.data.ptr + max(s.offset, 0)
+            self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
+            copies_in: list[Callable[[int], None]] = []  # their copies, the graph's first launches
+            for key, v in plan.inputs.items():
+                self.inputs[key] = host = _pinned(v)
+                copy_in = (self.ptr(v), host.ctypes.data, host.nbytes, H2D)
+                copies_in.append(functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in))
+            launches = [LAUNCHES[step.op](self, step) for step in plan.steps]  # lower's kinds only
+            self.plain_launches = plain = copies_in + launches
+            self.pdl = not SAFE and pdl.available(_compute_capability())
+            self.launches = [
+                pdl.DependentLaunch(x.fn, x.grid, x.block, x.args, x.smem)
+                if self.pdl and isinstance(x, KernelLaunch)
+                else x
+                for x in plain
+            ]
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.graph: Any = None
+            self.runs = 0
+            self.use_graphs = not SAFE
 
     def ptr(self, v: View) -> int:
         return self.base[v.storage] + v.offset * ITEMSIZE.get(v.dtype, 4)
@@ -244,20 +230,20 @@ class CUDAProgram(Executable):
             if key in inputs:  # else written into its input_buffer
                 np.copyto(host.reshape(-1), np.asarray(inputs[key]).reshape(-1), casting="unsafe")
         with cp.cuda.Device(self.index), self.stream:
+            if self.graph is None and self.use_graphs and self.runs >= 1:
+                self._capture()
             if self.graph is not None:
                 self.graph.launch(self.stream)
-            elif self.use_graphs and self.runs >= 1:
-                self._capture()
             else:
                 self._launch_all()
+            # each output is copied into pinned memory of its own from cupy's pool, which the
+            # returned array keeps: no host-side copy of the logits (500 KB for a 128k vocab)
             results = {}
-            for name, src, dtype, n, shape in self.outputs:
-                if outputs is not None and name not in outputs:
-                    continue
-                nbytes = max(n * np.dtype(dtype).itemsize, 1)
-                pinned = cp.cuda.alloc_pinned_memory(nbytes)
-                cp.cuda.runtime.memcpyAsync(pinned.ptr, src, nbytes, D2H, self.stream.ptr)
-                results[name] = np.frombuffer(pinned, dtype, n).reshape(shape)
+            for name, v in self.plan.outputs.items():
+                if outputs is None or name in outputs:
+                    results[name] = host = _pinned(v)
+                    copy_out = (host.ctypes.data, self.ptr(v), host.nbytes, D2H, self.stream.ptr)
+                    cp.cuda.runtime.memcpyAsync(*copy_out)
             self.stream.synchronize()
         self.runs += 1
         return results
@@ -290,9 +276,8 @@ class CUDAProgram(Executable):
                 self.pdl, self.launches = False, self.plain_launches
                 return self._capture()
             self.use_graphs = False
-            return self._launch_all()
+            return
         self.graph = graph
-        graph.launch(self.stream)
 
 
 # --- launches: one function per step kind (lower.py), named after it --------------------------
@@ -443,14 +428,13 @@ def fattn(prog: CUDAProgram, st: Step) -> KernelLaunch:
     def resident(heads: int, smem: int) -> int:
         return _resident(kernel("ops", f"fattn_split_{d}_{f16}_{heads}"), smem)
 
+    strides = prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
     prompt = t >= FATTN_MMA_MIN_T and f16 and not q8 and "nr" not in p
     if prompt and d in FATTN_MMA_DIMS and _compute_capability() >= 80:
-        args = prog.args("5Q4i4q2f", q, k, v, mask, out, t, hq, hkv, s, *k.strides[:2],
-                         *v.strides[:2], p["scale"], p["softcap"])  # fmt: skip
+        args = prog.args("5Q4i", q, k, v, mask, out, t, hq, hkv, s) + strides
         return KernelLaunch(kernel("ops", f"fattn_mma_{d}"), (-(-t // 64), hq), (128,), args)
     nh, nsplit, smem = attention_split(s, hq, hkv, t, d, _sm_count(), resident)
-    args = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s)
-    args += prog.args("4q2f", *k.strides[:2], *v.strides[:2], p["scale"], p["softcap"])
+    args = prog.args("5Q3i", q, k, v, mask, out, hq, hkv, s) + strides
     if "nr" not in p and (t > 1 or hq >= FATTN_SPLIT_MAX_BLOCKS or nsplit == 1):
         args += prog.args("Qq", q8, dso)
         smem = (d + s + 256 * 8) * 4

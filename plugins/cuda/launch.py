@@ -62,15 +62,12 @@ class DependentLaunch:
         self._params = (ctypes.c_void_p * max(1, len(args)))(*[v.ctypes.data for v in self._values])
         self._attr = _Attribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
         self._attr.value[0] = 1
-        g = tuple(grid) + (1,) * (3 - len(grid))
-        b = tuple(block) + (1,) * (3 - len(block))
-        dim3 = ctypes.c_uint32 * 3
-        self._config = _Config(dim3(*g), dim3(*b), smem, None, ctypes.pointer(self._attr), 1)
+        grid3, block3 = ((ctypes.c_uint32 * 3)(*xs, *(1,) * (3 - len(xs))) for xs in (grid, block))
+        self._config = _Config(grid3, block3, smem, None, ctypes.pointer(self._attr), 1)
+        self._config_ref = ctypes.byref(self._config)
 
     def __call__(self, stream_ptr: int) -> None:
         self._config.stream = stream_ptr
-        err = _driver().cuLaunchKernelEx(
-            ctypes.byref(self._config), self.function, self._params, None
-        )
+        err = _driver().cuLaunchKernelEx(self._config_ref, self.function, self._params, None)
         if err:
             raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {err}")

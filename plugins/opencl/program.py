@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from llmrt.device import HOST_TYPES, Buffer, Device, Executable
-from llmrt.errors import LlmrtError, OutOfDeviceMemory
+from llmrt.device import HOST_TYPES, Buffer, Device, Executable, out_of_memory
+from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.steps import ITEMSIZE, Step
@@ -87,9 +87,7 @@ def allocate(ctx: Any, nbytes: int, what: str, device_id: str) -> Any:
     try:
         return cl.Buffer(ctx, cl.mem_flags.READ_WRITE, max(int(nbytes), 16))
     except cl.Error as exc:
-        raise OutOfDeviceMemory(
-            f"out of memory on {device_id}: {what} needs {nbytes / 2**20:.1f} MiB ({exc})"
-        ) from exc
+        raise out_of_memory(device_id, what, nbytes, f" ({exc})") from exc
 
 
 @functools.cache
