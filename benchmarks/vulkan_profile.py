@@ -141,7 +141,7 @@ def main() -> None:
         for key, view, np_type in vk_prog._in_views:
             view[:] = np.ascontiguousarray(values[key], dtype=np_type).reshape(-1).view(np.uint8)
         b = time.perf_counter()
-        rt.run([vk_prog.command_buffer], vk_prog.submit)
+        rt.run(vk_prog.submit)
         c = time.perf_counter()
         vk_prog._read_outputs()
         d = time.perf_counter()

@@ -36,6 +36,17 @@ def prologue_step(mv: Step, pro: dict[str, Any], a: View, b: View) -> Step:
     return Step("mmvp", ins, mv.out, dict(mv.params, pro=pro, a=a, b=b, residual=residual))
 
 
+def swiglu(p: Step, align: int = 1) -> bool:
+    """A swiglu step over f32 operands laid out as its output, at element offsets that are a
+    multiple of `align`."""
+    if p.op != "glu" or p.params["op"] != 0:
+        return False
+    return all(
+        v.dtype == F32 and v.shape == p.out.shape and v.contiguous and v.offset % align == 0
+        for v in p.ins
+    )
+
+
 def _prologue_of(p: Step) -> tuple[dict[str, Any], View, View, int] | None:
     """What a mat-vec's prologue computes in place of producer `p`, from which inputs, and how
     many f32 values it reads per activation."""
@@ -45,9 +56,7 @@ def _prologue_of(p: Step) -> tuple[dict[str, Any], View, View, int] | None:
         w = p.ins[1] if len(p.ins) == 2 else None
         mode = 2 | 256 * p.params["mode"] | (512 if w is not None else 0)
         return {"mode": mode, "eps": p.params["eps"]}, p.ins[0], w or p.ins[0], 3
-    if p.op == "glu" and p.params["op"] == 0 and all(
-        v.dtype == F32 and v.shape == p.out.shape and v.contiguous for v in p.ins
-    ):  # fmt: skip
+    if swiglu(p):
         return {"mode": 3}, p.ins[0], p.ins[1], 2
     if p.op == "fattn" and p.params["splits"] > 1:
         t, hq, dv = p.out.shape

@@ -49,6 +49,12 @@ BLOCK_TYPES = frozenset({
 # int8 dot products, as ggml's mmvq): passes.q8_activations' `types`
 Q8_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
+# element-wise ops: their step kind and its params["op"]
+ELEMENTWISE = {
+    **{op: ("binary", i) for i, op in enumerate((Op.ADD, Op.MUL))},
+    **{op: ("unary", i) for i, op in enumerate((Op.SCALE, Op.SILU, Op.GELU))},
+    **{op: ("glu", i) for i, op in enumerate((Op.SWIGLU, Op.GEGLU))},
+}
 
 
 @dataclass
@@ -80,9 +86,15 @@ def _nbytes(dtype: GGMLType, n: int) -> int:
 class StepLowering:
     """The storages, views and steps made so far, and the helpers a node's lowering uses."""
 
-    def __init__(self, mat_vec_max_t: Callable[[GGMLType], int], act_align: int = 1) -> None:
+    def __init__(
+        self,
+        mat_vec_max_t: Callable[[GGMLType], int],
+        act_align: int = 1,
+        strided_elementwise: bool = False,
+    ) -> None:
         self.mat_vec_max_t = mat_vec_max_t
         self.act_align = act_align  # element alignment of a weight product's activations
+        self.strided_elementwise = strided_elementwise  # see lower_steps
         self.storages: list[Storage] = []
         self.steps: list[Step] = []
         self.views: dict[int, View] = {}
@@ -112,6 +124,13 @@ class StepLowering:
         out = self.new(v.shape, v.dtype)
         self.emit("copy", [v], out, mode=0 if ITEMSIZE[v.dtype] == 4 else 1)
         return out
+
+    def strided_note(self, node: Tensor) -> dict[str, bool]:
+        """With `strided_elementwise`, the param ``strided``: whether node's operands are copied
+        first (prologue.py fuses no such step)."""
+        if not self.strided_elementwise:
+            return {}
+        return {"strided": not all(self.of(s).contiguous for s in node.srcs)}
 
     def out(self, node: Tensor, kind: str, ins: list[View], **params: Any) -> View:
         """A step writing node's value into a new activation range."""
@@ -185,14 +204,17 @@ def lower_steps(
     mat_vec_max_t: Callable[[GGMLType], int],
     lowerings: Mapping[Op, Callable[[StepLowering, Tensor], View]] | None = None,
     act_align: int = 1,
+    strided_elementwise: bool = False,
 ) -> tuple[Plan, StepLowering]:
     """Steps for `graph` on a device whose `supports` takes its nodes (and decides fusions): a
     weight product of at most `mat_vec_max_t(weight type)` token rows is an ``mmv`` step, a
     longer one a ``gemm`` (its activations copied where their offset is not a multiple of
-    `act_align`); `lowerings` replaces the default lowering of some ops. Liveness is
-    left to the caller (after its passes): ``liveness(plan.steps, plan.outputs)``."""
+    `act_align`); `lowerings` replaces the default lowering of some ops. With
+    `strided_elementwise` the element-wise kernels read strided operands as they are, and the
+    other steps copy theirs (``StepLowering.strided_note``). Liveness is left to the caller
+    (after its passes): ``liveness(plan.steps, plan.outputs)``."""
     graph = fuse(graph, supports)
-    lo = StepLowering(mat_vec_max_t, act_align)
+    lo = StepLowering(mat_vec_max_t, act_align, strided_elementwise)
     table = {**LOWERINGS, **(lowerings or {})}
     inputs: dict[str, View] = {}
     for node in graph.nodes:
@@ -263,7 +285,14 @@ def lower_mul_mat(lo: StepLowering, node: Tensor) -> View:
 
 def _lower_norm(lo: StepLowering, node: Tensor) -> View:
     return lo.out(node, "norm", [lo.c(s) for s in node.srcs], eps=node.params["eps"],
-                  mode=0 if node.op is Op.RMS_NORM else 1)  # fmt: skip
+                  mode=0 if node.op is Op.RMS_NORM else 1, **lo.strided_note(node))  # fmt: skip
+
+
+def _lower_elementwise(lo: StepLowering, node: Tensor) -> View:
+    kind, op = ELEMENTWISE[node.op]
+    read = lo.of if lo.strided_elementwise else lo.c
+    scale = {"scale": node.params.get("scale", 1.0)} if kind == "unary" else {}
+    return lo.out(node, kind, [read(s) for s in node.srcs], op=op, **scale)
 
 
 LOWERINGS: dict[Op, Callable[[StepLowering, Tensor], View]] = {
@@ -272,18 +301,11 @@ LOWERINGS: dict[Op, Callable[[StepLowering, Tensor], View]] = {
     Op.GET_ROWS: _lower_get_rows,
     Op.SET_ROWS: _lower_set_rows,
     Op.MUL_MAT: lower_mul_mat,
-    Op.ADD: lambda lo, n: lo.out(n, "binary", [lo.c(s) for s in n.srcs], op=0),
-    Op.MUL: lambda lo, n: lo.out(n, "binary", [lo.c(s) for s in n.srcs], op=1),
-    **{
-        op: lambda lo, n, which=which: lo.out(n, "unary", [lo.c(n.srcs[0])], op=which,
-                                               scale=n.params.get("scale", 1.0))
-        for op, which in ((Op.SCALE, 0), (Op.SILU, 1), (Op.GELU, 2))
-    },
-    Op.SWIGLU: lambda lo, n: lo.out(n, "glu", [lo.c(s) for s in n.srcs], op=0),
-    Op.GEGLU: lambda lo, n: lo.out(n, "glu", [lo.c(s) for s in n.srcs], op=1),
+    **dict.fromkeys(ELEMENTWISE, _lower_elementwise),
     Op.RMS_NORM: _lower_norm,
     Op.NORM: _lower_norm,
-    Op.ROPE: lambda lo, n: lo.out(n, "rope", [lo.c(s) for s in n.srcs], **n.params),
+    Op.ROPE: lambda lo, n: lo.out(n, "rope", [lo.c(s) for s in n.srcs], **n.params,
+                                  **lo.strided_note(n)),
     Op.SOFT_MAX: lambda lo, n: lo.out(n, "soft_max", [lo.c(s) for s in n.srcs],
                                       scale=n.params["scale"]),
     Op.FLASH_ATTN_EXT: lambda lo, n: lo.out(

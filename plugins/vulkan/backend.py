@@ -324,8 +324,7 @@ class VulkanDevice(Device):
         raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
         buf = self.runtime.buffer(raw.size + 16)  # kernels may read a block's words past its end
         self.runtime.write(buf, raw)
-        shape = tuple(tensor.shape)
-        return VulkanWeight(buf, tensor.type, shape, tensor.type.row_nbytes(shape[-1]))
+        return VulkanWeight(buf)
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
         from llmrt_vulkan.program import VulkanState
@@ -350,8 +349,6 @@ class VulkanBackend(Backend):
     switches = {"LLMRT_VULKAN_KERNELS": ""}  # gpu or cpu: that kernel family on any device
 
     def __init__(self) -> None:
-        self.vk: Any = None
-        self.instance: Any = None
         self._devices: list[VulkanDevice] = []
         self._destroy: Callable[[], Any] = lambda: None
 
@@ -397,7 +394,6 @@ class VulkanBackend(Backend):
         except (vk.VkError, vk.VkException) as exc:
             # With no ICD at all the loader answers VK_ERROR_INCOMPATIBLE_DRIVER here.
             raise _NoDriver(f"vkCreateInstance failed: {type(exc).__name__}") from exc
-        self.vk, self.instance = vk, instance
         self._destroy = weakref.finalize(self, vk.vkDestroyInstance, instance, None)
         try:
             physical = list(vk.vkEnumeratePhysicalDevices(instance))
@@ -420,4 +416,3 @@ class VulkanBackend(Backend):
         """Destroy the VkInstance; this backend's devices are unusable afterwards."""
         self._devices = []
         self._destroy()
-        self.instance = None

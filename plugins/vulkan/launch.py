@@ -103,10 +103,8 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         raise UnsupportedOp("element-wise ops take at most 4 dimensions")
     ne, sa, sb = dims4(out.shape, 1)[::-1], dims4(a.strides, 0)[::-1], (0, 0, 0, 0)
     if b is not None:  # b aligns with a's trailing dimensions; size-1 (or missing) ones broadcast
-        rank = len(out.shape)
-        full = (1,) * (rank - len(b.shape)) + b.shape
-        fstr = (0,) * (rank - len(b.strides)) + b.strides
-        sb = dims4(tuple(0 if d == 1 else s for d, s in zip(full, fstr, strict=True)), 0)[::-1]
+        strides = tuple(0 if d == 1 else s for d, s in zip(b.shape, b.strides, strict=True))
+        sb = dims4(strides, 0)[::-1]
     flags = op | (256 if a.dtype == F16 else 0) | (1024 if out.dtype == F16 else 0)
     flags |= 512 if b is not None and b.dtype == F16 else 0
     groups = prog.grid(-(-out.n // 512))
@@ -120,10 +118,8 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     (table, ids), out = st.ins, st.out
     k, code = out.shape[1], TYPE_CODES[table.dtype]
-    if st.op == "get_rows_w":  # a weight, in its blocks
-        row_bytes, table_byte = table.dtype.row_nbytes(k), 0
-    else:
-        row_bytes, table_byte = k * ITEMSIZE[table.dtype], table.offset * ITEMSIZE[table.dtype]
+    row_bytes = table.dtype.row_nbytes(k)  # a weight's rows are ggml blocks
+    table_byte = 0 if st.op == "get_rows_w" else table.offset * ITEMSIZE[table.dtype]
     n4 = out.n // 4
     groups = prog.grid(-(-n4 // 256))
     push = (k, row_bytes, table_byte, ids.offset, out.offset // 4, n4, groups[0])

@@ -11,16 +11,14 @@ ops read strided operands as they are. Measurements behind the constants are in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
-from llmrt.ir.graph import contiguous_strides
-from llmrt.lower import passes, prologue
+from llmrt.lower import View, passes, prologue
 from llmrt.lower.steps import (
     BLOCK_TYPES,
-    LOWERINGS,
+    ELEMENTWISE,
     Q8_TYPES,
     Plan,
     Step,
@@ -28,7 +26,6 @@ from llmrt.lower.steps import (
     liveness,
     lower_steps,
 )
-from llmrt.lower.view import View
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 FLOATS = (F32, F16)  # read as floats; BLOCK_TYPES' weights as ggml blocks (quant.glsl)
@@ -45,9 +42,6 @@ PROLOGUE_BLOCKS = 512  # q8 blocks (t * k / 32) a matvec_q8p workgroup holds in 
 # others keep a producer dispatch that writes q8 blocks (why: BENCHMARKS.md, tuning notes).
 PROLOGUE_FLOATS = 20480
 PROLOGUE_SMALL = 2048
-ELEMENTWISE = {Op.ADD: ("binary", 0), Op.MUL: ("binary", 1), Op.SCALE: ("unary", 0),
-               Op.SILU: ("unary", 1), Op.GELU: ("unary", 2), Op.SWIGLU: ("glu", 0),
-               Op.GEGLU: ("glu", 1)}  # fmt: skip
 
 
 def supports(node: Any) -> bool:
@@ -85,24 +79,19 @@ def supports(node: Any) -> bool:
     return False
 
 
-def q8_mat_vec(node: Tensor, cpu: bool) -> bool:
-    """Whether a MUL_MAT node goes through the integer mat-vec (matvec_q8.comp)."""
-    a, b = node.srcs[:2]
-    if a.op is not Op.WEIGHT or a.dtype not in Q8_TYPES or len(a.shape) != 2:
-        return False
-    t = math.prod(b.shape) // a.shape[1]
-    return a.shape[1] % 32 == 0 and b.dtype == F32 and (cpu or t <= MAX_T_MATVEC)
-
-
 def fusable(node: Tensor, cpu: bool) -> bool:
     """Which fused nodes (llmrt.lower.fuse) the kernels take: a norm with an f32 weight
-    (norm.comp), an integer mat-vec adding a contiguous f32 residual in its epilogue."""
+    (norm.comp), an integer mat-vec (matvec_q8.comp) adding a contiguous f32 residual in its
+    epilogue."""
     if node.op in (Op.RMS_NORM, Op.NORM):
         x, w = node.srcs
         return x.dtype == F32 and w.op is Op.WEIGHT and w.dtype == F32 and w.strides == (1,)
-    y = node.srcs[2]
-    contiguous = y.shape == node.shape and y.strides == contiguous_strides(y.shape)
-    return q8_mat_vec(node, cpu) and y.dtype == F32 and contiguous
+    a, b, y = node.srcs
+    if a.op is not Op.WEIGHT or a.dtype not in Q8_TYPES or len(a.shape) != 2:
+        return False
+    t = math.prod(b.shape) // a.shape[1]
+    mat_vec = a.shape[1] % 32 == 0 and b.dtype == F32 and (cpu or t <= MAX_T_MATVEC)
+    return mat_vec and y.dtype == F32 and y.shape == node.shape and y.is_contiguous
 
 
 def prologue_fits(mv: Step, reads: int) -> bool:
@@ -134,62 +123,33 @@ def attn_splits(cpu: bool, t: int, groups: int, s: int, d: int) -> tuple[int, in
     return -(-s // chunk), chunk  # none left empty
 
 
-def _noting_strided(lower: Callable[[StepLowering, Tensor], View]):
-    """The step remembers whether its operands were copied first (no fusing then)."""
-
-    def lowering(lo: StepLowering, node: Tensor) -> View:
-        strided = not all(lo.of(s).contiguous for s in node.srcs)
-        out = lower(lo, node)
-        lo.steps[-1].params["strided"] = strided
-        return out
-
-    return lowering
-
-
-def _lowerings(cpu: bool) -> dict[Op, Callable[[StepLowering, Tensor], View]]:
-    def elementwise(kind: str, code: int) -> Callable[[StepLowering, Tensor], View]:
-        return lambda lo, n: lo.out(n, kind, [lo.of(s) for s in n.srcs], op=code,
-                                    scale=n.params.get("scale", 0.0))  # fmt: skip
-
-    def attention(lo: StepLowering, n: Tensor) -> View:
-        q, k, v = lo.c(n.srcs[0]), lo.of(n.srcs[1]), lo.of(n.srcs[2])
-        k, v = (x if x.strides[1:] == (x.shape[2], 1) else lo.contiguous(x) for x in (k, v))
-        (t, hq, dk), (s, _, dv) = q.shape, v.shape
-        heads = passes.attention_heads(hq, k.shape[1])  # query heads a workgroup takes
-        splits, chunk = attn_splits(cpu, t, hq // heads, s, max(dk, dv))
-        out = lo.out(n, "fattn", [q, k, v, *(lo.c(m) for m in n.srcs[3:])], splits=splits,
-                     chunk=chunk, heads=heads, scale=n.params["scale"],
-                     softcap=n.params["softcap"])  # fmt: skip
-        if splits > 1:  # the parts, merged by attn_combine
-            lo.steps[-1].temps = [lo.storage("arena", 4 * t * hq * splits * (dv + 2))]
-        return out
-
-    return {
-        **{op: elementwise(kind, code) for op, (kind, code) in ELEMENTWISE.items()},
-        **{op: _noting_strided(LOWERINGS[op]) for op in (Op.RMS_NORM, Op.NORM, Op.ROPE)},
-        Op.FLASH_ATTN_EXT: attention,
-    }
+def _attention(lo: StepLowering, n: Tensor, cpu: bool) -> View:
+    q, k, v = lo.c(n.srcs[0]), lo.of(n.srcs[1]), lo.of(n.srcs[2])
+    k, v = (x if x.strides[1:] == (x.shape[2], 1) else lo.contiguous(x) for x in (k, v))
+    (t, hq, dk), (s, _, dv) = q.shape, v.shape
+    heads = passes.attention_heads(hq, k.shape[1])  # query heads a workgroup takes
+    splits, chunk = attn_splits(cpu, t, hq // heads, s, max(dk, dv))
+    out = lo.out(n, "fattn", [q, k, v, *(lo.c(m) for m in n.srcs[3:])], splits=splits,
+                 chunk=chunk, heads=heads, scale=n.params["scale"],
+                 softcap=n.params["softcap"])  # fmt: skip
+    if splits > 1:  # the parts, merged by attn_combine
+        lo.steps[-1].temps = [lo.storage("arena", 4 * t * hq * splits * (dv + 2))]
+    return out
 
 
 def _writes_q8(p: Step) -> bool:
     """Producers that write their output as q8 blocks as well: a norm, a swiglu (by
     quantize_q8.comp), split attention's merge."""
-    if "q8" in p.params:
-        return False
-    if p.op == "glu":
-        return p.params["op"] == 0 and all(
-            v.dtype == F32 and v.shape == p.out.shape and v.contiguous and v.offset % 4 == 0
-            for v in p.ins
-        )  # fmt: skip
-    return p.op == "norm" or (p.op == "fattn" and p.params["splits"] > 1)
+    return p.op == "norm" or prologue.swiglu(p, 4) or (p.op == "fattn" and p.params["splits"] > 1)
 
 
 def lower(graph: Graph, cpu: bool, max_range: int) -> Plan:
     """Steps for `graph` on lavapipe's per-row kernels (`cpu`) or the GPU's; a weight of more
     than `max_range` bytes is read through several bindings."""
     max_t = (1 << 30) if cpu else MAX_T_MATVEC
-    plan, lo = lower_steps(graph, lambda n: fusable(n, cpu), lambda dtype: max_t,
-                           _lowerings(cpu), act_align=4)  # fmt: skip
+    attention = {Op.FLASH_ATTN_EXT: lambda lo, n: _attention(lo, n, cpu)}
+    plan, lo = lower_steps(graph, lambda n: fusable(n, cpu), lambda dtype: max_t, attention,
+                           act_align=4, strided_elementwise=True)  # fmt: skip
     steps, reads = plan.steps, plan.reads
     if not cpu:
         steps[:] = prologue.producers_in_prologues(steps, reads, prologue_fits)

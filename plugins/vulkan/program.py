@@ -21,9 +21,8 @@ from llmrt import device
 from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
-from llmrt.lower import Arena, Storage, View, plan_arena
+from llmrt.lower import Arena, Storage, View, bound, plan_arena
 from llmrt.lower.steps import ITEMSIZE
-from llmrt.lower.view import bound
 from llmrt_vulkan.launch import LAUNCHES
 from llmrt_vulkan.lower import lower
 from llmrt_vulkan.runtime import Buffer, Runtime
@@ -38,9 +37,6 @@ class VulkanWeight:
     """A weight on the device, in its ggml blocks."""
 
     buf: Buffer
-    type: GGMLType
-    shape: tuple[int, ...]
-    row_nbytes: int
 
 
 class VulkanState(device.Buffer):
@@ -138,7 +134,7 @@ class VulkanProgram(Executable):
             for name, ref in self.outputs.items()
         ]
         copy_out = staged or not all(
-            (self._buffer_of(ref.storage) or self.rt.dummy).cached for ref in self.outputs.values()
+            self._buffer_of(r.storage).cached for r in self.outputs.values()
         )
         self.outputs_host = self.rt.buffer(max(host.peak, 16), host=True) if copy_out else None
 
@@ -161,7 +157,7 @@ class VulkanProgram(Executable):
         writes, one = [], dict(descriptorType=storage, descriptorCount=1)
         for dset, d in zip(sets, self.dispatches, strict=True):
             for j, (store, extra) in enumerate(d.bindings):
-                buf = self._buffer_of(store) or rt.dummy
+                buf = self._buffer_of(store)
                 offset = store.offset + extra  # storages start 256-byte aligned
                 rng = min(buf.size - offset, rt.max_range)
                 info = vk.VkDescriptorBufferInfo(buffer=buf.handle, offset=offset, range=rng)
@@ -247,7 +243,7 @@ class VulkanProgram(Executable):
             if key in inputs:  # else written into its input_buffer
                 arr = np.ascontiguousarray(inputs[key], dtype=np_type)
                 view[:] = arr.reshape(-1).view(np.uint8)
-        self.rt.run([self.command_buffer], self.submit)
+        self.rt.run(self.submit)
         return self._read_outputs(outputs)
 
     def input_buffer(self, key: str) -> device.Buffer | None:

@@ -15,6 +15,7 @@ import functools
 import os
 import struct
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,6 @@ class Buffer:
     """A VkBuffer with its own memory; ``host`` is a uint8 numpy view of its mapping, if mapped."""
 
     handle: Any
-    memory: Any
     size: int
     host: np.ndarray | None
     cached: bool = False  # host-visible through the CPU's caches (fast to read back)
@@ -106,7 +106,6 @@ class Runtime:
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
         self._modules: dict[str, Any] = {}
         self._gelu: Buffer | None = None
-        self.dummy = self.buffer(16)
 
     def _create_device(self) -> None:
         """The logical device, with one compute queue, a command pool and a fence."""
@@ -165,7 +164,6 @@ class Runtime:
         host_local_heaps = {h for f, h in self.memory_types if f & unified == unified}
         self.unified = bool(host_local_heaps) and local_heaps <= host_local_heaps
         self.device_flags = unified if self.unified else DEVICE_LOCAL
-        self.host_flags = HOST_VISIBLE | HOST_COHERENT
 
     # ---- memory ----------------------------------------------------------------------------
     def _memory_type(self, bits: int, *choices: int) -> int:
@@ -186,7 +184,7 @@ class Runtime:
         info = vk.VkBufferCreateInfo(size=size, usage=usage, sharingMode=0)
         handle = vk.vkCreateBuffer(self.device, info, None)
         req = vk.vkGetBufferMemoryRequirements(self.device, handle)
-        flags = self.host_flags if host else self.device_flags
+        flags = (HOST_VISIBLE | HOST_COHERENT) if host else self.device_flags
         # staging read back from uncached (write-combined) memory is slow: prefer cached
         cached = HOST_CACHED if flags & HOST_VISIBLE else 0
         type_index = self._memory_type(req.memoryTypeBits, flags | cached, flags)
@@ -202,7 +200,7 @@ class Runtime:
             mapped = vk.vkMapMemory(self.device, memory, 0, size, 0)
             view = np.frombuffer(mapped, dtype=np.uint8, count=size)
         cached = bool(self.memory_types[type_index][0] & HOST_CACHED)
-        buf = Buffer(handle, memory, size, view, cached)
+        buf = Buffer(handle, size, view, cached)
         # the finalizer holds the runtime, whose own finalizer destroys the logical device: a
         # runtime let go of goes only after every buffer it made (the other order aborts)
         weakref.finalize(buf, _free, vk, self, handle, memory)
@@ -235,19 +233,16 @@ class Runtime:
         if buf.host is not None:
             buf.host[:] = 0
             return
-        cb = self.begin()
-        self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0)
-        self._end_and_wait(cb)
+        self._submit_one(lambda cb: self.vk.vkCmdFillBuffer(cb, buf.handle, 0, buf.size, 0))
 
     @functools.cached_property
     def _staging(self) -> Buffer:
         return self.buffer(STAGING_CHUNK, host=True)
 
     def submit_copy(self, src: Buffer, src_off: int, dst: Buffer, dst_off: int, n: int) -> None:
-        cb = self.begin()
-        region = self.vk.VkBufferCopy(srcOffset=src_off, dstOffset=dst_off, size=n)
-        self.vk.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, [region])
-        self._end_and_wait(cb)
+        vk = self.vk
+        region = vk.VkBufferCopy(srcOffset=src_off, dstOffset=dst_off, size=n)
+        self._submit_one(lambda cb: vk.vkCmdCopyBuffer(cb, src.handle, dst.handle, 1, [region]))
 
     def begin(self, one_time: bool = True) -> Any:
         """A primary command buffer from the pool, begun: for one submission, or (``one_time``
@@ -260,19 +255,18 @@ class Runtime:
         vk.vkBeginCommandBuffer(cb, vk.VkCommandBufferBeginInfo(flags=int(one_time)))
         return cb
 
-    def _end_and_wait(self, cb: Any) -> None:
+    def _submit_one(self, record: Callable[[Any], Any]) -> None:
+        """Record a one-off command buffer (`record` adds its commands), submit it and wait."""
         vk = self.vk
+        cb = self.begin()
+        record(cb)
         vk.vkEndCommandBuffer(cb)
-        self.run([cb])
+        self.run(vk.VkSubmitInfo(commandBufferCount=1, pCommandBuffers=[cb]))
         vk.vkFreeCommandBuffers(self.device, self.command_pool, 1, [cb])
 
-    def run(self, command_buffers: list[Any], submit: Any = None) -> None:
-        """Submit and wait. ``submit`` is a prebuilt VkSubmitInfo (the hot path builds it once)."""
+    def run(self, submit: Any) -> None:
+        """Submit a VkSubmitInfo and wait (a compiled graph's is built once)."""
         vk = self.vk
-        if submit is None:
-            submit = vk.VkSubmitInfo(
-                commandBufferCount=len(command_buffers), pCommandBuffers=command_buffers
-            )
         vk.vkQueueSubmit(self.queue, 1, [submit], self.fence)
         if self.spin_wait:  # poll: no sleep and wake-up between the GPU's end and ours
             while True:
