@@ -86,30 +86,18 @@ def test_the_gpu_kernels_conform_on_pocl_too(opencl, case, monkeypatch):
     assert check_case(opencl, case) == "ok"
 
 
-@pytest.mark.parametrize("rows", [32, 64])
-@pytest.mark.parametrize(
-    "case", [c for c in cases() if c.id.startswith("flash_attn_ext(t=70,")], ids=lambda c: c.id
-)
-def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows, monkeypatch):
-    """A GPU's prompt attention over heads of at most 64 (fattn_prompt, forced on: off by default
-    until measured ahead of fattn on a GPU), in work-groups of 32 and of 64 query rows (the last
-    one partial: 280 rows a KV head), its causal mask leaving some groups whole tiles they do not
-    compute, against the reference."""
-    import llmrt_opencl.launch_attention as launch_attention
-
-    monkeypatch.setitem(opencl.limits, "cpu", 0)
-    monkeypatch.setattr(launch_attention, "PROMPT_ROWS", (rows, rows))
-    monkeypatch.setattr(launch_attention, "PROMPT_MAX_D", 64)
+def _compiled(opencl, monkeypatch, twice: bool = False) -> list:
+    """The programs opencl compiles from here on (each wrapped in _RunTwice with `twice`)."""
     programs = []
     compile_ = opencl.compile
-    monkeypatch.setattr(
-        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
-    )
-    assert check_case(opencl, case) == "ok"
-    attention = [x for x in programs[0].launches if "fattn" in x.kernel.function_name]
-    assert [(x.kernel.function_name, x.local_size) for x in attention] == [
-        ("fattn_prompt", (rows, 1, 1))
-    ]
+
+    def compile(graph, bindings):
+        program = compile_(graph, bindings)
+        programs.append(_RunTwice(program) if twice else program)
+        return programs[-1]
+
+    monkeypatch.setattr(opencl, "compile", compile)
+    return programs
 
 
 class _RunTwice:
@@ -127,6 +115,28 @@ class _RunTwice:
         }
         self.program.run(other, outputs)
         return self.program.run(inputs, outputs)
+
+
+@pytest.mark.parametrize("rows", [32, 64])
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if c.id.startswith("flash_attn_ext(t=70,")], ids=lambda c: c.id
+)
+def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows, monkeypatch):
+    """A GPU's prompt attention over heads of at most 64 (fattn_prompt, forced on: off by default
+    until measured ahead of fattn on a GPU), in work-groups of 32 and of 64 query rows (the last
+    one partial: 280 rows a KV head), its causal mask leaving some groups whole tiles they do not
+    compute, against the reference."""
+    import llmrt_opencl.launch_attention as launch_attention
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_attention, "PROMPT_ROWS", (rows, rows))
+    monkeypatch.setattr(launch_attention, "PROMPT_MAX_D", 64)
+    programs = _compiled(opencl, monkeypatch)
+    assert check_case(opencl, case) == "ok"
+    attention = [x for x in programs[0].launches if "fattn" in x.kernel.function_name]
+    assert [(x.kernel.function_name, x.local_size) for x in attention] == [
+        ("fattn_prompt", (rows, 1, 1))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -152,11 +162,7 @@ def test_a_gpu_one_token_attention_reads_a_key_across_work_items(
     monkeypatch.setitem(opencl.limits, "cpu", 0)
     monkeypatch.setattr(launch_attention, "VEC_SPLIT_KEYS", split_keys)
     monkeypatch.setattr(launch_attention, "MERGE_LAST", merge_last)
-    programs = []
-    compile_ = opencl.compile
-    monkeypatch.setattr(
-        opencl, "compile", lambda g, b: programs.append(_RunTwice(compile_(g, b))) or programs[-1]
-    )
+    programs = _compiled(opencl, monkeypatch, twice=True)
     assert check_case(opencl, case) == "ok"
     names = [x.kernel.function_name for p in programs for x in p.launches]
     assert "fattn_vec" in names and "fattn" not in names
@@ -180,11 +186,7 @@ def test_a_gpu_glu_writes_each_q8_block_in_the_work_group_that_completes_it(
 
     monkeypatch.setitem(opencl.limits, "cpu", 0)
     monkeypatch.setattr(launch_weights, "MMVQ_LANES", lanes)
-    programs = []
-    compile_ = opencl.compile
-    monkeypatch.setattr(
-        opencl, "compile", lambda g, b: programs.append(_RunTwice(compile_(g, b))) or programs[-1]
-    )
+    programs = _compiled(opencl, monkeypatch, twice=True)
     assert check_case(opencl, case) == "ok"
     names = [x.kernel.function_name for p in programs for x in p.launches]
     assert any(n.startswith("mmvq_") for n in names) and "quant_q8" not in names
@@ -199,11 +201,7 @@ def test_a_one_token_attention_too_large_for_the_driver_takes_fattn(opencl, monk
     fits = launch_attention._fits
     monkeypatch.setattr(launch_attention, "_fits", lambda kernel, nt: kernel.function_name
                         != "fattn_vec" and fits(kernel, nt))  # fmt: skip
-    programs = []
-    compile_ = opencl.compile
-    monkeypatch.setattr(
-        opencl, "compile", lambda g, b: programs.append(compile_(g, b)) or programs[-1]
-    )
+    programs = _compiled(opencl, monkeypatch)
     case = next(c for c in cases() if c.id.startswith("decode_attention(type_a=q8_0,t=1,s=40"))
     assert check_case(opencl, case) == "ok"
     names = [x.kernel.function_name for p in programs for x in p.launches]

@@ -162,6 +162,23 @@ inline void group_rows_q8(__local const float* sq, int row0, int R, int G, int H
 #define KG (NR <= 4 ? NRG : 1)        // of them, key groups (each takes every KG-th key)
 #define RPW ((NR + NRG / KG - 1) / (NRG / KG))  // rows per work-item in the V phase
 #define PART (DV + 2)                 // a split's partial: max, sum, DV unnormalised outputs
+
+// Output column d of a row from its nsplit partials: sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i -
+// M), M the largest max; splits that saw no key (max -inf) weigh nothing.
+inline float merged(__global const float* part, int nsplit, int d) {
+    float mx = -INFINITY;
+    for (int i = 0; i < nsplit; ++i) mx = fmax(mx, part[i * PART]);
+    float l = 0.0f, o = 0.0f;
+    for (int i = 0; i < nsplit; ++i) {
+        const float m = part[i * PART];
+        if (m == -INFINITY) continue;
+        const float w = exp(m - mx);
+        l += part[i * PART + 1] * w;
+        o += part[i * PART + 2 + d] * w;
+    }
+    return l > 0.0f ? o / l : 0.0f;
+}
+
 #ifndef VU
 #define VU 8  // V rows loaded ahead in the V phase
 #endif
@@ -581,18 +598,7 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
             const int r = i / DV, col = i % DV, row = row0 + r;
             if (row >= R) continue;
             const long orow = (long)(row / G) * Hq + hk * G + row % G;
-            __global const float* part = CPTR(float, pb, po) + orow * nsplit * PART;
-            float mx = -INFINITY;
-            for (int j = 0; j < nsplit; ++j) mx = fmax(mx, part[j * PART]);
-            float sum = 0.0f, o = 0.0f;
-            for (int j = 0; j < nsplit; ++j) {
-                const float mj = part[j * PART];
-                if (mj == -INFINITY) continue;
-                const float w = exp(mj - mx);
-                sum += part[j * PART + 1] * w;
-                o += part[j * PART + 2 + col] * w;
-            }
-            const float y = sum > 0.0f ? o / sum : 0.0f;
+            const float y = merged(CPTR(float, pb, po) + orow * nsplit * PART, nsplit, col);
             PTR(float, ob, oo)[orow * DV + col] = y;
 #if XQ8
             sq[r * DV + col] = y;
@@ -848,29 +854,17 @@ __kernel __attribute__((reqd_work_group_size(PT, 1, 1))) void fattn_prompt(
     for (int d = 0; d < DV4; ++d) vstore4(l > 0.0f ? acc[d] / l : (float4)(0.0f), d, o);
 }
 
-// The nsplit partials of each output row combined: out = sum_i acc_i e^(m_i - M) / sum_i l_i
-// e^(m_i - M), M the largest max. Global size (DV, T * Hq); splits that saw no key (max -inf)
-// weigh nothing.
+// The nsplit partials of each output row combined (merged). Global size (DV, T * Hq).
 // With XQ8 the work-group is a row (local size DV), which then writes its q8 blocks.
 __kernel void fattn_merge(__global const uchar* pb, ulong po, __global uchar* ob, ulong oo,
                           int nsplit, __global uchar* xqb, ulong xqo, long dso) {
     const int d = get_global_id(0);
     const long row = get_global_id(1);
-    __global const float* part = CPTR(float, pb, po) + row * nsplit * PART;
-    float mx = -INFINITY;
-    for (int i = 0; i < nsplit; ++i) mx = fmax(mx, part[i * PART]);
-    float l = 0.0f, o = 0.0f;
-    for (int i = 0; i < nsplit; ++i) {
-        const float m = part[i * PART];
-        if (m == -INFINITY) continue;
-        const float w = exp(m - mx);
-        l += part[i * PART + 1] * w;
-        o += part[i * PART + 2 + d] * w;
-    }
-    PTR(float, ob, oo)[row * DV + d] = l > 0.0f ? o / l : 0.0f;
+    const float y = merged(CPTR(float, pb, po) + row * nsplit * PART, nsplit, d);
+    PTR(float, ob, oo)[row * DV + d] = y;
 #if XQ8
     __local float orow[DV];
-    orow[d] = l > 0.0f ? o / l : 0.0f;
+    orow[d] = y;
     barrier(CLK_LOCAL_MEM_FENCE);
     if (d < DV / 32) {
         float x[32];
