@@ -469,7 +469,7 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
   wait $big
   # the SM clock and power state through the benches (the 135M's tg128 is bimodal on an H100)
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,pstate,power.draw,utilization.gpu \
-    --format=csv,noheader -lms 250 > $OUT/clocks.log 2>&1 &
+    --format=csv,noheader -lms 250 >> $OUT/clocks.log 2>&1 &
   smi=$!
   for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
     for tree in ${ROUNDS:-this base this base}; do
