@@ -486,8 +486,8 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
   done
   ;;
 mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the GPU under two
-  # variants, then per variant, interleaved: the 8B's decode step by kernel and global size
-  # (opencl_profile.py BY_SIZE=1) and tg128 of the 135M, 1B and 8B rows. A variant is "default"
+  # variants, then per variant, interleaved: the 8B's (or PROFILE_ROW's) decode step by kernel and
+  # global size (opencl_profile.py BY_SIZE=1) and tg128 of the 135M, 1B and 8B rows. A variant is "default"
   # or llmrt_opencl constants, comma-separated (backend.NV_SHFL=0: local-memory trees, as before),
   # or "base": the tree in .devrun/base (benches only)
   VARIANTS=${VARIANTS:-"base backend.NV_SHFL=0 default launch_weights.MMVQ_WIDE=64 launch_weights.MMVQ_LANES=32 launch_attention.NT=64"}
@@ -505,7 +505,7 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
   wait $big
   for v in $VARIANTS; do
     echo "== $v" | tee -a $OUT/mmvq.log
-    [ $v = base ] || BY_SIZE=1 LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-llama3-8b-q4_0.gguf \
+    [ $v = base ] || BY_SIZE=1 LLMRT_OPENCL_SAFE=1 timeout 60 python3 benchmarks/opencl_profile.py /tmp/synth-${PROFILE_ROW:-llama3-8b-q4_0}.gguf \
       opencl:0 4 64 $(sets $v) 2>&1 | grep -v "Warning\|lambda" | tail -n 13 | tee -a $OUT/mmvq.log
     for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
       [ $v = base ] && tree=$PWD/.devrun/base: || tree=""
