@@ -463,7 +463,7 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
   big=$!
-  timeout ${TESTS_S:-200} python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
+  timeout ${TESTS_S:-300} python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
     or one_token_attention or (opencl and (decode_ or tiny_model) and not pocl)" -q --tb=short \
     -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/glu.log
   wait $big
