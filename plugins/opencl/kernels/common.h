@@ -295,17 +295,6 @@ inline void norm_q8_row_group(__global const float* x, __global float* y, __glob
     }
 }
 
-// x[0..n) (n % 32 == 0) into the q8 buffer xq by the whole work-group, four values a work-item.
-inline void quant_q8_group(__global const float* x, int n, __global uchar* xq, long dso,
-                           __local float* redf, __local int* redi) {
-    const int l = get_local_id(0), nl = get_local_size(0);
-    for (int base = 0; base < n; base += 4 * nl) {
-        const int i = base + 4 * l, active = i < n;
-        const float4 v = active ? vload4(0, x + i) : (float4)(0.0f);
-        q8_store4(v, active, xq, dso, i >> 5, redf, redi);
-    }
-}
-
 // Element d of a row x of a rotary embedding (the first n_dims of the row rotated; neox: pairs
 // (i, i + n_dims / 2), else (2i, 2i + 1)): ops.cl's rope kernel's products, one element at a time.
 inline float rope_elem(__global const float* x, int d, int n_dims, int neox, int pos,
