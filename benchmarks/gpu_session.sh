@@ -463,10 +463,15 @@ glu)  # OpenCL decode launches (issue 17): the GLU's q8 blocks and the attention
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
   big=$!
+  # CUDA_TESTS=1: CUDA's backend and launch tests beside them (nothing timed)
+  [ "${CUDA_TESTS:-0}" = 1 ] && ( timeout ${TESTS_S:-300} python3 -m pytest tests/plugins/test_cuda_backend.py \
+    tests/plugins/test_cuda_launch.py -q --tb=short -p no:cacheprovider > $OUT/cuda-tests.log 2>&1 ) &
+  cuda=$!
   timeout ${TESTS_S:-300} python3 -m pytest tests/plugins/test_opencl_backend.py tests/conformance -k "glu_writes \
     or one_token_attention or (opencl and (decode_ or tiny_model) and not pocl)" -q --tb=short \
     -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/glu.log
-  wait $big
+  wait $big $cuda
+  tail -n 3 $OUT/cuda-tests.log 2>/dev/null
   # the SM clock and power state through the benches (the 135M's tg128 is bimodal on an H100)
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,pstate,power.draw,utilization.gpu \
     --format=csv,noheader -lms 250 >> $OUT/clocks.log 2>&1 &
