@@ -57,7 +57,8 @@
 #   glu          OpenCL decode launches: the GPU tests of the last-work-group epilogues, tg128 beside
 #                .devrun/base, the 135M's and 1B's decode steps profiled kernel by kernel
 #   mmvq         OpenCL's integer mat-vecs under launch variants (VARIANTS): the product cases on the
-#                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows
+#                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows; PIN=1
+#                the 135M's tg128 pinned to one core and not
 #   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
 #                .devrun/base: opencl_attn_probe.py, tg128 at depths 0 and 512 (135M, 1B, 8B rows)
 #   vec          fattn_vec (a GPU's one-token attention, a stream of work-items a key): the peer's
@@ -517,6 +518,14 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
       PYTHONPATH=$tree/tmp/site timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- \
         bench -m /tmp/synth-$m.gguf -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" | sed "s/^/$v $m /" \
         | tee -a $OUT/mmvq.log
+    done
+  done
+  # PIN=1: the 135M's tg128 with the process on one core and not, interleaved, twice (its runs
+  # land about 400 or about 550 t/s on an H100 whatever the setting, the SM clock steady)
+  for i in $([ "${PIN:-0}" = 1 ] && echo 1 2); do
+    for pin in "" "taskset -c 5"; do
+      $pin timeout 40 llmrt bench -m /tmp/synth-smollm2-135m-q4_0.gguf -p 0 -n 128 -r 3 --device opencl:0 \
+        2>&1 | grep "| tg" | sed "s/^/pinned [$pin] /" | tee -a $OUT/mmvq.log
     done
   done
   ;;
