@@ -271,9 +271,6 @@ inline float norm_den(__global const float* x, int ncols, float eps, int mode, _
     return den;
 }
 
-// norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
-// row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
-// last work-group norms their output row). ncols % 32 == 0.
 #ifndef NORM_REGS
 #define NORM_REGS 0
 #endif
@@ -332,6 +329,9 @@ inline int norm_q8_row_regs(__global const float* x, __global float* y, __global
 #endif
 }
 
+// norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
+// row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
+// last work-group norms their output row). ncols % 32 == 0.
 inline void norm_q8_row_group(__global const float* x, __global float* y, __global const float* w,
                               long row, int ncols, float eps, int mode, int has_w, int has_y,
                               __global uchar* xq, long dso, __local float* red,
