@@ -227,11 +227,8 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
         np.int64(v.strides[1]), np.float32(p["scale"]), np.float32(p["softcap"]),
         np.int32(mask is not None), np.int32(chunk), *_fused_args(prog, step, xq),
     )  # fmt: skip
-    if vec_launch:  # the split counters (zeroed here; the last split resets its own)
-        cnt = prog.scratch(4 * blocks * hkv) if merge_last else out
-        if merge_last:
-            cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, 4 * blocks * hkv).wait()
-        args += cnt
+    if vec_launch:  # the split counters (the last split resets its own)
+        args += prog.counters(4 * blocks * hkv) if merge_last else out
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
         launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]

@@ -271,9 +271,7 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
         oq = (*q8_arg(prog, p["q8_out"], y.n), np.int32(1))
     cnt = off
     if "norm" in p or (counted and "q8_out" in p):
-        nbytes = max(16, 4 * (y.n // 32)) if "q8_out" in p else 16
-        cnt = prog.scratch(nbytes)
-        cl.enqueue_fill_buffer(prog.queue, cnt[0], np.uint8(0), 0, nbytes).wait()
+        cnt = prog.counters(max(16, 4 * (y.n // 32)) if "q8_out" in p else 16)
     norm = (*cnt, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
             np.int64(0), np.int32(0))  # fmt: skip
     if "norm" in p:

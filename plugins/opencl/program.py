@@ -161,10 +161,17 @@ class OpenCLProgram(Executable):
         """A fresh kernel object (its own arguments) of a program built once per defines."""
         return cl.Kernel(self.device.program(file, tuple(sorted((defines or {}).items()))), name)
 
-    def scratch(self, nbytes: int) -> tuple[Any, np.uint64]:
-        buf = allocate(self.ctx, nbytes, "attention scratch", self.device.id)
+    def scratch(self, nbytes: int, what: str = "attention scratch") -> tuple[Any, np.uint64]:
+        buf = allocate(self.ctx, nbytes, what, self.device.id)
         self.keep.append(buf)
         return buf, np.uint64(0)
+
+    def counters(self, nbytes: int) -> tuple[Any, np.uint64]:
+        """Scratch for a kernel's atomic counters, zeroed once here: the kernel that counts to the
+        end resets its own, so every later run finds them zero."""
+        arg = self.scratch(nbytes, "atomic counters")
+        cl.enqueue_fill_buffer(self.queue, arg[0], np.uint8(0), 0, nbytes).wait()
+        return arg
 
     # ---- the hot path ----------------------------------------------------------------------
     def run(
