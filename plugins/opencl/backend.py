@@ -143,29 +143,44 @@ class OpenCLDevice(Device):
             self._programs[key] = build(defines) if program is None else program
         return self._programs[key]
 
+    @property
+    def max_weight_part(self) -> int:
+        """Bytes of a weight one buffer holds (CL_DEVICE_MAX_MEM_ALLOC_SIZE, a quarter of memory
+        on many phones' GPUs, less the 16 bytes of slack an upload adds): a larger weight is held
+        in parts of whole rows (llmrt.lower.split)."""
+        return self.limits["max_alloc"] - 16
+
     def supports_op(self, node: Any) -> bool:
-        """What the kernels implement (llmrt_opencl.lower), reading no weight larger than one
-        buffer may be here (CL_DEVICE_MAX_MEM_ALLOC_SIZE, a quarter of memory on many phones'
-        GPUs): the node that reads one runs on the host instead."""
+        """What the kernels implement (llmrt_opencl.lower). A product reads a weight of any size
+        (in parts, a launch each); a lookup's rows depend on the tokens, so it reads no weight
+        larger than one buffer: that runs on the host."""
         from llmrt_opencl.lower import supports
 
         if not supports(node):
             return False
-        return all(
-            src.op is not Op.WEIGHT or weight_nbytes(src) + 16 <= self.limits["max_alloc"]
+        return node.op is Op.MUL_MAT or all(
+            src.op is not Op.WEIGHT or weight_nbytes(src) <= self.max_weight_part
             for src in node.srcs
         )
 
     def upload(self, tensor: Any) -> Any:
-        """A weight's GGUF blocks as they are (no f32 copy), 16 bytes of slack past the end."""
+        """A weight's GGUF blocks as they are (no f32 copy), 16 bytes of slack past the end of
+        each buffer; one larger than a buffer may be in parts of whole rows."""
         import pyopencl as cl
 
+        from llmrt.lower.split import row_chunks
         from llmrt_opencl.program import OpenCLWeight, allocate
 
         raw = np.ascontiguousarray(tensor.data).reshape(-1).view(np.uint8)
-        buf = allocate(self.context, raw.size + 16, f"weight {tensor.name}", self.id)
-        cl.enqueue_copy(self.queue, buf, raw, is_blocking=True)
-        return OpenCLWeight(buf, tensor.type, tuple(tensor.shape), raw.size)
+        m = int(np.prod(tensor.shape[:-1], dtype=np.int64))
+        row_bytes = tensor.type.row_nbytes(tensor.shape[-1])
+        parts = []
+        for r0, rows in row_chunks(m, row_bytes, self.max_weight_part):
+            part = raw[r0 * row_bytes : (r0 + rows) * row_bytes]
+            buf = allocate(self.context, part.size + 16, f"weight {tensor.name}", self.id)
+            cl.enqueue_copy(self.queue, buf, part, is_blocking=True)
+            parts.append((r0 * row_bytes, buf))
+        return OpenCLWeight(parts[0][1], tensor.type, tuple(tensor.shape), raw.size, tuple(parts))
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> Any:
         import pyopencl as cl

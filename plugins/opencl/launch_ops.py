@@ -82,15 +82,21 @@ def _collapse(shape: tuple[int, ...], strides: tuple[int, ...]) -> list[tuple[in
 
 
 def copy(prog: OpenCLProgram, step: Step) -> list[Launch]:
+    """A strided view gathered into a contiguous one, or (split.py's parts) a contiguous view
+    scattered into a strided one."""
     src, out = step.ins[0], step.out
     assert out is not None
-    dims = _collapse(src.shape, src.strides)
+    scatter = not out.contiguous
+    assert not scatter or src.contiguous, "a copy between two strided views"
+    strided = out if scatter else src
+    dims = _collapse(strided.shape, strided.strides)
     if len(dims) > 4:
         raise UnsupportedOp(f"copy of a view strided in {len(dims)} dimensions (at most 4)")
     dims = [(1, 0)] * (4 - len(dims)) + dims
     g, loc = _flat(prog, src.n)
     args = (*prog.arg(src), *prog.arg(out), _i64(src.n), _i32(step.params["mode"]),
-            *(_i64(d) for d, _ in dims[1:]), *(_i64(s) for _, s in dims))  # fmt: skip
+            *(_i64(d) for d, _ in dims[1:]), *(_i64(s) for _, s in dims),
+            _i32(scatter))  # fmt: skip
     return [Launch(prog.kernel(FILE, "copy_strided"), g, loc, args)]
 
 

@@ -47,12 +47,14 @@ class Launch:
 
 @dataclass(frozen=True)
 class OpenCLWeight:
-    """A weight on the device: its GGUF blocks as stored."""
+    """A weight on the device: its GGUF blocks as stored, in one buffer or in `parts` of whole
+    rows (the byte where each starts, its buffer) where it is larger than one buffer may be."""
 
-    buf: Any  # cl.Buffer
+    buf: Any  # cl.Buffer: the first part's
     type: GGMLType
     shape: tuple[int, ...]
     nbytes: int
+    parts: tuple[tuple[int, Any], ...] = ()
 
 
 class OpenCLTensor(Buffer):
@@ -111,7 +113,8 @@ class OpenCLProgram(Executable):
         fits = gemmq_tiles(self.device_info, GGMLType.Q4_1, 1, 1)
         q8_gemm = not self.device_info["cpu"] and bool(fits)
         plan = lower(graph, fused=bool(self.device_info.get("fused", 1)), q8_gemm=q8_gemm,
-                     cpu=bool(self.device_info["cpu"]))  # fmt: skip
+                     cpu=bool(self.device_info["cpu"]),
+                     max_weight=device.max_weight_part)  # fmt: skip
         self.plan = plan
         arena_nbytes = plan_arena(plan.storages)
         self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",
@@ -119,9 +122,13 @@ class OpenCLProgram(Executable):
         self.keep: list[Any] = []
         self.memo: dict[Any, Any] = {}  # what launch builders share within this program
         self.base: dict[Storage, tuple[Any, int]] = {}
+        self.parts: dict[Storage, tuple[tuple[int, Any], ...]] = {}
         for s in plan.storages:
             if s.kind in ("weight", "state"):
-                self.base[s] = (bound(s, bindings, graph).buf, 0)
+                handle = bound(s, bindings, graph)
+                self.base[s] = (handle.buf, 0)
+                if len(getattr(handle, "parts", ())) > 1:
+                    self.parts[s] = handle.parts
             elif s.kind == "input":
                 self.base[s] = (allocate(self.ctx, s.nbytes, f"input {s.key}", device.id), 0)
             else:
@@ -155,7 +162,11 @@ class OpenCLProgram(Executable):
     # ---- what the launch builders use ------------------------------------------------------
     def arg(self, v: View) -> tuple[Any, np.uint64]:
         buf, offset = self.base[v.storage]
-        return buf, np.uint64(offset + v.offset * ITEMSIZE.get(v.dtype, 1))
+        offset += v.offset * ITEMSIZE.get(v.dtype, 1)
+        if v.storage in self.parts:  # a part of a weight's rows (llmrt.lower.split)
+            offset, buf = next((offset - start, b) for start, b in
+                               reversed(self.parts[v.storage]) if start <= offset)  # fmt: skip
+        return buf, np.uint64(offset)
 
     def kernel(self, file: str, name: str, defines: Mapping[str, int] | None = None) -> Any:
         """A fresh kernel object (its own arguments) of a program built once per defines."""

@@ -14,6 +14,7 @@ from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX
 from llmrt.lower.passes import q8_layout
+from llmrt.lower.split import row_chunks
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import Storage, View, dims4
 from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
@@ -197,11 +198,7 @@ def mm_act(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 def _chunks(prog: VulkanProgram, st: Step) -> list[tuple[int, int]]:
     """(first row, rows) of each dispatch: a weight larger than one binding may address is
     split by rows."""
-    m, row = st.params["m"], st.params["row_bytes"]
-    chunk = m
-    if row * m > prog.rt.max_range:
-        chunk = max(256, (prog.rt.max_range // row) // 256 * 256)
-    return [(r0, min(chunk, m - r0)) for r0 in range(0, m, chunk)]
+    return row_chunks(st.params["m"], st.params["row_bytes"], prog.rt.max_range)
 
 
 def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:

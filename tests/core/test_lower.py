@@ -122,3 +122,19 @@ def test_fused_graph_computes_the_same_bits_on_the_reference(tiny_gguf_with_voca
     fused = ReferenceProgram(fuse(graph, lambda n: True), bindings).run(inputs)
     for name in plain:
         np.testing.assert_array_equal(fused[name], plain[name])
+
+
+@pytest.mark.parametrize("m, row_bytes, cap", [(320, 68, 4096), (128256, 2304, 1 << 28),
+                                               (1000, 100, 100_000), (7, 5000, 4096)])  # fmt: skip
+def test_a_weight_in_parts_covers_its_rows_once_within_the_cap(m, row_bytes, cap):
+    from llmrt.lower.split import ROW_ALIGN, row_chunks
+
+    parts = row_chunks(m, row_bytes, cap)
+    assert [r0 for r0, _ in parts] == [sum(n for _, n in parts[:i]) for i in range(len(parts))]
+    assert sum(n for _, n in parts) == m
+    if m * row_bytes <= cap:
+        assert parts == [(0, m)]
+    elif row_bytes <= cap:  # a row fits: every part fits, aligned where ROW_ALIGN rows fit
+        assert all(n * row_bytes <= cap for _, n in parts)
+        aligned = cap // row_bytes >= ROW_ALIGN
+        assert all(n % ROW_ALIGN == 0 for _, n in parts[:-1]) or not aligned

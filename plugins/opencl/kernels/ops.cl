@@ -13,24 +13,25 @@ inline long idiv(long a, long b, int narrow) {
 }
 
 // A strided gather of up to 4 dimensions (n1..n3: sizes of dimensions 1-3, s0..s3: element
-// strides) into a contiguous tensor. mode 0: 4-byte elements, 1: 2-byte, 2: f32 -> f16,
-// 3: f16 -> f32.
+// strides) into a contiguous tensor, or with `scatter` a contiguous tensor's elements scattered
+// so. mode 0: 4-byte elements, 1: 2-byte, 2: f32 -> f16, 3: f16 -> f32.
 __kernel void copy_strided(__global const uchar* src_b, ulong src_o, __global uchar* dst_b,
                            ulong dst_o, long n, int mode, long n1, long n2, long n3, long s0,
-                           long s1, long s2, long s3) {
+                           long s1, long s2, long s3, int scatter) {
     const int narrow = n <= 0xffffffffL;
     const long i = get_global_id(0);
     if (i >= n) return;
     const long q3 = idiv(i, n3, narrow), q2 = idiv(q3, n2, narrow), i0 = idiv(q2, n1, narrow);
     const long o = i0 * s0 + (q2 - i0 * n1) * s1 + (q3 - q2 * n2) * s2 + (i - q3 * n3) * s3;
+    const long d = scatter ? o : i, s = scatter ? i : o;
     if (mode == 0) {
-        PTR(uint, dst_b, dst_o)[i] = CPTR(uint, src_b, src_o)[o];
+        PTR(uint, dst_b, dst_o)[d] = CPTR(uint, src_b, src_o)[s];
     } else if (mode == 1) {
-        PTR(ushort, dst_b, dst_o)[i] = CPTR(ushort, src_b, src_o)[o];
+        PTR(ushort, dst_b, dst_o)[d] = CPTR(ushort, src_b, src_o)[s];
     } else if (mode == 2) {
-        st_f16(PTR(ushort, dst_b, dst_o), i, CPTR(float, src_b, src_o)[o]);
+        st_f16(PTR(ushort, dst_b, dst_o), d, CPTR(float, src_b, src_o)[s]);
     } else {
-        PTR(float, dst_b, dst_o)[i] = ld_f16(CPTR(ushort, src_b, src_o), o);
+        PTR(float, dst_b, dst_o)[d] = ld_f16(CPTR(ushort, src_b, src_o), s);
     }
 }
 
