@@ -21,7 +21,6 @@ import time
 import numpy as np
 from with_constants import set_constants  # benchmarks/, run as a script
 
-from llmrt.device import registry
 from llmrt.engine import load
 
 
@@ -29,10 +28,7 @@ def main(kld_ref: str, model: str, text: str, ref_path: str, device: str, sets: 
     spec = importlib.util.spec_from_file_location("kld_ref", kld_ref)
     kr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kr)
-    for item in (i for i in sets if i.startswith("LIMIT.")):
-        name, value = item[len("LIMIT.") :].split("=", 1)
-        registry().select(device).limits[name] = int(value)
-    set_constants([i for i in sets if not i.startswith("LIMIT.")])
+    set_constants(sets, device)
     ref = dict(np.load(ref_path))
     n_ctx = json.loads(str(ref["meta"]))["n_ctx"]
     start = time.time()

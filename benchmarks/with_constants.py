@@ -3,8 +3,10 @@ compared in one process without editing the code):
 
     python benchmarks/with_constants.py llmrt_opencl.launch_weights.MMVQ_LANES=32 -- bench -m M ...
 
-Each NAME=VALUE before `--` is `module.CONSTANT=int`; what follows `--` is llmrt's command line,
-or pytest's where it starts with `pytest` (the tests under those launch choices).
+Each NAME=VALUE before `--` is `module.CONSTANT=int`, or `LIMIT.key=int`: that entry of the
+first OpenCL device's limits (`LIMIT.cpu=0` runs a GPU's kernels on PoCL, `LIMIT.max_alloc=N` a
+driver's largest buffer); what follows `--` is llmrt's command line, or pytest's where it starts
+with `pytest` (the tests under those launch choices).
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import sys
 from llmrt.cli import main
 
 
-def set_constants(items: list[str]) -> None:
-    """Each `module.CONSTANT=int` set on its (imported) module."""
+def set_constants(items: list[str], device: str = "opencl:0") -> None:
+    """Each `module.CONSTANT=int` set on its (imported) module, each `LIMIT.key=int` in
+    `device`'s limits."""
     for item in items:
         name, value = item.split("=", 1)
+        if name.startswith("LIMIT."):
+            from llmrt.device import registry
+
+            registry().select(device).limits[name[len("LIMIT.") :]] = int(value)
+            continue
         module, constant = name.rsplit(".", 1)
         setattr(importlib.import_module(module), constant, int(value))
 
