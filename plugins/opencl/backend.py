@@ -21,9 +21,6 @@ INSTALL = "pip install 'llmrt[opencl]'"
 # on NVIDIA (compute capability 6.1 on: "nv_dp4a"), every program built with -D NV_SHFL=1: the
 # reductions of whole warps by warp shuffles (common.h) instead of local-memory trees
 NV_SHFL = True
-# a row's norm into q8 blocks (common.h's norm_q8_row_regs) keeps up to this many float4s of the
-# row a work-item in registers (0: a loop over the row, one trip's loads at a time)
-NORM_REGS = 8
 NO_ICD = (
     "install an OpenCL driver (ICD): your GPU vendor's, or PoCL for the CPU "
     "(apt install pocl-opencl-icd, or pip install 'pyopencl[pocl]')"
@@ -124,8 +121,6 @@ class OpenCLDevice(Device):
 
         if self.limits.get("portable"):  # the tests: the CPU kernels without x86 builtins
             defines = (*defines, ("LLMRT_PORTABLE", 1))
-        if NORM_REGS:
-            defines = (*defines, ("NORM_REGS", NORM_REGS))
         key = (file, defines)
         if key not in self._programs:
             kernels = Path(__file__).parent / "kernels"

@@ -50,9 +50,6 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
-# rows at least this long (0: any) take one row a lane group, as CUDA's mmvq (MMVQ_R2_MAX_K), to
-# put twice the work-groups on the 1B's 2048-row products (o and down read at ~0.3 TB/s, 2026-12-06)
-MMVQ_R2_MAX_K = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -234,7 +231,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         r, groups = 2, _groups(ms[0], MMVQ_WG // g)
     else:
         two = sum(_groups(m, MMVQ_WG // g * 2) for m in ms) >= MMV_MIN_GROUPS
-        r = 2 if two and (not MMVQ_R2_MAX_K or k < MMVQ_R2_MAX_K) else 1
+        r = 2 if two else 1
         groups = sum(_groups(m, MMVQ_WG // g * r) for m in ms)
     w_args = [a for w in [*ws, *[ws[0]] * (3 - len(ws))] for a in prog.arg(w)]
     y_args = [a for y in [*outs, *[outs[0]] * (3 - len(outs))] for a in prog.arg(y)]

@@ -38,12 +38,12 @@ F32, F16, I32, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I32, GGMLType.BF16
 MMV_MAX_T = 8  # mat-vecs (float or integer) up to this many token rows, gemm past it
 MAX_HEAD_DIM = 256
 # a GPU mat-vec's last work-group norms its output row up to this many columns, in place of a
-# launch of its own (~9 us on NVIDIA's OpenCL: BENCHMARKS.md). 16384 (the 8B's 4096-wide norms,
-# and its 14336-wide GLU rows when a last work-group quantized them) ran its tg128 at 165-169 t/s
-# against 246-258 on the H100 (2026-12-06, eleventh session): one work-group's serial pass over a
-# long row costs more. A GLU row's q8 blocks take no such pass (each block by the work-group that
-# completes it), so they go into the mat-vec at any length
-GPU_EPILOGUE_MAX_COLS = 2048
+# launch of its own: one work-group's serial pass over a long row costs more than the launch it
+# saves. On an H100 (BENCHMARKS.md, 2026-12-07) the 135M's 576-wide rows ran tg128 at 583-607
+# t/s in the mat-vec, 496-532 apart; the 1B's 2048-wide 713-725 in it, 742-772 apart; the 8B's
+# 4096-wide 165-169 in it, 246-258 apart (2026-12-06). A GLU row's q8 blocks take no such pass
+# (each block by the work-group that completes it), so they go into the mat-vec at any length
+GPU_EPILOGUE_MAX_COLS = 1024
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
 

@@ -271,64 +271,6 @@ inline float norm_den(__global const float* x, int ncols, float eps, int mode, _
     return den;
 }
 
-#ifndef NORM_REGS
-#define NORM_REGS 0
-#endif
-inline void kahan_add4(float* s, float* c, float4 v) {
-    kahan_add(s, c, v.x);
-    kahan_add(s, c, v.y);
-    kahan_add(s, c, v.z);
-    kahan_add(s, c, v.w);
-}
-
-// norm_q8_row_group with the row in registers: NORM_REGS float4s of x and of w a work-item, all
-// loaded before the first is used, where the loop below waits on memory once a trip (a mat-vec's
-// last work-group norms its output row so: ten microseconds a launch with the loop, on an H100).
-// Rows up to 4 * NORM_REGS * the group's size (else 0: the caller loops).
-inline int norm_q8_row_regs(__global const float* x, __global float* y, __global const float* w,
-                            long row, int ncols, float eps, int mode, int has_w, int has_y,
-                            __global uchar* xq, long dso, __local float* red,
-                            __local int* redi) {
-#if NORM_REGS
-    const int l = get_local_id(0), step = 4 * get_local_size(0);
-    const int trips = (ncols + step - 1) / step;
-    if (trips > NORM_REGS) return 0;
-    float4 xs[NORM_REGS], ws[NORM_REGS];
-    for (int k = 0; k < NORM_REGS; ++k) {
-        const int i = k * step + 4 * l, on = k < trips && i < ncols;
-        xs[k] = on ? vload4(0, x + i) : (float4)(0.0f);
-        ws[k] = on && has_w ? vload4(0, w + i) : (float4)(1.0f);
-    }
-    float m1 = 0.0f, corr = 0.0f, s = 0.0f, c = 0.0f, den;
-    if (mode == 1) {  // norm_den's two centrings
-        for (int k = 0; k < NORM_REGS; ++k) kahan_add4(&s, &c, xs[k]);
-        m1 = wg_sum(s - c, red) / ncols;
-        float d = 0.0f, dc = 0.0f, q = 0.0f, qc = 0.0f;
-        for (int k = 0; k < NORM_REGS; ++k) {
-            const float4 v = k * step + 4 * l < ncols ? xs[k] - m1 : (float4)(0.0f);
-            kahan_add4(&d, &dc, v);
-            kahan_add4(&q, &qc, v * v);
-        }
-        corr = wg_sum(d - dc, red) / ncols;
-        den = sqrt(fmax(wg_sum(q - qc, red) / ncols - corr * corr, 0.0f) + eps);
-    } else {
-        for (int k = 0; k < NORM_REGS; ++k) kahan_add4(&s, &c, xs[k] * xs[k]);
-        den = sqrt(wg_sum(s - c, red) / ncols + eps);
-    }
-    for (int k = 0; k < NORM_REGS; ++k) {
-        if (k >= trips) break;  // the same trips in every work-item
-        const int i = k * step + 4 * l, active = i < ncols;
-        float4 v = ((xs[k] - m1) - corr) / den;
-        if (has_w) v *= ws[k];
-        if (active && has_y) vstore4(v, 0, y + i);
-        q8_store4(v, active, xq, dso, (row * ncols + i) >> 5, red, redi);
-    }
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 // norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
 // row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
 // last work-group norms their output row). ncols % 32 == 0.
@@ -339,7 +281,6 @@ inline void norm_q8_row_group(__global const float* x, __global float* y, __glob
     const int l = get_local_id(0), nl = get_local_size(0);
     x += row * ncols;
     y += row * ncols;
-    if (norm_q8_row_regs(x, y, w, row, ncols, eps, mode, has_w, has_y, xq, dso, red, redi)) return;
     float m1, corr;
     const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
     for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
