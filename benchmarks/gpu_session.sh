@@ -496,8 +496,8 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
   # global size (opencl_profile.py BY_SIZE=1) and tg128 of the 135M, 1B and 8B rows. A variant is "default"
   # or llmrt_opencl constants, comma-separated (backend.NV_SHFL=0: local-memory trees, as before),
   # or "base": the tree in .devrun/base (benches only)
-  VARIANTS=${VARIANTS:-"base backend.NV_SHFL=0 default launch_weights.MMVQ_WIDE=64 launch_weights.MMVQ_LANES=32 launch_attention.NT=64"}
-  TESTED=${TESTED:-"default launch_weights.MMVQ_WIDE=64,launch_weights.MMVQ_UNROLL=2"}
+  VARIANTS=${VARIANTS:-"base default lower.GPU_EPILOGUE_MAX_COLS=2048 default"}
+  TESTED=${TESTED:-"default lower.GPU_EPILOGUE_MAX_COLS=2048"}
   sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &

@@ -28,7 +28,10 @@ def set_constants(items: list[str], device: str = "opencl:0") -> None:
             registry().select(device).limits[name[len("LIMIT.") :]] = int(value)
             continue
         module, constant = name.rsplit(".", 1)
-        setattr(importlib.import_module(module), constant, int(value))
+        found = importlib.import_module(module)
+        if not hasattr(found, constant):  # a constant since deleted: say so, measure nothing
+            raise SystemExit(f"with_constants: {module} has no {constant}")
+        setattr(found, constant, int(value))
 
 
 if __name__ == "__main__":
