@@ -36,6 +36,8 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
+#   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
+#                alone, then per row interleaved llmrt opencl:0, llama.cpp Vulkan, llmrt vulkan:0
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
@@ -599,6 +601,24 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
         -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
         | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
     done
+  done
+  ;;
+ratios-vk)  # issue 17's ratios in one call on a fresh machine (carry .gl, .devrun, .peer, ~30 MiB):
+  # llama.cpp's Vulkan build alone (its CUDA configure fails at once on CUDACXX=/bin/false, then
+  # the script goes on to Vulkan: ~3 min on 16 cores), the rows synthesized meanwhile; then per row
+  # interleaved, the build finished: llmrt on opencl:0, llama.cpp's Vulkan, llmrt on vulkan:0
+  [ $# -gt 1 ] && ROWS="${*:2}"
+  CUDACXX=/bin/false bash $PEER build
+  ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done )
+  WAIT_S=360 bash $PEER wait vulkan
+  for r in $ROWS; do
+    m=/tmp/synth-${r%:*}-${r#*:}.gguf
+    echo "== $r" | tee -a $OUT/ratios.log
+    timeout 90 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 \
+      | grep "| pp\|| tg" | sed "s/^/llmrt opencl:0 /" | tee -a $OUT/ratios.log
+    bash $PEER bench vulkan $m | sed "s/^/llama.cpp-vulkan /" | tee -a $OUT/ratios.log
+    timeout 90 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device vulkan:0 2>&1 \
+      | grep "| pp\|| tg" | sed "s/^/llmrt vulkan:0 /" | tee -a $OUT/ratios.log
   done
   ;;
 cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
