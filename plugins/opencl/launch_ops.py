@@ -35,6 +35,12 @@ MM_TILED_MIN_T = 8  # token rows from which mm_act takes the tiled kernel
 # to 8); a multiple of 8 (norm_q8's q8 blocks)
 CPU_ROW = 8
 CPU_QUANT = 16  # blocks of 32 a work-group of quant_q8_blocks (a CPU device's quant_q8)
+# work-groups sharing a row of a GPU's norm_q8 when the rows are fewer than its compute units (a
+# decode step's), at most: each computes the row's divisor and writes its share of the row, as
+# CUDA's norm_rows_q8 does, where one work-group made serial passes over it (the 1B's 2048-wide
+# norms took 8.3 us a launch on an H100's profiling queue, 2026-12-07). Not yet measured on a
+# GPU; 1: a work-group a row
+NORM_PARTS = 8
 
 
 def _i32(x: int) -> np.int32:
@@ -182,7 +188,10 @@ def norm_q8(prog: OpenCLProgram, step: Step) -> list[Launch]:
     args = (*prog.arg(x), *prog.arg(out if has_y else x), *prog.arg(w), _i32(ncols),
             _f32(p["eps"]), _i32(p["mode"]), _i32(len(step.ins) > 1), _i32(has_y),
             *q8_arg(prog, p["q8"], out.n))  # fmt: skip
-    return [Launch(prog.kernel(FILE, "norm_rows_q8"), (rows * local,), (local,), args)]
+    parts = 1
+    if not prog.device_info["cpu"] and rows < prog.device_info["compute_units"]:
+        parts = max(1, min(NORM_PARTS, -(-ncols // (4 * local))))
+    return [Launch(prog.kernel(FILE, "norm_rows_q8"), (rows * local, parts), (local, 1), args)]
 
 
 def quant_q8_launch(prog: OpenCLProgram, x: View, q8: Storage) -> Launch:

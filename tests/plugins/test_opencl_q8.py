@@ -36,12 +36,12 @@ def values(n: int, seed: int) -> np.ndarray:
     return x
 
 
-def run(opencl, name: str, args: tuple, global_size: int, local_size: int) -> None:
+def run(opencl, name: str, args: tuple, global_size: int, local_size: int, parts: int = 1) -> None:
     import pyopencl as cl
 
     kernel = cl.Kernel(opencl.program("ops.cl", ()), name)
     kernel.set_args(*args)
-    cl.enqueue_nd_range_kernel(opencl.queue, kernel, (global_size,), (local_size,))
+    cl.enqueue_nd_range_kernel(opencl.queue, kernel, (global_size, parts), (local_size, 1))
     opencl.queue.finish()
 
 
@@ -72,8 +72,12 @@ def test_quant_q8_writes_ggml_q8_0_blocks(opencl, n, local):
 
 
 @pytest.mark.parametrize("mode", [0, 1])  # rms_norm, norm
-@pytest.mark.parametrize(("ncols", "rows", "local"), [(576, 2, 256), (64, 3, 32), (2048, 1, 256)])
-def test_norm_rows_q8_writes_its_rows_as_ggml_q8_0_blocks(opencl, ncols, rows, local, mode):
+@pytest.mark.parametrize(("ncols", "rows", "local", "parts"), [
+    (576, 2, 256, 1), (64, 3, 32, 1), (2048, 1, 256, 1), (2048, 1, 256, 2), (4096, 2, 64, 8),
+    (576, 1, 32, 3),
+])  # fmt: skip
+def test_norm_rows_q8_writes_its_rows_as_ggml_q8_0_blocks(opencl, ncols, rows, local, parts, mode):
+    """One work-group a row, or `parts` sharing each (a decode step's on a GPU)."""
     import pyopencl as cl
 
     n = ncols * rows
@@ -85,7 +89,7 @@ def test_norm_rows_q8_writes_its_rows_as_ggml_q8_0_blocks(opencl, ncols, rows, l
     args = (xb, np.uint64(0), yb, np.uint64(0), wb, np.uint64(0), np.int32(ncols),
             np.float32(1e-5), np.int32(mode), np.int32(1), np.int32(1), qb, np.uint64(0),
             np.int64(q8_layout(n)[0]))  # fmt: skip
-    run(opencl, "norm_rows_q8", args, rows * local, local)
+    run(opencl, "norm_rows_q8", args, rows * local, local, parts)
     y, raw = np.empty(n, np.float32), np.empty(q8_layout(n)[1], np.uint8)
     cl.enqueue_copy(opencl.queue, y, yb)
     cl.enqueue_copy(opencl.queue, raw, qb)

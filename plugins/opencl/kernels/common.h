@@ -273,17 +273,20 @@ inline float norm_den(__global const float* x, int ncols, float eps, int mode, _
 
 // norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
 // row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
-// last work-group norms their output row). ncols % 32 == 0.
+// last work-group norms their output row). ncols % 32 == 0. With parts > 1 that many work-groups
+// share the row: each computes its divisor (the same way, so the same bits) and writes every
+// parts-th run of 4 x its size columns from run `part`.
 inline void norm_q8_row_group(__global const float* x, __global float* y, __global const float* w,
                               long row, int ncols, float eps, int mode, int has_w, int has_y,
-                              __global uchar* xq, long dso, __local float* red,
-                              __local int* redi) {
+                              __global uchar* xq, long dso, __local float* red, __local int* redi,
+                              int part, int parts) {
     const int l = get_local_id(0), nl = get_local_size(0);
     x += row * ncols;
     y += row * ncols;
     float m1, corr;
     const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
-    for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
+    // the same trips in every work-item
+    for (int base = 4 * nl * part; base < ncols; base += 4 * nl * parts) {
         const int i = base + 4 * l, active = i < ncols;
         float4 v = (float4)(0.0f);
         if (active) {

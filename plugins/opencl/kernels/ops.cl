@@ -119,7 +119,8 @@ __kernel void norm_rows(__global const uchar* x_b, ulong x_o, __global uchar* y_
 
 // norm_rows that also writes its output as q8 blocks (ncols % 32 == 0) into the q8 buffer
 // xq (common.h's q8_store4: four columns a work-item, eight a block); the f32 output only where
-// has_y (a norm whose only readers are integer mat-vecs need not write it).
+// has_y (a norm whose only readers are integer mat-vecs need not write it). The second dimension
+// of the grid: work-groups sharing a row (norm_q8_row_group's parts).
 __kernel void norm_rows_q8(__global const uchar* x_b, ulong x_o, __global uchar* y_b, ulong y_o,
                            __global const uchar* w_b, ulong w_o, int ncols, float eps, int mode,
                            int has_w, int has_y, __global uchar* xq_b, ulong xq_o, long dso) {
@@ -127,7 +128,8 @@ __kernel void norm_rows_q8(__global const uchar* x_b, ulong x_o, __global uchar*
     __local int redi[WG_MAX];
     const long row = get_group_id(0);
     norm_q8_row_group(CPTR(float, x_b, x_o), PTR(float, y_b, y_o), CPTR(float, w_b, w_o), row,
-                      ncols, eps, mode, has_w, has_y, PTR(uchar, xq_b, xq_o), dso, red, redi);
+                      ncols, eps, mode, has_w, has_y, PTR(uchar, xq_b, xq_o), dso, red, redi,
+                      get_group_id(1), get_num_groups(1));
 }
 
 // x [nblk * 32] f32 -> the q8 buffer xq (q8_store4): four values a work-item, eight a block;

@@ -647,7 +647,7 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
     if (!*last) return;
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     if (get_local_id(0) == 0) atomic_xchg(cnt, 0);
-    norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi);
+    norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi, 0, 1);
 }
 
 // mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
