@@ -146,16 +146,17 @@ class OpenCLDevice(Device):
         return self.limits["max_alloc"] - 16
 
     def supports_op(self, node: Any) -> bool:
-        """What the kernels implement (llmrt_opencl.lower). A product reads a weight matrix of
-        any size (in parts, a launch each); any other node (a lookup, whose rows depend on the
-        tokens) reads no weight larger than one buffer: that runs on the host."""
+        """What the kernels implement (llmrt_opencl.lower). A product or a lookup reads a weight
+        matrix of any size (in parts, a launch each); any other node reads no weight larger than
+        one buffer: that runs on the host."""
         from llmrt_opencl.lower import supports
 
         if not supports(node):
             return False
         return all(
             src.op is not Op.WEIGHT or weight_nbytes(src) <= self.max_weight_part
-            or (node.op is Op.MUL_MAT and src is node.srcs[0] and len(src.shape) == 2)
+            or (node.op in (Op.MUL_MAT, Op.GET_ROWS) and src is node.srcs[0]
+                and len(src.shape) == 2)
             for src in node.srcs
         )  # fmt: skip
 

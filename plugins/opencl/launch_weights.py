@@ -101,12 +101,14 @@ def _rows(nt: int, m: int, g: int) -> int:
 
 def _launch_get_rows_w(prog: OpenCLProgram, step: Step) -> list[Launch]:
     table, ids = step.ins
-    n_rows, k = step.params["shape"][-2:]
+    n_table, k = step.params["shape"][-2:]
+    row0, n_rows = step.params.get("rows", (0, n_table))  # a part of the table (split.py)
     wtype = step.params["type"]
     n = ids.n
     items = n * (k // 16)
     args = (*prog.arg(table), np.int64(wtype.row_nbytes(k)), np.int32(n_rows), *prog.arg(ids),
-            *prog.arg(step.out), np.int32(k), np.int32(n))  # fmt: skip
+            *prog.arg(step.out), np.int32(k), np.int32(n), np.int32(row0),
+            np.int32(n_table))  # fmt: skip
     size = _groups(items, GET_ROWS_WG) * GET_ROWS_WG
     return [Launch(_kernel(prog, wtype, "get_rows_w"), (size,), (GET_ROWS_WG,), args)]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
 from llmrt.lower import passes
-from llmrt.lower.split import split_products
+from llmrt.lower.split import split_weight_steps
 from llmrt.lower.steps import (
     BLOCK_TYPES,
     Q8_TYPES,
@@ -99,10 +99,10 @@ def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = 
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
     prompt products of the legacy quants on q8 activations (gemmq: a GPU's); `cpu`: for a CPU
     device's kernels (with `fused`, their mat-vec epilogues on rows of any size); `max_weight`:
-    the bytes of a weight one buffer holds, a product of a larger one a launch a part."""
+    the bytes of a weight one buffer holds, a product or lookup of a larger one a launch a part."""
     plan, lo = lower_steps(graph, supports, lambda dtype: MMV_MAX_T)
     if max_weight is not None:
-        split_products(plan, lo.storage, max_weight)
+        split_weight_steps(plan, lo.storage, max_weight)
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
         mat_vec_epilogues(plan, None if cpu else GPU_EPILOGUE_MAX_COLS)

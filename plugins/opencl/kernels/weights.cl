@@ -207,15 +207,19 @@ inline void load8(__global const float* p, float* x) {
 
 // ---- get_rows_w -----------------------------------------------------------------------------
 
-// out[i, :] = row ids[i] of the table, dequantized: one work-item per 16 elements.
+// out[i, :] = row ids[i] of the table, dequantized: one work-item per 16 elements. The table
+// wb holds rows row0 .. row0 + n_rows - 1 of n_table (a part of a larger one): ids of other rows
+// are left to the launches of the other parts.
 __kernel void get_rows_w(__global const uchar* wb, ulong wo, long row_bytes, int n_rows,
                          __global const uchar* ib, ulong io, __global uchar* ob, ulong oo, int K,
-                         int N) {
+                         int N, int row0, int n_table) {
     const int nh = K >> 4;
     const int g = get_global_id(0);
     if (g >= N * nh) return;
     const int i = g / nh, part = g - i * nh;
-    const int id = clamp(CPTR(int, ib, io)[i], 0, n_rows - 1);  // a bad id reads row 0 or the last
+    // a bad id reads row 0 or the last
+    const int id = clamp(CPTR(int, ib, io)[i], 0, n_table - 1) - row0;
+    if (id < 0 || id >= n_rows) return;
     float w[16];
     dequant16(wb + wo + (ulong)id * (ulong)row_bytes, part >> 1, part & 1, w);
     __global float* o = PTR(float, ob, oo) + (size_t)i * K + part * 16;
