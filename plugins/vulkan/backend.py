@@ -305,18 +305,9 @@ class VulkanDevice(Device):
         return self._runtime
 
     def supports_op(self, node: Any) -> bool:
-        from llmrt.ir import Op
         from llmrt_vulkan.lower import supports
 
-        if node.op is not Op.GET_ROWS or node.srcs[0].op is not Op.WEIGHT:
-            return supports(node)
-        # the rows a lookup reads depend on the tokens, so its table can't be split over bindings
-        # as a mat-vec's is: one larger than a storage-buffer binding may address (lavapipe:
-        # 128 MiB; Gemma 3's embedding is 170 MiB) stays on the host
-        table = node.srcs[0]
-        rows = int(np.prod(table.shape[:-1]))
-        limit = int(self._info.properties.get("max_storage_buffer_range") or (1 << 27))
-        return supports(node) and rows * table.dtype.row_nbytes(table.shape[-1]) <= limit
+        return supports(node)
 
     def upload(self, tensor: Any) -> Any:
         from llmrt_vulkan.program import VulkanWeight

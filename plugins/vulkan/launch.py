@@ -117,15 +117,25 @@ def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 
 def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
+    """A dispatch a binding's range of the table: a weight table larger than one binding may
+    address (lavapipe: 128 MiB; Gemma 3's embedding is 170 MiB) is read a range of rows at a
+    time, each dispatch writing the rows whose ids fall in its range."""
     (table, ids), out = st.ins, st.out
     k, code = out.shape[1], TYPE_CODES[table.dtype]
     row_bytes = table.dtype.row_nbytes(k)  # a weight's rows are ggml blocks
-    table_byte = 0 if st.op == "get_rows_w" else table.offset * ITEMSIZE[table.dtype]
     n4 = out.n // 4
     groups = prog.grid(-(-n4 // 256))
-    push = (k, row_bytes, table_byte, ids.offset, out.offset // 4, n4, groups[0])
-    return [dispatch("get_rows", (code,), [table, ids, out], "<7I", push, groups, [table, ids],
-                     [out])]  # fmt: skip
+    if st.op == "get_rows_f32":  # an activation's table: one binding, any id
+        push = (k, row_bytes, table.offset * ITEMSIZE[table.dtype], ids.offset, out.offset // 4,
+                n4, groups[0], 0, 0xFFFFFFFF)  # fmt: skip
+        return [dispatch("get_rows", (code,), [table, ids, out], "<9I", push, groups,
+                         [table, ids], [out])]  # fmt: skip
+    return [
+        dispatch("get_rows", (code,), [(table.storage, r0 * row_bytes), ids, out], "<9I",
+                 (k, row_bytes, 0, ids.offset, out.offset // 4, n4, groups[0], r0, n),
+                 groups, [table, ids], [out])
+        for r0, n in row_chunks(st.params["shape"][0], row_bytes, prog.rt.max_range)
+    ]  # fmt: skip
 
 
 def set_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:

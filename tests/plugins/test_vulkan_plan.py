@@ -168,7 +168,8 @@ LAVAPIPE = {
     "mv": (7, 0), "norm": (2, 1), "quantize_q8": (2, 0), "rope": (2, 0), "set_rows": (1, 0),
 }  # fmt: skip
 # the head's mat-vec dispatches on lavapipe: a weight past its 128 MiB binding range is split by
-# rows (1B Q4_0: 148 MB; 1B Q8_0 and 8B Q4_0: 3 parts; 8B Q8_0, 558 MB: 5)
+# rows (1B Q4_0: 148 MB; 1B Q8_0 and 8B Q4_0: 3 parts; 8B Q8_0, 558 MB: 5); so is the lookup
+# of a token's row in the embedding table, of the same size
 LAVAPIPE_HEAD = {
     ("smollm2-135m", Q4_0): 1, ("smollm2-135m", Q8_0): 1, ("llama32-1b", Q4_0): 2,
     ("llama32-1b", Q8_0): 3, ("llama3-8b", Q4_0): 3, ("llama3-8b", Q8_0): 5,
@@ -188,7 +189,8 @@ def expected(shape_name: str, qtype: GGMLType, kernels: str, n_tokens: int) -> d
         names = {"mv": f"matvec_q8{dot}", "q8p": f"matvec_q8p{dot}"}
         attention = "flash_attn"
     counts = {names.get(k, k): n_layer * a + b for k, (a, b) in table.items()}
-    counts["get_rows"] = 2
+    # the activations' row for the head, and the embedding's lookup a binding's range at a time
+    counts["get_rows"] = 1 + (LAVAPIPE_HEAD[shape_name, qtype] if kernels.startswith("lava") else 1)
     counts[attention] = n_layer
     return counts
 
