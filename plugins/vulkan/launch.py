@@ -126,15 +126,14 @@ def get_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     n4 = out.n // 4
     groups = prog.grid(-(-n4 // 256))
     if st.op == "get_rows_f32":  # an activation's table: one binding, any id
-        push = (k, row_bytes, table.offset * ITEMSIZE[table.dtype], ids.offset, out.offset // 4,
-                n4, groups[0], 0, 0xFFFFFFFF)  # fmt: skip
-        return [dispatch("get_rows", (code,), [table, ids, out], "<9I", push, groups,
-                         [table, ids], [out])]  # fmt: skip
+        ranges, table_byte = [(0, 0xFFFFFFFF)], table.offset * ITEMSIZE[table.dtype]
+    else:
+        ranges, table_byte = row_chunks(st.params["shape"][0], row_bytes, prog.rt.max_range), 0
     return [
         dispatch("get_rows", (code,), [(table.storage, r0 * row_bytes), ids, out], "<9I",
-                 (k, row_bytes, 0, ids.offset, out.offset // 4, n4, groups[0], r0, n),
+                 (k, row_bytes, table_byte, ids.offset, out.offset // 4, n4, groups[0], r0, n),
                  groups, [table, ids], [out])
-        for r0, n in row_chunks(st.params["shape"][0], row_bytes, prog.rt.max_range)
+        for r0, n in ranges
     ]  # fmt: skip
 
 
