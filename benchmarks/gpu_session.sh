@@ -60,7 +60,8 @@
 #                .devrun/base, the 135M's and 1B's decode steps profiled kernel by kernel
 #   mmvq         OpenCL's integer mat-vecs under launch variants (VARIANTS): the product cases on the
 #                GPU, the 8B's decode step by product size, tg128 of the 135M and 8B rows; PIN=1
-#                the 135M's tg128 pinned to one core and not
+#                the 135M's tg128 pinned to one core and not; CHECKED variants: the 1B's logits
+#                under each against default's
 #   opencl-decode  an OpenCL decode change: attention tests on the GPU, then this tree beside
 #                .devrun/base: opencl_attn_probe.py, tg128 at depths 0 and 512 (135M, 1B, 8B rows)
 #   vec          fattn_vec (a GPU's one-token attention, a stream of work-items a key): the peer's
@@ -509,6 +510,15 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
     timeout 150 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- pytest tests/conformance \
       tests/plugins/test_opencl_q8.py -k "opencl and (mul_mat or decode_ or add or rms or norm) or test_quant_q8 or test_norm_rows_q8" \
       -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
+  done
+  # CHECKED: the 1B's logits (a prompt, then decode steps) under each variant against default's
+  for v in ${CHECKED:+default $CHECKED}; do
+    f=/tmp/new.npz; [ $v = default ] && f=/tmp/old.npz
+    timeout 60 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from with_constants import \
+set_constants; set_constants(sys.argv[3:]); import logits_snapshot; sys.argv[1:] = \
+['/tmp/synth-llama32-1b-q4_0.gguf', 'opencl:0', sys.argv[1], sys.argv[2]]; logits_snapshot.main()" \
+      $f 40 $(sets $v llmrt_opencl.) 2>&1 | grep -v "Warning\|lambda"
+    [ $v = default ] || against_old "$v, 1B logits on opencl:0:" mmvq.log default
   done
   wait $big
   for v in $VARIANTS; do

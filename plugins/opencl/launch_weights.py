@@ -44,7 +44,7 @@ CPU_MMVQ_WG = 4
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
-# lanes sharing a row of mmvq on a GPU (32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
+# lanes sharing a row of mmvq on a GPU (64, 32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
 # ran the 135M's tg128 4 % faster on the H100 with local-memory sums; it moved a 5-token prompt's
 # vocabulary mean on PoCL past tests/models/test_logits.py's bound by summation order alone (the
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until

@@ -581,11 +581,21 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
             }
         }
 #ifdef NV_SHFL
-        // the G lanes (at most 32) of a row are G neighbours in a warp: a butterfly over them,
-        // no barrier
+        // the G lanes of a row are G neighbours in a warp: a butterfly over them, no barrier;
+        // 64 lanes span two warps, whose sums then meet in local memory
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < NT; ++t)
-                for (int s = G >> 1; s > 0; s >>= 1) acc[r][t] += shfl_xor(acc[r][t], s);
+                for (int s = min(G, 32) >> 1; s > 0; s >>= 1) acc[r][t] += shfl_xor(acc[r][t], s);
+        if (G > 32) {
+            if (lid == 32)
+                for (int r = 0; r < R; ++r)
+                    for (int t = 0; t < NT; ++t) red[r * NT + t] = acc[r][t];
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (lid == 0)
+                for (int r = 0; r < R; ++r)
+                    for (int t = 0; t < NT; ++t) acc[r][t] += red[r * NT + t];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
 #else
         // tree over the G lanes of each group: red[v * MMVQ_WG + lid] for v = r * NT + t
         for (int r = 0; r < R; ++r)
