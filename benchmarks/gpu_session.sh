@@ -37,7 +37,8 @@
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
 #   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
-#                alone, then per row interleaved llmrt opencl:0, llama.cpp Vulkan, llmrt vulkan:0
+#                alone, then per row interleaved llmrt opencl:0, llama.cpp Vulkan, llmrt vulkan:0,
+#                then opencl:0 under each of OPENCL_VARIANTS
 #   cuda-pp      after a CUDA prompt change: the attention conformance cases on cuda:0, pp512 of the
 #                1B and 8B shapes beside OLDREV's, and the 1B's prompt step by step (cuda_profile.py)
 #   pp-quick     cuda-pp in less device time: the conformance cases and a prompt forced onto gemmq
@@ -629,6 +630,11 @@ ratios-vk)  # issue 17's ratios in one call on a fresh machine (carry .gl, .devr
     bash $PEER bench vulkan $m | sed "s/^/llama.cpp-vulkan /" | tee -a $OUT/ratios.log
     timeout 90 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device vulkan:0 2>&1 \
       | grep "| pp\|| tg" | sed "s/^/llmrt vulkan:0 /" | tee -a $OUT/ratios.log
+    for v in ${OPENCL_VARIANTS:-}; do  # as ratios' (llmrt_opencl constants), after the peer
+      timeout 90 python3 benchmarks/with_constants.py $(echo $v | tr , '\n' | sed "s/^/llmrt_opencl./") \
+        -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
+        | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
+    done
   done
   ;;
 cuda-pp)  # after a CUDA prompt change: attention conformance, pp512 beside OLDREV, a step profile
