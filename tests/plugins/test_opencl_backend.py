@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from llmrt.engine import load
-from llmrt.ir import Graph
-from llmrt.testing.conformance import cases, check_case, nmse
+from llmrt.gguf.constants import GGMLType
+from llmrt.ir import Graph, Tensor
+from llmrt.testing.conformance import OpCase, cases, check_case, nmse
 
 rng = np.random.default_rng(11)
 PROMPT = rng.integers(0, 320, 24).tolist()
@@ -201,6 +202,41 @@ def test_a_gpu_glu_writes_each_q8_block_in_the_work_group_that_completes_it(
     assert check_case(opencl, case) == "ok"
     names = [x.kernel.function_name for p in programs for x in p.launches]
     assert any(n.startswith("mmvq_") for n in names) and "quant_q8" not in names
+
+
+def _long_row_product(wtype: GGMLType, t: int) -> OpCase:
+    """y = W x + r over 2,048-wide rows (64 q8 blocks: several a lane at every lane count)."""
+    leaves = {
+        "w": ("weight", (70, 2048), wtype, "uniform"),
+        "x": ("input", (t, 2048), GGMLType.F32, "uniform"),
+        "r": ("input", (t, 70), GGMLType.F32, "uniform"),
+    }
+
+    def build(g: Graph, x: dict) -> Tensor:
+        return g.add(g.mul_mat(x["w"], x["x"]), x["r"])
+
+    return OpCase(f"add(mul_mat(type_a={wtype.name.lower()},m=70,k=2048,t={t}),residual)", leaves,
+                  build, 2e-3)  # fmt: skip
+
+
+@pytest.mark.parametrize("lanes, unroll", [(8, 4), (32, 2), (64, 1), (64, 4)])
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q8_0], ids=lambda w: w.name)
+def test_a_gpu_integer_mat_vec_takes_any_lanes_and_unroll(opencl, wtype, t, lanes, unroll,
+                                                          monkeypatch):  # fmt: skip
+    """The launch choices of a GPU's integer mat-vec (mmvq) still to be measured on a GPU: 64
+    lanes a row (two warps' sums meeting in local memory on NVIDIA, the local-memory tree here)
+    and a lane's blocks loaded MMVQ_UNROLL at a time, the last load group partial (64 blocks a
+    row over 8 lanes in fours; over 32 and 64 lanes), against the reference."""
+    import llmrt_opencl.launch_weights as launch_weights
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_weights, "MMVQ_LANES", lanes)
+    monkeypatch.setattr(launch_weights, "MMVQ_UNROLL", unroll)
+    programs = _compiled(opencl, monkeypatch, twice=True)
+    assert check_case(opencl, _long_row_product(wtype, t)) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert any(n.startswith("mmvq_") for n in names)
 
 
 def test_a_one_token_attention_too_large_for_the_driver_takes_fattn(opencl, monkeypatch):
