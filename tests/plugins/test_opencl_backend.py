@@ -221,7 +221,9 @@ def _long_row_product(wtype: GGMLType, t: int) -> OpCase:
 
 @pytest.mark.parametrize("lanes, unroll", [(8, 4), (32, 2), (64, 1), (64, 4)])
 @pytest.mark.parametrize("t", [1, 3])
-@pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q8_0], ids=lambda w: w.name)
+@pytest.mark.parametrize(
+    "wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q8_0], ids=lambda w: w.name
+)
 def test_a_gpu_integer_mat_vec_takes_any_lanes_and_unroll(opencl, wtype, t, lanes, unroll,
                                                           monkeypatch):  # fmt: skip
     """The launch choices of a GPU's integer mat-vec (mmvq) still to be measured on a GPU: 64
