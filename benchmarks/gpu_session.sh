@@ -512,6 +512,9 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
       tests/plugins/test_opencl_q8.py -k "opencl and (mul_mat or decode_ or add or rms or norm) or test_quant_q8 or test_norm_rows_q8" \
       -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
   done
+  echo "== mmvq's lanes and unroll on the GPU" | tee -a $OUT/mmvq.log
+  timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k any_lanes_and_unroll -q \
+    --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
   # CHECKED: the 1B's logits (a prompt, then decode steps) under each variant against default's
   for v in ${CHECKED:+default $CHECKED}; do
     f=/tmp/new.npz; [ $v = default ] && f=/tmp/old.npz
