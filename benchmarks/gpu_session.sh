@@ -117,6 +117,24 @@ print('$1 this tree vs ${3:-$OLDREV}:', 'identical' if n.array_equal(a, b) else 
 {int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
     | tee -a $OUT/$2; }
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
+# mmvq's lanes and unroll in the GPU's kernels (a test), then the 1B's logits (a prompt, then
+# decode steps) under each CHECKED variant (llmrt_opencl constants) against default's; into $OUT/$1
+# a variant ("default", "base", or constants comma-separated) as with_constants.py's arguments,
+# each prefixed with $2
+sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
+check_variants() {
+  echo "== mmvq's lanes and unroll on the GPU" | tee -a $OUT/$1
+  timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k any_lanes_and_unroll -q \
+    --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/$1
+  for v in ${CHECKED:+default $CHECKED}; do
+    f=/tmp/new.npz; [ $v = default ] && f=/tmp/old.npz
+    timeout 60 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from with_constants import \
+set_constants; set_constants(sys.argv[3:]); import logits_snapshot; sys.argv[1:] = \
+['/tmp/synth-llama32-1b-q4_0.gguf', 'opencl:0', sys.argv[1], sys.argv[2]]; logits_snapshot.main()" \
+      $f 40 $(sets $v llmrt_opencl.) 2>&1 | grep -v "Warning\|lambda"
+    [ $v = default ] || against_old "$v, 1B logits on opencl:0:" $1 default
+  done
+}
 OLDREV=2a8c369  # the tree in .devrun/old (git archive of core and plugins, as installed packages)
 ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
 
@@ -502,7 +520,6 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
   # or "base": the tree in .devrun/base (benches only)
   VARIANTS=${VARIANTS:-"base default lower.GPU_EPILOGUE_MAX_COLS=2048 default"}
   TESTED=${TESTED:-"default lower.GPU_EPILOGUE_MAX_COLS=2048"}
-  sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
   big=$!
@@ -512,18 +529,7 @@ mmvq)  # OpenCL's decode kernels (issue 17): the product and decode cases on the
       tests/plugins/test_opencl_q8.py -k "opencl and (mul_mat or decode_ or add or rms or norm) or test_quant_q8 or test_norm_rows_q8" \
       -q --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
   done
-  echo "== mmvq's lanes and unroll on the GPU" | tee -a $OUT/mmvq.log
-  timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k any_lanes_and_unroll -q \
-    --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/mmvq.log
-  # CHECKED: the 1B's logits (a prompt, then decode steps) under each variant against default's
-  for v in ${CHECKED:+default $CHECKED}; do
-    f=/tmp/new.npz; [ $v = default ] && f=/tmp/old.npz
-    timeout 60 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from with_constants import \
-set_constants; set_constants(sys.argv[3:]); import logits_snapshot; sys.argv[1:] = \
-['/tmp/synth-llama32-1b-q4_0.gguf', 'opencl:0', sys.argv[1], sys.argv[2]]; logits_snapshot.main()" \
-      $f 40 $(sets $v llmrt_opencl.) 2>&1 | grep -v "Warning\|lambda"
-    [ $v = default ] || against_old "$v, 1B logits on opencl:0:" mmvq.log default
-  done
+  check_variants mmvq.log
   wait $big
   for v in $VARIANTS; do
     echo "== $v" | tee -a $OUT/mmvq.log
@@ -550,7 +556,6 @@ vec)  # fattn_vec, the one-token attention on a stream of work-items a key (issu
   # fattn (opencl_attn_probe.py, the 135M's and the 8B's heads); its tests on the GPU; then per
   # row, interleaved, tg128 at depths 0 and 512 under each of VARIANTS ("base": .devrun/base)
   VARIANTS=${VARIANTS:-"base default launch_attention.VEC_WG=128 launch_attention.VEC_SPLIT_KEYS=128"}
-  sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
   bash .peer/device_bench.sh build
   synth smollm2-135m q4_0; synth llama32-1b q4_0
   ( synth llama3-8b q4_0 ) &
@@ -624,6 +629,8 @@ ratios-vk)  # issue 17's ratios in one call on a fresh machine (carry .gl, .devr
   [ $# -gt 1 ] && ROWS="${*:2}"
   CUDACXX=/bin/false bash $PEER build
   ( for r in $ROWS; do synth ${r%:*} ${r#*:}; done )
+  synth llama32-1b q4_0
+  check_variants ratios.log  # correctness only, beside the build
   WAIT_S=360 bash $PEER wait vulkan
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf
