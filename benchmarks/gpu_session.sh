@@ -36,6 +36,8 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
+#   ab-quick     OpenCL launch VARIANTS in little device time: the lanes-and-unroll test, CHECKED
+#                variants' 1B logits, then tg128 of the 1B and 135M rows per variant, interleaved
 #   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
 #                alone, then per row interleaved llmrt opencl:0, llama.cpp Vulkan, llmrt vulkan:0,
 #                then opencl:0 under each of OPENCL_VARIANTS
@@ -619,6 +621,20 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
       timeout 120 python3 benchmarks/with_constants.py $(echo $v | tr , '\n' | sed "s/^/llmrt_opencl./") \
         -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
         | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
+    done
+  done
+  ;;
+ab-quick)  # OpenCL launch variants in little device time: check_variants (CHECKED), then ROUNDS
+  # rounds of tg128 of the 1B and 135M rows under default and each of VARIANTS, interleaved
+  synth llama32-1b q4_0; synth smollm2-135m q4_0
+  check_variants ab.log
+  for i in $(seq ${ROUNDS:-2}); do
+    for m in llama32-1b-q4_0 smollm2-135m-q4_0; do
+      for v in default $VARIANTS; do
+        timeout 60 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) -- bench \
+          -m /tmp/synth-$m.gguf -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" \
+          | sed "s/^/$v $m /" | tee -a $OUT/ab.log
+      done
     done
   done
   ;;
