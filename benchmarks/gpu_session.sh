@@ -119,11 +119,11 @@ print('$1 this tree vs ${3:-$OLDREV}:', 'identical' if n.array_equal(a, b) else 
 {int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
     | tee -a $OUT/$2; }
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
-# mmvq's lanes and unroll in the GPU's kernels (a test), then the 1B's logits (a prompt, then
-# decode steps) under each CHECKED variant (llmrt_opencl constants) against default's; into $OUT/$1
 # a variant ("default", "base", or constants comma-separated) as with_constants.py's arguments,
 # each prefixed with $2
 sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
+# mmvq's lanes and unroll in the GPU's kernels (a test), then the 1B's logits (a prompt, then
+# decode steps) under each CHECKED variant (llmrt_opencl constants) against default's; into $OUT/$1
 check_variants() {
   echo "== mmvq's lanes and unroll on the GPU" | tee -a $OUT/$1
   timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k any_lanes_and_unroll -q \
@@ -618,7 +618,7 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
     done
     # OpenCL under other launch choices (llmrt_opencl constants, comma-separated), same row
     for v in ${OPENCL_VARIANTS:-}; do
-      timeout 120 python3 benchmarks/with_constants.py $(echo $v | tr , '\n' | sed "s/^/llmrt_opencl./") \
+      timeout 120 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) \
         -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
         | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
     done
@@ -657,7 +657,7 @@ ratios-vk)  # issue 17's ratios in one call on a fresh machine (carry .gl, .devr
     timeout 90 llmrt bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device vulkan:0 2>&1 \
       | grep "| pp\|| tg" | sed "s/^/llmrt vulkan:0 /" | tee -a $OUT/ratios.log
     for v in ${OPENCL_VARIANTS:-}; do  # as ratios' (llmrt_opencl constants), after the peer
-      timeout 90 python3 benchmarks/with_constants.py $(echo $v | tr , '\n' | sed "s/^/llmrt_opencl./") \
+      timeout 90 python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) \
         -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
         | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
     done

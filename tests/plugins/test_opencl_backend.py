@@ -228,8 +228,8 @@ def test_a_gpu_integer_mat_vec_takes_any_lanes_and_unroll(opencl, wtype, t, lane
                                                           monkeypatch):  # fmt: skip
     """The launch choices of a GPU's integer mat-vec (mmvq) still to be measured on a GPU: 64
     lanes a row (two warps' sums meeting in local memory on NVIDIA, the local-memory tree here)
-    and a lane's blocks loaded MMVQ_UNROLL at a time, the last load group partial (64 blocks a
-    row over 8 lanes in fours; over 32 and 64 lanes), against the reference."""
+    and a lane's blocks loaded MMVQ_UNROLL at a time: 64 blocks a row, 8 a lane in fours, 2 a
+    lane in twos, and one a lane in a group of four left partial; against the reference."""
     import llmrt_opencl.launch_weights as launch_weights
 
     monkeypatch.setitem(opencl.limits, "cpu", 0)
