@@ -223,7 +223,7 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
 @pytest.mark.parametrize(
     "tile, wtype, k",
     [("_128x64", GGMLType.Q4_0, 512), ("_128x128", GGMLType.Q8_0, 512),
-     ("_k64", GGMLType.F16, 512), ("_k64", GGMLType.Q4_0, 96)],
+     ("_256x64", GGMLType.Q4_K, 512), ("_k64", GGMLType.F16, 512), ("_k64", GGMLType.Q4_0, 96)],
 )  # fmt: skip
 def test_every_cooperative_matrix_tile_computes(vulkan, monkeypatch, tile, wtype, k):
     """Each tile variant measured against the runtime's matmul_coop (the previous test's)

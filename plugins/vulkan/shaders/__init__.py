@@ -59,7 +59,8 @@ COOP_FAMILIES: dict[str, list[str]] = {"matmul_coop": [], "matmul_coop8": []}
 for _family, _cm, _sg in (("matmul_coop", 16, 32), ("matmul_coop8", 8, 8)):
     for _tag, _bm, _bn, _bk, _sgm, _sgn in (
         ("", 64, 64, 32, 2, 2), ("_128x64", 128, 64, 32, 4, 2),
-        ("_128x128", 128, 128, 32, 2, 4), ("_k64", 64, 64, 64, 2, 2),
+        ("_128x128", 128, 128, 32, 2, 4), ("_256x64", 256, 64, 32, 4, 2),
+        ("_k64", 64, 64, 64, 2, 2),
     ):  # fmt: skip
         if _family == "matmul_coop8":
             _sgm, _sgn = _bm // 16, _bn // 16
