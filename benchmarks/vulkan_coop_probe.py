@@ -1,0 +1,87 @@
+"""Where matmul_coop's time goes: a prompt's pp (as prompt_paths.py) with the runtime's
+matmul_coop rebuilt with one part of its K-step taken out at a time (the weight tile's loads and
+dequantization, the activation tile's loads, the stores into shared memory, the products). The
+outputs of a probe are wrong by design; only its time is read. Needs a glslc of 2024 or newer.
+
+    LLMRT_GLSLC=glslc python benchmarks/vulkan_coop_probe.py MODEL.gguf vulkan:0 [N_PROMPT] [R]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from llmrt.cli.bench import _run_test
+from llmrt.device import get_device
+from llmrt.engine import load
+
+WEIGHTS = ("deq4((m0 + r) * p.row_bytes, k0 + c)", "vec4(float(r + c) * 0.001)")
+ACTIVATIONS = ("b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u]", "vec4(float(r + c) * 0.001)")
+# a store or product on a condition never true: what it reads is still loaded
+_W, _X = "Ws[r * SK + c + q] = wr[j][q];", "Xs[r * SK + c + q] = float16_t(xr[j][q]);"
+STORES = (_W, f"if (p.k == 0u) {_W}", _X, f"if (p.k == 0u) {_X}")
+_MMA = "acc[i][j] = coopMatMulAdd(a[i], b[j], acc[i][j]);"
+PRODUCTS = (_MMA, f"if (p.k == 0u) {_MMA}")
+# label -> (old, new) pairs applied to matmul_coop.comp
+PROBES: dict[str, tuple[str, ...]] = {
+    "as shipped": (),
+    "no weight loads": WEIGHTS,
+    "no activation loads": ACTIVATIONS,
+    "no global loads": WEIGHTS + ACTIVATIONS,
+    "no shared stores": STORES,
+    "no products": PRODUCTS,
+}
+
+
+def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
+    """matmul_coop.comp with `edits` applied, compiled with `variant`'s macros."""
+    from llmrt_vulkan import shaders
+
+    source, macros = shaders.VARIANTS[variant]
+    text = (shaders.HERE / f"{source}.comp").read_text()
+    for old, new in zip(edits[::2], edits[1::2], strict=True):
+        assert old in text, f"the shader no longer has {old!r}"
+        text = text.replace(old, new)
+    comp = out.with_suffix(".comp")
+    comp.write_text(text)
+    glslc = os.environ.get("LLMRT_GLSLC", "glslc")
+    flags = [f"--target-env={shaders.TARGET_ENV}", "-O", f"-I{shaders.HERE}"]
+    macro_flags = [f"-D{m}" for m in macros]
+    subprocess.run([glslc, *flags, *macro_flags, str(comp), "-o", str(out)], check=True)
+    return out.read_bytes()
+
+
+def main() -> None:
+    from llmrt_vulkan import shaders
+
+    path, device = sys.argv[1:3]
+    n_prompt = int(sys.argv[3]) if len(sys.argv) > 3 else 512
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    dev = get_device(device)
+    variant = dev.runtime.coopmat
+    if variant is None:
+        raise SystemExit(f"{device} has no cooperative matrix variant")
+    built: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, edits in enumerate(PROBES.values()):
+            name = f"{variant}_probe{i}"  # the runtime gives matmul_coop* their subgroup size
+            built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
+            shaders.COOP_TILES[name] = shaders.COOP_TILES[variant]
+    shipped = shaders.spirv
+    shaders.spirv = lambda name: built[name] if name in built else shipped(name)
+    model = load(path, device=dev, n_gpu_layers=-1)
+    for label, name in zip(PROBES, built, strict=True):
+        dev.runtime.coopmat = name  # read when a graph is lowered
+        ctx = model.context(n_ctx=n_prompt + 16)
+        _run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0)  # compiles the prompt graph
+        best = min(_run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0) for _ in range(repeats))
+        print(f"{device} {variant} {label}: pp{n_prompt} {n_prompt / best:.1f} t/s")
+        del ctx
+    dev.runtime.coopmat = variant
+
+
+if __name__ == "__main__":
+    main()
