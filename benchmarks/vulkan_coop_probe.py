@@ -33,6 +33,8 @@ PROBES: dict[str, tuple[str, ...]] = {
     "no global loads": WEIGHTS + ACTIVATIONS,
     "no shared stores": STORES,
     "no products": PRODUCTS,
+    # the weight tile read as the products' B in row-major order (the wrong one)
+    "B row-major": ("LayoutColumnMajor", "LayoutRowMajor"),
 }
 
 
