@@ -57,8 +57,6 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
-#   coop-tiles   matmul_coop's tile variants (shaders.COOP_FAMILIES): the cooperative tests on
-#                vulkan:0, pp512 of the 1B and 8B rows on each variant (prompt_paths.py)
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
 #                vulkan:0, then llmrt bench of both per row, interleaved
 #   glu          OpenCL decode launches: the GPU tests of the last-work-group epilogues, tg128 beside
@@ -423,18 +421,6 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
-  ;;
-coop-tiles)  # matmul_coop's tile variants: their tests on vulkan:0, then pp512 of the 1B and 8B
-  # rows on matmul.comp and each variant (prompt_paths.py), the 8B synthesized meanwhile
-  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
-  synth_big=$!
-  timeout 150 python3 -m pytest tests/plugins/test_vulkan_backend.py -k cooperative -q --tb=short \
-    -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/coop-tiles.log
-  timeout 120 python3 benchmarks/prompt_paths.py /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 512 3 \
-    2>&1 | grep pp512 | sed "s/^/llama32-1b-q4_0 /" | tee -a $OUT/coop-tiles.log
-  wait $synth_big
-  timeout 150 python3 benchmarks/prompt_paths.py /tmp/synth-llama3-8b-q4_0.gguf vulkan:0 512 3 \
-    2>&1 | grep pp512 | sed "s/^/llama3-8b-q4_0 /" | tee -a $OUT/coop-tiles.log
   ;;
 ab)  # a refactor's A/B (issue 15): the CUDA and Vulkan conformance cases and plan tests beside
   # logits of this tree and of .devrun/base (BASEREV) on the 135M and 1B shapes (a 200-token prompt,

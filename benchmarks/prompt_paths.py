@@ -2,8 +2,8 @@
 process, as `llmrt bench`'s pp test (best of R):
 - cuda:N: gemmq (int8 tensor cores on q8 activations, the legacy quants) and cuBLAS on f16
   copies (every type before sm_80);
-- vulkan:N: matmul.comp (f32 products on the shader cores) and each tile variant of matmul_coop
-  (cooperative matrices), where the device has them;
+- vulkan:N: matmul.comp (f32 products on the shader cores) and matmul_coop (cooperative
+  matrices), where the device has them;
 - opencl:N: the prompt's attention on fattn (a key a work-item) and on fattn_prompt (a query row
   a work-item, heads of at most 64).
 
@@ -32,13 +32,11 @@ def cuda_paths(dev) -> Iterator[str]:
 
 
 def vulkan_paths(dev) -> Iterator[str]:
-    from llmrt_vulkan.shaders import COOP_FAMILIES
-
     rt = dev.runtime
     variant = rt.coopmat
-    for coop in [None, *COOP_FAMILIES.get(variant, ())]:
+    for label, coop in [("matmul.comp", None)] + ([(variant, variant)] if variant else []):
         rt.coopmat = coop  # read when a graph is lowered
-        yield coop or "matmul.comp"
+        yield label
     rt.coopmat = variant
 
 

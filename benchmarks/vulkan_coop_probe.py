@@ -71,7 +71,6 @@ def main() -> None:
         for i, edits in enumerate(PROBES.values()):
             name = f"{variant}_probe{i}"  # the runtime gives matmul_coop* their subgroup size
             built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
-            shaders.COOP_TILES[name] = shaders.COOP_TILES[variant]
     shipped = shaders.spirv
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
     model = load(path, device=dev, n_gpu_layers=-1)

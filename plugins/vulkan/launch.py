@@ -18,7 +18,6 @@ from llmrt.lower.split import row_chunks
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import Storage, View, dims4
 from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
-from llmrt_vulkan.shaders import COOP_TILES
 
 if TYPE_CHECKING:
     from llmrt_vulkan.program import VulkanProgram
@@ -217,20 +216,16 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
     spec, round16 = (TYPE_CODES[p["type"]],), int(p["type"] == F16)
     # the matrix units take f16: f32 and bf16 weights keep their precision in matmul.comp
-    coop, cpu = prog.rt.coopmat, prog.rt.cpu
-    bm, bn, bk = COOP_TILES.get(coop, (0, 0, 0))
-    f16_ok = coop is not None and k % bk == 0 and p["type"] not in (F32, GGMLType.BF16)
-    tiled, (tile_m, tile_t) = (
-        ("matvec_rows", (64, MAX_T_MATVEC)) if cpu else (coop, (bm, bn)) if f16_ok
-        else ("matmul", (64, 64))
-    )  # fmt: skip
+    f16_ok = k % 32 == 0 and p["type"] not in (F32, GGMLType.BF16) and not prog.rt.cpu
+    coop = prog.rt.coopmat if f16_ok else None
     out_ = []
     for r0, rows in _chunks(prog, st):
         binds = [(w.storage, r0 * row), b, out]
-        if cpu or (t > MAX_T_MATVEC and k % 16 == 0):
-            groups = (-(-rows // tile_m), -(-t // tile_t), 1)
+        if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
+            name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
+            groups = (-(-rows // tile), -(-t // (MAX_T_MATVEC if prog.rt.cpu else tile)), 1)
             push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])
-            out_.append(dispatch(tiled, spec, binds, "<9I", push, groups, [w, b], [out]))
+            out_.append(dispatch(name, spec, binds, "<9I", push, groups, [w, b], [out]))
             continue
         for t0 in range(0, t, MAX_T_MATVEC):
             groups = prog.grid(-(-rows // MATVEC_ROWS))

@@ -220,35 +220,6 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
     assert check_case(vulkan, case) == "ok"
 
 
-@pytest.mark.parametrize(
-    "tile, wtype, k",
-    [("_128x64", GGMLType.Q4_0, 512), ("_128x128", GGMLType.Q8_0, 512),
-     ("_256x64", GGMLType.Q4_K, 512), ("_k64", GGMLType.F16, 512), ("_k64", GGMLType.Q4_0, 96)],
-)  # fmt: skip
-def test_every_cooperative_matrix_tile_computes(vulkan, monkeypatch, tile, wtype, k):
-    """Each tile variant measured against the runtime's matmul_coop (the previous test's)
-    computes a prompt's matmul cut at both tile edges; a variant whose K-step does not divide k
-    leaves the product to matmul.comp."""
-    from llmrt_vulkan.shaders import COOP_TILES
-
-    if vulkan.runtime.coopmat is None:
-        pytest.skip("the device has no cooperative matrix product llmrt uses")
-    variant = vulkan.runtime.coopmat + tile
-    monkeypatch.setattr(vulkan.runtime, "coopmat", variant)
-    monkeypatch.setattr(vulkan.runtime, "cpu", False)
-    m, t = 200, 150
-    rng = np.random.default_rng(5)
-    raw = quantize(rng.uniform(-1, 1, (m, k)).astype(np.float32), wtype).reshape(m, -1)
-    g = Graph("prompt")
-    g.output("out", g.mul_mat(g.weight("w", (m, k), wtype), g.input("x", (t, k))))
-    program = vulkan.compile(g, {"w": vulkan.upload(WeightData("w", wtype, (m, k), raw))})
-    on_coop = k % COOP_TILES[variant][2] == 0
-    assert [d.shader for d in program.dispatches] == [variant if on_coop else "matmul"]
-    x = rng.uniform(-1, 1, (t, k)).astype(np.float32)
-    want = x @ dequantize(raw, wtype, (m, k)).T
-    assert nmse(want, program.run({"x": x})["out"]) < 1e-5
-
-
 @pytest.mark.parametrize("subgroups", ["fixed", "required"])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])
 def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgroups):

@@ -48,26 +48,15 @@ CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.end
 
 
 # the prompt matmul on cooperative matrices: CM x CM x CM products with subgroups of SG (16 and 32
-# on NVIDIA, 8 and 8 on lavapipe). Each family's first variant is the one the runtime chooses: 64 x
-# 64 tiles, K-steps of 32, four subgroups of 32 (128 x 128 tiles of four subgroups were slower on
-# every row of the H200: BENCHMARKS.md, 2026-12-06). The others are measured against it
-# (benchmarks/prompt_paths.py). lavapipe's variants have NVIDIA's tiles, so that the tests run
-# their loops, but 2 x 2 accumulators a subgroup, as LLVM takes minutes to compile more.
-# name -> (BM weight rows, BN tokens, BK) of a workgroup's tile.
-COOP_TILES: dict[str, tuple[int, int, int]] = {}
-COOP_FAMILIES: dict[str, list[str]] = {"matmul_coop": [], "matmul_coop8": []}
-for _family, _cm, _sg in (("matmul_coop", 16, 32), ("matmul_coop8", 8, 8)):
-    for _tag, _bm, _bn, _bk, _sgm, _sgn in (
-        ("", 64, 64, 32, 2, 2), ("_128x64", 128, 64, 32, 4, 2),
-        ("_128x128", 128, 128, 32, 2, 4), ("_256x64", 256, 64, 32, 4, 2),
-        ("_k64", 64, 64, 64, 2, 2),
-    ):  # fmt: skip
-        if _family == "matmul_coop8":
-            _sgm, _sgn = _bm // 16, _bn // 16
-        _sizes = {"CM": _cm, "SG": _sg, "SGM": _sgm, "SGN": _sgn, "BM": _bm, "BN": _bn, "BK": _bk}
-        VARIANTS[_family + _tag] = ("matmul_coop", tuple(f"{k}={v}" for k, v in _sizes.items()))
-        COOP_TILES[_family + _tag] = (_bm, _bn, _bk)
-        COOP_FAMILIES[_family].append(_family + _tag)
+# on NVIDIA, 8 and 8 on lavapipe), in 64 x 64 tiles (128 x 128 ones were slower on every row of
+# the H200: BENCHMARKS.md, 2026-12-06)
+def _coop(cm: int, sg: int, sgm: int, sgn: int) -> tuple[str, tuple[str, ...]]:
+    sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": 64, "BN": 64}
+    return "matmul_coop", tuple(f"{k}={v}" for k, v in sizes.items())
+
+
+VARIANTS["matmul_coop"] = _coop(16, 32, 2, 2)
+VARIANTS["matmul_coop8"] = _coop(8, 8, 4, 4)
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
 # these variants are compiled by $LLMRT_GLSLC where it is set
 NEWER_GLSLC = frozenset(n for n in VARIANTS if n.startswith("matmul_coop"))

@@ -8,7 +8,7 @@
 // f16 products into f32): the prompt matmul of matmul.comp, whose push constants it takes. A
 // workgroup of SGM x SGN subgroups of SG invocations computes BM weight rows x BN tokens, each
 // subgroup a block of BM/SGM rows x BN/SGN tokens as accumulators of CM x CM. The host picks a
-// variant only where the device's subgroup size is fixed at its SG. Per BK columns of k the
+// variant only where the device's subgroup size is fixed at its SG. Per 32 columns of k the
 // workgroup dequantizes its weight tile and rounds its activation tile to f16 in shared memory
 // (as llama.cpp's Vulkan matmul does); the products are summed in f32.
 #ifndef CM
@@ -19,16 +19,13 @@
 #define BM 64
 #define BN 64
 #endif
-#ifndef BK
-#define BK 32
-#endif
 #define WG (SG * SGM * SGN)
 #define AM (BM / SGM / CM)  // accumulators a subgroup along the weight rows
 #define AN (BN / SGN / CM)  // and along the tokens
-#define KV (BK / 4)  // vec4s a tile row
-// Row strides in shared memory: BK + 8 halves and CM + 4 floats keep each row a multiple of 16
-// bytes, as cooperative-matrix loads and stores require, and stagger rows across banks.
-#define SK (BK + 8)
+#define BK 32
+// Row strides in shared memory: 40 halves (80 bytes) and CM + 4 floats keep each row a multiple
+// of 16 bytes, as cooperative-matrix loads and stores require, and stagger rows across banks.
+#define SK 40
 #define SC (CM + 4)
 layout(local_size_x = WG) in;
 
@@ -45,20 +42,20 @@ shared float16_t Xs[BN * SK];  // tokens x k
 shared float16_t Ws[BM * SK];  // weight rows x k
 shared float Cs[SGM * SGN][CM * SC];  // each subgroup's accumulator on its way out
 
-// this invocation's share of a K-step's tiles (a tile row is KV vec4 of k, side by side in
+// this invocation's share of a K-step's tiles (a tile row is 8 vec4 of k, its 8 side by side in
 // consecutive invocations), loaded into registers a step ahead, so that the loads' latency hides
 // behind the step before; the activations stay f32 until they are stored, so that nothing waits
 // on their loads before the products
-f16vec4 wr[BM * KV / WG];
-vec4 xr[BN * KV / WG];
+f16vec4 wr[BM * 8 / WG];
+vec4 xr[BN * 8 / WG];
 
 void fetch(uint m0, uint t0, uint k0) {
-    [[unroll]] for (uint j = 0; j < BM * KV / WG; j++) {
-        uint e = gl_LocalInvocationID.x + j * WG, r = e / KV, c = (e % KV) * 4u;
+    [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e & 7u) * 4u;
         wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes, k0 + c) : vec4(0.0));
     }
-    [[unroll]] for (uint j = 0; j < BN * KV / WG; j++) {
-        uint e = gl_LocalInvocationID.x + j * WG, r = e / KV, c = (e % KV) * 4u;
+    [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e & 7u) * 4u;
         xr[j] = t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u] : vec4(0.0);
     }
 }
@@ -73,12 +70,12 @@ void main() {
             acc[i][j] = coopmat<float, gl_ScopeSubgroup, CM, CM, gl_MatrixUseAccumulator>(0.0);
     fetch(m0, t0, 0);
     for (uint k0 = 0; k0 < p.k; k0 += BK) {
-        [[unroll]] for (uint j = 0; j < BM * KV / WG; j++) {
-            uint e = tid + j * WG, r = e / KV, c = (e % KV) * 4u;
+        [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {
+            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
             [[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = wr[j][q];
         }
-        [[unroll]] for (uint j = 0; j < BN * KV / WG; j++) {
-            uint e = tid + j * WG, r = e / KV, c = (e % KV) * 4u;
+        [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {
+            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;
             [[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = float16_t(xr[j][q]);
         }
         barrier();
