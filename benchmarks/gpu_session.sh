@@ -36,7 +36,7 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
-#   ab-quick     OpenCL launch VARIANTS in little device time: the lanes-and-unroll test, CHECKED
+#   ab-quick     OpenCL launch VARIANTS in little device time: the lanes test, CHECKED
 #                variants' 1B logits, then tg128 of the 1B and 135M rows per variant, interleaved
 #   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
 #                alone, then per row interleaved llmrt opencl:0, llama.cpp Vulkan, llmrt vulkan:0,
@@ -122,11 +122,11 @@ synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /t
 # a variant ("default", "base", or constants comma-separated) as with_constants.py's arguments,
 # each prefixed with $2
 sets() { [ $1 = default ] || [ $1 = base ] || echo "$1" | tr , '\n' | sed "s/^/${2:-}/"; }
-# mmvq's lanes and unroll in the GPU's kernels (a test), then the 1B's logits (a prompt, then
+# mmvq's lanes in the GPU's kernels (a test), then the 1B's logits (a prompt, then
 # decode steps) under each CHECKED variant (llmrt_opencl constants) against default's; into $OUT/$1
 check_variants() {
-  echo "== mmvq's lanes and unroll on the GPU" | tee -a $OUT/$1
-  timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k any_lanes_and_unroll -q \
+  echo "== mmvq's lanes on the GPU" | tee -a $OUT/$1
+  timeout 120 python3 -m pytest tests/plugins/test_opencl_backend.py -k takes_any_lanes -q \
     --tb=short -p no:cacheprovider 2>&1 | tail -n 3 | tee -a $OUT/$1
   for v in ${CHECKED:+default $CHECKED}; do
     f=/tmp/new.npz; [ $v = default ] && f=/tmp/old.npz

@@ -44,15 +44,12 @@ CPU_MMVQ_WG = 4
 MMV_MIN_GROUPS = 128
 MMV_ROWS = {1: (4, 2, 1), 2: (2, 1), 4: (1,), 8: (1,)}  # the kernels mmv_<NT>_<R>
 MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 for every NT
-# lanes sharing a row of mmvq on a GPU (64, 32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
+# lanes sharing a row of mmvq on a GPU (32, 16 or 8; 0: mmvq_lanes' choice, the fewest idle). 32
 # ran the 135M's tg128 4 % faster on the H100 with local-memory sums; it moved a 5-token prompt's
 # vocabulary mean on PoCL past tests/models/test_logits.py's bound by summation order alone (the
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
-# blocks a GPU mmvq lane loads before it uses the first (weights.cl's MMVQ_UNROLL): more loads in
-# flight for the 1B's 2048-row products, which read at about 0.6 TB/s (BENCHMARKS.md)
-MMVQ_UNROLL = 1
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -253,10 +250,9 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
-    defines = {"MMVQ_EPILOGUE": epilogue} if epilogue else {}
-    if MMVQ_UNROLL > 1:
-        defines["MMVQ_UNROLL"] = MMVQ_UNROLL
-    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
+    kernel = _q8_kernel(
+        prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
+    )
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 

@@ -35,9 +35,6 @@ from llmrt_opencl.lower import lower
 KERNELS = Path(__file__).parent / "kernels"
 # 1: enqueue kernel by kernel, no command buffer
 SAFE = os.environ.get("LLMRT_OPENCL_SAFE", "0") == "1"
-# 1: a GPU's step is waited for by polling its last event, as Vulkan's fence (no sleep and
-# wake-up between the GPU's end and ours); 0: clWaitForEvents, the driver's own wait
-SPIN_WAIT = 0
 
 
 @dataclass
@@ -212,10 +209,6 @@ class OpenCLProgram(Executable):
             events.append(cl.enqueue_copy(q, host, buf, src_offset=int(offset),
                                           is_blocking=False))  # fmt: skip
             results[name] = host.reshape(v.shape)
-        if events and SPIN_WAIT and not self.device_info["cpu"]:
-            q.flush()
-            while events[-1].command_execution_status > 0:  # CL_COMPLETE is 0, errors below
-                pass
         cl.wait_for_events(events) if events else q.finish()
         return results
 

@@ -509,9 +509,6 @@ inline float gelu_f16(float x) {
 // third's), or with glu >= 0 one row of two matrices (gate W0, up W1; R == 2) combined as
 // glu(gate) * up (0 silu, 1 gelu). G lanes share a row (lane l takes blocks l, l + G, ...), a
 // lane group R rows, and the lanes' sums meet in a local-memory tree.
-#ifndef MMVQ_UNROLL
-#define MMVQ_UNROLL 1
-#endif
 inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
                       __global const uchar* W1, __global const uchar* W2, long rb,
                       __global const uchar* xq, long dso, __global float* Y0, __global float* Y1,
@@ -554,48 +551,27 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
         float acc[2][8];
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
-        // MMVQ_UNROLL of a lane's blocks loaded before any is used: more loads in flight a
-        // work-item (the sums keep their order, block by block)
-        for (int c0 = lane; c0 < nb; c0 += G * MMVQ_UNROLL) {
-            wq_raw raw[MMVQ_UNROLL][2];
-            for (int u = 0; u < MMVQ_UNROLL; ++u)
-                if (c0 + u * G < nb)
-                    for (int r = 0; r < R; ++r) raw[u][r] = fetch_wq(rows[r], c0 + u * G);
-            for (int u = 0; u < MMVQ_UNROLL; ++u) {
-                const int c = c0 + u * G;
-                if (c >= nb) break;
-                int v[2][8];
-                float d[2], m[2];
-                for (int r = 0; r < R; ++r) unpack_wq(&raw[u][r], v[r], &d[r], &m[r]);
-                for (int t = 0; t < NT; ++t) {
-                    if (t0 + t < T) {
-                        const size_t blk = (size_t)(t0 + t) * nb + c;
-                        const int8 x8 = vload8(0, (__global const int*)(xq + blk * 32));
-                        const int x[8] = {x8.s0, x8.s1, x8.s2, x8.s3, x8.s4, x8.s5, x8.s6, x8.s7};
-                        const float2 ds = DS[blk];
-                        const int sx = as_int(ds.y);
-                        for (int r = 0; r < R; ++r)
-                            acc[r][t] += dot_q(v[r], x, d[r], m[r], ds.x, sx);
-                    }
+        for (int c = lane; c < nb; c += G) {
+            int v[2][8];
+            float d[2], m[2];
+            for (int r = 0; r < R; ++r) load_wq(rows[r], c, v[r], &d[r], &m[r]);
+            for (int t = 0; t < NT; ++t) {
+                if (t0 + t < T) {
+                    const size_t blk = (size_t)(t0 + t) * nb + c;
+                    const int8 x8 = vload8(0, (__global const int*)(xq + blk * 32));
+                    const int x[8] = {x8.s0, x8.s1, x8.s2, x8.s3, x8.s4, x8.s5, x8.s6, x8.s7};
+                    const float2 ds = DS[blk];
+                    const int sx = as_int(ds.y);
+                    for (int r = 0; r < R; ++r) acc[r][t] += dot_q(v[r], x, d[r], m[r], ds.x, sx);
                 }
             }
         }
 #ifdef NV_SHFL
-        // the G lanes of a row are G neighbours in a warp: a butterfly over them, no barrier;
-        // 64 lanes span two warps, whose sums then meet in local memory
+        // the G lanes (at most 32) of a row are G neighbours in a warp: a butterfly over them,
+        // no barrier
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < NT; ++t)
-                for (int s = min(G, 32) >> 1; s > 0; s >>= 1) acc[r][t] += shfl_xor(acc[r][t], s);
-        if (G > 32) {
-            if (lid == 32)
-                for (int r = 0; r < R; ++r)
-                    for (int t = 0; t < NT; ++t) red[r * NT + t] = acc[r][t];
-            barrier(CLK_LOCAL_MEM_FENCE);
-            if (lid == 0)
-                for (int r = 0; r < R; ++r)
-                    for (int t = 0; t < NT; ++t) acc[r][t] += red[r * NT + t];
-            barrier(CLK_LOCAL_MEM_FENCE);
-        }
+                for (int s = G >> 1; s > 0; s >>= 1) acc[r][t] += shfl_xor(acc[r][t], s);
 #else
         // tree over the G lanes of each group: red[v * MMVQ_WG + lid] for v = r * NT + t
         for (int r = 0; r < R; ++r)
