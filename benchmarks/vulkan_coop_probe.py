@@ -35,6 +35,9 @@ PROBES: dict[str, tuple[str, ...]] = {
     "no products": PRODUCTS,
     # the weight tile read as the products' B in row-major order (the wrong one)
     "B row-major": ("LayoutColumnMajor", "LayoutRowMajor"),
+    # the products on whatever shared memory holds: their fragment loads and the barriers
+    "products alone": WEIGHTS + ACTIVATIONS + STORES,
+    "products alone, no barriers": WEIGHTS + ACTIVATIONS + STORES + ("barrier();", ""),
 }
 
 
