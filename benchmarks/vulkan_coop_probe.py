@@ -38,6 +38,13 @@ PROBES: dict[str, tuple[str, ...]] = {
     # the products on whatever shared memory holds: their fragment loads and the barriers
     "products alone": WEIGHTS + ACTIVATIONS + STORES,
     "products alone, no barriers": WEIGHTS + ACTIVATIONS + STORES + ("barrier();", ""),
+    # a correct kernel: as many subgroups as CM x CM blocks in the tile (16 of 32 on NVIDIA),
+    # each with one accumulator, so no array of them
+    "one accumulator a subgroup": (
+        "#define WG (SG * SGM * SGN)",
+        "#undef SGM\n#undef SGN\n#define SGM (BM / CM)\n#define SGN (BN / CM)\n"
+        "#define WG (SG * SGM * SGN)",
+    ),
 }
 
 
