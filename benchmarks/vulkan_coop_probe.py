@@ -38,6 +38,22 @@ PROBES: dict[str, tuple[str, ...]] = {
     # the products on whatever shared memory holds: their fragment loads and the barriers
     "products alone": WEIGHTS + ACTIVATIONS + STORES,
     "products alone, no barriers": WEIGHTS + ACTIVATIONS + STORES + ("barrier();", ""),
+    # a correct kernel: the tiles in shared memory as f16vec4 arrays (8-byte stores, fragments
+    # loaded from a vector array, offsets and strides in its elements)
+    "tiles as f16vec4": (
+        "shared float16_t Xs[BN * SK];",
+        "shared f16vec4 Xs[BN * SK / 4];",
+        "shared float16_t Ws[BM * SK];",
+        "shared f16vec4 Ws[BM * SK / 4];",
+        "[[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = wr[j][q];",
+        "Ws[(r * SK + c) / 4] = wr[j];",
+        "[[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = float16_t(xr[j][q]);",
+        "Xs[(r * SK + c) / 4] = f16vec4(xr[j]);",
+        "Xs, (st + CM * i) * SK + kk, SK,",
+        "Xs, ((st + CM * i) * SK + kk) / 4, SK / 4,",
+        "Ws, (sr + CM * j) * SK + kk, SK,",
+        "Ws, ((sr + CM * j) * SK + kk) / 4, SK / 4,",
+    ),
     # a correct kernel: as many subgroups as CM x CM blocks in the tile (16 of 32 on NVIDIA),
     # each with one accumulator, so no array of them
     "one accumulator a subgroup": (
