@@ -57,6 +57,8 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
+#   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
+#                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
 #                vulkan:0, then llmrt bench of both per row, interleaved
 #   glu          OpenCL decode launches: the GPU tests of the last-work-group epilogues, tg128 beside
@@ -421,6 +423,19 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
+  ;;
+coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,
+  # .devrun and .peer, whose glslc 2025 builds the probes)
+  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
+    > /tmp/glslc && chmod +x /tmp/glslc
+  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
+    /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 512 3 2>&1 | grep pp512 | sed "s/^/1B /" | tee -a $OUT/probe.log
+  wait $synth_big
+  LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
+    /tmp/synth-llama3-8b-q4_0.gguf vulkan:0 512 2 2>&1 | grep pp512 | sed "s/^/8B /" | tee -a $OUT/probe.log
   ;;
 ab)  # a refactor's A/B (issue 15): the CUDA and Vulkan conformance cases and plan tests beside
   # logits of this tree and of .devrun/base (BASEREV) on the 135M and 1B shapes (a 200-token prompt,
