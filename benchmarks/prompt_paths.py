@@ -55,18 +55,24 @@ PATHS: dict[str, Callable[..., Iterator[str]]] = {
 }  # fmt: skip
 
 
-def main() -> None:
-    path, device = sys.argv[1:3]
-    n_prompt = int(sys.argv[3]) if len(sys.argv) > 3 else 512
-    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+def time_paths(paths: Callable[..., Iterator[str]], argv: list[str]) -> None:
+    """pp of MODEL on DEVICE ([N_PROMPT] [R]: argv) on each path that `paths(device)` sets up
+    and names, best of R, a line each."""
+    path, device = argv[:2]
+    n_prompt = int(argv[2]) if len(argv) > 2 else 512
+    repeats = int(argv[3]) if len(argv) > 3 else 3
     dev = get_device(device)
     model = load(path, device=dev, n_gpu_layers=-1)
-    for label in PATHS[device.split(":")[0]](dev):
+    for label in paths(dev):
         ctx = model.context(n_ctx=n_prompt + 16)
         _run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0)  # compiles the prompt graph
         best = min(_run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0) for _ in range(repeats))
         print(f"{device} {label}: pp{n_prompt} {n_prompt / best:.1f} t/s")
         del ctx
+
+
+def main() -> None:
+    time_paths(PATHS[sys.argv[2].split(":")[0]], sys.argv[1:])
 
 
 if __name__ == "__main__":

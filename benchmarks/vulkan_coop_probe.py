@@ -8,15 +8,13 @@ outputs of a probe are wrong by design; only its time is read. Needs a glslc of 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from llmrt.cli.bench import _run_test
-from llmrt.device import get_device
-from llmrt.engine import load
+from prompt_paths import time_paths
 
 WEIGHTS = ("deq4((m0 + r) * p.row_bytes, k0 + c)", "vec4(float(r + c) * 0.001)")
 ACTIVATIONS = ("b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u]", "vec4(float(r + c) * 0.001)")
@@ -65,33 +63,29 @@ PROBES: dict[str, tuple[str, ...]] = {
 
 
 def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
-    """matmul_coop.comp with `edits` applied, compiled with `variant`'s macros."""
+    """matmul_coop.comp with `edits` applied, compiled as `variant` is."""
     from llmrt_vulkan import shaders
 
-    source, macros = shaders.VARIANTS[variant]
-    text = (shaders.HERE / f"{source}.comp").read_text()
+    source = shaders.HERE / f"{shaders.VARIANTS[variant][0]}.comp"
+    text = source.read_text()
     for old, new in zip(edits[::2], edits[1::2], strict=True):
         assert old in text, f"the shader no longer has {old!r}"
         text = text.replace(old, new)
     comp = out.with_suffix(".comp")
     comp.write_text(text)
-    glslc = os.environ.get("LLMRT_GLSLC", "glslc")
-    flags = [f"--target-env={shaders.TARGET_ENV}", "-O", f"-I{shaders.HERE}"]
-    macro_flags = [f"-D{m}" for m in macros]
-    subprocess.run([glslc, *flags, *macro_flags, str(comp), "-o", str(out)], check=True)
+    command = shaders.glslc_command(variant, out)
+    command[command.index(str(source))] = str(comp)
+    subprocess.run(command, check=True)
     return out.read_bytes()
 
 
-def main() -> None:
+def probe_paths(dev) -> Iterator[str]:
+    """Each probe of the device's matmul_coop variant, built and made the runtime's choice."""
     from llmrt_vulkan import shaders
 
-    path, device = sys.argv[1:3]
-    n_prompt = int(sys.argv[3]) if len(sys.argv) > 3 else 512
-    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
-    dev = get_device(device)
     variant = dev.runtime.coopmat
     if variant is None:
-        raise SystemExit(f"{device} has no cooperative matrix variant")
+        raise SystemExit(f"{dev.id} has no cooperative matrix variant")
     built: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, edits in enumerate(PROBES.values()):
@@ -99,16 +93,11 @@ def main() -> None:
             built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
     shipped = shaders.spirv
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
-    model = load(path, device=dev, n_gpu_layers=-1)
     for label, name in zip(PROBES, built, strict=True):
         dev.runtime.coopmat = name  # read when a graph is lowered
-        ctx = model.context(n_ctx=n_prompt + 16)
-        _run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0)  # compiles the prompt graph
-        best = min(_run_test(ctx, model.hp.n_vocab, n_prompt, 0, 0) for _ in range(repeats))
-        print(f"{device} {variant} {label}: pp{n_prompt} {n_prompt / best:.1f} t/s")
-        del ctx
-    dev.runtime.coopmat = variant
+        yield f"{variant} {label}"
+    dev.runtime.coopmat, shaders.spirv = variant, shipped
 
 
 if __name__ == "__main__":
-    main()
+    time_paths(probe_paths, sys.argv[1:])
