@@ -417,6 +417,7 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
     against_old "vulkan:0 $m" coopmat.log
   done
   wait $synth_big
+  [ -e /tmp/peer-vulkan.log ] && WAIT_S=300 bash $PEER wait vulkan  # a build begun by `keep peer`
   for m in smollm2-135m-q4_0 smollm2-135m-q8_0 llama32-1b-q4_0 llama3-8b-q4_0; do
     timeout 120 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf vulkan:0 512 3 2>&1 \
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
@@ -436,6 +437,9 @@ coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and
   wait $synth_big
   LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
     /tmp/synth-llama3-8b-q4_0.gguf vulkan:0 512 2 2>&1 | grep pp512 | sed "s/^/8B /" | tee -a $OUT/probe.log
+  # and the 8B's prompt shader by shader, as shipped
+  timeout 120 python3 benchmarks/vulkan_profile.py /tmp/synth-llama3-8b-q4_0.gguf 3 vulkan:0 512 2>&1 \
+    | tail -30 | tee -a $OUT/vk-profile.log
   ;;
 ab)  # a refactor's A/B (issue 15): the CUDA and Vulkan conformance cases and plan tests beside
   # logits of this tree and of .devrun/base (BASEREV) on the 135M and 1B shapes (a 200-token prompt,

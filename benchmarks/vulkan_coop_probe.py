@@ -23,6 +23,45 @@ _W, _X = "Ws[r * SK + c + q] = wr[j][q];", "Xs[r * SK + c + q] = float16_t(xr[j]
 STORES = (_W, f"if (p.k == 0u) {_W}", _X, f"if (p.k == 0u) {_X}")
 _MMA = "acc[i][j] = coopMatMulAdd(a[i], b[j], acc[i][j]);"
 PRODUCTS = (_MMA, f"if (p.k == 0u) {_MMA}")
+
+
+def layout(am: int, an: int) -> tuple[str, ...]:
+    """The edit that gives each subgroup am x an accumulators of the shipped 64 x 64 tile."""
+    return (
+        "#define WG (SG * SGM * SGN)",
+        f"#undef SGM\n#undef SGN\n#define SGM (BM / CM / {am})\n#define SGN (BN / CM / {an})\n"
+        "#define WG (SG * SGM * SGN)",
+    )
+
+
+_LOAD_A = "Xs, (st + CM * i) * SK + kk, SK, gl_CooperativeMatrixLayoutRowMajor);"
+_LOAD_B = "Ws, (sr + CM * j) * SK + kk, SK, gl_CooperativeMatrixLayoutColumnMajor);"
+_FRAGMENTS = f"""            coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> a[AN];
+            coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> b[AM];
+            [[unroll]] for (uint i = 0; i < AN; i++)
+                coopMatLoad(a[i], {_LOAD_A}
+            // B is k x rows: the weight tile's rows are its columns
+            [[unroll]] for (uint j = 0; j < AM; j++)
+                coopMatLoad(b[j], {_LOAD_B}
+            [[unroll]] for (uint i = 0; i < AN; i++)
+                [[unroll]] for (uint j = 0; j < AM; j++)
+                    acc[i][j] = coopMatMulAdd(a[i], b[j], acc[i][j]);
+"""
+ONE_AT_A_TIME = (
+    _FRAGMENTS,
+    f"""            [[unroll]] for (uint i = 0; i < AN; i++) {{
+                coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> a;
+                coopMatLoad(a, {_LOAD_A}
+                [[unroll]] for (uint j = 0; j < AM; j++) {{
+                    coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> b;
+                    coopMatLoad(b, {_LOAD_B}
+                    acc[i][j] = coopMatMulAdd(a, b, acc[i][j]);
+                }}
+            }}
+""",
+)
+
+
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped": (),
@@ -36,29 +75,14 @@ PROBES: dict[str, tuple[str, ...]] = {
     # the products on whatever shared memory holds: their fragment loads and the barriers
     "products alone": WEIGHTS + ACTIVATIONS + STORES,
     "products alone, no barriers": WEIGHTS + ACTIVATIONS + STORES + ("barrier();", ""),
-    # a correct kernel: the tiles in shared memory as f16vec4 arrays (8-byte stores, fragments
-    # loaded from a vector array, offsets and strides in its elements)
-    "tiles as f16vec4": (
-        "shared float16_t Xs[BN * SK];",
-        "shared f16vec4 Xs[BN * SK / 4];",
-        "shared float16_t Ws[BM * SK];",
-        "shared f16vec4 Ws[BM * SK / 4];",
-        "[[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = wr[j][q];",
-        "Ws[(r * SK + c) / 4] = wr[j];",
-        "[[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = float16_t(xr[j][q]);",
-        "Xs[(r * SK + c) / 4] = f16vec4(xr[j]);",
-        "Xs, (st + CM * i) * SK + kk, SK,",
-        "Xs, ((st + CM * i) * SK + kk) / 4, SK / 4,",
-        "Ws, (sr + CM * j) * SK + kk, SK,",
-        "Ws, ((sr + CM * j) * SK + kk) / 4, SK / 4,",
-    ),
-    # a correct kernel: as many subgroups as CM x CM blocks in the tile (16 of 32 on NVIDIA),
-    # each with one accumulator, so no array of them
-    "one accumulator a subgroup": (
-        "#define WG (SG * SGM * SGN)",
-        "#undef SGM\n#undef SGN\n#define SGM (BM / CM)\n#define SGN (BN / CM)\n"
-        "#define WG (SG * SGM * SGN)",
-    ),
+    # correct kernels with more than one accumulator a subgroup (am along the weight rows x an
+    # along the tokens; the shipped kernel has one): fewer subgroups, fragments reused
+    "2 x 2 accumulators a subgroup": layout(2, 2),
+    "2 x 1 accumulators a subgroup": layout(2, 1),
+    "1 x 2 accumulators a subgroup": layout(1, 2),
+    # as llama.cpp's products: an A fragment loaded, then each B fragment and its product
+    "2 x 2, fragments one at a time": layout(2, 2) + ONE_AT_A_TIME,
+    "2 x 1, fragments one at a time": layout(2, 1) + ONE_AT_A_TIME,
 }
 
 

@@ -49,14 +49,14 @@ CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.end
 
 # the prompt matmul on cooperative matrices: CM x CM x CM products with subgroups of SG (16 and 32
 # on NVIDIA, 8 and 8 on lavapipe), in 64 x 64 tiles (128 x 128 ones were slower on every row of
-# the H200: BENCHMARKS.md, 2026-12-06)
+# the H200: BENCHMARKS.md, 2026-12-06), one accumulator a subgroup (SGM x SGN = 64/CM x 64/CM)
 def _coop(cm: int, sg: int, sgm: int, sgn: int) -> tuple[str, tuple[str, ...]]:
     sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": 64, "BN": 64}
     return "matmul_coop", tuple(f"{k}={v}" for k, v in sizes.items())
 
 
-VARIANTS["matmul_coop"] = _coop(16, 32, 2, 2)
-VARIANTS["matmul_coop8"] = _coop(8, 8, 4, 4)
+VARIANTS["matmul_coop"] = _coop(16, 32, 4, 4)
+VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
 # these variants are compiled by $LLMRT_GLSLC where it is set
 NEWER_GLSLC = frozenset(n for n in VARIANTS if n.startswith("matmul_coop"))

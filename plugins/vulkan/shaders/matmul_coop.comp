@@ -7,15 +7,17 @@
 // Y[t, m] = sum_k W[m, k] X[t, k] on the matrix units (VK_KHR_cooperative_matrix: CM x CM x CM
 // f16 products into f32): the prompt matmul of matmul.comp, whose push constants it takes. A
 // workgroup of SGM x SGN subgroups of SG invocations computes BM weight rows x BN tokens, each
-// subgroup a block of BM/SGM rows x BN/SGN tokens as accumulators of CM x CM. The host picks a
-// variant only where the device's subgroup size is fixed at its SG. Per 32 columns of k the
+// subgroup a block of BM/SGM rows x BN/SGN tokens as accumulators of CM x CM. The shipped
+// variants give each subgroup one accumulator: on the H100 that ran the 1B's prompt 2.3 times
+// and the 8B's 2.6 times as fast as 2 x 2 accumulators a subgroup (BENCHMARKS.md, 2026-12-07,
+// sixteenth). The host picks a variant only where the device's subgroup size is fixed at its SG. Per 32 columns of k the
 // workgroup dequantizes its weight tile and rounds its activation tile to f16 in shared memory
 // (as llama.cpp's Vulkan matmul does); the products are summed in f32.
 #ifndef CM
 #define CM 16
 #define SG 32
-#define SGM 2
-#define SGN 2
+#define SGM 4
+#define SGN 4
 #define BM 64
 #define BN 64
 #endif
@@ -24,9 +26,10 @@
 #define AN (BN / SGN / CM)  // and along the tokens
 #define BK 32
 // Row strides in shared memory: 40 halves (80 bytes) and CM + 4 floats keep each row a multiple
-// of 16 bytes, as cooperative-matrix loads and stores require, and stagger rows across banks.
+// of 16 bytes, as cooperative-matrix loads and stores require, and stagger rows across banks;
+// 8 x 8 products (lavapipe's) stage unpadded, so that 64 subgroups' rows fit its 32 KiB.
 #define SK 40
-#define SC (CM + 4)
+#define SC (CM == 16 ? CM + 4 : CM)
 layout(local_size_x = WG) in;
 
 layout(binding = 0) readonly buffer W { uint Wq[]; };
