@@ -8,6 +8,7 @@ outputs of a probe are wrong by design; only its time is read. Needs a glslc of 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,12 @@ _MMA = "acc[i][j] = coopMatMulAdd(a[i], b[j], acc[i][j]);"
 PRODUCTS = (_MMA, f"if (p.k == 0u) {_MMA}")
 
 
-def layout(am: int, an: int) -> tuple[str, ...]:
-    """The edit that gives each subgroup am x an accumulators of the shipped 64 x 64 tile."""
+def layout(am: int, an: int, tokens: int = 64) -> tuple[str, ...]:
+    """The edit that gives each subgroup am x an accumulators of a tile of 64 weight rows x
+    `tokens` (probe_paths tells the host of a tile other than 64 x 64)."""
     return (
         "#define WG (SG * SGM * SGN)",
+        f"#undef BN\n#define BN {tokens}\n"
         f"#undef SGM\n#undef SGN\n#define SGM (BM / CM / {am})\n#define SGN (BN / CM / {an})\n"
         "#define WG (SG * SGM * SGN)",
     )
@@ -62,6 +65,83 @@ ONE_AT_A_TIME = (
 )
 
 
+# the weight tile as the products' A (row-major) and the activations as B (column-major), as
+# llama.cpp's Vulkan matmul has them: an accumulator is weight rows x tokens, stored column-major
+WEIGHTS_AS_A = (
+    _FRAGMENTS,
+    f"""            coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB> a[AN];
+            coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA> b[AM];
+            [[unroll]] for (uint i = 0; i < AN; i++)
+                coopMatLoad(a[i], {_LOAD_A.replace("RowMajor", "ColumnMajor")}
+            [[unroll]] for (uint j = 0; j < AM; j++)
+                coopMatLoad(b[j], {_LOAD_B.replace("ColumnMajor", "RowMajor")}
+            [[unroll]] for (uint i = 0; i < AN; i++)
+                [[unroll]] for (uint j = 0; j < AM; j++)
+                    acc[i][j] = coopMatMulAdd(b[j], a[i], acc[i][j]);
+""",
+    "coopMatStore(acc[i][j], Cs[sg], 0, SC, gl_CooperativeMatrixLayoutRowMajor);",
+    "coopMatStore(acc[i][j], Cs[sg], 0, SC, gl_CooperativeMatrixLayoutColumnMajor);",
+)
+
+
+# the tiles in two buffers, a K-step's stores into the one the step before did not read: one
+# barrier a step instead of two
+DOUBLE_BUFFERED = (
+    "shared float16_t Xs[BN * SK];",
+    "shared float16_t Xs[2 * BN * SK];",
+    "shared float16_t Ws[BM * SK];",
+    "shared float16_t Ws[2 * BM * SK];",
+    "k0 += BK) {\n",
+    "k0 += BK) {\n        uint buf = ((k0 / BK) & 1u) * BM * SK;  // BM == BN\n",
+    "Ws[r * SK + c + q]",
+    "Ws[buf + r * SK + c + q]",
+    "Xs[r * SK + c + q]",
+    "Xs[buf + r * SK + c + q]",
+    "Xs, (st + CM * i)",
+    "Xs, buf + (st + CM * i)",
+    "Ws, (sr + CM * j)",
+    "Ws, buf + (sr + CM * j)",
+    "        }\n        barrier();\n    }",
+    "        }\n    }",
+)
+
+
+# the accumulators in a one-dimensional array (as llama.cpp's sums[]) instead of acc[AN][AM]
+FLAT_ACCUMULATORS = ("acc[AN][AM]", "acc[AN * AM]", "acc[i][j]", "acc[i * AM + j]")
+
+
+def unrolled(am: int, an: int) -> tuple[str, ...]:
+    """layout(am, an) with the K-step's fragment loads and products written out, every index a
+    literal, instead of loops the compiler is asked to unroll."""
+    a = "coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseA>"
+    b = "coopmat<float16_t, gl_ScopeSubgroup, CM, CM, gl_MatrixUseB>"
+    pad = " " * 12
+    lines = [
+        f"{pad}{a} a{i};\n{pad}coopMatLoad(a{i}, {_LOAD_A.replace('* i', f'* {i}u')}"
+        for i in range(an)
+    ]
+    lines += [
+        f"{pad}{b} b{j};\n{pad}coopMatLoad(b{j}, {_LOAD_B.replace('* j', f'* {j}u')}"
+        for j in range(am)
+    ]
+    lines += [
+        f"{pad}acc[{i}][{j}] = coopMatMulAdd(a{i}, b{j}, acc[{i}][{j}]);"
+        for i in range(an)
+        for j in range(am)
+    ]
+    return layout(am, an) + (_FRAGMENTS, "\n".join(lines) + "\n")
+
+
+# the products' loops nested the other way: the weight blocks outside, the token blocks inside
+_I_LOOP = "[[unroll]] for (uint i = 0; i < AN; i++)\n"
+_J_LOOP = "[[unroll]] for (uint j = 0; j < AM; j++)\n"
+_NEST = "                "
+LOOPS_SWAPPED = (
+    f"{_I_LOOP}{_NEST}{_J_LOOP}{_NEST}    acc[i][j] = coopMatMulAdd",
+    f"{_J_LOOP}{_NEST}{_I_LOOP}{_NEST}    acc[i][j] = coopMatMulAdd",
+)
+
+
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped": (),
@@ -83,6 +163,25 @@ PROBES: dict[str, tuple[str, ...]] = {
     # as llama.cpp's products: an A fragment loaded, then each B fragment and its product
     "2 x 2, fragments one at a time": layout(2, 2) + ONE_AT_A_TIME,
     "2 x 1, fragments one at a time": layout(2, 1) + ONE_AT_A_TIME,
+    "weights as A": WEIGHTS_AS_A,
+    "weights as A, 2 x 1": layout(2, 1) + WEIGHTS_AS_A,
+    "weights as A, 1 x 2": layout(1, 2) + WEIGHTS_AS_A,
+    "weights as A, 2 x 2": layout(2, 2) + WEIGHTS_AS_A,
+    "double-buffered tiles": DOUBLE_BUFFERED,
+    "2 x 2, one-dimensional accumulators": layout(2, 2) + FLAT_ACCUMULATORS,
+    "2 x 1, one-dimensional accumulators": layout(2, 1) + FLAT_ACCUMULATORS,
+    "1 x 2, one-dimensional accumulators": layout(1, 2) + FLAT_ACCUMULATORS,
+    "4 x 1, one-dimensional accumulators": layout(4, 1) + FLAT_ACCUMULATORS,
+    "2 x 1, products' loops swapped": layout(2, 1) + LOOPS_SWAPPED,
+    "2 x 2, products' loops swapped": layout(2, 2) + LOOPS_SWAPPED,
+    "2 x 1 written out": unrolled(2, 1),
+    "1 x 2 written out": unrolled(1, 2),
+    "2 x 2 written out": unrolled(2, 2),
+    # tiles of more tokens, each weight block's fragment used by more products
+    "1 x 4 accumulators a subgroup": layout(1, 4),
+    "64 x 128 tiles, 1 x 2 a subgroup": layout(1, 2, 128),
+    "64 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128),
+    "64 x 256 tiles, 1 x 4 a subgroup": layout(1, 4, 256),
 }
 
 
@@ -105,7 +204,7 @@ def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
 
 def probe_paths(dev) -> Iterator[str]:
     """Each probe of the device's matmul_coop variant, built and made the runtime's choice."""
-    from llmrt_vulkan import shaders
+    from llmrt_vulkan import launch, shaders
 
     variant = dev.runtime.coopmat
     if variant is None:
@@ -115,6 +214,9 @@ def probe_paths(dev) -> Iterator[str]:
         for i, edits in enumerate(PROBES.values()):
             name = f"{variant}_probe{i}"  # the runtime gives matmul_coop* their subgroup size
             built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
+            tokens = re.search(r"#define BN (\d+)", "".join(edits[1::2]))
+            if tokens:
+                launch.TOKEN_TILE[name] = int(tokens.group(1))
     shipped = shaders.spirv
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
     for label, name in zip(PROBES, built, strict=True):
