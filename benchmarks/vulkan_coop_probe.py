@@ -144,7 +144,7 @@ LOOPS_SWAPPED = (
 
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
-    "as shipped": (),
+    "as shipped (64 x 64)": (),
     "no weight loads": WEIGHTS,
     "no activation loads": ACTIVATIONS,
     "no global loads": WEIGHTS + ACTIVATIONS,
@@ -181,7 +181,7 @@ PROBES: dict[str, tuple[str, ...]] = {
     "1 x 4 accumulators a subgroup": layout(1, 4),
     "64 x 128 tiles, 1 x 2 a subgroup": layout(1, 2, 128),
     "64 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128),
-    "64 x 256 tiles, 1 x 4 a subgroup": layout(1, 4, 256),
+    "64 x 256 tiles, 1 x 4 a subgroup": layout(1, 4, 256),  # NVIDIA's _wide as shipped
 }
 
 
@@ -204,7 +204,7 @@ def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
 
 def probe_paths(dev) -> Iterator[str]:
     """Each probe of the device's matmul_coop variant, built and made the runtime's choice."""
-    from llmrt_vulkan import launch, shaders
+    from llmrt_vulkan import shaders
 
     variant = dev.runtime.coopmat
     if variant is None:
@@ -214,15 +214,18 @@ def probe_paths(dev) -> Iterator[str]:
         for i, edits in enumerate(PROBES.values()):
             name = f"{variant}_probe{i}"  # the runtime gives matmul_coop* their subgroup size
             built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
+            # the host reads a variant's tile from its macros
             tokens = re.search(r"#define BN (\d+)", "".join(edits[1::2]))
-            if tokens:
-                launch.TOKEN_TILE[name] = int(tokens.group(1))
-    shipped = shaders.spirv
+            source, macros = shaders.VARIANTS[variant]
+            bn = f"BN={tokens.group(1) if tokens else 64}"
+            shaders.VARIANTS[name] = (source, (*(m for m in macros if m[:3] != "BN="), bn))
+    shipped, wide_from = shaders.spirv, shaders.WIDE_FROM
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
+    shaders.WIDE_FROM = 1 << 30  # each probe's tile is its own, the narrow variant's unless set
     for label, name in zip(PROBES, built, strict=True):
         dev.runtime.coopmat = name  # read when a graph is lowered
         yield f"{variant} {label}"
-    dev.runtime.coopmat, shaders.spirv = variant, shipped
+    dev.runtime.coopmat, shaders.spirv, shaders.WIDE_FROM = variant, shipped, wide_from
 
 
 if __name__ == "__main__":

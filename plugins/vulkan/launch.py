@@ -17,6 +17,7 @@ from llmrt.lower.passes import q8_layout
 from llmrt.lower.split import row_chunks
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import Storage, View, dims4
+from llmrt_vulkan import shaders
 from llmrt_vulkan.lower import MAX_T_MATVEC, attn_rows
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ F32, F16 = GGMLType.F32, GGMLType.F16
 MATVEC_ROWS = 4  # weight rows per workgroup of matvec.comp
 PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE variant)
 PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes every 512th row group)
-# tokens a workgroup of a tiled prompt matmul takes, where not 64 (its BN)
-TOKEN_TILE: dict[str, int] = {}
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 # ggml type -> the TYPE specialization constant of quant.glsl
@@ -225,7 +224,9 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
-            tokens = MAX_T_MATVEC if prog.rt.cpu else TOKEN_TILE.get(name, tile)
+            if coop and t >= shaders.WIDE_FROM:
+                name = f"{coop}_wide"
+            tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)
             push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])
             out_.append(dispatch(name, spec, binds, "<9I", push, groups, [w, b], [out]))

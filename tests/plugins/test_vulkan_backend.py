@@ -220,12 +220,15 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
     assert check_case(vulkan, case) == "ok"
 
 
+@pytest.mark.parametrize("t", [150, 300])
 @pytest.mark.parametrize("subgroups", ["fixed", "required"])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])
-def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgroups):
+def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgroups, t):
     """Where the device has matrix units llmrt uses (VK_KHR_cooperative_matrix: NVIDIA; lavapipe
-    from Mesa 26), a prompt's matmul runs matmul_coop, its 64 x 64 tiles cut at
-    both edges by these shapes; its f16 products stay as close to the f32 ones as conformance's.
+    from Mesa 26), a prompt's matmul runs matmul_coop, or its _wide variant from WIDE_FROM
+    tokens, its tiles cut at both edges by these shapes (150 tokens: 64 x 64 tiles; 300: 64 x 128
+    on lavapipe, 64 x 256 on NVIDIA); its f16 products stay as close to the f32 ones as
+    conformance's.
     "required": on a logical device made as for one whose subgroup size varies (RDNA3), the
     pipelines require the variant's size (VK_EXT_subgroup_size_control)."""
     from llmrt_vulkan.runtime import Runtime
@@ -237,7 +240,9 @@ def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgr
         monkeypatch.setattr(vulkan, "_runtime", Runtime(vulkan.vk, vulkan.physical, varying))
         assert vulkan.runtime.coopmat_subgroup == vulkan._info.properties["max_subgroup_size"]
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
-    m, k, t = 200, 512, 150
+    from llmrt_vulkan.shaders import WIDE_FROM
+
+    m, k = 200, 512
     rng = np.random.default_rng(4)
     data = rng.uniform(-1, 1, (m, k)).astype(np.float32)
     raw = quantize(data, wtype).reshape(m, -1)
@@ -245,7 +250,8 @@ def test_prompt_matmul_on_cooperative_matrices(vulkan, monkeypatch, wtype, subgr
     g = Graph("prompt")
     g.output("out", g.mul_mat(g.weight("w", (m, k), wtype), g.input("x", (t, k))))
     program = vulkan.compile(g, {"w": w})
-    assert [d.shader for d in program.dispatches] == [vulkan.runtime.coopmat]
+    wide = "_wide" if t >= WIDE_FROM else ""
+    assert [d.shader for d in program.dispatches] == [vulkan.runtime.coopmat + wide]
     x = rng.uniform(-1, 1, (t, k)).astype(np.float32)
     want = x @ dequantize(raw, wtype, (m, k)).T
     assert nmse(want, program.run({"x": x})["out"]) < 1e-5

@@ -205,20 +205,27 @@ def test_dispatches_per_shader(shape_name, qtype, kernels, n_tokens):
     assert dict(got) == expected(shape_name, qtype, kernels, n_tokens)
 
 
-@pytest.mark.parametrize("n_tokens", [1, 40])
+@pytest.mark.parametrize("n_tokens", [1, 40, 300])
 @pytest.mark.parametrize("qtype", [Q4_0, Q8_0], ids=["q4_0", "q8_0"])
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n_tokens):
-    """On a device with matrix units the plan is the same dispatch for dispatch, bindings and
-    grids included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant;
-    a decode step has none to swap."""
+    """On a device with matrix units the plan is the same dispatch for dispatch, bindings
+    included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant (its
+    _wide one for a prompt of 256 tokens or more, whose workgroups take 256 tokens instead of
+    64); a decode step has none to swap."""
     plain, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens)
     coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
     swapped = [d.shader for d in plain.dispatches if d.shader == "matmul"]
-    assert len(swapped) == (7 * SHAPES[shape_name][1] if n_tokens == 40 else 0)
+    assert len(swapped) == (7 * SHAPES[shape_name][1] if n_tokens > 1 else 0)
+    wide = n_tokens >= 256
     for a, b in zip(plain.dispatches, coop.dispatches, strict=True):
-        assert b.shader == ("matmul_coop" if a.shader == "matmul" else a.shader)
-        assert (a.spec, a.push, a.groups) == (b.spec, b.push, b.groups)
+        assert b.shader == (
+            ("matmul_coop_wide" if wide else "matmul_coop") if a.shader == "matmul" else a.shader
+        )
+        groups = (
+            (a.groups[0], -(-n_tokens // 256), 1) if wide and a.shader == "matmul" else a.groups
+        )
+        assert (a.spec, a.push, groups) == (b.spec, b.push, b.groups)
         where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
         assert where[0] == where[1]
 

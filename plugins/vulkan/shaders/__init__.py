@@ -48,15 +48,29 @@ CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.end
 
 
 # the prompt matmul on cooperative matrices: CM x CM x CM products with subgroups of SG (16 and 32
-# on NVIDIA, 8 and 8 on lavapipe), in 64 x 64 tiles (128 x 128 ones were slower on every row of
-# the H200: BENCHMARKS.md, 2026-12-06), one accumulator a subgroup (SGM x SGN = 64/CM x 64/CM)
-def _coop(cm: int, sg: int, sgm: int, sgn: int) -> tuple[str, tuple[str, ...]]:
-    sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": 64, "BN": 64}
+# on NVIDIA, 8 and 8 on lavapipe), in tiles of 64 weight rows x BN tokens, SGM x SGN subgroups of
+# one weight block each (two or more a subgroup ran the H100's products at under half the speed:
+# BENCHMARKS.md, 2026-12-07, sixteenth). The "_wide" variants, for prompts of WIDE_FROM tokens or
+# more, load and dequantize each weight tile for 256 tokens (lavapipe's 128, within its 32 KiB
+# of shared memory): the H100's pp512 of the 8B 1.40 times and the 1B's 1.10 times as fast.
+def _coop(cm: int, sg: int, sgm: int, sgn: int, bn: int = 64) -> tuple[str, tuple[str, ...]]:
+    sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": 64, "BN": bn}
     return "matmul_coop", tuple(f"{k}={v}" for k, v in sizes.items())
 
 
 VARIANTS["matmul_coop"] = _coop(16, 32, 4, 4)
+VARIANTS["matmul_coop_wide"] = _coop(16, 32, 4, 4, 256)
 VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
+VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
+WIDE_FROM = 256
+
+
+def token_tile(name: str) -> int:
+    """Tokens a workgroup of a tiled prompt matmul variant takes (its BN)."""
+    macros = VARIANTS.get(name, ("", ()))[1]
+    return next((int(m[3:]) for m in macros if m.startswith("BN=")), 64)
+
+
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
 # these variants are compiled by $LLMRT_GLSLC where it is set
 NEWER_GLSLC = frozenset(n for n in VARIANTS if n.startswith("matmul_coop"))
