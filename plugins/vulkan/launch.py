@@ -224,7 +224,7 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
-            if coop and t >= shaders.WIDE_FROM:
+            if coop and prog.rt.coopmat_wide and t >= shaders.WIDE_FROM:
                 name = f"{coop}_wide"
             tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)

@@ -44,3 +44,13 @@ def test_shipped_spirv_matches_source(name, tmp_path):
 def test_every_shipped_spirv_has_a_variant():
     shipped = {p.stem for p in shaders.HERE.glob("*.spv")}
     assert shipped == set(shaders.VARIANTS)
+
+
+def test_cooperative_matrix_variants_fit_their_devices_shared_memory():
+    """The 8 x 8 variants are lavapipe's (32 KiB of shared memory), the 16 x 16 ones NVIDIA's (48
+    KiB); a device with less takes matmul_coop's narrow tiles only (Runtime.coopmat_wide)."""
+    limits = {"matmul_coop": 48 << 10, "matmul_coop8": 32 << 10}
+    for name in (n for n in shaders.VARIANTS if n.startswith("matmul_coop")):
+        limit = limits[name.removesuffix("_wide")]
+        assert 0 < shaders.coop_shared_bytes(name) <= limit, name
+    assert shaders.token_tile("matmul_coop_wide") == 256 > shaders.token_tile("matmul_coop")

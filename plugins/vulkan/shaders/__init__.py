@@ -65,10 +65,21 @@ VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
 WIDE_FROM = 256
 
 
+def _sizes(name: str) -> dict[str, int]:
+    return {k: int(v) for k, _, v in (m.partition("=") for m in VARIANTS.get(name, ("", ()))[1])}
+
+
 def token_tile(name: str) -> int:
     """Tokens a workgroup of a tiled prompt matmul variant takes (its BN)."""
-    macros = VARIANTS.get(name, ("", ()))[1]
-    return next((int(m[3:]) for m in macros if m.startswith("BN=")), 64)
+    return _sizes(name).get("BN", 64)
+
+
+def coop_shared_bytes(name: str) -> int:
+    """The shared memory a matmul_coop variant declares: its f16 tiles of BM and BN rows of 40
+    halves, and a CM x SC f32 staging block a subgroup (matmul_coop.comp's SK and SC)."""
+    z = _sizes(name)
+    staging = z["CM"] * (z["CM"] + 4 if z["CM"] == 16 else z["CM"]) * 4
+    return (z["BM"] + z["BN"]) * 40 * 2 + z["SGM"] * z["SGN"] * staging
 
 
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
