@@ -33,11 +33,16 @@ def cuda_paths(dev) -> Iterator[str]:
 
 def vulkan_paths(dev) -> Iterator[str]:
     rt = dev.runtime
-    variant = rt.coopmat
-    for label, coop in [("matmul.comp", None)] + ([(variant, variant)] if variant else []):
-        rt.coopmat = coop  # read when a graph is lowered
+    variant, wide = rt.coopmat, rt.coopmat_wide
+    paths = [("matmul.comp", None, False)]
+    if variant:  # the _wide variant from shaders.WIDE_FROM tokens (a prompt of 256 or more)
+        paths += [(variant, variant, False)] + (
+            [(f"{variant}_wide", variant, True)] if wide else []
+        )
+    for label, coop, use_wide in paths:
+        rt.coopmat, rt.coopmat_wide = coop, use_wide  # read when a graph is lowered
         yield label
-    rt.coopmat = variant
+    rt.coopmat, rt.coopmat_wide = variant, wide
 
 
 def opencl_paths(dev) -> Iterator[str]:
