@@ -211,6 +211,11 @@ def _chunks(prog: VulkanProgram, st: Step) -> list[tuple[int, int]]:
     return row_chunks(st.params["m"], st.params["row_bytes"], prog.rt.max_range)
 
 
+def _wide_pays(wide: str, rows: int, t: int) -> bool:
+    groups = -(-rows // 64) * -(-t // shaders.token_tile(wide))
+    return t >= shaders.WIDE_FROM and groups >= shaders.WIDE_MIN_GROUPS
+
+
 def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     """A float weight product (mmv or gemm): per-row, tiled, or mat-vecs of 8 token rows."""
     (w, b), out, p = st.ins, st.out, st.params
@@ -224,7 +229,7 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
-            if coop and prog.rt.coopmat_wide and t >= shaders.WIDE_FROM:
+            if coop and prog.rt.coopmat_wide and _wide_pays(f"{coop}_wide", rows, t):
                 name = f"{coop}_wide"
             tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)

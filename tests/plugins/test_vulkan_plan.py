@@ -210,15 +210,18 @@ def test_dispatches_per_shader(shape_name, qtype, kernels, n_tokens):
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n_tokens):
     """On a device with matrix units the plan is the same dispatch for dispatch, bindings
-    included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant (its
-    _wide one for a prompt of 256 tokens or more, whose workgroups take 256 tokens instead of
-    64); a decode step has none to swap."""
+    included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant: its
+    _wide one, whose workgroups take 256 tokens instead of 64, for a prompt of 256 tokens or
+    more where that still makes 64 workgroups (not the 135M's products, whose rows are 576 to
+    1536); a decode step has none to swap."""
     plain, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens)
     coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
     swapped = [d.shader for d in plain.dispatches if d.shader == "matmul"]
     assert len(swapped) == (7 * SHAPES[shape_name][1] if n_tokens > 1 else 0)
-    wide = n_tokens >= 256
+    n_wide = 0
     for a, b in zip(plain.dispatches, coop.dispatches, strict=True):
+        wide = n_tokens >= 256 and a.groups[0] * -(-n_tokens // 256) >= 64
+        n_wide += wide and a.shader == "matmul"
         assert b.shader == (
             ("matmul_coop_wide" if wide else "matmul_coop") if a.shader == "matmul" else a.shader
         )
@@ -228,6 +231,9 @@ def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n
         assert (a.spec, a.push, groups) == (b.spec, b.push, b.groups)
         where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
         assert where[0] == where[1]
+    # the 1B's and 8B's products but k and v (512 and 1024 rows: 16 and 32 workgroups)
+    big = shape_name != "smollm2-135m" and n_tokens >= 256
+    assert n_wide == (5 * SHAPES[shape_name][1] if big else 0)
 
 
 @pytest.mark.parametrize("kernels", ["gpu_dot", "gpu"])

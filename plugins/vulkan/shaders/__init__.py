@@ -63,6 +63,10 @@ VARIANTS["matmul_coop_wide"] = _coop(16, 32, 4, 4, 256)
 VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
 VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
 WIDE_FROM = 256
+# and where they still make this many workgroups (the 1B's products of 2048 rows at 512 tokens
+# make 32 x 2; the probe that measured the gain ran every product wide): the 135M's products
+# (576-1536 rows) keep the 64 x 64 tiles, under which its pp512 was measured
+WIDE_MIN_GROUPS = 64
 
 
 def _sizes(name: str) -> dict[str, int]:
