@@ -1,7 +1,9 @@
 """Where matmul_coop's time goes: a prompt's pp (as prompt_paths.py) with the runtime's
 matmul_coop rebuilt with one part of its K-step taken out at a time (the weight tile's loads and
-dequantization, the activation tile's loads, the stores into shared memory, the products). The
-outputs of a probe are wrong by design; only its time is read. Needs a glslc of 2024 or newer.
+dequantization, the activation tile's loads, the stores into shared memory, the products), whose
+outputs are wrong by design (only their time is read); then correct variants of it (other
+layouts of the accumulators, other orders of the products, tiles of more tokens), whose logits
+equal the shipped kernel's on Mesa 26's lavapipe. Needs a glslc of 2024 or newer.
 
     LLMRT_GLSLC=glslc python benchmarks/vulkan_coop_probe.py MODEL.gguf vulkan:0 [N_PROMPT] [R]
 """
@@ -226,6 +228,8 @@ def probe_paths(dev) -> Iterator[str]:
         dev.runtime.coopmat = name  # read when a graph is lowered
         yield f"{variant} {label}"
     dev.runtime.coopmat, shaders.spirv, shaders.WIDE_FROM = variant, shipped, wide_from
+    for name in built:
+        del shaders.VARIANTS[name]
 
 
 if __name__ == "__main__":
