@@ -418,6 +418,9 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
   done
   wait $synth_big
   [ -e /tmp/peer-vulkan.log ] && WAIT_S=300 bash $PEER wait vulkan  # a build begun by `keep peer`
+  # llama-bench's first runs after its build ran at a quarter speed (2026-12-07): one run unread
+  [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -r 1" bash $PEER bench vulkan \
+    /tmp/synth-llama32-1b-q4_0.gguf > /dev/null
   for m in smollm2-135m-q4_0 smollm2-135m-q8_0 llama32-1b-q4_0 llama3-8b-q4_0; do
     timeout 120 python3 benchmarks/prompt_paths.py /tmp/synth-$m.gguf vulkan:0 512 3 2>&1 \
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
