@@ -34,13 +34,11 @@ def cuda_paths(dev) -> Iterator[str]:
 def vulkan_paths(dev) -> Iterator[str]:
     rt = dev.runtime
     variant, wide = rt.coopmat, rt.coopmat_wide
-    paths = [("matmul.comp", None, False)]
+    paths = [("matmul.comp", None, None)]
     if variant:  # the _wide variant from shaders.WIDE_FROM tokens (a prompt of 256 or more)
-        paths += [(variant, variant, False)] + (
-            [(f"{variant}_wide", variant, True)] if wide else []
-        )
-    for label, coop, use_wide in paths:
-        rt.coopmat, rt.coopmat_wide = coop, use_wide  # read when a graph is lowered
+        paths += [(variant, variant, None)] + ([(wide, variant, wide)] if wide else [])
+    for label, coop, coop_wide in paths:
+        rt.coopmat, rt.coopmat_wide = coop, coop_wide  # read when a graph is lowered
         yield label
     rt.coopmat, rt.coopmat_wide = variant, wide
 

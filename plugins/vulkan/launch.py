@@ -229,8 +229,9 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
-            if coop and prog.rt.coopmat_wide and _wide_pays(f"{coop}_wide", rows, t):
-                name = f"{coop}_wide"
+            wide = prog.rt.coopmat_wide
+            if coop and wide and _wide_pays(wide, rows, t):
+                name = wide
             tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)
             push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])

@@ -101,11 +101,10 @@ class Runtime:
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
         self.max_groups = int(limits.maxComputeWorkGroupCount[0])
         self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
-        # the _wide variant where the device's shared memory holds its tiles (NVIDIA's 46,080 B)
+        # its _wide variant where the device's shared memory holds its tiles (NVIDIA's 46,080 B)
         wide = f"{self.coopmat}_wide"
-        self.coopmat_wide = self.coopmat is not None and (
-            shaders.coop_shared_bytes(wide) <= limits.maxComputeSharedMemorySize
-        )
+        fits = self.coopmat and shaders.coop_shared_bytes(wide) <= limits.maxComputeSharedMemorySize
+        self.coopmat_wide = wide if fits else None
         self._create_device()
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}

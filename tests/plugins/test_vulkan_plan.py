@@ -42,7 +42,7 @@ class FakeRuntime:
     def __init__(self, cpu: bool, int_dot: bool, coopmat: str | None = None) -> None:
         self.cpu = cpu
         self.int_dot = int_dot
-        self.coopmat, self.coopmat_wide = coopmat, coopmat is not None
+        self.coopmat, self.coopmat_wide = coopmat, coopmat and f"{coopmat}_wide"
         self.max_range = LAVAPIPE_RANGE if cpu else NVIDIA_RANGE
         self.max_groups = 65535 if cpu else (1 << 31) - 1
         self.unified = cpu
