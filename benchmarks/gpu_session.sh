@@ -409,7 +409,7 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
   synth_big=$!
   llmrt devices 2>&1 | grep -i vulkan | tee -a $OUT/coopmat.log
   timeout 240 python3 -m pytest tests/plugins/test_vulkan_backend.py tests/plugins/test_vulkan_plan.py \
-    tests/conformance -k "vulkan and (cooperative or mul_mat or plan)" -q --tb=short -p no:cacheprovider \
+    tests/conformance -k "vulkan and (cooperative or mul_mat or plan or attn or attention)" -q --tb=short -p no:cacheprovider \
     2>&1 | tail -5 | tee -a $OUT/coopmat.log
   for m in smollm2-135m-q4_0 llama32-1b-q4_0; do  # prompt logits: f16 products against f32 ones
     timeout 60 python3 benchmarks/logits_snapshot.py /tmp/synth-$m.gguf vulkan:0 /tmp/new.npz

@@ -2,8 +2,9 @@
 process, as `llmrt bench`'s pp test (best of R):
 - cuda:N: gemmq (int8 tensor cores on q8 activations, the legacy quants) and cuBLAS on f16
   copies (every type before sm_80);
-- vulkan:N: matmul.comp (f32 products on the shader cores) and matmul_coop (cooperative
-  matrices), where the device has them;
+- vulkan:N: matmul.comp (f32 products on the shader cores), matmul_coop (cooperative
+  matrices) and its _wide tiles, where the device has them, and then the attention on
+  flash_attn_coop (flash_attn.comp on every other path);
 - opencl:N: the prompt's attention on fattn (a key a work-item) and on fattn_prompt (a query row
   a work-item, heads of at most 64).
 
@@ -33,14 +34,16 @@ def cuda_paths(dev) -> Iterator[str]:
 
 def vulkan_paths(dev) -> Iterator[str]:
     rt = dev.runtime
-    variant, wide = rt.coopmat, rt.coopmat_wide
-    paths = [("matmul.comp", None, None)]
+    kept = variant, wide, attn = rt.coopmat, rt.coopmat_wide, rt.coopmat_attn
+    paths = [("matmul.comp", None, None, None)]
     if variant:  # the _wide variant from shaders.WIDE_FROM tokens (a prompt of 256 or more)
-        paths += [(variant, variant, None)] + ([(wide, variant, wide)] if wide else [])
-    for label, coop, coop_wide in paths:
-        rt.coopmat, rt.coopmat_wide = coop, coop_wide  # read when a graph is lowered
+        paths += [(variant, variant, None, None)] + ([(wide, variant, wide, None)] if wide else [])
+    if attn:  # the prompt's attention on the matrix units too
+        paths += [(f"{wide or variant} + {attn}", variant, wide, attn)]
+    for label, *path in paths:
+        rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = path  # read when a graph is lowered
         yield label
-    rt.coopmat, rt.coopmat_wide = variant, wide
+    rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = kept
 
 
 def opencl_paths(dev) -> Iterator[str]:

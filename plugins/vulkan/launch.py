@@ -29,6 +29,7 @@ PROLOGUE_ROWS = 8  # weight rows per workgroup of matvec_q8p (the PROLOGUE varia
 PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes every 512th row group)
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
+ATTN_COOP_FROM = 16  # a prompt's tokens from which attention runs on the matrix units
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -305,6 +306,18 @@ def _epilogue(prog: VulkanProgram, st: Step) -> tuple[list[Binding], list[Any], 
     return binds, epi, [*reads, ids], [dst]
 
 
+def _attn_coop_pays(prog: VulkanProgram, st: Step, coop: str) -> bool:
+    """Whether a prompt's attention takes flash_attn_coop: f16 caches, head sizes the matrix
+    units tile (multiples of 16, the shared memory's worth), a prompt of ATTN_COOP_FROM tokens
+    or more whose parts no mat-vec prologue merges."""
+    (t, _, dk), k, v = st.ins[0].shape, st.ins[1], st.ins[2]
+    dv = v.shape[2]
+    sizes_ok = dk % 16 == 0 and dv % 16 == 0 and dk <= 128 and dv <= 128
+    fits = sizes_ok and shaders.attn_coop_shared_bytes(coop, dk, dv) <= prog.rt.max_shared
+    f16 = k.dtype == F16 and v.dtype == F16
+    return fits and f16 and t >= ATTN_COOP_FROM and not st.params.get("parts")
+
+
 def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     """flash_attn (split over the KV length, the parts merged by attn_combine or by the
     prologues of the mat-vecs reading them) or lavapipe's per-row flash_attn_rows."""
@@ -316,12 +329,16 @@ def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     m = mask or q
     dst = View.whole(st.temps[0], (t * hq * splits * (dv + 2),), F32) if st.temps else out
     nh = st.params["heads"]
-    groups = prog.grid(-(-(t * hq) // 16) if rows else t * hq // nh * splits)
+    shader, fmt = ("flash_attn_rows", "<14I2fI") if rows else ("flash_attn", "<14I2f3I")
+    n_groups = -(-(t * hq) // 16) if rows else t * hq // nh * splits
+    coop = prog.rt.coopmat_attn
+    if coop and not rows and _attn_coop_pays(prog, st, coop):
+        shader, n_groups = coop, -(-(t * nh) // shaders.attn_rows_tile(coop)) * (hq // nh) * splits
+    groups = prog.grid(n_groups)
     spec = () if rows else (dk, dv, int(k.dtype == F16), int(v.dtype == F16), nh)
     push = (dk, dv, s, hq, hkv, t, q.offset, k.offset, v.offset, m.offset, dst.offset,
             k.strides[0], v.strides[0], flags, st.params["scale"], st.params["softcap"],
             groups[0], *(() if rows else (splits, chunk)))  # fmt: skip
-    shader, fmt = ("flash_attn_rows", "<14I2fI") if rows else ("flash_attn", "<14I2f3I")
     out_ = [dispatch(shader, spec, [q, k, v, m, dst], fmt, push, groups, [q, k, v, m], [dst])]
     if splits > 1 and not st.params.get("parts"):
         qb, writes = _q8_out(st, out)

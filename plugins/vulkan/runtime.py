@@ -105,6 +105,11 @@ class Runtime:
         wide = f"{self.coopmat}_wide"
         fits = self.coopmat and shaders.coop_shared_bytes(wide) <= limits.maxComputeSharedMemorySize
         self.coopmat_wide = wide if fits else None
+        # the prompt attention on the matrix units: its rows' softmax needs clustered and vote
+        # subgroup operations
+        attn = self.coopmat and self.clustered and "vote" in ops
+        self.coopmat_attn = self.coopmat.replace("matmul", "flash_attn") if attn else None
+        self.max_shared = int(limits.maxComputeSharedMemorySize)
         self._create_device()
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
@@ -335,8 +340,8 @@ class Runtime:
             spec_info = vk.VkSpecializationInfo(
                 mapEntryCount=len(spec), pMapEntries=entries, dataSize=4 * len(spec), pData=data
             )
-        # matmul_coop's subgroups tile its outputs: all of them full and of its size
-        size = self.coopmat_subgroup if name.startswith("matmul_coop") else None
+        # the cooperative-matrix shaders' subgroups tile their outputs: all full and of its size
+        size = self.coopmat_subgroup if "_coop" in name else None
         required_size = vk.VkPipelineShaderStageRequiredSubgroupSizeCreateInfo
         required = required_size(requiredSubgroupSize=size) if size else None
         stage = vk.VkPipelineShaderStageCreateInfo(

@@ -220,6 +220,58 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
     assert check_case(vulkan, case) == "ok"
 
 
+@pytest.mark.parametrize(
+    ("t", "past", "hq", "hkv", "d", "mask", "softcap"),
+    [
+        (100, 30, 4, 2, 64, "causal", 0.0),  # partial tiles, a cache with earlier tokens
+        (40, 260, 8, 2, 128, "random", 0.0),  # four heads a KV head, masked keys anywhere
+        (16, 684, 4, 2, 64, "random", 0.0),  # split over the KV length: attn_combine merges
+        (24, 0, 3, 3, 80, None, 30.0),  # no mask, soft-capped scores, one head a KV head
+    ],
+)
+def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, hq, hkv, d,
+                                                  mask, softcap):  # fmt: skip
+    """Where the device has matrix units llmrt uses, a prompt's attention over an f16 cache runs
+    flash_attn_coop: S = Q K^T and P V as f16 products into f32, an online softmax between them,
+    blocks of keys every row masks skipped; as close to f32 attention as flash_attn's."""
+    if vulkan.runtime.coopmat_attn is None:
+        pytest.skip("the device has no cooperative matrix product llmrt uses")
+    monkeypatch.setattr(vulkan.runtime, "cpu", False)
+    s = past + t
+    rng = np.random.default_rng(t + s)
+    feeds = {
+        "q": rng.normal(size=(t, hq, d)).astype(np.float32),
+        "k": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "v": rng.normal(size=(s, hkv, d)).astype(np.float16),
+    }
+    if mask == "causal":  # token i sees the cache and itself
+        feeds["mask"] = np.where(np.arange(s) > past + np.arange(t)[:, None], -np.inf, 0)
+    elif mask == "random":
+        feeds["mask"] = np.where(rng.uniform(size=(t, s)) < 0.3, -np.inf, 0)
+        feeds["mask"][:, 64:160] = -np.inf  # whole blocks of keys masked for every row
+    g = Graph("attn")
+    q = g.input("q", (t, hq, d))
+    k, v = g.input("k", (s, hkv, d), GGMLType.F16), g.input("v", (s, hkv, d), GGMLType.F16)
+    m = g.input("mask", (t, s)) if mask else None
+    g.output("out", g.flash_attn_ext(q, k, v, m, scale=0.125, softcap=softcap))
+    program = vulkan.compile(g, {})
+    shaders = [d.shader for d in program.dispatches]
+    assert shaders[0] == vulkan.runtime.coopmat_attn, shaders
+    if "mask" in feeds:
+        feeds["mask"] = feeds["mask"].astype(np.float32)
+    got = program.run(feeds)["out"]
+    kk = np.repeat(feeds["k"].astype(np.float32), hq // hkv, axis=1)
+    vv = np.repeat(feeds["v"].astype(np.float32), hq // hkv, axis=1)
+    scores = np.einsum("thd,shd->ths", feeds["q"], kk) * 0.125
+    if softcap:
+        scores = np.tanh(scores / softcap) * softcap
+    if "mask" in feeds:
+        scores = scores + feeds["mask"][:, None, :]
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("ths,shd->thd", w / w.sum(-1, keepdims=True), vv)
+    assert nmse(want, got) < 1e-5
+
+
 @pytest.mark.parametrize("t", [150, 300])
 @pytest.mark.parametrize("subgroups", ["fixed", "required"])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.F16])

@@ -43,6 +43,8 @@ class FakeRuntime:
         self.cpu = cpu
         self.int_dot = int_dot
         self.coopmat, self.coopmat_wide = coopmat, coopmat and f"{coopmat}_wide"
+        self.coopmat_attn = coopmat and coopmat.replace("matmul", "flash_attn")
+        self.max_shared = 48 << 10
         self.max_range = LAVAPIPE_RANGE if cpu else NVIDIA_RANGE
         self.max_groups = 65535 if cpu else (1 << 31) - 1
         self.unified = cpu
@@ -213,27 +215,36 @@ def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n
     included, with the tiled matmuls' shader swapped for the runtime's matmul_coop variant: its
     _wide one, whose workgroups take 256 tokens instead of 64, for a prompt of 256 tokens or
     more where that still makes 64 workgroups (not the 135M's products, whose rows are 576 to
-    1536); a decode step has none to swap."""
+    1536); a decode step has none to swap. And a prompt's attention (heads of 64 and 128, f16
+    caches) takes flash_attn_coop, whose workgroups take 32 query rows (tokens x the heads of one
+    KV head) where flash_attn's took one token's."""
     plain, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens)
     coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
     swapped = [d.shader for d in plain.dispatches if d.shader == "matmul"]
     assert len(swapped) == (7 * SHAPES[shape_name][1] if n_tokens > 1 else 0)
-    n_wide = 0
+    n_wide = n_attn = 0
     for a, b in zip(plain.dispatches, coop.dispatches, strict=True):
         wide = n_tokens >= 256 and a.groups[0] * -(-n_tokens // 256) >= 64
         n_wide += wide and a.shader == "matmul"
-        assert b.shader == (
-            ("matmul_coop_wide" if wide else "matmul_coop") if a.shader == "matmul" else a.shader
-        )
-        groups = (
-            (a.groups[0], -(-n_tokens // 256), 1) if wide and a.shader == "matmul" else a.groups
-        )
-        assert (a.spec, a.push, groups) == (b.spec, b.push, b.groups)
+        attn = a.shader == "flash_attn" and n_tokens >= 16
+        n_attn += attn
+        swap = {"matmul": "matmul_coop_wide" if wide else "matmul_coop"}
+        swap["flash_attn"] = "flash_attn_coop" if attn else "flash_attn"
+        assert b.shader == swap.get(a.shader, a.shader)
+        groups, push = a.groups, a.push
+        if wide and a.shader == "matmul":
+            groups = (a.groups[0], -(-n_tokens // 256), 1)
+        if attn:  # (query rows / 32) x (query heads / heads a workgroup) x parts of the keys
+            nh, hq, splits = a.spec[4], a.push[3], a.push[17]
+            groups = (-(-n_tokens * nh // 32) * (hq // nh) * splits, 1, 1)
+            push = (*a.push[:16], groups[0], *a.push[17:])
+        assert (a.spec, push, groups) == (b.spec, b.push, b.groups)
         where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
         assert where[0] == where[1]
     # the 1B's and 8B's products but k and v (512 and 1024 rows: 16 and 32 workgroups)
     big = shape_name != "smollm2-135m" and n_tokens >= 256
     assert n_wide == (5 * SHAPES[shape_name][1] if big else 0)
+    assert n_attn == (SHAPES[shape_name][1] if n_tokens > 1 else 0)  # one a layer
 
 
 @pytest.mark.parametrize("kernels", ["gpu_dot", "gpu"])

@@ -63,6 +63,10 @@ VARIANTS["matmul_coop_wide"] = _coop(16, 32, 4, 4, 256)
 VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
 VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
 WIDE_FROM = 256
+# a prompt's attention on the matrix units: BR query rows a workgroup of NSG subgroups, keys 32
+# at a time (flash_attn_coop.comp)
+VARIANTS["flash_attn_coop"] = ("flash_attn_coop", ("CM=16", "SG=32", "NSG=4", "BR=32"))
+VARIANTS["flash_attn_coop8"] = ("flash_attn_coop", ("CM=8", "SG=8", "NSG=8", "BR=16"))
 # and where they still make this many workgroups (the 1B's products of 2048 rows at 512 tokens
 # make 32 x 2; the probe that measured the gain ran every product wide): the 135M's products
 # (576-1536 rows) keep the 64 x 64 tiles, under which its pp512 was measured
@@ -78,6 +82,11 @@ def token_tile(name: str) -> int:
     return _sizes(name).get("BN", 64)
 
 
+def attn_rows_tile(name: str) -> int:
+    """Query rows (tokens x heads of one KV head) a workgroup of flash_attn_coop takes (its BR)."""
+    return _sizes(name)["BR"]
+
+
 def coop_shared_bytes(name: str) -> int:
     """The shared memory a matmul_coop variant declares: its f16 tiles of BM and BN rows of 40
     halves, and a CM x SC f32 staging block a subgroup (matmul_coop.comp's SK and SC)."""
@@ -86,9 +95,19 @@ def coop_shared_bytes(name: str) -> int:
     return (z["BM"] + z["BN"]) * 40 * 2 + z["SGM"] * z["SGN"] * staging
 
 
+def attn_coop_shared_bytes(name: str, dk: int, dv: int) -> int:
+    """The shared memory flash_attn_coop.comp declares for head sizes dk and dv: f16 rows of Q,
+    of a block's keys or values and of its weights, an f32 block of scores or of P V, and the
+    reduction scratch of common.glsl."""
+    z, bc = _sizes(name), 32
+    wg = z["SG"] * z["NSG"]
+    f16 = z["BR"] * (dk + 8) + bc * (max(dk, dv) + 8) + z["BR"] * (bc + 8)
+    return 2 * f16 + 4 * z["BR"] * (max(dv, bc) + 4) + 4 * wg + 2 * z["NSG"] * 4
+
+
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
 # these variants are compiled by $LLMRT_GLSLC where it is set
-NEWER_GLSLC = frozenset(n for n in VARIANTS if n.startswith("matmul_coop"))
+NEWER_GLSLC = frozenset(n for n in VARIANTS if "_coop" in n)
 
 
 def glslc_command(name: str, output: Path | str) -> list[str]:
