@@ -10,6 +10,7 @@ equal the shipped kernel's on Mesa 26's lavapipe. Needs a glslc of 2024 or newer
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -28,15 +29,18 @@ _MMA = "acc[i][j] = coopMatMulAdd(a[i], b[j], acc[i][j]);"
 PRODUCTS = (_MMA, f"if (p.k == 0u) {_MMA}")
 
 
-def layout(am: int, an: int, tokens: int = 64) -> tuple[str, ...]:
-    """The edit that gives each subgroup am x an accumulators of a tile of 64 weight rows x
+def layout(am: int, an: int, tokens: int = 64, rows: int = 64) -> tuple[str, ...]:
+    """The edit that gives each subgroup am x an accumulators of a tile of `rows` weight rows x
     `tokens` (probe_paths tells the host of a tile other than 64 x 64)."""
     return (
         "#define WG (SG * SGM * SGN)",
-        f"#undef BN\n#define BN {tokens}\n"
+        f"#undef BN\n#define BN {tokens}\n#undef BM\n#define BM {rows}\n"
         f"#undef SGM\n#undef SGN\n#define SGM (BM / CM / {am})\n#define SGN (BN / CM / {an})\n"
         "#define WG (SG * SGM * SGN)",
     )
+
+
+WIDE = layout(1, 4, 256)  # NVIDIA's matmul_coop_wide as shipped
 
 
 _LOAD_A = "Xs, (st + CM * i) * SK + kk, SK, gl_CooperativeMatrixLayoutRowMajor);"
@@ -183,7 +187,13 @@ PROBES: dict[str, tuple[str, ...]] = {
     "1 x 4 accumulators a subgroup": layout(1, 4),
     "64 x 128 tiles, 1 x 2 a subgroup": layout(1, 2, 128),
     "64 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128),
-    "64 x 256 tiles, 1 x 4 a subgroup": layout(1, 4, 256),  # NVIDIA's _wide as shipped
+    "64 x 256 tiles, 1 x 4 a subgroup": WIDE,
+    # where the wide tiles' time goes (the seventeenth session), and other tiles
+    "wide, no weight loads": WIDE + WEIGHTS,
+    "wide, no activation loads": WIDE + ACTIVATIONS,
+    "wide, products alone": WIDE + WEIGHTS + ACTIVATIONS + STORES,
+    "64 x 256 tiles, 1 x 8 a subgroup (8 subgroups)": layout(1, 8, 256),
+    "128 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128, 128),
 }
 
 
@@ -212,19 +222,25 @@ def probe_paths(dev) -> Iterator[str]:
     if variant is None:
         raise SystemExit(f"{dev.id} has no cooperative matrix variant")
     built: dict[str, bytes] = {}
+    # PROBES="a,b": only the probes whose labels contain one of them
+    wanted = [w for w in os.environ.get("PROBES", "").split(",") if w]
+    probes = {k: v for k, v in PROBES.items() if not wanted or any(w in k for w in wanted)}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, edits in enumerate(PROBES.values()):
+        for i, edits in enumerate(probes.values()):
             name = f"{variant}_probe{i}"  # the runtime gives matmul_coop* their subgroup size
             built[name] = build(variant, edits, Path(tmp, f"{name}.spv"))
             # the host reads a variant's tile from its macros
-            tokens = re.search(r"#define BN (\d+)", "".join(edits[1::2]))
+            tiles = {
+                k: re.search(rf"#define {k} (\d+)", "".join(edits[1::2])) for k in ("BM", "BN")
+            }
             source, macros = shaders.VARIANTS[variant]
-            bn = f"BN={tokens.group(1) if tokens else 64}"
-            shaders.VARIANTS[name] = (source, (*(m for m in macros if m[:3] != "BN="), bn))
+            sizes = tuple(f"{k}={m.group(1) if m else 64}" for k, m in tiles.items())
+            kept = tuple(m for m in macros if m[:3] not in ("BM=", "BN="))
+            shaders.VARIANTS[name] = (source, (*kept, *sizes))
     shipped, wide_from = shaders.spirv, shaders.WIDE_FROM
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
     shaders.WIDE_FROM = 1 << 30  # each probe's tile is its own, the narrow variant's unless set
-    for label, name in zip(PROBES, built, strict=True):
+    for label, name in zip(probes, built, strict=True):
         dev.runtime.coopmat = name  # read when a graph is lowered
         yield f"{variant} {label}"
     dev.runtime.coopmat, shaders.spirv, shaders.WIDE_FROM = variant, shipped, wide_from

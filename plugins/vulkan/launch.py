@@ -213,7 +213,7 @@ def _chunks(prog: VulkanProgram, st: Step) -> list[tuple[int, int]]:
 
 
 def _wide_pays(wide: str, rows: int, t: int) -> bool:
-    groups = -(-rows // 64) * -(-t // shaders.token_tile(wide))
+    groups = -(-rows // shaders.row_tile(wide)) * -(-t // shaders.token_tile(wide))
     return t >= shaders.WIDE_FROM and groups >= shaders.WIDE_MIN_GROUPS
 
 
@@ -229,10 +229,11 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     for r0, rows in _chunks(prog, st):
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
-            name, tile = "matvec_rows" if prog.rt.cpu else coop or "matmul", 64
+            name = "matvec_rows" if prog.rt.cpu else coop or "matmul"
             wide = prog.rt.coopmat_wide
             if coop and wide and _wide_pays(wide, rows, t):
                 name = wide
+            tile = shaders.row_tile(name)
             tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)
             push = (k, row, rows, t, b.offset // 4, out.offset + r0, m, round16, groups[0])

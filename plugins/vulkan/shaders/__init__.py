@@ -82,6 +82,11 @@ def token_tile(name: str) -> int:
     return _sizes(name).get("BN", 64)
 
 
+def row_tile(name: str) -> int:
+    """Weight rows a workgroup of a tiled prompt matmul variant takes (its BM)."""
+    return _sizes(name).get("BM", 64)
+
+
 def attn_rows_tile(name: str) -> int:
     """Query rows (tokens x heads of one KV head) a workgroup of flash_attn_coop takes (its BR)."""
     return _sizes(name)["BR"]
