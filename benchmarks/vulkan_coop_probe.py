@@ -42,6 +42,17 @@ def layout(am: int, an: int, tokens: int = 64, rows: int = 64) -> tuple[str, ...
 
 WIDE = layout(1, 4, 256)  # NVIDIA's matmul_coop_wide as shipped
 
+# the activations read as f16 (8 bytes for 4 values, from the same binding's first half): what
+# f16 copies of the activations would cost in the K-loop
+F16_ACTIVATIONS = (
+    "layout(binding = 1) readonly buffer B { vec4 b4[]; };",
+    "layout(binding = 1) readonly buffer B { vec4 b4[]; };\n"
+    "layout(binding = 1) readonly buffer B2 { uvec2 b2[]; };",
+    ACTIVATIONS[0],
+    "vec4(unpackHalf2x16(b2[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u].x), "
+    "unpackHalf2x16(b2[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 + c) / 4u].y))",
+)
+
 
 _LOAD_A = "Xs, (st + CM * i) * SK + kk, SK, gl_CooperativeMatrixLayoutRowMajor);"
 _LOAD_B = "Ws, (sr + CM * j) * SK + kk, SK, gl_CooperativeMatrixLayoutColumnMajor);"
@@ -192,6 +203,8 @@ PROBES: dict[str, tuple[str, ...]] = {
     "wide, no weight loads": WIDE + WEIGHTS,
     "wide, no activation loads": WIDE + ACTIVATIONS,
     "wide, products alone": WIDE + WEIGHTS + ACTIVATIONS + STORES,
+    "wide, activations read as f16": WIDE + F16_ACTIVATIONS,
+    "128 x 128 tiles, 1 x 4, activations read as f16": layout(1, 4, 128, 128) + F16_ACTIVATIONS,
     "64 x 256 tiles, 1 x 8 a subgroup (8 subgroups)": layout(1, 8, 256),
     "128 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128, 128),
 }
