@@ -30,6 +30,7 @@ PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes eve
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 ATTN_COOP_FROM = 16  # a prompt's tokens from which attention runs on the matrix units
+ATTN_COOP_DECODE_FROM = 1 << 30  # and a decode step's keys (off: not yet measured on a GPU)
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -307,16 +308,19 @@ def _epilogue(prog: VulkanProgram, st: Step) -> tuple[list[Binding], list[Any], 
     return binds, epi, [*reads, ids], [dst]
 
 
-def _attn_coop_pays(prog: VulkanProgram, st: Step, coop: str) -> bool:
-    """Whether a prompt's attention takes flash_attn_coop: f16 caches, head sizes the matrix
-    units tile (multiples of 16, the shared memory's worth), a prompt of ATTN_COOP_FROM tokens
-    or more whose parts no mat-vec prologue merges."""
+def _attn_coop(prog: VulkanProgram, st: Step) -> str | None:
+    """The flash_attn_coop variant an attention takes, or None: over f16 caches, with head sizes
+    the matrix units tile (multiples of 16, the shared memory's worth), a prompt of
+    ATTN_COOP_FROM tokens or more, or (the "_dec" variant) fewer over ATTN_COOP_DECODE_FROM keys
+    or more. Its parts, where split, are flash_attn's."""
     (t, _, dk), k, v = st.ins[0].shape, st.ins[1], st.ins[2]
-    dv = v.shape[2]
+    s, dv, coop = v.shape[0], v.shape[2], prog.rt.coopmat_attn
+    if coop is None or t < ATTN_COOP_FROM and s < ATTN_COOP_DECODE_FROM:
+        return None
+    coop += "" if t >= ATTN_COOP_FROM else "_dec"
     sizes_ok = dk % 16 == 0 and dv % 16 == 0 and dk <= 128 and dv <= 128
     fits = sizes_ok and shaders.attn_coop_shared_bytes(coop, dk, dv) <= prog.rt.max_shared
-    f16 = k.dtype == F16 and v.dtype == F16
-    return fits and f16 and t >= ATTN_COOP_FROM and not st.params.get("parts")
+    return coop if fits and k.dtype == F16 and v.dtype == F16 else None
 
 
 def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
@@ -332,8 +336,8 @@ def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     nh = st.params["heads"]
     shader, fmt = ("flash_attn_rows", "<14I2fI") if rows else ("flash_attn", "<14I2f3I")
     n_groups = -(-(t * hq) // 16) if rows else t * hq // nh * splits
-    coop = prog.rt.coopmat_attn
-    if coop and not rows and _attn_coop_pays(prog, st, coop):
+    coop = None if rows else _attn_coop(prog, st)
+    if coop:
         shader, n_groups = coop, -(-(t * nh) // shaders.attn_rows_tile(coop)) * (hq // nh) * splits
     groups = prog.grid(n_groups)
     spec = () if rows else (dk, dv, int(k.dtype == F16), int(v.dtype == F16), nh)

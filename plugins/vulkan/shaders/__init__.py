@@ -64,9 +64,13 @@ VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
 VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
 WIDE_FROM = 256
 # a prompt's attention on the matrix units: BR query rows a workgroup of NSG subgroups, keys 32
-# at a time (flash_attn_coop.comp)
+# at a time (flash_attn_coop.comp); the "_dec" ones, for a decode step's few rows, 64 keys at a time
 VARIANTS["flash_attn_coop"] = ("flash_attn_coop", ("CM=16", "SG=32", "NSG=4", "BR=32"))
 VARIANTS["flash_attn_coop8"] = ("flash_attn_coop", ("CM=8", "SG=8", "NSG=8", "BR=16"))
+VARIANTS["flash_attn_coop_dec"] = (
+    "flash_attn_coop", ("CM=16", "SG=32", "NSG=4", "BR=16", "BC=64")
+)
+VARIANTS["flash_attn_coop8_dec"] = ("flash_attn_coop", ("CM=8", "SG=8", "NSG=8", "BR=8", "BC=64"))
 # and where they still make this many workgroups (the 1B's products of 2048 rows at 512 tokens
 # make 32 x 2; the probe that measured the gain ran every product wide): the 135M's products
 # (576-1536 rows) keep the 64 x 64 tiles, under which its pp512 was measured
@@ -104,7 +108,8 @@ def attn_coop_shared_bytes(name: str, dk: int, dv: int) -> int:
     """The shared memory flash_attn_coop.comp declares for head sizes dk and dv: f16 rows of Q,
     of a block's keys or values and of its weights, an f32 block of scores or of P V, and the
     reduction scratch of common.glsl."""
-    z, bc = _sizes(name), 32
+    z = _sizes(name)
+    bc = z.get("BC", 32)
     wg = z["SG"] * z["NSG"]
     f16 = z["BR"] * (dk + 8) + bc * (max(dk, dv) + 8) + z["BR"] * (bc + 8)
     return 2 * f16 + 4 * z["BR"] * (max(dv, bc) + 4) + 4 * wg + 2 * z["NSG"] * 4
