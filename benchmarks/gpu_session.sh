@@ -59,7 +59,7 @@
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
 #   coop-attn    flash_attn_coop's "_dec" variant deep in a context against flash_attn (the tests,
 #                then tg64 at depths 4096 and 16384 of the 1B and 8B, interleaved, beside
-#                llama-bench's Vulkan), then vulkan_coop_probe.py's PROBES
+#                llama-bench's Vulkan)
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
 #                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
@@ -431,19 +431,16 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
   ;;
-coop-attn)  # flash_attn_coop's "_dec" variant for decode deep in a context, then the matmul probes
-  # (PROBES): the cooperative-matrix tests on vulkan:0; llmrt bench -d 4096,16384 of the 1B and 8B
+coop-attn)  # flash_attn_coop's "_dec" variant for decode deep in a context: the
+  # cooperative-matrix tests on vulkan:0; llmrt bench -d 4096,16384 of the 1B and 8B
   # rows with flash_attn and with the _dec variant (ATTN_COOP_DECODE_FROM=2048), interleaved,
   # beside llama-bench's Vulkan (fa on) when `keep peer` built it; carry .gl, .devrun and .peer
-  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
-    > /tmp/glslc && chmod +x /tmp/glslc
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
   timeout 120 python3 -m pytest tests/plugins/test_vulkan_backend.py -k "cooperative or prologue" -q \
     --tb=short -p no:cacheprovider 2>&1 | tail -3 | tee -a $OUT/coop-attn.log
   wait $synth_big
-  [ -e /tmp/peer-vulkan.log ] && WAIT_S=60 bash $PEER wait vulkan
+  [ -e /tmp/peer-vulkan.log ] && WAIT_S=240 bash $PEER wait vulkan  # its build slows the benches
   for m in llama32-1b-q4_0 llama3-8b-q4_0; do
     for v in default llmrt_vulkan.launch.ATTN_COOP_DECODE_FROM=2048 default \
              llmrt_vulkan.launch.ATTN_COOP_DECODE_FROM=2048; do
@@ -454,10 +451,6 @@ coop-attn)  # flash_attn_coop's "_dec" variant for decode deep in a context, the
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coop-attn.log
   done
-  LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
-    /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 512 3 2>&1 | grep pp512 | sed "s/^/1B /" | tee -a $OUT/probe.log
-  LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
-    /tmp/synth-llama3-8b-q4_0.gguf vulkan:0 512 2 2>&1 | grep pp512 | sed "s/^/8B /" | tee -a $OUT/probe.log
   ;;
 coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,
   # .devrun and .peer, whose glslc 2025 builds the probes)
