@@ -159,6 +159,23 @@ LOOPS_SWAPPED = (
 )
 
 
+# the tiles in shared memory as f16vec2 (as llama.cpp's buf_a and buf_b), where they were halves:
+# the same bytes, the fragments loaded in units of two halves
+TILES_F16VEC2 = (
+    "shared float16_t Xs[BN * SK];",
+    "shared f16vec2 Xs[BN * SK / 2];",
+    "shared float16_t Ws[BM * SK];",
+    "shared f16vec2 Ws[BM * SK / 2];",
+    "[[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q] = wr[j][q];",
+    "Ws[(r * SK + c) / 2] = wr[j].xy; Ws[(r * SK + c) / 2 + 1] = wr[j].zw;",
+    "[[unroll]] for (uint q = 0; q < 4; q++) Xs[r * SK + c + q] = float16_t(xr[j][q]);",
+    "Xs[(r * SK + c) / 2] = f16vec2(xr[j].xy); Xs[(r * SK + c) / 2 + 1] = f16vec2(xr[j].zw);",
+    "Xs, (st + CM * i) * SK + kk, SK,",
+    "Xs, ((st + CM * i) * SK + kk) / 2, SK / 2,",
+    "Ws, (sr + CM * j) * SK + kk, SK,",
+    "Ws, ((sr + CM * j) * SK + kk) / 2, SK / 2,",
+)
+
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped (64 x 64)": (),
@@ -205,6 +222,11 @@ PROBES: dict[str, tuple[str, ...]] = {
     "wide, products alone": WIDE + WEIGHTS + ACTIVATIONS + STORES,
     "wide, activations read as f16": WIDE + F16_ACTIVATIONS,
     "128 x 128 tiles, 1 x 4, activations read as f16": layout(1, 4, 128, 128) + F16_ACTIVATIONS,
+    "tiles as f16vec2, 64 x 64": TILES_F16VEC2,
+    "tiles as f16vec2, 2 x 2 accumulators a subgroup": layout(2, 2) + TILES_F16VEC2,
+    "tiles as f16vec2, 2 x 1 accumulators a subgroup": layout(2, 1) + TILES_F16VEC2,
+    "tiles as f16vec2, wide": WIDE + TILES_F16VEC2,
+    "tiles as f16vec2, 128 x 128 tiles, 2 x 4 a subgroup": layout(2, 4, 128, 128) + TILES_F16VEC2,
     "64 x 256 tiles, 1 x 8 a subgroup (8 subgroups)": layout(1, 8, 256),
     "128 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128, 128),
 }
