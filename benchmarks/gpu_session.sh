@@ -57,9 +57,6 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
-#   coop-attn    flash_attn_coop's "_dec" variant deep in a context against flash_attn (the tests,
-#                then tg64 at depths 4096 and 16384 of the 1B and 8B, interleaved, beside
-#                llama-bench's Vulkan)
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
 #                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
@@ -429,27 +426,6 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
-  done
-  ;;
-coop-attn)  # flash_attn_coop's "_dec" variant for decode deep in a context: the
-  # cooperative-matrix tests on vulkan:0; llmrt bench -d 4096,16384 of the 1B and 8B
-  # rows with flash_attn and with the _dec variant (ATTN_COOP_DECODE_FROM=2048), interleaved,
-  # beside llama-bench's Vulkan (fa on) when `keep peer` built it; carry .gl, .devrun and .peer
-  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
-  synth_big=$!
-  timeout 120 python3 -m pytest tests/plugins/test_vulkan_backend.py -k "cooperative or prologue" -q \
-    --tb=short -p no:cacheprovider 2>&1 | tail -3 | tee -a $OUT/coop-attn.log
-  wait $synth_big
-  [ -e /tmp/peer-vulkan.log ] && WAIT_S=240 bash $PEER wait vulkan  # its build slows the benches
-  for m in llama32-1b-q4_0 llama3-8b-q4_0; do
-    for v in default llmrt_vulkan.launch.ATTN_COOP_DECODE_FROM=2048 default \
-             llmrt_vulkan.launch.ATTN_COOP_DECODE_FROM=2048; do
-      timeout 100 python3 benchmarks/with_constants.py $(sets $v) -- bench -m /tmp/synth-$m.gguf \
-        -p 0 -n 64 -d 4096,16384 -r 2 --device vulkan:0 2>&1 | grep tg64 | sed "s/^/$m $v /" \
-        | tee -a $OUT/coop-attn.log
-    done
-    [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 0 -n 64 -d 4096,16384 -fa 1 -r 2" bash $PEER \
-      bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coop-attn.log
   done
   ;;
 coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,

@@ -30,7 +30,6 @@ PROLOGUE_WGS = 512  # a matvec_q8p dispatch's workgroups at most (each takes eve
 # matvec_q8p's push constants: the mat-vec's, the prologue's, the epilogue's (rope, cache rows)
 Q8P_PUSH = "<14IfI9If"
 ATTN_COOP_FROM = 16  # a prompt's tokens from which attention runs on the matrix units
-ATTN_COOP_DECODE_FROM = 1 << 30  # and a decode step's keys (off: not yet measured on a GPU)
 # ggml type -> the TYPE specialization constant of quant.glsl
 TYPE_CODES = {
     GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.BF16: 2, GGMLType.Q4_0: 3, GGMLType.Q4_1: 4,
@@ -309,15 +308,13 @@ def _epilogue(prog: VulkanProgram, st: Step) -> tuple[list[Binding], list[Any], 
 
 
 def _attn_coop(prog: VulkanProgram, st: Step) -> str | None:
-    """The flash_attn_coop variant an attention takes, or None: over f16 caches, with head sizes
-    the matrix units tile (multiples of 16, the shared memory's worth), a prompt of
-    ATTN_COOP_FROM tokens or more, or (the "_dec" variant) fewer over ATTN_COOP_DECODE_FROM keys
-    or more. Its parts, where split, are flash_attn's."""
+    """The flash_attn_coop variant a prompt's attention takes, or None: over f16 caches, with
+    head sizes the matrix units tile (multiples of 16, the shared memory's worth), a prompt of
+    ATTN_COOP_FROM tokens or more. Its parts, where split, are flash_attn's."""
     (t, _, dk), k, v = st.ins[0].shape, st.ins[1], st.ins[2]
-    s, dv, coop = v.shape[0], v.shape[2], prog.rt.coopmat_attn
-    if coop is None or t < ATTN_COOP_FROM and s < ATTN_COOP_DECODE_FROM:
+    dv, coop = v.shape[2], prog.rt.coopmat_attn
+    if coop is None or t < ATTN_COOP_FROM:
         return None
-    coop += "" if t >= ATTN_COOP_FROM else "_dec"
     sizes_ok = dk % 16 == 0 and dv % 16 == 0 and dk <= 128 and dv <= 128
     fits = sizes_ok and shaders.attn_coop_shared_bytes(coop, dk, dv) <= prog.rt.max_shared
     return coop if fits and k.dtype == F16 and v.dtype == F16 else None

@@ -137,22 +137,17 @@ def test_attention_split_over_kv_length(vulkan, monkeypatch, kernels, s):
     assert nmse(want, got) < 1e-5
 
 
-@pytest.mark.parametrize("kernels", ["gpu", "gpu-3-workgroups", "gpu-coop-attention", "cpu"])
+@pytest.mark.parametrize("kernels", ["gpu", "gpu-3-workgroups", "cpu"])
 def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
     """On the GPU kernels a weighted rms_norm, a swiglu and split attention read only by integer
     mat-vecs get no dispatch: each mat-vec workgroup makes its q8 blocks from their inputs
     (matvec_q8p), then takes every PROLOGUE_WGS-th group of rows. Equal to the CPU backend up to
-    the q8 rounding of values that differ in their last bits. "gpu-coop-attention": the
-    attention's parts written by flash_attn_coop's "_dec" variant."""
+    the q8 rounding of values that differ in their last bits."""
     import llmrt_vulkan.launch
 
     monkeypatch.setattr(vulkan.runtime, "cpu", kernels == "cpu")
     if kernels == "gpu-3-workgroups":
         monkeypatch.setattr(llmrt_vulkan.launch, "PROLOGUE_WGS", 3)
-    if kernels == "gpu-coop-attention":
-        if vulkan.runtime.coopmat_attn is None:
-            pytest.skip("the device has no cooperative matrix product llmrt uses")
-        monkeypatch.setattr(llmrt_vulkan.launch, "ATTN_COOP_DECODE_FROM", 0)
     cpu = registry().entry("cpu").devices[0]
     t, hq, hkv, s, d, n, f = 2, 4, 2, 200, 32, 128, 192
     rng = np.random.default_rng(11)
@@ -192,8 +187,6 @@ def test_producers_fused_into_mat_vec_prologue(vulkan, monkeypatch, kernels):
                 name not in shaders for name in ("norm", "quantize_q8", "attn_combine")
             )
             assert fused == (sum(name.startswith("matvec_q8p") for name in shaders) == 5)
-            coop = kernels == "gpu-coop-attention"
-            assert coop == (f"{vulkan.runtime.coopmat_attn}_dec" in shaders)
     assert nmse(results[1], results[0]) < 1e-5
 
 
@@ -234,23 +227,16 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
         (40, 260, 8, 2, 128, "random", 0.0),  # four heads a KV head, masked keys anywhere
         (16, 684, 4, 2, 64, "random", 0.0),  # split over the KV length: attn_combine merges
         (24, 0, 3, 3, 80, None, 30.0),  # no mask, soft-capped scores, one head a KV head
-        # decode steps deep in a context (the "_dec" variant): split, merged by attn_combine
-        (1, 1100, 8, 2, 128, "causal", 0.0),
-        (3, 400, 4, 2, 64, "random", 0.0),
     ],
 )
 def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, hq, hkv, d,
                                                   mask, softcap):  # fmt: skip
     """Where the device has matrix units llmrt uses, a prompt's attention over an f16 cache runs
     flash_attn_coop: S = Q K^T and P V as f16 products into f32, an online softmax between them,
-    blocks of keys every row masks skipped; as close to f32 attention as flash_attn's. A decode
-    step over ATTN_COOP_DECODE_FROM keys or more takes its "_dec" variant."""
-    import llmrt_vulkan.launch
-
+    blocks of keys every row masks skipped; as close to f32 attention as flash_attn's."""
     if vulkan.runtime.coopmat_attn is None:
         pytest.skip("the device has no cooperative matrix product llmrt uses")
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
-    monkeypatch.setattr(llmrt_vulkan.launch, "ATTN_COOP_DECODE_FROM", 256)
     s = past + t
     rng = np.random.default_rng(t + s)
     feeds = {
@@ -270,7 +256,7 @@ def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, 
     g.output("out", g.flash_attn_ext(q, k, v, m, scale=0.125, softcap=softcap))
     program = vulkan.compile(g, {})
     shaders = [d.shader for d in program.dispatches]
-    assert shaders[0] == vulkan.runtime.coopmat_attn + ("_dec" if t < 16 else ""), shaders
+    assert shaders[0] == vulkan.runtime.coopmat_attn, shaders
     if "mask" in feeds:
         feeds["mask"] = feeds["mask"].astype(np.float32)
     got = program.run(feeds)["out"]

@@ -11,7 +11,7 @@
 // constants, the same parts when split over the KV length (splits > 1, for attn_combine.comp).
 // A workgroup of NSG subgroups of SG takes BR query rows (BR / NH tokens x the NH query heads of
 // one KV head, so that each K and V row it stages serves them all) and walks the keys BC at a
-// time (the "_dec" variants, for a decode step deep in a context: 16 rows, 64 keys): S = Q K^T, one CM x CM block a subgroup; the online softmax on S by TPR invocations a row,
+// time: S = Q K^T, one CM x CM block a subgroup; the online softmax on S by TPR invocations a row,
 // which keep the row's output in registers; P V, staged through shared memory and added to them.
 // A block of keys every row of the tile masks (-inf: a causal prompt's later keys) is skipped.
 // As in flash_attn.comp, Q is rounded to f16 for its products with the f16 keys, and P to f16 for
