@@ -435,6 +435,9 @@ coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and
     > /tmp/glslc && chmod +x /tmp/glslc
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
+  # which probes compute correctly here (NVIDIA's compiler), then their times
+  LLMRT_GLSLC=/tmp/glslc timeout 100 python3 benchmarks/vulkan_coop_probe.py --check vulkan:0 2>&1 \
+    | grep nmse | tee -a $OUT/probe.log
   LLMRT_GLSLC=/tmp/glslc timeout 150 python3 benchmarks/vulkan_coop_probe.py \
     /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 512 3 2>&1 | grep pp512 | sed "s/^/1B /" | tee -a $OUT/probe.log
   wait $synth_big
