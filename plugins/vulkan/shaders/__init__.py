@@ -63,16 +63,16 @@ VARIANTS["matmul_coop_wide"] = _coop(16, 32, 4, 4, 256)
 VARIANTS["matmul_coop8"] = _coop(8, 8, 8, 8)
 VARIANTS["matmul_coop8_wide"] = _coop(8, 8, 8, 8, 128)
 WIDE_FROM = 256
+# and where they still make this many workgroups (the 1B's products of 2048 rows at 512 tokens
+# make 32 x 2; the probe that measured the gain ran every product wide): the 135M's products
+# (576-1536 rows) keep the 64 x 64 tiles, under which its pp512 was measured
+WIDE_MIN_GROUPS = 64
 # a prompt's attention on the matrix units: BR query rows a workgroup of NSG subgroups, keys 32
 # at a time (flash_attn_coop.comp). A decode step deep in a context keeps flash_attn.comp: a variant
 # of 16 rows and 64 keys a block ran the 8B's tg64 at depth 16384 at 80 t/s against 144
 # (BENCHMARKS.md, 2026-12-07, seventeenth)
 VARIANTS["flash_attn_coop"] = ("flash_attn_coop", ("CM=16", "SG=32", "NSG=4", "BR=32"))
 VARIANTS["flash_attn_coop8"] = ("flash_attn_coop", ("CM=8", "SG=8", "NSG=8", "BR=16"))
-# and where they still make this many workgroups (the 1B's products of 2048 rows at 512 tokens
-# make 32 x 2; the probe that measured the gain ran every product wide): the 135M's products
-# (576-1536 rows) keep the 64 x 64 tiles, under which its pp512 was measured
-WIDE_MIN_GROUPS = 64
 
 
 def _sizes(name: str) -> dict[str, int]:
