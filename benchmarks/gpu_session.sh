@@ -57,6 +57,8 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
+#   pipeline-stats  what NVIDIA's compiler made of the cooperative-matrix shaders and of the
+#                PROBES (vulkan_pipeline_stats.py): registers, shared memory, spills
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
 #                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
@@ -427,6 +429,13 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
   done
+  ;;
+pipeline-stats)  # registers, shared memory and spills of the cooperative-matrix shaders and probes
+  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
+    > /tmp/glslc && chmod +x /tmp/glslc
+  LLMRT_GLSLC=/tmp/glslc timeout 120 python3 benchmarks/vulkan_pipeline_stats.py vulkan:0 2>&1 \
+    | tee -a $OUT/pipeline-stats.log
   ;;
 coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,
   # .devrun and .peer, whose glslc 2025 builds the probes)
