@@ -57,6 +57,8 @@
 #   opencl-attn  OpenCL attention: fattn_prompt's tests on the GPU, the one-token fattn alone
 #                against the cache's length (opencl_attn_probe.py), pp512 of the 135M and 1B rows
 #                with fattn and with fattn_prompt (prompt_paths.py), fattn_prompt profiled
+#   attn-probe   the prompt attention (flash_attn_coop) in other workgroup shapes: checked, then
+#                pp512 of the 135M, 1B and 8B rows (benchmarks/vulkan_attn_probe.py)
 #   pipeline-stats  what NVIDIA's compiler made of the cooperative-matrix shaders and of the
 #                PROBES (vulkan_pipeline_stats.py): registers, shared memory, spills
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
@@ -428,6 +430,21 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
       | grep pp512 | sed "s/^/$m /" | tee -a $OUT/coopmat.log
     [ -e /tmp/peer-vulkan/bin/llama-bench ] && ARGS="-p 512 -n 0 -ngl 99 -fa 0,1 -r 3" bash $PEER \
       bench vulkan /tmp/synth-$m.gguf | sed "s/^/llama.cpp-vulkan $m /" | tee -a $OUT/coopmat.log
+  done
+  ;;
+attn-probe)  # flash_attn_coop in other workgroup shapes (vulkan_attn_probe.py): checked against
+  # numpy, then pp512 of the 135M, 1B and 8B rows; carry .gl, .devrun and .peer (its glslc 2025)
+  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
+    > /tmp/glslc && chmod +x /tmp/glslc
+  synth smollm2-135m q4_0; synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 100 python3 vulkan_attn_probe.py --check vulkan:0 ) \
+    2>&1 | grep nmse | tee -a $OUT/attn-probe.log
+  wait $synth_big
+  for m in smollm2-135m-q4_0 llama32-1b-q4_0 llama3-8b-q4_0; do
+    ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 120 python3 vulkan_attn_probe.py \
+      /tmp/synth-$m.gguf vulkan:0 512 3 ) 2>&1 | grep pp512 | sed "s/^/$m /" | tee -a $OUT/attn-probe.log
   done
   ;;
 pipeline-stats)  # registers, shared memory and spills of the cooperative-matrix shaders and probes
