@@ -227,6 +227,7 @@ def test_the_gpu_kernels_conform_on_lavapipe_too(vulkan, case, monkeypatch):
         (40, 260, 8, 2, 128, "random", 0.0),  # four heads a KV head, masked keys anywhere
         (16, 684, 4, 2, 64, "random", 0.0),  # split over the KV length: attn_combine merges
         (24, 0, 3, 3, 80, None, 30.0),  # no mask, soft-capped scores, one head a KV head
+        (40, 90, 4, 1, (128, 64), "causal", 0.0),  # values narrower than the keys
     ],
 )
 def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, hq, hkv, d,
@@ -237,12 +238,12 @@ def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, 
     if vulkan.runtime.coopmat_attn is None:
         pytest.skip("the device has no cooperative matrix product llmrt uses")
     monkeypatch.setattr(vulkan.runtime, "cpu", False)
-    s = past + t
+    s, (dk, dv) = past + t, d if isinstance(d, tuple) else (d, d)
     rng = np.random.default_rng(t + s)
     feeds = {
-        "q": rng.normal(size=(t, hq, d)).astype(np.float32),
-        "k": rng.normal(size=(s, hkv, d)).astype(np.float16),
-        "v": rng.normal(size=(s, hkv, d)).astype(np.float16),
+        "q": rng.normal(size=(t, hq, dk)).astype(np.float32),
+        "k": rng.normal(size=(s, hkv, dk)).astype(np.float16),
+        "v": rng.normal(size=(s, hkv, dv)).astype(np.float16),
     }
     if mask == "causal":  # token i sees the cache and itself
         feeds["mask"] = np.where(np.arange(s) > past + np.arange(t)[:, None], -np.inf, 0)
@@ -250,8 +251,8 @@ def test_prompt_attention_on_cooperative_matrices(vulkan, monkeypatch, t, past, 
         feeds["mask"] = np.where(rng.uniform(size=(t, s)) < 0.3, -np.inf, 0)
         feeds["mask"][:, 64:160] = -np.inf  # whole blocks of keys masked for every row
     g = Graph("attn")
-    q = g.input("q", (t, hq, d))
-    k, v = g.input("k", (s, hkv, d), GGMLType.F16), g.input("v", (s, hkv, d), GGMLType.F16)
+    q = g.input("q", (t, hq, dk))
+    k, v = g.input("k", (s, hkv, dk), GGMLType.F16), g.input("v", (s, hkv, dv), GGMLType.F16)
     m = g.input("mask", (t, s)) if mask else None
     g.output("out", g.flash_attn_ext(q, k, v, m, scale=0.125, softcap=softcap))
     program = vulkan.compile(g, {})
