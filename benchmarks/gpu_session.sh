@@ -124,6 +124,12 @@ against_old() { python3 -c "import numpy as n; a=n.load('/tmp/new.npz')['logits'
 print('$1 this tree vs ${3:-$OLDREV}:', 'identical' if n.array_equal(a, b) else f'argmax equal on \
 {int((a.argmax(-1)==b.argmax(-1)).sum())} of {len(a)} rows, max |diff| {float(abs(a-b).max()):.4g}, spread {float(a.std()):.3g}')" \
     | tee -a $OUT/$2; }
+# glslc 2025 (GL_KHR_cooperative_matrix) from the carried .peer's debs, as /tmp/glslc
+newer_glslc() {
+  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
+    > /tmp/glslc && chmod +x /tmp/glslc
+}
 synth() { [ -e /tmp/synth-$1-$2.gguf ] || python3 .devrun/synth_gguf.py $1 $2 /tmp/synth-$1-$2.gguf >/dev/null; }
 # a variant ("default", "base", or constants comma-separated) as with_constants.py's arguments,
 # each prefixed with $2
@@ -434,9 +440,7 @@ coopmat)  # Vulkan prompt matmuls on cooperative matrices: correctness, then pp 
   ;;
 attn-probe)  # flash_attn_coop in other workgroup shapes (vulkan_attn_probe.py): checked against
   # numpy, then pp512 of the 135M, 1B and 8B rows; carry .gl, .devrun and .peer (its glslc 2025)
-  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
-    > /tmp/glslc && chmod +x /tmp/glslc
+  newer_glslc
   synth smollm2-135m q4_0; synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
   ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 100 python3 vulkan_attn_probe.py --check vulkan:0 ) \
@@ -448,17 +452,13 @@ attn-probe)  # flash_attn_coop in other workgroup shapes (vulkan_attn_probe.py):
   done
   ;;
 pipeline-stats)  # registers, shared memory and spills of the cooperative-matrix shaders and probes
-  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
-    > /tmp/glslc && chmod +x /tmp/glslc
+  newer_glslc
   LLMRT_GLSLC=/tmp/glslc timeout 120 python3 benchmarks/vulkan_pipeline_stats.py vulkan:0 2>&1 \
     | tee -a $OUT/pipeline-stats.log
   ;;
 coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,
   # .devrun and .peer, whose glslc 2025 builds the probes)
-  mkdir -p /tmp/vk && for f in .peer/vkdeb/glslc*.deb .peer/vkdeb/libshaderc1*.deb; do dpkg -x $f /tmp/vk; done
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu exec /tmp/vk/usr/bin/glslc "$@"\n' \
-    > /tmp/glslc && chmod +x /tmp/glslc
+  newer_glslc
   synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
   synth_big=$!
   # which probes compute correctly here (NVIDIA's compiler), then their times

@@ -100,16 +100,16 @@ class Runtime:
         self.max_range = int(properties.get("max_storage_buffer_range") or (1 << 27))
         limits = vk.vkGetPhysicalDeviceProperties(physical).limits
         self.max_groups = int(limits.maxComputeWorkGroupCount[0])
+        self.max_shared = int(limits.maxComputeSharedMemorySize)
         self.coopmat, self.coopmat_subgroup = _coopmat_variant(properties)
         # its _wide variant where the device's shared memory holds its tiles (NVIDIA's 46,080 B)
         wide = f"{self.coopmat}_wide"
-        fits = self.coopmat and shaders.coop_shared_bytes(wide) <= limits.maxComputeSharedMemorySize
+        fits = self.coopmat and shaders.coop_shared_bytes(wide) <= self.max_shared
         self.coopmat_wide = wide if fits else None
         # the prompt attention on the matrix units: its rows' softmax needs clustered and vote
         # subgroup operations
         attn = self.coopmat and self.clustered and "vote" in ops
         self.coopmat_attn = self.coopmat.replace("matmul", "flash_attn") if attn else None
-        self.max_shared = int(limits.maxComputeSharedMemorySize)
         self._create_device()
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
