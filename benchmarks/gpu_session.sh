@@ -149,7 +149,7 @@ set_constants; set_constants(sys.argv[3:]); import logits_snapshot; sys.argv[1:]
     [ $v = default ] || against_old "$v, 1B logits on opencl:0:" $1 default
   done
 }
-OLDREV=2a8c369  # the tree in .devrun/old (git archive of core and plugins, as installed packages)
+OLDREV=1064bbf  # the tree in .devrun/old (git archive of core and plugins, as installed packages)
 ROWS="smollm2-135m:q4_0 smollm2-135m:q8_0 llama32-1b:q4_0 llama3-8b:q4_0"
 
 case $stage in

@@ -34,16 +34,23 @@ def cuda_paths(dev) -> Iterator[str]:
 
 def vulkan_paths(dev) -> Iterator[str]:
     rt = dev.runtime
-    kept = variant, wide, attn = rt.coopmat, rt.coopmat_wide, rt.coopmat_attn
-    paths = [("matmul.comp", None, None, None)]
+    names = ("coopmat", "coopmat_wide", "coopmat_attn", "coopmat2", "coopmat2_wide")
+    kept = variant, wide, attn, cm2, cm2_wide = [getattr(rt, n) for n in names]
+    paths = [("matmul.comp", None, None, None, None, None)]
     if variant:  # the _wide variant from shaders.WIDE_FROM tokens (a prompt of 256 or more)
-        paths += [(variant, variant, None, None)] + ([(wide, variant, wide, None)] if wide else [])
+        paths += [(variant, variant, None, None, None, None)]
+        paths += [(wide, variant, wide, None, None, None)] if wide else []
     if attn:  # the prompt's attention on the matrix units too
-        paths += [(f"{wide or variant} + {attn}", variant, wide, attn)]
+        paths += [(f"{wide or variant} + {attn}", variant, wide, attn, None, None)]
+    if cm2:  # NVIDIA's cooperative matrix 2, with its own wide tiles
+        paths += [(f"{cm2} + {attn}", variant, wide, attn, cm2, None)]
+        paths += [(f"{cm2_wide} + {attn}", variant, wide, attn, cm2, cm2_wide)]
     for label, *path in paths:
-        rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = path  # read when a graph is lowered
+        for name, value in zip(names, path, strict=True):
+            setattr(rt, name, value)  # read when a graph is lowered
         yield label
-    rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = kept
+    for name, value in zip(names, kept, strict=True):
+        setattr(rt, name, value)
 
 
 def opencl_paths(dev) -> Iterator[str]:
