@@ -61,6 +61,8 @@
 #                pp512 of the 135M, 1B and 8B rows (benchmarks/vulkan_attn_probe.py)
 #   pipeline-stats  what NVIDIA's compiler made of the cooperative-matrix shaders and of the
 #                PROBES (vulkan_pipeline_stats.py): registers, shared memory, spills
+#   cm2-probe    the prompt matmul on NVIDIA's cooperative matrix 2 (matmul_cm2) in other tiles and
+#                k-steps (benchmarks/vulkan_cm2_probe.py): checked, then pp512 of the 1B and 8B rows
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
 #                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and
@@ -455,6 +457,19 @@ pipeline-stats)  # registers, shared memory and spills of the cooperative-matrix
   newer_glslc
   LLMRT_GLSLC=/tmp/glslc timeout 120 python3 benchmarks/vulkan_pipeline_stats.py vulkan:0 2>&1 \
     | tee -a $OUT/pipeline-stats.log
+  ;;
+cm2-probe)  # matmul_cm2 in other shapes (vulkan_cm2_probe.py): checked against numpy, then pp512
+  # of the 1B and 8B rows; carry .gl, .devrun and .peer (its glslc 2025 builds the probes)
+  newer_glslc
+  synth llama32-1b q4_0; ( synth llama3-8b q4_0 ) &
+  synth_big=$!
+  ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 100 python3 vulkan_cm2_probe.py --check vulkan:0 ) \
+    2>&1 | grep -E 'nmse|Error|error' | tee -a $OUT/cm2-probe.log
+  ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 150 python3 vulkan_cm2_probe.py \
+    /tmp/synth-llama32-1b-q4_0.gguf vulkan:0 512 3 ) 2>&1 | grep pp512 | sed "s/^/1B /" | tee -a $OUT/cm2-probe.log
+  wait $synth_big
+  ( cd benchmarks && LLMRT_GLSLC=/tmp/glslc timeout 150 python3 vulkan_cm2_probe.py \
+    /tmp/synth-llama3-8b-q4_0.gguf vulkan:0 512 2 ) 2>&1 | grep pp512 | sed "s/^/8B /" | tee -a $OUT/cm2-probe.log
   ;;
 coop-probe)  # where matmul_coop's time goes: vulkan_coop_probe.py on the 1B and 8B rows (carry .gl,
   # .devrun and .peer, whose glslc 2025 builds the probes)

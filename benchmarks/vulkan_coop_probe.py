@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prompt_paths import time_paths
@@ -459,7 +459,7 @@ def probe_paths(dev) -> Iterator[str]:
         del shaders.VARIANTS[name]
 
 
-def check(device: str) -> None:
+def check(device: str, paths: Callable[..., Iterator[str]] = probe_paths) -> None:
     """Each probe's prompt matmul against numpy's, in shapes that cut its tiles at both edges:
     the correct ones give the shipped kernel's nmse (f16 products), the others far more."""
     import numpy as np
@@ -477,7 +477,7 @@ def check(device: str) -> None:
         w = dev.upload(WeightData("w", GGMLType.Q4_0, (m, k), raw.reshape(m, -1)))
         x = rng.uniform(-1, 1, (t, k)).astype(np.float32)
         cases.append((m, k, t, w, x, x @ dequantize(raw, GGMLType.Q4_0, (m, k)).T))
-    for label in probe_paths(dev):
+    for label in paths(dev):
         errors = []
         for m, k, t, w, x, want in cases:
             g = Graph("probe")
