@@ -1,7 +1,7 @@
 """matmul_cm2 (NVIDIA's cooperative matrix 2) in other shapes: a prompt's pp (as prompt_paths.py)
 with the runtime's matmul_cm2 rebuilt with one edit at a time: other tiles, other k-steps, the
-activations rounded to f16 by a decode function instead of by the load's conversion, and loads
-that skip the bounds checks (correct only where every tile is whole: timing only). Needs a glslc
+activations loaded as an f32 matrix and converted instead of through a decode function, every
+tile's loads and stores checked against the matrix's bounds, an unroll hint. Needs a glslc
 of 2024 or newer and a device with VK_NV_cooperative_matrix2.
 
     LLMRT_GLSLC=glslc python benchmarks/vulkan_cm2_probe.py MODEL.gguf vulkan:0 [N_PROMPT] [R]
@@ -25,44 +25,40 @@ from vulkan_coop_probe import build, check
 
 
 def tile(rows: int, tokens: int) -> tuple[str, ...]:
-    return ("#define BM 128\n#define BN 128", f"#define BM {rows}\n#define BN {tokens}")
+    return ("#define BM 256\n#define BN 128", f"#define BM {rows}\n#define BN {tokens}")
 
 
-_B_LOAD = (
-    "coopMatLoadTensorNV(xt, b, 4u * p.ob4, sliceTensorLayoutNV(lx, t0, BN, k0, BK), transposed);"
+# the activations loaded as an f32 matrix, then converted to f16 (cooperativeMatrixConversions)
+F32_THEN_CONVERTED = (
+    "coopMatLoadTensorNV(xt, b,",
+    "coopmat<float, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB> xf; coopMatLoadTensorNV(xf, b,",
+    "transposed, activation);",
+    "transposed);",
+    "acc = coopMatMulAdd(wt, xt, acc);",
+    "xt = coopmat<float16_t, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB>(xf); "
+    "acc = coopMatMulAdd(wt, xt, acc);",
 )
-DECODED_ACTIVATIONS = (
-    "layout(push_constant)",
-    "layout(buffer_reference, std430, buffer_reference_align = 4) buffer Activation { float v; };\n"
-    "float16_t activation(const in Activation a, const in uint c[2], const in uint i[2]) {\n"
-    "    return float16_t(a.v);\n}\n\nlayout(push_constant)",
-    _B_LOAD,
-    _B_LOAD.replace("transposed);", "transposed, activation);"),
-)
-UNCHECKED = ("ClampModeConstantNV", "ClampModeUndefinedNV")  # every load and store
 
 # label -> (old, new) pairs applied to matmul_cm2.comp
 PROBES: dict[str, tuple[str, ...]] = {
-    "as shipped (128 x 128)": (),
+    "as shipped (256 x 128)": (),
+    "128 x 128 tiles": tile(128, 128),
     "128 x 256 tiles": tile(128, 256),
-    "64 x 128 tiles": tile(64, 128),
-    "256 x 128 tiles": tile(256, 128),
-    "64 x 64 tiles": tile(64, 64),
-    "k-steps of 32": ("#define BK 64", "#define BK 32"),
-    "k-steps of 128": ("#define BK 64", "#define BK 128"),
-    "activations through a decode function": DECODED_ACTIVATIONS,
-    "no bounds checks (whole tiles only)": UNCHECKED,
+    "k-steps of 64": ("#define BK 32", "#define BK 64"),
+    "activations loaded as f32, then converted": F32_THEN_CONVERTED,
+    "every tile's bounds checked": ("if (m0 + BM <= p.rows", "if (p.k == 0u && m0 + BM <= p.rows"),
+    "k-loop unroll hint": ("for (uint k0 = 0;", "[[unroll]] for (uint k0 = 0;"),
 }
 
 
 def probe_paths(dev) -> Iterator[str]:
-    """Each probe of matmul_cm2, built and made the runtime's choice (its narrow variant)."""
+    """Each probe of matmul_cm2, built and made the runtime's choice."""
     from llmrt_vulkan import shaders
 
     rt = dev.runtime
     if rt.coopmat2 is None:
         raise SystemExit(f"{dev.id} has no cooperative matrix 2")
-    kept, built = (rt.coopmat2, rt.coopmat2_wide), {}
+    kept, built = rt.coopmat2, {}
     wanted = [w for w in os.environ.get("PROBES", "").split(",") if w]
     probes = {k: v for k, v in PROBES.items() if not wanted or any(w in k for w in wanted)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,14 +66,14 @@ def probe_paths(dev) -> Iterator[str]:
             name = f"matmul_cm2_probe{i}"
             built[name] = build("matmul_cm2", edits, Path(tmp, f"{name}.spv"))
             found = re.search(r"#define BM (\d+)\n#define BN (\d+)", "".join(edits[1::2]))
-            rows, tokens = found.groups() if found else (128, 128)
+            rows, tokens = found.groups() if found else (256, 128)
             shaders.VARIANTS[name] = ("matmul_cm2", (f"BM={rows}", f"BN={tokens}"))
     shipped = shaders.spirv
     shaders.spirv = lambda name: built[name] if name in built else shipped(name)
     for label, name in zip(probes, built, strict=True):
-        rt.coopmat2, rt.coopmat2_wide = name, None  # read when a graph is lowered
+        rt.coopmat2 = name  # read when a graph is lowered
         yield f"matmul_cm2 {label}"
-    (rt.coopmat2, rt.coopmat2_wide), shaders.spirv = kept, shipped
+    rt.coopmat2, shaders.spirv = kept, shipped
     for name in built:
         del shaders.VARIANTS[name]
 

@@ -231,7 +231,7 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name = "matvec_rows" if prog.rt.cpu else coop or "matmul"
-            wide = prog.rt.coopmat2_wide if cm2 else prog.rt.coopmat_wide
+            wide = None if cm2 else prog.rt.coopmat_wide
             name = cm2 or name
             if coop and wide and _wide_pays(wide, rows, t):
                 name = wide

@@ -114,7 +114,6 @@ class Runtime:
         # NVIDIA's cooperative matrix 2 (workgroup-scope matrices): prompt matmuls take it first
         cm2 = self.coopmat and properties.get("cooperative_matrix2") and not self.cpu
         self.coopmat2 = "matmul_cm2" if cm2 else None
-        self.coopmat2_wide = "matmul_cm2_wide" if cm2 else None
         self._create_device()
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}

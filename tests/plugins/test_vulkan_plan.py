@@ -44,7 +44,7 @@ class FakeRuntime:
         self.cpu = cpu
         self.int_dot = int_dot
         self.coopmat, self.coopmat_wide = coopmat, coopmat and f"{coopmat}_wide"
-        self.coopmat2, self.coopmat2_wide = coopmat2, coopmat2 and f"{coopmat2}_wide"
+        self.coopmat2 = coopmat2
         self.coopmat_attn = coopmat and coopmat.replace("matmul", "flash_attn")
         self.max_shared = 48 << 10
         self.max_range = LAVAPIPE_RANGE if cpu else NVIDIA_RANGE
@@ -255,9 +255,9 @@ def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n
 def test_prompt_matmuls_take_cooperative_matrix_2(shape_name, qtype, n_tokens):
     """Where the device has NVIDIA's cooperative matrix 2, every tiled matmul of a prompt takes
     matmul_cm2 instead of matmul_coop, with the same bindings and push constants: workgroups of
-    128 weight rows x 128 tokens (256 tokens, matmul_cm2_wide, where that still makes 64
-    workgroups), and the block's bytes and weights as specialization constants 1 and 2, which
-    the decode function reads whole blocks by. The attention is flash_attn_coop's as before."""
+    256 weight rows x 128 tokens, and the block's bytes and weights as specialization constants
+    1 and 2, which the decode function reads whole blocks by. The attention is flash_attn_coop's
+    as before."""
     coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
     cm2, _, _ = plan(
         shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop", coopmat2="matmul_cm2"
@@ -269,9 +269,7 @@ def test_prompt_matmuls_take_cooperative_matrix_2(shape_name, qtype, n_tokens):
             continue
         n_cm2 += 1
         rows, t = a.push[2], a.push[3]
-        wide = t >= 256 and -(-rows // 128) * -(-t // 256) >= 64
-        assert b.shader == ("matmul_cm2_wide" if wide else "matmul_cm2")
-        assert b.groups == (-(-rows // 128), -(-t // (256 if wide else 128)), 1)
+        assert b.shader == "matmul_cm2" and b.groups == (-(-rows // 256), -(-t // 128), 1)
         assert b.spec == (a.spec[0], qtype.type_size, qtype.block_size)
         assert b.push == (*a.push[:8], b.groups[0])  # the last: workgroups along x
         where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
