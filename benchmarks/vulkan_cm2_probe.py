@@ -39,6 +39,19 @@ F32_THEN_CONVERTED = (
     "acc = coopMatMulAdd(wt, xt, acc);",
 )
 
+# the activations read as f16 values straight from the binding, with no decode function: wrong
+# values (the f32 words' halves), the time that f16 copies of the activations would take
+F16_ACTIVATIONS = (
+    "layout(binding = 2) writeonly buffer D",
+    "layout(binding = 1) readonly buffer B16 { float16_t b16[]; };\n"
+    "layout(binding = 2) writeonly buffer D",
+    "coopMatLoadTensorNV(xt, b, 4u * p.ob4,",
+    "coopMatLoadTensorNV(xt, b16, 8u * p.ob4,",
+    "transposed, activation);",
+    "transposed);",
+)
+UNROLL = ("for (uint k0 = 0;", "[[unroll]] for (uint k0 = 0;")
+
 # label -> (old, new) pairs applied to matmul_cm2.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped (256 x 128)": (),
@@ -47,7 +60,12 @@ PROBES: dict[str, tuple[str, ...]] = {
     "k-steps of 64": ("#define BK 32", "#define BK 64"),
     "activations loaded as f32, then converted": F32_THEN_CONVERTED,
     "every tile's bounds checked": ("if (m0 + BM <= p.rows", "if (p.k == 0u && m0 + BM <= p.rows"),
-    "k-loop unroll hint": ("for (uint k0 = 0;", "[[unroll]] for (uint k0 = 0;"),
+    "k-loop unroll hint": UNROLL,
+    "activations read as f16 (timing only)": F16_ACTIVATIONS,
+    "activations read as f16, unroll hint (timing only)": F16_ACTIVATIONS + UNROLL,
+    "activations read as f16, unroll hint, 128 x 256 tiles (timing only)": F16_ACTIVATIONS
+    + UNROLL
+    + tile(128, 256),
 }
 
 
