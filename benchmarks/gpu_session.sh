@@ -61,8 +61,9 @@
 #                pp512 of the 135M, 1B and 8B rows (benchmarks/vulkan_attn_probe.py)
 #   pipeline-stats  what NVIDIA's compiler made of the cooperative-matrix shaders and of the
 #                PROBES (vulkan_pipeline_stats.py): registers, shared memory, spills
-#   cm2-probe    the prompt matmul on NVIDIA's cooperative matrix 2 (matmul_cm2) in other tiles and
-#                k-steps (benchmarks/vulkan_cm2_probe.py): checked, then pp512 of the 1B and 8B rows
+#   cm2-probe    the prompt matmul on NVIDIA's cooperative matrix 2 (benchmarks/vulkan_cm2, not
+#                shipped) in place of matmul_coop, in other tiles and k-steps (vulkan_cm2_probe.py):
+#                checked, then pp512 of the 1B and 8B rows
 #   coop-probe   Vulkan's prompt matmul (matmul_coop) rebuilt without one part at a time, and its
 #                correct variants (benchmarks/vulkan_coop_probe.py): pp512 of the 1B and 8B rows
 #   ab ROWS      a refactor's A/B (issue 15): logits of this tree and of .devrun/base on cuda:0 and

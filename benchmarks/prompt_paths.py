@@ -34,22 +34,16 @@ def cuda_paths(dev) -> Iterator[str]:
 
 def vulkan_paths(dev) -> Iterator[str]:
     rt = dev.runtime
-    names = ("coopmat", "coopmat_wide", "coopmat_attn", "coopmat2")
-    kept = variant, wide, attn, cm2 = [getattr(rt, n) for n in names]
-    paths = [("matmul.comp", None, None, None, None)]
+    kept = variant, wide, attn = rt.coopmat, rt.coopmat_wide, rt.coopmat_attn
+    paths = [("matmul.comp", None, None, None)]
     if variant:  # the _wide variant from shaders.WIDE_FROM tokens (a prompt of 256 or more)
-        paths += [(variant, variant, None, None, None)]
-        paths += [(wide, variant, wide, None, None)] if wide else []
+        paths += [(variant, variant, None, None)] + ([(wide, variant, wide, None)] if wide else [])
     if attn:  # the prompt's attention on the matrix units too
-        paths += [(f"{wide or variant} + {attn}", variant, wide, attn, None)]
-    if cm2:  # the matmuls on NVIDIA's cooperative matrix 2
-        paths += [(f"{cm2} + {attn}", variant, wide, attn, cm2)]
+        paths += [(f"{wide or variant} + {attn}", variant, wide, attn)]
     for label, *path in paths:
-        for name, value in zip(names, path, strict=True):
-            setattr(rt, name, value)  # read when a graph is lowered
+        rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = path  # read when a graph is lowered
         yield label
-    for name, value in zip(names, kept, strict=True):
-        setattr(rt, name, value)
+    rt.coopmat, rt.coopmat_wide, rt.coopmat_attn = kept
 
 
 def opencl_paths(dev) -> Iterator[str]:

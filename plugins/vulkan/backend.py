@@ -168,35 +168,6 @@ def _cooperative_matrices(vk: Any, instance: Any, physical: Any) -> list[str]:
     ]
 
 
-# VkPhysicalDeviceCooperativeMatrix2FeaturesNV, which the `vulkan` package (1.3.275) predates: its
-# sType, then (after pNext) seven VkBool32 from uint32 4 on. matmul_cm2 needs workgroup scope (0),
-# flexible dimensions (1), conversions (3), tensor addressing (5) and block loads (6)
-COOPMAT2_EXT, COOPMAT2_STYPE = "VK_NV_cooperative_matrix2", 1000593000
-COOPMAT2_NEEDS = (0, 1, 3, 5, 6)
-
-
-def coopmat2_features(vk: Any, needed: bool = False) -> Any:
-    """The struct as a raw uint32 array, to chain by ``ffi.cast("void*", it)``: zeros for a
-    query, or with the needed features set for vkCreateDevice."""
-    raw = vk.ffi.new("uint32_t[12]")
-    raw[0] = COOPMAT2_STYPE
-    for i in COOPMAT2_NEEDS if needed else ():
-        raw[4 + i] = 1
-    return raw
-
-
-def _cooperative_matrix2(vk: Any, get_features2: Any, physical: Any) -> bool:
-    """Whether the device has what matmul_cm2 needs of VK_NV_cooperative_matrix2, and the
-    buffer device addresses and 16-bit integers its weights' decode function reads blocks with."""
-    raw = coopmat2_features(vk)
-    address = vk.VkPhysicalDeviceBufferDeviceAddressFeatures(pNext=vk.ffi.cast("void*", raw))
-    features = vk.VkPhysicalDeviceFeatures2(pNext=address)
-    get_features2(physical, vk.ffi.addressof(features))
-    return bool(address.bufferDeviceAddress and features.features.shaderInt16) and all(
-        raw[4 + i] for i in COOPMAT2_NEEDS
-    )
-
-
 def _instance_proc(vk: Any, instance: Any, name: str) -> Any:
     """An instance-level entry point, or None where the loader has none by that name.
 
@@ -220,7 +191,6 @@ def _summary(p: dict[str, Any]) -> str:
         ("fp16", "shader_float16"),
         ("int8", "shader_int8"),
         ("coopmat", "cooperative_matrix"),
-        ("coopmat2", "cooperative_matrix2"),
         ("int8dot", "integer_dot_product"),
     ]
     return text + "".join(f", {label}" for label, key in flags if p[key])
@@ -265,7 +235,6 @@ def _query_device(
         "max_storage_buffer_range": int(limits.maxStorageBufferRange),
         "cooperative_matrix": "VK_KHR_cooperative_matrix" in extensions,
         "cooperative_matrix_shapes": [],
-        "cooperative_matrix2": False,
         **_absent(),  # what the structs chained below fill in where the driver can say
     }
     for query, structs in (("PhysicalDeviceProperties2", PROPERTY_STRUCTS),
@@ -287,9 +256,6 @@ def _query_device(
                 properties[key] = _read(vk, kind, getattr(struct, field))
     if properties["cooperative_matrix"]:
         properties["cooperative_matrix_shapes"] = _cooperative_matrices(vk, instance, physical)
-        get = entry_point("vkGetPhysicalDeviceFeatures2")
-        if COOPMAT2_EXT in extensions and get is not None:
-            properties["cooperative_matrix2"] = _cooperative_matrix2(vk, get, physical)
 
     info = DeviceInfo(
         name=props.deviceName,

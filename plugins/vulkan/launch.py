@@ -225,18 +225,14 @@ def mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     # the matrix units take f16: f32 and bf16 weights keep their precision in matmul.comp
     f16_ok = k % 32 == 0 and p["type"] not in (F32, GGMLType.BF16) and not prog.rt.cpu
     coop = prog.rt.coopmat if f16_ok else None
-    cm2 = prog.rt.coopmat2 if f16_ok else None
     out_ = []
     for r0, rows in _chunks(prog, st):
         binds = [(w.storage, r0 * row), b, out]
         if prog.rt.cpu or (t > MAX_T_MATVEC and k % 16 == 0):
             name = "matvec_rows" if prog.rt.cpu else coop or "matmul"
-            wide = None if cm2 else prog.rt.coopmat_wide
-            name = cm2 or name
+            wide = prog.rt.coopmat_wide
             if coop and wide and _wide_pays(wide, rows, t):
                 name = wide
-            if cm2:  # its decode function reads whole blocks: their bytes and weights
-                spec = (spec[0], p["type"].type_size, p["type"].block_size)
             tile = shaders.row_tile(name)
             tokens = MAX_T_MATVEC if prog.rt.cpu else shaders.token_tile(name)
             groups = (-(-rows // tile), -(-t // tokens), 1)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from llmrt_vulkan import shaders
-from llmrt_vulkan.backend import COOPMAT2_EXT, coopmat2_features
 
 COMPUTE_BIT, GRAPHICS_BIT = 0x2, 0x1  # VkQueueFlagBits
 DEVICE_LOCAL, HOST_VISIBLE, HOST_COHERENT, HOST_CACHED = 0x1, 0x2, 0x4, 0x8  # memory properties
@@ -111,9 +110,6 @@ class Runtime:
         # subgroup operations
         attn = self.coopmat and self.clustered and "vote" in ops
         self.coopmat_attn = self.coopmat.replace("matmul", "flash_attn") if attn else None
-        # NVIDIA's cooperative matrix 2 (workgroup-scope matrices): prompt matmuls take it first
-        cm2 = self.coopmat and properties.get("cooperative_matrix2") and not self.cpu
-        self.coopmat2 = "matmul_cm2" if cm2 else None
         self._create_device()
         self._read_memory_types()
         self._pipelines: dict[tuple[str, tuple[int, ...]], Pipeline] = {}
@@ -134,8 +130,7 @@ class Runtime:
             queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=priorities
         )
         # pNext holds raw pointers: the chained structs are kept alive in `features`
-        cm2 = coopmat2_features(vk, True)  # a raw struct, kept alive here
-        features: list[Any] = [vk.ffi.cast("void*", cm2)] if self.coopmat2 else []
+        features: list[Any] = []
         for wanted, name, fields in (
             (self.int_dot, "ShaderIntegerDotProductFeatures", ("shaderIntegerDotProduct",)),
             (self.coopmat, "CooperativeMatrixFeaturesKHR", ("cooperativeMatrix",)),
@@ -143,20 +138,15 @@ class Runtime:
             (self.coopmat, "ShaderFloat16Int8Features", ("shaderFloat16",)),
             (self.coopmat_subgroup, "SubgroupSizeControlFeatures",
              ("subgroupSizeControl", "computeFullSubgroups")),
-            (self.coopmat2, "BufferDeviceAddressFeatures", ("bufferDeviceAddress",)),
-            (self.coopmat2, "16BitStorageFeatures", ("storageBuffer16BitAccess",)),
         ):  # fmt: skip
             if wanted:
                 next_ = features[-1] if features else None
                 on = dict.fromkeys(fields, vk.VK_TRUE)
                 features.append(getattr(vk, f"VkPhysicalDevice{name}")(pNext=next_, **on))
         extensions = ["VK_KHR_cooperative_matrix"] if self.coopmat else []
-        extensions += [COOPMAT2_EXT] if self.coopmat2 else []
-        int16 = vk.VkPhysicalDeviceFeatures(shaderInt16=vk.VK_TRUE) if self.coopmat2 else None
         device_info = vk.VkDeviceCreateInfo(
             pNext=features[-1] if features else None, queueCreateInfoCount=1,
             pQueueCreateInfos=[queue_info], ppEnabledExtensionNames=extensions,
-            pEnabledFeatures=int16,
         )  # fmt: skip
         self.device = vk.vkCreateDevice(self.physical, device_info, None)
         self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)

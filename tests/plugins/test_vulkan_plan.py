@@ -39,12 +39,10 @@ class FakeBuffer:
 class FakeRuntime:
     """What VulkanProgram's planning reads from llmrt_vulkan.runtime.Runtime."""
 
-    def __init__(self, cpu: bool, int_dot: bool, coopmat: str | None = None,
-                 coopmat2: str | None = None) -> None:  # fmt: skip
+    def __init__(self, cpu: bool, int_dot: bool, coopmat: str | None = None) -> None:
         self.cpu = cpu
         self.int_dot = int_dot
         self.coopmat, self.coopmat_wide = coopmat, coopmat and f"{coopmat}_wide"
-        self.coopmat2 = coopmat2
         self.coopmat_attn = coopmat and coopmat.replace("matmul", "flash_attn")
         self.max_shared = 48 << 10
         self.max_range = LAVAPIPE_RANGE if cpu else NVIDIA_RANGE
@@ -104,8 +102,8 @@ def fake_bindings(shape_name: str, qtype: GGMLType, n_kv: int) -> dict[str, Any]
 
 
 def plan(shape_name: str, qtype: GGMLType, kernels: str, n_tokens: int, n_kv: int = 256,
-         coopmat: str | None = None, coopmat2: str | None = None):  # fmt: skip
-    rt = FakeRuntime(kernels.startswith("lavapipe"), kernels.endswith("dot"), coopmat, coopmat2)
+         coopmat: str | None = None):  # fmt: skip
+    rt = FakeRuntime(kernels.startswith("lavapipe"), kernels.endswith("dot"), coopmat)
     bindings = fake_bindings(shape_name, qtype, n_kv)
     graph = decode_graph(shape_name, qtype, n_tokens, n_kv)
     return PlanOnly(rt, graph, bindings), rt, bindings
@@ -247,34 +245,6 @@ def test_prompt_matmuls_take_the_cooperative_matrix_variant(shape_name, qtype, n
     big = shape_name != "smollm2-135m" and n_tokens >= 256
     assert n_wide == (5 * SHAPES[shape_name][1] if big else 0)
     assert n_attn == (SHAPES[shape_name][1] if n_tokens > 1 else 0)  # one a layer
-
-
-@pytest.mark.parametrize("n_tokens", [1, 40, 300])
-@pytest.mark.parametrize("qtype", [Q4_0, Q8_0], ids=["q4_0", "q8_0"])
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_prompt_matmuls_take_cooperative_matrix_2(shape_name, qtype, n_tokens):
-    """Where the device has NVIDIA's cooperative matrix 2, every tiled matmul of a prompt takes
-    matmul_cm2 instead of matmul_coop, with the same bindings and push constants: workgroups of
-    256 weight rows x 128 tokens, and the block's bytes and weights as specialization constants
-    1 and 2, which the decode function reads whole blocks by. The attention is flash_attn_coop's
-    as before."""
-    coop, _, _ = plan(shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop")
-    cm2, _, _ = plan(
-        shape_name, qtype, "gpu_dot", n_tokens, coopmat="matmul_coop", coopmat2="matmul_cm2"
-    )
-    n_cm2 = 0
-    for a, b in zip(coop.dispatches, cm2.dispatches, strict=True):
-        if not a.shader.startswith("matmul_coop"):
-            assert (a.shader, a.spec, a.push, a.groups) == (b.shader, b.spec, b.push, b.groups)
-            continue
-        n_cm2 += 1
-        rows, t = a.push[2], a.push[3]
-        assert b.shader == "matmul_cm2" and b.groups == (-(-rows // 256), -(-t // 128), 1)
-        assert b.spec == (a.spec[0], qtype.type_size, qtype.block_size)
-        assert b.push == (*a.push[:8], b.groups[0])  # the last: workgroups along x
-        where = [[(s.kind, s.offset, s.nbytes, o) for s, o in d.bindings] for d in (a, b)]
-        assert where[0] == where[1]
-    assert n_cm2 == (7 * SHAPES[shape_name][1] if n_tokens > 1 else 0)
 
 
 @pytest.mark.parametrize("kernels", ["gpu_dot", "gpu"])

@@ -75,12 +75,6 @@ VARIANTS["flash_attn_coop"] = ("flash_attn_coop", ("CM=16", "SG=32", "NSG=4", "B
 VARIANTS["flash_attn_coop8"] = ("flash_attn_coop", ("CM=8", "SG=8", "NSG=8", "BR=16"))
 
 
-# the prompt matmul on NVIDIA's cooperative matrix 2 (workgroup-scope matrices, weights decoded
-# from their blocks as they are loaded): 256 weight rows x 128 tokens a workgroup of 256, which
-# ran the H100's pp512 of the 1B and 8B faster than 128 x 128, 128 x 256 or 64 x 128
-VARIANTS["matmul_cm2"] = ("matmul_cm2", ("BM=256", "BN=128"))
-
-
 def _sizes(name: str) -> dict[str, int]:
     return {k: int(v) for k, _, v in (m.partition("=") for m in VARIANTS.get(name, ("", ()))[1])}
 
@@ -120,17 +114,15 @@ def attn_coop_shared_bytes(name: str, dk: int, dv: int) -> int:
 
 
 # GL_KHR_cooperative_matrix needs glslang 14 (2024) or newer, which Debian 12's glslc predates:
-# these variants are compiled by $LLMRT_GLSLC where it is set (the _cm2 ones for SPIR-V 1.6, which
-# GL_NV_cooperative_matrix2 requires)
-NEWER_GLSLC = frozenset(n for n in VARIANTS if "_coop" in n or "_cm2" in n)
+# these variants are compiled by $LLMRT_GLSLC where it is set
+NEWER_GLSLC = frozenset(n for n in VARIANTS if "_coop" in n)
 
 
 def glslc_command(name: str, output: Path | str) -> list[str]:
     source, macros = VARIANTS[name]
     glslc = os.environ.get("LLMRT_GLSLC", "glslc") if name in NEWER_GLSLC else "glslc"
-    env = "vulkan1.3" if "_cm2" in name else TARGET_ENV
     return [
-        glslc, f"--target-env={env}", "-O", f"-I{HERE}",
+        glslc, f"--target-env={TARGET_ENV}", "-O", f"-I{HERE}",
         *(f"-D{m}" for m in macros), str(HERE / f"{source}.comp"), "-o", str(output),
     ]  # fmt: skip
 

@@ -7,15 +7,17 @@
 #extension GL_KHR_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
 #extension GL_NV_cooperative_matrix2 : require
-// Y[t, m] = sum_k W[m, k] X[t, k] on NVIDIA's cooperative matrix 2 (VK_NV_cooperative_matrix2):
-// the prompt matmul of matmul_coop.comp, whose push constants and bindings it takes. A workgroup
+// Y[t, m] = sum_k W[m, k] X[t, k] on NVIDIA's cooperative matrix 2 (VK_NV_cooperative_matrix2),
+// a probe that llmrt does not ship (benchmarks/vulkan_cm2_probe.py builds it and puts it in place
+// of the prompt's matmul_coop dispatches, whose push constants and bindings it takes; on the H100
+// it ran pp512 slower than matmul_coop_wide: BENCHMARKS.md, 2026-12-07, eighteenth). A workgroup
 // holds a BM x BN accumulator of f32 at workgroup scope, and the driver's compiler plans how its
 // subgroups share it and how the operands are staged through shared memory. The weight tile is
 // read straight from the GGUF blocks through a decode function (`weight`) that the load calls per
 // element, in f32 then rounded to f16 as matmul_coop's tiles are; the activations are rounded to
 // f16 by another (`activation`: a load of f32 values into an f16 matrix reinterprets their bits).
 // A workgroup whose tiles the matrix's edges cut reads zeros past them and stores nothing there;
-// one with whole tiles loads and stores without those checks (1.6 times as fast on the H100).
+// one with whole tiles loads and stores without those checks (2.4 times as fast on the H100).
 #ifndef BM
 #define BM 256
 #define BN 128
