@@ -350,6 +350,14 @@ K_STEPS_64 = (
 ) + ("#define BK 32  // k a step", "#define BK 64  // k a step")
 
 
+# the output loop with a constant trip count (its start was the lane): with the copy out of each
+# accumulator in a loop the compiler may not unroll, two or more weight blocks a subgroup kept
+# their accumulators in local memory (vulkan_pipeline_stats.py, 2026-12-07, eighteenth)
+CONSTANT_OUT = (
+    "[[unroll]] for (uint e = lane; e < CM * CM; e += SG) {",
+    "[[unroll]] for (uint q = 0; q < CM * CM / SG; q++) {\n                uint e = lane + q * SG;",
+)
+
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped (64 x 64)": (),
@@ -405,6 +413,12 @@ PROBES: dict[str, tuple[str, ...]] = {
     "tiles as f16vec2, 128 x 128 tiles, 2 x 4 a subgroup": layout(2, 4, 128, 128) + TILES_F16VEC2,
     "64 x 256 tiles, 1 x 8 a subgroup (8 subgroups)": layout(1, 8, 256),
     "128 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128, 128),
+    "constant-count output loop, 1 x 1": CONSTANT_OUT,
+    "constant-count output loop, 2 x 1": layout(2, 1) + CONSTANT_OUT,
+    "constant-count output loop, 2 x 2": layout(2, 2) + CONSTANT_OUT,
+    "constant-count output loop, 128 x 128 tiles, 2 x 2": layout(2, 2, 128, 128) + CONSTANT_OUT,
+    "constant-count output loop, 64 x 256 tiles, 2 x 4": layout(2, 4, 256) + CONSTANT_OUT,
+    "constant-count output loop, wide": WIDE + CONSTANT_OUT,
 }
 
 
