@@ -180,184 +180,6 @@ TILES_F16VEC2 = (
     "Ws, ((sr + CM * j) * SK + kk) / 2, SK / 2,",
 )
 
-# K-steps of 64 (BK): half the barriers and loop trips of 32, each step's loads and products
-# twice as many. The wide tiles then leave room for one staging block, not one a subgroup: whole
-# tiles are stored straight to the output, tiles at its edges through that block, a subgroup at a
-# time.
-K_STEPS_64 = (
-    (
-        "#define AN (BN / SGN / CM)  // and along the tokens\n"
-        "#define BK 32\n"
-        "// Row strides in shared memory: 40 halves (80 bytes) and CM + 4 float"
-        "s keep each row a multiple\n"
-        "// of 16 bytes, as cooperative-matrix loads and stores require, and st"
-        "agger rows across banks;\n"
-        "// 8 x 8 products (lavapipe's) stage unpadded, so that 64 subgroups' r"
-        "ows fit its 32 KiB.\n"
-        "#define SK 40\n"
-        "#define SC (CM == 16 ? CM + 4 : CM)"
-    ),
-    (
-        "#define AN (BN / SGN / CM)  // and along the tokens\n"
-        "#ifndef BK\n"
-        "#define BK 32  // k a step\n"
-        "#endif\n"
-        "// Row strides in shared memory: BK + 8 halves and CM + 4 floats keep "
-        "each row a multiple of 16\n"
-        "// bytes, as cooperative-matrix loads and stores require, and stagger "
-        "rows across banks; 8 x 8\n"
-        "// products (lavapipe's) stage unpadded, so that 64 subgroups' rows fi"
-        "t its 32 KiB.\n"
-        "#define SK (BK + 8)\n"
-        "#define SC (CM == 16 ? CM + 4 : CM)\n"
-        "#define KV (BK / 4)  // vec4 of a tile row a step\n"
-        "// staging blocks for the accumulators of tiles at the output's edges:"
-        " one a subgroup, or (where\n"
-        "// the tiles of 64 k leave no room) one that the subgroups take in tur"
-        "n\n"
-        "#define NCS (BK == 32 ? SGM * SGN : 1)"
-    ),
-    ("shared float Cs[SGM * SGN][CM * SC];  // each subgroup's accumulator on its way out"),
-    ("shared float Cs[NCS][CM * SC];  // accumulators on their way out at the output's edges"),
-    (
-        "// this invocation's share of a K-step's tiles (a tile row is 8 vec4 o"
-        "f k, its 8 side by side in\n"
-        "// consecutive invocations), loaded into registers a step ahead, so th"
-        "at the loads' latency hides\n"
-        "// behind the step before; the activations stay f32 until they are sto"
-        "red, so that nothing waits\n"
-        "// on their loads before the products\n"
-        "f16vec4 wr[BM * 8 / WG];\n"
-        "vec4 xr[BN * 8 / WG];\n"
-        "\n"
-        "void fetch(uint m0, uint t0, uint k0) {\n"
-        "    [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {\n"
-        "        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e &"
-        " 7u) * 4u;\n"
-        "        wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes,"
-        " k0 + c) : vec4(0.0));\n"
-        "    }\n"
-        "    [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {\n"
-        "        uint e = gl_LocalInvocationID.x + j * WG, r = e >> 3, c = (e &"
-        " 7u) * 4u;\n"
-        "        xr[j] = t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 "
-        "+ c) / 4u] : vec4(0.0);\n"
-        "    }\n"
-        "}"
-    ),
-    (
-        "// this invocation's share of a K-step's tiles (a tile row is KV vec4 "
-        "of k, side by side in\n"
-        "// consecutive invocations), loaded into registers a step ahead, so th"
-        "at the loads' latency hides\n"
-        "// behind the step before; the activations stay f32 until they are sto"
-        "red, so that nothing waits\n"
-        "// on their loads before the products\n"
-        "f16vec4 wr[BM * KV / WG];\n"
-        "vec4 xr[BN * KV / WG];\n"
-        "\n"
-        "void fetch(uint m0, uint t0, uint k0) {\n"
-        "    [[unroll]] for (uint j = 0; j < BM * KV / WG; j++) {\n"
-        "        uint e = gl_LocalInvocationID.x + j * WG, r = e / KV, c = (e %"
-        " KV) * 4u;\n"
-        "        wr[j] = f16vec4(m0 + r < p.rows ? deq4((m0 + r) * p.row_bytes,"
-        " k0 + c) : vec4(0.0));\n"
-        "    }\n"
-        "    [[unroll]] for (uint j = 0; j < BN * KV / WG; j++) {\n"
-        "        uint e = gl_LocalInvocationID.x + j * WG, r = e / KV, c = (e %"
-        " KV) * 4u;\n"
-        "        xr[j] = t0 + r < p.t ? b4[p.ob4 + (t0 + r) * (p.k / 4u) + (k0 "
-        "+ c) / 4u] : vec4(0.0);\n"
-        "    }\n"
-        "}"
-    ),
-    (
-        "        [[unroll]] for (uint j = 0; j < BM * 8 / WG; j++) {\n"
-        "            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;\n"
-        "            [[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q]"
-        " = wr[j][q];\n"
-        "        }\n"
-        "        [[unroll]] for (uint j = 0; j < BN * 8 / WG; j++) {\n"
-        "            uint e = tid + j * WG, r = e >> 3, c = (e & 7u) * 4u;"
-    ),
-    (
-        "        [[unroll]] for (uint j = 0; j < BM * KV / WG; j++) {\n"
-        "            uint e = tid + j * WG, r = e / KV, c = (e % KV) * 4u;\n"
-        "            [[unroll]] for (uint q = 0; q < 4; q++) Ws[r * SK + c + q]"
-        " = wr[j][q];\n"
-        "        }\n"
-        "        [[unroll]] for (uint j = 0; j < BN * KV / WG; j++) {\n"
-        "            uint e = tid + j * WG, r = e / KV, c = (e % KV) * 4u;"
-    ),
-    (
-        "    // out through shared memory, an accumulator at a time: a partial "
-        "tile is cut at its edges,\n"
-        "    // and the output's offset and stride need not be 16-byte aligned\n"
-        "    uint lane = gl_SubgroupInvocationID;\n"
-        "    [[unroll]] for (uint i = 0; i < AN; i++)\n"
-        "        [[unroll]] for (uint j = 0; j < AM; j++) {\n"
-        "            coopMatStore(acc[i][j], Cs[sg], 0, SC, gl_CooperativeMatri"
-        "xLayoutRowMajor);\n"
-        "            subgroupMemoryBarrierShared();\n"
-        "            subgroupBarrier();\n"
-        "            [[unroll]] for (uint e = lane; e < CM * CM; e += SG) {\n"
-        "                uint tt = t0 + st + CM * i + e / CM, rr = m0 + sr + CM"
-        " * j + e % CM;\n"
-        "                if (tt < p.t && rr < p.rows) d[p.od + tt * p.d_stride "
-        "+ rr] = Cs[sg][(e / CM) * SC + e % CM];\n"
-        "            }\n"
-        "            subgroupBarrier();\n"
-        "        }\n"
-        "}"
-    ),
-    (
-        "    // a whole tile whose rows start 16-byte aligned goes straight out"
-        "; any other through shared\n"
-        "    // memory, an accumulator at a time, cut at the output's edges\n"
-        "    if (m0 + BM <= p.rows && t0 + BN <= p.t && p.d_stride % 4u == 0u &"
-        "& p.od % 4u == 0u) {\n"
-        "        [[unroll]] for (uint i = 0; i < AN; i++)\n"
-        "            [[unroll]] for (uint j = 0; j < AM; j++)\n"
-        "                coopMatStore(acc[i][j], d, p.od + (t0 + st + CM * i) *"
-        " p.d_stride + m0 + sr + CM * j,\n"
-        "                             p.d_stride, gl_CooperativeMatrixLayoutRow"
-        "Major);\n"
-        "        return;\n"
-        "    }\n"
-        "    uint lane = gl_SubgroupInvocationID, slot = sg % NCS;\n"
-        "    [[unroll]] for (uint turn = 0; turn < SGM * SGN / NCS; turn++) {\n"
-        "        if (sg / NCS == turn) {\n"
-        "            [[unroll]] for (uint i = 0; i < AN; i++)\n"
-        "                [[unroll]] for (uint j = 0; j < AM; j++) {\n"
-        "                    coopMatStore(acc[i][j], Cs[slot], 0, SC, gl_Cooper"
-        "ativeMatrixLayoutRowMajor);\n"
-        "                    subgroupMemoryBarrierShared();\n"
-        "                    subgroupBarrier();\n"
-        "                    [[unroll]] for (uint e = lane; e < CM * CM; e += S"
-        "G) {\n"
-        "                        uint tt = t0 + st + CM * i + e / CM, rr = m0 +"
-        " sr + CM * j + e % CM;\n"
-        "                        if (tt < p.t && rr < p.rows) d[p.od + tt * p.d"
-        "_stride + rr] = Cs[slot][(e / CM) * SC + e % CM];\n"
-        "                    }\n"
-        "                    subgroupBarrier();\n"
-        "                }\n"
-        "        }\n"
-        "        barrier();\n"
-        "    }\n"
-        "}"
-    ),
-) + ("#define BK 32  // k a step", "#define BK 64  // k a step")
-
-
-# the output loop with a constant trip count (its start was the lane): with the copy out of each
-# accumulator in a loop the compiler may not unroll, two or more weight blocks a subgroup kept
-# their accumulators in local memory (vulkan_pipeline_stats.py, 2026-12-07, eighteenth)
-CONSTANT_OUT = (
-    "[[unroll]] for (uint e = lane; e < CM * CM; e += SG) {",
-    "[[unroll]] for (uint q = 0; q < CM * CM / SG; q++) {\n                uint e = lane + q * SG;",
-)
-
 # label -> (old, new) pairs applied to matmul_coop.comp
 PROBES: dict[str, tuple[str, ...]] = {
     "as shipped (64 x 64)": (),
@@ -404,8 +226,6 @@ PROBES: dict[str, tuple[str, ...]] = {
     "wide, products alone": WIDE + WEIGHTS + ACTIVATIONS + STORES,
     "wide, activations read as f16": WIDE + F16_ACTIVATIONS,
     "128 x 128 tiles, 1 x 4, activations read as f16": layout(1, 4, 128, 128) + F16_ACTIVATIONS,
-    "wide, k-steps of 64": WIDE + K_STEPS_64,
-    "wide, whole tiles stored straight out (k-steps of 32)": WIDE + K_STEPS_64[:-2],
     "tiles as f16vec2, 64 x 64": TILES_F16VEC2,
     "tiles as f16vec2, 2 x 2 accumulators a subgroup": layout(2, 2) + TILES_F16VEC2,
     "tiles as f16vec2, 2 x 1 accumulators a subgroup": layout(2, 1) + TILES_F16VEC2,
@@ -413,12 +233,10 @@ PROBES: dict[str, tuple[str, ...]] = {
     "tiles as f16vec2, 128 x 128 tiles, 2 x 4 a subgroup": layout(2, 4, 128, 128) + TILES_F16VEC2,
     "64 x 256 tiles, 1 x 8 a subgroup (8 subgroups)": layout(1, 8, 256),
     "128 x 128 tiles, 1 x 4 a subgroup": layout(1, 4, 128, 128),
-    "constant-count output loop, 1 x 1": CONSTANT_OUT,
-    "constant-count output loop, 2 x 1": layout(2, 1) + CONSTANT_OUT,
-    "constant-count output loop, 2 x 2": layout(2, 2) + CONSTANT_OUT,
-    "constant-count output loop, 128 x 128 tiles, 2 x 2": layout(2, 2, 128, 128) + CONSTANT_OUT,
-    "constant-count output loop, 64 x 256 tiles, 2 x 4": layout(2, 4, 256) + CONSTANT_OUT,
-    "constant-count output loop, wide": WIDE + CONSTANT_OUT,
+    # with the output loop's trip count a constant (bba0820), two or more weight blocks a
+    # subgroup keep their accumulators in registers
+    "128 x 128 tiles, 2 x 2 a subgroup": layout(2, 2, 128, 128),
+    "64 x 256 tiles, 2 x 4 a subgroup": layout(2, 4, 256),
 }
 
 

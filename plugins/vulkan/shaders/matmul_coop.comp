@@ -101,14 +101,18 @@ void main() {
         barrier();
     }
     // out through shared memory, an accumulator at a time: a partial tile is cut at its edges,
-    // and the output's offset and stride need not be 16-byte aligned
+    // and the output's offset and stride need not be 16-byte aligned. The copy loop's trip count
+    // is a constant: with the lane as its start, NVIDIA's compiler kept two or more weight
+    // blocks' accumulators in local memory, at under half the speed (BENCHMARKS.md, 2026-12-07,
+    // eighteenth)
     uint lane = gl_SubgroupInvocationID;
     [[unroll]] for (uint i = 0; i < AN; i++)
         [[unroll]] for (uint j = 0; j < AM; j++) {
             coopMatStore(acc[i][j], Cs[sg], 0, SC, gl_CooperativeMatrixLayoutRowMajor);
             subgroupMemoryBarrierShared();
             subgroupBarrier();
-            [[unroll]] for (uint e = lane; e < CM * CM; e += SG) {
+            [[unroll]] for (uint q = 0; q < CM * CM / SG; q++) {
+                uint e = lane + q * SG;
                 uint tt = t0 + st + CM * i + e / CM, rr = m0 + sr + CM * j + e % CM;
                 if (tt < p.t && rr < p.rows) d[p.od + tt * p.d_stride + rr] = Cs[sg][(e / CM) * SC + e % CM];
             }
