@@ -237,6 +237,12 @@ PROBES: dict[str, tuple[str, ...]] = {
     # subgroup keep their accumulators in registers
     "128 x 128 tiles, 2 x 2 a subgroup": layout(2, 2, 128, 128),
     "64 x 256 tiles, 2 x 4 a subgroup": layout(2, 4, 256),
+    # tiles of more weight rows and tokens on 8 subgroups (NVIDIA's 48 KiB hold 128 x 256 with
+    # 8 staging blocks, not 16): each weight and activation row loaded once for more products
+    "128 x 128 tiles, 2 x 4 a subgroup": layout(2, 4, 128, 128),
+    "128 x 128 tiles, 4 x 2 a subgroup": layout(4, 2, 128, 128),
+    "128 x 256 tiles, 2 x 8 a subgroup": layout(2, 8, 256, 128),
+    "128 x 256 tiles, 4 x 4 a subgroup": layout(4, 4, 256, 128),
 }
 
 
