@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prompt_paths import time_paths
-from vulkan_coop_probe import check
+from vulkan_coop_probe import check, edited
 
 SOURCE = Path(__file__).parent / "vulkan_cm2" / "matmul_cm2.comp"
 # VkPhysicalDeviceCooperativeMatrix2FeaturesNV, which the `vulkan` package (1.3.275) predates: its
@@ -113,15 +113,10 @@ def enable_cooperative_matrix2() -> None:
 
 def build(edits: tuple[str, ...], out: Path) -> tuple[bytes, int, int]:
     """matmul_cm2.comp with `edits` applied, compiled; its SPIR-V and tile (BM, BN)."""
-    text = SOURCE.read_text()
-    for old, new in zip(edits[::2], edits[1::2], strict=True):
-        assert old in text, f"the shader no longer has {old!r}"
-        text = text.replace(old, new)
-    comp = out.with_suffix(".comp")
-    comp.write_text(text)
+    comp = edited(SOURCE, edits, out)
     glslc = os.environ.get("LLMRT_GLSLC", "glslc")
     subprocess.run([glslc, "--target-env=vulkan1.3", "-O", str(comp), "-o", str(out)], check=True)
-    rows, tokens = re.search(r"#define BM (\d+)\n#define BN (\d+)", text).groups()
+    rows, tokens = re.search(r"#define BM (\d+)\n#define BN (\d+)", comp.read_text()).groups()
     return out.read_bytes(), int(rows), int(tokens)
 
 

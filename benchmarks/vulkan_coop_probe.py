@@ -246,17 +246,23 @@ PROBES: dict[str, tuple[str, ...]] = {
 }
 
 
-def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
-    """matmul_coop.comp with `edits` applied, compiled as `variant` is."""
-    from llmrt_vulkan import shaders
-
-    source = shaders.HERE / f"{shaders.VARIANTS[variant][0]}.comp"
+def edited(source: Path, edits: tuple[str, ...], out: Path) -> Path:
+    """`source` with the (old, new) pairs of `edits` applied, written beside `out` as a .comp."""
     text = source.read_text()
     for old, new in zip(edits[::2], edits[1::2], strict=True):
         assert old in text, f"the shader no longer has {old!r}"
         text = text.replace(old, new)
     comp = out.with_suffix(".comp")
     comp.write_text(text)
+    return comp
+
+
+def build(variant: str, edits: tuple[str, ...], out: Path) -> bytes:
+    """matmul_coop.comp with `edits` applied, compiled as `variant` is."""
+    from llmrt_vulkan import shaders
+
+    source = shaders.HERE / f"{shaders.VARIANTS[variant][0]}.comp"
+    comp = edited(source, edits, out)
     command = shaders.glslc_command(variant, out)
     command[command.index(str(source))] = str(comp)
     subprocess.run(command, check=True)
