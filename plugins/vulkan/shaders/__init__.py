@@ -49,10 +49,10 @@ CLUSTERED = frozenset(n for n in VARIANTS if n.startswith("matvec_q8") and n.end
 
 # the prompt matmul on cooperative matrices: CM x CM x CM products with subgroups of SG (16 and 32
 # on NVIDIA, 8 and 8 on lavapipe), in tiles of 64 weight rows x BN tokens, SGM x SGN subgroups of
-# one weight block each (two or more a subgroup ran the H100's products at under half the speed:
-# BENCHMARKS.md, 2026-12-07, sixteenth). The "_wide" variants, for prompts of WIDE_FROM tokens or
-# more, load and dequantize each weight tile for 256 tokens (lavapipe's 128, within its 32 KiB
-# of shared memory): the H100's pp512 of the 8B 1.40 times and the 1B's 1.10 times as fast.
+# one weight block each (no layout of more ran the H100's prompts faster on both the 1B and the
+# 8B: BENCHMARKS.md, 2026-12-07, eighteenth). The "_wide" variants, for prompts of WIDE_FROM
+# tokens or more, load and dequantize each weight tile for 256 tokens (lavapipe's 128, within its
+# 32 KiB of shared memory): the H100's pp512 of the 8B 1.40 times and the 1B's 1.10 times as fast.
 def _coop(cm: int, sg: int, sgm: int, sgn: int, bn: int = 64) -> tuple[str, tuple[str, ...]]:
     sizes = {"CM": cm, "SG": sg, "SGM": sgm, "SGN": sgn, "BM": 64, "BN": bn}
     return "matmul_coop", tuple(f"{k}={v}" for k, v in sizes.items())

@@ -9,9 +9,9 @@
 // workgroup of SGM x SGN subgroups of SG invocations computes BM weight rows x BN tokens, each
 // subgroup a block of BM/SGM rows x BN/SGN tokens as accumulators of CM x CM. The shipped
 // variants give each subgroup one block of weight rows (one accumulator; the _wide ones four,
-// along the tokens): on the H100 that ran the 1B's prompt 2.3 times and the 8B's 2.6 times as
-// fast as 2 x 2 accumulators a subgroup (BENCHMARKS.md, 2026-12-07, sixteenth). The host picks a
-// variant only where the device's subgroup size is fixed at its SG. Per 32 columns of k the
+// along the tokens): no layout of more weight blocks a subgroup ran the H100's prompts faster on
+// both the 1B and the 8B (BENCHMARKS.md, 2026-12-07, eighteenth). The host picks a variant only
+// where the device's subgroup size is fixed at its SG. Per 32 columns of k the
 // workgroup dequantizes its weight tile and rounds its activation tile to f16 in shared memory
 // (as llama.cpp's Vulkan matmul does); the products are summed in f32.
 #ifndef CM
