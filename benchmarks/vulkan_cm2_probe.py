@@ -65,6 +65,15 @@ F16_ACTIVATIONS = (
     "transposed);",
 )
 UNROLL = ("for (uint k0 = 0;", "[[unroll]] for (uint k0 = 0;")
+# f16 accumulators, converted to f32 for the store: less exact than llmrt's f32 sums, and what
+# llama.cpp's "f16acc" pipelines run at its default precision
+_F32_ACC = "coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>"
+F16_ACCUMULATORS = (
+    _F32_ACC,
+    _F32_ACC.replace("float", "float16_t"),
+    "coopMatStoreTensorNV(acc, d,",
+    f"coopMatStoreTensorNV({_F32_ACC}(acc), d,",
+)
 
 # label -> (old, new) pairs applied to matmul_cm2.comp
 PROBES: dict[str, tuple[str, ...]] = {
@@ -76,6 +85,10 @@ PROBES: dict[str, tuple[str, ...]] = {
     "k-loop unroll hint": UNROLL,
     "activations read as f16 (timing only)": F16_ACTIVATIONS,
     "activations read as f16, unroll hint (timing only)": F16_ACTIVATIONS + UNROLL,
+    "f16 accumulators": F16_ACCUMULATORS,
+    "f16 accumulators, activations read as f16, unroll hint (timing only)": F16_ACCUMULATORS
+    + F16_ACTIVATIONS
+    + UNROLL,
 }
 
 
