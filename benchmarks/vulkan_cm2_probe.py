@@ -4,8 +4,9 @@ weights decoded from their GGUF blocks as the driver loads them (vulkan_cm2/matm
 the H100 it ran pp512 slower than matmul_coop_wide on every row (BENCHMARKS.md, 2026-12-07,
 eighteenth). This probe makes the logical device with what the shader needs, builds it with one
 edit at a time (other tiles and k-steps, f32 loads converted, every tile's bounds checked, an
-unroll hint, the activations read as f16) and puts it in place of each prompt matmul_coop
-dispatch: timed as prompt_paths.py, or checked against numpy. Needs a glslc of 2024 or newer.
+unroll hint, the activations read as f16, f16 accumulators) and puts it in place of each prompt
+matmul_coop dispatch: timed as prompt_paths.py, or checked against numpy (the probes marked
+"timing only" compute wrong values by design). Needs a glslc of 2024 or newer.
 
     LLMRT_GLSLC=glslc python benchmarks/vulkan_cm2_probe.py MODEL.gguf vulkan:0 [N_PROMPT] [R]
     LLMRT_GLSLC=glslc python benchmarks/vulkan_cm2_probe.py --check vulkan:0
