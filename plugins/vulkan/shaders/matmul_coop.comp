@@ -11,9 +11,9 @@
 // variants give each subgroup one block of weight rows (one accumulator; the _wide ones four,
 // along the tokens): no layout of more weight blocks a subgroup ran the H100's prompts faster on
 // both the 1B and the 8B (BENCHMARKS.md, 2026-12-07, eighteenth). The host picks a variant only
-// where the device's subgroup size is fixed at its SG. Per 32 columns of k the
-// workgroup dequantizes its weight tile and rounds its activation tile to f16 in shared memory
-// (as llama.cpp's Vulkan matmul does); the products are summed in f32.
+// where the device's subgroup size is fixed at its SG. Per 32 columns of k the workgroup
+// dequantizes its weight tile and rounds its activation tile to f16 in shared memory (as
+// llama.cpp's Vulkan matmul does); the products are summed in f32.
 #ifndef CM
 #define CM 16
 #define SG 32
