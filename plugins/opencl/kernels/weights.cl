@@ -415,6 +415,19 @@ inline uint word_a2(__global const uchar* p, int i) {
     return (uint)h[0] | ((uint)h[1] << 16);
 }
 
+// n 32-bit words from an address aligned to 2, as n aligned loads realigned by shifts: about half
+// the load instructions of word_a2's halves (reads up to 2 bytes past the 4n - 2 asked for; a
+// weight buffer has 16 bytes of slack)
+#define WORDS_MAX 9
+inline void words_a2(__global const uchar* p, uint* f, const int n) {
+    __global const uint* a = (__global const uint*)((size_t)p & ~(size_t)3);
+    const uint sh = ((uint)(size_t)p & 3u) * 8u;
+    uint raw[WORDS_MAX];
+    for (int i = 0; i < n; ++i) raw[i] = a[i];
+    for (int i = 0; i < n - 1; ++i) f[i] = (uint)(upsample(raw[i + 1], raw[i]) >> sh);
+    f[n - 1] = raw[n - 1] >> sh;
+}
+
 // A legacy quant's block as loaded (q: the nibble or int8 words; qh: Q5's fifth bits; the scale
 // and min as half bits), unpacked apart (unpack_wq) so that gemmq can load a stage ahead.
 typedef struct {
@@ -428,6 +441,16 @@ inline wq_raw fetch_wq(__global const uchar* row, int c) {
     wq_raw r;
     r.qh = 0;
     r.mh = 0;
+#if WQ_WORDS && (WTYPE == 2 || WTYPE == 6 || WTYPE == 8)
+    // the 2-aligned blocks as whole words: f[0] is the scale and the block's next two bytes
+    const int size = WTYPE == 2 ? 18 : WTYPE == 6 ? 22 : 34;
+    uint f[WORDS_MAX];
+    words_a2(row + (size_t)c * size, f, (size + 2) / 4);
+    r.dh = (ushort)(f[0] & 0xffffu);
+    const int q0 = WTYPE == 6 ? 1 : 0;  // Q5_0's qh takes the first word after the scale
+    if (WTYPE == 6) r.qh = (f[0] >> 16) | (f[1] << 16);
+    for (int i = 0; i < (WTYPE == 8 ? 8 : 4); ++i) r.q[i] = (f[q0 + i] >> 16) | (f[q0 + i + 1] << 16);
+#else
 #if WTYPE == 2  // Q4_0: d, qs[16]; levels 0..15 (the -8 comes from the activations' sum)
     __global const uchar* b = row + (size_t)c * 18;
     for (int i = 0; i < 4; ++i) r.q[i] = word_a2(b + 2, i);
@@ -451,6 +474,7 @@ inline wq_raw fetch_wq(__global const uchar* row, int c) {
     for (int i = 0; i < 8; ++i) r.q[i] = word_a2(b + 2, i);
 #endif
     r.dh = *(__global const ushort*)b;
+#endif
     return r;
 }
 
