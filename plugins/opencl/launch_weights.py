@@ -50,8 +50,8 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
-# 1: mmvq reads the 2-byte-aligned blocks (Q4_0, Q5_0, Q8_0) as aligned 32-bit words realigned by
-# shifts (weights.cl's WQ_WORDS), about half the load instructions of 16-bit halves
+# 1: mmvq and gemmq read the 2-byte-aligned blocks (Q4_0, Q5_0, Q8_0) as aligned 32-bit words
+# realigned by shifts (weights.cl's WQ_WORDS), about half the load instructions of 16-bit halves
 MMVQ_WORDS = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
@@ -285,7 +285,8 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
 
 
 def _words(wtype: GGMLType) -> dict[str, int]:
-    """weights.cl's WQ_WORDS for a 2-byte-aligned block type where MMVQ_WORDS asks for it."""
+    """weights.cl's WQ_WORDS for a 2-byte-aligned block type where MMVQ_WORDS asks for it (the
+    integer products' weight loads: mmvq's, gemmq's)."""
     aligned2 = wtype in (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0)
     return {"WQ_WORDS": 1} if MMVQ_WORDS and aligned2 else {}
 
@@ -364,7 +365,8 @@ def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     for rx, ry, tm, tn, nb, *on in gemmq_tiles(prog.device_info, wtype, m, t):
         try:
             kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
-                                GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}))  # fmt: skip
+                                GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}),
+                                **_words(wtype))  # fmt: skip
         except cl.Error as exc:
             error = exc
             continue
