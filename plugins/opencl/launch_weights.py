@@ -50,9 +50,6 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
-# 1: mmvq and gemmq read the 2-byte-aligned blocks (Q4_0, Q5_0, Q8_0) as aligned 32-bit words
-# realigned by shifts (weights.cl's WQ_WORDS), about half the load instructions of 16-bit halves
-MMVQ_WORDS = 0
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -253,8 +250,9 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
-    defines = {"MMVQ_EPILOGUE": epilogue} if epilogue else {}
-    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines, **_words(wtype))
+    kernel = _q8_kernel(
+        prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
+    )
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 
@@ -282,13 +280,6 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
                 np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),
                 *q8_arg(prog, ns.params["q8"], ns.out.n), np.int32(1))  # fmt: skip
     return (*oq, *norm)
-
-
-def _words(wtype: GGMLType) -> dict[str, int]:
-    """weights.cl's WQ_WORDS for a 2-byte-aligned block type where MMVQ_WORDS asks for it (the
-    integer products' weight loads: mmvq's, gemmq's)."""
-    aligned2 = wtype in (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0)
-    return {"WQ_WORDS": 1} if MMVQ_WORDS and aligned2 else {}
 
 
 def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) -> object:
@@ -365,8 +356,7 @@ def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     for rx, ry, tm, tn, nb, *on in gemmq_tiles(prog.device_info, wtype, m, t):
         try:
             kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
-                                GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}),
-                                **_words(wtype))  # fmt: skip
+                                GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}))  # fmt: skip
         except cl.Error as exc:
             error = exc
             continue

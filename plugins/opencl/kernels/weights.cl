@@ -409,15 +409,10 @@ inline int spread4(uint b) {  // bits 0..3 of b -> bit 4 of bytes 0..3
     return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
 }
 
-// n 32-bit words from an address aligned to 2 (blocks of 18, 22 or 34 bytes)
-inline uint word_a2(__global const uchar* p, int i) {
-    const __global ushort* h = (const __global ushort*)p + 2 * i;
-    return (uint)h[0] | ((uint)h[1] << 16);
-}
-
-// n 32-bit words from an address aligned to 2, as n aligned loads realigned by shifts: about half
-// the load instructions of word_a2's halves (reads up to 2 bytes past the 4n - 2 asked for; a
-// weight buffer has 16 bytes of slack)
+// n 32-bit words from an address aligned to 2 (blocks of 18, 22 or 34 bytes) as n aligned loads
+// realigned by shifts: half the load instructions of 16-bit halves, which ran gemmq and mmvq
+// slower (BENCHMARKS.md, 2026-12-07, nineteenth session). Reads up to 2 bytes past the 4n - 2
+// asked for: a weight buffer has 16 bytes of slack.
 #define WORDS_MAX 9
 inline void words_a2(__global const uchar* p, uint* f, const int n) {
     __global const uint* a = (__global const uint*)((size_t)p & ~(size_t)3);
@@ -441,39 +436,28 @@ inline wq_raw fetch_wq(__global const uchar* row, int c) {
     wq_raw r;
     r.qh = 0;
     r.mh = 0;
-#if WQ_WORDS && (WTYPE == 2 || WTYPE == 6 || WTYPE == 8)
-    // the 2-aligned blocks as whole words: f[0] is the scale and the block's next two bytes
-    const int size = WTYPE == 2 ? 18 : WTYPE == 6 ? 22 : 34;
+#if WTYPE == 2 || WTYPE == 6 || WTYPE == 8
+    // Q4_0 (d, qs[16]; levels 0..15: the -8 comes from the activations' sum), Q5_0 (d, qh,
+    // qs[16]; levels 0..31), Q8_0 (d, qs[32] int8): f[0] is the scale and the next two bytes
+    const int size = WTYPE == 2 ? 18 : WTYPE == 6 ? 22 : 34, q0 = WTYPE == 6 ? 1 : 0;
     uint f[WORDS_MAX];
     words_a2(row + (size_t)c * size, f, (size + 2) / 4);
     r.dh = (ushort)(f[0] & 0xffffu);
-    const int q0 = WTYPE == 6 ? 1 : 0;  // Q5_0's qh takes the first word after the scale
     if (WTYPE == 6) r.qh = (f[0] >> 16) | (f[1] << 16);
     for (int i = 0; i < (WTYPE == 8 ? 8 : 4); ++i) r.q[i] = (f[q0 + i] >> 16) | (f[q0 + i + 1] << 16);
-#else
-#if WTYPE == 2  // Q4_0: d, qs[16]; levels 0..15 (the -8 comes from the activations' sum)
-    __global const uchar* b = row + (size_t)c * 18;
-    for (int i = 0; i < 4; ++i) r.q[i] = word_a2(b + 2, i);
 #elif WTYPE == 3  // Q4_1: d, m, qs[16]
     __global const uchar* b = row + (size_t)c * 20;
+    r.dh = *(__global const ushort*)b;
     r.mh = *(__global const ushort*)(b + 2);
     const uint4 q4 = vload4(0, (__global const uint*)(b + 4));
     r.q[0] = q4.x, r.q[1] = q4.y, r.q[2] = q4.z, r.q[3] = q4.w;
-#elif WTYPE == 6  // Q5_0: d, qh, qs[16]; levels 0..31
-    __global const uchar* b = row + (size_t)c * 22;
-    r.qh = word_a2(b + 2, 0);
-    for (int i = 0; i < 4; ++i) r.q[i] = word_a2(b + 6, i);
 #elif WTYPE == 7  // Q5_1: d, m, qh, qs[16]
     __global const uchar* b = row + (size_t)c * 24;
+    r.dh = *(__global const ushort*)b;
     r.mh = *(__global const ushort*)(b + 2);
     r.qh = *(__global const uint*)(b + 4);
     const uint4 q4 = vload4(0, (__global const uint*)(b + 8));
     r.q[0] = q4.x, r.q[1] = q4.y, r.q[2] = q4.z, r.q[3] = q4.w;
-#elif WTYPE == 8  // Q8_0: d, qs[32] int8
-    __global const uchar* b = row + (size_t)c * 34;
-    for (int i = 0; i < 8; ++i) r.q[i] = word_a2(b + 2, i);
-#endif
-    r.dh = *(__global const ushort*)b;
 #endif
     return r;
 }
