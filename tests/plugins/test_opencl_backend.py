@@ -369,3 +369,27 @@ def test_a_failed_compiled_enqueue_names_the_kernel(opencl, monkeypatch):
     assert "\n" not in message and f"kernel {index} {name}" in message and "-54" in message
     p.compiled = replay.CompiledEnqueue(p.queue, p.launches)
     assert np.array_equal(p.run({"x": data})["out"], want)
+
+
+def test_a_gpu_mat_vec_norms_its_input_in_a_prologue(opencl, tiny_gguf_with_vocab, monkeypatch):
+    """lower.NORM_PROLOGUE: a one-token norm_q8 launch left outside the mat-vec epilogues (all of
+    them here: GPU_EPILOGUE_MAX_COLS 0) goes into the prologues of the integer mat-vecs reading
+    it, each work-group norming the row into its own q8 blocks; decode logits as the cpu's, and
+    the same bits as the separate norm launches."""
+    import llmrt_opencl.lower as lower
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(lower, "GPU_EPILOGUE_MAX_COLS", 0)
+    ref = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64)
+    ref.eval(PROMPT)
+    logits = {}
+    for on in (0, 1):
+        monkeypatch.setattr(lower, "NORM_PROLOGUE", on)
+        programs = _compiled(opencl, monkeypatch)
+        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
+        ctx.eval(PROMPT)
+        logits[on] = ctx.eval([4])
+        names = [x.kernel.function_name for x in programs[-1].launches]
+        assert ("norm_rows_q8" in names) != bool(on)
+    assert np.array_equal(logits[0], logits[1])
+    assert nmse(ref.eval([4]), logits[1]) < 1e-3
