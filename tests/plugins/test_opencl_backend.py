@@ -375,7 +375,7 @@ def test_a_gpu_mat_vec_norms_its_input_in_a_prologue(opencl, tiny_gguf_with_voca
     """lower.NORM_PROLOGUE: a one-token norm_q8 launch left outside the mat-vec epilogues (all of
     them here: GPU_EPILOGUE_MAX_COLS 0) goes into the prologues of the integer mat-vecs reading
     it, each work-group norming the row into its own q8 blocks; decode logits as the cpu's, and
-    the same bits as the separate norm launches."""
+    as the separate norm launches' up to the order of a norm's sums (its work-items differ)."""
     import llmrt_opencl.lower as lower
 
     monkeypatch.setitem(opencl.limits, "cpu", 0)
@@ -391,5 +391,5 @@ def test_a_gpu_mat_vec_norms_its_input_in_a_prologue(opencl, tiny_gguf_with_voca
         logits[on] = ctx.eval([4])
         names = [x.kernel.function_name for x in programs[-1].launches]
         assert ("norm_rows_q8" in names) != bool(on)
-    assert np.array_equal(logits[0], logits[1])
+    assert nmse(logits[0], logits[1]) < 1e-5
     assert nmse(ref.eval([4]), logits[1]) < 1e-3
