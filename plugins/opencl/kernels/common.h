@@ -279,6 +279,13 @@ inline float norm_den(__global const float* x, int ncols, float eps, int mode, _
     return den;
 }
 
+// Columns i .. i + 3 of a row normed by norm_den's (m1, corr, den), times w where has_w.
+inline float4 normed4(__global const float* x, __global const float* w, int i, float m1,
+                      float corr, float den, int has_w) {
+    const float4 v = ((vload4(0, x + i) - m1) - corr) / den;
+    return has_w ? v * vload4(0, w + i) : v;
+}
+
 // norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
 // row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
 // last work-group norms their output row). ncols % 32 == 0. With parts > 1 that many work-groups
@@ -296,12 +303,8 @@ inline void norm_q8_row_group(__global const float* x, __global float* y, __glob
     // the same trips in every work-item
     for (int base = 4 * nl * part; base < ncols; base += 4 * nl * parts) {
         const int i = base + 4 * l, active = i < ncols;
-        float4 v = (float4)(0.0f);
-        if (active) {
-            v = ((vload4(0, x + i) - m1) - corr) / den;
-            if (has_w) v *= vload4(0, w + i);
-            if (has_y) vstore4(v, 0, y + i);
-        }
+        const float4 v = active ? normed4(x, w, i, m1, corr, den, has_w) : (float4)(0.0f);
+        if (active && has_y) vstore4(v, 0, y + i);
         q8_store4(v, active, xq, dso, (row * ncols + i) >> 5, red, redi);
     }
 }
@@ -316,11 +319,7 @@ inline void norm_q8_local(__global const float* x, __global const float* w, int 
     const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
     for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
         const int i = base + 4 * l, active = i < ncols;
-        float4 v = (float4)(0.0f);
-        if (active) {
-            v = ((vload4(0, x + i) - m1) - corr) / den;
-            if (has_w) v *= vload4(0, w + i);
-        }
+        const float4 v = active ? normed4(x, w, i, m1, corr, den, has_w) : (float4)(0.0f);
         q8_store4_local(v, active, qs, ds, i >> 5, red, redi);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
