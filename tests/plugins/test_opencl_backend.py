@@ -315,6 +315,21 @@ def test_a_compiled_enqueue_computes_what_python_enqueues_do(opencl, tiny_gguf_w
         assert np.array_equal(a, b)
 
 
+def test_a_polled_wait_returns_what_a_waited_step_does(opencl, tiny_gguf_with_vocab, monkeypatch):
+    """program.SPIN_WAIT: a GPU's step waited for by polling its output copies after a flush
+    gives the logits clWaitForEvents does, to the bit, step after step."""
+    import llmrt_opencl.program as program
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    logits = {}
+    for spin in (0, 1):
+        monkeypatch.setattr(program, "SPIN_WAIT", spin)
+        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
+        logits[spin] = [ctx.eval(PROMPT)] + [ctx.eval([token]) for token in (4, 8, 6, 15)]
+    for a, b in zip(logits[0], logits[1], strict=True):
+        assert np.array_equal(a, b)
+
+
 def _softmax_graph() -> Graph:
     g = Graph("enqueue")
     x = g.input("x", (3, 40))
