@@ -50,9 +50,6 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
-# work-groups a compute unit that a mat-vec with a norm prologue (lower.NORM_PROLOGUE) launches at
-# most: each norms the row again (a guess, not measured yet)
-PROLOGUE_GROUPS_PER_CU = 8
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -240,9 +237,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         groups = sum(_groups(m, MMVQ_WG // g * r) for m in ms)
     w_args = [a for w in [*ws, *[ws[0]] * (3 - len(ws))] for a in prog.arg(w)]
     y_args = [a for y in [*outs, *[outs[0]] * (3 - len(outs))] for a in prog.arg(y)]
-    pro = p.get("pro")  # a norm_q8 step whose q8 blocks each work-group makes (MMVQ_PROLOGUE)
-    xq = (*prog.arg(outs[0]), np.int64(0)) if pro else q8_arg(prog, p["q8"], t * k)
-    args = (*w_args, np.int64(p["row_bytes"]), *xq, *y_args,
+    args = (*w_args, np.int64(p["row_bytes"]), *q8_arg(prog, p["q8"], t * k), *y_args,
             *prog.arg(res if res is not None else outs[0]), np.int32(res is not None),
             *(np.int32(m) for m in [*ms, *[0] * (3 - len(ms))]), np.int32(k), np.int32(t),
             np.int32(g), np.int32(glu))  # fmt: skip
@@ -255,20 +250,10 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
-    defines = {"MMVQ_EPILOGUE": epilogue} if epilogue else {}
-    launched = groups
-    if pro is None:  # the prologue's arguments, unread
-        args += (*prog.arg(outs[0]), *prog.arg(outs[0]), np.int32(0), np.float32(0), np.int32(0))
-    else:
-        x, w = pro.ins[0], pro.ins[-1]  # x stands in for no weight (has_pw 0)
-        args += (*prog.arg(x), *prog.arg(w), np.int32(len(pro.ins) > 1),
-                 np.float32(pro.params["eps"]), np.int32(pro.params["mode"]))  # fmt: skip
-        defines.update(MMVQ_PROLOGUE=1, PRO_K=k)
-        # each work-group pays for the prologue once, then takes every n-th group of rows
-        launched = min(groups, PROLOGUE_GROUPS_PER_CU * prog.device_info["compute_units"])
-    args += (np.int32(groups),)
-    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
-    return [Launch(kernel, (launched * MMVQ_WG,), (MMVQ_WG,), args)]
+    kernel = _q8_kernel(
+        prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
+    )
+    return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 
 def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:

@@ -44,11 +44,6 @@ MAX_HEAD_DIM = 256
 # 4096-wide 165-169 in it, 246-258 apart (2026-12-06). A GLU row's q8 blocks take no such pass
 # (each block by the work-group that completes it), so they go into the mat-vec at any length
 GPU_EPILOGUE_MAX_COLS = 1024
-# 1: a one-token norm_q8 launch left by mat_vec_epilogues (rows past GPU_EPILOGUE_MAX_COLS, up to
-# PROLOGUE_MAX_COLS) goes into the prologues of the integer mat-vecs that read it (norm_prologues).
-# 0 until measured on a GPU
-NORM_PROLOGUE = 0
-PROLOGUE_MAX_COLS = 4096  # weights.cl's norm prologue holds a row's q8 blocks in local memory
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
 
@@ -99,29 +94,6 @@ def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
     plan.steps[:] = out
 
 
-def norm_prologues(plan: Plan) -> None:
-    """A one-token ``norm_q8`` whose q8 blocks only one-token integer mat-vecs read and whose f32
-    row nothing reads: each of those mat-vecs' work-groups norms the row itself into its own q8
-    blocks (``params["pro"]``, that step; weights.cl's MMVQ_PROLOGUE), and the launch goes."""
-    gone: set[int] = set()
-    for st in plan.steps:
-        if st.op != "norm_q8" or not st.params.get("y_unused") or st.out.n > PROLOGUE_MAX_COLS:
-            continue
-        q8, k = st.params["q8"], st.out.shape[-1]
-        users = [u for u in plan.steps if u is not st and u.params.get("q8") is q8]
-        if (
-            st.out.n != k
-            or not users
-            or not all(u.op == "mmvq" and u.params["t"] == 1 and u.params["k"] == k for u in users)
-        ):
-            continue
-        for u in users:
-            u.params.update(pro=st, q8=None)
-            u.params["also_reads"] = [*u.params.get("also_reads", ()), *(v.storage for v in st.ins)]
-        gone.add(id(st))
-    plan.steps[:] = [st for st in plan.steps if id(st) not in gone]
-
-
 def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = False,
           max_weight: int | None = None) -> Plan:  # fmt: skip
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
@@ -134,8 +106,6 @@ def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = 
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
         mat_vec_epilogues(plan, None if cpu else GPU_EPILOGUE_MAX_COLS)
-        if NORM_PROLOGUE and not cpu:
-            norm_prologues(plan)
     if q8_gemm:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)

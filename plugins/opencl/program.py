@@ -35,9 +35,6 @@ from llmrt_opencl.lower import lower
 KERNELS = Path(__file__).parent / "kernels"
 # 1: enqueue kernel by kernel, no command buffer
 SAFE = os.environ.get("LLMRT_OPENCL_SAFE", "0") == "1"
-# 1: a GPU's step is waited for by polling its output copies' status after a flush, as Vulkan polls
-# its fence, instead of clWaitForEvents (which may sleep past the GPU's end)
-SPIN_WAIT = 0
 
 
 @dataclass
@@ -212,11 +209,6 @@ class OpenCLProgram(Executable):
             events.append(cl.enqueue_copy(q, host, buf, src_offset=int(offset),
                                           is_blocking=False))  # fmt: skip
             results[name] = host.reshape(v.shape)
-        if SPIN_WAIT and events and not self.device_info["cpu"]:
-            q.flush()
-            for event in events:  # COMPLETE is 0; an error (< 0) raises in the wait below
-                while event.command_execution_status > 0:
-                    pass
         cl.wait_for_events(events) if events else q.finish()
         return results
 

@@ -315,21 +315,6 @@ def test_a_compiled_enqueue_computes_what_python_enqueues_do(opencl, tiny_gguf_w
         assert np.array_equal(a, b)
 
 
-def test_a_polled_wait_returns_what_a_waited_step_does(opencl, tiny_gguf_with_vocab, monkeypatch):
-    """program.SPIN_WAIT: a GPU's step waited for by polling its output copies after a flush
-    gives the logits clWaitForEvents does, to the bit, step after step."""
-    import llmrt_opencl.program as program
-
-    monkeypatch.setitem(opencl.limits, "cpu", 0)
-    logits = {}
-    for spin in (0, 1):
-        monkeypatch.setattr(program, "SPIN_WAIT", spin)
-        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
-        logits[spin] = [ctx.eval(PROMPT)] + [ctx.eval([token]) for token in (4, 8, 6, 15)]
-    for a, b in zip(logits[0], logits[1], strict=True):
-        assert np.array_equal(a, b)
-
-
 def _softmax_graph() -> Graph:
     g = Graph("enqueue")
     x = g.input("x", (3, 40))
@@ -384,27 +369,3 @@ def test_a_failed_compiled_enqueue_names_the_kernel(opencl, monkeypatch):
     assert "\n" not in message and f"kernel {index} {name}" in message and "-54" in message
     p.compiled = replay.CompiledEnqueue(p.queue, p.launches)
     assert np.array_equal(p.run({"x": data})["out"], want)
-
-
-def test_a_gpu_mat_vec_norms_its_input_in_a_prologue(opencl, tiny_gguf_with_vocab, monkeypatch):
-    """lower.NORM_PROLOGUE: a one-token norm_q8 launch left outside the mat-vec epilogues (all of
-    them here: GPU_EPILOGUE_MAX_COLS 0) goes into the prologues of the integer mat-vecs reading
-    it, each work-group norming the row into its own q8 blocks; decode logits as the cpu's, and
-    as the separate norm launches' up to the order of a norm's sums (its work-items differ)."""
-    import llmrt_opencl.lower as lower
-
-    monkeypatch.setitem(opencl.limits, "cpu", 0)
-    monkeypatch.setattr(lower, "GPU_EPILOGUE_MAX_COLS", 0)
-    ref = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64)
-    ref.eval(PROMPT)
-    logits = {}
-    for on in (0, 1):
-        monkeypatch.setattr(lower, "NORM_PROLOGUE", on)
-        programs = _compiled(opencl, monkeypatch)
-        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
-        ctx.eval(PROMPT)
-        logits[on] = ctx.eval([4])
-        names = [x.kernel.function_name for x in programs[-1].launches]
-        assert ("norm_rows_q8" in names) != bool(on)
-    assert nmse(logits[0], logits[1]) < 1e-5
-    assert nmse(ref.eval([4]), logits[1]) < 1e-3

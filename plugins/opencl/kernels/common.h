@@ -189,50 +189,42 @@ inline void q8_store32(const float* x, __global uchar* xq, long dso, long blk) {
 // The same bytes as q8_store32 (a maximum and an integer sum do not depend on their order), with
 // no work-item looping over 32 values: on a GPU that serial loop, not the arithmetic, was the
 // cost (9.5 us a 576-wide norm_rows_q8 on an H100, 2026-12-05).
-// Into SPACE memory: the block's 32 int8 at qs + 32 blk, its (scale, level sum) at ds[blk].
-#define Q8_STORE4(NAME, SPACE)                                                                     \
-    inline void NAME(float4 v, int active, SPACE char* qs, SPACE float2* ds, long blk,            \
-                     __local float* redf, __local int* redi) {                                    \
-        const int l = get_local_id(0), part = l & 7, first = l & ~7;                              \
-        if (WARPS_WHOLE()) { /* a block's eight work-items are neighbours in a warp: no barrier */ \
-            float amax =                                                                          \
-                active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;     \
-            for (int s = 4; s > 0; s >>= 1) amax = fmax(amax, shfl_xor(amax, s));                 \
-            const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;                          \
-            const int4 q = convert_int4(rint(v * inv));                                           \
-            if (active) vstore4(convert_char4(q), 0, qs + blk * 32 + part * 4);                   \
-            int sum = active ? (q.x + q.y) + (q.z + q.w) : 0;                                     \
-            for (int s = 4; s > 0; s >>= 1) sum += shfl_xor_int(sum, s);                          \
-            if (active && part == 0)                                                              \
-                ds[blk] = (float2)(round_f16(div_rn(amax, 127.0f)), as_float(sum));               \
-            return;                                                                               \
-        }                                                                                         \
-        redf[l] = active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;   \
-        barrier(CLK_LOCAL_MEM_FENCE);                                                             \
-        for (int s = 4; s > 0; s >>= 1) {                                                         \
-            if (part < s) redf[l] = fmax(redf[l], redf[l + s]);                                   \
-            barrier(CLK_LOCAL_MEM_FENCE);                                                         \
-        }                                                                                         \
-        const float amax = redf[first];                                                           \
-        const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;                              \
-        const int4 q = convert_int4(rint(v * inv));                                               \
-        if (active) vstore4(convert_char4(q), 0, qs + blk * 32 + part * 4);                       \
-        redi[l] = active ? (q.x + q.y) + (q.z + q.w) : 0;                                         \
-        barrier(CLK_LOCAL_MEM_FENCE);                                                             \
-        for (int s = 4; s > 0; s >>= 1) {                                                         \
-            if (part < s) redi[l] += redi[l + s];                                                 \
-            barrier(CLK_LOCAL_MEM_FENCE);                                                         \
-        }                                                                                         \
-        if (active && part == 0)                                                                  \
-            ds[blk] = (float2)(round_f16(div_rn(amax, 127.0f)), as_float(redi[l]));               \
-        barrier(CLK_LOCAL_MEM_FENCE); /* redf and redi are written again by the next call */      \
-    }
-Q8_STORE4(q8_store4_to, __global)
-Q8_STORE4(q8_store4_local, __local)
-
 inline void q8_store4(float4 v, int active, __global uchar* xq, long dso, long blk,
                       __local float* redf, __local int* redi) {
-    q8_store4_to(v, active, (__global char*)xq, (__global float2*)(xq + dso), blk, redf, redi);
+    const int l = get_local_id(0), part = l & 7, first = l & ~7;
+    if (WARPS_WHOLE()) {  // a block's eight work-items are neighbours in one warp: no barrier
+        float amax = active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;
+        for (int s = 4; s > 0; s >>= 1) amax = fmax(amax, shfl_xor(amax, s));
+        const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+        const int4 q = convert_int4(rint(v * inv));
+        if (active) vstore4(convert_char4(q), 0, (__global char*)xq + blk * 32 + part * 4);
+        int sum = active ? (q.x + q.y) + (q.z + q.w) : 0;
+        for (int s = 4; s > 0; s >>= 1) sum += shfl_xor_int(sum, s);
+        if (active && part == 0)
+            ((__global float2*)(xq + dso))[blk] = (float2)(round_f16(div_rn(amax, 127.0f)),
+                                                           as_float(sum));
+        return;
+    }
+    redf[l] = active ? fmax(fmax(fabs(v.x), fabs(v.y)), fmax(fabs(v.z), fabs(v.w))) : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = 4; s > 0; s >>= 1) {
+        if (part < s) redf[l] = fmax(redf[l], redf[l + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float amax = redf[first];
+    const float inv = amax > 0.0f ? div_rn(127.0f, amax) : 0.0f;
+    const int4 q = convert_int4(rint(v * inv));
+    if (active) vstore4(convert_char4(q), 0, (__global char*)xq + blk * 32 + part * 4);
+    redi[l] = active ? (q.x + q.y) + (q.z + q.w) : 0;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = 4; s > 0; s >>= 1) {
+        if (part < s) redi[l] += redi[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (active && part == 0)
+        ((__global float2*)(xq + dso))[blk] = (float2)(round_f16(div_rn(amax, 127.0f)),
+                                                       as_float(redi[l]));
+    barrier(CLK_LOCAL_MEM_FENCE);  // redf and redi are written again by the next call
 }
 
 // Kahan: the running sum s and its lost low part c (per work-item, before the pairwise tree).
@@ -279,13 +271,6 @@ inline float norm_den(__global const float* x, int ncols, float eps, int mode, _
     return den;
 }
 
-// Columns i .. i + 3 of a row normed by norm_den's (m1, corr, den), times w where has_w.
-inline float4 normed4(__global const float* x, __global const float* w, int i, float m1,
-                      float corr, float den, int has_w) {
-    const float4 v = ((vload4(0, x + i) - m1) - corr) / den;
-    return has_w ? v * vload4(0, w + i) : v;
-}
-
 // norm_den's row times w where has_w, into y where has_y and as q8 blocks into xq (q8_store4):
 // row `row` of x, by the whole work-group (ops.cl's norm_rows_q8; weights.cl's mat-vecs, whose
 // last work-group norms their output row). ncols % 32 == 0. With parts > 1 that many work-groups
@@ -303,26 +288,14 @@ inline void norm_q8_row_group(__global const float* x, __global float* y, __glob
     // the same trips in every work-item
     for (int base = 4 * nl * part; base < ncols; base += 4 * nl * parts) {
         const int i = base + 4 * l, active = i < ncols;
-        const float4 v = active ? normed4(x, w, i, m1, corr, den, has_w) : (float4)(0.0f);
-        if (active && has_y) vstore4(v, 0, y + i);
+        float4 v = (float4)(0.0f);
+        if (active) {
+            v = ((vload4(0, x + i) - m1) - corr) / den;
+            if (has_w) v *= vload4(0, w + i);
+            if (has_y) vstore4(v, 0, y + i);
+        }
         q8_store4(v, active, xq, dso, (row * ncols + i) >> 5, red, redi);
     }
-}
-
-// norm_den's row times w where has_w, as q8 blocks into local memory (qs, ds): the work-group's
-// own copy of a norm's q8 output (weights.cl's mmvq with a norm prologue). ncols % 32 == 0.
-inline void norm_q8_local(__global const float* x, __global const float* w, int ncols, float eps,
-                          int mode, int has_w, __local char* qs, __local float2* ds,
-                          __local float* red, __local int* redi) {
-    const int l = get_local_id(0), nl = get_local_size(0);
-    float m1, corr;
-    const float den = norm_den(x, ncols, eps, mode, red, &m1, &corr);
-    for (int base = 0; base < ncols; base += 4 * nl) {  // the same trips in every work-item
-        const int i = base + 4 * l, active = i < ncols;
-        const float4 v = active ? normed4(x, w, i, m1, corr, den, has_w) : (float4)(0.0f);
-        q8_store4_local(v, active, qs, ds, i >> 5, red, redi);
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
 }
 
 // Element d of a row x of a rotary embedding (the first n_dims of the row rotated; neox: pairs

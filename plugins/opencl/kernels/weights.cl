@@ -521,11 +521,11 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
                       __global const uchar* W1, __global const uchar* W2, long rb,
                       __global const uchar* xq, long dso, __global float* Y0, __global float* Y1,
                       __global float* Y2, __global const float* Rs, int M0, int M1, int M2,
-                      int K, int T, int G, int glu, __local float* red, __local const int* xl,
-                      __local const float2* dsl, int b) {
+                      int K, int T, int G, int glu, __local float* red) {
     const int lid = get_local_id(0), lane = lid & (G - 1);
     const int per = glu >= 0 ? 1 : R;
     const int rpg = (MMVQ_WG / G) * per;
+    int b = get_group_id(0);
     __global const uchar* W = W0;
     __global float* Y = Y0;
     __global const float* Res = Rs;
@@ -566,14 +566,9 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
             for (int t = 0; t < NT; ++t) {
                 if (t0 + t < T) {
                     const size_t blk = (size_t)(t0 + t) * nb + c;
-#if MMVQ_PROLOGUE  // one token's q8 blocks, the work-group's own (norm_q8_local)
-                    const int8 x8 = vload8(0, xl + blk * 8);
-                    const float2 ds = dsl[blk];
-#else
                     const int8 x8 = vload8(0, (__global const int*)(xq + blk * 32));
-                    const float2 ds = DS[blk];
-#endif
                     const int x[8] = {x8.s0, x8.s1, x8.s2, x8.s3, x8.s4, x8.s5, x8.s6, x8.s7};
+                    const float2 ds = DS[blk];
                     const int sx = as_int(ds.y);
                     for (int r = 0; r < R; ++r) acc[r][t] += dot_q(v[r], x, d[r], m[r], ds.x, sx);
                 }
@@ -632,17 +627,10 @@ inline void mmvq_body(const int NT, const int R, __global const uchar* W0,
 #ifndef MMVQ_EPILOGUE
 #define MMVQ_EPILOGUE 0
 #endif
-// MMVQ_PROLOGUE 1 (one token, rows of PRO_K): each work-group norms the row px itself (weight pw
-// where has_pw; norm_q8_local) into its own q8 blocks in local memory, in place of a norm_q8
-// launch before it whose q8 output only mat-vecs read
-#ifndef MMVQ_PROLOGUE
-#define MMVQ_PROLOGUE 0
-#define PRO_K 32
-#endif
 inline void mmvq_glu_q8(__global const float* y, int M, int G, __global uchar* oq, long odso,
                         __global volatile int* cnt, __local int* done, __local float* redf,
-                        __local int* redi, int g) {
-    const int lid = get_local_id(0), rpg = MMVQ_WG / G, row0 = g * rpg;
+                        __local int* redi) {
+    const int lid = get_local_id(0), rpg = MMVQ_WG / G, row0 = get_group_id(0) * rpg;
     const int b0 = row0 / 32, nblk = (min(row0 + rpg, M) - 1) / 32 - b0 + 1;
     const int need = rpg < 32 ? 32 / rpg : 1;  // work-groups a block's rows take
     mem_fence(CLK_GLOBAL_MEM_FENCE);
@@ -689,26 +677,15 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
         int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb, ulong oqo, long odso,  \
         int glu_q8, __global uchar* cntb, ulong cnto, __global const uchar* nwb, ulong nwo,      \
         int has_nw, float eps, int mode, int has_ny, __global uchar* nyb, ulong nyo,             \
-        __global uchar* nqb, ulong nqo, long ndso, int norm, __global const uchar* pxb,          \
-        ulong pxo, __global const uchar* pwb, ulong pwo, int has_pw, float peps, int pmode,      \
-        int groups) {                                                                            \
+        __global uchar* nqb, ulong nqo, long ndso, int norm) {                                   \
         __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
         __local int redi[MMVQ_WG], last, done[MMVQ_WG / 8];                                      \
-        __local int xl[MMVQ_PROLOGUE ? PRO_K / 4 : 1];                                           \
-        __local float2 dsl[MMVQ_PROLOGUE ? PRO_K / 32 : 1];                                      \
-        if (MMVQ_PROLOGUE)                                                                       \
-            norm_q8_local(CPTR(float, pxb, pxo), CPTR(float, pwb, pwo), K, peps, pmode, has_pw,  \
-                          (__local char*)xl, dsl, red, redi);                                    \
-        /* a prologue's work-groups (fewer than the groups of rows) take every n-th group */     \
-        for (int g = get_group_id(0); g < groups; g += get_num_groups(0)) {                      \
-            mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,         \
-                      PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),          \
-                      has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red, xl, dsl, \
-                      g);                                                                        \
-            if (MMVQ_EPILOGUE == 1)                                                              \
-                mmvq_glu_q8(PTR(float, y0b, y0o), M0, G, PTR(uchar, oqb, oqo), odso,             \
-                            PTR(volatile int, cntb, cnto), done, red, redi, g);                  \
-        }                                                                                        \
+        mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
+                  PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
+                  has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
+        if (MMVQ_EPILOGUE == 1)                                                                  \
+            mmvq_glu_q8(PTR(float, y0b, y0o), M0, G, PTR(uchar, oqb, oqo), odso,                 \
+                        PTR(volatile int, cntb, cnto), done, red, redi);                         \
         if (MMVQ_EPILOGUE == 2)                                                                  \
             mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(volatile int, cntb, cnto),             \
                             CPTR(float, nwb, nwo), has_nw, eps, mode, has_ny,                    \
