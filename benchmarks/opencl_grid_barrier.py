@@ -77,7 +77,8 @@ def measure(dev: cl.Device, n_phases: int, repeats: int, per_cu: int, wg: int) -
 def main(n_phases: int, repeats: int, per_cu: list[int], sizes: list[int]) -> None:
     for platform in cl.get_platforms():
         for dev in platform.get_devices():
-            row = f"{dev.name.strip()} ({platform.name.strip()}, driver {dev.driver_version.strip()})"
+            driver = f"{platform.name.strip()}, driver {dev.driver_version.strip()}"
+            row = f"{dev.name.strip()} ({driver})"
             for wg in sizes:
                 for k in per_cu:
                     print(f"{row}: {measure(dev, n_phases, repeats, k, wg)}", flush=True)
