@@ -6,13 +6,14 @@ take 8.92 us each to finish, benchmarks/opencl_launch_cost.py).
 One kernel runs P phases. In each, every work-item reads a value its neighbouring work-group
 wrote in the phase before (through volatile loads: no stale cache line) and writes it plus one;
 then every work-group waits at the barrier: one work-item a group counts itself in with an
-atomic add and spins on the counter until all G groups of that phase have. G is a multiple of the
-compute units small enough that every group is resident at once (OpenCL promises no forward
-progress to a group that is not, so a persistent kernel must launch no more than fit). Each
+atomic increment and spins on volatile loads of the counter until all G groups of that phase
+have. G is a multiple of the compute units small enough that every group is resident at once
+(OpenCL promises no forward progress to a group that is not, so a persistent kernel must launch
+no more than fit). Each
 element must end at P: a check that the barrier orders the phases. Microseconds per phase, best
 of R, from the slope between P = 1 and P = N.
 
-    python benchmarks/opencl_grid_barrier.py [N=1000] [R=10] [GROUPS_PER_CU=1,2,4] [WG=64,256]
+    python benchmarks/opencl_grid_barrier.py [N=1000] [R=10] [GROUPS_PER_CU=1,2,4,8] [WG=64,256]
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ __kernel void phases(__global volatile float* data, __global volatile int* count
         mem_fence(CLK_GLOBAL_MEM_FENCE);  // this group's writes before its count
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (l == 0) {
-            atomic_add(count, 1);
-            while (atomic_add(count, 0) < (p + 1) * n_groups) {
+            atomic_inc(count);
+            while (*count < (p + 1) * n_groups) {  // a volatile load: no atomic traffic
             }
         }
         barrier(CLK_GLOBAL_MEM_FENCE);
@@ -89,6 +90,6 @@ if __name__ == "__main__":
     main(
         int(args[0] or 1000),
         int(args[1] or 10),
-        [int(x) for x in (args[2] or "1,2,4").split(",")],
+        [int(x) for x in (args[2] or "1,2,4,8").split(",")],
         [int(x) for x in (args[3] or "64,256").split(",")],
     )
