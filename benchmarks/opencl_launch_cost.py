@@ -77,10 +77,37 @@ def measure(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None
     print(f"{row}: {n} kernels in a command buffer: {timing}")
 
 
+def arguments(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None:
+    """What a kernel's arguments add to its enqueue (the compiled loop): A buffer arguments, all
+    one buffer or A distinct ones, or one buffer and A - 1 offsets (ulong), as llmrt's kernels
+    pass an operand as a buffer and a byte offset."""
+    ctx = cl.Context([dev])
+    queue = cl.CommandQueue(ctx)
+    row = f"{dev.name.strip()} ({platform.name.strip()})"
+    for a in (1, 8, 16, 32):
+        params = ", ".join(f"__global float* a{i}" for i in range(a))
+        offsets = ", ".join(["__global float* a0", *(f"ulong o{i}" for i in range(1, a))])
+        source = (f"__kernel void bufs({params}) {{ a0[get_global_id(0)] += 1.0f; }}\n"
+                  f"__kernel void offs({offsets}) {{ a0[get_global_id(0)] += 1.0f; }}")  # fmt: skip
+        program = cl.Program(ctx, source).build()
+        bufs = [cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4 * 64) for _ in range(a)]
+        offset_args = [bufs[0], *[np.uint64(0)] * (a - 1)]
+        for name, args in (("one buffer", [bufs[0]] * a), ("distinct buffers", bufs),
+                           ("a buffer and offsets", offset_args)):  # fmt: skip
+            launches = []
+            for _ in range(n):
+                kernel = cl.Kernel(program, "offs" if name.endswith("offsets") else "bufs")
+                kernel.set_args(*args)
+                launches.append(SimpleNamespace(kernel=kernel, global_size=(64,), local_size=(64,)))
+            loop = replay.CompiledEnqueue(queue, launches).enqueue
+            print(f"{row}: {a} arguments, {name}: {best_us(loop, queue.finish, n, repeats)}")
+
+
 def main(n: int, repeats: int) -> None:
     for platform in cl.get_platforms():
         for dev in platform.get_devices():
             measure(platform, dev, n, repeats)
+            arguments(platform, dev, n, repeats)
 
 
 if __name__ == "__main__":
