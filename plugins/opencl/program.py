@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,10 @@ def allocate(ctx: Any, nbytes: int, what: str, device_id: str) -> Any:
         raise out_of_memory(device_id, what, nbytes, f" ({exc})") from exc
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-int(nbytes) // 256) * 256
+
+
 @functools.cache
 def _launch_table() -> dict[str, Callable[[OpenCLProgram, Step], list[Launch]]]:
     from llmrt_opencl import launch_attention, launch_ops, launch_weights
@@ -116,8 +120,14 @@ class OpenCLProgram(Executable):
                      cpu=bool(self.device_info["cpu"]),
                      max_weight=device.max_weight_part)  # fmt: skip
         self.plan = plan
-        arena_nbytes = plan_arena(plan.storages)
-        self.arena = allocate(self.ctx, arena_nbytes, f"graph {graph.name!r} activations",
+        # the inputs after the activations, in the same buffer: a kernel then takes all of its
+        # activations as one buffer argument (weights.cl's mmvq)
+        end = _aligned(plan_arena(plan.storages))
+        inputs_at: dict[Storage, int] = {}
+        for s in plan.storages:
+            if s.kind == "input":
+                inputs_at[s], end = end, end + _aligned(s.nbytes)
+        self.arena = allocate(self.ctx, end, f"graph {graph.name!r} activations and inputs",
                               device.id)  # fmt: skip
         self.keep: list[Any] = []
         self.memo: dict[Any, Any] = {}  # what launch builders share within this program
@@ -130,10 +140,10 @@ class OpenCLProgram(Executable):
                 if len(getattr(handle, "parts", ())) > 1:
                     self.parts[s] = handle.parts
             elif s.kind == "input":
-                self.base[s] = (allocate(self.ctx, s.nbytes, f"input {s.key}", device.id), 0)
+                self.base[s] = (self.arena, inputs_at[s])
             else:
                 self.base[s] = (self.arena, max(s.offset, 0))
-        self.inputs = [(key, self.base[v.storage][0], v) for key, v in plan.inputs.items()]
+        self.inputs = [(key, *self.base[v.storage], v) for key, v in plan.inputs.items()]
         self.outputs = [(name, v) for name, v in plan.outputs.items()]
         table = _launch_table()
         self.launches: list[Launch] = []
@@ -177,6 +187,17 @@ class OpenCLProgram(Executable):
         self.keep.append(buf)
         return buf, np.uint64(0)
 
+    def constants(self, numbers: Sequence[Any]) -> Any:
+        """A launch's numbers as a constant block of 64-bit words (a float as its bits), read by
+        kernels that take one (weights.cl's MMVQ_PARAMS): one buffer argument in place of
+        dozens of scalars, each of which NVIDIA's driver charges for on every enqueue."""
+        words = np.array([int(x.view(np.int32)) if isinstance(x, np.float32) else int(x)
+                          for x in numbers], np.int64)  # fmt: skip
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+        buf = cl.Buffer(self.ctx, flags, hostbuf=words)
+        self.keep.append(buf)
+        return buf
+
     def counters(self, nbytes: int) -> tuple[Any, np.uint64]:
         """Scratch for a kernel's atomic counters, zeroed once here: the kernel that counts to the
         end resets its own, so every later run finds them zero."""
@@ -189,10 +210,10 @@ class OpenCLProgram(Executable):
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
         q = self.queue
-        for key, buf, v in self.inputs:
+        for key, buf, at, v in self.inputs:
             if key in inputs:  # else written into its input_buffer
                 host = np.ascontiguousarray(inputs[key], dtype=HOST_TYPES[v.dtype]).reshape(-1)
-                cl.enqueue_copy(q, buf, host, is_blocking=False)
+                cl.enqueue_copy(q, buf, host, dst_offset=at, is_blocking=False)
         if self.recorded is not None:
             self.recorded.enqueue()
         elif self.compiled is not None:
@@ -213,9 +234,9 @@ class OpenCLProgram(Executable):
         return results
 
     def input_buffer(self, key: str) -> Buffer | None:
-        for name, buf, v in self.inputs:
+        for name, buf, at, v in self.inputs:
             if name == key:
-                return OpenCLTensor(self.device, buf, v.shape, v.dtype)
+                return OpenCLTensor(self.device, buf, v.shape, v.dtype, at)
         return None
 
     def output_buffer(self, name: str) -> Buffer | None:

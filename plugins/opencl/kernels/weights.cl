@@ -667,17 +667,33 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
 // built with one (one token): MMVQ_EPILOGUE 1 the GLU's q8 blocks (glu_q8), 2 the row's norm
 // (norm). A define, not a branch on the flags: PoCL's compiler took 47 s over a kernel holding
 // both epilogues' barriers (0.2 s without, 0.8 and 6.9 s with one), and a GPU's takes only the
-// code it runs.
+// code it runs. Every activation (xq, the outputs, the residual, the epilogues' outputs) is in one
+// buffer A, and the numbers (offsets, sizes, flags; a float as its bits) come in the constant
+// block P, in MMVQ_PARAMS' order: NVIDIA's driver spends about 0.25 us of host time a buffer
+// argument and 0.07 a scalar on every enqueue (BENCHMARKS.md, 2026-12-07, twentieth session).
+#define MMVQ_PARAMS                                                                              \
+    const ulong w0o = P[0], w1o = P[1], w2o = P[2];                                              \
+    const long row_bytes = P[3];                                                                 \
+    const ulong xqo = P[4];                                                                      \
+    const long dso = P[5];                                                                       \
+    const ulong y0o = P[6], y1o = P[7], y2o = P[8], ro = P[9];                                   \
+    const int has_res = P[10], M0 = P[11], M1 = P[12], M2 = P[13], K = P[14], T = P[15];         \
+    const int G = P[16], glu = P[17];                                                            \
+    const ulong oqo = P[18];                                                                     \
+    const long odso = P[19];                                                                     \
+    const ulong cnto = P[21], nwo = P[22];                                                       \
+    const int has_nw = P[23];                                                                    \
+    const float eps = as_float((int)P[24]);                                                      \
+    const int mode = P[25], has_ny = P[26];                                                      \
+    const ulong nyo = P[27], nqo = P[28];                                                        \
+    const long ndso = P[29];                                                                     \
+    __global uchar *xqb = A, *y0b = A, *y1b = A, *y2b = A, *rb = A, *oqb = A, *nyb = A, *nqb = A
 #define MMVQ(NT, R)                                                                              \
     __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
-        __global const uchar* w0b, ulong w0o, __global const uchar* w1b, ulong w1o,              \
-        __global const uchar* w2b, ulong w2o, long row_bytes, __global const uchar* xqb,         \
-        ulong xqo, long dso, __global uchar* y0b, ulong y0o, __global uchar* y1b, ulong y1o,     \
-        __global uchar* y2b, ulong y2o, __global const uchar* rb, ulong ro, int has_res, int M0, \
-        int M1, int M2, int K, int T, int G, int glu, __global uchar* oqb, ulong oqo, long odso,  \
-        int glu_q8, __global uchar* cntb, ulong cnto, __global const uchar* nwb, ulong nwo,      \
-        int has_nw, float eps, int mode, int has_ny, __global uchar* nyb, ulong nyo,             \
-        __global uchar* nqb, ulong nqo, long ndso, int norm) {                                   \
+        __global const uchar* w0b, __global const uchar* w1b, __global const uchar* w2b,         \
+        __global uchar* A, __global uchar* cntb, __global const uchar* nwb,                      \
+        __constant long* P) {                                                                    \
+        MMVQ_PARAMS;                                                                             \
         __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
         __local int redi[MMVQ_WG], last, done[MMVQ_WG / 8];                                      \
         mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
