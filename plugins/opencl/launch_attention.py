@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyopencl as cl
 
-from llmrt.errors import UnsupportedOp
+from llmrt.errors import LlmrtError, UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.steps import Step
 from llmrt_opencl import backend
@@ -157,6 +157,18 @@ def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     )
 
 
+def _vec_args(prog: OpenCLProgram, args: tuple) -> tuple:
+    """fattn's arguments as fattn_vec takes them: the activations' one buffer, the caches', the
+    partials' and the counters', then the numbers as a constant block (attention.cl's
+    FATTN_VEC_PARAMS)."""
+    buffers = [a for a in args if isinstance(a, cl.MemoryObjectHolder)]
+    q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt = buffers
+    if len({id(b) for b in (q, mask, out, kn, vn, pos, ids, ff, xq)}) != 1:
+        raise LlmrtError("an OpenCL attention's activations are in more than one buffer")
+    numbers = [a for a in args if not isinstance(a, cl.MemoryObjectHolder)]
+    return (q, k, v, part, kc, vc, cnt, prog.constants(numbers))
+
+
 def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:
     """Query rows a work-group of fattn_prompt, or 0 where the step takes fattn (or fattn_row)."""
     t, hq, d = step.ins[0].shape
@@ -229,6 +241,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     )  # fmt: skip
     if vec_launch:  # the split counters (the last split resets its own)
         args += prog.counters(4 * blocks * hkv) if merge_last else out
+        args = _vec_args(prog, args)
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
         launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]

@@ -426,12 +426,32 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #define KC (D4 / LPK)
 #define VC (DV4 / LPK)
 
+// Its activations (q, the mask, the output, the new row, its position and cell, the rope
+// factors, the q8 output) are in one buffer A, and its numbers in the constant block P, in
+// FATTN_VEC_PARAMS' order (a float as its bits), as weights.cl's mmvq takes them: each argument
+// costs host time on every enqueue on NVIDIA's driver.
+#define FATTN_VEC_PARAMS                                                                       \
+    const ulong qo = P[0], ko = P[1], vo = P[2], mo = P[3], oo = P[4], po = P[5];              \
+    const int T = P[6], Hq = P[7], Hkv = P[8], S = P[9];                                       \
+    const long ks = P[10], kh = P[11], vs = P[12], vh = P[13];                                 \
+    const float scale = as_float((int)P[14]), softcap = as_float((int)P[15]);                  \
+    const int has_mask = P[16], chunk = P[17];                                                 \
+    const ulong kno = P[18], vno = P[19], poso = P[20], idso = P[21], kco = P[22];             \
+    const ulong vco = P[23], ffo = P[24];                                                      \
+    const int n_dims = P[25], neox = P[26], has_ff = P[27];                                    \
+    const float r_hi = as_float((int)P[28]), r_lo = as_float((int)P[29]);                      \
+    const float fs_hi = as_float((int)P[30]), fs_lo = as_float((int)P[31]);                    \
+    const float attn_factor = as_float((int)P[32]);                                            \
+    const ulong xqo = P[33];                                                                   \
+    const long dso = P[34];                                                                    \
+    const ulong cnto = P[35];                                                                  \
+    __global uchar *qb = A, *mb = A, *ob = A, *knb = A, *vnb = A, *posb = A, *idsb = A;        \
+    __global uchar *ffb = A, *xqb = A
+
 __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
-    __global const uchar* qb, ulong qo, __global const uchar* kb, ulong ko,
-    __global const uchar* vb, ulong vo, __global const uchar* mb, ulong mo, __global uchar* ob,
-    ulong oo, __global uchar* pb, ulong po, int T, int Hq, int Hkv, int S, long ks, long kh,
-    long vs, long vh, float scale, float softcap, int has_mask, int chunk, FUSED_ARGS,
-    __global uchar* cntb, ulong cnto) {
+    __global uchar* A, __global const uchar* kb, __global const uchar* vb, __global uchar* pb,
+    __global uchar* kcb, __global uchar* vcb, __global uchar* cntb, __constant long* P) {
+    FATTN_VEC_PARAMS;
     __local float sq[NR * D];
     __local float smax[NS * NR], ssum[NS * NR], sout[NS * NR * DV];
     __local int last;
