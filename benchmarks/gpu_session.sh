@@ -36,6 +36,9 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
+#   enqueue ROWS OpenCL's host time a step (one short call on a fresh machine): tg128 of ROWS,
+#                this tree and .devrun/base interleaved twice, the 135M's logits of both
+#                compared, then opencl_step_split.py (enqueue, wait, rest) of the 135M on each
 #   ab-quick     OpenCL launch VARIANTS in little device time: the lanes test, CHECKED
 #                variants' 1B logits, then tg128 of the 1B and 135M rows per variant, interleaved
 #   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
@@ -689,6 +692,29 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
         -- bench -m $m -p 512 -n 128 -ngl 99 -r 3 --device opencl:0 2>&1 | grep "| pp\|| tg" \
         | sed "s/^/llmrt opencl:0 $v /" | tee -a $OUT/ratios.log
     done
+  done
+  ;;
+enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base, logits, step split
+  [ $# -gt 1 ] && ROWS="${*:2}" || ROWS="smollm2-135m:q4_0 llama32-1b:q4_0"
+  base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
+  for r in $ROWS; do synth ${r%:*} ${r#*:}; done
+  for r in $ROWS; do
+    m=/tmp/synth-${r%:*}-${r#*:}.gguf
+    for tree in this base this base; do
+      [ $tree = this ] && run="" || run=base
+      $run timeout 60 llmrt bench -m $m -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" \
+        | sed "s/^/$tree $r /" | tee -a $OUT/enqueue.log
+    done
+  done
+  m=/tmp/synth-smollm2-135m-q4_0.gguf; synth smollm2-135m q4_0
+  timeout 60 python3 benchmarks/logits_snapshot.py $m opencl:0 /tmp/new.npz > /dev/null 2>&1
+  base timeout 60 python3 benchmarks/logits_snapshot.py $m opencl:0 /tmp/old.npz > /dev/null 2>&1
+  against_old "opencl:0 135M" enqueue.log "$(cat .devrun/base/REV)"
+  for tree in this base; do
+    [ $tree = this ] && run="" || run=base
+    echo "== $tree" | tee -a $OUT/enqueue.log
+    $run timeout 60 python3 benchmarks/opencl_step_split.py $m opencl:0 6 128 2>&1 \
+      | grep "round\|Threads" | tee -a $OUT/enqueue.log
   done
   ;;
 ab-quick)  # OpenCL launch variants in little device time: check_variants (CHECKED), then ROUNDS
