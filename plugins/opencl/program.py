@@ -8,7 +8,10 @@ else from one compiled loop on a GPU (replay.CompiledEnqueue), else kernel by ke
 Kernels come from plugins/opencl/kernels/*.cl through pyopencl, which keeps the built binaries
 on disk per device and driver (its cache). Each step kind's launches are built by a table
 (launch_ops.py, launch_weights.py, launch_attention.py); a tensor operand is passed as a buffer
-and the byte offset of its first element.
+and the byte offset of its first element, except in the kernels a decode step runs most (the
+integer mat-vecs, fattn_vec): those take the activations' one buffer (the arena, which holds the
+inputs too) and their offsets and sizes in a constant block, as NVIDIA's driver charges host time
+for every argument of every enqueue.
 """
 
 from __future__ import annotations
