@@ -161,12 +161,10 @@ def _vec_args(prog: OpenCLProgram, args: tuple) -> tuple:
     """fattn's arguments as fattn_vec takes them: the activations' one buffer, the caches', the
     partials' and the counters', then the numbers as a constant block (attention.cl's
     FATTN_VEC_PARAMS)."""
-    buffers = [a for a in args if isinstance(a, cl.MemoryObjectHolder)]
-    q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt = buffers
+    (q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt), numbers = prog.packed(args)
     if len({id(b) for b in (q, mask, out, kn, vn, pos, ids, ff, xq)}) != 1:
         raise LlmrtError("an OpenCL attention's activations are in more than one buffer")
-    numbers = [a for a in args if not isinstance(a, cl.MemoryObjectHolder)]
-    return (q, k, v, part, kc, vc, cnt, prog.constants(numbers))
+    return (q, k, v, part, kc, vc, cnt, numbers)
 
 
 def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:

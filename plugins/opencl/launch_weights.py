@@ -250,20 +250,15 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     # the weights, the activations' buffer, the counters, the norm's weight, the numbers
-    w0, w1, w2, xq, y0, y1, y2, rs, oq, cnt, nw, ny, nq = [a for a in args if _is_buffer(a)]
+    (w0, w1, w2, xq, y0, y1, y2, rs, oq, cnt, nw, ny, nq), numbers = prog.packed(args)
     if len({id(b) for b in (xq, y0, y1, y2, rs, oq, ny, nq)}) != 1:
         raise LlmrtError("an OpenCL mat-vec's activations are in more than one buffer")
-    numbers = prog.constants([a for a in args if not _is_buffer(a)])
     args = (w0, w1, w2, xq, cnt, nw, numbers)
     epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
     kernel = _q8_kernel(
         prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
     )
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
-
-
-def _is_buffer(arg: object) -> bool:
-    return isinstance(arg, cl.MemoryObjectHolder)
 
 
 def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:

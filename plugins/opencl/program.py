@@ -190,16 +190,19 @@ class OpenCLProgram(Executable):
         self.keep.append(buf)
         return buf, np.uint64(0)
 
-    def constants(self, numbers: Sequence[Any]) -> Any:
-        """A launch's numbers as a constant block of 64-bit words (a float as its bits), read by
-        kernels that take one (weights.cl's MMVQ_PARAMS): one buffer argument in place of
-        dozens of scalars, each of which NVIDIA's driver charges for on every enqueue."""
+    def packed(self, args: Sequence[Any]) -> tuple[list[Any], Any]:
+        """A launch's arguments split into its buffers, in order, and its numbers as a constant
+        block of 64-bit words (a float as its bits), for the kernels that read one (weights.cl's
+        MMVQ_PARAMS, attention.cl's FATTN_VEC_PARAMS): one buffer argument in place of dozens
+        of scalars, each of which NVIDIA's driver charges for on every enqueue."""
+        buffers = [a for a in args if isinstance(a, cl.MemoryObjectHolder)]
         words = np.array([int(x.view(np.int32)) if isinstance(x, np.float32) else int(x)
-                          for x in numbers], np.int64)  # fmt: skip
-        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
-        buf = cl.Buffer(self.ctx, flags, hostbuf=words)
-        self.keep.append(buf)
-        return buf
+                          for x in args if not isinstance(x, cl.MemoryObjectHolder)],
+                         np.int64)  # fmt: skip
+        block = cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                          hostbuf=words)  # fmt: skip
+        self.keep.append(block)
+        return buffers, block
 
     def counters(self, nbytes: int) -> tuple[Any, np.uint64]:
         """Scratch for a kernel's atomic counters, zeroed once here: the kernel that counts to the
