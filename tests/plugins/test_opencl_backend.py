@@ -291,6 +291,28 @@ def test_a_recorded_step_computes_what_kernel_by_kernel_enqueues_do(opencl, tiny
         assert np.array_equal(a, b)
 
 
+def test_a_gpu_decode_step_passes_its_hot_kernels_few_arguments(opencl, tiny_gguf_with_vocab,
+                                                                monkeypatch):  # fmt: skip
+    """NVIDIA's driver charges host time for every argument of every enqueue (~0.25 us a buffer,
+    0.07 a scalar): the mat-vecs and the one-token attention, most of a decode step's launches,
+    take their activations as one buffer and their numbers as one constant block."""
+    import pyopencl as cl
+
+    import llmrt_opencl.program as program
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
+    ctx.eval(PROMPT)
+    ctx.eval([4])
+    step = next(p for key, p in ctx.graphs.items()
+                if key[0] == 1 and isinstance(p, program.OpenCLProgram))  # fmt: skip
+    hot = [la for la in step.launches if la.kernel.function_name.startswith(("mmvq_", "fattn_vec"))]
+    assert {la.kernel.function_name.split("_")[0] for la in hot} == {"mmvq", "fattn"}
+    for la in hot:
+        assert all(isinstance(a, cl.MemoryObjectHolder) for a in la.args)
+        assert len(la.args) == (8 if la.kernel.function_name == "fattn_vec" else 7)
+
+
 @pytest.mark.parametrize("as_gpu", [False, True], ids=["pocl", "gpu-kernels"])
 def test_a_compiled_enqueue_computes_what_python_enqueues_do(opencl, tiny_gguf_with_vocab, as_gpu,
                                                              monkeypatch):  # fmt: skip
