@@ -124,7 +124,7 @@ class OpenCLProgram(Executable):
                      max_weight=device.max_weight_part)  # fmt: skip
         self.plan = plan
         # the inputs after the activations, in the same buffer: a kernel then takes all of its
-        # activations as one buffer argument (weights.cl's mmvq)
+        # activations as one buffer argument (weights.cl's mmvq, attention.cl's fattn_vec)
         end = _aligned(plan_arena(plan.storages))
         inputs_at: dict[Storage, int] = {}
         for s in plan.storages:
