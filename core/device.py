@@ -231,7 +231,16 @@ def copy(dst: Buffer, src: Buffer) -> bool:
 
 
 class Executable(ABC):
-    """A graph compiled for one device, replayed with new inputs; the hot path of a decode step."""
+    """A graph compiled for one device, replayed with new inputs; the hot path of a decode step.
+
+    A program that stages its inputs in host memory of its own (pinned or mapped memory that its
+    launches copy or read from: CUDA's, Vulkan's) lists them in ``host_inputs``, an array of each
+    input's shape and type: ``write_inputs`` fills them for ``run``, and ``input_buffer`` hands
+    them out as ``HostBuffer``s of ``device``.
+    """
+
+    device: Device | None = None
+    host_inputs: Mapping[str, np.ndarray] = {}
 
     @abstractmethod
     def run(
@@ -242,10 +251,19 @@ class Executable(ABC):
         named in ``outputs`` (None: all of them) as host numpy arrays; it may return more.
         Every output, returned or not, is in its ``output_buffer`` until the next run."""
 
+    def write_inputs(self, inputs: Mapping[str, Any]) -> None:
+        """For ``run``: copy each input given into its array in ``host_inputs`` (converted to its
+        type); one left out was written into its ``input_buffer``."""
+        for key, host in self.host_inputs.items():
+            if key in inputs:
+                np.copyto(host, np.asarray(inputs[key]).reshape(host.shape), casting="unsafe")
+
     def input_buffer(self, key: str) -> Buffer | None:
         """The buffer that input ``key`` is read from, to write or ``copy`` into before ``run``
-        (None: this program takes the input only as a host array)."""
-        return None
+        (None: this program takes the input only as a host array). By default its array in
+        ``host_inputs``, where the program has one and a device."""
+        host = self.host_inputs.get(key)
+        return None if host is None or self.device is None else HostBuffer(self.device, host)
 
     def output_buffer(self, name: str) -> Buffer | None:
         """The buffer holding output ``name`` after a run, read or copied from before the next

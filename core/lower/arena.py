@@ -3,14 +3,19 @@
 ``Arena`` hands out aligned byte ranges first-fit from a sorted free list and takes them back,
 merging neighbours and giving the tail back, so that it can be used while lowering (a value is
 released after its last reader) or through ``plan_arena`` once every storage's first writer and
-last reader are known. ``peak`` is the arena's size.
+last reader are known. ``peak`` is the arena's size. ``place_inputs`` lays a program's inputs
+out one after another in one buffer, and ``input_arrays`` gives each its host array in a staging
+copy of that buffer (CUDA's pinned memory, Vulkan's mapped memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from llmrt.lower.view import Storage
+import numpy as np
+
+from llmrt.device import HOST_TYPES
+from llmrt.lower.view import Storage, View
 
 ALIGN = 256  # every range starts on this many bytes: binding offsets and vector loads want it
 
@@ -69,3 +74,24 @@ def plan_arena(storages: Iterable[Storage]) -> int:
         for s in by_last.get(step, []):
             arena.release(s.offset, s.nbytes)
     return arena.peak
+
+
+def place_inputs(storages: Iterable[Storage]) -> int:
+    """Set ``offset`` of every input storage, one after another (aligned) in one buffer of the
+    program's inputs; returns that buffer's size in bytes."""
+    inputs = Arena()
+    for s in storages:
+        if s.kind == "input":
+            s.offset = inputs.alloc(s.nbytes)
+    return inputs.peak
+
+
+def input_arrays(block: np.ndarray, inputs: Mapping[str, View]) -> dict[str, np.ndarray]:
+    """Each input's array of its shape and host type over `block`, the bytes (uint8) of a host
+    copy of the buffer that ``place_inputs`` laid out."""
+    arrays = {}
+    for key, v in inputs.items():  # an input's view is its whole storage
+        host = np.dtype(HOST_TYPES[v.dtype])
+        start = v.storage.offset
+        arrays[key] = block[start : start + v.n * host.itemsize].view(host).reshape(v.shape)
+    return arrays

@@ -1,8 +1,8 @@
 """A graph compiled for one CUDA device: buffers planned, one launch resolved per step, replayed
 as a captured CUDA graph.
 
-`CUDAProgram.run` copies the step's inputs into pinned staging buffers, launches the captured
-graph (which starts with the host-to-device copies), copies each output into pinned memory that
+`CUDAProgram.run` copies the step's inputs into a pinned staging buffer, launches the captured
+graph (which starts with the host-to-device copy), copies each output into pinned memory that
 the returned array owns, and waits. The first run goes launch by launch (it loads every kernel
 and lets cuBLAS set up its workspace); the second captures the launches as a CUDA graph that
 later runs replay. `LLMRT_CUDA_SAFE=1`, the backend's one debugging switch, launches one by one
@@ -22,9 +22,10 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from llmrt.device import HOST_TYPES, Buffer, Device, Executable, HostBuffer, out_of_memory
+from llmrt.device import HOST_TYPES, Buffer, Device, Executable, out_of_memory
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
+from llmrt.lower.arena import input_arrays, place_inputs
 from llmrt.lower.args import pack
 from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
@@ -173,25 +174,24 @@ class CUDAProgram(Executable):
         self.device, self.device_id, self.index = device, device.id, device.index
         with cp.cuda.Device(self.index):
             self.plan = plan = lower(graph, int8_mma=_compute_capability() >= 80)
-            size = plan_arena(plan.storages)
-            self.arena = alloc(size, f"graph {graph.name!r} activations", self.device_id)
-            self.keep: list[Any] = [self.arena]
+            what = f"graph {graph.name!r}"
+            self.arena = alloc(plan_arena(plan.storages), f"{what} activations", self.device_id)
+            n_in = place_inputs(plan.storages)  # the inputs, one after another in one buffer
+            self.inputs_dev = alloc(n_in, f"{what} inputs", self.device_id)
             self.base: dict[Storage, int] = {}
             for s in plan.storages:
                 if s.kind in ("weight", "state"):
                     # a weight's cupy array (Device.upload), or a state's CudaTensor
                     self.base[s] = bound(s, bindings, graph).data.ptr
-                elif s.kind == "input":
-                    self.keep.append(alloc(s.nbytes, f"input {s.key}", self.device_id))
-                    self.base[s] = self.keep[-1].data.ptr
-                else:
-                    self.base[s] = self.arena.data.ptr + max(s.offset, 0)
-            self.inputs: dict[str, np.ndarray] = {}  # each input's pinned host array
-            copies_in: list[Callable[[int], None]] = []  # their copies, the graph's first launches
-            for key, v in plan.inputs.items():
-                self.inputs[key] = host = _pinned(v)
-                copy_in = (self.ptr(v), host.ctypes.data, host.nbytes, H2D)
-                copies_in.append(functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in))
+                else:  # an input in the inputs' buffer, or activations in the arena
+                    buf = self.inputs_dev if s.kind == "input" else self.arena
+                    self.base[s] = buf.data.ptr + max(s.offset, 0)
+            # the inputs' pinned host copy, copied in whole by the graph's first launch
+            pinned = np.frombuffer(cp.cuda.alloc_pinned_memory(max(n_in, 1)), np.uint8)
+            self.keep: list[Any] = [self.arena, self.inputs_dev, pinned]
+            self.host_inputs = input_arrays(pinned, plan.inputs)
+            copy_in = (self.inputs_dev.data.ptr, pinned.ctypes.data, n_in, H2D)
+            copies_in = [functools.partial(cp.cuda.runtime.memcpyAsync, *copy_in)] if n_in else []
             launches = [LAUNCHES[step.op](self, step) for step in plan.steps]  # lower's kinds only
             self.plain_launches = plain = copies_in + launches
             self.pdl = not SAFE and pdl.available(_compute_capability())
@@ -226,9 +226,7 @@ class CUDAProgram(Executable):
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        for key, host in self.inputs.items():
-            if key in inputs:  # else written into its input_buffer
-                np.copyto(host.reshape(-1), np.asarray(inputs[key]).reshape(-1), casting="unsafe")
+        self.write_inputs(inputs)
         with cp.cuda.Device(self.index), self.stream:
             if self.graph is None and self.use_graphs and self.runs >= 1:
                 self._capture()
@@ -247,11 +245,6 @@ class CUDAProgram(Executable):
             self.stream.synchronize()
         self.runs += 1
         return results
-
-    def input_buffer(self, key: str) -> Buffer | None:
-        """The pinned host array the graph copies the input from (the copy is in the graph)."""
-        host = self.inputs.get(key)
-        return None if host is None else HostBuffer(self.device, host)
 
     def output_buffer(self, name: str) -> Buffer | None:
         """An output in the activations' arena, as a cupy array over it."""

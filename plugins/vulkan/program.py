@@ -22,6 +22,7 @@ from llmrt.device import HOST_TYPES, Device, Executable
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
 from llmrt.lower import Arena, Storage, View, bound, plan_arena
+from llmrt.lower.arena import input_arrays, place_inputs
 from llmrt.lower.steps import ITEMSIZE
 from llmrt_vulkan.launch import LAUNCHES
 from llmrt_vulkan.lower import lower
@@ -41,7 +42,7 @@ class VulkanWeight:
 
 class VulkanState(device.Buffer):
     """A tensor `offset` bytes into a runtime buffer: a state (a KV cache), or where a program
-    takes an input or leaves an output."""
+    leaves an output."""
 
     def __init__(self, dev: device.Device, rt: Runtime, buf: Buffer, shape: tuple[int, ...],
                  dtype: GGMLType, offset: int = 0) -> None:  # fmt: skip
@@ -69,14 +70,13 @@ class VulkanProgram(Executable):
         self.rt, self.device = rt, device
         plan = lower(graph, rt.cpu, rt.max_range)
         self.arena_peak = plan_arena(plan.storages)
-        inputs = Arena()  # the inputs, one after another in one buffer
+        self.inputs_size = max(place_inputs(plan.storages), 16)  # one buffer of the inputs
         for s in plan.storages:  # weights and states are bound buffers
             if s.kind in ("weight", "state"):
                 buf = bound(s, bindings, graph).buf
                 s.kind, s.buf, s.offset, s.nbytes = "buffer", buf, 0, buf.size
             elif s.kind == "input":
-                s.kind, s.offset = "inputs", inputs.alloc(s.nbytes)
-        self.inputs_size = max(inputs.peak, 16)
+                s.kind = "inputs"
         self.inputs, self.outputs = plan.inputs, plan.outputs
         self.constants: list[Buffer] = []  # small tables made at compile time (rope frequencies)
         self.dispatches = [d for step in plan.steps for d in LAUNCHES[step.op](self, step)]
@@ -118,11 +118,7 @@ class VulkanProgram(Executable):
         self.command_buffer = self._command_buffer(pipelines, sets, staged)
         self.submit = rt.vk.VkSubmitInfo(commandBufferCount=1,
                                          pCommandBuffers=[self.command_buffer])  # fmt: skip
-        host = self.inputs_host.host
-        self._in_views = [
-            (key, host[v.storage.offset : v.storage.offset + v.storage.nbytes], HOST_TYPES[v.dtype])
-            for key, v in self.inputs.items()
-        ]
+        self.host_inputs = input_arrays(self.inputs_host.host, self.inputs)
 
     def _plan_outputs(self, staged: bool) -> None:
         """Each output's span is copied into a host buffer at the end, unless it is already in
@@ -239,19 +235,9 @@ class VulkanProgram(Executable):
     def run(
         self, inputs: Mapping[str, Any], outputs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        for key, view, np_type in self._in_views:
-            if key in inputs:  # else written into its input_buffer
-                arr = np.ascontiguousarray(inputs[key], dtype=np_type)
-                view[:] = arr.reshape(-1).view(np.uint8)
+        self.write_inputs(inputs)
         self.rt.run(self.submit)
         return self._read_outputs(outputs)
-
-    def input_buffer(self, key: str) -> device.Buffer | None:
-        ref = self.inputs.get(key)
-        if ref is None or self.device is None:
-            return None
-        return VulkanState(self.device, self.rt, self.inputs_host, ref.shape, ref.dtype,
-                           ref.storage.offset)  # fmt: skip
 
     def output_buffer(self, name: str) -> device.Buffer | None:
         """Where an output is after a run: its copy in host memory, or its storage."""
