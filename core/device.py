@@ -157,8 +157,17 @@ class Buffer(ABC):
         self.device, self.shape, self.dtype = device, tuple(shape), GGMLType(dtype)
 
     @property
+    def host_dtype(self) -> np.dtype:
+        """The numpy type of the tensor's elements on the host."""
+        return np.dtype(HOST_TYPES[self.dtype])
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * HOST_TYPES[self.dtype]().itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * self.host_dtype.itemsize
+
+    def as_host(self, data: Any) -> np.ndarray:
+        """``data`` as a contiguous host array of the tensor's shape and type (for ``write``)."""
+        return np.ascontiguousarray(data, self.host_dtype).reshape(self.shape)
 
     @abstractmethod
     def write(self, data: Any) -> None:

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from llmrt.device import HOST_TYPES
-from llmrt.lower.view import Storage, View
+from llmrt.lower.view import Storage, View, host_array
 
 ALIGN = 256  # every range starts on this many bytes: binding offsets and vector loads want it
 
@@ -89,9 +88,4 @@ def place_inputs(storages: Iterable[Storage]) -> int:
 def input_arrays(block: np.ndarray, inputs: Mapping[str, View]) -> dict[str, np.ndarray]:
     """Each input's array of its shape and host type over `block`, the bytes (uint8) of a host
     copy of the buffer that ``place_inputs`` laid out."""
-    arrays = {}
-    for key, v in inputs.items():  # an input's view is its whole storage
-        host = np.dtype(HOST_TYPES[v.dtype])
-        start = v.storage.offset
-        arrays[key] = block[start : start + v.n * host.itemsize].view(host).reshape(v.shape)
-    return arrays
+    return {key: host_array(block, v.storage.offset, v) for key, v in inputs.items()}

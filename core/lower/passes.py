@@ -40,6 +40,12 @@ def q8_layout(n: int) -> tuple[int, int]:
     return dso, dso + (n // 32) * 8
 
 
+def q8_of(step: Step, n: int) -> tuple[Storage, int]:
+    """The q8 copy of `n` activations that a step writes or reads (``params["q8"]``), and the
+    byte offset of its scales there (``q8_layout``)."""
+    return step.params["q8"], q8_layout(n)[0]
+
+
 def _norm_or_attention(producer: Step) -> bool:
     return producer.op in ("norm", "fattn")
 

@@ -65,6 +65,10 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     temps: list[Storage] = field(default_factory=list)  # scratch used only by this step
 
+    def arg(self, i: int) -> View | None:
+        """Operand `i`, or None where the step has fewer (an optional operand left out)."""
+        return self.ins[i] if len(self.ins) > i else None
+
 
 @dataclass
 class Plan:

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from llmrt.device import HOST_TYPES
 from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph, Op, Tensor
@@ -69,6 +72,13 @@ class View:
 def dims4(values: tuple[int, ...], fill: int) -> tuple[int, int, int, int]:
     """A shape or strides of at most 4 dimensions as 4, outermost first, `fill` in front."""
     return (*(fill,) * (4 - len(values)), *values)  # type: ignore[return-value]
+
+
+def host_array(block: np.ndarray, start: int, v: View) -> np.ndarray:
+    """An array of `v`'s shape and host type over the bytes of `block` (a uint8 array of host
+    memory: a pinned or mapped staging copy) from byte `start`."""
+    host = np.dtype(HOST_TYPES[v.dtype])
+    return block[start : start + v.n * host.itemsize].view(host).reshape(v.shape)
 
 
 def bound(storage: Storage, bindings: Mapping[str, Any], graph: Graph) -> Any:

@@ -27,7 +27,7 @@ from llmrt.gguf.constants import GGMLType
 from llmrt.lower import Storage, View, plan_arena
 from llmrt.lower.arena import input_arrays, place_inputs
 from llmrt.lower.args import pack
-from llmrt.lower.passes import mmvq_lanes, q8_layout, token_rows
+from llmrt.lower.passes import mmvq_lanes, q8_layout, q8_of, token_rows
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import bound, dims4
 from llmrt_cuda import launch as pdl
@@ -96,7 +96,7 @@ class CudaTensor(Buffer):
 
     def write(self, data: Any) -> None:
         with cp.cuda.Device(self.device.index):
-            self.array.set(np.ascontiguousarray(data, dtype=self.array.dtype).reshape(self.shape))
+            self.array.set(self.as_host(data))
 
     def read(self) -> np.ndarray:
         with cp.cuda.Device(self.device.index):
@@ -317,12 +317,12 @@ def norm(prog: CUDAProgram, st: Step) -> KernelLaunch:
     # a warp per 32 columns (one q8 block each), 128 to 1024 threads (BENCHMARKS.md)
     block = min(1024, max(128, 32 * -(-ncols // 32)))
     y = 0 if p.get("y_unused") else out
-    w = ins[1] if len(ins) > 1 else 0
+    w = st.arg(1) or 0
     args = prog.args("3Qidi", ins[0], y, w, ncols, p["eps"], p["mode"])
     if st.op == "norm":
         return KernelLaunch(kernel("ops", "norm_rows"), (out.n // ncols,), (block,), args)
     parts = max(1, (ncols // 32) // (block // 32))
-    args += prog.args("Qq", p["q8"], q8_layout(out.n)[0])
+    args += prog.args("Qq", *q8_of(st, out.n))
     return KernelLaunch(kernel("ops", "norm_rows_q8"), (out.n // ncols, parts), (block,), args)
 
 
@@ -333,7 +333,7 @@ def _rope(p: Mapping[str, Any]) -> tuple:
 
 def rope(prog: CUDAProgram, st: Step) -> KernelLaunch:
     x, pos = st.ins[:2]
-    ff = st.ins[2] if len(st.ins) > 2 else 0
+    ff = st.arg(2) or 0
     args = prog.args("4Q4i3dq", x, pos, ff, st.out, *x.shape[1:], *_rope(st.params), x.n)
     return _flat("rope", x.n, args)
 
@@ -380,7 +380,7 @@ def mm_act(prog: CUDAProgram, st: Step) -> KernelLaunch:
 
 def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p, ins = st.params, st.ins
-    res = ins[2] if len(ins) > 2 else 0
+    res = st.arg(2) or 0
     nt = token_rows(p["t"])
     r = MMV_ROWS if nt == 1 and p["m"] >= MMV_ROWS_MIN_M else 1
     args = prog.args("Qq3Q3i", ins[0], p["row_bytes"], ins[1], st.out, res, p["m"], p["k"], p["t"])
@@ -390,7 +390,7 @@ def mmv(prog: CUDAProgram, st: Step) -> KernelLaunch:
 
 def quant_q8(prog: CUDAProgram, st: Step) -> KernelLaunch:
     n = st.params["n"]
-    args = prog.args("2Q2q", st.ins[0], st.params["q8"], q8_layout(n)[0], n // 32)
+    args = prog.args("2Q2q", st.ins[0], *q8_of(st, n), n // 32)
     return _flat("quant_q8", n, args)
 
 
@@ -461,7 +461,7 @@ def mmvq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     rpb = 4 * (32 // g) * (1 if glu >= 0 else r)
     blocks = -(-ms[0] // rpb) if glu >= 0 else sum(-(-m // rpb) for m in ms)
     prefetch = sum(ms) * (2 if glu >= 0 else 1) * p["row_bytes"] <= MMVQ_PREFETCH_MAX
-    args = prog.args("3QqQq", *_three(ws), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args = prog.args("3QqQq", *_three(ws), p["row_bytes"], *q8_of(st, t * k))
     args += prog.args("4Q7i", *_three(outs), res, *_three(ms), k, t, glu, prefetch)
     return KernelLaunch(kernel(str(int(p["type"])), f"mmvq_{nt}_{r}_{g}"), (blocks,), (128,), args)
 
@@ -483,7 +483,7 @@ def gemmq(prog: CUDAProgram, st: Step) -> KernelLaunch:
     p = st.params
     k, t = p["k"], p["t"]
     outs, ms = p.get("outs", [st.out]), p.get("ms", [p["m"]])
-    args = prog.args("3QqQq", *_three(st.ins), p["row_bytes"], p["q8"], q8_layout(t * k)[0])
+    args = prog.args("3QqQq", *_three(st.ins), p["row_bytes"], *q8_of(st, t * k))
     args += prog.args("3Q5i", *_three(outs), *_three(ms), k, t)
     blocks = sum(-(-m // 64) for m in ms)
     return KernelLaunch(kernel(str(int(p["type"])), "gemmq"), (blocks, -(-t // 64)), (128,), args)

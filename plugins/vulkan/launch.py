@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from llmrt.errors import UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import ROPE_NEOX
-from llmrt.lower.passes import q8_layout
+from llmrt.lower.passes import q8_of
 from llmrt.lower.split import row_chunks
 from llmrt.lower.steps import ITEMSIZE, Step
 from llmrt.lower.view import Storage, View, dims4
@@ -63,23 +63,13 @@ def dispatch(shader: str, spec: tuple[int, ...], bindings: list[Binding], fmt: s
                     [store(w) for w in writes])  # fmt: skip
 
 
-def _q8(step: Step, n: int) -> tuple[Storage, int]:
-    """The q8 copy a step writes or reads, and the byte offset of its scales."""
-    return step.params["q8"], q8_layout(n)[0]
-
-
 def _q8_out(st: Step, out: View) -> tuple[list[Binding], list[View | Storage]]:
     """The bindings of the q8 blocks a step writes besides `out` (`out` twice where it writes
     none), and what it writes."""
     if "q8" not in st.params:
         return [out, out], [out]
-    q8, qs = _q8(st, out.n)
+    q8, qs = q8_of(st, out.n)
     return [q8, (q8, qs)], [out, q8]
-
-
-def _arg(st: Step, i: int) -> View | None:
-    """The step's operand `i`, or None where it has fewer (an optional operand left out)."""
-    return st.ins[i] if len(st.ins) > i else None
 
 
 def quant_q8(prog: VulkanProgram, st: Step, glu: tuple[View, View] | None = None):
@@ -87,7 +77,7 @@ def quant_q8(prog: VulkanProgram, st: Step, glu: tuple[View, View] | None = None
     also written as f32 to out."""
     x = st.ins[0]
     up, out = glu or (x, x)
-    q8, qs = _q8(st, x.n)
+    q8, qs = q8_of(st, x.n)
     nblocks = x.n // 32
     groups = prog.grid(-(-nblocks // 32))
     mode = (1, up.offset // 4, out.offset // 4) if glu else (0, 0, 0)
@@ -98,7 +88,7 @@ def quant_q8(prog: VulkanProgram, st: Step, glu: tuple[View, View] | None = None
 
 
 def eltwise(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    a, b, out = st.ins[0], _arg(st, 1), st.out
+    a, b, out = st.ins[0], st.arg(1), st.out
     if "q8" in st.params:  # swiglu, written as f32 and as q8 blocks
         return quant_q8(prog, st, (b, out))
     op = ELTWISE[st.op] + st.params.get("op", 0)
@@ -149,7 +139,7 @@ def set_rows(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 
 def norm(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    x, w, out = st.ins[0], _arg(st, 1), st.out
+    x, w, out = st.ins[0], st.arg(1), st.out
     n, rows = out.shape[-1], math.prod(out.shape[:-1])
     groups = prog.grid(rows)
     q8, writes = _q8_out(st, out)  # a norm_q8's
@@ -161,7 +151,7 @@ def norm(prog: VulkanProgram, st: Step) -> list[Dispatch]:
 
 
 def soft_max(prog: VulkanProgram, st: Step) -> list[Dispatch]:
-    x, mask, out = st.ins[0], _arg(st, 1), st.out
+    x, mask, out = st.ins[0], st.arg(1), st.out
     n, rows = out.shape[-1], math.prod(out.shape[:-1])
     groups = prog.grid(rows)
     m = mask or x
@@ -254,14 +244,14 @@ def int_mat_vec(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     w, out, p = st.ins[0], st.out, st.params
     k, t, m, row = p["k"], p["t"], p["m"], p["row_bytes"]
     pro, cpu, dot = p.get("pro"), prog.rt.cpu, "_dot" if prog.rt.int_dot else ""
-    y = p["residual"] if pro is not None else _arg(st, 1)
+    y = p["residual"] if pro is not None else st.arg(1)
     extra = [y] if y is not None else []
     out_ = []
     for r0, rows in _chunks(prog, st):
         mv = (w.storage, r0 * row)
         res = (int(y is not None), y.offset + r0 if y is not None else 0)
         if pro is None:
-            q8, qs = _q8(st, t * k)
+            q8, qs = q8_of(st, t * k)
             groups = (-(-rows // 64), -(-t // MAX_T_MATVEC), 1) if cpu else prog.grid(
                 -(-rows // MATVEC_ROWS))  # fmt: skip
             push = (k, row, rows, t, out.offset + r0, m, groups[0], *res)
@@ -323,7 +313,7 @@ def _attn_coop(prog: VulkanProgram, st: Step) -> str | None:
 def fattn(prog: VulkanProgram, st: Step) -> list[Dispatch]:
     """flash_attn (split over the KV length, the parts merged by attn_combine or by the
     prologues of the mat-vecs reading them) or lavapipe's per-row flash_attn_rows."""
-    (q, k, v), mask = st.ins[:3], _arg(st, 3)
+    (q, k, v), mask = st.ins[:3], st.arg(3)
     (t, hq, dk), (s, hkv, dv) = q.shape, v.shape
     splits, chunk, out = st.params["splits"], st.params["chunk"], st.out
     rows = attn_rows(prog.rt.cpu, s, max(dk, dv))

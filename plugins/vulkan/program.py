@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from llmrt import device
-from llmrt.device import HOST_TYPES, Device, Executable
+from llmrt.device import Device, Executable, HostBuffer
 from llmrt.gguf.constants import GGMLType
 from llmrt.ir import Graph
 from llmrt.lower import Arena, Storage, View, bound, plan_arena
 from llmrt.lower.arena import input_arrays, place_inputs
 from llmrt.lower.steps import ITEMSIZE
+from llmrt.lower.view import host_array
 from llmrt_vulkan.launch import LAUNCHES
 from llmrt_vulkan.lower import lower
 from llmrt_vulkan.runtime import Buffer, Runtime
@@ -41,26 +42,23 @@ class VulkanWeight:
 
 
 class VulkanState(device.Buffer):
-    """A tensor `offset` bytes into a runtime buffer: a state (a KV cache), or where a program
-    leaves an output."""
+    """A tensor in a runtime buffer of its own: a state (a KV cache), made by ``allocate``."""
 
     def __init__(self, dev: device.Device, rt: Runtime, buf: Buffer, shape: tuple[int, ...],
-                 dtype: GGMLType, offset: int = 0) -> None:  # fmt: skip
+                 dtype: GGMLType) -> None:  # fmt: skip
         super().__init__(dev, shape, dtype)
-        self.rt, self.buf, self.offset = rt, buf, offset
+        self.rt, self.buf = rt, buf
 
     def write(self, data: Any) -> None:
-        host = np.ascontiguousarray(data, HOST_TYPES[self.dtype]).reshape(self.shape)
-        self.rt.write(self.buf, host, self.offset)
+        self.rt.write(self.buf, self.as_host(data))
 
     def read(self) -> np.ndarray:
-        raw = self.rt.read(self.buf, self.offset, self.nbytes)
-        return raw.view(HOST_TYPES[self.dtype]).reshape(self.shape)
+        return self.rt.read(self.buf, 0, self.nbytes).view(self.host_dtype).reshape(self.shape)
 
     def copy_from(self, src: device.Buffer) -> bool:
         if not isinstance(src, VulkanState) or src.rt is not self.rt:
             return False
-        self.rt.submit_copy(src.buf, src.offset, self.buf, self.offset, self.nbytes)
+        self.rt.submit_copy(src.buf, 0, self.buf, 0, self.nbytes)
         return True
 
 
@@ -125,14 +123,20 @@ class VulkanProgram(Executable):
         cached host memory. Device-local memory that the host can map (a discrete GPU's
         resizable BAR) is uncached: reading logits from it costs milliseconds a step."""
         host = Arena()  # the outputs, one after another in the host buffer
-        self.out_plan: list[tuple[str, View, int]] = [  # name, view (contiguous), host offset
-            (name, ref, host.alloc(ref.n * ITEMSIZE[ref.dtype]))
-            for name, ref in self.outputs.items()
+        self.out_plan: list[tuple[View, int]] = [  # view (contiguous), host offset
+            (ref, host.alloc(ref.n * ITEMSIZE[ref.dtype])) for ref in self.outputs.values()
         ]
         copy_out = staged or not all(
             self._buffer_of(r.storage).cached for r in self.outputs.values()
         )
         self.outputs_host = self.rt.buffer(max(host.peak, 16), host=True) if copy_out else None
+        self.host_outputs: dict[str, np.ndarray] = {}  # where each output is after a run
+        for name, (ref, at) in zip(self.outputs, self.out_plan, strict=True):
+            if self.outputs_host is not None:
+                self.host_outputs[name] = host_array(self.outputs_host.host, at, ref)
+            else:  # in its storage, in cached host memory
+                at = ref.storage.offset + ref.offset * ITEMSIZE[ref.dtype]
+                self.host_outputs[name] = host_array(self._buffer_of(ref.storage).host, at, ref)
 
     def _descriptor_sets(self, pipelines: list[Any]) -> list[Any]:
         rt, vk, n_sets = self.rt, self.rt.vk, len(self.dispatches)
@@ -180,7 +184,7 @@ class VulkanProgram(Executable):
         self._record_dispatches(cb, pipelines, sets, barrier)
         if self.outputs_host is not None:
             barrier(COMPUTE, TRANSFER, SHADER_WRITE, TRANSFER_READ)
-            for _, ref, host_off in self.out_plan:
+            for ref, host_off in self.out_plan:
                 size = ITEMSIZE[ref.dtype]
                 region = vk.VkBufferCopy(srcOffset=ref.storage.offset + ref.offset * size,
                                          dstOffset=host_off, size=ref.n * size)  # fmt: skip
@@ -237,27 +241,14 @@ class VulkanProgram(Executable):
     ) -> dict[str, Any]:
         self.write_inputs(inputs)
         self.rt.run(self.submit)
-        return self._read_outputs(outputs)
+        return {
+            name: host.copy()
+            for name, host in self.host_outputs.items()
+            if outputs is None or name in outputs
+        }
 
     def output_buffer(self, name: str) -> device.Buffer | None:
-        """Where an output is after a run: its copy in host memory, or its storage."""
-        for out, ref, host_off in self.out_plan:
-            if out == name and self.device is not None:
-                buf, offset = self._output_at(ref, host_off)
-                return VulkanState(self.device, self.rt, buf, ref.shape, ref.dtype, offset)
-        return None
-
-    def _output_at(self, ref: View, host_off: int) -> tuple[Buffer, int]:
-        """The buffer and byte offset of an output after a run."""
-        if self.outputs_host is not None:
-            return self.outputs_host, host_off
-        return self._buffer_of(ref.storage), ref.storage.offset + ref.offset * ITEMSIZE[ref.dtype]
-
-    def _read_outputs(self, names: Collection[str] | None = None) -> dict[str, Any]:
-        result = {}
-        for name, ref, host_off in self.out_plan:
-            if names is None or name in names:
-                buf, start = self._output_at(ref, host_off)
-                raw = buf.host[start : start + ref.n * ITEMSIZE[ref.dtype]]
-                result[name] = raw.view(HOST_TYPES[ref.dtype]).reshape(ref.shape).copy()
-        return result
+        """Where an output is after a run: its copy in host memory, or its storage (cached host
+        memory)."""
+        host = self.host_outputs.get(name)
+        return None if host is None or self.device is None else HostBuffer(self.device, host)
