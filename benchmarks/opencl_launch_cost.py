@@ -2,8 +2,10 @@
 one through pyopencl, the same with a flush every 16 (a driver may hold commands until one), one
 by one from a compiled loop (llmrt_opencl.replay.CompiledEnqueue, what the backend runs on a GPU
 without a command buffer: numba calling clEnqueueNDRangeKernel, no Python between enqueues), then
-recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command.
-Microseconds per kernel, best of R: to the end of the enqueues (what the host spends) and to the
+recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command. Then what
+a kernel's arguments add (buffers, offsets), and where the device has coarse-grained SVM, kernels
+that take no buffer at all: every pointer in a block of numbers, itself SVM memory (what llmrt's
+kernels could take in place of buffer arguments). Microseconds per kernel, best of R: to the end of the enqueues (what the host spends) and to the
 queue's finish.
 
     python benchmarks/opencl_launch_cost.py [N=575] [R=20]
@@ -11,6 +13,7 @@ queue's finish.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import time
 from types import SimpleNamespace
@@ -103,11 +106,63 @@ def arguments(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> No
             print(f"{row}: {a} arguments, {name}: {best_us(loop, queue.finish, n, repeats)}")
 
 
+CL_KERNEL_EXEC_INFO_SVM_PTRS = 0x11B6
+
+
+def _svm_pointers(kernel: cl.Kernel, allocations: list) -> None:
+    """Tell the driver which SVM allocations `kernel` reaches through pointers it reads from
+    memory (clSetKernelExecInfo, which pyopencl does not wrap): set once, as arguments are."""
+    lib = replay._library()
+    lib.clSetKernelExecInfo.restype = ctypes.c_int32
+    lib.clSetKernelExecInfo.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t,
+                                        ctypes.c_void_p]  # fmt: skip
+    ptrs = (ctypes.c_void_p * len(allocations))(*[a.svm_ptr for a in allocations])
+    err = lib.clSetKernelExecInfo(kernel.int_ptr, CL_KERNEL_EXEC_INFO_SVM_PTRS,
+                                  ctypes.sizeof(ptrs), ptrs)  # fmt: skip
+    if err:
+        raise RuntimeError(f"clSetKernelExecInfo failed ({err})")
+
+
+def svm_pointers(platform: cl.Platform, dev: cl.Device, n: int, repeats: int) -> None:
+    """Kernels whose one argument is an SVM block of A pointers (every one an SVM allocation
+    named to the driver by clSetKernelExecInfo), the first of which it increments: no buffer
+    argument at all. Checked: every enqueue's increment is there at the end."""
+    row = f"{dev.name.strip()} ({platform.name.strip()})"
+    if not dev.svm_capabilities & cl.device_svm_capabilities.COARSE_GRAIN_BUFFER:
+        print(f"{row}: no coarse-grained SVM")
+        return
+    ctx = cl.Context([dev])
+    queue = cl.CommandQueue(ctx)
+    source = ("__kernel void svm(__global const ulong* P) {\n"
+              "    __global float* a0 = (__global float*)P[0];\n"
+              "    a0[get_global_id(0)] += 1.0f;\n}")  # fmt: skip
+    program = cl.Program(ctx, source).build()
+    flags = cl.svm_mem_flags.READ_WRITE
+    for a in (1, 8, 16, 32):
+        targets = [cl.SVMAllocation(ctx, 4 * 64, 0, flags) for _ in range(a)]
+        block = cl.SVMAllocation(ctx, 8 * a, 0, flags)
+        cl.enqueue_copy(queue, block, np.array([t.svm_ptr for t in targets], np.uint64))
+        cl.enqueue_svm_memfill(queue, targets[0], np.float32(0))
+        launches = []
+        for _ in range(n):
+            kernel = cl.Kernel(program, "svm")
+            kernel.set_arg(0, block)
+            _svm_pointers(kernel, targets)
+            launches.append(SimpleNamespace(kernel=kernel, global_size=(64,), local_size=(64,)))
+        loop = replay.CompiledEnqueue(queue, launches).enqueue
+        timing = best_us(loop, queue.finish, n, repeats)
+        out = np.empty(64, np.float32)
+        cl.enqueue_copy(queue, out, targets[0])
+        assert out[0] == n * (repeats + 1), (out[0], n * (repeats + 1))
+        print(f"{row}: {a} SVM pointers in an SVM block, no buffer: {timing}")
+
+
 def main(n: int, repeats: int) -> None:
     for platform in cl.get_platforms():
         for dev in platform.get_devices():
             measure(platform, dev, n, repeats)
             arguments(platform, dev, n, repeats)
+            svm_pointers(platform, dev, n, repeats)
 
 
 if __name__ == "__main__":
