@@ -5,8 +5,8 @@ without a command buffer: numba calling clEnqueueNDRangeKernel, no Python betwee
 recorded once into a command buffer (llmrt_opencl.replay) and enqueued as one command. Then what
 a kernel's arguments add (buffers, offsets), and where the device has coarse-grained SVM, kernels
 that take no buffer at all: every pointer in a block of numbers, itself SVM memory (what llmrt's
-kernels could take in place of buffer arguments). Microseconds per kernel, best of R: to the end of the enqueues (what the host spends) and to the
-queue's finish.
+kernels could take in place of buffer arguments). Microseconds per kernel, best of R: to the
+end of the enqueues (what the host spends) and to the queue's finish.
 
     python benchmarks/opencl_launch_cost.py [N=575] [R=20]
 """

@@ -134,6 +134,14 @@ def _scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
     return held[0], np.uint64(0)
 
 
+def _arena_scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
+    """_scratch in the program's arena (reserved past its activations), shared as _scratch is."""
+    held = prog.memo.get("fattn partials")
+    if held is None or held[1] < nbytes:
+        prog.memo["fattn partials"] = held = (prog.reserve(nbytes), nbytes)
+    return held[0]
+
+
 def _fused_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     """The new row's and the q8 output's arguments (attention.cl's FUSED_ARGS), stand-ins where
     the step has none."""
@@ -157,14 +165,16 @@ def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     )
 
 
-def _vec_args(prog: OpenCLProgram, args: tuple) -> tuple:
-    """fattn's arguments as fattn_vec takes them: the activations' one buffer, the caches', the
-    partials' and the counters', then the numbers as a constant block (attention.cl's
-    FATTN_VEC_PARAMS)."""
+def _vec_args(prog: OpenCLProgram, args: tuple, new_row: bool) -> tuple:
+    """fattn's arguments as fattn_vec takes them: the activations' one buffer (the partials' and
+    counters' too), the caches (where the new row goes too), then the numbers as a constant block
+    (attention.cl's FATTN_VEC_PARAMS)."""
     (q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt), numbers = prog.packed(args)
-    if len({id(b) for b in (q, mask, out, kn, vn, pos, ids, ff, xq)}) != 1:
+    if len({id(b) for b in (q, mask, out, part, kn, vn, pos, ids, ff, xq, cnt)}) != 1:
         raise LlmrtError("an OpenCL attention's activations are in more than one buffer")
-    return (q, k, v, part, kc, vc, cnt, numbers)
+    if new_row and (kc is not k or vc is not v):
+        raise LlmrtError("an OpenCL attention's new K/V row goes to other buffers than it reads")
+    return (q, k, v, numbers)
 
 
 def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:
@@ -229,7 +239,10 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     if kernel is not None and (xq or merge_last):
         kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
-    part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4) if nsplit > 1 else out
+    part = out
+    if nsplit > 1:  # fattn_vec's in the arena: it takes no other buffer
+        nbytes = t * hq * nsplit * (dv + 2) * 4
+        part = _arena_scratch(prog, nbytes) if vec_launch else _scratch(prog, nbytes)
     args = (
         *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
         *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),
@@ -239,7 +252,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     )  # fmt: skip
     if vec_launch:  # the split counters (the last split resets its own)
         args += prog.counters(4 * blocks * hkv) if merge_last else out
-        args = _vec_args(prog, args)
+        args = _vec_args(prog, args, new_row)
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
         launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]

@@ -249,15 +249,17 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         if "q8_out" in p:  # a work-item a block of 32 GLU outputs (48 groups: 1536)
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
-    # the weights, the activations' buffer, the counters, the norm's weight, the numbers
+    # the weights, the activations' buffer (the counters' too), the norm's weight, the numbers
     (w0, w1, w2, xq, y0, y1, y2, rs, oq, cnt, nw, ny, nq), numbers = prog.packed(args)
-    if len({id(b) for b in (xq, y0, y1, y2, rs, oq, ny, nq)}) != 1:
+    if len({id(b) for b in (xq, y0, y1, y2, rs, oq, cnt, ny, nq)}) != 1:
         raise LlmrtError("an OpenCL mat-vec's activations are in more than one buffer")
-    args = (w0, w1, w2, xq, cnt, nw, numbers)
     epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
-    kernel = _q8_kernel(
-        prog, wtype, f"mmvq_{nt}_{r}", **({"MMVQ_EPILOGUE": epilogue} if epilogue else {})
-    )
+    # the weights it reads (MMVQ_WBUFS), the norm's weight where its epilogue reads it
+    args = (*(w0, w1, w2)[: len(ws)], xq, *([nw] if epilogue == 2 else []), numbers)
+    defines = {"MMVQ_WBUFS": len(ws)} if len(ws) < 3 else {}
+    if epilogue:
+        defines["MMVQ_EPILOGUE"] = epilogue
+    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 

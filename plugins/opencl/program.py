@@ -95,6 +95,19 @@ def allocate(ctx: Any, nbytes: int, what: str, device_id: str) -> Any:
         raise out_of_memory(device_id, what, nbytes, f" ({exc})") from exc
 
 
+class _Arena:
+    """Where a launch takes the program's arena while its launches are built (the buffer is made
+    after them, at its size with their reservations): OpenCLProgram puts the buffer in its
+    place."""
+
+
+ARENA = _Arena()
+
+
+def _is_buffer(arg: Any) -> bool:
+    return arg is ARENA or isinstance(arg, cl.MemoryObjectHolder)
+
+
 def _aligned(nbytes: int) -> int:
     return -(-int(nbytes) // 256) * 256
 
@@ -130,8 +143,10 @@ class OpenCLProgram(Executable):
         for s in plan.storages:
             if s.kind == "input":
                 inputs_at[s], end = end, end + _aligned(s.nbytes)
-        self.arena = allocate(self.ctx, end, f"graph {graph.name!r} activations and inputs",
-                              device.id)  # fmt: skip
+        # then what the launch builders reserve (reserve(): counters, fattn_vec's partials): the
+        # buffer is made once they are built, so the launches take it as ARENA until then
+        self.arena, self.arena_end = ARENA, end
+        self.zeroed: list[tuple[int, int]] = []  # (byte, size): reservations zeroed once
         self.keep: list[Any] = []
         self.memo: dict[Any, Any] = {}  # what launch builders share within this program
         self.base: dict[Storage, tuple[Any, int]] = {}
@@ -146,7 +161,6 @@ class OpenCLProgram(Executable):
                 self.base[s] = (self.arena, inputs_at[s])
             else:
                 self.base[s] = (self.arena, max(s.offset, 0))
-        self.inputs = [(key, *self.base[v.storage], v) for key, v in plan.inputs.items()]
         self.outputs = [(name, v) for name, v in plan.outputs.items()]
         table = _launch_table()
         self.launches: list[Launch] = []
@@ -155,6 +169,7 @@ class OpenCLProgram(Executable):
             if build is None:
                 raise LlmrtError(f"no OpenCL launch for step {step.op}")
             self.launches += build(self, step)
+        self._allocate_arena(f"graph {graph.name!r} activations, inputs and scratch")
         for launch in self.launches:
             launch.kernel.set_args(*launch.args)
         # a step's enqueues: on a GPU recorded once into a command buffer where the driver has
@@ -185,6 +200,26 @@ class OpenCLProgram(Executable):
         """A fresh kernel object (its own arguments) of a program built once per defines."""
         return cl.Kernel(self.device.program(file, tuple(sorted((defines or {}).items()))), name)
 
+    def reserve(self, nbytes: int, zeroed: bool = False) -> tuple[Any, np.uint64]:
+        """`nbytes` of the arena past the activations and inputs, for this program's launches
+        alone (never planned over): a kernel that takes the arena anyway reaches them with no
+        buffer argument of their own. `zeroed`: zero before the first run (counters)."""
+        at, self.arena_end = self.arena_end, self.arena_end + _aligned(nbytes)
+        if zeroed:
+            self.zeroed.append((at, nbytes))
+        return self.arena, np.uint64(at)
+
+    def _allocate_arena(self, what: str) -> None:
+        """The arena's buffer, now that every reservation is made, put in the place of ARENA."""
+        self.arena = real = allocate(self.ctx, self.arena_end, what, self.device.id)
+        for at, nbytes in self.zeroed:
+            cl.enqueue_fill_buffer(self.queue, real, np.uint8(0), at, nbytes)
+        self.queue.finish()
+        for launch in self.launches:
+            launch.args = tuple(real if a is ARENA else a for a in launch.args)
+        self.base = {s: (real if b is ARENA else b, at) for s, (b, at) in self.base.items()}
+        self.inputs = [(key, *self.base[v.storage], v) for key, v in self.plan.inputs.items()]
+
     def scratch(self, nbytes: int, what: str = "attention scratch") -> tuple[Any, np.uint64]:
         buf = allocate(self.ctx, nbytes, what, self.device.id)
         self.keep.append(buf)
@@ -195,21 +230,18 @@ class OpenCLProgram(Executable):
         block of 64-bit words (a float as its bits), for the kernels that read one (weights.cl's
         MMVQ_PARAMS, attention.cl's FATTN_VEC_PARAMS): one buffer argument in place of dozens
         of scalars, each of which NVIDIA's driver charges for on every enqueue."""
-        buffers = [a for a in args if isinstance(a, cl.MemoryObjectHolder)]
+        buffers = [a for a in args if _is_buffer(a)]
         words = np.array([int(x.view(np.int32)) if isinstance(x, np.float32) else int(x)
-                          for x in args if not isinstance(x, cl.MemoryObjectHolder)],
-                         np.int64)  # fmt: skip
+                          for x in args if not _is_buffer(x)], np.int64)  # fmt: skip
         block = cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
                           hostbuf=words)  # fmt: skip
         self.keep.append(block)
         return buffers, block
 
     def counters(self, nbytes: int) -> tuple[Any, np.uint64]:
-        """Scratch for a kernel's atomic counters, zeroed once here: the kernel that counts to the
-        end resets its own, so every later run finds them zero."""
-        arg = self.scratch(nbytes, "atomic counters")
-        cl.enqueue_fill_buffer(self.queue, arg[0], np.uint8(0), 0, nbytes).wait()
-        return arg
+        """A kernel's atomic counters in the arena, zeroed once before the first run: the kernel
+        that counts to the end resets its own, so every later run finds them zero."""
+        return self.reserve(nbytes, zeroed=True)
 
     # ---- the hot path ----------------------------------------------------------------------
     def run(

@@ -427,7 +427,8 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #define VC (DV4 / LPK)
 
 // Its activations (q, the mask, the output, the new row, its position and cell, the rope
-// factors, the q8 output) are in one buffer A, and its numbers in the constant block P, in
+// factors, the q8 output), its partials and counters are in one buffer A, the new K and V rows go
+// into the caches it reads (kb, vb), and its numbers are in the constant block P, in
 // FATTN_VEC_PARAMS' order (a float as its bits), as weights.cl's mmvq takes them: each argument
 // costs host time on every enqueue on NVIDIA's driver.
 #define FATTN_VEC_PARAMS                                                                       \
@@ -446,11 +447,10 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     const long dso = P[34];                                                                    \
     const ulong cnto = P[35];                                                                  \
     __global uchar *qb = A, *mb = A, *ob = A, *knb = A, *vnb = A, *posb = A, *idsb = A;        \
-    __global uchar *ffb = A, *xqb = A
+    __global uchar *ffb = A, *xqb = A, *pb = A, *cntb = A, *kcb = kb, *vcb = vb
 
 __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
-    __global uchar* A, __global const uchar* kb, __global const uchar* vb, __global uchar* pb,
-    __global uchar* kcb, __global uchar* vcb, __global uchar* cntb, __constant long* P) {
+    __global uchar* A, __global uchar* kb, __global uchar* vb, __constant long* P) {
     FATTN_VEC_PARAMS;
     __local float sq[NR * D];
     __local float smax[NS * NR], ssum[NS * NR], sout[NS * NR * DV];

@@ -667,10 +667,11 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
 // built with one (one token): MMVQ_EPILOGUE 1 the GLU's q8 blocks (glu_q8), 2 the row's norm
 // (norm). A define, not a branch on the flags: PoCL's compiler took 47 s over a kernel holding
 // both epilogues' barriers (0.2 s without, 0.8 and 6.9 s with one), and a GPU's takes only the
-// code it runs. Every activation (xq, the outputs, the residual, the epilogues' outputs) is in one
-// buffer A, and the numbers (offsets, sizes, flags; a float as its bits) come in the constant
-// block P, in MMVQ_PARAMS' order: NVIDIA's driver spends about 0.25 us of host time a buffer
-// argument and 0.07 a scalar on every enqueue (BENCHMARKS.md, 2026-12-07, twentieth session).
+// code it runs. Every activation (xq, the outputs, the residual, the epilogues' outputs) and the
+// epilogues' counters are in one buffer A, and the numbers (offsets, sizes, flags; a float as its
+// bits) come in the constant block P, in MMVQ_PARAMS' order: NVIDIA's driver spends about 0.25 us
+// of host time a buffer argument and 0.07 a scalar on every enqueue (BENCHMARKS.md, 2026-12-07,
+// twentieth session).
 #define MMVQ_PARAMS                                                                              \
     const ulong w0o = P[0], w1o = P[1], w2o = P[2];                                              \
     const long row_bytes = P[3];                                                                 \
@@ -687,12 +688,35 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
     const int mode = P[25], has_ny = P[26];                                                      \
     const ulong nyo = P[27], nqo = P[28];                                                        \
     const long ndso = P[29];                                                                     \
-    __global uchar *xqb = A, *y0b = A, *y1b = A, *y2b = A, *rb = A, *oqb = A, *nyb = A, *nqb = A
+    __global uchar *xqb = A, *y0b = A, *y1b = A, *y2b = A, *rb = A, *oqb = A, *nyb = A;          \
+    __global uchar *nqb = A, *cntb = A
+// The weights' buffers a launch reads (MMVQ_WBUFS of them, 1 to 3: past them W1 and W2 stand
+// in as W0) and the norm's weight only where the norm epilogue reads it: arguments, not taken.
+#ifndef MMVQ_WBUFS
+#define MMVQ_WBUFS 3
+#endif
+#if MMVQ_WBUFS == 1
+#define MMVQ_WEIGHTS __global const uchar* w0b
+#define MMVQ_STAND_INS __global const uchar *w1b = w0b, *w2b = w0b
+#elif MMVQ_WBUFS == 2
+#define MMVQ_WEIGHTS __global const uchar *w0b, __global const uchar *w1b
+#define MMVQ_STAND_INS __global const uchar* w2b = w0b
+#else
+#define MMVQ_WEIGHTS __global const uchar *w0b, __global const uchar *w1b, __global const uchar *w2b
+#define MMVQ_STAND_INS
+#endif
+#if MMVQ_EPILOGUE == 2
+#define MMVQ_NORM_WEIGHT , __global const uchar *nwb
+#define MMVQ_NO_NORM_WEIGHT
+#else
+#define MMVQ_NORM_WEIGHT
+#define MMVQ_NO_NORM_WEIGHT __global const uchar* nwb = A
+#endif
 #define MMVQ(NT, R)                                                                              \
     __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
-        __global const uchar* w0b, __global const uchar* w1b, __global const uchar* w2b,         \
-        __global uchar* A, __global uchar* cntb, __global const uchar* nwb,                      \
-        __constant long* P) {                                                                    \
+        MMVQ_WEIGHTS, __global uchar* A MMVQ_NORM_WEIGHT, __constant long* P) {                   \
+        MMVQ_STAND_INS;                                                                          \
+        MMVQ_NO_NORM_WEIGHT;                                                                     \
         MMVQ_PARAMS;                                                                             \
         __local float red[MMVQ_ACC * MMVQ_WG];                                                   \
         __local int redi[MMVQ_WG], last, done[MMVQ_WG / 8];                                      \
