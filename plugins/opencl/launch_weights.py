@@ -50,6 +50,10 @@ MMVQ_WG = 64  # weights.cl's MMVQ_WG; its kernels mmvq_<NT>_<R> have R 1 or 2 fo
 # decode path's KL divergence is level: BENCHMARKS.md, 2026-12-06, tenth session). 0 until
 # measured again with warp shuffles
 MMVQ_LANES = 0
+# the FFN's down projection in the gate/up launch (lower.FFN_DOWN): its columns in groups of this
+# many of the GLU's q8 blocks, a row of partials a group, summed by the last (weights.cl's
+# FFN_GROUP): fewer groups, a shorter sum at the end; more, more work-groups sharing the rows
+FFN_GROUP = 4
 K_QUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
 # CPU kernels that read halves by bit arithmetic (CPU_HALF): PoCL's vload_half is a software
 # routine. Only these: the float kernels (mmv_row) built so ran Gemma 3 on PoCL slower (pp64 187
@@ -227,6 +231,9 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     several = "outs" in p or "glu" in p  # ins: the weights; else the weight and a residual
     ws = step.ins if several else step.ins[:1]
     res = step.ins[1] if not several and len(step.ins) > 1 else None
+    down = p.get("down")  # the FFN's down projection, taken in (lower.ffn_down): W2 its weight
+    if down is not None:
+        ws = [*ws, down.ins[0]]
     g = 1 if prog.device_info["cpu"] else MMVQ_LANES or mmvq_lanes(k // 32)
     nt = _token_tile(t)
     if glu >= 0:  # a lane group's two rows: the gate's and the up's
@@ -243,6 +250,8 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             np.int32(g), np.int32(glu))  # fmt: skip
     cpu = prog.device_info["cpu"]
     args += _epilogues(prog, step, counted=not cpu)
+    if down is not None:
+        args += _down_args(prog, step, down)
     if cpu:  # four rows a work-item, no local memory: mmvq_cpu
         items = _groups(ms[0], 2) if glu >= 0 else sum(_groups(m, 4) for m in ms)
         size, local = (_groups(items, CPU_MMVQ_WG) * CPU_MMVQ_WG,), (CPU_MMVQ_WG,)
@@ -250,17 +259,32 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
             size, local = (outs[0].n // 32,), (1,)
         return [Launch(_kernel(prog, wtype, "mmvq_cpu"), size, local, args)]
     # the weights, the activations' buffer (the counters' too), the norm's weight, the numbers
-    (w0, w1, w2, xq, y0, y1, y2, rs, oq, cnt, nw, ny, nq), numbers = prog.packed(args)
-    if len({id(b) for b in (xq, y0, y1, y2, rs, oq, cnt, ny, nq)}) != 1:
+    buffers, numbers = prog.packed(args)
+    (w0, w1, w2, xq), nw, activations = buffers[:4], buffers[10], buffers[4:10] + buffers[11:]
+    if len({id(b) for b in (xq, *activations)}) != 1:
         raise LlmrtError("an OpenCL mat-vec's activations are in more than one buffer")
-    epilogue = 1 if "q8_out" in p else 2 if "norm" in p else 0  # weights.cl's MMVQ_EPILOGUE
-    # the weights it reads (MMVQ_WBUFS), the norm's weight where its epilogue reads it
-    args = (*(w0, w1, w2)[: len(ws)], xq, *([nw] if epilogue == 2 else []), numbers)
+    # weights.cl's MMVQ_EPILOGUE
+    epilogue = 3 if down is not None else 1 if "q8_out" in p else 2 if "norm" in p else 0
+    # the weights it reads (MMVQ_WBUFS), the norm's weight where an epilogue reads it
+    args = (*(w0, w1, w2)[: len(ws)], xq, *([nw] if epilogue >= 2 else []), numbers)
     defines = {"MMVQ_WBUFS": len(ws)} if len(ws) < 3 else {}
     if epilogue:
         defines["MMVQ_EPILOGUE"] = epilogue
+    if epilogue == 3:
+        defines["FFN_GROUP"] = FFN_GROUP
     kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
+
+
+def _down_args(prog: OpenCLProgram, step: Step, down: Step) -> tuple:
+    """Epilogue 3's numbers past the others (weights.cl's MMVQ_DOWN_PARAMS): the down
+    projection's row bytes and rows, its residual and output row, then its partials (a row a
+    group of FFN_GROUP of the GLU's q8 blocks) and counters (one a group, one for the row), in
+    the arena."""
+    md, groups = down.params["m"], -(-(down.params["k"] // 32) // FFN_GROUP)
+    return (np.int64(down.params["row_bytes"]), np.int32(md), *prog.arg(down.ins[1]),
+            *prog.arg(down.out), *prog.reserve(4 * groups * md),
+            *prog.counters(4 * groups), *prog.counters(4))  # fmt: skip
 
 
 def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
@@ -280,8 +304,8 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
         cnt = prog.counters(max(16, 4 * (y.n // 32)) if "q8_out" in p else 16)
     norm = (*cnt, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
             np.int64(0), np.int32(0))  # fmt: skip
-    if "norm" in p:
-        ns = p["norm"]
+    ns = p["norm"] if "norm" in p else p["down"].params.get("norm") if "down" in p else None
+    if ns is not None:  # its own, or the down projection's it took in (epilogue 3)
         w, has_y = ns.ins[1] if len(ns.ins) > 1 else y, not ns.params.get("y_unused", False)
         norm = (*cnt, *prog.arg(w), np.int32(len(ns.ins) > 1), np.float32(ns.params["eps"]),
                 np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),

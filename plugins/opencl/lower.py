@@ -44,6 +44,11 @@ MAX_HEAD_DIM = 256
 # 4096-wide 165-169 in it, 246-258 apart (2026-12-06). A GLU row's q8 blocks take no such pass
 # (each block by the work-group that completes it), so they go into the mat-vec at any length
 GPU_EPILOGUE_MAX_COLS = 1024
+# a GPU's gate/up mat-vec takes the FFN's down projection after it (ffn_down): one launch a layer
+# fewer, where a decode step's enqueues, not its kernels, set the pace (the 135M shape on NVIDIA's
+# driver: ~5 us of host time a launch); the down's rows at most this many (the sum of its
+# partials and the norm are one work-group's). 0: not taken, until an H100 measures it
+FFN_DOWN_MAX_ROWS = 0
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
 
@@ -94,6 +99,31 @@ def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
     plan.steps[:] = out
 
 
+def ffn_down(plan: Plan, max_rows: int) -> None:
+    """A one-token gate/up mat-vec that writes its GLU row's q8 blocks (``q8_out``) takes the
+    mat-vec after it that reads them (the down projection, with its residual and any norm
+    epilogue) as ``params["down"]``, where that weight is of the same type and has at most
+    `max_rows` rows: weights.cl's MMVQ_EPILOGUE 3. What the taken step wrote and read is the
+    gate/up's for liveness."""
+    out: list[Step] = []
+    for st in plan.steps:
+        gu = out[-1] if out else None
+        if (gu is not None and "q8_out" in gu.params and st.op == "mmvq" and st.params["t"] == 1
+                and st.params["q8"] is gu.params["q8_out"] and len(st.ins) == 2
+                and "outs" not in st.params and "glu" not in st.params
+                and st.params["type"] == gu.params["type"] and st.params["m"] <= max_rows
+                and st.params["k"] == gu.params.get("ms", [gu.params["m"]])[0]):  # fmt: skip
+            p = gu.params
+            p["down"] = st
+            p["also_writes"] = [*p.get("also_writes", ()), st.out.storage,
+                                *st.params.get("also_writes", ())]  # fmt: skip
+            p["also_reads"] = [*p.get("also_reads", ()), *(v.storage for v in st.ins),
+                               *st.params.get("also_reads", ())]  # fmt: skip
+            continue
+        out.append(st)
+    plan.steps[:] = out
+
+
 def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = False,
           max_weight: int | None = None) -> Plan:  # fmt: skip
     """The steps of `graph`; `fused`: with the decode fusions (the choice for GPUs); `q8_gemm`:
@@ -106,6 +136,8 @@ def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = 
     if fused:
         passes.small_batch(plan, lo.storage, Q8_TYPES)
         mat_vec_epilogues(plan, None if cpu else GPU_EPILOGUE_MAX_COLS)
+        if not cpu and FFN_DOWN_MAX_ROWS:
+            ffn_down(plan, FFN_DOWN_MAX_ROWS)
     if q8_gemm:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)

@@ -204,6 +204,56 @@ def test_a_gpu_glu_writes_each_q8_block_in_the_work_group_that_completes_it(
     assert any(n.startswith("mmvq_") for n in names) and "quant_q8" not in names
 
 
+@pytest.mark.parametrize("lanes, group", [(8, 4), (32, 3)], ids=["8-lanes", "32-lanes"])
+@pytest.mark.parametrize(
+    "case",
+    [c for c in cases() if c.id.startswith("decode_ffn(") and ",t=1," in c.id],
+    ids=lambda c: c.id,
+)
+def test_a_gpu_gate_up_launch_computes_the_down_projection_too(
+    opencl, case, lanes, group, monkeypatch
+):
+    """With lower.FFN_DOWN_MAX_ROWS, a GPU's one-token gate/up mat-vec computes the FFN's down
+    projection as well (weights.cl's MMVQ_EPILOGUE 3: the GLU's q8 blocks in groups, a partial
+    row a group, the last group's sum with the residual): one mat-vec launch for the block, run
+    twice (its counters reset), against the reference; groups of 3 leave a short last group."""
+    import llmrt_opencl.launch_weights as launch_weights
+    import llmrt_opencl.lower as lw
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_weights, "MMVQ_LANES", lanes)
+    monkeypatch.setattr(launch_weights, "FFN_GROUP", group)
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", 1 << 20)
+    programs = _compiled(opencl, monkeypatch, twice=True)
+    assert check_case(opencl, case) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert sum(n.startswith("mmvq_") for n in names) == 1
+
+
+def test_a_model_whose_gate_up_launches_take_the_down_projections(opencl, tiny_gguf_with_vocab,
+                                                                  monkeypatch):  # fmt: skip
+    """The same in a whole model (GPU kernels): a decode step a launch a layer fewer, each down
+    projection's row normed for the next layer in the same launch; prompt and decode logits as
+    the cpu backend's."""
+    import llmrt_opencl.lower as lw
+    import llmrt_opencl.program as program
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    launches = {}
+    for rows in (0, 1 << 20):
+        monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", rows)
+        ref = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64)
+        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
+        assert nmse(ref.eval(PROMPT, all_logits=True), ctx.eval(PROMPT, all_logits=True)) < 1e-3
+        for token in (4, 8, 6, 15):
+            assert nmse(ref.eval([token]), ctx.eval([token])) < 1e-3
+        step = next(p for key, p in ctx.graphs.items()
+                    if key[0] == 1 and isinstance(p, program.OpenCLProgram))  # fmt: skip
+        launches[rows] = len(step.launches)
+    n_layers = load(tiny_gguf_with_vocab, device="cpu").hp.n_layer
+    assert launches[1 << 20] == launches[0] - n_layers
+
+
 def _long_row_product(wtype: GGMLType, t: int) -> OpCase:
     """y = W x + r over 2,048-wide rows (64 q8 blocks: several a lane at every lane count)."""
     leaves = {

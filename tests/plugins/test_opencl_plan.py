@@ -18,9 +18,13 @@ from llmrt_opencl.lower import Q8_TYPES, lower, supports
     ids=["float-gemm", "gemmq", "cpu"],
 )
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
+@pytest.mark.parametrize("ffn_down", [0, 1 << 20], ids=["", "ffn-down"])
 def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(
-    tiny_gguf_with_vocab, n_tokens, q8_gemm, cpu
+    tiny_gguf_with_vocab, n_tokens, q8_gemm, cpu, ffn_down, monkeypatch
 ):
+    import llmrt_opencl.lower as lw
+
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", ffn_down)
     graph = file_graph(tiny_gguf_with_vocab, n_tokens)
     assert all(supports(node) for node in graph.nodes)
     plan = lower(graph, fused=True, q8_gemm=q8_gemm, cpu=cpu)
@@ -151,3 +155,30 @@ def test_a_gpu_keeps_norm_launches_for_rows_past_its_epilogue_width(tiny_gguf_wi
     monkeypatch.setattr(lw, "GPU_EPILOGUE_MAX_COLS", 1)  # narrower than any GLU row too
     assert sum("q8_out" in s.params for s in lower(graph, fused=True).steps) == len(glu)
     assert len(lower(graph, fused=True, cpu=True).steps) == len(plan.steps)
+
+
+def test_a_gpu_gate_up_mat_vec_takes_the_down_projection_where_asked(tiny_gguf_with_vocab,
+                                                                    monkeypatch):  # fmt: skip
+    """With FFN_DOWN_MAX_ROWS, a GPU's one-token gate/up mat-vec takes the down projection after
+    it (with its residual and its norm epilogue): a step a layer fewer; rows past the bound, a
+    CPU device's plan and a prompt's keep theirs."""
+    import llmrt_opencl.lower as lw
+
+    graph = file_graph(tiny_gguf_with_vocab, 1)
+    if not {n.dtype for n in graph.nodes if n.op.name == "WEIGHT"} & Q8_TYPES:
+        pytest.skip("no legacy quant weights")
+    plain = lower(graph, fused=True)
+    gate_up = [s for s in plain.steps if "q8_out" in s.params]
+    rows = {s.params["m"] for s in plain.steps if s.op == "mmvq" and s.params["q8"] in
+            [g.params["q8_out"] for g in gate_up]}  # fmt: skip
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", max(rows))
+    taken = lower(graph, fused=True)
+    downs = [s.params["down"] for s in taken.steps if "down" in s.params]
+    assert len(downs) == len(gate_up) > 0 and len(taken.steps) == len(plain.steps) - len(downs)
+    assert all("norm" in d.params for d in downs[:-1])  # each layer's down norms the next's row
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", max(rows) - 1)
+    assert len(lower(graph, fused=True).steps) == len(plain.steps)
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", max(rows))
+    assert not any("down" in s.params for s in lower(graph, fused=True, cpu=True).steps)
+    prompt = lower(file_graph(tiny_gguf_with_vocab, 3), fused=True)
+    assert not any("down" in s.params for s in prompt.steps)

@@ -662,6 +662,72 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
     norm_q8_row_group(y, ny, nw, 0, M, eps, mode, has_nw, has_ny, nq, ndso, redf, redi, 0, 1);
 }
 
+// MMVQ_EPILOGUE 3: epilogue 1 (the GLU row's q8 blocks), then the FFN's down projection in the
+// same launch (lower.ffn_down): Wd, Md rows over the GLU's M columns, of the same weight type. Its
+// columns go in groups of FFN_GROUP q8 blocks: the work-group whose block completes a group (a
+// count a group in gcnt, reset by it) adds that group's part of every row of Wd into the group's
+// row of partials; the last group to finish (fcnt) sums the partials in group order, adds the
+// residual into yd and norms the row where has_norm, as epilogue 2 does.
+#ifndef FFN_GROUP
+#define FFN_GROUP 4
+#endif
+inline void mmvq_ffn_down(int M, int G, __global const uchar* oq, long odso, __local int* done,
+                          __global const uchar* Wd, long drb, int Md, __global float* part,
+                          __global volatile int* gcnt, __global volatile int* fcnt,
+                          __global const float* res, __global float* yd, int has_norm,
+                          __global const float* nw, int has_nw, float eps, int mode, int has_ny,
+                          __global float* ny, __global uchar* nq, long ndso, __local int* last,
+                          __local float* redf, __local int* redi) {
+    const int lid = get_local_id(0), row0 = get_group_id(0) * (MMVQ_WG / G);
+    const int b0 = row0 / 32, nblk = (min(row0 + MMVQ_WG / G, M) - 1) / 32 - b0 + 1;
+    const int nb = M / 32, ngroups = (nb + FFN_GROUP - 1) / FFN_GROUP;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);  // this group's q8 blocks are written
+    if (lid < nblk) {  // done[j] now: whether this group completed block b0 + j's group
+        const int g = (b0 + lid) / FFN_GROUP, size = min(FFN_GROUP, nb - g * FFN_GROUP);
+        done[lid] = done[lid] && atomic_inc(gcnt + g) == size - 1;
+        if (done[lid]) atomic_xchg(gcnt + g, 0);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    __global const float2* DS = (__global const float2*)(oq + odso);
+    int took = 0;
+    for (int j = 0; j < nblk; ++j) {
+        if (!done[j]) continue;
+        ++took;
+        const int g = (b0 + j) / FFN_GROUP, c1 = min(nb, (g + 1) * FFN_GROUP);
+        for (int row = lid; row < Md; row += MMVQ_WG) {
+            __global const uchar* wrow = Wd + (ulong)row * (ulong)drb;
+            float acc = 0.0f;
+            for (int c = g * FFN_GROUP; c < c1; ++c) {
+                int v[8];
+                float d, m;
+                load_wq(wrow, c, v, &d, &m);
+                const int8 x8 = vload8(0, (__global const int*)(oq + (size_t)c * 32));
+                const int x[8] = {x8.s0, x8.s1, x8.s2, x8.s3, x8.s4, x8.s5, x8.s6, x8.s7};
+                acc += dot_q(v, x, d, m, DS[c].x, as_int(DS[c].y));
+            }
+            part[(size_t)g * Md + row] = acc;
+        }
+    }
+    if (!took) return;  // the same in every work-item: done is local
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+    if (lid == 0) *last = atomic_add(fcnt, took) == ngroups - took;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!*last) return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    if (lid == 0) atomic_xchg(fcnt, 0);
+    for (int row = lid; row < Md; row += MMVQ_WG) {
+        float sum = 0.0f;
+        for (int g = 0; g < ngroups; ++g) sum += part[(size_t)g * Md + row];
+        yd[row] = sum + res[row];
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);  // the row, whole, before its norm reads it
+    if (has_norm)
+        norm_q8_row_group(yd, ny, nw, 0, Md, eps, mode, has_nw, has_ny, nq, ndso, redf, redi, 0, 1);
+}
+
 // mmvq_<NT>_<R>: weights W0..W2 (those past the matrices used stand in, unread), outputs Y0..Y2
 // with M0..M2 rows; the residual (Y0's only) where has_res; then mmvq_last_group's epilogue where
 // built with one (one token): MMVQ_EPILOGUE 1 the GLU's q8 blocks (glu_q8), 2 the row's norm
@@ -672,6 +738,17 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
 // bits) come in the constant block P, in MMVQ_PARAMS' order: NVIDIA's driver spends about 0.25 us
 // of host time a buffer argument and 0.07 a scalar on every enqueue (BENCHMARKS.md, 2026-12-07,
 // twentieth session).
+// epilogue 3's (its weight is W2): whether the down projection norms its row (the norm's own
+// flag), its row bytes and rows, where its residual, output row, partials and counters are
+#if MMVQ_EPILOGUE == 3
+#define MMVQ_DOWN_PARAMS                                                                         \
+    const int has_norm = P[30];                                                                  \
+    const long drb = P[31];                                                                      \
+    const int Md = P[32];                                                                        \
+    const ulong dro = P[33], ydo = P[34], parto = P[35], gcnto = P[36], fcnto = P[37]
+#else
+#define MMVQ_DOWN_PARAMS
+#endif
 #define MMVQ_PARAMS                                                                              \
     const ulong w0o = P[0], w1o = P[1], w2o = P[2];                                              \
     const long row_bytes = P[3];                                                                 \
@@ -688,6 +765,7 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
     const int mode = P[25], has_ny = P[26];                                                      \
     const ulong nyo = P[27], nqo = P[28];                                                        \
     const long ndso = P[29];                                                                     \
+    MMVQ_DOWN_PARAMS;                                                                            \
     __global uchar *xqb = A, *y0b = A, *y1b = A, *y2b = A, *rb = A, *oqb = A, *nyb = A;          \
     __global uchar *nqb = A, *cntb = A
 // The weights' buffers a launch reads (MMVQ_WBUFS of them, 1 to 3: past them W1 and W2 stand
@@ -705,12 +783,22 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
 #define MMVQ_WEIGHTS __global const uchar *w0b, __global const uchar *w1b, __global const uchar *w2b
 #define MMVQ_STAND_INS
 #endif
-#if MMVQ_EPILOGUE == 2
+#if MMVQ_EPILOGUE >= 2
 #define MMVQ_NORM_WEIGHT , __global const uchar *nwb
 #define MMVQ_NO_NORM_WEIGHT
 #else
 #define MMVQ_NORM_WEIGHT
 #define MMVQ_NO_NORM_WEIGHT __global const uchar* nwb = A
+#endif
+#if MMVQ_EPILOGUE == 3
+#define MMVQ_DOWN                                                                                \
+    mmvq_ffn_down(M0, G, PTR(uchar, oqb, oqo), odso, done, w2b + w2o, drb, Md,                   \
+                  PTR(float, A, parto), PTR(volatile int, A, gcnto), PTR(volatile int, A, fcnto), \
+                  CPTR(float, A, dro), PTR(float, A, ydo), has_norm, CPTR(float, nwb, nwo),       \
+                  has_nw, eps, mode, has_ny, PTR(float, nyb, nyo), PTR(uchar, nqb, nqo), ndso,   \
+                  &last, red, redi)
+#else
+#define MMVQ_DOWN
 #endif
 #define MMVQ(NT, R)                                                                              \
     __kernel __attribute__((reqd_work_group_size(MMVQ_WG, 1, 1))) void mmvq_##NT##_##R(            \
@@ -723,9 +811,10 @@ inline void mmvq_last_group(__global float* y, int M, __global volatile int* cnt
         mmvq_body(NT, R, w0b + w0o, w1b + w1o, w2b + w2o, row_bytes, xqb + xqo, dso,             \
                   PTR(float, y0b, y0o), PTR(float, y1b, y1o), PTR(float, y2b, y2o),              \
                   has_res ? CPTR(float, rb, ro) : 0, M0, M1, M2, K, T, G, glu, red);             \
-        if (MMVQ_EPILOGUE == 1)                                                                  \
+        if (MMVQ_EPILOGUE == 1 || MMVQ_EPILOGUE == 3)                                            \
             mmvq_glu_q8(PTR(float, y0b, y0o), M0, G, PTR(uchar, oqb, oqo), odso,                 \
                         PTR(volatile int, cntb, cnto), done, red, redi);                         \
+        MMVQ_DOWN;                                                                               \
         if (MMVQ_EPILOGUE == 2)                                                                  \
             mmvq_last_group(PTR(float, y0b, y0o), M0, PTR(volatile int, cntb, cnto),             \
                             CPTR(float, nwb, nwo), has_nw, eps, mode, has_ny,                    \
