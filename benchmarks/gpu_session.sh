@@ -36,9 +36,11 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
-#   enqueue ROWS OpenCL's host time a step (one short call on a fresh machine): tg128 of ROWS,
-#                this tree and .devrun/base interleaved twice, the 135M's logits of both
-#                compared, then opencl_step_split.py (enqueue, wait, rest) of the 135M on each
+#   enqueue ROWS OpenCL's host time a step (one short call on a fresh machine): the arguments' and
+#                the down projection's tests on the GPU; tg128 of ROWS, this tree, .devrun/base
+#                and each of VARIANTS (llmrt_opencl constants) interleaved twice, the 135M's
+#                logits of this tree and base compared, opencl_step_split.py (enqueue, wait,
+#                rest) of the 135M on each, then opencl_launch_cost.py (SVM rows too)
 #   ab-quick     OpenCL launch VARIANTS in little device time: the lanes test, CHECKED
 #                variants' 1B logits, then tg128 of the 1B and 135M rows per variant, interleaved
 #   ratios-vk ROWS  issue 17's ratios in one call on a fresh machine: llama.cpp's Vulkan build
@@ -694,16 +696,27 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
     done
   done
   ;;
-enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base, logits, step split
+enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base and the variants
   [ $# -gt 1 ] && ROWS="${*:2}" || ROWS="smollm2-135m:q4_0 llama32-1b:q4_0"
+  VARIANTS=${VARIANTS:-lower.FFN_DOWN_MAX_ROWS=4096}
   base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
   for r in $ROWS; do synth ${r%:*} ${r#*:}; done
+  # the GPU's kernels: the arguments' test, the down projection in the gate/up launch
+  timeout 240 python3 -m pytest tests/plugins/test_opencl_backend.py -q --tb=short \
+    -p no:cacheprovider -k "few_arguments or down_projection" 2>&1 | tail -n 3 | tee -a $OUT/enqueue.log
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf
-    for tree in this base this base; do
-      [ $tree = this ] && run="" || run=base
-      $run timeout 60 llmrt bench -m $m -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" \
-        | sed "s/^/$tree $r /" | tee -a $OUT/enqueue.log
+    for round in 1 2; do
+      for v in this base $VARIANTS; do
+        case $v in
+          this) run="" ;;
+          base) run=base ;;
+          *) run="python3 benchmarks/with_constants.py $(sets $v llmrt_opencl.) --" ;;
+        esac
+        [ $v = this ] || [ $v = base ] && cmd="llmrt bench" || cmd=bench
+        $run timeout 60 $cmd -m $m -p 0 -n 128 -r 3 --device opencl:0 2>&1 | grep "| tg" \
+          | sed "s/^/$v $r /" | tee -a $OUT/enqueue.log
+      done
     done
   done
   m=/tmp/synth-smollm2-135m-q4_0.gguf; synth smollm2-135m q4_0
@@ -716,6 +729,7 @@ enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base, logi
     $run timeout 60 python3 benchmarks/opencl_step_split.py $m opencl:0 6 128 2>&1 \
       | grep "round\|Threads" | tee -a $OUT/enqueue.log
   done
+  timeout 60 python3 benchmarks/opencl_launch_cost.py 575 10 2>&1 | tee -a $OUT/enqueue.log
   ;;
 ab-quick)  # OpenCL launch variants in little device time: check_variants (CHECKED), then ROUNDS
   # rounds of tg128 of the 1B and 135M rows under default and each of VARIANTS, interleaved
