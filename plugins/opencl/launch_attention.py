@@ -15,7 +15,6 @@ kernel cannot).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -63,10 +62,6 @@ MAX_SPLITS = 64
 # opencl:0 measures fattn_prompt ahead on a GPU: it has run on PoCL alone (BENCHMARKS.md)
 PROMPT_MAX_D = 0
 PROMPT_ROWS = (32, 64)
-
-# One partial-result buffer per program, shared by its fattn steps: they run one after another
-# on the program's in-order queue, so a step never overlaps another's use of it.
-_SCRATCH: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 
 
 def _tile(dv: int, t: int) -> int:
@@ -126,19 +121,15 @@ def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool, nt: int) -> tup
     return -(-s // chunk), chunk
 
 
-def _scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
-    held = _SCRATCH.get(prog)
+def _scratch(prog: OpenCLProgram, nbytes: int, in_arena: bool) -> tuple[Any, np.uint64]:
+    """The partial results' space, one per program (or two: in its arena for fattn_vec, which
+    takes no other buffer, else a buffer of its own), shared by its fattn steps: they run one
+    after another on the program's in-order queue, so a step never overlaps another's use."""
+    key = ("fattn partials", in_arena)
+    held = prog.memo.get(key)
     if held is None or held[1] < nbytes:
-        held = (prog.scratch(nbytes)[0], nbytes)
-        _SCRATCH[prog] = held
-    return held[0], np.uint64(0)
-
-
-def _arena_scratch(prog: OpenCLProgram, nbytes: int) -> tuple[Any, np.uint64]:
-    """_scratch in the program's arena (reserved past its activations), shared as _scratch is."""
-    held = prog.memo.get("fattn partials")
-    if held is None or held[1] < nbytes:
-        prog.memo["fattn partials"] = held = (prog.reserve(nbytes), nbytes)
+        space = prog.reserve(nbytes) if in_arena else prog.scratch(nbytes)
+        prog.memo[key] = held = (space, nbytes)
     return held[0]
 
 
@@ -239,10 +230,7 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     if kernel is not None and (xq or merge_last):
         kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
-    part = out
-    if nsplit > 1:  # fattn_vec's in the arena: it takes no other buffer
-        nbytes = t * hq * nsplit * (dv + 2) * 4
-        part = _arena_scratch(prog, nbytes) if vec_launch else _scratch(prog, nbytes)
+    part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4, vec_launch) if nsplit > 1 else out
     args = (
         *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
         *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),
