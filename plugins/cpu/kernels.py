@@ -11,6 +11,7 @@ in `llmrt_cpu.ops` makes them so.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -345,6 +346,111 @@ def _transpose_cache(k: np.ndarray, v: np.ndarray, table: np.ndarray, keys_t: np
                 keys_t[h, i, s] = 0.0
 
 
+@inline
+def _group_queries(
+    q: np.ndarray, t: int, kv_head: int, group: int, f16_cache: bool, queries: np.ndarray
+) -> None:
+    """queries[g·D:] = query head kv_head·group + g of token t, for the group's g (rounded to
+    f16 for an f16 cache)."""
+    d = q.shape[2]
+    for g in range(group):
+        for i in range(d):
+            value = q[t, kv_head * group + g, i]
+            queries[g * d + i] = round_f16(value) if f16_cache else value
+
+
+@inline
+def _seen_cells(
+    mask: np.ndarray, has_mask: bool, t: int, s_count: int, cells: np.ndarray
+) -> tuple[int, int]:
+    """The cells token t sees, in order, into `cells`: (stop, their count), stop being one past
+    the last of them (the cells past it are never read)."""
+    stop = s_count
+    while has_mask and stop > 0 and mask[t, stop - 1] == -np.inf:
+        stop -= 1
+    n_cells = 0
+    for s in range(stop):
+        if not (has_mask and mask[t, s] == -np.inf):
+            cells[n_cells] = s
+            n_cells += 1
+    return stop, n_cells
+
+
+@inline
+def _tiled_scores(
+    sums_at: Any, sums: np.ndarray, queries: np.ndarray, g: int, keys_t: np.ndarray,
+    keys_flat: np.ndarray, kv_head: int, stop: int, mask: np.ndarray, has_mask: bool, t: int,
+    scale: float, softcap: float, scores: np.ndarray,
+) -> float:  # fmt: skip
+    """scores[g, :stop]: the group's query g (queries[g·D:]) against cache head kv_head's keys
+    (keys_t, and keys_flat its flat view), 16 keys a `score_tile` into `sums` (16 floats on the
+    caller's stack at sums_at), scaled, soft-capped and masked; returns their peak."""
+    d, stride = keys_t.shape[1], keys_t.shape[2]
+    full = d - d % 16
+    peak = _F32(-np.inf)
+    for s0 in range(0, stop, _KEYS):
+        n = min(_KEYS, stop - s0)
+        score_tile(
+            sums_at, queries, g * d, keys_flat, kv_head * d * stride + s0, stride, full // 16
+        )
+        for j in range(n):  # head sizes that are not a multiple of 16
+            for i in range(full, d):
+                sums[j] += queries[g * d + i] * keys_t[kv_head, i, s0 + j]
+        # masked cells too, without branches: their -inf never raises the peak, and only the
+        # cells seen are read below
+        for j in range(n):
+            score = sums[j] * scale
+            if softcap != 0.0:
+                score = np.tanh(score / softcap) * softcap
+            if has_mask:
+                score += mask[t, s0 + j]
+            scores[g, s0 + j] = score
+            peak = max(peak, scores[g, s0 + j])
+    return peak
+
+
+@inline
+def _cell_probabilities(
+    scores: np.ndarray, g: int, peak: float, cells: np.ndarray, n_cells: int, f16_cache: bool,
+    probs: np.ndarray,
+) -> None:  # fmt: skip
+    """probs[:n_cells] = the softmax of scores[g] over the seen cells (rounded to f16 for an f16
+    cache): the total first, so that each probability is rounded once normalised."""
+    total = _F32(0.0)
+    for cell in range(n_cells):
+        weight = np.exp(scores[g, cells[cell]] - peak)
+        probs[cell] = weight
+        total += weight
+    for cell in range(n_cells):
+        p = probs[cell] / total
+        probs[cell] = round_f16_unit(p) if f16_cache else p
+
+
+@inline
+def _weighted_values(
+    probs: np.ndarray, cells: np.ndarray, n_cells: int, values: np.ndarray,
+    values_flat: np.ndarray, kv_head: int, t: int, h: int, out: np.ndarray, out_flat: np.ndarray,
+) -> None:  # fmt: skip
+    """out[t, h] = Σ_cell probs[cell]·values[kv_head, cells[cell]] (values widened [Hkv, S, Dv],
+    values_flat and out_flat the flat views): 64 then 16 columns a `weighted_rows`, the rest
+    one at a time."""
+    hq, dv = out.shape[1], out.shape[2]
+    head_at = (t * hq + h) * dv
+    base = kv_head * values.shape[1] * dv
+    i0 = 0
+    while i0 + 64 <= dv:
+        weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat, base + i0, dv, 4)
+        i0 += 64
+    while i0 + 16 <= dv:
+        weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat, base + i0, dv, 1)
+        i0 += 16
+    for i in range(i0, dv):
+        acc = _F32(0.0)
+        for cell in range(n_cells):
+            acc += probs[cell] * values[kv_head, cells[cell], i]
+        out[t, h, i] = acc
+
+
 @pjit
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, has_mask: bool, scale: float,
@@ -361,8 +467,6 @@ def attention(
     group = hq // hkv
     items = t_count * hkv
     chunks = min(items, _ATTENTION_CHUNKS)
-    full = d - d % 16
-    stride = keys_t.shape[2]
     _transpose_cache(k, v, table, keys_t, values)
     keys_flat, values_flat, out_flat = keys_t.reshape(-1), values.reshape(-1), out.reshape(-1)
     for c in prange(chunks):
@@ -374,61 +478,14 @@ def attention(
         probs = np.empty(s_count, dtype=np.float32)
         for item in range(c, items, chunks):
             t, kv_head = item // hkv, item % hkv
+            _group_queries(q, t, kv_head, group, f16_cache, queries)
+            stop, n_cells = _seen_cells(mask, has_mask, t, s_count, cells)
             for g in range(group):
-                for i in range(d):
-                    value = q[t, kv_head * group + g, i]
-                    queries[g * d + i] = round_f16(value) if f16_cache else value
-            stop = s_count  # cells past the last one the token sees are never read
-            while has_mask and stop > 0 and mask[t, stop - 1] == -np.inf:
-                stop -= 1
-            n_cells = 0
-            for s in range(stop):
-                if not (has_mask and mask[t, s] == -np.inf):
-                    cells[n_cells] = s
-                    n_cells += 1
-            for g in range(group):
-                peak = _F32(-np.inf)
-                for s0 in range(0, stop, _KEYS):
-                    n = min(_KEYS, stop - s0)
-                    score_tile(sums_at, queries, g * d, keys_flat, kv_head * d * stride + s0,
-                               stride, full // 16)  # fmt: skip
-                    for j in range(n):  # head sizes that are not a multiple of 16
-                        for i in range(full, d):
-                            sums[j] += queries[g * d + i] * keys_t[kv_head, i, s0 + j]
-                    # masked cells too, without branches: their -inf never raises the peak, and
-                    # only the cells seen are read below
-                    for j in range(n):
-                        score = sums[j] * scale
-                        if softcap != 0.0:
-                            score = np.tanh(score / softcap) * softcap
-                        if has_mask:
-                            score += mask[t, s0 + j]
-                        scores[g, s0 + j] = score
-                        peak = max(peak, scores[g, s0 + j])
-                total = _F32(0.0)
-                for cell in range(n_cells):
-                    weight = np.exp(scores[g, cells[cell]] - peak)
-                    probs[cell] = weight
-                    total += weight
-                for cell in range(n_cells):
-                    p = probs[cell] / total
-                    probs[cell] = round_f16_unit(p) if f16_cache else p
-                head_at = (t * hq + kv_head * group + g) * dv
-                base = kv_head * s_count * dv
-                i0 = 0
-                while i0 + 64 <= dv:
-                    weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat,
-                                  base + i0, dv, 4)  # fmt: skip
-                    i0 += 64
-                while i0 + 16 <= dv:
-                    weighted_rows(out_flat, head_at + i0, probs, cells, n_cells, values_flat,
-                                  base + i0, dv, 1)  # fmt: skip
-                    i0 += 16
-                for i in range(i0, dv):
-                    acc = _F32(0.0)
-                    for cell in range(n_cells):
-                        acc += probs[cell] * values[kv_head, cells[cell], i]
-                    out[t, kv_head * group + g, i] = acc
+                peak = _tiled_scores(sums_at, sums, queries, g, keys_t, keys_flat, kv_head, stop,
+                                     mask, has_mask, t, scale, softcap, scores)  # fmt: skip
+                _cell_probabilities(scores, g, peak, cells, n_cells, f16_cache, probs)
+                _weighted_values(probs, cells, n_cells, values, values_flat, kv_head, t,
+                                 kv_head * group + g, out, out_flat)  # fmt: skip
 
 
 @jit

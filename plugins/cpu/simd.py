@@ -497,6 +497,105 @@ X8_Q4_K, X8_Q6_K = 3, 4  # repacked super-block layouts (`llmrt_cpu.quant.repack
 X8_K_BYTES = {X8_Q4_K: 160 + 1024, X8_Q6_K: 144 + 2048}  # bytes of a repacked super-block
 
 
+class _SuperBlockX8:
+    """The code of `block_x8_k`, in parts, for one repacked super-block of 8 weight rows against
+    `count` activation rows (`args`: block_x8_k's operands). A lane sum is an <8 x i32> with
+    one weight row's sum in each lane; the lists of them have one per activation row."""
+
+    def __init__(
+        self, context: Any, builder: Any, signature: Any, args: Any, count: int, kind: int
+    ) -> None:
+        _, w_arr, w_at, _, xq, xd, xsum, t, b, _, _ = args
+        tys = signature.args
+        i64 = ir.IntType(64)
+        self.builder, self.count, self.kind = builder, count, kind
+        self.base = _byte_pointer(context, builder, tys[1], w_arr, w_at)
+        t = context.cast(builder, t, tys[7], types.int64)
+        self.b = context.cast(builder, b, tys[8], types.int64)
+        levels_at = _rows_2d(context, builder, tys[4], xq, _I8)
+        self.scale_at = _rows_2d(context, builder, tys[5], xd, ir.FloatType())
+        self.sum_at = _rows_2d(context, builder, tys[6], xsum, _I32)
+        self.rows = [builder.add(t, ir.Constant(i64, i)) for i in range(count)]
+        self.x_rows = [
+            levels_at(row, builder.mul(self.b, ir.Constant(i64, 256))) for row in self.rows
+        ]
+        self.sums_base = builder.mul(self.b, ir.Constant(i64, 16))
+        self.zero = ir.Constant(_V8I32, [0] * 8)
+
+    def at(self, offset: int) -> Any:
+        """A pointer to byte `offset` of the super-block."""
+        return self.builder.gep(self.base, [ir.Constant(_I32, offset)])
+
+    def row_bytes(self, offset: int, signed: bool) -> Any:
+        """The 8 rows' bytes at `offset` as <8 x i32>."""
+        builder = self.builder
+        pointer = builder.bitcast(self.at(offset), ir.PointerType(ir.VectorType(_I8, 8)))
+        loaded = builder.load(pointer)
+        loaded.align = 1
+        return (builder.sext if signed else builder.zext)(loaded, _V8I32)
+
+    def x_sum(self, i: int, group: int) -> Any:
+        """Σ of activation row i's group of 16 `group` (from xsum)."""
+        group_at = self.builder.add(self.sums_base, ir.Constant(ir.IntType(64), group))
+        return self.builder.load(self.sum_at(self.rows[i], group_at))
+
+    def q4_k_sums(self) -> tuple[list[Any], list[Any]]:
+        """Q4_K's isum (Σ_g sc_g·Σ level·x) and msum (Σ_g mn_g·Σ x) lane sums, by row."""
+        builder, count, zero = self.builder, self.count, self.zero
+        isums, msums = [zero] * count, [zero] * count
+        for c in range(4):
+            low_sums, high_sums = [zero] * count, [zero] * count
+            for j in range(8):
+                chunk = _load(builder, self.at(160 + 32 * (8 * c + j)), 32)
+                low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
+                high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
+                for i in range(count):
+                    low_x = _x_four(builder, self.x_rows[i], 64 * c + 4 * j)
+                    high_x = _x_four(builder, self.x_rows[i], 64 * c + 32 + 4 * j)
+                    low_sums[i] = _sum_groups_of_4(builder, low_sums[i], low, low_x, self.kind)
+                    high_sums[i] = _sum_groups_of_4(builder, high_sums[i], high, high_x, self.kind)
+            for sub, lane_sums in ((2 * c, low_sums), (2 * c + 1, high_sums)):
+                scales = self.row_bytes(32 + 8 * sub, False)
+                minimums = self.row_bytes(96 + 8 * sub, False)
+                for i in range(count):
+                    isums[i] = builder.add(isums[i], builder.mul(lane_sums[i], scales))
+                    group_sum = builder.add(self.x_sum(i, 2 * sub), self.x_sum(i, 2 * sub + 1))
+                    weighted = builder.mul(minimums, _splat(builder, group_sum, 8, _I32))
+                    msums[i] = builder.add(msums[i], weighted)
+        return isums, msums
+
+    def q6_k_sums(self) -> list[Any]:
+        """Q6_K's isum lane sums, by row: Σ_g sc_g·(Σ (level + 32)·x − 32·Σ x)."""
+        builder, count = self.builder, self.count
+        isums = [self.zero] * count
+        for g in range(16):
+            lane_sums = [self.zero] * count
+            for j in range(4):
+                chunk = _load(builder, self.at(144 + 32 * (4 * g + j)), 32)
+                for i in range(count):
+                    x_four = _x_four(builder, self.x_rows[i], 16 * g + 4 * j)
+                    lane_sums[i] = _sum_groups_of_4(builder, lane_sums[i], chunk, x_four, self.kind)
+            scales = self.row_bytes(16 + 8 * g, True)
+            for i in range(count):
+                offset = builder.mul(self.x_sum(i, g), ir.Constant(_I32, 32))
+                centred = builder.sub(lane_sums[i], _splat(builder, offset, 8, _I32))
+                isums[i] = builder.add(isums[i], builder.mul(centred, scales))
+        return isums
+
+    def accumulate(self, acc_p: Any, isums: list[Any], msums: list[Any], dmin: Any) -> None:
+        """acc[8i + r] += (d_r·xd)·isum − (dmin_r·xd)·msum for each activation row i."""
+        builder = self.builder
+        f32x8 = ir.VectorType(ir.FloatType(), 8)
+        d = _halves(builder, self.base, 0)
+        acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
+        for i, row in enumerate(self.rows):
+            x_scales = _splat(builder, builder.load(self.scale_at(row, self.b)), 8, ir.FloatType())
+            scaled = builder.fmul(builder.fmul(d, x_scales), builder.sitofp(isums[i], f32x8))
+            mins = builder.fmul(builder.fmul(dmin, x_scales), builder.sitofp(msums[i], f32x8))
+            acc_i = builder.gep(acc_v, [ir.Constant(_I32, i)])
+            builder.store(builder.fadd(builder.load(acc_i), builder.fsub(scaled, mins)), acc_i)
+
+
 @intrinsic
 def block_x8_k(
     typingctx: Any, acc: Any, w: Any, w_at: Any, layout: Any, xq: Any, xd: Any, xsum: Any,
@@ -524,76 +623,14 @@ def block_x8_k(
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         if kind == X8_NONE:
             return _trap(context, builder)
-        acc_p, w_arr, w_at, _, xq, xd, xsum, t, b, _, _ = args
-        f32x8 = ir.VectorType(ir.FloatType(), 8)
-        v8i8 = ir.VectorType(_I8, 8)
-        i64 = ir.IntType(64)
-        base = _byte_pointer(context, builder, signature.args[1], w_arr, w_at)
-        t = context.cast(builder, t, signature.args[7], types.int64)
-        b = context.cast(builder, b, signature.args[8], types.int64)
-        levels_at = _rows_2d(context, builder, signature.args[4], xq, _I8)
-        scale_at = _rows_2d(context, builder, signature.args[5], xd, ir.FloatType())
-        sum_at = _rows_2d(context, builder, signature.args[6], xsum, _I32)
-        rows = [builder.add(t, ir.Constant(i64, i)) for i in range(count)]
-        x_rows = [levels_at(row, builder.mul(b, ir.Constant(i64, 256))) for row in rows]
-        sums_base = builder.mul(b, ir.Constant(i64, 16))
-
-        def at(offset: int) -> Any:
-            return builder.gep(base, [ir.Constant(_I32, offset)])
-
-        def row_bytes(offset: int, signed: bool) -> Any:  # 8 rows' bytes as <8 x i32>
-            loaded = builder.load(builder.bitcast(at(offset), ir.PointerType(v8i8)))
-            loaded.align = 1
-            return (builder.sext if signed else builder.zext)(loaded, _V8I32)
-
-        def x_sum(i: int, group: int) -> Any:  # Σ of row i's activation group `group` (16)
-            return builder.load(sum_at(rows[i], builder.add(sums_base, ir.Constant(i64, group))))
-
-        zero = ir.Constant(_V8I32, [0] * 8)
-        isums, msums = [zero] * count, [zero] * count
+        block = _SuperBlockX8(context, builder, signature, args, count, kind)
         if packing == X8_Q4_K:
-            for c in range(4):
-                low_sums, high_sums = [zero] * count, [zero] * count
-                for j in range(8):
-                    chunk = _load(builder, at(160 + 32 * (8 * c + j)), 32)
-                    low = builder.and_(chunk, ir.Constant(chunk.type, [15] * 32))
-                    high = builder.lshr(chunk, ir.Constant(chunk.type, [4] * 32))
-                    for i in range(count):
-                        low_x = _x_four(builder, x_rows[i], 64 * c + 4 * j)
-                        high_x = _x_four(builder, x_rows[i], 64 * c + 32 + 4 * j)
-                        low_sums[i] = _sum_groups_of_4(builder, low_sums[i], low, low_x, kind)
-                        high_sums[i] = _sum_groups_of_4(builder, high_sums[i], high, high_x, kind)
-                for sub, lane_sums in ((2 * c, low_sums), (2 * c + 1, high_sums)):
-                    scales = row_bytes(32 + 8 * sub, False)
-                    minimums = row_bytes(96 + 8 * sub, False)
-                    for i in range(count):
-                        isums[i] = builder.add(isums[i], builder.mul(lane_sums[i], scales))
-                        group_sum = builder.add(x_sum(i, 2 * sub), x_sum(i, 2 * sub + 1))
-                        weighted = builder.mul(minimums, _splat(builder, group_sum, 8, _I32))
-                        msums[i] = builder.add(msums[i], weighted)
-            dmin = _halves(builder, base, 16)
+            isums, msums = block.q4_k_sums()
+            dmin = _halves(builder, block.base, 16)
         else:
-            for g in range(16):
-                lane_sums = [zero] * count
-                for j in range(4):
-                    chunk = _load(builder, at(144 + 32 * (4 * g + j)), 32)
-                    for i in range(count):
-                        x_four = _x_four(builder, x_rows[i], 16 * g + 4 * j)
-                        lane_sums[i] = _sum_groups_of_4(builder, lane_sums[i], chunk, x_four, kind)
-                scales = row_bytes(16 + 8 * g, True)
-                for i in range(count):
-                    offset = builder.mul(x_sum(i, g), ir.Constant(_I32, 32))
-                    centred = builder.sub(lane_sums[i], _splat(builder, offset, 8, _I32))
-                    isums[i] = builder.add(isums[i], builder.mul(centred, scales))
-            dmin = ir.Constant(f32x8, [0.0] * 8)
-        d = _halves(builder, base, 0)
-        acc_v = builder.bitcast(acc_p, ir.PointerType(f32x8))
-        for i, row in enumerate(rows):
-            x_scales = _splat(builder, builder.load(scale_at(row, b)), 8, ir.FloatType())
-            scaled = builder.fmul(builder.fmul(d, x_scales), builder.sitofp(isums[i], f32x8))
-            mins = builder.fmul(builder.fmul(dmin, x_scales), builder.sitofp(msums[i], f32x8))
-            acc_i = builder.gep(acc_v, [ir.Constant(_I32, i)])
-            builder.store(builder.fadd(builder.load(acc_i), builder.fsub(scaled, mins)), acc_i)
+            isums, msums = block.q6_k_sums(), [block.zero] * count
+            dmin = ir.Constant(ir.VectorType(ir.FloatType(), 8), [0.0] * 8)
+        block.accumulate(args[0], isums, msums, dmin)
         return context.get_dummy_value()
 
     sig = types.none(acc, w, w_at, layout, xq, xd, xsum, t, b, tokens, variant)

@@ -111,6 +111,213 @@ def _attend(
                           values, out)  # fmt: skip
 
 
+# Each `_run_<op>` runs one instruction: `c` is its row of int64 operands (c[0] the opcode; the
+# docstring names the rest in order) and `params` its row of float64 parameters.
+
+
+@jit
+def _run_norm(c: np.ndarray, params: np.ndarray) -> None:
+    """NORM x rows k weight|0 out; eps: rms_norm, times the weight row where there is one."""
+    x, out = _floats(c[1], c[2], c[3]), _floats(c[5], c[2], c[3])
+    if c[4] == 0:
+        kernels.rms_norm(x, params[0], out)
+    else:
+        kernels.rms_norm_mul(x, params[0], _floats(c[4], 1, c[3])[0], out)
+
+
+@jit
+def _run_binary(c: np.ndarray, op: int) -> None:
+    """ADD or MUL a rows k b b_rows out: b has as many rows as a, or one, broadcast."""
+    a, b = _floats(c[1], c[2], c[3]), _floats(c[4], c[5], c[3])
+    out = _floats(c[6], c[2], c[3])
+    for i in range(c[2]):
+        bi = i if c[5] > 1 else 0
+        if op == ADD:
+            for j in range(c[3]):
+                out[i, j] = a[i, j] + b[bi, j]
+        else:
+            for j in range(c[3]):
+                out[i, j] = a[i, j] * b[bi, j]
+
+
+@jit
+def _run_scale(c: np.ndarray, params: np.ndarray) -> None:
+    """SCALE x n out; scale."""
+    x, out = _floats(c[1], 1, c[2]), _floats(c[3], 1, c[2])
+    s = np.float32(params[0])
+    for j in range(c[2]):
+        out[0, j] = x[0, j] * s
+
+
+@jit
+def _run_quantize(c: np.ndarray) -> None:
+    """QUANTIZE family x t k xq xd xs xsum: activations to q8 blocks of the family."""
+    t, k = c[3], c[4]
+    x, xq, xd = _floats(c[2], t, k), _int8s(c[5], t, k), _floats(c[6], t, k // 32)
+    serial = t * k <= quant.SERIAL_ELEMENTS
+    if c[1] == FAMILY_Q8_K:
+        xd, xsum = _floats(c[6], t, k // 256), _int32s(c[8], t, k // 16)
+        if serial:
+            quant.quantize_q8_k_serial(x, xq, xd, xsum)
+        else:
+            quant.quantize_q8_k(x, xq, xd, xsum)
+    else:
+        xs = _floats(c[7], t, k // 32 if c[1] == FAMILY_Q8_1 else 0)
+        xsum = _int32s(c[8], t, k // 32)
+        if serial:
+            quant.quantize_q8_0_serial(x, xq, xd, xs, xsum)
+        else:
+            quant.quantize_q8_0(x, xq, xd, xs, xsum)
+
+
+@jit
+def _run_rows(c: np.ndarray, tables: np.ndarray) -> None:
+    """ROWS kind family table n_weights row_bytes t k xq xd xs xsum out total x8: quantized
+    weights (a row table at tables[table:]: n_weights addresses, then their row counts) times
+    q8 activations."""
+    kind, nw, t, k = c[1], c[4], c[6], c[7]
+    addresses, rows = tables[c[3] : c[3] + nw], tables[c[3] + nw : c[3] + 2 * nw]
+    xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
+    if c[2] == FAMILY_Q8_K:
+        xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
+        if c[14] != 0:
+            quant.matmul_x8k_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
+        else:
+            quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
+    else:
+        xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
+        xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
+        if c[14] != 0:  # repacked 8 rows a pass: rows counts groups, row_bytes a group's
+            quant.matmul_x8_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+        else:
+            quant.matmul_q32_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
+
+
+@jit
+def _run_float_product(c: np.ndarray, f16_table: np.ndarray) -> None:
+    """FLOAT_PRODUCT type weight m k x t rounded out: an f32, f16 or bf16 weight times x, which
+    for the half types is first rounded to the weight's type (into `rounded`)."""
+    m, k, t = c[3], c[4], c[6]
+    x, out = _floats(c[5], t, k), _floats(c[8], t, m)
+    if c[1] == GGMLType.F32:
+        quant.matmul_f32(_floats(c[2], m, k), x, out)
+    else:
+        bf16 = c[1] == GGMLType.BF16
+        rounded = _floats(c[7], t, k)
+        quant.round_rows(x, bf16, rounded)
+        bits = _bytes(c[2], m, 2 * k).view(np.uint16)
+        quant.matmul_half(bits, bf16, f16_table, rounded, out)
+
+
+@jit
+def _run_copy_cols(c: np.ndarray) -> None:
+    """COPY_COLS src t total start width dst: columns start .. start + width - 1 of src."""
+    src, dst = _floats(c[1], c[2], c[3]), _floats(c[6], c[2], c[5])
+    for i in range(c[2]):
+        for j in range(c[5]):
+            dst[i, j] = src[i, c[4] + j]
+
+
+@jit
+def _run_rope(c: np.ndarray, params: np.ndarray, freqs: np.ndarray) -> None:
+    """ROPE x t heads d pos freqs half neox out; freq_scale attn_factor (the inverse frequencies
+    at freqs[freqs:], `half` of them)."""
+    x, out = _floats3(c[1], c[2], c[3], c[4]), _floats3(c[9], c[2], c[3], c[4])
+    inv_freq = freqs[c[6] : c[6] + c[7]]
+    kernels.rope(x, _ints(c[5], c[2]), inv_freq, params[0], params[1], c[8] != 0, out)
+
+
+@jit
+def _run_set_rows(c: np.ndarray) -> None:
+    """SET_ROWS dst cells row f16 ids n src: n rows of src into an f16 or f32 cache."""
+    src, ids = _floats(c[7], c[6], c[3]), _ints(c[5], c[6])
+    if c[4] != 0:
+        dst16 = _bytes(c[1], c[2], 2 * c[3]).view(np.uint16)
+        kernels.set_rows(dst16, ids, src, True)
+    else:
+        kernels.set_rows(_floats(c[1], c[2], c[3]), ids, src, False)
+
+
+@jit
+def _run_attention(c: np.ndarray, params: np.ndarray, table: np.ndarray, threaded: bool) -> None:
+    """ATTENTION q t hq d k v s hkv dv mask|0 f16 out keys_t stride values; scale softcap (an f16
+    cache's values through `table`, f16 bits to float32)."""
+    t, hq, d, s, hkv, dv = c[2], c[3], c[4], c[7], c[8], c[9]
+    q, out = _floats3(c[1], t, hq, d), _floats3(c[12], t, hq, dv)
+    has_mask = c[10] != 0
+    mask = _floats(c[10], t, s) if has_mask else _floats(c[1], 1, 1)
+    scale, softcap = params[0], params[1]
+    rows = hkv if t > 1 else 0  # scratch for prompts (kernels.attention_scratch)
+    keys_t, values = _floats3(c[13], rows, d, c[14]), _floats3(c[15], rows, s, dv)
+    if c[11] != 0:
+        k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
+        _attend(
+            q, k16, v16, mask, has_mask, scale, softcap, True, table, keys_t, values, out, threaded
+        )
+    else:
+        k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
+        _attend(
+            q, k32, v32, mask, has_mask, scale, softcap, False, table, keys_t, values, out, threaded
+        )
+
+
+@jit
+def _run_glu(c: np.ndarray, gelu_table: np.ndarray) -> None:
+    """GLU kind gate up rows k out: swiglu (SILU_KIND) or geglu."""
+    gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
+    out = _floats(c[6], c[4], c[5])
+    parallel = c[4] * c[5] > quant.SERIAL_ELEMENTS  # a prompt's: as the step program
+    if c[1] == SILU_KIND:
+        if parallel:
+            kernels.swiglu_rows(gate, up, out)
+        else:
+            kernels.swiglu(gate, up, out)
+    elif parallel:
+        kernels.geglu_rows(gate, up, gelu_table, out)
+    else:
+        kernels.geglu(gate, up, gelu_table, out)
+
+
+@jit
+def _run_unary(c: np.ndarray, gelu_table: np.ndarray) -> None:
+    """UNARY kind x rows k out: silu (SILU_KIND) or gelu."""
+    x, out = _floats(c[2], c[3], c[4]), _floats(c[5], c[3], c[4])
+    if c[1] == SILU_KIND:
+        kernels.silu(x, out)
+    else:
+        kernels.gelu(x, gelu_table, out)
+
+
+@jit
+def _run_get_rows_quant(c: np.ndarray) -> None:
+    """GET_ROWS_QUANT kind table n_rows row_bytes ids n k out: rows of a quantized table."""
+    ids = _ints(c[5], c[6])
+    _check_ids(ids, c[3])
+    raw, out = _bytes(c[2], c[3], c[4]), _floats(c[8], c[6], c[7])
+    if c[1] in (quant.Q2_K, quant.Q3_K, quant.Q4_K, quant.Q5_K, quant.Q6_K):
+        quant.get_rows_qk(raw, c[1], ids, out)
+    else:
+        quant.get_rows_q32(raw, c[1], ids, out)
+
+
+@jit
+def _run_get_rows_float(c: np.ndarray, f16_table: np.ndarray) -> None:
+    """GET_ROWS_FLOAT f16 table n_rows k ids n out: rows of an f16 (f16 != 0) or f32 table."""
+    ids = _ints(c[5], c[6])
+    _check_ids(ids, c[3])
+    out = _floats(c[7], c[6], c[4])
+    if c[1] != 0:
+        table = _bytes(c[2], c[3], 2 * c[4]).view(np.uint16)
+        for i in range(c[6]):
+            for j in range(c[4]):
+                out[i, j] = f16_table[table[ids[i], j]]
+    else:
+        table32 = _floats(c[2], c[3], c[4])
+        for i in range(c[6]):
+            for j in range(c[4]):
+                out[i, j] = table32[ids[i], j]
+
+
 @jit
 def run_tape(
     code: np.ndarray, reals: np.ndarray, tables: np.ndarray, freqs: np.ndarray,
@@ -121,148 +328,36 @@ def run_tape(
     `threaded`: the step runs on more than one thread (numba's count is read outside: reading it
     in here is a ctypes call, which would keep numba from caching this kernel on disk)."""
     for n in range(code.shape[0]):
-        c = code[n]
+        c, params = code[n], reals[n]
         op = c[0]
-        if op == NORM:  # x rows k weight|0 out; eps
-            x, out = _floats(c[1], c[2], c[3]), _floats(c[5], c[2], c[3])
-            if c[4] == 0:
-                kernels.rms_norm(x, reals[n, 0], out)
-            else:
-                kernels.rms_norm_mul(x, reals[n, 0], _floats(c[4], 1, c[3])[0], out)
-        elif op in (ADD, MUL):  # a rows k b b_rows out
-            a, b = _floats(c[1], c[2], c[3]), _floats(c[4], c[5], c[3])
-            out = _floats(c[6], c[2], c[3])
-            for i in range(c[2]):
-                bi = i if c[5] > 1 else 0
-                if op == ADD:
-                    for j in range(c[3]):
-                        out[i, j] = a[i, j] + b[bi, j]
-                else:
-                    for j in range(c[3]):
-                        out[i, j] = a[i, j] * b[bi, j]
-        elif op == SCALE:  # x n out; scale
-            x, out = _floats(c[1], 1, c[2]), _floats(c[3], 1, c[2])
-            s = np.float32(reals[n, 0])
-            for j in range(c[2]):
-                out[0, j] = x[0, j] * s
-        elif op == QUANTIZE:  # family x t k xq xd xs xsum
-            t, k = c[3], c[4]
-            x, xq, xd = _floats(c[2], t, k), _int8s(c[5], t, k), _floats(c[6], t, k // 32)
-            serial = t * k <= quant.SERIAL_ELEMENTS
-            if c[1] == FAMILY_Q8_K:
-                xd, xsum = _floats(c[6], t, k // 256), _int32s(c[8], t, k // 16)
-                if serial:
-                    quant.quantize_q8_k_serial(x, xq, xd, xsum)
-                else:
-                    quant.quantize_q8_k(x, xq, xd, xsum)
-            else:
-                xs = _floats(c[7], t, k // 32 if c[1] == FAMILY_Q8_1 else 0)
-                xsum = _int32s(c[8], t, k // 32)
-                if serial:
-                    quant.quantize_q8_0_serial(x, xq, xd, xs, xsum)
-                else:
-                    quant.quantize_q8_0(x, xq, xd, xs, xsum)
-        elif op == ROWS:  # kind family table n_weights row_bytes t k xq xd xs xsum out total x8
-            kind, nw, t, k = c[1], c[4], c[6], c[7]
-            addresses, rows = tables[c[3] : c[3] + nw], tables[c[3] + nw : c[3] + 2 * nw]
-            xq, out = _int8s(c[8], t, k), _floats(c[12], t, c[13])
-            if c[2] == FAMILY_Q8_K:
-                xd, xsum = _floats(c[9], t, k // 256), _int32s(c[11], t, k // 16)
-                if c[14] != 0:
-                    quant.matmul_x8k_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
-                else:
-                    quant.matmul_qk_rows(addresses, rows, c[5], kind, xq, xd, xsum, out)
-            else:
-                xd, xsum = _floats(c[9], t, k // 32), _int32s(c[11], t, k // 32)
-                xs = _floats(c[10], t, k // 32 if c[2] == FAMILY_Q8_1 else 0)
-                if c[14] != 0:  # repacked 8 rows a pass: rows counts groups, row_bytes a group's
-                    quant.matmul_x8_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
-                else:
-                    quant.matmul_q32_rows(addresses, rows, c[5], kind, xq, xd, xs, xsum, out)
-        elif op == FLOAT_PRODUCT:  # type weight m k x t rounded out
-            m, k, t = c[3], c[4], c[6]
-            x, out = _floats(c[5], t, k), _floats(c[8], t, m)
-            if c[1] == GGMLType.F32:
-                quant.matmul_f32(_floats(c[2], m, k), x, out)
-            else:
-                bf16 = c[1] == GGMLType.BF16
-                rounded = _floats(c[7], t, k)
-                quant.round_rows(x, bf16, rounded)
-                bits = _bytes(c[2], m, 2 * k).view(np.uint16)
-                quant.matmul_half(bits, bf16, f16_table, rounded, out)
-        elif op == COPY_COLS:  # src t total start width dst
-            src, dst = _floats(c[1], c[2], c[3]), _floats(c[6], c[2], c[5])
-            for i in range(c[2]):
-                for j in range(c[5]):
-                    dst[i, j] = src[i, c[4] + j]
-        elif op == ROPE:  # x t heads d pos freqs half neox out; freq_scale attn_factor
-            x, out = _floats3(c[1], c[2], c[3], c[4]), _floats3(c[9], c[2], c[3], c[4])
-            inv_freq = freqs[c[6] : c[6] + c[7]]
-            kernels.rope(x, _ints(c[5], c[2]), inv_freq, reals[n, 0], reals[n, 1], c[8] != 0, out)
-        elif op == SET_ROWS:  # dst cells row f16 ids n src
-            src, ids = _floats(c[7], c[6], c[3]), _ints(c[5], c[6])
-            if c[4] != 0:
-                dst16 = _bytes(c[1], c[2], 2 * c[3]).view(np.uint16)
-                kernels.set_rows(dst16, ids, src, True)
-            else:
-                kernels.set_rows(_floats(c[1], c[2], c[3]), ids, src, False)
-        elif op == ATTENTION:  # q t hq d k v s hkv dv mask|0 f16 out keys_t stride values
-            t, hq, d, s, hkv, dv = c[2], c[3], c[4], c[7], c[8], c[9]
-            q, out = _floats3(c[1], t, hq, d), _floats3(c[12], t, hq, dv)
-            has_mask = c[10] != 0
-            mask = _floats(c[10], t, s) if has_mask else _floats(c[1], 1, 1)
-            scale, softcap = reals[n, 0], reals[n, 1]
-            rows = hkv if t > 1 else 0  # scratch for prompts (kernels.attention_scratch)
-            keys_t, values = _floats3(c[13], rows, d, c[14]), _floats3(c[15], rows, s, dv)
-            if c[11] != 0:
-                k16, v16 = _halves3(c[5], s, hkv, d), _halves3(c[6], s, hkv, dv)
-                _attend(q, k16, v16, mask, has_mask, scale, softcap, True, f16_table, keys_t,
-                        values, out, threaded)  # fmt: skip
-            else:
-                k32, v32 = _floats3(c[5], s, hkv, d), _floats3(c[6], s, hkv, dv)
-                _attend(q, k32, v32, mask, has_mask, scale, softcap, False, f16_table, keys_t,
-                        values, out, threaded)  # fmt: skip
-        elif op == GLU:  # kind gate up rows k out
-            gate, up = _floats(c[2], c[4], c[5]), _floats(c[3], c[4], c[5])
-            out = _floats(c[6], c[4], c[5])
-            parallel = c[4] * c[5] > quant.SERIAL_ELEMENTS  # a prompt's: as the step program
-            if c[1] == SILU_KIND:
-                if parallel:
-                    kernels.swiglu_rows(gate, up, out)
-                else:
-                    kernels.swiglu(gate, up, out)
-            elif parallel:
-                kernels.geglu_rows(gate, up, gelu_table, out)
-            else:
-                kernels.geglu(gate, up, gelu_table, out)
-        elif op == UNARY:  # kind x rows k out
-            x, out = _floats(c[2], c[3], c[4]), _floats(c[5], c[3], c[4])
-            if c[1] == SILU_KIND:
-                kernels.silu(x, out)
-            else:
-                kernels.gelu(x, gelu_table, out)
-        elif op == GET_ROWS_QUANT:  # kind table n_rows row_bytes ids n k out
-            ids = _ints(c[5], c[6])
-            _check_ids(ids, c[3])
-            raw, out = _bytes(c[2], c[3], c[4]), _floats(c[8], c[6], c[7])
-            if c[1] in (quant.Q2_K, quant.Q3_K, quant.Q4_K, quant.Q5_K, quant.Q6_K):
-                quant.get_rows_qk(raw, c[1], ids, out)
-            else:
-                quant.get_rows_q32(raw, c[1], ids, out)
-        elif op == GET_ROWS_FLOAT:  # f16 table n_rows k ids n out
-            ids = _ints(c[5], c[6])
-            _check_ids(ids, c[3])
-            out = _floats(c[7], c[6], c[4])
-            if c[1] != 0:
-                table = _bytes(c[2], c[3], 2 * c[4]).view(np.uint16)
-                for i in range(c[6]):
-                    for j in range(c[4]):
-                        out[i, j] = f16_table[table[ids[i], j]]
-            else:
-                table32 = _floats(c[2], c[3], c[4])
-                for i in range(c[6]):
-                    for j in range(c[4]):
-                        out[i, j] = table32[ids[i], j]
+        if op == NORM:
+            _run_norm(c, params)
+        elif op in (ADD, MUL):
+            _run_binary(c, op)
+        elif op == SCALE:
+            _run_scale(c, params)
+        elif op == QUANTIZE:
+            _run_quantize(c)
+        elif op == ROWS:
+            _run_rows(c, tables)
+        elif op == FLOAT_PRODUCT:
+            _run_float_product(c, f16_table)
+        elif op == COPY_COLS:
+            _run_copy_cols(c)
+        elif op == ROPE:
+            _run_rope(c, params, freqs)
+        elif op == SET_ROWS:
+            _run_set_rows(c)
+        elif op == ATTENTION:
+            _run_attention(c, params, f16_table, threaded)
+        elif op == GLU:
+            _run_glu(c, gelu_table)
+        elif op == UNARY:
+            _run_unary(c, gelu_table)
+        elif op == GET_ROWS_QUANT:
+            _run_get_rows_quant(c)
+        elif op == GET_ROWS_FLOAT:
+            _run_get_rows_float(c, f16_table)
 
 
 # ---- lowering a graph to a tape -----------------------------------------------------------------
