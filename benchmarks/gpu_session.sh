@@ -36,9 +36,10 @@
 #   ratios ROWS  per row, interleaved: llmrt bench on cuda:0 then llama.cpp CUDA, vulkan:0 then
 #                llama.cpp Vulkan, opencl:0 (this tree only; the peer's builds finished), then
 #                opencl:0 under each of OPENCL_VARIANTS (llmrt_opencl constants, as mmvq's)
-#   enqueue ROWS OpenCL's host time a step (one short call on a fresh machine): the arguments' and
-#                the down projection's tests on the GPU; tg128 of ROWS, this tree, .devrun/base
-#                and each of VARIANTS (llmrt_opencl constants) interleaved twice, the 135M's
+#   enqueue ROWS OpenCL's host time a step (one short call on a fresh machine): the arguments',
+#                the down and output projections' tests on the GPU; tg128 of ROWS, this tree,
+#                .devrun/base and each of VARIANTS (llmrt_opencl constants; default: the down
+#                projection, the output projection, both) interleaved twice, the 135M's
 #                logits of this tree and base compared, opencl_step_split.py (enqueue, wait,
 #                rest) of the 135M on each, then opencl_launch_cost.py (SVM rows too)
 #   ab-quick     OpenCL launch VARIANTS in little device time: the lanes test, CHECKED
@@ -698,12 +699,15 @@ ratios)  # this tree beside llama.cpp only, per row interleaved: CUDA, Vulkan, O
   ;;
 enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base and the variants
   [ $# -gt 1 ] && ROWS="${*:2}" || ROWS="smollm2-135m:q4_0 llama32-1b:q4_0"
-  VARIANTS=${VARIANTS:-lower.FFN_DOWN_MAX_ROWS=4096}
+  VARIANTS=${VARIANTS:-lower.FFN_DOWN_MAX_ROWS=4096 lower.ATTN_O_MAX_ROWS=4096 lower.FFN_DOWN_MAX_ROWS=4096,lower.ATTN_O_MAX_ROWS=4096}
   base() { PYTHONPATH=$PWD/.devrun/base:/tmp/site "$@"; }
   for r in $ROWS; do synth ${r%:*} ${r#*:}; done
-  # the GPU's kernels: the arguments' test, the down projection in the gate/up launch
-  timeout 240 python3 -m pytest tests/plugins/test_opencl_backend.py -q --tb=short \
-    -p no:cacheprovider -k "few_arguments or down_projection" 2>&1 | tail -n 3 | tee -a $OUT/enqueue.log
+  # the GPU's kernels: the arguments' test, the one-token attention (its splits' merge now a
+  # flag, not a return), the down projection in the gate/up launch, the output projection in the
+  # attention's
+  timeout 300 python3 -m pytest tests/plugins/test_opencl_backend.py -q --tb=short \
+    -p no:cacheprovider -k "few_arguments or key_across or down_projection or output_projection" \
+    2>&1 | tail -n 3 | tee -a $OUT/enqueue.log
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf
     for round in 1 2; do

@@ -130,7 +130,7 @@ def main() -> None:
                     continue
                 rx, ry, tm, tn, nb, *mma = tile
                 on = {"GQ_MMA": mma[0]} if mma else {}
-                kern = lw._q8_kernel(src, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm,
+                kern = lw.q8_kernel(src, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm,
                                      GQ_TN=tn, GQ_NB=nb, **on)  # fmt: skip
                 kern.set_args(wb, z, rb, qb, z, np.int64(dso), yb, z, yb, z, np.int32(0),
                               np.int32(m), np.int32(k), np.int32(t))  # fmt: skip

@@ -24,7 +24,7 @@ import pyopencl as cl
 from llmrt.errors import LlmrtError, UnsupportedOp
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.steps import Step
-from llmrt_opencl import backend
+from llmrt_opencl import backend, launch_weights
 from llmrt_opencl.launch_ops import q8_arg, quant_q8_launch, rope_args
 from llmrt_opencl.program import Launch, OpenCLProgram
 
@@ -156,16 +156,34 @@ def _q8_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     )
 
 
-def _vec_args(prog: OpenCLProgram, args: tuple, new_row: bool) -> tuple:
+def _vec_args(prog: OpenCLProgram, args: tuple, new_row: bool, o_args: tuple = ()) -> tuple:
     """fattn's arguments as fattn_vec takes them: the activations' one buffer (the partials' and
-    counters' too), the caches (where the new row goes too), then the numbers as a constant block
-    (attention.cl's FATTN_VEC_PARAMS)."""
-    (q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt), numbers = prog.packed(args)
-    if len({id(b) for b in (q, mask, out, part, kn, vn, pos, ids, ff, xq, cnt)}) != 1:
+    counters' too), the caches (where the new row goes too), with ATTN_O the projection's weight
+    and its norm's, then the numbers as a constant block (attention.cl's FATTN_VEC_PARAMS, then
+    ATTN_O_PARAMS)."""
+    (q, k, v, mask, out, part, kn, vn, pos, ids, kc, vc, ff, xq, cnt, *o), numbers = prog.packed(
+        (*args, *o_args))  # fmt: skip
+    activations, weights = [q, mask, out, part, kn, vn, pos, ids, ff, xq, cnt], []
+    if o:
+        wo, res, yo, o_part, o_cnt, nw, ny, nq = o
+        activations += [res, yo, o_part, o_cnt, ny, nq]
+        weights = [wo, nw]
+    if len({id(b) for b in activations}) != 1:
         raise LlmrtError("an OpenCL attention's activations are in more than one buffer")
     if new_row and (kc is not k or vc is not v):
         raise LlmrtError("an OpenCL attention's new K/V row goes to other buffers than it reads")
-    return (q, k, v, numbers)
+    return (q, k, v, *weights, numbers)
+
+
+def _o_args(prog: OpenCLProgram, o: Step, units: int) -> tuple:
+    """ATTN_O's arguments past fattn_vec's own: the output projection's weight, row bytes and
+    rows, its residual and output row, its partials (a row a row block) and counter in the arena,
+    then its norm epilogue's (lower.mat_vec_epilogues gave it one) or stand-ins."""
+    ns, mo = o.params.get("norm"), o.params["m"]
+    return (*prog.arg(o.ins[0]), np.int64(o.params["row_bytes"]), np.int32(mo),
+            *prog.arg(o.ins[1]), *prog.arg(o.out), *prog.reserve(4 * units * mo),
+            *prog.counters(4), np.int32(ns is not None),
+            *launch_weights.norm_args(prog, ns, o.out))  # fmt: skip
 
 
 def _prompt_rows(prog: OpenCLProgram, step: Step) -> int:
@@ -227,7 +245,13 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     defines["XQ8"] = int(xq)
     if merge_last:
         defines["MERGE_LAST"] = 1
-    if kernel is not None and (xq or merge_last):
+    # the output projection taken in (lower.attn_o) where fattn_vec writes every row's q8 blocks
+    # in the work-group that finishes its rows
+    finishes = vec_launch and xq and (nsplit == 1 or merge_last)
+    with_o = _with_o(prog, step, name, defines, nt) if finishes else None
+    if with_o is not None:
+        kernel = with_o
+    elif kernel is not None and (xq or merge_last):
         kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
     part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4, vec_launch) if nsplit > 1 else out
@@ -240,7 +264,8 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     )  # fmt: skip
     if vec_launch:  # the split counters (the last split resets its own)
         args += prog.counters(4 * blocks * hkv) if merge_last else out
-        args = _vec_args(prog, args, new_row)
+        o_args = _o_args(prog, p["o"], blocks * hkv) if with_o is not None else ()
+        args = _vec_args(prog, args, new_row, o_args)
     if prompt:
         size = (-(-(t * group) // prompt_rows) * prompt_rows, hkv, 1)
         launches = [Launch(prompt, size, (prompt_rows, 1, 1), args)]
@@ -249,14 +274,38 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
                            (1, 1, 1), args)]  # fmt: skip
     else:
         launches = [Launch(kernel, (blocks * nt, hkv, nsplit), (nt, 1, 1), args)]
-    if nsplit > 1 and not merge_last:
+    merged = nsplit == 1 or merge_last
+    return launches + _after(prog, step, defines, part, None if merged else nsplit, xq, with_o)
+
+
+def _with_o(prog: OpenCLProgram, step: Step, name: str, defines: dict, nt: int) -> Any:
+    """fattn_vec with the step's output projection (lower.attn_o; attention.cl's ATTN_O), or None
+    where it has none or the driver builds that kernel for fewer than nt work-items (registers):
+    the projection's mat-vec then launches after it."""
+    o = step.params.get("o")
+    if o is None:
+        return None
+    kernel = launch_weights.q8_kernel(prog, o.params["type"], name, FILE, **defines, ATTN_O=1)
+    return kernel if _fits(kernel, nt) else None
+
+
+def _after(prog: OpenCLProgram, step: Step, defines: dict, part: tuple, nsplit: int | None,
+           xq: bool, with_o: Any) -> list[Launch]:  # fmt: skip
+    """The launches after the attention kernel: fattn_merge where its `nsplit` splits are not
+    merged by the last of them (a row a work-group where a row fits one), a quant_q8 where no
+    kernel wrote the q8 blocks (`xq`), the output projection's mat-vec where the kernel did not
+    take it (`with_o`)."""
+    p, out, launches = step.params, prog.arg(step.out), []
+    (t, hq, _), dv = step.ins[0].shape, step.ins[2].shape[2]
+    if nsplit is not None:
+        local = (dv, 1) if dv <= int(prog.device_info["max_work_group_size"]) else None
         merge = prog.kernel(FILE, "fattn_merge", defines)
-        local = (dv, 1) if merge_local else None
-        xq_args = _q8_args(prog, step, xq)
-        launches.append(Launch(merge, (dv, t * hq), local, (*part, *out, np.int32(nsplit),
-                                                            *xq_args)))  # fmt: skip
+        args = (*part, *out, np.int32(nsplit), *_q8_args(prog, step, xq))
+        launches.append(Launch(merge, (dv, t * hq), local, args))
     if "q8" in p and not xq:
-        launches.append(quant_q8_launch(prog, out_view, p["q8"]))
+        launches.append(quant_q8_launch(prog, step.out, p["q8"]))
+    if "o" in p and with_o is None:
+        launches += launch_weights.LAUNCHES["mmvq"](prog, p["o"])
     return launches
 
 

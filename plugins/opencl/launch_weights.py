@@ -24,6 +24,7 @@ from llmrt.errors import LlmrtError
 from llmrt.gguf.constants import GGMLType
 from llmrt.lower.passes import mmvq_lanes, q8_layout
 from llmrt.lower.steps import Step
+from llmrt.lower.view import View
 from llmrt_opencl.launch_ops import q8_arg
 from llmrt_opencl.lower import Q8_TYPES
 from llmrt_opencl.program import Launch, OpenCLProgram
@@ -272,7 +273,7 @@ def _launch_mmvq(prog: OpenCLProgram, step: Step) -> list[Launch]:
         defines["MMVQ_EPILOGUE"] = epilogue
     if epilogue == 3:
         defines["FFN_GROUP"] = FFN_GROUP
-    kernel = _q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
+    kernel = q8_kernel(prog, wtype, f"mmvq_{nt}_{r}", **defines)
     return [Launch(kernel, (groups * MMVQ_WG,), (MMVQ_WG,), args)]
 
 
@@ -302,22 +303,33 @@ def _epilogues(prog: OpenCLProgram, step: Step, counted: bool) -> tuple:
     cnt = off
     if "norm" in p or (counted and "q8_out" in p):
         cnt = prog.counters(max(16, 4 * (y.n // 32)) if "q8_out" in p else 16)
-    norm = (*cnt, *off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
-            np.int64(0), np.int32(0))  # fmt: skip
+    # its own norm, or the down projection's it took in (epilogue 3)
     ns = p["norm"] if "norm" in p else p["down"].params.get("norm") if "down" in p else None
-    if ns is not None:  # its own, or the down projection's it took in (epilogue 3)
-        w, has_y = ns.ins[1] if len(ns.ins) > 1 else y, not ns.params.get("y_unused", False)
-        norm = (*cnt, *prog.arg(w), np.int32(len(ns.ins) > 1), np.float32(ns.params["eps"]),
-                np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),
-                *q8_arg(prog, ns.params["q8"], ns.out.n), np.int32(1))  # fmt: skip
-    return (*oq, *norm)
+    return (*oq, *cnt, *norm_args(prog, ns, y), np.int32(ns is not None))
 
 
-def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) -> object:
-    """An integer product kernel (mmvq, gemmq) with the device's dot products: the builtin of
-    cl_khr_integer_dot_product (USE_IDP; EMULATE_IDP, the tests' stand-in for it on PoCL), else
-    NVIDIA's dp4a through inline PTX (NV_DP4A; built again without it should the driver refuse
-    the assembly), else int multiply-adds."""
+def norm_args(prog: OpenCLProgram, ns: Step | None, y: View) -> tuple:
+    """The arguments of a norm_q8 step a launch takes after its own work (lower.
+    mat_vec_epilogues): its weight, has_w, eps, mode, has_y, its f32 row, its q8 blocks (buffer,
+    offset, scales' offset); without one, `y` stands in for the buffers."""
+    if ns is None:
+        off = prog.arg(y)
+        return (*off, np.int32(0), np.float32(0), np.int32(0), np.int32(0), *off, *off,
+                np.int64(0))  # fmt: skip
+    w, has_y = ns.ins[1] if len(ns.ins) > 1 else y, not ns.params.get("y_unused", False)
+    return (*prog.arg(w), np.int32(len(ns.ins) > 1), np.float32(ns.params["eps"]),
+            np.int32(ns.params["mode"]), np.int32(has_y), *prog.arg(ns.out if has_y else y),
+            *q8_arg(prog, ns.params["q8"], ns.out.n))  # fmt: skip
+
+
+def q8_kernel(
+    prog: OpenCLProgram, wtype: GGMLType, name: str, file: str = FILE, **defines: int
+) -> object:
+    """An integer product kernel (mmvq, gemmq; in `file`, attention.cl's fattn_vec with ATTN_O)
+    with the device's dot products: the builtin of cl_khr_integer_dot_product (USE_IDP;
+    EMULATE_IDP, the tests' stand-in for it on PoCL), else NVIDIA's dp4a through inline PTX
+    (NV_DP4A; built again without it should the driver refuse the assembly), else int
+    multiply-adds."""
     info = prog.device_info
     defines = {"WTYPE": int(wtype), **defines}
     if info.get("integer_dot") or info.get("emulate_idp"):
@@ -326,10 +338,10 @@ def _q8_kernel(prog: OpenCLProgram, wtype: GGMLType, name: str, **defines: int) 
             defines["EMULATE_IDP"] = 1
     elif info.get("nv_dp4a"):
         try:
-            return prog.kernel(FILE, name, {**defines, "NV_DP4A": 1})
+            return prog.kernel(file, name, {**defines, "NV_DP4A": 1})
         except cl.Error:
             pass
-    return prog.kernel(FILE, name, defines)
+    return prog.kernel(file, name, defines)
 
 
 # gemmq tiles, largest first: (work-items across rows, across tokens, rows and tokens a
@@ -386,7 +398,7 @@ def _launch_gemmq(prog: OpenCLProgram, step: Step) -> list[Launch]:
     # work-items (registers): the next
     for rx, ry, tm, tn, nb, *on in gemmq_tiles(prog.device_info, wtype, m, t):
         try:
-            kernel = _q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
+            kernel = q8_kernel(prog, wtype, "gemmq", GQ_RX=rx, GQ_RY=ry, GQ_TM=tm, GQ_TN=tn,
                                 GQ_NB=nb, **({"GQ_MMA": on[0]} if on else {}))  # fmt: skip
         except cl.Error as exc:
             error = exc

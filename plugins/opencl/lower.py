@@ -49,6 +49,11 @@ GPU_EPILOGUE_MAX_COLS = 1024
 # driver: ~5 us of host time a launch); the down's rows at most this many (the sum of its
 # partials and the norm are one work-group's). 0: not taken, until an H100 measures it
 FFN_DOWN_MAX_ROWS = 0
+# a GPU's one-token attention takes the output projection after it (attn_o): one launch a layer
+# fewer, the same trade as FFN_DOWN_MAX_ROWS (its rows at most this many: their sum and the norm
+# are one work-group's, and only a row block's last work-group reads the weight). 0: not taken,
+# until an H100 measures it
+ATTN_O_MAX_ROWS = 0
 LEAVES = (Op.WEIGHT, Op.INPUT, Op.STATE)
 q8_layout = passes.q8_layout
 
@@ -99,6 +104,15 @@ def mat_vec_epilogues(plan: Plan, max_cols: int | None = None) -> None:
     plan.steps[:] = out
 
 
+def _take(host: Step, st: Step) -> None:
+    """`st` taken into the launch of `host`: what it writes and reads is `host`'s for liveness."""
+    p = host.params
+    p["also_writes"] = [*p.get("also_writes", ()), st.out.storage,
+                        *st.params.get("also_writes", ())]  # fmt: skip
+    p["also_reads"] = [*p.get("also_reads", ()), *(v.storage for v in st.ins),
+                       *st.params.get("also_reads", ())]  # fmt: skip
+
+
 def ffn_down(plan: Plan, max_rows: int) -> None:
     """A one-token gate/up mat-vec that writes its GLU row's q8 blocks (``q8_out``) takes the
     mat-vec after it that reads them (the down projection, with its residual and any norm
@@ -113,12 +127,27 @@ def ffn_down(plan: Plan, max_rows: int) -> None:
                 and "outs" not in st.params and "glu" not in st.params
                 and st.params["type"] == gu.params["type"] and st.params["m"] <= max_rows
                 and st.params["k"] == gu.params.get("ms", [gu.params["m"]])[0]):  # fmt: skip
-            p = gu.params
-            p["down"] = st
-            p["also_writes"] = [*p.get("also_writes", ()), st.out.storage,
-                                *st.params.get("also_writes", ())]  # fmt: skip
-            p["also_reads"] = [*p.get("also_reads", ()), *(v.storage for v in st.ins),
-                               *st.params.get("also_reads", ())]  # fmt: skip
+            gu.params["down"] = st
+            _take(gu, st)
+            continue
+        out.append(st)
+    plan.steps[:] = out
+
+
+def attn_o(plan: Plan, max_rows: int) -> None:
+    """A one-token attention that writes its output's q8 blocks takes the integer mat-vec after
+    it that reads them (the output projection, with its residual and any norm epilogue) as
+    ``params["o"]``, where that weight has at most `max_rows` rows: attention.cl's ATTN_O (where
+    the launch takes fattn_vec; else the mat-vec launches after it as before)."""
+    out: list[Step] = []
+    for st in plan.steps:
+        fa = out[-1] if out else None
+        if (fa is not None and fa.op == "fattn" and fa.ins[0].shape[0] == 1 and "q8" in fa.params
+                and st.op == "mmvq" and st.params["t"] == 1 and st.params["q8"] is fa.params["q8"]
+                and len(st.ins) == 2 and "outs" not in st.params and "glu" not in st.params
+                and "q8_out" not in st.params and st.params["m"] <= max_rows):  # fmt: skip
+            fa.params["o"] = st
+            _take(fa, st)
             continue
         out.append(st)
     plan.steps[:] = out
@@ -138,6 +167,8 @@ def lower(graph: Graph, fused: bool = False, q8_gemm: bool = False, cpu: bool = 
         mat_vec_epilogues(plan, None if cpu else GPU_EPILOGUE_MAX_COLS)
         if not cpu and FFN_DOWN_MAX_ROWS:
             ffn_down(plan, FFN_DOWN_MAX_ROWS)
+        if not cpu and ATTN_O_MAX_ROWS:
+            attn_o(plan, ATTN_O_MAX_ROWS)
     if q8_gemm:
         passes.q8_gemms(plan, lo.storage, Q8_TYPES)
     liveness(plan.steps, plan.outputs)

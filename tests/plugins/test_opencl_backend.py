@@ -254,6 +254,67 @@ def test_a_model_whose_gate_up_launches_take_the_down_projections(opencl, tiny_g
     assert launches[1 << 20] == launches[0] - n_layers
 
 
+@pytest.mark.parametrize(
+    "split_keys, merge_last",
+    [(32, True), (4096, True), (32, False)],
+    ids=["split-merged-by-the-last", "whole", "split-fattn_merge"],
+)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in cases() if c.id.startswith("decode_attention(") and ",t=1," in c.id],
+    ids=lambda c: c.id,
+)
+def test_a_gpu_one_token_attention_launch_computes_the_output_projection_too(
+    opencl, case, split_keys, merge_last, monkeypatch
+):
+    """With lower.ATTN_O_MAX_ROWS, a GPU's one-token attention (fattn_vec) computes the output
+    projection as well (attention.cl's ATTN_O: each row block's last work-group a partial row
+    from the q8 blocks it wrote, the last block's sum with the residual): no mat-vec launch
+    after it, run twice (its counters reset), against the reference; with the splits merged by
+    fattn_merge the projection stays a mat-vec launch of its own."""
+    import llmrt_opencl.launch_attention as launch_attention
+    import llmrt_opencl.lower as lw
+
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(launch_attention, "VEC_SPLIT_KEYS", split_keys)
+    monkeypatch.setattr(launch_attention, "MERGE_LAST", merge_last)
+    monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", 1 << 20)
+    programs = _compiled(opencl, monkeypatch, twice=True)
+    assert check_case(opencl, case) == "ok"
+    names = [x.kernel.function_name for p in programs for x in p.launches]
+    assert "fattn_vec" in names
+    after = names[names.index("fattn_vec") + 1 :]
+    assert any(n.startswith("mmvq_") for n in after) == (split_keys == 32 and not merge_last)
+
+
+def test_a_model_whose_attention_launches_take_the_output_projections(opencl, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    """The same in a whole model (GPU kernels; two query heads and one KV head of 32, so that
+    the attention writes its output as q8 blocks), the down projections in the gate/up launches
+    too: a decode step a launch a layer fewer, each output projection's row normed for the FFN
+    in the attention's launch; prompt and decode logits as the cpu backend's."""
+    import llmrt_opencl.lower as lw
+    import llmrt_opencl.program as program
+    from llmrt.testing.tiny import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "wide-heads.gguf", n_head=2, n_head_kv=1)
+    monkeypatch.setitem(opencl.limits, "cpu", 0)
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", 1 << 20)
+    launches = {}
+    for rows in (0, 1 << 20):
+        monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", rows)
+        ref = load(model, device="cpu").context(n_ctx=64)
+        ctx = load(model, device=opencl).context(n_ctx=64)
+        assert nmse(ref.eval(PROMPT, all_logits=True), ctx.eval(PROMPT, all_logits=True)) < 1e-3
+        for token in (4, 8, 6, 15):
+            assert nmse(ref.eval([token]), ctx.eval([token])) < 1e-3
+        step = next(p for key, p in ctx.graphs.items()
+                    if key[0] == 1 and isinstance(p, program.OpenCLProgram))  # fmt: skip
+        launches[rows] = len(step.launches)
+    n_layers = load(model, device="cpu").hp.n_layer
+    assert launches[1 << 20] == launches[0] - n_layers
+
+
 def _long_row_product(wtype: GGMLType, t: int) -> OpCase:
     """y = W x + r over 2,048-wide rows (64 q8 blocks: several a lane at every lane count)."""
     leaves = {

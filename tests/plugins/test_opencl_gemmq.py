@@ -93,7 +93,7 @@ def _gemmq_alone(opencl, wtype, m, k, t, has_res, tile):  # noqa: ANN001, ANN202
     """(y, the reference's y) of the gemmq kernel alone in `tile` (GQ_* defines), y = W x (+ r)."""
     import pyopencl as cl
 
-    from llmrt_opencl.launch_weights import _q8_kernel
+    from llmrt_opencl.launch_weights import q8_kernel
 
     rng = np.random.default_rng(5)
     w = rng.uniform(-1, 1, (m, k)).astype(np.float32)
@@ -109,14 +109,14 @@ def _gemmq_alone(opencl, wtype, m, k, t, has_res, tile):  # noqa: ANN001, ANN202
     y = np.full((t, m), np.nan, np.float32)
     bufs = [_buffer(opencl, a) for a in (raw, q8, y, res)]
 
-    class Prog:  # what _q8_kernel reads of an OpenCLProgram
+    class Prog:  # what q8_kernel reads of an OpenCLProgram
         device_info = opencl.limits
 
         @staticmethod
         def kernel(file: str, name: str, defines: dict) -> object:
             return cl.Kernel(opencl.program(file, tuple(sorted(defines.items()))), name)
 
-    kernel = _q8_kernel(Prog, wtype, "gemmq", **tile)
+    kernel = q8_kernel(Prog, wtype, "gemmq", **tile)
     z = np.uint64(0)
     kernel.set_args(bufs[0], z, np.int64(raw.shape[1]), bufs[1], z, np.int64(dso), bufs[2], z,
                     bufs[3], z, np.int32(has_res), np.int32(m), np.int32(k),
@@ -171,14 +171,14 @@ def test_a_tile_the_compiler_refuses_gives_way_to_the_next(opencl, monkeypatch):
     # one compute unit: the largest tile is the first choice on any device (a GPU's many units
     # would send this small product to the smallest tile outright)
     _as_gpu(opencl, monkeypatch, PATHS["portable"], {"compute_units": 1})
-    build = launch_weights._q8_kernel
+    build = launch_weights.q8_kernel
 
     def refusing(prog, wtype, name, **defines):  # noqa: ANN001, ANN003, ANN202
         if defines.get("GQ_RX", 0) * defines.get("GQ_RY", 0) == 256:
             raise Refused("too many registers")
         return build(prog, wtype, name, **defines)
 
-    monkeypatch.setattr(launch_weights, "_q8_kernel", refusing)
+    monkeypatch.setattr(launch_weights, "q8_kernel", refusing)
     programs = []
     compile_ = opencl.compile
     monkeypatch.setattr(

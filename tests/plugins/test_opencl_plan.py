@@ -9,7 +9,13 @@ import pytest
 from plan_shapes import file_graph
 
 from llmrt.lower import plan_arena
+from llmrt.testing.tiny import write_tiny_llama
 from llmrt_opencl.lower import Q8_TYPES, lower, supports
+
+
+def _wide_heads(tmp_path):
+    """The tiny model with two query heads and one KV head of 32: its attention writes q8."""
+    return write_tiny_llama(tmp_path / "wide-heads.gguf", n_head=2, n_head_kv=1)
 
 
 @pytest.mark.parametrize(
@@ -18,14 +24,16 @@ from llmrt_opencl.lower import Q8_TYPES, lower, supports
     ids=["float-gemm", "gemmq", "cpu"],
 )
 @pytest.mark.parametrize("n_tokens", [1, 3, 40])
-@pytest.mark.parametrize("ffn_down", [0, 1 << 20], ids=["", "ffn-down"])
+@pytest.mark.parametrize("taken", ["", "ffn-down", "ffn-down+attn-o"])
 def test_fused_plan_places_every_q8_buffer_and_never_overlaps_live_ones(
-    tiny_gguf_with_vocab, n_tokens, q8_gemm, cpu, ffn_down, monkeypatch
+    tiny_gguf_with_vocab, tmp_path, n_tokens, q8_gemm, cpu, taken, monkeypatch
 ):
     import llmrt_opencl.lower as lw
 
-    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", ffn_down)
-    graph = file_graph(tiny_gguf_with_vocab, n_tokens)
+    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", (1 << 20) * ("ffn-down" in taken))
+    monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", (1 << 20) * ("attn-o" in taken))
+    model = _wide_heads(tmp_path) if "attn-o" in taken else tiny_gguf_with_vocab
+    graph = file_graph(model, n_tokens)
     assert all(supports(node) for node in graph.nodes)
     plan = lower(graph, fused=True, q8_gemm=q8_gemm, cpu=cpu)
     size = plan_arena(plan.storages)
@@ -182,3 +190,30 @@ def test_a_gpu_gate_up_mat_vec_takes_the_down_projection_where_asked(tiny_gguf_w
     assert not any("down" in s.params for s in lower(graph, fused=True, cpu=True).steps)
     prompt = lower(file_graph(tiny_gguf_with_vocab, 3), fused=True)
     assert not any("down" in s.params for s in prompt.steps)
+
+
+def test_a_gpu_one_token_attention_takes_the_output_projection_where_asked(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """With ATTN_O_MAX_ROWS, a GPU's one-token attention that writes q8 takes the output
+    projection after it (with its residual and the FFN norm it took): a step a layer fewer;
+    rows past the bound, a CPU device's plan and a prompt's keep theirs."""
+    import llmrt_opencl.lower as lw
+
+    model = _wide_heads(tmp_path)
+    graph = file_graph(model, 1)
+    plain = lower(graph, fused=True)
+    attention = [s for s in plain.steps if s.op == "fattn"]
+    assert attention and all("q8" in s.params for s in attention)
+    rows = {s.params["m"] for s in plain.steps if s.op == "mmvq" and s.params["q8"] in
+            [a.params["q8"] for a in attention]}  # fmt: skip
+    monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", max(rows))
+    taken = lower(graph, fused=True)
+    outs = [s.params["o"] for s in taken.steps if "o" in s.params]
+    assert len(outs) == len(attention) and len(taken.steps) == len(plain.steps) - len(outs)
+    assert all("norm" in o.params and len(o.ins) == 2 for o in outs)
+    monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", max(rows) - 1)
+    assert len(lower(graph, fused=True).steps) == len(plain.steps)
+    monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", max(rows))
+    assert not any("o" in s.params for s in lower(graph, fused=True, cpu=True).steps)
+    prompt = lower(file_graph(model, 3), fused=True)
+    assert not any("o" in s.params for s in prompt.steps)

@@ -426,6 +426,57 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
 #define KC (D4 / LPK)
 #define VC (DV4 / LPK)
 
+// ATTN_O 1 (one token, its output's q8 blocks written: XQ8): the output projection in the same
+// launch (lower.attn_o), Wo of type WTYPE with Mo rows over the Hq * DV outputs. A row block's
+// last work-group (its only one without splits) adds its rows' part of every Wo row, from the q8
+// blocks it has just written, into its row of partials; the last row block to finish (ocnt) sums
+// the partials in block order, adds the residual into yo and norms the row where has_norm, as
+// weights.cl's mat-vec epilogue 2 does: no mat-vec launch after the attention.
+#ifndef ATTN_O
+#define ATTN_O 0
+#endif
+#if ATTN_O
+#if !XQ8
+#error "ATTN_O reads the q8 blocks the attention writes (XQ8)"
+#endif
+#include "qdot.h"
+#define ATTN_O_PARAMS                                                                          \
+    const ulong woo = P[36];                                                                   \
+    const long orb = P[37];                                                                    \
+    const int Mo = P[38];                                                                      \
+    const ulong reso = P[39], yoo = P[40], oparto = P[41], ocnto = P[42];                      \
+    const int has_norm = P[43];                                                                \
+    const ulong nwo = P[44];                                                                   \
+    const int has_nw = P[45];                                                                  \
+    const float eps = as_float((int)P[46]);                                                    \
+    const int mode = P[47], has_ny = P[48];                                                    \
+    const ulong nyo = P[49], nqo = P[50];                                                      \
+    const long ndso = P[51]
+#define ATTN_O_WEIGHTS , __global const uchar *wob, __global const uchar *nwb
+
+// The unit's rows are row0 .. of KV head hk (one token: query heads hk * G + row), its q8 blocks
+// in xq; redf and redi: local scratch of the work-group's size.
+inline void attn_o(int mine, int row0, int R, int G, int hk, __global const uchar* xq, long dso,
+                   __global const uchar* Wo, long orb, int Mo, __global float* part,
+                   __global volatile int* ocnt, __global const float* res, __global float* yo,
+                   int has_norm, __global const float* nw, int has_nw, float eps, int mode,
+                   int has_ny, __global float* ny, __global uchar* nq, long ndso,
+                   __local int* last, __local float* redf, __local int* redi) {
+    const int units = get_num_groups(0) * get_num_groups(1);
+    const int u = hk * get_num_groups(0) + get_group_id(0);
+    const int c0 = (hk * G + row0) * (DV / 32), c1 = (hk * G + min(row0 + NR, R)) * (DV / 32);
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);  // this block's q8 rows are written
+    if (mine) q8_rows_part(Wo, orb, Mo, xq, dso, c0, c1, part + (size_t)u * Mo);
+    if (!q8_parts_last(ocnt, mine, units, last)) return;
+    q8_parts_sum(part, units, Mo, res, yo, has_norm, nw, has_nw, eps, mode, has_ny, ny, nq, ndso,
+                 redf, redi);
+}
+#else
+#define ATTN_O_PARAMS
+#define ATTN_O_WEIGHTS
+#endif
+
 // Its activations (q, the mask, the output, the new row, its position and cell, the rope
 // factors, the q8 output), its partials and counters are in one buffer A, the new K and V rows go
 // into the caches it reads (kb, vb), and its numbers are in the constant block P, in
@@ -450,8 +501,10 @@ __kernel __attribute__((reqd_work_group_size(NT, 1, 1))) void fattn(
     __global uchar *ffb = A, *xqb = A, *pb = A, *cntb = A, *kcb = kb, *vcb = vb
 
 __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
-    __global uchar* A, __global uchar* kb, __global uchar* vb, __constant long* P) {
+    __global uchar* A, __global uchar* kb, __global uchar* vb ATTN_O_WEIGHTS,
+    __constant long* P) {
     FATTN_VEC_PARAMS;
+    ATTN_O_PARAMS;
     __local float sq[NR * D];
     __local float smax[NS * NR], ssum[NS * NR], sout[NS * NR * DV];
     __local int last;
@@ -604,6 +657,11 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
             part[2 + col] = o;
         }
     }
+    // whether this work-group finishes its rows (writes their q8 blocks; with ATTN_O their part
+    // of the projection): without splits each, with them the last split (MERGE_LAST) or none
+    // (fattn_merge). A flag, not a return before the barriers below: PoCL's work-item loops
+    // skipped the code after such a return where more than one barrier followed
+    int mine = nsplit == 1;
 #if MERGE_LAST
     if (nsplit > 1) {
         __global volatile int* cnt = PTR(int, cntb, cnto) + hk * get_num_groups(0) + get_group_id(0);
@@ -611,26 +669,32 @@ __kernel __attribute__((reqd_work_group_size(VT, 1, 1))) void fattn_vec(
         barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
         if (lid == 0) last = atomic_inc(cnt) == nsplit - 1;
         barrier(CLK_LOCAL_MEM_FENCE);
-        if (!last) return;
-        mem_fence(CLK_GLOBAL_MEM_FENCE);
-        if (lid == 0) atomic_xchg(cnt, 0);
-        for (int i = lid; i < NR * DV; i += VT) {
-            const int r = i / DV, col = i % DV, row = row0 + r;
-            if (row >= R) continue;
-            const long orow = (long)(row / G) * Hq + hk * G + row % G;
-            const float y = merged(CPTR(float, pb, po) + orow * nsplit * PART, nsplit, col);
-            PTR(float, ob, oo)[orow * DV + col] = y;
+        mine = last;
+        if (mine) {
+            mem_fence(CLK_GLOBAL_MEM_FENCE);
+            if (lid == 0) atomic_xchg(cnt, 0);
+            for (int i = lid; i < NR * DV; i += VT) {
+                const int r = i / DV, col = i % DV, row = row0 + r;
+                if (row >= R) continue;
+                const long orow = (long)(row / G) * Hq + hk * G + row % G;
+                const float y = merged(CPTR(float, pb, po) + orow * nsplit * PART, nsplit, col);
+                PTR(float, ob, oo)[orow * DV + col] = y;
 #if XQ8
-            sq[r * DV + col] = y;
+                sq[r * DV + col] = y;
 #endif
+            }
         }
     }
-#elif XQ8
-    if (nsplit > 1) return;  // fattn_merge writes the q8 blocks
 #endif
 #if XQ8
     barrier(CLK_LOCAL_MEM_FENCE);
-    group_rows_q8(sq, row0, R, G, Hq, hk, PTR(uchar, xqb, xqo), dso);
+    if (mine) group_rows_q8(sq, row0, R, G, Hq, hk, PTR(uchar, xqb, xqo), dso);
+#endif
+#if ATTN_O  // the streams' outputs are merged: their local memory is the norm's scratch
+    attn_o(mine, row0, R, G, hk, PTR(uchar, xqb, xqo), dso, wob + woo, orb, Mo,
+           PTR(float, A, oparto), PTR(volatile int, A, ocnto), CPTR(float, A, reso),
+           PTR(float, A, yoo), has_norm, CPTR(float, nwb, nwo), has_nw, eps, mode, has_ny,
+           PTR(float, A, nyo), PTR(uchar, A, nqo), ndso, &last, sout, (__local int*)(sout + VT));
 #endif
 }
 
