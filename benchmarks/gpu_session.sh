@@ -706,7 +706,7 @@ enqueue)  # OpenCL's host time a step: tg128 this tree beside .devrun/base and t
   # flag, not a return), the down projection in the gate/up launch, the output projection in the
   # attention's
   timeout 300 python3 -m pytest tests/plugins/test_opencl_backend.py -q --tb=short \
-    -p no:cacheprovider -k "few_arguments or key_across or down_projection or output_projection" \
+    -p no:cacheprovider -k "few_arguments or key_across or _projection" \
     2>&1 | tail -n 3 | tee -a $OUT/enqueue.log
   for r in $ROWS; do
     m=/tmp/synth-${r%:*}-${r#*:}.gguf

@@ -230,30 +230,6 @@ def test_a_gpu_gate_up_launch_computes_the_down_projection_too(
     assert sum(n.startswith("mmvq_") for n in names) == 1
 
 
-def test_a_model_whose_gate_up_launches_take_the_down_projections(opencl, tiny_gguf_with_vocab,
-                                                                  monkeypatch):  # fmt: skip
-    """The same in a whole model (GPU kernels): a decode step a launch a layer fewer, each down
-    projection's row normed for the next layer in the same launch; prompt and decode logits as
-    the cpu backend's."""
-    import llmrt_opencl.lower as lw
-    import llmrt_opencl.program as program
-
-    monkeypatch.setitem(opencl.limits, "cpu", 0)
-    launches = {}
-    for rows in (0, 1 << 20):
-        monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", rows)
-        ref = load(tiny_gguf_with_vocab, device="cpu").context(n_ctx=64)
-        ctx = load(tiny_gguf_with_vocab, device=opencl).context(n_ctx=64)
-        assert nmse(ref.eval(PROMPT, all_logits=True), ctx.eval(PROMPT, all_logits=True)) < 1e-3
-        for token in (4, 8, 6, 15):
-            assert nmse(ref.eval([token]), ctx.eval([token])) < 1e-3
-        step = next(p for key, p in ctx.graphs.items()
-                    if key[0] == 1 and isinstance(p, program.OpenCLProgram))  # fmt: skip
-        launches[rows] = len(step.launches)
-    n_layers = load(tiny_gguf_with_vocab, device="cpu").hp.n_layer
-    assert launches[1 << 20] == launches[0] - n_layers
-
-
 @pytest.mark.parametrize(
     "split_keys, merge_last",
     [(32, True), (4096, True), (32, False)],
@@ -287,22 +263,27 @@ def test_a_gpu_one_token_attention_launch_computes_the_output_projection_too(
     assert any(n.startswith("mmvq_") for n in after) == (split_keys == 32 and not merge_last)
 
 
-def test_a_model_whose_attention_launches_take_the_output_projections(opencl, tmp_path,
-                                                                      monkeypatch):  # fmt: skip
-    """The same in a whole model (GPU kernels; two query heads and one KV head of 32, so that
-    the attention writes its output as q8 blocks), the down projections in the gate/up launches
-    too: a decode step a launch a layer fewer, each output projection's row normed for the FFN
-    in the attention's launch; prompt and decode logits as the cpu backend's."""
+@pytest.mark.parametrize("taken", ["FFN_DOWN_MAX_ROWS", "ATTN_O_MAX_ROWS"], ids=["down", "output"])
+def test_a_model_whose_launches_take_the_projections_after_them(
+    opencl, tiny_gguf_with_vocab, tmp_path, taken, monkeypatch
+):
+    """The same in a whole model (GPU kernels): the down projections in the gate/up launches,
+    then (with them) the output projections in the attention's (a model of two query heads and
+    one KV head of 32, so that the attention writes its output as q8 blocks): a decode step a
+    launch a layer fewer, the projection's row normed for the next block in the same launch;
+    prompt and decode logits as the cpu backend's."""
     import llmrt_opencl.lower as lw
     import llmrt_opencl.program as program
     from llmrt.testing.tiny import write_tiny_llama
 
-    model = write_tiny_llama(tmp_path / "wide-heads.gguf", n_head=2, n_head_kv=1)
+    model = tiny_gguf_with_vocab
+    if taken == "ATTN_O_MAX_ROWS":
+        model = write_tiny_llama(tmp_path / "wide-heads.gguf", n_head=2, n_head_kv=1)
+        monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", 1 << 20)
     monkeypatch.setitem(opencl.limits, "cpu", 0)
-    monkeypatch.setattr(lw, "FFN_DOWN_MAX_ROWS", 1 << 20)
     launches = {}
     for rows in (0, 1 << 20):
-        monkeypatch.setattr(lw, "ATTN_O_MAX_ROWS", rows)
+        monkeypatch.setattr(lw, taken, rows)
         ref = load(model, device="cpu").context(n_ctx=64)
         ctx = load(model, device=opencl).context(n_ctx=64)
         assert nmse(ref.eval(PROMPT, all_logits=True), ctx.eval(PROMPT, all_logits=True)) < 1e-3
