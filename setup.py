@@ -26,5 +26,13 @@ for name, path in ROOTS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.spv", "*.comp", "*.glsl", "*.cl", "*.cu", "*.cuh", "static/*", "*.json"]},
+    # files read at run time; kernels/ is no package of its own, so its files are named from the
+    # backend's folder
+    package_data={
+        "": ["*.spv", "*.comp", "*.glsl", "*.json", "static/*"],
+        **dict.fromkeys(
+            ("llmrt_cuda", "llmrt_opencl"),
+            ["kernels/*.cu", "kernels/*.cuh", "kernels/*.cl", "kernels/*.h"],
+        ),
+    },
 )
