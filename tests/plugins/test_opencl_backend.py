@@ -151,11 +151,16 @@ def test_a_gpu_prompt_attention_takes_a_query_row_a_work_item(opencl, case, rows
     ]
 
 
-@pytest.mark.parametrize(
+# a one-token attention's keys split in parts merged by the last part to finish or by
+# fattn_merge, or whole in one work-group a KV head (fattn_vec's VEC_SPLIT_KEYS, MERGE_LAST)
+SPLITS = pytest.mark.parametrize(
     "split_keys, merge_last",
     [(32, True), (32, False), (4096, True)],
     ids=["split-merged-by-the-last", "split-fattn_merge", "whole"],
 )
+
+
+@SPLITS
 @pytest.mark.parametrize(
     "case",
     [c for c in cases()
@@ -230,11 +235,7 @@ def test_a_gpu_gate_up_launch_computes_the_down_projection_too(
     assert sum(n.startswith("mmvq_") for n in names) == 1
 
 
-@pytest.mark.parametrize(
-    "split_keys, merge_last",
-    [(32, True), (4096, True), (32, False)],
-    ids=["split-merged-by-the-last", "whole", "split-fattn_merge"],
-)
+@SPLITS
 @pytest.mark.parametrize(
     "case",
     [c for c in cases() if c.id.startswith("decode_attention(") and ",t=1," in c.id],
