@@ -121,18 +121,6 @@ def _splits(prog: OpenCLProgram, groups: int, s: int, cpu: bool, nt: int) -> tup
     return -(-s // chunk), chunk
 
 
-def _scratch(prog: OpenCLProgram, nbytes: int, in_arena: bool) -> tuple[Any, np.uint64]:
-    """The partial results' space, one per program (or two: in its arena for fattn_vec, which
-    takes no other buffer, else a buffer of its own), shared by its fattn steps: they run one
-    after another on the program's in-order queue, so a step never overlaps another's use."""
-    key = ("fattn partials", in_arena)
-    held = prog.memo.get(key)
-    if held is None or held[1] < nbytes:
-        space = prog.reserve(nbytes) if in_arena else prog.scratch(nbytes)
-        prog.memo[key] = held = (space, nbytes)
-    return held[0]
-
-
 def _fused_args(prog: OpenCLProgram, step: Step, xq: bool) -> tuple:
     """The new row's and the q8 output's arguments (attention.cl's FUSED_ARGS), stand-ins where
     the step has none."""
@@ -181,7 +169,7 @@ def _o_args(prog: OpenCLProgram, o: Step, units: int) -> tuple:
     then its norm epilogue's (lower.mat_vec_epilogues gave it one) or stand-ins."""
     ns, mo = o.params.get("norm"), o.params["m"]
     return (*prog.arg(o.ins[0]), np.int64(o.params["row_bytes"]), np.int32(mo),
-            *prog.arg(o.ins[1]), *prog.arg(o.out), *prog.reserve(4 * units * mo),
+            *prog.arg(o.ins[1]), *prog.arg(o.out), *prog.shared("o partials", 4 * units * mo),
             *prog.counters(4), np.int32(ns is not None),
             *launch_weights.norm_args(prog, ns, o.out))  # fmt: skip
 
@@ -254,7 +242,9 @@ def _fattn(prog: OpenCLProgram, step: Step) -> list[Launch]:
     elif kernel is not None and (xq or merge_last):
         kernel = prog.kernel(FILE, name, defines)
     out = prog.arg(out_view)
-    part = _scratch(prog, t * hq * nsplit * (dv + 2) * 4, vec_launch) if nsplit > 1 else out
+    part, nbytes = out, t * hq * nsplit * (dv + 2) * 4
+    if nsplit > 1:  # the splits' partial results: in the arena for fattn_vec (no other buffer)
+        part = prog.shared(("fattn partials", vec_launch), nbytes, vec_launch)
     args = (
         *prog.arg(q), *prog.arg(k), *prog.arg(v), *prog.arg(mask if mask is not None else q),
         *out, *part, np.int32(t), np.int32(hq), np.int32(hkv), np.int32(s),

@@ -284,7 +284,7 @@ def _down_args(prog: OpenCLProgram, step: Step, down: Step) -> tuple:
     the arena."""
     md, groups = down.params["m"], -(-(down.params["k"] // 32) // FFN_GROUP)
     return (np.int64(down.params["row_bytes"]), np.int32(md), *prog.arg(down.ins[1]),
-            *prog.arg(down.out), *prog.reserve(4 * groups * md),
+            *prog.arg(down.out), *prog.shared("down partials", 4 * groups * md),
             *prog.counters(4 * groups), *prog.counters(4))  # fmt: skip
 
 

@@ -220,6 +220,16 @@ class OpenCLProgram(Executable):
         self.base = {s: (real if b is ARENA else b, at) for s, (b, at) in self.base.items()}
         self.inputs = [(key, *self.base[v.storage], v) for key, v in self.plan.inputs.items()]
 
+    def shared(self, key: Any, nbytes: int, in_arena: bool = True) -> tuple[Any, np.uint64]:
+        """At least `nbytes` of scratch (reserved in the arena, or a buffer of its own) for every
+        launch that asks by `key`: the launches run one after another on the program's in-order
+        queue, so no two of them use it at once (a layer's partial results, every layer)."""
+        held = self.memo.get(key)
+        if held is None or held[1] < nbytes:
+            space = self.reserve(nbytes) if in_arena else self.scratch(nbytes)
+            self.memo[key] = held = (space, nbytes)
+        return held[0]
+
     def scratch(self, nbytes: int, what: str = "attention scratch") -> tuple[Any, np.uint64]:
         buf = allocate(self.ctx, nbytes, what, self.device.id)
         self.keep.append(buf)
